@@ -1,0 +1,3 @@
+module github.com/pushctl/pushctl
+
+go 1.26.8

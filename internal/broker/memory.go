@@ -1,0 +1,598 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// MemoryOptions configure a Memory broker.
+type MemoryOptions struct {
+	// HistorySize is how many messages each channel retains (default 1000;
+	// negative keeps none).
+	HistorySize int
+	// HistoryAge drops retained messages older than this (default 1h;
+	// negative keeps them until HistorySize pushes them out).
+	HistoryAge time.Duration
+	// QueueSize is the default per-subscriber live queue bound (default 4096).
+	QueueSize int
+	// Now is the clock; tests inject one.
+	Now func() time.Time
+}
+
+func (o *MemoryOptions) fill() {
+	if o.HistorySize == 0 {
+		o.HistorySize = 1000
+	}
+	if o.HistorySize < 0 {
+		o.HistorySize = 0
+	}
+	if o.HistoryAge == 0 {
+		o.HistoryAge = time.Hour
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 4096
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Memory is the in-memory broker: bounded history per channel, lost when
+// the process exits.
+type Memory struct {
+	opts MemoryOptions
+
+	mu       sync.RWMutex
+	channels map[string]*memChannel
+	subs     map[*Subscription]*memSub
+	closed   bool
+
+	lastEpoch atomic.Int64
+
+	published     atomic.Uint64
+	delivered     atomic.Uint64
+	slowConsumers atomic.Uint64
+	subscribers   atomic.Int64
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+var _ Broker = (*Memory)(nil)
+
+// memSub is the broker's bookkeeping for one subscription; guarded by Memory.mu.
+type memSub struct {
+	patterns []string
+	attached map[*memChannel]struct{}
+}
+
+type memChannel struct {
+	name string
+
+	mu        sync.Mutex
+	epoch     string
+	seq       uint64
+	hist      []*Message // ring buffer, oldest at head
+	head      int
+	n         int
+	bytes     int64
+	subs      map[*Subscription]struct{}
+	changed   chan struct{} // closed when subs changes
+	published uint64
+	lastPub   time.Time
+	deleted   bool
+}
+
+// NewMemory returns a running in-memory broker.
+func NewMemory(opts MemoryOptions) *Memory {
+	opts.fill()
+	b := &Memory{
+		opts:     opts,
+		channels: make(map[string]*memChannel),
+		subs:     make(map[*Subscription]*memSub),
+		stop:     make(chan struct{}),
+	}
+	b.wg.Add(1)
+	go b.sweeper()
+	return b
+}
+
+// newEpoch returns a fresh, strictly increasing epoch (base36 of a
+// nanosecond clock), so that epochs survive restarts without repeating.
+func (b *Memory) newEpoch() string {
+	for {
+		now := time.Now().UnixNano()
+		last := b.lastEpoch.Load()
+		if now <= last {
+			now = last + 1
+		}
+		if b.lastEpoch.CompareAndSwap(last, now) {
+			return strconv.FormatInt(now, 36)
+		}
+	}
+}
+
+// channel returns the named channel, creating it (and attaching matching
+// pattern subscriptions) when create is set.
+func (b *Memory) channel(name string, create bool) (*memChannel, error) {
+	b.mu.RLock()
+	ch, ok := b.channels[name]
+	closed := b.closed
+	b.mu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	if ok || !create {
+		return ch, nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	if ch, ok := b.channels[name]; ok {
+		return ch, nil
+	}
+	ch = &memChannel{
+		name:    name,
+		epoch:   b.newEpoch(),
+		subs:    make(map[*Subscription]struct{}),
+		changed: make(chan struct{}),
+	}
+	if b.opts.HistorySize > 0 {
+		ch.hist = make([]*Message, 0, min(b.opts.HistorySize, 16))
+	}
+	for s, ms := range b.subs {
+		for _, p := range ms.patterns {
+			if Match(p, name) {
+				ch.subs[s] = struct{}{}
+				ms.attached[ch] = struct{}{}
+				break
+			}
+		}
+	}
+	b.channels[name] = ch
+	return ch, nil
+}
+
+// Publish implements Broker.
+func (b *Memory) Publish(ctx context.Context, m *Message) (*Message, int, error) {
+	if err := ValidateChannel(m.Channel); err != nil {
+		return nil, 0, err
+	}
+	if m.Event == "" {
+		m.Event = DefaultEvent
+	}
+	for {
+		ch, err := b.channel(m.Channel, true)
+		if err != nil {
+			return nil, 0, err
+		}
+		ch.mu.Lock()
+		if ch.deleted {
+			ch.mu.Unlock()
+			continue
+		}
+		ch.seq++
+		m.Epoch, m.Seq = ch.epoch, ch.seq
+		m.Time = b.opts.Now().UTC()
+		ch.published++
+		ch.lastPub = m.Time
+		b.retain(ch, m)
+		n := 0
+		for s := range ch.subs {
+			if s.push(Event{Msg: m}) {
+				n++
+			}
+		}
+		ch.mu.Unlock()
+		b.published.Add(1)
+		b.delivered.Add(uint64(n))
+		return m, n, nil
+	}
+}
+
+// retain appends m to the channel's ring and trims by count and age.
+// Called with ch.mu held.
+func (b *Memory) retain(ch *memChannel, m *Message) {
+	size := b.opts.HistorySize
+	if size == 0 {
+		return
+	}
+	switch {
+	case ch.n < len(ch.hist):
+		ch.hist[(ch.head+ch.n)%len(ch.hist)] = m
+		ch.n++
+	case len(ch.hist) < size:
+		if ch.head != 0 { // linearize before growing
+			lin := make([]*Message, ch.n, min(size, 2*ch.n))
+			for i := range lin {
+				lin[i] = ch.at(i)
+			}
+			ch.hist, ch.head = lin, 0
+		}
+		ch.hist = append(ch.hist, m)
+		ch.n++
+	default: // full: overwrite the oldest
+		old := ch.hist[ch.head]
+		ch.bytes -= int64(len(old.Data))
+		ch.hist[ch.head] = m
+		ch.head = (ch.head + 1) % len(ch.hist)
+	}
+	ch.bytes += int64(len(m.Data))
+	b.expire(ch, m.Time)
+}
+
+// expire drops retained messages older than HistoryAge. Called with ch.mu held.
+func (b *Memory) expire(ch *memChannel, now time.Time) {
+	if b.opts.HistoryAge < 0 {
+		return
+	}
+	cutoff := now.Add(-b.opts.HistoryAge)
+	for ch.n > 0 {
+		old := ch.hist[ch.head]
+		if !old.Time.Before(cutoff) {
+			return
+		}
+		ch.hist[ch.head] = nil
+		ch.bytes -= int64(len(old.Data))
+		ch.head = (ch.head + 1) % len(ch.hist)
+		ch.n--
+	}
+}
+
+// at returns the i-th retained message, oldest first. Called with ch.mu held.
+func (ch *memChannel) at(i int) *Message { return ch.hist[(ch.head+i)%len(ch.hist)] }
+
+// backlog computes what a new subscriber should be replayed, with the gap
+// event first when its position is no longer retained. Called with ch.mu held.
+func (ch *memChannel) backlog(opts *SubscribeOptions) []Event {
+	var out []Event
+	start := ch.n // index of the first retained message to replay
+	if pos, ok := opts.From[ch.name]; ok {
+		oldest := ch.seq - uint64(ch.n) + 1 // seq of the first retained message
+		switch {
+		case pos.Epoch == ch.epoch && pos.Seq >= ch.seq:
+			return nil
+		case pos.Epoch == ch.epoch && pos.Seq+1 >= oldest:
+			start = int(pos.Seq + 1 - oldest)
+		default:
+			out = append(out, Event{Gap: &Gap{
+				Channel: ch.name,
+				From:    pos,
+				To:      Position{Epoch: ch.epoch, Seq: oldest - 1},
+			}})
+			start = 0
+		}
+	} else {
+		switch {
+		case opts.Last < 0:
+			start = 0
+		case opts.Last > 0:
+			start = max(0, ch.n-opts.Last)
+		}
+		if !opts.Since.IsZero() {
+			i := sort.Search(ch.n, func(i int) bool { return ch.at(i).Time.After(opts.Since) })
+			start = min(start, i)
+		}
+	}
+	for i := start; i < ch.n; i++ {
+		out = append(out, Event{Msg: ch.at(i)})
+	}
+	return out
+}
+
+// Subscribe implements Broker.
+func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
+	if len(opts.Channels) == 0 {
+		return nil, fmt.Errorf("%w: no channel given", ErrInvalidChannel)
+	}
+	var names, pats []string
+	for _, c := range opts.Channels {
+		if err := ValidatePattern(c); err != nil {
+			return nil, err
+		}
+		if IsPattern(c) {
+			pats = append(pats, c)
+		} else {
+			names = append(names, c)
+		}
+	}
+	q := opts.QueueSize
+	if q <= 0 {
+		q = b.opts.QueueSize
+	}
+	s := newSubscription(opts.Channels, q, b.release, func() { b.slowConsumers.Add(1) })
+	ms := &memSub{patterns: pats, attached: make(map[*memChannel]struct{})}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	b.subs[s] = ms
+	b.mu.Unlock()
+
+	// attach replays ch's backlog and registers s under one hold of ch.mu,
+	// so nothing published meanwhile is missed or repeated.
+	attach := func(ch *memChannel) bool {
+		ch.mu.Lock()
+		defer ch.mu.Unlock()
+		if ch.deleted {
+			return false
+		}
+		if _, dup := ch.subs[s]; !dup {
+			if evs := ch.backlog(&opts); len(evs) > 0 {
+				s.replay(evs...)
+			}
+			ch.subs[s] = struct{}{}
+			ch.notifyChanged()
+		}
+		return true
+	}
+	for _, name := range names {
+		for {
+			ch, err := b.channel(name, true)
+			if err != nil {
+				s.Close()
+				return nil, err
+			}
+			if attach(ch) {
+				b.mu.Lock()
+				ms.attached[ch] = struct{}{}
+				b.mu.Unlock()
+				break
+			}
+		}
+	}
+	if len(pats) > 0 {
+		// Holding b.mu keeps channels from appearing half-attached; new
+		// channels attach pattern subscribers as they are created.
+		b.mu.Lock()
+		for name, ch := range b.channels {
+			for _, p := range pats {
+				if Match(p, name) {
+					if attach(ch) {
+						ms.attached[ch] = struct{}{}
+					}
+					break
+				}
+			}
+		}
+		b.mu.Unlock()
+	}
+	return s, nil
+}
+
+func (ch *memChannel) notifyChanged() {
+	close(ch.changed)
+	ch.changed = make(chan struct{})
+}
+
+// release unregisters s from every channel it is attached to.
+func (b *Memory) release(s *Subscription) {
+	b.mu.Lock()
+	ms, ok := b.subs[s]
+	delete(b.subs, s)
+	b.mu.Unlock()
+	if !ok {
+		return
+	}
+	for ch := range ms.attached {
+		ch.mu.Lock()
+		if _, ok := ch.subs[s]; ok {
+			delete(ch.subs, s)
+			ch.notifyChanged()
+		}
+		ch.mu.Unlock()
+	}
+}
+
+// WaitSubscribers implements Broker.
+func (b *Memory) WaitSubscribers(ctx context.Context, channel string, n int) error {
+	if err := ValidateChannel(channel); err != nil {
+		return err
+	}
+	for {
+		ch, err := b.channel(channel, true)
+		if err != nil {
+			return err
+		}
+		ch.mu.Lock()
+		deleted, count, changed := ch.deleted, len(ch.subs), ch.changed
+		ch.mu.Unlock()
+		if deleted {
+			continue
+		}
+		if count >= n {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (ch *memChannel) info() ChannelInfo {
+	ci := ChannelInfo{
+		Name:        ch.name,
+		Epoch:       ch.epoch,
+		LastSeq:     ch.seq,
+		Messages:    ch.n,
+		Bytes:       ch.bytes,
+		Subscribers: len(ch.subs),
+		Published:   ch.published,
+		LastPublish: ch.lastPub,
+	}
+	if ch.seq > 0 {
+		ci.LastID = Position{Epoch: ch.epoch, Seq: ch.seq}.String()
+	}
+	return ci
+}
+
+func (b *Memory) allChannels() []*memChannel {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	chans := make([]*memChannel, 0, len(b.channels))
+	for _, ch := range b.channels {
+		chans = append(chans, ch)
+	}
+	return chans
+}
+
+// Channels implements Broker.
+func (b *Memory) Channels(ctx context.Context) ([]ChannelInfo, error) {
+	chans := b.allChannels()
+	out := make([]ChannelInfo, 0, len(chans))
+	for _, ch := range chans {
+		ch.mu.Lock()
+		out = append(out, ch.info())
+		ch.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Channel implements Broker.
+func (b *Memory) Channel(ctx context.Context, name string) (ChannelInfo, error) {
+	if err := ValidateChannel(name); err != nil {
+		return ChannelInfo{}, err
+	}
+	ch, err := b.channel(name, false)
+	if err != nil {
+		return ChannelInfo{}, err
+	}
+	if ch == nil {
+		return ChannelInfo{}, ErrNotFound
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ch.info(), nil
+}
+
+// DeleteChannel implements Broker.
+func (b *Memory) DeleteChannel(ctx context.Context, name string) error {
+	if err := ValidateChannel(name); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	ch, ok := b.channels[name]
+	if !ok {
+		b.mu.Unlock()
+		return ErrNotFound
+	}
+	delete(b.channels, name)
+	ch.mu.Lock()
+	ch.deleted = true
+	subs := ch.subs
+	ch.subs = map[*Subscription]struct{}{}
+	ch.notifyChanged()
+	ch.mu.Unlock()
+	var end []*Subscription
+	for s := range subs {
+		ms := b.subs[s]
+		if ms == nil {
+			continue
+		}
+		delete(ms.attached, ch)
+		// Pattern subscriptions live on; those that named the channel end.
+		if hasName(s.channels, name) {
+			end = append(end, s)
+		}
+	}
+	b.mu.Unlock()
+	for _, s := range end {
+		s.end(ErrChannelDeleted, false)
+	}
+	return nil
+}
+
+func hasName(list []string, name string) bool {
+	for _, n := range list {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Stats implements Broker.
+func (b *Memory) Stats() Stats {
+	b.mu.RLock()
+	n, subs := len(b.channels), len(b.subs)
+	b.mu.RUnlock()
+	return Stats{
+		Channels:      n,
+		Subscribers:   subs,
+		Published:     b.published.Load(),
+		Delivered:     b.delivered.Load(),
+		SlowConsumers: b.slowConsumers.Load(),
+	}
+}
+
+// Close implements Broker.
+func (b *Memory) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := make([]*Subscription, 0, len(b.subs))
+	for s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.mu.Unlock()
+	close(b.stop)
+	b.wg.Wait()
+	for _, s := range subs {
+		s.end(ErrClosed, false)
+	}
+	return nil
+}
+
+// sweeper expires old history and forgets idle, empty channels.
+func (b *Memory) sweeper() {
+	defer b.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		b.sweep()
+	}
+}
+
+func (b *Memory) sweep() {
+	now := b.opts.Now()
+	idleAfter := b.opts.HistoryAge
+	if idleAfter < time.Minute {
+		idleAfter = time.Hour
+	}
+	for _, ch := range b.allChannels() {
+		ch.mu.Lock()
+		b.expire(ch, now)
+		idle := ch.n == 0 && len(ch.subs) == 0 && now.Sub(ch.lastPub) > idleAfter
+		ch.mu.Unlock()
+		if !idle {
+			continue
+		}
+		b.mu.Lock()
+		ch.mu.Lock()
+		if b.channels[ch.name] == ch && ch.n == 0 && len(ch.subs) == 0 {
+			delete(b.channels, ch.name)
+			ch.deleted = true
+		}
+		ch.mu.Unlock()
+		b.mu.Unlock()
+	}
+}

@@ -1,0 +1,243 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// Kind says how a message's data is represented in JSON encodings.
+type Kind uint8
+
+// Data kinds. JSON data is embedded as JSON, text as a string and binary as
+// base64 with "encoding":"base64" beside it.
+const (
+	KindText Kind = iota
+	KindJSON
+	KindBinary
+)
+
+// String returns the kind's name as used in stored records.
+func (k Kind) String() string {
+	switch k {
+	case KindJSON:
+		return "json"
+	case KindBinary:
+		return "binary"
+	}
+	return "text"
+}
+
+// DefaultEvent is the event name of messages published without one.
+const DefaultEvent = "message"
+
+// Message is one published message. Once returned by Publish it is shared by
+// every subscriber and must not be modified.
+type Message struct {
+	Channel string
+	Epoch   string
+	Seq     uint64
+	Event   string
+	Kind    Kind
+	Data    []byte
+	Time    time.Time
+
+	enc [numEncodings]atomic.Pointer[[]byte]
+	obj [numObjects]atomic.Pointer[any]
+}
+
+// ID returns the message id, "<epoch>-<seq>", unique within its channel.
+func (m *Message) ID() string { return Position{Epoch: m.Epoch, Seq: m.Seq}.String() }
+
+// Position returns the message's position in its channel.
+func (m *Message) Position() Position { return Position{Epoch: m.Epoch, Seq: m.Seq} }
+
+// Encoding slots for Encoded. Each wire format uses one so a message is
+// encoded once, however many subscribers receive it.
+const (
+	EncJSON = iota
+	EncSSE
+	EncSSERaw
+	EncRaw
+	EncRawTagged
+	numEncodings
+)
+
+// Object slots for Object, for transport-specific prepared forms.
+const (
+	ObjWebSocket = iota
+	numObjects
+)
+
+// Encoded returns the message encoded by fn, computing it at most once per
+// slot in the common case (concurrent first callers may both compute it;
+// the results are identical).
+func (m *Message) Encoded(slot int, fn func(*Message) []byte) []byte {
+	if p := m.enc[slot].Load(); p != nil {
+		return *p
+	}
+	b := fn(m)
+	m.enc[slot].CompareAndSwap(nil, &b)
+	return *m.enc[slot].Load()
+}
+
+// Object is like Encoded for values that are not byte slices.
+func (m *Message) Object(slot int, fn func(*Message) any) any {
+	if p := m.obj[slot].Load(); p != nil {
+		return *p
+	}
+	v := fn(m)
+	m.obj[slot].CompareAndSwap(nil, &v)
+	return *m.obj[slot].Load()
+}
+
+// ClassifyData decides the kind of a payload from its declared content type
+// (may be empty). Declared JSON must be valid. Undeclared data that is a
+// JSON object or array is kept as JSON; invalid UTF-8 or a declared binary
+// type is binary; everything else is text.
+func ClassifyData(contentType string, data []byte) (Kind, error) {
+	ct := strings.ToLower(strings.TrimSpace(contentType))
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = strings.TrimSpace(ct[:i])
+	}
+	switch {
+	case ct == "application/json" || strings.HasSuffix(ct, "+json"):
+		if !json.Valid(data) {
+			return 0, errors.New("data declared as JSON is not valid JSON")
+		}
+		return KindJSON, nil
+	case ct == "application/octet-stream" || strings.HasPrefix(ct, "image/") ||
+		strings.HasPrefix(ct, "audio/") || strings.HasPrefix(ct, "video/"):
+		return KindBinary, nil
+	}
+	if !utf8.Valid(data) {
+		return KindBinary, nil
+	}
+	if looksJSONContainer(data) && json.Valid(data) {
+		return KindJSON, nil
+	}
+	return KindText, nil
+}
+
+func looksJSONContainer(b []byte) bool {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{', '[':
+			return true
+		}
+		return false
+	}
+	return false
+}
+
+// Position is a place in one channel's stream: the epoch it belongs to and
+// the sequence of the last message seen (0: before the first message).
+type Position struct {
+	Epoch string
+	Seq   uint64
+}
+
+// String formats a position as "<epoch>-<seq>".
+func (p Position) String() string { return p.Epoch + "-" + strconv.FormatUint(p.Seq, 10) }
+
+// IsZero reports whether p is the zero position.
+func (p Position) IsZero() bool { return p.Epoch == "" && p.Seq == 0 }
+
+// ErrInvalidPosition is wrapped by position and cursor parse errors.
+var ErrInvalidPosition = errors.New("invalid position")
+
+// ParsePosition parses "<epoch>-<seq>" as produced by Position.String.
+func ParsePosition(s string) (Position, error) {
+	i := strings.LastIndexByte(s, '-')
+	if i <= 0 || i == len(s)-1 || len(s) > 64 {
+		return Position{}, fmt.Errorf("%w %q: want <epoch>-<seq> as in a message id", ErrInvalidPosition, s)
+	}
+	epoch := s[:i]
+	for j := 0; j < len(epoch); j++ {
+		c := epoch[j]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
+			return Position{}, fmt.Errorf("%w %q: epoch must be lowercase letters and digits", ErrInvalidPosition, s)
+		}
+	}
+	seq, err := strconv.ParseUint(s[i+1:], 10, 64)
+	if err != nil {
+		return Position{}, fmt.Errorf("%w %q: sequence is not a number", ErrInvalidPosition, s)
+	}
+	return Position{Epoch: epoch, Seq: seq}, nil
+}
+
+// Cursor holds a position per concrete channel; it is what a subscriber
+// remembers to resume a multi-channel subscription.
+type Cursor map[string]Position
+
+// MaxCursorEntries bounds the channels one cursor may name.
+const MaxCursorEntries = 256
+
+// String formats a cursor as "ch=<epoch>-<seq>,…" sorted by channel.
+func (c Cursor) String() string {
+	names := make([]string, 0, len(c))
+	for n := range c {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for i, n := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(n)
+		b.WriteByte('=')
+		b.WriteString(c[n].String())
+	}
+	return b.String()
+}
+
+// ParseCursor parses a resume position. The form "ch=<epoch>-<seq>,…"
+// names channels; a bare "<epoch>-<seq>" (a message id, as in SSE
+// Last-Event-ID) applies to the single channel in channels.
+func ParseCursor(s string, channels []string) (Cursor, error) {
+	if s == "" {
+		return nil, fmt.Errorf("%w: empty", ErrInvalidPosition)
+	}
+	if len(s) > MaxCursorEntries*(MaxChannelLen+40) {
+		return nil, fmt.Errorf("%w: too long", ErrInvalidPosition)
+	}
+	if !strings.Contains(s, "=") {
+		if len(channels) != 1 || IsPattern(channels[0]) {
+			return nil, fmt.Errorf("%w %q: a bare message id resumes a single channel; use ch=<id>,… for several", ErrInvalidPosition, s)
+		}
+		p, err := ParsePosition(s)
+		if err != nil {
+			return nil, err
+		}
+		return Cursor{channels[0]: p}, nil
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > MaxCursorEntries {
+		return nil, fmt.Errorf("%w: more than %d channels", ErrInvalidPosition, MaxCursorEntries)
+	}
+	c := make(Cursor, len(parts))
+	for _, part := range parts {
+		name, pos, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("%w %q: want ch=<epoch>-<seq>", ErrInvalidPosition, part)
+		}
+		if err := ValidateChannel(name); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidPosition, err)
+		}
+		p, err := ParsePosition(pos)
+		if err != nil {
+			return nil, err
+		}
+		c[name] = p
+	}
+	return c, nil
+}

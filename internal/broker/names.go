@@ -1,0 +1,136 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MaxChannelLen is the longest channel name or pattern accepted.
+const MaxChannelLen = 128
+
+// ErrInvalidChannel is wrapped by every channel-name validation error.
+var ErrInvalidChannel = errors.New("invalid channel")
+
+// ValidChannelChar reports whether c may appear in a channel name. Dots
+// separate segments; '*' and '>' are reserved for patterns, ',' separates
+// lists and '=' separates names from positions in cursors.
+func ValidChannelChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	switch c {
+	case '_', '-', '.', ':', '@', '~', '+':
+		return true
+	}
+	return false
+}
+
+// ValidateChannel checks a concrete channel name: 1 to MaxChannelLen
+// characters of [A-Za-z0-9_-.:@~+], dot-separated segments, none empty.
+func ValidateChannel(name string) error {
+	if err := validateCommon(name); err != nil {
+		return err
+	}
+	for i := 0; i < len(name); i++ {
+		if !ValidChannelChar(name[i]) {
+			return fmt.Errorf("%w %q: character %q is not allowed (use letters, digits and _-.:@~+)", ErrInvalidChannel, name, name[i])
+		}
+	}
+	return nil
+}
+
+// ValidatePattern checks a channel name or a pattern. In a pattern a segment
+// may be "*" (exactly one segment) and the last segment may be ">" (one or
+// more segments).
+func ValidatePattern(p string) error {
+	if err := validateCommon(p); err != nil {
+		return err
+	}
+	segs := strings.Split(p, ".")
+	for i, s := range segs {
+		if s == "*" {
+			continue
+		}
+		if s == ">" {
+			if i != len(segs)-1 {
+				return fmt.Errorf("%w %q: '>' may only be the last segment", ErrInvalidChannel, p)
+			}
+			continue
+		}
+		for j := 0; j < len(s); j++ {
+			if !ValidChannelChar(s[j]) {
+				return fmt.Errorf("%w %q: character %q is not allowed (use letters, digits and _-.:@~+, or a whole segment of * or >)", ErrInvalidChannel, p, s[j])
+			}
+		}
+	}
+	return nil
+}
+
+func validateCommon(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty name", ErrInvalidChannel)
+	}
+	if len(s) > MaxChannelLen {
+		return fmt.Errorf("%w: name longer than %d bytes", ErrInvalidChannel, MaxChannelLen)
+	}
+	if s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return fmt.Errorf("%w %q: empty segment (leading, trailing or double dot)", ErrInvalidChannel, s)
+	}
+	return nil
+}
+
+// IsPattern reports whether a validated name contains wildcard segments.
+func IsPattern(p string) bool {
+	return p == "*" || p == ">" ||
+		strings.HasPrefix(p, "*.") || strings.HasPrefix(p, ">.") ||
+		strings.Contains(p, ".*") || strings.HasSuffix(p, ".>")
+}
+
+// Match reports whether the concrete channel name matches the pattern
+// (which may also be a plain name).
+func Match(pattern, name string) bool {
+	for {
+		pseg, prest, pmore := strings.Cut(pattern, ".")
+		nseg, nrest, nmore := strings.Cut(name, ".")
+		switch {
+		case pseg == ">":
+			return true // at least one segment remains in name
+		case pseg == "*" || pseg == nseg:
+		default:
+			return false
+		}
+		if !pmore || !nmore {
+			return pmore == nmore
+		}
+		pattern, name = prest, nrest
+	}
+}
+
+// ParseChannelList splits a comma-separated list of channels or patterns,
+// validating each and dropping duplicates.
+func ParseChannelList(s string) ([]string, error) {
+	if s == "" {
+		return nil, fmt.Errorf("%w: no channel given", ErrInvalidChannel)
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > MaxChannelsPerList {
+		return nil, fmt.Errorf("%w: more than %d channels in one list", ErrInvalidChannel, MaxChannelsPerList)
+	}
+	out := make([]string, 0, len(parts))
+	seen := make(map[string]bool, len(parts))
+	for _, p := range parts {
+		if err := ValidatePattern(p); err != nil {
+			return nil, err
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// MaxChannelsPerList bounds how many channels one subscription names.
+const MaxChannelsPerList = 64
