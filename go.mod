@@ -1,3 +1,15 @@
 module github.com/pushctl/pushctl
 
 go 1.26.8
+
+require (
+	github.com/gorilla/websocket v1.5.3
+	github.com/mattn/go-isatty v0.0.20
+	github.com/spf13/cobra v1.10.2
+	github.com/spf13/pflag v1.0.9
+)
+
+require (
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	golang.org/x/sys v0.6.0 // indirect
+)

@@ -76,6 +76,10 @@ type SubscribeOptions struct {
 	// overflowing ends the subscription with ErrSlowConsumer. Zero uses
 	// the broker default.
 	QueueSize int
+	// Notify, when set, is signalled (without blocking) instead of the
+	// subscription's own channel whenever events are queued or it ends, so
+	// one goroutine can serve several subscriptions. Give it capacity 1.
+	Notify chan struct{}
 }
 
 // Gap tells a subscriber that messages after From are not available: the

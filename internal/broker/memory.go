@@ -250,15 +250,17 @@ func (b *Memory) expire(ch *memChannel, now time.Time) {
 func (ch *memChannel) at(i int) *Message { return ch.hist[(ch.head+i)%len(ch.hist)] }
 
 // backlog computes what a new subscriber should be replayed, with the gap
-// event first when its position is no longer retained. Called with ch.mu held.
-func (ch *memChannel) backlog(opts *SubscribeOptions) []Event {
+// event first when its position is no longer retained, and the position
+// the subscriber's stream starts after. Called with ch.mu held.
+func (ch *memChannel) backlog(opts *SubscribeOptions) ([]Event, Position) {
 	var out []Event
+	head := Position{Epoch: ch.epoch, Seq: ch.seq}
 	start := ch.n // index of the first retained message to replay
+	oldest := ch.seq - uint64(ch.n) + 1
 	if pos, ok := opts.From[ch.name]; ok {
-		oldest := ch.seq - uint64(ch.n) + 1 // seq of the first retained message
 		switch {
 		case pos.Epoch == ch.epoch && pos.Seq >= ch.seq:
-			return nil
+			return nil, head
 		case pos.Epoch == ch.epoch && pos.Seq+1 >= oldest:
 			start = int(pos.Seq + 1 - oldest)
 		default:
@@ -269,22 +271,25 @@ func (ch *memChannel) backlog(opts *SubscribeOptions) []Event {
 			}})
 			start = 0
 		}
-	} else {
-		switch {
-		case opts.Last < 0:
-			start = 0
-		case opts.Last > 0:
-			start = max(0, ch.n-opts.Last)
+		for i := start; i < ch.n; i++ {
+			out = append(out, Event{Msg: ch.at(i)})
 		}
-		if !opts.Since.IsZero() {
-			i := sort.Search(ch.n, func(i int) bool { return ch.at(i).Time.After(opts.Since) })
-			start = min(start, i)
-		}
+		return out, pos
+	}
+	switch {
+	case opts.Last < 0:
+		start = 0
+	case opts.Last > 0:
+		start = max(0, ch.n-opts.Last)
+	}
+	if !opts.Since.IsZero() {
+		i := sort.Search(ch.n, func(i int) bool { return ch.at(i).Time.After(opts.Since) })
+		start = min(start, i)
 	}
 	for i := start; i < ch.n; i++ {
 		out = append(out, Event{Msg: ch.at(i)})
 	}
-	return out
+	return out, Position{Epoch: ch.epoch, Seq: oldest - 1 + uint64(start)}
 }
 
 // Subscribe implements Broker.
@@ -307,7 +312,7 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 	if q <= 0 {
 		q = b.opts.QueueSize
 	}
-	s := newSubscription(opts.Channels, q, b.release, func() { b.slowConsumers.Add(1) })
+	s := newSubscription(opts.Channels, q, opts.Notify, b.release, func() { b.slowConsumers.Add(1) })
 	ms := &memSub{patterns: pats, attached: make(map[*memChannel]struct{})}
 	b.mu.Lock()
 	if b.closed {
@@ -326,9 +331,8 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 			return false
 		}
 		if _, dup := ch.subs[s]; !dup {
-			if evs := ch.backlog(&opts); len(evs) > 0 {
-				s.replay(evs...)
-			}
+			evs, start := ch.backlog(&opts)
+			s.replay(ch.name, start, evs...)
 			ch.subs[s] = struct{}{}
 			ch.notifyChanged()
 		}

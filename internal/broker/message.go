@@ -72,6 +72,7 @@ const (
 // Object slots for Object, for transport-specific prepared forms.
 const (
 	ObjWebSocket = iota
+	ObjWebSocketRaw
 	numObjects
 )
 

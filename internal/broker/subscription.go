@@ -17,6 +17,7 @@ type Subscription struct {
 	max      int
 
 	mu     sync.Mutex
+	start  Cursor
 	buf    []Event
 	live   int // live (not replayed) events in buf
 	ended  bool
@@ -28,12 +29,15 @@ type Subscription struct {
 	onSlow  func()
 }
 
-func newSubscription(channels []string, max int, release func(*Subscription), onSlow func()) *Subscription {
+func newSubscription(channels []string, max int, notify chan struct{}, release func(*Subscription), onSlow func()) *Subscription {
+	if notify == nil {
+		notify = make(chan struct{}, 1)
+	}
 	return &Subscription{
 		id:       subIDs.Add(1),
 		channels: channels,
 		max:      max,
-		notify:   make(chan struct{}, 1),
+		notify:   notify,
 		done:     make(chan struct{}),
 		release:  release,
 		onSlow:   onSlow,
@@ -72,24 +76,45 @@ func (s *Subscription) push(e Event) bool {
 	s.buf = append(s.buf, e)
 	s.live++
 	s.mu.Unlock()
+	s.wake()
+	return true
+}
+
+func (s *Subscription) wake() {
 	select {
 	case s.notify <- struct{}{}:
 	default:
 	}
-	return true
 }
 
-// replay queues history; it does not count against the live bound.
-func (s *Subscription) replay(evs ...Event) {
+// replay records where the subscription starts in channel and queues
+// its history; history does not count against the live bound.
+func (s *Subscription) replay(channel string, start Position, evs ...Event) {
 	s.mu.Lock()
+	if s.start == nil {
+		s.start = Cursor{}
+	}
+	s.start[channel] = start
 	if !s.ended {
 		s.buf = append(s.buf, evs...)
 	}
 	s.mu.Unlock()
-	select {
-	case s.notify <- struct{}{}:
-	default:
+	if len(evs) > 0 {
+		s.wake()
 	}
+}
+
+// Start returns, for each concrete channel attached so far, the position
+// the subscription's stream starts after: a client that has received
+// nothing yet resumes from there without loss.
+func (s *Subscription) Start() Cursor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := make(Cursor, len(s.start))
+	for k, v := range s.start {
+		c[k] = v
+	}
+	return c
 }
 
 // end finishes the subscription with err. Queued events are dropped when
@@ -111,30 +136,42 @@ func (s *Subscription) endLocked(err error, drop bool) {
 		s.live = 0
 	}
 	close(s.done)
+	s.wake()
 }
 
-// Next waits for queued events and returns all of them, reusing dst's
-// storage. It returns the reason once the subscription has ended and its
-// queue is drained, or ctx's error.
+// TryNext returns every queued event without waiting, reusing dst's
+// storage (pass the previous batch once done with it). With nothing queued
+// it returns nil, and the reason once the subscription has ended.
+func (s *Subscription) TryNext(dst []Event) ([]Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.buf) > 0 {
+		out := s.buf
+		s.buf = dst[:0]
+		s.live = 0
+		return out, nil
+	}
+	if s.ended {
+		return nil, s.err
+	}
+	return nil, nil
+}
+
+// Ready is signalled when events may be queued or the subscription ended.
+// With SubscribeOptions.Notify it is that shared channel.
+func (s *Subscription) Ready() <-chan struct{} { return s.notify }
+
+// Next waits for queued events and returns all of them (see TryNext). It
+// returns the reason once the subscription has ended and its queue is
+// drained, or ctx's error.
 func (s *Subscription) Next(ctx context.Context, dst []Event) ([]Event, error) {
 	for {
-		s.mu.Lock()
-		if len(s.buf) > 0 {
-			out := s.buf
-			s.buf = dst[:0]
-			s.live = 0
-			s.mu.Unlock()
-			return out, nil
+		evs, err := s.TryNext(dst)
+		if evs != nil || err != nil {
+			return evs, err
 		}
-		if s.ended {
-			err := s.err
-			s.mu.Unlock()
-			return nil, err
-		}
-		s.mu.Unlock()
 		select {
 		case <-s.notify:
-		case <-s.done:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -1,0 +1,246 @@
+// Package client is the Go client of a pushctl broker, used by the CLI.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// DefaultServer is the broker URL when none is given.
+const DefaultServer = "http://127.0.0.1:7070"
+
+// Client talks to one broker.
+type Client struct {
+	base *url.URL
+	http *http.Client
+}
+
+// New returns a client for server: a URL (http, https, ws, wss) or a
+// host:port.
+func New(server string) (*Client, error) {
+	if server == "" {
+		server = DefaultServer
+	}
+	if !strings.Contains(server, "://") {
+		server = "http://" + server
+	}
+	u, err := url.Parse(server)
+	if err != nil {
+		return nil, fmt.Errorf("server %q: %w", server, err)
+	}
+	switch u.Scheme {
+	case "http", "https":
+	case "ws":
+		u.Scheme = "http"
+	case "wss":
+		u.Scheme = "https"
+	default:
+		return nil, fmt.Errorf("server %q: scheme must be http, https, ws or wss", server)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("server %q: no host", server)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawQuery, u.Fragment = "", ""
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	return &Client{base: u, http: &http.Client{Transport: tr}}, nil
+}
+
+// URL returns the broker's base URL.
+func (c *Client) URL() string { return c.base.String() }
+
+func (c *Client) url(path string, q url.Values) string {
+	u := *c.base
+	u.Path += path
+	if len(q) > 0 {
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// APIError is an error reply from the broker.
+type APIError struct {
+	Status  int    `json:"status"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *APIError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("broker replied %d %s", e.Status, e.Code)
+	}
+	return e.Message + " (" + e.Code + ")"
+}
+
+// ErrUnreachable wraps errors reaching the broker.
+var ErrUnreachable = errors.New("cannot reach the broker")
+
+func (c *Client) do(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		var ne net.Error
+		if errors.As(err, &ne) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection") {
+			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+		}
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, readAPIError(resp)
+	}
+	return resp, nil
+}
+
+func readAPIError(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var wrapped struct {
+		Error *APIError `json:"error"`
+	}
+	if json.Unmarshal(body, &wrapped) == nil && wrapped.Error != nil {
+		wrapped.Error.Status = resp.StatusCode
+		return wrapped.Error
+	}
+	return &APIError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(body))}
+}
+
+// Ack acknowledges a published message.
+type Ack struct {
+	Line        int       `json:"line,omitempty"`
+	ID          string    `json:"id"`
+	Channel     string    `json:"channel"`
+	Seq         uint64    `json:"seq"`
+	Subscribers int       `json:"subscribers"`
+	Time        time.Time `json:"time,omitzero"`
+}
+
+// PublishOptions describe one HTTP publish.
+type PublishOptions struct {
+	Event       string
+	ContentType string
+	// WaitSubscribers makes the broker wait for that many subscribers
+	// (up to WaitTimeout) before publishing.
+	WaitSubscribers int
+	WaitTimeout     time.Duration
+}
+
+// Publish sends one message over HTTP.
+func (c *Client) Publish(ctx context.Context, channel string, data []byte, o PublishOptions) (*Ack, error) {
+	q := url.Values{}
+	if o.Event != "" {
+		q.Set("event", o.Event)
+	}
+	if o.WaitSubscribers > 0 {
+		q.Set("wait_subscribers", strconv.Itoa(o.WaitSubscribers))
+		if o.WaitTimeout > 0 {
+			q.Set("timeout", o.WaitTimeout.String())
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", c.url("/pub/"+url.PathEscape(channel), q), bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	if o.ContentType != "" {
+		req.Header.Set("Content-Type", o.ContentType)
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var ack Ack
+	if err := json.NewDecoder(resp.Body).Decode(&ack); err != nil {
+		return nil, fmt.Errorf("reading ack: %w", err)
+	}
+	return &ack, nil
+}
+
+// WaitSubscribers waits until channel has n subscribers.
+func (c *Client) WaitSubscribers(ctx context.Context, channel string, n int, timeout time.Duration) error {
+	q := url.Values{"wait_subscribers": {strconv.Itoa(n)}}
+	if timeout > 0 {
+		q.Set("timeout", timeout.String())
+	}
+	_, err := c.Channel(ctx, channel, q)
+	return err
+}
+
+// Channel returns a channel's info.
+func (c *Client) Channel(ctx context.Context, name string, q url.Values) (*broker.ChannelInfo, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/channels/"+url.PathEscape(name), q), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var info broker.ChannelInfo
+	return &info, json.NewDecoder(resp.Body).Decode(&info)
+}
+
+// Channels lists the broker's channels, optionally those matching a pattern.
+func (c *Client) Channels(ctx context.Context, match string) ([]broker.ChannelInfo, error) {
+	q := url.Values{}
+	if match != "" {
+		q.Set("match", match)
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/channels", q), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Channels []broker.ChannelInfo `json:"channels"`
+	}
+	return out.Channels, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// DeleteChannel deletes a channel.
+func (c *Client) DeleteChannel(ctx context.Context, name string) error {
+	req, err := http.NewRequestWithContext(ctx, "DELETE", c.url("/channels/"+url.PathEscape(name), nil), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// Stats returns broker-wide counters.
+func (c *Client) Stats(ctx context.Context) (*broker.Stats, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/stats", nil), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st broker.Stats
+	return &st, json.NewDecoder(resp.Body).Decode(&st)
+}

@@ -1,0 +1,257 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// SubscribeOptions select what to receive.
+type SubscribeOptions struct {
+	Channels []string
+	// Since is where to start: "all", a message id, a cursor, an RFC 3339
+	// time or a duration ago. Empty: live messages only.
+	Since string
+	// Last replays up to that many retained messages per channel.
+	Last int
+	// NoReconnect returns the first connection error instead of retrying.
+	NoReconnect bool
+	// MaxBackoff caps the wait between reconnects (default 5s).
+	MaxBackoff time.Duration
+	// IdleTimeout reconnects when nothing, not even a keepalive, arrived
+	// for this long (default 45s).
+	IdleTimeout time.Duration
+	// OnStatus is told about connection changes.
+	OnStatus func(Status)
+}
+
+// State is a subscription's connection state.
+type State string
+
+// Connection states reported through OnStatus.
+const (
+	StateConnecting   State = "connecting"
+	StateLive         State = "live"
+	StateReconnecting State = "reconnecting"
+)
+
+// Status is a connection change.
+type Status struct {
+	State   State
+	Attempt int    // reconnect attempt, from 1
+	Err     error  // why the connection was lost
+	Cursor  string // position resumed from
+}
+
+// Event is a delivered message, or a gap notice.
+type Event struct {
+	Msg *broker.Message
+	Gap *Gap
+}
+
+// Gap says that messages of Channel after From are unavailable; the
+// stream continues after To.
+type Gap struct {
+	Channel, From, To string
+}
+
+// ErrStop may be returned by a subscribe callback to end cleanly.
+var ErrStop = errors.New("stop")
+
+// retryable reports whether a subscribe error warrants reconnecting.
+func retryable(err error) bool {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Status >= 500 || ae.Status == http.StatusRequestTimeout || ae.Status == http.StatusTooManyRequests
+	}
+	return true
+}
+
+// Subscribe streams events to fn until ctx ends, fn returns an error
+// (ErrStop ends with nil) or a non-retryable error occurs. Lost
+// connections are retried with backoff, resuming after the last message
+// handed to fn so nothing still retained is lost or repeated.
+func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Event) error) error {
+	if len(o.Channels) == 0 {
+		return errors.New("no channel given")
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 5 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 45 * time.Second
+	}
+	status := o.OnStatus
+	if status == nil {
+		status = func(Status) {}
+	}
+	cursor := broker.Cursor{}
+	attempt := 0
+	backoff := 100 * time.Millisecond
+	for {
+		q := url.Values{"format": {"ndjson"}}
+		switch {
+		case len(cursor) > 0:
+			q.Set("since", cursor.String())
+		case o.Since != "":
+			q.Set("since", o.Since)
+		}
+		if o.Last > 0 && len(cursor) == 0 {
+			q.Set("last", strconv.Itoa(o.Last))
+		}
+		if attempt == 0 {
+			status(Status{State: StateConnecting})
+		}
+		delivered, err := c.subscribeOnce(ctx, o, q, cursor, status, attempt, fn)
+		if errors.Is(err, ErrStop) {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil {
+			err = errors.New("stream ended")
+		}
+		var fnErr *callbackError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		if o.NoReconnect || !retryable(err) {
+			return err
+		}
+		if delivered {
+			backoff = 100 * time.Millisecond
+		}
+		attempt++
+		status(Status{State: StateReconnecting, Attempt: attempt, Err: err, Cursor: cursor.String()})
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(backoff*2, o.MaxBackoff)
+	}
+}
+
+type callbackError struct{ err error }
+
+func (e *callbackError) Error() string { return e.err.Error() }
+
+// subscribeOnce runs one connection. It reports whether any event was
+// delivered, and keeps cursor up to date.
+func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, status func(Status), attempt int, fn func(Event) error) (bool, error) {
+	paths := make([]string, len(o.Channels))
+	for i, ch := range o.Channels {
+		paths[i] = url.PathEscape(ch)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, "GET", c.url("/sub/"+strings.Join(paths, ","), q), nil)
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Accept", "application/x-ndjson")
+	resp, err := c.do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if start := resp.Header.Get("Pushctl-Cursor"); start != "" {
+		if sc, err := broker.ParseCursor(start, o.Channels); err == nil {
+			for ch, p := range sc {
+				if _, ok := cursor[ch]; !ok {
+					cursor[ch] = p
+				}
+			}
+		}
+	}
+	st := Status{State: StateLive, Attempt: attempt}
+	if attempt > 0 {
+		st.Cursor = cursor.String()
+	}
+	status(st)
+
+	// A watchdog ends a connection that went silent (no keepalive).
+	var mu sync.Mutex
+	idle := false
+	timer := time.AfterFunc(o.IdleTimeout, func() { mu.Lock(); idle = true; mu.Unlock(); cancel() })
+	defer timer.Stop()
+
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	delivered := false
+	for sc.Scan() {
+		timer.Reset(o.IdleTimeout)
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue // keepalive
+		}
+		env, err := wire.DecodeEnvelope(line)
+		if err != nil {
+			return delivered, fmt.Errorf("broker sent a bad line: %w", err)
+		}
+		var ev Event
+		switch env.Type {
+		case "message", "":
+			m, err := env.Message()
+			if err != nil {
+				return delivered, fmt.Errorf("broker sent a bad message: %w", err)
+			}
+			if p, ok := cursor[m.Channel]; ok && p.Epoch == m.Epoch && m.Seq <= p.Seq {
+				continue // already delivered before a reconnect
+			}
+			ev.Msg = m
+		case "gap":
+			ev.Gap = &Gap{Channel: env.Channel, From: env.From, To: env.To}
+		case "error":
+			var ae APIError
+			_ = jsonUnmarshal(line, &ae)
+			ae.Status = http.StatusServiceUnavailable
+			return delivered, &ae
+		default:
+			continue // unknown control lines are for newer clients
+		}
+		if err := fn(ev); err != nil {
+			if errors.Is(err, ErrStop) {
+				updateCursor(cursor, ev)
+				return true, err
+			}
+			return delivered, &callbackError{err}
+		}
+		updateCursor(cursor, ev)
+		delivered = true
+	}
+	err = sc.Err()
+	mu.Lock()
+	if idle {
+		err = fmt.Errorf("no data or keepalive for %s", o.IdleTimeout)
+	}
+	mu.Unlock()
+	if err == nil {
+		err = errors.New("broker closed the stream")
+	}
+	return delivered, err
+}
+
+func updateCursor(cursor broker.Cursor, ev Event) {
+	switch {
+	case ev.Msg != nil:
+		cursor[ev.Msg.Channel] = ev.Msg.Position()
+	case ev.Gap != nil:
+		if p, err := broker.ParsePosition(ev.Gap.To); err == nil {
+			cursor[ev.Gap.Channel] = p
+		}
+	}
+}

@@ -1,0 +1,234 @@
+// Package pub implements `pushctl pub`.
+package pub
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/client"
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/spf13/cobra"
+)
+
+// Options are the flags of pub and its dependencies.
+type Options struct {
+	IO      *cmdutil.IOStreams
+	Factory *cmdutil.Factory
+
+	Channel         string
+	Args            []string
+	Server          string
+	File            string
+	Lines           bool
+	Event           string
+	ContentType     string
+	WaitSubscribers int
+	Timeout         time.Duration
+	JSON            bool
+	Via             string
+}
+
+// NewCmdPub returns the pub command.
+func NewCmdPub(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
+	opts := &Options{IO: f.IO, Factory: f}
+	cmd := &cobra.Command{
+		Use:   "pub CHANNEL [MESSAGE...]",
+		Short: "Publish messages to a channel",
+		Long: `Publish a message to a channel and print the broker's acknowledgement.
+
+The message is the arguments joined by spaces, the contents of --file, or
+all of standard input. With --lines every line of the input is a message of
+its own, streamed over one connection in order; a summary goes to stderr.`,
+		Example: `  pushctl pub news hello
+  echo '{"build":42,"ok":true}' | pushctl pub builds --event finished
+  seq 1 100000 | pushctl pub news --lines
+  pushctl pub news --wait-subscribers 2 --timeout 30s 'deploy done'`,
+		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Channel, opts.Args = args[0], args[1:]
+			if err := broker.ValidateChannel(opts.Channel); err != nil {
+				return &cmdutil.FlagError{Err: err}
+			}
+			if len(opts.Args) > 0 && opts.File != "" {
+				return cmdutil.FlagErrorf("give the message as arguments or with --file, not both")
+			}
+			if opts.Lines && len(opts.Args) > 0 {
+				return cmdutil.FlagErrorf("--lines reads standard input or --file, not arguments")
+			}
+			switch opts.Via {
+			case "http", "ws":
+			default:
+				return cmdutil.FlagErrorf("--via %q: want http or ws", opts.Via)
+			}
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return Run(cmd.Context(), opts)
+		},
+	}
+	fl := cmd.Flags()
+	cmdutil.AddServerFlag(cmd, &opts.Server)
+	fl.StringVarP(&opts.File, "file", "f", "", "read the message from this file (- for stdin)")
+	fl.BoolVarP(&opts.Lines, "lines", "L", false, "publish each input line as a message, over one connection")
+	fl.StringVarP(&opts.Event, "event", "e", "", "event name (default \"message\")")
+	fl.StringVarP(&opts.ContentType, "content-type", "t", "", "content type of the data (application/json, application/octet-stream, text/plain)")
+	fl.IntVarP(&opts.WaitSubscribers, "wait-subscribers", "w", 0, "wait until the channel has this many subscribers before publishing")
+	fl.DurationVar(&opts.Timeout, "timeout", 30*time.Second, "give up after this long (exit 124 while waiting for subscribers)")
+	fl.BoolVar(&opts.JSON, "json", false, "print acknowledgements as JSON")
+	fl.StringVar(&opts.Via, "via", "http", "transport for single messages: http or ws (--lines always streams over ws)")
+	return cmd
+}
+
+// Run publishes.
+func Run(ctx context.Context, o *Options) error {
+	c, err := o.Factory.Client(o.Server)
+	if err != nil {
+		return err
+	}
+	var in io.Reader
+	switch {
+	case o.File == "-" || (o.File == "" && len(o.Args) == 0):
+		if o.File == "" && o.IO.InTTY {
+			return cmdutil.FlagErrorf("no message: give it as arguments, with --file, or on standard input")
+		}
+		in = o.IO.In
+	case o.File != "":
+		f, err := os.Open(o.File)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	if o.WaitSubscribers > 0 {
+		wctx, cancel := context.WithTimeout(ctx, o.Timeout+5*time.Second)
+		err := c.WaitSubscribers(wctx, o.Channel, o.WaitSubscribers, o.Timeout)
+		cancel()
+		if err != nil {
+			return waitError(ctx, err, o)
+		}
+	}
+	if o.Lines {
+		return publishLines(ctx, c, in, o)
+	}
+	var data []byte
+	if in != nil {
+		if data, err = io.ReadAll(io.LimitReader(in, 1<<30)); err != nil {
+			return fmt.Errorf("reading message: %w", err)
+		}
+	} else {
+		data = []byte(strings.Join(o.Args, " "))
+	}
+	pctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	var ack *client.Ack
+	if o.Via == "ws" {
+		ack, err = publishOneWS(pctx, c, data, o)
+	} else {
+		ack, err = c.Publish(pctx, o.Channel, data, client.PublishOptions{Event: o.Event, ContentType: o.ContentType})
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return cmdutil.ErrInterrupted
+		}
+		return fmt.Errorf("publish to %s: %w", o.Channel, err)
+	}
+	return printAck(o, ack)
+}
+
+func waitError(ctx context.Context, err error, o *Options) error {
+	var ae *client.APIError
+	if ctx.Err() != nil {
+		return cmdutil.ErrInterrupted
+	}
+	if errors.As(err, &ae) && ae.Code == "wait_timeout" || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: fewer than %d subscribers on %s after %s", cmdutil.ErrTimeout, o.WaitSubscribers, o.Channel, o.Timeout)
+	}
+	return fmt.Errorf("waiting for subscribers: %w", err)
+}
+
+func publishOneWS(ctx context.Context, c *client.Client, data []byte, o *Options) (*client.Ack, error) {
+	var got *client.Ack
+	s, err := c.OpenStream(ctx, func(a client.Ack) { got = &a })
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Publish(ctx, o.Channel, o.Event, data); err != nil {
+		s.Close(ctx)
+		return nil, err
+	}
+	if _, err := s.Close(ctx); err != nil {
+		return nil, err
+	}
+	if got == nil {
+		return nil, errors.New("no acknowledgement")
+	}
+	return got, nil
+}
+
+func printAck(o *Options, a *client.Ack) error {
+	if o.JSON {
+		return json.NewEncoder(o.IO.Out).Encode(a)
+	}
+	_, err := fmt.Fprintf(o.IO.Out, "%s %s subscribers=%d\n", a.Channel, a.ID, a.Subscribers)
+	return err
+}
+
+func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Options) error {
+	var out *bufio.Writer
+	if o.JSON {
+		out = bufio.NewWriter(o.IO.Out)
+		defer out.Flush()
+	}
+	enc := json.NewEncoder(out)
+	var last client.Ack
+	s, err := c.OpenStream(ctx, func(a client.Ack) {
+		last = a
+		if out != nil {
+			enc.Encode(a)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("publish to %s: %w", o.Channel, err)
+	}
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	n := 0
+	for sc.Scan() {
+		line := sc.Bytes()
+		if err := s.Publish(ctx, o.Channel, o.Event, append([]byte(nil), line...)); err != nil {
+			break
+		}
+		n++
+	}
+	readErr := sc.Err()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.Timeout)
+	defer cancel()
+	acked, err := s.Close(cctx)
+	if ctx.Err() != nil {
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: interrupted: %d of %d messages acknowledged on %s\n", acked, n, o.Channel)
+		return cmdutil.ErrInterrupted
+	}
+	if err != nil {
+		return fmt.Errorf("publish to %s: %d of %d messages acknowledged: %w", o.Channel, acked, n, err)
+	}
+	if readErr != nil {
+		return fmt.Errorf("reading input after %d messages: %w", n, readErr)
+	}
+	if !o.JSON {
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: published %d messages to %s", acked, o.Channel)
+		if acked > 0 {
+			fmt.Fprintf(o.IO.ErrOut, " (last id %s)", last.ID)
+		}
+		fmt.Fprintln(o.IO.ErrOut)
+	}
+	return nil
+}

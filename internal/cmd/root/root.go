@@ -1,0 +1,76 @@
+// Package root assembles the pushctl command tree and runs it.
+package root
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/pushctl/pushctl/internal/cmd/pub"
+	"github.com/pushctl/pushctl/internal/cmd/serve"
+	"github.com/pushctl/pushctl/internal/cmd/sub"
+	"github.com/pushctl/pushctl/internal/cmd/version"
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/spf13/cobra"
+)
+
+// NewCmdRoot returns the whole command tree.
+func NewCmdRoot(f *cmdutil.Factory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pushctl",
+		Short: "A publish/subscribe toolbox: broker, publisher, subscriber, bridge and benchmark",
+		Long: `pushctl is one binary for real-time push: run a broker, publish to channels
+over HTTP or WebSocket, tail channels from a shell, and serve browsers over
+WebSocket, SSE and long-poll.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return cmdutil.BindEnv(cmd, f.Getenv)
+		},
+	}
+	cmd.SetIn(f.IO.In)
+	cmd.SetOut(f.IO.Out)
+	cmd.SetErr(f.IO.ErrOut)
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &cmdutil.FlagError{Err: err}
+	})
+	cmd.AddCommand(
+		serve.NewCmdServe(f, nil),
+		pub.NewCmdPub(f, nil),
+		sub.NewCmdSub(f, nil),
+		version.NewCmdVersion(f),
+	)
+	return cmd
+}
+
+// Main runs pushctl with the process's arguments and returns the exit code.
+func Main() int {
+	f := cmdutil.New()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd := NewCmdRoot(f)
+	err := cmd.ExecuteContext(ctx)
+	if err != nil && strings.HasPrefix(err.Error(), "unknown command") {
+		err = &cmdutil.FlagError{Err: err}
+	}
+	code := cmdutil.ExitCode(err)
+	if err != nil {
+		var se *cmdutil.SilentError
+		if !errors.As(err, &se) {
+			if errors.Is(err, cmdutil.ErrInterrupted) || errors.Is(err, context.Canceled) {
+				fmt.Fprintln(f.IO.ErrOut, "pushctl: interrupted")
+			} else {
+				fmt.Fprintf(f.IO.ErrOut, "pushctl: %v\n", err)
+			}
+			var fe *cmdutil.FlagError
+			if errors.As(err, &fe) {
+				fmt.Fprintln(f.IO.ErrOut, "Run 'pushctl --help' for usage.")
+			}
+		}
+	}
+	return code
+}

@@ -1,0 +1,139 @@
+// Package serve implements `pushctl serve`.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/server"
+	"github.com/spf13/cobra"
+)
+
+// Options are the flags of serve and its dependencies.
+type Options struct {
+	IO *cmdutil.IOStreams
+
+	Listen         string
+	HistorySize    int
+	HistoryAge     time.Duration
+	MaxMessageSize cmdutil.ByteSize
+	QueueSize      int
+	Keepalive      time.Duration
+	PingInterval   time.Duration
+	LogLevel       string
+	LogFormat      string
+	// Ready, if set, is called with the bound address (tests).
+	Ready func(addr net.Addr)
+}
+
+// DefaultListen is the default listen address: loopback only.
+const DefaultListen = "127.0.0.1:7070"
+
+// NewCmdServe returns the serve command. runF replaces the run function
+// in tests.
+func NewCmdServe(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
+	opts := &Options{IO: f.IO, MaxMessageSize: 1 << 20}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a broker",
+		Long: `Run a pushctl broker: publish over HTTP and WebSocket, subscribe over
+WebSocket, SSE, NDJSON, raw lines and long-poll, all on one listener.
+
+It listens on loopback unless told otherwise. Messages are kept in memory
+with a bounded history per channel, so subscribers can replay and resume.
+Every flag can also be set as a PUSHCTL_* environment variable
+(--history-age is PUSHCTL_HISTORY_AGE); flags win.`,
+		Example: `  pushctl serve
+  pushctl serve --listen 127.0.0.1:8080 --history 10000 --history-age 24h
+  PUSHCTL_LISTEN=127.0.0.1:0 pushctl serve   # any free port, printed on stderr`,
+		Args: cmdutil.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return Run(cmd.Context(), opts)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&opts.Listen, "listen", "l", DefaultListen, "address to listen on (host:port; port 0 picks a free one)")
+	fl.IntVar(&opts.HistorySize, "history", 1000, "messages retained per channel for replay and resume (0 keeps none)")
+	fl.DurationVar(&opts.HistoryAge, "history-age", time.Hour, "drop retained messages older than this")
+	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted")
+	fl.IntVar(&opts.QueueSize, "queue-size", 4096, "messages queued per subscriber before it is disconnected as too slow")
+	fl.DurationVar(&opts.Keepalive, "keepalive", 15*time.Second, "keepalive interval of SSE and NDJSON streams")
+	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
+	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fl.StringVar(&opts.LogFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+func newLogger(o *Options) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
+		return nil, cmdutil.FlagErrorf("--log-level %q: want debug, info, warn or error", o.LogLevel)
+	}
+	ho := &slog.HandlerOptions{Level: level}
+	switch o.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(o.IO.ErrOut, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(o.IO.ErrOut, ho)), nil
+	}
+	return nil, cmdutil.FlagErrorf("--log-format %q: want text or json", o.LogFormat)
+}
+
+// Run runs the broker until ctx ends.
+func Run(ctx context.Context, o *Options) error {
+	log, err := newLogger(o)
+	if err != nil {
+		return err
+	}
+	if o.HistorySize < 0 || o.QueueSize <= 0 || o.MaxMessageSize <= 0 {
+		return cmdutil.FlagErrorf("--history must be >= 0, --queue-size and --max-message-size > 0")
+	}
+	hist := o.HistorySize
+	if hist == 0 {
+		hist = -1
+	}
+	b := broker.NewMemory(broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize})
+	defer b.Close()
+	srv := server.New(b, server.Options{
+		MaxMessageSize: int64(o.MaxMessageSize),
+		QueueSize:      o.QueueSize,
+		Keepalive:      o.Keepalive,
+		PingInterval:   o.PingInterval,
+		Logger:         log,
+	})
+	l, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.Listen, err)
+	}
+	url := "http://" + l.Addr().String()
+	log.Debug("listening", "url", url, "history", o.HistorySize, "history_age", o.HistoryAge)
+	fmt.Fprintf(o.IO.ErrOut, "pushctl: broker listening on %s\n", url)
+	if !isLoopback(l.Addr()) {
+		log.Warn("listening on a non-loopback address: anyone who can reach it can publish and subscribe", "addr", l.Addr().String())
+	}
+	if o.Ready != nil {
+		o.Ready(l.Addr())
+	}
+	err = srv.Serve(ctx, l)
+	if errors.Is(err, http.ErrServerClosed) || err == nil {
+		log.Info("stopped")
+		return nil
+	}
+	return err
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback() || strings.HasPrefix(a.String(), "localhost")
+}

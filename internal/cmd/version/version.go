@@ -1,0 +1,72 @@
+// Package version implements `pushctl version` and holds build information.
+package version
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/spf13/cobra"
+)
+
+// Set at link time by the release build (-X).
+var (
+	Version = "dev"
+	Commit  = ""
+	Date    = ""
+)
+
+// Info is what `pushctl version` reports.
+type Info struct {
+	Version string `json:"version"`
+	Commit  string `json:"commit,omitempty"`
+	Date    string `json:"date,omitempty"`
+	Go      string `json:"go"`
+	OS      string `json:"os"`
+	Arch    string `json:"arch"`
+}
+
+// Get returns the build information.
+func Get() Info {
+	info := Info{Version: Version, Commit: Commit, Date: Date, Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	if bi, ok := debug.ReadBuildInfo(); ok && info.Commit == "" {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				info.Commit = s.Value
+			case "vcs.time":
+				info.Date = s.Value
+			}
+		}
+	}
+	return info
+}
+
+// NewCmdVersion returns the version command.
+func NewCmdVersion(f *cmdutil.Factory) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print version and build information",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info := Get()
+			if asJSON {
+				return json.NewEncoder(f.IO.Out).Encode(info)
+			}
+			fmt.Fprintf(f.IO.Out, "pushctl %s\n", info.Version)
+			if info.Commit != "" {
+				fmt.Fprintf(f.IO.Out, "commit:  %s\n", info.Commit)
+			}
+			if info.Date != "" {
+				fmt.Fprintf(f.IO.Out, "built:   %s\n", info.Date)
+			}
+			fmt.Fprintf(f.IO.Out, "go:      %s %s/%s\n", info.Go, info.OS, info.Arch)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}

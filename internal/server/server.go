@@ -1,0 +1,250 @@
+// Package server is pushctl's HTTP surface: publish, subscribe over
+// WebSocket, SSE, NDJSON, raw lines and long-poll, channel info and health.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Options configure a Server.
+type Options struct {
+	// MaxMessageSize bounds one message's data in bytes (default 1 MiB).
+	MaxMessageSize int64
+	// QueueSize bounds each subscriber's queue (default: the broker's).
+	QueueSize int
+	// Keepalive is the SSE/NDJSON keepalive interval (default 15s).
+	Keepalive time.Duration
+	// PingInterval is the WebSocket ping interval (default 30s); a peer
+	// silent for two intervals is disconnected.
+	PingInterval time.Duration
+	// WriteTimeout bounds one write to a subscriber (default 10s).
+	WriteTimeout time.Duration
+	// MaxPoll bounds a long-poll wait (default 5m).
+	MaxPoll time.Duration
+	// Logger receives operational logs (default: discard).
+	Logger *slog.Logger
+}
+
+func (o *Options) fill() {
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = 1 << 20
+	}
+	if o.Keepalive <= 0 {
+		o.Keepalive = 15 * time.Second
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.MaxPoll <= 0 {
+		o.MaxPoll = 5 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server serves the pushctl HTTP API over one broker.
+type Server struct {
+	b    broker.Broker
+	opts Options
+	log  *slog.Logger
+	mux  *http.ServeMux
+
+	stopping chan struct{}
+	stopOnce sync.Once
+	conns    sync.WaitGroup // long-lived subscriber handlers
+}
+
+// New returns a Server for b.
+func New(b broker.Broker, opts Options) *Server {
+	opts.fill()
+	s := &Server{b: b, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{})}
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	s.mux.Handle("/pub/{channel}", s.methods(map[string]handlerFunc{"POST": s.publish, "PUT": s.publish}))
+	s.mux.Handle("/pub", s.methods(map[string]handlerFunc{"POST": s.publishBatch, "PUT": s.publishBatch}))
+	s.mux.Handle("/sub/{channels}", s.methods(map[string]handlerFunc{"GET": s.subscribe}))
+	s.mux.Handle("/ws", s.methods(map[string]handlerFunc{"GET": s.websocketOnly}))
+	s.mux.Handle("/channels", s.methods(map[string]handlerFunc{"GET": s.listChannels}))
+	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
+	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
+	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
+	s.mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, CodeNotFound, "no such endpoint %s; see docs/http-api.md", r.URL.Path)
+	}))
+}
+
+// methods dispatches on the request method; others get a JSON 405.
+func (s *Server) methods(m map[string]handlerFunc) http.Handler {
+	allow := make([]string, 0, len(m)+1)
+	for k := range m {
+		allow = append(allow, k)
+	}
+	if _, ok := m["GET"]; ok {
+		allow = append(allow, "HEAD")
+	}
+	allowed := strings.Join(allow, ", ")
+	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		method := r.Method
+		if method == "HEAD" {
+			method = "GET"
+		}
+		h, ok := m[method]
+		if !ok {
+			w.Header().Set("Allow", allowed)
+			return errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "%s is not allowed here; use %s", r.Method, allowed)
+		}
+		return h(w, r)
+	})
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Stopping is closed when Shutdown starts; long-lived handlers end.
+func (s *Server) Stopping() <-chan struct{} { return s.stopping }
+
+// Serve accepts connections on l until Shutdown. It returns
+// http.ErrServerClosed after a clean shutdown.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	hs := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.stopOnce.Do(func() { close(s.stopping) })
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	s.conns.Wait()
+	if err != nil {
+		hs.Close()
+		return err
+	}
+	return <-errc
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
+	select {
+	case <-s.stopping:
+		return errorf(http.StatusServiceUnavailable, CodeShuttingDown, "shutting down")
+	default:
+	}
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, s.b.Stats())
+}
+
+func (s *Server) listChannels(w http.ResponseWriter, r *http.Request) error {
+	list, err := s.b.Channels(r.Context())
+	if err != nil {
+		return err
+	}
+	if p := r.URL.Query().Get("match"); p != "" {
+		if err := broker.ValidatePattern(p); err != nil {
+			return err
+		}
+		out := list[:0]
+		for _, c := range list {
+			if broker.Match(p, c.Name) {
+				out = append(out, c)
+			}
+		}
+		list = out
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"channels": list})
+}
+
+// channelInfo describes a channel. With wait_subscribers=N it first waits
+// (up to timeout, default 30s) until N subscribers are listening.
+func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("channel")
+	if err := broker.ValidateChannel(name); err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	if v := q.Get("wait_subscribers"); v != "" {
+		if err := s.waitSubscribers(r, name, v, q.Get("timeout")); err != nil {
+			return err
+		}
+	}
+	info, err := s.b.Channel(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) error {
+	n, err := strconv.Atoi(nstr)
+	if err != nil || n < 0 || n > 1_000_000 {
+		return errorf(http.StatusBadRequest, CodeInvalidParameter, "wait_subscribers must be a number from 0 to 1000000")
+	}
+	timeout := 30 * time.Second
+	if tstr != "" {
+		if timeout, err = time.ParseDuration(tstr); err != nil || timeout <= 0 || timeout > time.Hour {
+			return errorf(http.StatusBadRequest, CodeInvalidParameter, "timeout must be a duration such as 30s, at most 1h")
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := s.b.WaitSubscribers(ctx, channel, n); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return errorf(http.StatusRequestTimeout, CodeWaitTimeout, "fewer than %d subscribers on %s after %s", n, channel, timeout)
+		}
+		if errors.Is(err, context.Canceled) {
+			return broker.ErrClosed
+		}
+		return err
+	}
+	return nil
+}
+
+func (s *Server) deleteChannel(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("channel")
+	if err := s.b.DeleteChannel(r.Context(), name); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"deleted": name})
+}

@@ -1,0 +1,458 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// WebSocket close codes pushctl uses besides the standard ones.
+const (
+	CloseSlowConsumer = 4008
+)
+
+var upgrader = websocket.Upgrader{
+	ReadBufferSize:  4 << 10,
+	WriteBufferSize: 4 << 10,
+	// Browsers on other origins are welcome: nothing here relies on
+	// cookies. Token auth and origin checks are configured separately.
+	CheckOrigin: func(*http.Request) bool { return true },
+}
+
+// ClientFrame is any frame a client sends on the WebSocket protocol.
+type ClientFrame struct {
+	Type     string          `json:"type"`
+	Ref      string          `json:"ref,omitempty"`
+	Channels []string        `json:"channels,omitempty"`
+	Channel  string          `json:"channel,omitempty"`
+	Since    string          `json:"since,omitempty"`
+	Last     int             `json:"last,omitempty"`
+	Event    string          `json:"event,omitempty"`
+	Data     json.RawMessage `json:"data,omitempty"`
+	Encoding string          `json:"encoding,omitempty"`
+}
+
+// wsConn is one WebSocket connection. The reader goroutine handles client
+// frames; the writer goroutine alone writes to the socket.
+type wsConn struct {
+	s    *Server
+	c    *websocket.Conn
+	raw  bool
+	wake chan struct{}
+
+	mu     sync.Mutex
+	subs   map[string]*broker.Subscription // one per channel or pattern
+	outbox [][]byte
+	room   chan struct{} // signalled when the writer drains the outbox
+	closed bool
+}
+
+const maxOutbox = 1024
+
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, initial *broker.SubscribeOptions) error {
+	c, err := upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return nil // the upgrader already replied
+	}
+	s.conns.Add(1)
+	defer s.conns.Done()
+	wc := &wsConn{
+		s:    s,
+		c:    c,
+		raw:  r.URL.Query().Get("data") == "raw",
+		wake: make(chan struct{}, 1),
+		subs: make(map[string]*broker.Subscription),
+		room: make(chan struct{}, 1),
+	}
+	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
+	if initial != nil {
+		for _, ch := range initial.Channels {
+			o := *initial
+			o.Channels = []string{ch}
+			if err := wc.addSub(ch, o); err != nil {
+				wc.closeWith(websocket.CloseInternalServerErr, asError(err).Code)
+				c.Close()
+				return nil
+			}
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wc.readLoop(r)
+	}()
+	wc.writeLoop(done)
+	c.Close()
+	<-done
+	wc.mu.Lock()
+	wc.closed = true
+	for _, sub := range wc.subs {
+		sub.Close()
+	}
+	wc.mu.Unlock()
+	return nil
+}
+
+func (wc *wsConn) addSub(key string, o broker.SubscribeOptions) error {
+	o.Notify = wc.wake
+	sub, err := wc.s.b.Subscribe(context.Background(), o)
+	if err != nil {
+		return err
+	}
+	wc.mu.Lock()
+	if old, ok := wc.subs[key]; ok {
+		old.Close()
+	}
+	wc.subs[key] = sub
+	wc.mu.Unlock()
+	return nil
+}
+
+func (wc *wsConn) signal() {
+	select {
+	case wc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// send queues a control frame for the writer, waiting while the outbox is
+// full so a fast publisher is slowed to what the socket can take.
+func (wc *wsConn) send(frame []byte, done <-chan struct{}) bool {
+	for {
+		wc.mu.Lock()
+		if wc.closed {
+			wc.mu.Unlock()
+			return false
+		}
+		if len(wc.outbox) < maxOutbox {
+			wc.outbox = append(wc.outbox, frame)
+			wc.mu.Unlock()
+			wc.signal()
+			return true
+		}
+		wc.mu.Unlock()
+		select {
+		case <-wc.room:
+		case <-done:
+			return false
+		}
+	}
+}
+
+func (wc *wsConn) closeWith(code int, reason string) {
+	wc.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+}
+
+// writeLoop owns all writes: control frames first, then each
+// subscription's events, then pings.
+func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
+	s := wc.s
+	ping := time.NewTicker(s.opts.PingInterval)
+	defer ping.Stop()
+	var buf []broker.Event
+	var subs []*broker.Subscription
+	var keys []string
+	for {
+		wc.mu.Lock()
+		out := wc.outbox
+		wc.outbox = nil
+		subs, keys = subs[:0], keys[:0]
+		for k, sub := range wc.subs {
+			subs = append(subs, sub)
+			keys = append(keys, k)
+		}
+		wc.mu.Unlock()
+		select {
+		case wc.room <- struct{}{}:
+		default:
+		}
+		deadline := time.Now().Add(s.opts.WriteTimeout)
+		wc.c.SetWriteDeadline(deadline)
+		for _, f := range out {
+			if wc.c.WriteMessage(websocket.TextMessage, f) != nil {
+				return
+			}
+		}
+		busy := len(out) > 0
+		for i, sub := range subs {
+			evs, err := sub.TryNext(buf)
+			for _, e := range evs {
+				var werr error
+				if e.Gap != nil {
+					werr = wc.c.WriteMessage(websocket.TextMessage, trimNL(wire.Gap(e.Gap)))
+				} else {
+					werr = wc.c.WritePreparedMessage(wc.prepared(e.Msg))
+				}
+				if werr != nil {
+					return
+				}
+			}
+			if len(evs) > 0 {
+				busy = true
+				clear(evs)
+				buf = evs
+				continue
+			}
+			if err != nil {
+				if errors.Is(err, broker.ErrSlowConsumer) {
+					wc.closeWith(CloseSlowConsumer, CodeSlowConsumer)
+					return
+				}
+				if errors.Is(err, broker.ErrClosed) {
+					wc.closeWith(websocket.CloseGoingAway, CodeShuttingDown)
+					return
+				}
+				// The channel went away: tell the client, keep the connection.
+				wc.mu.Lock()
+				if wc.subs[keys[i]] == sub {
+					delete(wc.subs, keys[i])
+				}
+				wc.mu.Unlock()
+				sub.Close()
+				e := asError(err)
+				f := []byte(`{"type":"unsubscribed","channels":[`)
+				f = wire.AppendString(f, keys[i])
+				f = append(f, `],"code":`...)
+				f = wire.AppendString(f, e.Code)
+				f = append(f, '}')
+				if wc.c.WriteMessage(websocket.TextMessage, f) != nil {
+					return
+				}
+			}
+		}
+		if busy {
+			continue
+		}
+		select {
+		case <-wc.wake:
+		case <-ping.C:
+			if wc.c.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.opts.WriteTimeout)) != nil {
+				return
+			}
+		case <-readerDone:
+			return
+		case <-s.stopping:
+			wc.closeWith(websocket.CloseGoingAway, CodeShuttingDown)
+			return
+		}
+	}
+}
+
+func trimNL(b []byte) []byte { return b[:len(b)-1] }
+
+func (wc *wsConn) prepared(m *broker.Message) *websocket.PreparedMessage {
+	if wc.raw {
+		return m.Object(broker.ObjWebSocketRaw, func(m *broker.Message) any {
+			typ := websocket.TextMessage
+			if m.Kind == broker.KindBinary || !utf8.Valid(m.Data) {
+				typ = websocket.BinaryMessage
+			}
+			pm, _ := websocket.NewPreparedMessage(typ, m.Data)
+			return pm
+		}).(*websocket.PreparedMessage)
+	}
+	return m.Object(broker.ObjWebSocket, func(m *broker.Message) any {
+		pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, trimNL(wire.JSON(m)))
+		return pm
+	}).(*websocket.PreparedMessage)
+}
+
+func (wc *wsConn) readLoop(r *http.Request) {
+	s := wc.s
+	stop := make(chan struct{})
+	defer close(stop)
+	wait := 2*s.opts.PingInterval + s.opts.WriteTimeout
+	wc.c.SetReadDeadline(time.Now().Add(wait))
+	wc.c.SetPongHandler(func(string) error { return wc.c.SetReadDeadline(time.Now().Add(wait)) })
+	for {
+		typ, data, err := wc.c.ReadMessage()
+		if err != nil {
+			return
+		}
+		wc.c.SetReadDeadline(time.Now().Add(wait))
+		if typ != websocket.TextMessage {
+			wc.send(errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md")), stop)
+			continue
+		}
+		reply := wc.handle(r, data)
+		if reply != nil && !wc.send(reply, stop) {
+			return
+		}
+	}
+}
+
+func errorFrame(ref string, err error) []byte {
+	e := asError(err)
+	f := []byte(`{"type":"error"`)
+	if ref != "" {
+		f = append(f, `,"ref":`...)
+		f = wire.AppendString(f, ref)
+	}
+	f = append(f, `,"code":`...)
+	f = wire.AppendString(f, e.Code)
+	f = append(f, `,"message":`...)
+	f = wire.AppendString(f, e.Message)
+	return append(f, '}')
+}
+
+// handle executes one client frame and returns the reply frame.
+func (wc *wsConn) handle(r *http.Request, data []byte) []byte {
+	var f ClientFrame
+	if err := json.Unmarshal(data, &f); err != nil {
+		return errorFrame("", errorf(http.StatusBadRequest, CodeInvalidJSON, "frame is not a JSON object: %v", err))
+	}
+	if len(f.Ref) > 128 {
+		return errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "ref longer than 128 bytes"))
+	}
+	switch f.Type {
+	case "publish":
+		pf := PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
+		m, err := pf.message(wc.s.opts.MaxMessageSize)
+		if err != nil {
+			return errorFrame(f.Ref, err)
+		}
+		m, n, err := wc.s.b.Publish(r.Context(), m)
+		if err != nil {
+			return errorFrame(f.Ref, err)
+		}
+		b := []byte(`{"type":"ack"`)
+		if f.Ref != "" {
+			b = append(b, `,"ref":`...)
+			b = wire.AppendString(b, f.Ref)
+		}
+		b = append(b, `,"channel":`...)
+		b = wire.AppendString(b, m.Channel)
+		b = append(b, `,"id":`...)
+		b = wire.AppendString(b, m.ID())
+		b = append(b, `,"seq":`...)
+		b = appendUint(b, m.Seq)
+		b = append(b, `,"subscribers":`...)
+		b = appendUint(b, uint64(n))
+		return append(b, '}')
+	case "subscribe":
+		chans := f.Channels
+		if f.Channel != "" {
+			chans = append(chans, f.Channel)
+		}
+		if len(chans) == 0 || len(chans) > broker.MaxChannelsPerList {
+			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidChannel, "subscribe names 1 to %d channels", broker.MaxChannelsPerList))
+		}
+		for _, ch := range chans {
+			if err := broker.ValidatePattern(ch); err != nil {
+				return errorFrame(f.Ref, err)
+			}
+		}
+		o := broker.SubscribeOptions{Channels: chans, Last: f.Last, QueueSize: wc.s.opts.QueueSize}
+		if f.Last < 0 || f.Last > 1_000_000 {
+			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be from 0 to 1000000"))
+		}
+		if f.Since != "" {
+			if err := parseSince(f.Since, &o, time.Now()); err != nil {
+				return errorFrame(f.Ref, err)
+			}
+		}
+		wc.mu.Lock()
+		total := len(wc.subs)
+		wc.mu.Unlock()
+		if total+len(chans) > maxSubsPerConn {
+			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d subscriptions on one connection", maxSubsPerConn))
+		}
+		// The ack is queued with the subscriptions under one lock, so the
+		// writer sends it before any of their messages.
+		ack := []byte(`{"type":"subscribed"`)
+		if f.Ref != "" {
+			ack = append(ack, `,"ref":`...)
+			ack = wire.AppendString(ack, f.Ref)
+		}
+		ack = append(ack, `,"channels":`...)
+		cj, _ := json.Marshal(chans)
+		ack = append(ack, cj...)
+		ack = append(ack, '}')
+		subs := make(map[string]*broker.Subscription, len(chans))
+		for _, ch := range chans {
+			oc := o
+			oc.Channels = []string{ch}
+			oc.Notify = wc.wake
+			sub, err := wc.s.b.Subscribe(r.Context(), oc)
+			if err != nil {
+				for _, s := range subs {
+					s.Close()
+				}
+				return errorFrame(f.Ref, err)
+			}
+			subs[ch] = sub
+		}
+		wc.mu.Lock()
+		if wc.closed {
+			wc.mu.Unlock()
+			for _, sub := range subs {
+				sub.Close()
+			}
+			return nil
+		}
+		wc.outbox = append(wc.outbox, ack)
+		for ch, sub := range subs {
+			if old, ok := wc.subs[ch]; ok {
+				old.Close()
+			}
+			wc.subs[ch] = sub
+		}
+		wc.mu.Unlock()
+		wc.signal()
+		return nil
+	case "unsubscribe":
+		chans := f.Channels
+		if f.Channel != "" {
+			chans = append(chans, f.Channel)
+		}
+		wc.mu.Lock()
+		for _, ch := range chans {
+			if sub, ok := wc.subs[ch]; ok {
+				sub.Close()
+				delete(wc.subs, ch)
+			}
+		}
+		wc.mu.Unlock()
+		b := []byte(`{"type":"unsubscribed"`)
+		if f.Ref != "" {
+			b = append(b, `,"ref":`...)
+			b = wire.AppendString(b, f.Ref)
+		}
+		cj, _ := json.Marshal(chans)
+		b = append(b, `,"channels":`...)
+		b = append(b, cj...)
+		return append(b, '}')
+	case "ping":
+		b := []byte(`{"type":"pong"`)
+		if f.Ref != "" {
+			b = append(b, `,"ref":`...)
+			b = wire.AppendString(b, f.Ref)
+		}
+		return append(b, '}')
+	}
+	return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame, "unknown frame type %q: want subscribe, unsubscribe, publish or ping", f.Type))
+}
+
+const maxSubsPerConn = 256
+
+func appendUint(b []byte, v uint64) []byte {
+	if v == 0 {
+		return append(b, '0')
+	}
+	var tmp [20]byte
+	i := len(tmp)
+	for v > 0 {
+		i--
+		tmp[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(b, tmp[i:]...)
+}
