@@ -1,0 +1,71 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+)
+
+func FuzzChannelNames(f *testing.F) {
+	for _, s := range []string{"news", "news.*", "news.>", "a.*.c", ">", "*", "a..b", ".a", "a.", "user:42", "a>b", "é", strings.Repeat("x", 129)} {
+		f.Add(s, "news.sport")
+	}
+	f.Fuzz(func(t *testing.T, pattern, name string) {
+		perr := ValidatePattern(pattern)
+		nerr := ValidateChannel(name)
+		if nerr == nil {
+			if ValidatePattern(name) != nil {
+				t.Fatalf("valid channel %q is not a valid pattern", name)
+			}
+			if IsPattern(name) {
+				t.Fatalf("channel %q reported as pattern", name)
+			}
+			if !Match(name, name) {
+				t.Fatalf("%q does not match itself", name)
+			}
+			if perr == nil && Match(pattern, name) {
+				// Every segment of a match is accounted for.
+				if !IsPattern(pattern) && pattern != name {
+					t.Fatalf("plain %q matched %q", pattern, name)
+				}
+			}
+		}
+		if perr == nil && ValidateChannel(pattern) == nil && IsPattern(pattern) {
+			t.Fatalf("%q is both a channel and a pattern", pattern)
+		}
+		Match(pattern, name) // never panics, whatever the input
+		if list, err := ParseChannelList(pattern); err == nil {
+			for _, p := range list {
+				if ValidatePattern(p) != nil {
+					t.Fatalf("list gave invalid %q", p)
+				}
+			}
+		}
+	})
+}
+
+func FuzzParseCursor(f *testing.F) {
+	for _, s := range []string{"abc-1", "news=abc-1,chat=x9-0", "=", "a=b", "abc-", "-1", "ABC-1", "a=abc-18446744073709551616", "x=1-1,x=2-2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseCursor(s, []string{"news"})
+		if err != nil {
+			return
+		}
+		again, err := ParseCursor(c.String(), []string{"news"})
+		if err != nil {
+			t.Fatalf("cursor %q formatted as %q does not parse: %v", s, c.String(), err)
+		}
+		if again.String() != c.String() {
+			t.Fatalf("round trip %q -> %q", c.String(), again.String())
+		}
+		for name, p := range c {
+			if ValidateChannel(name) != nil {
+				t.Fatalf("cursor kept invalid channel %q", name)
+			}
+			if q, err := ParsePosition(p.String()); err != nil || q != p {
+				t.Fatalf("position %v round trip: %v %v", p, q, err)
+			}
+		}
+	})
+}

@@ -1,0 +1,88 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+func FuzzLineReader(f *testing.F) {
+	f.Add([]byte("a\nb\r\n\nc"), 4)
+	f.Add([]byte(strings.Repeat("x", 100)+"\nok\n"), 8)
+	f.Add([]byte{}, 1)
+	f.Fuzz(func(t *testing.T, body []byte, max int) {
+		if max < 1 || max > 1<<16 {
+			return
+		}
+		lr := &lineReader{br: bufio.NewReaderSize(bytes.NewReader(body), 16), max: max}
+		var got [][]byte
+		tooLong := 0
+		for {
+			line, err := lr.next()
+			if err == io.EOF {
+				break
+			}
+			if errors.Is(err, errLineTooLong) {
+				tooLong++
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, line)
+		}
+		// Every line within the limit comes out unchanged and in order.
+		var want [][]byte
+		wantLong := 0
+		for i, l := range bytes.Split(body, []byte("\n")) {
+			if i == bytes.Count(body, []byte("\n")) && len(l) == 0 {
+				break
+			}
+			l = bytes.TrimSuffix(l, []byte("\r"))
+			if len(l) > max+1 {
+				wantLong++
+				continue
+			}
+			want = append(want, l)
+		}
+		if tooLong > wantLong || len(got)+tooLong != len(want)+wantLong {
+			t.Fatalf("got %d lines + %d too long, want %d + %d", len(got), tooLong, len(want), wantLong)
+		}
+	})
+}
+
+func FuzzWebSocketFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"publish","channel":"a","data":"x"}`,
+		`{"type":"publish","channel":"a","data":{"k":[1,2]},"event":"e","ref":"1"}`,
+		`{"type":"publish","channel":"a","data":"AAE=","encoding":"base64"}`,
+		`{"type":"subscribe","channels":["a","b.*"],"since":"all","last":3}`,
+		`{"type":"unsubscribe","channel":"a"}`,
+		`{"type":"ping"}`, `{}`, `[]`, `{"type":"subscribe","channels":[""]}`, `{"data":` + strings.Repeat("[", 5000),
+	} {
+		f.Add([]byte(s))
+	}
+	b := broker.NewMemory(broker.MemoryOptions{})
+	f.Cleanup(func() { b.Close() })
+	s := New(b, Options{MaxMessageSize: 1024})
+	r := httptest.NewRequest("GET", "/ws", nil)
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		wc := &wsConn{s: s, wake: make(chan struct{}, 1), subs: map[string]*broker.Subscription{}, room: make(chan struct{}, 1)}
+		reply := wc.handle(r, frame)
+		for _, sub := range wc.subs {
+			sub.Close()
+		}
+		if reply == nil && len(wc.outbox) == 0 {
+			t.Fatalf("frame %q got no reply", frame)
+		}
+		if reply != nil && !bytes.HasPrefix(reply, []byte(`{"type":"`)) {
+			t.Fatalf("reply %q", reply)
+		}
+	})
+}

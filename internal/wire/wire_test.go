@@ -1,0 +1,94 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "plain", "quote\" back\\slash", "\n\r\t\x00\x1f", "\u2028\u2029", "\xff\xfe", "é日本"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b := AppendString(nil, s)
+		if !json.Valid(b) {
+			t.Fatalf("invalid JSON for %q: %s", s, b)
+		}
+		var got string
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if utf8.ValidString(s) && got != s {
+			t.Fatalf("round trip %q -> %q", s, got)
+		}
+	})
+}
+
+func FuzzEnvelopeRoundTrip(f *testing.F) {
+	f.Add("news", "deploy", []byte("hello"), "")
+	f.Add("a.b", "", []byte(`{"x":[1, 2]}`), "application/json")
+	f.Add("bin", "e", []byte{0xff, 0, 1}, "")
+	f.Add("t", "ev\nil", []byte("multi\nline\r\ndata"), "text/plain")
+	f.Fuzz(func(t *testing.T, channel, event string, data []byte, ctype string) {
+		if broker.ValidateChannel(channel) != nil || !utf8.ValidString(event) {
+			return
+		}
+		kind, err := broker.ClassifyData(ctype, data)
+		if err != nil {
+			return
+		}
+		m := &broker.Message{Channel: channel, Epoch: "abc", Seq: 7, Event: event, Kind: kind, Data: data, Time: time.Unix(1700000000, 123000).UTC()}
+		line := JSON(m)
+		if bytes.Count(line, []byte("\n")) != 1 || line[len(line)-1] != '\n' {
+			t.Fatalf("envelope is not one line: %q", line)
+		}
+		env, err := DecodeEnvelope(line)
+		if err != nil {
+			t.Fatalf("decode %s: %v", line, err)
+		}
+		back, err := env.Message()
+		if err != nil {
+			t.Fatalf("message from %s: %v", line, err)
+		}
+		if back.Channel != channel || back.Seq != 7 || back.Epoch != "abc" || !back.Time.Equal(m.Time) {
+			t.Fatalf("fields changed: %+v", back)
+		}
+		switch kind {
+		case broker.KindJSON:
+			var a, b any
+			json.Unmarshal(data, &a)
+			json.Unmarshal(back.Data, &b)
+			ja, _ := json.Marshal(a)
+			jb, _ := json.Marshal(b)
+			if !bytes.Equal(ja, jb) {
+				t.Fatalf("JSON data changed: %s -> %s", data, back.Data)
+			}
+		default:
+			if !bytes.Equal(back.Data, data) {
+				t.Fatalf("data changed: %q -> %q", data, back.Data)
+			}
+		}
+		// SSE blocks never let data break out of its lines.
+		sse := SSE(m)
+		if !bytes.HasSuffix(sse, []byte("\n\n")) || bytes.Contains(sse[:len(sse)-2], []byte("\n\n")) {
+			t.Fatalf("SSE block %q", sse)
+		}
+		raw := SSERaw(m)
+		if bytes.Contains(raw[:len(raw)-2], []byte("\n\n")) {
+			t.Fatalf("raw SSE block %q", raw)
+		}
+	})
+}
+
+func TestEncodeOnce(t *testing.T) {
+	m := &broker.Message{Channel: "c", Epoch: "e", Seq: 1, Data: []byte("x")}
+	a, b := JSON(m), JSON(m)
+	if &a[0] != &b[0] {
+		t.Fatal("JSON encoding not cached")
+	}
+}
