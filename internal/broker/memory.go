@@ -18,7 +18,7 @@ type MemoryOptions struct {
 	// HistoryAge drops retained messages older than this (default 1h;
 	// negative keeps them until HistorySize pushes them out).
 	HistoryAge time.Duration
-	// QueueSize is the default per-subscriber live queue bound (default 4096).
+	// QueueSize is the default per-subscriber live queue bound (default 65536).
 	QueueSize int
 	// Now is the clock; tests inject one.
 	Now func() time.Time
@@ -35,7 +35,7 @@ func (o *MemoryOptions) fill() {
 		o.HistoryAge = time.Hour
 	}
 	if o.QueueSize <= 0 {
-		o.QueueSize = 4096
+		o.QueueSize = 65536
 	}
 	if o.Now == nil {
 		o.Now = time.Now

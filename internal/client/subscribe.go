@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -58,6 +59,9 @@ type Status struct {
 type Event struct {
 	Msg *broker.Message
 	Gap *Gap
+	// More is set when more events are already buffered: a consumer can
+	// delay flushing its output until an event without it.
+	More bool
 }
 
 // Gap says that messages of Channel after From are unavailable; the
@@ -189,12 +193,15 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 	timer := time.AfterFunc(o.IdleTimeout, func() { mu.Lock(); idle = true; mu.Unlock(); cancel() })
 	defer timer.Stop()
 
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
 	delivered := false
-	for sc.Scan() {
+	var line []byte
+	for {
+		line, err = readLine(br, line[:0], maxLine)
+		if err != nil {
+			break
+		}
 		timer.Reset(o.IdleTimeout)
-		line := sc.Bytes()
 		if len(line) == 0 {
 			continue // keepalive
 		}
@@ -223,6 +230,7 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 		default:
 			continue // unknown control lines are for newer clients
 		}
+		ev.More = br.Buffered() > 0
 		if err := fn(ev); err != nil {
 			if errors.Is(err, ErrStop) {
 				updateCursor(cursor, ev)
@@ -233,7 +241,9 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 		updateCursor(cursor, ev)
 		delivered = true
 	}
-	err = sc.Err()
+	if err == io.EOF {
+		err = nil
+	}
 	mu.Lock()
 	if idle {
 		err = fmt.Errorf("no data or keepalive for %s", o.IdleTimeout)
@@ -243,6 +253,27 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 		err = errors.New("broker closed the stream")
 	}
 	return delivered, err
+}
+
+// maxLine bounds one NDJSON line from the broker.
+const maxLine = 64 << 20
+
+// readLine reads one line without its newline into buf.
+func readLine(br *bufio.Reader, buf []byte, max int) ([]byte, error) {
+	for {
+		chunk, err := br.ReadSlice('\n')
+		buf = append(buf, chunk...)
+		if len(buf) > max {
+			return nil, fmt.Errorf("line longer than %d bytes", max)
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return buf, err
+		}
+		return buf[:len(buf)-1], nil
+	}
 }
 
 func updateCursor(cursor broker.Cursor, ev Event) {

@@ -67,7 +67,7 @@ Every flag can also be set as a PUSHCTL_* environment variable
 	fl.IntVar(&opts.HistorySize, "history", 1000, "messages retained per channel for replay and resume (0 keeps none)")
 	fl.DurationVar(&opts.HistoryAge, "history-age", time.Hour, "drop retained messages older than this")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted")
-	fl.IntVar(&opts.QueueSize, "queue-size", 4096, "messages queued per subscriber before it is disconnected as too slow")
+	fl.IntVar(&opts.QueueSize, "queue-size", 65536, "messages queued per subscriber before it is disconnected as too slow")
 	fl.DurationVar(&opts.Keepalive, "keepalive", 15*time.Second, "keepalive interval of SSE and NDJSON streams")
 	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -176,8 +176,11 @@ func Run(ctx context.Context, o *Options) error {
 		if o.Count > 0 && got >= o.Count {
 			return client.ErrStop
 		}
-		// Flush when nothing else is pending is up to bufio; flush each
-		// message so a pipe reader sees it at once.
+		// Flush once nothing more is buffered, so a pipe reader sees each
+		// message at once and bursts cost one write.
+		if ev.More {
+			return nil
+		}
 		return out.Flush()
 	})
 	out.Flush()
