@@ -66,13 +66,14 @@ const (
 	EncSSERaw
 	EncRaw
 	EncRawTagged
+	EncWebSocket
+	EncWebSocketRaw
 	numEncodings
 )
 
 // Object slots for Object, for transport-specific prepared forms.
 const (
-	ObjWebSocket = iota
-	ObjWebSocketRaw
+	ObjReserved = iota
 	numObjects
 )
 

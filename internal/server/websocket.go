@@ -1,13 +1,13 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/broker"
@@ -20,8 +20,10 @@ const (
 )
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  4 << 10,
-	WriteBufferSize: 4 << 10,
+	// Zero read size reuses the HTTP server's buffer; write buffers come
+	// from a pool and are held only while writing, so an idle connection
+	// costs little.
+	WriteBufferPool: &sync.Pool{},
 	// Browsers on other origins are welcome: nothing here relies on
 	// cookies. Token auth and origin checks are configured separately.
 	CheckOrigin: func(*http.Request) bool { return true },
@@ -160,6 +162,20 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 	var buf []broker.Event
 	var subs []*broker.Subscription
 	var keys []string
+	// Frames are written whole into one buffer and flushed once per batch:
+	// a burst to this connection costs one system call, not one per message.
+	// Gorilla's own writes (pongs, close frames) are single Write calls on
+	// the same connection, which net.Conn never interleaves with ours.
+	bw := bufio.NewWriterSize(wc.c.NetConn(), 16<<10)
+	frame := func(op byte, payload []byte) error {
+		var hdr [10]byte
+		h := wire.AppendWSHeader(hdr[:0], op, len(payload))
+		if _, err := bw.Write(h); err != nil {
+			return err
+		}
+		_, err := bw.Write(payload)
+		return err
+	}
 	for {
 		wc.mu.Lock()
 		out := wc.outbox
@@ -174,10 +190,9 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 		case wc.room <- struct{}{}:
 		default:
 		}
-		deadline := time.Now().Add(s.opts.WriteTimeout)
-		wc.c.SetWriteDeadline(deadline)
+		wc.c.NetConn().SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 		for _, f := range out {
-			if wc.c.WriteMessage(websocket.TextMessage, f) != nil {
+			if frame(wire.OpText, f) != nil {
 				return
 			}
 		}
@@ -186,10 +201,13 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 			evs, err := sub.TryNext(buf)
 			for _, e := range evs {
 				var werr error
-				if e.Gap != nil {
-					werr = wc.c.WriteMessage(websocket.TextMessage, trimNL(wire.Gap(e.Gap)))
-				} else {
-					werr = wc.c.WritePreparedMessage(wc.prepared(e.Msg))
+				switch {
+				case e.Gap != nil:
+					werr = frame(wire.OpText, trimNL(wire.Gap(e.Gap)))
+				case wc.raw:
+					_, werr = bw.Write(wire.WebSocketRaw(e.Msg))
+				default:
+					_, werr = bw.Write(wire.WebSocket(e.Msg))
 				}
 				if werr != nil {
 					return
@@ -202,6 +220,9 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 				continue
 			}
 			if err != nil {
+				if bw.Flush() != nil {
+					return
+				}
 				if errors.Is(err, broker.ErrSlowConsumer) {
 					wc.closeWith(CloseSlowConsumer, CodeSlowConsumer)
 					return
@@ -223,10 +244,13 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 				f = append(f, `],"code":`...)
 				f = wire.AppendString(f, e.Code)
 				f = append(f, '}')
-				if wc.c.WriteMessage(websocket.TextMessage, f) != nil {
+				if frame(wire.OpText, f) != nil {
 					return
 				}
 			}
+		}
+		if bw.Flush() != nil {
+			return
 		}
 		if busy {
 			continue
@@ -247,23 +271,6 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 }
 
 func trimNL(b []byte) []byte { return b[:len(b)-1] }
-
-func (wc *wsConn) prepared(m *broker.Message) *websocket.PreparedMessage {
-	if wc.raw {
-		return m.Object(broker.ObjWebSocketRaw, func(m *broker.Message) any {
-			typ := websocket.TextMessage
-			if m.Kind == broker.KindBinary || !utf8.Valid(m.Data) {
-				typ = websocket.BinaryMessage
-			}
-			pm, _ := websocket.NewPreparedMessage(typ, m.Data)
-			return pm
-		}).(*websocket.PreparedMessage)
-	}
-	return m.Object(broker.ObjWebSocket, func(m *broker.Message) any {
-		pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, trimNL(wire.JSON(m)))
-		return pm
-	}).(*websocket.PreparedMessage)
-}
 
 func (wc *wsConn) readLoop(r *http.Request) {
 	s := wc.s

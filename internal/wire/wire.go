@@ -277,3 +277,51 @@ func DecodeEnvelope(b []byte) (*Envelope, error) {
 	}
 	return &e, nil
 }
+
+// WebSocket opcodes used in frames built by AppendWSFrame.
+const (
+	OpText   = 1
+	OpBinary = 2
+)
+
+// AppendWSFrame appends one unmasked, final WebSocket frame (the form a
+// server sends) carrying payload.
+func AppendWSFrame(b []byte, opcode byte, payload []byte) []byte {
+	return append(AppendWSHeader(b, opcode, len(payload)), payload...)
+}
+
+// AppendWSHeader appends the header of an unmasked, final frame of n bytes.
+func AppendWSHeader(b []byte, opcode byte, n int) []byte {
+	b = append(b, 0x80|opcode)
+	switch {
+	case n < 126:
+		b = append(b, byte(n))
+	case n < 1<<16:
+		b = append(b, 126, byte(n>>8), byte(n))
+	default:
+		u := uint64(n)
+		b = append(b, 127, byte(u>>56), byte(u>>48), byte(u>>40), byte(u>>32), byte(u>>24), byte(u>>16), byte(u>>8), byte(u))
+	}
+	return b
+}
+
+// WebSocket is the message's envelope as a complete WebSocket text frame,
+// so a broadcast writes the same bytes to every connection.
+func WebSocket(m *broker.Message) []byte {
+	return m.Encoded(broker.EncWebSocket, func(m *broker.Message) []byte {
+		j := JSON(m)
+		return AppendWSFrame(make([]byte, 0, len(j)+10), OpText, j[:len(j)-1])
+	})
+}
+
+// WebSocketRaw is the bare data as a complete frame: text when it is
+// valid UTF-8 text, binary otherwise.
+func WebSocketRaw(m *broker.Message) []byte {
+	return m.Encoded(broker.EncWebSocketRaw, func(m *broker.Message) []byte {
+		op := byte(OpText)
+		if m.Kind == broker.KindBinary || !utf8.Valid(m.Data) {
+			op = OpBinary
+		}
+		return AppendWSFrame(make([]byte, 0, len(m.Data)+10), op, m.Data)
+	})
+}

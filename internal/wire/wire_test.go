@@ -92,3 +92,21 @@ func TestEncodeOnce(t *testing.T) {
 		t.Fatal("JSON encoding not cached")
 	}
 }
+
+func TestWSFrameHeaders(t *testing.T) {
+	for _, n := range []int{0, 125, 126, 65535, 65536, 1 << 20} {
+		f := AppendWSFrame(nil, OpText, make([]byte, n))
+		var hl int
+		switch {
+		case n < 126:
+			hl = 2
+		case n < 1<<16:
+			hl = 4
+		default:
+			hl = 10
+		}
+		if len(f) != hl+n || f[0] != 0x81 || f[1]&0x80 != 0 {
+			t.Fatalf("n=%d: header % x, len %d", n, f[:hl], len(f))
+		}
+	}
+}

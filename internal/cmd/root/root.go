@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/pushctl/pushctl/internal/cmd/bench"
 	"github.com/pushctl/pushctl/internal/cmd/pub"
 	"github.com/pushctl/pushctl/internal/cmd/serve"
 	"github.com/pushctl/pushctl/internal/cmd/sub"
@@ -42,6 +43,7 @@ WebSocket, SSE and long-poll.`,
 		serve.NewCmdServe(f, nil),
 		pub.NewCmdPub(f, nil),
 		sub.NewCmdSub(f, nil),
+		bench.NewCmdBench(f),
 		version.NewCmdVersion(f),
 	)
 	return cmd

@@ -1,0 +1,419 @@
+// Package bench is pushctl's load generator: it measures delivery rate and
+// publish-to-delivery latency of pushctl, or of any broker with the same
+// /pub and /sub URL shape (nchan), over WebSocket and SSE.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// Config describes one run.
+type Config struct {
+	Server      string // base URL, http://host:port
+	Channel     string
+	Subscribers int
+	Transport   string // ws or sse
+	Publishers  int
+	Messages    int // total messages published
+	Size        int // payload bytes
+	Rate        int // messages per second over all publishers; 0: as fast as acked
+	// Flavor adapts URLs: "pushctl" asks for raw data frames; "nchan" uses
+	// the plain /pub and /sub paths of bench/nchan.conf.
+	Flavor string
+	// Settle is how long to wait for deliveries after the last publish
+	// before counting the rest as lost.
+	Settle time.Duration
+	// Progress, if set, receives status lines.
+	Progress io.Writer
+}
+
+// Result is what a run measured.
+type Result struct {
+	Flavor           string        `json:"flavor"`
+	Transport        string        `json:"transport"`
+	Subscribers      int           `json:"subscribers"`
+	Publishers       int           `json:"publishers"`
+	Size             int           `json:"size"`
+	Published        int           `json:"published"`
+	PublishErrors    int           `json:"publish_errors"`
+	Expected         uint64        `json:"expected_deliveries"`
+	Delivered        uint64        `json:"delivered"`
+	Lost             uint64        `json:"lost"`
+	Duration         time.Duration `json:"duration_ns"`
+	DeliveriesPerSec float64       `json:"deliveries_per_sec"`
+	PublishesPerSec  float64       `json:"publishes_per_sec"`
+	P50              time.Duration `json:"p50_ns"`
+	P90              time.Duration `json:"p90_ns"`
+	P99              time.Duration `json:"p99_ns"`
+	P999             time.Duration `json:"p999_ns"`
+	Max              time.Duration `json:"max_ns"`
+}
+
+type subscriber struct {
+	hist     Histogram
+	received atomic.Uint64
+	warm     atomic.Bool
+	last     atomic.Int64 // unix nanos of the last delivery
+}
+
+// payload is "<unix nanos>|" padded with 'x' to size.
+func payload(size int, now time.Time, warm bool) []byte {
+	b := make([]byte, 0, max(size, 24))
+	if warm {
+		b = append(b, 'W')
+	}
+	b = strconv.AppendInt(b, now.UnixNano(), 10)
+	b = append(b, '|')
+	for len(b) < size {
+		b = append(b, 'x')
+	}
+	return b
+}
+
+// observe records one delivered payload.
+func (s *subscriber) observe(data []byte, now time.Time) {
+	if len(data) > 0 && data[0] == 'W' {
+		s.warm.Store(true)
+		return
+	}
+	i := bytes.IndexByte(data, '|')
+	if i <= 0 {
+		return
+	}
+	ns, err := strconv.ParseInt(string(data[:i]), 10, 64)
+	if err != nil {
+		return
+	}
+	s.hist.Record(now.Sub(time.Unix(0, ns)))
+	s.received.Add(1)
+	s.last.Store(now.UnixNano())
+}
+
+func (c *Config) subURL() string {
+	base := strings.TrimSuffix(c.Server, "/")
+	u := base + "/sub/" + c.Channel
+	if c.Flavor == "pushctl" {
+		u += "?data=raw"
+	}
+	return u
+}
+
+func (c *Config) logf(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, format+"\n", args...)
+	}
+}
+
+// Run performs the benchmark.
+func Run(ctx context.Context, c Config) (*Result, error) {
+	if c.Subscribers < 1 || c.Publishers < 1 || c.Messages < 1 || c.Size < 24 {
+		return nil, errors.New("need at least 1 subscriber, 1 publisher, 1 message and a size of 24 bytes")
+	}
+	if c.Settle <= 0 {
+		c.Settle = 5 * time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	subs := make([]*subscriber, c.Subscribers)
+	var wg sync.WaitGroup
+	errc := make(chan error, c.Subscribers)
+	sem := make(chan struct{}, 64) // dial at most this many at once
+	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c.Publishers * 2, DisableCompression: true}}
+	c.logf("connecting %d %s subscribers to %s", c.Subscribers, c.Transport, c.subURL())
+	for i := range subs {
+		subs[i] = &subscriber{}
+		sem <- struct{}{}
+		connected := make(chan error, 1)
+		wg.Add(1)
+		go func(s *subscriber) {
+			defer wg.Done()
+			var err error
+			if c.Transport == "sse" {
+				err = runSSE(ctx, httpc, c.subURL(), s, connected)
+			} else {
+				err = runWS(ctx, c.subURL(), s, connected)
+			}
+			if err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		}(subs[i])
+		err := <-connected
+		<-sem
+		if err != nil {
+			return nil, fmt.Errorf("subscriber %d: %w", i+1, err)
+		}
+	}
+	// Warm up: publish until every subscriber has seen a warm-up message,
+	// so all are live before measuring.
+	c.logf("warming up")
+	warmDeadline := time.Now().Add(30 * time.Second)
+	for {
+		all := true
+		for _, s := range subs {
+			if !s.warm.Load() {
+				all = false
+				break
+			}
+		}
+		if all {
+			break
+		}
+		if time.Now().After(warmDeadline) {
+			return nil, errors.New("subscribers did not all receive the warm-up message within 30s")
+		}
+		if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), true)); err != nil {
+			return nil, fmt.Errorf("warm-up publish: %w", err)
+		}
+		select {
+		case err := <-errc:
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	c.logf("publishing %d messages of %d bytes from %d publishers", c.Messages, c.Size, c.Publishers)
+	start := time.Now()
+	var published, pubErrs atomic.Int64
+	var next atomic.Int64
+	var pwg sync.WaitGroup
+	var interval time.Duration
+	if c.Rate > 0 {
+		interval = time.Second / time.Duration(c.Rate)
+	}
+	for p := 0; p < c.Publishers; p++ {
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			for {
+				n := next.Add(1)
+				if n > int64(c.Messages) || ctx.Err() != nil {
+					return
+				}
+				if interval > 0 {
+					due := start.Add(time.Duration(n-1) * interval)
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d) // pacing the load, not waiting for an event
+					}
+				}
+				if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), false)); err != nil {
+					pubErrs.Add(1)
+					continue
+				}
+				published.Add(1)
+			}
+		}()
+	}
+	pwg.Wait()
+	pubDone := time.Now()
+	expected := uint64(published.Load()) * uint64(c.Subscribers)
+	// Wait for deliveries, until none arrive for Settle.
+	var lastTotal uint64
+	lastProgress := time.Now()
+	for {
+		var total uint64
+		for _, s := range subs {
+			total += s.received.Load()
+		}
+		if total >= expected {
+			break
+		}
+		if total != lastTotal {
+			lastTotal, lastProgress = total, time.Now()
+		} else if time.Since(lastProgress) > c.Settle {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cancel()
+	wg.Wait()
+	var h Histogram
+	var delivered uint64
+	end := pubDone
+	for _, s := range subs {
+		h.Merge(&s.hist)
+		delivered += s.received.Load()
+		if l := time.Unix(0, s.last.Load()); l.After(end) {
+			end = l
+		}
+	}
+	r := &Result{
+		Flavor: c.Flavor, Transport: c.Transport, Subscribers: c.Subscribers, Publishers: c.Publishers, Size: c.Size,
+		Published: int(published.Load()), PublishErrors: int(pubErrs.Load()),
+		Expected: expected, Delivered: delivered, Duration: end.Sub(start),
+		P50: h.Percentile(50), P90: h.Percentile(90), P99: h.Percentile(99), P999: h.Percentile(99.9), Max: h.Max(),
+	}
+	if delivered < expected {
+		r.Lost = expected - delivered
+	}
+	if secs := r.Duration.Seconds(); secs > 0 {
+		r.DeliveriesPerSec = float64(delivered) / secs
+	}
+	if secs := pubDone.Sub(start).Seconds(); secs > 0 {
+		r.PublishesPerSec = float64(r.Published) / secs
+	}
+	return r, nil
+}
+
+func publish(ctx context.Context, hc *http.Client, server, channel string, data []byte) error {
+	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimSuffix(server, "/")+"/pub/"+channel, bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("publish: HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func runWS(ctx context.Context, url string, s *subscriber, connected chan<- error) error {
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 4096, WriteBufferSize: 1024}
+	conn, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	connected <- err
+	if err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); conn.Close() }()
+	for {
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		s.observe(data, time.Now())
+	}
+}
+
+func runSSE(ctx context.Context, hc *http.Client, url string, s *subscriber, connected chan<- error) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		connected <- err
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := hc.Do(req)
+	if err == nil && resp.StatusCode != 200 {
+		resp.Body.Close()
+		err = fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	connected <- err
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReaderSize(resp.Body, 16<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if bytes.HasPrefix(line, []byte("data: ")) {
+			s.observe(bytes.TrimRight(line[6:], "\r\n"), time.Now())
+		}
+	}
+}
+
+// IdleResult reports the memory cost of idle connections.
+type IdleResult struct {
+	Connections    int     `json:"connections"`
+	RSSBeforeBytes int64   `json:"rss_before_bytes"`
+	RSSAfterBytes  int64   `json:"rss_after_bytes"`
+	BytesPerConn   float64 `json:"bytes_per_connection"`
+}
+
+// Idle opens n idle WebSocket subscriptions (one channel each) and
+// reports the growth of the resident memory of pids.
+func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error) {
+	before, err := rss(pids)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var conns []*websocket.Conn
+	defer func() {
+		for _, cn := range conns {
+			cn.Close()
+		}
+	}()
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024,
+		NetDialContext: (&net.Dialer{}).DialContext}
+	base := "ws" + strings.TrimPrefix(strings.TrimSuffix(c.Server, "/"), "http")
+	for i := 0; i < n; i++ {
+		conn, _, err := d.DialContext(ctx, fmt.Sprintf("%s/sub/%s%d", base, c.Channel, i), nil)
+		if err != nil {
+			return nil, fmt.Errorf("connection %d: %w", i+1, err)
+		}
+		conns = append(conns, conn)
+		if (i+1)%1000 == 0 {
+			c.logf("%d idle connections", i+1)
+		}
+	}
+	// Let the server finish setting them up: its RSS stops growing.
+	after, err := settleRSS(ctx, pids)
+	if err != nil {
+		return nil, err
+	}
+	return &IdleResult{Connections: n, RSSBeforeBytes: before, RSSAfterBytes: after, BytesPerConn: float64(after-before) / float64(n)}, nil
+}
+
+func settleRSS(ctx context.Context, pids []int) (int64, error) {
+	prev := int64(-1)
+	for i := 0; i < 50; i++ {
+		cur, err := rss(pids)
+		if err != nil {
+			return 0, err
+		}
+		if cur == prev {
+			return cur, nil
+		}
+		prev = cur
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return prev, nil
+}
+
+// rss sums VmRSS of the processes.
+func rss(pids []int) (int64, error) {
+	var total int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return 0, fmt.Errorf("reading memory of pid %d: %w", pid, err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				total += kb << 10
+			}
+		}
+	}
+	return total, nil
+}
