@@ -80,6 +80,10 @@ type SubscribeOptions struct {
 	// subscription's own channel whenever events are queued or it ends, so
 	// one goroutine can serve several subscriptions. Give it capacity 1.
 	Notify chan struct{}
+	// Internal marks a subscription the broker process keeps for itself
+	// (a ZeroMQ PUB endpoint): it receives messages but is not counted as
+	// a subscriber in acks, channel info, stats or WaitSubscribers.
+	Internal bool
 }
 
 // Gap tells a subscriber that messages after From are not available: the

@@ -82,6 +82,7 @@ type memChannel struct {
 	n         int
 	bytes     int64
 	subs      map[*Subscription]struct{}
+	internal  int           // internal subscriptions among subs
 	changed   chan struct{} // closed when subs changes
 	published uint64
 	lastPub   time.Time
@@ -150,7 +151,7 @@ func (b *Memory) channel(name string, create bool) (*memChannel, error) {
 	for s, ms := range b.subs {
 		for _, p := range ms.patterns {
 			if Match(p, name) {
-				ch.subs[s] = struct{}{}
+				ch.add(s)
 				ms.attached[ch] = struct{}{}
 				break
 			}
@@ -186,7 +187,7 @@ func (b *Memory) Publish(ctx context.Context, m *Message) (*Message, int, error)
 		b.retain(ch, m)
 		n := 0
 		for s := range ch.subs {
-			if s.push(Event{Msg: m}) {
+			if s.push(Event{Msg: m}) && !s.internal {
 				n++
 			}
 		}
@@ -313,6 +314,7 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 		q = b.opts.QueueSize
 	}
 	s := newSubscription(opts.Channels, q, opts.Notify, b.release, func() { b.slowConsumers.Add(1) })
+	s.internal = opts.Internal
 	ms := &memSub{patterns: pats, attached: make(map[*memChannel]struct{})}
 	b.mu.Lock()
 	if b.closed {
@@ -333,8 +335,7 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 		if _, dup := ch.subs[s]; !dup {
 			evs, start := ch.backlog(&opts)
 			s.replay(ch.name, start, evs...)
-			ch.subs[s] = struct{}{}
-			ch.notifyChanged()
+			ch.add(s)
 		}
 		return true
 	}
@@ -372,6 +373,29 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 	return s, nil
 }
 
+// add and remove keep subs and the internal count in step. Called with ch.mu held.
+func (ch *memChannel) add(s *Subscription) {
+	ch.subs[s] = struct{}{}
+	if s.internal {
+		ch.internal++
+	}
+	ch.notifyChanged()
+}
+
+func (ch *memChannel) remove(s *Subscription) {
+	if _, ok := ch.subs[s]; !ok {
+		return
+	}
+	delete(ch.subs, s)
+	if s.internal {
+		ch.internal--
+	}
+	ch.notifyChanged()
+}
+
+// subscribers counts the subscriptions that are not internal.
+func (ch *memChannel) subscribers() int { return len(ch.subs) - ch.internal }
+
 func (ch *memChannel) notifyChanged() {
 	close(ch.changed)
 	ch.changed = make(chan struct{})
@@ -388,10 +412,7 @@ func (b *Memory) release(s *Subscription) {
 	}
 	for ch := range ms.attached {
 		ch.mu.Lock()
-		if _, ok := ch.subs[s]; ok {
-			delete(ch.subs, s)
-			ch.notifyChanged()
-		}
+		ch.remove(s)
 		ch.mu.Unlock()
 	}
 }
@@ -407,7 +428,7 @@ func (b *Memory) WaitSubscribers(ctx context.Context, channel string, n int) err
 			return err
 		}
 		ch.mu.Lock()
-		deleted, count, changed := ch.deleted, len(ch.subs), ch.changed
+		deleted, count, changed := ch.deleted, ch.subscribers(), ch.changed
 		ch.mu.Unlock()
 		if deleted {
 			continue
@@ -430,7 +451,7 @@ func (ch *memChannel) info() ChannelInfo {
 		LastSeq:     ch.seq,
 		Messages:    ch.n,
 		Bytes:       ch.bytes,
-		Subscribers: len(ch.subs),
+		Subscribers: ch.subscribers(),
 		Published:   ch.published,
 		LastPublish: ch.lastPub,
 	}
@@ -496,6 +517,7 @@ func (b *Memory) DeleteChannel(ctx context.Context, name string) error {
 	ch.deleted = true
 	subs := ch.subs
 	ch.subs = map[*Subscription]struct{}{}
+	ch.internal = 0
 	ch.notifyChanged()
 	ch.mu.Unlock()
 	var end []*Subscription
@@ -529,7 +551,12 @@ func hasName(list []string, name string) bool {
 // Stats implements Broker.
 func (b *Memory) Stats() Stats {
 	b.mu.RLock()
-	n, subs := len(b.channels), len(b.subs)
+	n, subs := len(b.channels), 0
+	for s := range b.subs {
+		if !s.internal {
+			subs++
+		}
+	}
 	b.mu.RUnlock()
 	return Stats{
 		Channels:      n,

@@ -15,6 +15,7 @@ type Subscription struct {
 	id       uint64
 	channels []string
 	max      int
+	internal bool
 
 	mu     sync.Mutex
 	start  Cursor

@@ -34,6 +34,10 @@ type Options struct {
 	MaxPoll time.Duration
 	// Logger receives operational logs (default: discard).
 	Logger *slog.Logger
+	// ExtraStats adds counters to GET /stats (ZeroMQ endpoints, …).
+	ExtraStats func() map[string]uint64
+	// ChannelExtra adds counters to a channel's info.
+	ChannelExtra func(channel string) map[string]uint64
 }
 
 func (o *Options) fill() {
@@ -166,7 +170,25 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, http.StatusOK, s.b.Stats())
+	var extra map[string]uint64
+	if s.opts.ExtraStats != nil {
+		extra = s.opts.ExtraStats()
+	}
+	return writeJSON(w, http.StatusOK, withExtra(s.b.Stats(), extra))
+}
+
+// withExtra returns v (a JSON object) with extra's fields added.
+func withExtra(v any, extra map[string]uint64) any {
+	if len(extra) == 0 {
+		return v
+	}
+	b, _ := json.Marshal(v)
+	m := map[string]any{}
+	json.Unmarshal(b, &m)
+	for k, x := range extra {
+		m[k] = x
+	}
+	return m
 }
 
 func (s *Server) listChannels(w http.ResponseWriter, r *http.Request) error {
@@ -205,6 +227,9 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	info, err := s.b.Channel(r.Context(), name)
 	if err != nil {
 		return err
+	}
+	if s.opts.ChannelExtra != nil {
+		return writeJSON(w, http.StatusOK, withExtra(info, s.opts.ChannelExtra(name)))
 	}
 	return writeJSON(w, http.StatusOK, info)
 }

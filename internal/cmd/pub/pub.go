@@ -34,6 +34,8 @@ type Options struct {
 	Timeout         time.Duration
 	JSON            bool
 	Via             string
+	ZMQ             cmdutil.ZMQClientFlags
+	ZMQLegacy       bool
 }
 
 // NewCmdPub returns the pub command.
@@ -50,7 +52,8 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
 		Example: `  pushctl pub news hello
   echo '{"build":42,"ok":true}' | pushctl pub builds --event finished
   seq 1 100000 | pushctl pub news --lines
-  pushctl pub news --wait-subscribers 2 --timeout 30s 'deploy done'`,
+  pushctl pub news --wait-subscribers 2 --timeout 30s 'deploy done'
+  seq 10 | pushctl pub sensors.t1 --lines --zmq tcp://127.0.0.1:7071   # into a broker's --zmq-in`,
 		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channel, opts.Args = args[0], args[1:]
@@ -84,15 +87,13 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
 	fl.DurationVar(&opts.Timeout, "timeout", 30*time.Second, "give up after this long (exit 124 while waiting for subscribers)")
 	fl.BoolVar(&opts.JSON, "json", false, "print acknowledgements as JSON")
 	fl.StringVar(&opts.Via, "via", "http", "transport for single messages: http or ws (--lines always streams over ws)")
+	cmdutil.AddZMQClientFlags(cmd, &opts.ZMQ, "PUB")
+	fl.BoolVar(&opts.ZMQLegacy, "zmq-legacy", false, "send single-frame \"channel<sep>payload\" messages for legacy subscribers")
 	return cmd
 }
 
 // Run publishes.
 func Run(ctx context.Context, o *Options) error {
-	c, err := o.Factory.Client(o.Server)
-	if err != nil {
-		return err
-	}
 	var in io.Reader
 	switch {
 	case o.File == "-" || (o.File == "" && len(o.Args) == 0):
@@ -107,6 +108,13 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		defer f.Close()
 		in = f
+	}
+	if o.ZMQ.Endpoint != "" {
+		return publishZMQ(ctx, in, o)
+	}
+	c, err := o.Factory.Client(o.Server)
+	if err != nil {
+		return err
 	}
 	if o.WaitSubscribers > 0 {
 		wctx, cancel := context.WithTimeout(ctx, o.Timeout+5*time.Second)

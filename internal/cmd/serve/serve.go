@@ -14,6 +14,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/server"
+	"github.com/pushctl/pushctl/internal/zmq"
 	"github.com/spf13/cobra"
 )
 
@@ -30,12 +31,24 @@ type Options struct {
 	PingInterval   time.Duration
 	LogLevel       string
 	LogFormat      string
+
+	ZMQ          bool
+	ZMQIn        string
+	ZMQOut       string
+	ZMQSep       string
+	ZMQHWM       int
+	CurveSecret  string
+	CurveClients []string
 	// Ready, if set, is called with the bound address (tests).
 	Ready func(addr net.Addr)
 }
 
-// DefaultListen is the default listen address: loopback only.
-const DefaultListen = "127.0.0.1:7070"
+// Default addresses, loopback only.
+const (
+	DefaultListen = "127.0.0.1:7070"
+	DefaultZMQIn  = "tcp://127.0.0.1:7071"
+	DefaultZMQOut = "tcp://127.0.0.1:7072"
+)
 
 // NewCmdServe returns the serve command. runF replaces the run function
 // in tests.
@@ -72,6 +85,13 @@ Every flag can also be set as a PUSHCTL_* environment variable
 	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.StringVar(&opts.LogFormat, "log-format", "text", "log format: text or json")
+	fl.BoolVar(&opts.ZMQ, "zmq", false, "enable ZeroMQ on the default endpoints ("+DefaultZMQIn+" in, "+DefaultZMQOut+" out)")
+	fl.StringVar(&opts.ZMQIn, "zmq-in", "", "ZeroMQ endpoint publishers send to (SUB; binds, or >ENDPOINT to connect to a publisher)")
+	fl.StringVar(&opts.ZMQOut, "zmq-out", "", "ZeroMQ endpoint emitting every channel as [channel, payload, seq] (PUB; binds, or >ENDPOINT to connect)")
+	fl.StringVar(&opts.ZMQSep, "zmq-sep", " ", "separator of channel and payload in legacy single-frame messages")
+	fl.IntVar(&opts.ZMQHWM, "zmq-hwm", 100000, "ZeroMQ high-water mark in messages; messages beyond it are dropped and counted")
+	fl.StringVar(&opts.CurveSecret, "zmq-curve-secret", "", "CURVE secret key of the broker's ZeroMQ endpoints (Z85; see pushctl keygen)")
+	fl.StringSliceVar(&opts.CurveClients, "zmq-curve-clients", nil, "public keys of the ZeroMQ clients allowed in (default with a secret: any client with a valid handshake)")
 	return cmd
 }
 
@@ -103,15 +123,58 @@ func Run(ctx context.Context, o *Options) error {
 	if hist == 0 {
 		hist = -1
 	}
+	zc, err := zmqConfig(o, log)
+	if err != nil {
+		return err
+	}
 	b := broker.NewMemory(broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize})
 	defer b.Close()
-	srv := server.New(b, server.Options{
+	sopts := server.Options{
 		MaxMessageSize: int64(o.MaxMessageSize),
 		QueueSize:      o.QueueSize,
 		Keepalive:      o.Keepalive,
 		PingInterval:   o.PingInterval,
 		Logger:         log,
-	})
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var zdone chan error // nil (never ready) without ZeroMQ
+	if zc != nil {
+		zdone = make(chan error, 1)
+		zst := &zmq.BrokerStats{}
+		sopts.ExtraStats = zst.Snapshot
+		sopts.ChannelExtra = func(ch string) map[string]uint64 {
+			if n := zst.DroppedOn(ch); n > 0 {
+				return map[string]uint64{"zmq_out_dropped": n}
+			}
+			return nil
+		}
+		ready := make(chan struct{}, 2)
+		zc.Ready = func(role, addr string) {
+			fmt.Fprintf(o.IO.ErrOut, "pushctl: ZeroMQ %s on %s\n", role, addr)
+			ready <- struct{}{}
+		}
+		go func() { zdone <- zmq.RunBroker(ctx, b, *zc, zst) }()
+		defer zmq.Shutdown()
+		want := 0
+		if zc.In != nil {
+			want++
+		}
+		if zc.Out != nil {
+			want++
+		}
+		for i := 0; i < want; i++ {
+			select {
+			case <-ready:
+			case err := <-zdone:
+				if err == nil {
+					err = errors.New("ZeroMQ stopped")
+				}
+				return err
+			}
+		}
+	}
+	srv := server.New(b, sopts)
 	l, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
@@ -125,12 +188,74 @@ func Run(ctx context.Context, o *Options) error {
 	if o.Ready != nil {
 		o.Ready(l.Addr())
 	}
-	err = srv.Serve(ctx, l)
+	serr := make(chan error, 1)
+	go func() { serr <- srv.Serve(ctx, l) }()
+	select {
+	case err = <-serr:
+		cancel()
+		if zdone != nil {
+			if zerr := <-zdone; zerr != nil && (err == nil || errors.Is(err, http.ErrServerClosed)) {
+				err = zerr
+			}
+		}
+	case err = <-zdone:
+		// A ZeroMQ endpoint failed: stop serving HTTP too.
+		cancel()
+		<-serr
+	}
 	if errors.Is(err, http.ErrServerClosed) || err == nil {
 		log.Info("stopped")
 		return nil
 	}
 	return err
+}
+
+// zmqConfig turns the ZeroMQ flags into a configuration, or nil when
+// ZeroMQ is off.
+func zmqConfig(o *Options, log *slog.Logger) (*zmq.BrokerConfig, error) {
+	in, out := o.ZMQIn, o.ZMQOut
+	if o.ZMQ {
+		if in == "" {
+			in = DefaultZMQIn
+		}
+		if out == "" {
+			out = DefaultZMQOut
+		}
+	}
+	if in == "" && out == "" {
+		if o.CurveSecret != "" {
+			return nil, cmdutil.FlagErrorf("--zmq-curve-secret needs --zmq, --zmq-in or --zmq-out")
+		}
+		return nil, nil
+	}
+	if len(o.ZMQSep) != 1 {
+		return nil, cmdutil.FlagErrorf("--zmq-sep must be one byte")
+	}
+	c := &zmq.BrokerConfig{Sep: o.ZMQSep[0], Logger: log}
+	c.HWM = o.ZMQHWM
+	c.Linger = time.Second
+	for _, x := range []struct {
+		flag, val string
+		dst       **zmq.Endpoint
+	}{{"--zmq-in", in, &c.In}, {"--zmq-out", out, &c.Out}} {
+		if x.val == "" {
+			continue
+		}
+		ep, err := zmq.ParseEndpoint(x.val, true)
+		if err != nil {
+			return nil, cmdutil.FlagErrorf("%s: %v", x.flag, err)
+		}
+		*x.dst = &ep
+	}
+	if o.CurveSecret != "" {
+		if _, err := zmq.PublicFromSecret(o.CurveSecret); err != nil {
+			return nil, fmt.Errorf("--zmq-curve-secret: %w", err)
+		}
+		c.Curve = &zmq.Curve{ServerSecret: o.CurveSecret, AllowedClients: o.CurveClients}
+	} else if len(o.CurveClients) > 0 {
+		return nil, cmdutil.FlagErrorf("--zmq-curve-clients needs --zmq-curve-secret")
+	}
+	return c, nil
 }
 
 func isLoopback(a net.Addr) bool {

@@ -39,6 +39,7 @@ type Options struct {
 	NoTUI     bool
 	FailOnGap bool
 	Quiet     bool
+	ZMQ       cmdutil.ZMQClientFlags
 }
 
 // NewCmdSub returns the sub command.
@@ -62,7 +63,8 @@ passed before --count messages (or, without --count, before any message),
   pushctl sub news --count 1 --timeout 10s      # CI smoke test
   pushctl sub 'builds.>' --format json | jq .data
   pushctl sub news --last 10 --template '{{.Time}} {{.Channel}} {{.Data}}'
-  pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"'`,
+  pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"'
+  pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
 		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channels = args
@@ -97,6 +99,7 @@ passed before --count messages (or, without --count, before any message),
 	fl.BoolVar(&opts.NoTUI, "no-tui", false, "print plain lines even on a terminal")
 	fl.BoolVar(&opts.FailOnGap, "fail-on-gap", false, "exit 1 when messages were lost from history instead of warning")
 	fl.BoolVarP(&opts.Quiet, "quiet", "q", false, "no status lines on stderr")
+	cmdutil.AddZMQClientFlags(cmd, &opts.ZMQ, "SUB")
 	return cmd
 }
 
@@ -111,29 +114,96 @@ type templateData struct {
 	JSON    any
 }
 
-// Run subscribes until done.
-func Run(ctx context.Context, o *Options) error {
-	c, err := o.Factory.Client(o.Server)
-	if err != nil {
+// printer writes messages in the chosen format and counts them.
+type printer struct {
+	ctx  context.Context
+	o    *Options
+	out  *bufio.Writer
+	tmpl *template.Template
+	got  int
+}
+
+// message prints m; it returns client.ErrStop once --count is reached.
+// more says that further messages are already waiting.
+func (p *printer) message(m *broker.Message, more bool) error {
+	if err := write(p.out, p.o, p.tmpl, m); err != nil {
 		return err
 	}
-	var tmpl *template.Template
+	if p.o.Exec != "" {
+		p.out.Flush()
+		runExec(p.ctx, p.o, m)
+	}
+	p.got++
+	if p.o.Count > 0 && p.got >= p.o.Count {
+		return client.ErrStop
+	}
+	// Flush once nothing more is buffered, so a pipe reader sees each
+	// message at once and bursts cost one write.
+	if more {
+		return nil
+	}
+	return p.out.Flush()
+}
+
+// gap reports lost messages; with --fail-on-gap it is an error.
+func (p *printer) gap(msg string) error {
+	if p.o.FailOnGap {
+		return &gapError{msg}
+	}
+	if !p.o.Quiet {
+		fmt.Fprintf(p.o.IO.ErrOut, "pushctl: warning: %s\n", msg)
+	}
+	return nil
+}
+
+type gapError struct{ msg string }
+
+func (e *gapError) Error() string { return e.msg }
+
+// finish maps how the subscription ended to the command's result.
+func (p *printer) finish(ctx context.Context, err error, what string) error {
+	p.out.Flush()
+	var ge *gapError
+	switch {
+	case err == nil || errors.Is(err, client.ErrStop):
+		return nil
+	case errors.As(err, &ge):
+		return err
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		if p.o.Count > 0 && p.got < p.o.Count || p.o.Count == 0 && p.got == 0 {
+			return fmt.Errorf("%w after %s: %d of %s messages", cmdutil.ErrTimeout, p.o.Timeout, p.got, want(p.o.Count))
+		}
+		return nil
+	case ctx.Err() != nil:
+		return cmdutil.ErrInterrupted
+	}
+	return fmt.Errorf("subscribe to %s: %w", what, err)
+}
+
+// Run subscribes until done.
+func Run(ctx context.Context, o *Options) error {
+	p := &printer{ctx: ctx, o: o, out: bufio.NewWriter(o.IO.Out)}
 	if o.Template != "" {
-		tmpl, err = template.New("message").Funcs(template.FuncMap{
+		var err error
+		p.tmpl, err = template.New("message").Funcs(template.FuncMap{
 			"json": func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
 		}).Parse(o.Template)
 		if err != nil {
 			return cmdutil.FlagErrorf("--template: %v", err)
 		}
 	}
-	out := bufio.NewWriter(o.IO.Out)
-	defer out.Flush()
-
 	sctx := ctx
-	var cancel context.CancelFunc
 	if o.Timeout > 0 {
+		var cancel context.CancelFunc
 		sctx, cancel = context.WithTimeout(ctx, o.Timeout)
 		defer cancel()
+	}
+	if o.ZMQ.Endpoint != "" {
+		return subscribeZMQ(ctx, sctx, p)
+	}
+	c, err := o.Factory.Client(o.Server)
+	if err != nil {
+		return err
 	}
 	status := func(s client.Status) {
 		if o.Quiet {
@@ -148,56 +218,15 @@ func Run(ctx context.Context, o *Options) error {
 			}
 		}
 	}
-	got := 0
-	var gapErr error
 	err = c.Subscribe(sctx, client.SubscribeOptions{
 		Channels: o.Channels, Since: o.Since, Last: o.Last, OnStatus: status,
 	}, func(ev client.Event) error {
 		if ev.Gap != nil {
-			msg := fmt.Sprintf("messages lost on %s: history no longer holds those after %s; continuing after %s", ev.Gap.Channel, ev.Gap.From, ev.Gap.To)
-			if o.FailOnGap {
-				gapErr = errors.New(msg)
-				return gapErr
-			}
-			if !o.Quiet {
-				fmt.Fprintf(o.IO.ErrOut, "pushctl: warning: %s\n", msg)
-			}
-			return nil
+			return p.gap(fmt.Sprintf("messages lost on %s: history no longer holds those after %s; continuing after %s", ev.Gap.Channel, ev.Gap.From, ev.Gap.To))
 		}
-		m := ev.Msg
-		if err := write(out, o, tmpl, m); err != nil {
-			return err
-		}
-		if o.Exec != "" {
-			out.Flush()
-			runExec(ctx, o, m)
-		}
-		got++
-		if o.Count > 0 && got >= o.Count {
-			return client.ErrStop
-		}
-		// Flush once nothing more is buffered, so a pipe reader sees each
-		// message at once and bursts cost one write.
-		if ev.More {
-			return nil
-		}
-		return out.Flush()
+		return p.message(ev.Msg, ev.More)
 	})
-	out.Flush()
-	switch {
-	case err == nil:
-		return nil
-	case gapErr != nil:
-		return gapErr
-	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		if o.Count > 0 && got < o.Count || o.Count == 0 && got == 0 {
-			return fmt.Errorf("%w after %s: %d of %s messages", cmdutil.ErrTimeout, o.Timeout, got, want(o.Count))
-		}
-		return nil
-	case ctx.Err() != nil:
-		return cmdutil.ErrInterrupted
-	}
-	return fmt.Errorf("subscribe to %s: %w", strings.Join(o.Channels, ","), err)
+	return p.finish(ctx, err, strings.Join(o.Channels, ","))
 }
 
 func want(n int) string {

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/zmq"
 	"github.com/spf13/cobra"
 )
 
@@ -24,6 +25,8 @@ type Info struct {
 	Commit  string `json:"commit,omitempty"`
 	Date    string `json:"date,omitempty"`
 	Go      string `json:"go"`
+	ZMQ     string `json:"libzmq"`
+	Curve   bool   `json:"curve"`
 	OS      string `json:"os"`
 	Arch    string `json:"arch"`
 }
@@ -31,6 +34,7 @@ type Info struct {
 // Get returns the build information.
 func Get() Info {
 	info := Info{Version: Version, Commit: Commit, Date: Date, Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
+	info.ZMQ, info.Curve = zmq.Version()
 	if bi, ok := debug.ReadBuildInfo(); ok && info.Commit == "" {
 		for _, s := range bi.Settings {
 			switch s.Key {
@@ -64,6 +68,11 @@ func NewCmdVersion(f *cmdutil.Factory) *cobra.Command {
 				fmt.Fprintf(f.IO.Out, "built:   %s\n", info.Date)
 			}
 			fmt.Fprintf(f.IO.Out, "go:      %s %s/%s\n", info.Go, info.OS, info.Arch)
+			curve := "without CURVE"
+			if info.Curve {
+				curve = "with CURVE"
+			}
+			fmt.Fprintf(f.IO.Out, "libzmq:  %s (%s)\n", info.ZMQ, curve)
 			return nil
 		},
 	}

@@ -1,0 +1,415 @@
+package zmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	zmq4 "github.com/pebbe/zmq4"
+)
+
+// Version returns the linked libzmq version and whether it supports CURVE.
+func Version() (string, bool) {
+	a, b, c := zmq4.Version()
+	return fmt.Sprintf("%d.%d.%d", a, b, c), zmq4.HasCurve()
+}
+
+// Curve configures CURVE security. A server sets ServerSecret (and
+// AllowedClients to refuse every other key); a client sets ServerPublic,
+// ClientPublic and ClientSecret. Keys are Z85 text.
+type Curve struct {
+	ServerSecret   string
+	AllowedClients []string
+	ServerPublic   string
+	ClientPublic   string
+	ClientSecret   string
+}
+
+func (c *Curve) enabled() bool { return c != nil && (c.ServerSecret != "" || c.ServerPublic != "") }
+
+// ErrNoCurve is returned when CURVE is asked for and libzmq lacks it.
+var ErrNoCurve = errors.New("the linked libzmq was built without CURVE security (libsodium); rebuild it with CURVE or drop the key options")
+
+// NewKeypair generates a CURVE key pair (Z85 text).
+func NewKeypair() (public, secret string, err error) {
+	if !zmq4.HasCurve() {
+		return "", "", ErrNoCurve
+	}
+	return zmq4.NewCurveKeypair()
+}
+
+// PublicFromSecret derives the public key of a Z85 secret key.
+func PublicFromSecret(secret string) (string, error) {
+	if !zmq4.HasCurve() {
+		return "", ErrNoCurve
+	}
+	if len(secret) != 40 {
+		return "", errors.New("a CURVE secret key is 40 characters of Z85")
+	}
+	return zmq4.AuthCurvePublic(secret)
+}
+
+var (
+	authMu      sync.Mutex
+	authStarted bool
+	authDomains int
+)
+
+// curveDomain starts the ZAP handler (once per process) and registers the
+// allowed client keys under a fresh domain for one server socket.
+func curveDomain(allowed []string) (string, error) {
+	authMu.Lock()
+	defer authMu.Unlock()
+	if !authStarted {
+		if err := zmq4.AuthStart(); err != nil {
+			return "", fmt.Errorf("start ZeroMQ authentication: %w", err)
+		}
+		authStarted = true
+	}
+	authDomains++
+	domain := fmt.Sprintf("pushctl%d", authDomains)
+	if len(allowed) == 0 {
+		zmq4.AuthCurveAdd(domain, zmq4.CURVE_ALLOW_ANY)
+	} else {
+		zmq4.AuthCurveAdd(domain, allowed...)
+	}
+	return domain, nil
+}
+
+// SocketOptions are shared by every socket pushctl opens.
+type SocketOptions struct {
+	Curve *Curve
+	// HWM is the send or receive high-water mark in messages (0: libzmq's 1000).
+	HWM int
+	// Linger bounds how long closing waits to deliver queued messages.
+	Linger time.Duration
+}
+
+func open(t zmq4.Type, ep Endpoint, o SocketOptions) (*zmq4.Socket, error) {
+	if o.Curve.enabled() && !zmq4.HasCurve() {
+		return nil, ErrNoCurve
+	}
+	s, err := zmq4.NewSocket(t)
+	if err != nil {
+		return nil, fmt.Errorf("create ZeroMQ socket: %w", err)
+	}
+	fail := func(err error) (*zmq4.Socket, error) { s.SetLinger(0); s.Close(); return nil, err }
+	if err := s.SetLinger(o.Linger); err != nil {
+		return fail(err)
+	}
+	if o.HWM > 0 {
+		s.SetSndhwm(o.HWM)
+		s.SetRcvhwm(o.HWM)
+	}
+	if c := o.Curve; c.enabled() {
+		if c.ServerSecret != "" {
+			domain, err := curveDomain(c.AllowedClients)
+			if err != nil {
+				return fail(err)
+			}
+			if err := s.ServerAuthCurve(domain, c.ServerSecret); err != nil {
+				return fail(fmt.Errorf("CURVE server key: %w", err))
+			}
+		} else {
+			if c.ClientPublic == "" || c.ClientSecret == "" {
+				pub, sec, err := zmq4.NewCurveKeypair()
+				if err != nil {
+					return fail(err)
+				}
+				c.ClientPublic, c.ClientSecret = pub, sec
+			}
+			if err := s.ClientAuthCurve(c.ServerPublic, c.ClientPublic, c.ClientSecret); err != nil {
+				return fail(fmt.Errorf("CURVE client keys: %w", err))
+			}
+		}
+	}
+	if ep.Bind {
+		err = s.Bind(ep.Addr)
+	} else {
+		err = s.Connect(ep.Addr)
+	}
+	if err != nil {
+		verb := "connect to"
+		if ep.Bind {
+			verb = "bind"
+		}
+		return fail(fmt.Errorf("%s %s: %w", verb, ep.Addr, err))
+	}
+	return s, nil
+}
+
+// pollInterval bounds how long an owner goroutine waits in libzmq before
+// checking whether it should stop.
+const pollInterval = 50 * time.Millisecond
+
+// SubConfig configures a subscriber.
+type SubConfig struct {
+	Endpoint Endpoint
+	// Channels are names or patterns; empty receives everything.
+	Channels []string
+	// Sep splits single-frame legacy messages (default ' ').
+	Sep byte
+	SocketOptions
+	// OnMalformed is told about messages that do not decode (counted).
+	OnMalformed func(error)
+	// Ready, if set, is called once the socket is bound or connected.
+	Ready func(addr string)
+}
+
+// SubStats count what a subscriber saw.
+type SubStats struct {
+	Received  atomic.Uint64
+	Malformed atomic.Uint64
+	Filtered  atomic.Uint64
+}
+
+// RunSub receives until ctx ends or fn returns an error, handing each
+// message that matches the channels to fn. The socket lives and dies in
+// the calling goroutine.
+func RunSub(ctx context.Context, c SubConfig, st *SubStats, fn func(Frame) error) error {
+	if c.Sep == 0 {
+		c.Sep = ' '
+	}
+	if st == nil {
+		st = &SubStats{}
+	}
+	s, err := open(zmq4.SUB, c.Endpoint, c.SocketOptions)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	prefixes := Prefixes(c.Channels)
+	if len(c.Channels) == 0 {
+		prefixes = []string{""}
+	}
+	for _, p := range prefixes {
+		if err := s.SetSubscribe(p); err != nil {
+			return fmt.Errorf("subscribe %q: %w", p, err)
+		}
+	}
+	if c.Ready != nil {
+		addr, _ := s.GetLastEndpoint()
+		if addr == "" {
+			addr = c.Endpoint.Addr
+		}
+		c.Ready(addr)
+	}
+	poller := zmq4.NewPoller()
+	poller.Add(s, zmq4.POLLIN)
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		polled, err := poller.Poll(pollInterval)
+		if err != nil {
+			if zmq4.AsErrno(err) == zmq4.Errno(syscall.EINTR) {
+				continue
+			}
+			return fmt.Errorf("poll: %w", err)
+		}
+		if len(polled) == 0 {
+			continue
+		}
+		// Drain what is queued without waiting.
+		for {
+			parts, err := s.RecvMessageBytes(zmq4.DONTWAIT)
+			if err != nil {
+				if zmq4.AsErrno(err) == zmq4.Errno(syscall.EAGAIN) {
+					break
+				}
+				return fmt.Errorf("receive: %w", err)
+			}
+			st.Received.Add(1)
+			f, err := Decode(parts, c.Sep)
+			if err != nil {
+				st.Malformed.Add(1)
+				if c.OnMalformed != nil {
+					c.OnMalformed(err)
+				}
+				continue
+			}
+			if len(c.Channels) > 0 && !Filter(c.Channels, f.Channel) {
+				st.Filtered.Add(1)
+				continue
+			}
+			if err := fn(f); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Shutdown terminates ZeroMQ: it waits (up to each socket's linger) until
+// messages queued on closed sockets are delivered. Call it once, after
+// every socket is closed, before the process exits.
+func Shutdown() {
+	authMu.Lock()
+	if authStarted {
+		zmq4.AuthStop()
+		authStarted = false
+	}
+	authMu.Unlock()
+	zmq4.Term()
+}
+
+// Out is one message to send.
+type Out struct {
+	Channel string
+	Payload []byte
+	Seq     uint64
+}
+
+// PubConfig configures a publisher.
+type PubConfig struct {
+	Endpoint Endpoint
+	SocketOptions
+	// Block waits while a subscriber's queue is full instead of dropping
+	// (backpressure for a CLI publisher). Otherwise a message that cannot
+	// be queued is dropped and counted.
+	Block bool
+	// WaitSubscribers waits for that many subscriptions before the first
+	// send, up to WaitTimeout (ErrNoSubscribers after).
+	WaitSubscribers int
+	WaitTimeout     time.Duration
+	// Legacy sends single frames "channel<Sep>payload".
+	Legacy bool
+	Sep    byte
+	// Ready, if set, is called once the socket is bound or connected.
+	Ready func(addr string)
+	// OnDrop is told about each dropped message.
+	OnDrop func(channel string)
+}
+
+// PubStats count what a publisher did.
+type PubStats struct {
+	Sent          atomic.Uint64
+	Dropped       atomic.Uint64
+	Subscriptions atomic.Int64
+}
+
+// ErrNoSubscribers means WaitSubscribers was not reached in time.
+var ErrNoSubscribers = errors.New("no ZeroMQ subscriber connected in time")
+
+// RunPub owns an XPUB socket. After waiting for subscribers it sends what
+// next returns until next returns an error (io.EOF ends cleanly) or ctx
+// ends. next may block; it runs in the calling goroutine.
+func RunPub(ctx context.Context, c PubConfig, st *PubStats, next func(context.Context) ([]Out, error)) error {
+	if c.Sep == 0 {
+		c.Sep = ' '
+	}
+	if st == nil {
+		st = &PubStats{}
+	}
+	s, err := open(zmq4.XPUB, c.Endpoint, c.SocketOptions)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	// Every peer's subscription is reported, so they can be counted; with
+	// NODROP a full queue makes a non-blocking send fail instead of
+	// silently dropping, so drops are counted (or waited out).
+	s.SetXpubVerbose(1)
+	if err := s.SetXpubNodrop(true); err != nil {
+		return fmt.Errorf("ZeroMQ XPUB_NODROP: %w", err)
+	}
+	if c.Ready != nil {
+		addr, _ := s.GetLastEndpoint()
+		if addr == "" {
+			addr = c.Endpoint.Addr
+		}
+		c.Ready(addr)
+	}
+	readSubs := func(wait time.Duration) error {
+		if wait > 0 {
+			poller := zmq4.NewPoller()
+			poller.Add(s, zmq4.POLLIN)
+			if _, err := poller.Poll(wait); err != nil && zmq4.AsErrno(err) != zmq4.Errno(syscall.EINTR) {
+				return err
+			}
+		}
+		for {
+			msg, err := s.RecvBytes(zmq4.DONTWAIT)
+			if err != nil {
+				return nil
+			}
+			if len(msg) > 0 && msg[0] == 1 {
+				st.Subscriptions.Add(1)
+			} else if len(msg) > 0 && msg[0] == 0 {
+				st.Subscriptions.Add(-1)
+			}
+		}
+	}
+	if c.WaitSubscribers > 0 {
+		deadline := time.Now().Add(c.WaitTimeout)
+		for st.Subscriptions.Load() < int64(c.WaitSubscribers) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if c.WaitTimeout > 0 && time.Now().After(deadline) {
+				return fmt.Errorf("%w: %d of %d after %s", ErrNoSubscribers, st.Subscriptions.Load(), c.WaitSubscribers, c.WaitTimeout)
+			}
+			if err := readSubs(pollInterval); err != nil {
+				return err
+			}
+		}
+	}
+	for {
+		batch, err := next(ctx)
+		for _, o := range batch {
+			var parts [][]byte
+			if c.Legacy {
+				parts = EncodeLegacy(o.Channel, o.Payload, c.Sep)
+			} else {
+				parts = Encode(o.Channel, o.Payload, o.Seq)
+			}
+			if serr := send(ctx, s, parts, c.Block); serr != nil {
+				if !errors.Is(serr, errFull) {
+					return serr
+				}
+				st.Dropped.Add(1)
+				if c.OnDrop != nil {
+					c.OnDrop(o.Channel)
+				}
+				continue
+			}
+			st.Sent.Add(1)
+		}
+		readSubs(0)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+var errFull = errors.New("queue full")
+
+// send sends one multipart message; a full queue waits (block) or fails
+// with errFull.
+func send(ctx context.Context, s *zmq4.Socket, parts [][]byte, block bool) error {
+	args := make([]any, len(parts))
+	for i, p := range parts {
+		args[i] = p
+	}
+	for {
+		_, err := s.SendMessageDontwait(args...)
+		if err == nil {
+			return nil
+		}
+		if zmq4.AsErrno(err) != zmq4.Errno(syscall.EAGAIN) {
+			return fmt.Errorf("send: %w", err)
+		}
+		if !block {
+			return errFull
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		poller := zmq4.NewPoller()
+		poller.Add(s, zmq4.POLLOUT)
+		poller.Poll(pollInterval)
+	}
+}
