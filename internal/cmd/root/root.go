@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/pushctl/pushctl/internal/cmd/bench"
+	"github.com/pushctl/pushctl/internal/cmd/bridge"
 	"github.com/pushctl/pushctl/internal/cmd/keygen"
 	"github.com/pushctl/pushctl/internal/cmd/pub"
 	"github.com/pushctl/pushctl/internal/cmd/serve"
@@ -44,6 +45,7 @@ WebSocket, SSE and long-poll.`,
 		serve.NewCmdServe(f, nil),
 		pub.NewCmdPub(f, nil),
 		sub.NewCmdSub(f, nil),
+		bridge.NewCmdBridge(f),
 		bench.NewCmdBench(f),
 		keygen.NewCmdKeygen(f),
 		version.NewCmdVersion(f),
