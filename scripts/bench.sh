@@ -5,8 +5,10 @@
 # ../shared/bench/nchan.conf (or $NCHAN_CONF) and a pushctl broker, then runs
 # `pushctl bench` against both: 1,000 WebSocket subscribers, 1,000 SSE
 # subscribers (one channel, HTTP publishes of 100-byte messages), and the
-# memory of 10,000 idle WebSocket connections. Results: text on stdout, CSV
-# in bench-results.csv.
+# memory of 10,000 idle WebSocket connections. Then ZeroMQ: the raw pebbe/zmq4
+# PUB->SUB ceiling and broker ingest (Go benchmarks), ZeroMQ ingest with one
+# WebSocket subscriber and with 1,000. Results: text on stdout, CSV in
+# bench-results.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -21,7 +23,7 @@ conf="${NCHAN_CONF:-$repo/../shared/bench/nchan.conf}"
 work=$(mktemp -d)
 mkdir -p /tmp/nchan
 nginx -c "$(realpath "$conf")" & nchan_pid=$!
-bin/pushctl serve --listen 127.0.0.1:0 --log-level warn 2> "$work/serve.log" & serve_pid=$!
+bin/pushctl serve --listen 127.0.0.1:0 --zmq-in tcp://127.0.0.1:17071 --log-level warn 2> "$work/serve.log" & serve_pid=$!
 trap 'kill $nchan_pid $serve_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 for _ in $(seq 100); do
@@ -51,4 +53,13 @@ nginx_pids=$(pgrep -d, -f "nginx.*$(basename "$conf")|nginx: worker" || true)
 echo "idle connections:"
 echo -n "  pushctl: "; bin/pushctl bench --server "$pushctl_url" --idle "$idle" --pid "$serve_pid" --channel idle 2>/dev/null
 echo -n "  nchan:   "; bin/pushctl bench --server http://127.0.0.1:18080 --idle "$idle" --pid "$nginx_pids" --channel idle 2>/dev/null
+echo "ZeroMQ (Go benchmarks: raw libzmq ceiling, then ingest into the broker):"
+go test ./internal/zmq -run '^$' -bench . -benchtime 300000x | grep -E '^Benchmark'
+zmsgs=200000; zsubs=1000; zrate=1000; zn=5000
+if [[ "${1:-}" == "--quick" ]]; then zmsgs=20000; zsubs=100; zn=500; fi
+echo "ZeroMQ ingest, 1 WebSocket subscriber, as fast as possible and paced at 100k/s:"
+bin/pushctl bench --server "$pushctl_url" --subscribers 1 --messages "$zmsgs" --publish-zmq tcp://127.0.0.1:17071 --channel zq1 2>/dev/null
+bin/pushctl bench --server "$pushctl_url" --subscribers 1 --messages "$zmsgs" --rate 100000 --publish-zmq tcp://127.0.0.1:17071 --channel zq2 2>/dev/null
+echo "ZeroMQ ingest to $zsubs WebSocket subscribers, paced at $zrate/s:"
+bin/pushctl bench --server "$pushctl_url" --subscribers "$zsubs" --messages "$zn" --rate "$zrate" --publish-zmq tcp://127.0.0.1:17071 --channel zq3 2>/dev/null
 echo "CSV: $out"

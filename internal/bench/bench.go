@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/zmq"
 )
 
 // Config describes one run.
@@ -38,6 +39,9 @@ type Config struct {
 	// Settle is how long to wait for deliveries after the last publish
 	// before counting the rest as lost.
 	Settle time.Duration
+	// PublishZMQ, if set, publishes over ZeroMQ to this endpoint (a
+	// broker's --zmq-in) from one PUB socket instead of over HTTP.
+	PublishZMQ string
 	// Progress, if set, receives status lines.
 	Progress io.Writer
 }
@@ -194,6 +198,12 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	if c.Rate > 0 {
 		interval = time.Second / time.Duration(c.Rate)
 	}
+	if c.PublishZMQ != "" {
+		if err := publishZMQ(ctx, c, start, interval, &published); err != nil {
+			return nil, err
+		}
+		c.Publishers = 0 // no HTTP publishers
+	}
 	for p := 0; p < c.Publishers; p++ {
 		pwg.Add(1)
 		go func() {
@@ -253,6 +263,9 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		if l := time.Unix(0, s.last.Load()); l.After(end) {
 			end = l
 		}
+	}
+	if c.PublishZMQ != "" {
+		c.Publishers = 1
 	}
 	r := &Result{
 		Flavor: c.Flavor, Transport: c.Transport, Subscribers: c.Subscribers, Publishers: c.Publishers, Size: c.Size,
@@ -416,4 +429,38 @@ func rss(pids []int) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// publishZMQ sends the messages from one ZeroMQ PUB socket, waiting for
+// the broker's subscription first and never dropping (backpressure).
+func publishZMQ(ctx context.Context, c Config, start time.Time, interval time.Duration, published *atomic.Int64) error {
+	ep, err := zmq.ParseEndpoint(c.PublishZMQ, false)
+	if err != nil {
+		return err
+	}
+	n := 0
+	err = zmq.RunPub(ctx, zmq.PubConfig{
+		Endpoint: ep, Block: true, WaitSubscribers: 1, WaitTimeout: 10 * time.Second,
+		SocketOptions: zmq.SocketOptions{HWM: 100000, Linger: 5 * time.Second},
+	}, nil, func(ctx context.Context) ([]zmq.Out, error) {
+		if n >= c.Messages {
+			return nil, io.EOF
+		}
+		batch := make([]zmq.Out, 0, 64)
+		for len(batch) < cap(batch) && n < c.Messages {
+			if interval > 0 {
+				if d := time.Until(start.Add(time.Duration(n) * interval)); d > 0 {
+					time.Sleep(d) // pacing the load
+				}
+			}
+			n++
+			batch = append(batch, zmq.Out{Channel: c.Channel, Payload: payload(c.Size, time.Now(), false), Seq: uint64(n)})
+		}
+		published.Add(int64(len(batch)))
+		return batch, nil
+	})
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
 }

@@ -74,6 +74,7 @@ reports how much the resident memory of --pid processes grew per connection.`,
 	fl.StringVarP(&o.Format, "format", "o", "text", "output: text, json or csv")
 	fl.IntVar(&o.Idle, "idle", 0, "open this many idle WebSocket connections and report memory per connection")
 	fl.IntSliceVar(&o.PIDs, "pid", nil, "with --idle: server process ids whose resident memory to sum")
+	fl.StringVar(&c.PublishZMQ, "publish-zmq", "", "publish over ZeroMQ to this endpoint (a broker's --zmq-in) instead of HTTP")
 	return cmd
 }
 
