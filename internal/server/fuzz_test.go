@@ -86,3 +86,30 @@ func FuzzWebSocketFrame(f *testing.F) {
 		}
 	})
 }
+
+func FuzzNDJSONPublish(f *testing.F) {
+	f.Add([]byte("{\"channel\":\"a\",\"data\":\"x\"}\n{\"channel\":\"b\",\"data\":{\"k\":1}}\nnot json\n"))
+	f.Add([]byte("{\"data\":\"no channel\"}\r\n\n\n{\"channel\":\"a\",\"data\":\"QQ==\",\"encoding\":\"base64\"}"))
+	f.Add([]byte(strings.Repeat("{", 3000)))
+	b := broker.NewMemory(broker.MemoryOptions{HistorySize: 10})
+	f.Cleanup(func() { b.Close() })
+	s := New(b, Options{MaxMessageSize: 256})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest("POST", "/pub?channel=dflt", bytes.NewReader(body)))
+		if rec.Code != 200 {
+			t.Fatalf("status %d", rec.Code)
+		}
+		// One reply line per non-empty input line, each an ack or an error.
+		want := 0
+		for _, l := range bytes.Split(body, []byte("\n")) {
+			if len(bytes.TrimSuffix(l, []byte("\r"))) > 0 {
+				want++
+			}
+		}
+		got := bytes.Count(rec.Body.Bytes(), []byte("\n"))
+		if got != want {
+			t.Fatalf("%d replies for %d lines:\n%s", got, want, rec.Body.Bytes())
+		}
+	})
+}

@@ -50,6 +50,8 @@ func Run(t *testing.T, f Factory) {
 		{"InvalidNames", testInvalid},
 		{"ChannelInfo", testInfo},
 		{"CloseEndsSubscriptions", testClose},
+		{"StartPositions", testStart},
+		{"InternalNotCounted", testInternal},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
@@ -470,5 +472,39 @@ func testClose(t *testing.T, f Factory) {
 	}
 	if _, _, err := b.Publish(ctx(t), &broker.Message{Channel: "x"}); !errors.Is(err, broker.ErrClosed) {
 		t.Fatalf("publish after close = %v", err)
+	}
+}
+
+func testStart(t *testing.T, f Factory) {
+	b := f(t, Options{HistorySize: 10})
+	pub(t, b, "st", "1")
+	m2 := pub(t, b, "st", "2")
+	live := sub(t, b, broker.SubscribeOptions{Channels: []string{"st", "fresh"}})
+	if c := live.Start(); c["st"] != m2.Position() || c["fresh"].Seq != 0 || c["fresh"].Epoch == "" {
+		t.Fatalf("live start = %v, want st at %v and fresh at 0", c, m2.Position())
+	}
+	replay := sub(t, b, broker.SubscribeOptions{Channels: []string{"st"}, Last: 1})
+	if c := replay.Start(); c["st"].Seq != 1 {
+		t.Fatalf("last=1 start = %v, want seq 1", c)
+	}
+	// Resuming from the start position misses nothing.
+	pub(t, b, "st", "3")
+	again := sub(t, b, broker.SubscribeOptions{Channels: []string{"st"}, From: live.Start()})
+	expectNext(t, again, "3")
+}
+
+func testInternal(t *testing.T, f Factory) {
+	b := f(t, Options{})
+	in := sub(t, b, broker.SubscribeOptions{Channels: []string{">"}, Internal: true})
+	_, n, err := b.Publish(ctx(t), &broker.Message{Channel: "i", Data: []byte("x")})
+	if err != nil || n != 0 {
+		t.Fatalf("publish reached %d (%v), want 0 counted subscribers", n, err)
+	}
+	expectNext(t, in, "x")
+	if info, _ := b.Channel(ctx(t), "i"); info.Subscribers != 0 {
+		t.Fatalf("info counts internal subscriber: %+v", info)
+	}
+	if st := b.Stats(); st.Subscribers != 0 {
+		t.Fatalf("stats count internal subscriber: %+v", st)
 	}
 }

@@ -1,0 +1,70 @@
+package zmq
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("news"), []byte("payload"), []byte{0, 0, 0, 0, 0, 0, 0, 7}, 3)
+	f.Add([]byte("news hello world"), []byte{}, []byte{}, 1)
+	f.Add([]byte("bad channel"), []byte("x"), []byte{1}, 2)
+	f.Add([]byte(""), []byte(""), []byte(""), 0)
+	f.Fuzz(func(t *testing.T, a, b, c []byte, n int) {
+		parts := [][]byte{a, b, c, []byte("extra")}
+		if n < 0 || n > len(parts) {
+			return
+		}
+		fr, err := Decode(parts[:n], ' ')
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error not marked malformed: %v", err)
+			}
+			return
+		}
+		// What decodes re-encodes to the same frames.
+		var again Frame
+		if fr.Legacy {
+			again, err = Decode(EncodeLegacy(fr.Channel, fr.Payload, ' '), ' ')
+		} else {
+			again, err = Decode(Encode(fr.Channel, fr.Payload, fr.Seq), ' ')
+		}
+		if err != nil || again.Channel != fr.Channel || !bytes.Equal(again.Payload, fr.Payload) {
+			t.Fatalf("round trip of %+v: %+v %v", fr, again, err)
+		}
+	})
+}
+
+func TestPrefixesAndFilter(t *testing.T) {
+	chans := []string{"chat", "news.*", "alerts.>", ">"}
+	got := Prefixes(chans)
+	want := []string{"chat", "news.", "alerts.", ""}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("prefixes %q, want %q", got, want)
+		}
+	}
+	only := []string{"chat", "news.*"}
+	for ch, ok := range map[string]bool{"chat": true, "chatter": false, "news.a": true, "news.a.b": false, "newsroom": false} {
+		if Filter(only, ch) != ok {
+			t.Errorf("Filter(%q) = %v", ch, !ok)
+		}
+	}
+}
+
+func TestParseEndpoint(t *testing.T) {
+	for in, want := range map[string]string{
+		"tcp://127.0.0.1:5556": ">tcp://127.0.0.1:5556", "@tcp://*:1": "@tcp://*:1", ">ipc:///tmp/x": ">ipc:///tmp/x",
+	} {
+		ep, err := ParseEndpoint(in, false)
+		if err != nil || ep.String() != want {
+			t.Errorf("%s: %v %v", in, ep, err)
+		}
+	}
+	for _, bad := range []string{"", "tcp://", "udp://x:1", "127.0.0.1:5", "tcp://nohost"} {
+		if _, err := ParseEndpoint(bad, true); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
