@@ -57,6 +57,7 @@ type Memory struct {
 	published     atomic.Uint64
 	delivered     atomic.Uint64
 	slowConsumers atomic.Uint64
+	dropped       atomic.Uint64
 	subscribers   atomic.Int64
 
 	stop chan struct{}
@@ -313,7 +314,10 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 	if q <= 0 {
 		q = b.opts.QueueSize
 	}
-	s := newSubscription(opts.Channels, q, opts.Notify, b.release, func() { b.slowConsumers.Add(1) })
+	s := newSubscription(opts.Channels, q, opts.Notify, b.release, func(dropped int) {
+		b.slowConsumers.Add(1)
+		b.dropped.Add(uint64(dropped))
+	})
 	s.internal = opts.Internal
 	ms := &memSub{patterns: pats, attached: make(map[*memChannel]struct{})}
 	b.mu.Lock()
@@ -564,6 +568,7 @@ func (b *Memory) Stats() Stats {
 		Published:     b.published.Load(),
 		Delivered:     b.delivered.Load(),
 		SlowConsumers: b.slowConsumers.Load(),
+		Dropped:       b.dropped.Load(),
 	}
 }
 

@@ -27,10 +27,10 @@ type Subscription struct {
 	done   chan struct{}
 
 	release func(*Subscription)
-	onSlow  func()
+	onSlow  func(dropped int)
 }
 
-func newSubscription(channels []string, max int, notify chan struct{}, release func(*Subscription), onSlow func()) *Subscription {
+func newSubscription(channels []string, max int, notify chan struct{}, release func(*Subscription), onSlow func(dropped int)) *Subscription {
 	if notify == nil {
 		notify = make(chan struct{}, 1)
 	}
@@ -67,10 +67,11 @@ func (s *Subscription) push(e Event) bool {
 		return false
 	}
 	if s.live >= s.max {
+		dropped := len(s.buf) + 1 // what was queued, and this one
 		s.endLocked(ErrSlowConsumer, true)
 		s.mu.Unlock()
 		if s.onSlow != nil {
-			s.onSlow()
+			s.onSlow(dropped)
 		}
 		return false
 	}

@@ -244,3 +244,19 @@ func (c *Client) Stats(ctx context.Context) (*broker.Stats, error) {
 	var st broker.Stats
 	return &st, json.NewDecoder(resp.Body).Decode(&st)
 }
+
+// StatsMap returns every counter of GET /stats, including those of
+// optional parts such as ZeroMQ endpoints.
+func (c *Client) StatsMap(ctx context.Context) (map[string]any, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/stats", nil), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var st map[string]any
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}

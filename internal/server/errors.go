@@ -75,6 +75,7 @@ func asError(err error) *Error {
 // writeError sends err as a JSON error body.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	e := asError(err)
+	s.metrics.errors.Add(1)
 	if e.Status >= 500 && e.Code == CodeInternal {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}

@@ -68,6 +68,7 @@ type Server struct {
 	log  *slog.Logger
 	mux  *http.ServeMux
 
+	metrics  metrics
 	stopping chan struct{}
 	stopOnce sync.Once
 	conns    sync.WaitGroup // long-lived subscriber handlers
@@ -90,6 +91,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
+	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))
 	s.mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, CodeNotFound, "no such endpoint %s; see docs/http-api.md", r.URL.Path)
 	}))

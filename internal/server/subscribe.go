@@ -112,6 +112,7 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 // streamEncoder writes one transport's framing; the subscribe loop is
 // shared by all of them.
 type streamEncoder interface {
+	transport() int
 	contentType() string
 	start(bw *bufio.Writer)
 	message(bw *bufio.Writer, m *broker.Message)
@@ -151,6 +152,9 @@ func negotiate(r *http.Request, opts *broker.SubscribeOptions) (streamEncoder, e
 func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.Subscription, enc streamEncoder) {
 	s.conns.Add(1)
 	defer s.conns.Done()
+	t := enc.transport()
+	s.metrics.connections[t].Add(1)
+	defer s.metrics.connections[t].Add(-1)
 	h := w.Header()
 	h.Set("Content-Type", enc.contentType())
 	h.Set("Cache-Control", "no-cache")
@@ -183,14 +187,17 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.
 	tick := time.NewTicker(s.opts.Keepalive)
 	defer tick.Stop()
 	var buf []broker.Event
+	var times []time.Time
 	for {
 		evs, err := sub.TryNext(buf)
 		if len(evs) > 0 {
+			times = times[:0]
 			for _, e := range evs {
 				if e.Gap != nil {
 					enc.gap(bw, e.Gap)
 				} else {
 					enc.message(bw, e.Msg)
+					times = append(times, e.Msg.Time)
 				}
 			}
 			clear(evs) // drop references for the garbage collector
@@ -198,6 +205,7 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.
 			if flush() != nil {
 				return
 			}
+			s.metrics.delivered(t, times, time.Now())
 			continue
 		}
 		if err != nil {
@@ -234,6 +242,7 @@ func endReason(err error) []byte {
 
 type ndjsonEncoder struct{}
 
+func (ndjsonEncoder) transport() int                              { return tNDJSON }
 func (ndjsonEncoder) contentType() string                         { return "application/x-ndjson" }
 func (ndjsonEncoder) start(*bufio.Writer)                         {}
 func (ndjsonEncoder) message(bw *bufio.Writer, m *broker.Message) { bw.Write(wire.JSON(m)) }
@@ -243,6 +252,7 @@ func (ndjsonEncoder) end(bw *bufio.Writer, err error)             { bw.Write(end
 
 type rawEncoder struct{ tagged bool }
 
+func (rawEncoder) transport() int      { return tRaw }
 func (rawEncoder) contentType() string { return "text/plain; charset=utf-8" }
 func (rawEncoder) start(*bufio.Writer) {}
 func (e rawEncoder) message(bw *bufio.Writer, m *broker.Message) {
@@ -265,6 +275,7 @@ type sseEncoder struct {
 	cursor broker.Cursor
 }
 
+func (*sseEncoder) transport() int      { return tSSE }
 func (*sseEncoder) contentType() string { return "text/event-stream" }
 func (*sseEncoder) start(bw *bufio.Writer) {
 	bw.WriteString("retry: 2000\n: connected\n\n")
@@ -331,6 +342,8 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, opts *broker.S
 		return err
 	}
 	defer sub.Close()
+	s.metrics.connections[tPoll].Add(1)
+	defer s.metrics.connections[tPoll].Add(-1)
 	// The reply's cursor starts where the subscription started, so a poll
 	// that times out empty still resumes without loss.
 	cursor := sub.Start()
@@ -376,6 +389,14 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, opts *broker.S
 	out = append(out, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-cache")
-	_, err = w.Write(out)
+	if _, err = w.Write(out); err == nil {
+		times := make([]time.Time, 0, len(evs))
+		for _, e := range evs {
+			if e.Msg != nil {
+				times = append(times, e.Msg.Time)
+			}
+		}
+		s.metrics.delivered(tPoll, times, time.Now())
+	}
 	return err
 }

@@ -66,6 +66,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, initial 
 	}
 	s.conns.Add(1)
 	defer s.conns.Done()
+	s.metrics.connections[tWebSocket].Add(1)
+	defer s.metrics.connections[tWebSocket].Add(-1)
 	wc := &wsConn{
 		s:    s,
 		c:    c,
@@ -162,6 +164,7 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 	var buf []broker.Event
 	var subs []*broker.Subscription
 	var keys []string
+	var times []time.Time
 	// Frames are written whole into one buffer and flushed once per batch:
 	// a burst to this connection costs one system call, not one per message.
 	// Gorilla's own writes (pongs, close frames) are single Write calls on
@@ -197,6 +200,7 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 			}
 		}
 		busy := len(out) > 0
+		times = times[:0]
 		for i, sub := range subs {
 			evs, err := sub.TryNext(buf)
 			for _, e := range evs {
@@ -206,8 +210,10 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 					werr = frame(wire.OpText, trimNL(wire.Gap(e.Gap)))
 				case wc.raw:
 					_, werr = bw.Write(wire.WebSocketRaw(e.Msg))
+					times = append(times, e.Msg.Time)
 				default:
 					_, werr = bw.Write(wire.WebSocket(e.Msg))
+					times = append(times, e.Msg.Time)
 				}
 				if werr != nil {
 					return
@@ -251,6 +257,9 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 		}
 		if bw.Flush() != nil {
 			return
+		}
+		if len(times) > 0 {
+			s.metrics.delivered(tWebSocket, times, time.Now())
 		}
 		if busy {
 			continue

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
+	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/spf13/cobra"
 )
@@ -55,6 +56,12 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
   pushctl pub news --wait-subscribers 2 --timeout 30s 'deploy done'
   seq 10 | pushctl pub sensors.t1 --lines --zmq tcp://127.0.0.1:7071   # into a broker's --zmq-in`,
 		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+			if len(args) > 0 {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			return channels.CompleteChannels(f, &opts.Server)(cmd, args, toComplete)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channel, opts.Args = args[0], args[1:]
 			if err := broker.ValidateChannel(opts.Channel); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/cmd/bench"
 	"github.com/pushctl/pushctl/internal/cmd/bridge"
+	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmd/keygen"
 	"github.com/pushctl/pushctl/internal/cmd/pub"
 	"github.com/pushctl/pushctl/internal/cmd/serve"
@@ -46,6 +47,8 @@ WebSocket, SSE and long-poll.`,
 		pub.NewCmdPub(f, nil),
 		sub.NewCmdSub(f, nil),
 		bridge.NewCmdBridge(f),
+		channels.NewCmdChannels(f),
+		channels.NewCmdStats(f),
 		bench.NewCmdBench(f),
 		keygen.NewCmdKeygen(f),
 		version.NewCmdVersion(f),

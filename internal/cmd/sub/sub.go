@@ -17,6 +17,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
+	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/wire"
 	"github.com/spf13/cobra"
@@ -66,6 +67,7 @@ passed before --count messages (or, without --count, before any message),
   pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"'
   pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
 		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
+		ValidArgsFunction: channels.CompleteChannels(f, &opts.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channels = args
 			for _, ch := range args {
