@@ -14,6 +14,8 @@ import (
 type Factory struct {
 	IO     *IOStreams
 	Getenv func(string) string
+	// Sources says where each flag of the running command got its value.
+	Sources Sources
 }
 
 // New returns a factory for the real process.

@@ -27,6 +27,7 @@ func AddZMQClientFlags(cmd *cobra.Command, z *ZMQClientFlags, role string) {
 	fl.StringVar(&z.ClientSecret, "zmq-curve-secret", "", "our CURVE secret key (default: a fresh key pair)")
 	fl.IntVar(&z.HWM, "zmq-hwm", 10000, "ZeroMQ high-water mark in messages")
 	fl.DurationVar(&z.Linger, "zmq-linger", 5*time.Second, "on exit, wait at most this long for queued ZeroMQ messages to leave")
+	MarkSecret(cmd, "zmq-curve-secret")
 }
 
 // Config turns the flags into an endpoint and socket options.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -212,5 +213,52 @@ func TestServeConfigFromEnvAndGracefulStop(t *testing.T) {
 	_, errOut, code := run(t, "", "serve", "--listen", "127.0.0.1:0", "--log-level", "loud")
 	if code != 2 || !strings.Contains(errOut, "--log-level") {
 		t.Fatalf("bad flag: %d %s", code, errOut)
+	}
+}
+
+func TestServeConfigPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "serve.yaml")
+	os.WriteFile(cfg, []byte("history: 50\nhistory-age: 10m\nlisten: 127.0.0.1:9\nzmq-curve-secret: do-not-print-me\nzmq-curve-clients: [k1, k2]\n"), 0o600)
+	cmd := exec.Command(binary, "serve", "--config", cfg, "--history-age", "2h", "--print-config")
+	cmd.Env = append(os.Environ(), "PUSHCTL_LISTEN=127.0.0.1:8", "PUSHCTL_HISTORY_AGE=3h")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(out)
+	for _, want := range []string{
+		"history: 50  # file\n",         // file beats default
+		"listen: 127.0.0.1:8  # env\n",  // env beats file
+		"history-age: 2h0m0s  # flag\n", // flag beats env and file
+		"zmq-curve-secret: <redacted>  # file\n",
+		"    - k2  # file\n",
+		"queue-size: 65536  # default\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("effective config lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "do-not-print-me") {
+		t.Fatal("secret printed")
+	}
+	// The default location is used when it exists.
+	home := t.TempDir()
+	os.MkdirAll(filepath.Join(home, ".config", "pushctl"), 0o755)
+	os.WriteFile(filepath.Join(home, ".config", "pushctl", "serve.yaml"), []byte("history: 7\n"), 0o600)
+	cmd = exec.Command(binary, "serve", "--print-config")
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME=")
+	out, _ = cmd.Output()
+	if !strings.Contains(string(out), "history: 7  # file") {
+		t.Fatalf("default config file not read:\n%s", out)
+	}
+	os.WriteFile(cfg, []byte("histroy: 5\n"), 0o600)
+	_, errOut, code := run(t, "", "serve", "--config", cfg)
+	if code != 2 || !strings.Contains(errOut, `unknown key "histroy"`) {
+		t.Fatalf("unknown key: exit %d %s", code, errOut)
+	}
+	_, errOut, code = run(t, "", "serve", "--config", filepath.Join(dir, "missing.yaml"))
+	if code != 1 || !strings.Contains(errOut, "no such file") {
+		t.Fatalf("missing file: exit %d %s", code, errOut)
 	}
 }

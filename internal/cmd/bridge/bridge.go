@@ -99,6 +99,7 @@ for good, saying which.`,
 	fl.IntVar(&o.ZMQ.HWM, "zmq-hwm", 10000, "ZeroMQ high-water mark in messages")
 	fl.DurationVar(&o.ZMQ.Linger, "zmq-linger", 5*time.Second, "on exit, wait at most this long for queued ZeroMQ messages to leave")
 	fl.BoolVar(&o.ZMQLegacy, "zmq-legacy", false, "a ZeroMQ sink sends single-frame \"channel<sep>payload\" messages")
+	cmdutil.MarkSecret(cmd, "zmq-curve-secret")
 	return cmd
 }
 

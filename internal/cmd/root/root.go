@@ -33,7 +33,9 @@ WebSocket, SSE and long-poll.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return cmdutil.BindEnv(cmd, f.Getenv)
+			src, err := cmdutil.ApplySettings(cmd, f.Getenv)
+			f.Sources = src
+			return err
 		},
 	}
 	cmd.SetIn(f.IO.In)

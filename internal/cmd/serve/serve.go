@@ -2,6 +2,7 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,8 @@ type Options struct {
 	ZMQHWM       int
 	CurveSecret  string
 	CurveClients []string
+	Config       string
+	PrintConfig  bool
 	// Ready, if set, is called with the bound address (tests).
 	Ready func(addr net.Addr)
 }
@@ -62,13 +65,24 @@ WebSocket, SSE, NDJSON, raw lines and long-poll, all on one listener.
 
 It listens on loopback unless told otherwise. Messages are kept in memory
 with a bounded history per channel, so subscribers can replay and resume.
-Every flag can also be set as a PUSHCTL_* environment variable
-(--history-age is PUSHCTL_HISTORY_AGE); flags win.`,
+
+Every flag can also be set in a YAML config file (keys are the flag names:
+"history-age: 24h") and as a PUSHCTL_* environment variable (--history-age is
+PUSHCTL_HISTORY_AGE). The command line wins over the environment, which wins
+over the file. The file is --config, else $PUSHCTL_CONFIG, else
+~/.config/pushctl/serve.yaml when it exists; unknown keys are an error.
+--print-config shows the effective settings, secrets redacted.`,
 		Example: `  pushctl serve
   pushctl serve --listen 127.0.0.1:8080 --history 10000 --history-age 24h
   PUSHCTL_LISTEN=127.0.0.1:0 pushctl serve   # any free port, printed on stderr`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.PrintConfig {
+				var b bytes.Buffer
+				cmdutil.PrintConfig(cmd, f.Sources, &b)
+				_, err := opts.IO.Out.Write(b.Bytes())
+				return err
+			}
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -92,6 +106,9 @@ Every flag can also be set as a PUSHCTL_* environment variable
 	fl.IntVar(&opts.ZMQHWM, "zmq-hwm", 100000, "ZeroMQ high-water mark in messages; messages beyond it are dropped and counted")
 	fl.StringVar(&opts.CurveSecret, "zmq-curve-secret", "", "CURVE secret key of the broker's ZeroMQ endpoints (Z85; see pushctl keygen)")
 	fl.StringSliceVar(&opts.CurveClients, "zmq-curve-clients", nil, "public keys of the ZeroMQ clients allowed in (default with a secret: any client with a valid handshake)")
+	fl.StringVar(&opts.Config, "config", "", "YAML config file (default ~/.config/pushctl/serve.yaml when it exists)")
+	fl.BoolVar(&opts.PrintConfig, "print-config", false, "print the effective configuration (secrets redacted) and exit")
+	cmdutil.MarkSecret(cmd, "zmq-curve-secret")
 	return cmd
 }
 

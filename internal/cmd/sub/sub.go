@@ -66,7 +66,7 @@ passed before --count messages (or, without --count, before any message),
   pushctl sub news --last 10 --template '{{.Time}} {{.Channel}} {{.Data}}'
   pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"'
   pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
-		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
+		Args:              cmdutil.MinimumArgs(1, "CHANNEL"),
 		ValidArgsFunction: channels.CompleteChannels(f, &opts.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channels = args
