@@ -1,3 +1,5 @@
+//go:build cgo && !nozmq
+
 package zmq
 
 import (
@@ -5,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,22 +18,6 @@ func Version() (string, bool) {
 	a, b, c := zmq4.Version()
 	return fmt.Sprintf("%d.%d.%d", a, b, c), zmq4.HasCurve()
 }
-
-// Curve configures CURVE security. A server sets ServerSecret (and
-// AllowedClients to refuse every other key); a client sets ServerPublic,
-// ClientPublic and ClientSecret. Keys are Z85 text.
-type Curve struct {
-	ServerSecret   string
-	AllowedClients []string
-	ServerPublic   string
-	ClientPublic   string
-	ClientSecret   string
-}
-
-func (c *Curve) enabled() bool { return c != nil && (c.ServerSecret != "" || c.ServerPublic != "") }
-
-// ErrNoCurve is returned when CURVE is asked for and libzmq lacks it.
-var ErrNoCurve = errors.New("the linked libzmq was built without CURVE security (libsodium); rebuild it with CURVE or drop the key options")
 
 // NewKeypair generates a CURVE key pair (Z85 text).
 func NewKeypair() (public, secret string, err error) {
@@ -78,15 +63,6 @@ func curveDomain(allowed []string) (string, error) {
 		zmq4.AuthCurveAdd(domain, allowed...)
 	}
 	return domain, nil
-}
-
-// SocketOptions are shared by every socket pushctl opens.
-type SocketOptions struct {
-	Curve *Curve
-	// HWM is the send or receive high-water mark in messages (0: libzmq's 1000).
-	HWM int
-	// Linger bounds how long closing waits to deliver queued messages.
-	Linger time.Duration
 }
 
 func open(t zmq4.Type, ep Endpoint, o SocketOptions) (*zmq4.Socket, error) {
@@ -145,27 +121,6 @@ func open(t zmq4.Type, ep Endpoint, o SocketOptions) (*zmq4.Socket, error) {
 // pollInterval bounds how long an owner goroutine waits in libzmq before
 // checking whether it should stop.
 const pollInterval = 50 * time.Millisecond
-
-// SubConfig configures a subscriber.
-type SubConfig struct {
-	Endpoint Endpoint
-	// Channels are names or patterns; empty receives everything.
-	Channels []string
-	// Sep splits single-frame legacy messages (default ' ').
-	Sep byte
-	SocketOptions
-	// OnMalformed is told about messages that do not decode (counted).
-	OnMalformed func(error)
-	// Ready, if set, is called once the socket is bound or connected.
-	Ready func(addr string)
-}
-
-// SubStats count what a subscriber saw.
-type SubStats struct {
-	Received  atomic.Uint64
-	Malformed atomic.Uint64
-	Filtered  atomic.Uint64
-}
 
 // RunSub receives until ctx ends or fn returns an error, handing each
 // message that matches the channels to fn. The socket lives and dies in
@@ -255,44 +210,6 @@ func Shutdown() {
 	authMu.Unlock()
 	zmq4.Term()
 }
-
-// Out is one message to send.
-type Out struct {
-	Channel string
-	Payload []byte
-	Seq     uint64
-}
-
-// PubConfig configures a publisher.
-type PubConfig struct {
-	Endpoint Endpoint
-	SocketOptions
-	// Block waits while a subscriber's queue is full instead of dropping
-	// (backpressure for a CLI publisher). Otherwise a message that cannot
-	// be queued is dropped and counted.
-	Block bool
-	// WaitSubscribers waits for that many subscriptions before the first
-	// send, up to WaitTimeout (ErrNoSubscribers after).
-	WaitSubscribers int
-	WaitTimeout     time.Duration
-	// Legacy sends single frames "channel<Sep>payload".
-	Legacy bool
-	Sep    byte
-	// Ready, if set, is called once the socket is bound or connected.
-	Ready func(addr string)
-	// OnDrop is told about each dropped message.
-	OnDrop func(channel string)
-}
-
-// PubStats count what a publisher did.
-type PubStats struct {
-	Sent          atomic.Uint64
-	Dropped       atomic.Uint64
-	Subscriptions atomic.Int64
-}
-
-// ErrNoSubscribers means WaitSubscribers was not reached in time.
-var ErrNoSubscribers = errors.New("no ZeroMQ subscriber connected in time")
 
 // RunPub owns an XPUB socket. After waiting for subscribers it sends what
 // next returns until next returns an error (io.EOF ends cleanly) or ctx

@@ -1,3 +1,5 @@
+//go:build cgo && !nozmq
+
 package zmq
 
 import (

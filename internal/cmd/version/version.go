@@ -25,7 +25,7 @@ type Info struct {
 	Commit  string `json:"commit,omitempty"`
 	Date    string `json:"date,omitempty"`
 	Go      string `json:"go"`
-	ZMQ     string `json:"libzmq"`
+	ZMQ     string `json:"libzmq"` // empty: built without ZeroMQ
 	Curve   bool   `json:"curve"`
 	OS      string `json:"os"`
 	Arch    string `json:"arch"`
@@ -68,11 +68,14 @@ func NewCmdVersion(f *cmdutil.Factory) *cobra.Command {
 				fmt.Fprintf(f.IO.Out, "built:   %s\n", info.Date)
 			}
 			fmt.Fprintf(f.IO.Out, "go:      %s %s/%s\n", info.Go, info.OS, info.Arch)
-			curve := "without CURVE"
-			if info.Curve {
-				curve = "with CURVE"
+			switch {
+			case info.ZMQ == "":
+				fmt.Fprintln(f.IO.Out, "libzmq:  none: built without ZeroMQ (pub/sub/bridge --zmq and serve --zmq are unavailable)")
+			case info.Curve:
+				fmt.Fprintf(f.IO.Out, "libzmq:  %s (with CURVE)\n", info.ZMQ)
+			default:
+				fmt.Fprintf(f.IO.Out, "libzmq:  %s (without CURVE)\n", info.ZMQ)
 			}
-			fmt.Fprintf(f.IO.Out, "libzmq:  %s (%s)\n", info.ZMQ, curve)
 			return nil
 		},
 	}
