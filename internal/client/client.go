@@ -151,7 +151,7 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte, o Pub
 			q.Set("timeout", o.WaitTimeout.String())
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, "POST", c.url("/pub/"+url.PathEscape(channel), q), bytes.NewReader(data))
+	req, err := http.NewRequestWithContext(ctx, "POST", c.url("/pub/"+channel, q), bytes.NewReader(data))
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +182,7 @@ func (c *Client) WaitSubscribers(ctx context.Context, channel string, n int, tim
 
 // Channel returns a channel's info.
 func (c *Client) Channel(ctx context.Context, name string, q url.Values) (*broker.ChannelInfo, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/channels/"+url.PathEscape(name), q), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/channels/"+name, q), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +218,7 @@ func (c *Client) Channels(ctx context.Context, match string) ([]broker.ChannelIn
 
 // DeleteChannel deletes a channel.
 func (c *Client) DeleteChannel(ctx context.Context, name string) error {
-	req, err := http.NewRequestWithContext(ctx, "DELETE", c.url("/channels/"+url.PathEscape(name), nil), nil)
+	req, err := http.NewRequestWithContext(ctx, "DELETE", c.url("/channels/"+name, nil), nil)
 	if err != nil {
 		return err
 	}

@@ -156,10 +156,8 @@ func (e *callbackError) Error() string { return e.err.Error() }
 // subscribeOnce runs one connection. It reports whether any event was
 // delivered, and keeps cursor up to date.
 func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, status func(Status), attempt int, fn func(Event) error) (bool, error) {
-	paths := make([]string, len(o.Channels))
-	for i, ch := range o.Channels {
-		paths[i] = url.PathEscape(ch)
-	}
+	// Channel names go into Path as they are; URL.String escapes them.
+	paths := o.Channels
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req, err := http.NewRequestWithContext(cctx, "GET", c.url("/sub/"+strings.Join(paths, ","), q), nil)

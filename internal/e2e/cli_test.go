@@ -262,3 +262,25 @@ func TestServeConfigPrecedence(t *testing.T) {
 		t.Fatalf("missing file: exit %d %s", code, errOut)
 	}
 }
+
+func TestSubPatternsAndOddNames(t *testing.T) {
+	_, url := serve(t)
+	for _, ch := range []string{"builds.web", "builds.api.v2", "user:42", "a+b@c~d"} {
+		if _, e, code := run(t, "", "pub", ch, "-s", url, "to "+ch); code != 0 {
+			t.Fatal(e)
+		}
+	}
+	out, errOut, code := run(t, "", "sub", "builds.>", "user:42", "a+b@c~d", "--since", "all", "--count", "4", "--timeout", "10s",
+		"--template", "{{.Channel}}={{.Data}}", "-s", url)
+	want := map[string]bool{"builds.web=to builds.web": true, "builds.api.v2=to builds.api.v2": true, "user:42=to user:42": true, "a+b@c~d=to a+b@c~d": true}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		delete(want, l)
+	}
+	if code != 0 || len(want) != 0 {
+		t.Fatalf("exit %d, missing %v; out %q; %s", code, want, out, errOut)
+	}
+	out, _, _ = run(t, "", "channels", "builds.*", "-s", url)
+	if !strings.Contains(out, `"builds.web"`) || strings.Contains(out, "v2") {
+		t.Fatalf("channels builds.*: %s", out)
+	}
+}

@@ -41,6 +41,10 @@ type Options struct {
 	FailOnGap bool
 	Quiet     bool
 	ZMQ       cmdutil.ZMQClientFlags
+	// TUI is set when stdout is a terminal and no plain-output option
+	// was given; TUIBuffer bounds the messages it keeps.
+	TUI       bool
+	TUIBuffer int
 }
 
 // NewCmdSub returns the sub command.
@@ -83,6 +87,10 @@ passed before --count messages (or, without --count, before any message),
 			if opts.Count < 0 || opts.Last < 0 {
 				return cmdutil.FlagErrorf("--count and --last must not be negative")
 			}
+			if opts.TUIBuffer < 100 {
+				return cmdutil.FlagErrorf("--tui-buffer must be at least 100")
+			}
+			opts.TUI = opts.IO.OutTTY && !opts.NoTUI && !cmd.Flags().Changed("format") && opts.Template == "" && opts.Exec == ""
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -99,6 +107,7 @@ passed before --count messages (or, without --count, before any message),
 	fl.IntVar(&opts.Last, "last", 0, "replay the last N retained messages of each channel first")
 	fl.StringVar(&opts.Exec, "exec", "", "run this shell command per message, with the data on its stdin and PUSHCTL_CHANNEL, _ID, _SEQ, _EVENT, _TIME set")
 	fl.BoolVar(&opts.NoTUI, "no-tui", false, "print plain lines even on a terminal")
+	fl.IntVar(&opts.TUIBuffer, "tui-buffer", 10000, "messages the terminal UI keeps for scrolling and filtering")
 	fl.BoolVar(&opts.FailOnGap, "fail-on-gap", false, "exit 1 when messages were lost from history instead of warning")
 	fl.BoolVarP(&opts.Quiet, "quiet", "q", false, "no status lines on stderr")
 	cmdutil.AddZMQClientFlags(cmd, &opts.ZMQ, "SUB")
@@ -162,9 +171,15 @@ type gapError struct{ msg string }
 
 func (e *gapError) Error() string { return e.msg }
 
-// finish maps how the subscription ended to the command's result.
-func (p *printer) finish(ctx context.Context, err error, what string) error {
+// finish flushes the output and maps how the subscription ended to the
+// command's result.
+func (p *printer) finish(ctx context.Context, err error) error {
 	p.out.Flush()
+	return p.result(ctx, err)
+}
+
+// result maps how the subscription ended to the command's result.
+func (p *printer) result(ctx context.Context, err error) error {
 	var ge *gapError
 	switch {
 	case err == nil || errors.Is(err, client.ErrStop):
@@ -179,7 +194,14 @@ func (p *printer) finish(ctx context.Context, err error, what string) error {
 	case ctx.Err() != nil:
 		return cmdutil.ErrInterrupted
 	}
-	return fmt.Errorf("subscribe to %s: %w", what, err)
+	return fmt.Errorf("subscribe to %s: %w", p.what(), err)
+}
+
+func (p *printer) what() string {
+	if p.o.ZMQ.Endpoint != "" {
+		return p.o.ZMQ.Endpoint
+	}
+	return strings.Join(p.o.Channels, ",")
 }
 
 // Run subscribes until done.
@@ -199,6 +221,9 @@ func Run(ctx context.Context, o *Options) error {
 		var cancel context.CancelFunc
 		sctx, cancel = context.WithTimeout(ctx, o.Timeout)
 		defer cancel()
+	}
+	if o.TUI {
+		return runTUI(ctx, sctx, o)
 	}
 	if o.ZMQ.Endpoint != "" {
 		return subscribeZMQ(ctx, sctx, p)
@@ -228,7 +253,7 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		return p.message(ev.Msg, ev.More)
 	})
-	return p.finish(ctx, err, strings.Join(o.Channels, ","))
+	return p.finish(ctx, err)
 }
 
 func want(n int) string {

@@ -49,5 +49,5 @@ func subscribeZMQ(ctx, sctx context.Context, p *printer) error {
 		return p.message(m, false)
 	})
 	zmq.Shutdown()
-	return p.finish(ctx, err, ep.Addr)
+	return p.finish(ctx, err)
 }
