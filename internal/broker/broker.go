@@ -60,6 +60,26 @@ type Broker interface {
 	Close() error
 }
 
+// Pipeliner is implemented by brokers whose Publish waits for storage.
+// StartPublish fixes the message's place in line (calls made one after
+// the other keep their order) and returns a function that waits for its
+// outcome, so one connection can have many publishes in flight.
+type Pipeliner interface {
+	StartPublish(ctx context.Context, m *Message) (wait func() (*Message, int, error), err error)
+}
+
+// StartPublish publishes through b, pipelined when b supports it.
+func StartPublish(ctx context.Context, b Broker, m *Message) (func() (*Message, int, error), error) {
+	if p, ok := b.(Pipeliner); ok {
+		return p.StartPublish(ctx, m)
+	}
+	rm, n, err := b.Publish(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return func() (*Message, int, error) { return rm, n, nil }, nil
+}
+
 // SubscribeOptions selects channels and where to start.
 type SubscribeOptions struct {
 	// Channels are concrete names or patterns ("news.*", "news.>").

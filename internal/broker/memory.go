@@ -18,6 +18,11 @@ type MemoryOptions struct {
 	// HistoryAge drops retained messages older than this (default 1h;
 	// negative keeps them until HistorySize pushes them out).
 	HistoryAge time.Duration
+	// HistoryBytes bounds the retained data of each channel (0: no bound).
+	HistoryBytes int64
+	// MaxBytes bounds the retained data of all channels together; the
+	// oldest messages go first (0: no bound).
+	MaxBytes int64
 	// QueueSize is the default per-subscriber live queue bound (default 65536).
 	QueueSize int
 	// Now is the clock; tests inject one.
@@ -60,6 +65,10 @@ type Memory struct {
 	dropped       atomic.Uint64
 	subscribers   atomic.Int64
 
+	// store, when set, makes the broker durable: it assigns positions,
+	// writes them and only then commits them here.
+	store *store
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -88,20 +97,29 @@ type memChannel struct {
 	published uint64
 	lastPub   time.Time
 	deleted   bool
+	persisted bool // durable mode: its epoch is on disk
 }
 
 // NewMemory returns a running in-memory broker.
 func NewMemory(opts MemoryOptions) *Memory {
+	b := newMemory(opts)
+	b.start()
+	return b
+}
+
+func newMemory(opts MemoryOptions) *Memory {
 	opts.fill()
-	b := &Memory{
+	return &Memory{
 		opts:     opts,
 		channels: make(map[string]*memChannel),
 		subs:     make(map[*Subscription]*memSub),
 		stop:     make(chan struct{}),
 	}
+}
+
+func (b *Memory) start() {
 	b.wg.Add(1)
 	go b.sweeper()
-	return b
 }
 
 // newEpoch returns a fresh, strictly increasing epoch (base36 of a
@@ -170,6 +188,9 @@ func (b *Memory) Publish(ctx context.Context, m *Message) (*Message, int, error)
 	if m.Event == "" {
 		m.Event = DefaultEvent
 	}
+	if b.store != nil {
+		return b.store.publish(ctx, m)
+	}
 	for {
 		ch, err := b.channel(m.Channel, true)
 		if err != nil {
@@ -180,23 +201,48 @@ func (b *Memory) Publish(ctx context.Context, m *Message) (*Message, int, error)
 			ch.mu.Unlock()
 			continue
 		}
-		ch.seq++
-		m.Epoch, m.Seq = ch.epoch, ch.seq
+		m.Epoch, m.Seq = ch.epoch, ch.seq+1
 		m.Time = b.opts.Now().UTC()
-		ch.published++
-		ch.lastPub = m.Time
-		b.retain(ch, m)
-		n := 0
-		for s := range ch.subs {
-			if s.push(Event{Msg: m}) && !s.internal {
-				n++
-			}
-		}
+		n := b.commitLocked(ch, m)
 		ch.mu.Unlock()
-		b.published.Add(1)
-		b.delivered.Add(uint64(n))
 		return m, n, nil
 	}
+}
+
+// StartPublish implements Pipeliner.
+func (b *Memory) StartPublish(ctx context.Context, m *Message) (func() (*Message, int, error), error) {
+	if b.store == nil {
+		rm, n, err := b.Publish(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		return func() (*Message, int, error) { return rm, n, nil }, nil
+	}
+	if err := ValidateChannel(m.Channel); err != nil {
+		return nil, err
+	}
+	if m.Event == "" {
+		m.Event = DefaultEvent
+	}
+	return b.store.start(ctx, m)
+}
+
+// commitLocked makes m, whose position is assigned, part of its channel:
+// history, then every subscriber. Called with ch.mu held.
+func (b *Memory) commitLocked(ch *memChannel, m *Message) int {
+	ch.seq = m.Seq
+	ch.published++
+	ch.lastPub = m.Time
+	b.retain(ch, m)
+	n := 0
+	for s := range ch.subs {
+		if s.push(Event{Msg: m}) && !s.internal {
+			n++
+		}
+	}
+	b.published.Add(1)
+	b.delivered.Add(uint64(n))
+	return n
 }
 
 // retain appends m to the channel's ring and trims by count and age.
@@ -227,8 +273,24 @@ func (b *Memory) retain(ch *memChannel, m *Message) {
 		ch.head = (ch.head + 1) % len(ch.hist)
 	}
 	ch.bytes += int64(len(m.Data))
+	for limit := b.opts.HistoryBytes; limit > 0 && ch.bytes > limit && ch.n > 1; {
+		ch.dropOldest()
+	}
 	b.expire(ch, m.Time)
 }
+
+// dropOldest forgets the oldest retained message. Called with ch.mu held.
+func (ch *memChannel) dropOldest() {
+	old := ch.hist[ch.head]
+	ch.hist[ch.head] = nil
+	ch.bytes -= int64(len(old.Data))
+	ch.head = (ch.head + 1) % len(ch.hist)
+	ch.n--
+}
+
+// oldestSeq is the sequence of the oldest retained message, or the next
+// one when nothing is retained. Called with ch.mu held.
+func (ch *memChannel) oldestSeq() uint64 { return ch.seq - uint64(ch.n) + 1 }
 
 // expire drops retained messages older than HistoryAge. Called with ch.mu held.
 func (b *Memory) expire(ch *memChannel, now time.Time) {
@@ -236,15 +298,8 @@ func (b *Memory) expire(ch *memChannel, now time.Time) {
 		return
 	}
 	cutoff := now.Add(-b.opts.HistoryAge)
-	for ch.n > 0 {
-		old := ch.hist[ch.head]
-		if !old.Time.Before(cutoff) {
-			return
-		}
-		ch.hist[ch.head] = nil
-		ch.bytes -= int64(len(old.Data))
-		ch.head = (ch.head + 1) % len(ch.hist)
-		ch.n--
+	for ch.n > 0 && ch.hist[ch.head].Time.Before(cutoff) {
+		ch.dropOldest()
 	}
 }
 
@@ -354,6 +409,7 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 				b.mu.Lock()
 				ms.attached[ch] = struct{}{}
 				b.mu.Unlock()
+				b.persistChannel(ch)
 				break
 			}
 		}
@@ -399,6 +455,20 @@ func (ch *memChannel) remove(s *Subscription) {
 
 // subscribers counts the subscriptions that are not internal.
 func (ch *memChannel) subscribers() int { return len(ch.subs) - ch.internal }
+
+// persistChannel makes sure a channel a subscriber created keeps its
+// epoch across restarts (durable mode only).
+func (b *Memory) persistChannel(ch *memChannel) {
+	if b.store == nil {
+		return
+	}
+	ch.mu.Lock()
+	done := ch.persisted
+	ch.mu.Unlock()
+	if !done {
+		b.store.created(ch.name)
+	}
+}
 
 func (ch *memChannel) notifyChanged() {
 	close(ch.changed)
@@ -510,6 +580,14 @@ func (b *Memory) DeleteChannel(ctx context.Context, name string) error {
 	if err := ValidateChannel(name); err != nil {
 		return err
 	}
+	if b.store != nil {
+		return b.store.deleteChannel(ctx, name)
+	}
+	return b.deleteMemory(name)
+}
+
+// deleteMemory drops a channel from memory and ends its subscriptions.
+func (b *Memory) deleteMemory(name string) error {
 	b.mu.Lock()
 	ch, ok := b.channels[name]
 	if !ok {
@@ -572,8 +650,13 @@ func (b *Memory) Stats() Stats {
 	}
 }
 
-// Close implements Broker.
+// Close implements Broker. A durable broker first writes every publish
+// already queued, so each one is either stored and acknowledged or failed.
 func (b *Memory) Close() error {
+	var err error
+	if b.store != nil {
+		err = b.store.close()
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -590,7 +673,7 @@ func (b *Memory) Close() error {
 	for _, s := range subs {
 		s.end(ErrClosed, false)
 	}
-	return nil
+	return err
 }
 
 // sweeper expires old history and forgets idle, empty channels.
@@ -614,10 +697,13 @@ func (b *Memory) sweep() {
 	if idleAfter < time.Minute {
 		idleAfter = time.Hour
 	}
+	evicted := b.enforceMaxBytes()
 	for _, ch := range b.allChannels() {
 		ch.mu.Lock()
+		n := ch.n
 		b.expire(ch, now)
-		idle := ch.n == 0 && len(ch.subs) == 0 && now.Sub(ch.lastPub) > idleAfter
+		evicted = evicted || ch.n != n
+		idle := ch.n == 0 && len(ch.subs) == 0 && now.Sub(ch.lastPub) > idleAfter && b.store == nil
 		ch.mu.Unlock()
 		if !idle {
 			continue
@@ -631,4 +717,45 @@ func (b *Memory) sweep() {
 		ch.mu.Unlock()
 		b.mu.Unlock()
 	}
+	if evicted && b.store != nil {
+		b.store.requestTrim()
+	}
+}
+
+// enforceMaxBytes drops the oldest retained messages of all channels until
+// their data fits MaxBytes. It reports whether it dropped anything.
+func (b *Memory) enforceMaxBytes() bool {
+	if b.opts.MaxBytes <= 0 {
+		return false
+	}
+	chans := b.allChannels()
+	var total int64
+	for _, ch := range chans {
+		ch.mu.Lock()
+		total += ch.bytes
+		ch.mu.Unlock()
+	}
+	dropped := false
+	for total > b.opts.MaxBytes {
+		var oldest *memChannel
+		var at time.Time
+		for _, ch := range chans {
+			ch.mu.Lock()
+			if ch.n > 0 && (oldest == nil || ch.at(0).Time.Before(at)) {
+				oldest, at = ch, ch.at(0).Time
+			}
+			ch.mu.Unlock()
+		}
+		if oldest == nil {
+			break
+		}
+		oldest.mu.Lock()
+		if oldest.n > 0 {
+			total -= int64(len(oldest.at(0).Data))
+			oldest.dropOldest()
+			dropped = true
+		}
+		oldest.mu.Unlock()
+	}
+	return dropped
 }

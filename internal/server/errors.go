@@ -27,6 +27,7 @@ const (
 	CodeChannelDeleted   = "channel_deleted"
 	CodeShuttingDown     = "shutting_down"
 	CodeInternal         = "internal_error"
+	CodeStoreFailed      = "store_failed"
 )
 
 // Error is an error with an HTTP status and a stable code.
@@ -62,6 +63,8 @@ func asError(err error) *Error {
 		return &Error{http.StatusGone, CodeChannelDeleted, err.Error()}
 	case errors.Is(err, broker.ErrClosed):
 		return &Error{http.StatusServiceUnavailable, CodeShuttingDown, "the broker is shutting down; reconnect and resume from the last id"}
+	case errors.Is(err, broker.ErrStore):
+		return &Error{http.StatusInsufficientStorage, CodeStoreFailed, "the message could not be stored (disk full or failing); it was not published: " + err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{http.StatusRequestTimeout, CodeWaitTimeout, "timed out waiting"}
 	}

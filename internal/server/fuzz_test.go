@@ -74,7 +74,10 @@ func FuzzWebSocketFrame(f *testing.F) {
 	r := httptest.NewRequest("GET", "/ws", nil)
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		wc := &wsConn{s: s, wake: make(chan struct{}, 1), subs: map[string]*broker.Subscription{}, room: make(chan struct{}, 1)}
-		reply := wc.handle(r, frame)
+		var reply []byte
+		if f := wc.handle(r, frame); f != nil {
+			reply = f()
+		}
 		for _, sub := range wc.subs {
 			sub.Close()
 		}

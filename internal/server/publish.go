@@ -167,60 +167,81 @@ func (a *ackWriter) lineError(line int, err error) error {
 	return a.write(map[string]any{"line": line, "error": e}, false)
 }
 
-// streamPublish reads lines, publishes each via fn and streams one ack
-// (or error) per line. Acks are flushed whenever the reader would block,
-// so a streaming client sees them promptly.
-func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(line []byte) (*broker.Message, int, error)) error {
+// streamPublish reads lines, queues each publish via fn and streams one
+// ack (or error) per line, in order. A goroutine writes the acks as the
+// publishes complete, so a durable broker stores many lines per commit.
+func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(line []byte) (func() (*broker.Message, int, error), error)) error {
 	rc := http.NewResponseController(w)
 	_ = rc.EnableFullDuplex()
 	lr := &lineReader{br: bufio.NewReaderSize(r.Body, 64<<10), max: int(s.opts.MaxMessageSize) * 2}
 	aw := newAckWriter(w)
+	type reply struct {
+		line int
+		wait func() (*broker.Message, int, error)
+		err  error
+	}
+	replies := make(chan reply, 1024)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		failed := false
+		for rp := range replies {
+			if failed {
+				continue // the client is gone; let the reader finish
+			}
+			var werr error
+			err := rp.err
+			if err == nil {
+				m, n, perr := rp.wait()
+				if perr == nil {
+					ack := ackOf(m, n)
+					ack.Line = rp.line
+					werr = aw.write(ack, len(replies) > 0)
+				}
+				err = perr
+			}
+			if err != nil {
+				werr = aw.lineError(rp.line, err)
+			}
+			failed = werr != nil
+		}
+		aw.bw.Flush()
+	}()
 	for {
 		line, err := lr.next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil && !errors.Is(err, errLineTooLong) {
-			aw.lineError(lr.line, errorf(http.StatusBadRequest, CodeInvalidParameter, "reading body: %v", err))
+			replies <- reply{line: lr.line, err: errorf(http.StatusBadRequest, CodeInvalidParameter, "reading body: %v", err)}
 			break
 		}
 		if err != nil {
-			if werr := aw.lineError(lr.line, err); werr != nil {
-				return nil
-			}
+			replies <- reply{line: lr.line, err: err}
 			continue
 		}
 		if len(line) == 0 {
 			continue
 		}
-		m, n, err := fn(line)
-		if err != nil {
-			if werr := aw.lineError(lr.line, err); werr != nil {
-				return nil
-			}
-			continue
-		}
-		ack := ackOf(m, n)
-		ack.Line = lr.line
-		if err := aw.write(ack, lr.br.Buffered() > 0); err != nil {
-			return nil
-		}
+		wait, err := fn(line)
+		replies <- reply{line: lr.line, wait: wait, err: err}
 	}
-	aw.bw.Flush()
+	close(replies)
+	<-writerDone
 	return nil
 }
 
 func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, channel, event, ctype string) error {
 	max := int(s.opts.MaxMessageSize)
-	return s.streamPublish(w, r, func(line []byte) (*broker.Message, int, error) {
+	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
 		if len(line) > max {
-			return nil, 0, broker.ErrTooLarge
+			return nil, broker.ErrTooLarge
 		}
 		kind, err := broker.ClassifyData(ctype, line)
 		if err != nil {
-			return nil, 0, errorf(http.StatusBadRequest, CodeInvalidJSON, "%v", err)
+			return nil, errorf(http.StatusBadRequest, CodeInvalidJSON, "%v", err)
 		}
-		return s.b.Publish(r.Context(), &broker.Message{Channel: channel, Event: event, Kind: kind, Data: line})
+		return broker.StartPublish(r.Context(), s.b, &broker.Message{Channel: channel, Event: event, Kind: kind, Data: line})
 	})
 }
 
@@ -283,18 +304,18 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	return s.streamPublish(w, r, func(line []byte) (*broker.Message, int, error) {
+	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
 		var f PublishFrame
 		if err := json.Unmarshal(line, &f); err != nil {
-			return nil, 0, errorf(http.StatusBadRequest, CodeInvalidJSON, "not a JSON object: %v", err)
+			return nil, errorf(http.StatusBadRequest, CodeInvalidJSON, "not a JSON object: %v", err)
 		}
 		if f.Channel == "" {
 			f.Channel = def
 		}
 		m, err := f.message(s.opts.MaxMessageSize)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
-		return s.b.Publish(r.Context(), m)
+		return broker.StartPublish(r.Context(), s.b, m)
 	})
 }

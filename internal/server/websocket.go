@@ -285,6 +285,25 @@ func (wc *wsConn) readLoop(r *http.Request) {
 	s := wc.s
 	stop := make(chan struct{})
 	defer close(stop)
+	// Replies are produced in order by one goroutine: a publish's reply
+	// waits for its outcome there, so the reader can go on queueing
+	// publishes (pipelining) while earlier ones are being stored.
+	replies := make(chan func() []byte, 1024)
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		for reply := range replies {
+			if f := reply(); f != nil && !wc.send(f, stop) {
+				for range replies { // drain, so the reader never blocks
+				}
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(replies)
+		<-ackerDone
+	}()
 	wait := 2*s.opts.PingInterval + s.opts.WriteTimeout
 	wc.c.SetReadDeadline(time.Now().Add(wait))
 	wc.c.SetPongHandler(func(string) error { return wc.c.SetReadDeadline(time.Now().Add(wait)) })
@@ -295,12 +314,12 @@ func (wc *wsConn) readLoop(r *http.Request) {
 		}
 		wc.c.SetReadDeadline(time.Now().Add(wait))
 		if typ != websocket.TextMessage {
-			wc.send(errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md")), stop)
+			f := errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md"))
+			replies <- func() []byte { return f }
 			continue
 		}
-		reply := wc.handle(r, data)
-		if reply != nil && !wc.send(reply, stop) {
-			return
+		if reply := wc.handle(r, data); reply != nil {
+			replies <- reply
 		}
 	}
 }
@@ -319,40 +338,64 @@ func errorFrame(ref string, err error) []byte {
 	return append(f, '}')
 }
 
-// handle executes one client frame and returns the reply frame.
-func (wc *wsConn) handle(r *http.Request, data []byte) []byte {
+// handle executes one client frame and returns what produces its reply
+// (nil: none, or one already queued together with subscriptions).
+func (wc *wsConn) handle(r *http.Request, data []byte) func() []byte {
+	now := func(b []byte) func() []byte {
+		if b == nil {
+			return nil
+		}
+		return func() []byte { return b }
+	}
 	var f ClientFrame
 	if err := json.Unmarshal(data, &f); err != nil {
-		return errorFrame("", errorf(http.StatusBadRequest, CodeInvalidJSON, "frame is not a JSON object: %v", err))
+		return now(errorFrame("", errorf(http.StatusBadRequest, CodeInvalidJSON, "frame is not a JSON object: %v", err)))
 	}
 	if len(f.Ref) > 128 {
-		return errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "ref longer than 128 bytes"))
+		return now(errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "ref longer than 128 bytes")))
 	}
+	if f.Type != "publish" {
+		return now(wc.handleControl(r, &f))
+	}
+	pf := PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
+	m, err := pf.message(wc.s.opts.MaxMessageSize)
+	if err != nil {
+		return now(errorFrame(f.Ref, err))
+	}
+	wait, err := broker.StartPublish(r.Context(), wc.s.b, m)
+	if err != nil {
+		return now(errorFrame(f.Ref, err))
+	}
+	ref := f.Ref
+	return func() []byte {
+		m, n, err := wait()
+		if err != nil {
+			return errorFrame(ref, err)
+		}
+		return ackFrame(ref, m, n)
+	}
+}
+
+func ackFrame(ref string, m *broker.Message, n int) []byte {
+	b := []byte(`{"type":"ack"`)
+	if ref != "" {
+		b = append(b, `,"ref":`...)
+		b = wire.AppendString(b, ref)
+	}
+	b = append(b, `,"channel":`...)
+	b = wire.AppendString(b, m.Channel)
+	b = append(b, `,"id":`...)
+	b = wire.AppendString(b, m.ID())
+	b = append(b, `,"seq":`...)
+	b = appendUint(b, m.Seq)
+	b = append(b, `,"subscribers":`...)
+	b = appendUint(b, uint64(n))
+	return append(b, '}')
+}
+
+// handleControl executes a frame other than publish.
+func (wc *wsConn) handleControl(r *http.Request, f *ClientFrame) []byte {
 	switch f.Type {
-	case "publish":
-		pf := PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
-		m, err := pf.message(wc.s.opts.MaxMessageSize)
-		if err != nil {
-			return errorFrame(f.Ref, err)
-		}
-		m, n, err := wc.s.b.Publish(r.Context(), m)
-		if err != nil {
-			return errorFrame(f.Ref, err)
-		}
-		b := []byte(`{"type":"ack"`)
-		if f.Ref != "" {
-			b = append(b, `,"ref":`...)
-			b = wire.AppendString(b, f.Ref)
-		}
-		b = append(b, `,"channel":`...)
-		b = wire.AppendString(b, m.Channel)
-		b = append(b, `,"id":`...)
-		b = wire.AppendString(b, m.ID())
-		b = append(b, `,"seq":`...)
-		b = appendUint(b, m.Seq)
-		b = append(b, `,"subscribers":`...)
-		b = appendUint(b, uint64(n))
-		return append(b, '}')
 	case "subscribe":
 		chans := f.Channels
 		if f.Channel != "" {

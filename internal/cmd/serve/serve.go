@@ -33,6 +33,12 @@ type Options struct {
 	LogLevel       string
 	LogFormat      string
 
+	DataDir      string
+	Sync         string
+	SyncDelay    time.Duration
+	HistoryBytes cmdutil.ByteSize
+	MaxBytes     cmdutil.ByteSize
+
 	ZMQ          bool
 	ZMQIn        string
 	ZMQOut       string
@@ -94,6 +100,11 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.IntVar(&opts.HistorySize, "history", 1000, "messages retained per channel for replay and resume (0 keeps none)")
 	fl.DurationVar(&opts.HistoryAge, "history-age", time.Hour, "drop retained messages older than this")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted")
+	fl.Var(&opts.HistoryBytes, "history-bytes", "retained data per channel, oldest dropped first (0: no bound)")
+	fl.Var(&opts.MaxBytes, "max-bytes", "retained data of all channels together, oldest dropped first (0: no bound)")
+	fl.StringVar(&opts.DataDir, "data-dir", "", "keep channels in a durable store in this directory (survives restarts and crashes)")
+	fl.StringVar(&opts.Sync, "sync", "always", "with --data-dir: always (acknowledge once fsync'd) or none (once written to the OS)")
+	fl.DurationVar(&opts.SyncDelay, "sync-delay", 0, "with --data-dir: let writes gather this long into one commit")
 	fl.IntVar(&opts.QueueSize, "queue-size", 65536, "messages queued per subscriber before it is disconnected as too slow")
 	fl.DurationVar(&opts.Keepalive, "keepalive", 15*time.Second, "keepalive interval of SSE and NDJSON streams")
 	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
@@ -144,7 +155,21 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
-	b := broker.NewMemory(broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize})
+	mo := broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize,
+		HistoryBytes: int64(o.HistoryBytes), MaxBytes: int64(o.MaxBytes)}
+	var b *broker.Memory
+	if o.DataDir != "" {
+		start := time.Now()
+		b, err = broker.OpenDurable(broker.DurableOptions{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay})
+		if err != nil {
+			return err
+		}
+		st := b.Stats()
+		log.Info("store opened", "dir", o.DataDir, "channels", st.Channels, "took", time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%d channels)\n", o.DataDir, time.Since(start).Round(time.Millisecond), st.Channels)
+	} else {
+		b = broker.NewMemory(mo)
+	}
 	defer b.Close()
 	sopts := server.Options{
 		MaxMessageSize: int64(o.MaxMessageSize),

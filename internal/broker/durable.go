@@ -1,0 +1,512 @@
+package broker
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// DurableOptions configure a durable broker.
+type DurableOptions struct {
+	MemoryOptions
+	// Dir holds the store (one bbolt file, store.db).
+	Dir string
+	// Sync is "always" (a publish is acknowledged once fsync'd; concurrent
+	// publishes share one fsync) or "none" (acknowledged once written to
+	// the operating system: survives a crash of pushctl, not of the
+	// machine).
+	Sync string
+	// SyncDelay lets a batch gather for up to this long before it is
+	// written (0: write as soon as the previous write finished).
+	SyncDelay time.Duration
+}
+
+// ErrStore is wrapped by errors writing to the durable store (a full disk).
+var ErrStore = errors.New("store write failed")
+
+const (
+	storeFile    = "store.db"
+	maxBatch     = 4096
+	formatV1     = 1
+	recordHeader = 1 + 8 + 2
+)
+
+// Layout: meta/format; chanmeta/<channel> = [1][seq:8][epoch];
+// channels/<channel>/<seq:8> = [kind:1][unix nanos:8][event length:2][event][data].
+var (
+	bucketChannels = []byte("channels")
+	bucketChanMeta = []byte("chanmeta")
+	bucketMeta     = []byte("meta")
+	keyFormat      = []byte("format")
+)
+
+// store persists a Memory broker in bbolt. One goroutine, the writer,
+// assigns positions, writes batches (group commit) and then commits them
+// to the broker's memory, in order, so an acknowledged message is always
+// on disk and a subscriber never sees one that is not.
+type store struct {
+	b     *Memory
+	db    *bolt.DB
+	opts  DurableOptions
+	queue chan *op
+	done  chan struct{}
+	trim  map[string]uint64 // channel -> delete disk keys below this seq (writer only)
+
+	mu     sync.RWMutex // submitters hold it shared; close takes it
+	closed bool
+}
+
+type opKind int
+
+const (
+	opPublish opKind = iota
+	opDelete
+	opTrim
+	opCreate
+)
+
+type op struct {
+	kind opKind
+	m    *Message
+	name string
+	res  chan opResult
+}
+
+type opResult struct {
+	m   *Message
+	n   int
+	err error
+}
+
+// OpenDurable opens (or creates) the store in dir, loads what it retains
+// and returns a running broker. The directory is locked for this process.
+func OpenDurable(o DurableOptions) (*Memory, error) {
+	o.fill()
+	switch o.Sync {
+	case "", "always":
+		o.Sync = "always"
+	case "none":
+	default:
+		return nil, fmt.Errorf("sync policy %q: want always or none", o.Sync)
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory %s: %w", o.Dir, err)
+	}
+	probe := filepath.Join(o.Dir, ".write-test")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		return nil, fmt.Errorf("data directory %s is not writable: %w", o.Dir, err)
+	}
+	os.Remove(probe)
+	path := filepath.Join(o.Dir, storeFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: o.Sync == "none", NoFreelistSync: true})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open store %s: another pushctl holds it", path)
+		}
+		return nil, fmt.Errorf("open store %s: %w (if the file is damaged, move it away; nothing is deleted automatically)", path, err)
+	}
+	b := newMemory(o.MemoryOptions)
+	s := &store{b: b, db: db, opts: o, queue: make(chan *op, 65536), done: make(chan struct{}), trim: map[string]uint64{}}
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	b.store = s
+	go s.writer()
+	b.start()
+	return b, nil
+}
+
+// load checks the format and restores every channel's epoch, sequence and
+// retained messages.
+func (s *store) load() error {
+	now := s.b.opts.Now()
+	return s.db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyFormat); v == nil {
+			meta.Put(keyFormat, []byte{formatV1})
+		} else if len(v) != 1 || v[0] != formatV1 {
+			return fmt.Errorf("store format %v is not one this pushctl reads", v)
+		}
+		chans, err := tx.CreateBucketIfNotExists(bucketChannels)
+		if err != nil {
+			return err
+		}
+		cmeta, err := tx.CreateBucketIfNotExists(bucketChanMeta)
+		if err != nil {
+			return err
+		}
+		return cmeta.ForEach(func(name, mv []byte) error {
+			if len(mv) < 10 || mv[0] != 1 {
+				return fmt.Errorf("store: channel %q has damaged metadata", name)
+			}
+			ch := &memChannel{
+				name: string(name), epoch: string(mv[9:]), seq: binary.BigEndian.Uint64(mv[1:9]),
+				subs: make(map[*Subscription]struct{}), changed: make(chan struct{}), persisted: true,
+			}
+			cb := chans.Bucket(name)
+			if cb == nil {
+				if cb, err = chans.CreateBucket(name); err != nil {
+					return err
+				}
+			}
+			if err := ValidateChannel(ch.name); err != nil {
+				return fmt.Errorf("store: %w", err)
+			}
+			// Newest first, up to the history size, then in order.
+			var msgs []*Message
+			c := cb.Cursor()
+			for k, v := c.Last(); k != nil && len(msgs) < max(s.b.opts.HistorySize, 0); k, v = c.Prev() {
+				if len(k) != 8 {
+					return fmt.Errorf("store: damaged key in channel %q", name)
+				}
+				m, err := decodeRecord(ch, k, v)
+				if err != nil {
+					return err
+				}
+				msgs = append(msgs, m)
+			}
+			sort.Slice(msgs, func(i, j int) bool { return msgs[i].Seq < msgs[j].Seq })
+			if len(msgs) > 0 && msgs[len(msgs)-1].Seq != ch.seq {
+				return fmt.Errorf("store: channel %q ends at %d but says %d; the file is damaged", name, msgs[len(msgs)-1].Seq, ch.seq)
+			}
+			for i, m := range msgs {
+				if i > 0 && m.Seq != msgs[i-1].Seq+1 {
+					return fmt.Errorf("store: channel %q misses messages between %d and %d; the file is damaged", name, msgs[i-1].Seq, m.Seq)
+				}
+				s.b.retain(ch, m)
+				ch.lastPub = m.Time
+			}
+			s.b.expire(ch, now)
+			ch.published = uint64(ch.n)
+			s.b.channels[ch.name] = ch
+			if ch.n > 0 || ch.seq > 0 {
+				s.trim[ch.name] = ch.oldestSeq()
+			}
+			return nil
+		})
+	})
+}
+
+func decodeRecord(ch *memChannel, k, v []byte) (*Message, error) {
+	if len(v) < recordHeader {
+		return nil, fmt.Errorf("store: damaged record in channel %q", ch.name)
+	}
+	el := int(binary.BigEndian.Uint16(v[9:11]))
+	if len(v) < recordHeader+el {
+		return nil, fmt.Errorf("store: damaged record in channel %q", ch.name)
+	}
+	return &Message{
+		Channel: ch.name, Epoch: ch.epoch, Seq: binary.BigEndian.Uint64(k),
+		Kind: Kind(v[0]), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9]))).UTC(),
+		Event: string(v[11 : 11+el]), Data: append([]byte(nil), v[11+el:]...),
+	}, nil
+}
+
+func encodeRecord(m *Message) []byte {
+	v := make([]byte, recordHeader+len(m.Event)+len(m.Data))
+	v[0] = byte(m.Kind)
+	binary.BigEndian.PutUint64(v[1:9], uint64(m.Time.UnixNano()))
+	binary.BigEndian.PutUint16(v[9:11], uint16(len(m.Event)))
+	copy(v[11:], m.Event)
+	copy(v[11+len(m.Event):], m.Data)
+	return v
+}
+
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+func channelMeta(epoch string, seq uint64) []byte {
+	v := make([]byte, 9+len(epoch))
+	v[0] = 1
+	binary.BigEndian.PutUint64(v[1:9], seq)
+	copy(v[9:], epoch)
+	return v
+}
+
+// submit queues an op; the queue bounds memory when the disk is slow
+// (publishers then wait).
+func (s *store) submit(ctx context.Context, o *op) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	select {
+	case s.queue <- o:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *store) publish(ctx context.Context, m *Message) (*Message, int, error) {
+	wait, err := s.start(ctx, m)
+	if err != nil {
+		return nil, 0, err
+	}
+	return wait()
+}
+
+// start queues m for the writer and returns the wait for its outcome.
+// Once queued the write happens whatever the caller does.
+func (s *store) start(ctx context.Context, m *Message) (func() (*Message, int, error), error) {
+	if len(m.Event) > 0xffff {
+		return nil, fmt.Errorf("event name too long")
+	}
+	o := &op{kind: opPublish, m: m, res: make(chan opResult, 1)}
+	if err := s.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	return func() (*Message, int, error) {
+		r := <-o.res
+		return r.m, r.n, r.err
+	}, nil
+}
+
+func (s *store) deleteChannel(ctx context.Context, name string) error {
+	o := &op{kind: opDelete, name: name, res: make(chan opResult, 1)}
+	if err := s.submit(ctx, o); err != nil {
+		return err
+	}
+	return (<-o.res).err
+}
+
+// created persists a channel made by a subscriber, so its epoch survives
+// a restart; best effort, without waiting.
+func (s *store) created(name string) { s.try(&op{kind: opCreate, name: name}) }
+
+// requestTrim asks the writer to delete what memory no longer retains.
+func (s *store) requestTrim() { s.try(&op{kind: opTrim}) }
+
+// try queues o unless the queue is full or closed.
+func (s *store) try(o *op) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return
+	}
+	select {
+	case s.queue <- o:
+	default:
+	}
+}
+
+// close writes what is queued, then closes the file.
+func (s *store) close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.queue)
+	s.mu.Unlock()
+	<-s.done
+	return s.db.Close()
+}
+
+// writer is the only goroutine that writes: it takes what is queued,
+// writes it in one transaction and commits it to memory in order.
+func (s *store) writer() {
+	defer close(s.done)
+	for first := range s.queue {
+		if d := s.opts.SyncDelay; d > 0 {
+			time.Sleep(d) // let a batch gather, as configured
+		}
+		batch := []*op{first}
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case o, ok := <-s.queue:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, o)
+			default:
+				break gather
+			}
+		}
+		// Publishes run in groups between other ops, keeping order.
+		for len(batch) > 0 {
+			i := 0
+			for i < len(batch) && batch[i].kind == opPublish {
+				i++
+			}
+			if i > 0 {
+				s.writePublishes(batch[:i])
+				batch = batch[i:]
+				continue
+			}
+			s.writeOther(batch[0])
+			batch = batch[1:]
+		}
+	}
+}
+
+type pending struct {
+	ch  *memChannel
+	seq uint64
+}
+
+func (s *store) writePublishes(ops []*op) {
+	b := s.b
+	now := b.opts.Now().UTC()
+	next := map[string]*pending{}
+	for _, o := range ops {
+		p := next[o.m.Channel]
+		if p == nil {
+			ch, err := b.channel(o.m.Channel, true)
+			if err != nil {
+				o.res <- opResult{err: err}
+				o.kind = -1
+				continue
+			}
+			ch.mu.Lock()
+			p = &pending{ch: ch, seq: ch.seq}
+			ch.mu.Unlock()
+			next[o.m.Channel] = p
+		}
+		p.seq++
+		o.m.Epoch, o.m.Seq, o.m.Time = p.ch.epoch, p.seq, now
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		chans, cmeta := tx.Bucket(bucketChannels), tx.Bucket(bucketChanMeta)
+		for name, p := range next {
+			if _, err := chans.CreateBucketIfNotExists([]byte(name)); err != nil {
+				return err
+			}
+			if err := cmeta.Put([]byte(name), channelMeta(p.ch.epoch, p.seq)); err != nil {
+				return err
+			}
+		}
+		for _, o := range ops {
+			if o.kind != opPublish {
+				continue
+			}
+			cb := chans.Bucket([]byte(o.m.Channel))
+			if err := cb.Put(seqKey(o.m.Seq), encodeRecord(o.m)); err != nil {
+				return err
+			}
+		}
+		return s.trimTx(chans)
+	})
+	if err != nil {
+		err = fmt.Errorf("%w: %v", ErrStore, err)
+		for _, o := range ops {
+			if o.kind == opPublish {
+				o.res <- opResult{err: err}
+			}
+		}
+		return
+	}
+	for _, o := range ops {
+		if o.kind != opPublish {
+			continue
+		}
+		p := next[o.m.Channel]
+		p.ch.mu.Lock()
+		p.ch.persisted = true
+		n := b.commitLocked(p.ch, o.m)
+		s.trim[p.ch.name] = p.ch.oldestSeq()
+		p.ch.mu.Unlock()
+		o.res <- opResult{m: o.m, n: n}
+	}
+}
+
+// trimTx deletes messages memory no longer retains. Called in a write tx
+// by the writer.
+func (s *store) trimTx(chans *bolt.Bucket) error {
+	for name, below := range s.trim {
+		if cb := chans.Bucket([]byte(name)); cb != nil {
+			c := cb.Cursor()
+			for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < below; k, _ = c.First() {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+		}
+		delete(s.trim, name)
+	}
+	return nil
+}
+
+func (s *store) writeOther(o *op) {
+	b := s.b
+	var err error
+	switch o.kind {
+	case opDelete:
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			if err := tx.Bucket(bucketChanMeta).Delete([]byte(o.name)); err != nil {
+				return err
+			}
+			err := tx.Bucket(bucketChannels).DeleteBucket([]byte(o.name))
+			if errors.Is(err, bolt.ErrBucketNotFound) {
+				return nil
+			}
+			return err
+		})
+		if err == nil {
+			delete(s.trim, o.name)
+			err = b.deleteMemory(o.name)
+		}
+	case opCreate:
+		ch, cerr := b.channel(o.name, false)
+		if cerr != nil || ch == nil {
+			return
+		}
+		ch.mu.Lock()
+		epoch, seq, skip := ch.epoch, ch.seq, ch.deleted || ch.persisted
+		ch.mu.Unlock()
+		if skip {
+			return
+		}
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			if tx.Bucket(bucketChanMeta).Get([]byte(o.name)) != nil {
+				return nil
+			}
+			if _, err := tx.Bucket(bucketChannels).CreateBucketIfNotExists([]byte(o.name)); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketChanMeta).Put([]byte(o.name), channelMeta(epoch, seq))
+		})
+		if err == nil {
+			ch.mu.Lock()
+			ch.persisted = true
+			ch.mu.Unlock()
+		}
+	case opTrim:
+		for _, ch := range b.allChannels() {
+			ch.mu.Lock()
+			if ch.n > 0 || ch.seq > 0 {
+				s.trim[ch.name] = ch.oldestSeq()
+			}
+			ch.mu.Unlock()
+		}
+		err = s.db.Update(func(tx *bolt.Tx) error { return s.trimTx(tx.Bucket(bucketChannels)) })
+	}
+	if o.res != nil {
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			err = fmt.Errorf("%w: %v", ErrStore, err)
+		}
+		o.res <- opResult{err: err}
+	}
+}
+
+// IsDiskFull reports whether err comes from a full disk.
+func IsDiskFull(err error) bool { return errors.Is(err, syscall.ENOSPC) }
