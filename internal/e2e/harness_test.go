@@ -35,6 +35,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building pushctl:", err)
 		os.Exit(1)
 	}
+	// Race-enabled binaries otherwise sleep a second at exit.
+	os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

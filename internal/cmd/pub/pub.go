@@ -209,6 +209,7 @@ func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Option
 		last = a
 		if out != nil {
 			enc.Encode(a)
+			out.Flush() // a reader sees each ack as it comes
 		}
 	})
 	if err != nil {
