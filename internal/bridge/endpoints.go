@@ -30,6 +30,28 @@ type EndpointOptions struct {
 	ZMQLegacy bool
 	// Headers are added to HTTP and WebSocket requests.
 	Headers http.Header
+	// Token authenticates to pushctl:// endpoints; CAFile adds trusted
+	// certificates for every https/wss endpoint.
+	Token  string
+	CAFile string
+}
+
+func (o EndpointOptions) httpClient(timeout time.Duration) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	cfg, err := client.TLSConfig(o.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if cfg != nil {
+		tr.TLSClientConfig = cfg
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}, nil
+}
+
+func (o EndpointOptions) dialer() *websocket.Dialer {
+	d := *websocket.DefaultDialer
+	d.TLSClientConfig, _ = client.TLSConfig(o.CAFile)
+	return &d
 }
 
 // ParseSource returns the source named by raw:
@@ -66,7 +88,7 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 		}
 		return &sseSource{url: u.String(), o: o, env: env}, nil
 	case "pushctl", "pushctls":
-		c, chans, err := pushctlURL(u)
+		c, chans, err := pushctlURL(u, o)
 		if err != nil {
 			return nil, err
 		}
@@ -101,9 +123,13 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 	case "ws", "wss":
 		return &wsSink{url: raw, o: o, env: env}, nil
 	case "http", "https":
-		return &httpSink{url: raw, o: o, env: env, hc: &http.Client{Timeout: 30 * time.Second}}, nil
+		hc, err := o.httpClient(30 * time.Second)
+		if err != nil {
+			return nil, err
+		}
+		return &httpSink{url: raw, o: o, env: env, hc: hc}, nil
 	case "pushctl", "pushctls":
-		c, chans, err := pushctlURL(u)
+		c, chans, err := pushctlURL(u, o)
 		if err != nil {
 			return nil, err
 		}
@@ -119,12 +145,12 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 	return nil, fmt.Errorf("sink %q: unknown kind; use zmq:, ws(s)://, http(s)://, pushctl(s):// or -", raw)
 }
 
-func pushctlURL(u *url.URL) (*client.Client, []string, error) {
+func pushctlURL(u *url.URL, o EndpointOptions) (*client.Client, []string, error) {
 	scheme := "http"
 	if u.Scheme == "pushctls" {
 		scheme = "https"
 	}
-	c, err := client.New(scheme + "://" + u.Host)
+	c, err := client.NewWithOptions(scheme+"://"+u.Host, client.Options{Token: o.Token, CAFile: o.CAFile})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -264,7 +290,7 @@ func (s *wsSource) String() string { return s.url }
 func (s *wsSource) Run(ctx context.Context, emit func(Message) error) error {
 	var bo backoff
 	for attempt := 0; ; attempt++ {
-		conn, resp, err := websocket.DefaultDialer.DialContext(ctx, s.url, s.o.Headers)
+		conn, resp, err := s.o.dialer().DialContext(ctx, s.url, s.o.Headers)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -345,7 +371,7 @@ func (s *wsSink) String() string { return s.url }
 func (s *wsSink) Send(ctx context.Context, m Message) error {
 	for {
 		if s.conn == nil {
-			conn, resp, err := websocket.DefaultDialer.DialContext(ctx, s.url, s.o.Headers)
+			conn, resp, err := s.o.dialer().DialContext(ctx, s.url, s.o.Headers)
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -440,7 +466,11 @@ func (s *sseSource) once(ctx context.Context, lastID *string, emit func(Message)
 	if *lastID != "" {
 		req.Header.Set("Last-Event-ID", *lastID)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := s.o.httpClient(0)
+	if err != nil {
+		return &fatalError{err}
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -23,13 +26,46 @@ const DefaultServer = "http://127.0.0.1:7070"
 
 // Client talks to one broker.
 type Client struct {
-	base *url.URL
-	http *http.Client
+	base   *url.URL
+	http   *http.Client
+	token  string
+	tlsCfg *tls.Config
+}
+
+// Options configure a client beyond the server URL.
+type Options struct {
+	// Token is sent as Authorization: Bearer on every request.
+	Token string
+	// CAFile holds PEM certificates to trust for https/wss, besides the
+	// system's.
+	CAFile string
 }
 
 // New returns a client for server: a URL (http, https, ws, wss) or a
 // host:port.
-func New(server string) (*Client, error) {
+func New(server string) (*Client, error) { return NewWithOptions(server, Options{}) }
+
+// TLSConfig returns the TLS settings for CAFile (nil when empty).
+func TLSConfig(caFile string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s: no PEM certificate in it", caFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// NewWithOptions returns a client with a token and trusted CAs.
+func NewWithOptions(server string, o Options) (*Client, error) {
 	if server == "" {
 		server = DefaultServer
 	}
@@ -56,7 +92,23 @@ func New(server string) (*Client, error) {
 	u.RawQuery, u.Fragment = "", ""
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
-	return &Client{base: u, http: &http.Client{Transport: tr}}, nil
+	tlsCfg, err := TLSConfig(o.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		tr.TLSClientConfig = tlsCfg
+	}
+	return &Client{base: u, http: &http.Client{Transport: tr}, token: o.Token, tlsCfg: tlsCfg}, nil
+}
+
+// header returns the headers every request carries.
+func (c *Client) header() http.Header {
+	h := http.Header{}
+	if c.token != "" {
+		h.Set("Authorization", "Bearer "+c.token)
+	}
+	return h
 }
 
 // URL returns the broker's base URL.
@@ -89,6 +141,9 @@ func (e *APIError) Error() string {
 var ErrUnreachable = errors.New("cannot reach the broker")
 
 func (c *Client) do(req *http.Request) (*http.Response, error) {
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {

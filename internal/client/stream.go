@@ -46,7 +46,9 @@ func (c *Client) OpenStream(ctx context.Context, onAck func(Ack)) (*Stream, erro
 	} else {
 		u.Scheme = "ws"
 	}
-	conn, resp, err := websocket.DefaultDialer.DialContext(ctx, u.String(), nil)
+	d := *websocket.DefaultDialer
+	d.TLSClientConfig = c.tlsCfg
+	conn, resp, err := d.DialContext(ctx, u.String(), c.header())
 	if err != nil {
 		if resp != nil {
 			defer resp.Body.Close()

@@ -14,6 +14,9 @@ import (
 type Factory struct {
 	IO     *IOStreams
 	Getenv func(string) string
+	// Token and CAFile come from --token and --ca-file.
+	Token  string
+	CAFile string
 	// Sources says where each flag of the running command got its value.
 	Sources Sources
 }
@@ -25,7 +28,7 @@ func New() *Factory {
 
 // Client returns a broker client for the --server value.
 func (f *Factory) Client(server string) (*client.Client, error) {
-	c, err := client.New(server)
+	c, err := client.NewWithOptions(server, client.Options{Token: f.Token, CAFile: f.CAFile})
 	if err != nil {
 		return nil, &FlagError{err}
 	}
@@ -55,7 +58,15 @@ func BindEnv(cmd *cobra.Command, getenv func(string) string) error {
 	return err
 }
 
-// AddServerFlag adds --server with its documented default.
-func AddServerFlag(cmd *cobra.Command, p *string) {
+// AddServerFlags adds --server, --token and --ca-file.
+func (f *Factory) AddServerFlags(cmd *cobra.Command, p *string) {
 	cmd.Flags().StringVarP(p, "server", "s", client.DefaultServer, "broker URL (env PUSHCTL_SERVER)")
+	AddTokenFlags(cmd, &f.Token, &f.CAFile)
+}
+
+// AddTokenFlags adds --token and --ca-file.
+func AddTokenFlags(cmd *cobra.Command, token, caFile *string) {
+	cmd.Flags().StringVar(token, "token", "", "access token (env PUSHCTL_TOKEN; see pushctl token)")
+	cmd.Flags().StringVar(caFile, "ca-file", "", "PEM certificates to trust for https/wss besides the system's")
+	MarkSecret(cmd, "token")
 }

@@ -46,6 +46,9 @@ func errorf(status int, code, format string, args ...any) *Error {
 // asError maps any error to an *Error.
 func asError(err error) *Error {
 	var e *Error
+	if ae := accessError(err); ae != nil {
+		return ae
+	}
 	switch {
 	case errors.As(err, &e):
 		return e
@@ -84,6 +87,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if e.Status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pushctl"`)
+	}
 	w.WriteHeader(e.Status)
 	json.NewEncoder(w).Encode(struct {
 		Error *Error `json:"error"`

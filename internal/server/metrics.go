@@ -112,6 +112,11 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 		metric("pushctl_store_bytes", "gauge", "Bytes of message data retained in history.")
 		fmt.Fprintf(bw, "pushctl_store_bytes %d\n", bytes)
 	}
+	metric("pushctl_limit_hits_total", "counter", "Requests refused or cut by a limit or access rule.")
+	s.limitHits.Range(func(k, v any) bool {
+		fmt.Fprintf(bw, "pushctl_limit_hits_total{limit=%q} %d\n", k, v.(*atomic.Uint64).Load())
+		return true
+	})
 	metric("pushctl_http_errors_total", "counter", "HTTP requests answered with an error.")
 	fmt.Fprintf(bw, "pushctl_http_errors_total %d\n", m.errors.Load())
 	if s.opts.ExtraStats != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 )
 
@@ -55,6 +56,13 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	if err := broker.ValidateChannel(channel); err != nil {
 		return err
 	}
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
+	if err := s.allow(id, auth.Publish, channel); err != nil {
+		return err
+	}
 	event, err := eventName(r)
 	if err != nil {
 		return err
@@ -73,7 +81,14 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if q.Get("lines") == "1" || q.Get("lines") == "true" {
-		return s.publishLines(w, r, channel, event, ctype)
+		return s.publishLines(w, r, id, channel, event, ctype)
+	}
+	if err := s.checkRate(w, r, id); err != nil {
+		return err
+	}
+	if t := s.opts.Limits.ReadTimeout; t > 0 {
+		// A client sending its body very slowly is cut off.
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(t))
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.opts.MaxMessageSize))
 	if err != nil {
@@ -231,11 +246,17 @@ func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(l
 	return nil
 }
 
-func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, channel, event, ctype string) error {
+func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, id *auth.Identity, channel, event, ctype string) error {
 	max := int(s.opts.MaxMessageSize)
 	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
 		if len(line) > max {
 			return nil, broker.ErrTooLarge
+		}
+		if err := s.allow(id, auth.Publish, channel); err != nil { // the token may have expired
+			return nil, err
+		}
+		if err := s.checkRate(nil, r, id); err != nil {
+			return nil, err
 		}
 		kind, err := broker.ClassifyData(ctype, line)
 		if err != nil {
@@ -304,6 +325,10 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
 	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
 		var f PublishFrame
 		if err := json.Unmarshal(line, &f); err != nil {
@@ -314,6 +339,12 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 		}
 		m, err := f.message(s.opts.MaxMessageSize)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.allow(id, auth.Publish, m.Channel); err != nil {
+			return nil, err
+		}
+		if err := s.checkRate(nil, r, id); err != nil {
 			return nil, err
 		}
 		return broker.StartPublish(r.Context(), s.b, m)

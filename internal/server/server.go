@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 )
 
@@ -38,6 +40,15 @@ type Options struct {
 	ExtraStats func() map[string]uint64
 	// ChannelExtra adds counters to a channel's info.
 	ChannelExtra func(channel string) map[string]uint64
+	// Auth decides who may publish and subscribe (nil: everyone).
+	Auth *auth.Authorizer
+	// Limits bound what one client may use.
+	Limits Limits
+	// AllowedOrigins are the browser origins allowed for WebSocket and
+	// CORS ("*" or empty: any; tokens, not cookies, carry authority).
+	AllowedOrigins []string
+	// TLSCert and TLSKey serve HTTPS and WSS.
+	TLSCert, TLSKey string
 }
 
 func (o *Options) fill() {
@@ -69,6 +80,15 @@ type Server struct {
 	mux  *http.ServeMux
 
 	metrics  metrics
+	auth     *auth.Authorizer
+	rate     *rateLimiter
+	upgrader websocket.Upgrader
+
+	connMu     sync.Mutex
+	connsPerIP map[string]int
+	limitHits  sync.Map // name -> *atomic.Uint64
+
+	handler  http.Handler
 	stopping chan struct{}
 	stopOnce sync.Once
 	conns    sync.WaitGroup // long-lived subscriber handlers
@@ -77,8 +97,29 @@ type Server struct {
 // New returns a Server for b.
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
-	s := &Server{b: b, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{})}
+	s := &Server{b: b, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
+		auth: opts.Auth, connsPerIP: map[string]int{}}
+	if s.auth == nil {
+		s.auth = auth.New(auth.Config{})
+	}
+	if opts.Limits.PublishRate > 0 {
+		s.rate = newRateLimiter(opts.Limits.PublishRate, opts.Limits.PublishBurst)
+	}
+	s.upgrader = websocket.Upgrader{
+		// Zero read size reuses the HTTP server's buffer; write buffers come
+		// from a pool and are held only while writing, so an idle
+		// connection costs little.
+		WriteBufferPool: &sync.Pool{},
+		CheckOrigin: func(r *http.Request) bool {
+			if s.originAllowed(r.Header.Get("Origin")) {
+				return true
+			}
+			s.limitHit("origin")
+			return false
+		},
+	}
 	s.routes()
+	s.handler = s.cors(s.mux)
 	return s
 }
 
@@ -122,7 +163,7 @@ func (s *Server) methods(m map[string]handlerFunc) http.Handler {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
 // Stopping is closed when Shutdown starts; long-lived handlers end.
 func (s *Server) Stopping() <-chan struct{} { return s.stopping }
@@ -138,7 +179,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(l) }()
+	go func() {
+		if s.opts.TLSCert != "" {
+			errc <- hs.ServeTLS(l, s.opts.TLSCert, s.opts.TLSKey)
+			return
+		}
+		errc <- hs.Serve(l)
+	}()
 	select {
 	case err := <-errc:
 		return err
@@ -171,7 +218,23 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// adminCheck guards listings and stats: with tokens, they need a token
+// that may subscribe to everything.
+func (s *Server) adminCheck(r *http.Request) error {
+	if !s.auth.TokensEnabled() {
+		return nil
+	}
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
+	return s.allow(id, auth.Subscribe, ">")
+}
+
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) error {
+	if err := s.adminCheck(r); err != nil {
+		return err
+	}
 	var extra map[string]uint64
 	if s.opts.ExtraStats != nil {
 		extra = s.opts.ExtraStats()
@@ -194,6 +257,9 @@ func withExtra(v any, extra map[string]uint64) any {
 }
 
 func (s *Server) listChannels(w http.ResponseWriter, r *http.Request) error {
+	if err := s.adminCheck(r); err != nil {
+		return err
+	}
 	list, err := s.b.Channels(r.Context())
 	if err != nil {
 		return err
@@ -218,6 +284,13 @@ func (s *Server) listChannels(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("channel")
 	if err := broker.ValidateChannel(name); err != nil {
+		return err
+	}
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
+	if err := s.allow(id, auth.Subscribe, name); err != nil {
 		return err
 	}
 	q := r.URL.Query()
@@ -270,6 +343,16 @@ func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) er
 
 func (s *Server) deleteChannel(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("channel")
+	if err := broker.ValidateChannel(name); err != nil {
+		return err
+	}
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
+	if err := s.allow(id, auth.Publish, name); err != nil {
+		return err
+	}
 	if err := s.b.DeleteChannel(r.Context(), name); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/wire"
 )
@@ -82,8 +83,22 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if err := parseResume(r, &opts); err != nil {
 		return err
 	}
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
+	for _, ch := range channels {
+		if err := s.allow(id, auth.Subscribe, ch); err != nil {
+			return err
+		}
+	}
+	release, err := s.connSlot(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	if websocket.IsWebSocketUpgrade(r) {
-		return s.serveWebSocket(w, r, &opts)
+		return s.serveWebSocket(w, r, id, &opts)
 	}
 	q := r.URL.Query()
 	if q.Has("poll") {
@@ -98,7 +113,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer sub.Close()
-	s.pumpStream(w, r, sub, enc)
+	s.pumpStream(w, r, sub, enc, expiry(r.Context(), id))
 	return nil
 }
 
@@ -106,7 +121,16 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 	if !websocket.IsWebSocketUpgrade(r) {
 		return errorf(http.StatusBadRequest, CodeInvalidParameter, "/ws takes a WebSocket upgrade; see docs/websocket.md")
 	}
-	return s.serveWebSocket(w, r, nil)
+	id, err := s.identity(r)
+	if err != nil {
+		return err
+	}
+	release, err := s.connSlot(r)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return s.serveWebSocket(w, r, id, nil)
 }
 
 // streamEncoder writes one transport's framing; the subscribe loop is
@@ -149,7 +173,7 @@ func negotiate(r *http.Request, opts *broker.SubscribeOptions) (streamEncoder, e
 }
 
 // pumpStream is the subscribe loop of every HTTP streaming transport.
-func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.Subscription, enc streamEncoder) {
+func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.Subscription, enc streamEncoder, expired <-chan struct{}) {
 	s.conns.Add(1)
 	defer s.conns.Done()
 	t := enc.transport()
@@ -223,6 +247,11 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.
 			return
 		case <-s.stopping:
 			enc.end(bw, broker.ErrClosed)
+			flush()
+			return
+		case <-expired:
+			s.limitHit("token_expired_live")
+			enc.end(bw, errExpiredLive)
 			flush()
 			return
 		}

@@ -10,24 +10,16 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // WebSocket close codes pushctl uses besides the standard ones.
 const (
+	CloseTokenExpired = 4001
 	CloseSlowConsumer = 4008
 )
-
-var upgrader = websocket.Upgrader{
-	// Zero read size reuses the HTTP server's buffer; write buffers come
-	// from a pool and are held only while writing, so an idle connection
-	// costs little.
-	WriteBufferPool: &sync.Pool{},
-	// Browsers on other origins are welcome: nothing here relies on
-	// cookies. Token auth and origin checks are configured separately.
-	CheckOrigin: func(*http.Request) bool { return true },
-}
 
 // ClientFrame is any frame a client sends on the WebSocket protocol.
 type ClientFrame struct {
@@ -40,6 +32,7 @@ type ClientFrame struct {
 	Event    string          `json:"event,omitempty"`
 	Data     json.RawMessage `json:"data,omitempty"`
 	Encoding string          `json:"encoding,omitempty"`
+	Token    string          `json:"token,omitempty"`
 }
 
 // wsConn is one WebSocket connection. The reader goroutine handles client
@@ -50,17 +43,46 @@ type wsConn struct {
 	raw  bool
 	wake chan struct{}
 
-	mu     sync.Mutex
-	subs   map[string]*broker.Subscription // one per channel or pattern
-	outbox [][]byte
-	room   chan struct{} // signalled when the writer drains the outbox
-	closed bool
+	mu      sync.Mutex
+	subs    map[string]*broker.Subscription // one per channel or pattern
+	outbox  [][]byte
+	room    chan struct{} // signalled when the writer drains the outbox
+	closed  bool
+	id      *auth.Identity // replaced by "auth" frames
+	expired bool           // the token of id expired
+	timer   *time.Timer
+}
+
+// setIdentity installs id and arms the end of the connection at its
+// token's expiry.
+func (wc *wsConn) setIdentity(id *auth.Identity) {
+	wc.mu.Lock()
+	defer wc.mu.Unlock()
+	wc.id, wc.expired = id, false
+	if wc.timer != nil {
+		wc.timer.Stop()
+		wc.timer = nil
+	}
+	if id != nil && !id.Expires.IsZero() {
+		wc.timer = time.AfterFunc(time.Until(id.Expires), func() {
+			wc.mu.Lock()
+			wc.expired = true
+			wc.mu.Unlock()
+			wc.signal()
+		})
+	}
+}
+
+func (wc *wsConn) identity() *auth.Identity {
+	wc.mu.Lock()
+	defer wc.mu.Unlock()
+	return wc.id
 }
 
 const maxOutbox = 1024
 
-func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, initial *broker.SubscribeOptions) error {
-	c, err := upgrader.Upgrade(w, r, nil)
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions) error {
+	c, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return nil // the upgrader already replied
 	}
@@ -77,6 +99,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, initial 
 		room: make(chan struct{}, 1),
 	}
 	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
+	wc.setIdentity(id)
+	defer wc.setIdentity(nil)
 	if initial != nil {
 		for _, ch := range initial.Channels {
 			o := *initial
@@ -183,6 +207,7 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 		wc.mu.Lock()
 		out := wc.outbox
 		wc.outbox = nil
+		expired := wc.expired
 		subs, keys = subs[:0], keys[:0]
 		for k, sub := range wc.subs {
 			subs = append(subs, sub)
@@ -192,6 +217,12 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 		select {
 		case wc.room <- struct{}{}:
 		default:
+		}
+		if expired {
+			s.limitHit("token_expired_live")
+			bw.Flush()
+			wc.closeWith(CloseTokenExpired, CodeTokenExpired)
+			return
 		}
 		wc.c.NetConn().SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 		for _, f := range out {
@@ -362,6 +393,13 @@ func (wc *wsConn) handle(r *http.Request, data []byte) func() []byte {
 	if err != nil {
 		return now(errorFrame(f.Ref, err))
 	}
+	id := wc.identity()
+	if err := wc.s.allow(id, auth.Publish, m.Channel); err != nil {
+		return now(errorFrame(f.Ref, err))
+	}
+	if err := wc.s.checkRate(nil, r, id); err != nil {
+		return now(errorFrame(f.Ref, err))
+	}
 	wait, err := broker.StartPublish(r.Context(), wc.s.b, m)
 	if err != nil {
 		return now(errorFrame(f.Ref, err))
@@ -396,6 +434,19 @@ func ackFrame(ref string, m *broker.Message, n int) []byte {
 // handleControl executes a frame other than publish.
 func (wc *wsConn) handleControl(r *http.Request, f *ClientFrame) []byte {
 	switch f.Type {
+	case "auth":
+		id, err := wc.s.auth.Authenticate(f.Token, remoteAddr(r))
+		if err != nil {
+			wc.s.limitHit("bad_token")
+			return errorFrame(f.Ref, accessError(err))
+		}
+		wc.setIdentity(id)
+		b := []byte(`{"type":"authenticated"`)
+		if f.Ref != "" {
+			b = append(b, `,"ref":`...)
+			b = wire.AppendString(b, f.Ref)
+		}
+		return append(b, '}')
 	case "subscribe":
 		chans := f.Channels
 		if f.Channel != "" {
@@ -406,6 +457,9 @@ func (wc *wsConn) handleControl(r *http.Request, f *ClientFrame) []byte {
 		}
 		for _, ch := range chans {
 			if err := broker.ValidatePattern(ch); err != nil {
+				return errorFrame(f.Ref, err)
+			}
+			if err := wc.s.allow(wc.identity(), auth.Subscribe, ch); err != nil {
 				return errorFrame(f.Ref, err)
 			}
 		}
@@ -421,8 +475,9 @@ func (wc *wsConn) handleControl(r *http.Request, f *ClientFrame) []byte {
 		wc.mu.Lock()
 		total := len(wc.subs)
 		wc.mu.Unlock()
-		if total+len(chans) > maxSubsPerConn {
-			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d subscriptions on one connection", maxSubsPerConn))
+		if limit := wc.s.channelsPerConn(); total+len(chans) > limit {
+			wc.s.limitHit("channels_per_conn")
+			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d subscriptions on one connection", limit))
 		}
 		// The ack is queued with the subscriptions under one lock, so the
 		// writer sends it before any of their messages.
@@ -500,7 +555,13 @@ func (wc *wsConn) handleControl(r *http.Request, f *ClientFrame) []byte {
 	return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame, "unknown frame type %q: want subscribe, unsubscribe, publish or ping", f.Type))
 }
 
-const maxSubsPerConn = 256
+// channelsPerConn bounds subscriptions on one WebSocket (default 256).
+func (s *Server) channelsPerConn() int {
+	if n := s.opts.Limits.ChannelsPerConn; n > 0 {
+		return n
+	}
+	return 256
+}
 
 func appendUint(b []byte, v uint64) []byte {
 	if v == 0 {

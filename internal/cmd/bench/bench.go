@@ -61,7 +61,7 @@ reports how much the resident memory of --pid processes grew per connection.`,
 	}
 	fl := cmd.Flags()
 	c := &o.Config
-	cmdutil.AddServerFlag(cmd, &c.Server)
+	fl.StringVarP(&c.Server, "server", "s", "http://127.0.0.1:7070", "broker URL (env PUSHCTL_SERVER)")
 	fl.StringVar(&c.Channel, "channel", "bench", "channel to use")
 	fl.IntVar(&c.Subscribers, "subscribers", 100, "subscriber connections")
 	fl.StringVar(&c.Transport, "transport", "ws", "subscriber transport: ws or sse")

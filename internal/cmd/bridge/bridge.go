@@ -37,6 +37,8 @@ type Options struct {
 	ZMQLegacy       bool
 	CurveSecret     string
 	CurveClients    []string
+	Token           string
+	CAFile          string
 }
 
 // NewCmdBridge returns the bridge command.
@@ -100,6 +102,7 @@ for good, saying which.`,
 	fl.DurationVar(&o.ZMQ.Linger, "zmq-linger", 5*time.Second, "on exit, wait at most this long for queued ZeroMQ messages to leave")
 	fl.BoolVar(&o.ZMQLegacy, "zmq-legacy", false, "a ZeroMQ sink sends single-frame \"channel<sep>payload\" messages")
 	cmdutil.MarkSecret(cmd, "zmq-curve-secret")
+	cmdutil.AddTokenFlags(cmd, &o.Token, &o.CAFile)
 	return cmd
 }
 
@@ -128,7 +131,7 @@ func run(ctx context.Context, o *Options) error {
 	eo := bridge.EndpointOptions{
 		Channels: o.Channels, ZMQSep: o.ZMQ.Sep[0], ZMQLegacy: o.ZMQLegacy,
 		ZMQ:     zmq.SocketOptions{HWM: o.ZMQ.HWM, Linger: o.ZMQ.Linger},
-		Headers: http.Header{},
+		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile,
 	}
 	for _, h := range o.Headers {
 		k, v, ok := strings.Cut(h, ":")

@@ -58,7 +58,7 @@ last id: a table on a terminal, JSON when piped (or with --json). A pattern
 			return runChannels(cmd.Context(), o)
 		},
 	}
-	cmdutil.AddServerFlag(cmd, &o.Server)
+	f.AddServerFlags(cmd, &o.Server)
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON even on a terminal")
 	cmd.Flags().BoolVar(&o.Delete, "delete", false, "delete the named channel (its subscribers are told)")
 	return cmd
@@ -164,7 +164,7 @@ func NewCmdStats(f *cmdutil.Factory) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmdutil.AddServerFlag(cmd, &o.Server)
+	f.AddServerFlags(cmd, &o.Server)
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON even on a terminal")
 	return cmd
 }
@@ -176,7 +176,7 @@ func CompleteChannels(f *cmdutil.Factory, server *string) func(*cobra.Command, [
 		if err := cmdutil.BindEnv(cmd, f.Getenv); err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		c, err := client.New(*server)
+		c, err := client.NewWithOptions(*server, client.Options{Token: f.Token, CAFile: f.CAFile})
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}

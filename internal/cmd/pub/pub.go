@@ -85,7 +85,7 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
 		},
 	}
 	fl := cmd.Flags()
-	cmdutil.AddServerFlag(cmd, &opts.Server)
+	f.AddServerFlags(cmd, &opts.Server)
 	fl.StringVarP(&opts.File, "file", "f", "", "read the message from this file (- for stdin)")
 	fl.BoolVarP(&opts.Lines, "lines", "L", false, "publish each input line as a message, over one connection")
 	fl.StringVarP(&opts.Event, "event", "e", "", "event name (default \"message\")")

@@ -17,6 +17,7 @@ import (
 	"github.com/pushctl/pushctl/internal/cmd/pub"
 	"github.com/pushctl/pushctl/internal/cmd/serve"
 	"github.com/pushctl/pushctl/internal/cmd/sub"
+	"github.com/pushctl/pushctl/internal/cmd/token"
 	"github.com/pushctl/pushctl/internal/cmd/version"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/spf13/cobra"
@@ -53,6 +54,7 @@ WebSocket, SSE and long-poll.`,
 		channels.NewCmdStats(f),
 		bench.NewCmdBench(f),
 		keygen.NewCmdKeygen(f),
+		token.NewCmdToken(f),
 		version.NewCmdVersion(f),
 	)
 	return cmd

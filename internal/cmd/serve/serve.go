@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/server"
@@ -38,6 +40,18 @@ type Options struct {
 	SyncDelay    time.Duration
 	HistoryBytes cmdutil.ByteSize
 	MaxBytes     cmdutil.ByteSize
+
+	TokenSecret       string
+	TokenPublicKey    string
+	TrustedPublishers []string
+	InsecureNoAuth    bool
+	AllowedOrigins    []string
+	MaxConnsPerIP     int
+	MaxChannels       int
+	PublishRate       float64
+	PublishBurst      int
+	ReadTimeout       time.Duration
+	TLSCert, TLSKey   string
 
 	ZMQ          bool
 	ZMQIn        string
@@ -117,6 +131,19 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.IntVar(&opts.ZMQHWM, "zmq-hwm", 100000, "ZeroMQ high-water mark in messages; messages beyond it are dropped and counted")
 	fl.StringVar(&opts.CurveSecret, "zmq-curve-secret", "", "CURVE secret key of the broker's ZeroMQ endpoints (Z85; see pushctl keygen)")
 	fl.StringSliceVar(&opts.CurveClients, "zmq-curve-clients", nil, "public keys of the ZeroMQ clients allowed in (default with a secret: any client with a valid handshake)")
+	fl.StringVar(&opts.TokenSecret, "token-secret", "", "HMAC secret verifying tokens (at least 32 bytes; env PUSHCTL_TOKEN_SECRET); enables access control")
+	fl.StringVar(&opts.TokenPublicKey, "token-public-key", "", "PEM public key verifying tokens signed by an issuer (Ed25519, ECDSA, RSA); enables access control")
+	fl.StringSliceVar(&opts.TrustedPublishers, "trusted-publishers", nil, "addresses or CIDRs that may publish without a token (e.g. 10.0.0.5,127.0.0.1/32)")
+	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "allow listening beyond loopback with no access control at all")
+	fl.StringSliceVar(&opts.AllowedOrigins, "allowed-origins", []string{"*"}, "browser origins allowed for WebSocket and CORS")
+	fl.IntVar(&opts.MaxConnsPerIP, "max-conns-per-ip", 1000, "subscriber connections per client address (0: no limit)")
+	fl.IntVar(&opts.MaxChannels, "max-channels-per-conn", 256, "subscriptions on one WebSocket")
+	fl.Float64Var(&opts.PublishRate, "publish-rate", 0, "publishes per second per token, or per address without one; 429 beyond (0: no limit)")
+	fl.IntVar(&opts.PublishBurst, "publish-burst", 0, "publishes allowed in a burst above --publish-rate (default: one second's worth)")
+	fl.DurationVar(&opts.ReadTimeout, "read-timeout", 30*time.Second, "time to send one ordinary request body (slow senders are cut off)")
+	fl.StringVar(&opts.TLSCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and WSS")
+	fl.StringVar(&opts.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	cmdutil.MarkSecret(cmd, "token-secret")
 	fl.StringVar(&opts.Config, "config", "", "YAML config file (default ~/.config/pushctl/serve.yaml when it exists)")
 	fl.BoolVar(&opts.PrintConfig, "print-config", false, "print the effective configuration (secrets redacted) and exit")
 	cmdutil.MarkSecret(cmd, "zmq-curve-secret")
@@ -216,16 +243,37 @@ func Run(ctx context.Context, o *Options) error {
 			}
 		}
 	}
+	az, err := authorizer(o)
+	if err != nil {
+		return err
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		return cmdutil.FlagErrorf("--tls-cert and --tls-key go together")
+	}
+	sopts.Auth = az
+	sopts.AllowedOrigins = o.AllowedOrigins
+	sopts.TLSCert, sopts.TLSKey = o.TLSCert, o.TLSKey
+	sopts.Limits = server.Limits{ConnsPerIP: o.MaxConnsPerIP, ChannelsPerConn: o.MaxChannels,
+		PublishRate: o.PublishRate, PublishBurst: o.PublishBurst, ReadTimeout: o.ReadTimeout}
 	srv := server.New(b, sopts)
 	l, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)
 	}
-	url := "http://" + l.Addr().String()
+	if !isLoopback(l.Addr()) && !az.Enabled() && !o.InsecureNoAuth {
+		l.Close()
+		return fmt.Errorf("refusing to listen on %s with no access control: anyone who reaches it could publish and subscribe; "+
+			"set --token-secret, --token-public-key or --trusted-publishers, or pass --insecure-no-auth", l.Addr())
+	}
+	scheme := "http"
+	if o.TLSCert != "" {
+		scheme = "https"
+	}
+	url := scheme + "://" + l.Addr().String()
 	log.Debug("listening", "url", url, "history", o.HistorySize, "history_age", o.HistoryAge)
 	fmt.Fprintf(o.IO.ErrOut, "pushctl: broker listening on %s\n", url)
-	if !isLoopback(l.Addr()) {
-		log.Warn("listening on a non-loopback address: anyone who can reach it can publish and subscribe", "addr", l.Addr().String())
+	if !isLoopback(l.Addr()) && !az.Enabled() {
+		log.Warn("listening beyond loopback with no access control (--insecure-no-auth)", "addr", l.Addr().String())
 	}
 	if o.Ready != nil {
 		o.Ready(l.Addr())
@@ -303,4 +351,37 @@ func zmqConfig(o *Options, log *slog.Logger) (*zmq.BrokerConfig, error) {
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback() || strings.HasPrefix(a.String(), "localhost")
+}
+
+// authorizer builds access control from the flags.
+func authorizer(o *Options) (*auth.Authorizer, error) {
+	cfg := auth.Config{}
+	if o.TokenSecret != "" {
+		if len(o.TokenSecret) < 32 {
+			return nil, cmdutil.FlagErrorf("--token-secret must be at least 32 bytes (pushctl token secret makes one)")
+		}
+		cfg.Secret = []byte(o.TokenSecret)
+	}
+	if o.TokenPublicKey != "" {
+		k, err := auth.LoadPublicKey(o.TokenPublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("--token-public-key: %w", err)
+		}
+		cfg.PublicKey = k
+	}
+	for _, t := range o.TrustedPublishers {
+		if !strings.Contains(t, "/") {
+			if strings.Contains(t, ":") {
+				t += "/128"
+			} else {
+				t += "/32"
+			}
+		}
+		p, err := netip.ParsePrefix(t)
+		if err != nil {
+			return nil, cmdutil.FlagErrorf("--trusted-publishers %q: want an address or CIDR", t)
+		}
+		cfg.TrustedPublishers = append(cfg.TrustedPublishers, p.Masked())
+	}
+	return auth.New(cfg), nil
 }

@@ -98,7 +98,7 @@ passed before --count messages (or, without --count, before any message),
 		},
 	}
 	fl := cmd.Flags()
-	cmdutil.AddServerFlag(cmd, &opts.Server)
+	f.AddServerFlags(cmd, &opts.Server)
 	fl.StringVarP(&opts.Format, "format", "o", "raw", "output: raw (data only), json (one envelope per line) or sse")
 	fl.StringVar(&opts.Template, "template", "", "Go template per message: .Channel .ID .Seq .Event .Data .Time, and .JSON for JSON data")
 	fl.IntVarP(&opts.Count, "count", "n", 0, "exit after this many messages")

@@ -1,0 +1,241 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/auth"
+)
+
+// Limits bound what one client may use. Zero values mean no limit.
+type Limits struct {
+	// ConnsPerIP bounds long-lived connections (streams, WebSockets) per address.
+	ConnsPerIP int
+	// ChannelsPerConn bounds subscriptions on one WebSocket.
+	ChannelsPerConn int
+	// PublishRate and PublishBurst bound publishes per second per token
+	// (or per address without one).
+	PublishRate  float64
+	PublishBurst int
+	// ReadTimeout bounds reading one ordinary request body (slow senders).
+	ReadTimeout time.Duration
+}
+
+// Access error codes.
+const (
+	CodeTokenMissing   = "token_missing"
+	CodeTokenInvalid   = "token_invalid"
+	CodeTokenExpired   = "token_expired"
+	CodeForbidden      = "forbidden"
+	CodeRateLimited    = "rate_limited"
+	CodeTooManyConns   = "too_many_connections"
+	CodeOriginRejected = "origin_not_allowed"
+)
+
+// accessError maps auth errors to HTTP errors.
+func accessError(err error) *Error {
+	switch {
+	case errors.Is(err, auth.ErrNoToken):
+		return &Error{http.StatusUnauthorized, CodeTokenMissing, "a token is required: send Authorization: Bearer <token> or ?token=<token>"}
+	case errors.Is(err, auth.ErrExpired):
+		return &Error{http.StatusUnauthorized, CodeTokenExpired, "the token has expired; get a new one"}
+	case errors.Is(err, auth.ErrBadToken):
+		return &Error{http.StatusUnauthorized, CodeTokenInvalid, err.Error()}
+	case errors.Is(err, auth.ErrForbidden):
+		return &Error{http.StatusForbidden, CodeForbidden, err.Error()}
+	}
+	return nil
+}
+
+// tokenOf returns the request's token: the Authorization header, else
+// the token query parameter (for EventSource and browser WebSockets).
+func tokenOf(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+		return "\x00invalid" // a scheme we do not take fails as a bad token
+	}
+	return r.URL.Query().Get("token")
+}
+
+func remoteAddr(r *http.Request) net.Addr {
+	ap, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
+	if err != nil {
+		return nil
+	}
+	return ap
+}
+
+// identity authenticates the request. Errors are access errors.
+func (s *Server) identity(r *http.Request) (*auth.Identity, error) {
+	id, err := s.auth.Authenticate(tokenOf(r), remoteAddr(r))
+	if err != nil {
+		s.limitHit("bad_token")
+		return nil, accessError(err)
+	}
+	return id, nil
+}
+
+// allow checks one action; a refusal is counted.
+func (s *Server) allow(id *auth.Identity, a auth.Action, channel string) error {
+	if err := s.auth.Allow(id, a, channel); err != nil {
+		s.limitHit("denied")
+		return accessError(err)
+	}
+	return nil
+}
+
+// limitHit counts a limit or refusal by name (exported in /metrics).
+func (s *Server) limitHit(name string) {
+	v, _ := s.limitHits.LoadOrStore(name, new(atomic.Uint64))
+	v.(*atomic.Uint64).Add(1)
+}
+
+// rateLimiter is a token bucket per key.
+type rateLimiter struct {
+	rate  float64
+	burst float64
+	mu    sync.Mutex
+	bkts  map[string]*bucket
+	last  time.Time
+}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+func newRateLimiter(rate float64, burst int) *rateLimiter {
+	if burst <= 0 {
+		burst = max(1, int(rate))
+	}
+	return &rateLimiter{rate: rate, burst: float64(burst), bkts: map[string]*bucket{}}
+}
+
+// take spends one token for key, or says how long until one is there.
+func (l *rateLimiter) take(key string, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.last) > time.Minute { // forget idle keys, bounding memory
+		for k, b := range l.bkts {
+			if now.Sub(b.at) > time.Minute {
+				delete(l.bkts, k)
+			}
+		}
+		l.last = now
+	}
+	b := l.bkts[key]
+	if b == nil {
+		b = &bucket{tokens: l.burst, at: now}
+		l.bkts[key] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.at).Seconds()*l.rate)
+	b.at = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+}
+
+// checkRate applies the publish rate limit to id (or the address).
+func (s *Server) checkRate(w http.ResponseWriter, r *http.Request, id *auth.Identity) error {
+	if s.rate == nil {
+		return nil
+	}
+	key := id.Key()
+	if key == "" {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		key = "ip:" + host
+	}
+	ok, wait := s.rate.take(key, time.Now())
+	if ok {
+		return nil
+	}
+	s.limitHit("publish_rate")
+	secs := int(wait/time.Second) + 1
+	if w != nil {
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+	}
+	return &Error{http.StatusTooManyRequests, CodeRateLimited, fmt.Sprintf("publishing faster than %g messages/s; retry in %ds", s.opts.Limits.PublishRate, secs)}
+}
+
+// connSlot counts a long-lived connection against its address's limit;
+// release it when the connection ends.
+func (s *Server) connSlot(r *http.Request) (release func(), err error) {
+	if s.opts.Limits.ConnsPerIP <= 0 {
+		return func() {}, nil
+	}
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.connsPerIP[host] >= s.opts.Limits.ConnsPerIP {
+		s.limitHit("conns_per_ip")
+		return nil, &Error{http.StatusTooManyRequests, CodeTooManyConns, fmt.Sprintf("more than %d connections from one address", s.opts.Limits.ConnsPerIP)}
+	}
+	s.connsPerIP[host]++
+	return func() {
+		s.connMu.Lock()
+		defer s.connMu.Unlock()
+		if s.connsPerIP[host]--; s.connsPerIP[host] <= 0 {
+			delete(s.connsPerIP, host)
+		}
+	}, nil
+}
+
+// errExpiredLive ends a live connection whose token expired.
+var errExpiredLive = &Error{http.StatusUnauthorized, CodeTokenExpired, "the token expired; reconnect with a new one and resume from the last id"}
+
+// expiry returns a channel closed when id's token expires (nil: never).
+func expiry(ctx context.Context, id *auth.Identity) <-chan struct{} {
+	if id == nil || id.Expires.IsZero() {
+		return nil
+	}
+	ch := make(chan struct{})
+	t := time.AfterFunc(time.Until(id.Expires), func() { close(ch) })
+	context.AfterFunc(ctx, func() { t.Stop() })
+	return ch
+}
+
+// originAllowed checks a browser's Origin against the configured list.
+func (s *Server) originAllowed(origin string) bool {
+	if origin == "" || len(s.opts.AllowedOrigins) == 0 {
+		return true
+	}
+	for _, o := range s.opts.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// cors answers preflights and sets CORS headers for allowed origins.
+func (s *Server) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && s.originAllowed(origin) {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			h.Set("Access-Control-Expose-Headers", "Pushctl-Cursor, Retry-After")
+			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+				h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
+				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-Pushctl-Event, Accept")
+				h.Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
