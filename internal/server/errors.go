@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
 
 	"github.com/pushctl/pushctl/internal/broker"
 )
@@ -28,6 +30,7 @@ const (
 	CodeShuttingDown     = "shutting_down"
 	CodeInternal         = "internal_error"
 	CodeStoreFailed      = "store_failed"
+	CodeRequestTimeout   = "request_timeout"
 )
 
 // Error is an error with an HTTP status and a stable code.
@@ -70,6 +73,10 @@ func asError(err error) *Error {
 		return &Error{http.StatusInsufficientStorage, CodeStoreFailed, "the message could not be stored (disk full or failing); it was not published: " + err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{http.StatusRequestTimeout, CodeWaitTimeout, "timed out waiting"}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) {
+		return &Error{http.StatusRequestTimeout, CodeRequestTimeout, "the request body did not arrive in time"}
 	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {

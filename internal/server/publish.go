@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
@@ -40,6 +41,9 @@ func eventName(r *http.Request) (string, error) {
 func validateEvent(ev string) error {
 	if len(ev) > 128 {
 		return errorf(http.StatusBadRequest, CodeInvalidParameter, "event name longer than 128 bytes")
+	}
+	if !utf8.ValidString(ev) {
+		return errorf(http.StatusBadRequest, CodeInvalidParameter, "event name is not valid UTF-8")
 	}
 	for i := 0; i < len(ev); i++ {
 		if ev[i] < 0x20 || ev[i] == 0x7f {
@@ -328,6 +332,13 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 	id, err := s.identity(r)
 	if err != nil {
 		return err
+	}
+	// Grants are checked per line; a request with no credentials at all
+	// is refused as a whole.
+	if s.auth.Enabled() && id.Claims == nil && !id.Trusted {
+		if err := s.allow(id, auth.Publish, ">"); err != nil {
+			return err
+		}
 	}
 	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
 		var f PublishFrame
