@@ -52,7 +52,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"subscribe stream", "GET", "/sub/ch?format=ndjson&since=all", "", "sub", false},
 		{"long-poll", "GET", "/sub/ch?poll=1ms&since=all", "", "sub", false},
 		{"websocket subscribe", "GET", "/sub/ch", "", "sub", true},
-		{"channel info", "GET", "/channels/ch", "", "sub", false},
+		{"channel info", "GET", "/channels/ch", "", "pub or sub", false},
 		{"delete", "DELETE", "/channels/ch", "", "pub", false},
 		{"list", "GET", "/channels", "", "admin", false},
 		{"stats", "GET", "/stats", "", "admin", false},
@@ -63,6 +63,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return p.name == "pub" || p.name == "both" || p.name == "admin"
 		case "sub":
 			return p.name == "sub" || p.name == "both" || p.name == "admin"
+		case "pub or sub":
+			return p.name != "other"
 		}
 		return p.name == "admin"
 	}

@@ -290,8 +290,11 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.allow(id, auth.Subscribe, name); err != nil {
-		return err
+	// Subscribers and publishers (waiting for listeners) may look.
+	if s.auth.Allow(id, auth.Publish, name) != nil {
+		if err := s.allow(id, auth.Subscribe, name); err != nil {
+			return err
+		}
 	}
 	q := r.URL.Query()
 	if v := q.Get("wait_subscribers"); v != "" {
