@@ -1,0 +1,92 @@
+package cmdutil
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func testCommand() (*cobra.Command, *ByteSize) {
+	cmd := &cobra.Command{Use: "serve"}
+	size := ByteSize(1 << 20)
+	fl := cmd.Flags()
+	fl.String("listen", "127.0.0.1:7070", "")
+	fl.Int("history", 1000, "")
+	fl.Duration("history-age", time.Hour, "")
+	fl.StringSlice("trusted-publishers", nil, "")
+	fl.Bool("zmq", false, "")
+	fl.Var(&size, "max-message-size", "")
+	fl.String("token-secret", "", "")
+	fl.String("config", "", "")
+	MarkSecret(cmd, "token-secret")
+	return cmd, &size
+}
+
+func FuzzConfigFile(f *testing.F) {
+	f.Add("listen: 127.0.0.1:1\nhistory: 5\n")
+	f.Add("history-age: 10m\nzmq: true\ntrusted-publishers: [a, b]\n")
+	f.Add("max-message-size: 4MiB\n")
+	f.Add("bogus: 1\n")
+	f.Add("history: [1, 2]\n")
+	f.Add("history: {a: 1}\n")
+	f.Add(": :\n- - -")
+	f.Add("token-secret: [\"\\x00\"]\n&a [*a, *a]")
+	f.Fuzz(func(t *testing.T, yml string) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "c.yaml")
+		os.WriteFile(path, []byte(yml), 0o600)
+		cmd, _ := testCommand()
+		_, err := ApplySettings(cmd, func(k string) string {
+			if k == "PUSHCTL_CONFIG" {
+				return path
+			}
+			return ""
+		})
+		if err != nil {
+			var fe *FlagError
+			if !errors.As(err, &fe) {
+				t.Fatalf("config error is not a usage error: %v", err)
+			}
+			if strings.Contains(yml, "token-secret") && strings.Contains(err.Error(), "s3cr3t") {
+				t.Fatal("secret in error")
+			}
+		}
+	})
+}
+
+func TestConfigPrecedenceAndSecrets(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	os.WriteFile(path, []byte("history: 5\nlisten: file:1\nhistory-age: 1m\ntoken-secret: s3cr3t-from-file\n"), 0o600)
+	cmd, _ := testCommand()
+	cmd.Flags().Parse([]string{"--history-age", "3m"})
+	env := map[string]string{"PUSHCTL_CONFIG": path, "PUSHCTL_LISTEN": "env:2", "PUSHCTL_HISTORY_AGE": "2m"}
+	src, err := ApplySettings(cmd, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(n string) string { return cmd.Flags().Lookup(n).Value.String() }
+	if get("history") != "5" || get("listen") != "env:2" || get("history-age") != "3m0s" {
+		t.Fatalf("history %s listen %s age %s", get("history"), get("listen"), get("history-age"))
+	}
+	if src["history"] != "file" || src["listen"] != "env" || src["history-age"] != "flag" {
+		t.Fatalf("sources %v", src)
+	}
+	var out bytes.Buffer
+	PrintConfig(cmd, src, &out)
+	if strings.Contains(out.String(), "s3cr3t") || !strings.Contains(out.String(), "token-secret: <redacted>") {
+		t.Fatalf("printed config:\n%s", out.String())
+	}
+	// A bad secret in the environment does not echo it.
+	env["PUSHCTL_MAX_MESSAGE_SIZE"] = "lots"
+	cmd, _ = testCommand()
+	if _, err := ApplySettings(cmd, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "lots") {
+		t.Fatalf("bad size: %v", err)
+	}
+}
