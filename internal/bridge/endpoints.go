@@ -289,23 +289,11 @@ func (s *wsSource) String() string { return s.url }
 
 func (s *wsSource) Run(ctx context.Context, emit func(Message) error) error {
 	var bo backoff
-	for attempt := 0; ; attempt++ {
-		conn, resp, err := s.o.dialer().DialContext(ctx, s.url, s.o.Headers)
+	for {
+		conn, err := dialWS(ctx, s.url, s.o, s.env, &bo)
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 {
-				return fmt.Errorf("HTTP %d", resp.StatusCode)
-			}
-			s.env.warn("%s: %v; retrying", s, err)
-			if err := bo.wait(ctx); err != nil {
-				return err
-			}
-			s.env.Counters.Reconnects.Add(1)
-			continue
+			return err
 		}
-		bo.reset()
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		err = s.read(conn, emit)
 		stop()
@@ -325,6 +313,29 @@ func (s *wsSource) Run(ctx context.Context, emit func(Message) error) error {
 }
 
 var errEmit = errors.New("stopped")
+
+// dialWS connects to a WebSocket server, retrying with backoff until ctx
+// ends; a 4xx answer is final.
+func dialWS(ctx context.Context, url string, o EndpointOptions, env *Env, bo *backoff) (*websocket.Conn, error) {
+	for {
+		conn, resp, err := o.dialer().DialContext(ctx, url, o.Headers)
+		if err == nil {
+			bo.reset()
+			return conn, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		env.warn("%s: %v; retrying", url, err)
+		if err := bo.wait(ctx); err != nil {
+			return nil, err
+		}
+		env.Counters.Reconnects.Add(1)
+	}
+}
 
 func (s *wsSource) read(conn *websocket.Conn, emit func(Message) error) error {
 	for {
@@ -371,23 +382,11 @@ func (s *wsSink) String() string { return s.url }
 func (s *wsSink) Send(ctx context.Context, m Message) error {
 	for {
 		if s.conn == nil {
-			conn, resp, err := s.o.dialer().DialContext(ctx, s.url, s.o.Headers)
+			conn, err := dialWS(ctx, s.url, s.o, s.env, &s.bo)
 			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 {
-					return fmt.Errorf("HTTP %d", resp.StatusCode)
-				}
-				s.env.warn("%s: %v; retrying", s, err)
-				if err := s.bo.wait(ctx); err != nil {
-					return err
-				}
-				s.env.Counters.Reconnects.Add(1)
-				continue
+				return err
 			}
 			s.conn = conn
-			s.bo.reset()
 			// Read (and discard) what the server sends so its pings are answered.
 			go func() {
 				for {

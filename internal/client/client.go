@@ -235,19 +235,30 @@ func (c *Client) WaitSubscribers(ctx context.Context, channel string, n int, tim
 	return err
 }
 
-// Channel returns a channel's info.
-func (c *Client) Channel(ctx context.Context, name string, q url.Values) (*broker.ChannelInfo, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/channels/"+name, q), nil)
+// call sends a request and decodes the JSON reply into v (if not nil).
+func (c *Client) call(ctx context.Context, method, path string, q url.Values, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.url(path, q), nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := c.do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
+	if v == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("reading the broker's reply: %w", err)
+	}
+	return nil
+}
+
+// Channel returns a channel's info.
+func (c *Client) Channel(ctx context.Context, name string, q url.Values) (*broker.ChannelInfo, error) {
 	var info broker.ChannelInfo
-	return &info, json.NewDecoder(resp.Body).Decode(&info)
+	return &info, c.call(ctx, "GET", "/channels/"+name, q, &info)
 }
 
 // Channels lists the broker's channels, optionally those matching a pattern.
@@ -256,62 +267,20 @@ func (c *Client) Channels(ctx context.Context, match string) ([]broker.ChannelIn
 	if match != "" {
 		q.Set("match", match)
 	}
-	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/channels", q), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	var out struct {
 		Channels []broker.ChannelInfo `json:"channels"`
 	}
-	return out.Channels, json.NewDecoder(resp.Body).Decode(&out)
+	return out.Channels, c.call(ctx, "GET", "/channels", q, &out)
 }
 
 // DeleteChannel deletes a channel.
 func (c *Client) DeleteChannel(ctx context.Context, name string) error {
-	req, err := http.NewRequestWithContext(ctx, "DELETE", c.url("/channels/"+name, nil), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	return nil
+	return c.call(ctx, "DELETE", "/channels/"+name, nil, nil)
 }
 
-// Stats returns broker-wide counters.
-func (c *Client) Stats(ctx context.Context) (*broker.Stats, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/stats", nil), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st broker.Stats
-	return &st, json.NewDecoder(resp.Body).Decode(&st)
-}
-
-// StatsMap returns every counter of GET /stats, including those of
-// optional parts such as ZeroMQ endpoints.
-func (c *Client) StatsMap(ctx context.Context) (map[string]any, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", c.url("/stats", nil), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
+// Stats returns every counter of GET /stats, including those of optional
+// parts such as ZeroMQ endpoints.
+func (c *Client) Stats(ctx context.Context) (map[string]any, error) {
 	var st map[string]any
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return st, c.call(ctx, "GET", "/stats", nil, &st)
 }

@@ -145,7 +145,7 @@ func NewCmdStats(f *cmdutil.Factory) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			st, err := c.StatsMap(ctx)
+			st, err := c.Stats(ctx)
 			if err != nil {
 				return err
 			}
