@@ -96,6 +96,8 @@ type SubscribeOptions struct {
 	// overflowing ends the subscription with ErrSlowConsumer. Zero uses
 	// the broker default.
 	QueueSize int
+	// QueueBytes bounds the data of those messages the same way (0: no bound).
+	QueueBytes int64
 	// Notify, when set, is signalled (without blocking) instead of the
 	// subscription's own channel whenever events are queued or it ends, so
 	// one goroutine can serve several subscriptions. Give it capacity 1.

@@ -25,6 +25,8 @@ type MemoryOptions struct {
 	MaxBytes int64
 	// QueueSize is the default per-subscriber live queue bound (default 65536).
 	QueueSize int
+	// QueueBytes bounds the data queued per subscriber (0: no bound).
+	QueueBytes int64
 	// Now is the clock; tests inject one.
 	Now func() time.Time
 }
@@ -374,6 +376,10 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 		b.dropped.Add(uint64(dropped))
 	})
 	s.internal = opts.Internal
+	s.maxBytes = opts.QueueBytes
+	if s.maxBytes == 0 {
+		s.maxBytes = b.opts.QueueBytes
+	}
 	ms := &memSub{patterns: pats, attached: make(map[*memChannel]struct{})}
 	b.mu.Lock()
 	if b.closed {

@@ -15,16 +15,18 @@ type Subscription struct {
 	id       uint64
 	channels []string
 	max      int
+	maxBytes int64
 	internal bool
 
-	mu     sync.Mutex
-	start  Cursor
-	buf    []Event
-	live   int // live (not replayed) events in buf
-	ended  bool
-	err    error
-	notify chan struct{}
-	done   chan struct{}
+	mu        sync.Mutex
+	start     Cursor
+	buf       []Event
+	live      int   // live (not replayed) events in buf
+	liveBytes int64 // their data
+	ended     bool
+	err       error
+	notify    chan struct{}
+	done      chan struct{}
 
 	release func(*Subscription)
 	onSlow  func(dropped int)
@@ -66,7 +68,7 @@ func (s *Subscription) push(e Event) bool {
 		s.mu.Unlock()
 		return false
 	}
-	if s.live >= s.max {
+	if s.live >= s.max || s.maxBytes > 0 && e.Msg != nil && s.liveBytes+int64(len(e.Msg.Data)) > s.maxBytes && s.live > 0 {
 		dropped := len(s.buf) + 1 // what was queued, and this one
 		s.endLocked(ErrSlowConsumer, true)
 		s.mu.Unlock()
@@ -77,6 +79,9 @@ func (s *Subscription) push(e Event) bool {
 	}
 	s.buf = append(s.buf, e)
 	s.live++
+	if e.Msg != nil {
+		s.liveBytes += int64(len(e.Msg.Data))
+	}
 	s.mu.Unlock()
 	s.wake()
 	return true
@@ -135,7 +140,7 @@ func (s *Subscription) endLocked(err error, drop bool) {
 	s.err = err
 	if drop {
 		s.buf = nil
-		s.live = 0
+		s.live, s.liveBytes = 0, 0
 	}
 	close(s.done)
 	s.wake()
@@ -150,7 +155,7 @@ func (s *Subscription) TryNext(dst []Event) ([]Event, error) {
 	if len(s.buf) > 0 {
 		out := s.buf
 		s.buf = dst[:0]
-		s.live = 0
+		s.live, s.liveBytes = 0, 0
 		return out, nil
 	}
 	if s.ended {

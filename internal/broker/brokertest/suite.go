@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -382,6 +383,15 @@ func testSlowConsumer(t *testing.T, f Factory) {
 	}
 	if st := b.Stats(); st.SlowConsumers < 1 {
 		t.Fatalf("slow consumer not counted: %+v", st)
+	}
+	// The bound in bytes works the same way.
+	heavy := sub(t, b, broker.SubscribeOptions{Channels: []string{"heavy"}, QueueSize: 1000, QueueBytes: 100})
+	for i := 0; i < 3; i++ {
+		pub(t, b, "heavy", strings.Repeat("x", 40))
+	}
+	<-heavy.Done()
+	if !errors.Is(heavy.Err(), broker.ErrSlowConsumer) {
+		t.Fatalf("byte-bounded subscriber: %v", heavy.Err())
 	}
 }
 

@@ -39,6 +39,7 @@ type Options struct {
 	Sync         string
 	SyncDelay    time.Duration
 	HistoryBytes cmdutil.ByteSize
+	QueueBytes   cmdutil.ByteSize
 	MaxBytes     cmdutil.ByteSize
 
 	TokenSecret       string
@@ -76,7 +77,7 @@ const (
 // NewCmdServe returns the serve command. runF replaces the run function
 // in tests.
 func NewCmdServe(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
-	opts := &Options{IO: f.IO, MaxMessageSize: 1 << 20}
+	opts := &Options{IO: f.IO, MaxMessageSize: 1 << 20, QueueBytes: 64 << 20}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run a broker",
@@ -114,6 +115,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.IntVar(&opts.HistorySize, "history", 1000, "messages retained per channel for replay and resume (0 keeps none)")
 	fl.DurationVar(&opts.HistoryAge, "history-age", time.Hour, "drop retained messages older than this")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted")
+	fl.Var(&opts.QueueBytes, "queue-bytes", "data queued per subscriber before it is disconnected as too slow (0: no bound)")
 	fl.Var(&opts.HistoryBytes, "history-bytes", "retained data per channel, oldest dropped first (0: no bound)")
 	fl.Var(&opts.MaxBytes, "max-bytes", "retained data of all channels together, oldest dropped first (0: no bound)")
 	fl.StringVar(&opts.DataDir, "data-dir", "", "keep channels in a durable store in this directory (survives restarts and crashes)")
@@ -183,7 +185,7 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	mo := broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize,
-		HistoryBytes: int64(o.HistoryBytes), MaxBytes: int64(o.MaxBytes)}
+		HistoryBytes: int64(o.HistoryBytes), MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
 	var b *broker.Memory
 	if o.DataDir != "" {
 		start := time.Now()
