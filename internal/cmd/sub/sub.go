@@ -56,6 +56,10 @@ func NewCmdSub(f *cmdutil.Factory, runF func(context.Context, *Options) error) *
 		Long: `Subscribe to channels (or patterns: news.* matches one segment, news.>
 any tail) and print each message on standard output.
 
+On a terminal it opens a live UI (filter with /, details with enter, publish
+with p, ? for keys); piped, or with --no-tui, --format, --template, --exec,
+--count or --timeout, it prints plain lines.
+
 Lost connections are retried with backoff and resume after the last message
 printed, so nothing still in the broker's history is lost or repeated. When
 the position is no longer retained a warning goes to stderr (--fail-on-gap
@@ -90,7 +94,10 @@ passed before --count messages (or, without --count, before any message),
 			if opts.TUIBuffer < 100 {
 				return cmdutil.FlagErrorf("--tui-buffer must be at least 100")
 			}
-			opts.TUI = opts.IO.OutTTY && !opts.NoTUI && !cmd.Flags().Changed("format") && opts.Template == "" && opts.Exec == ""
+			// The terminal UI is for watching; options that shape output or
+			// end the command (smoke tests) mean plain lines.
+			opts.TUI = opts.IO.OutTTY && !opts.NoTUI && !cmd.Flags().Changed("format") && opts.Template == "" &&
+				opts.Exec == "" && opts.Count == 0 && opts.Timeout == 0
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
