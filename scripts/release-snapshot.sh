@@ -36,6 +36,7 @@ check "$(dpkg-deb -f "$deb" Depends)" 'libzmq5' "$deb (Depends)"
 [[ -s "$rpm" ]] || { echo "release-snapshot: no rpm" >&2; fail=1; }
 # The linux build has ZeroMQ and says its version; the others say they lack it.
 bin=$(ls dist/linux-zmq_linux_amd64*/pushctl)
-"$bin" version | grep -q 'libzmq:  4\.' || { echo "release-snapshot: linux build lacks libzmq" >&2; fail=1; }
-"$bin" version | grep -q 'snapshot' || { echo "release-snapshot: version not stamped" >&2; fail=1; }
+ver=$("$bin" version)   # captured: grep -q in a pipe would cut it short (pipefail)
+grep -q 'libzmq:  4\.' <<<"$ver" || { echo "release-snapshot: linux build lacks libzmq" >&2; fail=1; }
+grep -q 'snapshot' <<<"$ver" || { echo "release-snapshot: version not stamped" >&2; fail=1; }
 exit $fail
