@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 GORELEASER_VERSION=v2.16.0   # newest that builds with Go 1.26 from the module proxy (2.17 needs a module it refuses)
 scripts/install-deps.sh
 export PATH="$(go env GOPATH)/bin:$PATH"
-if ! goreleaser --version 2>/dev/null | grep -q "${GORELEASER_VERSION#v}"; then
+have=$(goreleaser --version 2>/dev/null || true)
+if ! grep -q "${GORELEASER_VERSION#v}" <<<"$have"; then
   echo "release-snapshot: installing goreleaser $GORELEASER_VERSION" >&2
   GOFLAGS=-buildvcs=false go install "github.com/goreleaser/goreleaser/v2@$GORELEASER_VERSION"
 fi
