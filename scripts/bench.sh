@@ -23,7 +23,7 @@ conf="${NCHAN_CONF:-$repo/../shared/bench/nchan.conf}"
 work=$(mktemp -d)
 mkdir -p /tmp/nchan
 nginx -c "$(realpath "$conf")" & nchan_pid=$!
-bin/pushctl serve --listen 127.0.0.1:0 --zmq-in tcp://127.0.0.1:17071 --log-level warn 2> "$work/serve.log" & serve_pid=$!
+bin/pushctl serve --listen 127.0.0.1:0 --zmq-in tcp://127.0.0.1:17071 --max-conns-per-ip 0 --log-level warn 2> "$work/serve.log" & serve_pid=$!
 trap 'kill $nchan_pid $serve_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 for _ in $(seq 100); do
@@ -51,7 +51,12 @@ done
 
 nginx_pids=$(pgrep -d, -f "nginx.*$(basename "$conf")|nginx: worker" || true)
 echo "idle connections:"
-echo -n "  pushctl: "; bin/pushctl bench --server "$pushctl_url" --idle "$idle" --pid "$serve_pid" --channel idle 2>/dev/null
+# A fresh broker, so garbage from the runs above does not blur its memory.
+bin/pushctl serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn 2> "$work/idle.log" & idle_pid=$!
+for _ in $(seq 100); do grep -q 'listening on' "$work/idle.log" 2>/dev/null && break; sleep 0.1; done
+idle_url=$(grep -o 'http://[0-9.:]*' "$work/idle.log" | head -1)
+echo -n "  pushctl: "; bin/pushctl bench --server "$idle_url" --idle "$idle" --pid "$idle_pid" --channel idle 2>/dev/null
+kill $idle_pid
 echo -n "  nchan:   "; bin/pushctl bench --server http://127.0.0.1:18080 --idle "$idle" --pid "$nginx_pids" --channel idle 2>/dev/null
 echo "ZeroMQ (Go benchmarks: raw libzmq ceiling, then ingest into the broker):"
 go test ./internal/zmq -run '^$' -bench . -benchtime 300000x | grep -E '^Benchmark'

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"sync"
 	"time"
@@ -193,7 +194,7 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 	// a burst to this connection costs one system call, not one per message.
 	// Gorilla's own writes (pongs, close frames) are single Write calls on
 	// the same connection, which net.Conn never interleaves with ours.
-	bw := bufio.NewWriterSize(wc.c.NetConn(), 16<<10)
+	bw := &pooledWriter{w: wc.c.NetConn()}
 	frame := func(op byte, payload []byte) error {
 		var hdr [10]byte
 		h := wire.AppendWSHeader(hdr[:0], op, len(payload))
@@ -312,28 +313,68 @@ func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
 
 func trimNL(b []byte) []byte { return b[:len(b)-1] }
 
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+
+// pooledWriter holds a buffer only between the first write and the flush
+// of a batch, so an idle connection holds none.
+type pooledWriter struct {
+	w  io.Writer
+	bw *bufio.Writer
+}
+
+func (p *pooledWriter) Write(b []byte) (int, error) {
+	if p.bw == nil {
+		p.bw = writerPool.Get().(*bufio.Writer)
+		p.bw.Reset(p.w)
+	}
+	return p.bw.Write(b)
+}
+
+// Flush writes what is buffered and gives the buffer back.
+func (p *pooledWriter) Flush() error {
+	if p.bw == nil {
+		return nil
+	}
+	err := p.bw.Flush()
+	if err == nil {
+		p.bw.Reset(nil)
+		writerPool.Put(p.bw)
+		p.bw = nil
+	}
+	return err
+}
+
 func (wc *wsConn) readLoop(r *http.Request) {
 	s := wc.s
 	stop := make(chan struct{})
 	defer close(stop)
 	// Replies are produced in order by one goroutine: a publish's reply
 	// waits for its outcome there, so the reader can go on queueing
-	// publishes (pipelining) while earlier ones are being stored.
-	replies := make(chan func() []byte, 1024)
+	// publishes (pipelining) while earlier ones are being stored. It is
+	// started on the first frame, so idle subscribers do not pay for it.
+	var replies chan func() []byte
 	ackerDone := make(chan struct{})
-	go func() {
-		defer close(ackerDone)
-		for reply := range replies {
-			if f := reply(); f != nil && !wc.send(f, stop) {
-				for range replies { // drain, so the reader never blocks
+	reply := func(f func() []byte) {
+		if replies == nil {
+			replies = make(chan func() []byte, 1024)
+			go func() {
+				defer close(ackerDone)
+				for r := range replies {
+					if b := r(); b != nil && !wc.send(b, stop) {
+						for range replies { // drain, so the reader never blocks
+						}
+						return
+					}
 				}
-				return
-			}
+			}()
 		}
-	}()
+		replies <- f
+	}
 	defer func() {
-		close(replies)
-		<-ackerDone
+		if replies != nil {
+			close(replies)
+			<-ackerDone
+		}
 	}()
 	wait := 2*s.opts.PingInterval + s.opts.WriteTimeout
 	wc.c.SetReadDeadline(time.Now().Add(wait))
@@ -346,11 +387,11 @@ func (wc *wsConn) readLoop(r *http.Request) {
 		wc.c.SetReadDeadline(time.Now().Add(wait))
 		if typ != websocket.TextMessage {
 			f := errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md"))
-			replies <- func() []byte { return f }
+			reply(func() []byte { return f })
 			continue
 		}
-		if reply := wc.handle(r, data); reply != nil {
-			replies <- reply
+		if f := wc.handle(r, data); f != nil {
+			reply(f)
 		}
 	}
 }
