@@ -249,8 +249,8 @@ func covers(g, p string) bool {
 	return len(gs) == len(ps)
 }
 
-// LoadPublicKey reads a PEM public key (PKIX: Ed25519, ECDSA or RSA).
-func LoadPublicKey(path string) (crypto.PublicKey, error) {
+// readPEM returns the first PEM block of a file.
+func readPEM(path string) (*pem.Block, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -258,6 +258,15 @@ func LoadPublicKey(path string) (crypto.PublicKey, error) {
 	blk, _ := pem.Decode(b)
 	if blk == nil {
 		return nil, fmt.Errorf("%s: no PEM block", path)
+	}
+	return blk, nil
+}
+
+// LoadPublicKey reads a PEM public key (PKIX: Ed25519, ECDSA or RSA).
+func LoadPublicKey(path string) (crypto.PublicKey, error) {
+	blk, err := readPEM(path)
+	if err != nil {
+		return nil, err
 	}
 	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
 	if err != nil {
@@ -268,13 +277,9 @@ func LoadPublicKey(path string) (crypto.PublicKey, error) {
 
 // LoadPrivateKey reads a PEM private key (PKCS#8, or EC/RSA legacy forms).
 func LoadPrivateKey(path string) (crypto.Signer, error) {
-	b, err := os.ReadFile(path)
+	blk, err := readPEM(path)
 	if err != nil {
 		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, fmt.Errorf("%s: no PEM block", path)
 	}
 	if k, err := x509.ParsePKCS8PrivateKey(blk.Bytes); err == nil {
 		if s, ok := k.(crypto.Signer); ok {

@@ -304,15 +304,25 @@ func (s *wsSource) Run(ctx context.Context, emit func(Message) error) error {
 		if errors.Is(err, errEmit) {
 			return err
 		}
-		s.env.warn("%s: connection lost (%v); reconnecting", s, err)
-		if err := bo.wait(ctx); err != nil {
+		if err := retryAfter(ctx, s.env, &bo, s, err, "reconnecting"); err != nil {
 			return err
 		}
-		s.env.Counters.Reconnects.Add(1)
 	}
 }
 
 var errEmit = errors.New("stopped")
+
+// retryAfter reports a failed attempt, waits out the backoff and counts
+// the reconnect; it fails only when ctx ends.
+func retryAfter(ctx context.Context, env *Env, bo *backoff, what fmt.Stringer, err error, verb string) error {
+	env.warn("%s: %v; %s", what, err, verb)
+	if err := bo.wait(ctx); err != nil {
+		return err
+	}
+	env.Counters.Reconnects.Add(1)
+	return nil
+}
+
 
 // dialWS connects to a WebSocket server, retrying with backoff until ctx
 // ends; a 4xx answer is final.
@@ -329,11 +339,9 @@ func dialWS(ctx context.Context, url string, o EndpointOptions, env *Env, bo *ba
 		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 {
 			return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
 		}
-		env.warn("%s: %v; retrying", url, err)
-		if err := bo.wait(ctx); err != nil {
+		if err := retryAfter(ctx, env, bo, stringer(url), err, "retrying"); err != nil {
 			return nil, err
 		}
-		env.Counters.Reconnects.Add(1)
 	}
 }
 
@@ -441,11 +449,9 @@ func (s *sseSource) Run(ctx context.Context, emit func(Message) error) error {
 		if errors.As(err, &fatal) || errors.Is(err, errEmit) {
 			return err
 		}
-		s.env.warn("%s: %v; reconnecting", s, err)
-		if err := bo.wait(ctx); err != nil {
+		if err := retryAfter(ctx, s.env, &bo, s, err, "reconnecting"); err != nil {
 			return err
 		}
-		s.env.Counters.Reconnects.Add(1)
 	}
 }
 
@@ -595,11 +601,9 @@ func (s *httpSink) Send(ctx context.Context, m Message) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		s.env.warn("%s: %v; retrying", s, err)
-		if err := s.bo.wait(ctx); err != nil {
+		if err := retryAfter(ctx, s.env, &s.bo, s, err, "retrying"); err != nil {
 			return err
 		}
-		s.env.Counters.Reconnects.Add(1)
 	}
 }
 
@@ -674,11 +678,9 @@ func (s *pushctlSink) Send(ctx context.Context, m Message) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		s.env.warn("%s: %v; retrying", s, err)
-		if err := s.bo.wait(ctx); err != nil {
+		if err := retryAfter(ctx, s.env, &s.bo, s, err, "retrying"); err != nil {
 			return err
 		}
-		s.env.Counters.Reconnects.Add(1)
 	}
 }
 
@@ -720,3 +722,8 @@ func utf8Valid(b []byte) bool {
 	k, _ := broker.ClassifyData("", b)
 	return k != broker.KindBinary
 }
+
+// stringer shows a plain string where a fmt.Stringer is wanted.
+type stringer string
+
+func (s stringer) String() string { return string(s) }
