@@ -323,7 +323,6 @@ func retryAfter(ctx context.Context, env *Env, bo *backoff, what fmt.Stringer, e
 	return nil
 }
 
-
 // dialWS connects to a WebSocket server, retrying with backoff until ctx
 // ends; a 4xx answer is final.
 func dialWS(ctx context.Context, url string, o EndpointOptions, env *Env, bo *backoff) (*websocket.Conn, error) {
