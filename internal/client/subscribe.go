@@ -101,6 +101,7 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 		status = func(Status) {}
 	}
 	cursor := broker.Cursor{}
+	sinceTime := "" // when the first connection started, on the broker's clock
 	attempt := 0
 	backoff := 100 * time.Millisecond
 	for {
@@ -114,10 +115,14 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 		if o.Last > 0 && len(cursor) == 0 {
 			q.Set("last", strconv.Itoa(o.Last))
 		}
+		if sinceTime != "" {
+			// Channels of a pattern that appeared while we were away.
+			q.Set("since_time", sinceTime)
+		}
 		if attempt == 0 {
 			status(Status{State: StateConnecting})
 		}
-		delivered, err := c.subscribeOnce(ctx, o, q, cursor, status, attempt, fn)
+		delivered, err := c.subscribeOnce(ctx, o, q, cursor, &sinceTime, status, attempt, fn)
 		if errors.Is(err, ErrStop) {
 			return nil
 		}
@@ -155,7 +160,7 @@ func (e *callbackError) Error() string { return e.err.Error() }
 
 // subscribeOnce runs one connection. It reports whether any event was
 // delivered, and keeps cursor up to date.
-func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, status func(Status), attempt int, fn func(Event) error) (bool, error) {
+func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, sinceTime *string, status func(Status), attempt int, fn func(Event) error) (bool, error) {
 	// Channel names go into Path as they are; URL.String escapes them.
 	paths := o.Channels
 	cctx, cancel := context.WithCancel(ctx)
@@ -170,6 +175,9 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 		return false, err
 	}
 	defer resp.Body.Close()
+	if t := resp.Header.Get("Pushctl-Time"); *sinceTime == "" && t != "" {
+		*sinceTime = t
+	}
 	if start := resp.Header.Get("Pushctl-Cursor"); start != "" {
 		if sc, err := broker.ParseCursor(start, o.Channels); err == nil {
 			for ch, p := range sc {

@@ -116,10 +116,11 @@ func TestCrashSafety(t *testing.T) {
 
 // proxy is a loopback TCP proxy that can cut every connection it carries.
 type proxy struct {
-	l      net.Listener
-	target string
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
+	l        net.Listener
+	target   string
+	mu       sync.Mutex
+	conns    map[net.Conn]bool
+	refusing bool
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -142,6 +143,13 @@ func newProxy(t *testing.T, target string) *proxy {
 }
 
 func (p *proxy) pipe(c net.Conn) {
+	p.mu.Lock()
+	refusing := p.refusing
+	p.mu.Unlock()
+	if refusing {
+		c.Close()
+		return
+	}
 	up, err := net.Dial("tcp", p.target)
 	if err != nil {
 		c.Close()
@@ -285,5 +293,41 @@ func TestFailOnGap(t *testing.T) {
 	_, errOut, code = run(t, "", "sub", "g", "--since", first.ID, "--fail-on-gap", "--count", "3", "--timeout", "10s", "-s", url)
 	if code != 1 || !strings.Contains(errOut, "messages lost on g") {
 		t.Fatalf("--fail-on-gap: exit %d %s", code, errOut)
+	}
+}
+
+// setRefusing makes the proxy close new connections at once, or stop doing so.
+func (p *proxy) setRefusing(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refusing = on
+}
+
+// TestPatternResumeCoversNewChannels: a channel matching a pattern appears
+// while the subscriber is disconnected; after reconnecting it still gets
+// that channel's messages, and nothing twice.
+func TestPatternResumeCoversNewChannels(t *testing.T) {
+	_, url := serve(t)
+	px := newProxy(t, strings.TrimPrefix(url, "http://"))
+	sub := start(t, nil, nil, "sub", "orders.>", "--count", "3", "--timeout", "60s", "--template", "{{.Channel}} {{.Data}}", "-s", px.url())
+	run(t, "", "pub", "orders.eu", "--wait-subscribers", "1", "-s", url, "one")
+	if l := sub.readLine(10 * time.Second); l != "orders.eu one" {
+		t.Fatalf("got %q", l)
+	}
+	px.setRefusing(true)
+	px.cut()
+	sub.waitStderr("reconnecting", 10*time.Second)
+	run(t, "", "pub", "orders.us", "-s", url, "two")   // a channel it has never seen
+	run(t, "", "pub", "orders.eu", "-s", url, "three") // one it knows
+	px.setRefusing(false)
+	got := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		got[sub.readLine(30*time.Second)] = true
+	}
+	if !got["orders.us two"] || !got["orders.eu three"] {
+		t.Fatalf("after reconnecting got %v", got)
+	}
+	if code := sub.wait(10 * time.Second); code != 0 {
+		t.Fatalf("sub exit %d: %s", code, sub.Stderr())
 	}
 }

@@ -34,6 +34,15 @@ func parseResume(r *http.Request, opts *broker.SubscribeOptions) error {
 			return err
 		}
 	}
+	// since_time covers the channels a cursor does not name: those a
+	// pattern subscription had not seen yet when its connection dropped.
+	if v := q.Get("since_time"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return errorf(http.StatusBadRequest, CodeInvalidPosition, "since_time %q: want an RFC 3339 time", v)
+		}
+		opts.Since = t
+	}
 	if v := q.Get("last"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 || n > 1_000_000 {
@@ -108,6 +117,9 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// The broker's time before the subscription starts: a client resuming
+	// a pattern subscription passes it back as since_time.
+	w.Header().Set("Pushctl-Time", time.Now().UTC().Format(time.RFC3339Nano))
 	sub, err := s.b.Subscribe(r.Context(), opts)
 	if err != nil {
 		return err
