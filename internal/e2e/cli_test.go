@@ -280,7 +280,9 @@ func TestSubPatternsAndOddNames(t *testing.T) {
 		t.Fatalf("exit %d, missing %v; out %q; %s", code, want, out, errOut)
 	}
 	out, _, _ = run(t, "", "channels", "builds.*", "-s", url)
-	if !strings.Contains(out, `"builds.web"`) || strings.Contains(out, "v2") {
+	var list []struct{ Channel string }
+	json.Unmarshal([]byte(out), &list)
+	if len(list) != 1 || list[0].Channel != "builds.web" {
 		t.Fatalf("channels builds.*: %s", out)
 	}
 }
