@@ -191,7 +191,9 @@ func (a *ackWriter) lineError(line int, err error) error {
 // publishes complete, so a durable broker stores many lines per commit.
 func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(line []byte) (func() (*broker.Message, int, error), error)) error {
 	rc := http.NewResponseController(w)
-	_ = rc.EnableFullDuplex()
+	// Acks stream while the body is still arriving; servers that cannot
+	// do that (HTTP/2 always can) just buffer them.
+	rc.EnableFullDuplex()
 	lr := &lineReader{br: bufio.NewReaderSize(r.Body, 64<<10), max: int(s.opts.MaxMessageSize) * 2}
 	aw := newAckWriter(w)
 	type reply struct {

@@ -399,8 +399,7 @@ func testWaitSubscribers(t *testing.T, f Factory) {
 	b := f(t, Options{})
 	done := make(chan error, 1)
 	go func() { done <- b.WaitSubscribers(ctx(t), "w", 2) }()
-	s1 := sub(t, b, broker.SubscribeOptions{Channels: []string{"w"}})
-	_ = s1
+	sub(t, b, broker.SubscribeOptions{Channels: []string{"w"}})
 	select {
 	case err := <-done:
 		t.Fatalf("returned with one subscriber: %v", err)
