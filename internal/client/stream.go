@@ -15,8 +15,6 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 )
 
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
-
 // Stream publishes many messages over one WebSocket connection, in order,
 // with a bounded number awaiting their acks.
 type Stream struct {

@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -230,7 +231,7 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 			ev.Gap = &Gap{Channel: env.Channel, From: env.From, To: env.To}
 		case "error":
 			var ae APIError
-			_ = jsonUnmarshal(line, &ae)
+			json.Unmarshal(line, &ae) // an unreadable reason still ends the stream
 			ae.Status = http.StatusServiceUnavailable
 			return delivered, &ae
 		default:
