@@ -28,9 +28,15 @@ func NewCmdRoot(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pushctl",
 		Short: "A publish/subscribe toolbox: broker, publisher, subscriber, bridge and benchmark",
-		Long: `pushctl is one binary for real-time push: run a broker, publish to channels
-over HTTP or WebSocket, tail channels from a shell, and serve browsers over
-WebSocket, SSE and long-poll.`,
+		Long: `pushctl is one binary for real-time push: run a broker (serve), publish to
+channels over HTTP, WebSocket or ZeroMQ (pub), tail channels in a terminal UI
+or from scripts (sub), pump messages between ZeroMQ, WebSocket, SSE, HTTP and
+brokers (bridge), and measure it all (bench). Browsers subscribe over
+WebSocket, SSE or long-poll.
+
+Every flag can also be set as a PUSHCTL_* environment variable (--server is
+PUSHCTL_SERVER). Exit codes: 0 ok, 1 error, 2 usage, 124 timed out, 130
+interrupted.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
