@@ -311,15 +311,17 @@ func (ch *memChannel) at(i int) *Message { return ch.hist[(ch.head+i)%len(ch.his
 // backlog computes what a new subscriber should be replayed, with the gap
 // event first when its position is no longer retained, and the position
 // the subscriber's stream starts after. Called with ch.mu held.
-func (ch *memChannel) backlog(opts *SubscribeOptions) ([]Event, Position) {
+func (ch *memChannel) backlog(opts *SubscribeOptions) ([]Event, Position, error) {
 	var out []Event
 	head := Position{Epoch: ch.epoch, Seq: ch.seq}
 	start := ch.n // index of the first retained message to replay
 	oldest := ch.seq - uint64(ch.n) + 1
 	if pos, ok := opts.From[ch.name]; ok {
 		switch {
-		case pos.Epoch == ch.epoch && pos.Seq >= ch.seq:
-			return nil, head
+		case pos.Epoch == ch.epoch && pos.Seq > ch.seq:
+			return nil, head, fmt.Errorf("%w: %s is beyond the newest message of %s (%s)", ErrInvalidPosition, pos, ch.name, head)
+		case pos.Epoch == ch.epoch && pos.Seq == ch.seq:
+			return nil, head, nil
 		case pos.Epoch == ch.epoch && pos.Seq+1 >= oldest:
 			start = int(pos.Seq + 1 - oldest)
 		default:
@@ -333,7 +335,7 @@ func (ch *memChannel) backlog(opts *SubscribeOptions) ([]Event, Position) {
 		for i := start; i < ch.n; i++ {
 			out = append(out, Event{Msg: ch.at(i)})
 		}
-		return out, pos
+		return out, pos, nil
 	}
 	switch {
 	case opts.Last < 0:
@@ -348,7 +350,7 @@ func (ch *memChannel) backlog(opts *SubscribeOptions) ([]Event, Position) {
 	for i := start; i < ch.n; i++ {
 		out = append(out, Event{Msg: ch.at(i)})
 	}
-	return out, Position{Epoch: ch.epoch, Seq: oldest - 1 + uint64(start)}
+	return out, Position{Epoch: ch.epoch, Seq: oldest - 1 + uint64(start)}, nil
 }
 
 // Subscribe implements Broker.
@@ -391,18 +393,21 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 
 	// attach replays ch's backlog and registers s under one hold of ch.mu,
 	// so nothing published meanwhile is missed or repeated.
-	attach := func(ch *memChannel) bool {
+	attach := func(ch *memChannel) (bool, error) {
 		ch.mu.Lock()
 		defer ch.mu.Unlock()
 		if ch.deleted {
-			return false
+			return false, nil
 		}
 		if _, dup := ch.subs[s]; !dup {
-			evs, start := ch.backlog(&opts)
+			evs, start, err := ch.backlog(&opts)
+			if err != nil {
+				return false, err
+			}
 			s.replay(ch.name, start, evs...)
 			ch.add(s)
 		}
-		return true
+		return true, nil
 	}
 	for _, name := range names {
 		for {
@@ -411,7 +416,12 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 				s.Close()
 				return nil, err
 			}
-			if attach(ch) {
+			ok, err := attach(ch)
+			if err != nil {
+				s.Close()
+				return nil, err
+			}
+			if ok {
 				b.mu.Lock()
 				ms.attached[ch] = struct{}{}
 				b.mu.Unlock()
@@ -424,17 +434,26 @@ func (b *Memory) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscri
 		// Holding b.mu keeps channels from appearing half-attached; new
 		// channels attach pattern subscribers as they are created.
 		b.mu.Lock()
+		var err error
 		for name, ch := range b.channels {
 			for _, p := range pats {
 				if Match(p, name) {
-					if attach(ch) {
+					var ok bool
+					if ok, err = attach(ch); ok {
 						ms.attached[ch] = struct{}{}
 					}
 					break
 				}
 			}
+			if err != nil {
+				break
+			}
 		}
 		b.mu.Unlock()
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }

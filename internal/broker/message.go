@@ -48,8 +48,14 @@ type Message struct {
 	Data    []byte
 	Time    time.Time
 
+	// Origin and OriginSeq name the connection that published the message
+	// (0: none) and its place among that connection's publishes, so a
+	// connection can skip its own messages or hold them back until their
+	// acknowledgement is out. They are not stored or sent.
+	Origin    uint64
+	OriginSeq uint64
+
 	enc [numEncodings]atomic.Pointer[[]byte]
-	obj [numObjects]atomic.Pointer[any]
 }
 
 // ID returns the message id, "<epoch>-<seq>", unique within its channel.
@@ -71,12 +77,6 @@ const (
 	numEncodings
 )
 
-// Object slots for Object, for transport-specific prepared forms.
-const (
-	ObjReserved = iota
-	numObjects
-)
-
 // Encoded returns the message encoded by fn, computing it at most once per
 // slot in the common case (concurrent first callers may both compute it;
 // the results are identical).
@@ -87,16 +87,6 @@ func (m *Message) Encoded(slot int, fn func(*Message) []byte) []byte {
 	b := fn(m)
 	m.enc[slot].CompareAndSwap(nil, &b)
 	return *m.enc[slot].Load()
-}
-
-// Object is like Encoded for values that are not byte slices.
-func (m *Message) Object(slot int, fn func(*Message) any) any {
-	if p := m.obj[slot].Load(); p != nil {
-		return *p
-	}
-	v := fn(m)
-	m.obj[slot].CompareAndSwap(nil, &v)
-	return *m.obj[slot].Load()
 }
 
 // ClassifyData decides the kind of a payload from its declared content type
@@ -183,8 +173,18 @@ type Cursor map[string]Position
 // MaxCursorEntries bounds the channels one cursor may name.
 const MaxCursorEntries = 256
 
+// SinceKey names the time entry of a resume cursor. It cannot be a channel
+// name, so it never clashes with one.
+const SinceKey = "*"
+
 // String formats a cursor as "ch=<epoch>-<seq>,…" sorted by channel.
-func (c Cursor) String() string {
+func (c Cursor) String() string { return FormatResume(c, time.Time{}) }
+
+// FormatResume formats the resume rule every transport hands out: a
+// position per channel seen, then, when since is set, "*=<RFC 3339 time>":
+// channels the cursor does not name (those a pattern subscription had not
+// seen yet) are replayed from that time on the broker's clock.
+func FormatResume(c Cursor, since time.Time) string {
 	names := make([]string, 0, len(c))
 	for n := range c {
 		names = append(names, n)
@@ -199,47 +199,77 @@ func (c Cursor) String() string {
 		b.WriteByte('=')
 		b.WriteString(c[n].String())
 	}
+	if !since.IsZero() {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(SinceKey + "=")
+		b.WriteString(since.UTC().Format(time.RFC3339Nano))
+	}
 	return b.String()
 }
 
-// ParseCursor parses a resume position. The form "ch=<epoch>-<seq>,…"
-// names channels; a bare "<epoch>-<seq>" (a message id, as in SSE
-// Last-Event-ID) applies to the single channel in channels.
+// ParseCursor parses a resume position; see ParseResume. A time entry is
+// accepted and dropped.
 func ParseCursor(s string, channels []string) (Cursor, error) {
+	c, _, err := ParseResume(s, channels)
+	return c, err
+}
+
+// ParseResume parses what FormatResume writes. The form
+// "ch=<epoch>-<seq>,…[,*=<time>]" names channels; a bare "<epoch>-<seq>" (a
+// message id, as in SSE Last-Event-ID) applies to the single channel in
+// channels.
+func ParseResume(s string, channels []string) (Cursor, time.Time, error) {
+	var since time.Time
 	if s == "" {
-		return nil, fmt.Errorf("%w: empty", ErrInvalidPosition)
+		return nil, since, fmt.Errorf("%w: empty", ErrInvalidPosition)
 	}
-	if len(s) > MaxCursorEntries*(MaxChannelLen+40) {
-		return nil, fmt.Errorf("%w: too long", ErrInvalidPosition)
+	if len(s) > MaxCursorEntries*(MaxChannelLen+40)+64 {
+		return nil, since, fmt.Errorf("%w: too long", ErrInvalidPosition)
 	}
 	if !strings.Contains(s, "=") {
 		if len(channels) != 1 || IsPattern(channels[0]) {
-			return nil, fmt.Errorf("%w %q: a bare message id resumes a single channel; use ch=<id>,… for several", ErrInvalidPosition, s)
+			return nil, since, fmt.Errorf("%w %q: a bare message id resumes a single channel; use ch=<id>,… for several", ErrInvalidPosition, s)
 		}
 		p, err := ParsePosition(s)
 		if err != nil {
-			return nil, err
+			return nil, since, err
 		}
-		return Cursor{channels[0]: p}, nil
+		return Cursor{channels[0]: p}, since, nil
 	}
 	parts := strings.Split(s, ",")
-	if len(parts) > MaxCursorEntries {
-		return nil, fmt.Errorf("%w: more than %d channels", ErrInvalidPosition, MaxCursorEntries)
+	if len(parts) > MaxCursorEntries+1 {
+		return nil, since, fmt.Errorf("%w: more than %d channels", ErrInvalidPosition, MaxCursorEntries)
 	}
 	c := make(Cursor, len(parts))
 	for _, part := range parts {
 		name, pos, ok := strings.Cut(part, "=")
 		if !ok {
-			return nil, fmt.Errorf("%w %q: want ch=<epoch>-<seq>", ErrInvalidPosition, part)
+			return nil, since, fmt.Errorf("%w %q: want ch=<epoch>-<seq>", ErrInvalidPosition, part)
+		}
+		if name == SinceKey {
+			t, err := time.Parse(time.RFC3339Nano, pos)
+			if err != nil || !since.IsZero() {
+				return nil, since, fmt.Errorf("%w %q: want one %s=<RFC 3339 time>", ErrInvalidPosition, part, SinceKey)
+			}
+			since = t
+			continue
 		}
 		if err := ValidateChannel(name); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidPosition, err)
+			return nil, since, fmt.Errorf("%w: %v", ErrInvalidPosition, err)
+		}
+		if _, dup := c[name]; dup {
+			return nil, since, fmt.Errorf("%w: channel %s named twice", ErrInvalidPosition, name)
 		}
 		p, err := ParsePosition(pos)
 		if err != nil {
-			return nil, err
+			return nil, since, err
 		}
 		c[name] = p
 	}
-	return c, nil
+	if len(c) > MaxCursorEntries {
+		return nil, since, fmt.Errorf("%w: more than %d channels", ErrInvalidPosition, MaxCursorEntries)
+	}
+	return c, since, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // MaxChannelLen is the longest channel name or pattern accepted.
@@ -35,10 +36,25 @@ func ValidateChannel(name string) error {
 	}
 	for i := 0; i < len(name); i++ {
 		if !ValidChannelChar(name[i]) {
-			return fmt.Errorf("%w %q: character %q is not allowed (use letters, digits and _-.:@~+)", ErrInvalidChannel, name, name[i])
+			if name[i] == '*' || name[i] == '>' {
+				if ValidatePattern(name) == nil {
+					return fmt.Errorf("%w %q: patterns cannot be published to; name one channel", ErrInvalidChannel, name)
+				}
+			}
+			return fmt.Errorf("%w %q: %s is not allowed (use letters, digits and _-.:@~+)", ErrInvalidChannel, name, describeChar(name[i:]))
 		}
 	}
 	return nil
+}
+
+// describeChar names the character at the start of s as a person wrote it:
+// the whole rune, or the byte when s is not valid UTF-8 there.
+func describeChar(s string) string {
+	r, size := utf8.DecodeRuneInString(s)
+	if r == utf8.RuneError && size <= 1 {
+		return fmt.Sprintf("byte 0x%02x (not UTF-8)", s[0])
+	}
+	return fmt.Sprintf("character %q", r)
 }
 
 // ValidatePattern checks a channel name or a pattern. In a pattern a segment
@@ -61,7 +77,7 @@ func ValidatePattern(p string) error {
 		}
 		for j := 0; j < len(s); j++ {
 			if !ValidChannelChar(s[j]) {
-				return fmt.Errorf("%w %q: character %q is not allowed (use letters, digits and _-.:@~+, or a whole segment of * or >)", ErrInvalidChannel, p, s[j])
+				return fmt.Errorf("%w %q: %s is not allowed (use letters, digits and _-.:@~+, or a whole segment of * or >)", ErrInvalidChannel, p, describeChar(s[j:]))
 			}
 		}
 	}

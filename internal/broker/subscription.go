@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 var subIDs atomic.Uint64
@@ -103,7 +104,7 @@ func (s *Subscription) replay(channel string, start Position, evs ...Event) {
 	}
 	s.start[channel] = start
 	if !s.ended {
-		s.buf = append(s.buf, evs...)
+		s.buf = mergeByTime(s.buf, evs)
 	}
 	s.mu.Unlock()
 	if len(evs) > 0 {
@@ -192,4 +193,41 @@ func (s *Subscription) Close() {
 	if r := s.release; r != nil {
 		r(s)
 	}
+}
+
+// mergeByTime merges a channel's replayed events into what is queued so
+// that a subscription to several channels replays them in publish order.
+// Each side keeps its own order, so every channel stays in sequence; a
+// gap notice sorts with the message after it.
+func mergeByTime(buf, evs []Event) []Event {
+	if len(buf) == 0 || len(evs) == 0 {
+		return append(buf, evs...)
+	}
+	if !eventTime(evs, 0).Before(eventTime(buf, len(buf)-1)) {
+		return append(buf, evs...) // already in order: the common case
+	}
+	out := make([]Event, 0, len(buf)+len(evs))
+	i, j := 0, 0
+	for i < len(buf) && j < len(evs) {
+		if eventTime(evs, j).Before(eventTime(buf, i)) {
+			out = append(out, evs[j])
+			j++
+		} else {
+			out = append(out, buf[i])
+			i++
+		}
+	}
+	out = append(out, buf[i:]...)
+	return append(out, evs[j:]...)
+}
+
+// eventTime is the publish time of evs[i], or for a gap that of the next
+// message in evs (the zero time when there is none).
+func eventTime(evs []Event, i int) time.Time {
+	for ; i < len(evs); i++ {
+		if evs[i].Msg != nil {
+			return evs[i].Msg.Time
+		}
+	}
+	return time.Time{}
 }

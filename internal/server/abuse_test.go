@@ -166,15 +166,29 @@ func TestAbuse(t *testing.T) {
 	}
 	c.WriteMessage(websocket.BinaryMessage, []byte{0xff, 0, 1})
 	c.WriteMessage(websocket.TextMessage, []byte(`{"type":"publish","channel":"good","data":`+strings.Repeat("{\"a\":", 20000)+"1"+strings.Repeat("}", 20000)+"}"))
-	c.WriteMessage(websocket.TextMessage, []byte("\xff\xfe not json"))
-	for i := 0; i < 3; i++ {
+	for _, want := range []string{"invalid_frame", "invalid_json"} {
 		f := readFrame(t, c)
 		count("ws " + fmt.Sprint(f["code"]))
+		if f["code"] != want {
+			t.Errorf("hostile frame: got %v, want code %s", f, want)
+		}
 	}
-	// A frame over the read limit closes that connection only.
+	// Invalid UTF-8 in a text frame fails the connection with 1007 (RFC 6455 §8.1).
+	c.WriteMessage(websocket.TextMessage, []byte("\xff\xfe not json"))
+	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseInvalidFramePayloadData) {
+		t.Errorf("invalid UTF-8: got %v, want close 1007", err)
+	}
+	c.Close()
+	// A frame over the read limit closes that connection only, with 1009.
+	c, _, err = websocket.DefaultDialer.Dial(wsURL(e, "/ws?token="+token), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.WriteMessage(websocket.TextMessage, []byte(strings.Repeat("z", 300<<10)))
-	if _, _, err := c.ReadMessage(); err != nil {
+	if _, _, err := c.ReadMessage(); websocket.IsCloseError(err, websocket.CloseMessageTooBig) {
 		count("ws oversized: closed")
+	} else {
+		t.Errorf("oversized frame: got %v, want close 1009", err)
 	}
 	c.Close()
 	publishGood()

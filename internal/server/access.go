@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/auth"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Limits bound what one client may use. Zero values mean no limit.
@@ -31,26 +31,26 @@ type Limits struct {
 
 // Access error codes.
 const (
-	CodeTokenMissing   = "token_missing"
-	CodeTokenInvalid   = "token_invalid"
-	CodeTokenExpired   = "token_expired"
-	CodeForbidden      = "forbidden"
-	CodeRateLimited    = "rate_limited"
-	CodeTooManyConns   = "too_many_connections"
-	CodeOriginRejected = "origin_not_allowed"
+	CodeTokenMissing   = wire.CodeTokenMissing
+	CodeTokenInvalid   = wire.CodeTokenInvalid
+	CodeTokenExpired   = wire.CodeTokenExpired
+	CodeForbidden      = wire.CodeForbidden
+	CodeRateLimited    = wire.CodeRateLimited
+	CodeTooManyConns   = wire.CodeTooManyConns
+	CodeOriginRejected = wire.CodeOriginRejected
 )
 
 // accessError maps auth errors to HTTP errors.
 func accessError(err error) *Error {
 	switch {
 	case errors.Is(err, auth.ErrNoToken):
-		return &Error{http.StatusUnauthorized, CodeTokenMissing, "a token is required: send Authorization: Bearer <token> or ?token=<token>"}
+		return &Error{Status: http.StatusUnauthorized, Code: CodeTokenMissing, Message: "a token is required: send Authorization: Bearer <token> or ?token=<token>"}
 	case errors.Is(err, auth.ErrExpired):
-		return &Error{http.StatusUnauthorized, CodeTokenExpired, "the token has expired; get a new one"}
+		return &Error{Status: http.StatusUnauthorized, Code: CodeTokenExpired, Message: "the token has expired; get a new one"}
 	case errors.Is(err, auth.ErrBadToken):
-		return &Error{http.StatusUnauthorized, CodeTokenInvalid, err.Error()}
+		return &Error{Status: http.StatusUnauthorized, Code: CodeTokenInvalid, Message: err.Error()}
 	case errors.Is(err, auth.ErrForbidden):
-		return &Error{http.StatusForbidden, CodeForbidden, err.Error()}
+		return &Error{Status: http.StatusForbidden, Code: CodeForbidden, Message: err.Error()}
 	}
 	return nil
 }
@@ -166,7 +166,7 @@ func (s *Server) checkRate(w http.ResponseWriter, r *http.Request, id *auth.Iden
 	if w != nil {
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
-	return &Error{http.StatusTooManyRequests, CodeRateLimited, fmt.Sprintf("publishing faster than %g messages/s; retry in %ds", s.opts.Limits.PublishRate, secs)}
+	return &Error{Status: http.StatusTooManyRequests, Code: CodeRateLimited, Message: fmt.Sprintf("publishing faster than %g messages/s; retry in %ds", s.opts.Limits.PublishRate, secs)}
 }
 
 // connSlot counts a long-lived connection against its address's limit;
@@ -180,7 +180,7 @@ func (s *Server) connSlot(r *http.Request) (release func(), err error) {
 	defer s.connMu.Unlock()
 	if s.connsPerIP[host] >= s.opts.Limits.ConnsPerIP {
 		s.limitHit("conns_per_ip")
-		return nil, &Error{http.StatusTooManyRequests, CodeTooManyConns, fmt.Sprintf("more than %d connections from one address", s.opts.Limits.ConnsPerIP)}
+		return nil, &Error{Status: http.StatusTooManyRequests, Code: CodeTooManyConns, Message: fmt.Sprintf("more than %d connections from one address", s.opts.Limits.ConnsPerIP)}
 	}
 	s.connsPerIP[host]++
 	return func() {
@@ -190,20 +190,6 @@ func (s *Server) connSlot(r *http.Request) (release func(), err error) {
 			delete(s.connsPerIP, host)
 		}
 	}, nil
-}
-
-// errExpiredLive ends a live connection whose token expired.
-var errExpiredLive = &Error{http.StatusUnauthorized, CodeTokenExpired, "the token expired; reconnect with a new one and resume from the last id"}
-
-// expiry returns a channel closed when id's token expires (nil: never).
-func expiry(ctx context.Context, id *auth.Identity) <-chan struct{} {
-	if id == nil || id.Expires.IsZero() {
-		return nil
-	}
-	ch := make(chan struct{})
-	t := time.AfterFunc(time.Until(id.Expires), func() { close(ch) })
-	context.AfterFunc(ctx, func() { t.Stop() })
-	return ch
 }
 
 // originAllowed checks a browser's Origin against the configured list.
@@ -227,7 +213,7 @@ func (s *Server) cors(next http.Handler) http.Handler {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")
-			h.Set("Access-Control-Expose-Headers", "Pushctl-Cursor, Retry-After")
+			h.Set("Access-Control-Expose-Headers", "Pushctl-Cursor, Pushctl-Time, Retry-After")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
 				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-Pushctl-Event, Accept")

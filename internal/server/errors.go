@@ -10,40 +10,36 @@ import (
 	"os"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
-// Error codes are stable: clients and scripts match on them. They are
-// listed in docs/errors.md.
+// Error codes, defined once in wire (docs/errors.md lists them).
 const (
-	CodeInvalidChannel   = "invalid_channel"
-	CodeInvalidPosition  = "invalid_position"
-	CodeInvalidParameter = "invalid_parameter"
-	CodeInvalidJSON      = "invalid_json"
-	CodeInvalidFrame     = "invalid_frame"
-	CodeTooLarge         = "message_too_large"
-	CodeNotFound         = "not_found"
-	CodeChannelNotFound  = "channel_not_found"
-	CodeMethodNotAllowed = "method_not_allowed"
-	CodeWaitTimeout      = "wait_timeout"
-	CodeSlowConsumer     = "slow_consumer"
-	CodeChannelDeleted   = "channel_deleted"
-	CodeShuttingDown     = "shutting_down"
-	CodeInternal         = "internal_error"
-	CodeStoreFailed      = "store_failed"
-	CodeRequestTimeout   = "request_timeout"
+	CodeInvalidChannel   = wire.CodeInvalidChannel
+	CodeInvalidPosition  = wire.CodeInvalidPosition
+	CodeInvalidParameter = wire.CodeInvalidParameter
+	CodeInvalidJSON      = wire.CodeInvalidJSON
+	CodeInvalidFrame     = wire.CodeInvalidFrame
+	CodeTooLarge         = wire.CodeTooLarge
+	CodeNotFound         = wire.CodeNotFound
+	CodeChannelNotFound  = wire.CodeChannelNotFound
+	CodeMethodNotAllowed = wire.CodeMethodNotAllowed
+	CodeWaitTimeout      = wire.CodeWaitTimeout
+	CodeSlowConsumer     = wire.CodeSlowConsumer
+	CodeStalled          = wire.CodeStalled
+	CodeChannelDeleted   = wire.CodeChannelDeleted
+	CodeShuttingDown     = wire.CodeShuttingDown
+	CodeInternal         = wire.CodeInternal
+	CodeStoreFailed      = wire.CodeStoreFailed
+	CodeRequestTimeout   = wire.CodeRequestTimeout
+	CodeAckBacklog       = wire.CodeAckBacklog
 )
 
 // Error is an error with an HTTP status and a stable code.
-type Error struct {
-	Status  int    `json:"status"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-func (e *Error) Error() string { return e.Code + ": " + e.Message }
+type Error = wire.Error
 
 func errorf(status int, code, format string, args ...any) *Error {
-	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+	return wire.Errorf(status, code, format, args...)
 }
 
 // asError maps any error to an *Error.
@@ -56,33 +52,33 @@ func asError(err error) *Error {
 	case errors.As(err, &e):
 		return e
 	case errors.Is(err, broker.ErrInvalidChannel):
-		return &Error{http.StatusBadRequest, CodeInvalidChannel, err.Error()}
+		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidChannel, Message: err.Error()}
 	case errors.Is(err, broker.ErrInvalidPosition):
-		return &Error{http.StatusBadRequest, CodeInvalidPosition, err.Error()}
+		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidPosition, Message: err.Error()}
 	case errors.Is(err, broker.ErrNotFound):
-		return &Error{http.StatusNotFound, CodeChannelNotFound, err.Error()}
+		return &Error{Status: http.StatusNotFound, Code: CodeChannelNotFound, Message: err.Error()}
 	case errors.Is(err, broker.ErrTooLarge):
-		return &Error{http.StatusRequestEntityTooLarge, CodeTooLarge, err.Error()}
+		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge, Message: err.Error()}
 	case errors.Is(err, broker.ErrSlowConsumer):
-		return &Error{http.StatusServiceUnavailable, CodeSlowConsumer, err.Error()}
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeSlowConsumer, Message: err.Error()}
 	case errors.Is(err, broker.ErrChannelDeleted):
-		return &Error{http.StatusGone, CodeChannelDeleted, err.Error()}
+		return &Error{Status: http.StatusGone, Code: CodeChannelDeleted, Message: err.Error()}
 	case errors.Is(err, broker.ErrClosed):
-		return &Error{http.StatusServiceUnavailable, CodeShuttingDown, "the broker is shutting down; reconnect and resume from the last id"}
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeShuttingDown, Message: "the broker is shutting down; reconnect and resume from the last id"}
 	case errors.Is(err, broker.ErrStore):
-		return &Error{http.StatusInsufficientStorage, CodeStoreFailed, "the message could not be stored (disk full or failing); it was not published: " + err.Error()}
+		return &Error{Status: http.StatusInsufficientStorage, Code: CodeStoreFailed, Message: "the message could not be stored (disk full or failing); it was not published: " + err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
-		return &Error{http.StatusRequestTimeout, CodeWaitTimeout, "timed out waiting"}
+		return &Error{Status: http.StatusRequestTimeout, Code: CodeWaitTimeout, Message: "timed out waiting"}
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) {
-		return &Error{http.StatusRequestTimeout, CodeRequestTimeout, "the request body did not arrive in time"}
+		return &Error{Status: http.StatusRequestTimeout, Code: CodeRequestTimeout, Message: "the request body did not arrive in time"}
 	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return &Error{http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("message larger than the limit of %d bytes", mbe.Limit)}
+		return &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge, Message: fmt.Sprintf("message larger than the limit of %d bytes", mbe.Limit)}
 	}
-	return &Error{http.StatusInternalServerError, CodeInternal, "internal error"}
+	return &Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error"}
 }
 
 // writeError sends err as a JSON error body.

@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http/httptest"
@@ -73,19 +74,35 @@ func FuzzWebSocketFrame(f *testing.F) {
 	s := New(b, Options{MaxMessageSize: 1024})
 	r := httptest.NewRequest("GET", "/ws", nil)
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		wc := &wsConn{s: s, wake: make(chan struct{}, 1), subs: map[string]*broker.Subscription{}, room: make(chan struct{}, 1)}
-		var reply []byte
-		if f := wc.handle(r, frame); f != nil {
-			reply = f()
+		ss := newSession(s, wsEncoder{}, nil)
+		rd := &wsReader{s: s, ss: ss, r: r, loopDone: make(chan struct{})}
+		rd.handle(frame)
+		if rd.replies != nil {
+			close(rd.replies)
+			<-rd.acker
 		}
-		for _, sub := range wc.subs {
-			sub.Close()
-		}
-		if reply == nil && len(wc.outbox) == 0 {
+		ss.closeSubs()
+		if len(ss.control) == 0 {
 			t.Fatalf("frame %q got no reply", frame)
 		}
-		if reply != nil && !bytes.HasPrefix(reply, []byte(`{"type":"`)) {
-			t.Fatalf("reply %q", reply)
+		for _, c := range ss.control {
+			// A text frame (unmasked, final) carrying one JSON frame.
+			if len(c) < 2 || c[0] != 0x81 {
+				t.Fatalf("reply %q is not a text frame", c)
+			}
+			payload := c[2:]
+			switch c[1] {
+			case 126:
+				payload = c[4:]
+			case 127:
+				payload = c[10:]
+			}
+			if !bytes.HasPrefix(payload, []byte(`{"type":"`)) || !json.Valid(payload) {
+				t.Fatalf("reply %q", payload)
+			}
+			if bytes.Contains(payload, []byte("Go value")) || bytes.Contains(payload, []byte("server.")) {
+				t.Fatalf("reply speaks of Go types: %s", payload)
+			}
 		}
 	})
 }

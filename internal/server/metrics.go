@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -48,6 +49,32 @@ type metrics struct {
 	latency     [numTransports]histogram
 	requests    atomic.Uint64
 	errors      atomic.Uint64
+	disconnects sync.Map // disconnectKey -> *atomic.Uint64
+}
+
+type disconnectKey struct {
+	transport int
+	reason    string
+}
+
+// disconnected counts a subscriber connection that ended, by reason.
+func (m *metrics) disconnected(t int, reason string) {
+	k := disconnectKey{t, reason}
+	v, ok := m.disconnects.Load(k)
+	if !ok {
+		v, _ = m.disconnects.LoadOrStore(k, new(atomic.Uint64))
+	}
+	v.(*atomic.Uint64).Add(1)
+}
+
+// disconnectsByReason sums disconnects over transports.
+func (m *metrics) disconnectsByReason() map[string]uint64 {
+	out := map[string]uint64{}
+	m.disconnects.Range(func(k, v any) bool {
+		out[k.(disconnectKey).reason] += v.(*atomic.Uint64).Load()
+		return true
+	})
+	return out
 }
 
 // delivered records messages written to a client of transport t.
@@ -111,6 +138,19 @@ func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 		fmt.Fprintf(bw, "pushctl_store_messages %d\n", msgs)
 		metric("pushctl_store_bytes", "gauge", "Bytes of message data retained in history.")
 		fmt.Fprintf(bw, "pushctl_store_bytes %d\n", bytes)
+	}
+	metric("pushctl_disconnects_total", "counter", "Subscriber connections that ended, by transport and reason (stalled: took nothing for the write timeout).")
+	var dks []disconnectKey
+	m.disconnects.Range(func(k, _ any) bool { dks = append(dks, k.(disconnectKey)); return true })
+	sort.Slice(dks, func(i, j int) bool {
+		if dks[i].transport != dks[j].transport {
+			return dks[i].transport < dks[j].transport
+		}
+		return dks[i].reason < dks[j].reason
+	})
+	for _, k := range dks {
+		v, _ := m.disconnects.Load(k)
+		fmt.Fprintf(bw, "pushctl_disconnects_total{transport=%q,reason=%q} %d\n", transportNames[k.transport], k.reason, v.(*atomic.Uint64).Load())
 	}
 	metric("pushctl_limit_hits_total", "counter", "Requests refused or cut by a limit or access rule.")
 	s.limitHits.Range(func(k, v any) bool {

@@ -3,16 +3,16 @@ package server
 import (
 	"bufio"
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Ack is the reply to a publish.
@@ -38,20 +38,7 @@ func eventName(r *http.Request) (string, error) {
 	return ev, validateEvent(ev)
 }
 
-func validateEvent(ev string) error {
-	if len(ev) > 128 {
-		return errorf(http.StatusBadRequest, CodeInvalidParameter, "event name longer than 128 bytes")
-	}
-	if !utf8.ValidString(ev) {
-		return errorf(http.StatusBadRequest, CodeInvalidParameter, "event name is not valid UTF-8")
-	}
-	for i := 0; i < len(ev); i++ {
-		if ev[i] < 0x20 || ev[i] == 0x7f {
-			return errorf(http.StatusBadRequest, CodeInvalidParameter, "event name contains a control character")
-		}
-	}
-	return nil
-}
+func validateEvent(ev string) error { return wire.ValidateEvent(ev) }
 
 // publish handles POST/PUT /pub/{channel}: the body is the message data.
 // With ?lines=1 every line of the body is a message, acked as NDJSON.
@@ -170,25 +157,100 @@ func (a *ackWriter) write(v any, buffered bool) error {
 		return err
 	}
 	if !buffered {
-		if err := a.bw.Flush(); err != nil {
-			return err
-		}
-		return a.rc.Flush()
+		return a.flush()
 	}
 	return nil
+}
+
+func (a *ackWriter) flush() error {
+	if err := a.bw.Flush(); err != nil {
+		return err
+	}
+	return a.rc.Flush()
 }
 
 func (a *ackWriter) lineError(line int, err error) error {
 	e := asError(err)
 	if errors.Is(err, errLineTooLong) {
-		e = &Error{http.StatusRequestEntityTooLarge, CodeTooLarge, "line longer than the message size limit"}
+		e = &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge, Message: "line longer than the message size limit"}
 	}
 	return a.write(map[string]any{"line": line, "error": e}, false)
 }
 
-// streamPublish reads lines, queues each publish via fn and streams one
+// maxPendingReplies bounds the acknowledgements a streaming publish holds
+// for a client that sends without reading them (Python's http.client sends
+// the whole body first). Past it the broker stops publishing, reads the
+// rest of the body without publishing it, and says so in the last line.
+var maxPendingReplies = 100_000
+
+type pubReply struct {
+	line int
+	wait func() (*broker.Message, int, error)
+	err  error
+}
+
+// replyQueue hands replies from the body reader to the ack writer without
+// ever blocking the reader: a client that reads its acks only after
+// sending everything cannot deadlock the request.
+type replyQueue struct {
+	mu     sync.Mutex
+	items  []pubReply
+	closed bool
+	ready  chan struct{}
+}
+
+func (q *replyQueue) push(r pubReply) int {
+	q.mu.Lock()
+	q.items = append(q.items, r)
+	n := len(q.items)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return n
+}
+
+func (q *replyQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take returns what is queued, waiting for something; ok is false once
+// the queue is closed and empty.
+func (q *replyQueue) take(dst []pubReply) ([]pubReply, bool) {
+	for {
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			out := q.items
+			q.items = dst[:0]
+			q.mu.Unlock()
+			return out, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-q.ready
+	}
+}
+
+func (q *replyQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// streamPublish reads lines, starts each publish via fn and streams one
 // ack (or error) per line, in order. A goroutine writes the acks as the
-// publishes complete, so a durable broker stores many lines per commit.
+// publishes complete, so a durable broker stores many lines per commit,
+// and the reader never waits for the client to read them.
 func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(line []byte) (func() (*broker.Message, int, error), error)) error {
 	rc := http.NewResponseController(w)
 	// Acks stream while the body is still arriving; servers that cannot
@@ -196,37 +258,44 @@ func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(l
 	rc.EnableFullDuplex()
 	lr := &lineReader{br: bufio.NewReaderSize(r.Body, 64<<10), max: int(s.opts.MaxMessageSize) * 2}
 	aw := newAckWriter(w)
-	type reply struct {
-		line int
-		wait func() (*broker.Message, int, error)
-		err  error
-	}
-	replies := make(chan reply, 1024)
+	q := &replyQueue{ready: make(chan struct{}, 1)}
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
 		failed := false
-		for rp := range replies {
-			if failed {
-				continue // the client is gone; let the reader finish
+		var batch []pubReply
+		for {
+			items, ok := q.take(batch)
+			if !ok {
+				break
 			}
-			var werr error
-			err := rp.err
-			if err == nil {
-				m, n, perr := rp.wait()
-				if perr == nil {
-					ack := ackOf(m, n)
-					ack.Line = rp.line
-					werr = aw.write(ack, len(replies) > 0)
+			for i, rp := range items {
+				if failed {
+					continue // the client is gone; let the reader finish
 				}
-				err = perr
+				var werr error
+				err := rp.err
+				if err == nil {
+					m, n, perr := rp.wait()
+					if perr == nil {
+						ack := ackOf(m, n)
+						ack.Line = rp.line
+						werr = aw.write(ack, i < len(items)-1)
+					}
+					err = perr
+				}
+				if err != nil {
+					werr = aw.lineError(rp.line, err)
+				}
+				failed = werr != nil
 			}
-			if err != nil {
-				werr = aw.lineError(rp.line, err)
+			clear(items)
+			batch = items
+			if !failed && aw.flush() != nil {
+				failed = true
 			}
-			failed = werr != nil
 		}
-		aw.bw.Flush()
+		aw.flush()
 	}()
 	for {
 		line, err := lr.next()
@@ -234,20 +303,33 @@ func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(l
 			break
 		}
 		if err != nil && !errors.Is(err, errLineTooLong) {
-			replies <- reply{line: lr.line, err: errorf(http.StatusBadRequest, CodeInvalidParameter, "reading body: %v", err)}
+			q.push(pubReply{line: lr.line, err: errorf(http.StatusBadRequest, CodeInvalidParameter, "reading body: %v", err)})
 			break
 		}
 		if err != nil {
-			replies <- reply{line: lr.line, err: err}
+			q.push(pubReply{line: lr.line, err: err})
 			continue
 		}
 		if len(line) == 0 {
 			continue
 		}
+		if q.len() >= maxPendingReplies {
+			first := lr.line
+			s.limitHit("ack_backlog")
+			for { // read the rest so the client can finish sending and read
+				if _, err := lr.next(); err != nil && !errors.Is(err, errLineTooLong) {
+					break
+				}
+			}
+			q.push(pubReply{line: first, err: errorf(http.StatusServiceUnavailable, CodeAckBacklog,
+				"lines %d to %d were not published: %d acknowledgements were waiting to be read; read the response while sending, or send fewer lines per request",
+				first, lr.line-1, maxPendingReplies)})
+			break
+		}
 		wait, err := fn(line)
-		replies <- reply{line: lr.line, wait: wait, err: err}
+		q.push(pubReply{line: lr.line, wait: wait, err: err})
 	}
-	close(replies)
+	q.close()
 	<-writerDone
 	return nil
 }
@@ -272,55 +354,8 @@ func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, id *auth.I
 	})
 }
 
-// PublishFrame is one message to publish, as an NDJSON line of POST /pub
-// or a WebSocket "publish" frame.
-type PublishFrame struct {
-	Type     string          `json:"type,omitempty"`
-	Ref      string          `json:"ref,omitempty"`
-	Channel  string          `json:"channel"`
-	Event    string          `json:"event,omitempty"`
-	Data     json.RawMessage `json:"data"`
-	Encoding string          `json:"encoding,omitempty"`
-}
-
-// message turns the frame into a broker message: a JSON string is text (or
-// binary with "encoding":"base64"), any other JSON value stays JSON.
-func (f *PublishFrame) message(max int64) (*broker.Message, error) {
-	if err := broker.ValidateChannel(f.Channel); err != nil {
-		return nil, err
-	}
-	if err := validateEvent(f.Event); err != nil {
-		return nil, err
-	}
-	m := &broker.Message{Channel: f.Channel, Event: f.Event}
-	switch {
-	case len(f.Data) == 0 || string(f.Data) == "null":
-		m.Kind = broker.KindText
-	case f.Data[0] == '"':
-		var str string
-		if err := json.Unmarshal(f.Data, &str); err != nil {
-			return nil, errorf(http.StatusBadRequest, CodeInvalidJSON, "data: %v", err)
-		}
-		m.Data = []byte(str)
-		switch f.Encoding {
-		case "":
-		case "base64":
-			b, err := base64.StdEncoding.DecodeString(str)
-			if err != nil {
-				return nil, errorf(http.StatusBadRequest, CodeInvalidParameter, "data is not valid base64: %v", err)
-			}
-			m.Data, m.Kind = b, broker.KindBinary
-		default:
-			return nil, errorf(http.StatusBadRequest, CodeInvalidParameter, "unknown encoding %q (only base64)", f.Encoding)
-		}
-	default:
-		m.Data, m.Kind = bytes.Clone(f.Data), broker.KindJSON
-	}
-	if int64(len(m.Data)) > max {
-		return nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "message larger than the limit of %d bytes", max)
-	}
-	return m, nil
-}
+// PublishFrame is one message to publish (see wire.PublishFrame).
+type PublishFrame = wire.PublishFrame
 
 // publishBatch handles POST /pub: NDJSON, one PublishFrame per line; a
 // line without a channel uses ?channel=.
@@ -343,14 +378,14 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
-		var f PublishFrame
-		if err := json.Unmarshal(line, &f); err != nil {
-			return nil, errorf(http.StatusBadRequest, CodeInvalidJSON, "not a JSON object: %v", err)
+		f, err := wire.DecodePublishFrame(line)
+		if err != nil {
+			return nil, err
 		}
 		if f.Channel == "" {
 			f.Channel = def
 		}
-		m, err := f.message(s.opts.MaxMessageSize)
+		m, err := f.Message(s.opts.MaxMessageSize)
 		if err != nil {
 			return nil, err
 		}

@@ -30,8 +30,12 @@ type Options struct {
 	// PingInterval is the WebSocket ping interval (default 30s); a peer
 	// silent for two intervals is disconnected.
 	PingInterval time.Duration
-	// WriteTimeout bounds one write to a subscriber (default 10s).
+	// WriteTimeout is how long a subscriber may take no bytes at all
+	// before it counts as stalled and is disconnected (default 10s).
 	WriteTimeout time.Duration
+	// CloseGrace is how long a connection that is being ended gets to take
+	// its last frames and the reason (default 5s).
+	CloseGrace time.Duration
 	// MaxPoll bounds a long-poll wait (default 5m).
 	MaxPoll time.Duration
 	// Logger receives operational logs (default: discard).
@@ -63,6 +67,9 @@ func (o *Options) fill() {
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.CloseGrace <= 0 {
+		o.CloseGrace = 5 * time.Second
 	}
 	if o.MaxPoll <= 0 {
 		o.MaxPoll = 5 * time.Minute
@@ -239,6 +246,11 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) error {
 	if s.opts.ExtraStats != nil {
 		extra = s.opts.ExtraStats()
 	}
+	if extra == nil {
+		extra = map[string]uint64{}
+	}
+	d := s.metrics.disconnectsByReason()
+	extra["stalled_disconnects"] = d[CodeStalled]
 	return writeJSON(w, http.StatusOK, withExtra(s.b.Stats(), extra))
 }
 

@@ -1,7 +1,7 @@
 package server
 
 import (
-	"bufio"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,8 +13,10 @@ import (
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
-// parseResume fills the replay part of opts from a request: the
-// Last-Event-ID header (or last_event_id), since and last.
+// parseResume fills the replay part of opts from a request, by the one
+// resume rule: a cursor (Last-Event-ID, last_event_id or since) whose
+// "*=<time>" entry, or since_time, replays the channels it does not name;
+// otherwise since (a time or duration) and last.
 func parseResume(r *http.Request, opts *broker.SubscribeOptions) error {
 	q := r.URL.Query()
 	id := r.Header.Get("Last-Event-ID")
@@ -22,26 +24,24 @@ func parseResume(r *http.Request, opts *broker.SubscribeOptions) error {
 		id = q.Get("last_event_id")
 	}
 	if id != "" {
-		c, err := broker.ParseCursor(id, opts.Channels)
+		c, since, err := broker.ParseResume(id, opts.Channels)
 		if err != nil {
 			return err
 		}
-		opts.From = c
-		return nil
-	}
-	if v := q.Get("since"); v != "" {
+		opts.From, opts.Since = c, since
+	} else if v := q.Get("since"); v != "" {
 		if err := parseSince(v, opts, time.Now()); err != nil {
 			return err
 		}
 	}
-	// since_time covers the channels a cursor does not name: those a
-	// pattern subscription had not seen yet when its connection dropped.
 	if v := q.Get("since_time"); v != "" {
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
 			return errorf(http.StatusBadRequest, CodeInvalidPosition, "since_time %q: want an RFC 3339 time", v)
 		}
-		opts.Since = t
+		if opts.Since.IsZero() || t.Before(opts.Since) {
+			opts.Since = t
+		}
 	}
 	if v := q.Get("last"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -63,11 +63,11 @@ func parseSince(v string, opts *broker.SubscribeOptions, now time.Time) error {
 		opts.Last = -1
 		return nil
 	case strings.ContainsAny(v, "=") || strings.Contains(v, "-") && !strings.Contains(v, ":"):
-		c, err := broker.ParseCursor(v, opts.Channels)
+		c, since, err := broker.ParseResume(v, opts.Channels)
 		if err != nil {
 			return err
 		}
-		opts.From = c
+		opts.From, opts.Since = c, since
 		return nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
@@ -79,7 +79,17 @@ func parseSince(v string, opts *broker.SubscribeOptions, now time.Time) error {
 		return nil
 	}
 	return errorf(http.StatusBadRequest, CodeInvalidPosition,
-		"since %q: want all, a message id, ch=<id>,…, an RFC 3339 time or a duration such as 5m", v)
+		"since %q: want all, a message id, ch=<id>,…[,*=<time>], an RFC 3339 time or a duration such as 5m", v)
+}
+
+// hasPattern reports whether channels names a pattern.
+func hasPattern(channels []string) bool {
+	for _, c := range channels {
+		if broker.IsPattern(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // subscribe handles GET /sub/{channels}, negotiating the transport.
@@ -110,23 +120,115 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 		return s.serveWebSocket(w, r, id, &opts)
 	}
 	q := r.URL.Query()
+	var enc encoder
+	var wait time.Duration
 	if q.Has("poll") {
-		return s.longPoll(w, r, &opts)
-	}
-	enc, err := negotiate(r, &opts)
-	if err != nil {
+		wait = 30 * time.Second
+		if v := q.Get("poll"); v != "" && v != "1" && v != "true" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return errorf(http.StatusBadRequest, CodeInvalidParameter, "poll must be a duration such as 30s")
+			}
+			wait = min(d, s.opts.MaxPoll)
+		}
+		enc = &pollEncoder{}
+	} else if enc, err = negotiate(r, &opts); err != nil {
 		return err
 	}
-	// The broker's time before the subscription starts: a client resuming
-	// a pattern subscription passes it back as since_time.
-	w.Header().Set("Pushctl-Time", time.Now().UTC().Format(time.RFC3339Nano))
+	// The broker's time before the subscription starts: channels that
+	// appear later are replayed from it when the client resumes.
+	began := time.Now()
+	ss := newSession(s, enc, nil)
+	opts.Notify = ss.wake
 	sub, err := s.b.Subscribe(r.Context(), opts)
 	if err != nil {
 		return err
 	}
-	defer sub.Close()
-	s.pumpStream(w, r, sub, enc, expiry(r.Context(), id))
+	ss.addSub("", sub)
+	h := w.Header()
+	h.Set("Cache-Control", "no-cache")
+	h.Set("Pushctl-Time", began.UTC().Format(time.RFC3339Nano))
+	pattern := hasPattern(channels)
+	since := began
+	if !opts.Since.IsZero() && opts.Since.Before(since) {
+		since = opts.Since // what a resume left unreplayed keeps its claim
+	}
+	if pe, ok := enc.(*pollEncoder); ok {
+		return s.longPoll(w, r, ss, sub, pe, since, pattern, wait)
+	}
+	h.Set("Content-Type", contentType(enc))
+	h.Set("X-Accel-Buffering", "no")
+	if start := sub.Start(); len(start) > 0 || pattern {
+		// Where this stream starts: a client that loses the connection
+		// before its first message resumes from here.
+		ps := time.Time{}
+		if pattern {
+			ps = since
+		}
+		h.Set("Pushctl-Cursor", broker.FormatResume(start, ps))
+	}
+	cw, done, err := s.openStream(w, r)
+	if err != nil {
+		ss.closeSubs()
+		return nil
+	}
+	s.conns.Add(1)
+	defer s.conns.Done()
+	t := enc.transport()
+	s.metrics.connections[t].Add(1)
+	defer s.metrics.connections[t].Add(-1)
+	ss.w = cw
+	ss.trackCursor = true
+	ss.startCursor(sub, since, pattern)
+	ss.setIdentity(id)
+	ss.finish(ss.run(done, s.opts.Keepalive, 0))
+	if cw.conn != nil {
+		closeGently(cw.conn, done, time.Second)
+	}
 	return nil
+}
+
+// openStream starts a streaming response with the headers set on w. On
+// HTTP/1.x the connection is hijacked so that the subscribe loop's writer
+// owns it (and knows what a stalled write left unwritten); HTTP/2 streams
+// and HEAD requests go through w. done is closed when the peer goes away.
+func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (*connWriter, <-chan struct{}, error) {
+	rc := http.NewResponseController(w)
+	cw := &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}
+	if r.ProtoMajor == 1 && r.Method != http.MethodHead {
+		conn, brw, err := rc.Hijack()
+		if err == nil {
+			conn.SetDeadline(time.Time{})
+			cw.conn = conn
+			cw.chunked = r.ProtoAtLeast(1, 1)
+			head := []byte("HTTP/1.1 200 OK\r\n")
+			if !cw.chunked {
+				head = []byte("HTTP/1.0 200 OK\r\n")
+			}
+			hb := &strings.Builder{}
+			w.Header().Write(hb)
+			head = append(head, hb.String()...)
+			head = append(head, "Date: "...)
+			head = time.Now().UTC().AppendFormat(head, http.TimeFormat)
+			if cw.chunked {
+				head = append(head, "\r\nTransfer-Encoding: chunked"...)
+			}
+			head = append(head, "\r\nConnection: close\r\n\r\n"...)
+			conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+			if _, err := conn.Write(head); err != nil {
+				conn.Close()
+				return nil, nil, err
+			}
+			done := make(chan struct{})
+			go discard(brw.Reader, done)
+			return cw, done, nil
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil, nil, err
+	}
+	return cw, r.Context().Done(), nil
 }
 
 func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
@@ -145,20 +247,7 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 	return s.serveWebSocket(w, r, id, nil)
 }
 
-// streamEncoder writes one transport's framing; the subscribe loop is
-// shared by all of them.
-type streamEncoder interface {
-	transport() int
-	contentType() string
-	start(bw *bufio.Writer)
-	message(bw *bufio.Writer, m *broker.Message)
-	gap(bw *bufio.Writer, g *broker.Gap)
-	// keepalive writes something harmless, if the format has such a thing.
-	keepalive(bw *bufio.Writer) bool
-	end(bw *bufio.Writer, err error)
-}
-
-func negotiate(r *http.Request, opts *broker.SubscribeOptions) (streamEncoder, error) {
+func negotiate(r *http.Request, opts *broker.SubscribeOptions) (encoder, error) {
 	format := r.URL.Query().Get("format")
 	if format == "" {
 		accept := r.Header.Get("Accept")
@@ -175,7 +264,7 @@ func negotiate(r *http.Request, opts *broker.SubscribeOptions) (streamEncoder, e
 	single := len(opts.Channels) == 1 && !broker.IsPattern(opts.Channels[0])
 	switch format {
 	case "sse":
-		return &sseEncoder{single: single, raw: r.URL.Query().Get("data") == "raw", cursor: broker.Cursor{}}, nil
+		return &sseEncoder{single: single, raw: r.URL.Query().Get("data") == "raw"}, nil
 	case "ndjson", "json":
 		return ndjsonEncoder{}, nil
 	case "raw", "lines":
@@ -184,260 +273,178 @@ func negotiate(r *http.Request, opts *broker.SubscribeOptions) (streamEncoder, e
 	return nil, errorf(http.StatusBadRequest, CodeInvalidParameter, "format %q: want sse, ndjson or raw", format)
 }
 
-// pumpStream is the subscribe loop of every HTTP streaming transport.
-func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, sub *broker.Subscription, enc streamEncoder, expired <-chan struct{}) {
-	s.conns.Add(1)
-	defer s.conns.Done()
-	t := enc.transport()
-	s.metrics.connections[t].Add(1)
-	defer s.metrics.connections[t].Add(-1)
-	h := w.Header()
-	h.Set("Content-Type", enc.contentType())
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	start := sub.Start()
-	if len(start) > 0 {
-		// Where this stream starts: a client that loses the connection
-		// before its first message resumes from here.
-		h.Set("Pushctl-Cursor", start.String())
+func contentType(enc encoder) string {
+	switch enc.(type) {
+	case *sseEncoder:
+		return "text/event-stream"
+	case ndjsonEncoder:
+		return "application/x-ndjson"
 	}
-	if se, ok := enc.(*sseEncoder); ok && !se.single {
-		for ch, p := range start {
-			se.cursor[ch] = p
-		}
-	}
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	bw := bufio.NewWriterSize(w, 16<<10)
-	flush := func() error {
-		rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
-	enc.start(bw)
-	if flush() != nil {
-		return
-	}
-	tick := time.NewTicker(s.opts.Keepalive)
-	defer tick.Stop()
-	var buf []broker.Event
-	var times []time.Time
-	for {
-		evs, err := sub.TryNext(buf)
-		if len(evs) > 0 {
-			times = times[:0]
-			for _, e := range evs {
-				if e.Gap != nil {
-					enc.gap(bw, e.Gap)
-				} else {
-					enc.message(bw, e.Msg)
-					times = append(times, e.Msg.Time)
-				}
-			}
-			clear(evs) // drop references for the garbage collector
-			buf = evs
-			if flush() != nil {
-				return
-			}
-			s.metrics.delivered(t, times, time.Now())
-			continue
-		}
-		if err != nil {
-			enc.end(bw, err)
-			flush()
-			return
-		}
-		select {
-		case <-sub.Ready():
-		case <-tick.C:
-			if enc.keepalive(bw) && flush() != nil {
-				return
-			}
-		case <-r.Context().Done():
-			return
-		case <-s.stopping:
-			enc.end(bw, broker.ErrClosed)
-			flush()
-			return
-		case <-expired:
-			s.limitHit("token_expired_live")
-			enc.end(bw, errExpiredLive)
-			flush()
-			return
-		}
-	}
+	return "text/plain; charset=utf-8"
 }
 
-// endReason is the error frame sent when a stream ends for a reason the
-// client should know (it can resume from its last id).
-func endReason(err error) []byte {
-	e := asError(err)
-	b := []byte(`{"type":"error","code":`)
-	b = wire.AppendString(b, e.Code)
-	b = append(b, `,"message":`...)
-	b = wire.AppendString(b, e.Message)
-	return append(b, "}\n"...)
+// endLine is the error line that ends an NDJSON stream, saying why (the
+// client can resume from its last id).
+func endLine(err error) []byte {
+	b := wire.AppendError(nil, "", asError(err))
+	return append(b, '\n')
 }
 
 type ndjsonEncoder struct{}
 
-func (ndjsonEncoder) transport() int                              { return tNDJSON }
-func (ndjsonEncoder) contentType() string                         { return "application/x-ndjson" }
-func (ndjsonEncoder) start(*bufio.Writer)                         {}
-func (ndjsonEncoder) message(bw *bufio.Writer, m *broker.Message) { bw.Write(wire.JSON(m)) }
-func (ndjsonEncoder) gap(bw *bufio.Writer, g *broker.Gap)         { bw.Write(wire.Gap(g)) }
-func (ndjsonEncoder) keepalive(bw *bufio.Writer) bool             { bw.WriteByte('\n'); return true }
-func (ndjsonEncoder) end(bw *bufio.Writer, err error)             { bw.Write(endReason(err)) }
+func (ndjsonEncoder) transport() int                                  { return tNDJSON }
+func (ndjsonEncoder) start(*batch, *session)                          {}
+func (ndjsonEncoder) message(b *batch, _ *session, m *broker.Message) { b.add(wire.JSON(m)) }
+func (ndjsonEncoder) gap(b *batch, _ *session, g *broker.Gap)         { b.add(wire.Gap(g)) }
+func (ndjsonEncoder) keepalive(b *batch) bool                         { b.add(newline); return true }
+func (ndjsonEncoder) dropped(*batch, string, error) bool              { return false }
+func (ndjsonEncoder) end(_ *session, err error) []byte                { return endIf(err, endLine) }
+
+var newline = []byte("\n")
+
+// endIf returns f(err) for reasons worth telling the client.
+func endIf(err error, f func(error) []byte) []byte {
+	if err == nil || errorsIsPeer(err) {
+		return nil
+	}
+	return f(err)
+}
+
+func errorsIsPeer(err error) bool {
+	c := reasonCode(err)
+	return c == "client_closed" || c == "write_error"
+}
 
 type rawEncoder struct{ tagged bool }
 
-func (rawEncoder) transport() int      { return tRaw }
-func (rawEncoder) contentType() string { return "text/plain; charset=utf-8" }
-func (rawEncoder) start(*bufio.Writer) {}
-func (e rawEncoder) message(bw *bufio.Writer, m *broker.Message) {
+func (rawEncoder) transport() int         { return tRaw }
+func (rawEncoder) start(*batch, *session) {}
+func (e rawEncoder) message(b *batch, _ *session, m *broker.Message) {
 	if e.tagged {
-		bw.Write(wire.RawTagged(m))
+		b.add(wire.RawTagged(m))
 	} else {
-		bw.Write(wire.Raw(m))
+		b.add(wire.Raw(m))
 	}
 }
-func (rawEncoder) gap(*bufio.Writer, *broker.Gap) {}
-func (rawEncoder) keepalive(*bufio.Writer) bool   { return false }
-func (rawEncoder) end(*bufio.Writer, error)       {}
+func (rawEncoder) gap(*batch, *session, *broker.Gap)  {}
+func (rawEncoder) keepalive(*batch) bool              { return false }
+func (rawEncoder) dropped(*batch, string, error) bool { return false }
+func (rawEncoder) end(*session, error) []byte         { return nil }
 
 // sseEncoder writes Server-Sent Events. The id of each event resumes the
-// subscription via Last-Event-ID: the message id for one channel, a
-// cursor naming every channel otherwise.
+// subscription via Last-Event-ID: the message id for one channel, the
+// session's resume cursor (positions and, for patterns, a time) otherwise.
 type sseEncoder struct {
 	single bool
 	raw    bool
-	cursor broker.Cursor
+	id     []byte
 }
 
-func (*sseEncoder) transport() int      { return tSSE }
-func (*sseEncoder) contentType() string { return "text/event-stream" }
-func (*sseEncoder) start(bw *bufio.Writer) {
-	bw.WriteString("retry: 2000\n: connected\n\n")
+func (*sseEncoder) transport() int { return tSSE }
+func (*sseEncoder) start(b *batch, _ *session) {
+	b.add([]byte("retry: 2000\n: connected\n\n"))
 }
 
-func (e *sseEncoder) writeID(bw *bufio.Writer, ch string, p broker.Position) {
-	bw.WriteString("id: ")
+func (e *sseEncoder) writeID(b *batch, ss *session, p broker.Position) {
+	e.id = append(e.id[:0], "id: "...)
 	if e.single {
-		bw.WriteString(p.String())
+		e.id = append(e.id, p.Epoch...)
+		e.id = append(e.id, '-')
+		e.id = strconv.AppendUint(e.id, p.Seq, 10)
 	} else {
-		e.cursor[ch] = p
-		if len(e.cursor) > broker.MaxCursorEntries {
-			// Beyond the bound resume falls back to the newest channels.
-			for name := range e.cursor {
-				if name != ch {
-					delete(e.cursor, name)
-					break
-				}
-			}
-		}
-		bw.WriteString(e.cursor.String())
+		e.id = append(e.id, ss.resume()...)
 	}
-	bw.WriteByte('\n')
+	e.id = append(e.id, '\n')
+	b.addCopy(e.id)
 }
 
-func (e *sseEncoder) message(bw *bufio.Writer, m *broker.Message) {
-	e.writeID(bw, m.Channel, m.Position())
+func (e *sseEncoder) message(b *batch, ss *session, m *broker.Message) {
+	e.writeID(b, ss, m.Position())
 	if e.raw {
-		bw.Write(wire.SSERaw(m))
+		b.add(wire.SSERaw(m))
 	} else {
-		bw.Write(wire.SSE(m))
+		b.add(wire.SSE(m))
 	}
 }
 
-func (e *sseEncoder) gap(bw *bufio.Writer, g *broker.Gap) {
-	e.writeID(bw, g.Channel, g.To)
-	bw.WriteString("event: pushctl-gap\ndata: ")
+func (e *sseEncoder) gap(b *batch, ss *session, g *broker.Gap) {
+	e.writeID(b, ss, g.To)
 	j := wire.Gap(g)
-	bw.Write(j[:len(j)-1])
-	bw.WriteString("\n\n")
+	b.addCopy(sseEvent("pushctl-gap", j[:len(j)-1]))
 }
 
-func (*sseEncoder) keepalive(bw *bufio.Writer) bool { bw.WriteString(": keepalive\n\n"); return true }
-func (*sseEncoder) end(bw *bufio.Writer, err error) {
-	bw.WriteString("event: pushctl-error\ndata: ")
-	j := endReason(err)
-	bw.Write(j[:len(j)-1])
-	bw.WriteString("\n\n")
+func (*sseEncoder) keepalive(b *batch) bool            { b.add([]byte(": keepalive\n\n")); return true }
+func (*sseEncoder) dropped(*batch, string, error) bool { return false }
+func (*sseEncoder) end(_ *session, err error) []byte {
+	return endIf(err, func(err error) []byte {
+		j := endLine(err)
+		return sseEvent("pushctl-error", j[:len(j)-1])
+	})
+}
+
+func sseEvent(name string, data []byte) []byte {
+	b := make([]byte, 0, len(name)+len(data)+20)
+	b = append(b, "event: "...)
+	b = append(b, name...)
+	b = append(b, "\ndata: "...)
+	b = append(b, data...)
+	return append(b, "\n\n"...)
+}
+
+// pollEncoder writes one long-poll reply: {"events":[…],"cursor":"…"}.
+// The events are those of the first batch, in publish order; the cursor
+// resumes after them, with the time for channels that appear later.
+type pollEncoder struct{ n int }
+
+func (*pollEncoder) transport() int         { return tPoll }
+func (*pollEncoder) start(*batch, *session) {}
+func (e *pollEncoder) item(b *batch, j []byte) {
+	if e.n == 0 {
+		b.add([]byte(`{"events":[`))
+	} else {
+		b.add([]byte{','})
+	}
+	e.n++
+	b.add(j[:len(j)-1])
+}
+func (e *pollEncoder) message(b *batch, _ *session, m *broker.Message) { e.item(b, wire.JSON(m)) }
+func (e *pollEncoder) gap(b *batch, _ *session, g *broker.Gap)         { e.item(b, wire.Gap(g)) }
+func (*pollEncoder) keepalive(*batch) bool                             { return false }
+func (*pollEncoder) dropped(*batch, string, error) bool                { return false }
+func (e *pollEncoder) end(ss *session, err error) []byte {
+	var out []byte
+	if e.n == 0 {
+		out = append(out, `{"events":[`...)
+	}
+	out = append(out, `],"cursor":`...)
+	out = wire.AppendString(out, ss.resume())
+	if err != nil {
+		out = append(out, `,"error":`...)
+		out = wire.AppendErrorObject(out, asError(err))
+	}
+	return append(out, "}\n"...)
 }
 
 // longPoll answers with what is new since the request's position, waiting
-// up to ?poll=DURATION for the first message. The reply's cursor resumes.
-func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, opts *broker.SubscribeOptions) error {
-	wait := 30 * time.Second
-	if v := r.URL.Query().Get("poll"); v != "" && v != "1" && v != "true" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			return errorf(http.StatusBadRequest, CodeInvalidParameter, "poll must be a duration such as 30s")
-		}
-		wait = min(d, s.opts.MaxPoll)
-	}
-	sub, err := s.b.Subscribe(r.Context(), *opts)
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
+// up to wait for the first message. The reply's cursor resumes.
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, ss *session, sub *broker.Subscription, enc *pollEncoder, since time.Time, pattern bool, wait time.Duration) error {
 	s.metrics.connections[tPoll].Add(1)
 	defer s.metrics.connections[tPoll].Add(-1)
-	// The reply's cursor starts where the subscription started, so a poll
-	// that times out empty still resumes without loss.
-	cursor := sub.Start()
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	var evs []broker.Event
-	for evs == nil {
-		evs, err = sub.TryNext(nil)
-		if evs != nil {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		select {
-		case <-sub.Ready():
-		case <-timer.C:
-			evs = []broker.Event{}
-		case <-r.Context().Done():
-			return nil
-		case <-s.stopping:
-			return broker.ErrClosed
-		}
-	}
-	out := make([]byte, 0, 256)
-	out = append(out, `{"events":[`...)
-	for i, e := range evs {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		var j []byte
-		if e.Gap != nil {
-			j = wire.Gap(e.Gap)
-			cursor[e.Gap.Channel] = e.Gap.To
-		} else {
-			j = wire.JSON(e.Msg)
-			cursor[e.Msg.Channel] = e.Msg.Position()
-		}
-		out = append(out, j[:len(j)-1]...)
-	}
-	out = append(out, `],"cursor":`...)
-	out = wire.AppendString(out, cursor.String())
-	out = append(out, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-cache")
-	if _, err = w.Write(out); err == nil {
-		times := make([]time.Time, 0, len(evs))
-		for _, e := range evs {
-			if e.Msg != nil {
-				times = append(times, e.Msg.Time)
-			}
-		}
-		s.metrics.delivered(tPoll, times, time.Now())
+	cw := &connWriter{rw: w, rc: http.NewResponseController(w), timeout: s.opts.WriteTimeout}
+	ss.w = cw
+	ss.trackCursor, ss.oneShot = true, true
+	ss.startCursor(sub, since, pattern)
+	reason := ss.run(r.Context().Done(), 0, wait)
+	ss.closeSubs()
+	if errorsIsPeer(reason) {
+		return nil // the client is gone
 	}
-	return err
+	if reason != nil {
+		s.metrics.disconnected(tPoll, reasonCode(reason))
+		if enc.n == 0 {
+			return reason // nothing written yet: an ordinary error reply
+		}
+	}
+	return cw.write(net.Buffers{enc.end(ss, reason)})
 }

@@ -3,12 +3,13 @@ package server
 import (
 	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
-	"io"
+	"encoding/binary"
+	"net"
 	"net/http"
-	"sync"
+	"strconv"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
@@ -18,582 +19,493 @@ import (
 
 // WebSocket close codes pushctl uses besides the standard ones.
 const (
-	CloseTokenExpired = 4001
-	CloseSlowConsumer = 4008
+	CloseTokenExpired = wire.CloseTokenExpired
+	CloseSlowConsumer = wire.CloseSlowConsumer
 )
 
 // ClientFrame is any frame a client sends on the WebSocket protocol.
-type ClientFrame struct {
-	Type     string          `json:"type"`
-	Ref      string          `json:"ref,omitempty"`
-	Channels []string        `json:"channels,omitempty"`
-	Channel  string          `json:"channel,omitempty"`
-	Since    string          `json:"since,omitempty"`
-	Last     int             `json:"last,omitempty"`
-	Event    string          `json:"event,omitempty"`
-	Data     json.RawMessage `json:"data,omitempty"`
-	Encoding string          `json:"encoding,omitempty"`
-	Token    string          `json:"token,omitempty"`
+type ClientFrame = wire.ClientFrame
+
+// textFrame frames a JSON control frame as a WebSocket text frame.
+func textFrame(j []byte) []byte {
+	return wire.AppendWSFrame(make([]byte, 0, len(j)+4), wire.OpText, j)
 }
 
-// wsConn is one WebSocket connection. The reader goroutine handles client
-// frames; the writer goroutine alone writes to the socket.
-type wsConn struct {
-	s    *Server
-	c    *websocket.Conn
-	raw  bool
-	wake chan struct{}
+const (
+	opClose = 8
+	opPing  = 9
+	opPong  = 10
+)
 
-	mu      sync.Mutex
-	subs    map[string]*broker.Subscription // one per channel or pattern
-	outbox  [][]byte
-	room    chan struct{} // signalled when the writer drains the outbox
-	closed  bool
-	id      *auth.Identity // replaced by "auth" frames
-	expired bool           // the token of id expired
-	timer   *time.Timer
+func closeFrame(code int, reason string) []byte {
+	return wire.AppendWSFrame(nil, opClose, websocket.FormatCloseMessage(code, reason))
 }
 
-// setIdentity installs id and arms the end of the connection at its
-// token's expiry.
-func (wc *wsConn) setIdentity(id *auth.Identity) {
-	wc.mu.Lock()
-	defer wc.mu.Unlock()
-	wc.id, wc.expired = id, false
-	if wc.timer != nil {
-		wc.timer.Stop()
-		wc.timer = nil
-	}
-	if id != nil && !id.Expires.IsZero() {
-		wc.timer = time.AfterFunc(time.Until(id.Expires), func() {
-			wc.mu.Lock()
-			wc.expired = true
-			wc.mu.Unlock()
-			wc.signal()
-		})
+// wsEncoder writes the WebSocket side of the subscribe loop.
+type wsEncoder struct{ raw bool }
+
+func (wsEncoder) transport() int         { return tWebSocket }
+func (wsEncoder) start(*batch, *session) {}
+func (e wsEncoder) message(b *batch, _ *session, m *broker.Message) {
+	if e.raw {
+		b.add(wire.WebSocketRaw(m))
+	} else {
+		b.add(wire.WebSocket(m))
 	}
 }
+func (wsEncoder) gap(b *batch, _ *session, g *broker.Gap) { b.add(textFrame(trimNL(wire.Gap(g)))) }
 
-func (wc *wsConn) identity() *auth.Identity {
-	wc.mu.Lock()
-	defer wc.mu.Unlock()
-	return wc.id
+var pingFrame = []byte{0x80 | opPing, 0}
+
+func (wsEncoder) keepalive(b *batch) bool { b.add(pingFrame); return true }
+
+// dropped tells the client that one subscription ended (its channel was
+// deleted, the token no longer covers it); the connection goes on.
+func (wsEncoder) dropped(b *batch, key string, err error) bool {
+	e := asError(err)
+	b.add(textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, e.Code, e.Message)))
+	return true
 }
 
-const maxOutbox = 1024
-
-func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions) error {
-	c, err := s.upgrader.Upgrade(w, r, nil)
-	if err != nil {
-		return nil // the upgrader already replied
+// end is the close frame that says why the connection ends.
+func (wsEncoder) end(ss *session, err error) []byte {
+	ss.mu.Lock()
+	sent := ss.closeSent
+	ss.closeSent = true
+	ss.mu.Unlock()
+	if sent || err == nil {
+		return nil
 	}
-	s.conns.Add(1)
-	defer s.conns.Done()
-	s.metrics.connections[tWebSocket].Add(1)
-	defer s.metrics.connections[tWebSocket].Add(-1)
-	wc := &wsConn{
-		s:    s,
-		c:    c,
-		raw:  r.URL.Query().Get("data") == "raw",
-		wake: make(chan struct{}, 1),
-		subs: make(map[string]*broker.Subscription),
-		room: make(chan struct{}, 1),
+	code := reasonCode(err)
+	switch code {
+	case "client_closed", "write_error":
+		return nil
+	case CodeSlowConsumer, CodeStalled:
+		return closeFrame(CloseSlowConsumer, code)
+	case CodeTokenExpired:
+		return closeFrame(CloseTokenExpired, code)
+	case CodeShuttingDown:
+		return closeFrame(websocket.CloseGoingAway, code)
+	case "protocol_error":
+		if err == errInvalidUTF8 {
+			return closeFrame(websocket.CloseInvalidFramePayloadData, "invalid UTF-8")
+		}
+		return closeFrame(websocket.CloseProtocolError, code)
+	case CodeTooLarge:
+		return closeFrame(websocket.CloseMessageTooBig, code)
 	}
-	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
-	wc.setIdentity(id)
-	defer wc.setIdentity(nil)
-	if initial != nil {
-		for _, ch := range initial.Channels {
-			o := *initial
-			o.Channels = []string{ch}
-			if err := wc.addSub(ch, o); err != nil {
-				wc.closeWith(websocket.CloseInternalServerErr, asError(err).Code)
-				c.Close()
-				return nil
-			}
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		wc.readLoop(r)
-	}()
-	wc.writeLoop(done)
-	c.Close()
-	<-done
-	wc.mu.Lock()
-	wc.closed = true
-	for _, sub := range wc.subs {
-		sub.Close()
-	}
-	wc.mu.Unlock()
-	return nil
-}
-
-func (wc *wsConn) addSub(key string, o broker.SubscribeOptions) error {
-	o.Notify = wc.wake
-	sub, err := wc.s.b.Subscribe(context.Background(), o)
-	if err != nil {
-		return err
-	}
-	wc.mu.Lock()
-	if old, ok := wc.subs[key]; ok {
-		old.Close()
-	}
-	wc.subs[key] = sub
-	wc.mu.Unlock()
-	return nil
-}
-
-func (wc *wsConn) signal() {
-	select {
-	case wc.wake <- struct{}{}:
-	default:
-	}
-}
-
-// send queues a control frame for the writer, waiting while the outbox is
-// full so a fast publisher is slowed to what the socket can take.
-func (wc *wsConn) send(frame []byte, done <-chan struct{}) bool {
-	for {
-		wc.mu.Lock()
-		if wc.closed {
-			wc.mu.Unlock()
-			return false
-		}
-		if len(wc.outbox) < maxOutbox {
-			wc.outbox = append(wc.outbox, frame)
-			wc.mu.Unlock()
-			wc.signal()
-			return true
-		}
-		wc.mu.Unlock()
-		select {
-		case <-wc.room:
-		case <-done:
-			return false
-		}
-	}
-}
-
-func (wc *wsConn) closeWith(code int, reason string) {
-	wc.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
-}
-
-// writeLoop owns all writes: control frames first, then each
-// subscription's events, then pings.
-func (wc *wsConn) writeLoop(readerDone <-chan struct{}) {
-	s := wc.s
-	ping := time.NewTicker(s.opts.PingInterval)
-	defer ping.Stop()
-	var buf []broker.Event
-	var subs []*broker.Subscription
-	var keys []string
-	var times []time.Time
-	// Frames are written whole into one buffer and flushed once per batch:
-	// a burst to this connection costs one system call, not one per message.
-	// Gorilla's own writes (pongs, close frames) are single Write calls on
-	// the same connection, which net.Conn never interleaves with ours.
-	bw := &pooledWriter{w: wc.c.NetConn()}
-	frame := func(op byte, payload []byte) error {
-		var hdr [10]byte
-		h := wire.AppendWSHeader(hdr[:0], op, len(payload))
-		if _, err := bw.Write(h); err != nil {
-			return err
-		}
-		_, err := bw.Write(payload)
-		return err
-	}
-	for {
-		wc.mu.Lock()
-		out := wc.outbox
-		wc.outbox = nil
-		expired := wc.expired
-		subs, keys = subs[:0], keys[:0]
-		for k, sub := range wc.subs {
-			subs = append(subs, sub)
-			keys = append(keys, k)
-		}
-		wc.mu.Unlock()
-		select {
-		case wc.room <- struct{}{}:
-		default:
-		}
-		if expired {
-			s.limitHit("token_expired_live")
-			bw.Flush()
-			wc.closeWith(CloseTokenExpired, CodeTokenExpired)
-			return
-		}
-		wc.c.NetConn().SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		for _, f := range out {
-			if frame(wire.OpText, f) != nil {
-				return
-			}
-		}
-		busy := len(out) > 0
-		times = times[:0]
-		for i, sub := range subs {
-			evs, err := sub.TryNext(buf)
-			for _, e := range evs {
-				var werr error
-				switch {
-				case e.Gap != nil:
-					werr = frame(wire.OpText, trimNL(wire.Gap(e.Gap)))
-				case wc.raw:
-					_, werr = bw.Write(wire.WebSocketRaw(e.Msg))
-					times = append(times, e.Msg.Time)
-				default:
-					_, werr = bw.Write(wire.WebSocket(e.Msg))
-					times = append(times, e.Msg.Time)
-				}
-				if werr != nil {
-					return
-				}
-			}
-			if len(evs) > 0 {
-				busy = true
-				clear(evs)
-				buf = evs
-				continue
-			}
-			if err != nil {
-				if bw.Flush() != nil {
-					return
-				}
-				if errors.Is(err, broker.ErrSlowConsumer) {
-					wc.closeWith(CloseSlowConsumer, CodeSlowConsumer)
-					return
-				}
-				if errors.Is(err, broker.ErrClosed) {
-					wc.closeWith(websocket.CloseGoingAway, CodeShuttingDown)
-					return
-				}
-				// The channel went away: tell the client, keep the connection.
-				wc.mu.Lock()
-				if wc.subs[keys[i]] == sub {
-					delete(wc.subs, keys[i])
-				}
-				wc.mu.Unlock()
-				sub.Close()
-				e := asError(err)
-				f := []byte(`{"type":"unsubscribed","channels":[`)
-				f = wire.AppendString(f, keys[i])
-				f = append(f, `],"code":`...)
-				f = wire.AppendString(f, e.Code)
-				f = append(f, '}')
-				if frame(wire.OpText, f) != nil {
-					return
-				}
-			}
-		}
-		if bw.Flush() != nil {
-			return
-		}
-		if len(times) > 0 {
-			s.metrics.delivered(tWebSocket, times, time.Now())
-		}
-		if busy {
-			continue
-		}
-		select {
-		case <-wc.wake:
-		case <-ping.C:
-			if wc.c.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.opts.WriteTimeout)) != nil {
-				return
-			}
-		case <-readerDone:
-			return
-		case <-s.stopping:
-			wc.closeWith(websocket.CloseGoingAway, CodeShuttingDown)
-			return
-		}
-	}
+	return closeFrame(websocket.CloseInternalServerErr, code)
 }
 
 func trimNL(b []byte) []byte { return b[:len(b)-1] }
 
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
-
-// pooledWriter holds a buffer only between the first write and the flush
-// of a batch, so an idle connection holds none.
-type pooledWriter struct {
-	w  io.Writer
-	bw *bufio.Writer
+// wsHijacker hands gorilla a connection whose writes, once the handshake
+// is done, go through the session's one writer, and whose write deadlines
+// are the writer's alone.
+type wsHijacker struct {
+	http.ResponseWriter
+	ss   *session
+	conn *wsNetConn
 }
 
-func (p *pooledWriter) Write(b []byte) (int, error) {
-	if p.bw == nil {
-		p.bw = writerPool.Get().(*bufio.Writer)
-		p.bw.Reset(p.w)
+func (h *wsHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
 	}
-	return p.bw.Write(b)
+	h.conn = &wsNetConn{Conn: c, ss: h.ss}
+	return h.conn, brw, nil
 }
 
-// Flush writes what is buffered and gives the buffer back.
-func (p *pooledWriter) Flush() error {
-	if p.bw == nil {
-		return nil
-	}
-	err := p.bw.Flush()
-	if err == nil {
-		p.bw.Reset(nil)
-		writerPool.Put(p.bw)
-		p.bw = nil
-	}
-	return err
+type wsNetConn struct {
+	net.Conn
+	ss       *session
+	upgraded atomic.Bool
 }
 
-func (wc *wsConn) readLoop(r *http.Request) {
-	s := wc.s
-	stop := make(chan struct{})
-	defer close(stop)
-	// Replies are produced in order by one goroutine: a publish's reply
-	// waits for its outcome there, so the reader can go on queueing
-	// publishes (pipelining) while earlier ones are being stored. It is
-	// started on the first frame, so idle subscribers do not pay for it.
-	var replies chan func() []byte
-	ackerDone := make(chan struct{})
-	reply := func(f func() []byte) {
-		if replies == nil {
-			replies = make(chan func() []byte, 1024)
-			go func() {
-				defer close(ackerDone)
-				for r := range replies {
-					if b := r(); b != nil && !wc.send(b, stop) {
-						for range replies { // drain, so the reader never blocks
-						}
-						return
-					}
-				}
-			}()
+// Write takes what gorilla writes after the handshake (close frames on
+// protocol errors; pongs are answered by the session) into the session.
+func (c *wsNetConn) Write(p []byte) (int, error) {
+	if !c.upgraded.Load() {
+		return c.Conn.Write(p)
+	}
+	reason := errProtocol
+	if len(p) >= 4 && p[0]&0x0f == opClose && binary.BigEndian.Uint16(p[2:4]) == websocket.CloseMessageTooBig {
+		reason = errFrameTooBig
+	}
+	c.ss.closeWith(append([]byte(nil), p...), reason)
+	return len(p), nil
+}
+
+func (c *wsNetConn) SetWriteDeadline(t time.Time) error {
+	if !c.upgraded.Load() {
+		return c.Conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (c *wsNetConn) SetDeadline(t time.Time) error {
+	if !c.upgraded.Load() {
+		return c.Conn.SetDeadline(t)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// closeWith queues a close frame as the connection's last control frame
+// and ends it for reason.
+func (ss *session) closeWith(frame []byte, reason error) {
+	ss.mu.Lock()
+	if !ss.closeSent {
+		ss.closeSent = true
+		ss.control = append(ss.control, frame)
+		ss.controlN++
+	}
+	if ss.ending == nil {
+		ss.ending = reason
+	}
+	ss.mu.Unlock()
+	ss.signal()
+}
+
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions) error {
+	q := r.URL.Query()
+	ss := newSession(s, wsEncoder{raw: q.Get("data") == "raw"}, nil)
+	if v := q.Get("echo"); v != "" {
+		echo, err := strconv.ParseBool(v)
+		if err != nil {
+			return errorf(http.StatusBadRequest, CodeInvalidParameter, "echo must be true or false")
 		}
-		replies <- f
+		ss.echo.Store(echo)
 	}
+	var hdr http.Header
+	if initial != nil {
+		// Subscribed before the upgrade, so a refusal is a plain HTTP error.
+		began := time.Now()
+		start := broker.Cursor{}
+		for _, ch := range initial.Channels {
+			o := *initial
+			o.Channels = []string{ch}
+			o.Notify = ss.wake
+			sub, err := s.b.Subscribe(r.Context(), o)
+			if err != nil {
+				ss.closeSubs()
+				return err
+			}
+			ss.addSub(ch, sub)
+			for c, p := range sub.Start() {
+				start[c] = p
+			}
+		}
+		var since time.Time
+		if hasPattern(initial.Channels) {
+			since = began
+			if !initial.Since.IsZero() && initial.Since.Before(since) {
+				since = initial.Since
+			}
+		}
+		hdr = http.Header{"Pushctl-Cursor": {broker.FormatResume(start, since)}}
+	}
+	hj := &wsHijacker{ResponseWriter: w, ss: ss}
+	c, err := s.upgrader.Upgrade(hj, r, hdr)
+	if err != nil {
+		ss.closeSubs()
+		return nil // the upgrader already replied
+	}
+	hj.conn.upgraded.Store(true)
+	raw := hj.conn.Conn
+	ss.w = &connWriter{conn: raw, timeout: s.opts.WriteTimeout}
+	s.conns.Add(1)
+	defer s.conns.Done()
+	s.metrics.connections[tWebSocket].Add(1)
+	defer s.metrics.connections[tWebSocket].Add(-1)
+	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
+	ss.setIdentity(id)
+
+	readerDone := make(chan struct{})
+	loopDone := make(chan struct{})
+	rd := &wsReader{s: s, ss: ss, c: c, r: r, loopDone: loopDone}
+	go func() {
+		defer close(readerDone)
+		rd.loop()
+	}()
+	reason := ss.run(readerDone, s.opts.PingInterval, 0)
+	close(loopDone)
+	ss.finish(reason)
+	// Wait (briefly) for the peer's side of the closing handshake before
+	// the socket goes, so nothing in flight to it is reset away.
+	closeGently(raw, readerDone, time.Second)
+	<-readerDone
+	return nil
+}
+
+// wsReader reads client frames and executes them; replies go to the
+// session in order through one goroutine, so publishes can be pipelined.
+type wsReader struct {
+	s        *Server
+	ss       *session
+	c        *websocket.Conn
+	r        *http.Request
+	loopDone chan struct{}
+
+	replies chan reply
+	acker   chan struct{}
+}
+
+type reply struct {
+	n    uint64        // the publish it answers (0: none)
+	make func() []byte // the framed reply, computed in order
+}
+
+func (rd *wsReader) reply(n uint64, f func() []byte) {
+	if rd.replies == nil {
+		// Started on the first frame, so idle subscribers do not pay for it.
+		rd.replies = make(chan reply, 1024)
+		rd.acker = make(chan struct{})
+		go func() {
+			defer close(rd.acker)
+			for rp := range rd.replies {
+				b := rp.make()
+				if rp.n > 0 {
+					rd.ss.sendReply(b, rp.n, rd.loopDone)
+				} else if b != nil {
+					rd.ss.send(b, rd.loopDone)
+				}
+			}
+		}()
+	}
+	rd.replies <- reply{n, f}
+}
+
+func now(b []byte) func() []byte { return func() []byte { return b } }
+
+func (rd *wsReader) loop() {
+	s, ss, c := rd.s, rd.ss, rd.c
 	defer func() {
-		if replies != nil {
-			close(replies)
-			<-ackerDone
+		if rd.replies != nil {
+			close(rd.replies)
+			<-rd.acker
 		}
 	}()
 	wait := 2*s.opts.PingInterval + s.opts.WriteTimeout
-	wc.c.SetReadDeadline(time.Now().Add(wait))
-	wc.c.SetPongHandler(func(string) error { return wc.c.SetReadDeadline(time.Now().Add(wait)) })
+	extend := func() { c.SetReadDeadline(time.Now().Add(wait)) }
+	extend()
+	c.SetPingHandler(func(data string) error {
+		extend()
+		ss.setPong(wire.AppendWSFrame(nil, opPong, []byte(data)))
+		return nil
+	})
+	c.SetPongHandler(func(string) error { extend(); return nil })
+	c.SetCloseHandler(func(code int, _ string) error {
+		if code == websocket.CloseNoStatusReceived {
+			ss.closeWith(wire.AppendWSFrame(nil, opClose, nil), errPeerClosed)
+		} else {
+			ss.closeWith(closeFrame(code, ""), errPeerClosed)
+		}
+		return nil
+	})
 	for {
-		typ, data, err := wc.c.ReadMessage()
+		typ, data, err := c.ReadMessage()
 		if err != nil {
 			return
 		}
-		wc.c.SetReadDeadline(time.Now().Add(wait))
+		extend()
 		if typ != websocket.TextMessage {
-			f := errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md"))
-			reply(func() []byte { return f })
+			rd.reply(0, now(textFrame(wire.AppendError(nil, "", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md")))))
 			continue
 		}
-		if f := wc.handle(r, data); f != nil {
-			reply(f)
+		if !utf8.Valid(data) {
+			// RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection.
+			ss.closeWith(closeFrame(websocket.CloseInvalidFramePayloadData, "invalid UTF-8"), errInvalidUTF8)
+			return
 		}
+		rd.handle(data)
 	}
 }
 
-func errorFrame(ref string, err error) []byte {
-	e := asError(err)
-	f := []byte(`{"type":"error"`)
-	if ref != "" {
-		f = append(f, `,"ref":`...)
-		f = wire.AppendString(f, ref)
-	}
-	f = append(f, `,"code":`...)
-	f = wire.AppendString(f, e.Code)
-	f = append(f, `,"message":`...)
-	f = wire.AppendString(f, e.Message)
-	return append(f, '}')
+func errFrame(ref string, err error) []byte {
+	return textFrame(wire.AppendError(nil, ref, asError(err)))
 }
 
-// handle executes one client frame and returns what produces its reply
-// (nil: none, or one already queued together with subscriptions).
-func (wc *wsConn) handle(r *http.Request, data []byte) func() []byte {
-	now := func(b []byte) func() []byte {
-		if b == nil {
-			return nil
+// handle executes one client frame and queues its reply.
+func (rd *wsReader) handle(data []byte) {
+	s, ss := rd.s, rd.ss
+	f, err := wire.DecodeClientFrame(data)
+	if err != nil {
+		rd.reply(0, now(errFrame("", err)))
+		return
+	}
+	switch f.Type {
+	case wire.TypePublish:
+	case wire.TypeSubscribe:
+		if b := rd.subscribe(f); b != nil {
+			rd.reply(0, now(b))
 		}
-		return func() []byte { return b }
+		return
+	case wire.TypeAuth:
+		rd.reply(0, now(rd.auth(f)))
+		return
+	case wire.TypeUnsubscribe:
+		chans := f.Channels
+		if f.Channel != "" {
+			chans = append(chans, f.Channel)
+		}
+		for _, ch := range chans {
+			ss.removeSub(ch, nil)
+		}
+		rd.reply(0, now(textFrame(wire.AppendUnsubscribed(nil, f.Ref, chans, "", ""))))
+		return
+	case wire.TypePing:
+		rd.reply(0, now(textFrame(wire.AppendReply(nil, wire.TypePong, f.Ref))))
+		return
+	default:
+		rd.reply(0, now(errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame,
+			"unknown frame type %q: want subscribe, unsubscribe, publish, ping or auth", f.Type))))
+		return
 	}
-	var f ClientFrame
-	if err := json.Unmarshal(data, &f); err != nil {
-		return now(errorFrame("", errorf(http.StatusBadRequest, CodeInvalidJSON, "frame is not a JSON object: %v", err)))
+	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
+	m, err := pf.Message(s.opts.MaxMessageSize)
+	if err == nil {
+		err = s.allow(ss.identity(), auth.Publish, m.Channel)
 	}
-	if len(f.Ref) > 128 {
-		return now(errorFrame("", errorf(http.StatusBadRequest, CodeInvalidFrame, "ref longer than 128 bytes")))
+	if err == nil {
+		err = s.checkRate(nil, rd.r, ss.identity())
 	}
-	if f.Type != "publish" {
-		return now(wc.handleControl(r, &f))
-	}
-	pf := PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
-	m, err := pf.message(wc.s.opts.MaxMessageSize)
 	if err != nil {
-		return now(errorFrame(f.Ref, err))
+		rd.reply(0, now(errFrame(f.Ref, err)))
+		return
 	}
-	id := wc.identity()
-	if err := wc.s.allow(id, auth.Publish, m.Channel); err != nil {
-		return now(errorFrame(f.Ref, err))
-	}
-	if err := wc.s.checkRate(nil, r, id); err != nil {
-		return now(errorFrame(f.Ref, err))
-	}
-	wait, err := broker.StartPublish(r.Context(), wc.s.b, m)
+	ss.mu.Lock()
+	ss.published++
+	n := ss.published
+	ss.mu.Unlock()
+	m.Origin, m.OriginSeq = ss.id, n
+	wait, err := broker.StartPublish(context.Background(), s.b, m)
 	if err != nil {
-		return now(errorFrame(f.Ref, err))
+		rd.reply(n, now(errFrame(f.Ref, err)))
+		return
 	}
 	ref := f.Ref
-	return func() []byte {
-		m, n, err := wait()
+	rd.reply(n, func() []byte {
+		m, subs, err := wait()
 		if err != nil {
-			return errorFrame(ref, err)
+			return errFrame(ref, err)
 		}
-		return ackFrame(ref, m, n)
-	}
+		return textFrame(wire.AppendAck(nil, ref, m, subs))
+	})
 }
 
-func ackFrame(ref string, m *broker.Message, n int) []byte {
-	b := []byte(`{"type":"ack"`)
-	if ref != "" {
-		b = append(b, `,"ref":`...)
-		b = wire.AppendString(b, ref)
+// auth replaces the connection's token. What the connection may do from
+// now on is what the new token grants: subscriptions it does not cover end
+// with "forbidden", and the old token's expiry no longer applies.
+func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
+	s, ss := rd.s, rd.ss
+	id, err := s.auth.Authenticate(f.Token, remoteAddr(rd.r))
+	if err != nil {
+		s.limitHit("bad_token")
+		return errFrame(f.Ref, accessError(err))
 	}
-	b = append(b, `,"channel":`...)
-	b = wire.AppendString(b, m.Channel)
-	b = append(b, `,"id":`...)
-	b = wire.AppendString(b, m.ID())
-	b = append(b, `,"seq":`...)
-	b = appendUint(b, m.Seq)
-	b = append(b, `,"subscribers":`...)
-	b = appendUint(b, uint64(n))
-	return append(b, '}')
+	ss.setIdentity(id)
+	out := textFrame(wire.AppendReply(nil, wire.TypeAuthenticated, f.Ref))
+	ss.mu.Lock()
+	var revoked []string
+	for key := range ss.subs {
+		if s.auth.Allow(id, auth.Subscribe, key) != nil {
+			revoked = append(revoked, key)
+		}
+	}
+	ss.mu.Unlock()
+	for _, key := range revoked {
+		if ss.removeSub(key, nil) {
+			s.limitHit("denied")
+			e := accessError(auth.ErrForbidden)
+			out = append(out, textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, e.Code, "the new token does not grant subscribing to "+key))...)
+		}
+	}
+	return out
 }
 
-// handleControl executes a frame other than publish.
-func (wc *wsConn) handleControl(r *http.Request, f *ClientFrame) []byte {
-	switch f.Type {
-	case "auth":
-		id, err := wc.s.auth.Authenticate(f.Token, remoteAddr(r))
+// subscribe executes a subscribe frame. The reply is queued together with
+// the subscriptions, so it precedes their messages; nil means it is queued.
+func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
+	s, ss, r := rd.s, rd.ss, rd.r
+	chans := f.Channels
+	if f.Channel != "" {
+		chans = append(chans, f.Channel)
+	}
+	if len(chans) == 0 || len(chans) > broker.MaxChannelsPerList {
+		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidChannel, "subscribe names 1 to %d channels", broker.MaxChannelsPerList))
+	}
+	for _, ch := range chans {
+		if err := broker.ValidatePattern(ch); err != nil {
+			return errFrame(f.Ref, err)
+		}
+		if err := s.allow(ss.identity(), auth.Subscribe, ch); err != nil {
+			return errFrame(f.Ref, err)
+		}
+	}
+	if f.Last < 0 || f.Last > 1_000_000 {
+		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be from 0 to 1000000"))
+	}
+	o := broker.SubscribeOptions{Channels: chans, Last: f.Last, QueueSize: s.opts.QueueSize, Notify: ss.wake}
+	if f.Since != "" {
+		if err := parseSince(f.Since, &o, time.Now()); err != nil {
+			return errFrame(f.Ref, err)
+		}
+	}
+	if limit := s.channelsPerConn(); ss.subCount()+len(chans) > limit {
+		s.limitHit("channels_per_conn")
+		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d subscriptions on one connection", limit))
+	}
+	if f.Echo != nil {
+		ss.echo.Store(*f.Echo)
+	}
+	began := time.Now()
+	subs := make(map[string]*broker.Subscription, len(chans))
+	start := broker.Cursor{}
+	for _, ch := range chans {
+		oc := o
+		oc.Channels = []string{ch}
+		sub, err := s.b.Subscribe(r.Context(), oc)
 		if err != nil {
-			wc.s.limitHit("bad_token")
-			return errorFrame(f.Ref, accessError(err))
-		}
-		wc.setIdentity(id)
-		b := []byte(`{"type":"authenticated"`)
-		if f.Ref != "" {
-			b = append(b, `,"ref":`...)
-			b = wire.AppendString(b, f.Ref)
-		}
-		return append(b, '}')
-	case "subscribe":
-		chans := f.Channels
-		if f.Channel != "" {
-			chans = append(chans, f.Channel)
-		}
-		if len(chans) == 0 || len(chans) > broker.MaxChannelsPerList {
-			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidChannel, "subscribe names 1 to %d channels", broker.MaxChannelsPerList))
-		}
-		for _, ch := range chans {
-			if err := broker.ValidatePattern(ch); err != nil {
-				return errorFrame(f.Ref, err)
+			for _, s := range subs {
+				s.Close()
 			}
-			if err := wc.s.allow(wc.identity(), auth.Subscribe, ch); err != nil {
-				return errorFrame(f.Ref, err)
-			}
+			return errFrame(f.Ref, err)
 		}
-		o := broker.SubscribeOptions{Channels: chans, Last: f.Last, QueueSize: wc.s.opts.QueueSize}
-		if f.Last < 0 || f.Last > 1_000_000 {
-			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be from 0 to 1000000"))
+		subs[ch] = sub
+		for c, p := range sub.Start() {
+			start[c] = p
 		}
-		if f.Since != "" {
-			if err := parseSince(f.Since, &o, time.Now()); err != nil {
-				return errorFrame(f.Ref, err)
-			}
+	}
+	var since time.Time
+	if hasPattern(chans) {
+		// The one resume rule: positions for what exists, and the time from
+		// which channels that appear later are replayed.
+		since = began
+		if !o.Since.IsZero() && o.Since.Before(since) {
+			since = o.Since
 		}
-		wc.mu.Lock()
-		total := len(wc.subs)
-		wc.mu.Unlock()
-		if limit := wc.s.channelsPerConn(); total+len(chans) > limit {
-			wc.s.limitHit("channels_per_conn")
-			return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d subscriptions on one connection", limit))
+	}
+	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, broker.FormatResume(start, since)))
+	ss.mu.Lock()
+	if ss.ending != nil {
+		ss.mu.Unlock()
+		for _, sub := range subs {
+			sub.Close()
 		}
-		// The ack is queued with the subscriptions under one lock, so the
-		// writer sends it before any of their messages.
-		ack := []byte(`{"type":"subscribed"`)
-		if f.Ref != "" {
-			ack = append(ack, `,"ref":`...)
-			ack = wire.AppendString(ack, f.Ref)
-		}
-		ack = append(ack, `,"channels":`...)
-		cj, _ := json.Marshal(chans)
-		ack = append(ack, cj...)
-		ack = append(ack, '}')
-		subs := make(map[string]*broker.Subscription, len(chans))
-		for _, ch := range chans {
-			oc := o
-			oc.Channels = []string{ch}
-			oc.Notify = wc.wake
-			sub, err := wc.s.b.Subscribe(r.Context(), oc)
-			if err != nil {
-				for _, s := range subs {
-					s.Close()
-				}
-				return errorFrame(f.Ref, err)
-			}
-			subs[ch] = sub
-		}
-		wc.mu.Lock()
-		if wc.closed {
-			wc.mu.Unlock()
-			for _, sub := range subs {
-				sub.Close()
-			}
-			return nil
-		}
-		wc.outbox = append(wc.outbox, ack)
-		for ch, sub := range subs {
-			if old, ok := wc.subs[ch]; ok {
-				old.Close()
-			}
-			wc.subs[ch] = sub
-		}
-		wc.mu.Unlock()
-		wc.signal()
 		return nil
-	case "unsubscribe":
-		chans := f.Channels
-		if f.Channel != "" {
-			chans = append(chans, f.Channel)
-		}
-		wc.mu.Lock()
-		for _, ch := range chans {
-			if sub, ok := wc.subs[ch]; ok {
-				sub.Close()
-				delete(wc.subs, ch)
-			}
-		}
-		wc.mu.Unlock()
-		b := []byte(`{"type":"unsubscribed"`)
-		if f.Ref != "" {
-			b = append(b, `,"ref":`...)
-			b = wire.AppendString(b, f.Ref)
-		}
-		cj, _ := json.Marshal(chans)
-		b = append(b, `,"channels":`...)
-		b = append(b, cj...)
-		return append(b, '}')
-	case "ping":
-		b := []byte(`{"type":"pong"`)
-		if f.Ref != "" {
-			b = append(b, `,"ref":`...)
-			b = wire.AppendString(b, f.Ref)
-		}
-		return append(b, '}')
 	}
-	return errorFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame, "unknown frame type %q: want subscribe, unsubscribe, publish or ping", f.Type))
+	ss.control = append(ss.control, ack)
+	ss.controlN++
+	for ch, sub := range subs {
+		if old, ok := ss.subs[ch]; ok {
+			old.Close()
+		}
+		ss.subs[ch] = sub
+	}
+	ss.mu.Unlock()
+	ss.signal()
+	return nil
 }
 
 // channelsPerConn bounds subscriptions on one WebSocket (default 256).
@@ -602,18 +514,4 @@ func (s *Server) channelsPerConn() int {
 		return n
 	}
 	return 256
-}
-
-func appendUint(b []byte, v uint64) []byte {
-	if v == 0 {
-		return append(b, '0')
-	}
-	var tmp [20]byte
-	i := len(tmp)
-	for v > 0 {
-		i--
-		tmp[i] = byte('0' + v%10)
-		v /= 10
-	}
-	return append(b, tmp[i:]...)
 }

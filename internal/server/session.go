@@ -1,0 +1,474 @@
+package server
+
+import (
+	"errors"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/auth"
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Reasons a subscriber connection ends, besides broker errors. Each is
+// counted by its code (pushctl_disconnects_total).
+var (
+	errPeerGone     = errors.New("the subscriber went away")
+	errPeerClosed   = errors.New("the subscriber closed the connection")
+	errProtocol     = errors.New("protocol error")
+	errInvalidUTF8  = errors.New("text frame is not valid UTF-8")
+	errFrameTooBig  = errors.New("frame larger than the limit")
+	errExpiredLive  = &Error{Status: 401, Code: CodeTokenExpired, Message: "the token expired; reconnect with a new one and resume from the last id"}
+	errStalledError = &Error{Status: 503, Code: CodeStalled, Message: "the subscriber took nothing for the write timeout; resume from the last id"}
+)
+
+// reasonCode names why a connection ended, for metrics and close frames.
+func reasonCode(err error) string {
+	switch {
+	case err == nil:
+		return "completed"
+	case errors.Is(err, errStalled):
+		return CodeStalled
+	case errors.Is(err, errPeerGone), errors.Is(err, errPeerClosed):
+		return "client_closed"
+	case errors.Is(err, errInvalidUTF8), errors.Is(err, errProtocol):
+		return "protocol_error"
+	case errors.Is(err, errFrameTooBig):
+		return CodeTooLarge
+	}
+	if e := asError(err); e.Code != CodeInternal {
+		return e.Code
+	}
+	return "write_error"
+}
+
+// encoder is what a transport supplies to the subscribe loop: how events,
+// keepalives and the end look on its wire.
+type encoder interface {
+	transport() int
+	// start is written once, before anything else.
+	start(b *batch, ss *session)
+	message(b *batch, ss *session, m *broker.Message)
+	gap(b *batch, ss *session, g *broker.Gap)
+	// keepalive adds something harmless, if the format has such a thing.
+	keepalive(b *batch) bool
+	// dropped tells the client that one subscription ended while the
+	// connection goes on; false ends the connection instead.
+	dropped(b *batch, key string, err error) bool
+	// end returns the last bytes, saying why the connection ends (nil:
+	// nothing to say, or no way to say it).
+	end(ss *session, err error) []byte
+}
+
+var sessionIDs atomic.Uint64
+
+// session is one subscriber connection: its subscriptions, what its
+// reader queued for it, and the one loop every transport shares (drain →
+// encode → write → metrics → end). Only the loop writes.
+type session struct {
+	s    *Server
+	id   uint64
+	enc  encoder
+	w    *connWriter
+	wake chan struct{}
+	room chan struct{}
+	// trackCursor keeps cursor up to date with what was written.
+	trackCursor bool
+	// oneShot ends the loop after the first write (long-poll).
+	oneShot bool
+	// echo delivers the connection's own publishes back to it.
+	echo atomic.Bool
+
+	mu        sync.Mutex
+	subs      map[string]*broker.Subscription
+	control   [][]byte
+	controlN  int
+	pong      []byte // the latest ping's pong, not yet written
+	ending    error  // set to end the connection with this reason
+	closeSent bool   // a WebSocket close frame is queued or written
+	published uint64 // publishes started on this connection
+	acked     uint64 // of those, how many have their reply queued
+	ident     *auth.Identity
+	timer     *time.Timer
+
+	// Owned by the loop.
+	cursor broker.Cursor // resume position of what was written
+	since  time.Time     // when the subscription started, for new channels
+	held   map[*broker.Subscription][]broker.Event
+	b      batch
+	times  []time.Time
+	evbuf  []broker.Event
+	keys   []string
+	list   []*broker.Subscription
+}
+
+func newSession(s *Server, enc encoder, w *connWriter) *session {
+	ss := &session{
+		s:    s,
+		id:   sessionIDs.Add(1),
+		enc:  enc,
+		w:    w,
+		wake: make(chan struct{}, 1),
+		room: make(chan struct{}, 1),
+		subs: make(map[string]*broker.Subscription),
+	}
+	ss.echo.Store(true)
+	return ss
+}
+
+func (ss *session) signal() {
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
+// setIdentity installs id and arms the end of the connection at its
+// token's expiry (replacing any earlier token's).
+func (ss *session) setIdentity(id *auth.Identity) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.ident = id
+	if ss.timer != nil {
+		ss.timer.Stop()
+		ss.timer = nil
+	}
+	if id != nil && !id.Expires.IsZero() {
+		ss.timer = time.AfterFunc(time.Until(id.Expires), func() {
+			ss.s.limitHit("token_expired_live")
+			ss.end(errExpiredLive)
+		})
+	}
+}
+
+func (ss *session) identity() *auth.Identity {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.ident
+}
+
+// end asks the loop to end the connection with reason (the first reason wins).
+func (ss *session) end(reason error) {
+	ss.mu.Lock()
+	if ss.ending == nil {
+		ss.ending = reason
+	}
+	ss.mu.Unlock()
+	ss.signal()
+}
+
+// maxControl bounds control frames waiting for the loop; a peer that
+// sends requests without reading replies is slowed to what it reads.
+const maxControl = 1024
+
+// send queues a framed control frame, waiting while too many are queued.
+// It returns false once the connection is ending.
+func (ss *session) send(frame []byte, done <-chan struct{}) bool {
+	for {
+		ss.mu.Lock()
+		if ss.ending != nil {
+			ss.mu.Unlock()
+			return false
+		}
+		if ss.controlN < maxControl {
+			ss.control = append(ss.control, frame)
+			ss.controlN++
+			ss.mu.Unlock()
+			ss.signal()
+			return true
+		}
+		ss.mu.Unlock()
+		select {
+		case <-ss.room:
+		case <-done:
+			return false
+		}
+	}
+}
+
+// sendReply queues the reply to the n-th publish of this connection, after
+// which its own message may be delivered back to it.
+func (ss *session) sendReply(frame []byte, n uint64, done <-chan struct{}) bool {
+	ok := ss.send(frame, done)
+	ss.mu.Lock()
+	ss.acked = max(ss.acked, n)
+	ss.mu.Unlock()
+	ss.signal()
+	return ok
+}
+
+// setPong records the pong for the latest ping: a peer pinging faster than
+// it reads gets one pong for the latest, as RFC 6455 allows.
+func (ss *session) setPong(frame []byte) {
+	ss.mu.Lock()
+	ss.pong = frame
+	ss.mu.Unlock()
+	ss.signal()
+}
+
+// addSub registers sub under key, replacing (and closing) an older one.
+func (ss *session) addSub(key string, sub *broker.Subscription) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.ending != nil {
+		sub.Close()
+		return false
+	}
+	if old, ok := ss.subs[key]; ok {
+		old.Close()
+	}
+	ss.subs[key] = sub
+	return true
+}
+
+// removeSub closes the subscription under key if it is still sub (any, when
+// sub is nil) and reports whether it did.
+func (ss *session) removeSub(key string, sub *broker.Subscription) bool {
+	ss.mu.Lock()
+	cur, ok := ss.subs[key]
+	if ok && (sub == nil || cur == sub) {
+		delete(ss.subs, key)
+	}
+	ss.mu.Unlock()
+	if ok && (sub == nil || cur == sub) {
+		cur.Close()
+		return true
+	}
+	return false
+}
+
+func (ss *session) subCount() int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return len(ss.subs)
+}
+
+// closeSubs ends every subscription at once, so a connection that is
+// going away releases its queued messages before its last write.
+func (ss *session) closeSubs() {
+	ss.mu.Lock()
+	if ss.ending == nil {
+		ss.ending = errPeerGone
+	}
+	subs := ss.subs
+	ss.subs = map[string]*broker.Subscription{}
+	if ss.timer != nil {
+		ss.timer.Stop()
+	}
+	ss.mu.Unlock()
+	for _, sub := range subs {
+		sub.Close()
+	}
+	ss.held = nil
+}
+
+// startCursor seeds the resume cursor with where sub starts.
+func (ss *session) startCursor(sub *broker.Subscription, since time.Time, pattern bool) {
+	if !ss.trackCursor {
+		return
+	}
+	if ss.cursor == nil {
+		ss.cursor = broker.Cursor{}
+	}
+	for ch, p := range sub.Start() {
+		if _, ok := ss.cursor[ch]; !ok {
+			ss.cursor[ch] = p
+		}
+	}
+	if pattern && (ss.since.IsZero() || since.Before(ss.since)) {
+		ss.since = since
+	}
+}
+
+// resume is the cursor that resumes everything written so far.
+func (ss *session) resume() string { return broker.FormatResume(ss.cursor, ss.since) }
+
+func (ss *session) track(ch string, p broker.Position) {
+	if !ss.trackCursor {
+		return
+	}
+	if _, ok := ss.cursor[ch]; !ok && len(ss.cursor) >= broker.MaxCursorEntries {
+		// Beyond the bound the oldest-named channel falls back to the
+		// cursor's time.
+		names := make([]string, 0, len(ss.cursor))
+		for n := range ss.cursor {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		delete(ss.cursor, names[0])
+	}
+	ss.cursor[ch] = p
+}
+
+// run is the subscribe loop. It returns why the connection ends: nil for
+// a long-poll that answered, otherwise the reason. done is closed when the
+// peer is gone; keepalive (0: none) paces keepalives; wait (0: forever)
+// bounds a long-poll.
+func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) error {
+	var tick, timeout <-chan time.Time
+	if keepalive > 0 {
+		t := time.NewTicker(keepalive)
+		defer t.Stop()
+		tick = t.C
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	defer ss.b.release()
+	ss.enc.start(&ss.b, ss)
+	for {
+		ss.mu.Lock()
+		ctl := ss.control
+		ss.control, ss.controlN = nil, 0
+		pong := ss.pong
+		ss.pong = nil
+		ending, acked := ss.ending, ss.acked
+		ss.keys, ss.list = ss.keys[:0], ss.list[:0]
+		for k, sub := range ss.subs {
+			ss.keys = append(ss.keys, k)
+			ss.list = append(ss.list, sub)
+		}
+		ss.mu.Unlock()
+		if ctl != nil {
+			select {
+			case ss.room <- struct{}{}:
+			default:
+			}
+		}
+		ss.b.add(pong)
+		for _, f := range ctl {
+			ss.b.add(f)
+		}
+		if ending != nil {
+			if err := ss.flush(); err != nil {
+				return err
+			}
+			return ending
+		}
+		for i, sub := range ss.list {
+			if err := ss.drain(ss.keys[i], sub, acked); err != nil {
+				ss.flush()
+				return err
+			}
+		}
+		if ss.b.n > 0 {
+			if err := ss.flush(); err != nil {
+				return err
+			}
+			if ss.oneShot {
+				return nil
+			}
+			continue
+		}
+		ss.b.release() // idle: hold no buffer
+		select {
+		case <-ss.wake:
+		case <-tick:
+			ss.enc.keepalive(&ss.b)
+		case <-timeout:
+			return nil
+		case <-done:
+			return errPeerGone
+		case <-ss.s.stopping:
+			return broker.ErrClosed
+		}
+	}
+}
+
+// drain encodes what sub has queued. It returns an error when the
+// connection must end.
+func (ss *session) drain(key string, sub *broker.Subscription, acked uint64) error {
+	evs, held := ss.held[sub]
+	var err error
+	if held {
+		delete(ss.held, sub)
+	} else {
+		evs, err = sub.TryNext(ss.evbuf)
+	}
+	for j, e := range evs {
+		if m := e.Msg; m != nil && m.Origin == ss.id {
+			if !ss.echo.Load() {
+				continue
+			}
+			if m.OriginSeq > acked {
+				// Its ack is not out yet: hold the rest of this channel
+				// back so the ack comes first.
+				if ss.held == nil {
+					ss.held = map[*broker.Subscription][]broker.Event{}
+				}
+				ss.held[sub] = evs[j:]
+				return nil
+			}
+		}
+		if e.Gap != nil {
+			ss.track(e.Gap.Channel, e.Gap.To)
+			ss.enc.gap(&ss.b, ss, e.Gap)
+			continue
+		}
+		ss.track(e.Msg.Channel, e.Msg.Position())
+		ss.enc.message(&ss.b, ss, e.Msg)
+		ss.times = append(ss.times, e.Msg.Time)
+	}
+	if len(evs) > 0 {
+		clear(evs) // drop references for the garbage collector
+		ss.evbuf = evs[:0]
+		return nil
+	}
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, broker.ErrSlowConsumer) || errors.Is(err, broker.ErrClosed) {
+		return err
+	}
+	if ss.enc.dropped(&ss.b, key, err) {
+		ss.removeSub(key, sub)
+		return nil
+	}
+	return err
+}
+
+// flush writes the open batch and records the deliveries.
+func (ss *session) flush() error {
+	if ss.b.n == 0 {
+		return nil
+	}
+	err := ss.w.write(ss.b.bufs)
+	ss.b.reset()
+	if err == nil && len(ss.times) > 0 {
+		ss.s.metrics.delivered(ss.enc.transport(), ss.times, time.Now())
+	}
+	clear(ss.times)
+	ss.times = ss.times[:0]
+	return err
+}
+
+// finish ends the connection for reason: subscriptions are released
+// first, the reason is counted, and the transport's last words are
+// written (after a stall, within a grace period).
+func (ss *session) finish(reason error) {
+	ss.closeSubs()
+	if reason != nil {
+		ss.s.metrics.disconnected(ss.enc.transport(), reasonCode(reason))
+	}
+	if errors.Is(reason, errStalled) {
+		ss.s.log.Debug("subscriber stalled", "transport", transportNames[ss.enc.transport()])
+	}
+	switch {
+	case errors.Is(reason, errPeerGone):
+		return
+	case reason != nil && !errors.Is(reason, errStalled) && isWriteError(reason):
+		return
+	}
+	ss.w.finish(ss.enc.end(ss, reason), ss.s.opts.CloseGrace)
+}
+
+// isWriteError reports whether err came from writing to the peer (the
+// connection is broken, nothing more can be said on it).
+func isWriteError(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne)
+}
