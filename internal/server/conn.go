@@ -59,7 +59,9 @@ func (w *connWriter) write(bufs net.Buffers) error {
 			if n > 0 {
 				continue // a slow reader is not a stalled one
 			}
-			w.rest = bufs
+			// Keep our own copy of the slice headers: the caller reuses
+			// its batch (the bytes it points at are left alone).
+			w.rest = append(net.Buffers(nil), bufs...)
 			return errStalled
 		}
 		return err
@@ -202,6 +204,14 @@ func (b *batch) add(p []byte) {
 
 // reset empties the batch after it was written; release also gives the
 // arena back (when the connection goes idle).
+
+// disown forgets the arena without pooling it: a stalled write still
+// points into it.
+func (b *batch) disown() {
+	b.arena = nil
+	b.reset()
+}
+
 func (b *batch) reset() {
 	clear(b.bufs)
 	b.bufs = b.bufs[:0]

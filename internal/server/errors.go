@@ -51,6 +51,8 @@ func asError(err error) *Error {
 	switch {
 	case errors.As(err, &e):
 		return e
+	case errors.Is(err, errStalled):
+		return errStalledError
 	case errors.Is(err, broker.ErrInvalidChannel):
 		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidChannel, Message: err.Error()}
 	case errors.Is(err, broker.ErrInvalidPosition):

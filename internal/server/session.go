@@ -437,7 +437,11 @@ func (ss *session) flush() error {
 		return nil
 	}
 	err := ss.w.write(ss.b.bufs)
-	ss.b.reset()
+	if ss.w.stalled() {
+		ss.b.disown()
+	} else {
+		ss.b.reset()
+	}
 	if err == nil && len(ss.times) > 0 {
 		ss.s.metrics.delivered(ss.enc.transport(), ss.times, time.Now())
 	}
