@@ -577,4 +577,3 @@ func TestOwnPublishesAckFirstOrNotAtAll(t *testing.T) {
 		t.Fatalf("with echo off got %v, want only the other publisher's message", f)
 	}
 }
-
