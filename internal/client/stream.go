@@ -2,17 +2,15 @@ package client
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
-	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Stream publishes many messages over one WebSocket connection, in order,
@@ -59,17 +57,6 @@ func (c *Client) OpenStream(ctx context.Context, onAck func(Ack)) (*Stream, erro
 	return s, nil
 }
 
-type serverFrame struct {
-	Type        string `json:"type"`
-	Ref         string `json:"ref"`
-	Channel     string `json:"channel"`
-	ID          string `json:"id"`
-	Seq         uint64 `json:"seq"`
-	Subscribers int    `json:"subscribers"`
-	Code        string `json:"code"`
-	Message     string `json:"message"`
-}
-
 func (s *Stream) readAcks() {
 	defer close(s.done)
 	for {
@@ -82,12 +69,12 @@ func (s *Stream) readAcks() {
 			s.mu.Unlock()
 			return // closing done frees blocked senders
 		}
-		var f serverFrame
-		if json.Unmarshal(data, &f) != nil {
+		f, err := wire.DecodeEnvelope(data)
+		if err != nil {
 			continue
 		}
 		switch f.Type {
-		case "ack":
+		case wire.TypeAck:
 			line, _ := strconv.Atoi(f.Ref)
 			s.mu.Lock()
 			s.acked++
@@ -96,11 +83,11 @@ func (s *Stream) readAcks() {
 				s.onAck(Ack{Line: line, ID: f.ID, Channel: f.Channel, Seq: f.Seq, Subscribers: f.Subscribers})
 			}
 			<-s.window
-		case "error":
+		case wire.TypeError:
 			s.mu.Lock()
 			s.failed++
 			if s.firstErr == nil {
-				s.firstErr = fmt.Errorf("message %s: %w", f.Ref, &APIError{Status: 400, Code: f.Code, Message: f.Message})
+				s.firstErr = fmt.Errorf("message %s: %w", f.Ref, &APIError{Status: 400, Code: f.Code, Message: f.Reason})
 			}
 			s.mu.Unlock()
 			if f.Ref != "" {
@@ -124,21 +111,7 @@ func (s *Stream) Publish(ctx context.Context, channel, event string, data []byte
 	s.sent++
 	ref := strconv.Itoa(s.sent)
 	s.mu.Unlock()
-	frame := map[string]any{"type": "publish", "ref": ref, "channel": channel}
-	if event != "" {
-		frame["event"] = event
-	}
-	kind, _ := broker.ClassifyData("", data)
-	switch {
-	case kind == broker.KindJSON:
-		frame["data"] = json.RawMessage(data)
-	case utf8.Valid(data):
-		frame["data"] = string(data)
-	default:
-		frame["data"] = base64.StdEncoding.EncodeToString(data)
-		frame["encoding"] = "base64"
-	}
-	b, err := json.Marshal(frame)
+	b, err := json.Marshal(wire.NewPublishFrame(ref, channel, event, data))
 	if err != nil {
 		return err
 	}

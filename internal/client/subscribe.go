@@ -101,29 +101,27 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 	if status == nil {
 		status = func(Status) {}
 	}
+	// The one resume rule: a position per channel seen, and the time (on
+	// the broker's clock) from which channels not seen yet are replayed.
 	cursor := broker.Cursor{}
-	sinceTime := "" // when the first connection started, on the broker's clock
+	var since time.Time
 	attempt := 0
 	backoff := 100 * time.Millisecond
 	for {
 		q := url.Values{"format": {"ndjson"}}
 		switch {
-		case len(cursor) > 0:
-			q.Set("since", cursor.String())
+		case len(cursor) > 0 || !since.IsZero():
+			q.Set("since", broker.FormatResume(cursor, since))
 		case o.Since != "":
 			q.Set("since", o.Since)
 		}
 		if o.Last > 0 && len(cursor) == 0 {
 			q.Set("last", strconv.Itoa(o.Last))
 		}
-		if sinceTime != "" {
-			// Channels of a pattern that appeared while we were away.
-			q.Set("since_time", sinceTime)
-		}
 		if attempt == 0 {
 			status(Status{State: StateConnecting})
 		}
-		delivered, err := c.subscribeOnce(ctx, o, q, cursor, &sinceTime, status, attempt, fn)
+		delivered, err := c.subscribeOnce(ctx, o, q, cursor, &since, status, attempt, fn)
 		if errors.Is(err, ErrStop) {
 			return nil
 		}
@@ -161,7 +159,7 @@ func (e *callbackError) Error() string { return e.err.Error() }
 
 // subscribeOnce runs one connection. It reports whether any event was
 // delivered, and keeps cursor up to date.
-func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, sinceTime *string, status func(Status), attempt int, fn func(Event) error) (bool, error) {
+func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, since *time.Time, status func(Status), attempt int, fn func(Event) error) (bool, error) {
 	// Channel names go into Path as they are; URL.String escapes them.
 	paths := o.Channels
 	cctx, cancel := context.WithCancel(ctx)
@@ -176,15 +174,15 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 		return false, err
 	}
 	defer resp.Body.Close()
-	if t := resp.Header.Get("Pushctl-Time"); *sinceTime == "" && t != "" {
-		*sinceTime = t
-	}
 	if start := resp.Header.Get("Pushctl-Cursor"); start != "" {
-		if sc, err := broker.ParseCursor(start, o.Channels); err == nil {
+		if sc, t, err := broker.ParseResume(start, o.Channels); err == nil {
 			for ch, p := range sc {
 				if _, ok := cursor[ch]; !ok {
 					cursor[ch] = p
 				}
+			}
+			if since.IsZero() || !t.IsZero() && t.Before(*since) {
+				*since = t
 			}
 		}
 	}

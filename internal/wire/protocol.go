@@ -169,6 +169,23 @@ type PublishFrame struct {
 	Encoding string          `json:"encoding,omitempty"`
 }
 
+// NewPublishFrame builds the frame that publishes data by the data-kind
+// rule: JSON stays JSON, UTF-8 text is a string, anything else is base64.
+func NewPublishFrame(ref, channel, event string, data []byte) *PublishFrame {
+	f := &PublishFrame{Type: TypePublish, Ref: ref, Channel: channel, Event: event}
+	kind, _ := broker.ClassifyData("", data)
+	switch {
+	case kind == broker.KindJSON:
+		f.Data = bytes.Clone(data)
+	case utf8.Valid(data):
+		f.Data = AppendString(nil, string(data))
+	default:
+		f.Data = AppendString(nil, base64.StdEncoding.EncodeToString(data))
+		f.Encoding = "base64"
+	}
+	return f
+}
+
 // DecodePublishFrame parses one NDJSON publish line.
 func DecodePublishFrame(data []byte) (*PublishFrame, error) {
 	var f PublishFrame

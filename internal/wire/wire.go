@@ -210,6 +210,7 @@ func sanitizeLine(s string) string {
 // gaps, and the WebSocket protocol's acks and errors.
 type Envelope struct {
 	Type     string          `json:"type"`
+	Ref      string          `json:"ref,omitempty"`
 	Channel  string          `json:"channel,omitempty"`
 	ID       string          `json:"id,omitempty"`
 	Seq      uint64          `json:"seq,omitempty"`
@@ -219,6 +220,12 @@ type Envelope struct {
 	Time     time.Time       `json:"time,omitzero"`
 	From     string          `json:"from,omitempty"`
 	To       string          `json:"to,omitempty"`
+	// Acks, errors and subscription replies.
+	Subscribers int      `json:"subscribers,omitempty"`
+	Code        string   `json:"code,omitempty"`
+	Reason      string   `json:"message,omitempty"` // an error's message
+	Channels    []string `json:"channels,omitempty"`
+	Cursor      string   `json:"cursor,omitempty"`
 }
 
 // Bytes returns the message data as published: strings unquoted, base64
