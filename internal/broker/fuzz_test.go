@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -65,6 +66,44 @@ func FuzzParseCursor(f *testing.F) {
 			}
 			if q, err := ParsePosition(p.String()); err != nil || q != p {
 				t.Fatalf("position %v round trip: %v %v", p, q, err)
+			}
+		}
+	})
+}
+
+// FuzzParseResume: whatever ParseResume accepts formats back to the same
+// cursor and time, names only valid channels, and stays within bounds.
+func FuzzParseResume(f *testing.F) {
+	for _, s := range []string{
+		"news=abc-1,*=2026-11-24T19:54:40.123456789Z", "*=2026-11-24T19:54:40Z", "*=x", "*=2026-11-24T19:54:40Z,*=2026-11-24T19:54:40Z",
+		"a=k-1,b=k-2", "abc-7", "*=1", "a.>=k-1", "=k-1", "a=k-1,", ",", "a=k-1,*=2026-13-40T99:99:99Z",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, chans := range [][]string{{"news"}, {"news.>"}} {
+			c, since, err := ParseResume(s, chans)
+			if err != nil {
+				if !errors.Is(err, ErrInvalidPosition) && !errors.Is(err, ErrInvalidChannel) {
+					t.Fatalf("%q: error %v wraps neither ErrInvalidPosition nor ErrInvalidChannel", s, err)
+				}
+				continue
+			}
+			if len(c) > MaxCursorEntries {
+				t.Fatalf("%q: %d entries kept", s, len(c))
+			}
+			out := FormatResume(c, since)
+			c2, since2, err := ParseResume(out, chans)
+			if len(c) == 0 && since.IsZero() {
+				continue // nothing to format
+			}
+			if err != nil || !since2.Equal(since) || FormatResume(c2, since2) != out {
+				t.Fatalf("%q -> %q -> %v %v: round trip broke (%v)", s, out, c2, since2, err)
+			}
+			for name := range c {
+				if ValidateChannel(name) != nil {
+					t.Fatalf("cursor kept invalid channel %q", name)
+				}
 			}
 		}
 	})

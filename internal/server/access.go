@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -67,17 +66,9 @@ func tokenOf(r *http.Request) string {
 	return r.URL.Query().Get("token")
 }
 
-func remoteAddr(r *http.Request) net.Addr {
-	ap, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
-	if err != nil {
-		return nil
-	}
-	return ap
-}
-
 // identity authenticates the request. Errors are access errors.
 func (s *Server) identity(r *http.Request) (*auth.Identity, error) {
-	id, err := s.auth.Authenticate(tokenOf(r), remoteAddr(r))
+	id, err := s.auth.Authenticate(tokenOf(r), s.remoteAddr(r))
 	if err != nil {
 		s.limitHit("bad_token")
 		return nil, accessError(err)
@@ -154,8 +145,7 @@ func (s *Server) checkRate(w http.ResponseWriter, r *http.Request, id *auth.Iden
 	}
 	key := id.Key()
 	if key == "" {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		key = "ip:" + host
+		key = "ip:" + s.clientKey(r)
 	}
 	ok, wait := s.rate.take(key, time.Now())
 	if ok {
@@ -175,7 +165,7 @@ func (s *Server) connSlot(r *http.Request) (release func(), err error) {
 	if s.opts.Limits.ConnsPerIP <= 0 {
 		return func() {}, nil
 	}
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	host := s.clientKey(r)
 	s.connMu.Lock()
 	defer s.connMu.Unlock()
 	if s.connsPerIP[host] >= s.opts.Limits.ConnsPerIP {

@@ -252,3 +252,46 @@ func TestRateAndConnectionLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustedProxies: behind a reverse proxy on the same host, the
+// client's address comes from Forwarded/X-Forwarded-For, but only when the
+// peer is a listed proxy, and a client cannot smuggle a trusted address in.
+func TestTrustedProxies(t *testing.T) {
+	trusted := mustPrefixes("10.0.0.5/32")
+	az := auth.New(auth.Config{Secret: secret, TrustedPublishers: trusted})
+	e := newEnv(t, broker.MemoryOptions{}, server.Options{Auth: az, TrustedProxies: mustPrefixes("127.0.0.1/32")})
+	bare := newEnv(t, broker.MemoryOptions{}, server.Options{Auth: az})
+	for _, tc := range []struct {
+		env    *env
+		hdr    []string
+		status int
+	}{
+		{e, nil, 401}, // the proxy itself is not a trusted publisher
+		{e, []string{"X-Forwarded-For", "10.0.0.5"}, 200},
+		{e, []string{"X-Forwarded-For", "10.0.0.6"}, 401},
+		{e, []string{"Forwarded", `for="10.0.0.5:4711";proto=http`}, 200},
+		{e, []string{"Forwarded", `for="[2001:db8::1]"`}, 401},
+		{e, []string{"X-Forwarded-For", "10.0.0.5, 10.0.0.9"}, 401}, // the client wrote the first hop itself
+		{e, []string{"X-Forwarded-For", "10.0.0.9, 10.0.0.5, 127.0.0.1"}, 200},
+		{e, []string{"X-Forwarded-For", "not-an-ip, 10.0.0.5"}, 200},
+		{e, []string{"X-Forwarded-For", "10.0.0.5, not-an-ip"}, 401},
+		{e, []string{"Forwarded", "proto=http"}, 401},
+		{bare, []string{"X-Forwarded-For", "10.0.0.5"}, 401}, // headers from a peer that is no proxy are ignored
+	} {
+		resp, body := tc.env.do("POST", "/pub/prox", strings.NewReader("x"), tc.hdr...)
+		if resp.StatusCode != tc.status {
+			t.Errorf("%v: %d %s, want %d", tc.hdr, resp.StatusCode, body, tc.status)
+		}
+	}
+
+	// Per-address connection limits count the forwarded client.
+	lim := newEnv(t, broker.MemoryOptions{}, server.Options{TrustedProxies: mustPrefixes("127.0.0.1/32"), Limits: server.Limits{ConnsPerIP: 1}})
+	lim.stream("/sub/c?format=ndjson", "X-Forwarded-For", "192.0.2.1")
+	lim.waitSubs("c", 1)
+	lim.stream("/sub/c?format=ndjson", "X-Forwarded-For", "192.0.2.2")
+	lim.waitSubs("c", 2)
+	resp, body := lim.do("GET", "/sub/c?format=ndjson", nil, "X-Forwarded-For", "192.0.2.1")
+	if resp.StatusCode != 429 {
+		t.Errorf("second stream from 192.0.2.1: %d %s, want 429", resp.StatusCode, body)
+	}
+}

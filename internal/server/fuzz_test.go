@@ -3,10 +3,13 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http/httptest"
+	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -130,6 +133,82 @@ func FuzzNDJSONPublish(f *testing.F) {
 		got := bytes.Count(rec.Body.Bytes(), []byte("\n"))
 		if got != want {
 			t.Fatalf("%d replies for %d lines:\n%s", got, want, rec.Body.Bytes())
+		}
+	})
+}
+
+// FuzzResumeParameters: since, since_time, last and Last-Event-ID (the
+// long-poll cursor is since) either give a clear 4xx error or a position
+// the broker subscribes from without an internal error.
+func FuzzResumeParameters(f *testing.F) {
+	f.Add("all", "", "", "", false)
+	f.Add("news=k-1,*=2026-11-24T19:54:40Z", "", "", "", true)
+	f.Add("", "2026-11-24T19:54:40Z", "5", "k-3", false)
+	f.Add("5m", "x", "-1", "", true)
+	f.Add("k-99999999999999999999", "", "1000001", "=,=", false)
+	b := broker.NewMemory(broker.MemoryOptions{HistorySize: 10})
+	f.Cleanup(func() { b.Close() })
+	for i := 0; i < 3; i++ {
+		b.Publish(context.Background(), &broker.Message{Channel: "news", Data: []byte("x")})
+	}
+	f.Fuzz(func(t *testing.T, since, sinceTime, last, lastEventID string, pattern bool) {
+		q := url.Values{}
+		for k, v := range map[string]string{"since": since, "since_time": sinceTime, "last": last} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		r := httptest.NewRequest("GET", "/sub/x?"+q.Encode(), nil)
+		if lastEventID != "" {
+			r.Header.Set("Last-Event-ID", lastEventID)
+		}
+		chans := []string{"news"}
+		if pattern {
+			chans = []string{"news.>"}
+		}
+		opts := broker.SubscribeOptions{Channels: chans}
+		if err := parseResume(r, &opts); err != nil {
+			if e := asError(err); e.Status != 400 {
+				t.Fatalf("%v: %v (status %d)", q, err, e.Status)
+			}
+			return
+		}
+		sub, err := b.Subscribe(context.Background(), opts)
+		if err != nil {
+			if e := asError(err); e.Status != 400 {
+				t.Fatalf("subscribe %+v: %v (status %d)", opts, err, e.Status)
+			}
+			return
+		}
+		sub.Close()
+	})
+}
+
+// FuzzForwarded: any Forwarded/X-Forwarded-For from a trusted proxy gives
+// either no address or one the headers (or the peer) named.
+func FuzzForwarded(f *testing.F) {
+	f.Add(`for="[2001:db8::1]:80";proto=https, for=10.0.0.1`, "")
+	f.Add("", "10.0.0.1, 10.0.0.2,127.0.0.1")
+	f.Add("for=unknown", "::ffff:10.0.0.1")
+	s := New(broker.NewMemory(broker.MemoryOptions{}), Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	f.Fuzz(func(t *testing.T, fwd, xff string) {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = "127.0.0.1:5000"
+		if fwd != "" {
+			r.Header.Set("Forwarded", fwd)
+		}
+		if xff != "" {
+			r.Header.Set("X-Forwarded-For", xff)
+		}
+		ip := s.clientIP(r)
+		if !ip.IsValid() {
+			return
+		}
+		if !strings.Contains(fwd+xff, ip.String()) && !strings.Contains(fwd+xff, ip.StringExpanded()) && ip.String() != "127.0.0.1" {
+			// An IPv4-mapped or differently spelled address still names it.
+			if p := parseHop(ip.String()); p != ip {
+				t.Fatalf("client %v from Forwarded %q X-Forwarded-For %q", ip, fwd, xff)
+			}
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,10 @@ type Options struct {
 	// AllowedOrigins are the browser origins allowed for WebSocket and
 	// CORS ("*" or empty: any; tokens, not cookies, carry authority).
 	AllowedOrigins []string
+	// TrustedProxies are the reverse proxies (nginx on the same host, a
+	// load balancer) whose Forwarded / X-Forwarded-For headers say who the
+	// client is; from anyone else those headers are ignored.
+	TrustedProxies []netip.Prefix
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
 }

@@ -399,7 +399,7 @@ func (rd *wsReader) handle(data []byte) {
 // with "forbidden", and the old token's expiry no longer applies.
 func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
 	s, ss := rd.s, rd.ss
-	id, err := s.auth.Authenticate(f.Token, remoteAddr(rd.r))
+	id, err := s.auth.Authenticate(f.Token, s.remoteAddr(rd.r))
 	if err != nil {
 		s.limitHit("bad_token")
 		return errFrame(f.Ref, accessError(err))

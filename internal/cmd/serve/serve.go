@@ -45,6 +45,7 @@ type Options struct {
 	TokenSecret       string
 	TokenPublicKey    string
 	TrustedPublishers []string
+	TrustedProxies    []string
 	InsecureNoAuth    bool
 	AllowedOrigins    []string
 	MaxConnsPerIP     int
@@ -137,6 +138,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringVar(&opts.TokenPublicKey, "token-public-key", "", "PEM public key verifying tokens signed by an issuer (Ed25519, ECDSA, RSA); enables access control")
 	fl.StringSliceVar(&opts.TrustedPublishers, "trusted-publishers", nil, "addresses or CIDRs that may publish without a token (e.g. 10.0.0.5,127.0.0.1/32)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "allow listening beyond loopback with no access control at all")
+	fl.StringSliceVar(&opts.TrustedProxies, "trusted-proxies", nil, "reverse proxies (addresses or CIDRs) whose Forwarded/X-Forwarded-For headers name the client, for --trusted-publishers and per-address limits behind nginx")
 	fl.StringSliceVar(&opts.AllowedOrigins, "allowed-origins", []string{"*"}, "browser origins allowed for WebSocket and CORS")
 	fl.IntVar(&opts.MaxConnsPerIP, "max-conns-per-ip", 1000, "subscriber connections per client address (0: no limit)")
 	fl.IntVar(&opts.MaxChannels, "max-channels-per-conn", 256, "subscriptions on one WebSocket")
@@ -254,6 +256,9 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	sopts.Auth = az
 	sopts.AllowedOrigins = o.AllowedOrigins
+	if sopts.TrustedProxies, err = prefixes("--trusted-proxies", o.TrustedProxies); err != nil {
+		return err
+	}
 	sopts.TLSCert, sopts.TLSKey = o.TLSCert, o.TLSKey
 	sopts.Limits = server.Limits{ConnsPerIP: o.MaxConnsPerIP, ChannelsPerConn: o.MaxChannels,
 		PublishRate: o.PublishRate, PublishBurst: o.PublishBurst, ReadTimeout: o.ReadTimeout}
@@ -371,7 +376,17 @@ func authorizer(o *Options) (*auth.Authorizer, error) {
 		}
 		cfg.PublicKey = k
 	}
-	for _, t := range o.TrustedPublishers {
+	var err error
+	if cfg.TrustedPublishers, err = prefixes("--trusted-publishers", o.TrustedPublishers); err != nil {
+		return nil, err
+	}
+	return auth.New(cfg), nil
+}
+
+// prefixes parses addresses and CIDRs (an address alone is one host).
+func prefixes(flag string, list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, t := range list {
 		if !strings.Contains(t, "/") {
 			if strings.Contains(t, ":") {
 				t += "/128"
@@ -381,9 +396,9 @@ func authorizer(o *Options) (*auth.Authorizer, error) {
 		}
 		p, err := netip.ParsePrefix(t)
 		if err != nil {
-			return nil, cmdutil.FlagErrorf("--trusted-publishers %q: want an address or CIDR", t)
+			return nil, cmdutil.FlagErrorf("%s %q: want an address or CIDR", flag, t)
 		}
-		cfg.TrustedPublishers = append(cfg.TrustedPublishers, p.Masked())
+		out = append(out, p.Masked())
 	}
-	return auth.New(cfg), nil
+	return out, nil
 }
