@@ -577,3 +577,37 @@ func TestOwnPublishesAckFirstOrNotAtAll(t *testing.T) {
 		t.Fatalf("with echo off got %v, want only the other publisher's message", f)
 	}
 }
+
+// TestSSEPatternResumeWithLastEventID: a browser's EventSource resumes a
+// pattern subscription with only Last-Event-ID; the id carries the time
+// from which channels it has not seen are replayed.
+func TestSSEPatternResumeWithLastEventID(t *testing.T) {
+	e := newEnv(t, broker.MemoryOptions{}, server.Options{})
+	resp, r := e.stream("/sub/room.*", "Accept", "text/event-stream")
+	if _, s, err := broker.ParseResume(resp.Header.Get("Pushctl-Cursor"), []string{"room.*"}); err != nil || s.IsZero() {
+		t.Fatalf("Pushctl-Cursor %q: %v", resp.Header.Get("Pushctl-Cursor"), err)
+	}
+	e.waitSubs("room.a", 1)
+	e.publish("room.a", "a1")
+	ev := readSSE(t, r)
+	for ev["id"] == "" {
+		ev = readSSE(t, r)
+	}
+	resp.Body.Close()
+	e.publish("room.b", "b1") // a new channel while away
+	e.publish("room.a", "a2")
+	_, r2 := e.stream("/sub/room.*", "Accept", "text/event-stream", "Last-Event-ID", ev["id"])
+	var got []string
+	for len(got) < 2 {
+		ev := readSSE(t, r2)
+		if ev["data"] == "" {
+			continue
+		}
+		var m struct{ Channel, Data string }
+		json.Unmarshal([]byte(ev["data"]), &m)
+		got = append(got, m.Channel+"="+m.Data)
+	}
+	if strings.Join(got, " ") != "room.b=b1 room.a=a2" {
+		t.Fatalf("resumed with %v", got)
+	}
+}

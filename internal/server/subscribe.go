@@ -167,6 +167,11 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 		}
 		h.Set("Pushctl-Cursor", broker.FormatResume(start, ps))
 	}
+	if r.Method == http.MethodHead {
+		ss.closeSubs() // the headers say where a stream would start
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
 	cw, done, err := s.openStream(w, r)
 	if err != nil {
 		ss.closeSubs()
@@ -191,11 +196,11 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 // openStream starts a streaming response with the headers set on w. On
 // HTTP/1.x the connection is hijacked so that the subscribe loop's writer
 // owns it (and knows what a stalled write left unwritten); HTTP/2 streams
-// and HEAD requests go through w. done is closed when the peer goes away.
+// go through w. done is closed when the peer goes away.
 func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (*connWriter, <-chan struct{}, error) {
 	rc := http.NewResponseController(w)
 	cw := &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}
-	if r.ProtoMajor == 1 && r.Method != http.MethodHead {
+	if r.ProtoMajor == 1 {
 		conn, brw, err := rc.Hijack()
 		if err == nil {
 			conn.SetDeadline(time.Time{})
