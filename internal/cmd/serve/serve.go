@@ -32,6 +32,7 @@ type Options struct {
 	QueueSize      int
 	Keepalive      time.Duration
 	PingInterval   time.Duration
+	WriteTimeout   time.Duration
 	LogLevel       string
 	LogFormat      string
 
@@ -125,6 +126,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.IntVar(&opts.QueueSize, "queue-size", 65536, "messages queued per subscriber before it is disconnected as too slow")
 	fl.DurationVar(&opts.Keepalive, "keepalive", 15*time.Second, "keepalive interval of SSE and NDJSON streams")
 	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
+	fl.DurationVar(&opts.WriteTimeout, "write-timeout", 10*time.Second, "a subscriber that takes no bytes for this long is disconnected as stalled")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.StringVar(&opts.LogFormat, "log-format", "text", "log format: text or json")
 	fl.BoolVar(&opts.ZMQ, "zmq", false, "enable ZeroMQ on the default endpoints ("+DefaultZMQIn+" in, "+DefaultZMQOut+" out)")
@@ -207,6 +209,7 @@ func Run(ctx context.Context, o *Options) error {
 		QueueSize:      o.QueueSize,
 		Keepalive:      o.Keepalive,
 		PingInterval:   o.PingInterval,
+		WriteTimeout:   o.WriteTimeout,
 		Logger:         log,
 	}
 	ctx, cancel := context.WithCancel(ctx)
