@@ -298,14 +298,7 @@ func AppendErrorObject(b []byte, e *Error) []byte {
 // AppendAck appends the acknowledgement of a publish.
 func AppendAck(b []byte, ref string, m *broker.Message, subscribers int) []byte {
 	b = appendHead(b, TypeAck, ref)
-	b = append(b, `,"channel":`...)
-	b = AppendString(b, m.Channel)
-	b = append(b, `,"id":"`...)
-	b = append(b, m.Epoch...)
-	b = append(b, '-')
-	b = strconv.AppendUint(b, m.Seq, 10)
-	b = append(b, `","seq":`...)
-	b = strconv.AppendUint(b, m.Seq, 10)
+	b = appendPosition(b, m)
 	b = append(b, `,"subscribers":`...)
 	b = strconv.AppendInt(b, int64(subscribers), 10)
 	return append(b, '}')

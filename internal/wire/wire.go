@@ -27,14 +27,8 @@ func JSON(m *broker.Message) []byte { return m.Encoded(broker.EncJSON, encodeJSO
 
 func encodeJSON(m *broker.Message) []byte {
 	b := make([]byte, 0, 96+len(m.Channel)+len(m.Event)+len(m.Data)*4/3)
-	b = append(b, `{"type":"message","channel":`...)
-	b = AppendString(b, m.Channel)
-	b = append(b, `,"id":"`...)
-	b = append(b, m.Epoch...)
-	b = append(b, '-')
-	b = strconv.AppendUint(b, m.Seq, 10)
-	b = append(b, `","seq":`...)
-	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `{"type":"message"`...)
+	b = appendPosition(b, m)
 	b = append(b, `,"event":`...)
 	b = AppendString(b, m.Event)
 	b = append(b, `,"data":`...)
@@ -43,6 +37,18 @@ func encodeJSON(m *broker.Message) []byte {
 	b = m.Time.UTC().AppendFormat(b, TimeFormat)
 	b = append(b, "\"}\n"...)
 	return b
+}
+
+// appendPosition appends `,"channel":…,"id":…,"seq":…` for m.
+func appendPosition(b []byte, m *broker.Message) []byte {
+	b = append(b, `,"channel":`...)
+	b = AppendString(b, m.Channel)
+	b = append(b, `,"id":"`...)
+	b = append(b, m.Epoch...)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `","seq":`...)
+	return strconv.AppendUint(b, m.Seq, 10)
 }
 
 func appendData(b []byte, m *broker.Message) []byte {
