@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs=(gcc libc6-dev libzmq3-dev pkg-config)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3-zmq tmux unzip)
+  pkgs+=(python3-zmq tmux unzip chromium)
 fi
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(nginx-light libnginx-mod-nchan)

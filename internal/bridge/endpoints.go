@@ -500,10 +500,10 @@ func (s *sseSource) once(ctx context.Context, lastID *string, emit func(Message)
 		}
 		line = strings.TrimRight(line, "\r\n")
 		if line == "" {
+			if id != "" {
+				*lastID = id // an id without data still moves the resume point
+			}
 			if hasData {
-				if id != "" {
-					*lastID = id
-				}
 				if err := s.dispatch(event, id, data.Bytes(), emit); err != nil {
 					return err
 				}
@@ -537,6 +537,9 @@ func (s *sseSource) dispatch(event, id string, data []byte, emit func(Message) e
 		return nil
 	case "pushctl-error":
 		return fmt.Errorf("broker ended the stream: %s", data)
+	}
+	if strings.HasPrefix(event, "pushctl-") {
+		return nil // a control event of a newer broker
 	}
 	m := unwrap(data)
 	if m == nil {

@@ -70,6 +70,7 @@ const (
 	EncJSON = iota
 	EncSSE
 	EncSSERaw
+	EncSSEPlain
 	EncRaw
 	EncRawTagged
 	EncWebSocket

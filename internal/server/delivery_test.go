@@ -611,3 +611,43 @@ func TestSSEPatternResumeWithLastEventID(t *testing.T) {
 		t.Fatalf("resumed with %v", got)
 	}
 }
+
+// TestSSEStartPosition: an SSE stream says where it starts before any
+// message (so a browser that loses it early still resumes), and in the
+// plain mode pushctl.js uses it is a readable event and every message is
+// the default event.
+func TestSSEStartPosition(t *testing.T) {
+	e := newEnv(t, broker.MemoryOptions{}, server.Options{})
+	a := e.publish("st", "before")
+	_, r := e.stream("/sub/st?format=sse")
+	for {
+		l := readLine(t, r)
+		if strings.HasPrefix(l, "data:") {
+			t.Fatalf("data before the start id: %q", l)
+		}
+		if strings.HasPrefix(l, "id: ") {
+			if l != "id: "+a.ID {
+				t.Fatalf("start id %q, want %s", l, a.ID)
+			}
+			break
+		}
+	}
+	_, r = e.stream("/sub/st.*?format=sse&onmessage=1")
+	ev := map[string]string{}
+	for ev["event"] != "pushctl-start" {
+		ev = map[string]string{}
+		for l := readLine(t, r); l != ""; l = readLine(t, r) {
+			k, v, _ := strings.Cut(l, ": ")
+			ev[k] = v
+		}
+	}
+	if _, s, err := broker.ParseResume(ev["data"], []string{"st.*"}); err != nil || s.IsZero() || ev["id"] != ev["data"] {
+		t.Fatalf("pushctl-start %v: %v", ev, err)
+	}
+	e.waitSubs("st.x", 1)
+	e.publish("st.x", "hi", "X-Pushctl-Event", "deploy")
+	got := readSSE(t, r)
+	if _, named := got["event"]; named || !strings.Contains(got["data"], `"event":"deploy"`) {
+		t.Fatalf("plain mode event: %v", got)
+	}
+}

@@ -311,14 +311,15 @@ func TestSSEResumeAndGap(t *testing.T) {
 	}
 }
 
-// readSSE reads one event (skipping comments and retry lines).
+// readSSE reads one event (skipping comments, retry lines and the
+// pushctl-start event that opens a stream).
 func readSSE(t *testing.T, r *bufio.Reader) map[string]string {
 	t.Helper()
 	ev := map[string]string{}
 	for {
 		l := readLine(t, r)
 		if l == "" {
-			if len(ev) > 0 && ev["data"] != "" {
+			if len(ev) > 0 && ev["data"] != "" && ev["event"] != "pushctl-start" {
 				return ev
 			}
 			ev = map[string]string{}

@@ -269,7 +269,8 @@ func negotiate(r *http.Request, opts *broker.SubscribeOptions) (encoder, error) 
 	single := len(opts.Channels) == 1 && !broker.IsPattern(opts.Channels[0])
 	switch format {
 	case "sse":
-		return &sseEncoder{single: single, raw: r.URL.Query().Get("data") == "raw"}, nil
+		q := r.URL.Query()
+		return &sseEncoder{single: single, raw: q.Get("data") == "raw", plain: q.Get("onmessage") == "1"}, nil
 	case "ndjson", "json":
 		return ndjsonEncoder{}, nil
 	case "raw", "lines":
@@ -342,12 +343,34 @@ func (rawEncoder) end(*session, error) []byte         { return nil }
 type sseEncoder struct {
 	single bool
 	raw    bool
-	id     []byte
+	// plain sends every message as the default event (the name stays in
+	// the envelope), for clients that cannot know event names in advance.
+	plain bool
+	id    []byte
 }
 
 func (*sseEncoder) transport() int { return tSSE }
-func (*sseEncoder) start(b *batch, _ *session) {
+
+// start says where the stream starts, as an id (so a browser resumes from
+// there even if it loses the stream before the first message), and in
+// plain mode (pushctl.js) also as a pushctl-start event it can read.
+func (e *sseEncoder) start(b *batch, ss *session) {
 	b.add([]byte("retry: 2000\n: connected\n\n"))
+	cur := ss.resume()
+	if e.single {
+		for _, p := range ss.cursor {
+			cur = p.String()
+		}
+	}
+	if cur == "" {
+		return
+	}
+	b.addCopy(append(append([]byte("id: "), cur...), '\n'))
+	if e.plain {
+		b.addCopy(sseEvent("pushctl-start", []byte(cur)))
+	} else {
+		b.add(newline) // an id alone dispatches no event
+	}
 }
 
 func (e *sseEncoder) writeID(b *batch, ss *session, p broker.Position) {
@@ -365,9 +388,12 @@ func (e *sseEncoder) writeID(b *batch, ss *session, p broker.Position) {
 
 func (e *sseEncoder) message(b *batch, ss *session, m *broker.Message) {
 	e.writeID(b, ss, m.Position())
-	if e.raw {
+	switch {
+	case e.raw:
 		b.add(wire.SSERaw(m))
-	} else {
+	case e.plain:
+		b.add(wire.SSEPlain(m))
+	default:
 		b.add(wire.SSE(m))
 	}
 }

@@ -167,6 +167,15 @@ func SSE(m *broker.Message) []byte {
 	})
 }
 
+// SSEPlain is like SSE without the event line: every message is the
+// default event, the name stays in the envelope.
+func SSEPlain(m *broker.Message) []byte {
+	return m.Encoded(broker.EncSSEPlain, func(m *broker.Message) []byte {
+		j := JSON(m)
+		return sseBlock("", j[:len(j)-1])
+	})
+}
+
 // SSERaw is like SSE with the bare data in the data lines.
 func SSERaw(m *broker.Message) []byte {
 	return m.Encoded(broker.EncSSERaw, func(m *broker.Message) []byte {
