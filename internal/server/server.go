@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/web"
 )
 
 // Options configure a Server.
@@ -56,6 +57,8 @@ type Options struct {
 	// load balancer) whose Forwarded / X-Forwarded-For headers say who the
 	// client is; from anyone else those headers are ignored.
 	TrustedProxies []netip.Prefix
+	// NoConsole turns the web console at / off (pushctl.js is still served).
+	NoConsole bool
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
 }
@@ -145,6 +148,25 @@ func (s *Server) routes() {
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
 	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))
+	asset := func(p string) http.Handler {
+		h := web.Handler(p)
+		return s.methods(map[string]handlerFunc{"GET": func(w http.ResponseWriter, r *http.Request) error {
+			h.ServeHTTP(w, r)
+			return nil
+		}})
+	}
+	for _, p := range web.ClientPaths {
+		s.mux.Handle(p, asset(p))
+	}
+	if !s.opts.NoConsole {
+		for _, p := range web.ConsolePaths {
+			if p == "/" {
+				s.mux.Handle("/{$}", asset(p))
+			} else {
+				s.mux.Handle(p, asset(p))
+			}
+		}
+	}
 	s.mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, CodeNotFound, "no such endpoint %s; see docs/http-api.md", r.URL.Path)
 	}))

@@ -47,6 +47,7 @@ type Options struct {
 	TokenPublicKey    string
 	TrustedPublishers []string
 	TrustedProxies    []string
+	NoConsole         bool
 	InsecureNoAuth    bool
 	AllowedOrigins    []string
 	MaxConnsPerIP     int
@@ -141,6 +142,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringSliceVar(&opts.TrustedPublishers, "trusted-publishers", nil, "addresses or CIDRs that may publish without a token (e.g. 10.0.0.5,127.0.0.1/32)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "allow listening beyond loopback with no access control at all")
 	fl.StringSliceVar(&opts.TrustedProxies, "trusted-proxies", nil, "reverse proxies (addresses or CIDRs) whose Forwarded/X-Forwarded-For headers name the client, for --trusted-publishers and per-address limits behind nginx")
+	fl.BoolVar(&opts.NoConsole, "no-console", false, "do not serve the web console at / (pushctl.js is still served)")
 	fl.StringSliceVar(&opts.AllowedOrigins, "allowed-origins", []string{"*"}, "browser origins allowed for WebSocket and CORS")
 	fl.IntVar(&opts.MaxConnsPerIP, "max-conns-per-ip", 1000, "subscriber connections per client address (0: no limit)")
 	fl.IntVar(&opts.MaxChannels, "max-channels-per-conn", 256, "subscriptions on one WebSocket")
@@ -259,6 +261,7 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	sopts.Auth = az
 	sopts.AllowedOrigins = o.AllowedOrigins
+	sopts.NoConsole = o.NoConsole
 	if sopts.TrustedProxies, err = prefixes("--trusted-proxies", o.TrustedProxies); err != nil {
 		return err
 	}
