@@ -288,6 +288,9 @@ func (pr pollReply) String() string {
 func TestLongPollPatternResume(t *testing.T) {
 	e := newEnv(t, broker.MemoryOptions{}, server.Options{})
 	e.publish("lp2.x", "x0")
+	if pr, _ := e.poll("/sub/lp2.>?poll=0s"); len(pr.Events) != 0 || pr.Cursor == "" {
+		t.Fatalf("poll=0s: %+v", pr) // answers at once, with where it starts
+	}
 	pr, h := e.poll("/sub/lp2.>?poll=50ms")
 	if len(pr.Events) != 0 || pr.Cursor == "" {
 		t.Fatalf("first poll: %+v", pr)
@@ -649,5 +652,47 @@ func TestSSEStartPosition(t *testing.T) {
 	got := readSSE(t, r)
 	if _, named := got["event"]; named || !strings.Contains(got["data"], `"event":"deploy"`) {
 		t.Fatalf("plain mode event: %v", got)
+	}
+}
+
+// TestBrowserAssets: pushctl.js, its module and declarations are served
+// (gzipped when asked, revalidated by ETag); the console only when on, and
+// with a policy that lets it load nothing from elsewhere.
+func TestBrowserAssets(t *testing.T) {
+	e := newEnv(t, broker.MemoryOptions{}, server.Options{})
+	for _, p := range []string{"/pushctl.js", "/pushctl.mjs", "/pushctl.d.ts", "/", "/console.js", "/console.css"} {
+		resp, body := e.do("GET", p, nil)
+		if resp.StatusCode != 200 || len(body) == 0 {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+		req, _ := http.NewRequest("GET", e.srv.URL+p, nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		req.Header.Set("If-None-Match", resp.Header.Get("ETag"))
+		r2, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2.Body.Close()
+		if r2.StatusCode != http.StatusNotModified {
+			t.Errorf("%s with its ETag: %d, want 304", p, r2.StatusCode)
+		}
+	}
+	resp, body := e.do("GET", "/pushctl.js", nil)
+	if !strings.Contains(string(body), "global.pushctl = pushctl") || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") {
+		t.Errorf("pushctl.js: %s", resp.Header.Get("Content-Type"))
+	}
+	if _, body := e.do("GET", "/pushctl.mjs", nil); !strings.Contains(string(body), "export default pushctl") {
+		t.Error("pushctl.mjs is not a module")
+	}
+	resp, _ = e.do("GET", "/", nil)
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") {
+		t.Errorf("console CSP %q", csp)
+	}
+	off := newEnv(t, broker.MemoryOptions{}, server.Options{NoConsole: true})
+	if resp, _ := off.do("GET", "/", nil); resp.StatusCode != 404 {
+		t.Errorf("console with NoConsole: %d", resp.StatusCode)
+	}
+	if resp, _ := off.do("GET", "/pushctl.js", nil); resp.StatusCode != 200 {
+		t.Errorf("pushctl.js with NoConsole: %d", resp.StatusCode)
 	}
 }

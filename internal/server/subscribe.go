@@ -466,7 +466,8 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, ss *session, s
 	ss.w = cw
 	ss.trackCursor, ss.oneShot = true, true
 	ss.startCursor(sub, since, pattern)
-	reason := ss.run(r.Context().Done(), 0, wait)
+	// poll=0s answers at once with what is there (and the cursor).
+	reason := ss.run(r.Context().Done(), 0, max(wait, time.Nanosecond))
 	ss.closeSubs()
 	if errorsIsPeer(reason) {
 		return nil // the client is gone

@@ -428,6 +428,7 @@ class WSTransport {
   subscribe(name) {
     if (!this.ready) return;
     const f = { type: "subscribe", ref: "s:" + name, channels: [name] };
+    if (this.c.options.echo === false) f.echo = false;
     const since = this.c._resume([name]);
     if (since) f.since = since;
     this.send(f);
@@ -614,7 +615,8 @@ class PollTransport {
 // connect starts a client. options: token (a string, or a function
 // returning one or a promise of one, called again when the broker says it
 // expired), transports (default ["websocket", "sse", "longpoll"]),
-// minBackoff/maxBackoff (ms), failuresBeforeFallback, pollTimeout.
+// minBackoff/maxBackoff (ms), failuresBeforeFallback, pollTimeout, and
+// echo: false to not get this client's own publishes back (WebSocket).
 function connect(url, options) { return new Client(url, options); }
 
 const pushctl = { connect, Client, Channel, PushctlError, matches, version: "1" };

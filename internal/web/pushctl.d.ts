@@ -17,6 +17,9 @@ export interface ConnectOptions {
   failuresBeforeFallback?: number;
   /** How long one long-poll waits (default "25s"). */
   pollTimeout?: string;
+  /** false: the broker does not send this client's own publishes back to
+   * it (over WebSocket; over SSE and long-poll they still come). */
+  echo?: boolean;
 }
 
 export interface Message<T = unknown> {
