@@ -81,11 +81,7 @@ func TestCrashSafety(t *testing.T) {
 			b1.cmd.Process.Signal(syscall.SIGKILL)
 			b1.wait(10 * time.Second)
 			// Acks already on their way are acknowledged too.
-			for {
-				l, err := pub.stdout.ReadString('\n')
-				if err != nil {
-					break
-				}
+			for _, l := range pub.rest(60 * time.Second) {
 				var a ack
 				if json.Unmarshal([]byte(l), &a) == nil && a.ID != "" {
 					acks = append(acks, a)

@@ -156,6 +156,32 @@ func (p *proc) readLine(timeout time.Duration) string {
 	return ""
 }
 
+// rest reads the remaining stdout lines until the process closes it,
+// failing (and killing it) after timeout.
+func (p *proc) rest(timeout time.Duration) []string {
+	p.t.Helper()
+	ch := make(chan []string, 1)
+	go func() {
+		var out []string
+		for {
+			l, err := p.stdout.ReadString('\n')
+			if err != nil {
+				break
+			}
+			out = append(out, strings.TrimSuffix(l, "\n"))
+		}
+		ch <- out
+	}()
+	select {
+	case out := <-ch:
+		return out
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		p.t.Fatalf("%v kept its stdout open past %s; stderr:\n%s", p.cmd.Args, timeout, p.Stderr())
+	}
+	return nil
+}
+
 // waitStderr waits for a stderr line containing s and returns it.
 func (p *proc) waitStderr(s string, timeout time.Duration) string {
 	p.t.Helper()

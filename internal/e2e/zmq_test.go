@@ -46,8 +46,10 @@ func startPy(t *testing.T, script string, args ...string) *pyProc {
 	return p
 }
 
-func (p *pyProc) line(timeout time.Duration) string {
-	p.t.Helper()
+// next reads the next line in the background; a read error comes as
+// "ERROR …". It never fails the test itself (it may run off the test's
+// goroutine): the receiver checks.
+func (p *pyProc) next() <-chan string {
 	ch := make(chan string, 1)
 	go func() {
 		l, err := p.out.ReadString('\n')
@@ -56,8 +58,13 @@ func (p *pyProc) line(timeout time.Duration) string {
 		}
 		ch <- strings.TrimSpace(l)
 	}()
+	return ch
+}
+
+func (p *pyProc) line(timeout time.Duration) string {
+	p.t.Helper()
 	select {
-	case l := <-ch:
+	case l := <-p.next():
 		if strings.HasPrefix(l, "ERROR ") {
 			p.t.Fatalf("python %v: %s", p.cmd.Args, l)
 		}
@@ -226,13 +233,15 @@ func TestZMQBrokerOutToPySub(t *testing.T) {
 	py.readyPort()
 	// Until the subscription has reached the broker, PUB drops: publish a
 	// warm-up message until pyzmq reports one.
-	got := make(chan string, 1)
-	go func() { got <- py.line(30 * time.Second) }()
+	got := py.next()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
 warm:
 	for {
 		select {
+		case <-deadline:
+			t.Fatal("pyzmq received nothing within 30s")
 		case l := <-got:
 			if !strings.Contains(l, `"data": "warm"`) {
 				t.Fatalf("first message %s", l)

@@ -385,11 +385,36 @@ func TestLongPoll(t *testing.T) {
 		t.Fatalf("poll got %v", pr.Events)
 	}
 	// A waiting poll returns when a message arrives.
-	done := make(chan pollReply, 1)
-	go func() { done <- poll("&since=" + url.QueryEscape(pr.Cursor)) }()
+	type result struct {
+		body []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() { // no t.Fatal off the test's goroutine
+		resp, err := http.Get(e.srv.URL + "/sub/lp?poll=10s&since=" + url.QueryEscape(pr.Cursor))
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{b, err}
+	}()
 	e.waitSubs("lp", 1)
 	e.publish("lp", "3")
-	pr = <-done
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the waiting poll did not return")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	pr = pollReply{}
+	if err := json.Unmarshal(r.body, &pr); err != nil {
+		t.Fatalf("poll reply %s: %v", r.body, err)
+	}
 	if len(pr.Events) != 1 || pr.Events[0]["data"] != "3" {
 		t.Fatalf("waiting poll got %v", pr.Events)
 	}

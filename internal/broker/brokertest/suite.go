@@ -59,6 +59,16 @@ func Run(t *testing.T, f Factory) {
 	}
 }
 
+// waitDone waits, with a deadline, for s to end.
+func waitDone(t *testing.T, s *broker.Subscription) {
+	t.Helper()
+	select {
+	case <-s.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatalf("subscription to %v did not end", s.Channels())
+	}
+}
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -389,7 +399,7 @@ func testSlowConsumer(t *testing.T, f Factory) {
 	for i := 0; i < 3; i++ {
 		pub(t, b, "heavy", strings.Repeat("x", 40))
 	}
-	<-heavy.Done()
+	waitDone(t, heavy)
 	if !errors.Is(heavy.Err(), broker.ErrSlowConsumer) {
 		t.Fatalf("byte-bounded subscriber: %v", heavy.Err())
 	}
@@ -424,7 +434,7 @@ func testDelete(t *testing.T, f Factory) {
 	if err := b.DeleteChannel(ctx(t), "d"); err != nil {
 		t.Fatal(err)
 	}
-	<-named.Done()
+	waitDone(t, named)
 	if !errors.Is(named.Err(), broker.ErrChannelDeleted) {
 		t.Fatalf("err = %v", named.Err())
 	}
@@ -475,7 +485,7 @@ func testClose(t *testing.T, f Factory) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	<-s.Done()
+	waitDone(t, s)
 	if !errors.Is(s.Err(), broker.ErrClosed) {
 		t.Fatalf("err = %v", s.Err())
 	}
