@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -507,6 +506,3 @@ func (s *store) writeOther(o *op) {
 		o.res <- opResult{err: err}
 	}
 }
-
-// IsDiskFull reports whether err comes from a full disk.
-func IsDiskFull(err error) bool { return errors.Is(err, syscall.ENOSPC) }

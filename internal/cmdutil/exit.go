@@ -31,23 +31,29 @@ func FlagErrorf(format string, args ...any) error {
 // (messages, subscribers) within its --timeout.
 var ErrTimeout = errors.New("timed out")
 
-// ErrInterrupted means the user interrupted the command.
+// ErrInterrupted means the user interrupted the command (SIGINT, Ctrl-C).
 var ErrInterrupted = errors.New("interrupted")
 
-// SilentError exits with Code without printing anything more.
-type SilentError struct{ Code int }
+// ErrTerminated means the command was asked to stop (SIGTERM, a service
+// manager's stop).
+var ErrTerminated = errors.New("terminated")
 
-func (e *SilentError) Error() string { return fmt.Sprintf("exit %d", e.Code) }
+// Stopped is what a long-running service (serve, bridge) returns once it
+// has shut down because ctx ended: nil when it was asked to stop
+// (SIGTERM), ErrInterrupted when it was interrupted (exit 130).
+func Stopped(ctx context.Context) error {
+	if errors.Is(context.Cause(ctx), ErrTerminated) {
+		return nil
+	}
+	return ErrInterrupted
+}
 
 // ExitCode maps an error to the process exit code.
 func ExitCode(err error) int {
 	var fe *FlagError
-	var se *SilentError
 	switch {
 	case err == nil:
 		return ExitOK
-	case errors.As(err, &se):
-		return se.Code
 	case errors.As(err, &fe):
 		return ExitUsage
 	case errors.Is(err, ErrTimeout):

@@ -210,6 +210,16 @@ func TestServeConfigFromEnvAndGracefulStop(t *testing.T) {
 	if code := sub.wait(10 * time.Second); code != 130 {
 		t.Fatalf("sub exit %d after SIGINT, want 130", code)
 	}
+	// Interrupted (not asked to stop), serve and bridge exit 130.
+	p2, url2 := serve(t)
+	br := start(t, nil, nil, "bridge", "pushctl://"+strings.TrimPrefix(url2, "http://")+"/x", "-", "--stats-interval", "0")
+	waitSubscribers(t, url2, "x", 1)
+	for _, q := range []*proc{br, p2} {
+		q.signal(syscall.SIGINT)
+		if code := q.wait(10 * time.Second); code != 130 {
+			t.Fatalf("%v exit %d after SIGINT, want 130: %s", q.cmd.Args[1], code, q.Stderr())
+		}
+	}
 	_, errOut, code := run(t, "", "serve", "--listen", "127.0.0.1:0", "--log-level", "loud")
 	if code != 2 || !strings.Contains(errOut, "--log-level") {
 		t.Fatalf("bad flag: %d %s", code, errOut)

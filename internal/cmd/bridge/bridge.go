@@ -203,7 +203,7 @@ func run(ctx context.Context, o *Options) error {
 		}
 		return nil
 	case ctx.Err() != nil:
-		return cmdutil.ErrInterrupted
+		return cmdutil.Stopped(ctx)
 	}
 	return err
 }

@@ -69,8 +69,25 @@ interrupted.`,
 // Main runs pushctl with the process's arguments and returns the exit code.
 func Main() int {
 	f := cmdutil.New()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// The context says which signal ended it: services exit 0 when asked
+	// to stop (SIGTERM) and 130 when interrupted. A second signal kills.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s, ok := <-sigs
+		if !ok {
+			return
+		}
+		signal.Stop(sigs)
+		if s == syscall.SIGTERM {
+			cancel(cmdutil.ErrTerminated)
+		} else {
+			cancel(cmdutil.ErrInterrupted)
+		}
+	}()
+	defer func() { signal.Stop(sigs); close(sigs) }()
 	cmd := NewCmdRoot(f)
 	err := cmd.ExecuteContext(ctx)
 	if err != nil && strings.HasPrefix(err.Error(), "unknown command") {
@@ -78,17 +95,14 @@ func Main() int {
 	}
 	code := cmdutil.ExitCode(err)
 	if err != nil {
-		var se *cmdutil.SilentError
-		if !errors.As(err, &se) {
-			if errors.Is(err, cmdutil.ErrInterrupted) || errors.Is(err, context.Canceled) {
-				fmt.Fprintln(f.IO.ErrOut, "pushctl: interrupted")
-			} else {
-				fmt.Fprintf(f.IO.ErrOut, "pushctl: %v\n", err)
-			}
-			var fe *cmdutil.FlagError
-			if errors.As(err, &fe) {
-				fmt.Fprintln(f.IO.ErrOut, "Run 'pushctl --help' for usage.")
-			}
+		if errors.Is(err, cmdutil.ErrInterrupted) || errors.Is(err, context.Canceled) {
+			fmt.Fprintln(f.IO.ErrOut, "pushctl: interrupted")
+		} else {
+			fmt.Fprintf(f.IO.ErrOut, "pushctl: %v\n", err)
+		}
+		var fe *cmdutil.FlagError
+		if errors.As(err, &fe) {
+			fmt.Fprintln(f.IO.ErrOut, "Run 'pushctl --help' for usage.")
 		}
 	}
 	return code

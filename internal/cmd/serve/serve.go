@@ -214,6 +214,7 @@ func Run(ctx context.Context, o *Options) error {
 		WriteTimeout:   o.WriteTimeout,
 		Logger:         log,
 	}
+	stopped := ctx // why we stop is the caller's context's cause
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var zdone chan error // nil (never ready) without ZeroMQ
@@ -308,6 +309,9 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if errors.Is(err, http.ErrServerClosed) || err == nil {
 		log.Info("stopped")
+		if stopped.Err() != nil {
+			return cmdutil.Stopped(stopped) // 0 on SIGTERM, 130 on Ctrl-C
+		}
 		return nil
 	}
 	return err
