@@ -2,6 +2,7 @@ package zmq
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"testing"
 )
@@ -30,8 +31,25 @@ func FuzzDecode(f *testing.F) {
 		} else {
 			again, err = Decode(Encode(fr.Channel, fr.Payload, fr.Seq), ' ')
 		}
-		if err != nil || again.Channel != fr.Channel || !bytes.Equal(again.Payload, fr.Payload) {
+		if err != nil || again.Channel != fr.Channel || !bytes.Equal(again.Payload, fr.Payload) || again.Legacy != fr.Legacy {
 			t.Fatalf("round trip of %+v: %+v %v", fr, again, err)
+		}
+		if fr.HasSeq && (!again.HasSeq || again.Seq != fr.Seq) {
+			t.Fatalf("sequence lost in the round trip of %+v: %+v", fr, again)
+		}
+		// What was decoded is what was sent.
+		switch {
+		case n == 1:
+			if !fr.Legacy || fr.HasSeq || fr.Channel+" "+string(fr.Payload) != string(a) {
+				t.Fatalf("legacy frame %q decoded as %+v", a, fr)
+			}
+		default:
+			if fr.Legacy || fr.Channel != string(a) || !bytes.Equal(fr.Payload, b) {
+				t.Fatalf("frames %q %q decoded as %+v", a, b, fr)
+			}
+			if wantSeq := n >= 3 && len(c) == 8; fr.HasSeq != wantSeq || wantSeq && fr.Seq != binary.BigEndian.Uint64(c) {
+				t.Fatalf("sequence frame %x decoded as %+v", c, fr)
+			}
 		}
 	})
 }
