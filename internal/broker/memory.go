@@ -738,6 +738,7 @@ func (b *Memory) sweep() {
 		if b.channels[ch.name] == ch && ch.n == 0 && len(ch.subs) == 0 {
 			delete(b.channels, ch.name)
 			ch.deleted = true
+			ch.notifyChanged() // waiters look the channel up again
 		}
 		ch.mu.Unlock()
 		b.mu.Unlock()
