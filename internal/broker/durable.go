@@ -324,6 +324,13 @@ func (s *store) close() error {
 // writes it in one transaction and commits it to memory in order.
 func (s *store) writer() {
 	defer close(s.done)
+	defer func() {
+		// Trims are applied with the next write; at shutdown there is none,
+		// so the disk is made to keep what memory keeps now.
+		if len(s.trim) > 0 {
+			s.db.Update(func(tx *bolt.Tx) error { return s.trimTx(tx.Bucket(bucketChannels)) })
+		}
+	}()
 	for first := range s.queue {
 		if d := s.opts.SyncDelay; d > 0 {
 			time.Sleep(d) // let a batch gather, as configured

@@ -256,7 +256,7 @@ func TestAbuse(t *testing.T) {
 		t.Fatalf("server not healthy after the campaign: %v", err)
 	}
 	resp.Body.Close()
-	if after-before > 64 {
+	if after-before > 16 { // about 4 MiB is seen; the campaign must not keep what it sent
 		t.Fatalf("heap grew from %.1f to %.1f MiB", before, after)
 	}
 	keys := make([]string, 0, len(codes))

@@ -44,18 +44,19 @@ func TestAuthorizationMatrix(t *testing.T) {
 		name, method, path, body string
 		needs                    string // pub, sub or admin
 		ws                       bool
+		ok                       string // what success looks like in the body
 	}
 	endpoints := []endpoint{
-		{"publish", "POST", "/pub/ch", "hello", "pub", false},
-		{"publish lines", "POST", "/pub/ch?lines=1", "a\nb", "pub", false},
-		{"publish batch", "POST", "/pub", `{"channel":"ch","data":"x"}`, "pub", false},
-		{"subscribe stream", "GET", "/sub/ch?format=ndjson&since=all", "", "sub", false},
-		{"long-poll", "GET", "/sub/ch?poll=1ms&since=all", "", "sub", false},
-		{"websocket subscribe", "GET", "/sub/ch", "", "sub", true},
-		{"channel info", "GET", "/channels/ch", "", "pub or sub", false},
-		{"delete", "DELETE", "/channels/ch", "", "pub", false},
-		{"list", "GET", "/channels", "", "admin", false},
-		{"stats", "GET", "/stats", "", "admin", false},
+		{"publish", "POST", "/pub/ch", "hello", "pub", false, `"seq":`},
+		{"publish lines", "POST", "/pub/ch?lines=1", "a\nb", "pub", false, `"line":2,"id":`},
+		{"publish batch", "POST", "/pub", `{"channel":"ch","data":"x"}`, "pub", false, `"line":1,"id":`},
+		{"subscribe stream", "GET", "/sub/ch?format=ndjson&since=all", "", "sub", false, `"type":"message"`},
+		{"long-poll", "GET", "/sub/ch?poll=1ms&since=all", "", "sub", false, `"cursor":`},
+		{"websocket subscribe", "GET", "/sub/ch", "", "sub", true, ""},
+		{"channel info", "GET", "/channels/ch", "", "pub or sub", false, `"channel":"ch"`},
+		{"delete", "DELETE", "/channels/ch", "", "pub", false, `"deleted":"ch"`},
+		{"list", "GET", "/channels", "", "admin", false, `"channels":[`},
+		{"stats", "GET", "/stats", "", "admin", false, `"published":`},
 	}
 	grants := func(p perm, needs string) bool {
 		switch needs {
@@ -122,8 +123,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 				want, wantCode := c.status, c.code
 				if c.state == "valid" {
 					if grants(p, ep.needs) {
-						if status >= 400 {
-							t.Errorf("%s with %s token (%s): %d %s, want success", ep.name, c.state, p.name, status, body)
+						want := 200
+						if ep.ws {
+							want = 101
+						}
+						if status != want || !strings.Contains(body, ep.ok) || strings.Contains(body, `"error"`) {
+							t.Errorf("%s with %s token (%s): %d %s, want %d with %s", ep.name, c.state, p.name, status, body, want, ep.ok)
 						}
 						continue
 					}

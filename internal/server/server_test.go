@@ -142,6 +142,17 @@ func TestPublishReply(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"seq":2`) {
 		t.Fatalf("PUT: %d %s", resp.StatusCode, body)
 	}
+	// The event name was stored with the message.
+	_, body = e.do("GET", "/sub/news?poll=0s&since=all", nil)
+	var pr struct {
+		Events []struct {
+			Seq         int
+			Event, Data string
+		}
+	}
+	if err := json.Unmarshal(body, &pr); err != nil || len(pr.Events) != 2 || pr.Events[1].Event != "deploy" || pr.Events[1].Data != "x" || pr.Events[0].Event != "message" {
+		t.Fatalf("stored: %s", body)
+	}
 }
 
 func TestErrors(t *testing.T) {
