@@ -486,25 +486,51 @@ func (s *sseSource) once(ctx context.Context, lastID *string, emit func(Message)
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	bo.reset()
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	return readSSE(bufio.NewReaderSize(resp.Body, 64<<10), maxSSELine, lastID, func(event, id string, data []byte) error {
+		return s.dispatch(event, id, data, emit)
+	})
+}
+
+// maxSSELine bounds one line (and one event's data) from an SSE source, so
+// a hostile or broken source cannot make the bridge buffer without end.
+const maxSSELine = 16 << 20
+
+// readSSE parses an event stream (lines end in \n, a \r before it is
+// dropped; "field: value"; a blank line
+// dispatches; an id moves lastID even without data), calling dispatch for
+// each event with data, until the stream or dispatch fails.
+func readSSE(br *bufio.Reader, max int, lastID *string, dispatch func(event, id string, data []byte) error) error {
 	var event, id string
 	var data bytes.Buffer
 	hasData := false
+	var buf []byte
 	for {
-		line, err := br.ReadString('\n')
+		buf = buf[:0]
+		var err error
+		for {
+			var chunk []byte
+			chunk, err = br.ReadSlice('\n')
+			buf = append(buf, chunk...)
+			if len(buf) > max || data.Len() > max {
+				return &fatalError{fmt.Errorf("SSE line or event longer than %d bytes", max)}
+			}
+			if err != bufio.ErrBufferFull {
+				break
+			}
+		}
 		if err != nil {
 			if err == io.EOF {
 				return errors.New("stream ended")
 			}
 			return err
 		}
-		line = strings.TrimRight(line, "\r\n")
+		line := strings.TrimRight(string(buf), "\r\n")
 		if line == "" {
 			if id != "" {
 				*lastID = id // an id without data still moves the resume point
 			}
 			if hasData {
-				if err := s.dispatch(event, id, data.Bytes(), emit); err != nil {
+				if err := dispatch(event, id, data.Bytes()); err != nil {
 					return err
 				}
 			}

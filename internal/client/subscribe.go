@@ -268,7 +268,7 @@ func readLine(br *bufio.Reader, buf []byte, max int) ([]byte, error) {
 	for {
 		chunk, err := br.ReadSlice('\n')
 		buf = append(buf, chunk...)
-		if len(buf) > max {
+		if n := len(buf); n > max && !(n == max+1 && buf[n-1] == '\n') {
 			return nil, fmt.Errorf("line longer than %d bytes", max)
 		}
 		if err == bufio.ErrBufferFull {

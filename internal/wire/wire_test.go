@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -109,4 +110,41 @@ func TestWSFrameHeaders(t *testing.T) {
 			t.Fatalf("n=%d: header % x, len %d", n, f[:hl], len(f))
 		}
 	}
+}
+
+// FuzzDecodeEnvelope: any bytes decode or fail cleanly; a message that
+// decodes re-encodes to an envelope that decodes to the same message.
+func FuzzDecodeEnvelope(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"message","channel":"a","id":"k-1","seq":1,"event":"e","data":{"x":[1]},"time":"2026-01-02T03:04:05Z"}`,
+		`{"type":"message","channel":"a","id":"k-2","data":"AAE=","encoding":"base64"}`,
+		`{"type":"gap","channel":"a","from":"k-1","to":"k-9"}`, `{"type":"ack","ref":"1"}`, `[]`, `{`, `{"data":"\ud800"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		env, err := DecodeEnvelope(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadFrame) {
+				t.Fatalf("error not marked as a bad frame: %v", err)
+			}
+			return
+		}
+		if env.Type != "message" && env.Type != "" {
+			return
+		}
+		m, err := env.Message()
+		if err != nil || broker.ValidateChannel(m.Channel) != nil {
+			return
+		}
+		line := JSON(m)
+		env2, err := DecodeEnvelope(line[:len(line)-1])
+		if err != nil {
+			t.Fatalf("%s re-encoded as %s: %v", b, line, err)
+		}
+		m2, err := env2.Message()
+		if err != nil || m2.Channel != m.Channel || m2.ID() != m.ID() || m2.Event != m.Event || m2.Kind != m.Kind || !bytes.Equal(m2.Data, m.Data) {
+			t.Fatalf("%s -> %s: %+v != %+v (%v)", b, line, m2, m, err)
+		}
+	})
 }

@@ -86,3 +86,21 @@ func TestParseEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseEndpoint: what parses keeps its address and prints as an
+// endpoint that parses back to itself.
+func FuzzParseEndpoint(f *testing.F) {
+	for _, s := range []string{"tcp://127.0.0.1:7071", "@tcp://*:1", ">ipc:///tmp/x", "inproc://a", "tcp://nohost", "udp://x:1", "@", ">>tcp://a:1", ""} {
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, s string, bind bool) {
+		e, err := ParseEndpoint(s, bind)
+		if err != nil {
+			return
+		}
+		again, err := ParseEndpoint(e.String(), !bind)
+		if err != nil || again != e {
+			t.Fatalf("%q -> %+v -> %q -> %+v %v", s, e, e.String(), again, err)
+		}
+	})
+}
