@@ -440,8 +440,12 @@ func TestStalledSubscriberEndsWithReason(t *testing.T) {
 		t.Fatalf("SSE stream not ended cleanly: ...%q", rest[max(0, len(rest)-40):])
 	}
 	_, body := e.do("GET", "/metrics", nil)
-	for _, tr := range []string{"websocket", "sse"} {
-		want := fmt.Sprintf(`pushctl_disconnects_total{transport=%q,reason="stalled"} 1`, tr)
+	for _, want := range []string{
+		`pushctl_disconnects_total{reason="stalled",transport="websocket"} 1`,
+		`pushctl_disconnects_total{reason="stalled",transport="sse"} 1`,
+		"pushctl_stalled_disconnects_total 2",
+		"process_resident_memory_bytes ", "go_goroutines ", "process_open_fds ",
+	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

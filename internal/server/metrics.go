@@ -1,15 +1,18 @@
 package server
 
 import (
-	"bufio"
-	"fmt"
-	"math"
+	"context"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Transports, as labelled in metrics.
@@ -85,99 +88,101 @@ func (m *metrics) delivered(t int, published []time.Time, now time.Time) {
 	}
 }
 
-// handleMetrics serves Prometheus text exposition format 0.0.4.
-func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	bw := bufio.NewWriter(w)
-	defer bw.Flush()
-	m := &s.metrics
-	metric := func(name, typ, help string) {
-		fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+// collector exposes the server's and the broker's counters to Prometheus,
+// read at scrape time, beside the standard Go runtime and process metrics.
+type collector struct{ s *Server }
+
+var (
+	descConnections   = prometheus.NewDesc("pushctl_connections", "Open subscriber connections by transport.", []string{"transport"}, nil)
+	descDeliveries    = prometheus.NewDesc("pushctl_deliveries_total", "Messages written to subscribers by transport.", []string{"transport"}, nil)
+	descLatency       = prometheus.NewDesc("pushctl_delivery_latency_seconds", "Time from publish to being written to a subscriber.", []string{"transport"}, nil)
+	descDisconnects   = prometheus.NewDesc("pushctl_disconnects_total", "Subscriber connections that ended, by transport and reason (slow_consumer: fell a queue behind; stalled: took nothing for the write timeout).", []string{"transport", "reason"}, nil)
+	descPublished     = prometheus.NewDesc("pushctl_messages_published_total", "Messages published and stored.", nil, nil)
+	descQueued        = prometheus.NewDesc("pushctl_messages_queued_total", "Messages handed to subscriber queues.", nil, nil)
+	descDropped       = prometheus.NewDesc("pushctl_messages_dropped_total", "Messages discarded from the queues of disconnected slow consumers.", nil, nil)
+	descSlow          = prometheus.NewDesc("pushctl_slow_consumer_disconnects_total", "Subscribers disconnected for falling too far behind.", nil, nil)
+	descStalled       = prometheus.NewDesc("pushctl_stalled_disconnects_total", "Subscribers disconnected for taking no bytes for the write timeout.", nil, nil)
+	descChannels      = prometheus.NewDesc("pushctl_channels", "Channels that exist.", nil, nil)
+	descSubscribers   = prometheus.NewDesc("pushctl_subscribers", "Active subscriptions.", nil, nil)
+	descStoreMessages = prometheus.NewDesc("pushctl_store_messages", "Messages retained in history.", nil, nil)
+	descStoreBytes    = prometheus.NewDesc("pushctl_store_bytes", "Bytes of message data retained in history.", nil, nil)
+	descLimitHits     = prometheus.NewDesc("pushctl_limit_hits_total", "Requests refused or cut by a limit or access rule.", []string{"limit"}, nil)
+	descHTTPErrors    = prometheus.NewDesc("pushctl_http_errors_total", "HTTP requests answered with an error.", nil, nil)
+)
+
+// Describe sends the fixed metrics; the extra ones (ZeroMQ counters) are
+// named at scrape time and so unchecked.
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnections, descDeliveries, descLatency, descDisconnects, descPublished, descQueued,
+		descDropped, descSlow, descStalled, descChannels, descSubscribers, descStoreMessages, descStoreBytes, descLimitHits, descHTTPErrors} {
+		ch <- d
 	}
-	metric("pushctl_connections", "gauge", "Open subscriber connections by transport.")
+}
+
+// Collect reads every counter now.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s, m := c.s, &c.s.metrics
 	for i, n := range transportNames {
-		fmt.Fprintf(bw, "pushctl_connections{transport=%q} %d\n", n, m.connections[i].Load())
-	}
-	metric("pushctl_deliveries_total", "counter", "Messages written to subscribers by transport.")
-	for i, n := range transportNames {
-		fmt.Fprintf(bw, "pushctl_deliveries_total{transport=%q} %d\n", n, m.deliveries[i].Load())
-	}
-	metric("pushctl_delivery_latency_seconds", "histogram", "Time from publish to being written to a subscriber.")
-	for i, n := range transportNames {
+		ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(m.connections[i].Load()), n)
+		ch <- prometheus.MustNewConstMetric(descDeliveries, prometheus.CounterValue, float64(m.deliveries[i].Load()), n)
 		h := &m.latency[i]
+		buckets := make(map[float64]uint64, len(latencyBuckets))
 		var cum uint64
 		for b, le := range latencyBuckets {
 			cum += h.counts[b].Load()
-			fmt.Fprintf(bw, "pushctl_delivery_latency_seconds_bucket{transport=%q,le=%q} %d\n", n, formatFloat(le), cum)
+			buckets[le] = cum
 		}
 		cum += h.counts[len(latencyBuckets)].Load()
-		fmt.Fprintf(bw, "pushctl_delivery_latency_seconds_bucket{transport=%q,le=\"+Inf\"} %d\n", n, cum)
-		fmt.Fprintf(bw, "pushctl_delivery_latency_seconds_sum{transport=%q} %s\n", n, formatFloat(float64(h.sumNs.Load())/1e9))
-		fmt.Fprintf(bw, "pushctl_delivery_latency_seconds_count{transport=%q} %d\n", n, cum)
+		ch <- prometheus.MustNewConstHistogram(descLatency, cum, float64(h.sumNs.Load())/1e9, buckets, n)
 	}
+	var stalled uint64
+	m.disconnects.Range(func(k, v any) bool {
+		dk, n := k.(disconnectKey), v.(*atomic.Uint64).Load()
+		if dk.reason == CodeStalled {
+			stalled += n
+		}
+		ch <- prometheus.MustNewConstMetric(descDisconnects, prometheus.CounterValue, float64(n), transportNames[dk.transport], dk.reason)
+		return true
+	})
 	st := s.b.Stats()
-	metric("pushctl_messages_published_total", "counter", "Messages published and stored.")
-	fmt.Fprintf(bw, "pushctl_messages_published_total %d\n", st.Published)
-	metric("pushctl_messages_queued_total", "counter", "Messages handed to subscriber queues.")
-	fmt.Fprintf(bw, "pushctl_messages_queued_total %d\n", st.Delivered)
-	metric("pushctl_messages_dropped_total", "counter", "Messages discarded from the queues of disconnected slow consumers.")
-	fmt.Fprintf(bw, "pushctl_messages_dropped_total %d\n", st.Dropped)
-	metric("pushctl_slow_consumer_disconnects_total", "counter", "Subscribers disconnected for falling too far behind.")
-	fmt.Fprintf(bw, "pushctl_slow_consumer_disconnects_total %d\n", st.SlowConsumers)
-	metric("pushctl_channels", "gauge", "Channels that exist.")
-	fmt.Fprintf(bw, "pushctl_channels %d\n", st.Channels)
-	metric("pushctl_subscribers", "gauge", "Active subscriptions.")
-	fmt.Fprintf(bw, "pushctl_subscribers %d\n", st.Subscribers)
-	if list, err := s.b.Channels(r.Context()); err == nil {
+	ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(st.Published))
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.CounterValue, float64(st.Delivered))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Dropped))
+	ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(st.SlowConsumers))
+	ch <- prometheus.MustNewConstMetric(descStalled, prometheus.CounterValue, float64(stalled))
+	ch <- prometheus.MustNewConstMetric(descChannels, prometheus.GaugeValue, float64(st.Channels))
+	ch <- prometheus.MustNewConstMetric(descSubscribers, prometheus.GaugeValue, float64(st.Subscribers))
+	if list, err := s.b.Channels(context.Background()); err == nil {
 		var msgs, bytes int64
 		for _, c := range list {
 			msgs += int64(c.Messages)
 			bytes += c.Bytes
 		}
-		metric("pushctl_store_messages", "gauge", "Messages retained in history.")
-		fmt.Fprintf(bw, "pushctl_store_messages %d\n", msgs)
-		metric("pushctl_store_bytes", "gauge", "Bytes of message data retained in history.")
-		fmt.Fprintf(bw, "pushctl_store_bytes %d\n", bytes)
+		ch <- prometheus.MustNewConstMetric(descStoreMessages, prometheus.GaugeValue, float64(msgs))
+		ch <- prometheus.MustNewConstMetric(descStoreBytes, prometheus.GaugeValue, float64(bytes))
 	}
-	metric("pushctl_disconnects_total", "counter", "Subscriber connections that ended, by transport and reason (stalled: took nothing for the write timeout).")
-	var dks []disconnectKey
-	m.disconnects.Range(func(k, _ any) bool { dks = append(dks, k.(disconnectKey)); return true })
-	sort.Slice(dks, func(i, j int) bool {
-		if dks[i].transport != dks[j].transport {
-			return dks[i].transport < dks[j].transport
-		}
-		return dks[i].reason < dks[j].reason
-	})
-	for _, k := range dks {
-		v, _ := m.disconnects.Load(k)
-		fmt.Fprintf(bw, "pushctl_disconnects_total{transport=%q,reason=%q} %d\n", transportNames[k.transport], k.reason, v.(*atomic.Uint64).Load())
-	}
-	metric("pushctl_limit_hits_total", "counter", "Requests refused or cut by a limit or access rule.")
 	s.limitHits.Range(func(k, v any) bool {
-		fmt.Fprintf(bw, "pushctl_limit_hits_total{limit=%q} %d\n", k, v.(*atomic.Uint64).Load())
+		ch <- prometheus.MustNewConstMetric(descLimitHits, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), k.(string))
 		return true
 	})
-	metric("pushctl_http_errors_total", "counter", "HTTP requests answered with an error.")
-	fmt.Fprintf(bw, "pushctl_http_errors_total %d\n", m.errors.Load())
+	ch <- prometheus.MustNewConstMetric(descHTTPErrors, prometheus.CounterValue, float64(m.errors.Load()))
 	if s.opts.ExtraStats != nil {
-		extra := s.opts.ExtraStats()
-		keys := make([]string, 0, len(extra))
-		for k := range extra {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			name := "pushctl_" + k + "_total"
-			metric(name, "counter", strings.ReplaceAll(k, "_", " ")+".")
-			fmt.Fprintf(bw, "%s %d\n", name, extra[k])
+		for k, v := range s.opts.ExtraStats() {
+			d := prometheus.NewDesc("pushctl_"+k+"_total", strings.ReplaceAll(k, "_", " ")+".", nil, nil)
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 		}
 	}
-	return nil
 }
 
-func formatFloat(f float64) string {
-	if f == math.Trunc(f) {
-		return fmt.Sprintf("%.0f", f)
-	}
-	return strings.TrimRight(fmt.Sprintf("%f", f), "0")
+// newMetricsHandler serves Prometheus exposition for s, with the Go
+// runtime and process collectors (RSS, goroutines, GC, file descriptors).
+func newMetricsHandler(s *Server) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
+	s.metricsHandler.ServeHTTP(w, r)
+	return nil
 }

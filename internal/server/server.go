@@ -94,10 +94,11 @@ type Server struct {
 	log  *slog.Logger
 	mux  *http.ServeMux
 
-	metrics  metrics
-	auth     *auth.Authorizer
-	rate     *rateLimiter
-	upgrader websocket.Upgrader
+	metrics        metrics
+	metricsHandler http.Handler
+	auth           *auth.Authorizer
+	rate           *rateLimiter
+	upgrader       websocket.Upgrader
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
@@ -133,6 +134,7 @@ func New(b broker.Broker, opts Options) *Server {
 			return false
 		},
 	}
+	s.metricsHandler = newMetricsHandler(s)
 	s.routes()
 	s.handler = s.cors(s.mux)
 	return s
