@@ -91,9 +91,10 @@ func (m *Message) Encoded(slot int, fn func(*Message) []byte) []byte {
 }
 
 // ClassifyData decides the kind of a payload from its declared content type
-// (may be empty). Declared JSON must be valid. Undeclared data that is a
-// JSON object or array is kept as JSON; invalid UTF-8 or a declared binary
-// type is binary; everything else is text.
+// (may be empty). Declared JSON must be valid; declared text/* is text
+// (binary if it is not UTF-8). Undeclared data that is a JSON object or
+// array is kept as JSON; invalid UTF-8 or a declared binary type is
+// binary; everything else is text.
 func ClassifyData(contentType string, data []byte) (Kind, error) {
 	ct := strings.ToLower(strings.TrimSpace(contentType))
 	if i := strings.IndexByte(ct, ';'); i >= 0 {
@@ -108,6 +109,12 @@ func ClassifyData(contentType string, data []byte) (Kind, error) {
 	case ct == "application/octet-stream" || strings.HasPrefix(ct, "image/") ||
 		strings.HasPrefix(ct, "audio/") || strings.HasPrefix(ct, "video/"):
 		return KindBinary, nil
+	case strings.HasPrefix(ct, "text/"):
+		// Declared text stays text, even when it looks like JSON.
+		if !utf8.Valid(data) {
+			return KindBinary, nil
+		}
+		return KindText, nil
 	}
 	if !utf8.Valid(data) {
 		return KindBinary, nil

@@ -1,0 +1,372 @@
+package e2e
+
+// CLI behaviour pinned by testscript scripts (testdata/script/*.txtar):
+// every command and flag run as a user would, against a broker each script
+// starts. The built pushctl binary is first on PATH.
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("PATH", filepath.Dir(binary)+string(os.PathListSeparator)+os.Getenv("PATH"))
+			env.Setenv("GORACE", os.Getenv("GORACE"))
+			env.Setenv("HOME", env.WorkDir)
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"serve":      cmdServe,
+			"http":       cmdHTTP,
+			"stream":     cmdStream,
+			"waitsub":    cmdWaitSub,
+			"eventually": cmdEventually,
+			"recorder":   cmdRecorder,
+			"recorded":   cmdRecorded,
+			"stop":       cmdStop,
+			"genrsa":     cmdGenRSA,
+		},
+		Condition: func(cond string) (bool, error) {
+			switch cond {
+			case "root":
+				return os.Geteuid() == 0, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
+	})
+}
+
+type scriptBroker struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	code int
+}
+
+var (
+	brokersMu sync.Mutex
+	brokers   = map[*testscript.TestScript]map[string]*scriptBroker{}
+)
+
+// serve [-name NAME] [-env K=V…] [args…]: start `pushctl serve` in the
+// background on a free port; $URL (or $URL_NAME) and $ADDR are its address.
+// It is stopped (SIGTERM) when the script ends.
+func cmdServe(ts *testscript.TestScript, neg bool, args []string) {
+	name := ""
+	var env []string
+	for len(args) > 0 && (args[0] == "-name" || args[0] == "-env") {
+		if args[0] == "-name" {
+			name = args[1]
+		} else {
+			env = append(env, args[1])
+		}
+		args = args[2:]
+	}
+	full := append([]string{"serve"}, args...)
+	if !hasListen(args) {
+		full = append(full, "--listen", "127.0.0.1:0")
+	}
+	cmd := exec.Command(binary, full...)
+	cmd.Dir = ts.Getenv("WORK")
+	cmd.Env = append(os.Environ(), "HOME="+ts.Getenv("WORK"))
+	cmd.Env = append(cmd.Env, env...)
+	stderr, err := cmd.StderrPipe()
+	ts.Check(err)
+	logf, err := os.Create(filepath.Join(ts.Getenv("WORK"), "serve"+name+".log"))
+	ts.Check(err)
+	ts.Check(cmd.Start())
+	b := &scriptBroker{cmd: cmd, done: make(chan struct{})}
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			fmt.Fprintln(logf, sc.Text())
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		logf.Close()
+		close(lines)
+	}()
+	go func() {
+		err := cmd.Wait()
+		if ee, ok := err.(*exec.ExitError); ok {
+			b.code = ee.ExitCode()
+		}
+		close(b.done)
+	}()
+	ts.Defer(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-b.done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+	})
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				if neg {
+					return
+				}
+				ts.Fatalf("serve exited before listening (see serve%s.log)", name)
+			}
+			if i := strings.Index(l, "broker listening on "); i >= 0 {
+				if neg {
+					ts.Fatalf("serve started, but was expected to fail")
+				}
+				url := strings.TrimSpace(l[i+len("broker listening on "):])
+				key := "URL"
+				if name != "" {
+					key = "URL_" + name
+				}
+				ts.Setenv(key, url)
+				ts.Setenv("ADDR", strings.TrimPrefix(strings.TrimPrefix(url, "http://"), "https://"))
+				brokersMu.Lock()
+				if brokers[ts] == nil {
+					brokers[ts] = map[string]*scriptBroker{}
+				}
+				brokers[ts][name] = b
+				brokersMu.Unlock()
+				return
+			}
+		case <-deadline:
+			ts.Fatalf("serve did not start within 30s")
+		}
+	}
+}
+
+// stop [-name NAME] [-signal INT|TERM] [code]: stop a broker started by
+// serve and check its exit code.
+func cmdStop(ts *testscript.TestScript, neg bool, args []string) {
+	name, sig, want := "", syscall.SIGTERM, 0
+	for len(args) > 0 {
+		switch args[0] {
+		case "-name":
+			name, args = args[1], args[2:]
+		case "-signal":
+			if args[1] == "INT" {
+				sig = syscall.SIGINT
+			}
+			args = args[2:]
+		default:
+			want, _ = strconv.Atoi(args[0])
+			args = args[1:]
+		}
+	}
+	brokersMu.Lock()
+	b := brokers[ts][name]
+	brokersMu.Unlock()
+	if b == nil {
+		ts.Fatalf("no broker %q", name)
+	}
+	b.cmd.Process.Signal(sig)
+	select {
+	case <-b.done:
+	case <-time.After(15 * time.Second):
+		ts.Fatalf("broker did not stop within 15s")
+	}
+	if b.code != want {
+		ts.Fatalf("broker exited %d, want %d", b.code, want)
+	}
+}
+
+// http [-H K:V]… METHOD PATH [BODY]: a request to $URL; stdout gets the
+// status, then the headers named with -show, then the body.
+func cmdHTTP(ts *testscript.TestScript, neg bool, args []string) {
+	hdr := http.Header{}
+	var show []string
+	for len(args) > 1 && (args[0] == "-H" || args[0] == "-show") {
+		if args[0] == "-H" {
+			k, v, _ := strings.Cut(args[1], ":")
+			hdr.Add(k, strings.TrimSpace(v))
+		} else {
+			show = append(show, args[1])
+		}
+		args = args[2:]
+	}
+	if len(args) < 2 {
+		ts.Fatalf("usage: http [-H K:V] [-show H] METHOD PATH [BODY]")
+	}
+	var body io.Reader
+	if len(args) > 2 {
+		body = strings.NewReader(args[2])
+	}
+	target := args[1]
+	if !strings.Contains(target, "://") {
+		target = ts.Getenv("URL") + target
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, args[0], target, body)
+	ts.Check(err)
+	req.Header = hdr
+	resp, err := http.DefaultClient.Do(req)
+	ts.Check(err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	fmt.Fprintf(ts.Stdout(), "%d\n", resp.StatusCode)
+	for _, h := range show {
+		fmt.Fprintf(ts.Stdout(), "%s: %s\n", h, resp.Header.Get(h))
+	}
+	ts.Stdout().Write(b)
+	if neg != (resp.StatusCode >= 400) {
+		ts.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// stream [-H K:V]… PATH N: read the first N lines of a streaming GET (10s
+// at most) to stdout.
+func cmdStream(ts *testscript.TestScript, neg bool, args []string) {
+	hdr := http.Header{}
+	for len(args) > 1 && args[0] == "-H" {
+		k, v, _ := strings.Cut(args[1], ":")
+		hdr.Add(k, strings.TrimSpace(v))
+		args = args[2:]
+	}
+	if len(args) != 2 {
+		ts.Fatalf("usage: stream [-H K:V] PATH N")
+	}
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", ts.Getenv("URL")+args[0], nil)
+	ts.Check(err)
+	req.Header = hdr
+	resp, err := http.DefaultClient.Do(req)
+	ts.Check(err)
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := 0; i < n; i++ {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			ts.Fatalf("after %d lines: %v", i, err)
+		}
+		fmt.Fprint(ts.Stdout(), l)
+	}
+}
+
+// waitsub CHANNEL N: wait (20s at most) until CHANNEL has N subscribers.
+func cmdWaitSub(ts *testscript.TestScript, neg bool, args []string) {
+	resp, err := http.Get(ts.Getenv("URL") + "/channels/" + args[0] + "?wait_subscribers=" + args[1] + "&timeout=20s")
+	ts.Check(err)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		ts.Fatalf("fewer than %s subscribers on %s after 20s", args[1], args[0])
+	}
+}
+
+// eventually CMD ARGS…: run an exec command until it succeeds (20s at
+// most): for effects the broker applies in the background.
+func cmdEventually(ts *testscript.TestScript, neg bool, args []string) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Dir = ts.Getenv("WORK")
+		cmd.Env = append(os.Environ(), "PATH="+ts.Getenv("PATH"), "PUSHCTL_SERVER="+ts.Getenv("PUSHCTL_SERVER"))
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			ts.Stdout().Write(out)
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("%v never succeeded: %s", args, out)
+		}
+		<-time.After(50 * time.Millisecond) // the next look at a background effect, within the deadline
+	}
+}
+
+type hookRecorder struct {
+	mu  sync.Mutex
+	got []string
+	ch  chan struct{}
+}
+
+var (
+	recordersMu sync.Mutex
+	recorders   = map[*testscript.TestScript]*hookRecorder{}
+)
+
+// recorder: an HTTP endpoint recording every POST ($HOOK is its URL), as
+// "header-values body" lines (X-Pushctl-Channel, X-Pushctl-Event, X-Test).
+func cmdRecorder(ts *testscript.TestScript, neg bool, args []string) {
+	rec := &hookRecorder{ch: make(chan struct{}, 1)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		rec.mu.Lock()
+		rec.got = append(rec.got, fmt.Sprintf("%s %s %s %s", r.Header.Get("X-Pushctl-Channel"), r.Header.Get("X-Pushctl-Event"), r.Header.Get("X-Test"), b))
+		rec.mu.Unlock()
+		select {
+		case rec.ch <- struct{}{}:
+		default:
+		}
+	}))
+	ts.Defer(srv.Close)
+	recordersMu.Lock()
+	recorders[ts] = rec
+	recordersMu.Unlock()
+	ts.Setenv("HOOK", srv.URL)
+}
+
+// recorded N: wait (20s at most) for N recorded requests and print them.
+func cmdRecorded(ts *testscript.TestScript, neg bool, args []string) {
+	n, _ := strconv.Atoi(args[0])
+	recordersMu.Lock()
+	rec := recorders[ts]
+	recordersMu.Unlock()
+	deadline := time.After(20 * time.Second)
+	for {
+		rec.mu.Lock()
+		got := append([]string(nil), rec.got...)
+		rec.mu.Unlock()
+		if len(got) >= n {
+			for _, g := range got {
+				fmt.Fprintln(ts.Stdout(), g)
+			}
+			return
+		}
+		select {
+		case <-rec.ch:
+		case <-deadline:
+			ts.Fatalf("%d of %d requests recorded: %q", len(got), n, got)
+		}
+	}
+}
+
+// genrsa PRIVATE PUBLIC: write a 2048-bit RSA key pair as PEM (PKCS#8 and
+// PKIX), for tokens signed with RSA.
+func cmdGenRSA(ts *testscript.TestScript, neg bool, args []string) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	ts.Check(err)
+	priv, err := x509.MarshalPKCS8PrivateKey(k)
+	ts.Check(err)
+	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}), 0o600))
+	ts.Check(os.WriteFile(ts.MkAbs(args[1]), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644))
+}
