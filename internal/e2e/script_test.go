@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -45,8 +47,11 @@ func TestScripts(t *testing.T) {
 			"eventually": cmdEventually,
 			"recorder":   cmdRecorder,
 			"recorded":   cmdRecorded,
-			"stop":       cmdStop,
+			"halt":       cmdHalt,
 			"genrsa":     cmdGenRSA,
+			"ws":         cmdWS,
+			"stall":      cmdStall,
+			"slowbody":   cmdSlowBody,
 		},
 		Condition: func(cond string) (bool, error) {
 			switch cond {
@@ -160,9 +165,9 @@ func cmdServe(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-// stop [-name NAME] [-signal INT|TERM] [code]: stop a broker started by
+// halt [-name NAME] [-signal INT|TERM] [code]: stop a broker started by
 // serve and check its exit code.
-func cmdStop(ts *testscript.TestScript, neg bool, args []string) {
+func cmdHalt(ts *testscript.TestScript, neg bool, args []string) {
 	name, sig, want := "", syscall.SIGTERM, 0
 	for len(args) > 0 {
 		switch args[0] {
@@ -286,7 +291,11 @@ func cmdWaitSub(ts *testscript.TestScript, neg bool, args []string) {
 func cmdEventually(ts *testscript.TestScript, neg bool, args []string) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		cmd := exec.Command(args[0], args[1:]...)
+		name := args[0]
+		if name == "pushctl" {
+			name = binary // the lookup uses this process's PATH, not the script's
+		}
+		cmd := exec.Command(name, args[1:]...)
 		cmd.Dir = ts.Getenv("WORK")
 		cmd.Env = append(os.Environ(), "PATH="+ts.Getenv("PATH"), "PUSHCTL_SERVER="+ts.Getenv("PUSHCTL_SERVER"))
 		out, err := cmd.CombinedOutput()
@@ -369,4 +378,62 @@ func cmdGenRSA(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}), 0o600))
 	ts.Check(os.WriteFile(ts.MkAbs(args[1]), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644))
+}
+
+// ws PATH N FRAME…: open a WebSocket to $URL+PATH, send the frames and
+// print the first N frames that come back (10s at most).
+func cmdWS(ts *testscript.TestScript, neg bool, args []string) {
+	n, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	c, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(ts.Getenv("URL"), "http")+args[0], nil)
+	if err != nil {
+		if neg {
+			fmt.Fprintf(ts.Stdout(), "%v\n", err)
+			if resp != nil {
+				fmt.Fprintf(ts.Stdout(), "%d\n", resp.StatusCode)
+			}
+			return
+		}
+		ts.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	for _, f := range args[2:] {
+		ts.Check(c.WriteMessage(websocket.TextMessage, []byte(f)))
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for i := 0; i < n; i++ {
+		_, data, err := c.ReadMessage()
+		if err != nil {
+			fmt.Fprintf(ts.Stdout(), "%v\n", err)
+			if !neg {
+				ts.Fatalf("frame %d: %v", i+1, err)
+			}
+			return
+		}
+		fmt.Fprintf(ts.Stdout(), "%s\n", data)
+	}
+}
+
+// stall PATH: open a streaming GET through a small receive buffer and never
+// read from it (until the script ends): a subscriber that stopped reading.
+func cmdStall(ts *testscript.TestScript, neg bool, args []string) {
+	c, err := net.Dial("tcp", ts.Getenv("ADDR"))
+	ts.Check(err)
+	c.(*net.TCPConn).SetReadBuffer(64 << 10)
+	ts.Defer(func() { c.Close() })
+	_, err = fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nAccept: application/x-ndjson\r\n\r\n", args[0])
+	ts.Check(err)
+}
+
+// slowbody PATH: send a request whose body never finishes and print the
+// status line the broker answers with (10s at most).
+func cmdSlowBody(ts *testscript.TestScript, neg bool, args []string) {
+	c, err := net.Dial("tcp", ts.Getenv("ADDR"))
+	ts.Check(err)
+	defer c.Close()
+	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc", args[0])
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	ts.Check(err)
+	fmt.Fprint(ts.Stdout(), line)
 }
