@@ -82,3 +82,21 @@ func TestBatchPublishAckBacklogIsBounded(t *testing.T) {
 	}
 	t.Logf("%d lines acked and published, %d refused with %s", acked, n-acked, CodeAckBacklog)
 }
+
+// TestUnknownErrorsAreInternal: an error nothing maps is a 500 with the
+// stable internal_error code and no detail (which could leak internals).
+func TestUnknownErrorsAreInternal(t *testing.T) {
+	e := asError(fmt.Errorf("wrapped: %w", io.ErrUnexpectedEOF))
+	if e.Status != 500 || e.Code != CodeInternal || e.Message != "internal error" {
+		t.Fatalf("%+v", e)
+	}
+	if e := asError(errStalled); e.Code != CodeStalled {
+		t.Fatalf("stalled maps to %+v", e)
+	}
+	if e := asError(broker.ErrClosed); e.Status != 503 || e.Code != CodeShuttingDown {
+		t.Fatalf("closed maps to %+v", e)
+	}
+	if e := asError(broker.ErrStore); e.Status != 507 || e.Code != CodeStoreFailed {
+		t.Fatalf("store failure maps to %+v", e)
+	}
+}

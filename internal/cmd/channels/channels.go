@@ -137,7 +137,9 @@ func NewCmdStats(f *cmdutil.Factory) *cobra.Command {
 		Use:   "stats",
 		Short: "Show a broker's counters",
 		Long:  `Show a broker's counters (GET /stats): a table on a terminal, JSON when piped.`,
-		Args:  cmdutil.NoArgs,
+		Example: `  pushctl stats
+  pushctl stats --json | jq .slow_consumer_disconnects`,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := o.Factory.Client(o.Server)
 			if err != nil {

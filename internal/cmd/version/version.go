@@ -54,7 +54,11 @@ func NewCmdVersion(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print version and build information",
-		Args:  cobra.NoArgs,
+		Long: `Print pushctl's version, the Go it was built with, and the libzmq it links
+(with CURVE or not; builds without ZeroMQ say so).`,
+		Example: `  pushctl version
+  pushctl version --json | jq -r .libzmq`,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info := Get()
 			if asJSON {

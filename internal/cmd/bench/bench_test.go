@@ -1,0 +1,39 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/server"
+)
+
+// TestBench runs a small load against a broker on loopback over both
+// subscriber transports: every message delivered to every subscriber.
+func TestBench(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	t.Cleanup(func() { b.Close() })
+	srv := httptest.NewServer(server.New(b, server.Options{}))
+	t.Cleanup(srv.Close)
+	for _, tr := range []string{"ws", "sse"} {
+		out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", srv.URL, "--transport", tr,
+			"--subscribers", "4", "--publishers", "2", "--messages", "100", "--size", "32", "--format", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct {
+			Delivered int64 `json:"delivered"`
+			Lost      int64 `json:"lost"`
+			P99       int64 `json:"p99_ns"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil || r.Delivered != 400 || r.Lost != 0 || r.P99 <= 0 {
+			t.Fatalf("%s: %s (%v)", tr, out, err)
+		}
+	}
+	if _, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", srv.URL, "--size", "3"); err == nil {
+		t.Fatal("--size 3 accepted")
+	}
+}

@@ -1,0 +1,63 @@
+package bridge
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/server"
+)
+
+// TestBridgeToHook moves messages of a broker channel into an HTTP hook
+// with a computed channel name, and stops after --count.
+func TestBridgeToHook(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	t.Cleanup(func() { b.Close() })
+	srv := httptest.NewServer(server.New(b, server.Options{}))
+	t.Cleanup(srv.Close)
+	var mu sync.Mutex
+	var got []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, r.Header.Get("X-Pushctl-Channel")+"="+string(body))
+		mu.Unlock()
+	}))
+	t.Cleanup(hook.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := cmdutil.RunForTest(ctx, NewCmdBridge, nil, "pushctl://"+strings.TrimPrefix(srv.URL, "http://")+"/jobs.>", hook.URL,
+			"--channel-template", "x.{{.Channel}}", "--count", "2", "--stats-interval", "0", "--quiet")
+		done <- err
+	}()
+	if err := b.WaitSubscribers(ctx, "jobs.a", 1); err != nil {
+		t.Fatal(err)
+	}
+	b.Publish(ctx, &broker.Message{Channel: "jobs.a", Data: []byte("1")})
+	b.Publish(ctx, &broker.Message{Channel: "jobs.b", Data: []byte("2")})
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("bridge did not stop after --count 2")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(got, " ") != "x.jobs.a=1 x.jobs.b=2" {
+		t.Fatalf("hook got %q", got)
+	}
+	if _, _, err := cmdutil.RunForTest(context.Background(), NewCmdBridge, nil, "gopher://x", hook.URL); err == nil {
+		t.Fatal("an unknown endpoint was accepted")
+	}
+}

@@ -1,0 +1,48 @@
+package channels
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/server"
+)
+
+// TestChannelsAndStats against a broker on loopback: the list as JSON,
+// delete, and stats.
+func TestChannelsAndStats(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	t.Cleanup(func() { b.Close() })
+	srv := httptest.NewServer(server.New(b, server.Options{}))
+	t.Cleanup(srv.Close)
+	ctx := context.Background()
+	for _, ch := range []string{"a.one", "a.two", "b"} {
+		b.Publish(ctx, &broker.Message{Channel: ch, Data: []byte("x")})
+	}
+	env := map[string]string{"PUSHCTL_SERVER": srv.URL}
+	out, _, err := cmdutil.RunForTest(ctx, NewCmdChannels, env, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []broker.ChannelInfo
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 3 || list[0].Name != "a.one" || list[0].LastSeq != 1 || list[2].Name != "b" {
+		t.Fatalf("channels: %s (%v)", out, err)
+	}
+	if _, _, err := cmdutil.RunForTest(ctx, NewCmdChannels, env, "b", "--delete"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Channel(ctx, "b"); err == nil {
+		t.Fatal("b was not deleted")
+	}
+	out, _, err = cmdutil.RunForTest(ctx, NewCmdStats, env, "--json")
+	var st map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st["published"] != float64(3) || st["channels"] != float64(2) {
+		t.Fatalf("stats: %s (%v)", out, err)
+	}
+	if _, _, err := cmdutil.RunForTest(ctx, NewCmdChannels, map[string]string{"PUSHCTL_SERVER": "http://127.0.0.1:1"}, "--json"); err == nil {
+		t.Fatal("no error from an unreachable broker")
+	}
+}
