@@ -7,12 +7,18 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -52,6 +58,9 @@ func TestScripts(t *testing.T) {
 			"ws":         cmdWS,
 			"stall":      cmdStall,
 			"slowbody":   cmdSlowBody,
+			"deafws":     cmdDeafWS,
+			"freeport":   cmdFreePort,
+			"gencert":    cmdGenCert,
 		},
 		Condition: func(cond string) (bool, error) {
 			switch cond {
@@ -276,13 +285,33 @@ func cmdStream(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-// waitsub CHANNEL N: wait (20s at most) until CHANNEL has N subscribers.
+// waitsub [-token-file F] CHANNEL N: wait (20s at most) until CHANNEL has
+// N subscribers.
 func cmdWaitSub(ts *testscript.TestScript, neg bool, args []string) {
-	resp, err := http.Get(ts.Getenv("URL") + "/channels/" + args[0] + "?wait_subscribers=" + args[1] + "&timeout=20s")
+	hc := http.DefaultClient
+	if ca := ts.Getenv("CA"); ca != "" { // a broker with TLS: trust $CA
+		pemBytes, err := os.ReadFile(ca)
+		ts.Check(err)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pemBytes)
+		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
+	token := ""
+	if len(args) == 4 && args[0] == "-token-file" { // a broker with access control
+		b, err := os.ReadFile(ts.MkAbs(args[1]))
+		ts.Check(err)
+		token, args = strings.TrimSpace(string(b)), args[2:]
+	}
+	req, err := http.NewRequest("GET", ts.Getenv("URL")+"/channels/"+args[0]+"?wait_subscribers="+args[1]+"&timeout=20s", nil)
+	ts.Check(err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
 	ts.Check(err)
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		ts.Fatalf("fewer than %s subscribers on %s after 20s", args[1], args[0])
+		ts.Fatalf("fewer than %s subscribers on %s after 20s (%d)", args[1], args[0], resp.StatusCode)
 	}
 }
 
@@ -436,4 +465,58 @@ func cmdSlowBody(ts *testscript.TestScript, neg bool, args []string) {
 	line, err := bufio.NewReader(c).ReadString('\n')
 	ts.Check(err)
 	fmt.Fprint(ts.Stdout(), line)
+}
+
+// deafws PATH: a WebSocket client that never answers pings; prints how
+// many pings came before the broker closed the connection (10s at most).
+func cmdDeafWS(ts *testscript.TestScript, neg bool, args []string) {
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(ts.Getenv("URL"), "http")+args[0], nil)
+	ts.Check(err)
+	defer c.Close()
+	pings := 0
+	c.SetPingHandler(func(string) error { pings++; return nil })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := c.ReadMessage(); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				ts.Fatalf("still open after 10s (%d pings)", pings)
+			}
+			fmt.Fprintf(ts.Stdout(), "pings %d, then closed\n", pings)
+			return
+		}
+	}
+}
+
+// freeport VAR: set VAR to a free loopback port.
+func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ts.Check(err)
+	defer l.Close()
+	ts.Setenv(args[0], strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+}
+
+// gencert CERT KEY CA: a CA and a certificate for 127.0.0.1 signed by it.
+func cmdGenCert(ts *testscript.TestScript, neg bool, args []string) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ts.Check(err)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pushctl test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	ts.Check(err)
+	ca, err := x509.ParseCertificate(caDER)
+	ts.Check(err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ts.Check(err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	ts.Check(err)
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	ts.Check(err)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	ts.Check(os.WriteFile(ts.MkAbs(args[1]), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600))
+	ts.Check(os.WriteFile(ts.MkAbs(args[2]), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644))
 }
