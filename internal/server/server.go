@@ -107,7 +107,8 @@ type Server struct {
 	handler  http.Handler
 	stopping chan struct{}
 	stopOnce sync.Once
-	conns    sync.WaitGroup // long-lived subscriber handlers
+	conns    sync.WaitGroup // long-lived subscriber handlers (see enter)
+	draining bool           // guarded by connMu: Serve is waiting for conns
 }
 
 // New returns a Server for b.
@@ -231,12 +232,27 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := hs.Shutdown(sctx)
+	s.connMu.Lock()
+	s.draining = true // no handler enters after this
+	s.connMu.Unlock()
 	s.conns.Wait()
 	if err != nil {
 		hs.Close()
 		return err
 	}
 	return <-errc
+}
+
+// enter registers a long-lived handler with Serve's shutdown wait; it
+// fails once shutdown is waiting, so that no Add races the Wait.
+func (s *Server) enter() bool {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.conns.Add(1)
+	return true
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {

@@ -172,13 +172,16 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
+	if !s.enter() {
+		ss.closeSubs()
+		return broker.ErrClosed // 503 shutting_down: resume elsewhere or later
+	}
+	defer s.conns.Done()
 	cw, done, err := s.openStream(w, r)
 	if err != nil {
 		ss.closeSubs()
 		return nil
 	}
-	s.conns.Add(1)
-	defer s.conns.Done()
 	t := enc.transport()
 	s.metrics.connections[t].Add(1)
 	defer s.metrics.connections[t].Add(-1)

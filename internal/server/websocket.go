@@ -214,7 +214,12 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 	hj.conn.upgraded.Store(true)
 	raw := hj.conn.Conn
 	ss.w = &connWriter{conn: raw, timeout: s.opts.WriteTimeout}
-	s.conns.Add(1)
+	if !s.enter() { // shutting down
+		ss.closeSubs()
+		ss.w.finish(closeFrame(websocket.CloseGoingAway, CodeShuttingDown), time.Second)
+		raw.Close()
+		return nil
+	}
 	defer s.conns.Done()
 	s.metrics.connections[tWebSocket].Add(1)
 	defer s.metrics.connections[tWebSocket].Add(-1)
