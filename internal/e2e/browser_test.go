@@ -301,18 +301,6 @@ func TestBrowserExpiredToken(t *testing.T) {
 	}
 }
 
-func serveEnv(t *testing.T, env []string, args ...string) (*proc, string) {
-	t.Helper()
-	p := start(t, nil, env, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
-	line := p.waitStderr("broker listening on ", 30*time.Second)
-	url := line[strings.Index(line, "http://"):]
-	t.Cleanup(func() {
-		p.signal(syscall.SIGTERM)
-		p.wait(10 * time.Second)
-	})
-	return p, url
-}
-
 // TestConsole: the web console lists a channel, shows a published message
 // with its JSON pretty-printed, and publishes one that `pushctl sub` gets.
 // PUSHCTL_UPDATE_SCREENSHOT=1 writes its screenshot to docs/console.png.

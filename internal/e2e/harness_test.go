@@ -208,10 +208,16 @@ func (p *proc) signal(sig os.Signal) { p.cmd.Process.Signal(sig) }
 // serve starts a broker and returns it with its URL.
 func serve(t *testing.T, args ...string) (*proc, string) {
 	t.Helper()
+	return serveEnv(t, nil, args...)
+}
+
+// serveEnv is serve with extra environment variables.
+func serveEnv(t *testing.T, env []string, args ...string) (*proc, string) {
+	t.Helper()
 	if !hasListen(args) {
 		args = append(args, "--listen", "127.0.0.1:0")
 	}
-	p := start(t, nil, nil, append([]string{"serve"}, args...)...)
+	p := start(t, nil, env, append([]string{"serve"}, args...)...)
 	line := p.waitStderr("broker listening on ", 30*time.Second)
 	url := line[strings.Index(line, "http://"):]
 	t.Cleanup(func() {

@@ -3,23 +3,19 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"testing"
 
-	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/server"
+	"github.com/pushctl/pushctl/internal/server/servertest"
 )
 
 // TestBench runs a small load against a broker on loopback over both
 // subscriber transports: every message delivered to every subscriber.
 func TestBench(t *testing.T) {
-	b := broker.NewMemory(broker.MemoryOptions{})
-	t.Cleanup(func() { b.Close() })
-	srv := httptest.NewServer(server.New(b, server.Options{}))
-	t.Cleanup(srv.Close)
+	_, url := servertest.Start(t, server.Options{})
 	for _, tr := range []string{"ws", "sse"} {
-		out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", srv.URL, "--transport", tr,
+		out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url, "--transport", tr,
 			"--subscribers", "4", "--publishers", "2", "--messages", "100", "--size", "32", "--format", "json")
 		if err != nil {
 			t.Fatal(err)
@@ -33,7 +29,7 @@ func TestBench(t *testing.T) {
 			t.Fatalf("%s: %s (%v)", tr, out, err)
 		}
 	}
-	if _, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", srv.URL, "--size", "3"); err == nil {
+	if _, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url, "--size", "3"); err == nil {
 		t.Fatal("--size 3 accepted")
 	}
 }

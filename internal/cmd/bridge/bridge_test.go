@@ -13,15 +13,13 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/server"
+	"github.com/pushctl/pushctl/internal/server/servertest"
 )
 
 // TestBridgeToHook moves messages of a broker channel into an HTTP hook
 // with a computed channel name, and stops after --count.
 func TestBridgeToHook(t *testing.T) {
-	b := broker.NewMemory(broker.MemoryOptions{})
-	t.Cleanup(func() { b.Close() })
-	srv := httptest.NewServer(server.New(b, server.Options{}))
-	t.Cleanup(srv.Close)
+	b, url := servertest.Start(t, server.Options{})
 	var mu sync.Mutex
 	var got []string
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -35,7 +33,7 @@ func TestBridgeToHook(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := cmdutil.RunForTest(ctx, NewCmdBridge, nil, "pushctl://"+strings.TrimPrefix(srv.URL, "http://")+"/jobs.>", hook.URL,
+		_, _, err := cmdutil.RunForTest(ctx, NewCmdBridge, nil, "pushctl://"+strings.TrimPrefix(url, "http://")+"/jobs.>", hook.URL,
 			"--channel-template", "x.{{.Channel}}", "--count", "2", "--stats-interval", "0", "--quiet")
 		done <- err
 	}()

@@ -3,26 +3,23 @@ package channels
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"testing"
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/server"
+	"github.com/pushctl/pushctl/internal/server/servertest"
 )
 
 // TestChannelsAndStats against a broker on loopback: the list as JSON,
 // delete, and stats.
 func TestChannelsAndStats(t *testing.T) {
-	b := broker.NewMemory(broker.MemoryOptions{})
-	t.Cleanup(func() { b.Close() })
-	srv := httptest.NewServer(server.New(b, server.Options{}))
-	t.Cleanup(srv.Close)
+	b, url := servertest.Start(t, server.Options{})
 	ctx := context.Background()
 	for _, ch := range []string{"a.one", "a.two", "b"} {
 		b.Publish(ctx, &broker.Message{Channel: ch, Data: []byte("x")})
 	}
-	env := map[string]string{"PUSHCTL_SERVER": srv.URL}
+	env := map[string]string{"PUSHCTL_SERVER": url}
 	out, _, err := cmdutil.RunForTest(ctx, NewCmdChannels, env, "--json")
 	if err != nil {
 		t.Fatal(err)
