@@ -51,7 +51,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"publish lines", "POST", "/pub/ch?lines=1", "a\nb", "pub", false, `"line":2,"id":`},
 		{"publish batch", "POST", "/pub", `{"channel":"ch","data":"x"}`, "pub", false, `"line":1,"id":`},
 		{"subscribe stream", "GET", "/sub/ch?format=ndjson&since=all", "", "sub", false, `"type":"message"`},
-		{"long-poll", "GET", "/sub/ch?poll=1ms&since=all", "", "sub", false, `{"events":[{"type":"message","channel":"ch"`},
+		{"long-poll", "GET", "/sub/ch?poll=1ms&since=all", "", "sub", false, `"cursor":"ch=`},
 		{"websocket subscribe", "GET", "/sub/ch", "", "sub", true, ""},
 		{"channel info", "GET", "/channels/ch", "", "pub or sub", false, `"channel":"ch"`},
 		{"delete", "DELETE", "/channels/ch", "", "pub", false, `"deleted":"ch"`},
@@ -92,7 +92,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		// Streams: the status is all that matters; read a little.
+		if ep.name != "subscribe stream" {
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		// A stream never ends: read its first lines.
 		b := make([]byte, 4096)
 		n, _ := io.ReadAtLeast(resp.Body, b, 1)
 		return resp.StatusCode, string(b[:n])
