@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strconv"
@@ -698,5 +699,56 @@ func TestBrowserAssets(t *testing.T) {
 	}
 	if resp, _ := off.do("GET", "/pushctl.js", nil); resp.StatusCode != 200 {
 		t.Errorf("pushctl.js with NoConsole: %d", resp.StatusCode)
+	}
+}
+
+// TestStreamsOverHTTP2: over TLS with HTTP/2 a stream cannot be hijacked;
+// the same loop writes through the ResponseWriter, in order, with the
+// start position, and long-poll works the same.
+func TestStreamsOverHTTP2(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	t.Cleanup(func() { b.Close() })
+	srv := httptest.NewUnstartedServer(server.New(b, server.Options{}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	c := srv.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/sub/h2?format=ndjson", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.Header.Get("Pushctl-Cursor") == "" {
+		t.Fatalf("proto %s, cursor %q", resp.Proto, resp.Header.Get("Pushctl-Cursor"))
+	}
+	if err := b.WaitSubscribers(ctx, "h2", 1); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 100; i++ {
+		b.Publish(ctx, &broker.Message{Channel: "h2", Data: []byte(strconv.Itoa(i))})
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := 1; i <= 100; i++ {
+		line := readLine(t, br)
+		env, err := wire.DecodeEnvelope([]byte(line))
+		if err != nil {
+			t.Fatalf("line %d: %q", i, line)
+		}
+		if got, _ := env.Bytes(); string(got) != strconv.Itoa(i) {
+			t.Fatalf("message %d is %q", i, got)
+		}
+	}
+	preq, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/sub/h2?poll=0s&since=all", nil)
+	presp, err := c.Do(preq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(presp.Body)
+	presp.Body.Close()
+	if !strings.Contains(string(body), `"data":"100"`) || !strings.Contains(string(body), `"cursor":"h2=`) {
+		t.Fatalf("long-poll over HTTP/2: %s", body)
 	}
 }
