@@ -752,3 +752,46 @@ func TestStreamsOverHTTP2(t *testing.T) {
 		t.Fatalf("long-poll over HTTP/2: %s", body)
 	}
 }
+
+// TestBusyConnectionIsStillPinged: a subscriber kept busy without a pause
+// still gets the broker's pings (liveness does not wait for idleness).
+func TestBusyConnectionIsStillPinged(t *testing.T) {
+	e := newEnv(t, broker.MemoryOptions{HistorySize: -1}, server.Options{PingInterval: 50 * time.Millisecond})
+	c := dialWS(t, e, "/sub/busy")
+	var pings atomic.Int64
+	c.SetPingHandler(func(string) error { pings.Add(1); return nil })
+	e.waitSubs("busy", 1)
+	// The publisher stays 4,000 messages (16 MiB, more than the socket
+	// buffers hold) ahead of the reader: the connection's queue is never
+	// empty, and never overflows.
+	read := make(chan struct{}, 1024)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		data := bytes.Repeat([]byte("b"), 4<<10)
+		ahead := 0
+		for {
+			for ahead < 4000 {
+				e.b.Publish(context.Background(), &broker.Message{Channel: "busy", Data: data})
+				ahead++
+			}
+			select {
+			case <-stop:
+				return
+			case <-read:
+				ahead--
+			}
+		}
+	}()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := c.ReadMessage(); err != nil {
+			t.Fatal(err)
+		}
+		read <- struct{}{}
+	}
+	if n := pings.Load(); n < 5 {
+		t.Fatalf("%d pings in a busy second with a 50ms interval", n)
+	}
+}

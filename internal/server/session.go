@@ -362,6 +362,18 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 			if ss.oneShot {
 				return nil
 			}
+			// Busy: look at the rest without waiting, so a connection that
+			// is never idle still gets keepalives and still notices its
+			// peer leaving or the broker stopping.
+			select {
+			case <-tick:
+				ss.enc.keepalive(&ss.b)
+			case <-done:
+				return errPeerGone
+			case <-ss.s.stopping:
+				return broker.ErrClosed
+			default:
+			}
 			continue
 		}
 		ss.b.release() // idle: hold no buffer
@@ -390,6 +402,12 @@ func (ss *session) drain(key string, sub *broker.Subscription, acked uint64) err
 		evs, err = sub.TryNext(ss.evbuf)
 	}
 	for j, e := range evs {
+		if ss.b.n >= maxBatch {
+			// The rest waits for the next round, so keepalives, control
+			// frames and other subscriptions are not stuck behind it.
+			ss.hold(sub, evs[j:])
+			return nil
+		}
 		if m := e.Msg; m != nil && m.Origin == ss.id {
 			if !ss.echo.Load() {
 				continue
@@ -397,10 +415,7 @@ func (ss *session) drain(key string, sub *broker.Subscription, acked uint64) err
 			if m.OriginSeq > acked {
 				// Its ack is not out yet: hold the rest of this channel
 				// back so the ack comes first.
-				if ss.held == nil {
-					ss.held = map[*broker.Subscription][]broker.Event{}
-				}
-				ss.held[sub] = evs[j:]
+				ss.hold(sub, evs[j:])
 				return nil
 			}
 		}
@@ -429,6 +444,17 @@ func (ss *session) drain(key string, sub *broker.Subscription, acked uint64) err
 		return nil
 	}
 	return err
+}
+
+// maxBatch bounds the bytes one round of the loop gathers for writing.
+const maxBatch = 1 << 20
+
+// hold keeps evs (the rest of sub's drained events) for the next round.
+func (ss *session) hold(sub *broker.Subscription, evs []broker.Event) {
+	if ss.held == nil {
+		ss.held = map[*broker.Subscription][]broker.Event{}
+	}
+	ss.held[sub] = evs
 }
 
 // flush writes the open batch and records the deliveries.
