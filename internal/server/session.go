@@ -320,6 +320,7 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 	}
 	defer ss.b.release()
 	ss.enc.start(&ss.b, ss)
+	gone := false // the peer went away; a reason its reader queued still goes first
 	for {
 		ss.mu.Lock()
 		ctl := ss.control
@@ -349,6 +350,9 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 			}
 			return ending
 		}
+		if gone {
+			return errPeerGone
+		}
 		for i, sub := range ss.list {
 			if err := ss.drain(ss.keys[i], sub, acked); err != nil {
 				ss.flush()
@@ -369,7 +373,7 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 			case <-tick:
 				ss.enc.keepalive(&ss.b)
 			case <-done:
-				return errPeerGone
+				gone = true
 			case <-ss.s.stopping:
 				return broker.ErrClosed
 			default:
@@ -384,7 +388,7 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 		case <-timeout:
 			return nil
 		case <-done:
-			return errPeerGone
+			gone = true
 		case <-ss.s.stopping:
 			return broker.ErrClosed
 		}
