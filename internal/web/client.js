@@ -327,6 +327,7 @@ class Client extends Emitter {
   // "network"; opened says whether it had connected.
   _onClose(t, reason, opened, message) {
     if (t !== this._t || this._closed) return;
+    reason = reason || "network";
     this._t = null;
     if (typeof this.options.token === "function" && reason.startsWith("token_")) this._refresh = true;
     if (FATAL.has(reason) && typeof this.options.token !== "function") {
