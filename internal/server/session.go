@@ -74,7 +74,8 @@ type session struct {
 	w    *connWriter
 	wake chan struct{}
 	room chan struct{}
-	// trackCursor keeps cursor up to date with what was written.
+	// trackCursor keeps cursor up to date with each message written (for
+	// encoders that write it as they go); it is always seeded at the start.
 	trackCursor bool
 	// oneShot ends the loop after the first write (long-poll).
 	oneShot bool
@@ -264,11 +265,9 @@ func (ss *session) closeSubs() {
 	ss.held = nil
 }
 
-// startCursor seeds the resume cursor with where sub starts.
-func (ss *session) startCursor(sub *broker.Subscription, since time.Time, pattern bool) {
-	if !ss.trackCursor {
-		return
-	}
+// startCursor seeds the resume cursor with where sub starts, and its time
+// entry (since; zero without a pattern).
+func (ss *session) startCursor(sub *broker.Subscription, since time.Time) {
 	if ss.cursor == nil {
 		ss.cursor = broker.Cursor{}
 	}
@@ -277,7 +276,7 @@ func (ss *session) startCursor(sub *broker.Subscription, since time.Time, patter
 			ss.cursor[ch] = p
 		}
 	}
-	if pattern && (ss.since.IsZero() || since.Before(ss.since)) {
+	if !since.IsZero() && (ss.since.IsZero() || since.Before(ss.since)) {
 		ss.since = since
 	}
 }

@@ -82,6 +82,20 @@ func parseSince(v string, opts *broker.SubscribeOptions, now time.Time) error {
 		"since %q: want all, a message id, ch=<id>,…[,*=<time>], an RFC 3339 time or a duration such as 5m", v)
 }
 
+// cursorSince is the time entry of the resume cursor handed to a
+// subscription to channels that started at began (zero without a pattern):
+// began, or the earlier time a resume asked for, since what that resume
+// left unreplayed keeps its claim.
+func cursorSince(channels []string, resumeSince, began time.Time) time.Time {
+	if !hasPattern(channels) {
+		return time.Time{}
+	}
+	if !resumeSince.IsZero() && resumeSince.Before(began) {
+		return resumeSince
+	}
+	return began
+}
+
 // hasPattern reports whether channels names a pattern.
 func hasPattern(channels []string) bool {
 	for _, c := range channels {
@@ -148,24 +162,16 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	h := w.Header()
 	h.Set("Cache-Control", "no-cache")
 	h.Set("Pushctl-Time", began.UTC().Format(time.RFC3339Nano))
-	pattern := hasPattern(channels)
-	since := began
-	if !opts.Since.IsZero() && opts.Since.Before(since) {
-		since = opts.Since // what a resume left unreplayed keeps its claim
-	}
+	since := cursorSince(channels, opts.Since, began)
 	if pe, ok := enc.(*pollEncoder); ok {
-		return s.longPoll(w, r, ss, sub, pe, since, pattern, wait)
+		return s.longPoll(w, r, ss, sub, pe, since, wait)
 	}
 	h.Set("Content-Type", contentType(enc))
 	h.Set("X-Accel-Buffering", "no")
-	if start := sub.Start(); len(start) > 0 || pattern {
+	if start := sub.Start(); len(start) > 0 || !since.IsZero() {
 		// Where this stream starts: a client that loses the connection
 		// before its first message resumes from here.
-		ps := time.Time{}
-		if pattern {
-			ps = since
-		}
-		h.Set("Pushctl-Cursor", broker.FormatResume(start, ps))
+		h.Set("Pushctl-Cursor", broker.FormatResume(start, since))
 	}
 	if r.Method == http.MethodHead {
 		ss.closeSubs() // the headers say where a stream would start
@@ -186,8 +192,10 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	s.metrics.connections[t].Add(1)
 	defer s.metrics.connections[t].Add(-1)
 	ss.w = cw
-	ss.trackCursor = true
-	ss.startCursor(sub, since, pattern)
+	// Only SSE over several channels writes the cursor as it goes.
+	se, ok := enc.(*sseEncoder)
+	ss.trackCursor = ok && !se.single
+	ss.startCursor(sub, since)
 	ss.setIdentity(id)
 	ss.finish(ss.run(done, s.opts.Keepalive, 0))
 	if cw.conn != nil {
@@ -461,14 +469,14 @@ func (e *pollEncoder) end(ss *session, err error) []byte {
 
 // longPoll answers with what is new since the request's position, waiting
 // up to wait for the first message. The reply's cursor resumes.
-func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, ss *session, sub *broker.Subscription, enc *pollEncoder, since time.Time, pattern bool, wait time.Duration) error {
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, ss *session, sub *broker.Subscription, enc *pollEncoder, since time.Time, wait time.Duration) error {
 	s.metrics.connections[tPoll].Add(1)
 	defer s.metrics.connections[tPoll].Add(-1)
 	w.Header().Set("Content-Type", "application/json")
 	cw := &connWriter{rw: w, rc: http.NewResponseController(w), timeout: s.opts.WriteTimeout}
 	ss.w = cw
 	ss.trackCursor, ss.oneShot = true, true
-	ss.startCursor(sub, since, pattern)
+	ss.startCursor(sub, since)
 	// poll=0s answers at once with what is there (and the cursor).
 	reason := ss.run(r.Context().Done(), 0, max(wait, time.Nanosecond))
 	ss.closeSubs()

@@ -196,13 +196,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 				start[c] = p
 			}
 		}
-		var since time.Time
-		if hasPattern(initial.Channels) {
-			since = began
-			if !initial.Since.IsZero() && initial.Since.Before(since) {
-				since = initial.Since
-			}
-		}
+		since := cursorSince(initial.Channels, initial.Since, began)
 		hdr = http.Header{"Pushctl-Cursor": {broker.FormatResume(start, since)}}
 	}
 	hj := &wsHijacker{ResponseWriter: w, ss: ss}
@@ -482,16 +476,9 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 			start[c] = p
 		}
 	}
-	var since time.Time
-	if hasPattern(chans) {
-		// The one resume rule: positions for what exists, and the time from
-		// which channels that appear later are replayed.
-		since = began
-		if !o.Since.IsZero() && o.Since.Before(since) {
-			since = o.Since
-		}
-	}
-	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, broker.FormatResume(start, since)))
+	// The one resume rule: positions for what exists, and the time from
+	// which channels that appear later are replayed.
+	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, broker.FormatResume(start, cursorSince(chans, o.Since, began))))
 	ss.mu.Lock()
 	if ss.ending != nil {
 		ss.mu.Unlock()
