@@ -58,12 +58,6 @@ func add(path, body, ctype string) {
 	assets[path] = &asset{body: []byte(body), gz: gz.Bytes(), ctype: ctype, etag: `"` + hex.EncodeToString(sum[:8]) + `"`}
 }
 
-// Script returns the served client: "pushctl.js" or "pushctl.mjs".
-func Script(name string) []byte { return assets["/"+name].body }
-
-// GzipSize is the size of a served file once gzipped.
-func GzipSize(path string) int { return len(assets[path].gz) }
-
 // ClientPaths are the paths of the client files.
 var ClientPaths = []string{"/pushctl.js", "/pushctl.mjs", "/pushctl.d.ts"}
 
