@@ -85,7 +85,6 @@ type session struct {
 	mu        sync.Mutex
 	subs      map[string]*broker.Subscription
 	control   [][]byte
-	controlN  int
 	pong      []byte // the latest ping's pong, not yet written
 	ending    error  // set to end the connection with this reason
 	closeSent bool   // a WebSocket close frame is queued or written
@@ -173,9 +172,8 @@ func (ss *session) send(frame []byte, done <-chan struct{}) bool {
 			ss.mu.Unlock()
 			return false
 		}
-		if ss.controlN < maxControl {
+		if len(ss.control) < maxControl {
 			ss.control = append(ss.control, frame)
-			ss.controlN++
 			ss.mu.Unlock()
 			ss.signal()
 			return true
@@ -323,7 +321,7 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 	for {
 		ss.mu.Lock()
 		ctl := ss.control
-		ss.control, ss.controlN = nil, 0
+		ss.control = nil
 		pong := ss.pong
 		ss.pong = nil
 		ending, acked := ss.ending, ss.acked

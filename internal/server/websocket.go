@@ -158,7 +158,6 @@ func (ss *session) closeWith(frame []byte, reason error) {
 	if !ss.closeSent {
 		ss.closeSent = true
 		ss.control = append(ss.control, frame)
-		ss.controlN++
 	}
 	if ss.ending == nil {
 		ss.ending = reason
@@ -488,7 +487,6 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 		return nil
 	}
 	ss.control = append(ss.control, ack)
-	ss.controlN++
 	for ch, sub := range subs {
 		if old, ok := ss.subs[ch]; ok {
 			old.Close()
