@@ -179,24 +179,16 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 	var hdr http.Header
 	if initial != nil {
 		// Subscribed before the upgrade, so a refusal is a plain HTTP error.
-		began := time.Now()
-		start := broker.Cursor{}
-		for _, ch := range initial.Channels {
-			o := *initial
-			o.Channels = []string{ch}
-			o.Notify = ss.wake
-			sub, err := s.b.Subscribe(r.Context(), o)
-			if err != nil {
-				ss.closeSubs()
-				return err
-			}
-			ss.addSub(ch, sub)
-			for c, p := range sub.Start() {
-				start[c] = p
-			}
+		o := *initial
+		o.Notify = ss.wake
+		subs, cursor, err := s.subscribeEach(r.Context(), o)
+		if err != nil {
+			return err
 		}
-		since := cursorSince(initial.Channels, initial.Since, began)
-		hdr = http.Header{"Pushctl-Cursor": {broker.FormatResume(start, since)}}
+		for ch, sub := range subs {
+			ss.addSub(ch, sub)
+		}
+		hdr = http.Header{"Pushctl-Cursor": {cursor}}
 	}
 	hj := &wsHijacker{ResponseWriter: w, ss: ss}
 	c, err := s.upgrader.Upgrade(hj, r, hdr)
@@ -457,27 +449,11 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if f.Echo != nil {
 		ss.echo.Store(*f.Echo)
 	}
-	began := time.Now()
-	subs := make(map[string]*broker.Subscription, len(chans))
-	start := broker.Cursor{}
-	for _, ch := range chans {
-		oc := o
-		oc.Channels = []string{ch}
-		sub, err := s.b.Subscribe(r.Context(), oc)
-		if err != nil {
-			for _, s := range subs {
-				s.Close()
-			}
-			return errFrame(f.Ref, err)
-		}
-		subs[ch] = sub
-		for c, p := range sub.Start() {
-			start[c] = p
-		}
+	subs, cursor, err := s.subscribeEach(r.Context(), o)
+	if err != nil {
+		return errFrame(f.Ref, err)
 	}
-	// The one resume rule: positions for what exists, and the time from
-	// which channels that appear later are replayed.
-	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, broker.FormatResume(start, cursorSince(chans, o.Since, began))))
+	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, cursor))
 	ss.mu.Lock()
 	if ss.ending != nil {
 		ss.mu.Unlock()
@@ -496,6 +472,33 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	ss.mu.Unlock()
 	ss.signal()
 	return nil
+}
+
+// subscribeEach subscribes to each of o.Channels on its own (so each can
+// end on its own), all or none, and returns the subscriptions with the
+// resume cursor of where they start (the one resume rule: positions for
+// what exists, and the time from which channels that appear later are
+// replayed).
+func (s *Server) subscribeEach(ctx context.Context, o broker.SubscribeOptions) (map[string]*broker.Subscription, string, error) {
+	began := time.Now()
+	subs := make(map[string]*broker.Subscription, len(o.Channels))
+	start := broker.Cursor{}
+	for _, ch := range o.Channels {
+		oc := o
+		oc.Channels = []string{ch}
+		sub, err := s.b.Subscribe(ctx, oc)
+		if err != nil {
+			for _, sub := range subs {
+				sub.Close()
+			}
+			return nil, "", err
+		}
+		subs[ch] = sub
+		for c, p := range sub.Start() {
+			start[c] = p
+		}
+	}
+	return subs, broker.FormatResume(start, cursorSince(o.Channels, o.Since, began)), nil
 }
 
 // channelsPerConn bounds subscriptions on one WebSocket (default 256).
