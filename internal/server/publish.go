@@ -35,10 +35,8 @@ func eventName(r *http.Request) (string, error) {
 	if ev == "" {
 		ev = r.Header.Get("X-Pushctl-Event")
 	}
-	return ev, validateEvent(ev)
+	return ev, wire.ValidateEvent(ev)
 }
-
-func validateEvent(ev string) error { return wire.ValidateEvent(ev) }
 
 // publish handles POST/PUT /pub/{channel}: the body is the message data.
 // With ?lines=1 every line of the body is a message, acked as NDJSON.
