@@ -352,10 +352,7 @@ func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, id *auth.I
 	})
 }
 
-// PublishFrame is one message to publish (see wire.PublishFrame).
-type PublishFrame = wire.PublishFrame
-
-// publishBatch handles POST /pub: NDJSON, one PublishFrame per line; a
+// publishBatch handles POST /pub: NDJSON, one wire.PublishFrame per line; a
 // line without a channel uses ?channel=.
 func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 	def := r.URL.Query().Get("channel")

@@ -23,9 +23,6 @@ const (
 	CloseSlowConsumer = wire.CloseSlowConsumer
 )
 
-// ClientFrame is any frame a client sends on the WebSocket protocol.
-type ClientFrame = wire.ClientFrame
-
 // textFrame frames a JSON control frame as a WebSocket text frame.
 func textFrame(j []byte) []byte {
 	return wire.AppendWSFrame(make([]byte, 0, len(j)+4), wire.OpText, j)
