@@ -48,12 +48,13 @@ var (
 	keyFormat      = []byte("format")
 )
 
-// store persists a Memory broker in bbolt. One goroutine, the writer,
-// assigns positions, writes batches (group commit) and then commits them
-// to the broker's memory, in order, so an acknowledged message is always
-// on disk and a subscriber never sees one that is not.
+// store is the durable log: bbolt on disk, with a memory log as its read
+// cache. One goroutine, the writer, assigns positions, writes batches
+// (group commit) and then commits them to memory and the sink, in order,
+// so an acknowledged message is always on disk and a subscriber never sees
+// one that is not.
 type store struct {
-	b     *Memory
+	b     *memLog
 	db    *bolt.DB
 	opts  DurableOptions
 	queue chan *op
@@ -88,7 +89,19 @@ type opResult struct {
 
 // OpenDurable opens (or creates) the store in dir, loads what it retains
 // and returns a running broker. The directory is locked for this process.
-func OpenDurable(o DurableOptions) (*Memory, error) {
+func OpenDurable(o DurableOptions) (*Core, error) {
+	o.fill()
+	hub := NewHub()
+	l, err := OpenDurableLog(o, hub)
+	if err != nil {
+		return nil, err
+	}
+	return New(hub, l, CoreOptions{QueueSize: o.QueueSize, QueueBytes: o.QueueBytes}), nil
+}
+
+// OpenDurableLog opens (or creates) the store in dir as a Log handing
+// commits to sink.
+func OpenDurableLog(o DurableOptions, sink Sink) (Log, error) {
 	o.fill()
 	switch o.Sync {
 	case "", "always":
@@ -113,16 +126,18 @@ func OpenDurable(o DurableOptions) (*Memory, error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w (if the file is damaged, move it away; nothing is deleted automatically)", path, err)
 	}
-	b := newMemory(o.MemoryOptions)
+	b := newMemLog(o.MemoryOptions, sink)
 	s := &store{b: b, db: db, opts: o, queue: make(chan *op, 65536), done: make(chan struct{}), trim: map[string]uint64{}}
 	if err := s.load(); err != nil {
 		db.Close()
 		return nil, err
 	}
-	b.store = s
+	b.durable = true
+	b.created = s.created
+	b.evicted = s.requestTrim
 	go s.writer()
 	b.start()
-	return b, nil
+	return s, nil
 }
 
 // load checks the format and restores every channel's epoch, sequence and
@@ -151,10 +166,7 @@ func (s *store) load() error {
 			if len(mv) < 10 || mv[0] != 1 {
 				return fmt.Errorf("store: channel %q has damaged metadata", name)
 			}
-			ch := &memChannel{
-				name: string(name), epoch: string(mv[9:]), seq: binary.BigEndian.Uint64(mv[1:9]),
-				subs: make(map[*Subscription]struct{}), changed: make(chan struct{}), persisted: true,
-			}
+			ch := &memChannel{name: string(name), epoch: string(mv[9:]), seq: binary.BigEndian.Uint64(mv[1:9]), persisted: true}
 			cb := chans.Bucket(name)
 			if cb == nil {
 				if cb, err = chans.CreateBucket(name); err != nil {
@@ -254,17 +266,9 @@ func (s *store) submit(ctx context.Context, o *op) error {
 	}
 }
 
-func (s *store) publish(ctx context.Context, m *Message) (*Message, int, error) {
-	wait, err := s.start(ctx, m)
-	if err != nil {
-		return nil, 0, err
-	}
-	return wait()
-}
-
-// start queues m for the writer and returns the wait for its outcome.
-// Once queued the write happens whatever the caller does.
-func (s *store) start(ctx context.Context, m *Message) (func() (*Message, int, error), error) {
+// Append implements Log: it queues m for the writer and returns the wait
+// for its outcome. Once queued the write happens whatever the caller does.
+func (s *store) Append(ctx context.Context, m *Message) (func() (int, error), error) {
 	if len(m.Event) > 0xffff {
 		return nil, fmt.Errorf("event name too long")
 	}
@@ -272,13 +276,30 @@ func (s *store) start(ctx context.Context, m *Message) (func() (*Message, int, e
 	if err := s.submit(ctx, o); err != nil {
 		return nil, err
 	}
-	return func() (*Message, int, error) {
+	return func() (int, error) {
 		r := <-o.res
-		return r.m, r.n, r.err
+		return r.n, r.err
 	}, nil
 }
 
-func (s *store) deleteChannel(ctx context.Context, name string) error {
+// Read implements Log.
+func (s *store) Read(ctx context.Context, name string, req ReadRequest) (ReadResult, error) {
+	return s.b.Read(ctx, name, req)
+}
+
+// Info implements Log.
+func (s *store) Info(ctx context.Context, name string) (ChannelInfo, error) {
+	return s.b.Info(ctx, name)
+}
+
+// List implements Log.
+func (s *store) List(ctx context.Context) ([]ChannelInfo, error) { return s.b.List(ctx) }
+
+// ChannelCount says how many channels there are.
+func (s *store) ChannelCount() int { return s.b.ChannelCount() }
+
+// Delete implements Log.
+func (s *store) Delete(ctx context.Context, name string) error {
 	o := &op{kind: opDelete, name: name, res: make(chan opResult, 1)}
 	if err := s.submit(ctx, o); err != nil {
 		return err
@@ -306,8 +327,8 @@ func (s *store) try(o *op) {
 	}
 }
 
-// close writes what is queued, then closes the file.
-func (s *store) close() error {
+// Close implements Log: it writes what is queued, then closes the file.
+func (s *store) Close() error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -317,7 +338,9 @@ func (s *store) close() error {
 	close(s.queue)
 	s.mu.Unlock()
 	<-s.done
-	return s.db.Close()
+	err := s.db.Close()
+	s.b.Close()
+	return err
 }
 
 // writer is the only goroutine that writes: it takes what is queued,
@@ -469,7 +492,7 @@ func (s *store) writeOther(o *op) {
 		})
 		if err == nil {
 			delete(s.trim, o.name)
-			err = b.deleteMemory(o.name)
+			err = b.Delete(context.Background(), o.name)
 		}
 	case opCreate:
 		ch, cerr := b.channel(o.name, false)

@@ -15,7 +15,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker/brokertest"
 )
 
-func openDurable(t *testing.T, dir string, o broker.MemoryOptions) *broker.Memory {
+func openDurable(t *testing.T, dir string, o broker.MemoryOptions) *broker.Core {
 	t.Helper()
 	b, err := broker.OpenDurable(broker.DurableOptions{MemoryOptions: o, Dir: dir})
 	if err != nil {

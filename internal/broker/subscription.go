@@ -19,9 +19,16 @@ type Subscription struct {
 	maxBytes int64
 	internal bool
 
-	mu        sync.Mutex
-	start     Cursor
-	buf       []Event
+	mu    sync.Mutex
+	start Cursor
+	buf   []Event
+	// While the subscription is being set up, live events wait in held so
+	// that each channel's replay comes first. after drops live messages a
+	// replay already covered (or that precede the start), per channel,
+	// until the first newer one.
+	holding   bool
+	held      []Event
+	after     map[string]Position
 	live      int   // live (not replayed) events in buf
 	liveBytes int64 // their data
 	ended     bool
@@ -69,8 +76,12 @@ func (s *Subscription) push(e Event) bool {
 		s.mu.Unlock()
 		return false
 	}
+	if s.after != nil && e.Msg != nil && s.covered(e.Msg) {
+		s.mu.Unlock()
+		return true
+	}
 	if s.live >= s.max || s.maxBytes > 0 && e.Msg != nil && s.liveBytes+int64(len(e.Msg.Data)) > s.maxBytes && s.live > 0 {
-		dropped := len(s.buf) + 1 // what was queued, and this one
+		dropped := len(s.buf) + len(s.held) + 1 // what was queued, and this one
 		s.endLocked(ErrSlowConsumer, true)
 		s.mu.Unlock()
 		if s.onSlow != nil {
@@ -78,14 +89,63 @@ func (s *Subscription) push(e Event) bool {
 		}
 		return false
 	}
-	s.buf = append(s.buf, e)
+	if s.holding {
+		s.held = append(s.held, e)
+	} else {
+		s.buf = append(s.buf, e)
+	}
 	s.live++
 	if e.Msg != nil {
 		s.liveBytes += int64(len(e.Msg.Data))
 	}
+	holding := s.holding
+	s.mu.Unlock()
+	if !holding {
+		s.wake()
+	}
+	return true
+}
+
+// covered reports whether m is at or before the position a replay of its
+// channel ended at; the first message past it clears the entry. Called
+// with s.mu held.
+func (s *Subscription) covered(m *Message) bool {
+	h, ok := s.after[m.Channel]
+	if !ok {
+		return false
+	}
+	if m.Epoch == h.Epoch && m.Seq <= h.Seq {
+		return true
+	}
+	delete(s.after, m.Channel)
+	if len(s.after) == 0 {
+		s.after = nil
+	}
+	return false
+}
+
+// goLive ends the set-up: heads holds, for each channel replayed, the
+// newest position the replay saw. Held live events that the replay
+// covered are dropped, the rest follow the replay.
+func (s *Subscription) goLive(heads map[string]Position) {
+	s.mu.Lock()
+	if len(heads) > 0 {
+		s.after = heads
+	}
+	held := s.held
+	s.holding, s.held = false, nil
+	if !s.ended {
+		for _, e := range held {
+			if e.Msg != nil && s.after != nil && s.covered(e.Msg) {
+				s.live--
+				s.liveBytes -= int64(len(e.Msg.Data))
+				continue
+			}
+			s.buf = append(s.buf, e)
+		}
+	}
 	s.mu.Unlock()
 	s.wake()
-	return true
 }
 
 func (s *Subscription) wake() {
@@ -142,7 +202,10 @@ func (s *Subscription) endLocked(err error, drop bool) {
 	if drop {
 		s.buf = nil
 		s.live, s.liveBytes = 0, 0
+	} else {
+		s.buf = append(s.buf, s.held...)
 	}
+	s.holding, s.held = false, nil
 	close(s.done)
 	s.wake()
 }

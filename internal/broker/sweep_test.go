@@ -6,19 +6,24 @@ import (
 	"time"
 )
 
-// TestWaitSubscribersSurvivesSweep: a channel that only a waiter created
-// is idle and may be swept; the waiter must still see the subscriber that
-// comes later (it used to wait on the swept channel forever).
+// TestWaitSubscribersSurvivesSweep: a channel nobody published to is idle
+// and may be swept from the log while someone waits for its subscribers;
+// the waiter must still see the subscriber that comes later (it used to
+// wait on the swept channel forever).
 func TestWaitSubscribersSurvivesSweep(t *testing.T) {
 	b := NewMemory(MemoryOptions{})
+	ml := b.log.(*memLog)
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- b.WaitSubscribers(ctx, "late", 1) }()
-	// Wait until the waiter has made the channel, then sweep it away.
+	// Wait until the waiter is registered, then sweep the channel away.
 	for {
-		if ch, _ := b.channel("late", false); ch != nil {
+		b.hub.mu.RLock()
+		_, waiting := b.hub.chans["late"]
+		b.hub.mu.RUnlock()
+		if waiting {
 			break
 		}
 		select {
@@ -27,8 +32,11 @@ func TestWaitSubscribersSurvivesSweep(t *testing.T) {
 		case <-time.After(time.Millisecond):
 		}
 	}
-	b.sweep()
-	if ch, _ := b.channel("late", false); ch != nil {
+	if _, err := ml.channel("late", true); err != nil {
+		t.Fatal(err)
+	}
+	ml.sweep()
+	if ch, _ := ml.channel("late", false); ch != nil {
 		t.Fatal("the idle channel was not swept; the test proves nothing")
 	}
 	s, err := b.Subscribe(ctx, SubscribeOptions{Channels: []string{"late"}})

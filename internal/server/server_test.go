@@ -21,7 +21,7 @@ import (
 
 type env struct {
 	t   *testing.T
-	b   *broker.Memory
+	b   *broker.Core
 	srv *httptest.Server
 	s   *server.Server
 }

@@ -192,7 +192,7 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	mo := broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize,
 		HistoryBytes: int64(o.HistoryBytes), MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
-	var b *broker.Memory
+	var b *broker.Core
 	if o.DataDir != "" {
 		start := time.Now()
 		b, err = broker.OpenDurable(broker.DurableOptions{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay})

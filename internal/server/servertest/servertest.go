@@ -12,7 +12,7 @@ import (
 
 // Start runs an in-memory broker behind a server on a free loopback port
 // until the test ends, and returns the broker and the server's URL.
-func Start(t testing.TB, so server.Options) (*broker.Memory, string) {
+func Start(t testing.TB, so server.Options) (*broker.Core, string) {
 	t.Helper()
 	b := broker.NewMemory(broker.MemoryOptions{})
 	srv := httptest.NewServer(server.New(b, so))

@@ -1,0 +1,287 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+)
+
+// CoreOptions configure a Core.
+type CoreOptions struct {
+	// QueueSize is the default per-subscriber live queue bound (default 65536).
+	QueueSize int
+	// QueueBytes bounds the data queued per subscriber (0: no bound).
+	QueueBytes int64
+}
+
+// Core is a Broker made of a Hub (this process's subscribers) and a Log
+// (history, positions, and for Redis the other nodes).
+type Core struct {
+	hub  *Hub
+	log  Log
+	opts CoreOptions
+
+	follow  Follower    // nil unless the log routes between nodes
+	cluster ClusterView // nil unless the log is shared by nodes
+
+	published atomic.Uint64
+	closed    atomic.Bool
+}
+
+var _ Broker = (*Core)(nil)
+
+// New joins hub and log, which must hand its commits to hub, into a Broker.
+func New(hub *Hub, log Log, opts CoreOptions) *Core {
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 65536
+	}
+	c := &Core{hub: hub, log: log, opts: opts}
+	c.follow, _ = log.(Follower)
+	c.cluster, _ = log.(ClusterView)
+	return c
+}
+
+// Log returns the core's log.
+func (c *Core) Log() Log { return c.log }
+
+// Health reports nil when the broker is fully working, or why not (a
+// Redis server unreachable).
+func (c *Core) Health() error {
+	if h, ok := c.log.(Health); ok {
+		return h.Health()
+	}
+	return nil
+}
+
+// Publish implements Broker.
+func (c *Core) Publish(ctx context.Context, m *Message) (*Message, int, error) {
+	wait, err := c.StartPublish(ctx, m)
+	if err != nil {
+		return nil, 0, err
+	}
+	return wait()
+}
+
+// StartPublish implements Pipeliner.
+func (c *Core) StartPublish(ctx context.Context, m *Message) (func() (*Message, int, error), error) {
+	if err := ValidateChannel(m.Channel); err != nil {
+		return nil, err
+	}
+	if m.Event == "" {
+		m.Event = DefaultEvent
+	}
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	wait, err := c.log.Append(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return func() (*Message, int, error) {
+		n, err := wait()
+		if err != nil {
+			return nil, 0, err
+		}
+		c.published.Add(1)
+		return m, n, nil
+	}, nil
+}
+
+// Subscribe implements Broker. The subscription is registered with the
+// hub (and, across nodes, followed) before history is read, and holds its
+// live messages until every replay is queued; live messages a replay
+// covered are dropped, so nothing is missed or repeated.
+func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscription, error) {
+	if len(opts.Channels) == 0 {
+		return nil, fmt.Errorf("%w: no channel given", ErrInvalidChannel)
+	}
+	var names, pats []string
+	for _, ch := range opts.Channels {
+		if err := ValidatePattern(ch); err != nil {
+			return nil, err
+		}
+		if IsPattern(ch) {
+			pats = append(pats, ch)
+		} else if !hasName(names, ch) {
+			names = append(names, ch)
+		}
+	}
+	q := opts.QueueSize
+	if q <= 0 {
+		q = c.opts.QueueSize
+	}
+	var followed []string
+	release := func(s *Subscription) {
+		c.hub.remove(s)
+		if c.follow != nil {
+			for _, name := range followed {
+				c.follow.Unfollow(name, s.internal)
+			}
+		}
+	}
+	s := newSubscription(opts.Channels, q, opts.Notify, release, func(dropped int) {
+		c.hub.slowConsumers.Add(1)
+		c.hub.dropped.Add(uint64(dropped))
+	})
+	s.internal = opts.Internal
+	s.maxBytes = opts.QueueBytes
+	if s.maxBytes == 0 {
+		s.maxBytes = c.opts.QueueBytes
+	}
+	s.holding = true
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	if err := c.hub.add(s, names, pats); err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Subscription, error) {
+		s.Close()
+		return nil, err
+	}
+	if c.follow != nil {
+		for _, name := range append(append([]string(nil), names...), pats...) {
+			if err := c.follow.Follow(ctx, name, s.internal); err != nil {
+				return fail(err)
+			}
+			followed = append(followed, name)
+		}
+	}
+	heads := make(map[string]Position, len(names))
+	read := func(name string, create bool) error {
+		req := ReadRequest{Last: opts.Last, Since: opts.Since, Create: create}
+		req.From, req.Resume = opts.From[name]
+		r, err := c.log.Read(ctx, name, req)
+		if err != nil {
+			return err
+		}
+		s.replay(name, r.Start, r.Events...)
+		heads[name] = r.Head
+		return nil
+	}
+	for _, name := range names {
+		if err := read(name, true); err != nil {
+			return fail(err)
+		}
+	}
+	if len(pats) > 0 && (opts.Last != 0 || !opts.Since.IsZero() || len(opts.From) > 0) {
+		// Channels that exist already are replayed as asked; the others
+		// arrive live.
+		infos, err := c.log.List(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		for _, info := range infos {
+			if _, done := heads[info.Name]; done || !matchAny(pats, info.Name) {
+				continue
+			}
+			if err := read(info.Name, false); err != nil && !errors.Is(err, ErrNotFound) {
+				return fail(err)
+			}
+		}
+	}
+	s.goLive(heads)
+	return s, nil
+}
+
+// WaitSubscribers implements Broker; with a shared log it counts the
+// subscribers of every node.
+func (c *Core) WaitSubscribers(ctx context.Context, channel string, n int) error {
+	if err := ValidateChannel(channel); err != nil {
+		return err
+	}
+	if c.cluster != nil {
+		return c.cluster.WaitSubscribers(ctx, channel, n)
+	}
+	return c.hub.WaitSubscribers(ctx, channel, n)
+}
+
+// subscribers counts channel's subscribers, on every node when shared.
+func (c *Core) subscribers(ctx context.Context, channel string) (int, error) {
+	if c.cluster != nil {
+		return c.cluster.Subscribers(ctx, channel)
+	}
+	return c.hub.Subscribers(channel), nil
+}
+
+// Channels implements Broker.
+func (c *Core) Channels(ctx context.Context) ([]ChannelInfo, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	list, err := c.log.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range list {
+		if list[i].Subscribers, err = c.subscribers(ctx, list[i].Name); err != nil {
+			return nil, err
+		}
+	}
+	return list, nil
+}
+
+// Channel implements Broker.
+func (c *Core) Channel(ctx context.Context, name string) (ChannelInfo, error) {
+	if err := ValidateChannel(name); err != nil {
+		return ChannelInfo{}, err
+	}
+	if c.closed.Load() {
+		return ChannelInfo{}, ErrClosed
+	}
+	info, err := c.log.Info(ctx, name)
+	if errors.Is(err, ErrNotFound) {
+		// No history, but pattern subscribers waiting for it: it exists
+		// for them.
+		if n, cerr := c.subscribers(ctx, name); cerr == nil && n > 0 {
+			return ChannelInfo{Name: name, Subscribers: n}, nil
+		}
+	}
+	if err != nil {
+		return ChannelInfo{}, err
+	}
+	info.Subscribers, err = c.subscribers(ctx, name)
+	return info, err
+}
+
+// DeleteChannel implements Broker.
+func (c *Core) DeleteChannel(ctx context.Context, name string) error {
+	if err := ValidateChannel(name); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	return c.log.Delete(ctx, name)
+}
+
+// Stats implements Broker. Channels and Subscribers are the cluster's
+// when the log is shared; the counters are this node's.
+func (c *Core) Stats() Stats {
+	st := Stats{
+		Subscribers:   c.hub.Counts(),
+		Published:     c.published.Load(),
+		Delivered:     c.hub.delivered.Load(),
+		SlowConsumers: c.hub.slowConsumers.Load(),
+		Dropped:       c.hub.dropped.Load(),
+	}
+	if c.cluster != nil {
+		st.Subscribers = c.cluster.TotalSubscribers()
+	}
+	if cc, ok := c.log.(interface{ ChannelCount() int }); ok {
+		st.Channels = cc.ChannelCount()
+	}
+	return st
+}
+
+// Close implements Broker: the log finishes what it accepted, then every
+// subscription ends with ErrClosed.
+func (c *Core) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	err := c.log.Close()
+	c.hub.Close()
+	return err
+}
