@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages pushctl needs to build and test, only when missing.
 #   scripts/install-deps.sh          build deps (libzmq3-dev, pkg-config)
-#   scripts/install-deps.sh --test   build + test deps (pyzmq, redis, tmux, nginx+nchan for benches)
+#   scripts/install-deps.sh --test   build + test deps (pyzmq, redis-server, tmux, chromium)
 set -euo pipefail
 
 pkgs=(gcc libc6-dev libzmq3-dev pkg-config)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3-zmq tmux unzip chromium)
+  pkgs+=(python3-zmq tmux unzip chromium redis-server redis-tools)
 fi
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(nginx-light libnginx-mod-nchan)

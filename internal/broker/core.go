@@ -197,8 +197,8 @@ func (c *Core) WaitSubscribers(ctx context.Context, channel string, n int) error
 	return c.hub.WaitSubscribers(ctx, channel, n)
 }
 
-// subscribers counts channel's subscribers, on every node when shared.
-func (c *Core) subscribers(ctx context.Context, channel string) (int, error) {
+// Subscribers counts channel's subscribers, on every node when shared.
+func (c *Core) Subscribers(ctx context.Context, channel string) (int, error) {
 	if c.cluster != nil {
 		return c.cluster.Subscribers(ctx, channel)
 	}
@@ -215,7 +215,7 @@ func (c *Core) Channels(ctx context.Context) ([]ChannelInfo, error) {
 		return nil, err
 	}
 	for i := range list {
-		if list[i].Subscribers, err = c.subscribers(ctx, list[i].Name); err != nil {
+		if list[i].Subscribers, err = c.Subscribers(ctx, list[i].Name); err != nil {
 			return nil, err
 		}
 	}
@@ -231,17 +231,10 @@ func (c *Core) Channel(ctx context.Context, name string) (ChannelInfo, error) {
 		return ChannelInfo{}, ErrClosed
 	}
 	info, err := c.log.Info(ctx, name)
-	if errors.Is(err, ErrNotFound) {
-		// No history, but pattern subscribers waiting for it: it exists
-		// for them.
-		if n, cerr := c.subscribers(ctx, name); cerr == nil && n > 0 {
-			return ChannelInfo{Name: name, Subscribers: n}, nil
-		}
-	}
 	if err != nil {
 		return ChannelInfo{}, err
 	}
-	info.Subscribers, err = c.subscribers(ctx, name)
+	info.Subscribers, err = c.Subscribers(ctx, name)
 	return info, err
 }
 
@@ -260,7 +253,7 @@ func (c *Core) DeleteChannel(ctx context.Context, name string) error {
 // when the log is shared; the counters are this node's.
 func (c *Core) Stats() Stats {
 	st := Stats{
-		Subscribers:   c.hub.Counts(),
+		Subscribers:   c.hub.Total(),
 		Published:     c.published.Load(),
 		Delivered:     c.hub.delivered.Load(),
 		SlowConsumers: c.hub.slowConsumers.Load(),

@@ -328,9 +328,8 @@ func (h *Hub) WaitSubscribers(ctx context.Context, channel string, n int) error 
 	}
 }
 
-// Counts returns the local counted subscriptions, and those counted per
-// name or pattern they were made with.
-func (h *Hub) Counts() (total int) {
+// Total counts the local counted subscriptions.
+func (h *Hub) Total() (total int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for s := range h.subs {

@@ -44,6 +44,7 @@ type Sink interface {
 	Gap(g Gap)
 	Deleted(channel string)
 	Subscribers(channel string) int
+	Total() int
 }
 
 // ReadRequest says where a new subscriber of one channel starts.
@@ -94,10 +95,10 @@ type Health interface {
 	Health() error
 }
 
-// replayPlan computes, from a channel's retained messages (oldest first,
+// PlanReplay computes, from a channel's retained messages (oldest first,
 // at(i) for i < n, the newest at head), what req replays and where the
 // stream starts.
-func replayPlan(name string, head Position, n int, at func(int) *Message, req ReadRequest) (ReadResult, error) {
+func PlanReplay(name string, head Position, n int, at func(int) *Message, req ReadRequest) (ReadResult, error) {
 	res := ReadResult{Head: head}
 	oldest := head.Seq - uint64(n) + 1
 	start := n

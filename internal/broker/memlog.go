@@ -266,7 +266,7 @@ func (l *memLog) Read(ctx context.Context, name string, req ReadRequest) (ReadRe
 			ch.mu.Unlock()
 			continue
 		}
-		res, err := replayPlan(name, Position{Epoch: ch.epoch, Seq: ch.seq}, ch.n, ch.at, req)
+		res, err := PlanReplay(name, Position{Epoch: ch.epoch, Seq: ch.seq}, ch.n, ch.at, req)
 		persisted := ch.persisted
 		ch.mu.Unlock()
 		if err == nil && !persisted && l.created != nil {

@@ -360,6 +360,17 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	info, err := s.b.Channel(r.Context(), name)
+	if errors.Is(err, broker.ErrNotFound) && q.Get("wait_subscribers") != "" {
+		// Pattern subscribers were waited for on a channel without
+		// history yet: it exists for them.
+		if c, ok := s.b.(interface {
+			Subscribers(context.Context, string) (int, error)
+		}); ok {
+			if n, cerr := c.Subscribers(r.Context(), name); cerr == nil && n > 0 {
+				info, err = broker.ChannelInfo{Name: name, Subscribers: n}, nil
+			}
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,618 @@
+// Package redislog is the broker Log that lets several pushctl nodes share
+// one set of channels through Redis: each channel's history is a Redis
+// Stream, its epoch and sequence a hash, and a Lua script appends,
+// numbers and publishes a message in one round trip. Nodes receive over
+// Pub/Sub only the channels and patterns their local subscribers follow,
+// refill from the stream when they see a sequence jump, and keep
+// cluster-wide subscriber counts in Redis.
+package redislog
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Options configure the Redis log.
+type Options struct {
+	// URL is redis://[user:password@]host:port/db or rediss://… (TLS).
+	URL string
+	// Prefix starts every key and Pub/Sub channel (default "pushctl:").
+	Prefix string
+	// HistorySize is how many messages each channel's stream keeps
+	// (default 1000; negative keeps none).
+	HistorySize int
+	// HistoryAge drops messages older than this (default 1h).
+	HistoryAge time.Duration
+	// HistoryBytes bounds each channel's retained data (0: no bound).
+	HistoryBytes int64
+	// NodeTimeout is how long a node may miss heartbeats before the
+	// others take its subscribers out of the counts (default 10s).
+	NodeTimeout time.Duration
+	// Now is the clock; tests inject one.
+	Now func() time.Time
+	// Logger receives connection state changes (default: discard).
+	Logger *slog.Logger
+}
+
+func (o *Options) fill() {
+	if o.Prefix == "" {
+		o.Prefix = "pushctl:"
+	}
+	if o.HistorySize == 0 {
+		o.HistorySize = 1000
+	}
+	if o.HistorySize < 0 {
+		o.HistorySize = 0
+	}
+	if o.HistoryAge == 0 {
+		o.HistoryAge = time.Hour
+	}
+	if o.NodeTimeout <= 0 {
+		o.NodeTimeout = 10 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Log is a broker.Log on Redis.
+type Log struct {
+	opts Options
+	rdb  redis.UniversalClient
+	sink broker.Sink
+	node string
+	ps   *redis.PubSub
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	queue   chan *op
+	pubDone chan struct{}
+	qmu    sync.RWMutex // submitters hold it shared; Close takes it
+	closed bool
+
+	mu     sync.Mutex
+	refs   map[string]*ref      // followed channels and patterns
+	pings  map[string]chan bool // pong payload -> waiter
+	pingID uint64
+	deltas map[string]int // count changes not yet sent
+	synced    bool // the node's counts in Redis match refs
+	sentTotal int  // the node's "t" count as last sent
+	flush  chan struct{}
+
+	lastMu sync.Mutex
+	last   map[string]*seen // receiver: what each followed channel delivered
+
+	countsMu sync.Mutex
+	countsCh chan struct{} // closed when any node's counts change
+
+	health   atomic.Pointer[string] // nil: healthy
+	total    atomic.Int64
+	channels atomic.Int64
+	nodes    atomic.Int64
+	epochs   atomic.Int64
+}
+
+type ref struct{ all, counted int }
+
+// seen is where a channel stands on this node: the newest position handed
+// to the hub (delivered), or, before any, where a reader started (floor).
+type seen struct {
+	pos       broker.Position
+	delivered bool
+}
+
+type op struct {
+	m    *broker.Message
+	args []any
+	keys []string
+	res  chan opResult
+}
+
+type opResult struct {
+	n   int
+	err error
+}
+
+var (
+	_ broker.Log         = (*Log)(nil)
+	_ broker.Follower    = (*Log)(nil)
+	_ broker.ClusterView = (*Log)(nil)
+	_ broker.Health      = (*Log)(nil)
+)
+
+// Open connects to Redis, checks it can run pushctl's scripts (Redis 6.2
+// or later) and returns a running log handing messages to sink.
+func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
+	o.fill()
+	ropts, err := redis.ParseURL(o.URL)
+	if err != nil {
+		return nil, fmt.Errorf("--broker %s: %w", redactURL(o.URL), err)
+	}
+	ropts.Protocol = 2 // Pub/Sub replies as RESP2 arrays, whatever the server
+	rdb := redis.NewClient(ropts)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("%w: redis at %s: %v", broker.ErrUnavailable, ropts.Addr, err)
+	}
+	var id [8]byte
+	rand.Read(id[:])
+	l := &Log{
+		opts:     o,
+		rdb:      rdb,
+		sink:     sink,
+		node:     hex.EncodeToString(id[:]),
+		queue:    make(chan *op, 8192),
+		pubDone:  make(chan struct{}),
+		refs:     map[string]*ref{},
+		pings:    map[string]chan bool{},
+		deltas:   map[string]int{},
+		flush:    make(chan struct{}, 1),
+		last:     map[string]*seen{},
+		countsCh: make(chan struct{}),
+	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	for _, s := range []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript} {
+		if err := s.Load(ctx, rdb).Err(); err != nil {
+			rdb.Close()
+			return nil, fmt.Errorf("redis at %s cannot run pushctl's scripts (Redis 6.2 or later is needed): %v", ropts.Addr, err)
+		}
+	}
+	l.ps = rdb.Subscribe(ctx, l.key("counts"))
+	if err := l.ps.Ping(ctx, "start"); err != nil {
+		l.ps.Close()
+		rdb.Close()
+		return nil, fmt.Errorf("%w: redis Pub/Sub: %v", broker.ErrUnavailable, err)
+	}
+	l.wg.Add(2)
+	go l.receive()
+	go l.publisher()
+	go l.heartbeat()
+	return l, nil
+}
+
+// redactURL hides a password in a Redis URL, for messages and logs.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	return u.Redacted()
+}
+
+// Node is this node's id in Redis.
+func (l *Log) Node() string { return l.node }
+
+func (l *Log) key(s string) string { return l.opts.Prefix + s }
+
+// chanKey is the key of part of a channel ("m" meta, "s" stream); the
+// braces put a channel's keys and Pub/Sub channel in one cluster slot.
+func (l *Log) chanKey(ch, part string) string { return l.opts.Prefix + "{" + ch + "}:" + part }
+
+// pubsubChannel is the Pub/Sub channel a channel's messages go out on.
+func (l *Log) pubsubChannel(ch string) string { return l.opts.Prefix + "{" + ch + "}" }
+
+// globFor turns a pushctl pattern into a Redis glob over pubsubChannel
+// names; it matches more than the pattern ('*' spans dots), and the
+// receiver filters with broker.Match.
+func (l *Log) globFor(pattern string) string {
+	segs := strings.Split(pattern, ".")
+	for i, s := range segs {
+		if s == "*" || s == ">" {
+			segs[i] = "*"
+		}
+	}
+	return escapeGlob(l.opts.Prefix) + "{" + strings.Join(segs, ".") + "}"
+}
+
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// channelOf is the pushctl channel of a Pub/Sub channel name.
+func (l *Log) channelOf(psChannel string) (string, bool) {
+	rest, ok := strings.CutPrefix(psChannel, l.opts.Prefix+"{")
+	if !ok || !strings.HasSuffix(rest, "}") {
+		return "", false
+	}
+	return rest[:len(rest)-1], true
+}
+
+// unavailable wraps a Redis error as broker.ErrUnavailable and marks the
+// log degraded.
+func (l *Log) unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) && !strings.HasPrefix(rerr.Error(), "LOADING") {
+		return fmt.Errorf("redis: %v", err) // Redis answered: not an outage
+	}
+	l.setHealth(err)
+	return fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err)
+}
+
+func (l *Log) setHealth(err error) {
+	if err == nil {
+		if old := l.health.Swap(nil); old != nil {
+			l.opts.Logger.Info("redis reachable again")
+		}
+		return
+	}
+	msg := "redis unreachable: " + err.Error()
+	if old := l.health.Swap(&msg); old == nil {
+		l.opts.Logger.Warn("redis unreachable", "err", err)
+	}
+}
+
+// Health implements broker.Health.
+func (l *Log) Health() error {
+	if p := l.health.Load(); p != nil {
+		return errors.New(*p)
+	}
+	return nil
+}
+
+// newEpoch is a fresh epoch for a channel Redis does not know: base36 of
+// the node's clock in nanoseconds, made unique per node.
+func (l *Log) newEpoch() string {
+	for {
+		now := time.Now().UnixNano()
+		last := l.epochs.Load()
+		if now <= last {
+			now = last + 1
+		}
+		if l.epochs.CompareAndSwap(last, now) {
+			return strconv.FormatInt(now, 36)
+		}
+	}
+}
+
+func (l *Log) ttl() int64 {
+	idle := max(l.opts.HistoryAge, time.Hour)
+	return (2 * idle).Milliseconds()
+}
+
+func (l *Log) submit(ctx context.Context, o *op) error {
+	l.qmu.RLock()
+	defer l.qmu.RUnlock()
+	if l.closed {
+		return broker.ErrClosed
+	}
+	select {
+	case l.queue <- o:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Append implements broker.Log: the message is queued for the publisher,
+// which sends queued appends as one pipeline, in order.
+func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error), error) {
+	if err := l.Health(); err != nil {
+		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
+	}
+	now := l.opts.Now()
+	cutoff := int64(0)
+	if l.opts.HistoryAge > 0 {
+		cutoff = now.Add(-l.opts.HistoryAge).UnixMicro()
+	}
+	origin := "-"
+	if m.Origin != 0 {
+		origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
+	}
+	o := &op{
+		m: m,
+		keys: []string{l.chanKey(m.Channel, "m"), l.chanKey(m.Channel, "s"), l.key("channels"),
+			l.key("subs"), l.key("pats")},
+		args: []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, l.opts.HistorySize,
+			cutoff, l.ttl(), origin, m.Channel, l.pubsubChannel(m.Channel), l.opts.HistoryBytes},
+		res: make(chan opResult, 1),
+	}
+	if err := l.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	return func() (int, error) {
+		r := <-o.res
+		return r.n, r.err
+	}, nil
+}
+
+// publisher sends queued appends in pipelines, in order.
+func (l *Log) publisher() {
+	defer close(l.pubDone)
+	for first := range l.queue {
+		batch := []*op{first}
+	gather:
+		for len(batch) < 1024 {
+			select {
+			case o, ok := <-l.queue:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, o)
+			default:
+				break gather
+			}
+		}
+		l.runBatch(batch)
+	}
+}
+
+func (l *Log) runBatch(batch []*op) {
+	for attempt := 0; ; attempt++ {
+		pipe := l.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(batch))
+		for i, o := range batch {
+			cmds[i] = publishScript.EvalSha(l.ctx, pipe, o.keys, o.args...)
+		}
+		_, err := pipe.Exec(l.ctx)
+		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Redis restarted and forgot the script: nothing ran.
+			if publishScript.Load(l.ctx, l.rdb).Err() == nil {
+				continue
+			}
+		}
+		for i, o := range batch {
+			o.res <- l.published(o.m, cmds[i])
+		}
+		return
+	}
+}
+
+// published reads one publish script's reply into m.
+func (l *Log) published(m *broker.Message, cmd *redis.Cmd) opResult {
+	vals, err := cmd.Slice()
+	if err != nil {
+		return opResult{err: l.unavailable(err)}
+	}
+	if len(vals) != 4 {
+		return opResult{err: fmt.Errorf("redis: unexpected publish reply %v", vals)}
+	}
+	seq, _ := vals[1].(int64)
+	us, _ := strconv.ParseInt(fmt.Sprint(vals[2]), 10, 64)
+	n, _ := vals[3].(int64)
+	m.Epoch, m.Seq, m.Time = fmt.Sprint(vals[0]), uint64(seq), time.UnixMicro(us).UTC()
+	return opResult{n: int(n)}
+}
+
+// Read implements broker.Log.
+func (l *Log) Read(ctx context.Context, name string, req broker.ReadRequest) (broker.ReadResult, error) {
+	mode, tail := "none", 0
+	switch {
+	case req.Resume:
+		mode = "after"
+	case req.Last < 0 || !req.Since.IsZero():
+		mode = "all"
+	case req.Last > 0:
+		mode, tail = "tail", req.Last
+	}
+	create := "0"
+	if req.Create {
+		create = "1"
+	}
+	v, err := readScript.Run(ctx, l.rdb,
+		[]string{l.chanKey(name, "m"), l.chanKey(name, "s"), l.key("channels")},
+		create, l.newEpoch(), l.ttl(), name, mode, req.From.Epoch, req.From.Seq, tail).Slice()
+	if errors.Is(err, redis.Nil) {
+		return broker.ReadResult{}, broker.ErrNotFound
+	}
+	if err != nil {
+		return broker.ReadResult{}, l.unavailable(err)
+	}
+	if len(v) != 5 {
+		return broker.ReadResult{}, fmt.Errorf("redis: unexpected read reply")
+	}
+	head := broker.Position{Epoch: fmt.Sprint(v[0])}
+	head.Seq, _ = strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+	entries, _ := v[4].([]any)
+	msgs := l.decodeEntries(name, head.Epoch, entries, v[3] == "tail")
+	// A channel followed here but not yet heard from starts at this head,
+	// so a reconnection knows what to refill.
+	l.lastMu.Lock()
+	if _, ok := l.last[name]; !ok && l.followed(name) {
+		l.last[name] = &seen{pos: head}
+	}
+	l.lastMu.Unlock() // (lastMu before mu: see Unfollow)
+	return replayPlan(name, head, msgs, req)
+}
+
+// decodeEntries turns stream entries into messages, oldest first, leaving
+// out those older than the history age.
+func (l *Log) decodeEntries(name, epoch string, entries []any, reversed bool) []*broker.Message {
+	cutoff := time.Time{}
+	if l.opts.HistoryAge > 0 {
+		cutoff = l.opts.Now().Add(-l.opts.HistoryAge)
+	}
+	msgs := make([]*broker.Message, 0, len(entries))
+	for _, e := range entries {
+		m := decodeEntry(name, epoch, e)
+		if m == nil {
+			continue
+		}
+		msgs = append(msgs, m)
+	}
+	if reversed {
+		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
+			msgs[i], msgs[j] = msgs[j], msgs[i]
+		}
+	}
+	for len(msgs) > 0 && !cutoff.IsZero() && msgs[0].Time.Before(cutoff) {
+		msgs = msgs[1:]
+	}
+	return msgs
+}
+
+// decodeEntry reads one XRANGE entry: id "<seq>-1", fields t, e, k, d.
+func decodeEntry(name, epoch string, e any) *broker.Message {
+	pair, ok := e.([]any)
+	if !ok || len(pair) != 2 {
+		return nil
+	}
+	id, _ := pair[0].(string)
+	seqStr, _, _ := strings.Cut(id, "-")
+	seq, err := strconv.ParseUint(seqStr, 10, 64)
+	if err != nil {
+		return nil
+	}
+	fields, _ := pair[1].([]any)
+	m := &broker.Message{Channel: name, Epoch: epoch, Seq: seq}
+	for i := 0; i+1 < len(fields); i += 2 {
+		k, _ := fields[i].(string)
+		v, _ := fields[i+1].(string)
+		switch k {
+		case "t":
+			us, _ := strconv.ParseInt(v, 10, 64)
+			m.Time = time.UnixMicro(us).UTC()
+		case "e":
+			m.Event = v
+		case "k":
+			kind, _ := strconv.Atoi(v)
+			m.Kind = broker.Kind(kind)
+		case "d":
+			m.Data = []byte(v)
+		}
+	}
+	return m
+}
+
+// replayPlan applies the broker's replay rule to the contiguous tail of
+// a channel's history that was read.
+func replayPlan(name string, head broker.Position, msgs []*broker.Message, req broker.ReadRequest) (broker.ReadResult, error) {
+	// The entries read are the newest ones, ending at head; anything
+	// missing at their end was trimmed meanwhile and reads as older.
+	for len(msgs) > 0 && msgs[len(msgs)-1].Seq > head.Seq {
+		msgs = msgs[:len(msgs)-1]
+	}
+	return broker.PlanReplay(name, head, len(msgs), func(i int) *broker.Message { return msgs[i] }, req)
+}
+
+// Info implements broker.Log.
+func (l *Log) Info(ctx context.Context, name string) (broker.ChannelInfo, error) {
+	pipe := l.rdb.Pipeline()
+	meta := pipe.HGetAll(ctx, l.chanKey(name, "m"))
+	n := pipe.XLen(ctx, l.chanKey(name, "s"))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return broker.ChannelInfo{}, l.unavailable(err)
+	}
+	return infoFrom(name, meta.Val(), n.Val())
+}
+
+func infoFrom(name string, meta map[string]string, n int64) (broker.ChannelInfo, error) {
+	if meta["e"] == "" {
+		return broker.ChannelInfo{}, broker.ErrNotFound
+	}
+	seq, _ := strconv.ParseUint(meta["s"], 10, 64)
+	us, _ := strconv.ParseInt(meta["t"], 10, 64)
+	bytes, _ := strconv.ParseInt(meta["b"], 10, 64)
+	ci := broker.ChannelInfo{Name: name, Epoch: meta["e"], LastSeq: seq, Messages: int(n), Bytes: bytes, Published: seq}
+	if seq > 0 {
+		ci.LastID = broker.Position{Epoch: ci.Epoch, Seq: seq}.String()
+		ci.LastPublish = time.UnixMicro(us).UTC()
+	}
+	return ci, nil
+}
+
+// List implements broker.Log.
+func (l *Log) List(ctx context.Context) ([]broker.ChannelInfo, error) {
+	names, err := l.rdb.SMembers(ctx, l.key("channels")).Result()
+	if err != nil {
+		return nil, l.unavailable(err)
+	}
+	pipe := l.rdb.Pipeline()
+	metas := make([]*redis.MapStringStringCmd, len(names))
+	lens := make([]*redis.IntCmd, len(names))
+	for i, name := range names {
+		metas[i] = pipe.HGetAll(ctx, l.chanKey(name, "m"))
+		lens[i] = pipe.XLen(ctx, l.chanKey(name, "s"))
+	}
+	if len(names) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, l.unavailable(err)
+		}
+	}
+	out := make([]broker.ChannelInfo, 0, len(names))
+	var gone []any
+	for i, name := range names {
+		ci, err := infoFrom(name, metas[i].Val(), lens[i].Val())
+		if err != nil {
+			gone = append(gone, name) // expired
+			continue
+		}
+		out = append(out, ci)
+	}
+	if len(gone) > 0 {
+		l.rdb.SRem(ctx, l.key("channels"), gone...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// ChannelCount is the number of channels, as of the last heartbeat.
+func (l *Log) ChannelCount() int { return int(l.channels.Load()) }
+
+// Delete implements broker.Log: every node following the channel hears of
+// it over Pub/Sub and ends the subscriptions that named it.
+func (l *Log) Delete(ctx context.Context, name string) error {
+	n, err := deleteScript.Run(ctx, l.rdb,
+		[]string{l.chanKey(name, "m"), l.chanKey(name, "s"), l.key("channels")},
+		name, l.pubsubChannel(name)).Int()
+	if err != nil {
+		return l.unavailable(err)
+	}
+	if n == 0 {
+		return broker.ErrNotFound
+	}
+	return nil
+}
+
+// Close implements broker.Log: queued appends are sent, this node leaves
+// the counts, and the connections close.
+func (l *Log) Close() error {
+	l.qmu.Lock()
+	if l.closed {
+		l.qmu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.queue)
+	l.qmu.Unlock()
+	<-l.pubDone // the publisher sends what was queued
+	l.cancel()
+	l.ps.Close()
+	l.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	reapScript.Run(ctx, l.rdb, l.countKeys(l.node), l.node, l.key("counts"), time.Now().Add(time.Hour).UnixMilli())
+	return l.rdb.Close()
+}

@@ -1,0 +1,519 @@
+package redislog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Follow implements broker.Follower: the first local subscription to a
+// channel or pattern subscribes this node to it in Redis. It returns once
+// Redis confirmed (a PING sent after the SUBSCRIBE came back), so every
+// message published from then on reaches the hub.
+func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
+	l.mu.Lock()
+	r := l.refs[name]
+	first := r == nil
+	if first {
+		r = &ref{}
+		l.refs[name] = r
+	}
+	r.all++
+	if !internal {
+		r.counted++
+		l.deltas[countField(name)]++
+	}
+	var err error
+	if first {
+		if broker.IsPattern(name) {
+			err = l.ps.PSubscribe(ctx, l.globFor(name))
+		} else {
+			err = l.ps.Subscribe(ctx, l.pubsubChannel(name))
+		}
+	}
+	l.mu.Unlock()
+	if err == nil {
+		err = l.ping(ctx)
+	}
+	if err != nil {
+		l.Unfollow(name, internal)
+		return l.unavailable(err)
+	}
+	l.kick()
+	return nil
+}
+
+// Unfollow implements broker.Follower.
+// Lock order: lastMu, then mu.
+func (l *Log) Unfollow(name string, internal bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.refs[name]
+	if r == nil {
+		return
+	}
+	r.all--
+	if !internal {
+		r.counted--
+		l.deltas[countField(name)]--
+	}
+	if r.all == 0 {
+		delete(l.refs, name)
+		ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+		if broker.IsPattern(name) {
+			l.ps.PUnsubscribe(ctx, l.globFor(name))
+		} else {
+			l.ps.Unsubscribe(ctx, l.pubsubChannel(name))
+		}
+		cancel()
+		go l.forget() // takes lastMu, which is never taken after mu
+	}
+	l.kick()
+}
+
+// forget drops the positions of channels no longer followed.
+func (l *Log) forget() {
+	l.lastMu.Lock()
+	defer l.lastMu.Unlock()
+	for ch := range l.last {
+		if !l.followed(ch) {
+			delete(l.last, ch)
+		}
+	}
+}
+
+func countField(name string) string {
+	if broker.IsPattern(name) {
+		return "p:" + name
+	}
+	return "c:" + name
+}
+
+// followed reports whether a local subscription wants channel.
+func (l *Log) followed(channel string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.followedLocked(channel)
+}
+
+func (l *Log) followedLocked(channel string) bool {
+	if _, ok := l.refs[channel]; ok {
+		return true
+	}
+	for name := range l.refs {
+		if broker.IsPattern(name) && broker.Match(name, channel) {
+			return true
+		}
+	}
+	return false
+}
+
+// ping sends a PING down the Pub/Sub connection and waits for its PONG:
+// every (un)subscribe sent before it has then taken effect.
+func (l *Log) ping(ctx context.Context) error {
+	l.mu.Lock()
+	l.pingID++
+	payload := "p" + strconv.FormatUint(l.pingID, 10)
+	done := make(chan bool, 1)
+	l.pings[payload] = done
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.pings, payload)
+		l.mu.Unlock()
+	}()
+	if err := l.ps.Ping(ctx, payload); err != nil {
+		return err
+	}
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return errors.New("no answer from the Pub/Sub connection in 10s")
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.ctx.Done():
+		return broker.ErrClosed
+	}
+}
+
+// receive is the one reader of the Pub/Sub connection. After the
+// connection broke it resynchronizes every followed channel once the
+// resubscription took effect.
+func (l *Log) receive() {
+	defer l.wg.Done()
+	broken := false
+	backoff := 50 * time.Millisecond
+	for {
+		msg, err := l.ps.Receive(l.ctx)
+		if err != nil {
+			if l.ctx.Err() != nil {
+				return
+			}
+			broken = true
+			l.setHealth(err)
+			select {
+			case <-l.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		if broken {
+			broken = false
+			if err := l.ps.Ping(l.ctx, "resync"); err != nil {
+				broken = true
+				continue
+			}
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			l.dispatch(m)
+		case *redis.Pong:
+			if m.Payload == "resync" {
+				if err := l.resync(); err != nil {
+					broken = true // try again after the next message
+					l.setHealth(err)
+					continue
+				}
+				l.setHealth(nil)
+				l.mu.Lock()
+				l.synced = false // Redis may have lost this node's counts
+				l.mu.Unlock()
+				l.kick()
+				continue
+			}
+			l.mu.Lock()
+			if done, ok := l.pings[m.Payload]; ok {
+				done <- true
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// dispatch hands one Pub/Sub message to the hub, in sequence order,
+// refilling from the stream what it missed.
+func (l *Log) dispatch(pm *redis.Message) {
+	if pm.Channel == l.key("counts") {
+		l.countsChanged()
+		return
+	}
+	ch, ok := l.channelOf(pm.Channel)
+	if !ok || broker.ValidateChannel(ch) != nil || !l.followed(ch) {
+		return // a glob matches more than the pattern
+	}
+	if pm.Payload == "D" {
+		l.lastMu.Lock()
+		delete(l.last, ch)
+		l.lastMu.Unlock()
+		l.sink.Deleted(ch)
+		return
+	}
+	m, err := l.decodeMessage(ch, pm.Payload)
+	if err != nil {
+		l.opts.Logger.Warn("redis: undecodable message", "channel", ch, "err", err)
+		return
+	}
+	l.lastMu.Lock()
+	defer l.lastMu.Unlock()
+	st := l.last[ch]
+	if st == nil || !st.delivered {
+		// The first message heard: subscribers' replays (and their
+		// filters) cover what came before.
+		l.last[ch] = &seen{pos: m.Position(), delivered: true}
+		l.sink.Deliver(m)
+		return
+	}
+	switch {
+	case m.Epoch == st.pos.Epoch && m.Seq <= st.pos.Seq:
+		return // already delivered (a channel and a pattern both match)
+	case m.Epoch == st.pos.Epoch && m.Seq == st.pos.Seq+1:
+	case m.Epoch == st.pos.Epoch:
+		l.refillLocked(ch, st, m.Epoch, m.Seq-1)
+	default: // the channel lost its history, or was deleted and made anew
+		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: m.Epoch}})
+		st.pos = broker.Position{Epoch: m.Epoch}
+		if m.Seq > 1 {
+			l.refillLocked(ch, st, m.Epoch, m.Seq-1)
+		}
+	}
+	st.pos, st.delivered = m.Position(), true
+	l.sink.Deliver(m)
+}
+
+// refillLocked delivers channel's messages after st up to seq `upTo` from
+// the stream; what the stream no longer has becomes a gap. Called with
+// lastMu held.
+func (l *Log) refillLocked(ch string, st *seen, epoch string, upTo uint64) {
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	entries, err := l.rdb.XRange(ctx, l.chanKey(ch, "s"),
+		fmt.Sprintf("(%d-1", st.pos.Seq), fmt.Sprintf("%d-1", upTo)).Result()
+	if err != nil {
+		l.opts.Logger.Warn("redis: cannot refill", "channel", ch, "err", err)
+	}
+	for _, e := range entries {
+		m := entryMessage(ch, epoch, e)
+		if m == nil || m.Seq <= st.pos.Seq || m.Seq > upTo {
+			continue
+		}
+		if m.Seq != st.pos.Seq+1 {
+			l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch, Seq: m.Seq - 1}})
+		}
+		st.pos, st.delivered = m.Position(), true
+		l.sink.Deliver(m)
+	}
+	if st.pos.Seq < upTo {
+		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch, Seq: upTo}})
+		st.pos = broker.Position{Epoch: epoch, Seq: upTo}
+	}
+}
+
+func entryMessage(ch, epoch string, e redis.XMessage) *broker.Message {
+	fields := make([]any, 0, 2*len(e.Values))
+	for k, v := range e.Values {
+		fields = append(fields, k, fmt.Sprint(v))
+	}
+	return decodeEntry(ch, epoch, []any{e.ID, fields})
+}
+
+// resync brings every followed channel up to date after the Pub/Sub
+// connection broke: what Redis still has is delivered; if Redis lost a
+// channel (restarted without persistence) its subscribers get a gap.
+func (l *Log) resync() error {
+	l.lastMu.Lock()
+	defer l.lastMu.Unlock()
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	for ch, st := range l.last {
+		v, err := readScript.Run(ctx, l.rdb,
+			[]string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.key("channels")},
+			"1", l.newEpoch(), l.ttl(), ch, "none", "", 0, 0).Slice()
+		if err != nil {
+			return err
+		}
+		epoch := fmt.Sprint(v[0])
+		seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+		if epoch != st.pos.Epoch {
+			l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
+			st.pos = broker.Position{Epoch: epoch}
+		}
+		if seq > st.pos.Seq {
+			l.refillLocked(ch, st, epoch, seq)
+		}
+	}
+	return nil
+}
+
+// decodeMessage parses "M <epoch> <seq> <µs> <kind> <origin> <event
+// length>\n<event><data>" as the publish script sends it.
+func (l *Log) decodeMessage(ch, p string) (*broker.Message, error) {
+	hdr, body, ok := strings.Cut(p, "\n")
+	f := strings.Fields(hdr)
+	if !ok || len(f) != 7 || f[0] != "M" {
+		return nil, errors.New("bad header")
+	}
+	seq, err1 := strconv.ParseUint(f[2], 10, 64)
+	us, err2 := strconv.ParseInt(f[3], 10, 64)
+	kind, err3 := strconv.Atoi(f[4])
+	evlen, err4 := strconv.Atoi(f[6])
+	if err := errors.Join(err1, err2, err3, err4); err != nil || evlen > len(body) {
+		return nil, errors.New("bad header fields")
+	}
+	m := &broker.Message{
+		Channel: ch, Epoch: f[1], Seq: seq, Time: time.UnixMicro(us).UTC(), Kind: broker.Kind(kind),
+		Event: body[:evlen], Data: []byte(body[evlen:]),
+	}
+	if node, rest, ok := strings.Cut(f[5], ":"); ok && node == l.node {
+		conn, cseq, _ := strings.Cut(rest, ":")
+		m.Origin, _ = strconv.ParseUint(conn, 10, 64)
+		m.OriginSeq, _ = strconv.ParseUint(cseq, 10, 64)
+	}
+	return m, nil
+}
+
+// kick asks the heartbeat goroutine to send count changes now.
+func (l *Log) kick() {
+	select {
+	case l.flush <- struct{}{}:
+	default:
+	}
+}
+
+func (l *Log) countKeys(node string) []string {
+	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes")}
+}
+
+// heartbeat sends count changes as they come and, every second, this
+// node's heartbeat; it reaps nodes that stopped beating and refreshes the
+// cluster totals.
+func (l *Log) heartbeat() {
+	defer l.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	beat := true
+	for {
+		if err := l.sendCounts(beat); err != nil {
+			l.unavailable(err)
+		} else if beat {
+			l.refreshTotals()
+		}
+		beat = false
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-l.flush:
+		case <-tick.C:
+			beat = true
+		}
+	}
+}
+
+// sendCounts sends this node's count changes (all of its counts after a
+// reconnection), and its heartbeat.
+func (l *Log) sendCounts(beat bool) error {
+	l.mu.Lock()
+	full := !l.synced
+	var args []any
+	add := func(f string, v int) { args = append(args, f, v) }
+	total := l.sink.Total()
+	if full {
+		for name, r := range l.refs {
+			if r.counted > 0 {
+				add(countField(name), r.counted)
+			}
+		}
+		add("t", total)
+	} else {
+		for f, d := range l.deltas {
+			if d != 0 {
+				add(f, d)
+			}
+		}
+	}
+	if !full && total != l.sentTotal {
+		add("t", total-l.sentTotal)
+	}
+	l.deltas = map[string]int{}
+	l.mu.Unlock()
+	if len(args) == 0 && !beat {
+		return nil
+	}
+	fullArg := "0"
+	if full {
+		fullArg = "1"
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	err := countsScript.Run(ctx, l.rdb, l.countKeys(l.node),
+		append([]any{l.node, time.Now().UnixMilli(), l.key("counts"), fullArg}, args...)...).Err()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		l.synced = false // send everything once Redis is back
+		return err
+	}
+	l.synced, l.sentTotal = true, total
+	return nil
+}
+
+// refreshTotals reaps silent nodes and reads the cluster totals.
+func (l *Log) refreshTotals() {
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	cutoff := time.Now().Add(-l.opts.NodeTimeout).UnixMilli()
+	dead, err := l.rdb.ZRangeByScore(ctx, l.key("nodes"), &redis.ZRangeBy{Min: "-inf", Max: fmt.Sprint(cutoff)}).Result()
+	if err != nil {
+		l.unavailable(err)
+		return
+	}
+	for _, node := range dead {
+		reapScript.Run(ctx, l.rdb, l.countKeys(node), node, l.key("counts"), cutoff)
+	}
+	pipe := l.rdb.Pipeline()
+	total := pipe.HGet(ctx, l.key("subs"), "*")
+	chans := pipe.SCard(ctx, l.key("channels"))
+	nodes := pipe.ZCard(ctx, l.key("nodes"))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		l.unavailable(err)
+		return
+	}
+	n, _ := total.Int64()
+	l.total.Store(n)
+	l.channels.Store(chans.Val())
+	l.nodes.Store(nodes.Val())
+}
+
+// countsChanged wakes everyone waiting for subscriber counts.
+func (l *Log) countsChanged() {
+	l.countsMu.Lock()
+	close(l.countsCh)
+	l.countsCh = make(chan struct{})
+	l.countsMu.Unlock()
+}
+
+func (l *Log) countsWatch() <-chan struct{} {
+	l.countsMu.Lock()
+	defer l.countsMu.Unlock()
+	return l.countsCh
+}
+
+// Subscribers implements broker.ClusterView: the channel's subscribers on
+// every node, pattern subscribers included.
+func (l *Log) Subscribers(ctx context.Context, channel string) (int, error) {
+	pipe := l.rdb.Pipeline()
+	exact := pipe.HGet(ctx, l.key("subs"), channel)
+	pats := pipe.HGetAll(ctx, l.key("pats"))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, l.unavailable(err)
+	}
+	n, _ := exact.Int()
+	for p, v := range pats.Val() {
+		if broker.Match(p, channel) {
+			c, _ := strconv.Atoi(v)
+			n += c
+		}
+	}
+	return n, nil
+}
+
+// WaitSubscribers implements broker.ClusterView.
+func (l *Log) WaitSubscribers(ctx context.Context, channel string, n int) error {
+	for {
+		changed := l.countsWatch()
+		have, err := l.Subscribers(ctx, channel)
+		if err != nil && !errors.Is(err, broker.ErrUnavailable) {
+			return err
+		}
+		if err == nil && have >= n {
+			return nil
+		}
+		t := time.NewTimer(time.Second) // counts can also change silently (a node reaped)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		t.Stop()
+	}
+}
+
+// TotalSubscribers implements broker.ClusterView (as of the last heartbeat).
+func (l *Log) TotalSubscribers() int { return int(l.total.Load()) }
+
+// Nodes implements broker.ClusterView: nodes that beat recently.
+func (l *Log) Nodes() int { return int(l.nodes.Load()) }

@@ -1,0 +1,159 @@
+package redislog
+
+import "github.com/redis/go-redis/v9"
+
+// Lua shared by the scripts: pushctl's pattern match ('*' one segment,
+// '>' one or more trailing segments) and applying a count change to a
+// node's hash and the cluster totals.
+const luaLib = `
+local function split(s)
+  local t = {}
+  for seg in string.gmatch(s, '[^.]+') do t[#t+1] = seg end
+  return t
+end
+local function match(p, n)
+  local ps, ns = split(p), split(n)
+  for i = 1, #ps do
+    if ps[i] == '>' then return #ns >= i end
+    if i > #ns then return false end
+    if ps[i] ~= '*' and ps[i] ~= ns[i] then return false end
+  end
+  return #ps == #ns
+end
+-- node fields: c:<channel>, p:<pattern>, t (all counted subscriptions);
+-- cluster: subs[<channel>], subs['*'] (total), pats[<pattern>].
+local function apply(nodekey, subs, pats, f, d, nodetoo)
+  if nodetoo then
+    local v = redis.call('HINCRBY', nodekey, f, d)
+    if v <= 0 then redis.call('HDEL', nodekey, f) end
+  end
+  local g, gf = subs, '*'
+  local kind = string.sub(f, 1, 2)
+  if kind == 'p:' then g, gf = pats, string.sub(f, 3)
+  elseif kind == 'c:' then gf = string.sub(f, 3) end
+  local gv = redis.call('HINCRBY', g, gf, d)
+  if gv <= 0 then redis.call('HDEL', g, gf) end
+end
+`
+
+// publish: KEYS meta, stream, channels, subs, pats.
+// ARGV new epoch, now (µs), event, kind, data, history size, age cutoff
+// (µs, 0: none), ttl (ms), origin, channel, pub/sub channel, history
+// bytes (0: no bound). Meta fields: e epoch, s sequence, t last time, b
+// retained bytes.
+// Assigns the next sequence, appends to the stream (trimmed by size and
+// age), publishes to the nodes and returns epoch, seq, time and the
+// cluster's subscriber count, all in one round trip.
+var publishScript = redis.NewScript(luaLib + `
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0)
+  redis.call('SADD', KEYS[3], ARGV[10])
+end
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+local t = tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[1], 't'))
+if t < last then t = last end
+local ts = string.format('%.0f', t)
+redis.call('HSET', KEYS[1], 't', ts)
+local size = tonumber(ARGV[6])
+local b = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
+if size > 0 then
+  local len = redis.call('XLEN', KEYS[2])
+  local cutoff, hb = tonumber(ARGV[7]), tonumber(ARGV[12])
+  for i = 1, 100 do
+    if len == 0 then break end
+    local f = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if #f == 0 then break end
+    local old = f[1][2]
+    if len < size and (cutoff <= 0 or tonumber(old[2]) >= cutoff) and (hb <= 0 or b + #ARGV[5] <= hb) then break end
+    b = b - #old[8]
+    redis.call('XDEL', KEYS[2], f[1][1])
+    len = len - 1
+  end
+  redis.call('XADD', KEYS[2], string.format('%d-1', seq), 't', ts, 'e', ARGV[3], 'k', ARGV[4], 'd', ARGV[5])
+  b = b + #ARGV[5]
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
+redis.call('HSET', KEYS[1], 'b', b)
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PUBLISH', ARGV[11], 'M ' .. e .. ' ' .. string.format('%d', seq) .. ' ' .. ts .. ' ' .. ARGV[4] .. ' ' .. ARGV[9] .. ' ' .. #ARGV[3] .. '\n' .. ARGV[3] .. ARGV[5])
+local n = tonumber(redis.call('HGET', KEYS[4], ARGV[10]) or '0')
+local pats = redis.call('HGETALL', KEYS[5])
+for i = 1, #pats, 2 do
+  if match(pats[i], ARGV[10]) then n = n + tonumber(pats[i+1]) end
+end
+return {e, seq, ts, n}
+`)
+
+// read: KEYS meta, stream, channels. ARGV create (0/1), new epoch, ttl
+// (ms), channel, mode (none, after, tail, all), from epoch, from seq, tail
+// count. Returns epoch, seq, last time, the mode used and the entries
+// (tail: newest first), or nil for an unknown channel without create.
+var readScript = redis.NewScript(`
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  if ARGV[1] == '0' then return false end
+  e = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[4])
+end
+local mode = ARGV[5]
+if mode == 'after' and ARGV[6] ~= e then mode = 'all' end
+local entries = {}
+if mode == 'after' then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[7] .. '-1', '+')
+elseif mode == 'tail' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[8])
+elseif mode == 'all' then
+  entries = redis.call('XRANGE', KEYS[2], '-', '+')
+end
+return {e, redis.call('HGET', KEYS[1], 's'), redis.call('HGET', KEYS[1], 't'), mode, entries}
+`)
+
+// remove: KEYS meta, stream, channels. ARGV channel, pub/sub channel.
+var deleteScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'D')
+return 1
+`)
+
+// counts: KEYS node hash, subs, pats, nodes. ARGV node, now (ms), counts
+// channel, full (1: the pairs are the whole state, 0: deltas), then
+// field/value pairs. Registers the node's heartbeat too.
+var countsScript = redis.NewScript(luaLib + `
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+local changes = {}
+if ARGV[4] == '1' then
+  local have = redis.call('HGETALL', KEYS[1])
+  for i = 1, #have, 2 do changes[have[i]] = -tonumber(have[i+1]) end
+end
+for i = 5, #ARGV, 2 do
+  changes[ARGV[i]] = (changes[ARGV[i]] or 0) + tonumber(ARGV[i+1])
+end
+local any = false
+for f, d in pairs(changes) do
+  if d ~= 0 then apply(KEYS[1], KEYS[2], KEYS[3], f, d, true); any = true end
+end
+if any then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
+return 1
+`)
+
+// reap: KEYS node hash, subs, pats, nodes. ARGV node, counts channel,
+// cutoff (ms). Takes a node that stopped beating out of the totals.
+var reapScript = redis.NewScript(luaLib + `
+local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
+if score and tonumber(score) >= tonumber(ARGV[3]) then return 0 end
+local have = redis.call('HGETALL', KEYS[1])
+for i = 1, #have, 2 do apply(KEYS[1], KEYS[2], KEYS[3], have[i], -tonumber(have[i+1]), false) end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+`)
