@@ -87,17 +87,17 @@ type Log struct {
 
 	queue   chan *op
 	pubDone chan struct{}
-	qmu    sync.RWMutex // submitters hold it shared; Close takes it
-	closed bool
+	qmu     sync.RWMutex // submitters hold it shared; Close takes it
+	closed  bool
 
-	mu     sync.Mutex
-	refs   map[string]*ref      // followed channels and patterns
-	pings  map[string]chan bool // pong payload -> waiter
-	pingID uint64
-	deltas map[string]int // count changes not yet sent
-	synced    bool // the node's counts in Redis match refs
-	sentTotal int  // the node's "t" count as last sent
-	flush  chan struct{}
+	mu        sync.Mutex
+	refs      map[string]*ref      // followed channels and patterns
+	pings     map[string]chan bool // pong payload -> waiter
+	pingID    uint64
+	deltas    map[string]int // count changes not yet sent
+	synced    bool           // the node's counts in Redis match refs
+	sentTotal int            // the node's "t" count as last sent
+	flush     chan struct{}
 
 	lastMu sync.Mutex
 	last   map[string]*seen // receiver: what each followed channel delivered
