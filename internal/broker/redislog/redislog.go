@@ -43,6 +43,9 @@ type Options struct {
 	// NodeTimeout is how long a node may miss heartbeats before the
 	// others take its subscribers out of the counts (default 10s).
 	NodeTimeout time.Duration
+	// Heartbeat is how often a node says it is alive and reads the
+	// cluster totals (default 1s).
+	Heartbeat time.Duration
 	// Now is the clock; tests inject one.
 	Now func() time.Time
 	// Logger receives connection state changes (default: discard).
@@ -64,6 +67,9 @@ func (o *Options) fill() {
 	}
 	if o.NodeTimeout <= 0 {
 		o.NodeTimeout = 10 * time.Second
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -90,6 +96,7 @@ type Log struct {
 	qmu     sync.RWMutex // submitters hold it shared; Close takes it
 	closed  bool
 
+	sendMu    sync.Mutex // held while counts are sent
 	mu        sync.Mutex
 	refs      map[string]*ref      // followed channels and patterns
 	pings     map[string]chan bool // pong payload -> waiter
@@ -105,7 +112,8 @@ type Log struct {
 	countsMu sync.Mutex
 	countsCh chan struct{} // closed when any node's counts change
 
-	health   atomic.Pointer[string] // nil: healthy
+	psDown   atomic.Pointer[string] // nil: Pub/Sub connected and in step
+	cmdDown  atomic.Pointer[string] // nil: the last command reached Redis
 	total    atomic.Int64
 	channels atomic.Int64
 	nodes    atomic.Int64
@@ -257,26 +265,35 @@ func (l *Log) unavailable(err error) error {
 	if errors.As(err, &rerr) && !strings.HasPrefix(rerr.Error(), "LOADING") {
 		return fmt.Errorf("redis: %v", err) // Redis answered: not an outage
 	}
-	l.setHealth(err)
+	l.setHealth(&l.cmdDown, err)
 	return fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err)
 }
 
-func (l *Log) setHealth(err error) {
+// setHealth records the state of one side: the Pub/Sub connection
+// (cleared once it resubscribed and refilled) or commands (cleared by
+// the next successful heartbeat).
+func (l *Log) setHealth(side *atomic.Pointer[string], err error) {
+	was := l.Health()
 	if err == nil {
-		if old := l.health.Swap(nil); old != nil {
-			l.opts.Logger.Info("redis reachable again")
-		}
-		return
+		side.Store(nil)
+	} else {
+		msg := "redis unreachable: " + err.Error()
+		side.Store(&msg)
 	}
-	msg := "redis unreachable: " + err.Error()
-	if old := l.health.Swap(&msg); old == nil {
-		l.opts.Logger.Warn("redis unreachable", "err", err)
+	switch now := l.Health(); {
+	case was == nil && now != nil:
+		l.opts.Logger.Warn("redis unreachable; publishes fail until it is back", "err", now)
+	case was != nil && now == nil:
+		l.opts.Logger.Info("redis reachable again")
 	}
 }
 
 // Health implements broker.Health.
 func (l *Log) Health() error {
-	if p := l.health.Load(); p != nil {
+	if p := l.psDown.Load(); p != nil {
+		return errors.New(*p)
+	}
+	if p := l.cmdDown.Load(); p != nil {
 		return errors.New(*p)
 	}
 	return nil
@@ -322,6 +339,20 @@ func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error
 	if err := l.Health(); err != nil {
 		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
+	o := &op{m: m, res: make(chan opResult, 1)}
+	o.keys, o.args = l.publishArgs(m, l.pubsubChannel(m.Channel))
+	if err := l.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	return func() (int, error) {
+		r := <-o.res
+		return r.n, r.err
+	}, nil
+}
+
+// publishArgs are the publish script's keys and arguments for m, sent to
+// the Pub/Sub channel ps.
+func (l *Log) publishArgs(m *broker.Message, ps string) ([]string, []any) {
 	now := l.opts.Now()
 	cutoff := int64(0)
 	if l.opts.HistoryAge > 0 {
@@ -331,21 +362,10 @@ func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error
 	if m.Origin != 0 {
 		origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
 	}
-	o := &op{
-		m: m,
-		keys: []string{l.chanKey(m.Channel, "m"), l.chanKey(m.Channel, "s"), l.key("channels"),
-			l.key("subs"), l.key("pats")},
-		args: []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, l.opts.HistorySize,
-			cutoff, l.ttl(), origin, m.Channel, l.pubsubChannel(m.Channel), l.opts.HistoryBytes},
-		res: make(chan opResult, 1),
-	}
-	if err := l.submit(ctx, o); err != nil {
-		return nil, err
-	}
-	return func() (int, error) {
-		r := <-o.res
-		return r.n, r.err
-	}, nil
+	keys := []string{l.chanKey(m.Channel, "m"), l.chanKey(m.Channel, "s"), l.key("channels"), l.key("subs"), l.key("pats")}
+	args := []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, l.opts.HistorySize,
+		cutoff, l.ttl(), origin, m.Channel, ps, l.opts.HistoryBytes}
+	return keys, args
 }
 
 // publisher sends queued appends in pipelines, in order.

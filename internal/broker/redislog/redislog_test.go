@@ -2,10 +2,15 @@ package redislog_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/broker/brokertest"
@@ -39,4 +44,305 @@ func TestRedisConformance(t *testing.T) {
 	brokertest.Run(t, func(t *testing.T, o brokertest.Options) broker.Broker {
 		return open(t, srv.URL(), newPrefix(), o)
 	})
+}
+
+func bg(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func subscribe(t *testing.T, b broker.Broker, o broker.SubscribeOptions) *broker.Subscription {
+	t.Helper()
+	s, err := b.Subscribe(bg(t), o)
+	if err != nil {
+		t.Fatalf("subscribe %v: %v", o.Channels, err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// events reads until n messages arrived; gaps are returned too.
+func events(t *testing.T, s *broker.Subscription, n int) (msgs []*broker.Message, gaps []*broker.Gap) {
+	t.Helper()
+	ctx := bg(t)
+	for len(msgs) < n {
+		evs, err := s.Next(ctx, nil)
+		if err != nil {
+			t.Fatalf("after %d of %d messages (gaps %v): %v", len(msgs), n, gaps, err)
+		}
+		for _, e := range evs {
+			if e.Gap != nil {
+				gaps = append(gaps, e.Gap)
+			} else {
+				msgs = append(msgs, e.Msg)
+			}
+		}
+	}
+	return msgs, gaps
+}
+
+func publish(t *testing.T, b broker.Broker, ch, data string) (*broker.Message, int) {
+	t.Helper()
+	m, n, err := b.Publish(bg(t), &broker.Message{Channel: ch, Data: []byte(data)})
+	if err != nil {
+		t.Fatalf("publish %s: %v", ch, err)
+	}
+	return m, n
+}
+
+func inOrder(t *testing.T, who string, msgs []*broker.Message, from int) {
+	t.Helper()
+	for i, m := range msgs {
+		if want := fmt.Sprint(from + i); string(m.Data) != want {
+			t.Fatalf("%s: message %d is %q, want %q", who, i, m.Data, want)
+		}
+	}
+}
+
+// Three nodes on one Redis: publish on A; subscribers on B (by name) and C
+// (by pattern, channel created after subscribing) get everything in
+// order; waits and acks count subscribers of every node.
+func TestThreeNodes(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	p := newPrefix()
+	a, b, c := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
+	waited := make(chan error, 1)
+	go func() { waited <- a.WaitSubscribers(bg(t), "orders.eu", 2) }()
+	onB := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"orders.eu"}})
+	onC := subscribe(t, c, broker.SubscribeOptions{Channels: []string{"orders.*"}})
+	if err := <-waited; err != nil {
+		t.Fatalf("wait for subscribers on B and C from A: %v", err)
+	}
+	const n = 2000
+	for i := 0; i < n; i++ {
+		_, got := publish(t, a, "orders.eu", fmt.Sprint(i))
+		if i == 0 && got != 2 {
+			t.Fatalf("first publish reached %d subscribers, want 2 (on B and C)", got)
+		}
+	}
+	mb, gb := events(t, onB, n)
+	mc, gc := events(t, onC, n)
+	if len(gb)+len(gc) > 0 {
+		t.Fatalf("gaps: %v %v", gb, gc)
+	}
+	inOrder(t, "B", mb, 0)
+	inOrder(t, "C", mc, 0)
+	info, err := c.Channel(bg(t), "orders.eu")
+	if err != nil || info.Subscribers != 2 || info.LastSeq != n {
+		t.Fatalf("channel seen from C = %+v, %v", info, err)
+	}
+	// A position from B resumes on C.
+	pos := mb[n/2].Position()
+	again := subscribe(t, c, broker.SubscribeOptions{Channels: []string{"orders.eu"}, From: broker.Cursor{"orders.eu": pos}})
+	rest, gaps := events(t, again, n/2-1)
+	if len(gaps) > 0 {
+		t.Fatalf("resume on another node: gaps %v", gaps)
+	}
+	inOrder(t, "resumed on C", rest, n/2+1)
+	// DELETE on A ends the named subscription on B.
+	if err := a.DeleteChannel(bg(t), "orders.eu"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-onB.Done():
+	case <-bg(t).Done():
+		t.Fatal("delete on A did not end the subscription on B")
+	}
+	if _, err := onB.Next(bg(t), nil); err != broker.ErrChannelDeleted {
+		t.Fatalf("B ended with %v, want channel deleted", err)
+	}
+}
+
+// A node receives only what its subscribers follow, and stops when the
+// last one leaves.
+func TestNodeFollowsOnlyWhatItsSubscribersWant(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	p := newPrefix()
+	a, b := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
+	rdb := redisClient(t, srv)
+	numsub := func(ch string) int64 {
+		v, err := rdb.PubSubNumSub(bg(t), p+"{"+ch+"}").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v[p+"{"+ch+"}"]
+	}
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"only"}})
+	if n := numsub("only"); n != 1 {
+		t.Fatalf("Redis subscribers of only = %d, want 1 (node B)", n)
+	}
+	if n := numsub("other"); n != 0 {
+		t.Fatalf("Redis subscribers of other = %d, want 0", n)
+	}
+	publish(t, a, "only", "0")
+	events(t, s, 1)
+	s.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for numsub("only") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("node B still subscribed after its last subscriber left")
+		}
+		<-time.After(10 * time.Millisecond)
+	}
+}
+
+// eventually retries f until it returns nil (30s at most).
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		<-time.After(20 * time.Millisecond)
+	}
+}
+
+// outage stops Redis, checks that the nodes say so and refuse publishes
+// with ErrUnavailable (no false ack), then starts it again.
+func outage(t *testing.T, srv *redistest.Server, pubNode *broker.Core, subNode *broker.Core) {
+	t.Helper()
+	srv.Kill()
+	eventually(t, "node reports Redis down", func() error {
+		if subNode.Health() == nil {
+			return fmt.Errorf("healthy")
+		}
+		return nil
+	})
+	_, _, err := pubNode.Publish(bg(t), &broker.Message{Channel: "r", Data: []byte("during")})
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("publish during the outage = %v, want ErrUnavailable", err)
+	}
+	srv.Restart()
+	eventually(t, "publish after Redis is back", func() error {
+		_, _, err := pubNode.Publish(bg(t), &broker.Message{Channel: "probe", Data: []byte("x")})
+		return err
+	})
+	eventually(t, "node reports Redis healthy", func() error { return subNode.Health() })
+}
+
+// Redis restarted without persistence lost every channel: subscribers are
+// told of the gap, then get what is published next.
+func TestRedisRestartWithoutPersistence(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	p := newPrefix()
+	a, b := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"r"}})
+	for i := 0; i < 5; i++ {
+		publish(t, a, "r", fmt.Sprint(i))
+	}
+	before, _ := events(t, s, 5)
+	outage(t, srv, a, b)
+	after, _ := publish(t, a, "r", "after")
+	if after.Epoch == before[4].Epoch {
+		t.Fatalf("epoch kept (%s) though Redis lost the channel", after.Epoch)
+	}
+	msgs, gaps := events(t, s, 1)
+	if len(gaps) != 1 || gaps[0].From != before[4].Position() || gaps[0].To.Epoch != after.Epoch {
+		t.Fatalf("gaps = %+v, want one from %v to the new epoch %s", gaps, before[4].Position(), after.Epoch)
+	}
+	if string(msgs[0].Data) != "after" {
+		t.Fatalf("after the gap: %q", msgs[0].Data)
+	}
+}
+
+// With AOF (appendfsync always) Redis keeps every acknowledged message:
+// no gap, the sequence goes on.
+func TestRedisRestartWithAOF(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	p := newPrefix()
+	a, b := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"r"}})
+	for i := 0; i < 5; i++ {
+		publish(t, a, "r", fmt.Sprint(i))
+	}
+	before, _ := events(t, s, 5)
+	outage(t, srv, a, b)
+	after, _ := publish(t, a, "r", "5")
+	if after.Epoch != before[4].Epoch || after.Seq != 6 {
+		t.Fatalf("after restart: %v, want %s-6", after.Position(), before[4].Epoch)
+	}
+	msgs, gaps := events(t, s, 1)
+	if len(gaps) != 0 || msgs[0].Seq != 6 {
+		t.Fatalf("after an AOF restart: gaps %v, next %v", gaps, msgs[0].Position())
+	}
+}
+
+// commandsPerPublish publishes n messages on b and returns how many Redis
+// commands (scripts' own calls included, INFO and CONFIG left out) each
+// publish cost, from INFO commandstats.
+func commandsPerPublish(t *testing.T, rdb *redis.Client, b broker.Broker, n int) float64 {
+	t.Helper()
+	publish(t, b, "cost", "warm-up") // the stream is not empty
+	if err := rdb.ConfigResetStat(bg(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		publish(t, b, "cost", fmt.Sprint(i))
+	}
+	info, err := rdb.Info(bg(t), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" || name == "cmdstat_config|resetstat" {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		c, _ := strconv.Atoi(calls)
+		total += c
+	}
+	return float64(total) / float64(n)
+}
+
+// Redis commands per publish do not depend on how many subscribers or
+// nodes there are.
+func TestCommandsPerPublishIndependentOfSubscribers(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redisClient(t, srv)
+	p := newPrefix()
+	quiet := func() *broker.Core { // no heartbeats during the measurement
+		hub := broker.NewHub()
+		l, err := redislog.Open(bg(t), redislog.Options{URL: srv.URL(), Prefix: p, Heartbeat: time.Hour}, hub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := broker.New(hub, l, broker.CoreOptions{})
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	a := quiet()
+	s := subscribe(t, a, broker.SubscribeOptions{Channels: []string{"cost"}})
+	one := commandsPerPublish(t, rdb, a, 200)
+	events(t, s, 201)
+	nodes := []*broker.Core{a, quiet(), quiet()}
+	matching := 1 // s
+	for i := 0; i < 999; i++ {
+		ch := "cost"
+		if i%3 == 0 {
+			ch = "cost.>"
+		}
+		if i%5 == 0 {
+			ch = ">"
+		}
+		if ch != "cost.>" { // which does not match "cost"
+			matching++
+		}
+		subscribe(t, nodes[i%3], broker.SubscribeOptions{Channels: []string{ch}})
+	}
+	if err := a.WaitSubscribers(bg(t), "cost", matching); err != nil {
+		t.Fatal(err)
+	}
+	many := commandsPerPublish(t, rdb, a, 200)
+	t.Logf("Redis commands per publish: %.2f with 1 subscriber on 1 node, %.2f with 1000 subscribers on 3 nodes", one, many)
+	if one != many {
+		t.Fatalf("commands per publish: %.2f with 1 subscriber, %.2f with 1000 on 3 nodes", one, many)
+	}
 }

@@ -42,11 +42,15 @@ func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
 	if err == nil {
 		err = l.ping(ctx)
 	}
+	if err == nil && !internal {
+		// Counted before Subscribe returns, so any node's waits and
+		// channel info include this subscriber.
+		err = l.sendCounts(false)
+	}
 	if err != nil {
 		l.Unfollow(name, internal)
 		return l.unavailable(err)
 	}
-	l.kick()
 	return nil
 }
 
@@ -160,7 +164,7 @@ func (l *Log) receive() {
 				return
 			}
 			broken = true
-			l.setHealth(err)
+			l.setHealth(&l.psDown, err)
 			select {
 			case <-l.ctx.Done():
 				return
@@ -184,10 +188,10 @@ func (l *Log) receive() {
 			if m.Payload == "resync" {
 				if err := l.resync(); err != nil {
 					broken = true // try again after the next message
-					l.setHealth(err)
+					l.setHealth(&l.psDown, err)
 					continue
 				}
-				l.setHealth(nil)
+				l.setHealth(&l.psDown, nil)
 				l.mu.Lock()
 				l.synced = false // Redis may have lost this node's counts
 				l.mu.Unlock()
@@ -361,14 +365,14 @@ func (l *Log) countKeys(node string) []string {
 // cluster totals.
 func (l *Log) heartbeat() {
 	defer l.wg.Done()
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(l.opts.Heartbeat)
 	defer tick.Stop()
 	beat := true
 	for {
 		if err := l.sendCounts(beat); err != nil {
 			l.unavailable(err)
-		} else if beat {
-			l.refreshTotals()
+		} else if beat && l.refreshTotals() {
+			l.setHealth(&l.cmdDown, nil)
 		}
 		beat = false
 		select {
@@ -384,6 +388,8 @@ func (l *Log) heartbeat() {
 // sendCounts sends this node's count changes (all of its counts after a
 // reconnection), and its heartbeat.
 func (l *Log) sendCounts(beat bool) error {
+	l.sendMu.Lock() // one send at a time: a full state must not overtake deltas
+	defer l.sendMu.Unlock()
 	l.mu.Lock()
 	full := !l.synced
 	var args []any
@@ -429,15 +435,16 @@ func (l *Log) sendCounts(beat bool) error {
 	return nil
 }
 
-// refreshTotals reaps silent nodes and reads the cluster totals.
-func (l *Log) refreshTotals() {
+// refreshTotals reaps silent nodes and reads the cluster totals; it
+// reports whether Redis answered.
+func (l *Log) refreshTotals() bool {
 	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 	defer cancel()
 	cutoff := time.Now().Add(-l.opts.NodeTimeout).UnixMilli()
 	dead, err := l.rdb.ZRangeByScore(ctx, l.key("nodes"), &redis.ZRangeBy{Min: "-inf", Max: fmt.Sprint(cutoff)}).Result()
 	if err != nil {
 		l.unavailable(err)
-		return
+		return false
 	}
 	for _, node := range dead {
 		reapScript.Run(ctx, l.rdb, l.countKeys(node), node, l.key("counts"), cutoff)
@@ -448,12 +455,13 @@ func (l *Log) refreshTotals() {
 	nodes := pipe.ZCard(ctx, l.key("nodes"))
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		l.unavailable(err)
-		return
+		return false
 	}
 	n, _ := total.Int64()
 	l.total.Store(n)
 	l.channels.Store(chans.Val())
 	l.nodes.Store(nodes.Val())
+	return true
 }
 
 // countsChanged wakes everyone waiting for subscriber counts.

@@ -45,21 +45,19 @@ end
 // age), publishes to the nodes and returns epoch, seq, time and the
 // cluster's subscriber count, all in one round trip.
 var publishScript = redis.NewScript(luaLib + `
-local e = redis.call('HGET', KEYS[1], 'e')
+local meta = redis.call('HMGET', KEYS[1], 'e', 't', 'b')
+local e, last, b = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
 if not e then
-  e = ARGV[1]
+  e, last, b = ARGV[1], 0, 0
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0)
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0)
   redis.call('SADD', KEYS[3], ARGV[10])
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 local t = tonumber(ARGV[2])
-local last = tonumber(redis.call('HGET', KEYS[1], 't'))
 if t < last then t = last end
 local ts = string.format('%.0f', t)
-redis.call('HSET', KEYS[1], 't', ts)
 local size = tonumber(ARGV[6])
-local b = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
 if size > 0 then
   local len = redis.call('XLEN', KEYS[2])
   local cutoff, hb = tonumber(ARGV[7]), tonumber(ARGV[12])
@@ -77,7 +75,7 @@ if size > 0 then
   b = b + #ARGV[5]
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
-redis.call('HSET', KEYS[1], 'b', b)
+redis.call('HSET', KEYS[1], 't', ts, 'b', b)
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PUBLISH', ARGV[11], 'M ' .. e .. ' ' .. string.format('%d', seq) .. ' ' .. ts .. ' ' .. ARGV[4] .. ' ' .. ARGV[9] .. ' ' .. #ARGV[3] .. '\n' .. ARGV[3] .. ARGV[5])
 local n = tonumber(redis.call('HGET', KEYS[4], ARGV[10]) or '0')
