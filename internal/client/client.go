@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
@@ -24,9 +25,12 @@ import (
 // DefaultServer is the broker URL when none is given.
 const DefaultServer = "http://127.0.0.1:7070"
 
-// Client talks to one broker.
+// Client talks to a broker, or to the first reachable of several nodes
+// sharing channels (a comma-separated --server list): when one is down or
+// shutting down it moves to the next.
 type Client struct {
-	base   *url.URL
+	bases  []*url.URL
+	cur    atomic.Int32 // index of the node in use
 	http   *http.Client
 	token  string
 	tlsCfg *tls.Config
@@ -64,10 +68,36 @@ func TLSConfig(caFile string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// NewWithOptions returns a client with a token and trusted CAs.
+// NewWithOptions returns a client with a token and trusted CAs. server
+// may list several nodes, separated by commas.
 func NewWithOptions(server string, o Options) (*Client, error) {
 	if server == "" {
 		server = DefaultServer
+	}
+	var bases []*url.URL
+	for _, one := range strings.Split(server, ",") {
+		u, err := parseServer(strings.TrimSpace(one))
+		if err != nil {
+			return nil, err
+		}
+		bases = append(bases, u)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = 64
+	tlsCfg, err := TLSConfig(o.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		tr.TLSClientConfig = tlsCfg
+	}
+	return &Client{bases: bases, http: &http.Client{Transport: tr}, token: o.Token, tlsCfg: tlsCfg}, nil
+}
+
+// parseServer checks one broker URL.
+func parseServer(server string) (*url.URL, error) {
+	if server == "" {
+		return nil, errors.New("server: empty URL in the list")
 	}
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
@@ -90,16 +120,31 @@ func NewWithOptions(server string, o Options) (*Client, error) {
 	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	u.RawQuery, u.Fragment = "", ""
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
-	tlsCfg, err := TLSConfig(o.CAFile)
-	if err != nil {
-		return nil, err
+	return u, nil
+}
+
+// base is the node in use.
+func (c *Client) base() *url.URL { return c.bases[c.cur.Load()] }
+
+// failover moves to the node after i (unless another caller already
+// moved) and reports whether there is another node to try.
+func (c *Client) failover(i int32) bool {
+	if len(c.bases) < 2 {
+		return false
 	}
-	if tlsCfg != nil {
-		tr.TLSClientConfig = tlsCfg
+	c.cur.CompareAndSwap(i, (i+1)%int32(len(c.bases)))
+	return true
+}
+
+// movable reports whether err means this node cannot take the request
+// and nothing was done: it is unreachable, shutting down or without its
+// storage.
+func movable(err error) bool {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Status == http.StatusServiceUnavailable && (ae.Code == "shutting_down" || ae.Code == "broker_unavailable")
 	}
-	return &Client{base: u, http: &http.Client{Transport: tr}, token: o.Token, tlsCfg: tlsCfg}, nil
+	return errors.Is(err, ErrUnreachable)
 }
 
 // header returns the headers every request carries.
@@ -112,10 +157,10 @@ func (c *Client) header() http.Header {
 }
 
 // URL returns the broker's base URL.
-func (c *Client) URL() string { return c.base.String() }
+func (c *Client) URL() string { return c.base().String() }
 
 func (c *Client) url(path string, q url.Values) string {
-	u := *c.base
+	u := *c.base()
 	u.Path += path
 	if len(q) > 0 {
 		u.RawQuery = q.Encode()
@@ -140,10 +185,39 @@ func (e *APIError) Error() string {
 // ErrUnreachable wraps errors reaching the broker.
 var ErrUnreachable = errors.New("cannot reach the broker")
 
+// do sends req (built with c.url) to the node in use; when that node is
+// unreachable or refuses with 503 shutting_down or broker_unavailable, it
+// tries the next ones, each once.
 func (c *Client) do(req *http.Request) (*http.Response, error) {
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	i := c.cur.Load()
+	for tries := 1; ; tries++ {
+		resp, err := c.doOnce(req, c.bases[i])
+		if err == nil || !movable(err) || tries >= len(c.bases) || req.Context().Err() != nil {
+			return resp, err
+		}
+		if req.Body != nil && req.GetBody == nil {
+			return resp, err // the body cannot be sent again
+		}
+		c.failover(i)
+		next := c.cur.Load()
+		nreq := req.Clone(req.Context())
+		u := *c.bases[next]
+		u.Path += strings.TrimPrefix(req.URL.Path, c.bases[i].Path)
+		u.RawQuery = req.URL.RawQuery
+		nreq.URL, nreq.Host = &u, ""
+		if req.GetBody != nil {
+			if nreq.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+		req, i = nreq, next
+	}
+}
+
+func (c *Client) doOnce(req *http.Request, base *url.URL) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
@@ -151,7 +225,7 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 		}
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection") {
-			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, base, err)
 		}
 		return nil, err
 	}

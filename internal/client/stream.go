@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -35,7 +36,18 @@ const StreamWindow = 1024
 // OpenStream dials the broker's WebSocket endpoint. onAck, if set, is
 // called for each ack in order.
 func (c *Client) OpenStream(ctx context.Context, onAck func(Ack)) (*Stream, error) {
-	u := *c.base
+	for tries := 1; ; tries++ {
+		i := c.cur.Load()
+		s, err := c.openStream(ctx, c.bases[i], onAck)
+		if err == nil || !movable(err) || tries >= len(c.bases) || ctx.Err() != nil {
+			return s, err
+		}
+		c.failover(i)
+	}
+}
+
+func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack)) (*Stream, error) {
+	u := *base
 	u.Path += "/ws"
 	if u.Scheme == "https" {
 		u.Scheme = "wss"
@@ -50,7 +62,7 @@ func (c *Client) OpenStream(ctx context.Context, onAck func(Ack)) (*Stream, erro
 			defer resp.Body.Close()
 			return nil, readAPIError(resp)
 		}
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, base, err)
 	}
 	s := &Stream{conn: conn, window: make(chan struct{}, StreamWindow), onAck: onAck, done: make(chan struct{})}
 	go s.readAcks()

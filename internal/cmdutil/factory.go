@@ -60,7 +60,7 @@ func BindEnv(cmd *cobra.Command, getenv func(string) string) error {
 
 // AddServerFlags adds --server, --token and --ca-file.
 func (f *Factory) AddServerFlags(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "server", "s", client.DefaultServer, "broker URL (env PUSHCTL_SERVER)")
+	cmd.Flags().StringVarP(p, "server", "s", client.DefaultServer, "broker URL; several, comma-separated, are tried in turn when one is down (env PUSHCTL_SERVER)")
 	AddTokenFlags(cmd, &f.Token, &f.CAFile)
 }
 

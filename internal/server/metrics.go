@@ -108,13 +108,14 @@ var (
 	descStoreBytes    = prometheus.NewDesc("pushctl_store_bytes", "Bytes of message data retained in history.", nil, nil)
 	descLimitHits     = prometheus.NewDesc("pushctl_limit_hits_total", "Requests refused or cut by a limit or access rule.", []string{"limit"}, nil)
 	descHTTPErrors    = prometheus.NewDesc("pushctl_http_errors_total", "HTTP requests answered with an error.", nil, nil)
+	descBrokerUp      = prometheus.NewDesc("pushctl_broker_up", "1 when the broker's storage (Redis) is reachable and in step, 0 when degraded.", nil, nil)
 )
 
 // Describe sends the fixed metrics; the extra ones (ZeroMQ counters) are
 // named at scrape time and so unchecked.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descDeliveries, descLatency, descDisconnects, descPublished, descQueued,
-		descDropped, descSlow, descStalled, descChannels, descSubscribers, descStoreMessages, descStoreBytes, descLimitHits, descHTTPErrors} {
+		descDropped, descSlow, descStalled, descChannels, descSubscribers, descStoreMessages, descStoreBytes, descLimitHits, descHTTPErrors, descBrokerUp} {
 		ch <- d
 	}
 }
@@ -166,6 +167,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		return true
 	})
 	ch <- prometheus.MustNewConstMetric(descHTTPErrors, prometheus.CounterValue, float64(m.errors.Load()))
+	up := 1.0
+	if h, ok := s.b.(interface{ Health() error }); ok && h.Health() != nil {
+		up = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descBrokerUp, prometheus.GaugeValue, up)
 	if s.opts.ExtraStats != nil {
 		for k, v := range s.opts.ExtraStats() {
 			d := prometheus.NewDesc("pushctl_"+k+"_total", strings.ReplaceAll(k, "_", " ")+".", nil, nil)

@@ -267,6 +267,13 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusServiceUnavailable, CodeShuttingDown, "shutting down")
 	default:
 	}
+	if h, ok := s.b.(interface{ Health() error }); ok {
+		if err := h.Health(); err != nil {
+			// Local streams go on, but publishes and new subscriptions
+			// fail: a load balancer should send clients elsewhere.
+			return writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "degraded", "reason": err.Error()})
+		}
+	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 

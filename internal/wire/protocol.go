@@ -32,6 +32,7 @@ const (
 	CodeShuttingDown     = "shutting_down"
 	CodeInternal         = "internal_error"
 	CodeStoreFailed      = "store_failed"
+	CodeUnavailable      = "broker_unavailable"
 	CodeRequestTimeout   = "request_timeout"
 	CodeAckBacklog       = "ack_backlog"
 	CodeTokenMissing     = "token_missing"

@@ -10,11 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/server"
 	"github.com/pushctl/pushctl/internal/zmq"
@@ -37,6 +39,7 @@ type Options struct {
 	LogFormat      string
 
 	DataDir      string
+	Broker       string
 	Sync         string
 	SyncDelay    time.Duration
 	HistoryBytes cmdutil.ByteSize
@@ -121,6 +124,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.Var(&opts.QueueBytes, "queue-bytes", "data queued per subscriber before it is disconnected as too slow (0: no bound)")
 	fl.Var(&opts.HistoryBytes, "history-bytes", "retained data per channel, oldest dropped first (0: no bound)")
 	fl.Var(&opts.MaxBytes, "max-bytes", "retained data of all channels together, oldest dropped first (0: no bound)")
+	fl.StringVar(&opts.Broker, "broker", "memory", "where channels live: memory (this process), or redis://[user:pass@]host:port/db or rediss://… to share channels with other nodes (see docs/cluster.md)")
 	fl.StringVar(&opts.DataDir, "data-dir", "", "keep channels in a durable store in this directory (survives restarts and crashes)")
 	fl.StringVar(&opts.Sync, "sync", "always", "with --data-dir: always (acknowledge once fsync'd) or none (once written to the OS)")
 	fl.DurationVar(&opts.SyncDelay, "sync-delay", 0, "with --data-dir: let writes gather this long into one commit")
@@ -173,6 +177,31 @@ func newLogger(o *Options) (*slog.Logger, error) {
 	return nil, cmdutil.FlagErrorf("--log-format %q: want text or json", o.LogFormat)
 }
 
+// brokerKind checks --broker against --data-dir and names the backend.
+func brokerKind(o *Options) (string, error) {
+	switch {
+	case o.Broker == "" || o.Broker == "memory":
+		return "memory", nil
+	case strings.HasPrefix(o.Broker, "redis://") || strings.HasPrefix(o.Broker, "rediss://"):
+		if o.DataDir != "" {
+			return "", cmdutil.FlagErrorf("--data-dir and --broker %s are alternatives: history lives in Redis (see docs/durability.md)", redactedURL(o.Broker))
+		}
+		if o.MaxBytes > 0 {
+			return "", cmdutil.FlagErrorf("--max-bytes bounds one process's memory; with Redis set maxmemory on the Redis server instead")
+		}
+		return "redis", nil
+	}
+	return "", cmdutil.FlagErrorf("--broker %q: want memory, redis://host:port/db or rediss://host:port/db", redactedURL(o.Broker))
+}
+
+// redactedURL hides a password in a URL.
+func redactedURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
+}
+
 // Run runs the broker until ctx ends.
 func Run(ctx context.Context, o *Options) error {
 	log, err := newLogger(o)
@@ -193,7 +222,24 @@ func Run(ctx context.Context, o *Options) error {
 	mo := broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize,
 		HistoryBytes: int64(o.HistoryBytes), MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
 	var b *broker.Core
-	if o.DataDir != "" {
+	kind, err := brokerKind(o)
+	if err != nil {
+		return err
+	}
+	if kind == "redis" {
+		start := time.Now()
+		hub := broker.NewHub()
+		octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, HistorySize: hist, HistoryAge: o.HistoryAge,
+			HistoryBytes: int64(o.HistoryBytes), Logger: log}, hub)
+		ocancel()
+		if err != nil {
+			return err
+		}
+		b = broker.New(hub, l, broker.CoreOptions{QueueSize: o.QueueSize, QueueBytes: int64(o.QueueBytes)})
+		log.Info("redis broker connected", "node", l.Node(), "took", time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: channels shared through Redis at %s (node %s)\n", redactedURL(o.Broker), l.Node())
+	} else if o.DataDir != "" {
 		start := time.Now()
 		b, err = broker.OpenDurable(broker.DurableOptions{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay})
 		if err != nil {

@@ -1,0 +1,230 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+// sseLines reads an SSE stream's data lines into a channel, reconnecting
+// with Last-Event-ID across the given nodes in turn, as a browser behind a
+// load balancer would.
+func sseLines(t *testing.T, path string, nodes ...string) <-chan string {
+	out := make(chan string, 100000)
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	go func() {
+		lastID, i := "", 0
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			req, _ := http.NewRequest("GET", nodes[i%len(nodes)]+path, nil)
+			req.Header.Set("Accept", "text/event-stream")
+			if lastID != "" {
+				req.Header.Set("Last-Event-ID", lastID)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil || resp.StatusCode != 200 {
+				if resp != nil {
+					resp.Body.Close()
+				}
+				i++ // try the next node
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond): // reconnect backoff, as EventSource does
+				}
+				continue
+			}
+			br := bufio.NewReader(resp.Body)
+			id := ""
+			for {
+				l, err := br.ReadString('\n')
+				if err != nil {
+					break
+				}
+				l = strings.TrimRight(l, "\n")
+				switch {
+				case strings.HasPrefix(l, "id: "):
+					id = l[4:]
+				case strings.HasPrefix(l, "data: "):
+					out <- l[6:]
+					lastID = id
+				}
+			}
+			resp.Body.Close()
+		}
+	}()
+	return out
+}
+
+func expectSeq(t *testing.T, who string, got <-chan string, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		select {
+		case d := <-got:
+			if d != strconv.Itoa(i) {
+				t.Fatalf("%s: message %d is %q", who, i, d)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("%s: message %d never came", who, i)
+		}
+	}
+	select {
+	case d := <-got:
+		t.Fatalf("%s: extra message %q", who, d)
+	default:
+	}
+}
+
+// Three `pushctl serve` nodes on one redis-server: a publisher on A waits
+// for subscribers on B and C, then everything reaches a WebSocket and a
+// pattern subscriber on B, an SSE client and `pushctl sub` on C, in order.
+func TestClusterThreeNodes(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, a := serve(t, "--broker", rs.URL())
+	_, b := serve(t, "--broker", rs.URL())
+	_, c := serve(t, "--broker", rs.URL())
+	const n = 2000
+
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/orders.eu", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	pat, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/orders.*", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pat.Close()
+	sse := sseLines(t, "/sub/orders.eu?data=raw", c)
+	sub := start(t, nil, nil, "sub", "orders.eu", "--count", strconv.Itoa(n), "--timeout", "120s", "-s", c)
+
+	lines := make([]string, n)
+	for i := range lines {
+		lines[i] = strconv.Itoa(i + 1)
+	}
+	out, errOut, code := run(t, strings.Join(lines, "\n")+"\n", "pub", "orders.eu", "--lines", "--wait-subscribers", "4", "--timeout", "60s", "-s", a)
+	if code != 0 {
+		t.Fatalf("pub on A: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, conn := range []*websocket.Conn{ws, pat} {
+		for i := 1; i <= n; i++ {
+			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				t.Fatalf("WebSocket on B: message %d: %v", i, err)
+			}
+			var m struct{ Channel, Data string }
+			if err := json.Unmarshal(data, &m); err != nil || m.Channel != "orders.eu" || m.Data != strconv.Itoa(i) {
+				t.Fatalf("WebSocket on B: message %d is %s", i, data)
+			}
+		}
+	}
+	expectSeq(t, "SSE on C", sse, 1, n)
+	for i := 1; i <= n; i++ {
+		if l := sub.readLine(30 * time.Second); l != strconv.Itoa(i) {
+			t.Fatalf("pushctl sub on C: message %d is %q", i, l)
+		}
+	}
+	if code := sub.wait(30 * time.Second); code != 0 {
+		t.Fatalf("pushctl sub exit %d: %s", code, sub.Stderr())
+	}
+	// Every node sees the cluster's channel and its four subscribers.
+	resp, err := http.Get(a + "/channels/orders.eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		LastSeq     int `json:"last_seq"`
+		Subscribers int
+	}
+	json.NewDecoder(resp.Body).Decode(&info)
+	resp.Body.Close()
+	if info.LastSeq != n || info.Subscribers < 3 { // pushctl sub has left
+		t.Fatalf("channel info on A: %+v", info)
+	}
+}
+
+// A node killed with SIGKILL while it streams 5,000 messages: its
+// subscribers (pushctl sub with two --server URLs, and an SSE client that
+// tries the next node) resume on the other node with nothing lost and
+// nothing repeated.
+func TestClusterNodeKilled(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, a := serve(t, "--broker", rs.URL(), "--history", "10000")
+	bp, b := serve(t, "--broker", rs.URL(), "--history", "10000")
+	_, c := serve(t, "--broker", rs.URL(), "--history", "10000")
+	const total = 5000
+	var subs []*proc
+	for i := 0; i < 3; i++ {
+		subs = append(subs, start(t, nil, nil, "sub", "ticks", "--count", strconv.Itoa(total), "--timeout", "180s", "--fail-on-gap", "-s", b+","+c))
+	}
+	sse := sseLines(t, "/sub/ticks?data=raw", b, c)
+	waitSubscribers(t, a, "ticks", 4)
+
+	hc := &http.Client{Timeout: 10 * time.Second}
+	publish := func(from, to int) {
+		for i := from; i <= to; i++ {
+			resp, err := hc.Post(a+"/pub/ticks", "text/plain", strings.NewReader(strconv.Itoa(i)))
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("publish %d on A: %v %v", i, err, resp)
+			}
+			resp.Body.Close()
+		}
+	}
+	publish(1, 1000)
+	// Kill B once its subscribers are streaming.
+	for i := 1; i <= 500; i++ {
+		if l := subs[0].readLine(30 * time.Second); l != strconv.Itoa(i) {
+			t.Fatalf("before the kill: message %d is %q", i, l)
+		}
+	}
+	killed := time.Now()
+	bp.cmd.Process.Signal(syscall.SIGKILL)
+	bp.wait(10 * time.Second)
+	publish(1001, 1001)
+	var resumed time.Duration
+	for i := 501; i <= 1001; i++ {
+		if l := subs[0].readLine(60 * time.Second); l != strconv.Itoa(i) {
+			t.Fatalf("sub 0: message %d is %q (stderr %s)", i, l, subs[0].Stderr())
+		}
+		resumed = time.Since(killed)
+	}
+	publish(1002, total)
+	for i := 1002; i <= total; i++ {
+		if l := subs[0].readLine(60 * time.Second); l != strconv.Itoa(i) {
+			t.Fatalf("sub 0: message %d is %q (stderr %s)", i, l, subs[0].Stderr())
+		}
+	}
+	for k, s := range subs[1:] {
+		for i := 1; i <= total; i++ {
+			if l := s.readLine(60 * time.Second); l != strconv.Itoa(i) {
+				t.Fatalf("sub %d: message %d is %q (stderr %s)", k+1, i, l, s.Stderr())
+			}
+		}
+	}
+	expectSeq(t, "SSE client", sse, 1, total)
+	t.Logf("node B killed: a subscriber had the first message published after the kill %s later, every subscriber all %d messages %s later",
+		resumed.Round(time.Millisecond), total, time.Since(killed).Round(time.Millisecond))
+	for k, s := range subs {
+		if code := s.wait(30 * time.Second); code != 0 {
+			t.Fatalf("sub %d exit %d: %s", k, code, s.Stderr())
+		}
+		if strings.Contains(s.Stderr(), "messages lost") || strings.Contains(s.Stderr(), "gap") {
+			t.Fatalf("sub %d reported a loss: %s", k, s.Stderr())
+		}
+	}
+}
