@@ -26,6 +26,9 @@ import (
 // Config describes one run.
 type Config struct {
 	Server      string // base URL, http://host:port
+	// SubscribeTo spreads subscribers round-robin over these base URLs
+	// (other nodes of a cluster); empty: Server.
+	SubscribeTo []string
 	Channel     string
 	Subscribers int
 	Transport   string // ws or sse
@@ -108,8 +111,12 @@ func (s *subscriber) observe(data []byte, now time.Time) {
 	s.last.Store(now.UnixNano())
 }
 
-func (c *Config) subURL() string {
+// subURL is where subscriber i connects.
+func (c *Config) subURL(i int) string {
 	base := strings.TrimSuffix(c.Server, "/")
+	if len(c.SubscribeTo) > 0 {
+		base = strings.TrimSuffix(c.SubscribeTo[i%len(c.SubscribeTo)], "/")
+	}
 	u := base + "/sub/" + c.Channel
 	if c.Flavor == "pushctl" {
 		u += "?data=raw"
@@ -138,24 +145,24 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	errc := make(chan error, c.Subscribers)
 	sem := make(chan struct{}, 64) // dial at most this many at once
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c.Publishers * 2, DisableCompression: true}}
-	c.logf("connecting %d %s subscribers to %s", c.Subscribers, c.Transport, c.subURL())
+	c.logf("connecting %d %s subscribers to %s", c.Subscribers, c.Transport, c.subURL(0))
 	for i := range subs {
 		subs[i] = &subscriber{}
 		sem <- struct{}{}
 		connected := make(chan error, 1)
 		wg.Add(1)
-		go func(s *subscriber) {
+		go func(s *subscriber, url string) {
 			defer wg.Done()
 			var err error
 			if c.Transport == "sse" {
-				err = runSSE(ctx, httpc, c.subURL(), s, connected)
+				err = runSSE(ctx, httpc, url, s, connected)
 			} else {
-				err = runWS(ctx, c.subURL(), s, connected)
+				err = runWS(ctx, url, s, connected)
 			}
 			if err != nil && ctx.Err() == nil {
 				errc <- err
 			}
-		}(subs[i])
+		}(subs[i], c.subURL(i))
 		err := <-connected
 		<-sem
 		if err != nil {

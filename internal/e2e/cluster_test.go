@@ -223,7 +223,7 @@ func TestClusterNodeKilled(t *testing.T) {
 		if code := s.wait(30 * time.Second); code != 0 {
 			t.Fatalf("sub %d exit %d: %s", k, code, s.Stderr())
 		}
-		if strings.Contains(s.Stderr(), "messages lost") || strings.Contains(s.Stderr(), "gap") {
+		if strings.Contains(s.Stderr(), "messages lost") { // (and --fail-on-gap makes a gap exit 1)
 			t.Fatalf("sub %d reported a loss: %s", k, s.Stderr())
 		}
 	}

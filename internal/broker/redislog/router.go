@@ -333,7 +333,7 @@ func (l *Log) decodeMessage(ch, p string) (*broker.Message, error) {
 	us, err2 := strconv.ParseInt(f[3], 10, 64)
 	kind, err3 := strconv.Atoi(f[4])
 	evlen, err4 := strconv.Atoi(f[6])
-	if err := errors.Join(err1, err2, err3, err4); err != nil || evlen > len(body) {
+	if err := errors.Join(err1, err2, err3, err4); err != nil || evlen < 0 || evlen > len(body) || kind < 0 || kind > 255 {
 		return nil, errors.New("bad header fields")
 	}
 	m := &broker.Message{

@@ -61,7 +61,8 @@ reports how much the resident memory of --pid processes grew per connection.`,
 	}
 	fl := cmd.Flags()
 	c := &o.Config
-	fl.StringVarP(&c.Server, "server", "s", "http://127.0.0.1:7070", "broker URL (env PUSHCTL_SERVER)")
+	fl.StringVarP(&c.Server, "server", "s", "http://127.0.0.1:7070", "broker URL publishers use (env PUSHCTL_SERVER)")
+	fl.StringSliceVar(&c.SubscribeTo, "subscribe-to", nil, "spread subscribers over these broker URLs (other nodes of a cluster; default: --server)")
 	fl.StringVar(&c.Channel, "channel", "bench", "channel to use")
 	fl.IntVar(&c.Subscribers, "subscribers", 100, "subscriber connections")
 	fl.StringVar(&c.Transport, "transport", "ws", "subscriber transport: ws or sse")
