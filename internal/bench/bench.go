@@ -25,7 +25,7 @@ import (
 
 // Config describes one run.
 type Config struct {
-	Server      string // base URL, http://host:port
+	Server string // base URL, http://host:port
 	// SubscribeTo spreads subscribers round-robin over these base URLs
 	// (other nodes of a cluster); empty: Server.
 	SubscribeTo []string
