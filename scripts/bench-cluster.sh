@@ -23,12 +23,12 @@ redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$w
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis="redis://127.0.0.1:$port/0"
 
-# node NAME ARGS...: starts a broker, prints its URL.
+# node VAR ARGS...: starts a broker and sets VAR to its URL.
 node() {
-  local name=$1; shift
-  bin/pushctl serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn "$@" 2> "$work/$name.log" & pids+=($!)
-  for _ in $(seq 100); do grep -q 'listening on' "$work/$name.log" 2>/dev/null && break; sleep 0.1; done
-  grep -o 'http://[0-9.:]*' "$work/$name.log" | head -1
+  local var=$1; shift
+  bin/pushctl serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn "$@" > /dev/null 2> "$work/$var.log" & pids+=($!)
+  for _ in $(seq 100); do grep -q 'listening on' "$work/$var.log" 2>/dev/null && break; sleep 0.1; done
+  printf -v "$var" '%s' "$(grep -o 'http://[0-9.:]*' "$work/$var.log" | head -1)"
 }
 
 run() { # LABEL PUBLISH-URL SUBSCRIBE-URLS
@@ -39,15 +39,15 @@ run() { # LABEL PUBLISH-URL SUBSCRIBE-URLS
   bin/pushctl bench -s "$pub" --subscribe-to "$to" --subscribers "$subs" --messages "$paced" --rate 20 --channel "paced$RANDOM"
 }
 
-mem=$(node mem)
+node mem
 run "1 node, memory" "$mem" "$mem"
-one=$(node one --broker "$redis")
+node one --broker "$redis"
 run "1 node, Redis" "$one" "$one"
-b=$(node b --broker "$redis"); c=$(node c --broker "$redis")
+node b --broker "$redis"; node c --broker "$redis"
 run "3 nodes, Redis (publish on A, subscribers on A, B, C)" "$one" "$one,$b,$c"
 run "3 nodes, Redis (publish on A, subscribers on B and C only: cross-node)" "$one" "$b,$c"
 
 redis-cli -p "$port" config resetstat >/dev/null
 bin/pushctl bench -s "$one" --subscribe-to "$b,$c" --subscribers 1000 --messages 1000 --publishers 1 --channel cost >/dev/null
-calls=$(redis-cli -p "$port" info commandstats | tr -d '\r' | grep '^cmdstat_' | grep -v -e cmdstat_info -e 'cmdstat_config' | sed 's/.*calls=\([0-9]*\),.*/\1/' | paste -sd+ | bc)
+calls=$(redis-cli -p "$port" info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" && $1 !~ /config/ {s += $3} END {print s}')
 echo "== Redis commands over 1000 publishes to 1000 subscribers on 2 nodes (heartbeats and subscribes included): $calls"
