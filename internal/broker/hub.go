@@ -289,8 +289,8 @@ func (h *Hub) Subscribers(channel string) int {
 	return n
 }
 
-// Changed returns a channel closed at the next change of channel's local
-// subscribers, and a release the caller must call when done waiting.
+// watch returns channel's local subscriber count, a channel closed at its
+// next change, and a release the caller must call when done waiting.
 func (h *Hub) watch(channel string) (count int, changed <-chan struct{}, release func()) {
 	h.mu.Lock()
 	ch := h.entryLocked(channel, true)

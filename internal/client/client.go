@@ -126,14 +126,9 @@ func parseServer(server string) (*url.URL, error) {
 // base is the node in use.
 func (c *Client) base() *url.URL { return c.bases[c.cur.Load()] }
 
-// failover moves to the node after i (unless another caller already
-// moved) and reports whether there is another node to try.
-func (c *Client) failover(i int32) bool {
-	if len(c.bases) < 2 {
-		return false
-	}
+// failover moves to the node after i, unless another caller already moved.
+func (c *Client) failover(i int32) {
 	c.cur.CompareAndSwap(i, (i+1)%int32(len(c.bases)))
-	return true
 }
 
 // movable reports whether err means this node cannot take the request

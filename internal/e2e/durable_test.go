@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -184,46 +183,7 @@ func TestChaosNothingLostNothingRepeated(t *testing.T) {
 
 	// The SSE client behaves like a browser's EventSource: it reconnects
 	// with Last-Event-ID.
-	sseGot := make(chan string, total+100)
-	sseStop := make(chan struct{})
-	defer close(sseStop)
-	go func() {
-		lastID := ""
-		for {
-			select {
-			case <-sseStop:
-				return
-			default:
-			}
-			req, _ := http.NewRequest("GET", px.url()+"/sub/chaos?data=raw", nil)
-			req.Header.Set("Accept", "text/event-stream")
-			if lastID != "" {
-				req.Header.Set("Last-Event-ID", lastID)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				time.Sleep(50 * time.Millisecond) // reconnect backoff, as EventSource does
-				continue
-			}
-			br := bufio.NewReader(resp.Body)
-			id := ""
-			for {
-				l, err := br.ReadString('\n')
-				if err != nil {
-					break
-				}
-				l = strings.TrimRight(l, "\n")
-				switch {
-				case strings.HasPrefix(l, "id: "):
-					id = l[4:]
-				case strings.HasPrefix(l, "data: "):
-					sseGot <- l[6:]
-					lastID = id
-				}
-			}
-			resp.Body.Close()
-		}
-	}()
+	sseGot := sseLines(t, "/sub/chaos?data=raw", px.url())
 
 	waitSubscribers(t, url, "chaos", 2)
 	c := &http.Client{Timeout: 10 * time.Second}
@@ -254,21 +214,7 @@ func TestChaosNothingLostNothingRepeated(t *testing.T) {
 	if code := sub.wait(30 * time.Second); code != 0 {
 		t.Fatalf("sub exit %d: %s", code, sub.Stderr())
 	}
-	for i := 1; i <= total; i++ {
-		select {
-		case d := <-sseGot:
-			if d != fmt.Sprint(i) {
-				t.Fatalf("SSE: message %d is %q", i, d)
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatalf("SSE: message %d never came", i)
-		}
-	}
-	select {
-	case d := <-sseGot:
-		t.Fatalf("SSE: extra message %q", d)
-	default:
-	}
+	expectSeq(t, "SSE", sseGot, 1, total)
 	if strings.Contains(sub.Stderr(), "messages lost") {
 		t.Fatalf("sub reported a loss: %s", sub.Stderr())
 	}

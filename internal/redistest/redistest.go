@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,8 +30,6 @@ type Server struct {
 type Options struct {
 	// AOF turns on the append-only file with appendfsync always.
 	AOF bool
-	// Cluster starts the server with cluster-enabled yes.
-	Cluster bool
 }
 
 // Start runs a redis-server for t and returns it once it accepts
@@ -51,10 +48,6 @@ func Start(t testing.TB, o Options) *Server {
 		s.args = append(s.args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
 		s.args = append(s.args, "--appendonly", "no")
-	}
-	if o.Cluster {
-		s.args = append(s.args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.Dir, "nodes.conf"),
-			"--cluster-node-timeout", "2000")
 	}
 	for attempt := 0; ; attempt++ {
 		s.Port = freePort(t)

@@ -226,18 +226,26 @@ func outage(t *testing.T, srv *redistest.Server, pubNode *broker.Core, subNode *
 	eventually(t, "node reports Redis healthy", func() error { return subNode.Health() })
 }
 
+// throughOutage publishes five messages on node A to a subscriber on node
+// B, then takes Redis through an outage (see outage).
+func throughOutage(t *testing.T, srv *redistest.Server) (a *broker.Core, s *broker.Subscription, before []*broker.Message) {
+	t.Helper()
+	p := newPrefix()
+	a, b := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
+	s = subscribe(t, b, broker.SubscribeOptions{Channels: []string{"r"}})
+	for i := 0; i < 5; i++ {
+		publish(t, a, "r", fmt.Sprint(i))
+	}
+	before, _ = events(t, s, 5)
+	outage(t, srv, a, b)
+	return a, s, before
+}
+
 // Redis restarted without persistence lost every channel: subscribers are
 // told of the gap, then get what is published next.
 func TestRedisRestartWithoutPersistence(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	p := newPrefix()
-	a, b := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
-	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"r"}})
-	for i := 0; i < 5; i++ {
-		publish(t, a, "r", fmt.Sprint(i))
-	}
-	before, _ := events(t, s, 5)
-	outage(t, srv, a, b)
+	a, s, before := throughOutage(t, srv)
 	after, _ := publish(t, a, "r", "after")
 	if after.Epoch == before[4].Epoch {
 		t.Fatalf("epoch kept (%s) though Redis lost the channel", after.Epoch)
@@ -255,14 +263,7 @@ func TestRedisRestartWithoutPersistence(t *testing.T) {
 // no gap, the sequence goes on.
 func TestRedisRestartWithAOF(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
-	p := newPrefix()
-	a, b := open(t, srv.URL(), p, brokertest.Options{}), open(t, srv.URL(), p, brokertest.Options{})
-	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"r"}})
-	for i := 0; i < 5; i++ {
-		publish(t, a, "r", fmt.Sprint(i))
-	}
-	before, _ := events(t, s, 5)
-	outage(t, srv, a, b)
+	a, s, before := throughOutage(t, srv)
 	after, _ := publish(t, a, "r", "5")
 	if after.Epoch != before[4].Epoch || after.Seq != 6 {
 		t.Fatalf("after restart: %v, want %s-6", after.Position(), before[4].Epoch)

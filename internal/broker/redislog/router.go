@@ -408,9 +408,9 @@ func (l *Log) sendCounts(beat bool) error {
 				add(f, d)
 			}
 		}
-	}
-	if !full && total != l.sentTotal {
-		add("t", total-l.sentTotal)
+		if total != l.sentTotal {
+			add("t", total-l.sentTotal)
+		}
 	}
 	l.deltas = map[string]int{}
 	l.mu.Unlock()
