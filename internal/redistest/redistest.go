@@ -21,9 +21,10 @@ type Server struct {
 	Dir  string
 	args []string
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
-	out *strings.Builder
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	out     *strings.Builder
+	changed chan struct{} // closed and replaced when out grows
 }
 
 // Options choose how the server runs.
@@ -99,6 +100,10 @@ func (s *Server) start(bin string) error {
 			line := sc.Text()
 			s.mu.Lock()
 			out.WriteString(line + "\n")
+			if s.changed != nil {
+				close(s.changed)
+				s.changed = nil
+			}
 			s.mu.Unlock()
 			if !said && strings.Contains(line, "Ready to accept connections") {
 				said = true
@@ -161,3 +166,86 @@ func (s *Server) Log() string {
 	}
 	return s.out.String()
 }
+
+// Cluster is a Redis Cluster of redis-server processes started for a
+// test: one master per shard, no replicas, slots spread evenly.
+type Cluster struct {
+	Servers []*Server
+}
+
+// StartCluster runs shards redis-server processes with cluster mode on,
+// joins them with `redis-cli --cluster create` and returns once every
+// node reports cluster_state:ok.
+func StartCluster(t testing.TB, shards int) *Cluster {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found: run scripts/install-deps.sh --test (%v)", err)
+	}
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		t.Fatalf("redis-cli not found: run scripts/install-deps.sh --test (%v)", err)
+	}
+	c := &Cluster{}
+	for i := 0; i < shards; i++ {
+		s := &Server{t: t, Dir: t.TempDir()}
+		for attempt := 0; ; attempt++ {
+			s.Port = freePort(t)
+			// The cluster bus needs a port of its own, also free.
+			s.args = []string{"--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--dir", s.Dir,
+				"--loglevel", "notice", "--logfile", "", "--appendonly", "no",
+				"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+				"--cluster-port", strconv.Itoa(freePort(t)), "--cluster-node-timeout", "2000"}
+			err := s.start(bin)
+			if err == nil {
+				break
+			}
+			if attempt == 4 {
+				t.Fatalf("redis-server: %v", err)
+			}
+		}
+		t.Cleanup(s.Kill)
+		c.Servers = append(c.Servers, s)
+	}
+	args := []string{"--cluster", "create"}
+	for _, s := range c.Servers {
+		args = append(args, s.Addr())
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, s := range c.Servers {
+		if err := s.WaitLog("Cluster state changed: ok", 30*time.Second); err != nil {
+			t.Fatalf("redis cluster: %v", err)
+		}
+	}
+	return c
+}
+
+// WaitLog waits until the server printed a line containing text.
+func (s *Server) WaitLog(text string, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		if s.out != nil && strings.Contains(s.out.String(), text) {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return fmt.Errorf("redis-server on port %d did not print %q in %v:\n%s", s.Port, text, timeout, s.Log())
+		}
+	}
+}
+
+// URL is the redis:// address of the first node; pushctl finds the other
+// nodes from it.
+func (c *Cluster) URL() string { return c.Servers[0].URL() }

@@ -5,6 +5,12 @@
 // Pub/Sub only the channels and patterns their local subscribers follow,
 // refill from the stream when they see a sequence jump, and keep
 // cluster-wide subscriber counts in Redis.
+//
+// On Redis Cluster (found by asking the server) a channel's keys and its
+// sharded Pub/Sub channel live in the channel's slot, so each shard
+// carries its own channels: nodes SSUBSCRIBE on the shard's master, one
+// connection per shard. Patterns cannot be sharded; while any node has a
+// pattern subscriber, publishes also go out on classic Pub/Sub.
 package redislog
 
 import (
@@ -14,7 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
+	neturl "net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -81,11 +87,13 @@ func (o *Options) fill() {
 
 // Log is a broker.Log on Redis.
 type Log struct {
-	opts Options
-	rdb  redis.UniversalClient
-	sink broker.Sink
-	node string
-	ps   *redis.PubSub
+	opts    Options
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // nil on a single Redis
+	sink    broker.Sink
+	node    string
+	ps      *redis.PubSub     // classic Pub/Sub: counts, patterns, channels on a single Redis
+	shards  map[string]*shard // Redis Cluster: sharded Pub/Sub by master address (under mu)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -112,15 +120,19 @@ type Log struct {
 	countsMu sync.Mutex
 	countsCh chan struct{} // closed when any node's counts change
 
-	psDown   atomic.Pointer[string] // nil: Pub/Sub connected and in step
-	cmdDown  atomic.Pointer[string] // nil: the last command reached Redis
+	downMu   sync.Mutex
+	downs    map[string]string      // side ("commands", "pubsub", "shard <addr>") -> reason
+	down     atomic.Pointer[string] // nil: every side is up
 	total    atomic.Int64
 	channels atomic.Int64
 	nodes    atomic.Int64
 	epochs   atomic.Int64
 }
 
-type ref struct{ all, counted int }
+type ref struct {
+	all, counted int
+	shard        *shard // Redis Cluster: where the channel is subscribed
+}
 
 // seen is where a channel stands on this node: the newest position handed
 // to the hub (delivered), or, before any, where a reader started (floor).
@@ -157,16 +169,28 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		return nil, fmt.Errorf("--broker %s: %w", redactURL(o.URL), err)
 	}
 	ropts.Protocol = 2 // Pub/Sub replies as RESP2 arrays, whatever the server
-	rdb := redis.NewClient(ropts)
-	if err := rdb.Ping(ctx).Err(); err != nil {
+	var rdb redis.UniversalClient = redis.NewClient(ropts)
+	info, err := rdb.Info(ctx, "cluster").Result()
+	if err != nil {
 		rdb.Close()
 		return nil, fmt.Errorf("%w: redis at %s: %v", broker.ErrUnavailable, ropts.Addr, err)
+	}
+	var cluster *redis.ClusterClient
+	if strings.Contains(info, "cluster_enabled:1") {
+		rdb.Close()
+		if cluster, err = openCluster(ctx, o.URL, ropts); err != nil {
+			return nil, err
+		}
+		rdb = cluster
 	}
 	var id [8]byte
 	rand.Read(id[:])
 	l := &Log{
 		opts:     o,
 		rdb:      rdb,
+		cluster:  cluster,
+		shards:   map[string]*shard{},
+		downs:    map[string]string{},
 		sink:     sink,
 		node:     hex.EncodeToString(id[:]),
 		queue:    make(chan *op, 8192),
@@ -198,9 +222,32 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 	return l, nil
 }
 
+// openCluster connects to the Redis Cluster that the node at url belongs
+// to; url may name more nodes with ?addr=host:port.
+func openCluster(ctx context.Context, url string, ropts *redis.Options) (*redis.ClusterClient, error) {
+	if ropts.DB != 0 {
+		return nil, fmt.Errorf("--broker %s: Redis Cluster has only database 0", redactURL(url))
+	}
+	u, _ := neturl.Parse(url)
+	u.Path = ""
+	copts, err := redis.ParseClusterURL(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("--broker %s: %w", redactURL(url), err)
+	}
+	copts.Protocol = 2
+	c := redis.NewClusterClient(copts)
+	if err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		return m.Ping(ctx).Err()
+	}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: redis cluster at %s: %v", broker.ErrUnavailable, ropts.Addr, err)
+	}
+	return c, nil
+}
+
 // redactURL hides a password in a Redis URL, for messages and logs.
 func redactURL(s string) string {
-	u, err := url.Parse(s)
+	u, err := neturl.Parse(s)
 	if err != nil || u.User == nil {
 		return s
 	}
@@ -210,7 +257,10 @@ func redactURL(s string) string {
 // Node is this node's id in Redis.
 func (l *Log) Node() string { return l.node }
 
-func (l *Log) key(s string) string { return l.opts.Prefix + s }
+// key is one of pushctl's own keys (and the counts Pub/Sub channel); the
+// "{=}" hash tag, which no channel name can be, keeps them in one slot
+// on Redis Cluster so the count scripts can use them together.
+func (l *Log) key(s string) string { return l.opts.Prefix + "{=}:" + s }
 
 // chanKey is the key of part of a channel ("m" meta, "s" stream); the
 // braces put a channel's keys and Pub/Sub channel in one cluster slot.
@@ -265,24 +315,44 @@ func (l *Log) unavailable(err error) error {
 	if errors.As(err, &rerr) && !strings.HasPrefix(rerr.Error(), "LOADING") {
 		return fmt.Errorf("redis: %v", err) // Redis answered: not an outage
 	}
-	l.setHealth(&l.cmdDown, err)
+	l.setHealth(sideCommands, err)
 	return fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err)
 }
 
-// setHealth records the state of one side: the Pub/Sub connection
-// (cleared once it resubscribed and refilled) or commands (cleared by
-// the next successful heartbeat).
-func (l *Log) setHealth(side *atomic.Pointer[string], err error) {
-	was := l.Health()
+// The sides of the connection to Redis whose health is tracked; a shard's
+// sharded Pub/Sub connection is "shard <addr>".
+const (
+	sideCommands = "commands" // cleared by the next successful heartbeat
+	sidePubSub   = "pubsub"   // cleared once resubscribed and refilled
+)
+
+// setHealth records the state of one side.
+func (l *Log) setHealth(side string, err error) {
+	l.downMu.Lock()
+	defer l.downMu.Unlock()
+	was := l.down.Load()
 	if err == nil {
-		side.Store(nil)
+		delete(l.downs, side)
 	} else {
-		msg := "redis unreachable: " + err.Error()
-		side.Store(&msg)
+		l.downs[side] = err.Error()
 	}
-	switch now := l.Health(); {
+	var now *string
+	if len(l.downs) > 0 {
+		sides := make([]string, 0, len(l.downs))
+		for s := range l.downs {
+			sides = append(sides, s)
+		}
+		sort.Strings(sides)
+		msg := "redis unreachable: " + l.downs[sides[0]]
+		if sides[0] != sideCommands && sides[0] != sidePubSub {
+			msg = "redis unreachable: " + sides[0] + ": " + l.downs[sides[0]]
+		}
+		now = &msg
+	}
+	l.down.Store(now)
+	switch {
 	case was == nil && now != nil:
-		l.opts.Logger.Warn("redis unreachable; publishes fail until it is back", "err", now)
+		l.opts.Logger.Warn("redis unreachable; publishes fail until it is back", "err", *now)
 	case was != nil && now == nil:
 		l.opts.Logger.Info("redis reachable again")
 	}
@@ -290,10 +360,7 @@ func (l *Log) setHealth(side *atomic.Pointer[string], err error) {
 
 // Health implements broker.Health.
 func (l *Log) Health() error {
-	if p := l.psDown.Load(); p != nil {
-		return errors.New(*p)
-	}
-	if p := l.cmdDown.Load(); p != nil {
+	if p := l.down.Load(); p != nil {
 		return errors.New(*p)
 	}
 	return nil
@@ -362,10 +429,23 @@ func (l *Log) publishArgs(m *broker.Message, ps string) ([]string, []any) {
 	if m.Origin != 0 {
 		origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
 	}
-	keys := []string{l.chanKey(m.Channel, "m"), l.chanKey(m.Channel, "s"), l.key("channels"), l.key("subs"), l.key("pats")}
+	keys := l.channelKeys(m.Channel)
+	if l.cluster == nil {
+		keys = append(keys, l.key("subs"), l.key("pats"))
+	}
 	args := []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, l.opts.HistorySize,
-		cutoff, l.ttl(), origin, m.Channel, ps, l.opts.HistoryBytes}
+		cutoff, l.ttl(), origin, m.Channel, ps, l.opts.HistoryBytes, "P"}
 	return keys, args
+}
+
+// channelKeys are the keys the read, publish and delete scripts start
+// with: the channel's meta and stream and, on a single Redis, the set of
+// channels (on Redis Cluster the list is a SCAN of every master).
+func (l *Log) channelKeys(ch string) []string {
+	if l.cluster != nil {
+		return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s")}
+	}
+	return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.key("channels")}
 }
 
 // publisher sends queued appends in pipelines, in order.
@@ -390,6 +470,17 @@ func (l *Log) publisher() {
 }
 
 func (l *Log) runBatch(batch []*op) {
+	var counts []int
+	if l.cluster != nil {
+		var err error
+		if counts, err = l.clusterCounts(batch); err != nil {
+			err = l.unavailable(err)
+			for _, o := range batch {
+				o.res <- opResult{err: err}
+			}
+			return
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		pipe := l.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(batch))
@@ -404,10 +495,63 @@ func (l *Log) runBatch(batch []*op) {
 			}
 		}
 		for i, o := range batch {
-			o.res <- l.published(o.m, cmds[i])
+			r := l.published(o.m, cmds[i])
+			if counts != nil && r.err == nil {
+				r.n = counts[i]
+			}
+			o.res <- r
 		}
 		return
 	}
+}
+
+// clusterCounts reads, for a batch about to be published on Redis
+// Cluster, each message's subscriber count and whether any node follows a
+// pattern: then the batch also goes out on classic Pub/Sub, which is
+// what pattern followers receive. Three commands per batch, in the slot
+// of pushctl's own keys. The read comes after every message of the batch
+// was queued, so a pattern subscription that existed when a publish was
+// accepted is never missed.
+func (l *Log) clusterCounts(batch []*op) ([]int, error) {
+	names := make([]string, 0, len(batch))
+	index := map[string]int{}
+	for _, o := range batch {
+		if _, ok := index[o.m.Channel]; !ok {
+			index[o.m.Channel] = len(names)
+			names = append(names, o.m.Channel)
+		}
+	}
+	pipe := l.rdb.Pipeline()
+	exact := pipe.HMGet(l.ctx, l.key("subs"), names...)
+	pats := pipe.HGetAll(l.ctx, l.key("pats"))
+	routes := pipe.HLen(l.ctx, l.key("routes"))
+	if _, err := pipe.Exec(l.ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	per := make([]int, len(names))
+	for i, v := range exact.Val() {
+		if v != nil {
+			per[i], _ = strconv.Atoi(fmt.Sprint(v))
+		}
+	}
+	for p, v := range pats.Val() {
+		c, _ := strconv.Atoi(v)
+		for i, name := range names {
+			if broker.Match(p, name) {
+				per[i] += c
+			}
+		}
+	}
+	mode := "S"
+	if routes.Val() > 0 {
+		mode = "SP"
+	}
+	counts := make([]int, len(batch))
+	for i, o := range batch {
+		o.args[len(o.args)-1] = mode
+		counts[i] = per[index[o.m.Channel]]
+	}
+	return counts, nil
 }
 
 // published reads one publish script's reply into m.
@@ -441,8 +585,7 @@ func (l *Log) Read(ctx context.Context, name string, req broker.ReadRequest) (br
 	if req.Create {
 		create = "1"
 	}
-	v, err := readScript.Run(ctx, l.rdb,
-		[]string{l.chanKey(name, "m"), l.chanKey(name, "s"), l.key("channels")},
+	v, err := readScript.Run(ctx, l.rdb, l.channelKeys(name),
 		create, l.newEpoch(), l.ttl(), name, mode, req.From.Epoch, req.From.Seq, tail).Slice()
 	if errors.Is(err, redis.Nil) {
 		return broker.ReadResult{}, broker.ErrNotFound
@@ -565,7 +708,7 @@ func infoFrom(name string, meta map[string]string, n int64) (broker.ChannelInfo,
 
 // List implements broker.Log.
 func (l *Log) List(ctx context.Context) ([]broker.ChannelInfo, error) {
-	names, err := l.rdb.SMembers(ctx, l.key("channels")).Result()
+	names, err := l.channelNames(ctx)
 	if err != nil {
 		return nil, l.unavailable(err)
 	}
@@ -591,11 +734,36 @@ func (l *Log) List(ctx context.Context) ([]broker.ChannelInfo, error) {
 		}
 		out = append(out, ci)
 	}
-	if len(gone) > 0 {
+	if len(gone) > 0 && l.cluster == nil {
 		l.rdb.SRem(ctx, l.key("channels"), gone...)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// channelNames lists the channels Redis holds: the channels set on a
+// single Redis, a SCAN of every master's meta keys on Redis Cluster.
+func (l *Log) channelNames(ctx context.Context) ([]string, error) {
+	if l.cluster == nil {
+		return l.rdb.SMembers(ctx, l.key("channels")).Result()
+	}
+	var mu sync.Mutex
+	var names []string
+	match := escapeGlob(l.opts.Prefix) + "{*}:m"
+	err := l.cluster.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		it := m.Scan(ctx, 0, match, 1000).Iterator()
+		for it.Next(ctx) {
+			rest := strings.TrimPrefix(it.Val(), l.opts.Prefix+"{")
+			name, ok := strings.CutSuffix(rest, "}:m")
+			if ok && broker.ValidateChannel(name) == nil {
+				mu.Lock()
+				names = append(names, name)
+				mu.Unlock()
+			}
+		}
+		return it.Err()
+	})
+	return names, err
 }
 
 // ChannelCount is the number of channels, as of the last heartbeat.
@@ -604,9 +772,11 @@ func (l *Log) ChannelCount() int { return int(l.channels.Load()) }
 // Delete implements broker.Log: every node following the channel hears of
 // it over Pub/Sub and ends the subscriptions that named it.
 func (l *Log) Delete(ctx context.Context, name string) error {
-	n, err := deleteScript.Run(ctx, l.rdb,
-		[]string{l.chanKey(name, "m"), l.chanKey(name, "s"), l.key("channels")},
-		name, l.pubsubChannel(name)).Int()
+	how := "P"
+	if l.cluster != nil {
+		how = "S"
+	}
+	n, err := deleteScript.Run(ctx, l.rdb, l.channelKeys(name), name, l.pubsubChannel(name), how).Int()
 	if err != nil {
 		return l.unavailable(err)
 	}
@@ -630,6 +800,11 @@ func (l *Log) Close() error {
 	<-l.pubDone // the publisher sends what was queued
 	l.cancel()
 	l.ps.Close()
+	l.mu.Lock()
+	for _, sh := range l.shards {
+		sh.close()
+	}
+	l.mu.Unlock()
 	l.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

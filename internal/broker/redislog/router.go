@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,21 +31,35 @@ func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
 		r.counted++
 		l.deltas[countField(name)]++
 	}
+	routed := l.routed(name)
+	if routed {
+		l.deltas["r:"+name]++
+	}
 	var err error
 	if first {
-		if broker.IsPattern(name) {
+		switch {
+		case broker.IsPattern(name):
 			err = l.ps.PSubscribe(ctx, l.globFor(name))
-		} else {
+		case l.cluster != nil:
+			if r.shard, err = l.shardFor(ctx, name); err == nil {
+				err = r.shard.subscribe(ctx, l.pubsubChannel(name))
+			}
+		default:
 			err = l.ps.Subscribe(ctx, l.pubsubChannel(name))
 		}
 	}
+	ps := l.ps
+	if r.shard != nil {
+		ps = r.shard.pubsub()
+	}
 	l.mu.Unlock()
 	if err == nil {
-		err = l.ping(ctx)
+		err = l.ping(ctx, ps)
 	}
-	if err == nil && !internal {
+	if err == nil && (!internal || routed) {
 		// Counted before Subscribe returns, so any node's waits and
-		// channel info include this subscriber.
+		// channel info include this subscriber, and on Redis Cluster
+		// every publish from now on goes out where patterns hear it.
 		err = l.sendCounts(false)
 	}
 	if err != nil {
@@ -68,12 +83,18 @@ func (l *Log) Unfollow(name string, internal bool) {
 		r.counted--
 		l.deltas[countField(name)]--
 	}
+	if l.routed(name) {
+		l.deltas["r:"+name]--
+	}
 	if r.all == 0 {
 		delete(l.refs, name)
 		ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
-		if broker.IsPattern(name) {
+		switch {
+		case broker.IsPattern(name):
 			l.ps.PUnsubscribe(ctx, l.globFor(name))
-		} else {
+		case r.shard != nil:
+			r.shard.unsubscribe(ctx, l.pubsubChannel(name))
+		default:
 			l.ps.Unsubscribe(ctx, l.pubsubChannel(name))
 		}
 		cancel()
@@ -93,11 +114,24 @@ func (l *Log) forget() {
 	}
 }
 
+// routed reports whether following name must be known to publishers: on
+// Redis Cluster a pattern is only heard when publishes also go out on
+// classic Pub/Sub.
+func (l *Log) routed(name string) bool { return l.cluster != nil && broker.IsPattern(name) }
+
 func countField(name string) string {
 	if broker.IsPattern(name) {
 		return "p:" + name
 	}
 	return "c:" + name
+}
+
+// followedExactly reports whether channel is followed by its name.
+func (l *Log) followedExactly(channel string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.refs[channel]
+	return ok
 }
 
 // followed reports whether a local subscription wants channel.
@@ -119,9 +153,10 @@ func (l *Log) followedLocked(channel string) bool {
 	return false
 }
 
-// ping sends a PING down the Pub/Sub connection and waits for its PONG:
-// every (un)subscribe sent before it has then taken effect.
-func (l *Log) ping(ctx context.Context) error {
+// ping sends a PING down a Pub/Sub connection and waits for its PONG:
+// every (un)subscribe sent before it on that connection has then taken
+// effect.
+func (l *Log) ping(ctx context.Context, ps *redis.PubSub) error {
 	l.mu.Lock()
 	l.pingID++
 	payload := "p" + strconv.FormatUint(l.pingID, 10)
@@ -133,7 +168,7 @@ func (l *Log) ping(ctx context.Context) error {
 		delete(l.pings, payload)
 		l.mu.Unlock()
 	}()
-	if err := l.ps.Ping(ctx, payload); err != nil {
+	if err := ps.Ping(ctx, payload); err != nil {
 		return err
 	}
 	t := time.NewTimer(10 * time.Second)
@@ -164,7 +199,7 @@ func (l *Log) receive() {
 				return
 			}
 			broken = true
-			l.setHealth(&l.psDown, err)
+			l.setHealth(sidePubSub, err)
 			select {
 			case <-l.ctx.Done():
 				return
@@ -183,33 +218,42 @@ func (l *Log) receive() {
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			l.dispatch(m)
+			l.dispatch(m, false)
 		case *redis.Pong:
 			if m.Payload == "resync" {
-				if err := l.resync(); err != nil {
+				// On Redis Cluster this connection carries only what
+				// patterns match; resyncing every followed channel is
+				// more than needed, and harmless.
+				if err := l.resync(func(string) bool { return true }); err != nil {
 					broken = true // try again after the next message
-					l.setHealth(&l.psDown, err)
+					l.setHealth(sidePubSub, err)
 					continue
 				}
-				l.setHealth(&l.psDown, nil)
+				l.setHealth(sidePubSub, nil)
 				l.mu.Lock()
 				l.synced = false // Redis may have lost this node's counts
 				l.mu.Unlock()
 				l.kick()
 				continue
 			}
-			l.mu.Lock()
-			if done, ok := l.pings[m.Payload]; ok {
-				done <- true
-			}
-			l.mu.Unlock()
+			l.pong(m.Payload)
 		}
 	}
 }
 
+// pong wakes the ping waiting for payload.
+func (l *Log) pong(payload string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if done, ok := l.pings[payload]; ok {
+		done <- true
+	}
+}
+
 // dispatch hands one Pub/Sub message to the hub, in sequence order,
-// refilling from the stream what it missed.
-func (l *Log) dispatch(pm *redis.Message) {
+// refilling from the stream what it missed. sharded says it came from a
+// shard's connection (Redis Cluster).
+func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	if pm.Channel == l.key("counts") {
 		l.countsChanged()
 		return
@@ -217,6 +261,9 @@ func (l *Log) dispatch(pm *redis.Message) {
 	ch, ok := l.channelOf(pm.Channel)
 	if !ok || broker.ValidateChannel(ch) != nil || !l.followed(ch) {
 		return // a glob matches more than the pattern
+	}
+	if l.cluster != nil && !sharded && l.followedExactly(ch) {
+		return // its shard's connection carries it
 	}
 	if pm.Payload == "D" {
 		l.lastMu.Lock()
@@ -293,17 +340,20 @@ func entryMessage(ch, epoch string, e redis.XMessage) *broker.Message {
 	return decodeEntry(ch, epoch, []any{e.ID, fields})
 }
 
-// resync brings every followed channel up to date after the Pub/Sub
-// connection broke: what Redis still has is delivered; if Redis lost a
-// channel (restarted without persistence) its subscribers get a gap.
-func (l *Log) resync() error {
+// resync brings the followed channels whose Pub/Sub channel name which
+// accepts up to date after their connection broke: what Redis still has
+// is delivered; if Redis lost a channel (restarted without persistence)
+// its subscribers get a gap.
+func (l *Log) resync(which func(psChannel string) bool) error {
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
 	for ch, st := range l.last {
-		v, err := readScript.Run(ctx, l.rdb,
-			[]string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.key("channels")},
+		if !which(l.pubsubChannel(ch)) {
+			continue
+		}
+		v, err := readScript.Run(ctx, l.rdb, l.channelKeys(ch),
 			"1", l.newEpoch(), l.ttl(), ch, "none", "", 0, 0).Slice()
 		if err != nil {
 			return err
@@ -357,7 +407,7 @@ func (l *Log) kick() {
 }
 
 func (l *Log) countKeys(node string) []string {
-	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes")}
+	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes"), l.key("routes")}
 }
 
 // heartbeat sends count changes as they come and, every second, this
@@ -368,11 +418,17 @@ func (l *Log) heartbeat() {
 	tick := time.NewTicker(l.opts.Heartbeat)
 	defer tick.Stop()
 	beat := true
-	for {
+	for n := 0; ; {
 		if err := l.sendCounts(beat); err != nil {
 			l.unavailable(err)
-		} else if beat && l.refreshTotals() {
-			l.setHealth(&l.cmdDown, nil)
+		} else if beat && l.refreshTotals(n%10 == 0) {
+			l.setHealth(sideCommands, nil)
+			if n%60 == 0 {
+				l.keepFollowed()
+			}
+		}
+		if beat {
+			n++
 		}
 		beat = false
 		select {
@@ -399,6 +455,9 @@ func (l *Log) sendCounts(beat bool) error {
 		for name, r := range l.refs {
 			if r.counted > 0 {
 				add(countField(name), r.counted)
+			}
+			if l.routed(name) {
+				add("r:"+name, r.all)
 			}
 		}
 		add("t", total)
@@ -435,9 +494,45 @@ func (l *Log) sendCounts(beat bool) error {
 	return nil
 }
 
-// refreshTotals reaps silent nodes and reads the cluster totals; it
-// reports whether Redis answered.
-func (l *Log) refreshTotals() bool {
+// keepFollowed pushes back the expiry of the channels followed here, so a
+// channel that is quiet for longer than its keys live does not come back
+// with a new epoch (and its followers with a gap notice) when it speaks
+// again. Runs every 60 heartbeats; keys live at least two hours.
+func (l *Log) keepFollowed() {
+	l.mu.Lock()
+	var names []string
+	for name := range l.refs {
+		if !broker.IsPattern(name) {
+			names = append(names, name)
+		}
+	}
+	l.mu.Unlock()
+	l.lastMu.Lock()
+	for name := range l.last {
+		if !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	l.lastMu.Unlock()
+	if len(names) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	pipe := l.rdb.Pipeline()
+	for _, name := range names {
+		pipe.PExpire(ctx, l.chanKey(name, "m"), time.Duration(l.ttl())*time.Millisecond)
+		pipe.PExpire(ctx, l.chanKey(name, "s"), time.Duration(l.ttl())*time.Millisecond)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		l.unavailable(err)
+	}
+}
+
+// refreshTotals reaps silent nodes and reads the cluster totals (the
+// channel count too when countChannels: on Redis Cluster that is a SCAN
+// of every master); it reports whether Redis answered.
+func (l *Log) refreshTotals(countChannels bool) bool {
 	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 	defer cancel()
 	cutoff := time.Now().Add(-l.opts.NodeTimeout).UnixMilli()
@@ -451,16 +546,29 @@ func (l *Log) refreshTotals() bool {
 	}
 	pipe := l.rdb.Pipeline()
 	total := pipe.HGet(ctx, l.key("subs"), "*")
-	chans := pipe.SCard(ctx, l.key("channels"))
 	nodes := pipe.ZCard(ctx, l.key("nodes"))
+	var chans *redis.IntCmd
+	if l.cluster == nil {
+		chans = pipe.SCard(ctx, l.key("channels"))
+	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		l.unavailable(err)
 		return false
 	}
 	n, _ := total.Int64()
 	l.total.Store(n)
-	l.channels.Store(chans.Val())
 	l.nodes.Store(nodes.Val())
+	switch {
+	case chans != nil:
+		l.channels.Store(chans.Val())
+	case countChannels:
+		names, err := l.channelNames(ctx)
+		if err != nil {
+			l.unavailable(err)
+			return false
+		}
+		l.channels.Store(int64(len(names)))
+	}
 	return true
 }
 

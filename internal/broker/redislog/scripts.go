@@ -20,9 +20,11 @@ local function match(p, n)
   end
   return #ps == #ns
 end
--- node fields: c:<channel>, p:<pattern>, t (all counted subscriptions);
--- cluster: subs[<channel>], subs['*'] (total), pats[<pattern>].
-local function apply(nodekey, subs, pats, f, d, nodetoo)
+-- node fields: c:<channel>, p:<pattern>, t (all counted subscriptions),
+-- r:<pattern> (every pattern follow, internal ones too; Redis Cluster
+-- only); cluster: subs[<channel>], subs['*'] (total), pats[<pattern>],
+-- routes[<pattern>].
+local function apply(nodekey, subs, pats, routes, f, d, nodetoo)
   if nodetoo then
     local v = redis.call('HINCRBY', nodekey, f, d)
     if v <= 0 then redis.call('HDEL', nodekey, f) end
@@ -30,20 +32,23 @@ local function apply(nodekey, subs, pats, f, d, nodetoo)
   local g, gf = subs, '*'
   local kind = string.sub(f, 1, 2)
   if kind == 'p:' then g, gf = pats, string.sub(f, 3)
+  elseif kind == 'r:' then g, gf = routes, string.sub(f, 3)
   elseif kind == 'c:' then gf = string.sub(f, 3) end
   local gv = redis.call('HINCRBY', g, gf, d)
   if gv <= 0 then redis.call('HDEL', g, gf) end
 end
 `
 
-// publish: KEYS meta, stream, channels, subs, pats.
+// publish: KEYS meta, stream, and on a single Redis also channels, subs,
+// pats (on Redis Cluster those live in another slot).
 // ARGV new epoch, now (µs), event, kind, data, history size, age cutoff
 // (µs, 0: none), ttl (ms), origin, channel, pub/sub channel, history
-// bytes (0: no bound). Meta fields: e epoch, s sequence, t last time, b
-// retained bytes.
+// bytes (0: no bound), how to publish ("P" PUBLISH, "S" SPUBLISH, "SP"
+// both). Meta fields: e epoch, s sequence, t last time, b retained bytes.
 // Assigns the next sequence, appends to the stream (trimmed by size and
-// age), publishes to the nodes and returns epoch, seq, time and the
-// cluster's subscriber count, all in one round trip.
+// age), publishes to the nodes and returns epoch, seq, time and, on a
+// single Redis, the cluster's subscriber count (-1 otherwise), all in one
+// round trip.
 var publishScript = redis.NewScript(luaLib + `
 local meta = redis.call('HMGET', KEYS[1], 'e', 't', 'b')
 local e, last, b = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
@@ -51,7 +56,7 @@ if not e then
   e, last, b = ARGV[1], 0, 0
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0)
-  redis.call('SADD', KEYS[3], ARGV[10])
+  if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[10]) end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 local t = tonumber(ARGV[2])
@@ -77,7 +82,10 @@ if size > 0 then
 end
 redis.call('HSET', KEYS[1], 't', ts, 'b', b)
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('PUBLISH', ARGV[11], 'M ' .. e .. ' ' .. string.format('%d', seq) .. ' ' .. ts .. ' ' .. ARGV[4] .. ' ' .. ARGV[9] .. ' ' .. #ARGV[3] .. '\n' .. ARGV[3] .. ARGV[5])
+local payload = 'M ' .. e .. ' ' .. string.format('%d', seq) .. ' ' .. ts .. ' ' .. ARGV[4] .. ' ' .. ARGV[9] .. ' ' .. #ARGV[3] .. '\n' .. ARGV[3] .. ARGV[5]
+if ARGV[13] ~= 'P' then redis.call('SPUBLISH', ARGV[11], payload) end
+if ARGV[13] ~= 'S' then redis.call('PUBLISH', ARGV[11], payload) end
+if not KEYS[4] then return {e, seq, ts, -1} end
 local n = tonumber(redis.call('HGET', KEYS[4], ARGV[10]) or '0')
 local pats = redis.call('HGETALL', KEYS[5])
 for i = 1, #pats, 2 do
@@ -86,7 +94,7 @@ end
 return {e, seq, ts, n}
 `)
 
-// read: KEYS meta, stream, channels. ARGV create (0/1), new epoch, ttl
+// read: KEYS meta, stream, channels (single Redis only). ARGV create (0/1), new epoch, ttl
 // (ms), channel, mode (none, after, tail, all), from epoch, from seq, tail
 // count. Returns epoch, seq, last time, the mode used and the entries
 // (tail: newest first), or nil for an unknown channel without create.
@@ -98,7 +106,7 @@ if not e then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  redis.call('SADD', KEYS[3], ARGV[4])
+  if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[4]) end
 end
 local mode = ARGV[5]
 if mode == 'after' and ARGV[6] ~= e then mode = 'all' end
@@ -113,16 +121,17 @@ end
 return {e, redis.call('HGET', KEYS[1], 's'), redis.call('HGET', KEYS[1], 't'), mode, entries}
 `)
 
-// remove: KEYS meta, stream, channels. ARGV channel, pub/sub channel.
+// remove: KEYS meta, stream, channels (single Redis only). ARGV channel,
+// pub/sub channel, "P" (PUBLISH) or "S" (SPUBLISH).
 var deleteScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('PUBLISH', ARGV[2], 'D')
+if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[1]) end
+if ARGV[3] == 'S' then redis.call('SPUBLISH', ARGV[2], 'D') else redis.call('PUBLISH', ARGV[2], 'D') end
 return 1
 `)
 
-// counts: KEYS node hash, subs, pats, nodes. ARGV node, now (ms), counts
+// counts: KEYS node hash, subs, pats, nodes, routes. ARGV node, now (ms), counts
 // channel, full (1: the pairs are the whole state, 0: deltas), then
 // field/value pairs. Registers the node's heartbeat too.
 var countsScript = redis.NewScript(luaLib + `
@@ -137,19 +146,19 @@ for i = 5, #ARGV, 2 do
 end
 local any = false
 for f, d in pairs(changes) do
-  if d ~= 0 then apply(KEYS[1], KEYS[2], KEYS[3], f, d, true); any = true end
+  if d ~= 0 then apply(KEYS[1], KEYS[2], KEYS[3], KEYS[5], f, d, true); any = true end
 end
 if any then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
 return 1
 `)
 
-// reap: KEYS node hash, subs, pats, nodes. ARGV node, counts channel,
+// reap: KEYS node hash, subs, pats, nodes, routes. ARGV node, counts channel,
 // cutoff (ms). Takes a node that stopped beating out of the totals.
 var reapScript = redis.NewScript(luaLib + `
 local score = redis.call('ZSCORE', KEYS[4], ARGV[1])
 if score and tonumber(score) >= tonumber(ARGV[3]) then return 0 end
 local have = redis.call('HGETALL', KEYS[1])
-for i = 1, #have, 2 do apply(KEYS[1], KEYS[2], KEYS[3], have[i], -tonumber(have[i+1]), false) end
+for i = 1, #have, 2 do apply(KEYS[1], KEYS[2], KEYS[3], KEYS[5], have[i], -tonumber(have[i+1]), false) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[1])

@@ -1,0 +1,172 @@
+package redislog_test
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/brokertest"
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+func TestRedisClusterConformance(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	brokertest.Run(t, func(t *testing.T, o brokertest.Options) broker.Broker {
+		return open(t, c.URL(), newPrefix(), o)
+	})
+}
+
+// Three nodes on a three-shard Redis Cluster: channels spread over the
+// shards, each node subscribes on the shard that holds a channel
+// (SSUBSCRIBE), and everything published on A reaches subscribers on B
+// (by name) and C (by pattern, over classic Pub/Sub), in order.
+func TestRedisClusterThreeShards(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	p := newPrefix()
+	a, b, cn := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
+	const channels, each = 30, 40
+	names := make([]string, channels)
+	for i := range names {
+		names[i] = fmt.Sprintf("spread.c%d", i)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- a.WaitSubscribers(bg(t), names[7], 2) }()
+	onB := subscribe(t, b, broker.SubscribeOptions{Channels: names})
+	onC := subscribe(t, cn, broker.SubscribeOptions{Channels: []string{"spread.*"}})
+	if err := <-waited; err != nil {
+		t.Fatalf("wait on A for subscribers on B and C: %v", err)
+	}
+
+	// B is subscribed to each channel on the master of its slot, and
+	// only there; nobody subscribed to them on classic Pub/Sub.
+	masters := map[string]int{}
+	for _, srv := range c.Servers {
+		rdb := redisClient(t, srv)
+		for _, name := range names {
+			ps := p + "{" + name + "}"
+			shardSubs, err := rdb.Do(bg(t), "PUBSUB", "SHARDNUMSUB", ps).Slice()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slot, err := rdb.ClusterKeySlot(bg(t), ps).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			owner := ownerOf(t, rdb, slot)
+			want := int64(0)
+			if owner == srv.Addr() {
+				want = 1
+				masters[owner]++
+			}
+			if got := shardSubs[1].(int64); got != want {
+				t.Fatalf("%s on %s: %d sharded subscribers, want %d (slot %d is on %s)", name, srv.Addr(), got, want, slot, owner)
+			}
+		}
+		classic, err := rdb.PubSubNumSub(bg(t), p+"{"+names[0]+"}").Result()
+		if err != nil || classic[p+"{"+names[0]+"}"] != 0 {
+			t.Fatalf("classic subscribers of %s on %s: %v %v", names[0], srv.Addr(), classic, err)
+		}
+	}
+	if len(masters) != 3 {
+		t.Fatalf("the channels landed on %d shards (%v), want all 3", len(masters), masters)
+	}
+
+	for i := 0; i < each; i++ {
+		for _, name := range names {
+			_, n := publish(t, a, name, fmt.Sprint(i))
+			if n != 2 {
+				t.Fatalf("publish to %s reached %d subscribers, want 2", name, n)
+			}
+		}
+	}
+	var fromB []*broker.Message
+	for who, s := range map[string]*broker.Subscription{"B": onB, "C": onC} {
+		msgs, gaps := events(t, s, channels*each)
+		if who == "B" {
+			fromB = msgs
+		}
+		if len(gaps) > 0 {
+			t.Fatalf("%s: gaps %v", who, gaps)
+		}
+		per := map[string][]*broker.Message{}
+		for _, m := range msgs {
+			per[m.Channel] = append(per[m.Channel], m)
+		}
+		for _, name := range names {
+			inOrder(t, who+" "+name, per[name], 0)
+			if len(per[name]) != each {
+				t.Fatalf("%s got %d messages on %s, want %d", who, len(per[name]), name, each)
+			}
+		}
+	}
+
+	// Every shard's data lives on its own master; each node lists all.
+	for _, srv := range c.Servers {
+		keys, err := redisClient(t, srv).Keys(bg(t), p+"{*}:s").Result()
+		if err != nil || len(keys) == 0 {
+			t.Fatalf("streams on %s: %v %v", srv.Addr(), keys, err)
+		}
+	}
+	list, err := cn.Channels(bg(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, ci := range list {
+		if strings.HasPrefix(ci.Name, "spread.") {
+			listed = append(listed, ci.Name)
+			if ci.LastSeq != each || ci.Subscribers != 2 {
+				t.Fatalf("listed on C: %+v, want %d messages and 2 subscribers", ci, each)
+			}
+		}
+	}
+	sort.Strings(listed)
+	want := append([]string(nil), names...)
+	sort.Strings(want)
+	if fmt.Sprint(listed) != fmt.Sprint(want) {
+		t.Fatalf("channels listed on C: %v, want %v", listed, want)
+	}
+
+	// A position B was given resumes on C.
+	var pos broker.Position
+	for _, m := range fromB {
+		if m.Channel == names[3] && m.Seq == each/2 {
+			pos = m.Position()
+		}
+	}
+	again := subscribe(t, cn, broker.SubscribeOptions{Channels: []string{names[3]}, From: broker.Cursor{names[3]: pos}})
+	rest, gaps := events(t, again, each/2)
+	if len(gaps) > 0 {
+		t.Fatalf("resume on C from %v: gaps %v", pos, gaps)
+	}
+	inOrder(t, "resumed on C", rest, each/2)
+	// DELETE on A ends B's subscription, which named the channel.
+	if err := a.DeleteChannel(bg(t), names[5]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-onB.Done():
+	case <-bg(t).Done():
+		t.Fatal("delete on A did not end the subscription on B")
+	}
+}
+
+// ownerOf is the address of the master serving slot.
+func ownerOf(t *testing.T, rdb *redis.Client, slot int64) string {
+	t.Helper()
+	shards, err := rdb.ClusterSlots(bg(t)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range shards {
+		if int64(s.Start) <= slot && slot <= int64(s.End) {
+			return s.Nodes[0].Addr
+		}
+	}
+	t.Fatalf("no master serves slot %d", slot)
+	return ""
+}
