@@ -93,10 +93,20 @@ func expectSeq(t *testing.T, who string, got <-chan string, from, to int) {
 // for subscribers on B and C, then everything reaches a WebSocket and a
 // pattern subscriber on B, an SSE client and `pushctl sub` on C, in order.
 func TestClusterThreeNodes(t *testing.T) {
-	rs := redistest.Start(t, redistest.Options{})
-	_, a := serve(t, "--broker", rs.URL())
-	_, b := serve(t, "--broker", rs.URL())
-	_, c := serve(t, "--broker", rs.URL())
+	threeNodes(t, redistest.Start(t, redistest.Options{}).URL())
+}
+
+// The same on a three-shard Redis Cluster, the nodes given only one of
+// its addresses: the channel travels by sharded Pub/Sub, and by classic
+// Pub/Sub to the pattern subscriber.
+func TestClusterThreeNodesOnRedisCluster(t *testing.T) {
+	threeNodes(t, redistest.StartCluster(t, 3).URL())
+}
+
+func threeNodes(t *testing.T, url string) {
+	_, a := serve(t, "--broker", url)
+	_, b := serve(t, "--broker", url)
+	_, c := serve(t, "--broker", url)
 	const n = 2000
 
 	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/orders.eu", nil)

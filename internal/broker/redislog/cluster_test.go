@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -169,4 +170,83 @@ func ownerOf(t *testing.T, rdb *redis.Client, slot int64) string {
 	}
 	t.Fatalf("no master serves slot %d", slot)
 	return ""
+}
+
+// A shard restarted without persistence lost its channels: their
+// subscribers are told of the gap; channels on the other shards go on
+// without one.
+func TestRedisClusterShardRestart(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	p := newPrefix()
+	a, b := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
+	victim := c.Servers[1]
+	rdb := redisClient(t, victim)
+	var names []string
+	lost := map[string]bool{}
+	for i := 0; i < 12; i++ {
+		name := fmt.Sprintf("r%d", i)
+		names = append(names, name)
+		slot, err := rdb.ClusterKeySlot(bg(t), p+"{"+name+"}").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lost[name] = ownerOf(t, rdb, slot) == victim.Addr()
+	}
+	if n := len(lostNames(lost)); n == 0 || n == len(names) {
+		t.Fatalf("%d of %d channels on the shard to restart; the test needs some on it and some elsewhere", n, len(names))
+	}
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: names})
+	last := map[string]*broker.Message{}
+	for _, name := range names {
+		last[name], _ = publish(t, a, name, "before")
+	}
+	events(t, s, len(names))
+
+	victim.Kill()
+	eventually(t, "node B reports the shard down", func() error {
+		if b.Health() == nil {
+			return fmt.Errorf("healthy")
+		}
+		return nil
+	})
+	victim.Restart()
+	if err := victim.WaitLog("Cluster state changed: ok", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Healthy means resubscribed and resynchronized: what is published
+	// from now on comes over the new connection.
+	eventually(t, "node B healthy again", func() error { return b.Health() })
+	for _, name := range names {
+		eventually(t, "publish to "+name+" after the restart", func() error {
+			_, _, err := a.Publish(bg(t), &broker.Message{Channel: name, Data: []byte("after")})
+			return err
+		})
+	}
+	msgs, gaps := events(t, s, len(names))
+	gapped := map[string]bool{}
+	for _, g := range gaps {
+		if !lost[g.Channel] || g.From != last[g.Channel].Position() || g.To.Epoch == last[g.Channel].Epoch {
+			t.Fatalf("unexpected gap %+v (channel on the restarted shard: %v)", g, lost[g.Channel])
+		}
+		gapped[g.Channel] = true
+	}
+	for _, name := range names {
+		if lost[name] != gapped[name] {
+			t.Fatalf("%s: gap %v, lost with the shard %v", name, gapped[name], lost[name])
+		}
+	}
+	for _, m := range msgs {
+		if string(m.Data) != "after" {
+			t.Fatalf("after the restart %s got %q", m.Channel, m.Data)
+		}
+	}
+}
+
+func lostNames(lost map[string]bool) (out []string) {
+	for name, l := range lost {
+		if l {
+			out = append(out, name)
+		}
+	}
+	return out
 }

@@ -276,54 +276,61 @@ func TestRedisRestartWithAOF(t *testing.T) {
 
 // commandsPerPublish publishes n messages on b and returns how many Redis
 // commands (scripts' own calls included, INFO and CONFIG left out) each
-// publish cost, from INFO commandstats.
-func commandsPerPublish(t *testing.T, rdb *redis.Client, b broker.Broker, n int) float64 {
+// publish cost, from INFO commandstats summed over the servers.
+func commandsPerPublish(t *testing.T, servers []*redis.Client, b broker.Broker, n int) float64 {
 	t.Helper()
 	publish(t, b, "cost", "warm-up") // the stream is not empty
-	if err := rdb.ConfigResetStat(bg(t)).Err(); err != nil {
-		t.Fatal(err)
+	for _, rdb := range servers {
+		if err := rdb.ConfigResetStat(bg(t)).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for i := 0; i < n; i++ {
 		publish(t, b, "cost", fmt.Sprint(i))
 	}
-	info, err := rdb.Info(bg(t), "commandstats").Result()
+	total := 0
+	for _, rdb := range servers {
+		info, err := rdb.Info(bg(t), "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\n") {
+			name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+			if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" || name == "cmdstat_config|resetstat" {
+				continue
+			}
+			calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+			c, _ := strconv.Atoi(calls)
+			total += c
+		}
+	}
+	return float64(total) / float64(n)
+}
+
+// quietNode is a node on url that sends no heartbeats during a
+// measurement.
+func quietNode(t *testing.T, url, prefix string) *broker.Core {
+	hub := broker.NewHub()
+	l, err := redislog.Open(bg(t), redislog.Options{URL: url, Prefix: prefix, Heartbeat: time.Hour}, hub)
 	if err != nil {
 		t.Fatal(err)
 	}
-	total := 0
-	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" || name == "cmdstat_config|resetstat" {
-			continue
-		}
-		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
-		c, _ := strconv.Atoi(calls)
-		total += c
-	}
-	return float64(total) / float64(n)
+	b := broker.New(hub, l, broker.CoreOptions{})
+	t.Cleanup(func() { b.Close() })
+	return b
 }
 
 // Redis commands per publish do not depend on how many subscribers or
 // nodes there are.
 func TestCommandsPerPublishIndependentOfSubscribers(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	rdb := redisClient(t, srv)
+	rdb := []*redis.Client{redisClient(t, srv)}
 	p := newPrefix()
-	quiet := func() *broker.Core { // no heartbeats during the measurement
-		hub := broker.NewHub()
-		l, err := redislog.Open(bg(t), redislog.Options{URL: srv.URL(), Prefix: p, Heartbeat: time.Hour}, hub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := broker.New(hub, l, broker.CoreOptions{})
-		t.Cleanup(func() { b.Close() })
-		return b
-	}
-	a := quiet()
+	a := quietNode(t, srv.URL(), p)
 	s := subscribe(t, a, broker.SubscribeOptions{Channels: []string{"cost"}})
 	one := commandsPerPublish(t, rdb, a, 200)
 	events(t, s, 201)
-	nodes := []*broker.Core{a, quiet(), quiet()}
+	nodes := []*broker.Core{a, quietNode(t, srv.URL(), p), quietNode(t, srv.URL(), p)}
 	matching := 1 // s
 	for i := 0; i < 999; i++ {
 		ch := "cost"
@@ -345,5 +352,44 @@ func TestCommandsPerPublishIndependentOfSubscribers(t *testing.T) {
 	t.Logf("Redis commands per publish: %.2f with 1 subscriber on 1 node, %.2f with 1000 subscribers on 3 nodes", one, many)
 	if one != many {
 		t.Fatalf("commands per publish: %.2f with 1 subscriber, %.2f with 1000 on 3 nodes", one, many)
+	}
+}
+
+// On Redis Cluster too, commands per publish do not depend on how many
+// subscribers or nodes there are; a pattern follower anywhere adds the
+// one classic PUBLISH that patterns hear, however many there are.
+func TestClusterCommandsPerPublishIndependentOfSubscribers(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	var rdb []*redis.Client
+	for _, srv := range c.Servers {
+		rdb = append(rdb, redisClient(t, srv))
+	}
+	p := newPrefix()
+	nodes := []*broker.Core{quietNode(t, c.URL(), p), quietNode(t, c.URL(), p), quietNode(t, c.URL(), p)}
+	a := nodes[0]
+	s := subscribe(t, a, broker.SubscribeOptions{Channels: []string{"cost"}})
+	one := commandsPerPublish(t, rdb, a, 200)
+	events(t, s, 201)
+	for i := 0; i < 999; i++ {
+		subscribe(t, nodes[i%3], broker.SubscribeOptions{Channels: []string{"cost"}})
+	}
+	if err := a.WaitSubscribers(bg(t), "cost", 1000); err != nil {
+		t.Fatal(err)
+	}
+	many := commandsPerPublish(t, rdb, a, 200)
+	subscribe(t, nodes[1], broker.SubscribeOptions{Channels: []string{"cost.>"}})
+	onePattern := commandsPerPublish(t, rdb, a, 200)
+	for i := 0; i < 99; i++ {
+		subscribe(t, nodes[i%3], broker.SubscribeOptions{Channels: []string{[]string{">", "cost.>", "*"}[i%3]}})
+	}
+	if err := a.WaitSubscribers(bg(t), "cost", 1000+66); err != nil {
+		t.Fatal(err)
+	}
+	manyPatterns := commandsPerPublish(t, rdb, a, 200)
+	t.Logf("Redis Cluster commands per publish: %.2f with 1 subscriber on 1 node, %.2f with 1000 on 3 nodes; "+
+		"with pattern followers: %.2f with 1, %.2f with 100", one, many, onePattern, manyPatterns)
+	if one != many || onePattern != manyPatterns || onePattern != one+1 {
+		t.Fatalf("commands per publish: %.2f with 1 subscriber, %.2f with 1000; %.2f with 1 pattern, %.2f with 100 (want one more than without)",
+			one, many, onePattern, manyPatterns)
 	}
 }

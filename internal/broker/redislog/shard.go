@@ -38,6 +38,9 @@ func (l *Log) shardFor(ctx context.Context, channel string) (*shard, error) {
 	}
 	addr := c.Options().Addr
 	if sh := l.shards[addr]; sh != nil {
+		sh.mu.Lock()
+		sh.client = c // go-redis may have made a new client for the address
+		sh.mu.Unlock()
 		return sh, nil
 	}
 	sh := &shard{l: l, addr: addr, client: c, ps: c.SSubscribe(ctx), chans: map[string]bool{}}
