@@ -60,6 +60,7 @@ func (o EndpointOptions) dialer() *websocket.Dialer {
 //	ws://… wss://…         frames from any WebSocket server
 //	sse://… http(s)://…    any text/event-stream, resuming with Last-Event-ID
 //	pushctl://HOST:PORT/CH1,CH2   a pushctl broker's channels, resuming by id
+//	pushctl://H1:P1,H2:P2/CH      the same from several nodes, in turn
 //	-                      lines of standard input
 func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 	switch {
@@ -71,6 +72,12 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 			return nil, err
 		}
 		return &zmqSource{ep: ep, o: o, env: env}, nil
+	case isPushctl(raw):
+		c, chans, err := pushctlURL(raw, o)
+		if err != nil {
+			return nil, fmt.Errorf("source %q: %w", raw, err)
+		}
+		return &pushctlSource{c: c, channels: chans, raw: raw, env: env}, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -87,12 +94,6 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 			u.Scheme = "https"
 		}
 		return &sseSource{url: u.String(), o: o, env: env}, nil
-	case "pushctl", "pushctls":
-		c, chans, err := pushctlURL(u, o)
-		if err != nil {
-			return nil, err
-		}
-		return &pushctlSource{c: c, channels: chans, raw: raw, env: env}, nil
 	}
 	return nil, fmt.Errorf("source %q: unknown kind; use zmq:, ws(s)://, sse:// or http(s)://, pushctl(s):// or -", raw)
 }
@@ -103,6 +104,7 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 //	ws://… wss://…         frames to any WebSocket server
 //	http(s)://…            one POST per message
 //	pushctl://HOST:PORT[/CH]   publish to a pushctl broker (CH renames)
+//	pushctl://H1:P1,H2:P2[/CH] the same, moving to the next node when one is down
 //	-                      data lines on standard output
 func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 	switch {
@@ -114,6 +116,19 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 			return nil, err
 		}
 		return newZMQSink(ep, o, env), nil
+	case isPushctl(raw):
+		c, chans, err := pushctlURL(raw, o)
+		if err != nil {
+			return nil, fmt.Errorf("sink %q: %w", raw, err)
+		}
+		if len(chans) > 1 {
+			return nil, fmt.Errorf("sink %q: name at most one channel", raw)
+		}
+		s := &pushctlSink{c: c, raw: raw, env: env}
+		if len(chans) == 1 {
+			s.channel = chans[0]
+		}
+		return s, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -128,34 +143,37 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 			return nil, err
 		}
 		return &httpSink{url: raw, o: o, env: env, hc: hc}, nil
-	case "pushctl", "pushctls":
-		c, chans, err := pushctlURL(u, o)
-		if err != nil {
-			return nil, err
-		}
-		if len(chans) > 1 {
-			return nil, fmt.Errorf("sink %q: name at most one channel", raw)
-		}
-		s := &pushctlSink{c: c, raw: raw, env: env}
-		if len(chans) == 1 {
-			s.channel = chans[0]
-		}
-		return s, nil
 	}
 	return nil, fmt.Errorf("sink %q: unknown kind; use zmq:, ws(s)://, http(s)://, pushctl(s):// or -", raw)
 }
 
-func pushctlURL(u *url.URL, o EndpointOptions) (*client.Client, []string, error) {
-	scheme := "http"
-	if u.Scheme == "pushctls" {
-		scheme = "https"
+func isPushctl(raw string) bool {
+	return strings.HasPrefix(raw, "pushctl://") || strings.HasPrefix(raw, "pushctls://")
+}
+
+// pushctlURL reads pushctl(s)://HOST:PORT[,HOST:PORT…][/CH1,CH2]: the
+// client tries the nodes in turn, as `--server A,B` does.
+func pushctlURL(raw string, o EndpointOptions) (*client.Client, []string, error) {
+	scheme, rest, _ := strings.Cut(raw, "://")
+	hosts, path, _ := strings.Cut(rest, "/")
+	web := "http"
+	if scheme == "pushctls" {
+		web = "https"
 	}
-	c, err := client.NewWithOptions(scheme+"://"+u.Host, client.Options{Token: o.Token, CAFile: o.CAFile})
+	var servers []string
+	for _, h := range strings.Split(hosts, ",") {
+		u, err := url.Parse(web + "://" + h)
+		if err != nil || h == "" || u.Host != h {
+			return nil, nil, fmt.Errorf("%q is not HOST:PORT (list several nodes as HOST:PORT,HOST:PORT)", h)
+		}
+		servers = append(servers, web+"://"+h)
+	}
+	c, err := client.NewWithOptions(strings.Join(servers, ","), client.Options{Token: o.Token, CAFile: o.CAFile})
 	if err != nil {
 		return nil, nil, err
 	}
 	var chans []string
-	if p := strings.Trim(u.Path, "/"); p != "" {
+	if p := strings.Trim(path, "/"); p != "" {
 		if chans, err = broker.ParseChannelList(p); err != nil {
 			return nil, nil, err
 		}

@@ -77,7 +77,7 @@ func clean(s string) string {
 // error, never a panic.
 func FuzzParseEndpoints(f *testing.F) {
 	for _, s := range []string{"zmq:tcp://127.0.0.1:5556", "zmq:@tcp://*:1", "ws://h/x", "wss://h/ws", "sse://h/sub/a", "http://h/hook",
-		"https://h/x", "pushctl://127.0.0.1:7070/news.>", "pushctls://h/a,b", "-", "", "zmq:", "pushctl://", "ws://%zz", "gopher://x"} {
+		"https://h/x", "pushctl://127.0.0.1:7070/news.>", "pushctls://h/a,b", "pushctl://a:1,b:2/x", "pushctl://a:1,,b/x", "pushctl://a:1,b:2?x", "-", "", "zmq:", "pushctl://", "ws://%zz", "gopher://x"} {
 		f.Add(s)
 	}
 	env := &Env{}

@@ -238,3 +238,48 @@ func TestClusterNodeKilled(t *testing.T) {
 		}
 	}
 }
+
+// `pushctl bridge` with pushctl://B,C endpoints: after node B is killed
+// its source resumes on C from its cursor and its sink publishes through
+// C; nothing is lost or repeated.
+func TestClusterBridgeFailsOver(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, a := serve(t, "--broker", rs.URL(), "--history", "10000")
+	bp, b := serve(t, "--broker", rs.URL(), "--history", "10000")
+	_, c := serve(t, "--broker", rs.URL(), "--history", "10000")
+	nodes := strings.TrimPrefix(b, "http://") + "," + strings.TrimPrefix(c, "http://")
+	const total = 2000
+	copies := start(t, nil, nil, "sub", "copy", "--count", strconv.Itoa(total), "--timeout", "120s", "--fail-on-gap", "-s", c)
+	bridge := start(t, nil, nil, "bridge", "pushctl://"+nodes+"/ticks", "pushctl://"+nodes+"/copy", "--stats-interval", "0")
+	waitSubscribers(t, a, "ticks", 1)
+	waitSubscribers(t, a, "copy", 1)
+
+	hc := &http.Client{Timeout: 10 * time.Second}
+	publish := func(from, to int) {
+		for i := from; i <= to; i++ {
+			resp, err := hc.Post(a+"/pub/ticks", "text/plain", strings.NewReader(strconv.Itoa(i)))
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("publish %d on A: %v %v", i, err, resp)
+			}
+			resp.Body.Close()
+		}
+	}
+	publish(1, total/2)
+	// Every copy made through B arrived: the bridge is between messages.
+	for i := 1; i <= total/2; i++ {
+		if l := copies.readLine(30 * time.Second); l != strconv.Itoa(i) {
+			t.Fatalf("copy %d is %q (bridge: %s)", i, l, bridge.Stderr())
+		}
+	}
+	bp.cmd.Process.Signal(syscall.SIGKILL)
+	bp.wait(10 * time.Second)
+	publish(total/2+1, total)
+	for i := total/2 + 1; i <= total; i++ {
+		if l := copies.readLine(60 * time.Second); l != strconv.Itoa(i) {
+			t.Fatalf("after the kill: copy %d is %q (bridge: %s)", i, l, bridge.Stderr())
+		}
+	}
+	if code := copies.wait(30 * time.Second); code != 0 {
+		t.Fatalf("sub exit %d: %s", code, copies.Stderr())
+	}
+}
