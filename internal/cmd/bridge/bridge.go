@@ -54,13 +54,15 @@ FROM (a source):
   ws://… wss://…               frames of any WebSocket server
   sse://… http://… https://…   any text/event-stream; resumes with Last-Event-ID
   pushctl://HOST:PORT/CH,…     channels of a pushctl broker; resumes by message id
+                               (pushctl://H1:P1,H2:P2/CH: several nodes, in turn)
   -                            lines of standard input
 
 TO (a sink):
   zmq:tcp://HOST:PORT          ZeroMQ PUB [channel, payload, seq]; binds (zmq:>tcp://… connects)
   ws://… wss://…               frames to any WebSocket server
   http://… https://…           one POST per message (X-Pushctl-Channel/-Event/-Id headers)
-  pushctl://HOST:PORT[/CH]     publish to a pushctl broker
+  pushctl://HOST:PORT[/CH]     publish to a pushctl broker (H1:P1,H2:P2: next node
+                               when one is down)
   -                            data lines on standard output
 
 pushctl envelopes (from a pushctl WebSocket or SSE stream) keep their channel

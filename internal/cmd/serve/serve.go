@@ -124,7 +124,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.Var(&opts.QueueBytes, "queue-bytes", "data queued per subscriber before it is disconnected as too slow (0: no bound)")
 	fl.Var(&opts.HistoryBytes, "history-bytes", "retained data per channel, oldest dropped first (0: no bound)")
 	fl.Var(&opts.MaxBytes, "max-bytes", "retained data of all channels together, oldest dropped first (0: no bound)")
-	fl.StringVar(&opts.Broker, "broker", "memory", "where channels live: memory (this process), or redis://[user:pass@]host:port/db or rediss://… to share channels with other nodes (see docs/cluster.md)")
+	fl.StringVar(&opts.Broker, "broker", "memory", "where channels live: memory (this process), or redis://[user:pass@]host:port/db or rediss://… to share channels with other nodes; a Redis Cluster node's address uses the whole cluster (see docs/cluster.md)")
 	fl.StringVar(&opts.DataDir, "data-dir", "", "keep channels in a durable store in this directory (survives restarts and crashes)")
 	fl.StringVar(&opts.Sync, "sync", "always", "with --data-dir: always (acknowledge once fsync'd) or none (once written to the OS)")
 	fl.DurationVar(&opts.SyncDelay, "sync-delay", 0, "with --data-dir: let writes gather this long into one commit")
