@@ -112,11 +112,12 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		q = c.opts.QueueSize
 	}
 	var followed []string
+	counted := false // by the follower
 	release := func(s *Subscription) {
 		c.hub.remove(s)
 		if c.follow != nil {
 			for _, name := range followed {
-				c.follow.Unfollow(name, s.internal)
+				c.follow.Unfollow(name, counted)
 			}
 		}
 	}
@@ -142,7 +143,7 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 	}
 	if c.follow != nil {
 		for _, name := range append(append([]string(nil), names...), pats...) {
-			if err := c.follow.Follow(ctx, name, s.internal); err != nil {
+			if err := c.follow.Follow(ctx, name); err != nil {
 				return fail(err)
 			}
 			followed = append(followed, name)
@@ -182,6 +183,17 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		}
 	}
 	s.goLive(heads)
+	// Counted only now that it is live: a publisher waiting for it
+	// publishes after its start, never into its set-up.
+	if !s.internal {
+		c.hub.count(s) // first, so the node's total sent with the count has it
+		if c.follow != nil {
+			if err := c.follow.Count(ctx, followed); err != nil {
+				return fail(err)
+			}
+			counted = true
+		}
+	}
 	return s, nil
 }
 

@@ -27,6 +27,10 @@ type hubSub struct {
 	names    []string
 	patterns []string
 	attached map[*hubChannel]struct{}
+	// counted: the subscription is live and not internal. One being set
+	// up receives (held) messages but is not counted yet, so a publisher
+	// waiting for subscribers never publishes into its set-up.
+	counted bool
 }
 
 // hubChannel is one channel's local subscribers: those that named it and
@@ -34,12 +38,12 @@ type hubSub struct {
 type hubChannel struct {
 	name string
 
-	mu       sync.Mutex
-	subs     map[*Subscription]struct{}
-	internal int           // internal subscriptions among subs
-	waiters  int           // WaitSubscribers calls keeping the entry
-	changed  chan struct{} // closed when subs changes
-	dead     bool          // removed from Hub.chans; look it up again
+	mu        sync.Mutex
+	subs      map[*Subscription]struct{}
+	uncounted int           // subs not counted: internal, or being set up
+	waiters   int           // WaitSubscribers calls keeping the entry
+	changed   chan struct{} // closed when subs changes
+	dead      bool          // removed from Hub.chans; look it up again
 }
 
 // NewHub returns an empty hub.
@@ -61,8 +65,9 @@ func (h *Hub) entryLocked(name string, create bool) *hubChannel {
 	ch := &hubChannel{name: name, subs: make(map[*Subscription]struct{}), changed: make(chan struct{})}
 	for s, pats := range h.patterns {
 		if matchAny(pats, name) {
-			ch.add(s)
-			h.subs[s].attached[ch] = struct{}{}
+			hs := h.subs[s]
+			ch.add(s, hs.counted)
+			hs.attached[ch] = struct{}{}
 		}
 	}
 	h.chans[name] = ch
@@ -91,7 +96,7 @@ func (h *Hub) add(s *Subscription, names, pats []string) error {
 	for _, name := range names {
 		ch := h.entryLocked(name, true)
 		ch.mu.Lock()
-		ch.add(s)
+		ch.add(s, false)
 		ch.mu.Unlock()
 		hs.attached[ch] = struct{}{}
 	}
@@ -100,7 +105,7 @@ func (h *Hub) add(s *Subscription, names, pats []string) error {
 		for name, ch := range h.chans {
 			if _, ok := hs.attached[ch]; !ok && matchAny(pats, name) {
 				ch.mu.Lock()
-				ch.add(s)
+				ch.add(s, false)
 				ch.mu.Unlock()
 				hs.attached[ch] = struct{}{}
 			}
@@ -121,8 +126,28 @@ func (h *Hub) remove(s *Subscription) {
 	delete(h.patterns, s)
 	for ch := range hs.attached {
 		ch.mu.Lock()
-		ch.remove(s)
+		ch.remove(s, hs.counted)
 		h.dropIfIdleLocked(ch)
+		ch.mu.Unlock()
+	}
+}
+
+// count makes s, now live, count as a subscriber (unless internal).
+func (h *Hub) count(s *Subscription) {
+	if s.internal {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	hs, ok := h.subs[s]
+	if !ok || hs.counted {
+		return
+	}
+	hs.counted = true
+	for ch := range hs.attached {
+		ch.mu.Lock()
+		ch.uncounted--
+		ch.notifyChanged()
 		ch.mu.Unlock()
 	}
 }
@@ -137,21 +162,21 @@ func (h *Hub) dropIfIdleLocked(ch *hubChannel) {
 	}
 }
 
-func (ch *hubChannel) add(s *Subscription) {
+func (ch *hubChannel) add(s *Subscription, counted bool) {
 	ch.subs[s] = struct{}{}
-	if s.internal {
-		ch.internal++
+	if !counted {
+		ch.uncounted++
 	}
 	ch.notifyChanged()
 }
 
-func (ch *hubChannel) remove(s *Subscription) {
+func (ch *hubChannel) remove(s *Subscription, counted bool) {
 	if _, ok := ch.subs[s]; !ok {
 		return
 	}
 	delete(ch.subs, s)
-	if s.internal {
-		ch.internal--
+	if !counted {
+		ch.uncounted--
 	}
 	ch.notifyChanged()
 }
@@ -161,8 +186,8 @@ func (ch *hubChannel) notifyChanged() {
 	ch.changed = make(chan struct{})
 }
 
-// subscribers counts the subscriptions that are not internal.
-func (ch *hubChannel) subscribers() int { return len(ch.subs) - ch.internal }
+// subscribers counts the counted subscriptions.
+func (ch *hubChannel) subscribers() int { return len(ch.subs) - ch.uncounted }
 
 // lookup finds the live entry for name, creating one when a pattern
 // subscription matches it. It returns nil when nobody here wants name.
@@ -241,7 +266,7 @@ func (h *Hub) Deleted(channel string) {
 	ch.dead = true
 	subs := ch.subs
 	ch.subs = map[*Subscription]struct{}{}
-	ch.internal = 0
+	ch.uncounted = 0
 	ch.notifyChanged() // waiters look the channel up again
 	ch.mu.Unlock()
 	var end []*Subscription
@@ -282,7 +307,7 @@ func (h *Hub) Subscribers(channel string) int {
 	}
 	n := 0
 	for s, pats := range h.patterns {
-		if !s.internal && matchAny(pats, channel) {
+		if h.subs[s].counted && matchAny(pats, channel) {
 			n++
 		}
 	}
@@ -332,8 +357,8 @@ func (h *Hub) WaitSubscribers(ctx context.Context, channel string, n int) error 
 func (h *Hub) Total() (total int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	for s := range h.subs {
-		if !s.internal {
+	for _, hs := range h.subs {
+		if hs.counted {
 			total++
 		}
 	}

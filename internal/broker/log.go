@@ -74,10 +74,13 @@ type ReadResult struct {
 // Follower is implemented by logs that route live messages between nodes
 // (Redis): a node receives only the channels and patterns it follows.
 // Follow returns once messages of name published from then on will reach
-// the Sink; internal says the subscription is not counted.
+// the Sink. Count, called once a (not internal) subscription is live,
+// counts it as a subscriber of names on every node before it returns;
+// Unfollow undoes Follow, and the count when counted.
 type Follower interface {
-	Follow(ctx context.Context, name string, internal bool) error
-	Unfollow(name string, internal bool)
+	Follow(ctx context.Context, name string) error
+	Count(ctx context.Context, names []string) error
+	Unfollow(name string, counted bool)
 }
 
 // ClusterView is implemented by logs shared by several nodes: subscriber

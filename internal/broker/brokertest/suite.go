@@ -53,6 +53,7 @@ func Run(t *testing.T, f Factory) {
 		{"CloseEndsSubscriptions", testClose},
 		{"StartPositions", testStart},
 		{"InternalNotCounted", testInternal},
+		{"CountedMeansLive", testCountedMeansLive},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
@@ -525,5 +526,35 @@ func testInternal(t *testing.T, f Factory) {
 	}
 	if st := b.Stats(); st.Subscribers != 0 {
 		t.Fatalf("stats count internal subscriber: %+v", st)
+	}
+}
+
+// A subscriber is counted only once it is live: a publisher that waited
+// for it (pub --wait-subscribers) and then publishes is never missed, even
+// when it publishes while the subscription is still being set up.
+func testCountedMeansLive(t *testing.T, f Factory) {
+	b := f(t, Options{})
+	for i := 0; i < 100; i++ {
+		ch := fmt.Sprintf("race%d", i)
+		published := make(chan error, 1)
+		go func() {
+			if err := b.WaitSubscribers(ctx(t), ch, 1); err != nil {
+				published <- err
+				return
+			}
+			_, _, err := b.Publish(ctx(t), &broker.Message{Channel: ch, Data: []byte("first")})
+			published <- err
+		}()
+		s := sub(t, b, broker.SubscribeOptions{Channels: []string{ch}})
+		if err := <-published; err != nil {
+			t.Fatal(err)
+		}
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		evs, err := s.Next(c, nil)
+		cancel()
+		if err != nil || len(evs) == 0 || evs[0].Msg == nil || string(evs[0].Msg.Data) != "first" {
+			t.Fatalf("attempt %d: the subscriber the publisher waited for got %v (%v), want the message published after the wait", i, evs, err)
+		}
+		s.Close()
 	}
 }

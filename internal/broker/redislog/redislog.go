@@ -215,6 +215,14 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("%w: redis Pub/Sub: %v", broker.ErrUnavailable, err)
 	}
+	// The first heartbeat, before Open returns: the node is known and
+	// the totals are read before it serves anyone.
+	if err := l.sendCounts(true); err != nil {
+		l.ps.Close()
+		rdb.Close()
+		return nil, l.unavailable(err)
+	}
+	l.refreshTotals(true)
 	l.wg.Add(2)
 	go l.receive()
 	go l.publisher()

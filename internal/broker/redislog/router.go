@@ -18,7 +18,7 @@ import (
 // channel or pattern subscribes this node to it in Redis. It returns once
 // Redis confirmed (a PING sent after the SUBSCRIBE came back), so every
 // message published from then on reaches the hub.
-func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
+func (l *Log) Follow(ctx context.Context, name string) error {
 	l.mu.Lock()
 	r := l.refs[name]
 	first := r == nil
@@ -27,10 +27,6 @@ func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
 		l.refs[name] = r
 	}
 	r.all++
-	if !internal {
-		r.counted++
-		l.deltas[countField(name)]++
-	}
 	routed := l.routed(name)
 	if routed {
 		l.deltas["r:"+name]++
@@ -56,14 +52,30 @@ func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
 	if err == nil {
 		err = l.ping(ctx, ps)
 	}
-	if err == nil && (!internal || routed) {
-		// Counted before Subscribe returns, so any node's waits and
-		// channel info include this subscriber, and on Redis Cluster
-		// every publish from now on goes out where patterns hear it.
+	if err == nil && routed {
+		// On Redis Cluster every publish from now on goes out where
+		// patterns hear it.
 		err = l.sendCounts(false)
 	}
 	if err != nil {
-		l.Unfollow(name, internal)
+		l.Unfollow(name, false)
+		return l.unavailable(err)
+	}
+	return nil
+}
+
+// Count implements broker.Follower: the subscription is counted in Redis
+// before Count returns, so any node's waits and channel info include it.
+func (l *Log) Count(ctx context.Context, names []string) error {
+	l.mu.Lock()
+	for _, name := range names {
+		if r := l.refs[name]; r != nil {
+			r.counted++
+			l.deltas[countField(name)]++
+		}
+	}
+	l.mu.Unlock()
+	if err := l.sendCounts(false); err != nil {
 		return l.unavailable(err)
 	}
 	return nil
@@ -71,7 +83,7 @@ func (l *Log) Follow(ctx context.Context, name string, internal bool) error {
 
 // Unfollow implements broker.Follower.
 // Lock order: lastMu, then mu.
-func (l *Log) Unfollow(name string, internal bool) {
+func (l *Log) Unfollow(name string, counted bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := l.refs[name]
@@ -79,7 +91,7 @@ func (l *Log) Unfollow(name string, internal bool) {
 		return
 	}
 	r.all--
-	if !internal {
+	if counted {
 		r.counted--
 		l.deltas[countField(name)]--
 	}
@@ -417,8 +429,8 @@ func (l *Log) heartbeat() {
 	defer l.wg.Done()
 	tick := time.NewTicker(l.opts.Heartbeat)
 	defer tick.Stop()
-	beat := true
-	for n := 0; ; {
+	beat := false // Open sent the first
+	for n := 1; ; {
 		if err := l.sendCounts(beat); err != nil {
 			l.unavailable(err)
 		} else if beat && l.refreshTotals(n%10 == 0) {
