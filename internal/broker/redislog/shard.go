@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/broker"
 )
 
 // shard is this node's sharded Pub/Sub connection to one Redis Cluster
@@ -32,6 +34,9 @@ type shard struct {
 // shardFor returns the shard serving channel's slot, starting it the first
 // time. Called with l.mu held.
 func (l *Log) shardFor(ctx context.Context, channel string) (*shard, error) {
+	if l.ctx.Err() != nil {
+		return nil, broker.ErrClosed // Close is ending the shards
+	}
 	c, err := l.cluster.MasterForKey(ctx, l.pubsubChannel(channel))
 	if err != nil {
 		return nil, err
