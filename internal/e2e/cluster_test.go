@@ -70,6 +70,20 @@ func sseLines(t *testing.T, path string, nodes ...string) <-chan string {
 	return out
 }
 
+// publishNumbers publishes from, from+1 … to on node as separate HTTP
+// publishes, in order.
+func publishNumbers(t *testing.T, node, channel string, from, to int) {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second}
+	for i := from; i <= to; i++ {
+		resp, err := hc.Post(node+"/pub/"+channel, "text/plain", strings.NewReader(strconv.Itoa(i)))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("publish %d on %s: %v %v", i, node, err, resp)
+		}
+		resp.Body.Close()
+	}
+}
+
 func expectSeq(t *testing.T, who string, got <-chan string, from, to int) {
 	t.Helper()
 	for i := from; i <= to; i++ {
@@ -185,16 +199,7 @@ func TestClusterNodeKilled(t *testing.T) {
 	sse := sseLines(t, "/sub/ticks?data=raw", b, c)
 	waitSubscribers(t, a, "ticks", 4)
 
-	hc := &http.Client{Timeout: 10 * time.Second}
-	publish := func(from, to int) {
-		for i := from; i <= to; i++ {
-			resp, err := hc.Post(a+"/pub/ticks", "text/plain", strings.NewReader(strconv.Itoa(i)))
-			if err != nil || resp.StatusCode != 200 {
-				t.Fatalf("publish %d on A: %v %v", i, err, resp)
-			}
-			resp.Body.Close()
-		}
-	}
+	publish := func(from, to int) { publishNumbers(t, a, "ticks", from, to) }
 	publish(1, 1000)
 	// Kill B once its subscribers are streaming.
 	for i := 1; i <= 500; i++ {
@@ -254,16 +259,7 @@ func TestClusterBridgeFailsOver(t *testing.T) {
 	waitSubscribers(t, a, "ticks", 1)
 	waitSubscribers(t, a, "copy", 1)
 
-	hc := &http.Client{Timeout: 10 * time.Second}
-	publish := func(from, to int) {
-		for i := from; i <= to; i++ {
-			resp, err := hc.Post(a+"/pub/ticks", "text/plain", strings.NewReader(strconv.Itoa(i)))
-			if err != nil || resp.StatusCode != 200 {
-				t.Fatalf("publish %d on A: %v %v", i, err, resp)
-			}
-			resp.Body.Close()
-		}
-	}
+	publish := func(from, to int) { publishNumbers(t, a, "ticks", from, to) }
 	publish(1, total/2)
 	// Every copy made through B arrived: the bridge is between messages.
 	for i := 1; i <= total/2; i++ {

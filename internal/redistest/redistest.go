@@ -38,20 +38,25 @@ type Options struct {
 // (scripts/install-deps.sh --test installs it).
 func Start(t testing.TB, o Options) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not found: run scripts/install-deps.sh --test (%v)", err)
-	}
+	return launch(t, func() []string {
+		if o.AOF {
+			return []string{"--appendonly", "yes", "--appendfsync", "always"}
+		}
+		return []string{"--appendonly", "no"}
+	})
+}
+
+// launch starts a redis-server on a free port, with arguments that extra
+// gives for each attempt besides the common ones, and kills it when the
+// test ends.
+func launch(t testing.TB, extra func() []string) *Server {
+	t.Helper()
+	bin := lookPath(t, "redis-server")
 	s := &Server{t: t, Dir: t.TempDir()}
-	s.args = []string{"--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--dir", s.Dir,
-		"--loglevel", "notice", "--logfile", ""}
-	if o.AOF {
-		s.args = append(s.args, "--appendonly", "yes", "--appendfsync", "always")
-	} else {
-		s.args = append(s.args, "--appendonly", "no")
-	}
 	for attempt := 0; ; attempt++ {
 		s.Port = freePort(t)
+		s.args = append([]string{"--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--dir", s.Dir,
+			"--loglevel", "notice", "--logfile", ""}, extra()...)
 		err := s.start(bin)
 		if err == nil {
 			break
@@ -62,6 +67,16 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	t.Cleanup(s.Kill)
 	return s
+}
+
+// lookPath finds a Redis program or fails the test saying how to get it.
+func lookPath(t testing.TB, name string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: run scripts/install-deps.sh --test (%v)", name, err)
+	}
+	return bin
 }
 
 // URL is the server's redis:// address (database 0).
@@ -151,8 +166,7 @@ func (s *Server) Kill() {
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()
-	bin, _ := exec.LookPath("redis-server")
-	if err := s.start(bin); err != nil {
+	if err := s.start(lookPath(s.t, "redis-server")); err != nil {
 		s.t.Fatalf("restart redis-server: %v", err)
 	}
 }
@@ -178,34 +192,14 @@ type Cluster struct {
 // node reports cluster_state:ok.
 func StartCluster(t testing.TB, shards int) *Cluster {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not found: run scripts/install-deps.sh --test (%v)", err)
-	}
-	cli, err := exec.LookPath("redis-cli")
-	if err != nil {
-		t.Fatalf("redis-cli not found: run scripts/install-deps.sh --test (%v)", err)
-	}
+	cli := lookPath(t, "redis-cli")
 	c := &Cluster{}
 	for i := 0; i < shards; i++ {
-		s := &Server{t: t, Dir: t.TempDir()}
-		for attempt := 0; ; attempt++ {
-			s.Port = freePort(t)
+		c.Servers = append(c.Servers, launch(t, func() []string {
 			// The cluster bus needs a port of its own, also free.
-			s.args = []string{"--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--dir", s.Dir,
-				"--loglevel", "notice", "--logfile", "", "--appendonly", "no",
-				"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			return []string{"--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 				"--cluster-port", strconv.Itoa(freePort(t)), "--cluster-node-timeout", "2000"}
-			err := s.start(bin)
-			if err == nil {
-				break
-			}
-			if attempt == 4 {
-				t.Fatalf("redis-server: %v", err)
-			}
-		}
-		t.Cleanup(s.Kill)
-		c.Servers = append(c.Servers, s)
+		}))
 	}
 	args := []string{"--cluster", "create"}
 	for _, s := range c.Servers {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -511,28 +510,26 @@ func (l *Log) sendCounts(beat bool) error {
 // with a new epoch (and its followers with a gap notice) when it speaks
 // again. Runs every 60 heartbeats; keys live at least two hours.
 func (l *Log) keepFollowed() {
+	names := map[string]bool{}
+	l.lastMu.Lock() // (lastMu before mu)
+	for name := range l.last {
+		names[name] = true
+	}
+	l.lastMu.Unlock()
 	l.mu.Lock()
-	var names []string
 	for name := range l.refs {
 		if !broker.IsPattern(name) {
-			names = append(names, name)
+			names[name] = true
 		}
 	}
 	l.mu.Unlock()
-	l.lastMu.Lock()
-	for name := range l.last {
-		if !slices.Contains(names, name) {
-			names = append(names, name)
-		}
-	}
-	l.lastMu.Unlock()
 	if len(names) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 	defer cancel()
 	pipe := l.rdb.Pipeline()
-	for _, name := range names {
+	for name := range names {
 		pipe.PExpire(ctx, l.chanKey(name, "m"), time.Duration(l.ttl())*time.Millisecond)
 		pipe.PExpire(ctx, l.chanKey(name, "s"), time.Duration(l.ttl())*time.Millisecond)
 	}

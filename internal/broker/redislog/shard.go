@@ -2,6 +2,7 @@ package redislog
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -150,11 +151,7 @@ func (s *shard) run() {
 	}
 }
 
-type slotMoved struct{}
-
-func (slotMoved) Error() string { return "slot moved" }
-
-var errSlotMoved error = slotMoved{}
+var errSlotMoved = errors.New("slot moved")
 
 func (s *shard) closed() bool {
 	s.mu.Lock()
@@ -180,12 +177,8 @@ func (s *shard) rebuild() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s.mu.Lock()
-	names := make([]string, 0, len(s.chans))
-	for n := range s.chans {
-		names = append(names, n)
-	}
+	names := sortedKeys(s.chans)
 	s.mu.Unlock()
-	sort.Strings(names)
 	var moved []*shard
 	for _, n := range names {
 		ch, _ := l.channelOf(n)
