@@ -102,6 +102,10 @@ type SubscribeOptions struct {
 	// subscription's own channel whenever events are queued or it ends, so
 	// one goroutine can serve several subscriptions. Give it capacity 1.
 	Notify chan struct{}
+	// OnReady, when set, is called instead (it must not block), so that a
+	// connection needs no goroutine waiting while it is idle. Next cannot
+	// be used then; TryNext can.
+	OnReady func()
 	// Internal marks a subscription the broker process keeps for itself
 	// (a ZeroMQ PUB endpoint): it receives messages but is not counted as
 	// a subscriber in acks, channel info, stats or WaitSubscribers.

@@ -121,11 +121,16 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 			}
 		}
 	}
-	s := newSubscription(opts.Channels, q, opts.Notify, release, func(dropped int) {
+	notify := opts.Notify
+	if notify == nil && opts.OnReady == nil {
+		notify = make(chan struct{}, 1)
+	}
+	s := newSubscription(opts.Channels, q, notify, release, func(dropped int) {
 		c.hub.slowConsumers.Add(1)
 		c.hub.dropped.Add(uint64(dropped))
 	})
 	s.internal = opts.Internal
+	s.onReady = opts.OnReady
 	s.maxBytes = opts.QueueBytes
 	if s.maxBytes == 0 {
 		s.maxBytes = c.opts.QueueBytes

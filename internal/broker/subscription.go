@@ -34,6 +34,7 @@ type Subscription struct {
 	ended     bool
 	err       error
 	notify    chan struct{}
+	onReady   func() // replaces notify when set
 	done      chan struct{}
 
 	release func(*Subscription)
@@ -41,9 +42,6 @@ type Subscription struct {
 }
 
 func newSubscription(channels []string, max int, notify chan struct{}, release func(*Subscription), onSlow func(dropped int)) *Subscription {
-	if notify == nil {
-		notify = make(chan struct{}, 1)
-	}
 	return &Subscription{
 		id:       subIDs.Add(1),
 		channels: channels,
@@ -149,6 +147,10 @@ func (s *Subscription) goLive(heads map[string]Position) {
 }
 
 func (s *Subscription) wake() {
+	if s.onReady != nil {
+		s.onReady()
+		return
+	}
 	select {
 	case s.notify <- struct{}{}:
 	default:
@@ -229,7 +231,8 @@ func (s *Subscription) TryNext(dst []Event) ([]Event, error) {
 }
 
 // Ready is signalled when events may be queued or the subscription ended.
-// With SubscribeOptions.Notify it is that shared channel.
+// With SubscribeOptions.Notify it is that shared channel; with OnReady it
+// is nil.
 func (s *Subscription) Ready() <-chan struct{} { return s.notify }
 
 // Next waits for queued events and returns all of them (see TryNext). It

@@ -143,9 +143,17 @@ func (s *Server) checkRate(w http.ResponseWriter, r *http.Request, id *auth.Iden
 	if s.rate == nil {
 		return nil
 	}
+	return s.checkRateKey(w, s.clientKey(r), id)
+}
+
+// checkRateKey is checkRate for a client known by its address key.
+func (s *Server) checkRateKey(w http.ResponseWriter, client string, id *auth.Identity) error {
+	if s.rate == nil {
+		return nil
+	}
 	key := id.Key()
 	if key == "" {
-		key = "ip:" + s.clientKey(r)
+		key = "ip:" + client
 	}
 	ok, wait := s.rate.take(key, time.Now())
 	if ok {

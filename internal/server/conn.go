@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -142,22 +141,22 @@ func isTimeout(err error) bool {
 }
 
 // closeGently half-closes conn and waits (up to wait) for the peer to
-// close its side or for readerDone, so that data still in flight to the
-// peer is not destroyed by a reset; then closes it.
-func closeGently(conn net.Conn, readerDone <-chan struct{}, wait time.Duration) {
+// close its side, so that data still in flight to the peer is not
+// destroyed by a reset; then stops watching its input and closes it.
+func closeGently(conn net.Conn, in *inputWatch, wait time.Duration) {
 	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 		conn.SetReadDeadline(time.Now().Add(wait))
-		if readerDone != nil {
-			t := time.NewTimer(wait)
-			select {
-			case <-readerDone:
-			case <-t.C:
-			}
-			t.Stop()
+		t := time.NewTimer(wait)
+		select {
+		case <-in.done:
+		case <-t.C:
 		}
+		t.Stop()
 	}
+	in.stop()
 	conn.Close()
+	<-in.done
 }
 
 // batch gathers one write: small pieces are copied together, large shared
@@ -232,13 +231,6 @@ func (b *batch) release() {
 	if cap(b.bufs) > 64 {
 		b.bufs = nil
 	}
-}
-
-// discard reads r until it fails, then closes done: how a hijacked
-// stream learns that its peer went away.
-func discard(r io.Reader, done chan<- struct{}) {
-	io.Copy(io.Discard, r)
-	close(done)
 }
 
 // addCopy adds a copy of p, which the caller may reuse at once.

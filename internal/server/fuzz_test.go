@@ -83,13 +83,10 @@ func FuzzWebSocketFrame(f *testing.F) {
 	s := New(b, Options{MaxMessageSize: 1024})
 	r := httptest.NewRequest("GET", "/ws", nil)
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		ss := newSession(s, wsEncoder{}, nil)
-		rd := &wsReader{s: s, ss: ss, r: r, loopDone: make(chan struct{})}
+		ss := newSession(s, wsEncoder{}, nil, true)
+		rd := &wsReader{s: s, ss: ss, addr: s.remoteAddr(r), client: s.clientKey(r)}
 		rd.handle(frame)
-		if rd.replies != nil {
-			close(rd.replies)
-			<-rd.acker
-		}
+		rd.ackers.Wait()
 		ss.closeSubs()
 		if len(ss.control) == 0 {
 			t.Fatalf("frame %q got no reply", frame)

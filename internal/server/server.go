@@ -104,11 +104,14 @@ type Server struct {
 	connsPerIP map[string]int
 	limitHits  sync.Map // name -> *atomic.Uint64
 
-	handler  http.Handler
-	stopping chan struct{}
-	stopOnce sync.Once
-	conns    sync.WaitGroup // long-lived subscriber handlers (see enter)
-	draining bool           // guarded by connMu: Serve is waiting for conns
+	handler http.Handler
+	// wsWheel and streamWheel pace keepalives of WebSockets and of
+	// HTTP streams (SSE, NDJSON, raw).
+	wsWheel, streamWheel *wheel
+	stopping             chan struct{}
+	stopOnce             sync.Once
+	conns                sync.WaitGroup // long-lived subscriber handlers (see enter)
+	draining             bool           // guarded by connMu: Serve is waiting for conns
 }
 
 // New returns a Server for b.
@@ -122,10 +125,14 @@ func New(b broker.Broker, opts Options) *Server {
 	if opts.Limits.PublishRate > 0 {
 		s.rate = newRateLimiter(opts.Limits.PublishRate, opts.Limits.PublishBurst)
 	}
+	s.wsWheel = newWheel(opts.PingInterval, s.visitWebSocket)
+	s.streamWheel = newWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
 	s.upgrader = websocket.Upgrader{
-		// Zero read size reuses the HTTP server's buffer; write buffers come
-		// from a pool and are held only while writing, so an idle
-		// connection costs little.
+		// A small read buffer (a busy connection's reads go through a
+		// pooled one, see inputWatch.Read); write buffers come from a pool
+		// and are held only while writing, so an idle connection costs
+		// little.
+		ReadBufferSize:  wsReadBufferSize,
 		WriteBufferPool: &sync.Pool{},
 		CheckOrigin: func(r *http.Request) bool {
 			if s.originAllowed(r.Header.Get("Origin")) {
@@ -229,6 +236,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.stopOnce.Do(func() { close(s.stopping) })
+	s.wsWheel.each((*session).stop)
+	s.streamWheel.each((*session).stop)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := hs.Shutdown(sctx)

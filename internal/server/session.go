@@ -64,34 +64,64 @@ type encoder interface {
 
 var sessionIDs atomic.Uint64
 
+// States of a session's loop (session.loop).
+const (
+	loopSetup   int32 = iota // not started: the first round looks at everything
+	loopIdle                 // no goroutine: signal starts one
+	loopRunning              // a goroutine runs rounds
+	loopAgain                // … and something new arrived during this round
+	loopEnded
+)
+
 // session is one subscriber connection: its subscriptions, what its
 // reader queued for it, and the one loop every transport shares (drain →
 // encode → write → metrics → end). Only the loop writes.
+//
+// On a hijacked connection (WebSocket, HTTP/1 streams) the session is
+// asynchronous: the loop runs on a goroutine only while there is something
+// to do, input is watched by the poller (input.go), keepalives and the
+// silence check come from a wheel shared by all connections, so an idle
+// connection costs memory but no goroutine and no timer. Long-polls and
+// HTTP/2 streams run the loop on their handler's goroutine (run).
 type session struct {
-	s    *Server
-	id   uint64
-	enc  encoder
-	w    *connWriter
-	wake chan struct{}
-	room chan struct{}
+	s     *Server
+	id    uint64
+	enc   encoder
+	w     *connWriter
+	async bool
+	loop  atomic.Int32
+	wake  chan struct{} // !async: signals the handler's loop
+	room  chan struct{}
 	// trackCursor keeps cursor up to date with each message written (for
 	// encoders that write it as they go); it is always seeded at the start.
 	trackCursor bool
 	// oneShot ends the loop after the first write (long-poll).
 	oneShot bool
 	// echo delivers the connection's own publishes back to it.
-	echo atomic.Bool
+	echo     atomic.Bool
+	kaDue    atomic.Bool  // a keepalive is due
+	lastRead atomic.Int64 // unix nanos of the peer's latest input (WebSocket)
 
-	mu        sync.Mutex
-	subs      map[string]*broker.Subscription
-	control   [][]byte
-	pong      []byte // the latest ping's pong, not yet written
-	ending    error  // set to end the connection with this reason
-	closeSent bool   // a WebSocket close frame is queued or written
-	published uint64 // publishes started on this connection
-	acked     uint64 // of those, how many have their reply queued
-	ident     *auth.Identity
-	timer     *time.Timer
+	// async only
+	conn  net.Conn
+	input *inputWatch
+	wheel *wheel
+	slot  int      // in wheel; guarded by wheel.mu
+	onEnd []func() // run once the connection is closed
+
+	mu         sync.Mutex
+	subs       map[string]*broker.Subscription
+	control    [][]byte
+	pong       []byte // the latest ping's pong, not yet written
+	ending     error  // set to end the connection with this reason
+	gone       bool   // the peer went away
+	stopped    bool   // the server is shutting down
+	closeSent  bool   // a WebSocket close frame is queued or written
+	roomClosed bool
+	published  uint64 // publishes started on this connection
+	acked      uint64 // of those, how many have their reply queued
+	ident      *auth.Identity
+	timer      *time.Timer
 
 	// Owned by the loop.
 	cursor broker.Cursor // resume position of what was written
@@ -104,25 +134,72 @@ type session struct {
 	list   []*broker.Subscription
 }
 
-func newSession(s *Server, enc encoder, w *connWriter) *session {
+// newSession returns a session; async sessions run their loop on demand
+// once serveAsync starts them, the others in run.
+func newSession(s *Server, enc encoder, w *connWriter, async bool) *session {
 	ss := &session{
-		s:    s,
-		id:   sessionIDs.Add(1),
-		enc:  enc,
-		w:    w,
-		wake: make(chan struct{}, 1),
-		room: make(chan struct{}, 1),
-		subs: make(map[string]*broker.Subscription),
+		s:     s,
+		id:    sessionIDs.Add(1),
+		enc:   enc,
+		w:     w,
+		async: async,
+		room:  make(chan struct{}, 1),
+		subs:  make(map[string]*broker.Subscription, 1),
+	}
+	if !async {
+		ss.wake = make(chan struct{}, 1)
 	}
 	ss.echo.Store(true)
 	return ss
 }
 
+// signal tells the loop there may be something to do: an asynchronous
+// session starts a goroutine for it when none runs.
 func (ss *session) signal() {
-	select {
-	case ss.wake <- struct{}{}:
-	default:
+	if !ss.async {
+		select {
+		case ss.wake <- struct{}{}:
+		default:
+		}
+		return
 	}
+	for {
+		switch ss.loop.Load() {
+		case loopIdle:
+			if ss.loop.CompareAndSwap(loopIdle, loopRunning) {
+				go ss.runAsync()
+				return
+			}
+		case loopRunning:
+			if ss.loop.CompareAndSwap(loopRunning, loopAgain) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// keepalive asks the loop for a keepalive.
+func (ss *session) keepalive() {
+	ss.kaDue.Store(true)
+	ss.signal()
+}
+
+// setGone records that the peer went away.
+func (ss *session) setGone() {
+	ss.mu.Lock()
+	ss.gone = true
+	ss.mu.Unlock()
+	ss.signal()
+}
+
+// stop ends the connection because the server is shutting down.
+func (ss *session) stop() {
+	ss.mu.Lock()
+	ss.stopped = true
+	ss.mu.Unlock()
+	ss.signal()
 }
 
 // setIdentity installs id and arms the end of the connection at its
@@ -165,7 +242,7 @@ const maxControl = 1024
 
 // send queues a framed control frame, waiting while too many are queued.
 // It returns false once the connection is ending.
-func (ss *session) send(frame []byte, done <-chan struct{}) bool {
+func (ss *session) send(frame []byte) bool {
 	for {
 		ss.mu.Lock()
 		if ss.ending != nil {
@@ -179,18 +256,14 @@ func (ss *session) send(frame []byte, done <-chan struct{}) bool {
 			return true
 		}
 		ss.mu.Unlock()
-		select {
-		case <-ss.room:
-		case <-done:
-			return false
-		}
+		<-ss.room // closed when the connection ends
 	}
 }
 
 // sendReply queues the reply to the n-th publish of this connection, after
 // which its own message may be delivered back to it.
-func (ss *session) sendReply(frame []byte, n uint64, done <-chan struct{}) bool {
-	ok := ss.send(frame, done)
+func (ss *session) sendReply(frame []byte, n uint64) bool {
+	ok := ss.send(frame)
 	ss.mu.Lock()
 	ss.acked = max(ss.acked, n)
 	ss.mu.Unlock()
@@ -256,6 +329,10 @@ func (ss *session) closeSubs() {
 	if ss.timer != nil {
 		ss.timer.Stop()
 	}
+	if !ss.roomClosed {
+		ss.roomClosed = true
+		close(ss.room) // frees senders waiting for room
+	}
 	ss.mu.Unlock()
 	for _, sub := range subs {
 		sub.Close()
@@ -299,8 +376,64 @@ func (ss *session) track(ch string, p broker.Position) {
 	ss.cursor[ch] = p
 }
 
-// run is the subscribe loop. It returns why the connection ends: nil for
-// a long-poll that answered, otherwise the reason. done is closed when the
+// step runs one round of the loop: control frames, a due keepalive and
+// what the subscriptions queued go out in one write. It reports whether
+// it wrote anything, and the reason once the connection must end.
+func (ss *session) step() (bool, error) {
+	ss.mu.Lock()
+	ctl := ss.control
+	ss.control = nil
+	pong := ss.pong
+	ss.pong = nil
+	ending, acked, gone, stopped := ss.ending, ss.acked, ss.gone, ss.stopped
+	ss.keys, ss.list = ss.keys[:0], ss.list[:0]
+	for k, sub := range ss.subs {
+		ss.keys = append(ss.keys, k)
+		ss.list = append(ss.list, sub)
+	}
+	ss.mu.Unlock()
+	if ctl != nil && !ss.roomClosed {
+		select {
+		case ss.room <- struct{}{}:
+		default:
+		}
+	}
+	ss.b.add(pong)
+	for _, f := range ctl {
+		ss.b.add(f)
+	}
+	if ss.kaDue.Swap(false) {
+		ss.enc.keepalive(&ss.b)
+	}
+	if ending != nil {
+		if err := ss.flush(); err != nil {
+			return false, err
+		}
+		return false, ending
+	}
+	if gone {
+		// A reason the peer's reader queued went first.
+		return false, errPeerGone
+	}
+	if stopped {
+		return false, broker.ErrClosed
+	}
+	for i, sub := range ss.list {
+		if err := ss.drain(ss.keys[i], sub, acked); err != nil {
+			ss.flush()
+			return false, err
+		}
+	}
+	clear(ss.list)
+	if ss.b.n == 0 {
+		return false, nil
+	}
+	return true, ss.flush()
+}
+
+// run is the subscribe loop of a session that is not asynchronous, on the
+// caller's goroutine. It returns why the connection ends: nil for a
+// long-poll that answered, otherwise the reason. done is closed when the
 // peer is gone; keepalive (0: none) paces keepalives; wait (0: forever)
 // bounds a long-poll.
 func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) error {
@@ -317,49 +450,12 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 	}
 	defer ss.b.release()
 	ss.enc.start(&ss.b, ss)
-	gone := false // the peer went away; a reason its reader queued still goes first
 	for {
-		ss.mu.Lock()
-		ctl := ss.control
-		ss.control = nil
-		pong := ss.pong
-		ss.pong = nil
-		ending, acked := ss.ending, ss.acked
-		ss.keys, ss.list = ss.keys[:0], ss.list[:0]
-		for k, sub := range ss.subs {
-			ss.keys = append(ss.keys, k)
-			ss.list = append(ss.list, sub)
+		wrote, err := ss.step()
+		if err != nil {
+			return err
 		}
-		ss.mu.Unlock()
-		if ctl != nil {
-			select {
-			case ss.room <- struct{}{}:
-			default:
-			}
-		}
-		ss.b.add(pong)
-		for _, f := range ctl {
-			ss.b.add(f)
-		}
-		if ending != nil {
-			if err := ss.flush(); err != nil {
-				return err
-			}
-			return ending
-		}
-		if gone {
-			return errPeerGone
-		}
-		for i, sub := range ss.list {
-			if err := ss.drain(ss.keys[i], sub, acked); err != nil {
-				ss.flush()
-				return err
-			}
-		}
-		if ss.b.n > 0 {
-			if err := ss.flush(); err != nil {
-				return err
-			}
+		if wrote {
 			if ss.oneShot {
 				return nil
 			}
@@ -368,9 +464,9 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 			// peer leaving or the broker stopping.
 			select {
 			case <-tick:
-				ss.enc.keepalive(&ss.b)
+				ss.kaDue.Store(true)
 			case <-done:
-				gone = true
+				ss.setGone()
 			case <-ss.s.stopping:
 				return broker.ErrClosed
 			default:
@@ -381,13 +477,64 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 		select {
 		case <-ss.wake:
 		case <-tick:
-			ss.enc.keepalive(&ss.b)
+			ss.kaDue.Store(true)
 		case <-timeout:
 			return nil
 		case <-done:
-			gone = true
+			ss.setGone()
 		case <-ss.s.stopping:
 			return broker.ErrClosed
+		}
+	}
+}
+
+// serveAsync runs an asynchronous session on its hijacked conn: read
+// takes the peer's input when there is some (see inputWatch), the wheel
+// paces keepalives. It returns at once; the session ends on its own and
+// then closes conn and runs onEnd.
+func (ss *session) serveAsync(conn net.Conn, read func(*inputWatch) bool, w *wheel) {
+	ss.conn = conn
+	ss.lastRead.Store(time.Now().UnixNano())
+	w.add(ss)
+	select {
+	case <-ss.s.stopping:
+		ss.stop()
+	default:
+	}
+	ss.input = newInputWatch(conn, ss.setGone)
+	in := ss.input
+	ss.enc.start(&ss.b, ss)
+	in.start(func() bool { return read(in) })
+	ss.loop.Store(loopRunning)
+	go ss.runAsync()
+}
+
+// runAsync runs rounds while there is something to do, then leaves
+// (signal starts it again); when the connection must end it ends it.
+func (ss *session) runAsync() {
+	for {
+		ss.loop.Store(loopRunning)
+		wrote, err := ss.step()
+		if err != nil {
+			ss.loop.Store(loopEnded)
+			ss.b.release()
+			ss.finish(err)
+			ss.wheel.remove(ss)
+			// Wait (briefly) for the peer's side of the closing handshake
+			// before the socket goes, so nothing in flight to it is reset
+			// away.
+			closeGently(ss.conn, ss.input, time.Second)
+			for _, f := range ss.onEnd {
+				f()
+			}
+			return
+		}
+		if wrote {
+			continue
+		}
+		ss.b.release() // idle: hold no buffer
+		if ss.loop.CompareAndSwap(loopRunning, loopIdle) {
+			return
 		}
 	}
 }

@@ -129,10 +129,14 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	defer release()
 	if websocket.IsWebSocketUpgrade(r) {
-		return s.serveWebSocket(w, r, id, &opts)
+		return s.serveWebSocket(w, r, id, &opts, release)
 	}
+	defer func() {
+		if release != nil { // not handed to an asynchronous session
+			release()
+		}
+	}()
 	q := r.URL.Query()
 	var enc encoder
 	var wait time.Duration
@@ -152,8 +156,12 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	// The broker's time before the subscription starts: channels that
 	// appear later are replayed from it when the client resumes.
 	began := time.Now()
-	ss := newSession(s, enc, nil)
-	opts.Notify = ss.wake
+	// An HTTP/1 stream's connection is hijacked and served asynchronously;
+	// long-polls and HTTP/2 streams keep this goroutine.
+	_, poll := enc.(*pollEncoder)
+	async := r.ProtoMajor == 1 && !poll
+	ss := newSession(s, enc, nil, async)
+	opts.OnReady = ss.signal
 	sub, err := s.b.Subscribe(r.Context(), opts)
 	if err != nil {
 		return err
@@ -182,69 +190,90 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 		ss.closeSubs()
 		return broker.ErrClosed // 503 shutting_down: resume elsewhere or later
 	}
-	defer s.conns.Done()
-	cw, done, err := s.openStream(w, r)
+	cw, err := s.openStream(w, r, async)
 	if err != nil {
 		ss.closeSubs()
+		s.conns.Done()
 		return nil
 	}
 	t := enc.transport()
 	s.metrics.connections[t].Add(1)
-	defer s.metrics.connections[t].Add(-1)
 	ss.w = cw
 	// Only SSE over several channels writes the cursor as it goes.
 	se, ok := enc.(*sseEncoder)
 	ss.trackCursor = ok && !se.single
 	ss.startCursor(sub, since)
 	ss.setIdentity(id)
-	ss.finish(ss.run(done, s.opts.Keepalive, 0))
-	if cw.conn != nil {
-		closeGently(cw.conn, done, time.Second)
+	end := func() {
+		s.metrics.connections[t].Add(-1)
+		s.conns.Done()
 	}
+	if async {
+		ss.onEnd = []func(){release, end}
+		release = nil
+		ss.serveAsync(cw.conn, discardInput, s.streamWheel)
+		return nil
+	}
+	defer end()
+	ss.finish(ss.run(r.Context().Done(), s.opts.Keepalive, 0))
 	return nil
 }
 
-// openStream starts a streaming response with the headers set on w. On
-// HTTP/1.x the connection is hijacked so that the subscribe loop's writer
-// owns it (and knows what a stalled write left unwritten); HTTP/2 streams
-// go through w. done is closed when the peer goes away.
-func (s *Server) openStream(w http.ResponseWriter, r *http.Request) (*connWriter, <-chan struct{}, error) {
-	rc := http.NewResponseController(w)
-	cw := &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}
-	if r.ProtoMajor == 1 {
-		conn, brw, err := rc.Hijack()
-		if err == nil {
-			conn.SetDeadline(time.Time{})
-			cw.conn = conn
-			cw.chunked = r.ProtoAtLeast(1, 1)
-			head := []byte("HTTP/1.1 200 OK\r\n")
-			if !cw.chunked {
-				head = []byte("HTTP/1.0 200 OK\r\n")
-			}
-			hb := &strings.Builder{}
-			w.Header().Write(hb)
-			head = append(head, hb.String()...)
-			head = append(head, "Date: "...)
-			head = time.Now().UTC().AppendFormat(head, http.TimeFormat)
-			if cw.chunked {
-				head = append(head, "\r\nTransfer-Encoding: chunked"...)
-			}
-			head = append(head, "\r\nConnection: close\r\n\r\n"...)
-			conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-			if _, err := conn.Write(head); err != nil {
-				conn.Close()
-				return nil, nil, err
-			}
-			done := make(chan struct{})
-			go discard(brw.Reader, done)
-			return cw, done, nil
+// discardInput reads and drops what a stream's peer sends (usually
+// nothing); the input's end tells that the peer went away.
+func discardInput(in *inputWatch) bool {
+	var buf [512]byte
+	for {
+		_, err := in.Read(buf[:])
+		if err == errWouldBlock {
+			return true
+		}
+		if err != nil {
+			return false
 		}
 	}
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		return nil, nil, err
+}
+
+// openStream starts a streaming response with the headers set on w. An
+// HTTP/1 connection is hijacked (hijack set) so that the subscribe loop's
+// writer owns it (and knows what a stalled write left unwritten); HTTP/2
+// streams go through w.
+func (s *Server) openStream(w http.ResponseWriter, r *http.Request, hijack bool) (*connWriter, error) {
+	rc := http.NewResponseController(w)
+	cw := &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}
+	if !hijack {
+		w.WriteHeader(http.StatusOK)
+		if err := rc.Flush(); err != nil {
+			return nil, err
+		}
+		return cw, nil
 	}
-	return cw, r.Context().Done(), nil
+	conn, _, err := rc.Hijack()
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	cw.conn = conn
+	cw.chunked = r.ProtoAtLeast(1, 1)
+	head := []byte("HTTP/1.1 200 OK\r\n")
+	if !cw.chunked {
+		head = []byte("HTTP/1.0 200 OK\r\n")
+	}
+	hb := &strings.Builder{}
+	w.Header().Write(hb)
+	head = append(head, hb.String()...)
+	head = append(head, "Date: "...)
+	head = time.Now().UTC().AppendFormat(head, http.TimeFormat)
+	if cw.chunked {
+		head = append(head, "\r\nTransfer-Encoding: chunked"...)
+	}
+	head = append(head, "\r\nConnection: close\r\n\r\n"...)
+	conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+	if _, err := conn.Write(head); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return cw, nil
 }
 
 func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
@@ -259,8 +288,7 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	defer release()
-	return s.serveWebSocket(w, r, id, nil)
+	return s.serveWebSocket(w, r, id, nil, release)
 }
 
 func negotiate(r *http.Request, opts *broker.SubscribeOptions) (encoder, error) {

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -118,6 +120,47 @@ type wsNetConn struct {
 	net.Conn
 	ss       *session
 	upgraded atomic.Bool
+
+	// Owned by the reader (one run at a time).
+	in *inputWatch
+	// boundary: the reader is between frames, so a read that would wait
+	// may instead leave the reader (to be run again on more input);
+	// inMessage: between frames of one fragmented message, which it may
+	// not leave.
+	boundary, inMessage bool
+}
+
+// wsReadBufferSize is gorilla's read buffer per connection: enough for a
+// control frame; larger reads go through the pooled buffer of inputWatch.
+const wsReadBufferSize = 256
+
+// Read is gorilla's input: what the poller says is there, never waiting
+// between frames (it unwinds to readFrames instead; see there), waiting
+// for the rest of a frame that has begun.
+func (c *wsNetConn) Read(p []byte) (int, error) {
+	if c.in == nil {
+		return c.Conn.Read(p)
+	}
+	n, err := c.in.Read(p)
+	if err == errWouldBlock {
+		if c.boundary {
+			panic(errWouldBlock)
+		}
+		n, err = c.Conn.Read(p)
+	}
+	if n > 0 {
+		c.boundary = false
+		c.ss.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// frameDone is called by gorilla's control frame handlers: unless inside
+// a fragmented message, the reader is at a frame boundary again.
+func (c *wsNetConn) frameDone() {
+	if !c.inMessage {
+		c.boundary = true
+	}
 }
 
 // Write takes what gorilla writes after the handshake (close frames on
@@ -163,9 +206,14 @@ func (ss *session) closeWith(frame []byte, reason error) {
 	ss.signal()
 }
 
-func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions) error {
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions, release func()) error {
+	defer func() {
+		if release != nil { // not handed to the session
+			release()
+		}
+	}()
 	q := r.URL.Query()
-	ss := newSession(s, wsEncoder{raw: q.Get("data") == "raw"}, nil)
+	ss := newSession(s, wsEncoder{raw: q.Get("data") == "raw"}, nil, true)
 	if v := q.Get("echo"); v != "" {
 		echo, err := strconv.ParseBool(v)
 		if err != nil {
@@ -177,7 +225,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 	if initial != nil {
 		// Subscribed before the upgrade, so a refusal is a plain HTTP error.
 		o := *initial
-		o.Notify = ss.wake
+		o.OnReady = ss.signal
 		subs, cursor, err := s.subscribeEach(r.Context(), o)
 		if err != nil {
 			return err
@@ -193,8 +241,9 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 		ss.closeSubs()
 		return nil // the upgrader already replied
 	}
-	hj.conn.upgraded.Store(true)
-	raw := hj.conn.Conn
+	nc := hj.conn
+	nc.upgraded.Store(true)
+	raw := nc.Conn
 	ss.w = &connWriter{conn: raw, timeout: s.opts.WriteTimeout}
 	if !s.enter() { // shutting down
 		ss.closeSubs()
@@ -202,40 +251,51 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 		raw.Close()
 		return nil
 	}
-	defer s.conns.Done()
 	s.metrics.connections[tWebSocket].Add(1)
-	defer s.metrics.connections[tWebSocket].Add(-1)
 	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
 	ss.setIdentity(id)
-
-	readerDone := make(chan struct{})
-	loopDone := make(chan struct{})
-	rd := &wsReader{s: s, ss: ss, c: c, r: r, loopDone: loopDone}
-	go func() {
-		defer close(readerDone)
-		rd.loop()
-	}()
-	reason := ss.run(readerDone, s.opts.PingInterval, 0)
-	close(loopDone)
-	ss.finish(reason)
-	// Wait (briefly) for the peer's side of the closing handshake before
-	// the socket goes, so nothing in flight to it is reset away.
-	closeGently(raw, readerDone, time.Second)
-	<-readerDone
+	rd := &wsReader{s: s, ss: ss, c: c, nc: nc, addr: s.remoteAddr(r), client: s.clientKey(r)}
+	ss.onEnd = []func(){rd.end, release, func() {
+		s.metrics.connections[tWebSocket].Add(-1)
+		s.conns.Done()
+	}}
+	release = nil
+	rd.handlers()
+	ss.serveAsync(raw, rd.readFrames, s.wsWheel)
 	return nil
 }
 
-// wsReader reads client frames and executes them; replies go to the
-// session in order through one goroutine, so publishes can be pipelined.
-type wsReader struct {
-	s        *Server
-	ss       *session
-	c        *websocket.Conn
-	r        *http.Request
-	loopDone chan struct{}
+// visitWebSocket is the WebSocket wheel's call on each connection once
+// per ping interval: a peer silent for two intervals (and a write timeout)
+// is gone; the others get a ping.
+func (s *Server) visitWebSocket(ss *session, now time.Time) {
+	if now.UnixNano()-ss.lastRead.Load() > int64(2*s.opts.PingInterval+s.opts.WriteTimeout) {
+		ss.setGone()
+		return
+	}
+	ss.keepalive()
+}
 
-	replies chan reply
-	acker   chan struct{}
+// wsReader reads client frames and executes them; replies go to the
+// session in order through one goroutine (started while there are
+// replies to make), so publishes can be pipelined.
+type wsReader struct {
+	s      *Server
+	ss     *session
+	c      *websocket.Conn
+	nc     *wsNetConn
+	addr   net.Addr // the client's, as auth sees it
+	client string   // the client's address, for rate limits
+
+	ctxOnce sync.Once
+	ctx     context.Context
+	cancel  func()
+
+	mu      sync.Mutex
+	replies []reply
+	acking  bool
+	space   chan struct{} // signalled when the acker takes a reply
+	ackers  sync.WaitGroup
 }
 
 type reply struct {
@@ -243,45 +303,91 @@ type reply struct {
 	make func() []byte // the framed reply, computed in order
 }
 
-func (rd *wsReader) reply(n uint64, f func() []byte) {
-	if rd.replies == nil {
-		// Started on the first frame, so idle subscribers do not pay for it.
-		rd.replies = make(chan reply, 1024)
-		rd.acker = make(chan struct{})
-		go func() {
-			defer close(rd.acker)
-			for rp := range rd.replies {
-				b := rp.make()
-				if rp.n > 0 {
-					rd.ss.sendReply(b, rp.n, rd.loopDone)
-				} else if b != nil {
-					rd.ss.send(b, rd.loopDone)
-				}
-			}
-		}()
+// maxReplies bounds replies waiting to be made: a client pipelining
+// publishes faster than the broker takes them is read no faster.
+const maxReplies = 1024
+
+// context is the connection's context for broker calls (ended with the
+// connection).
+func (rd *wsReader) context() context.Context {
+	rd.ctxOnce.Do(func() {
+		rd.ctx, rd.cancel = context.WithCancel(context.Background())
+	})
+	return rd.ctx
+}
+
+// end cancels the connection's context (if it was made).
+func (rd *wsReader) end() {
+	rd.ctxOnce.Do(func() {})
+	if rd.cancel != nil {
+		rd.cancel()
 	}
-	rd.replies <- reply{n, f}
+}
+
+func (rd *wsReader) reply(n uint64, f func() []byte) {
+	rd.mu.Lock()
+	for len(rd.replies) >= maxReplies {
+		if rd.space == nil {
+			rd.space = make(chan struct{}, 1)
+		}
+		space := rd.space
+		rd.mu.Unlock()
+		<-space
+		rd.mu.Lock()
+	}
+	rd.replies = append(rd.replies, reply{n, f})
+	start := !rd.acking
+	rd.acking = true
+	rd.mu.Unlock()
+	if start {
+		rd.ackers.Add(1)
+		go rd.ack()
+	}
+}
+
+// ack makes the queued replies in order and hands them to the session,
+// and leaves when there are none.
+func (rd *wsReader) ack() {
+	defer rd.ackers.Done()
+	for {
+		rd.mu.Lock()
+		if len(rd.replies) == 0 {
+			rd.acking = false
+			rd.replies = nil
+			rd.mu.Unlock()
+			return
+		}
+		rp := rd.replies[0]
+		rd.replies[0] = reply{}
+		rd.replies = rd.replies[1:]
+		if rd.space != nil {
+			select {
+			case rd.space <- struct{}{}:
+			default:
+			}
+		}
+		rd.mu.Unlock()
+		b := rp.make()
+		if rp.n > 0 {
+			rd.ss.sendReply(b, rp.n)
+		} else if b != nil {
+			rd.ss.send(b)
+		}
+	}
 }
 
 func now(b []byte) func() []byte { return func() []byte { return b } }
 
-func (rd *wsReader) loop() {
-	s, ss, c := rd.s, rd.ss, rd.c
-	defer func() {
-		if rd.replies != nil {
-			close(rd.replies)
-			<-rd.acker
-		}
-	}()
-	wait := 2*s.opts.PingInterval + s.opts.WriteTimeout
-	extend := func() { c.SetReadDeadline(time.Now().Add(wait)) }
-	extend()
+// handlers installs gorilla's control frame handlers: pings are answered
+// by the session's writer, a close frame ends the connection.
+func (rd *wsReader) handlers() {
+	ss, c, nc := rd.ss, rd.c, rd.nc
 	c.SetPingHandler(func(data string) error {
-		extend()
+		nc.frameDone()
 		ss.setPong(wire.AppendWSFrame(nil, opPong, []byte(data)))
 		return nil
 	})
-	c.SetPongHandler(func(string) error { extend(); return nil })
+	c.SetPongHandler(func(string) error { nc.frameDone(); return nil })
 	c.SetCloseHandler(func(code int, _ string) error {
 		if code == websocket.CloseNoStatusReceived {
 			ss.closeWith(wire.AppendWSFrame(nil, opClose, nil), errPeerClosed)
@@ -290,12 +396,45 @@ func (rd *wsReader) loop() {
 		}
 		return nil
 	})
-	for {
-		typ, data, err := c.ReadMessage()
-		if err != nil {
+}
+
+// readFrames reads and executes the frames that arrived. It returns true
+// when it has taken all input there is (the poller runs it again on more)
+// and false when the input ended: the peer hung up or broke the protocol.
+//
+// gorilla reads frames in a loop that handles control frames on its own,
+// so after a pong it would wait in read for the next frame; instead
+// wsNetConn.Read unwinds from a read that would wait at a frame boundary
+// (a panic with errWouldBlock, recovered here), where gorilla's state is
+// that of a connection about to read a new frame.
+func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
+	ss, c, nc := rd.ss, rd.c, rd.nc
+	nc.in = in
+	defer func() {
+		if in.rc == nil {
 			return
 		}
-		extend()
+		if r := recover(); r != nil {
+			if r != errWouldBlock {
+				panic(r)
+			}
+			more = true
+		}
+	}()
+	for {
+		if in.rc != nil {
+			nc.boundary, nc.inMessage = true, false
+		}
+		typ, mr, err := c.NextReader()
+		if err != nil {
+			return false
+		}
+		nc.inMessage = true
+		data, err := io.ReadAll(mr)
+		nc.inMessage = false
+		if err != nil {
+			return false
+		}
 		if typ != websocket.TextMessage {
 			rd.reply(0, now(textFrame(wire.AppendError(nil, "", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md")))))
 			continue
@@ -303,7 +442,7 @@ func (rd *wsReader) loop() {
 		if !utf8.Valid(data) {
 			// RFC 6455 §8.1: a text frame that is not UTF-8 fails the connection.
 			ss.closeWith(closeFrame(websocket.CloseInvalidFramePayloadData, "invalid UTF-8"), errInvalidUTF8)
-			return
+			return false
 		}
 		rd.handle(data)
 	}
@@ -355,7 +494,7 @@ func (rd *wsReader) handle(data []byte) {
 		err = s.allow(ss.identity(), auth.Publish, m.Channel)
 	}
 	if err == nil {
-		err = s.checkRate(nil, rd.r, ss.identity())
+		err = s.checkRateKey(nil, rd.client, ss.identity())
 	}
 	if err != nil {
 		rd.reply(0, now(errFrame(f.Ref, err)))
@@ -386,7 +525,7 @@ func (rd *wsReader) handle(data []byte) {
 // with "forbidden", and the old token's expiry no longer applies.
 func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
 	s, ss := rd.s, rd.ss
-	id, err := s.auth.Authenticate(f.Token, s.remoteAddr(rd.r))
+	id, err := s.auth.Authenticate(f.Token, rd.addr)
 	if err != nil {
 		s.limitHit("bad_token")
 		return errFrame(f.Ref, accessError(err))
@@ -414,7 +553,7 @@ func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
 // subscribe executes a subscribe frame. The reply is queued together with
 // the subscriptions, so it precedes their messages; nil means it is queued.
 func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
-	s, ss, r := rd.s, rd.ss, rd.r
+	s, ss := rd.s, rd.ss
 	chans := f.Channels
 	if f.Channel != "" {
 		chans = append(chans, f.Channel)
@@ -433,7 +572,7 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if f.Last < 0 || f.Last > 1_000_000 {
 		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be from 0 to 1000000"))
 	}
-	o := broker.SubscribeOptions{Channels: chans, Last: f.Last, QueueSize: s.opts.QueueSize, Notify: ss.wake}
+	o := broker.SubscribeOptions{Channels: chans, Last: f.Last, QueueSize: s.opts.QueueSize, OnReady: ss.signal}
 	if f.Since != "" {
 		if err := parseSince(f.Since, &o, time.Now()); err != nil {
 			return errFrame(f.Ref, err)
@@ -446,7 +585,7 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if f.Echo != nil {
 		ss.echo.Store(*f.Echo)
 	}
-	subs, cursor, err := s.subscribeEach(r.Context(), o)
+	subs, cursor, err := s.subscribeEach(rd.context(), o)
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}

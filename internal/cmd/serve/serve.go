@@ -69,6 +69,7 @@ type Options struct {
 	CurveClients []string
 	Config       string
 	PrintConfig  bool
+	Pprof        string
 	// Ready, if set, is called with the bound address (tests).
 	Ready func(addr net.Addr)
 }
@@ -156,6 +157,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and WSS")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
 	cmdutil.MarkSecret(cmd, "token-secret")
+	fl.StringVar(&opts.Pprof, "pprof", "", "serve Go's profiles (/debug/pprof/) on this loopback address, for measuring the broker under load")
 	fl.StringVar(&opts.Config, "config", "", "YAML config file (default ~/.config/pushctl/serve.yaml when it exists)")
 	fl.BoolVar(&opts.PrintConfig, "print-config", false, "print the effective configuration (secrets redacted) and exit")
 	cmdutil.MarkSecret(cmd, "zmq-curve-secret")
@@ -337,6 +339,14 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if o.Ready != nil {
 		o.Ready(l.Addr())
+	}
+	if o.Pprof != "" {
+		stop, err := servePprof(o.Pprof, o.IO.ErrOut)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stop()
 	}
 	serr := make(chan error, 1)
 	go func() { serr <- srv.Serve(ctx, l) }()
