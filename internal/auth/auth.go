@@ -128,12 +128,19 @@ func (a *Authorizer) TokensEnabled() bool {
 // Enabled reports whether anything is restricted.
 func (a *Authorizer) Enabled() bool { return a.TokensEnabled() || len(a.cfg.TrustedPublishers) > 0 }
 
+// anonymous identities, shared: an identity is never changed once made.
+var anonymous, trustedAnonymous = &Identity{}, &Identity{Trusted: true}
+
 // Authenticate checks a token (may be empty) and the caller's address.
 func (a *Authorizer) Authenticate(token string, remote net.Addr) (*Identity, error) {
-	id := &Identity{Trusted: a.trusted(remote)}
+	trusted := a.trusted(remote)
 	if token == "" || !a.TokensEnabled() {
-		return id, nil
+		if trusted {
+			return trustedAnonymous, nil
+		}
+		return anonymous, nil
 	}
+	id := &Identity{Trusted: trusted}
 	if len(token) > MaxTokenLen {
 		return nil, fmt.Errorf("%w: longer than %d bytes", ErrBadToken, MaxTokenLen)
 	}

@@ -358,14 +358,15 @@ func runSSE(ctx context.Context, hc *http.Client, url string, s *subscriber, con
 
 // IdleResult reports the memory cost of idle connections.
 type IdleResult struct {
+	Transport      string  `json:"transport"`
 	Connections    int     `json:"connections"`
 	RSSBeforeBytes int64   `json:"rss_before_bytes"`
 	RSSAfterBytes  int64   `json:"rss_after_bytes"`
 	BytesPerConn   float64 `json:"bytes_per_connection"`
 }
 
-// Idle opens n idle WebSocket subscriptions (one channel each) and
-// reports the growth of the resident memory of pids.
+// Idle opens n idle subscriptions (one channel each, over c.Transport: ws
+// or sse) and reports the growth of the resident memory of pids.
 func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error) {
 	before, err := rss(pids)
 	if err != nil {
@@ -373,7 +374,7 @@ func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var conns []*websocket.Conn
+	var conns []io.Closer
 	defer func() {
 		for _, cn := range conns {
 			cn.Close()
@@ -381,9 +382,15 @@ func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error)
 	}()
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024,
 		NetDialContext: (&net.Dialer{}).DialContext}
-	base := "ws" + strings.TrimPrefix(strings.TrimSuffix(c.Server, "/"), "http")
+	base := strings.TrimSuffix(c.Server, "/")
 	for i := 0; i < n; i++ {
-		conn, _, err := d.DialContext(ctx, fmt.Sprintf("%s/sub/%s%d", base, c.Channel, i), nil)
+		url := fmt.Sprintf("%s/sub/%s%d", base, c.Channel, i)
+		var conn io.Closer
+		if c.Transport == "sse" {
+			conn, err = idleSSE(ctx, url)
+		} else {
+			conn, _, err = d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("connection %d: %w", i+1, err)
 		}
@@ -397,7 +404,32 @@ func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error)
 	if err != nil {
 		return nil, err
 	}
-	return &IdleResult{Connections: n, RSSBeforeBytes: before, RSSAfterBytes: after, BytesPerConn: float64(after-before) / float64(n)}, nil
+	return &IdleResult{Transport: c.Transport, Connections: n, RSSBeforeBytes: before, RSSAfterBytes: after,
+		BytesPerConn: float64(after-before) / float64(n)}, nil
+}
+
+// idleSSE opens an SSE stream on a bare connection and reads its response
+// head; the bench holds no goroutine for it.
+func idleSSE(ctx context.Context, url string) (net.Conn, error) {
+	host := strings.TrimPrefix(url, "http://")
+	path := host[strings.IndexByte(host, '/'):]
+	host = host[:strings.IndexByte(host, '/')]
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, host)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err == nil && resp.StatusCode != 200 {
+		err = fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
 }
 
 func settleRSS(ctx context.Context, pids []int) (int64, error) {

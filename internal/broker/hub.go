@@ -42,7 +42,7 @@ type hubChannel struct {
 	subs      map[*Subscription]struct{}
 	uncounted int           // subs not counted: internal, or being set up
 	waiters   int           // WaitSubscribers calls keeping the entry
-	changed   chan struct{} // closed when subs changes
+	changed   chan struct{} // closed when subs changes (made for a waiter)
 	dead      bool          // removed from Hub.chans; look it up again
 }
 
@@ -62,7 +62,7 @@ func (h *Hub) entryLocked(name string, create bool) *hubChannel {
 	if ch, ok := h.chans[name]; ok || !create {
 		return ch
 	}
-	ch := &hubChannel{name: name, subs: make(map[*Subscription]struct{}), changed: make(chan struct{})}
+	ch := &hubChannel{name: name, subs: make(map[*Subscription]struct{}, 1)}
 	for s, pats := range h.patterns {
 		if matchAny(pats, name) {
 			hs := h.subs[s]
@@ -182,8 +182,10 @@ func (ch *hubChannel) remove(s *Subscription, counted bool) {
 }
 
 func (ch *hubChannel) notifyChanged() {
-	close(ch.changed)
-	ch.changed = make(chan struct{})
+	if ch.changed != nil {
+		close(ch.changed)
+		ch.changed = nil
+	}
 }
 
 // subscribers counts the counted subscriptions.
@@ -321,6 +323,9 @@ func (h *Hub) watch(channel string) (count int, changed <-chan struct{}, release
 	ch := h.entryLocked(channel, true)
 	ch.mu.Lock()
 	ch.waiters++
+	if ch.changed == nil {
+		ch.changed = make(chan struct{})
+	}
 	count, changed = ch.subscribers(), ch.changed
 	ch.mu.Unlock()
 	h.mu.Unlock()

@@ -151,10 +151,7 @@ func (l *memLog) channel(name string, create bool) (*memChannel, error) {
 	if ch, ok := l.channels[name]; ok {
 		return ch, nil
 	}
-	ch = &memChannel{name: name, epoch: l.newEpoch()}
-	if l.opts.HistorySize > 0 {
-		ch.hist = make([]*Message, 0, min(l.opts.HistorySize, 16))
-	}
+	ch = &memChannel{name: name, epoch: l.newEpoch()} // history grows on the first message
 	l.channels[name] = ch
 	return ch, nil
 }

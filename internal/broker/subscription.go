@@ -19,8 +19,12 @@ type Subscription struct {
 	maxBytes int64
 	internal bool
 
-	mu    sync.Mutex
-	start Cursor
+	mu sync.Mutex
+	// Where the subscription starts in each channel: the first channel
+	// inline (most subscriptions name one), the others in start.
+	start0Name string
+	start0     Position
+	start      Cursor
 	buf   []Event
 	// While the subscription is being set up, live events wait in held so
 	// that each channel's replay comes first. after drops live messages a
@@ -127,6 +131,11 @@ func (s *Subscription) covered(m *Message) bool {
 // covered are dropped, the rest follow the replay.
 func (s *Subscription) goLive(heads map[string]Position) {
 	s.mu.Lock()
+	for ch, h := range heads {
+		if h.Seq == 0 {
+			delete(heads, ch) // nothing to cover: no message has seq 0
+		}
+	}
 	if len(heads) > 0 {
 		s.after = heads
 	}
@@ -161,10 +170,15 @@ func (s *Subscription) wake() {
 // its history; history does not count against the live bound.
 func (s *Subscription) replay(channel string, start Position, evs ...Event) {
 	s.mu.Lock()
-	if s.start == nil {
-		s.start = Cursor{}
+	switch {
+	case s.start0Name == "" || s.start0Name == channel:
+		s.start0Name, s.start0 = channel, start
+	default:
+		if s.start == nil {
+			s.start = Cursor{}
+		}
+		s.start[channel] = start
 	}
-	s.start[channel] = start
 	if !s.ended {
 		s.buf = mergeByTime(s.buf, evs)
 	}
@@ -180,7 +194,10 @@ func (s *Subscription) replay(channel string, start Position, evs ...Event) {
 func (s *Subscription) Start() Cursor {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := make(Cursor, len(s.start))
+	c := make(Cursor, len(s.start)+1)
+	if s.start0Name != "" {
+		c[s.start0Name] = s.start0
+	}
 	for k, v := range s.start {
 		c[k] = v
 	}

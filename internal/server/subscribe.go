@@ -240,20 +240,20 @@ func discardInput(in *inputWatch) bool {
 // streams go through w.
 func (s *Server) openStream(w http.ResponseWriter, r *http.Request, hijack bool) (*connWriter, error) {
 	rc := http.NewResponseController(w)
-	cw := &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}
 	if !hijack {
 		w.WriteHeader(http.StatusOK)
 		if err := rc.Flush(); err != nil {
 			return nil, err
 		}
-		return cw, nil
+		return &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}, nil
 	}
 	conn, _, err := rc.Hijack()
 	if err != nil {
 		return nil, err
 	}
 	conn.SetDeadline(time.Time{})
-	cw.conn = conn
+	// Nothing of the HTTP server's (request, buffers) is kept.
+	cw := &connWriter{conn: conn, timeout: s.opts.WriteTimeout}
 	cw.chunked = r.ProtoAtLeast(1, 1)
 	head := []byte("HTTP/1.1 200 OK\r\n")
 	if !cw.chunked {

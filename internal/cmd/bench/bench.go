@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/bench"
@@ -96,13 +97,13 @@ func run(ctx context.Context, o *Options) error {
 			return json.NewEncoder(o.IO.Out).Encode(r)
 		case "csv":
 			w := csv.NewWriter(o.IO.Out)
-			w.Write([]string{"connections", "rss_before_bytes", "rss_after_bytes", "bytes_per_connection"})
-			w.Write([]string{strconv.Itoa(r.Connections), strconv.FormatInt(r.RSSBeforeBytes, 10), strconv.FormatInt(r.RSSAfterBytes, 10), fmt.Sprintf("%.0f", r.BytesPerConn)})
+			w.Write([]string{"transport", "connections", "rss_before_bytes", "rss_after_bytes", "bytes_per_connection"})
+			w.Write([]string{r.Transport, strconv.Itoa(r.Connections), strconv.FormatInt(r.RSSBeforeBytes, 10), strconv.FormatInt(r.RSSAfterBytes, 10), fmt.Sprintf("%.0f", r.BytesPerConn)})
 			w.Flush()
 			return w.Error()
 		}
-		fmt.Fprintf(o.IO.Out, "%d idle WebSocket connections: RSS %.1f MiB -> %.1f MiB, %.1f KiB per connection\n",
-			r.Connections, float64(r.RSSBeforeBytes)/(1<<20), float64(r.RSSAfterBytes)/(1<<20), r.BytesPerConn/1024)
+		fmt.Fprintf(o.IO.Out, "%d idle %s connections: RSS %.1f MiB -> %.1f MiB, %.1f KiB per connection\n",
+			r.Connections, strings.ToUpper(r.Transport), float64(r.RSSBeforeBytes)/(1<<20), float64(r.RSSAfterBytes)/(1<<20), r.BytesPerConn/1024)
 		return nil
 	}
 	r, err := bench.Run(ctx, o.Config)
