@@ -25,7 +25,7 @@ type Subscription struct {
 	start0Name string
 	start0     Position
 	start      Cursor
-	buf   []Event
+	buf        []Event
 	// While the subscription is being set up, live events wait in held so
 	// that each channel's replay comes first. after drops live messages a
 	// replay already covered (or that precede the start), per channel,
