@@ -31,7 +31,10 @@ type Config struct {
 	SubscribeTo []string
 	Channel     string
 	Subscribers int
-	Transport   string // ws or sse
+	Transport   string // ws, sse, ndjson or poll (long-poll)
+	// PublishOver is how publishers send: http (a request each), ndjson
+	// (one streaming request each), ws (publish frames) or zmq.
+	PublishOver string
 	Publishers  int
 	Messages    int // total messages published
 	Size        int // payload bytes
@@ -47,12 +50,17 @@ type Config struct {
 	PublishZMQ string
 	// Progress, if set, receives status lines.
 	Progress io.Writer
+	// Live, if set, is called about every 200 ms while publishing and
+	// settling with what was published and delivered so far.
+	Live func(published, delivered uint64, elapsed time.Duration)
 }
 
 // Result is what a run measured.
 type Result struct {
 	Flavor           string        `json:"flavor"`
+	Server           string        `json:"server"`
 	Transport        string        `json:"transport"`
+	PublishOver      string        `json:"publish_over"`
 	Subscribers      int           `json:"subscribers"`
 	Publishers       int           `json:"publishers"`
 	Size             int           `json:"size"`
@@ -61,6 +69,7 @@ type Result struct {
 	Expected         uint64        `json:"expected_deliveries"`
 	Delivered        uint64        `json:"delivered"`
 	Lost             uint64        `json:"lost"`
+	Duplicated       uint64        `json:"duplicated"`
 	Duration         time.Duration `json:"duration_ns"`
 	DeliveriesPerSec float64       `json:"deliveries_per_sec"`
 	PublishesPerSec  float64       `json:"publishes_per_sec"`
@@ -72,19 +81,25 @@ type Result struct {
 }
 
 type subscriber struct {
-	hist     Histogram
-	received atomic.Uint64
-	warm     atomic.Bool
-	last     atomic.Int64 // unix nanos of the last delivery
+	hist       Histogram
+	received   atomic.Uint64 // distinct messages
+	duplicated atomic.Uint64
+	warm       atomic.Bool
+	last       atomic.Int64 // unix nanos of the last delivery
+	seen       []uint64     // bit per message number, owned by the reader
 }
 
-// payload is "<unix nanos>|" padded with 'x' to size.
-func payload(size int, now time.Time, warm bool) []byte {
-	b := make([]byte, 0, max(size, 24))
+// payload is "<unix nanos>|<message number>|" padded with 'x' to size
+// (JSON-safe, so every transport carries it as is); warm-up messages
+// start with W.
+func payload(size int, now time.Time, n int, warm bool) []byte {
+	b := make([]byte, 0, max(size, 40))
 	if warm {
 		b = append(b, 'W')
 	}
 	b = strconv.AppendInt(b, now.UnixNano(), 10)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, int64(n), 10)
 	b = append(b, '|')
 	for len(b) < size {
 		b = append(b, 'x')
@@ -92,7 +107,8 @@ func payload(size int, now time.Time, warm bool) []byte {
 	return b
 }
 
-// observe records one delivered payload.
+// observe records one delivered payload: its latency, and whether its
+// number was seen before (a duplicate).
 func (s *subscriber) observe(data []byte, now time.Time) {
 	if len(data) > 0 && data[0] == 'W' {
 		s.warm.Store(true)
@@ -106,6 +122,20 @@ func (s *subscriber) observe(data []byte, now time.Time) {
 	if err != nil {
 		return
 	}
+	rest := data[i+1:]
+	j := bytes.IndexByte(rest, '|')
+	if j <= 0 {
+		return
+	}
+	n, err := strconv.Atoi(string(rest[:j]))
+	if err != nil || n < 0 || n/64 >= len(s.seen) {
+		return
+	}
+	if s.seen[n/64]&(1<<(n%64)) != 0 {
+		s.duplicated.Add(1)
+		return
+	}
+	s.seen[n/64] |= 1 << (n % 64)
 	s.hist.Record(now.Sub(time.Unix(0, ns)))
 	s.received.Add(1)
 	s.last.Store(now.UnixNano())
@@ -118,10 +148,36 @@ func (c *Config) subURL(i int) string {
 		base = strings.TrimSuffix(c.SubscribeTo[i%len(c.SubscribeTo)], "/")
 	}
 	u := base + "/sub/" + c.Channel
-	if c.Flavor == "pushctl" {
+	if c.Flavor == "pushctl" && (c.Transport == "ws" || c.Transport == "sse") {
 		u += "?data=raw"
 	}
 	return u
+}
+
+// Check says what of c cannot be run.
+func (c *Config) Check() error {
+	switch c.Transport {
+	case "ws", "sse":
+	case "ndjson", "poll":
+		if c.Flavor != "pushctl" {
+			return fmt.Errorf("transport %s is pushctl's; %s subscribers use ws or sse", c.Transport, c.Flavor)
+		}
+	default:
+		return fmt.Errorf("transport %q: want ws, sse, ndjson or poll", c.Transport)
+	}
+	switch c.PublishOver {
+	case "", "http":
+	case "ndjson", "ws", "zmq":
+		if c.Flavor != "pushctl" {
+			return fmt.Errorf("publishing over %s is pushctl's; %s publishers use http", c.PublishOver, c.Flavor)
+		}
+		if c.PublishOver == "zmq" && c.PublishZMQ == "" {
+			return errors.New("publishing over zmq needs the broker's --zmq-in endpoint (--publish-zmq)")
+		}
+	default:
+		return fmt.Errorf("publish over %q: want http, ndjson, ws or zmq", c.PublishOver)
+	}
+	return nil
 }
 
 func (c *Config) logf(format string, args ...any) {
@@ -132,8 +188,17 @@ func (c *Config) logf(format string, args ...any) {
 
 // Run performs the benchmark.
 func Run(ctx context.Context, c Config) (*Result, error) {
-	if c.Subscribers < 1 || c.Publishers < 1 || c.Messages < 1 || c.Size < 24 {
-		return nil, errors.New("need at least 1 subscriber, 1 publisher, 1 message and a size of 24 bytes")
+	if c.Subscribers < 1 || c.Publishers < 1 || c.Messages < 1 || c.Size < 40 {
+		return nil, errors.New("need at least 1 subscriber, 1 publisher, 1 message and a size of 40 bytes")
+	}
+	if c.PublishZMQ != "" && c.PublishOver == "" {
+		c.PublishOver = "zmq"
+	}
+	if c.PublishOver == "" {
+		c.PublishOver = "http"
+	}
+	if err := c.Check(); err != nil {
+		return nil, err
 	}
 	if c.Settle <= 0 {
 		c.Settle = 5 * time.Second
@@ -147,16 +212,21 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c.Publishers * 2, DisableCompression: true}}
 	c.logf("connecting %d %s subscribers to %s", c.Subscribers, c.Transport, c.subURL(0))
 	for i := range subs {
-		subs[i] = &subscriber{}
+		subs[i] = &subscriber{seen: make([]uint64, c.Messages/64+1)}
 		sem <- struct{}{}
 		connected := make(chan error, 1)
 		wg.Add(1)
 		go func(s *subscriber, url string) {
 			defer wg.Done()
 			var err error
-			if c.Transport == "sse" {
+			switch c.Transport {
+			case "sse":
 				err = runSSE(ctx, httpc, url, s, connected)
-			} else {
+			case "ndjson":
+				err = runNDJSON(ctx, httpc, url, s, connected)
+			case "poll":
+				err = runPoll(ctx, httpc, url, s, connected)
+			default:
 				err = runWS(ctx, url, s, connected)
 			}
 			if err != nil && ctx.Err() == nil {
@@ -187,7 +257,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		if time.Now().After(warmDeadline) {
 			return nil, errors.New("subscribers did not all receive the warm-up message within 30s")
 		}
-		if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), true)); err != nil {
+		if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), 0, true)); err != nil {
 			return nil, fmt.Errorf("warm-up publish: %w", err)
 		}
 		select {
@@ -205,32 +275,73 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	if c.Rate > 0 {
 		interval = time.Second / time.Duration(c.Rate)
 	}
-	if c.PublishZMQ != "" {
+	liveDone := make(chan struct{})
+	defer close(liveDone)
+	if c.Live != nil {
+		go func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-liveDone:
+					return
+				case now := <-t.C:
+					var total uint64
+					for _, s := range subs {
+						total += s.received.Load()
+					}
+					c.Live(uint64(published.Load()), total, now.Sub(start))
+				}
+			}
+		}()
+	}
+	if c.PublishOver == "zmq" {
 		if err := publishZMQ(ctx, c, start, interval, &published); err != nil {
 			return nil, err
 		}
-		c.Publishers = 0 // no HTTP publishers
 	}
-	for p := 0; p < c.Publishers; p++ {
+	// due paces message n (from 1) when a rate is set.
+	due := func(n int64) {
+		if interval > 0 {
+			if d := time.Until(start.Add(time.Duration(n-1) * interval)); d > 0 {
+				time.Sleep(d) // pacing the load, not waiting for an event
+			}
+		}
+	}
+	for p := 0; c.PublishOver != "zmq" && p < c.Publishers; p++ {
 		pwg.Add(1)
 		go func() {
 			defer pwg.Done()
-			for {
+			take := func() (int64, bool) {
 				n := next.Add(1)
 				if n > int64(c.Messages) || ctx.Err() != nil {
-					return
+					return 0, false
 				}
-				if interval > 0 {
-					due := start.Add(time.Duration(n-1) * interval)
-					if d := time.Until(due); d > 0 {
-						time.Sleep(d) // pacing the load, not waiting for an event
+				due(n)
+				return n, true
+			}
+			var err error
+			switch c.PublishOver {
+			case "ndjson":
+				err = publishNDJSON(ctx, httpc, c, take, &published)
+			case "ws":
+				err = publishWS(ctx, c, take, &published)
+			default:
+				for {
+					n, ok := take()
+					if !ok {
+						return
 					}
+					if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), int(n), false)); err != nil {
+						pubErrs.Add(1)
+						continue
+					}
+					published.Add(1)
 				}
-				if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), false)); err != nil {
-					pubErrs.Add(1)
-					continue
-				}
-				published.Add(1)
+			}
+			if err != nil {
+				c.logf("publisher: %v", err)
+				pubErrs.Add(1)
 			}
 		}()
 	}
@@ -271,11 +382,16 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			end = l
 		}
 	}
-	if c.PublishZMQ != "" {
+	var dups uint64
+	for _, s := range subs {
+		dups += s.duplicated.Load()
+	}
+	if c.PublishOver == "zmq" {
 		c.Publishers = 1
 	}
 	r := &Result{
-		Flavor: c.Flavor, Transport: c.Transport, Subscribers: c.Subscribers, Publishers: c.Publishers, Size: c.Size,
+		Flavor: c.Flavor, Server: c.Server, Transport: c.Transport, PublishOver: c.PublishOver, Duplicated: dups,
+		Subscribers: c.Subscribers, Publishers: c.Publishers, Size: c.Size,
 		Published: int(published.Load()), PublishErrors: int(pubErrs.Load()),
 		Expected: expected, Delivered: delivered, Duration: end.Sub(start),
 		P50: h.Percentile(50), P90: h.Percentile(90), P99: h.Percentile(99), P999: h.Percentile(99.9), Max: h.Max(),
@@ -493,7 +609,7 @@ func publishZMQ(ctx context.Context, c Config, start time.Time, interval time.Du
 				}
 			}
 			n++
-			batch = append(batch, zmq.Out{Channel: c.Channel, Payload: payload(c.Size, time.Now(), false), Seq: uint64(n)})
+			batch = append(batch, zmq.Out{Channel: c.Channel, Payload: payload(c.Size, time.Now(), n, false), Seq: uint64(n)})
 		}
 		published.Add(int64(len(batch)))
 		return batch, nil

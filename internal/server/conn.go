@@ -28,9 +28,22 @@ type connWriter struct {
 	chunked bool // HTTP/1.1 stream: each write is one chunk
 	timeout time.Duration
 
-	rest  net.Buffers // what a stalled write left unwritten
-	chunk [20]byte
-	vec   net.Buffers
+	rest     net.Buffers // what a stalled write left unwritten
+	chunk    [20]byte
+	vec      net.Buffers
+	deadline time.Time // the write deadline set on conn
+}
+
+// armDeadline makes sure the write deadline is at least timeout away,
+// setting it (1.5 timeouts away) only when it is not: a deadline set for
+// every write costs a lock in the runtime's timers, and a stall is still
+// found between one and one and a half timeouts.
+func (w *connWriter) armDeadline(now time.Time) {
+	if w.deadline.Sub(now) >= w.timeout {
+		return
+	}
+	w.deadline = now.Add(w.timeout + w.timeout/2)
+	w.conn.SetWriteDeadline(w.deadline)
 }
 
 // write sends bufs whole, or fails; errStalled keeps what is left so that
@@ -49,7 +62,7 @@ func (w *connWriter) write(bufs net.Buffers) error {
 		bufs = w.vec
 	}
 	for len(bufs) > 0 {
-		w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+		w.armDeadline(time.Now())
 		n, err := bufs.WriteTo(w.conn)
 		if err == nil {
 			break
@@ -109,6 +122,7 @@ func (w *connWriter) finish(end []byte, grace time.Duration) {
 		bufs = append(bufs, []byte("0\r\n\r\n"))
 	}
 	deadline := time.Now().Add(grace)
+	w.deadline = deadline
 	w.conn.SetWriteDeadline(deadline)
 	for len(bufs) > 0 && time.Now().Before(deadline) {
 		if _, err := bufs.WriteTo(w.conn); err != nil && !isTimeout(err) {

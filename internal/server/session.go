@@ -167,7 +167,7 @@ func (ss *session) signal() {
 		switch ss.loop.Load() {
 		case loopIdle:
 			if ss.loop.CompareAndSwap(loopIdle, loopRunning) {
-				go ss.runAsync()
+				writers.run(ss)
 				return
 			}
 		case loopRunning:
@@ -506,7 +506,42 @@ func (ss *session) serveAsync(conn net.Conn, read func(*inputWatch) bool, w *whe
 	ss.enc.start(&ss.b, ss)
 	in.start(func() bool { return read(in) })
 	ss.loop.Store(loopRunning)
-	go ss.runAsync()
+	writers.run(ss)
+}
+
+// writers runs the rounds of asynchronous sessions. A goroutine whose
+// session went idle waits a while for another one before it leaves: a
+// new goroutine's stack grows on its first write (the runtime copies it
+// each time it doubles), which under fan-out cost more than the writes'
+// own bookkeeping.
+var writers = &writerPool{work: make(chan *session)}
+
+type writerPool struct{ work chan *session }
+
+// writerLinger is how long an idle writer goroutine waits for work.
+const writerLinger = 250 * time.Millisecond
+
+func (p *writerPool) run(ss *session) {
+	select {
+	case p.work <- ss: // a waiting writer takes it
+	default:
+		go p.writer(ss)
+	}
+}
+
+func (p *writerPool) writer(ss *session) {
+	t := time.NewTimer(writerLinger)
+	defer t.Stop()
+	for {
+		ss.runAsync()
+		ss = nil
+		t.Reset(writerLinger)
+		select {
+		case ss = <-p.work:
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // runAsync runs rounds while there is something to do, then leaves

@@ -17,11 +17,13 @@ import (
 
 // Options are the flags of bench.
 type Options struct {
-	IO     *cmdutil.IOStreams
-	Config bench.Config
-	Format string
-	Idle   int
-	PIDs   []int
+	IO            *cmdutil.IOStreams
+	Config        bench.Config
+	Format        string
+	Idle          int
+	PIDs          []int
+	Against       string
+	AgainstFlavor string
 }
 
 // NewCmdBench returns the bench command.
@@ -30,27 +32,52 @@ func NewCmdBench(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure delivery rate and latency of a broker",
-		Long: `Load a broker with subscribers and HTTP publishers and report deliveries
-per second and publish-to-delivery latency percentiles.
+		Long: `Load a broker with subscribers and publishers and report deliveries per
+second, publishes per second, publish-to-delivery latency percentiles (p50,
+p90, p99, p99.9, max), and messages lost or delivered twice.
 
-It works against pushctl and against brokers with the same /pub/CHANNEL and
-/sub/CHANNEL shape (--flavor nchan), so both can be measured in one run on one
-machine. With --idle N it instead opens N idle WebSocket subscriptions and
-reports how much the resident memory of --pid processes grew per connection.`,
+Subscribers connect over WebSocket, SSE, NDJSON or long-poll (--transport);
+publishers send HTTP requests, one streaming NDJSON request each, WebSocket
+publish frames, or ZeroMQ (--publish-over). It works against pushctl and
+against brokers with the same /pub/CHANNEL and /sub/CHANNEL shape (--flavor
+nchan: ws or sse subscribers, http publishers). --against URL runs the same
+load against a second broker right after the first and prints both with
+their ratio, so two brokers are compared on one machine in one run.
+
+With --idle N it instead opens N idle subscriptions (ws or sse) and reports
+how much the resident memory of the --pid processes grew per connection.
+
+On a terminal a live line on stderr shows the progress.`,
 		Example: `  pushctl bench --subscribers 1000 --transport ws --messages 2000
-  pushctl bench --server http://127.0.0.1:18080 --flavor nchan --transport sse
-  pushctl bench --idle 10000 --pid "$(pgrep -f 'pushctl serve')" --format json`,
+  pushctl bench --subscribers 1000 --publishers 8 --against http://127.0.0.1:18080 --against-flavor nchan
+  pushctl bench --subscribers 1 --publishers 1 --publish-over ndjson --messages 1000000
+  pushctl bench --idle 10000 --transport sse --pid "$(pgrep -f 'pushctl serve')" --format json`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			switch o.Config.Transport {
-			case "ws", "sse":
-			default:
-				return cmdutil.FlagErrorf("--transport %q: want ws or sse", o.Config.Transport)
+			for _, f := range []string{o.Config.Flavor, o.AgainstFlavor} {
+				switch f {
+				case "pushctl", "nchan":
+				default:
+					return cmdutil.FlagErrorf("--flavor %q: want pushctl or nchan", f)
+				}
 			}
-			switch o.Config.Flavor {
-			case "pushctl", "nchan":
-			default:
-				return cmdutil.FlagErrorf("--flavor %q: want pushctl or nchan", o.Config.Flavor)
+			if o.Idle > 0 && o.Config.Transport != "ws" && o.Config.Transport != "sse" {
+				return cmdutil.FlagErrorf("--idle takes --transport ws or sse")
+			}
+			if o.Idle == 0 {
+				if o.Config.PublishZMQ != "" && o.Config.PublishOver == "" {
+					o.Config.PublishOver = "zmq"
+				}
+				if err := o.Config.Check(); err != nil {
+					return cmdutil.FlagErrorf("%v", err)
+				}
+				if o.Against != "" {
+					other := o.Config
+					other.Flavor = o.AgainstFlavor
+					if err := other.Check(); err != nil {
+						return cmdutil.FlagErrorf("--against: %v", err)
+					}
+				}
 			}
 			switch o.Format {
 			case "text", "json", "csv":
@@ -66,23 +93,29 @@ reports how much the resident memory of --pid processes grew per connection.`,
 	fl.StringSliceVar(&c.SubscribeTo, "subscribe-to", nil, "spread subscribers over these broker URLs (other nodes of a cluster; default: --server)")
 	fl.StringVar(&c.Channel, "channel", "bench", "channel to use")
 	fl.IntVar(&c.Subscribers, "subscribers", 100, "subscriber connections")
-	fl.StringVar(&c.Transport, "transport", "ws", "subscriber transport: ws or sse")
-	fl.IntVar(&c.Publishers, "publishers", 4, "concurrent HTTP publishers")
+	fl.StringVar(&c.Transport, "transport", "ws", "subscriber transport: ws, sse, ndjson or poll (long-poll)")
+	fl.StringVar(&c.PublishOver, "publish-over", "", "how publishers send: http, ndjson (one streaming request each), ws (publish frames) or zmq (default http; zmq with --publish-zmq)")
+	fl.IntVar(&c.Publishers, "publishers", 4, "concurrent publishers")
 	fl.IntVar(&c.Messages, "messages", 1000, "messages to publish")
-	fl.IntVar(&c.Size, "size", 100, "message size in bytes (at least 24)")
+	fl.IntVar(&c.Size, "size", 100, "message size in bytes (at least 40)")
 	fl.IntVar(&c.Rate, "rate", 0, "publishes per second over all publishers (0: as fast as they are acknowledged)")
 	fl.StringVar(&c.Flavor, "flavor", "pushctl", "broker: pushctl or nchan")
+	fl.StringVar(&o.Against, "against", "", "also run the same load against this broker URL and print both with their ratio")
+	fl.StringVar(&o.AgainstFlavor, "against-flavor", "nchan", "the --against broker: pushctl or nchan")
 	fl.DurationVar(&c.Settle, "settle", 5*time.Second, "after publishing, count deliveries as lost once none arrived for this long")
 	fl.StringVarP(&o.Format, "format", "o", "text", "output: text, json or csv")
-	fl.IntVar(&o.Idle, "idle", 0, "open this many idle WebSocket connections and report memory per connection")
+	fl.IntVar(&o.Idle, "idle", 0, "open this many idle connections (--transport ws or sse) and report memory per connection")
 	fl.IntSliceVar(&o.PIDs, "pid", nil, "with --idle: server process ids whose resident memory to sum")
 	fl.StringVar(&c.PublishZMQ, "publish-zmq", "", "publish over ZeroMQ to this endpoint (a broker's --zmq-in) instead of HTTP")
 	return cmd
 }
 
 func run(ctx context.Context, o *Options) error {
-	if !o.IO.ErrTTY || o.Format == "text" {
-		o.Config.Progress = o.IO.ErrOut
+	if o.IO.ErrTTY {
+		o.Config.Live = func(published, delivered uint64, elapsed time.Duration) {
+			fmt.Fprintf(o.IO.ErrOut, "\r\033[K%s: %d published, %d delivered, %.0f deliveries/s",
+				elapsed.Round(100*time.Millisecond), published, delivered, float64(delivered)/elapsed.Seconds())
+		}
 	}
 	if o.Idle > 0 {
 		if len(o.PIDs) == 0 {
@@ -106,31 +139,76 @@ func run(ctx context.Context, o *Options) error {
 			r.Connections, strings.ToUpper(r.Transport), float64(r.RSSBeforeBytes)/(1<<20), float64(r.RSSAfterBytes)/(1<<20), r.BytesPerConn/1024)
 		return nil
 	}
-	r, err := bench.Run(ctx, o.Config)
-	if err != nil {
-		return err
+	results := []*bench.Result{}
+	configs := []bench.Config{o.Config}
+	if o.Against != "" {
+		other := o.Config
+		other.Server, other.Flavor, other.SubscribeTo = o.Against, o.AgainstFlavor, nil
+		other.Channel = o.Config.Channel + "x" // nothing left over from the first run
+		configs = append(configs, other)
+	}
+	for _, c := range configs {
+		r, err := bench.Run(ctx, c)
+		if o.IO.ErrTTY {
+			fmt.Fprint(o.IO.ErrOut, "\r\033[K")
+		}
+		if err != nil {
+			return fmt.Errorf("%s at %s: %w", c.Flavor, c.Server, err)
+		}
+		results = append(results, r)
 	}
 	switch o.Format {
 	case "json":
-		return json.NewEncoder(o.IO.Out).Encode(r)
+		out := map[string]any{"results": results}
+		if len(results) == 2 {
+			out["ratio"] = ratios(results[0], results[1])
+		}
+		return json.NewEncoder(o.IO.Out).Encode(out)
 	case "csv":
 		w := csv.NewWriter(o.IO.Out)
-		w.Write([]string{"flavor", "transport", "subscribers", "publishers", "size", "published", "delivered", "lost", "deliveries_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"})
+		w.Write([]string{"flavor", "server", "transport", "publish_over", "subscribers", "publishers", "size", "published", "delivered", "lost", "duplicated",
+			"deliveries_per_sec", "publishes_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"})
 		us := func(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
-		w.Write([]string{r.Flavor, r.Transport, strconv.Itoa(r.Subscribers), strconv.Itoa(r.Publishers), strconv.Itoa(r.Size),
-			strconv.Itoa(r.Published), strconv.FormatUint(r.Delivered, 10), strconv.FormatUint(r.Lost, 10),
-			fmt.Sprintf("%.0f", r.DeliveriesPerSec), us(r.P50), us(r.P90), us(r.P99), us(r.P999), us(r.Max)})
+		for _, r := range results {
+			w.Write([]string{r.Flavor, r.Server, r.Transport, r.PublishOver, strconv.Itoa(r.Subscribers), strconv.Itoa(r.Publishers), strconv.Itoa(r.Size),
+				strconv.Itoa(r.Published), strconv.FormatUint(r.Delivered, 10), strconv.FormatUint(r.Lost, 10), strconv.FormatUint(r.Duplicated, 10),
+				fmt.Sprintf("%.0f", r.DeliveriesPerSec), fmt.Sprintf("%.0f", r.PublishesPerSec), us(r.P50), us(r.P90), us(r.P99), us(r.P999), us(r.Max)})
+		}
 		w.Flush()
 		return w.Error()
 	}
-	fmt.Fprintf(o.IO.Out, "%s %s: %d subscribers, %d publishers, %d messages of %d bytes\n",
-		r.Flavor, r.Transport, r.Subscribers, r.Publishers, r.Published, r.Size)
-	fmt.Fprintf(o.IO.Out, "  delivered %d of %d (lost %d) in %s: %.0f deliveries/s, %.0f publishes/s\n",
-		r.Delivered, r.Expected, r.Lost, r.Duration.Round(time.Millisecond), r.DeliveriesPerSec, r.PublishesPerSec)
-	fmt.Fprintf(o.IO.Out, "  latency p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n",
-		r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.P999.Round(time.Microsecond), r.Max.Round(time.Microsecond))
-	if r.PublishErrors > 0 {
-		fmt.Fprintf(o.IO.Out, "  publish errors: %d\n", r.PublishErrors)
+	for _, r := range results {
+		fmt.Fprintf(o.IO.Out, "%s at %s: %d %s subscribers, %d %s publishers, %d messages of %d bytes\n",
+			r.Flavor, r.Server, r.Subscribers, r.Transport, r.Publishers, r.PublishOver, r.Published, r.Size)
+		fmt.Fprintf(o.IO.Out, "  delivered %d of %d (lost %d, duplicated %d) in %s: %.0f deliveries/s, %.0f publishes/s\n",
+			r.Delivered, r.Expected, r.Lost, r.Duplicated, r.Duration.Round(time.Millisecond), r.DeliveriesPerSec, r.PublishesPerSec)
+		fmt.Fprintf(o.IO.Out, "  latency p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n",
+			r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.P999.Round(time.Microsecond), r.Max.Round(time.Microsecond))
+		if r.PublishErrors > 0 {
+			fmt.Fprintf(o.IO.Out, "  publish errors: %d\n", r.PublishErrors)
+		}
+	}
+	if len(results) == 2 {
+		q := ratios(results[0], results[1])
+		fmt.Fprintf(o.IO.Out, "%s / %s: deliveries/s %.2fx, publishes/s %.2fx, p50 %.2fx, p99 %.2fx, p99.9 %.2fx (latency below 1 is better)\n",
+			results[0].Flavor, results[1].Flavor, q["deliveries_per_sec"], q["publishes_per_sec"], q["p50"], q["p99"], q["p999"])
 	}
 	return nil
+}
+
+// ratios divides a's figures by b's.
+func ratios(a, b *bench.Result) map[string]float64 {
+	div := func(x, y float64) float64 {
+		if y == 0 {
+			return 0
+		}
+		return x / y
+	}
+	return map[string]float64{
+		"deliveries_per_sec": div(a.DeliveriesPerSec, b.DeliveriesPerSec),
+		"publishes_per_sec":  div(a.PublishesPerSec, b.PublishesPerSec),
+		"p50":                div(float64(a.P50), float64(b.P50)),
+		"p99":                div(float64(a.P99), float64(b.P99)),
+		"p999":               div(float64(a.P999), float64(b.P999)),
+	}
 }

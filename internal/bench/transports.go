@@ -1,0 +1,210 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// dataField returns the string value of "data" in one JSON message line
+// (the bench's payloads need no unescaping).
+func dataField(line []byte) []byte {
+	i := bytes.Index(line, []byte(`"data":"`))
+	if i < 0 {
+		return nil
+	}
+	v := line[i+8:]
+	if j := bytes.IndexByte(v, '"'); j >= 0 {
+		return v[:j]
+	}
+	return nil
+}
+
+// runNDJSON reads a pushctl NDJSON stream.
+func runNDJSON(ctx context.Context, hc *http.Client, url string, s *subscriber, connected chan<- error) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		connected <- err
+		return err
+	}
+	req.Header.Set("Accept", "application/x-ndjson")
+	resp, err := hc.Do(req)
+	if err == nil && resp.StatusCode != 200 {
+		resp.Body.Close()
+		err = fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	connected <- err
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReaderSize(resp.Body, 16<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if d := dataField(line); d != nil {
+			s.observe(d, time.Now())
+		}
+	}
+}
+
+// runPoll long-polls pushctl, each request resuming from the last reply's
+// cursor.
+func runPoll(ctx context.Context, hc *http.Client, base string, s *subscriber, connected chan<- error) error {
+	cursor := ""
+	first := true
+	for {
+		u := base + "?poll=30s"
+		if first {
+			u = base + "?poll=0s"
+		}
+		if cursor != "" {
+			u += "&since=" + url.QueryEscape(cursor)
+		}
+		req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := hc.Do(req)
+		if err == nil && resp.StatusCode != 200 {
+			resp.Body.Close()
+			err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		var reply struct {
+			Events []struct {
+				Data string `json:"data"`
+			} `json:"events"`
+			Cursor string `json:"cursor"`
+		}
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&reply)
+			resp.Body.Close()
+		}
+		if first {
+			// The first poll (poll=0s) answers at once with the cursor to
+			// resume from: connected.
+			first = false
+			connected <- err
+		}
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		for _, e := range reply.Events {
+			s.observe([]byte(e.Data), now)
+		}
+		if reply.Cursor != "" {
+			cursor = reply.Cursor
+		}
+	}
+}
+
+// publishNDJSON publishes through one streaming NDJSON request, reading
+// the acks as they come.
+func publishNDJSON(ctx context.Context, hc *http.Client, c Config, take func() (int64, bool), published *atomic.Int64) error {
+	pr, pw := io.Pipe()
+	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimSuffix(c.Server, "/")+"/pub?channel="+url.QueryEscape(c.Channel), pr)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	go func() {
+		bw := bufio.NewWriterSize(pw, 64<<10)
+		for {
+			n, ok := take()
+			if !ok {
+				break
+			}
+			bw.WriteString(`{"data":"`)
+			bw.Write(payload(c.Size, time.Now(), int(n), false))
+			bw.WriteString("\"}\n")
+			if c.Rate > 0 {
+				bw.Flush()
+			}
+		}
+		bw.Flush()
+		pw.Close()
+	}()
+	resp, err := hc.Do(req)
+	if err != nil {
+		pr.CloseWithError(err)
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		pr.CloseWithError(fmt.Errorf("HTTP %d", resp.StatusCode))
+		return fmt.Errorf("NDJSON publish: HTTP %d", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(line, []byte(`"error"`)) {
+			return fmt.Errorf("NDJSON publish: %s", bytes.TrimSpace(line))
+		}
+		published.Add(1)
+	}
+}
+
+// publishWS publishes with WebSocket publish frames on one connection,
+// pipelined, counting the acks.
+func publishWS(ctx context.Context, c Config, take func() (int64, bool), published *atomic.Int64) error {
+	u := "ws" + strings.TrimPrefix(strings.TrimSuffix(c.Server, "/"), "http") + "/ws"
+	conn, _, err := (&websocket.Dialer{HandshakeTimeout: 30 * time.Second}).DialContext(ctx, u, nil)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	go func() {
+		ch, _ := json.Marshal(c.Channel)
+		var frame []byte
+		for {
+			m, ok := take()
+			if !ok {
+				break
+			}
+			frame = append(frame[:0], `{"type":"publish","channel":`...)
+			frame = append(frame, ch...)
+			frame = append(frame, `,"data":"`...)
+			frame = append(frame, payload(c.Size, time.Now(), int(m), false)...)
+			frame = append(frame, `"}`...)
+			if conn.WriteMessage(websocket.TextMessage, frame) != nil {
+				return
+			}
+		}
+		// Replies come in order: this one's comes after every ack.
+		conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","ref":"bench-end"}`))
+	}()
+	for {
+		conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		switch {
+		case bytes.Contains(data, []byte(`"type":"ack"`)):
+			published.Add(1)
+		case bytes.Contains(data, []byte(`"ref":"bench-end"`)):
+			return nil
+		case bytes.Contains(data, []byte(`"type":"error"`)):
+			return fmt.Errorf("WebSocket publish: %s", data)
+		}
+	}
+}
