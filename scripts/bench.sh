@@ -3,9 +3,11 @@
 #   scripts/bench.sh [--quick]
 # Installs nginx-light and libnginx-mod-nchan when missing, starts nchan with
 # ../shared/bench/nchan.conf (or $NCHAN_CONF) and a pushctl broker, then runs
-# `pushctl bench` against both: 1,000 WebSocket subscribers, 1,000 SSE
-# subscribers (one channel, HTTP publishes of 100-byte messages), and the
-# memory of 10,000 idle WebSocket connections. Then ZeroMQ: the raw pebbe/zmq4
+# `pushctl bench --against` on both: 1,000 WebSocket and 1,000 SSE subscribers
+# with 8 HTTP publishers, 1,000 WebSocket subscribers paced at 20 messages/s,
+# HTTP publishing to 1 subscriber; streaming publishers (NDJSON, WebSocket)
+# into pushctl; the memory of 10,000 idle WebSocket and SSE connections (fresh
+# processes). Then ZeroMQ: the raw pebbe/zmq4
 # PUB->SUB ceiling and broker ingest (Go benchmarks), ZeroMQ ingest with one
 # WebSocket subscriber and with 1,000. Results: text on stdout, CSV in
 # bench-results.csv.
@@ -35,29 +37,37 @@ echo "pushctl $(bin/pushctl version | head -1 | cut -d' ' -f2) at $pushctl_url; 
 
 out=bench-results.csv
 : > "$out"
-header=1
-for transport in ws sse; do
-  for flavor in pushctl nchan; do
-    url=$pushctl_url; [[ $flavor == nchan ]] && url=http://127.0.0.1:18080
-    ch="b${transport}${RANDOM}"
-    bin/pushctl bench --server "$url" --flavor "$flavor" --transport "$transport" \
-      --subscribers "$subs" --publishers 4 --messages "$msgs" --size 100 --channel "$ch" 2>/dev/null
-    bin/pushctl bench --server "$url" --flavor "$flavor" --transport "$transport" \
-      --subscribers "$subs" --publishers 4 --messages "$msgs" --size 100 --channel "${ch}c" --format csv 2>/dev/null \
-      | if [[ $header == 1 ]]; then cat; else tail -n +2; fi >> "$out"
-    header=0
-  done
+# Each load runs against pushctl, then the same against nchan, printed with
+# the ratio (pushctl bench --against).
+side_by_side() {
+  echo "\$ pushctl bench $*"
+  bin/pushctl bench --server "$pushctl_url" --against http://127.0.0.1:18080 --against-flavor nchan "$@" 2>/dev/null
+  bin/pushctl bench --server "$pushctl_url" --against http://127.0.0.1:18080 --against-flavor nchan "$@" --format csv 2>/dev/null \
+    | if [[ -s "$out" ]]; then tail -n +2; else cat; fi >> "$out"
+}
+side_by_side --transport ws --subscribers "$subs" --publishers 8 --messages "$msgs" --channel "bws$RANDOM"
+side_by_side --transport sse --subscribers "$subs" --publishers 8 --messages "$msgs" --channel "bsse$RANDOM"
+side_by_side --transport ws --subscribers "$subs" --publishers 1 --rate 20 --messages 200 --channel "bpaced$RANDOM"
+side_by_side --transport ws --subscribers 1 --publishers 8 --messages $((msgs * 25)) --channel "bpub$RANDOM"
+echo "streaming publishers into pushctl, 1 subscriber:"
+for over in ndjson ws; do
+  bin/pushctl bench --server "$pushctl_url" --subscribers 1 --publishers 1 --publish-over "$over" --messages $((msgs * 150)) --channel "bst$over$RANDOM" 2>/dev/null
 done
 
-nginx_pids=$(pgrep -d, -f "nginx.*$(basename "$conf")|nginx: worker" || true)
-echo "idle connections:"
-# A fresh broker, so garbage from the runs above does not blur its memory.
-bin/pushctl serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn 2> "$work/idle.log" & idle_pid=$!
-for _ in $(seq 100); do grep -q 'listening on' "$work/idle.log" 2>/dev/null && break; sleep 0.1; done
-idle_url=$(grep -o 'http://[0-9.:]*' "$work/idle.log" | head -1)
-echo -n "  pushctl: "; bin/pushctl bench --server "$idle_url" --idle "$idle" --pid "$idle_pid" --channel idle 2>/dev/null
-kill $idle_pid
-echo -n "  nchan:   "; bin/pushctl bench --server http://127.0.0.1:18080 --idle "$idle" --pid "$nginx_pids" --channel idle 2>/dev/null
+echo "idle connections (fresh processes, so garbage from the runs above does not blur their memory):"
+kill $nchan_pid; wait $nchan_pid 2>/dev/null || true
+for transport in ws sse; do
+  bin/pushctl serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn 2> "$work/idle.log" & idle_pid=$!
+  for _ in $(seq 100); do grep -q 'listening on' "$work/idle.log" 2>/dev/null && break; sleep 0.1; done
+  idle_url=$(grep -o 'http://[0-9.:]*' "$work/idle.log" | head -1)
+  echo -n "  pushctl: "; bin/pushctl bench --server "$idle_url" --idle "$idle" --transport "$transport" --pid "$idle_pid" --channel idle 2>/dev/null
+  kill $idle_pid
+  nginx -c "$(realpath "$conf")" & nchan_pid=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null -d x http://127.0.0.1:18080/pub/ping && break; sleep 0.1; done
+  nginx_pids=$(pgrep -d, -f "nginx" || true)
+  echo -n "  nchan:   "; bin/pushctl bench --server http://127.0.0.1:18080 --idle "$idle" --transport "$transport" --pid "$nginx_pids" --channel idle 2>/dev/null
+  kill $nchan_pid; wait $nchan_pid 2>/dev/null || true
+done
 echo "ZeroMQ (Go benchmarks: raw libzmq ceiling, then ingest into the broker):"
 go test ./internal/zmq -run '^$' -bench . -benchtime 300000x | grep -E '^Benchmark'
 zmsgs=200000; zsubs=1000; zrate=1000; zn=5000

@@ -3,6 +3,8 @@
 package server
 
 import (
+	"io"
+	"net"
 	"sync"
 	"syscall"
 )
@@ -115,4 +117,29 @@ func (p *poller) wait() {
 		}
 		ready = ready[:0]
 	}
+}
+
+// tryRead reads once without waiting.
+func (w *inputWatch) tryRead(p []byte) (int, error) {
+	var n int
+	var errno error
+	err := w.rc.Read(func(fd uintptr) bool {
+		for {
+			n, errno = syscall.Read(int(fd), p)
+			if errno != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case errno != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
