@@ -187,4 +187,3 @@ func (w *inputWatch) releaseBuf() {
 		w.buf, w.r, w.w = nil, 0, 0
 	}
 }
-
