@@ -444,12 +444,23 @@ func runWS(ctx context.Context, url string, s *subscriber, connected chan<- erro
 }
 
 func runSSE(ctx context.Context, hc *http.Client, url string, s *subscriber, connected chan<- error) error {
+	return runStream(ctx, hc, url, "text/event-stream", s, connected, func(line []byte) []byte {
+		if bytes.HasPrefix(line, []byte("data: ")) {
+			return bytes.TrimRight(line[6:], "\r\n")
+		}
+		return nil
+	})
+}
+
+// runStream reads a streaming GET of url (asking for accept) line by line
+// and observes what data picks out of each line (nil: nothing).
+func runStream(ctx context.Context, hc *http.Client, url, accept string, s *subscriber, connected chan<- error, data func(line []byte) []byte) error {
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		connected <- err
 		return err
 	}
-	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Accept", accept)
 	resp, err := hc.Do(req)
 	if err == nil && resp.StatusCode != 200 {
 		resp.Body.Close()
@@ -466,8 +477,8 @@ func runSSE(ctx context.Context, hc *http.Client, url string, s *subscriber, con
 		if err != nil {
 			return err
 		}
-		if bytes.HasPrefix(line, []byte("data: ")) {
-			s.observe(bytes.TrimRight(line[6:], "\r\n"), time.Now())
+		if d := data(line); d != nil {
+			s.observe(d, time.Now())
 		}
 	}
 }

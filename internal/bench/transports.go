@@ -32,32 +32,7 @@ func dataField(line []byte) []byte {
 
 // runNDJSON reads a pushctl NDJSON stream.
 func runNDJSON(ctx context.Context, hc *http.Client, url string, s *subscriber, connected chan<- error) error {
-	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
-	if err != nil {
-		connected <- err
-		return err
-	}
-	req.Header.Set("Accept", "application/x-ndjson")
-	resp, err := hc.Do(req)
-	if err == nil && resp.StatusCode != 200 {
-		resp.Body.Close()
-		err = fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	connected <- err
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReaderSize(resp.Body, 16<<10)
-	for {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			return err
-		}
-		if d := dataField(line); d != nil {
-			s.observe(d, time.Now())
-		}
-	}
+	return runStream(ctx, hc, url, "application/x-ndjson", s, connected, dataField)
 }
 
 // runPoll long-polls pushctl, each request resuming from the last reply's

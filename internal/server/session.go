@@ -386,13 +386,14 @@ func (ss *session) step() (bool, error) {
 	pong := ss.pong
 	ss.pong = nil
 	ending, acked, gone, stopped := ss.ending, ss.acked, ss.gone, ss.stopped
+	roomOpen := !ss.roomClosed
 	ss.keys, ss.list = ss.keys[:0], ss.list[:0]
 	for k, sub := range ss.subs {
 		ss.keys = append(ss.keys, k)
 		ss.list = append(ss.list, sub)
 	}
 	ss.mu.Unlock()
-	if ctl != nil && !ss.roomClosed {
+	if ctl != nil && roomOpen {
 		select {
 		case ss.room <- struct{}{}:
 		default:

@@ -138,10 +138,7 @@ const wsReadBufferSize = 256
 // between frames (it unwinds to readFrames instead; see there), waiting
 // for the rest of a frame that has begun.
 func (c *wsNetConn) Read(p []byte) (int, error) {
-	if c.in == nil {
-		return c.Conn.Read(p)
-	}
-	n, err := c.in.Read(p)
+	n, err := c.in.Read(p) // only readFrames reads, and it sets in
 	if err == errWouldBlock {
 		if c.boundary {
 			panic(errWouldBlock)
