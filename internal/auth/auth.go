@@ -9,6 +9,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -44,6 +45,26 @@ type Claims struct {
 type Grants struct {
 	Publish   []string `json:"publish,omitempty"`
 	Subscribe []string `json:"subscribe,omitempty"`
+	// Presence, when set, is who the holder is in channels' presence:
+	// the id cannot be forged by a client, and the info replaces what
+	// the client says.
+	Presence *Presence `json:"presence,omitempty"`
+}
+
+// Presence is a token's presence identity.
+type Presence struct {
+	ID   string          `json:"id"`
+	Info json.RawMessage `json:"info,omitempty"`
+}
+
+// PresenceID returns the member id and info the identity's token fixes
+// (ok false: the token fixes none).
+func (id *Identity) PresenceID() (member string, info json.RawMessage, ok bool) {
+	if id == nil || id.Claims == nil || id.Claims.Grants.Presence == nil || id.Claims.Grants.Presence.ID == "" {
+		return "", nil, false
+	}
+	p := id.Claims.Grants.Presence
+	return p.ID, p.Info, true
 }
 
 // Action is what a caller wants to do.

@@ -48,6 +48,9 @@ func asError(err error) *Error {
 	if ae := accessError(err); ae != nil {
 		return ae
 	}
+	if pe := presenceError(err); pe != nil {
+		return pe
+	}
 	switch {
 	case errors.As(err, &e):
 		return e

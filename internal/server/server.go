@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/web"
 )
 
@@ -59,6 +60,11 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	// NoConsole turns the web console at / off (pushctl.js is still served).
 	NoConsole bool
+	// Presence bounds channels' presence (members, info size, id length).
+	Presence presence.Limits
+	// PresenceGrace is how long a member whose last connection dropped
+	// stays, so a quick reconnect is not a leave (default 3s).
+	PresenceGrace time.Duration
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
 }
@@ -78,6 +84,9 @@ func (o *Options) fill() {
 	}
 	if o.CloseGrace <= 0 {
 		o.CloseGrace = 5 * time.Second
+	}
+	if o.PresenceGrace == 0 {
+		o.PresenceGrace = 3 * time.Second
 	}
 	if o.MaxPoll <= 0 {
 		o.MaxPoll = 5 * time.Minute
@@ -99,6 +108,7 @@ type Server struct {
 	auth           *auth.Authorizer
 	rate           *rateLimiter
 	upgrader       websocket.Upgrader
+	presence       *presence.Registry
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
@@ -125,6 +135,7 @@ func New(b broker.Broker, opts Options) *Server {
 	if opts.Limits.PublishRate > 0 {
 		s.rate = newRateLimiter(opts.Limits.PublishRate, opts.Limits.PublishBurst)
 	}
+	s.presence = s.newPresence()
 	s.wsWheel = newWheel(opts.PingInterval, s.visitWebSocket)
 	s.streamWheel = newWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
 	s.upgrader = websocket.Upgrader{
@@ -155,6 +166,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/ws", s.methods(map[string]handlerFunc{"GET": s.websocketOnly}))
 	s.mux.Handle("/channels", s.methods(map[string]handlerFunc{"GET": s.listChannels}))
 	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
+	s.mux.Handle("/channels/{channel}/presence", s.methods(map[string]handlerFunc{"GET": s.channelPresence}))
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
 	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))
@@ -245,6 +257,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.draining = true // no handler enters after this
 	s.connMu.Unlock()
 	s.conns.Wait()
+	// Members whose connections the shutdown ended leave now, while the
+	// broker still takes their events.
+	s.presence.Close()
 	if err != nil {
 		hs.Close()
 		return err
@@ -390,8 +405,18 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	var extra map[string]uint64
 	if s.opts.ChannelExtra != nil {
-		return writeJSON(w, http.StatusOK, withExtra(info, s.opts.ChannelExtra(name)))
+		extra = s.opts.ChannelExtra(name)
+	}
+	if n := s.presence.Count(name); n > 0 {
+		if extra == nil {
+			extra = map[string]uint64{}
+		}
+		extra["members"] = uint64(n)
+	}
+	if extra != nil {
+		return writeJSON(w, http.StatusOK, withExtra(info, extra))
 	}
 	return writeJSON(w, http.StatusOK, info)
 }

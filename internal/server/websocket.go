@@ -293,6 +293,8 @@ type wsReader struct {
 	acking  bool
 	space   chan struct{} // signalled when the acker takes a reply
 	ackers  sync.WaitGroup
+
+	members memberships // presence joined through this connection
 }
 
 type reply struct {
@@ -315,6 +317,7 @@ func (rd *wsReader) context() context.Context {
 
 // end cancels the connection's context (if it was made).
 func (rd *wsReader) end() {
+	rd.members.leaveAll()
 	rd.ctxOnce.Do(func() {})
 	if rd.cancel != nil {
 		rd.cancel()
@@ -480,9 +483,15 @@ func (rd *wsReader) handle(data []byte) {
 	case wire.TypePing:
 		rd.reply(0, now(textFrame(wire.AppendReply(nil, wire.TypePong, f.Ref))))
 		return
+	case wire.TypeJoin:
+		rd.reply(0, now(rd.join(f)))
+		return
+	case wire.TypeLeave:
+		rd.reply(0, now(rd.leave(f)))
+		return
 	default:
 		rd.reply(0, now(errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame,
-			"unknown frame type %q: want subscribe, unsubscribe, publish, ping or auth", f.Type))))
+			"unknown frame type %q: want subscribe, unsubscribe, publish, ping, auth, join or leave", f.Type))))
 		return
 	}
 	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}

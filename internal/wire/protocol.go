@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/presence"
 )
 
 // Error codes are stable: clients and scripts match on them. They are
@@ -42,6 +43,9 @@ const (
 	CodeRateLimited      = "rate_limited"
 	CodeTooManyConns     = "too_many_connections"
 	CodeOriginRejected   = "origin_not_allowed"
+	CodePresenceFull     = "presence_full"
+	CodeInvalidMember    = "invalid_member"
+	CodeNotMember        = "not_a_member"
 )
 
 // WebSocket close codes pushctl uses besides the standard ones.
@@ -63,12 +67,16 @@ const (
 	TypeUnsubscribed  = "unsubscribed"
 	TypePong          = "pong"
 	TypeAuthenticated = "authenticated"
+	TypeJoined        = "joined"
+	TypeLeft          = "left"
 
 	TypeSubscribe   = "subscribe"
 	TypeUnsubscribe = "unsubscribe"
 	TypePublish     = "publish"
 	TypePing        = "ping"
 	TypeAuth        = "auth"
+	TypeJoin        = "join"
+	TypeLeave       = "leave"
 )
 
 // Error is an error with an HTTP status and a stable code, as every
@@ -101,6 +109,9 @@ type ClientFrame struct {
 	// Echo, on subscribe, says whether this connection's own publishes
 	// are delivered back to it (default true).
 	Echo *bool `json:"echo,omitempty"`
+	// ID and Info, on join, name the presence member and describe it.
+	ID   string          `json:"id,omitempty"`
+	Info json.RawMessage `json:"info,omitempty"`
 }
 
 // MaxRef bounds the ref a client may attach to a frame.
@@ -209,6 +220,9 @@ func ValidateEvent(ev string) error {
 		if ev[i] < 0x20 || ev[i] == 0x7f {
 			return Errorf(http.StatusBadRequest, CodeInvalidParameter, "event name contains a control character")
 		}
+	}
+	if presence.Reserved(ev) {
+		return Errorf(http.StatusBadRequest, CodeInvalidParameter, "event name %q is reserved: the broker publishes it when a presence member joins or leaves", ev)
 	}
 	return nil
 }

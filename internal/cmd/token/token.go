@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -36,6 +37,7 @@ with --token / PUSHCTL_TOKEN.`,
 func newCmdCreate(f *cmdutil.Factory) *cobra.Command {
 	var (
 		secret, keyFile, subject, id string
+		member, memberInfo           string
 		pub, sub                     []string
 		ttl                          time.Duration
 	)
@@ -45,7 +47,8 @@ func newCmdCreate(f *cmdutil.Factory) *cobra.Command {
 		Example: `  export PUSHCTL_TOKEN_SECRET=$(pushctl token secret)
   pushctl token create --publish 'orders.>' --ttl 24h
   pushctl token create --subscribe 'chat.room1' --subscribe 'presence.*' --ttl 1h --subject user42
-  pushctl token create --private-key issuer.pem --subscribe 'news' --ttl 15m`,
+  pushctl token create --private-key issuer.pem --subscribe 'news' --ttl 15m
+  pushctl token create --subscribe 'room.*' --member alice --member-info '{"name":"Alice"}'`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(pub) == 0 && len(sub) == 0 {
@@ -54,12 +57,24 @@ func newCmdCreate(f *cmdutil.Factory) *cobra.Command {
 			if ttl <= 0 {
 				return cmdutil.FlagErrorf("--ttl must be positive")
 			}
+			g := auth.Grants{Publish: pub, Subscribe: sub}
+			if member != "" {
+				g.Presence = &auth.Presence{ID: member}
+				if memberInfo != "" {
+					if !json.Valid([]byte(memberInfo)) {
+						return cmdutil.FlagErrorf("--member-info must be JSON, such as '{\"name\":\"Alice\"}'")
+					}
+					g.Presence.Info = json.RawMessage(memberInfo)
+				}
+			} else if memberInfo != "" {
+				return cmdutil.FlagErrorf("--member-info needs --member")
+			}
 			if keyFile != "" {
 				k, err := auth.LoadPrivateKey(keyFile)
 				if err != nil {
 					return err
 				}
-				tok, err := auth.Issue(auth.Grants{Publish: pub, Subscribe: sub}, ttl, subject, id, nil, k, time.Now())
+				tok, err := auth.Issue(g, ttl, subject, id, nil, k, time.Now())
 				if err != nil {
 					return &cmdutil.FlagError{Err: err}
 				}
@@ -69,7 +84,7 @@ func newCmdCreate(f *cmdutil.Factory) *cobra.Command {
 			if secret == "" {
 				return cmdutil.FlagErrorf("sign with --secret (or PUSHCTL_TOKEN_SECRET) or --private-key")
 			}
-			tok, err := auth.Issue(auth.Grants{Publish: pub, Subscribe: sub}, ttl, subject, id, []byte(secret), nil, time.Now())
+			tok, err := auth.Issue(g, ttl, subject, id, []byte(secret), nil, time.Now())
 			if err != nil {
 				return &cmdutil.FlagError{Err: err}
 			}
@@ -85,6 +100,8 @@ func newCmdCreate(f *cmdutil.Factory) *cobra.Command {
 	fl.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
 	fl.StringVar(&subject, "subject", "", "who the token is for (rate limits count per token)")
 	fl.StringVar(&id, "id", "", "token id (jti)")
+	fl.StringVar(&member, "member", "", "presence member id the holder joins channels as (cannot be changed by the client)")
+	fl.StringVar(&memberInfo, "member-info", "", "presence member info, a JSON value shown to other members")
 	cmdutil.MarkSecret(cmd, "secret")
 	// PUSHCTL_TOKEN_SECRET is the serve flag's variable; take it here too.
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
