@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/presence"
 )
 
 // DefaultServer is the broker URL when none is given.
@@ -340,6 +341,17 @@ func (c *Client) Channels(ctx context.Context, match string) ([]broker.ChannelIn
 		Channels []broker.ChannelInfo `json:"channels"`
 	}
 	return out.Channels, c.call(ctx, "GET", "/channels", q, &out)
+}
+
+// Presence lists the members of a channel's presence.
+func (c *Client) Presence(ctx context.Context, channel string) ([]presence.Member, error) {
+	if err := broker.ValidateChannel(channel); err != nil {
+		return nil, err
+	}
+	var out struct {
+		Members []presence.Member `json:"members"`
+	}
+	return out.Members, c.call(ctx, "GET", "/channels/"+channel+"/presence", nil, &out)
 }
 
 // DeleteChannel deletes a channel.

@@ -13,6 +13,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/spf13/cobra"
 )
 
@@ -162,6 +163,66 @@ func NewCmdStats(f *cmdutil.Factory) *cobra.Command {
 			tw := tabwriter.NewWriter(o.IO.Out, 2, 4, 2, ' ', 0)
 			for _, k := range keys {
 				fmt.Fprintf(tw, "%s\t%v\n", strings.ReplaceAll(k, "_", " "), st[k])
+			}
+			return tw.Flush()
+		},
+	}
+	f.AddServerFlags(cmd, &o.Server)
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON even on a terminal")
+	return cmd
+}
+
+// NewCmdWho returns the who command.
+func NewCmdWho(f *cmdutil.Factory) *cobra.Command {
+	o := &Options{IO: f.IO, Factory: f}
+	cmd := &cobra.Command{
+		Use:   "who CHANNEL",
+		Short: "List the members present on a channel",
+		Long: `List the members of a channel's presence (GET /channels/CHANNEL/presence):
+their ids, how many connections each has on the broker, and their info. A
+table on a terminal, JSON when piped (or with --json). Members join over the
+WebSocket protocol ({"type":"join"}) or as Pusher presence channels.`,
+		Example: `  pushctl who room.lobby
+  pushctl who room.lobby --json | jq -r '.[].id'`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return cmdutil.FlagErrorf("give one channel")
+			}
+			if err := broker.ValidateChannel(args[0]); err != nil {
+				return &cmdutil.FlagError{Err: err}
+			}
+			return nil
+		},
+		ValidArgsFunction: CompleteChannels(f, &o.Server),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := o.Factory.Client(o.Server)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			list, err := c.Presence(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if o.JSON || !o.IO.OutTTY {
+				if list == nil {
+					list = []presence.Member{}
+				}
+				return json.NewEncoder(o.IO.Out).Encode(list)
+			}
+			if len(list) == 0 {
+				fmt.Fprintf(o.IO.ErrOut, "nobody is on %s\n", args[0])
+				return nil
+			}
+			tw := tabwriter.NewWriter(o.IO.Out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "MEMBER\tCONNECTIONS\tINFO")
+			for _, m := range list {
+				info := string(m.Info)
+				if info == "" {
+					info = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\n", m.ID, m.Connections, info)
 			}
 			return tw.Flush()
 		},

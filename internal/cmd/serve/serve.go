@@ -18,6 +18,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/server"
 	"github.com/pushctl/pushctl/internal/zmq"
 	"github.com/spf13/cobra"
@@ -60,6 +61,10 @@ type Options struct {
 	ReadTimeout       time.Duration
 	TLSCert, TLSKey   string
 
+	PresenceMembers int
+	PresenceInfo    cmdutil.ByteSize
+	PresenceGrace   time.Duration
+
 	ZMQ          bool
 	ZMQIn        string
 	ZMQOut       string
@@ -84,7 +89,7 @@ const (
 // NewCmdServe returns the serve command. runF replaces the run function
 // in tests.
 func NewCmdServe(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
-	opts := &Options{IO: f.IO, MaxMessageSize: 1 << 20, QueueBytes: 64 << 20}
+	opts := &Options{IO: f.IO, MaxMessageSize: 1 << 20, QueueBytes: 64 << 20, PresenceInfo: 1024}
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run a broker",
@@ -154,6 +159,9 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.Float64Var(&opts.PublishRate, "publish-rate", 0, "publishes per second per token, or per address without one; 429 beyond (0: no limit)")
 	fl.IntVar(&opts.PublishBurst, "publish-burst", 0, "publishes allowed in a burst above --publish-rate (default: one second's worth)")
 	fl.DurationVar(&opts.ReadTimeout, "read-timeout", 30*time.Second, "time to send one ordinary request body (slow senders are cut off)")
+	fl.IntVar(&opts.PresenceMembers, "presence-max-members", 1000, "members in one channel's presence; joins beyond get presence_full")
+	fl.Var(&opts.PresenceInfo, "presence-max-info", "size of one presence member's info (JSON)")
+	fl.DurationVar(&opts.PresenceGrace, "presence-grace", 3*time.Second, "a member whose last connection dropped stays this long, so a quick reconnect is not a leave (0: leave at once)")
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and WSS")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
 	cmdutil.MarkSecret(cmd, "token-secret")
@@ -261,6 +269,11 @@ func Run(ctx context.Context, o *Options) error {
 		PingInterval:   o.PingInterval,
 		WriteTimeout:   o.WriteTimeout,
 		Logger:         log,
+		Presence:       presence.Limits{MaxMembers: o.PresenceMembers, MaxInfo: int(o.PresenceInfo)},
+		PresenceGrace:  o.PresenceGrace,
+	}
+	if o.PresenceGrace <= 0 {
+		sopts.PresenceGrace = -1 // at once
 	}
 	stopped := ctx // why we stop is the caller's context's cause
 	ctx, cancel := context.WithCancel(ctx)
