@@ -75,6 +75,9 @@ type Publisher func(ctx context.Context, m *broker.Message) (*broker.Message, er
 type Registry struct {
 	publish Publisher
 	grace   time.Duration
+	// Changed, when set before use, is told each member's arrival and
+	// departure (event EventAdded or EventRemoved), in order per channel.
+	Changed func(channel, event, id string)
 
 	mu     sync.Mutex
 	rooms  map[string]*room
@@ -205,6 +208,13 @@ func (r *Registry) emit(ctx context.Context, rm *room, channel, event string, da
 		return err
 	}
 	rm.last = m.Position()
+	if r.Changed != nil {
+		var d struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal(data, &d)
+		r.Changed(channel, event, d.ID)
+	}
 	return nil
 }
 

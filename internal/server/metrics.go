@@ -22,10 +22,11 @@ const (
 	tNDJSON
 	tRaw
 	tPoll
+	tPusher
 	numTransports
 )
 
-var transportNames = [numTransports]string{"websocket", "sse", "ndjson", "raw", "longpoll"}
+var transportNames = [numTransports]string{"websocket", "sse", "ndjson", "raw", "longpoll", "pusher"}
 
 // latencyBuckets are the upper bounds, in seconds, of the publish-to-
 // delivery histogram.

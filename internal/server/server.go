@@ -19,6 +19,7 @@ import (
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/presence"
+	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/web"
 )
 
@@ -65,6 +66,12 @@ type Options struct {
 	// PresenceGrace is how long a member whose last connection dropped
 	// stays, so a quick reconnect is not a leave (default 3s).
 	PresenceGrace time.Duration
+	// PusherApps turns on the Pusher Channels protocol and HTTP API for
+	// these apps.
+	PusherApps []pusher.App
+	// PusherWebhookDelay delays channel_vacated and member_removed
+	// webhooks (0: 3s; negative: none).
+	PusherWebhookDelay time.Duration
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
 }
@@ -109,6 +116,7 @@ type Server struct {
 	rate           *rateLimiter
 	upgrader       websocket.Upgrader
 	presence       *presence.Registry
+	pusher         *pusherState
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
@@ -136,6 +144,10 @@ func New(b broker.Broker, opts Options) *Server {
 		s.rate = newRateLimiter(opts.Limits.PublishRate, opts.Limits.PublishBurst)
 	}
 	s.presence = s.newPresence()
+	s.pusher = newPusherState(opts.PusherApps, s)
+	if s.pusher != nil {
+		s.presence.Changed = s.pusher.presenceChanged
+	}
 	s.wsWheel = newWheel(opts.PingInterval, s.visitWebSocket)
 	s.streamWheel = newWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
 	s.upgrader = websocket.Upgrader{
@@ -167,6 +179,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/channels", s.methods(map[string]handlerFunc{"GET": s.listChannels}))
 	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
 	s.mux.Handle("/channels/{channel}/presence", s.methods(map[string]handlerFunc{"GET": s.channelPresence}))
+	s.pusherRoutes()
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
 	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))
@@ -260,6 +273,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	// Members whose connections the shutdown ended leave now, while the
 	// broker still takes their events.
 	s.presence.Close()
+	s.pusher.close()
 	if err != nil {
 		hs.Close()
 		return err

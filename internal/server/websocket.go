@@ -232,11 +232,25 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 		}
 		hdr = http.Header{"Pushctl-Cursor": {cursor}}
 	}
+	s.runWebSocket(w, r, ss, id, hdr, release, nil)
+	release = nil
+	return nil
+}
+
+// runWebSocket upgrades the request and runs ss on the connection; setup,
+// when given, adapts the reader to another protocol (Pusher) before the
+// session starts. It owns release from here on.
+func (s *Server) runWebSocket(w http.ResponseWriter, r *http.Request, ss *session, id *auth.Identity, hdr http.Header, release func(), setup func(rd *wsReader)) {
+	defer func() {
+		if release != nil { // not handed to the session
+			release()
+		}
+	}()
 	hj := &wsHijacker{ResponseWriter: w, ss: ss}
 	c, err := s.upgrader.Upgrade(hj, r, hdr)
 	if err != nil {
 		ss.closeSubs()
-		return nil // the upgrader already replied
+		return // the upgrader already replied
 	}
 	nc := hj.conn
 	nc.upgraded.Store(true)
@@ -244,22 +258,31 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 	ss.w = &connWriter{conn: raw, timeout: s.opts.WriteTimeout}
 	if !s.enter() { // shutting down
 		ss.closeSubs()
-		ss.w.finish(closeFrame(websocket.CloseGoingAway, CodeShuttingDown), time.Second)
+		ss.w.finish(ss.enc.end(ss, broker.ErrClosed), time.Second)
 		raw.Close()
-		return nil
+		return
 	}
-	s.metrics.connections[tWebSocket].Add(1)
+	t := ss.enc.transport()
+	s.metrics.connections[t].Add(1)
 	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
 	ss.setIdentity(id)
 	rd := &wsReader{s: s, ss: ss, c: c, nc: nc, addr: s.remoteAddr(r), client: s.clientKey(r)}
-	ss.onEnd = []func(){rd.end, release, func() {
-		s.metrics.connections[tWebSocket].Add(-1)
+	rd.onFrame, rd.notText = rd.handle, notJSONText
+	rel := release
+	ss.onEnd = []func(){rd.end, rel, func() {
+		s.metrics.connections[t].Add(-1)
 		s.conns.Done()
 	}}
 	release = nil
 	rd.handlers()
+	if setup != nil {
+		setup(rd)
+	}
 	ss.serveAsync(raw, rd.readFrames, s.wsWheel)
-	return nil
+}
+
+func notJSONText() []byte {
+	return textFrame(wire.AppendError(nil, "", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md")))
 }
 
 // visitWebSocket is the WebSocket wheel's call on each connection once
@@ -295,6 +318,9 @@ type wsReader struct {
 	ackers  sync.WaitGroup
 
 	members memberships // presence joined through this connection
+
+	onFrame func(data []byte) // executes a text frame (the protocol's)
+	notText func() []byte     // the reply to a binary frame
 }
 
 type reply struct {
@@ -436,7 +462,7 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 			return false
 		}
 		if typ != websocket.TextMessage {
-			rd.reply(0, now(textFrame(wire.AppendError(nil, "", errorf(http.StatusBadRequest, CodeInvalidFrame, "frames are JSON text; see docs/websocket.md")))))
+			rd.reply(0, now(rd.notText()))
 			continue
 		}
 		if !utf8.Valid(data) {
@@ -444,7 +470,7 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 			ss.closeWith(closeFrame(websocket.CloseInvalidFramePayloadData, "invalid UTF-8"), errInvalidUTF8)
 			return false
 		}
-		rd.handle(data)
+		rd.onFrame(data)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/presence"
+	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/server"
 	"github.com/pushctl/pushctl/internal/zmq"
 	"github.com/spf13/cobra"
@@ -61,6 +62,7 @@ type Options struct {
 	ReadTimeout       time.Duration
 	TLSCert, TLSKey   string
 
+	PusherApps      []string
 	PresenceMembers int
 	PresenceInfo    cmdutil.ByteSize
 	PresenceGrace   time.Duration
@@ -159,6 +161,8 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.Float64Var(&opts.PublishRate, "publish-rate", 0, "publishes per second per token, or per address without one; 429 beyond (0: no limit)")
 	fl.IntVar(&opts.PublishBurst, "publish-burst", 0, "publishes allowed in a burst above --publish-rate (default: one second's worth)")
 	fl.DurationVar(&opts.ReadTimeout, "read-timeout", 30*time.Second, "time to send one ordinary request body (slow senders are cut off)")
+	fl.StringArrayVar(&opts.PusherApps, "pusher-app", nil, "serve the Pusher Channels protocol for an app: ID:KEY:SECRET[?prefix=P&webhook=URL&max_presence_members=N…] (repeatable; see docs/pusher.md)")
+	cmdutil.MarkSecret(cmd, "pusher-app")
 	fl.IntVar(&opts.PresenceMembers, "presence-max-members", 1000, "members in one channel's presence; joins beyond get presence_full")
 	fl.Var(&opts.PresenceInfo, "presence-max-info", "size of one presence member's info (JSON)")
 	fl.DurationVar(&opts.PresenceGrace, "presence-grace", 3*time.Second, "a member whose last connection dropped stays this long, so a quick reconnect is not a leave (0: leave at once)")
@@ -274,6 +278,16 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if o.PresenceGrace <= 0 {
 		sopts.PresenceGrace = -1 // at once
+	}
+	for _, spec := range o.PusherApps {
+		app, err := pusher.ParseApp(spec)
+		if err != nil {
+			return cmdutil.FlagErrorf("--pusher-app: %v", err)
+		}
+		sopts.PusherApps = append(sopts.PusherApps, app)
+	}
+	if err := pusher.CheckApps(sopts.PusherApps); err != nil {
+		return cmdutil.FlagErrorf("--pusher-app: %v", err)
 	}
 	stopped := ctx // why we stop is the caller's context's cause
 	ctx, cancel := context.WithCancel(ctx)
