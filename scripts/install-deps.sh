@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system packages pushctl needs to build and test, only when missing.
 #   scripts/install-deps.sh          build deps (libzmq3-dev, pkg-config)
-#   scripts/install-deps.sh --test   build + test deps (pyzmq, redis-server, tmux, chromium)
+#   scripts/install-deps.sh --test   build + test deps (pyzmq, redis-server, tmux, chromium,
+#                                    Node.js and the npm packages pinned in testdata/pusher-js)
 set -euo pipefail
 
 pkgs=(gcc libc6-dev libzmq3-dev pkg-config)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(python3-zmq tmux unzip chromium redis-server redis-tools)
+  # Any Node.js with npm will do; Debian's when there is none.
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    pkgs+=(nodejs npm)
+  fi
 fi
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(nginx-light libnginx-mod-nchan)
@@ -18,7 +23,21 @@ for p in "${pkgs[@]}"; do
     missing+=("$p")
   fi
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+npm_packages() {
+  # pusher-js and friends for the tests, exactly as the lock file pins them.
+  [[ "${1:-}" == "--test" ]] || return 0
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/testdata/pusher-js"
+  if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+    echo "install-deps: npm ci in testdata/pusher-js" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+}
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  npm_packages "${1:-}"
+  exit 0
+fi
 
 sudo=""
 if [[ $(id -u) -ne 0 ]]; then
@@ -30,3 +49,4 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq >&2
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+npm_packages "${1:-}"
