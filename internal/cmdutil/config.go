@@ -131,6 +131,14 @@ func applyFile(cmd *cobra.Command, path string, explicit bool, src Sources) erro
 			if err := node.Decode(&items); err != nil {
 				return &FlagError{fmt.Errorf("config file %s: %s: %v", path, k, err)}
 			}
+			if sv, ok := fl.Value.(pflag.SliceValue); ok {
+				// Each item whole: an item may contain commas.
+				if err := sv.Replace(items); err != nil {
+					return &FlagError{fmt.Errorf("config file %s: %s: %v", path, k, redactErr(fl, err))}
+				}
+				src[k] = "file"
+				continue
+			}
 			val = strings.Join(items, ",")
 		default:
 			return &FlagError{fmt.Errorf("config file %s: %s: want a value or a list", path, k)}

@@ -21,9 +21,7 @@ func (r *recorder) publish(_ context.Context, m *broker.Message) (*broker.Messag
 	defer r.mu.Unlock()
 	r.seq++
 	r.events = append(r.events, m.Event+" "+string(m.Data))
-	out := *m
-	out.Epoch, out.Seq = "e", r.seq
-	return &out, nil
+	return &broker.Message{Channel: m.Channel, Event: m.Event, Kind: m.Kind, Data: m.Data, Epoch: "e", Seq: r.seq}, nil
 }
 
 // FuzzValidateMember: ids and infos are accepted only within the limits.

@@ -652,7 +652,7 @@ func (e *pusherEncoder) dropped(b *batch, key string, err error) bool {
 }
 
 // end is the close frame, with Pusher's codes: 4200 reconnect (shutdown),
-// 4100 back off (slow consumer, stalled), 4201 (silent client).
+// 4100 back off (slow consumer, stalled), 4009 (terminated, signin failed).
 func (e *pusherEncoder) end(ss *session, err error) []byte {
 	ss.mu.Lock()
 	sent := ss.closeSent
@@ -667,9 +667,6 @@ func (e *pusherEncoder) end(ss *session, err error) []byte {
 	}
 	switch code := reasonCode(err); code {
 	case "client_closed", "write_error":
-		if errors.Is(err, errPeerGone) && time.Now().UnixNano()-ss.lastRead.Load() > int64(2*ss.s.opts.PingInterval) {
-			return closeFrame(pusher.ClosePongTimeout, "Pong reply not received")
-		}
 		return nil
 	case CodeSlowConsumer, CodeStalled:
 		return closeFrame(pusher.CloseOverCapacity, code)
