@@ -270,6 +270,9 @@ func (pc *pusherConn) fail(msg string) { pc.send(pusher.ErrorFrame(0, msg)) }
 
 // frame executes one client frame.
 func (pc *pusherConn) frame(data []byte) {
+	if pc.app == nil {
+		return // refused: the close code is on its way
+	}
 	f, err := pusher.DecodeFrame(data)
 	if err != nil {
 		pc.fail(err.Error())

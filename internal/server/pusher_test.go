@@ -186,6 +186,8 @@ func TestPusherPublicChannel(t *testing.T) {
 		{"/app/" + pKey + "?protocol=99", pusher.CloseUnsupportedProto},
 	} {
 		c := dialWS(t, e, tc.path)
+		// A frame sent at once is not executed for a refused connection.
+		c.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]any{"channel": "chat"}})
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		_, _, err := c.ReadMessage()
 		var ce *websocket.CloseError
