@@ -131,3 +131,21 @@ func secretValues(yml string) []string {
 	}
 	return out
 }
+
+// TestConfigListKeepsItemsWhole: a YAML list gives a repeatable flag one
+// value per item, commas inside an item included (serve --pusher-app).
+func TestConfigListKeepsItemsWhole(t *testing.T) {
+	cmd := &cobra.Command{Use: "serve"}
+	var apps []string
+	cmd.Flags().StringArrayVar(&apps, "pusher-app", nil, "")
+	cmd.Flags().String("config", "", "")
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("pusher-app:\n  - \"1:k:s?webhook=http://a/x,y\"\n  - \"2:k2:s\"\n"), 0o600)
+	cmd.Flags().Set("config", path)
+	if _, err := ApplySettings(cmd, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if len(apps) != 2 || apps[0] != "1:k:s?webhook=http://a/x,y" || apps[1] != "2:k2:s" {
+		t.Fatalf("apps %q", apps)
+	}
+}
