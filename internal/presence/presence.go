@@ -167,9 +167,11 @@ func (r *Registry) Join(ctx context.Context, channel, id string, info json.RawMe
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	if m := rm.members[id]; m != nil {
-		if m.leaving != nil && m.leaving.Stop() {
+		if m.leaving != nil {
+			if m.leaving.Stop() {
+				r.release(channel, rm) // the pending leave's use
+			} // else its func is waiting for rm.mu: it will see it was undone
 			m.leaving = nil
-			r.release(channel, rm) // the pending leave's use
 		}
 		m.conns++
 		return &Membership{r: r, rm: rm, channel: channel, id: id}, nil
@@ -331,10 +333,12 @@ func (ms *Membership) leave(now bool) {
 	t = time.AfterFunc(r.grace, func() {
 		rm.mu.Lock()
 		defer rm.mu.Unlock()
-		if m := rm.members[ms.id]; m != nil && m.leaving == t {
+		// Unless a join undid this departure (while this func waited for
+		// the lock, or the member left again since), the member goes.
+		if m := rm.members[ms.id]; m != nil && m.leaving == t && m.conns == 0 {
 			r.remove(rm, ms.channel, ms.id)
-			r.release(ms.channel, rm)
 		}
+		r.release(ms.channel, rm) // the pending leave's use
 	})
 	m.leaving = t
 }
