@@ -184,7 +184,7 @@ func (r *Registry) Join(ctx context.Context, channel, id string, info json.RawMe
 		ID   string          `json:"id"`
 		Info json.RawMessage `json:"info,omitempty"`
 	}{id, info})
-	if err := r.emit(ctx, rm, channel, EventAdded, data); err != nil {
+	if err := r.emit(ctx, rm, channel, EventAdded, id, data); err != nil {
 		r.release(channel, rm)
 		return nil, err
 	}
@@ -203,19 +203,15 @@ func compact(info json.RawMessage) json.RawMessage {
 	return b.Bytes()
 }
 
-// emit publishes a presence event; rm.mu is held.
-func (r *Registry) emit(ctx context.Context, rm *room, channel, event string, data []byte) error {
+// emit publishes a presence event of member id; rm.mu is held.
+func (r *Registry) emit(ctx context.Context, rm *room, channel, event, id string, data []byte) error {
 	m, err := r.publish(ctx, &broker.Message{Channel: channel, Event: event, Kind: broker.KindJSON, Data: data})
 	if err != nil {
 		return err
 	}
 	rm.last = m.Position()
 	if r.Changed != nil {
-		var d struct {
-			ID string `json:"id"`
-		}
-		json.Unmarshal(data, &d)
-		r.Changed(channel, event, d.ID)
+		r.Changed(channel, event, id)
 	}
 	return nil
 }
@@ -353,5 +349,5 @@ func (r *Registry) remove(rm *room, channel, id string) {
 	defer cancel()
 	// A failed publish (the broker is closing or unreachable) loses the
 	// event, not the departure: the list is already right.
-	_ = r.emit(ctx, rm, channel, EventRemoved, data)
+	_ = r.emit(ctx, rm, channel, EventRemoved, id, data)
 }

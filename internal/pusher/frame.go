@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Close codes of the protocol: 4000–4099 the client must not reconnect,
@@ -169,23 +171,18 @@ func ParseUserData(s string, lim Limits) (string, error) {
 // is sent as a JSON string (as Pusher does), plus user_id when set.
 func AppendEvent(b []byte, event, channel string, data []byte, userID string) []byte {
 	b = append(b, `{"event":`...)
-	b = appendJSONString(b, event)
+	b = wire.AppendString(b, event)
 	if channel != "" {
 		b = append(b, `,"channel":`...)
-		b = appendJSONString(b, channel)
+		b = wire.AppendString(b, channel)
 	}
 	b = append(b, `,"data":`...)
-	b = appendJSONString(b, string(data))
+	b = wire.AppendString(b, string(data))
 	if userID != "" {
 		b = append(b, `,"user_id":`...)
-		b = appendJSONString(b, userID)
+		b = wire.AppendString(b, userID)
 	}
 	return append(b, '}')
-}
-
-func appendJSONString(b []byte, s string) []byte {
-	j, _ := json.Marshal(s)
-	return append(b, j...)
 }
 
 // ErrorFrame returns a pusher:error frame (code 0 is sent as null).

@@ -129,13 +129,22 @@ func (l *rateLimiter) take(key string, now time.Time) (bool, time.Duration) {
 		b = &bucket{tokens: l.burst, at: now}
 		l.bkts[key] = b
 	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.at).Seconds()*l.rate)
-	b.at = now
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.take(l.rate, l.burst, now) {
 		return true, 0
 	}
 	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+}
+
+// take refills the bucket for the time since its last use and spends one
+// token if there is one.
+func (b *bucket) take(rate, burst float64, now time.Time) bool {
+	b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*rate)
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // checkRate applies the publish rate limit to id (or the address).

@@ -169,15 +169,8 @@ func (rd *wsReader) leave(f *wire.ClientFrame) []byte {
 
 // channelPresence handles GET /channels/{channel}/presence.
 func (s *Server) channelPresence(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("channel")
-	if err := broker.ValidateChannel(name); err != nil {
-		return err
-	}
-	id, err := s.identity(r)
+	name, err := s.channelAccess(r, auth.Subscribe)
 	if err != nil {
-		return err
-	}
-	if err := s.allow(id, auth.Subscribe, name); err != nil {
 		return err
 	}
 	list, _ := s.presence.Members(name)

@@ -17,6 +17,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Pusher Channels protocol 7 over the broker: a Pusher channel is the
@@ -158,8 +159,7 @@ type pusherConn struct {
 	mu       sync.Mutex
 	channels map[string]*pusherSub // by Pusher name
 	user     string                // signed in as
-	tokens   float64               // client events allowed now
-	refill   time.Time
+	events   *bucket               // client events allowed (made on the first)
 }
 
 type pusherSub struct {
@@ -244,12 +244,13 @@ func (pc *pusherConn) end() {
 	}
 }
 
-// release undoes one subscription's presence and occupancy.
-func (pc *pusherConn) release(name string, sub *pusherSub, now bool) {
+// release undoes one subscription's presence and occupancy, and returns
+// how many Pusher subscriptions the channel has left.
+func (pc *pusherConn) release(name string, sub *pusherSub, now bool) int {
 	if sub.member != nil {
 		sub.member.Leave(now)
 	}
-	pc.app.occupy(name, -1)
+	return pc.app.occupy(name, -1)
 }
 
 // endWith ends the connection for reason after the frame b.
@@ -380,7 +381,7 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 	frames := [][]byte{textFrame(pusher.AppendEvent(nil, "pusher_internal:subscription_succeeded", name, succeeded, ""))}
 	if cache {
 		if info, err := s.b.Channel(ctx, ch); err != nil || info.Messages == 0 {
-			frames = append(frames, textFrame(fmt.Appendf(nil, `{"event":"pusher:cache_miss","channel":%s}`, quoteJSON(name))))
+			frames = append(frames, textFrame(append(wire.AppendString([]byte(`{"event":"pusher:cache_miss","channel":`), name), '}')))
 		}
 	}
 	pc.mu.Lock()
@@ -402,15 +403,14 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 	ss.subs[ch] = bsub
 	ss.mu.Unlock()
 	ss.signal()
-	count := app.occupy(name, 1)
-	if app.SubscriptionCount && !pusher.IsPresence(name) {
-		pc.subscriptionCount(name, ch, count)
+	if count := app.occupy(name, 1); app.SubscriptionCount && !pusher.IsPresence(name) {
+		pc.subscriptionCount(name, count)
 	}
 }
 
 // subscriptionCount tells a channel's subscribers (and the webhooks) how
 // many Pusher subscriptions it has now.
-func (pc *pusherConn) subscriptionCount(name, ch string, count int) {
+func (pc *pusherConn) subscriptionCount(name string, count int) {
 	data := fmt.Appendf(nil, `{"subscription_count":%d}`, count)
 	app := pc.app
 	app.mu.Lock()
@@ -429,11 +429,6 @@ func (pc *pusherConn) subscriptionCount(name, ch string, count int) {
 		}
 	}
 	app.hook(pusher.WebhookEvent{Name: "subscription_count", Channel: name, SubscriptionCount: count})
-}
-
-func quoteJSON(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b)
 }
 
 // presenceData is a presence channel's subscription_succeeded data.
@@ -468,14 +463,8 @@ func (pc *pusherConn) unsubscribe(f *pusher.Frame) {
 	if ch, err := pc.app.brokerChannel(sd.Channel); err == nil {
 		pc.ss.removeSub(ch, nil)
 	}
-	pc.release(sd.Channel, sub, true)
-	if pc.app.SubscriptionCount && !pusher.IsPresence(sd.Channel) {
-		pc.app.mu.Lock()
-		n := pc.app.occupied[sd.Channel]
-		pc.app.mu.Unlock()
-		if ch, err := pc.app.brokerChannel(sd.Channel); err == nil {
-			pc.subscriptionCount(sd.Channel, ch, n)
-		}
+	if n := pc.release(sd.Channel, sub, true); pc.app.SubscriptionCount && !pusher.IsPresence(sd.Channel) {
+		pc.subscriptionCount(sd.Channel, n)
 	}
 }
 
@@ -562,16 +551,10 @@ func (pc *pusherConn) takeClientEvent(now time.Time) bool {
 	rate := pc.app.Limits.ClientEventsPerSec
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if pc.refill.IsZero() {
-		pc.tokens, pc.refill = rate, now
+	if pc.events == nil {
+		pc.events = &bucket{tokens: rate, at: now}
 	}
-	pc.tokens = min(rate, pc.tokens+now.Sub(pc.refill).Seconds()*rate)
-	pc.refill = now
-	if pc.tokens < 1 {
-		return false
-	}
-	pc.tokens--
-	return true
+	return pc.events.take(rate, rate, now)
 }
 
 // pusherEncoder writes broker events as Pusher frames.

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,16 +119,6 @@ func (s *Server) pusherInfo(r *http.Request, app *pusherApp, name, ch, info stri
 		}
 	}
 	return out
-}
-
-func (s *Server) subscribers(r *http.Request, ch string) (int, error) {
-	if c, ok := s.b.(interface {
-		Subscribers(context.Context, string) (int, error)
-	}); ok {
-		return c.Subscribers(r.Context(), ch)
-	}
-	info, err := s.b.Channel(r.Context(), ch)
-	return info.Subscribers, err
 }
 
 // pusherEvents handles POST /apps/{app}/events.

@@ -408,12 +408,8 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	if errors.Is(err, broker.ErrNotFound) && q.Get("wait_subscribers") != "" {
 		// Pattern subscribers were waited for on a channel without
 		// history yet: it exists for them.
-		if c, ok := s.b.(interface {
-			Subscribers(context.Context, string) (int, error)
-		}); ok {
-			if n, cerr := c.Subscribers(r.Context(), name); cerr == nil && n > 0 {
-				info, err = broker.ChannelInfo{Name: name, Subscribers: n}, nil
-			}
+		if n, cerr := s.subscribers(r, name); cerr == nil && n > 0 {
+			info, err = broker.ChannelInfo{Name: name, Subscribers: n}, nil
 		}
 	}
 	if err != nil {
@@ -433,6 +429,18 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, http.StatusOK, withExtra(info, extra))
 	}
 	return writeJSON(w, http.StatusOK, info)
+}
+
+// subscribers counts a channel's subscribers (pattern subscribers
+// included, where the broker can say), with or without history.
+func (s *Server) subscribers(r *http.Request, ch string) (int, error) {
+	if c, ok := s.b.(interface {
+		Subscribers(context.Context, string) (int, error)
+	}); ok {
+		return c.Subscribers(r.Context(), ch)
+	}
+	info, err := s.b.Channel(r.Context(), ch)
+	return info.Subscribers, err
 }
 
 func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) error {
@@ -467,16 +475,23 @@ func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) er
 	return nil
 }
 
-func (s *Server) deleteChannel(w http.ResponseWriter, r *http.Request) error {
+// channelAccess returns the request's {channel} once it is a valid name
+// and the caller may do a on it.
+func (s *Server) channelAccess(r *http.Request, a auth.Action) (string, error) {
 	name := r.PathValue("channel")
 	if err := broker.ValidateChannel(name); err != nil {
-		return err
+		return "", err
 	}
 	id, err := s.identity(r)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := s.allow(id, auth.Publish, name); err != nil {
+	return name, s.allow(id, a, name)
+}
+
+func (s *Server) deleteChannel(w http.ResponseWriter, r *http.Request) error {
+	name, err := s.channelAccess(r, auth.Publish)
+	if err != nil {
 		return err
 	}
 	if err := s.b.DeleteChannel(r.Context(), name); err != nil {
