@@ -92,6 +92,46 @@ type ClusterView interface {
 	Nodes() int
 }
 
+// PresenceLog is implemented by logs shared by several nodes (Redis):
+// who is on a channel lives in the log, so a member held on two nodes is
+// one member, and the members of a node that died are taken out by the
+// others. A node holds a member (once, however many of its connections
+// do); the first hold anywhere adds the member and the last one's end
+// removes it, each appending its event in the same step, so the list and
+// the events agree on every node. Calls for one channel must not overlap
+// on one node.
+type PresenceLog interface {
+	// PresenceAdd records that this node holds member id of channel.
+	// When no node held it, the member is added with info and ev is
+	// appended (its place filled in): added is true. ErrPresenceFull
+	// when the member is new and the channel has max members.
+	PresenceAdd(ctx context.Context, channel, id string, info []byte, max int, ev *Message) (added bool, err error)
+	// PresenceRemove ends node's hold of member id (node "": this node);
+	// when it was the last hold the member is removed and ev appended.
+	PresenceRemove(ctx context.Context, node, channel, id string, ev *Message) (removed bool, err error)
+	// PresenceList returns channel's members, by id, with the position of
+	// the latest presence event they reflect.
+	PresenceList(ctx context.Context, channel string) ([]PresenceMember, Position, error)
+	// PresenceCount returns how many members channel has.
+	PresenceCount(ctx context.Context, channel string) (int, error)
+	// WatchPresence is called once, before use: lost is called for each
+	// member a dead node held (the caller ends the hold with
+	// PresenceRemove(node, …)), and rejoin when this node was taken for
+	// dead (it was silent too long) and must add its members again.
+	WatchPresence(lost func(node, channel, id string) error, rejoin func())
+}
+
+// PresenceMember is one member as a PresenceLog lists it.
+type PresenceMember struct {
+	ID    string
+	Info  []byte
+	Nodes int // how many nodes hold it
+}
+
+// ErrPresenceFull is returned when a channel has as many members as it
+// may.
+var ErrPresenceFull = errors.New("presence full")
+
 // Health is implemented by logs that can be degraded: Health returns nil
 // when all is well, or why not.
 type Health interface {

@@ -6,6 +6,12 @@
 //
 // A connection that drops does not make its member leave at once: the
 // departure waits a grace period, so a quick reconnect is not a leave.
+//
+// On one node the registry decides who is a member. When the broker's
+// log is shared by several nodes (Redis) the registry counts only this
+// node's connections and grace periods, and the log decides: a member
+// held by two nodes is one member, and the members of a node that died
+// are removed by the others (see broker.PresenceLog).
 package presence
 
 import (
@@ -35,7 +41,7 @@ func Reserved(event string) bool { return event == EventAdded || event == EventR
 
 // Errors a join can fail with.
 var (
-	ErrFull        = errors.New("presence full")
+	ErrFull        = broker.ErrPresenceFull
 	ErrInfoTooLong = errors.New("member info too large")
 	ErrBadMember   = errors.New("invalid member")
 )
@@ -62,9 +68,11 @@ func orDefault(v, d int) int {
 type Member struct {
 	ID   string          `json:"id"`
 	Info json.RawMessage `json:"info,omitempty"`
-	// Connections is how many connections hold the membership (on this
-	// node).
+	// Connections is how many connections of this node hold the
+	// membership.
 	Connections int `json:"connections"`
+	// Nodes is how many nodes hold it, when nodes share presence.
+	Nodes int `json:"nodes,omitempty"`
 }
 
 // Publisher publishes a presence event on a channel and returns the
@@ -75,6 +83,7 @@ type Publisher func(ctx context.Context, m *broker.Message) (*broker.Message, er
 type Registry struct {
 	publish Publisher
 	grace   time.Duration
+	shared  broker.PresenceLog // nil: this node decides
 	// Changed, when set before use, is told each member's arrival and
 	// departure (event EventAdded or EventRemoved), in order per channel.
 	Changed func(channel, event, id string)
@@ -96,6 +105,7 @@ type room struct {
 
 type member struct {
 	info    json.RawMessage
+	max     int // the channel's member limit when it joined
 	conns   int
 	leaving *time.Timer // the debounced departure, while conns == 0
 }
@@ -104,6 +114,13 @@ type member struct {
 // lets a member whose last connection dropped stay for grace.
 func New(publish Publisher, grace time.Duration) *Registry {
 	return &Registry{publish: publish, grace: grace, rooms: map[string]*room{}}
+}
+
+// Share makes the registry keep its members in pl, shared with the other
+// nodes. Call it before use.
+func (r *Registry) Share(pl broker.PresenceLog) {
+	r.shared = pl
+	pl.WatchPresence(r.lost, r.rejoin)
 }
 
 // ValidateMember checks a member id and info against lim.
@@ -132,13 +149,17 @@ func (r *Registry) acquire(channel string) (*room, error) {
 	if r.closed {
 		return nil, broker.ErrClosed
 	}
+	return r.acquireLocked(channel), nil
+}
+
+func (r *Registry) acquireLocked(channel string) *room {
 	rm := r.rooms[channel]
 	if rm == nil {
 		rm = &room{members: map[string]*member{}}
 		r.rooms[channel] = rm
 	}
 	rm.refs++
-	return rm, nil
+	return rm
 }
 
 // release drops one use of the room, and the room once unused and empty.
@@ -176,20 +197,36 @@ func (r *Registry) Join(ctx context.Context, channel, id string, info json.RawMe
 		m.conns++
 		return &Membership{r: r, rm: rm, channel: channel, id: id}, nil
 	}
-	if len(rm.members) >= lim.members() {
+	if r.shared == nil && len(rm.members) >= lim.members() {
 		r.release(channel, rm)
 		return nil, fmt.Errorf("%w: %s has %d members, the limit", ErrFull, channel, len(rm.members))
 	}
-	data, _ := json.Marshal(struct {
-		ID   string          `json:"id"`
-		Info json.RawMessage `json:"info,omitempty"`
-	}{id, info})
-	if err := r.emit(ctx, rm, channel, EventAdded, id, data); err != nil {
+	m := &member{info: info, max: lim.members(), conns: 1}
+	if err := r.add(ctx, rm, channel, id, m); err != nil {
 		r.release(channel, rm)
 		return nil, err
 	}
-	rm.members[id] = &member{info: info, conns: 1}
+	rm.members[id] = m
 	return &Membership{r: r, rm: rm, channel: channel, id: id}, nil
+}
+
+// add makes the member present and publishes its arrival (shared: when
+// no node held it); rm.mu is held.
+func (r *Registry) add(ctx context.Context, rm *room, channel, id string, m *member) error {
+	data, _ := json.Marshal(struct {
+		ID   string          `json:"id"`
+		Info json.RawMessage `json:"info,omitempty"`
+	}{id, m.info})
+	ev := &broker.Message{Channel: channel, Event: EventAdded, Kind: broker.KindJSON, Data: data}
+	if r.shared == nil {
+		return r.emit(ctx, rm, channel, EventAdded, id, ev)
+	}
+	added, err := r.shared.PresenceAdd(ctx, channel, id, m.info, m.max, ev)
+	if err != nil || !added {
+		return err
+	}
+	r.emitted(rm, channel, EventAdded, id, ev)
+	return nil
 }
 
 func compact(info json.RawMessage) json.RawMessage {
@@ -204,26 +241,51 @@ func compact(info json.RawMessage) json.RawMessage {
 }
 
 // emit publishes a presence event of member id; rm.mu is held.
-func (r *Registry) emit(ctx context.Context, rm *room, channel, event, id string, data []byte) error {
-	m, err := r.publish(ctx, &broker.Message{Channel: channel, Event: event, Kind: broker.KindJSON, Data: data})
+func (r *Registry) emit(ctx context.Context, rm *room, channel, event, id string, ev *broker.Message) error {
+	m, err := r.publish(ctx, ev)
 	if err != nil {
 		return err
 	}
+	r.emitted(rm, channel, event, id, m)
+	return nil
+}
+
+// emitted records a presence event that was published; rm.mu is held.
+func (r *Registry) emitted(rm *room, channel, event, id string, m *broker.Message) {
 	rm.last = m.Position()
 	if r.Changed != nil {
 		r.Changed(channel, event, id)
 	}
-	return nil
 }
 
 // Members lists channel's members by id, with the position of the latest
 // presence event they reflect (later events change the list).
-func (r *Registry) Members(channel string) ([]Member, broker.Position) {
+func (r *Registry) Members(ctx context.Context, channel string) ([]Member, broker.Position, error) {
 	r.mu.Lock()
 	rm := r.rooms[channel]
 	r.mu.Unlock()
+	if r.shared != nil {
+		list, last, err := r.shared.PresenceList(ctx, channel)
+		if err != nil {
+			return nil, last, err
+		}
+		out := make([]Member, len(list))
+		for i, m := range list {
+			out[i] = Member{ID: m.ID, Info: m.Info, Nodes: m.Nodes}
+		}
+		if rm != nil {
+			rm.mu.Lock()
+			for i := range out {
+				if m := rm.members[out[i].ID]; m != nil {
+					out[i].Connections = m.conns
+				}
+			}
+			rm.mu.Unlock()
+		}
+		return out, last, nil
+	}
 	if rm == nil {
-		return nil, broker.Position{}
+		return nil, broker.Position{}, nil
 	}
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
@@ -232,37 +294,30 @@ func (r *Registry) Members(channel string) ([]Member, broker.Position) {
 		out = append(out, Member{ID: id, Info: m.info, Connections: m.conns})
 	}
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
-	return out, rm.last
+	return out, rm.last, nil
 }
 
 // Count returns how many members channel has.
-func (r *Registry) Count(channel string) int {
+func (r *Registry) Count(ctx context.Context, channel string) (int, error) {
+	if r.shared != nil {
+		return r.shared.PresenceCount(ctx, channel)
+	}
 	r.mu.Lock()
 	rm := r.rooms[channel]
 	r.mu.Unlock()
 	if rm == nil {
-		return 0
+		return 0, nil
 	}
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
-	return len(rm.members)
-}
-
-// Channels lists the channels that have members.
-func (r *Registry) Channels() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]string, 0, len(r.rooms))
-	for ch := range r.rooms {
-		out = append(out, ch)
-	}
-	slices.Sort(out)
-	return out
+	return len(rm.members), nil
 }
 
 // Close publishes the departures still waiting out their grace period
 // (the process is ending: nobody can come back to it) and refuses new
-// joins.
+// joins. Shared presence: a departure that could not be told to the log
+// is ended by the log's Close, or by the other nodes once this one is
+// silent.
 func (r *Registry) Close() {
 	r.mu.Lock()
 	r.closed = true
@@ -342,12 +397,111 @@ func (ms *Membership) leave(now bool) {
 // remove deletes a member and publishes its departure; rm.mu is held.
 func (r *Registry) remove(rm *room, channel, id string) {
 	delete(rm.members, id)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ev := removedEvent(channel, id)
+	if r.shared == nil {
+		// A failed publish (the broker is closing or unreachable) loses
+		// the event, not the departure: the list is already right.
+		_ = r.emit(ctx, rm, channel, EventRemoved, id, ev)
+		return
+	}
+	removed, err := r.shared.PresenceRemove(ctx, "", channel, id, ev)
+	if err != nil {
+		r.retryRemove(channel, id, time.Second)
+		return
+	}
+	if removed {
+		r.emitted(rm, channel, EventRemoved, id, ev)
+	}
+}
+
+func removedEvent(channel, id string) *broker.Message {
 	data, _ := json.Marshal(struct {
 		ID string `json:"id"`
 	}{id})
+	return &broker.Message{Channel: channel, Event: EventRemoved, Kind: broker.KindJSON, Data: data}
+}
+
+// retryRemove tries again, after wait and then less and less often, to
+// tell the shared log of a departure it could not be told of (Redis was
+// unreachable), unless the member came back in the meantime. It gives up
+// when the registry closes: then the log's Close, or the other nodes once
+// this one is gone, end the hold.
+func (r *Registry) retryRemove(channel, id string, wait time.Duration) {
+	time.AfterFunc(wait, func() {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return
+		}
+		rm := r.acquireLocked(channel)
+		r.mu.Unlock()
+		defer r.release(channel, rm)
+		rm.mu.Lock()
+		defer rm.mu.Unlock()
+		if rm.members[id] != nil {
+			return // back: the hold is right again
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ev := removedEvent(channel, id)
+		removed, err := r.shared.PresenceRemove(ctx, "", channel, id, ev)
+		if err != nil {
+			r.retryRemove(channel, id, min(2*wait, time.Minute))
+			return
+		}
+		if removed {
+			r.emitted(rm, channel, EventRemoved, id, ev)
+		}
+	})
+}
+
+// lost ends a dead node's hold of a member (shared presence): the log
+// calls it for each; the member leaves if no other node holds it.
+func (r *Registry) lost(node, channel, id string) error {
+	r.mu.Lock()
+	rm := r.acquireLocked(channel) // also once closed: the log's own Close reaps
+	r.mu.Unlock()
+	defer r.release(channel, rm)
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// A failed publish (the broker is closing or unreachable) loses the
-	// event, not the departure: the list is already right.
-	_ = r.emit(ctx, rm, channel, EventRemoved, id, data)
+	ev := removedEvent(channel, id)
+	removed, err := r.shared.PresenceRemove(ctx, node, channel, id, ev)
+	if err != nil {
+		return err
+	}
+	if removed {
+		r.emitted(rm, channel, EventRemoved, id, ev)
+	}
+	return nil
+}
+
+// rejoin adds this node's members to the shared log again, after the
+// other nodes took the node for dead and removed them.
+func (r *Registry) rejoin() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	rooms := make(map[string]*room, len(r.rooms))
+	for ch := range r.rooms {
+		rooms[ch] = r.acquireLocked(ch)
+	}
+	r.mu.Unlock()
+	for ch, rm := range rooms {
+		rm.mu.Lock()
+		for id, m := range rm.members {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			// A member that no longer fits (others joined meanwhile)
+			// stays listed on this node only; nothing better to do.
+			_ = r.add(ctx, rm, ch, id, m)
+			cancel()
+		}
+		rm.mu.Unlock()
+		r.release(ch, rm)
+	}
 }

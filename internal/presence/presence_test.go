@@ -51,7 +51,7 @@ func TestCloseFlushesPendingLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Leave(false)
-	if n := r.Count("c"); n != 1 {
+	if n, _ := r.Count(context.Background(), "c"); n != 1 {
 		t.Fatalf("%d members during the grace period", n)
 	}
 	r.Close()

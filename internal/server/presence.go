@@ -16,10 +16,16 @@ import (
 // newPresence returns the registry whose events go through the server's
 // broker.
 func (s *Server) newPresence() *presence.Registry {
-	return presence.New(func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
+	r := presence.New(func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
 		rm, _, err := s.b.Publish(ctx, m)
 		return rm, err
 	}, s.opts.PresenceGrace)
+	if c, ok := s.b.(interface{ Log() broker.Log }); ok {
+		if pl, ok := c.Log().(broker.PresenceLog); ok {
+			r.Share(pl) // several nodes: members live in Redis
+		}
+	}
+	return r
 }
 
 // presenceError maps a join's refusal to its code.
@@ -140,7 +146,12 @@ func (rd *wsReader) join(f *wire.ClientFrame) []byte {
 		m.Leave(true)
 		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "already joined %s; leave first", f.Channel))
 	}
-	list, _ := s.presence.Members(f.Channel)
+	list, _, err := s.presence.Members(rd.context(), f.Channel)
+	if err != nil {
+		rd.members.take(f.Channel)
+		m.Leave(true)
+		return errFrame(f.Ref, err)
+	}
 	b, _ := json.Marshal(struct {
 		Type    string            `json:"type"`
 		Ref     string            `json:"ref,omitempty"`
@@ -173,7 +184,10 @@ func (s *Server) channelPresence(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	list, _ := s.presence.Members(name)
+	list, _, err := s.presence.Members(r.Context(), name)
+	if err != nil {
+		return err
+	}
 	if list == nil {
 		list = []presence.Member{}
 	}

@@ -374,7 +374,14 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 			refuse(e.Code, e.Message, e.Status)
 			return
 		}
-		list, after := s.presence.Members(ch)
+		list, after, err := s.presence.Members(ctx, ch)
+		if err != nil {
+			m.Leave(true)
+			bsub.Close()
+			e := asError(err)
+			refuse(e.Code, e.Message, e.Status)
+			return
+		}
 		psub.member, psub.userID, psub.after = m, member.UserID, after
 		succeeded = presenceData(list)
 	}

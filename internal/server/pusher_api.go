@@ -114,7 +114,7 @@ func (s *Server) pusherInfo(r *http.Request, app *pusherApp, name, ch, info stri
 			out["subscription_count"] = n
 		case "user_count":
 			if pusher.IsPresence(name) {
-				out["user_count"] = s.presence.Count(ch)
+				out["user_count"], _ = s.presence.Count(r.Context(), ch)
 			}
 		}
 	}
@@ -249,7 +249,10 @@ func (s *Server) pusherUsers(w http.ResponseWriter, r *http.Request, app *pusher
 	if err != nil {
 		return errorf(http.StatusBadRequest, CodeInvalidChannel, "%v", err)
 	}
-	list, _ := s.presence.Members(ch)
+	list, _, err := s.presence.Members(r.Context(), ch)
+	if err != nil {
+		return err
+	}
 	users := make([]map[string]string, 0, len(list))
 	for _, m := range list {
 		users = append(users, map[string]string{"id": m.ID})

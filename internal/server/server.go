@@ -419,7 +419,7 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	if s.opts.ChannelExtra != nil {
 		extra = s.opts.ChannelExtra(name)
 	}
-	if n := s.presence.Count(name); n > 0 {
+	if n, _ := s.presence.Count(r.Context(), name); n > 0 {
 		if extra == nil {
 			extra = map[string]uint64{}
 		}

@@ -111,11 +111,17 @@ type Log struct {
 	pingID    uint64
 	deltas    map[string]int // count changes not yet sent
 	synced    bool           // the node's counts in Redis match refs
+	known     bool           // a heartbeat was accepted
+	reaped    bool           // the others took this node for dead: rejoin
 	sentTotal int            // the node's "t" count as last sent
 	flush     chan struct{}
 
 	lastMu sync.Mutex
 	last   map[string]*seen // receiver: what each followed channel delivered
+
+	presenceMu sync.Mutex
+	lost       func(node, channel, id string) error // from WatchPresence
+	rejoin     func()
 
 	countsMu sync.Mutex
 	countsCh chan struct{} // closed when any node's counts change
@@ -142,15 +148,17 @@ type seen struct {
 }
 
 type op struct {
-	m    *broker.Message
-	args []any
-	keys []string
-	res  chan opResult
+	m      *broker.Message
+	script *redis.Script // nil: the publish script
+	args   []any
+	keys   []string
+	res    chan opResult
 }
 
 type opResult struct {
-	n   int
-	err error
+	n    int
+	vals []any // a presence script's reply
+	err  error
 }
 
 var (
@@ -203,7 +211,7 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		countsCh: make(chan struct{}),
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	for _, s := range []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript} {
+	for _, s := range scripts {
 		if err := s.Load(ctx, rdb).Err(); err != nil {
 			rdb.Close()
 			return nil, fmt.Errorf("redis at %s cannot run pushctl's scripts (Redis 6.2 or later is needed): %v", ropts.Addr, err)
@@ -493,17 +501,22 @@ func (l *Log) runBatch(batch []*op) {
 		pipe := l.rdb.Pipeline()
 		cmds := make([]*redis.Cmd, len(batch))
 		for i, o := range batch {
-			cmds[i] = publishScript.EvalSha(l.ctx, pipe, o.keys, o.args...)
+			cmds[i] = o.run().EvalSha(l.ctx, pipe, o.keys, o.args...)
 		}
 		_, err := pipe.Exec(l.ctx)
 		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// Redis restarted and forgot the script: nothing ran.
-			if publishScript.Load(l.ctx, l.rdb).Err() == nil {
+			// Redis restarted and forgot the scripts: nothing ran.
+			if l.loadScripts(l.ctx) == nil {
 				continue
 			}
 		}
 		for i, o := range batch {
-			r := l.published(o.m, cmds[i])
+			var r opResult
+			if o.script == nil {
+				r = l.published(o.m, cmds[i])
+			} else {
+				r = l.presenceReply(o.m, cmds[i])
+			}
 			if counts != nil && r.err == nil {
 				r.n = counts[i]
 			}
@@ -562,12 +575,35 @@ func (l *Log) clusterCounts(batch []*op) ([]int, error) {
 	return counts, nil
 }
 
+// run is the script o runs.
+func (o *op) run() *redis.Script {
+	if o.script == nil {
+		return publishScript
+	}
+	return o.script
+}
+
+// loadScripts loads pushctl's scripts into Redis.
+func (l *Log) loadScripts(ctx context.Context) error {
+	for _, s := range scripts {
+		if err := s.Load(ctx, l.rdb).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // published reads one publish script's reply into m.
 func (l *Log) published(m *broker.Message, cmd *redis.Cmd) opResult {
 	vals, err := cmd.Slice()
 	if err != nil {
 		return opResult{err: l.unavailable(err)}
 	}
+	return l.placed(m, vals)
+}
+
+// placed reads publish()'s reply vals into m.
+func (l *Log) placed(m *broker.Message, vals []any) opResult {
 	if len(vals) != 4 {
 		return opResult{err: fmt.Errorf("redis: unexpected publish reply %v", vals)}
 	}
@@ -797,6 +833,17 @@ func (l *Log) Delete(ctx context.Context, name string) error {
 // Close implements broker.Log: queued appends are sent, this node leaves
 // the counts, and the connections close.
 func (l *Log) Close() error {
+	l.qmu.RLock()
+	closed := l.closed
+	l.qmu.RUnlock()
+	if closed {
+		return nil
+	}
+	// Members still held here leave (normally the registry has left
+	// them all), while the publisher takes their events.
+	pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	l.reapPresence(pctx, l.node)
+	pcancel()
 	l.qmu.Lock()
 	if l.closed {
 		l.qmu.Unlock()

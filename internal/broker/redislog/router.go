@@ -418,7 +418,7 @@ func (l *Log) kick() {
 }
 
 func (l *Log) countKeys(node string) []string {
-	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes"), l.key("routes")}
+	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes"), l.key("routes"), l.key("reaped:" + node)}
 }
 
 // heartbeat sends count changes as they come and, every second, this
@@ -432,6 +432,8 @@ func (l *Log) heartbeat() {
 	for n := 1; ; {
 		if err := l.sendCounts(beat); err != nil {
 			l.unavailable(err)
+		} else if l.backFromDead() {
+			l.rejoinPresence()
 		} else if beat && l.refreshTotals(n%10 == 0) {
 			l.setHealth(sideCommands, nil)
 			if n%60 == 0 {
@@ -493,8 +495,8 @@ func (l *Log) sendCounts(beat bool) error {
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 	defer cancel()
-	err := countsScript.Run(ctx, l.rdb, l.countKeys(l.node),
-		append([]any{l.node, time.Now().UnixMilli(), l.key("counts"), fullArg}, args...)...).Err()
+	back, err := countsScript.Run(ctx, l.rdb, l.countKeys(l.node),
+		append([]any{l.node, time.Now().UnixMilli(), l.key("counts"), fullArg}, args...)...).Int()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
@@ -502,6 +504,14 @@ func (l *Log) sendCounts(beat bool) error {
 		return err
 	}
 	l.synced, l.sentTotal = true, total
+	if back == 1 && l.known {
+		// The others took this node for dead (it was silent longer than
+		// NodeTimeout) and took its counts and members out: send the
+		// whole state again, and rejoin the members.
+		l.synced, l.reaped = false, true
+		l.kick()
+	}
+	l.known = true
 	return nil
 }
 
@@ -551,7 +561,10 @@ func (l *Log) refreshTotals(countChannels bool) bool {
 		return false
 	}
 	for _, node := range dead {
-		reapScript.Run(ctx, l.rdb, l.countKeys(node), node, l.key("counts"), cutoff)
+		if node == l.node {
+			continue // this node was silent: it will find out it was reaped
+		}
+		l.reapNode(ctx, node, cutoff)
 	}
 	pipe := l.rdb.Pipeline()
 	total := pipe.HGet(ctx, l.key("subs"), "*")

@@ -42,6 +42,7 @@ type Options struct {
 
 	DataDir      string
 	Broker       string
+	NodeTimeout  time.Duration
 	Sync         string
 	SyncDelay    time.Duration
 	HistoryBytes cmdutil.ByteSize
@@ -133,6 +134,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.Var(&opts.HistoryBytes, "history-bytes", "retained data per channel, oldest dropped first (0: no bound)")
 	fl.Var(&opts.MaxBytes, "max-bytes", "retained data of all channels together, oldest dropped first (0: no bound)")
 	fl.StringVar(&opts.Broker, "broker", "memory", "where channels live: memory (this process), or redis://[user:pass@]host:port/db or rediss://… to share channels with other nodes; a Redis Cluster node's address uses the whole cluster (see docs/cluster.md)")
+	fl.DurationVar(&opts.NodeTimeout, "node-timeout", 10*time.Second, "with --broker redis://…: how long a node may be silent before the others take its subscribers and presence members out")
 	fl.StringVar(&opts.DataDir, "data-dir", "", "keep channels in a durable store in this directory (survives restarts and crashes)")
 	fl.StringVar(&opts.Sync, "sync", "always", "with --data-dir: always (acknowledge once fsync'd) or none (once written to the OS)")
 	fl.DurationVar(&opts.SyncDelay, "sync-delay", 0, "with --data-dir: let writes gather this long into one commit")
@@ -225,6 +227,9 @@ func Run(ctx context.Context, o *Options) error {
 	if o.HistorySize < 0 || o.QueueSize <= 0 || o.MaxMessageSize <= 0 {
 		return cmdutil.FlagErrorf("--history must be >= 0, --queue-size and --max-message-size > 0")
 	}
+	if o.NodeTimeout < 2*time.Second {
+		return cmdutil.FlagErrorf("--node-timeout %s: must be at least 2s (nodes beat every second)", o.NodeTimeout)
+	}
 	hist := o.HistorySize
 	if hist == 0 {
 		hist = -1
@@ -245,7 +250,7 @@ func Run(ctx context.Context, o *Options) error {
 		hub := broker.NewHub()
 		octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
 		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, HistorySize: hist, HistoryAge: o.HistoryAge,
-			HistoryBytes: int64(o.HistoryBytes), Logger: log}, hub)
+			HistoryBytes: int64(o.HistoryBytes), NodeTimeout: o.NodeTimeout, Logger: log}, hub)
 		ocancel()
 		if err != nil {
 			return err
