@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -277,5 +278,140 @@ func TestClusterBridgeFailsOver(t *testing.T) {
 	}
 	if code := copies.wait(30 * time.Second); code != 0 {
 		t.Fatalf("sub exit %d: %s", code, copies.Stderr())
+	}
+}
+
+// wsFrames is a WebSocket client of a pushctl node speaking frames.
+type wsFrames struct {
+	t *testing.T
+	c *websocket.Conn
+}
+
+func dialFrames(t *testing.T, node string) *wsFrames {
+	t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(node, "http")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &wsFrames{t: t, c: c}
+}
+
+// next reads the next frame, raw.
+func (w *wsFrames) next() map[string]any {
+	w.t.Helper()
+	w.c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var f map[string]any
+	if err := w.c.ReadJSON(&f); err != nil {
+		w.t.Fatalf("reading a frame: %v", err)
+	}
+	return f
+}
+
+// do sends a frame and checks the reply's type.
+func (w *wsFrames) do(want string, frame map[string]any) map[string]any {
+	w.t.Helper()
+	if err := w.c.WriteJSON(frame); err != nil {
+		w.t.Fatal(err)
+	}
+	f := w.next()
+	if f["type"] != want {
+		w.t.Fatalf("%v: got %v, want %s", frame, f, want)
+	}
+	return f
+}
+
+// event reads the next message and returns "event data".
+func (w *wsFrames) event() string {
+	w.t.Helper()
+	f := w.next()
+	if f["type"] != "message" {
+		w.t.Fatalf("want a message, got %v", f)
+	}
+	data, _ := json.Marshal(f["data"])
+	return fmt.Sprintf("%v %s", f["event"], data)
+}
+
+func presenceOf(t *testing.T, node, channel string) string {
+	t.Helper()
+	resp, err := http.Get(node + "/channels/" + channel + "/presence")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var l struct {
+		Count   int
+		Members []struct {
+			ID    string
+			Nodes int
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&l); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("presence on %s: %d %v", node, resp.StatusCode, err)
+	}
+	out := strconv.Itoa(l.Count)
+	for _, m := range l.Members {
+		out += fmt.Sprintf(" %s/%d", m.ID, m.Nodes)
+	}
+	return out
+}
+
+// Presence across three `pushctl serve` nodes on one Redis: a member who
+// joins on A and on B is one member; C, which has no member of its own,
+// lists both (GET and `pushctl who`); when B is killed with SIGKILL the
+// others remove the member only B held once --node-timeout has passed,
+// and a subscriber on C sees exactly one event per change.
+func TestClusterPresence(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	flags := []string{"--broker", rs.URL(), "--node-timeout", "2s", "--presence-grace", "100ms"}
+	_, a := serve(t, flags...)
+	bp, b := serve(t, flags...)
+	_, c := serve(t, flags...)
+
+	watcher := dialFrames(t, c)
+	watcher.do("subscribed", map[string]any{"type": "subscribe", "channels": []string{"room"}})
+	aliceA := dialFrames(t, a)
+	aliceA.do("joined", map[string]any{"type": "join", "channel": "room", "id": "alice", "info": map[string]string{"name": "Alice"}})
+	if got := watcher.event(); got != `member_added {"id":"alice","info":{"name":"Alice"}}` {
+		t.Fatalf("watcher on C: %s", got)
+	}
+	onB := dialFrames(t, b)
+	j := onB.do("joined", map[string]any{"type": "join", "channel": "room", "id": "alice"})
+	if ms, _ := json.Marshal(j["members"]); !strings.Contains(string(ms), `"id":"alice","info":{"name":"Alice"}`) {
+		t.Fatalf("alice joining on B is told the member list with herself as she is: %s", ms)
+	}
+	bob := dialFrames(t, b)
+	bob.do("joined", map[string]any{"type": "join", "channel": "room", "id": "bob"})
+	// alice's second node added nothing: bob's arrival is the next event.
+	if got := watcher.event(); got != `member_added {"id":"bob"}` {
+		t.Fatalf("watcher on C: %s", got)
+	}
+	for _, n := range []string{a, b, c} {
+		if got := presenceOf(t, n, "room"); got != "2 alice/2 bob/1" {
+			t.Fatalf("presence on %s: %s", n, got)
+		}
+	}
+	out, errOut, code := run(t, "", "who", "room", "-s", c, "--json")
+	if code != 0 || !strings.Contains(out, `"id":"alice"`) || !strings.Contains(out, `"id":"bob"`) {
+		t.Fatalf("pushctl who on C: exit %d %s %s", code, out, errOut)
+	}
+
+	killed := time.Now()
+	bp.cmd.Process.Signal(syscall.SIGKILL)
+	bp.wait(10 * time.Second)
+	if got := watcher.event(); got != `member_removed {"id":"bob"}` {
+		t.Fatalf("watcher on C once B was killed: %s", got)
+	}
+	t.Logf("bob (held only by the killed node) was removed %s after the kill", time.Since(killed).Round(time.Millisecond))
+	if got := presenceOf(t, a, "room"); got != "1 alice/1" {
+		t.Fatalf("presence on A after B died: %s", got)
+	}
+	// alice's last connection closes: she leaves once the grace is over.
+	aliceA.c.Close()
+	if got := watcher.event(); got != `member_removed {"id":"alice"}` {
+		t.Fatalf("watcher on C: %s", got)
+	}
+	if got := presenceOf(t, c, "room"); got != "0" {
+		t.Fatalf("presence on C at the end: %s", got)
 	}
 }

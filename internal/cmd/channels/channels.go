@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -181,7 +182,9 @@ func NewCmdWho(f *cmdutil.Factory) *cobra.Command {
 		Long: `List the members of a channel's presence (GET /channels/CHANNEL/presence):
 their ids, how many connections each has on the broker, and their info. A
 table on a terminal, JSON when piped (or with --json). Members join over the
-WebSocket protocol ({"type":"join"}) or as Pusher presence channels.`,
+WebSocket protocol ({"type":"join"}) or as Pusher presence channels. Nodes
+sharing Redis share presence: any node lists every member, with how many
+nodes hold it, and the connections counted are those of the node asked.`,
 		Example: `  pushctl who room.lobby
   pushctl who room.lobby --json | jq -r '.[].id'`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -216,13 +219,22 @@ WebSocket protocol ({"type":"join"}) or as Pusher presence channels.`,
 				return nil
 			}
 			tw := tabwriter.NewWriter(o.IO.Out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "MEMBER\tCONNECTIONS\tINFO")
+			shared := slices.ContainsFunc(list, func(m presence.Member) bool { return m.Nodes > 0 })
+			if shared {
+				fmt.Fprintln(tw, "MEMBER\tNODES\tCONNECTIONS HERE\tINFO")
+			} else {
+				fmt.Fprintln(tw, "MEMBER\tCONNECTIONS\tINFO")
+			}
 			for _, m := range list {
 				info := string(m.Info)
 				if info == "" {
 					info = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\n", m.ID, m.Connections, info)
+				if shared {
+					fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", m.ID, m.Nodes, m.Connections, info)
+				} else {
+					fmt.Fprintf(tw, "%s\t%d\t%s\n", m.ID, m.Connections, info)
+				}
 			}
 			return tw.Flush()
 		},
