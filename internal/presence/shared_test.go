@@ -208,3 +208,39 @@ func sharedPresence(t *testing.T, url string) {
 		t.Fatalf("changes: %s", got)
 	}
 }
+
+// A member who leaves while Redis is down is not left listed forever: the
+// node retries, and once Redis is back (with its data: AOF) the departure
+// is published and the list is right on every node.
+func TestSharedPresenceLeaveWhileRedisDown(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	prefix := fmt.Sprintf("p%d:", time.Now().UnixNano())
+	ch := &changes{}
+	live := redislog.Options{Heartbeat: 100 * time.Millisecond, NodeTimeout: time.Minute}
+	a := openNode(t, "A", srv.URL(), prefix, live, ch)
+	c := openNode(t, "C", srv.URL(), prefix, live, ch)
+	s, err := c.b.Subscribe(ctxT(t), broker.SubscribeOptions{Channels: []string{"room"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	alice, err := a.reg.Join(ctxT(t), "room", "alice", nil, presence.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(t, s, `member_added {"id":"alice"}`)
+
+	srv.Kill()
+	alice.Leave(true) // cannot reach Redis
+	if _, _, err := a.reg.Members(ctxT(t), "room"); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("listing while Redis is down: %v", err)
+	}
+	srv.Restart()
+	expect(t, s, `member_removed {"id":"alice"}`)
+	if got := members(t, c); got != "" {
+		t.Fatalf("members once Redis is back: %s", got)
+	}
+	if got := ch.list(); got != "A:member_added:alice A:member_removed:alice" {
+		t.Fatalf("changes: %s", got)
+	}
+}
