@@ -402,7 +402,11 @@ func TestClusterPresence(t *testing.T) {
 	if got := watcher.event(); got != `member_removed {"id":"bob"}` {
 		t.Fatalf("watcher on C once B was killed: %s", got)
 	}
-	t.Logf("bob (held only by the killed node) was removed %s after the kill", time.Since(killed).Round(time.Millisecond))
+	took := time.Since(killed)
+	t.Logf("bob (held only by the killed node) was removed %s after the kill", took.Round(time.Millisecond))
+	if took >= 8*time.Second { // the default --node-timeout is 10s
+		t.Fatalf("bob was removed %s after the kill: --node-timeout 2s was not applied", took)
+	}
 	if got := presenceOf(t, a, "room"); got != "1 alice/1" {
 		t.Fatalf("presence on A after B died: %s", got)
 	}
