@@ -397,23 +397,31 @@ func (ms *Membership) leave(now bool) {
 // remove deletes a member and publishes its departure; rm.mu is held.
 func (r *Registry) remove(rm *room, channel, id string) {
 	delete(rm.members, id)
+	if r.shared != nil {
+		if r.unhold(rm, "", channel, id) != nil {
+			r.retryRemove(channel, id, time.Second)
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A failed publish (the broker is closing or unreachable) loses the
+	// event, not the departure: the list is already right.
+	_ = r.emit(ctx, rm, channel, EventRemoved, id, removedEvent(channel, id))
+}
+
+// unhold ends node's hold of member id in the shared log (node "": this
+// node) and records the departure when it was the last hold; rm.mu is
+// held.
+func (r *Registry) unhold(rm *room, node, channel, id string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ev := removedEvent(channel, id)
-	if r.shared == nil {
-		// A failed publish (the broker is closing or unreachable) loses
-		// the event, not the departure: the list is already right.
-		_ = r.emit(ctx, rm, channel, EventRemoved, id, ev)
-		return
-	}
-	removed, err := r.shared.PresenceRemove(ctx, "", channel, id, ev)
-	if err != nil {
-		r.retryRemove(channel, id, time.Second)
-		return
-	}
-	if removed {
+	removed, err := r.shared.PresenceRemove(ctx, node, channel, id, ev)
+	if err == nil && removed {
 		r.emitted(rm, channel, EventRemoved, id, ev)
 	}
+	return err
 }
 
 func removedEvent(channel, id string) *broker.Message {
@@ -443,16 +451,8 @@ func (r *Registry) retryRemove(channel, id string, wait time.Duration) {
 		if rm.members[id] != nil {
 			return // back: the hold is right again
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		ev := removedEvent(channel, id)
-		removed, err := r.shared.PresenceRemove(ctx, "", channel, id, ev)
-		if err != nil {
+		if r.unhold(rm, "", channel, id) != nil {
 			r.retryRemove(channel, id, min(2*wait, time.Minute))
-			return
-		}
-		if removed {
-			r.emitted(rm, channel, EventRemoved, id, ev)
 		}
 	})
 }
@@ -466,17 +466,7 @@ func (r *Registry) lost(node, channel, id string) error {
 	defer r.release(channel, rm)
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ev := removedEvent(channel, id)
-	removed, err := r.shared.PresenceRemove(ctx, node, channel, id, ev)
-	if err != nil {
-		return err
-	}
-	if removed {
-		r.emitted(rm, channel, EventRemoved, id, ev)
-	}
-	return nil
+	return r.unhold(rm, node, channel, id)
 }
 
 // rejoin adds this node's members to the shared log again, after the
