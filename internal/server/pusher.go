@@ -647,11 +647,7 @@ func (e *pusherEncoder) dropped(b *batch, key string, err error) bool {
 // end is the close frame, with Pusher's codes: 4200 reconnect (shutdown),
 // 4100 back off (slow consumer, stalled), 4009 (terminated, signin failed).
 func (e *pusherEncoder) end(ss *session, err error) []byte {
-	ss.mu.Lock()
-	sent := ss.closeSent
-	ss.closeSent = true
-	ss.mu.Unlock()
-	if sent || err == nil {
+	if !ss.claimClose() || err == nil {
 		return nil
 	}
 	var pcl *pusherClose

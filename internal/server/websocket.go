@@ -68,11 +68,7 @@ func (wsEncoder) dropped(b *batch, key string, err error) bool {
 
 // end is the close frame that says why the connection ends.
 func (wsEncoder) end(ss *session, err error) []byte {
-	ss.mu.Lock()
-	sent := ss.closeSent
-	ss.closeSent = true
-	ss.mu.Unlock()
-	if sent || err == nil {
+	if !ss.claimClose() || err == nil {
 		return nil
 	}
 	code := reasonCode(err)
@@ -186,6 +182,16 @@ func (c *wsNetConn) SetDeadline(t time.Time) error {
 		return c.Conn.SetDeadline(t)
 	}
 	return c.Conn.SetReadDeadline(t)
+}
+
+// claimClose reports whether no close frame was made for the connection
+// yet, and marks one made: the caller makes it.
+func (ss *session) claimClose() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	sent := ss.closeSent
+	ss.closeSent = true
+	return !sent
 }
 
 // closeWith queues a close frame as the connection's last control frame
