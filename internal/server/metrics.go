@@ -51,7 +51,6 @@ type metrics struct {
 	connections [numTransports]atomic.Int64
 	deliveries  [numTransports]atomic.Uint64
 	latency     [numTransports]histogram
-	requests    atomic.Uint64
 	errors      atomic.Uint64
 	disconnects sync.Map // disconnectKey -> *atomic.Uint64
 }

@@ -136,11 +136,10 @@ func (lr *lineReader) next() ([]byte, error) {
 }
 
 type ackWriter struct {
-	w     http.ResponseWriter
-	bw    *bufio.Writer
-	rc    *http.ResponseController
-	enc   *json.Encoder
-	count int
+	w   http.ResponseWriter
+	bw  *bufio.Writer
+	rc  *http.ResponseController
+	enc *json.Encoder
 }
 
 func newAckWriter(w http.ResponseWriter) *ackWriter {
