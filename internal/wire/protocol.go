@@ -121,8 +121,11 @@ const MaxRef = 128
 // protocol, not of Go types.
 func DecodeClientFrame(data []byte) (*ClientFrame, error) {
 	var f ClientFrame
-	if err := decodeObject(data, &f); err != nil {
-		return nil, err
+	if !scanClientFrame(data, &f) {
+		f = ClientFrame{}
+		if err := decodeObject(data, &f); err != nil {
+			return nil, err
+		}
 	}
 	if len(f.Ref) > MaxRef {
 		return nil, Errorf(http.StatusBadRequest, CodeInvalidFrame, "ref longer than %d bytes", MaxRef)
@@ -201,8 +204,11 @@ func NewPublishFrame(ref, channel, event string, data []byte) *PublishFrame {
 // DecodePublishFrame parses one NDJSON publish line.
 func DecodePublishFrame(data []byte) (*PublishFrame, error) {
 	var f PublishFrame
-	if err := decodeObject(data, &f); err != nil {
-		return nil, err
+	if !scanPublishFrame(data, &f) {
+		f = PublishFrame{}
+		if err := decodeObject(data, &f); err != nil {
+			return nil, err
+		}
 	}
 	return &f, nil
 }
@@ -242,15 +248,19 @@ func (f *PublishFrame) Message(max int64) (*broker.Message, error) {
 	case len(f.Data) == 0 || string(f.Data) == "null":
 		return nil, Errorf(http.StatusBadRequest, CodeInvalidFrame, `publish needs "data" (use "" for an empty message)`)
 	case f.Data[0] == '"':
-		var str string
-		if err := json.Unmarshal(f.Data, &str); err != nil {
-			return nil, Errorf(http.StatusBadRequest, CodeInvalidJSON, "data is not a valid JSON string")
+		if text, ok := plainString(f.Data); ok {
+			m.Data = bytes.Clone(text)
+		} else {
+			var str string
+			if err := json.Unmarshal(f.Data, &str); err != nil {
+				return nil, Errorf(http.StatusBadRequest, CodeInvalidJSON, "data is not a valid JSON string")
+			}
+			m.Data = []byte(str)
 		}
-		m.Data = []byte(str)
 		switch f.Encoding {
 		case "":
 		case "base64":
-			b, err := base64.StdEncoding.DecodeString(str)
+			b, err := base64.StdEncoding.DecodeString(string(m.Data))
 			if err != nil {
 				return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "data is not valid base64: %v", err)
 			}

@@ -1,0 +1,157 @@
+package wire
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// scanSeeds are frames of the shapes scanObject reads and of the shapes it
+// must leave to encoding/json.
+var scanSeeds = []string{
+	`{"type":"publish","channel":"news","data":"hello"}`,
+	`{"type":"publish","ref":"r1","channel":"a.b","event":"deploy","data":{"x":[1,2,{"y":"}"}]}}`,
+	` { "channel" : "c" , "data" : 12.5e3 } `,
+	`{"channel":"c","data":"aGk=","encoding":"base64"}`,
+	`{"channel":"c","data":"say \"hi\"\n"}`,
+	`{"channel":"c\u00e9","data":"x"}`,
+	`{"channel":"é日本","data":"é"}`,
+	"{\"channel\":\"\xff\",\"data\":\"x\"}",
+	"{\"channel\":\"c\",\"data\":\"\xff\xfe\"}",
+	`{"channel":"c","data":null}`,
+	`{"channel":null,"data":"x"}`,
+	`{"channel":5,"data":"x"}`,
+	`{"Channel":"c","data":"x"}`,
+	`{"channel":"a","channel":"b","data":"x","data":[true]}`,
+	`{"channel":"c","data":"x"}{}`,
+	`{"channel":"c","data":"x",}`,
+	`{"channel":"c","data":tru}`,
+	`{"channel":"c","data":[1,2}`,
+	`{"channel":"c","data":"x"`,
+	`{"channel":"c" "data":"x"}`,
+	`{"channel":"c","data":"\ud800"}`,
+	`{"channel":"c","data":"\u12"}`,
+	`{"channel":"c","data":"bad \q"}`,
+	"{\"channel\":\"c\",\"data\":\"tab\there\"}",
+	`{"channels":["a","b"],"type":"subscribe"}`,
+	`{"type":"ping","ref":"x"}`,
+	`{"unknown":1,"data":"x"}`,
+	`{}`,
+	` {}  `,
+	`{"data":-0}`,
+	`{"data":01}`,
+	`{"data":1.}`,
+	`{"data":"x"}` + "\v",
+	`[]`,
+	`"str"`,
+	``,
+	`{"data":` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + `}`,
+}
+
+// FuzzScanMatchesEncodingJSON checks the hand-written frame scanner
+// against encoding/json: whenever the scanner reads a frame, encoding/json
+// reads the same frame into the same values; plain strings read the same
+// text. (Where the scanner gives up, encoding/json alone decides.)
+func FuzzScanMatchesEncodingJSON(f *testing.F) {
+	for _, s := range scanSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fast PublishFrame
+		if scanPublishFrame(data, &fast) {
+			var slow PublishFrame
+			if err := json.Unmarshal(data, &slow); err != nil {
+				t.Fatalf("scanned %q, encoding/json refuses it: %v", data, err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("%q: scanned %+v, encoding/json %+v", data, fast, slow)
+			}
+			if text, ok := plainString(fast.Data); ok {
+				var s string
+				if err := json.Unmarshal(fast.Data, &s); err != nil || s != string(text) {
+					t.Fatalf("data %q: plain text %q, encoding/json %q (%v)", fast.Data, text, s, err)
+				}
+			}
+		}
+		var fastC ClientFrame
+		if scanClientFrame(data, &fastC) {
+			var slow ClientFrame
+			if err := json.Unmarshal(data, &slow); err != nil {
+				t.Fatalf("scanned %q, encoding/json refuses it: %v", data, err)
+			}
+			if !reflect.DeepEqual(fastC, slow) {
+				t.Fatalf("%q: scanned %+v, encoding/json %+v", data, fastC, slow)
+			}
+		}
+	})
+}
+
+// TestScanReadsCommonFrames checks that the frames publishers send by the
+// hundred thousand take the scanner's path (the fuzz target above only
+// checks that what it takes is right).
+func TestScanReadsCommonFrames(t *testing.T) {
+	for _, s := range []string{
+		`{"type":"publish","channel":"news","data":"hello"}`,
+		`{"type":"publish","ref":"r1","channel":"a.b","event":"deploy","data":{"x":[1,2]}}`,
+		`{"channel":"c","data":"say \"hi\"\n"}`,
+		`{"channel":"é日本","data":"é"}`,
+		`{"type":"ping","ref":"x"}`,
+	} {
+		var p PublishFrame
+		if !scanPublishFrame([]byte(s), &p) {
+			t.Errorf("%s: left to encoding/json", s)
+		}
+	}
+	for _, s := range []string{
+		`{"Channel":"c","data":"x"}`,
+		`{"channel":"c\u00e9","data":"x"}`,
+		`{"channel":null,"data":"x"}`,
+		`{"channels":["a"],"type":"subscribe"}`,
+		`{"channel":"c","data":"x"}{}`,
+	} {
+		var p PublishFrame
+		if scanPublishFrame([]byte(s), &p) {
+			t.Errorf("%s: scanned, should be left to encoding/json", s)
+		}
+	}
+}
+
+// TestDecodeErrorsUnchanged checks that every seed, malformed ones
+// included, decodes (or fails) exactly as encoding/json alone decides.
+func TestDecodeErrorsUnchanged(t *testing.T) {
+	for _, s := range scanSeeds {
+		var want PublishFrame
+		wantErr := decodeObject([]byte(s), &want)
+		got, err := DecodePublishFrame([]byte(s))
+		switch {
+		case wantErr != nil && (err == nil || err.Error() != wantErr.Error()):
+			t.Errorf("%.80q: publish frame error %v, want %v", s, err, wantErr)
+		case wantErr == nil && (err != nil || !reflect.DeepEqual(*got, want)):
+			t.Errorf("%.80q: publish frame %+v (%v), want %+v", s, got, err, want)
+		}
+		var wantC ClientFrame
+		wantErr = decodeObject([]byte(s), &wantC)
+		gotC, err := DecodeClientFrame([]byte(s))
+		switch {
+		case wantErr != nil && (err == nil || err.Error() != wantErr.Error()):
+			t.Errorf("%.80q: client frame error %v, want %v", s, err, wantErr)
+		case wantErr == nil && err == nil && !reflect.DeepEqual(*gotC, wantC):
+			t.Errorf("%.80q: client frame %+v, want %+v", s, gotC, wantC)
+		}
+	}
+}
+
+func BenchmarkDecodePublishFrame(b *testing.B) {
+	data := []byte(`{"type":"publish","channel":"bench","data":"1764038400123456789 000042 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		f, err := DecodeClientFrame(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := (&PublishFrame{Channel: f.Channel, Data: f.Data}).Message(1 << 20); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
