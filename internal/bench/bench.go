@@ -66,6 +66,7 @@ type Result struct {
 	Size             int           `json:"size"`
 	Published        int           `json:"published"`
 	PublishErrors    int           `json:"publish_errors"`
+	FirstError       string        `json:"first_publish_error,omitempty"`
 	Expected         uint64        `json:"expected_deliveries"`
 	Delivered        uint64        `json:"delivered"`
 	Lost             uint64        `json:"lost"`
@@ -269,6 +270,12 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	c.logf("publishing %d messages of %d bytes from %d publishers", c.Messages, c.Size, c.Publishers)
 	start := time.Now()
 	var published, pubErrs atomic.Int64
+	var firstErr atomic.Value // string: the first publish error, for the report
+	pubFailed := func(err error) {
+		pubErrs.Add(1)
+		firstErr.CompareAndSwap(nil, err.Error())
+		c.logf("publisher: %v", err)
+	}
 	var next atomic.Int64
 	var pwg sync.WaitGroup
 	var interval time.Duration
@@ -333,15 +340,14 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 						return
 					}
 					if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), int(n), false)); err != nil {
-						pubErrs.Add(1)
+						pubFailed(err)
 						continue
 					}
 					published.Add(1)
 				}
 			}
 			if err != nil {
-				c.logf("publisher: %v", err)
-				pubErrs.Add(1)
+				pubFailed(err)
 			}
 		}()
 	}
@@ -395,6 +401,9 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		Published: int(published.Load()), PublishErrors: int(pubErrs.Load()),
 		Expected: expected, Delivered: delivered, Duration: end.Sub(start),
 		P50: h.Percentile(50), P90: h.Percentile(90), P99: h.Percentile(99), P999: h.Percentile(99.9), Max: h.Max(),
+	}
+	if e, ok := firstErr.Load().(string); ok {
+		r.FirstError = e
 	}
 	if delivered < expected {
 		r.Lost = expected - delivered

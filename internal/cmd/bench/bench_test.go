@@ -63,3 +63,17 @@ func TestBenchAgainst(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchReportsPublishErrors: publishes the broker refuses are counted
+// and the first one's reason is printed, not lost in the figures.
+func TestBenchReportsPublishErrors(t *testing.T) {
+	_, url := servertest.Start(t, server.Options{Limits: server.Limits{PublishRate: 1, PublishBurst: 5}})
+	out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url,
+		"--subscribers", "1", "--publishers", "1", "--messages", "20", "--settle", "100ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "publish errors: ") || !strings.Contains(out, "(the first: publish: HTTP 429)") {
+		t.Fatalf("output does not report the refused publishes:\n%s", out)
+	}
+}
