@@ -119,11 +119,13 @@ type wsNetConn struct {
 
 	// Owned by the reader (one run at a time).
 	in *inputWatch
-	// boundary: the reader is between frames, so a read that would wait
-	// may instead leave the reader (to be run again on more input);
-	// inMessage: between frames of one fragmented message, which it may
-	// not leave.
-	boundary, inMessage bool
+	// frames follows the frames in what gorilla has been given: a read
+	// that would wait may leave the reader (to be run again on more
+	// input) only where a frame ends, when gorilla holds no part of the
+	// next one; inMessage: between frames of one fragmented message,
+	// which it may not leave either.
+	frames    frameTracker
+	inMessage bool
 }
 
 // wsReadBufferSize is gorilla's read buffer per connection: enough for a
@@ -136,23 +138,71 @@ const wsReadBufferSize = 256
 func (c *wsNetConn) Read(p []byte) (int, error) {
 	n, err := c.in.Read(p) // only readFrames reads, and it sets in
 	if err == errWouldBlock {
-		if c.boundary {
+		// Everything given to gorilla ends with a whole frame, so
+		// gorilla asks for more only to begin the next one, having
+		// taken no byte of it: leaving here loses nothing.
+		if !c.inMessage && c.frames.between() {
 			panic(errWouldBlock)
 		}
 		n, err = c.Conn.Read(p)
 	}
 	if n > 0 {
-		c.boundary = false
+		c.frames.feed(p[:n])
 		c.ss.lastRead.Store(time.Now().UnixNano())
 	}
 	return n, err
 }
 
-// frameDone is called by gorilla's control frame handlers: unless inside
-// a fragmented message, the reader is at a frame boundary again.
-func (c *wsNetConn) frameDone() {
-	if !c.inMessage {
-		c.boundary = true
+// frameTracker follows the framing of a client's byte stream (RFC 6455
+// §5.2): header, extended length, mask, payload. It checks nothing;
+// gorilla does.
+type frameTracker struct {
+	head    [10]byte // the first header bytes: two, then up to 8 of length
+	n       int      // header bytes seen of the current frame
+	size    int      // the header's size, once its first two bytes are seen
+	payload uint64   // payload bytes still to come
+}
+
+// between reports whether the bytes seen end with a whole frame.
+func (t *frameTracker) between() bool { return t.n == 0 && t.payload == 0 }
+
+func (t *frameTracker) feed(b []byte) {
+	for len(b) > 0 {
+		if t.payload > 0 {
+			k := min(uint64(len(b)), t.payload)
+			b = b[k:]
+			t.payload -= k
+			continue
+		}
+		if t.n < len(t.head) {
+			t.head[t.n] = b[0]
+		}
+		t.n++
+		b = b[1:]
+		if t.n == 2 {
+			t.size = 2
+			switch t.head[1] & 0x7f {
+			case 126:
+				t.size += 2
+			case 127:
+				t.size += 8
+			}
+			if t.head[1]&0x80 != 0 {
+				t.size += 4 // the mask
+			}
+		}
+		if t.n < 2 || t.n < t.size {
+			continue
+		}
+		switch l := t.head[1] & 0x7f; l {
+		case 126:
+			t.payload = uint64(binary.BigEndian.Uint16(t.head[2:4]))
+		case 127:
+			t.payload = binary.BigEndian.Uint64(t.head[2:10])
+		default:
+			t.payload = uint64(l)
+		}
+		t.n = 0
 	}
 }
 
@@ -325,7 +375,7 @@ type wsReader struct {
 
 	members memberships // presence joined through this connection
 
-	onFrame func(data []byte) // executes a text frame (the protocol's)
+	onFrame func(data []byte) // executes a text frame (the protocol's); data is reused after
 	notText func() []byte     // the reply to a binary frame
 }
 
@@ -413,13 +463,11 @@ func now(b []byte) func() []byte { return func() []byte { return b } }
 // handlers installs gorilla's control frame handlers: pings are answered
 // by the session's writer, a close frame ends the connection.
 func (rd *wsReader) handlers() {
-	ss, c, nc := rd.ss, rd.c, rd.nc
+	ss, c := rd.ss, rd.c
 	c.SetPingHandler(func(data string) error {
-		nc.frameDone()
 		ss.setPong(wire.AppendWSFrame(nil, opPong, []byte(data)))
 		return nil
 	})
-	c.SetPongHandler(func(string) error { nc.frameDone(); return nil })
 	c.SetCloseHandler(func(code int, _ string) error {
 		if code == websocket.CloseNoStatusReceived {
 			ss.closeWith(wire.AppendWSFrame(nil, opClose, nil), errPeerClosed)
@@ -436,9 +484,10 @@ func (rd *wsReader) handlers() {
 //
 // gorilla reads frames in a loop that handles control frames on its own,
 // so after a pong it would wait in read for the next frame; instead
-// wsNetConn.Read unwinds from a read that would wait at a frame boundary
-// (a panic with errWouldBlock, recovered here), where gorilla's state is
-// that of a connection about to read a new frame.
+// wsNetConn.Read unwinds from a read that would wait where a frame ends
+// and gorilla holds no part of the next (a panic with errWouldBlock,
+// recovered here): gorilla's state is then that of a connection about to
+// read a new frame.
 func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 	ss, c, nc := rd.ss, rd.c, rd.nc
 	nc.in = in
@@ -453,16 +502,18 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 			more = true
 		}
 	}()
+	// One buffer for the frames of this call: onFrame does not keep
+	// data. It goes when the call ends, so an idle connection holds none.
+	var buf []byte
 	for {
-		if in.rc != nil {
-			nc.boundary, nc.inMessage = true, false
-		}
+		nc.inMessage = false
 		typ, mr, err := c.NextReader()
 		if err != nil {
 			return false
 		}
 		nc.inMessage = true
-		data, err := io.ReadAll(mr)
+		data, err := readMessage(mr, buf[:0])
+		buf = data
 		nc.inMessage = false
 		if err != nil {
 			return false
@@ -477,6 +528,27 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 			return false
 		}
 		rd.onFrame(data)
+	}
+}
+
+// readMessage reads the rest of a message into buf (from its length on)
+// and returns it; buf's space is reused.
+func readMessage(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		switch {
+		case cap(buf) == 0:
+			buf = make([]byte, 0, 512)
+		case len(buf) == cap(buf):
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
 	}
 }
 
@@ -554,7 +626,8 @@ func (rd *wsReader) handle(data []byte) {
 		if err != nil {
 			return errFrame(ref, err)
 		}
-		return textFrame(wire.AppendAck(nil, ref, m, subs))
+		var tmp [128]byte
+		return textFrame(wire.AppendAck(tmp[:0], ref, m, subs))
 	})
 }
 
