@@ -2,9 +2,12 @@ package client
 
 import (
 	"context"
-	"encoding/json"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/url"
 	"strconv"
 	"sync"
@@ -16,10 +19,26 @@ import (
 
 // Stream publishes many messages over one WebSocket connection, in order,
 // with a bounded number awaiting their acks.
+//
+// Frames are written by a goroutine of the stream's own, all that queued
+// up while it wrote in one system call: a publisher faster than the
+// network sends few large writes, a slow one each frame at once. gorilla
+// only reads (and sends the closing frame once nothing else writes); the
+// pongs to the broker's pings go through the same queue.
 type Stream struct {
 	conn   *websocket.Conn
 	window chan struct{}
 	onAck  func(Ack)
+
+	wmu     sync.Mutex
+	idle    *sync.Cond // signalled when the writer stops
+	pending []byte     // masked frames waiting for the writer
+	spare   []byte
+	writing bool
+	closing bool // the closing frame is gorilla's to write: no more frames
+	werr    error
+	masks   *rand.ChaCha8 // mask keys (RFC 6455 §5.3: unpredictable)
+	frame   []byte        // scratch for one publish frame's JSON
 
 	mu       sync.Mutex
 	sent     int
@@ -64,9 +83,65 @@ func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack))
 		}
 		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, base, err)
 	}
-	s := &Stream{conn: conn, window: make(chan struct{}, StreamWindow), onAck: onAck, done: make(chan struct{})}
+	var seed [32]byte
+	crand.Read(seed[:])
+	s := &Stream{conn: conn, window: make(chan struct{}, StreamWindow), onAck: onAck, done: make(chan struct{}), masks: rand.NewChaCha8(seed)}
+	s.idle = sync.NewCond(&s.wmu)
+	conn.SetPingHandler(func(data string) error {
+		s.queue(websocket.PongMessage, []byte(data))
+		return nil
+	})
 	go s.readAcks()
 	return s, nil
+}
+
+// queue adds one masked frame for the writer, starting it when it is not
+// running.
+func (s *Stream) queue(op byte, payload []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.queueLocked(op, payload)
+}
+
+func (s *Stream) queueLocked(op byte, payload []byte) error {
+	var key [4]byte
+	if s.werr != nil {
+		return s.werr
+	}
+	if s.closing {
+		return net.ErrClosed
+	}
+	binary.LittleEndian.PutUint32(key[:], uint32(s.masks.Uint64()))
+	s.pending = wire.AppendMaskedWSFrame(s.pending, op, payload, key)
+	if !s.writing {
+		s.writing = true
+		go s.write()
+	}
+	return nil
+}
+
+// write sends what is queued, in as few writes as it can, until nothing is.
+func (s *Stream) write() {
+	nc := s.conn.NetConn()
+	s.wmu.Lock()
+	for len(s.pending) > 0 {
+		buf := s.pending
+		s.pending, s.spare = s.spare[:0], nil
+		s.wmu.Unlock()
+		_, err := nc.Write(buf)
+		s.wmu.Lock()
+		if cap(buf) <= 1<<20 {
+			s.spare = buf[:0]
+		}
+		if err != nil {
+			s.werr = fmt.Errorf("sending: %w", err)
+			s.pending = nil
+			nc.Close() // the reader ends too, and with it waiting for acks
+		}
+	}
+	s.writing = false
+	s.idle.Broadcast()
+	s.wmu.Unlock()
 }
 
 func (s *Stream) readAcks() {
@@ -123,20 +198,19 @@ func (s *Stream) Publish(ctx context.Context, channel, event string, data []byte
 	s.sent++
 	ref := strconv.Itoa(s.sent)
 	s.mu.Unlock()
-	b, err := json.Marshal(wire.NewPublishFrame(ref, channel, event, data))
-	if err != nil {
-		return err
-	}
-	if err := s.conn.WriteMessage(websocket.TextMessage, b); err != nil {
-		return fmt.Errorf("sending: %w", err)
-	}
-	return nil
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.frame = wire.AppendPublishFrame(s.frame[:0], ref, channel, event, data)
+	return s.queueLocked(websocket.TextMessage, s.frame)
 }
 
 func (s *Stream) err() error {
+	s.wmu.Lock()
+	werr := s.werr
+	s.wmu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return errors.Join(s.readErr, s.firstErr)
+	return errors.Join(werr, s.readErr, s.firstErr)
 }
 
 // Close waits for every ack, closes the connection and returns the first
@@ -150,13 +224,24 @@ func (s *Stream) Close(ctx context.Context) (acked int, err error) {
 			i = StreamWindow
 		case <-ctx.Done():
 			s.conn.Close()
-			return s.acked, ctx.Err()
+			return s.ackedSoFar(), ctx.Err()
 		}
 	}
+	// The closing frame is gorilla's to write, once the writer is done.
+	s.wmu.Lock()
+	s.closing = true
+	for s.writing {
+		s.idle.Wait()
+	}
+	s.wmu.Unlock()
 	s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	s.conn.Close()
 	<-s.done
+	return s.ackedSoFar(), s.err()
+}
+
+func (s *Stream) ackedSoFar() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.acked, errors.Join(s.readErr, s.firstErr)
+	return s.acked
 }

@@ -201,6 +201,59 @@ func NewPublishFrame(ref, channel, event string, data []byte) *PublishFrame {
 	return f
 }
 
+// AppendPublishFrame appends the JSON of NewPublishFrame(ref, channel,
+// event, data) without building it: what a streaming publisher sends per
+// message.
+func AppendPublishFrame(b []byte, ref, channel, event string, data []byte) []byte {
+	b = appendHead(b, TypePublish, ref)
+	b = append(b, `,"channel":`...)
+	b = AppendString(b, channel)
+	if event != "" {
+		b = append(b, `,"event":`...)
+		b = AppendString(b, event)
+	}
+	b = append(b, `,"data":`...)
+	kind, _ := broker.ClassifyData("", data)
+	switch {
+	case kind == broker.KindJSON:
+		var buf bytes.Buffer
+		json.Compact(&buf, data) // valid: ClassifyData checked
+		b = append(b, buf.Bytes()...)
+	case utf8.Valid(data):
+		b = AppendString(b, string(data))
+	default:
+		b = AppendString(b, base64.StdEncoding.EncodeToString(data))
+		b = append(b, `,"encoding":"base64"`...)
+	}
+	return append(b, '}')
+}
+
+// AppendMaskedWSFrame appends one final WebSocket frame masked with key
+// (the form a client sends, RFC 6455 §5.3).
+func AppendMaskedWSFrame(b []byte, opcode byte, payload []byte, key [4]byte) []byte {
+	b = AppendWSHeader(b, opcode, len(payload))
+	b[len(b)-1-headerLenBytes(len(payload))] |= 0x80
+	b = append(b, key[:]...)
+	start := len(b)
+	b = append(b, payload...)
+	for i := range payload {
+		b[start+i] ^= key[i&3]
+	}
+	return b
+}
+
+// headerLenBytes is how many extended length bytes follow a frame's
+// second header byte.
+func headerLenBytes(n int) int {
+	switch {
+	case n < 126:
+		return 0
+	case n < 1<<16:
+		return 2
+	}
+	return 8
+}
+
 // DecodePublishFrame parses one NDJSON publish line.
 func DecodePublishFrame(data []byte) (*PublishFrame, error) {
 	var f PublishFrame

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/json"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -234,6 +235,61 @@ func scanClientFrame(data []byte, f *ClientFrame) bool {
 	return true
 }
 
+// scanEnvelope fills e from data when scanObject can read it: every field
+// but the subscribe reply's channel list, strings without escapes, whole
+// numbers in range. (Clients read one per message and per ack.)
+func scanEnvelope(data []byte, e *Envelope) bool {
+	return scanObject(data, func(key, raw []byte, plain bool) bool {
+		k := string(key)
+		switch k {
+		case "data":
+			e.Data = append(json.RawMessage(nil), raw...)
+			return true
+		case "seq":
+			n, err := strconv.ParseUint(string(raw), 10, 64)
+			e.Seq = n
+			return err == nil
+		case "subscribers":
+			n, err := strconv.ParseInt(string(raw), 10, 0)
+			e.Subscribers = int(n)
+			return err == nil
+		}
+		if !plain {
+			return false
+		}
+		text := raw[1 : len(raw)-1]
+		switch k {
+		case "type":
+			e.Type = internType(text)
+		case "ref":
+			e.Ref = string(text)
+		case "channel":
+			e.Channel = string(text)
+		case "id":
+			e.ID = string(text)
+		case "event":
+			e.Event = string(text)
+		case "encoding":
+			e.Encoding = string(text)
+		case "time":
+			return e.Time.UnmarshalJSON(raw) == nil
+		case "from":
+			e.From = string(text)
+		case "to":
+			e.To = string(text)
+		case "code":
+			e.Code = string(text)
+		case "message":
+			e.Reason = string(text)
+		case "cursor":
+			e.Cursor = string(text)
+		default:
+			return false
+		}
+		return true
+	})
+}
+
 // internType returns the frame type's name without allocating for the
 // names the protocol has.
 func internType(b []byte) string {
@@ -246,6 +302,10 @@ func internType(b []byte) string {
 		return TypeSubscribe
 	case TypeUnsubscribe:
 		return TypeUnsubscribe
+	case TypeAck:
+		return TypeAck
+	case TypeMessage:
+		return TypeMessage
 	}
 	return string(b)
 }

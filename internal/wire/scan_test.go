@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -43,6 +44,13 @@ var scanSeeds = []string{
 	`{"data":01}`,
 	`{"data":1.}`,
 	`{"data":"x"}` + "\v",
+	`{"type":"ack","ref":"7","channel":"c","id":"e1-9","seq":9,"subscribers":2}`,
+	`{"type":"message","channel":"c","id":"e1-9","seq":9,"event":"ev","data":"hi","time":"2026-11-25T02:51:27.123456789Z"}`,
+	`{"type":"message","seq":-1,"subscribers":1e2,"time":"yesterday"}`,
+	`{"type":"gap","channel":"c","from":"e-1","to":"e-5","seq":18446744073709551616}`,
+	`{"type":"error","ref":"1","code":"forbidden","message":"no","status":403}`,
+	`{"type":"subscribed","channels":["a"],"cursor":"x"}`,
+	`{"time":null,"subscribers":"3"}`,
 	`[]`,
 	`"str"`,
 	``,
@@ -74,6 +82,16 @@ func FuzzScanMatchesEncodingJSON(f *testing.F) {
 				}
 			}
 		}
+		var fastE Envelope
+		if scanEnvelope(data, &fastE) {
+			var slow Envelope
+			if err := json.Unmarshal(data, &slow); err != nil {
+				t.Fatalf("scanned %q, encoding/json refuses it: %v", data, err)
+			}
+			if !reflect.DeepEqual(fastE, slow) {
+				t.Fatalf("%q: scanned %+v, encoding/json %+v", data, fastE, slow)
+			}
+		}
 		var fastC ClientFrame
 		if scanClientFrame(data, &fastC) {
 			var slow ClientFrame
@@ -100,6 +118,15 @@ func TestScanReadsCommonFrames(t *testing.T) {
 	} {
 		var p PublishFrame
 		if !scanPublishFrame([]byte(s), &p) {
+			t.Errorf("%s: left to encoding/json", s)
+		}
+	}
+	for _, s := range []string{
+		`{"type":"ack","ref":"7","channel":"c","id":"e1-9","seq":9,"subscribers":2}`,
+		`{"type":"message","channel":"c","id":"e1-9","seq":9,"event":"ev","data":"hi","time":"2026-11-25T02:51:27.123456789Z"}`,
+	} {
+		var e Envelope
+		if !scanEnvelope([]byte(s), &e) {
 			t.Errorf("%s: left to encoding/json", s)
 		}
 	}
@@ -152,6 +179,64 @@ func BenchmarkDecodePublishFrame(b *testing.B) {
 		}
 		if _, err := (&PublishFrame{Channel: f.Channel, Data: f.Data}).Message(1 << 20); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// FuzzAppendPublishFrame: the frame a streaming publisher builds by hand
+// publishes the same message as the one encoding/json makes of
+// NewPublishFrame.
+func FuzzAppendPublishFrame(f *testing.F) {
+	f.Add("ref", "news", "", []byte("hello"))
+	f.Add("1", "a.b", "ev\"", []byte(`{"x": [1, 2]}`))
+	f.Add("2", "c", "", []byte{0xff, 0, '<'})
+	f.Add("3", "c", "e", []byte("tab\t\u2028 & <b>"))
+	f.Fuzz(func(t *testing.T, ref, channel, event string, data []byte) {
+		want, werr := decodeMessage(mustMarshal(t, NewPublishFrame(ref, channel, event, data)))
+		got, gerr := decodeMessage(AppendPublishFrame(nil, ref, channel, event, data))
+		if (werr == nil) != (gerr == nil) || werr == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("hand-built frame gives %+v (%v), encoding/json's %+v (%v)", got, gerr, want, werr)
+		}
+	})
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func decodeMessage(b []byte) (any, error) {
+	f, err := DecodePublishFrame(b)
+	if err != nil {
+		return nil, err
+	}
+	m, err := f.Message(1 << 20)
+	if err != nil {
+		return nil, err
+	}
+	return [4]any{f.Ref, m.Channel, m.Event, string(m.Data) + "/" + strconv.Itoa(int(m.Kind))}, nil
+}
+
+func TestMaskedWSFrame(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 65535, 65536} {
+		payload := make([]byte, n)
+		for i := range payload {
+			payload[i] = byte(i * 7)
+		}
+		key := [4]byte{1, 2, 3, 4}
+		b := AppendMaskedWSFrame([]byte("pre"), OpText, payload, key)
+		b = b[3:]
+		hdr := 2 + headerLenBytes(n)
+		if b[0] != 0x81 || b[1]&0x80 == 0 || string(b[hdr:hdr+4]) != string(key[:]) || len(b) != hdr+4+n {
+			t.Fatalf("%d bytes: header % x", n, b[:min(len(b), hdr+4)])
+		}
+		for i, c := range b[hdr+4:] {
+			if c^key[i%4] != payload[i] {
+				t.Fatalf("%d bytes: byte %d not masked right", n, i)
+			}
 		}
 	}
 }

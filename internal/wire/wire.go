@@ -294,6 +294,10 @@ var ErrBadFrame = errors.New("bad frame")
 // DecodeEnvelope parses one JSON frame.
 func DecodeEnvelope(b []byte) (*Envelope, error) {
 	var e Envelope
+	if scanEnvelope(b, &e) {
+		return &e, nil
+	}
+	e = Envelope{}
 	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
