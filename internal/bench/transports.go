@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // dataField returns the string value of "data" in one JSON message line
@@ -147,6 +149,29 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 		return err
 	}
 	defer conn.Close()
+	// Frames go out through one buffer, many to a write when the broker
+	// keeps up (as a streaming client would send them): one system call
+	// per frame made the bench, not the broker, the limit. gorilla only
+	// reads; pongs to the broker's pings share the buffer.
+	var mu sync.Mutex
+	bw := bufio.NewWriterSize(conn.NetConn(), 64<<10)
+	var out []byte
+	send := func(op byte, payload []byte, flush bool) error {
+		mu.Lock()
+		defer mu.Unlock()
+		out = appendMaskedFrame(out[:0], op, payload)
+		if _, err := bw.Write(out); err != nil {
+			return err
+		}
+		if flush {
+			return bw.Flush()
+		}
+		return nil
+	}
+	conn.SetPingHandler(func(data string) error {
+		send(websocket.PongMessage, []byte(data), true)
+		return nil
+	})
 	go func() {
 		ch, _ := json.Marshal(c.Channel)
 		var frame []byte
@@ -160,12 +185,12 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 			frame = append(frame, `,"data":"`...)
 			frame = append(frame, payload(c.Size, time.Now(), int(m), false)...)
 			frame = append(frame, `"}`...)
-			if conn.WriteMessage(websocket.TextMessage, frame) != nil {
+			if send(websocket.TextMessage, frame, c.Rate > 0) != nil {
 				return
 			}
 		}
 		// Replies come in order: this one's comes after every ack.
-		conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","ref":"bench-end"}`))
+		send(websocket.TextMessage, []byte(`{"type":"ping","ref":"bench-end"}`), true)
 	}()
 	for {
 		conn.SetReadDeadline(time.Now().Add(60 * time.Second))
@@ -182,4 +207,11 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 			return fmt.Errorf("WebSocket publish: %s", data)
 		}
 	}
+}
+
+// appendMaskedFrame appends one final client frame; the bench's mask key
+// need not be unpredictable (it talks to the broker it measures, on
+// loopback, not through proxies).
+func appendMaskedFrame(b []byte, op byte, payload []byte) []byte {
+	return wire.AppendMaskedWSFrame(b, op, payload, [4]byte{0x5a, 0x17, 0xc3, 0x8e})
 }
