@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -91,7 +92,36 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, ackOf(m, n))
+	// The ack is written by hand: encoding/json's reflection was a tenth
+	// of the broker's time per HTTP publish. TestPublishAckIsAckJSON
+	// checks it against encoding/json's.
+	var tmp [256]byte
+	b := appendAck(tmp[:0], m, n)
+	h := w.Header()
+	h["Content-Type"] = jsonContentType
+	h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	w.WriteHeader(http.StatusOK)
+	_, err = w.Write(b)
+	return err
+}
+
+var jsonContentType = []string{"application/json"} // shared: never changed
+
+// appendAck appends the JSON line of ackOf(m, n) (without a line number).
+func appendAck(b []byte, m *broker.Message, n int) []byte {
+	b = append(b, `{"id":"`...)
+	b = append(b, m.Epoch...)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `","channel":`...)
+	b = wire.AppendString(b, m.Channel)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `,"subscribers":`...)
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, `,"time":"`...)
+	b = m.Time.AppendFormat(b, time.RFC3339Nano)
+	return append(b, "\"}\n"...)
 }
 
 // lineReader yields lines up to max bytes; longer lines are skipped whole
