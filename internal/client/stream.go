@@ -31,7 +31,7 @@ type Stream struct {
 	onAck  func(Ack)
 
 	wmu     sync.Mutex
-	idle    *sync.Cond // signalled when the writer stops
+	idle    *sync.Cond // signalled after each write and when the writer stops
 	pending []byte     // masked frames waiting for the writer
 	spare   []byte
 	writing bool
@@ -130,6 +130,7 @@ func (s *Stream) write() {
 		s.wmu.Unlock()
 		_, err := nc.Write(buf)
 		s.wmu.Lock()
+		s.idle.Broadcast() // room for publishers waiting on maxPending
 		if cap(buf) <= 1<<20 {
 			s.spare = buf[:0]
 		}
@@ -200,9 +201,17 @@ func (s *Stream) Publish(ctx context.Context, channel, event string, data []byte
 	s.mu.Unlock()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	// Bound what waits in memory (the window bounds messages, not bytes):
+	// past maxPending, wait for the writer as a blocking write would.
+	for len(s.pending) >= maxPending && s.writing && s.werr == nil {
+		s.idle.Wait()
+	}
 	s.frame = wire.AppendPublishFrame(s.frame[:0], ref, channel, event, data)
 	return s.queueLocked(websocket.TextMessage, s.frame)
 }
+
+// maxPending bounds the bytes of frames queued for the writer.
+const maxPending = 4 << 20
 
 func (s *Stream) err() error {
 	s.wmu.Lock()
