@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -152,14 +151,18 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 	// Frames go out through one buffer, many to a write when the broker
 	// keeps up (as a streaming client would send them): one system call
 	// per frame made the bench, not the broker, the limit. gorilla only
-	// reads; pongs to the broker's pings share the buffer.
-	var mu sync.Mutex
+	// reads. The pong to a ping goes out with the next frame: the reading
+	// goroutine never writes, since while a write is stuck the acks it
+	// reads are what lets the broker read on.
 	bw := bufio.NewWriterSize(conn.NetConn(), 64<<10)
+	var pong atomic.Pointer[[]byte]
 	var out []byte
-	send := func(op byte, payload []byte, flush bool) error {
-		mu.Lock()
-		defer mu.Unlock()
-		out = appendMaskedFrame(out[:0], op, payload)
+	send := func(payload []byte, flush bool) error {
+		out = out[:0]
+		if p := pong.Swap(nil); p != nil {
+			out = appendMaskedFrame(out, websocket.PongMessage, *p)
+		}
+		out = appendMaskedFrame(out, websocket.TextMessage, payload)
 		if _, err := bw.Write(out); err != nil {
 			return err
 		}
@@ -169,7 +172,8 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 		return nil
 	}
 	conn.SetPingHandler(func(data string) error {
-		send(websocket.PongMessage, []byte(data), true)
+		p := []byte(data)
+		pong.Store(&p)
 		return nil
 	})
 	go func() {
@@ -185,12 +189,12 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 			frame = append(frame, `,"data":"`...)
 			frame = append(frame, payload(c.Size, time.Now(), int(m), false)...)
 			frame = append(frame, `"}`...)
-			if send(websocket.TextMessage, frame, c.Rate > 0) != nil {
+			if send(frame, c.Rate > 0) != nil {
 				return
 			}
 		}
 		// Replies come in order: this one's comes after every ack.
-		send(websocket.TextMessage, []byte(`{"type":"ping","ref":"bench-end"}`), true)
+		send([]byte(`{"type":"ping","ref":"bench-end"}`), true)
 	}()
 	for {
 		conn.SetReadDeadline(time.Now().Add(60 * time.Second))
