@@ -2,9 +2,9 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -504,7 +504,7 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 	}()
 	// One buffer for the frames of this call: onFrame does not keep
 	// data. It goes when the call ends, so an idle connection holds none.
-	var buf []byte
+	var buf bytes.Buffer
 	for {
 		nc.inMessage = false
 		typ, mr, err := c.NextReader()
@@ -512,8 +512,9 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 			return false
 		}
 		nc.inMessage = true
-		data, err := readMessage(mr, buf[:0])
-		buf = data
+		buf.Reset()
+		_, err = buf.ReadFrom(mr)
+		data := buf.Bytes()
 		nc.inMessage = false
 		if err != nil {
 			return false
@@ -528,27 +529,6 @@ func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
 			return false
 		}
 		rd.onFrame(data)
-	}
-}
-
-// readMessage reads the rest of a message into buf (from its length on)
-// and returns it; buf's space is reused.
-func readMessage(r io.Reader, buf []byte) ([]byte, error) {
-	for {
-		switch {
-		case cap(buf) == 0:
-			buf = make([]byte, 0, 512)
-		case len(buf) == cap(buf):
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
 	}
 }
 
