@@ -45,13 +45,13 @@ side_by_side() {
   bin/pushctl bench --server "$pushctl_url" --against http://127.0.0.1:18080 --against-flavor nchan "$@" --format csv 2>/dev/null \
     | if [[ -s "$out" ]]; then tail -n +2; else cat; fi >> "$out"
 }
-side_by_side --transport ws --subscribers "$subs" --publishers 8 --messages "$msgs" --channel "bws$RANDOM"
-side_by_side --transport sse --subscribers "$subs" --publishers 8 --messages "$msgs" --channel "bsse$RANDOM"
-side_by_side --transport ws --subscribers "$subs" --publishers 1 --rate 20 --messages 200 --channel "bpaced$RANDOM"
-side_by_side --transport ws --subscribers 1 --publishers 8 --messages $((msgs * 25)) --channel "bpub$RANDOM"
+side_by_side --transport ws --subscribers "$subs" --publishers 8 --messages "$msgs"
+side_by_side --transport sse --subscribers "$subs" --publishers 8 --messages "$msgs"
+side_by_side --transport ws --subscribers "$subs" --publishers 1 --rate 20 --messages 200
+side_by_side --transport ws --subscribers 1 --publishers 8 --messages $((msgs * 25))
 echo "streaming publishers into pushctl, 1 subscriber:"
 for over in ndjson ws; do
-  bin/pushctl bench --server "$pushctl_url" --subscribers 1 --publishers 1 --publish-over "$over" --messages $((msgs * 150)) --channel "bst$over$RANDOM" 2>/dev/null
+  bin/pushctl bench --server "$pushctl_url" --subscribers 1 --publishers 1 --publish-over "$over" --messages $((msgs * 150)) 2>/dev/null
 done
 
 echo "idle connections (fresh processes, so garbage from the runs above does not blur their memory):"

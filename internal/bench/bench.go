@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -53,12 +54,18 @@ type Config struct {
 	// Live, if set, is called about every 200 ms while publishing and
 	// settling with what was published and delivered so far.
 	Live func(published, delivered uint64, elapsed time.Duration)
+
+	// run tells this run's messages from any other's: a broker that
+	// keeps messages (nchan does, by default) replays an earlier run's to
+	// new subscribers of the same channel.
+	run string
 }
 
 // Result is what a run measured.
 type Result struct {
 	Flavor           string        `json:"flavor"`
 	Server           string        `json:"server"`
+	Channel          string        `json:"channel"`
 	Transport        string        `json:"transport"`
 	PublishOver      string        `json:"publish_over"`
 	Subscribers      int           `json:"subscribers"`
@@ -71,6 +78,7 @@ type Result struct {
 	Delivered        uint64        `json:"delivered"`
 	Lost             uint64        `json:"lost"`
 	Duplicated       uint64        `json:"duplicated"`
+	OtherRuns        uint64        `json:"other_runs"` // messages of other runs received, ignored
 	Duration         time.Duration `json:"duration_ns"`
 	DeliveriesPerSec float64       `json:"deliveries_per_sec"`
 	PublishesPerSec  float64       `json:"publishes_per_sec"`
@@ -85,19 +93,23 @@ type subscriber struct {
 	hist       Histogram
 	received   atomic.Uint64 // distinct messages
 	duplicated atomic.Uint64
+	otherRuns  atomic.Uint64 // messages of other runs
+	run        string
 	warm       atomic.Bool
 	last       atomic.Int64 // unix nanos of the last delivery
 	seen       []uint64     // bit per message number, owned by the reader
 }
 
-// payload is "<unix nanos>|<message number>|" padded with 'x' to size
-// (JSON-safe, so every transport carries it as is); warm-up messages
+// payload is "<run>|<unix nanos>|<message number>|" padded with 'x' to
+// size (JSON-safe, so every transport carries it as is); warm-up messages
 // start with W.
-func payload(size int, now time.Time, n int, warm bool) []byte {
+func payload(size int, run string, now time.Time, n int, warm bool) []byte {
 	b := make([]byte, 0, max(size, 40))
 	if warm {
 		b = append(b, 'W')
 	}
+	b = append(b, run...)
+	b = append(b, '|')
 	b = strconv.AppendInt(b, now.UnixNano(), 10)
 	b = append(b, '|')
 	b = strconv.AppendInt(b, int64(n), 10)
@@ -109,9 +121,19 @@ func payload(size int, now time.Time, n int, warm bool) []byte {
 }
 
 // observe records one delivered payload: its latency, and whether its
-// number was seen before (a duplicate).
+// number was seen before (a duplicate). A payload of another run counts
+// for nothing but otherRuns.
 func (s *subscriber) observe(data []byte, now time.Time) {
-	if len(data) > 0 && data[0] == 'W' {
+	warm := len(data) > 0 && data[0] == 'W'
+	if warm {
+		data = data[1:]
+	}
+	if len(data) <= len(s.run) || string(data[:len(s.run)]) != s.run || data[len(s.run)] != '|' {
+		s.otherRuns.Add(1)
+		return
+	}
+	data = data[len(s.run)+1:]
+	if warm {
 		s.warm.Store(true)
 		return
 	}
@@ -204,6 +226,10 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	if c.Settle <= 0 {
 		c.Settle = 5 * time.Second
 	}
+	c.run = newRunID()
+	if c.Channel == "" {
+		c.Channel = "bench-" + c.run
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	subs := make([]*subscriber, c.Subscribers)
@@ -213,7 +239,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c.Publishers * 2, DisableCompression: true}}
 	c.logf("connecting %d %s subscribers to %s", c.Subscribers, c.Transport, c.subURL(0))
 	for i := range subs {
-		subs[i] = &subscriber{seen: make([]uint64, c.Messages/64+1)}
+		subs[i] = &subscriber{seen: make([]uint64, c.Messages/64+1), run: c.run}
 		sem <- struct{}{}
 		connected := make(chan error, 1)
 		wg.Add(1)
@@ -258,7 +284,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		if time.Now().After(warmDeadline) {
 			return nil, errors.New("subscribers did not all receive the warm-up message within 30s")
 		}
-		if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), 0, true)); err != nil {
+		if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, c.run, time.Now(), 0, true)); err != nil {
 			return nil, fmt.Errorf("warm-up publish: %w", err)
 		}
 		select {
@@ -339,7 +365,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 					if !ok {
 						return
 					}
-					if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, time.Now(), int(n), false)); err != nil {
+					if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, c.run, time.Now(), int(n), false)); err != nil {
 						pubFailed(err)
 						continue
 					}
@@ -388,15 +414,16 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			end = l
 		}
 	}
-	var dups uint64
+	var dups, others uint64
 	for _, s := range subs {
 		dups += s.duplicated.Load()
+		others += s.otherRuns.Load()
 	}
 	if c.PublishOver == "zmq" {
 		c.Publishers = 1
 	}
 	r := &Result{
-		Flavor: c.Flavor, Server: c.Server, Transport: c.Transport, PublishOver: c.PublishOver, Duplicated: dups,
+		Flavor: c.Flavor, Server: c.Server, Channel: c.Channel, Transport: c.Transport, PublishOver: c.PublishOver, Duplicated: dups, OtherRuns: others,
 		Subscribers: c.Subscribers, Publishers: c.Publishers, Size: c.Size,
 		Published: int(published.Load()), PublishErrors: int(pubErrs.Load()),
 		Expected: expected, Delivered: delivered, Duration: end.Sub(start),
@@ -519,6 +546,9 @@ func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error)
 	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024,
 		NetDialContext: (&net.Dialer{}).DialContext}
 	base := strings.TrimSuffix(c.Server, "/")
+	if c.Channel == "" {
+		c.Channel = "idle-" + newRunID() + "-"
+	}
 	for i := 0; i < n; i++ {
 		url := fmt.Sprintf("%s/sub/%s%d", base, c.Channel, i)
 		var conn io.Closer
@@ -629,7 +659,7 @@ func publishZMQ(ctx context.Context, c Config, start time.Time, interval time.Du
 				}
 			}
 			n++
-			batch = append(batch, zmq.Out{Channel: c.Channel, Payload: payload(c.Size, time.Now(), n, false), Seq: uint64(n)})
+			batch = append(batch, zmq.Out{Channel: c.Channel, Payload: payload(c.Size, c.run, time.Now(), n, false), Seq: uint64(n)})
 		}
 		published.Add(int64(len(batch)))
 		return batch, nil
@@ -638,4 +668,9 @@ func publishZMQ(ctx context.Context, c Config, start time.Time, interval time.Du
 		return nil
 	}
 	return err
+}
+
+// newRunID returns 6 random hex digits naming a run.
+func newRunID() string {
+	return fmt.Sprintf("%06x", rand.Uint32()&0xffffff)
 }

@@ -104,7 +104,7 @@ func publishNDJSON(ctx context.Context, hc *http.Client, c Config, take func() (
 				break
 			}
 			bw.WriteString(`{"data":"`)
-			bw.Write(payload(c.Size, time.Now(), int(n), false))
+			bw.Write(payload(c.Size, c.run, time.Now(), int(n), false))
 			bw.WriteString("\"}\n")
 			if c.Rate > 0 {
 				bw.Flush()
@@ -187,7 +187,7 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 			frame = append(frame[:0], `{"type":"publish","channel":`...)
 			frame = append(frame, ch...)
 			frame = append(frame, `,"data":"`...)
-			frame = append(frame, payload(c.Size, time.Now(), int(m), false)...)
+			frame = append(frame, payload(c.Size, c.run, time.Now(), int(m), false)...)
 			frame = append(frame, `"}`...)
 			if send(frame, c.Rate > 0) != nil {
 				return

@@ -91,7 +91,7 @@ On a terminal a live line on stderr shows the progress.`,
 	c := &o.Config
 	fl.StringVarP(&c.Server, "server", "s", "http://127.0.0.1:7070", "broker URL publishers use (env PUSHCTL_SERVER)")
 	fl.StringSliceVar(&c.SubscribeTo, "subscribe-to", nil, "spread subscribers over these broker URLs (other nodes of a cluster; default: --server)")
-	fl.StringVar(&c.Channel, "channel", "bench", "channel to use")
+	fl.StringVar(&c.Channel, "channel", "", "channel to use (default: a new one each run, bench-<run id>)")
 	fl.IntVar(&c.Subscribers, "subscribers", 100, "subscriber connections")
 	fl.StringVar(&c.Transport, "transport", "ws", "subscriber transport: ws, sse, ndjson or poll (long-poll)")
 	fl.StringVar(&c.PublishOver, "publish-over", "", "how publishers send: http, ndjson (one streaming request each), ws (publish frames) or zmq (default http; zmq with --publish-zmq)")
@@ -144,7 +144,9 @@ func run(ctx context.Context, o *Options) error {
 	if o.Against != "" {
 		other := o.Config
 		other.Server, other.Flavor, other.SubscribeTo = o.Against, o.AgainstFlavor, nil
-		other.Channel = o.Config.Channel + "x" // nothing left over from the first run
+		if other.Channel != "" {
+			other.Channel += "x" // nothing left over from the first run
+		}
 		configs = append(configs, other)
 	}
 	for _, c := range configs {
@@ -184,6 +186,9 @@ func run(ctx context.Context, o *Options) error {
 			r.Delivered, r.Expected, r.Lost, r.Duplicated, r.Duration.Round(time.Millisecond), r.DeliveriesPerSec, r.PublishesPerSec)
 		fmt.Fprintf(o.IO.Out, "  latency p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n",
 			r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.P999.Round(time.Microsecond), r.Max.Round(time.Microsecond))
+		if r.OtherRuns > 0 {
+			fmt.Fprintf(o.IO.Out, "  ignored %d messages of other runs (the broker replayed what an earlier run published on %s)\n", r.OtherRuns, r.Channel)
+		}
 		if r.PublishErrors > 0 {
 			fmt.Fprintf(o.IO.Out, "  publish errors: %d (the first: %s)\n", r.PublishErrors, r.FirstError)
 		}
