@@ -228,7 +228,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	}
 	c.run = newRunID()
 	if c.Channel == "" {
-		c.Channel = "bench-" + c.run
+		c.Channel = "bench" + c.run // letters and digits: valid on any broker
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -547,7 +547,7 @@ func Idle(ctx context.Context, c Config, n int, pids []int) (*IdleResult, error)
 		NetDialContext: (&net.Dialer{}).DialContext}
 	base := strings.TrimSuffix(c.Server, "/")
 	if c.Channel == "" {
-		c.Channel = "idle-" + newRunID() + "-"
+		c.Channel = "idle" + newRunID() + "n"
 	}
 	for i := 0; i < n; i++ {
 		url := fmt.Sprintf("%s/sub/%s%d", base, c.Channel, i)

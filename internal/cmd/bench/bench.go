@@ -91,7 +91,7 @@ On a terminal a live line on stderr shows the progress.`,
 	c := &o.Config
 	fl.StringVarP(&c.Server, "server", "s", "http://127.0.0.1:7070", "broker URL publishers use (env PUSHCTL_SERVER)")
 	fl.StringSliceVar(&c.SubscribeTo, "subscribe-to", nil, "spread subscribers over these broker URLs (other nodes of a cluster; default: --server)")
-	fl.StringVar(&c.Channel, "channel", "", "channel to use (default: a new one each run, bench-<run id>)")
+	fl.StringVar(&c.Channel, "channel", "", "channel to use (default: a new one each run, bench<run id>)")
 	fl.IntVar(&c.Subscribers, "subscribers", 100, "subscriber connections")
 	fl.StringVar(&c.Transport, "transport", "ws", "subscriber transport: ws, sse, ndjson or poll (long-poll)")
 	fl.StringVar(&c.PublishOver, "publish-over", "", "how publishers send: http, ndjson (one streaming request each), ws (publish frames) or zmq (default http; zmq with --publish-zmq)")

@@ -141,7 +141,7 @@ func TestBenchIgnoresOtherRuns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal([]byte(out), &r); err != nil || len(r.Results) != 1 || !strings.HasPrefix(r.Results[0].Channel, "bench-") {
+		if err := json.Unmarshal([]byte(out), &r); err != nil || len(r.Results) != 1 || !strings.HasPrefix(r.Results[0].Channel, "bench") {
 			t.Fatalf("%s (%v)", out, err)
 		}
 		channels[r.Results[0].Channel] = true
