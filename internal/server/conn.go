@@ -28,6 +28,12 @@ type connWriter struct {
 	chunked bool // HTTP/1.1 stream: each write is one chunk
 	timeout time.Duration
 
+	// mayWait, when set, is called before a write waits for the peer to
+	// make room (the writer pool's worker lets go of its place: see
+	// writerPool); every write first takes what the socket takes at once.
+	mayWait func()
+	nw      noWait
+
 	rest     net.Buffers // what a stalled write left unwritten
 	chunk    [20]byte
 	vec      net.Buffers
@@ -60,6 +66,15 @@ func (w *connWriter) write(bufs net.Buffers) error {
 		w.vec = append(w.vec, bufs...)
 		w.vec = append(w.vec, crlf)
 		bufs = w.vec
+	}
+	if w.mayWait != nil {
+		var err error
+		if bufs, err = w.writeNoWait(bufs); err != nil {
+			return err
+		}
+		if len(bufs) > 0 {
+			w.mayWait()
+		}
 	}
 	for len(bufs) > 0 {
 		w.armDeadline(time.Now())
@@ -139,6 +154,23 @@ var crlf = []byte("\r\n")
 func chunkHeader(b []byte, n int) []byte {
 	b = strconv.AppendInt(b, int64(n), 16)
 	return append(b, '\r', '\n')
+}
+
+// advance drops the first n bytes of bufs.
+func advance(bufs net.Buffers, n int) net.Buffers {
+	for n > 0 && len(bufs) > 0 {
+		if n < len(bufs[0]) {
+			bufs[0] = bufs[0][n:]
+			return bufs
+		}
+		n -= len(bufs[0])
+		bufs[0] = nil
+		bufs = bufs[1:]
+	}
+	for len(bufs) > 0 && len(bufs[0]) == 0 {
+		bufs = bufs[1:]
+	}
+	return bufs
 }
 
 func buffersLen(bufs net.Buffers) int {

@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -793,5 +794,43 @@ func TestBusyConnectionIsStillPinged(t *testing.T) {
 	}
 	if n := pings.Load(); n < 5 {
 		t.Fatalf("%d pings in a busy second with a 50ms interval", n)
+	}
+}
+
+// TestStalledSubscribersDoNotHoldUpOthers: subscribers that stop reading
+// leave their writes waiting for room (up to the write timeout); the
+// other subscribers are written to meanwhile. (Sessions share a few
+// writer goroutines, 2 × GOMAXPROCS; a write that must wait gives its
+// place up first. Here more subscribers than that stall at once.)
+func TestStalledSubscribersDoNotHoldUpOthers(t *testing.T) {
+	e := newEnv(t, broker.MemoryOptions{}, server.Options{WriteTimeout: time.Minute})
+	fast, _, err := websocket.DefaultDialer.Dial(wsURL(e, "/sub/fast"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	stalled := 2*runtime.GOMAXPROCS(0) + 2
+	for range stalled {
+		c, _, err := smallBufferDialer.Dial(wsURL(e, "/sub/stall"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	e.waitSubs("fast", 1)
+	e.waitSubs("stall", stalled)
+	// More than the stalled sockets take: each writer of theirs waits.
+	chunk := strings.Repeat("s", 1<<20-64)
+	for range 4 {
+		e.publish("stall", chunk)
+	}
+	e.publish("fast", "through")
+	fast.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, data, err := fast.ReadMessage()
+	if err != nil {
+		t.Fatalf("a reading subscriber waited on stalled ones: %v", err)
+	}
+	if env, err := wire.DecodeEnvelope(data); err != nil || string(env.Data) != `"through"` {
+		t.Fatalf("got %q", trunc(data))
 	}
 }
