@@ -800,7 +800,7 @@ func TestBusyConnectionIsStillPinged(t *testing.T) {
 // TestStalledSubscribersDoNotHoldUpOthers: subscribers that stop reading
 // leave their writes waiting for room (up to the write timeout); the
 // other subscribers are written to meanwhile. (Sessions share a few
-// writer goroutines, 2 × GOMAXPROCS; a write that must wait gives its
+// writer goroutines, GOMAXPROCS of them; a write that must wait gives its
 // place up first. Here more subscribers than that stall at once.)
 func TestStalledSubscribersDoNotHoldUpOthers(t *testing.T) {
 	e := newEnv(t, broker.MemoryOptions{}, server.Options{WriteTimeout: time.Minute})
