@@ -562,8 +562,8 @@ func newWriterPool(max int) *writerPool {
 	return &writerPool{max: max, wake: make(chan struct{}, max)}
 }
 
-// run queues ss (whose loop is loopRunning: nobody else runs it) for a
-// worker.
+// run queues ss for a worker (its loop is loopRunning or loopAgain:
+// nobody else runs it).
 func (p *writerPool) run(ss *session) {
 	p.mu.Lock()
 	p.queue = append(p.queue, ss)
