@@ -168,12 +168,12 @@ func run(ctx context.Context, o *Options) error {
 		return json.NewEncoder(o.IO.Out).Encode(out)
 	case "csv":
 		w := csv.NewWriter(o.IO.Out)
-		w.Write([]string{"flavor", "server", "transport", "publish_over", "subscribers", "publishers", "size", "published", "publish_errors", "delivered", "lost", "duplicated",
+		w.Write([]string{"flavor", "server", "transport", "publish_over", "subscribers", "publishers", "size", "published", "publish_errors", "delivered", "lost", "duplicated", "other_runs",
 			"deliveries_per_sec", "publishes_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"})
 		us := func(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
 		for _, r := range results {
 			w.Write([]string{r.Flavor, r.Server, r.Transport, r.PublishOver, strconv.Itoa(r.Subscribers), strconv.Itoa(r.Publishers), strconv.Itoa(r.Size),
-				strconv.Itoa(r.Published), strconv.Itoa(r.PublishErrors), strconv.FormatUint(r.Delivered, 10), strconv.FormatUint(r.Lost, 10), strconv.FormatUint(r.Duplicated, 10),
+				strconv.Itoa(r.Published), strconv.Itoa(r.PublishErrors), strconv.FormatUint(r.Delivered, 10), strconv.FormatUint(r.Lost, 10), strconv.FormatUint(r.Duplicated, 10), strconv.FormatUint(r.OtherRuns, 10),
 				fmt.Sprintf("%.0f", r.DeliveriesPerSec), fmt.Sprintf("%.0f", r.PublishesPerSec), us(r.P50), us(r.P90), us(r.P99), us(r.P999), us(r.Max)})
 		}
 		w.Flush()
