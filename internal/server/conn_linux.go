@@ -21,19 +21,19 @@ type noWait struct {
 // maxIov is the most iovecs one writev takes (IOV_MAX).
 const maxIov = 1024
 
-// setNoWait prepares writeNoWait for conn (a plain TCP connection only).
-func (w *connWriter) setNoWait(conn net.Conn) bool {
+// setNoWait prepares writeNoWait for conn (a plain TCP connection only;
+// on others every write may wait).
+func (w *connWriter) setNoWait(conn net.Conn) {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
-		return false
+		return
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return false
+		return
 	}
 	w.nw.raw = raw
 	w.nw.fn = w.writev
-	return true
 }
 
 // writeNoWait writes what of bufs the socket takes now, without waiting
