@@ -360,12 +360,18 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			case "ws":
 				err = publishWS(ctx, c, take, &published)
 			default:
+				hp, err := newHTTPPublisher(ctx, c.Server, c.Channel)
+				if err != nil {
+					pubFailed(err)
+					return
+				}
+				defer hp.close()
 				for {
 					n, ok := take()
 					if !ok {
 						return
 					}
-					if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, c.run, time.Now(), int(n), false)); err != nil {
+					if err := hp.publish(payload(c.Size, c.run, time.Now(), int(n), false)); err != nil {
 						pubFailed(err)
 						continue
 					}
