@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"reflect"
 	"strconv"
@@ -15,6 +16,8 @@ var scanSeeds = []string{
 	`{"type":"publish","ref":"r1","channel":"a.b","event":"deploy","data":{"x":[1,2,{"y":"}"}]}}`,
 	` { "channel" : "c" , "data" : 12.5e3 } `,
 	`{"channel":"c","data":"aGk=","encoding":"base64"}`,
+	`{"channel":"c","data":"aGk","encoding":"base64"}`,
+	`{"channel":"c","data":"aG\u0073=","encoding":"base64"}`,
 	`{"channel":"c","data":"say \"hi\"\n"}`,
 	`{"channel":"c\u00e9","data":"x"}`,
 	`{"channel":"é日本","data":"é"}`,
@@ -92,6 +95,13 @@ func FuzzScanMatchesEncodingJSON(f *testing.F) {
 				t.Fatalf("%q: scanned %+v, encoding/json %+v", data, fastE, slow)
 			}
 		}
+		if e, err := DecodeEnvelope(data); err == nil {
+			got, gerr := e.Bytes()
+			want, werr := envelopeBytesByJSON(e)
+			if (gerr == nil) != (werr == nil) || gerr == nil && string(got) != string(want) {
+				t.Fatalf("%q: data %q (%v), by encoding/json %q (%v)", data, got, gerr, want, werr)
+			}
+		}
 		var fastC ClientFrame
 		if scanClientFrame(data, &fastC) {
 			var slow ClientFrame
@@ -103,6 +113,21 @@ func FuzzScanMatchesEncodingJSON(f *testing.F) {
 			}
 		}
 	})
+}
+
+// envelopeBytesByJSON is Envelope.Bytes done by encoding/json alone.
+func envelopeBytesByJSON(e *Envelope) ([]byte, error) {
+	if len(e.Data) == 0 || e.Data[0] != '"' {
+		return []byte(e.Data), nil
+	}
+	var s string
+	if err := json.Unmarshal(e.Data, &s); err != nil {
+		return nil, err
+	}
+	if e.Encoding == "base64" {
+		return base64.StdEncoding.DecodeString(s)
+	}
+	return []byte(s), nil
 }
 
 // TestScanReadsCommonFrames checks that the frames publishers send by the

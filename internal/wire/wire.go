@@ -252,14 +252,26 @@ func (e *Envelope) Bytes() ([]byte, error) {
 	if e.Data[0] != '"' {
 		return []byte(e.Data), nil
 	}
-	var s string
-	if err := json.Unmarshal(e.Data, &s); err != nil {
-		return nil, err
+	// Most strings need no unescaping: their text is used as it is
+	// (encoding/json's validation and unquoting were a fifth of a piped
+	// `pushctl sub`'s CPU).
+	text, plain := plainString(e.Data)
+	if !plain {
+		var s string
+		if err := json.Unmarshal(e.Data, &s); err != nil {
+			return nil, err
+		}
+		text = []byte(s)
 	}
 	if e.Encoding == "base64" {
-		return base64.StdEncoding.DecodeString(s)
+		b := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
+		n, err := base64.StdEncoding.Decode(b, text)
+		return b[:n], err
 	}
-	return []byte(s), nil
+	if plain {
+		return bytes.Clone(text), nil
+	}
+	return text, nil
 }
 
 // Message converts a decoded message envelope back to a broker message.
