@@ -94,6 +94,15 @@ func skipSpace(data []byte, i int) int {
 	return i
 }
 
+// asIs marks the bytes a JSON string holds as they are: printable ASCII
+// other than the quote and the backslash.
+var asIs = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // scanString reads the JSON string that starts at data[i] (a quote). It
 // returns the index just past its closing quote (-1 when it is not a
 // valid JSON string) and whether it is plain: no escapes, and valid UTF-8
@@ -103,6 +112,12 @@ func scanString(data []byte, i int) (end int, plain bool) {
 	ascii := true
 	start := i + 1
 	for i++; i < len(data); i++ {
+		for i < len(data) && asIs[data[i]] { // most of a message's text
+			i++
+		}
+		if i == len(data) {
+			break
+		}
 		c := data[i]
 		switch {
 		case c == '"':

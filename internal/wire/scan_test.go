@@ -208,6 +208,22 @@ func BenchmarkDecodePublishFrame(b *testing.B) {
 	}
 }
 
+// BenchmarkDecodeMessage is what a subscriber (pushctl sub, a bridge)
+// does with every message frame it reads.
+func BenchmarkDecodeMessage(b *testing.B) {
+	data := []byte(`{"type":"message","channel":"bench","id":"dn40l3e5gvpd-1000000","seq":1000000,"time":"2026-11-25T04:31:18.123456789Z","data":"000000042|xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		e, err := DecodeEnvelope(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.Message(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // FuzzAppendPublishFrame: the frame a streaming publisher builds by hand
 // publishes the same message as the one encoding/json makes of
 // NewPublishFrame.

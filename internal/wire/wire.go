@@ -244,7 +244,7 @@ type Envelope struct {
 }
 
 // Bytes returns the message data as published: strings unquoted, base64
-// decoded, JSON kept as JSON.
+// decoded, JSON kept as JSON. The result may share e.Data's memory.
 func (e *Envelope) Bytes() ([]byte, error) {
 	if len(e.Data) == 0 {
 		return nil, nil
@@ -267,9 +267,6 @@ func (e *Envelope) Bytes() ([]byte, error) {
 		b := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
 		n, err := base64.StdEncoding.Decode(b, text)
 		return b[:n], err
-	}
-	if plain {
-		return bytes.Clone(text), nil
 	}
 	return text, nil
 }
