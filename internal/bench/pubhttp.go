@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -64,7 +65,13 @@ func newHTTPPublisher(ctx context.Context, server, channel string) (*httpPublish
 	default:
 		return nil, fmt.Errorf("publish URL %q: want http or https", server)
 	}
-	p.head = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pushctl-bench\r\nContent-Type: text/plain\r\nContent-Length: ", u.EscapedPath(), u.Host)
+	p.head = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pushctl-bench\r\nContent-Type: text/plain\r\n", u.EscapedPath(), u.Host)
+	if u.User != nil { // as net/http's client does with a URL's user and password
+		pass, _ := u.User.Password()
+		cred := base64.StdEncoding.EncodeToString([]byte(u.User.Username() + ":" + pass))
+		p.head = fmt.Appendf(p.head, "Authorization: Basic %s\r\n", cred)
+	}
+	p.head = append(p.head, "Content-Length: "...)
 	return p, nil
 }
 

@@ -18,14 +18,16 @@ import (
 // TestHTTPPublisherKeepsAliveAndRedials: publishes go out on one
 // connection while the broker keeps it open, on a new one after a reply
 // that closes it, and replies of any framing (length, chunked) are read
-// whole; every body arrives once, intact, on the path asked for.
+// whole; every body arrives once, intact, on the path asked for, with the
+// URL's user and password as basic authentication.
 func TestHTTPPublisherKeepsAliveAndRedials(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	var conns atomic.Int32
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
-		if err != nil || r.Method != "POST" || r.URL.Path != "/prefix/pub/ch1" || r.Header.Get("Content-Type") != "text/plain" {
+		user, pass, _ := r.BasicAuth()
+		if err != nil || r.Method != "POST" || r.URL.Path != "/prefix/pub/ch1" || r.Header.Get("Content-Type") != "text/plain" || user != "u" || pass != "p w" {
 			http.Error(w, fmt.Sprintf("bad request %s %s %v", r.Method, r.URL.Path, err), 400)
 			return
 		}
@@ -54,7 +56,7 @@ func TestHTTPPublisherKeepsAliveAndRedials(t *testing.T) {
 	srv.Start()
 	defer srv.Close()
 
-	p, err := newHTTPPublisher(context.Background(), srv.URL+"/prefix/", "ch1")
+	p, err := newHTTPPublisher(context.Background(), strings.Replace(srv.URL, "://", "://u:p%20w@", 1)+"/prefix/", "ch1")
 	if err != nil {
 		t.Fatal(err)
 	}
