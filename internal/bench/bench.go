@@ -269,6 +269,11 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	// Warm up: publish until every subscriber has seen a warm-up message,
 	// so all are live before measuring.
 	c.logf("warming up")
+	warmer, err := newHTTPPublisher(ctx, c.Server, c.Channel)
+	if err != nil {
+		return nil, err
+	}
+	defer warmer.close()
 	warmDeadline := time.Now().Add(30 * time.Second)
 	for {
 		all := true
@@ -284,7 +289,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		if time.Now().After(warmDeadline) {
 			return nil, errors.New("subscribers did not all receive the warm-up message within 30s")
 		}
-		if err := publish(ctx, httpc, c.Server, c.Channel, payload(c.Size, c.run, time.Now(), 0, true)); err != nil {
+		if err := warmer.publish(payload(c.Size, c.run, time.Now(), 0, true)); err != nil {
 			return nil, fmt.Errorf("warm-up publish: %w", err)
 		}
 		select {
@@ -293,6 +298,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	warmer.close()
 	c.logf("publishing %d messages of %d bytes from %d publishers", c.Messages, c.Size, c.Publishers)
 	start := time.Now()
 	var published, pubErrs atomic.Int64
@@ -448,24 +454,6 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		r.PublishesPerSec = float64(r.Published) / secs
 	}
 	return r, nil
-}
-
-func publish(ctx context.Context, hc *http.Client, server, channel string, data []byte) error {
-	req, err := http.NewRequestWithContext(ctx, "POST", strings.TrimSuffix(server, "/")+"/pub/"+channel, bytes.NewReader(data))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "text/plain")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return fmt.Errorf("publish: HTTP %d", resp.StatusCode)
-	}
-	return nil
 }
 
 func runWS(ctx context.Context, url string, s *subscriber, connected chan<- error) error {
