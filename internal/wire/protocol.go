@@ -301,15 +301,14 @@ func (f *PublishFrame) Message(max int64) (*broker.Message, error) {
 	case len(f.Data) == 0 || string(f.Data) == "null":
 		return nil, Errorf(http.StatusBadRequest, CodeInvalidFrame, `publish needs "data" (use "" for an empty message)`)
 	case f.Data[0] == '"':
-		if text, ok := plainString(f.Data); ok {
-			m.Data = bytes.Clone(text)
-		} else {
-			var str string
-			if err := json.Unmarshal(f.Data, &str); err != nil {
-				return nil, Errorf(http.StatusBadRequest, CodeInvalidJSON, "data is not a valid JSON string")
-			}
-			m.Data = []byte(str)
+		text, shared, err := stringText(f.Data)
+		if err != nil {
+			return nil, Errorf(http.StatusBadRequest, CodeInvalidJSON, "data is not a valid JSON string")
 		}
+		if shared { // the message keeps no part of the frame
+			text = bytes.Clone(text)
+		}
+		m.Data = text
 		switch f.Encoding {
 		case "":
 		case "base64":

@@ -252,16 +252,9 @@ func (e *Envelope) Bytes() ([]byte, error) {
 	if e.Data[0] != '"' {
 		return []byte(e.Data), nil
 	}
-	// Most strings need no unescaping: their text is used as it is
-	// (encoding/json's validation and unquoting were a fifth of a piped
-	// `pushctl sub`'s CPU).
-	text, plain := plainString(e.Data)
-	if !plain {
-		var s string
-		if err := json.Unmarshal(e.Data, &s); err != nil {
-			return nil, err
-		}
-		text = []byte(s)
+	text, _, err := stringText(e.Data)
+	if err != nil {
+		return nil, err
 	}
 	if e.Encoding == "base64" {
 		b := make([]byte, base64.StdEncoding.DecodedLen(len(text)))
