@@ -216,9 +216,13 @@ func AppendPublishFrame(b []byte, ref, channel, event string, data []byte) []byt
 	kind, _ := broker.ClassifyData("", data)
 	switch {
 	case kind == broker.KindJSON:
-		var buf bytes.Buffer
-		json.Compact(&buf, data) // valid: ClassifyData checked
-		b = append(b, buf.Bytes()...)
+		// As encoding/json marshals a json.RawMessage: compact, with <,
+		// > and & escaped in strings (a subscriber gets the same bytes as
+		// from a frame encoding/json made).
+		var compact, escaped bytes.Buffer
+		json.Compact(&compact, data) // valid: ClassifyData checked
+		json.HTMLEscape(&escaped, compact.Bytes())
+		b = append(b, escaped.Bytes()...)
 	case utf8.Valid(data):
 		b = AppendString(b, string(data))
 	default:
