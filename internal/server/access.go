@@ -1,16 +1,13 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/auth"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -39,20 +36,8 @@ const (
 	CodeOriginRejected = wire.CodeOriginRejected
 )
 
-// accessError maps auth errors to HTTP errors.
-func accessError(err error) *Error {
-	switch {
-	case errors.Is(err, auth.ErrNoToken):
-		return &Error{Status: http.StatusUnauthorized, Code: CodeTokenMissing, Message: "a token is required: send Authorization: Bearer <token> or ?token=<token>"}
-	case errors.Is(err, auth.ErrExpired):
-		return &Error{Status: http.StatusUnauthorized, Code: CodeTokenExpired, Message: "the token has expired; get a new one"}
-	case errors.Is(err, auth.ErrBadToken):
-		return &Error{Status: http.StatusUnauthorized, Code: CodeTokenInvalid, Message: err.Error()}
-	case errors.Is(err, auth.ErrForbidden):
-		return &Error{Status: http.StatusForbidden, Code: CodeForbidden, Message: err.Error()}
-	}
-	return nil
-}
+// accessError maps auth errors to HTTP errors (nil: not one).
+func accessError(err error) *Error { return door.AccessError(err) }
 
 // tokenOf returns the request's token: the Authorization header, else
 // the token query parameter (for EventSource and browser WebSockets).
@@ -68,113 +53,21 @@ func tokenOf(r *http.Request) string {
 
 // identity authenticates the request. Errors are access errors.
 func (s *Server) identity(r *http.Request) (*auth.Identity, error) {
-	id, err := s.auth.Authenticate(tokenOf(r), s.remoteAddr(r))
-	if err != nil {
-		s.limitHit("bad_token")
-		return nil, accessError(err)
-	}
-	return id, nil
+	return s.door.Identify(tokenOf(r), s.remoteAddr(r))
 }
 
-// allow checks one action; a refusal is counted.
+// caller is who the request is, for the door.
+func (s *Server) caller(r *http.Request, id *auth.Identity) door.Caller {
+	return door.Caller{ID: id, Client: s.clientKey(r)}
+}
+
+// allow checks one grant of id; a refusal is counted.
 func (s *Server) allow(id *auth.Identity, a auth.Action, channel string) error {
-	if err := s.auth.Allow(id, a, channel); err != nil {
-		s.limitHit("denied")
-		return accessError(err)
-	}
-	return nil
+	return s.door.Allow(door.Caller{ID: id}, a, channel)
 }
 
 // limitHit counts a limit or refusal by name (exported in /metrics).
-func (s *Server) limitHit(name string) {
-	v, _ := s.limitHits.LoadOrStore(name, new(atomic.Uint64))
-	v.(*atomic.Uint64).Add(1)
-}
-
-// rateLimiter is a token bucket per key.
-type rateLimiter struct {
-	rate  float64
-	burst float64
-	mu    sync.Mutex
-	bkts  map[string]*bucket
-	last  time.Time
-}
-
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
-func newRateLimiter(rate float64, burst int) *rateLimiter {
-	if burst <= 0 {
-		burst = max(1, int(rate))
-	}
-	return &rateLimiter{rate: rate, burst: float64(burst), bkts: map[string]*bucket{}}
-}
-
-// take spends one token for key, or says how long until one is there.
-func (l *rateLimiter) take(key string, now time.Time) (bool, time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Sub(l.last) > time.Minute { // forget idle keys, bounding memory
-		for k, b := range l.bkts {
-			if now.Sub(b.at) > time.Minute {
-				delete(l.bkts, k)
-			}
-		}
-		l.last = now
-	}
-	b := l.bkts[key]
-	if b == nil {
-		b = &bucket{tokens: l.burst, at: now}
-		l.bkts[key] = b
-	}
-	if b.take(l.rate, l.burst, now) {
-		return true, 0
-	}
-	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
-}
-
-// take refills the bucket for the time since its last use and spends one
-// token if there is one.
-func (b *bucket) take(rate, burst float64, now time.Time) bool {
-	b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*rate)
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
-// checkRate applies the publish rate limit to id (or the address).
-func (s *Server) checkRate(w http.ResponseWriter, r *http.Request, id *auth.Identity) error {
-	if s.rate == nil {
-		return nil
-	}
-	return s.checkRateKey(w, s.clientKey(r), id)
-}
-
-// checkRateKey is checkRate for a client known by its address key.
-func (s *Server) checkRateKey(w http.ResponseWriter, client string, id *auth.Identity) error {
-	if s.rate == nil {
-		return nil
-	}
-	key := id.Key()
-	if key == "" {
-		key = "ip:" + client
-	}
-	ok, wait := s.rate.take(key, time.Now())
-	if ok {
-		return nil
-	}
-	s.limitHit("publish_rate")
-	secs := int(wait/time.Second) + 1
-	if w != nil {
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-	}
-	return &Error{Status: http.StatusTooManyRequests, Code: CodeRateLimited, Message: fmt.Sprintf("publishing faster than %g messages/s; retry in %ds", s.opts.Limits.PublishRate, secs)}
-}
+func (s *Server) limitHit(name string) { s.door.Refuse(name) }
 
 // connSlot counts a long-lived connection against its address's limit;
 // release it when the connection ends.

@@ -145,7 +145,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDisconnects, prometheus.CounterValue, float64(n), transportNames[dk.transport], dk.reason)
 		return true
 	})
-	st := s.b.Stats()
+	st := s.door.Stats()
 	ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(st.Published))
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.CounterValue, float64(st.Delivered))
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Dropped))
@@ -153,7 +153,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStalled, prometheus.CounterValue, float64(stalled))
 	ch <- prometheus.MustNewConstMetric(descChannels, prometheus.GaugeValue, float64(st.Channels))
 	ch <- prometheus.MustNewConstMetric(descSubscribers, prometheus.GaugeValue, float64(st.Subscribers))
-	if list, err := s.b.Channels(context.Background()); err == nil {
+	if list, err := s.door.Channels(context.Background()); err == nil {
 		var msgs, bytes int64
 		for _, c := range list {
 			msgs += int64(c.Messages)
@@ -162,13 +162,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descStoreMessages, prometheus.GaugeValue, float64(msgs))
 		ch <- prometheus.MustNewConstMetric(descStoreBytes, prometheus.GaugeValue, float64(bytes))
 	}
-	s.limitHits.Range(func(k, v any) bool {
-		ch <- prometheus.MustNewConstMetric(descLimitHits, prometheus.CounterValue, float64(v.(*atomic.Uint64).Load()), k.(string))
-		return true
+	s.door.Refusals(func(reason string, n uint64) {
+		ch <- prometheus.MustNewConstMetric(descLimitHits, prometheus.CounterValue, float64(n), reason)
 	})
 	ch <- prometheus.MustNewConstMetric(descHTTPErrors, prometheus.CounterValue, float64(m.errors.Load()))
 	up := 1.0
-	if h, ok := s.b.(interface{ Health() error }); ok && h.Health() != nil {
+	if s.door.Health() != nil {
 		up = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descBrokerUp, prometheus.GaugeValue, up)

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -12,21 +11,6 @@ import (
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/wire"
 )
-
-// newPresence returns the registry whose events go through the server's
-// broker.
-func (s *Server) newPresence() *presence.Registry {
-	r := presence.New(func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
-		rm, _, err := s.b.Publish(ctx, m)
-		return rm, err
-	}, s.opts.PresenceGrace)
-	if c, ok := s.b.(interface{ Log() broker.Log }); ok {
-		if pl, ok := c.Log().(broker.PresenceLog); ok {
-			r.Share(pl) // several nodes: members live in Redis
-		}
-	}
-	return r
-}
 
 // presenceError maps a join's refusal to its code.
 func presenceError(err error) *Error {
@@ -54,7 +38,7 @@ func (s *Server) memberOf(id *auth.Identity, asked string, info json.RawMessage)
 		}
 		return member, info, nil
 	}
-	if s.auth.TokensEnabled() {
+	if s.door.Auth().TokensEnabled() {
 		return "", nil, errorf(http.StatusForbidden, CodeForbidden, "joining presence needs a token that names the member (pushctl token create --member ID)")
 	}
 	if asked == "" {
@@ -116,15 +100,15 @@ func (ms *memberships) leaveAll() {
 
 // join executes a join frame.
 func (rd *wsReader) join(f *wire.ClientFrame) []byte {
-	s, ss := rd.s, rd.ss
+	s := rd.s
 	if err := broker.ValidateChannel(f.Channel); err != nil {
 		return errFrame(f.Ref, err)
 	}
-	id := ss.identity()
-	if err := s.allow(id, auth.Subscribe, f.Channel); err != nil {
+	c := rd.caller()
+	if err := s.door.Allow(c, auth.Subscribe, f.Channel); err != nil {
 		return errFrame(f.Ref, err)
 	}
-	member, info, err := s.memberOf(id, f.ID, f.Info)
+	member, info, err := s.memberOf(c.ID, f.ID, f.Info)
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}
@@ -135,10 +119,7 @@ func (rd *wsReader) join(f *wire.ClientFrame) []byte {
 		s.limitHit("channels_per_conn")
 		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d joins on one connection", limit))
 	}
-	if err := s.checkRateKey(nil, rd.client, id); err != nil {
-		return errFrame(f.Ref, err)
-	}
-	m, err := s.presence.Join(rd.context(), f.Channel, member, info, s.opts.Presence)
+	m, err := s.door.Join(rd.context(), c, f.Channel, member, info, s.opts.Presence)
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}
@@ -146,7 +127,7 @@ func (rd *wsReader) join(f *wire.ClientFrame) []byte {
 		m.Leave(true)
 		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "already joined %s; leave first", f.Channel))
 	}
-	list, _, err := s.presence.Members(rd.context(), f.Channel)
+	list, _, err := s.door.Members(rd.context(), f.Channel)
 	if err != nil {
 		rd.members.take(f.Channel)
 		m.Leave(true)
@@ -184,7 +165,7 @@ func (s *Server) channelPresence(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	list, _, err := s.presence.Members(r.Context(), name)
+	list, _, err := s.door.Members(r.Context(), name)
 	if err != nil {
 		return err
 	}

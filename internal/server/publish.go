@@ -13,6 +13,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -50,7 +51,9 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.allow(id, auth.Publish, channel); err != nil {
+	c := s.caller(r, id)
+	// Refused before the body is read; the door checks it all again.
+	if err := s.door.CheckPublish(c, channel); err != nil {
 		return err
 	}
 	event, err := eventName(r)
@@ -71,10 +74,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if q.Get("lines") == "1" || q.Get("lines") == "true" {
-		return s.publishLines(w, r, id, channel, event, ctype)
-	}
-	if err := s.checkRate(w, r, id); err != nil {
-		return err
+		return s.publishLines(w, r, c, channel, event, ctype)
 	}
 	if t := s.opts.Limits.ReadTimeout; t > 0 {
 		// A client sending its body very slowly is cut off.
@@ -88,7 +88,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, CodeInvalidJSON, "%v", err)
 	}
-	m, n, err := s.b.Publish(r.Context(), &broker.Message{Channel: channel, Event: event, Kind: kind, Data: body})
+	m, n, err := s.door.Publish(r.Context(), c, &broker.Message{Channel: channel, Event: event, Kind: kind, Data: body})
 	if err != nil {
 		return err
 	}
@@ -361,23 +361,18 @@ func (s *Server) streamPublish(w http.ResponseWriter, r *http.Request, fn func(l
 	return nil
 }
 
-func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, id *auth.Identity, channel, event, ctype string) error {
+func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, c door.Caller, channel, event, ctype string) error {
 	max := int(s.opts.MaxMessageSize)
 	return s.streamPublish(w, r, func(line []byte) (func() (*broker.Message, int, error), error) {
 		if len(line) > max {
-			return nil, broker.ErrTooLarge
-		}
-		if err := s.allow(id, auth.Publish, channel); err != nil { // the token may have expired
-			return nil, err
-		}
-		if err := s.checkRate(nil, r, id); err != nil {
-			return nil, err
+			return nil, door.TooLarge(int64(len(line)), int64(max))
 		}
 		kind, err := broker.ClassifyData(ctype, line)
 		if err != nil {
 			return nil, errorf(http.StatusBadRequest, CodeInvalidJSON, "%v", err)
 		}
-		return broker.StartPublish(r.Context(), s.b, &broker.Message{Channel: channel, Event: event, Kind: kind, Data: line})
+		// The door checks the grant per line: the token may have expired.
+		return s.door.StartPublish(r.Context(), c, &broker.Message{Channel: channel, Event: event, Kind: kind, Data: line})
 	})
 }
 
@@ -394,10 +389,11 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	c := s.caller(r, id)
 	// Grants are checked per line; a request with no credentials at all
 	// is refused as a whole.
-	if s.auth.Enabled() && id.Claims == nil && !id.Trusted {
-		if err := s.allow(id, auth.Publish, ">"); err != nil {
+	if s.door.Auth().Enabled() && id.Claims == nil && !id.Trusted {
+		if err := s.door.Allow(c, auth.Publish, ">"); err != nil {
 			return err
 		}
 	}
@@ -413,12 +409,6 @@ func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return nil, err
 		}
-		if err := s.allow(id, auth.Publish, m.Channel); err != nil {
-			return nil, err
-		}
-		if err := s.checkRate(nil, r, id); err != nil {
-			return nil, err
-		}
-		return broker.StartPublish(r.Context(), s.b, m)
+		return s.door.StartPublish(r.Context(), c, m)
 	})
 }

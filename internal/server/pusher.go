@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/wire"
@@ -159,7 +160,7 @@ type pusherConn struct {
 	mu       sync.Mutex
 	channels map[string]*pusherSub // by Pusher name
 	user     string                // signed in as
-	events   *bucket               // client events allowed (made on the first)
+	events   *door.Bucket          // client events allowed (made on the first)
 }
 
 type pusherSub struct {
@@ -358,7 +359,7 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 		o.Last = 1
 	}
 	ctx := pc.rd.context()
-	bsub, err := s.b.Subscribe(ctx, o)
+	bsub, err := s.door.Subscribe(ctx, pc.caller(), o)
 	if err != nil {
 		e := asError(err)
 		refuse(e.Code, e.Message, e.Status)
@@ -367,14 +368,14 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 	psub := &pusherSub{}
 	succeeded := []byte("{}")
 	if pusher.IsPresence(name) {
-		m, err := s.presence.Join(ctx, ch, member.UserID, member.UserInfo, app.limits())
+		m, err := s.door.Join(ctx, pc.caller(), ch, member.UserID, member.UserInfo, app.limits())
 		if err != nil {
 			bsub.Close()
 			e := asError(err)
 			refuse(e.Code, e.Message, e.Status)
 			return
 		}
-		list, after, err := s.presence.Members(ctx, ch)
+		list, after, err := s.door.Members(ctx, ch)
 		if err != nil {
 			m.Leave(true)
 			bsub.Close()
@@ -387,7 +388,7 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 	}
 	frames := [][]byte{textFrame(pusher.AppendEvent(nil, "pusher_internal:subscription_succeeded", name, succeeded, ""))}
 	if cache {
-		if info, err := s.b.Channel(ctx, ch); err != nil || info.Messages == 0 {
+		if info, err := s.door.Channel(ctx, ch); err != nil || info.Messages == 0 {
 			frames = append(frames, textFrame(append(wire.AppendString([]byte(`{"event":"pusher:cache_miss","channel":`), name), '}')))
 		}
 	}
@@ -499,6 +500,10 @@ func (pc *pusherConn) signin(f *pusher.Frame) {
 	pc.send(pusher.AppendEvent(nil, "pusher:signin_success", "", data, ""))
 }
 
+// caller is the connection, for the door: the app's client, confined to
+// the app's channels.
+func (pc *pusherConn) caller() door.Caller { return door.Scoped(pc.app.Prefix, pc.rd.client) }
+
 // clientEvent publishes a client- event from this connection to the
 // channel's other subscribers.
 func (pc *pusherConn) clientEvent(f *pusher.Frame) {
@@ -529,7 +534,7 @@ func (pc *pusherConn) clientEvent(f *pusher.Frame) {
 	}
 	m := &broker.Message{Channel: ch, Event: f.Event, Origin: pc.ss.id}
 	m.Kind, m.Data = dataOf(f.Data)
-	if _, _, err := s.b.Publish(pc.rd.context(), m); err != nil {
+	if _, _, err := s.door.Publish(pc.rd.context(), pc.caller(), m); err != nil {
 		pc.fail("client event not published: " + asError(err).Message)
 		return
 	}
@@ -559,9 +564,9 @@ func (pc *pusherConn) takeClientEvent(now time.Time) bool {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if pc.events == nil {
-		pc.events = &bucket{tokens: rate, at: now}
+		pc.events = door.NewBucket(rate, now)
 	}
-	return pc.events.take(rate, rate, now)
+	return pc.events.Take(rate, rate, now)
 }
 
 // pusherEncoder writes broker events as Pusher frames.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 )
@@ -75,9 +76,6 @@ func (s *Server) publishEvent(r *http.Request, app *pusherApp, ev *pusherEvent) 
 	if len(data) > app.Limits.EventData {
 		return nil, errorf(http.StatusRequestEntityTooLarge, CodeTooLarge, "event data is %d bytes, the limit is %d", len(data), app.Limits.EventData)
 	}
-	if err := s.checkRateKey(nil, s.clientKey(r), nil); err != nil {
-		return nil, err
-	}
 	names := make([]string, len(chans))
 	for i, name := range chans {
 		ch, err := app.brokerChannel(name)
@@ -87,10 +85,12 @@ func (s *Server) publishEvent(r *http.Request, app *pusherApp, ev *pusherEvent) 
 		names[i] = ch
 	}
 	origin := app.origin(ev.SocketID)
-	for _, ch := range names {
-		if _, _, err := s.b.Publish(r.Context(), &broker.Message{Channel: ch, Event: ev.Name, Kind: kind, Data: data, Origin: origin}); err != nil {
-			return nil, err
-		}
+	ms := make([]*broker.Message, len(names))
+	for i, ch := range names {
+		ms[i] = &broker.Message{Channel: ch, Event: ev.Name, Kind: kind, Data: data, Origin: origin}
+	}
+	if _, err := s.door.PublishEach(r.Context(), door.Scoped(app.Prefix, s.clientKey(r)), ms); err != nil {
+		return nil, err
 	}
 	if ev.Info == "" {
 		return nil, nil
@@ -110,11 +110,11 @@ func (s *Server) pusherInfo(r *http.Request, app *pusherApp, name, ch, info stri
 	for _, attr := range strings.Split(info, ",") {
 		switch strings.TrimSpace(attr) {
 		case "subscription_count":
-			n, _ := s.subscribers(r, ch)
+			n, _ := s.door.Subscribers(r.Context(), ch)
 			out["subscription_count"] = n
 		case "user_count":
 			if pusher.IsPresence(name) {
-				out["user_count"], _ = s.presence.Count(r.Context(), ch)
+				out["user_count"], _ = s.door.MemberCount(r.Context(), ch)
 			}
 		}
 	}
@@ -190,7 +190,7 @@ func (s *Server) pusherChannels(w http.ResponseWriter, r *http.Request, app *pus
 		occupied[name] = true
 	}
 	app.mu.Unlock()
-	list, err := s.b.Channels(r.Context())
+	list, err := s.door.Channels(r.Context())
 	if err != nil {
 		return err
 	}
@@ -228,7 +228,7 @@ func (s *Server) pusherChannelInfo(w http.ResponseWriter, r *http.Request, app *
 	if strings.Contains(info, "user_count") && !pusher.IsPresence(name) {
 		return errorf(http.StatusBadRequest, CodeInvalidParameter, "user_count is only for presence channels")
 	}
-	n, err := s.subscribers(r, ch)
+	n, err := s.door.Subscribers(r.Context(), ch)
 	if err != nil && !errors.Is(err, broker.ErrNotFound) {
 		return err
 	}
@@ -249,7 +249,7 @@ func (s *Server) pusherUsers(w http.ResponseWriter, r *http.Request, app *pusher
 	if err != nil {
 		return errorf(http.StatusBadRequest, CodeInvalidChannel, "%v", err)
 	}
-	list, _, err := s.presence.Members(r.Context(), ch)
+	list, _, err := s.door.Members(r.Context(), ch)
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/web"
@@ -105,22 +106,19 @@ func (o *Options) fill() {
 
 // Server serves the pushctl HTTP API over one broker.
 type Server struct {
-	b    broker.Broker
+	// door is the server's only way to the broker and to presence.
+	door *door.Door
 	opts Options
 	log  *slog.Logger
 	mux  *http.ServeMux
 
 	metrics        metrics
 	metricsHandler http.Handler
-	auth           *auth.Authorizer
-	rate           *rateLimiter
 	upgrader       websocket.Upgrader
-	presence       *presence.Registry
 	pusher         *pusherState
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
-	limitHits  sync.Map // name -> *atomic.Uint64
 
 	handler http.Handler
 	// wsWheel and streamWheel pace keepalives of WebSockets and of
@@ -135,18 +133,13 @@ type Server struct {
 // New returns a Server for b.
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
-	s := &Server{b: b, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
-		auth: opts.Auth, connsPerIP: map[string]int{}}
-	if s.auth == nil {
-		s.auth = auth.New(auth.Config{})
-	}
-	if opts.Limits.PublishRate > 0 {
-		s.rate = newRateLimiter(opts.Limits.PublishRate, opts.Limits.PublishBurst)
-	}
-	s.presence = s.newPresence()
+	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
+		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace})
+	s := &Server{door: d, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
+		connsPerIP: map[string]int{}}
 	s.pusher = newPusherState(opts.PusherApps, s)
 	if s.pusher != nil {
-		s.presence.Changed = s.pusher.presenceChanged
+		d.OnPresenceChange(s.pusher.presenceChanged)
 	}
 	s.wsWheel = newWheel(opts.PingInterval, s.visitWebSocket)
 	s.streamWheel = newWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
@@ -231,6 +224,10 @@ func (s *Server) methods(m map[string]handlerFunc) http.Handler {
 	})
 }
 
+// Door is the server's admission step, for other ways in that serve
+// beside it (the ZeroMQ endpoints of serve).
+func (s *Server) Door() *door.Door { return s.door }
+
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
@@ -272,7 +269,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	s.conns.Wait()
 	// Members whose connections the shutdown ended leave now, while the
 	// broker still takes their events.
-	s.presence.Close()
+	s.door.Close()
 	s.pusher.close()
 	if err != nil {
 		hs.Close()
@@ -305,12 +302,10 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusServiceUnavailable, CodeShuttingDown, "shutting down")
 	default:
 	}
-	if h, ok := s.b.(interface{ Health() error }); ok {
-		if err := h.Health(); err != nil {
-			// Local streams go on, but publishes and new subscriptions
-			// fail: a load balancer should send clients elsewhere.
-			return writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "degraded", "reason": err.Error()})
-		}
+	if err := s.door.Health(); err != nil {
+		// Local streams go on, but publishes and new subscriptions
+		// fail: a load balancer should send clients elsewhere.
+		return writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "degraded", "reason": err.Error()})
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
@@ -318,7 +313,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 // adminCheck guards listings and stats: with tokens, they need a token
 // that may subscribe to everything.
 func (s *Server) adminCheck(r *http.Request) error {
-	if !s.auth.TokensEnabled() {
+	if !s.door.Auth().TokensEnabled() {
 		return nil
 	}
 	id, err := s.identity(r)
@@ -341,7 +336,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) error {
 	}
 	d := s.metrics.disconnectsByReason()
 	extra["stalled_disconnects"] = d[CodeStalled]
-	return writeJSON(w, http.StatusOK, withExtra(s.b.Stats(), extra))
+	return writeJSON(w, http.StatusOK, withExtra(s.door.Stats(), extra))
 }
 
 // withExtra returns v (a JSON object) with extra's fields added.
@@ -362,7 +357,7 @@ func (s *Server) listChannels(w http.ResponseWriter, r *http.Request) error {
 	if err := s.adminCheck(r); err != nil {
 		return err
 	}
-	list, err := s.b.Channels(r.Context())
+	list, err := s.door.Channels(r.Context())
 	if err != nil {
 		return err
 	}
@@ -393,7 +388,7 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// Subscribers and publishers (waiting for listeners) may look.
-	if s.auth.Allow(id, auth.Publish, name) != nil {
+	if s.door.Auth().Allow(id, auth.Publish, name) != nil {
 		if err := s.allow(id, auth.Subscribe, name); err != nil {
 			return err
 		}
@@ -404,11 +399,11 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	info, err := s.b.Channel(r.Context(), name)
+	info, err := s.door.Channel(r.Context(), name)
 	if errors.Is(err, broker.ErrNotFound) && q.Get("wait_subscribers") != "" {
 		// Pattern subscribers were waited for on a channel without
 		// history yet: it exists for them.
-		if n, cerr := s.subscribers(r, name); cerr == nil && n > 0 {
+		if n, cerr := s.door.Subscribers(r.Context(), name); cerr == nil && n > 0 {
 			info, err = broker.ChannelInfo{Name: name, Subscribers: n}, nil
 		}
 	}
@@ -419,7 +414,7 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 	if s.opts.ChannelExtra != nil {
 		extra = s.opts.ChannelExtra(name)
 	}
-	if n, _ := s.presence.Count(r.Context(), name); n > 0 {
+	if n, _ := s.door.MemberCount(r.Context(), name); n > 0 {
 		if extra == nil {
 			extra = map[string]uint64{}
 		}
@@ -429,18 +424,6 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, http.StatusOK, withExtra(info, extra))
 	}
 	return writeJSON(w, http.StatusOK, info)
-}
-
-// subscribers counts a channel's subscribers (pattern subscribers
-// included, where the broker can say), with or without history.
-func (s *Server) subscribers(r *http.Request, ch string) (int, error) {
-	if c, ok := s.b.(interface {
-		Subscribers(context.Context, string) (int, error)
-	}); ok {
-		return c.Subscribers(r.Context(), ch)
-	}
-	info, err := s.b.Channel(r.Context(), ch)
-	return info.Subscribers, err
 }
 
 func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) error {
@@ -463,7 +446,7 @@ func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) er
 		case <-ctx.Done():
 		}
 	}()
-	if err := s.b.WaitSubscribers(ctx, channel, n); err != nil {
+	if err := s.door.WaitSubscribers(ctx, channel, n); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return errorf(http.StatusRequestTimeout, CodeWaitTimeout, "fewer than %d subscribers on %s after %s", n, channel, timeout)
 		}
@@ -490,11 +473,15 @@ func (s *Server) channelAccess(r *http.Request, a auth.Action) (string, error) {
 }
 
 func (s *Server) deleteChannel(w http.ResponseWriter, r *http.Request) error {
-	name, err := s.channelAccess(r, auth.Publish)
+	name := r.PathValue("channel")
+	if err := broker.ValidateChannel(name); err != nil {
+		return err
+	}
+	id, err := s.identity(r)
 	if err != nil {
 		return err
 	}
-	if err := s.b.DeleteChannel(r.Context(), name); err != nil {
+	if err := s.door.DeleteChannel(r.Context(), s.caller(r, id), name); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"deleted": name})

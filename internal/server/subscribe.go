@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/wire"
 )
@@ -120,10 +119,8 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	for _, ch := range channels {
-		if err := s.allow(id, auth.Subscribe, ch); err != nil {
-			return err
-		}
+	if err := s.door.CheckSubscribe(s.caller(r, id), channels); err != nil {
+		return err
 	}
 	release, err := s.connSlot(r)
 	if err != nil {
@@ -162,7 +159,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	async := r.ProtoMajor == 1 && !poll
 	ss := newSession(s, enc, nil, async)
 	opts.OnReady = ss.signal
-	sub, err := s.b.Subscribe(r.Context(), opts)
+	sub, err := s.door.Subscribe(r.Context(), s.caller(r, id), opts)
 	if err != nil {
 		return err
 	}

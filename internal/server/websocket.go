@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -279,7 +280,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 		// Subscribed before the upgrade, so a refusal is a plain HTTP error.
 		o := *initial
 		o.OnReady = ss.signal
-		subs, cursor, err := s.subscribeEach(r.Context(), o)
+		subs, cursor, err := s.subscribeEach(r.Context(), s.caller(r, id), o)
 		if err != nil {
 			return err
 		}
@@ -581,10 +582,9 @@ func (rd *wsReader) handle(data []byte) {
 	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
 	m, err := pf.Message(s.opts.MaxMessageSize)
 	if err == nil {
-		err = s.allow(ss.identity(), auth.Publish, m.Channel)
-	}
-	if err == nil {
-		err = s.checkRateKey(nil, rd.client, ss.identity())
+		// Refused here, before a place in line is taken; the door
+		// checks it all again.
+		err = s.door.CheckPublish(rd.caller(), m.Channel)
 	}
 	if err != nil {
 		rd.reply(0, now(errFrame(f.Ref, err)))
@@ -595,7 +595,7 @@ func (rd *wsReader) handle(data []byte) {
 	n := ss.published
 	ss.mu.Unlock()
 	m.Origin, m.OriginSeq = ss.id, n
-	wait, err := broker.StartPublish(context.Background(), s.b, m)
+	wait, err := s.door.StartPublish(context.Background(), rd.caller(), m)
 	if err != nil {
 		rd.reply(n, now(errFrame(f.Ref, err)))
 		return
@@ -611,22 +611,26 @@ func (rd *wsReader) handle(data []byte) {
 	})
 }
 
+// caller is who the connection is now, for the door.
+func (rd *wsReader) caller() door.Caller {
+	return door.Caller{ID: rd.ss.identity(), Client: rd.client}
+}
+
 // auth replaces the connection's token. What the connection may do from
 // now on is what the new token grants: subscriptions it does not cover end
 // with "forbidden", and the old token's expiry no longer applies.
 func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
 	s, ss := rd.s, rd.ss
-	id, err := s.auth.Authenticate(f.Token, rd.addr)
+	id, err := s.door.Identify(f.Token, rd.addr)
 	if err != nil {
-		s.limitHit("bad_token")
-		return errFrame(f.Ref, accessError(err))
+		return errFrame(f.Ref, err)
 	}
 	ss.setIdentity(id)
 	out := textFrame(wire.AppendReply(nil, wire.TypeAuthenticated, f.Ref))
 	ss.mu.Lock()
 	var revoked []string
 	for key := range ss.subs {
-		if s.auth.Allow(id, auth.Subscribe, key) != nil {
+		if s.door.Auth().Allow(id, auth.Subscribe, key) != nil {
 			revoked = append(revoked, key)
 		}
 	}
@@ -649,16 +653,8 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if f.Channel != "" {
 		chans = append(chans, f.Channel)
 	}
-	if len(chans) == 0 || len(chans) > broker.MaxChannelsPerList {
-		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidChannel, "subscribe names 1 to %d channels", broker.MaxChannelsPerList))
-	}
-	for _, ch := range chans {
-		if err := broker.ValidatePattern(ch); err != nil {
-			return errFrame(f.Ref, err)
-		}
-		if err := s.allow(ss.identity(), auth.Subscribe, ch); err != nil {
-			return errFrame(f.Ref, err)
-		}
+	if err := s.door.CheckSubscribe(rd.caller(), chans); err != nil {
+		return errFrame(f.Ref, err)
 	}
 	if f.Last < 0 || f.Last > 1_000_000 {
 		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be from 0 to 1000000"))
@@ -676,7 +672,7 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if f.Echo != nil {
 		ss.echo.Store(*f.Echo)
 	}
-	subs, cursor, err := s.subscribeEach(rd.context(), o)
+	subs, cursor, err := s.subscribeEach(rd.context(), rd.caller(), o)
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}
@@ -706,14 +702,14 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 // resume cursor of where they start (the one resume rule: positions for
 // what exists, and the time from which channels that appear later are
 // replayed).
-func (s *Server) subscribeEach(ctx context.Context, o broker.SubscribeOptions) (map[string]*broker.Subscription, string, error) {
+func (s *Server) subscribeEach(ctx context.Context, c door.Caller, o broker.SubscribeOptions) (map[string]*broker.Subscription, string, error) {
 	began := time.Now()
 	subs := make(map[string]*broker.Subscription, len(o.Channels))
 	start := broker.Cursor{}
 	for _, ch := range o.Channels {
 		oc := o
 		oc.Channels = []string{ch}
-		sub, err := s.b.Subscribe(ctx, oc)
+		sub, err := s.door.Subscribe(ctx, c, oc)
 		if err != nil {
 			for _, sub := range subs {
 				sub.Close()

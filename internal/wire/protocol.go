@@ -85,6 +85,9 @@ type Error struct {
 	Status  int    `json:"status"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RetryAfter, when set, is the seconds after which a refused request
+	// may succeed (HTTP sends it as Retry-After).
+	RetryAfter int `json:"-"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 )
 
 // BrokerConfig attaches ZeroMQ endpoints to a broker.
@@ -34,6 +35,9 @@ type BrokerStats struct {
 	Out PubStats
 	// Published counts messages from In stored in the broker.
 	Published atomic.Uint64
+	// Refused counts messages from In that the door refused (an invalid
+	// channel name, over the size limit) or the broker failed to store.
+	Refused atomic.Uint64
 
 	mu      sync.Mutex
 	dropped map[string]uint64 // Out drops per channel
@@ -45,6 +49,7 @@ func (s *BrokerStats) Snapshot() map[string]uint64 {
 		"zmq_in_received":  s.In.Received.Load(),
 		"zmq_in_malformed": s.In.Malformed.Load(),
 		"zmq_in_published": s.Published.Load(),
+		"zmq_in_refused":   s.Refused.Load(),
 		"zmq_out_sent":     s.Out.Sent.Load(),
 		"zmq_out_dropped":  s.Out.Dropped.Load(),
 	}
@@ -57,9 +62,17 @@ func (s *BrokerStats) DroppedOn(channel string) uint64 {
 	return s.dropped[channel]
 }
 
-// RunBroker serves the configured endpoints until ctx ends. Each socket
-// is owned by its own goroutine.
-func RunBroker(ctx context.Context, b broker.Broker, c BrokerConfig, st *BrokerStats) error {
+// The callers ZeroMQ's endpoints are at the door.
+var (
+	zmqIn  = door.Operator("zmq-in")
+	zmqOut = door.Operator("zmq-out")
+)
+
+// RunBroker serves the configured endpoints until ctx ends, through d: what
+// In takes is admitted like any publish (channel name, size), as the
+// operator's own way in (no token, no rate limit). Each socket is owned by
+// its own goroutine.
+func RunBroker(ctx context.Context, d *door.Door, c BrokerConfig, st *BrokerStats) error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -77,7 +90,7 @@ func RunBroker(ctx context.Context, b broker.Broker, c BrokerConfig, st *BrokerS
 	if c.In != nil {
 		n++
 		go func() {
-			var lastWarn time.Time
+			var lastWarn, lastRefusal time.Time
 			err := RunSub(ctx, SubConfig{
 				Endpoint: *c.In, Sep: c.Sep, SocketOptions: c.SocketOptions, Ready: ready("in"),
 				OnMalformed: func(err error) {
@@ -88,11 +101,15 @@ func RunBroker(ctx context.Context, b broker.Broker, c BrokerConfig, st *BrokerS
 				},
 			}, &st.In, func(f Frame) error {
 				kind, _ := broker.ClassifyData("", f.Payload)
-				if _, _, err := b.Publish(ctx, &broker.Message{Channel: f.Channel, Kind: kind, Data: append([]byte(nil), f.Payload...)}); err != nil {
+				if _, _, err := d.Publish(ctx, zmqIn, &broker.Message{Channel: f.Channel, Kind: kind, Data: append([]byte(nil), f.Payload...)}); err != nil {
 					if errors.Is(err, broker.ErrClosed) {
 						return err
 					}
-					c.Logger.Warn("publishing a ZeroMQ message failed", "channel", f.Channel, "err", err)
+					st.Refused.Add(1)
+					if time.Since(lastRefusal) > 10*time.Second {
+						lastRefusal = time.Now()
+						c.Logger.Warn("a ZeroMQ message was not published (counted in zmq_in_refused)", "channel", f.Channel, "err", err)
+					}
 					return nil
 				}
 				st.Published.Add(1)
@@ -103,7 +120,7 @@ func RunBroker(ctx context.Context, b broker.Broker, c BrokerConfig, st *BrokerS
 	}
 	if c.Out != nil {
 		n++
-		sub, err := b.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{">"}, QueueSize: 1 << 20, Internal: true})
+		sub, err := d.Subscribe(ctx, zmqOut, broker.SubscribeOptions{Channels: []string{">"}, QueueSize: 1 << 20, Internal: true})
 		if err != nil {
 			return err
 		}

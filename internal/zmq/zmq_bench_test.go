@@ -11,6 +11,7 @@ import (
 
 	zmq4 "github.com/pebbe/zmq4"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/door"
 )
 
 // BenchmarkRawPubSub is the ceiling: pebbe/zmq4 PUB to SUB over loopback
@@ -61,7 +62,7 @@ func BenchmarkIngest(b *testing.B) {
 	ready := make(chan string, 1)
 	var st BrokerStats
 	ep := Endpoint{Addr: "tcp://127.0.0.1:*", Bind: true}
-	go RunBroker(ctx, br, BrokerConfig{In: &ep, Ready: func(_, a string) { ready <- a }}, &st)
+	go RunBroker(ctx, door.New(br, door.Config{}), BrokerConfig{In: &ep, Ready: func(_, a string) { ready <- a }}, &st)
 	addr := <-ready
 	sub, err := br.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{"bench"}, QueueSize: 1 << 24})
 	if err != nil {

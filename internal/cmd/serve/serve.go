@@ -297,40 +297,15 @@ func Run(ctx context.Context, o *Options) error {
 	stopped := ctx // why we stop is the caller's context's cause
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var zdone chan error // nil (never ready) without ZeroMQ
+	var zst *zmq.BrokerStats
 	if zc != nil {
-		zdone = make(chan error, 1)
-		zst := &zmq.BrokerStats{}
+		zst = &zmq.BrokerStats{}
 		sopts.ExtraStats = zst.Snapshot
 		sopts.ChannelExtra = func(ch string) map[string]uint64 {
 			if n := zst.DroppedOn(ch); n > 0 {
 				return map[string]uint64{"zmq_out_dropped": n}
 			}
 			return nil
-		}
-		ready := make(chan struct{}, 2)
-		zc.Ready = func(role, addr string) {
-			fmt.Fprintf(o.IO.ErrOut, "pushctl: ZeroMQ %s on %s\n", role, addr)
-			ready <- struct{}{}
-		}
-		go func() { zdone <- zmq.RunBroker(ctx, b, *zc, zst) }()
-		defer zmq.Shutdown()
-		want := 0
-		if zc.In != nil {
-			want++
-		}
-		if zc.Out != nil {
-			want++
-		}
-		for i := 0; i < want; i++ {
-			select {
-			case <-ready:
-			case err := <-zdone:
-				if err == nil {
-					err = errors.New("ZeroMQ stopped")
-				}
-				return err
-			}
 		}
 	}
 	az, err := authorizer(o)
@@ -350,6 +325,35 @@ func Run(ctx context.Context, o *Options) error {
 	sopts.Limits = server.Limits{ConnsPerIP: o.MaxConnsPerIP, ChannelsPerConn: o.MaxChannels,
 		PublishRate: o.PublishRate, PublishBurst: o.PublishBurst, ReadTimeout: o.ReadTimeout}
 	srv := server.New(b, sopts)
+	// ZeroMQ's endpoints come in through the same door as HTTP.
+	var zdone chan error // nil (never ready) without ZeroMQ
+	if zc != nil {
+		zdone = make(chan error, 1)
+		ready := make(chan struct{}, 2)
+		zc.Ready = func(role, addr string) {
+			fmt.Fprintf(o.IO.ErrOut, "pushctl: ZeroMQ %s on %s\n", role, addr)
+			ready <- struct{}{}
+		}
+		go func() { zdone <- zmq.RunBroker(ctx, srv.Door(), *zc, zst) }()
+		defer zmq.Shutdown()
+		want := 0
+		if zc.In != nil {
+			want++
+		}
+		if zc.Out != nil {
+			want++
+		}
+		for i := 0; i < want; i++ {
+			select {
+			case <-ready:
+			case err := <-zdone:
+				if err == nil {
+					err = errors.New("ZeroMQ stopped")
+				}
+				return err
+			}
+		}
+	}
 	l, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.Listen, err)

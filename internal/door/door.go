@@ -1,0 +1,325 @@
+// Package door is the one admission step between the outside and the
+// broker. Every way in (HTTP publish, NDJSON lines and batches, WebSocket
+// frames, Pusher client events and REST triggers, presence joins, ZeroMQ
+// ingest, and every subscribe path) hands the door a Caller and what it
+// wants; the door checks, in one order, the channel name, the caller's
+// grant, the size and the publish rate, and only then reaches the broker.
+//
+// The door is also the only holder of the broker and of the presence
+// registry that a server gets: a transport has no other way to publish,
+// subscribe or join, so a new way in cannot skip a check by forgetting it
+// (TestNoWayAroundTheDoor keeps it so).
+package door
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/auth"
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/presence"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// Config configures a Door.
+type Config struct {
+	// Auth decides who may publish and subscribe (nil: everyone).
+	Auth *auth.Authorizer
+	// MaxMessageSize bounds one message's data in bytes (default 1 MiB).
+	MaxMessageSize int64
+	// PublishRate and PublishBurst bound publishes (and joins) per second
+	// per token, or per address without one (0: no bound).
+	PublishRate  float64
+	PublishBurst int
+	// PresenceGrace is how long a member whose last connection dropped
+	// stays, so that a quick reconnect is not a leave.
+	PresenceGrace time.Duration
+	// Now is the clock of the rate limiter (default time.Now).
+	Now func() time.Time
+}
+
+// Door admits publishes, subscriptions and joins.
+type Door struct {
+	b        broker.Broker
+	auth     *auth.Authorizer
+	rate     *rateLimiter
+	maxSize  int64
+	now      func() time.Time
+	presence *presence.Registry
+	refused  sync.Map // reason -> *atomic.Uint64
+}
+
+// New returns the door in front of b. The door owns the presence registry,
+// whose events it publishes through itself.
+func New(b broker.Broker, c Config) *Door {
+	if c.Auth == nil {
+		c.Auth = auth.New(auth.Config{})
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = 1 << 20
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	d := &Door{b: b, auth: c.Auth, maxSize: c.MaxMessageSize, now: c.Now}
+	if c.PublishRate > 0 {
+		d.rate = newRateLimiter(c.PublishRate, c.PublishBurst)
+	}
+	d.presence = presence.New(func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
+		rm, _, err := d.Publish(ctx, System, m)
+		return rm, err
+	}, c.PresenceGrace)
+	if lb, ok := b.(interface{ Log() broker.Log }); ok {
+		if pl, ok := lb.Log().(broker.PresenceLog); ok {
+			d.presence.Share(pl) // several nodes: members live in Redis
+		}
+	}
+	return d
+}
+
+// Caller is who is asking: an identity (nil: no token) and the client's
+// address, which keys the rate limit of callers without a token.
+type Caller struct {
+	ID     *auth.Identity
+	Client string
+	// trusted callers are the broker's own: no grant, no rate limit.
+	trusted bool
+	// scoped callers were authenticated by their protocol (a Pusher app's
+	// key and signatures) for the channels that begin with scope; pushctl
+	// tokens do not apply to them.
+	scoped bool
+	scope  string
+}
+
+// System is the broker itself (presence events): its names and sizes are
+// checked, grants and rates are not.
+var System = Caller{Client: "system", trusted: true}
+
+// Operator is a way in that the operator configured and that has no
+// identity of its own (the ZeroMQ SUB endpoint of serve): like System,
+// what it may publish was decided by whoever could reach the endpoint.
+func Operator(name string) Caller { return Caller{Client: name, trusted: true} }
+
+// Scoped is a caller that its own protocol authenticated (a Pusher app's
+// client or REST caller) for the channels whose names begin with prefix:
+// it may do nothing outside them.
+func Scoped(prefix, client string) Caller { return Caller{Client: client, scoped: true, scope: prefix} }
+
+// Auth is the authorizer the door checks grants with.
+func (d *Door) Auth() *auth.Authorizer { return d.auth }
+
+// MaxMessageSize is the size limit of one message's data.
+func (d *Door) MaxMessageSize() int64 { return d.maxSize }
+
+// Identify authenticates a token (empty: none) from remote.
+func (d *Door) Identify(token string, remote net.Addr) (*auth.Identity, error) {
+	id, err := d.auth.Authenticate(token, remote)
+	if err != nil {
+		d.refuse("bad_token")
+		return nil, AccessError(err)
+	}
+	return id, nil
+}
+
+// Allow checks one grant of c. A refusal is counted.
+func (d *Door) Allow(c Caller, a auth.Action, channel string) error {
+	if c.trusted {
+		return nil
+	}
+	if c.scoped {
+		if !strings.HasPrefix(channel, c.scope) {
+			d.refuse("denied")
+			return wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "not allowed: %s is outside this application's channels", channel)
+		}
+		return nil
+	}
+	if err := d.auth.Allow(c.ID, a, channel); err != nil {
+		d.refuse("denied")
+		return AccessError(err)
+	}
+	return nil
+}
+
+// CheckPublish is the part of a publish's admission that needs no data:
+// the channel's name and the grant. A request checks it before reading a
+// body; Publish checks it again.
+func (d *Door) CheckPublish(c Caller, channel string) error {
+	if err := broker.ValidateChannel(channel); err != nil {
+		return err
+	}
+	return d.Allow(c, auth.Publish, channel)
+}
+
+// admitPublish is the whole admission of one message.
+func (d *Door) admitPublish(c Caller, m *broker.Message) error {
+	if err := d.CheckPublish(c, m.Channel); err != nil {
+		return err
+	}
+	if int64(len(m.Data)) > d.maxSize {
+		d.refuse("message_size")
+		return TooLarge(int64(len(m.Data)), d.maxSize)
+	}
+	return d.takeRate(c)
+}
+
+// Publish admits m from c and publishes it.
+func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broker.Message, int, error) {
+	if err := d.admitPublish(c, m); err != nil {
+		return nil, 0, err
+	}
+	return d.b.Publish(ctx, m)
+}
+
+// PublishEach admits the same event to several channels (a Pusher
+// trigger), all or none, and publishes it to each in turn. It counts once
+// against the publish rate, as one request of the caller's.
+func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) ([]int, error) {
+	for _, m := range ms {
+		if err := d.CheckPublish(c, m.Channel); err != nil {
+			return nil, err
+		}
+		if int64(len(m.Data)) > d.maxSize {
+			d.refuse("message_size")
+			return nil, TooLarge(int64(len(m.Data)), d.maxSize)
+		}
+	}
+	if err := d.takeRate(c); err != nil {
+		return nil, err
+	}
+	subs := make([]int, len(ms))
+	for i, m := range ms {
+		_, n, err := d.b.Publish(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		subs[i] = n
+	}
+	return subs, nil
+}
+
+// StartPublish admits m from c and starts publishing it, pipelined when
+// the broker can (see broker.StartPublish).
+func (d *Door) StartPublish(ctx context.Context, c Caller, m *broker.Message) (func() (*broker.Message, int, error), error) {
+	if err := d.admitPublish(c, m); err != nil {
+		return nil, err
+	}
+	return broker.StartPublish(ctx, d.b, m)
+}
+
+// CheckSubscribe checks that c may subscribe to every one of channels
+// (names or patterns), as Subscribe will.
+func (d *Door) CheckSubscribe(c Caller, channels []string) error {
+	if len(channels) == 0 || len(channels) > broker.MaxChannelsPerList {
+		return wire.Errorf(http.StatusBadRequest, wire.CodeInvalidChannel, "subscribe names 1 to %d channels", broker.MaxChannelsPerList)
+	}
+	for _, ch := range channels {
+		if err := broker.ValidatePattern(ch); err != nil {
+			return err
+		}
+		if err := d.Allow(c, auth.Subscribe, ch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Subscribe admits c to opts.Channels and subscribes.
+func (d *Door) Subscribe(ctx context.Context, c Caller, opts broker.SubscribeOptions) (*broker.Subscription, error) {
+	if err := d.CheckSubscribe(c, opts.Channels); err != nil {
+		return nil, err
+	}
+	if opts.Internal && !c.trusted {
+		return nil, errors.New("door: only the broker's own subscriptions are internal")
+	}
+	return d.b.Subscribe(ctx, opts)
+}
+
+// Join admits c to a channel's presence as member and joins.
+func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info []byte, lim presence.Limits) (*presence.Membership, error) {
+	if err := broker.ValidateChannel(channel); err != nil {
+		return nil, err
+	}
+	if err := d.Allow(c, auth.Subscribe, channel); err != nil {
+		return nil, err
+	}
+	if err := d.takeRate(c); err != nil {
+		return nil, err
+	}
+	return d.presence.Join(ctx, channel, member, info, lim)
+}
+
+// DeleteChannel admits c (who must be allowed to publish to it) and
+// deletes the channel.
+func (d *Door) DeleteChannel(ctx context.Context, c Caller, name string) error {
+	if err := d.CheckPublish(c, name); err != nil {
+		return err
+	}
+	return d.b.DeleteChannel(ctx, name)
+}
+
+// takeRate spends one of c's publishes.
+func (d *Door) takeRate(c Caller) error {
+	if d.rate == nil || c.trusted {
+		return nil
+	}
+	key := c.ID.Key()
+	if key == "" {
+		key = "ip:" + c.Client
+	}
+	ok, wait := d.rate.take(key, d.now())
+	if ok {
+		return nil
+	}
+	d.refuse("publish_rate")
+	secs := int(wait/time.Second) + 1
+	return &wire.Error{Status: http.StatusTooManyRequests, Code: wire.CodeRateLimited, RetryAfter: secs,
+		Message: fmt.Sprintf("publishing faster than %g messages/s; retry in %ds", d.rate.rate, secs)}
+}
+
+// TooLarge is the refusal of a message of size bytes over limit.
+func TooLarge(size, limit int64) *wire.Error {
+	return wire.Errorf(http.StatusRequestEntityTooLarge, wire.CodeTooLarge,
+		"message of %d bytes is larger than the limit of %d bytes (serve --max-message-size)", size, limit)
+}
+
+// AccessError maps an auth error to its reply (nil: not an auth error).
+func AccessError(err error) *wire.Error {
+	switch {
+	case errors.Is(err, auth.ErrNoToken):
+		return &wire.Error{Status: http.StatusUnauthorized, Code: wire.CodeTokenMissing, Message: "a token is required: send Authorization: Bearer <token> or ?token=<token>"}
+	case errors.Is(err, auth.ErrExpired):
+		return &wire.Error{Status: http.StatusUnauthorized, Code: wire.CodeTokenExpired, Message: "the token has expired; get a new one"}
+	case errors.Is(err, auth.ErrBadToken):
+		return &wire.Error{Status: http.StatusUnauthorized, Code: wire.CodeTokenInvalid, Message: err.Error()}
+	case errors.Is(err, auth.ErrForbidden):
+		return &wire.Error{Status: http.StatusForbidden, Code: wire.CodeForbidden, Message: err.Error()}
+	}
+	return nil
+}
+
+// Refuse counts a refusal or limit by reason (for limits the door does not
+// check itself, such as connections per address).
+func (d *Door) Refuse(reason string) { d.refuse(reason) }
+
+func (d *Door) refuse(reason string) {
+	v, ok := d.refused.Load(reason)
+	if !ok {
+		v, _ = d.refused.LoadOrStore(reason, new(atomic.Uint64))
+	}
+	v.(*atomic.Uint64).Add(1)
+}
+
+// Refusals calls fn with each reason's count.
+func (d *Door) Refusals(fn func(reason string, n uint64)) {
+	d.refused.Range(func(k, v any) bool {
+		fn(k.(string), v.(*atomic.Uint64).Load())
+		return true
+	})
+}
