@@ -535,7 +535,14 @@ func (pc *pusherConn) clientEvent(f *pusher.Frame) {
 	m := &broker.Message{Channel: ch, Event: f.Event, Origin: pc.ss.id}
 	m.Kind, m.Data = dataOf(f.Data)
 	if _, _, err := s.door.Publish(pc.rd.context(), pc.caller(), m); err != nil {
-		pc.fail("client event not published: " + asError(err).Message)
+		e := asError(err)
+		if e.Code == CodeRateLimited {
+			pc.send(pusher.ErrorFrame(pusher.ErrClientEventRate, "Client event rejected due to rate limit: "+e.Message))
+			return
+		}
+		// The stable code leads the message: Pusher's error frames have
+		// no field for it.
+		pc.fail("client event not published: " + e.Code + ": " + e.Message)
 		return
 	}
 	app.hook(pusher.WebhookEvent{Name: "client_event", Channel: name, Event: f.Event, Data: string(m.Data), SocketID: pc.socketID, UserID: sub.userID})
