@@ -289,7 +289,9 @@ func TestEverySubscribeDoorRefusesAlike(t *testing.T) {
 		return codeOf(t, b)
 	}
 	doors := map[string]func(t *testing.T, ch, tok string) string{
-		"sse":       func(t *testing.T, ch, tok string) string { return get(t, "/sub/"+ch, tok, map[string]string{"Accept": "text/event-stream"}) },
+		"sse": func(t *testing.T, ch, tok string) string {
+			return get(t, "/sub/"+ch, tok, map[string]string{"Accept": "text/event-stream"})
+		},
 		"ndjson":    func(t *testing.T, ch, tok string) string { return get(t, "/sub/"+ch+"?format=ndjson", tok, nil) },
 		"raw":       func(t *testing.T, ch, tok string) string { return get(t, "/sub/"+ch+"?format=raw", tok, nil) },
 		"long-poll": func(t *testing.T, ch, tok string) string { return get(t, "/sub/"+ch+"?poll=1ms", tok, nil) },
