@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -55,7 +56,7 @@ func asError(err error) *Error {
 	switch {
 	case errors.As(err, &e):
 		return e
-	case errors.Is(err, errStalled):
+	case errors.Is(err, connrt.ErrStalled):
 		return errStalledError
 	case errors.Is(err, broker.ErrInvalidChannel):
 		return &Error{Status: http.StatusBadRequest, Code: CodeInvalidChannel, Message: err.Error()}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 )
 
 // TestBatchPublishAckBacklogIsBounded: a client that sends far more lines
@@ -90,7 +91,7 @@ func TestUnknownErrorsAreInternal(t *testing.T) {
 	if e.Status != 500 || e.Code != CodeInternal || e.Message != "internal error" {
 		t.Fatalf("%+v", e)
 	}
-	if e := asError(errStalled); e.Code != CodeStalled {
+	if e := asError(connrt.ErrStalled); e.Code != CodeStalled {
 		t.Fatalf("stalled maps to %+v", e)
 	}
 	if e := asError(broker.ErrClosed); e.Status != 503 || e.Code != CodeShuttingDown {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
@@ -583,7 +584,7 @@ func (*pusherEncoder) transport() int { return tPusher }
 
 // start is the connection_established frame (or nothing, for a
 // connection refused with a close code).
-func (e *pusherEncoder) start(b *batch, ss *session) {
+func (e *pusherEncoder) start(b *connrt.Batch, ss *session) {
 	ss.mu.Lock()
 	ending := ss.ending
 	ss.mu.Unlock()
@@ -591,10 +592,10 @@ func (e *pusherEncoder) start(b *batch, ss *session) {
 		return
 	}
 	data := fmt.Appendf(nil, `{"socket_id":%q,"activity_timeout":%d}`, e.pc.socketID, e.pc.app.Limits.ActivityTimeoutSecs)
-	b.add(textFrame(pusher.AppendEvent(nil, "pusher:connection_established", "", data, "")))
+	b.Add(textFrame(pusher.AppendEvent(nil, "pusher:connection_established", "", data, "")))
 }
 
-func (e *pusherEncoder) message(b *batch, _ *session, m *broker.Message) {
+func (e *pusherEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) {
 	pc := e.pc
 	name := pc.app.pusherChannel(m.Channel)
 	event := m.Event
@@ -627,21 +628,21 @@ func (e *pusherEncoder) message(b *batch, _ *session, m *broker.Message) {
 	if event == "" {
 		event = broker.DefaultEvent
 	}
-	b.add(textFrame(pusher.AppendEvent(nil, event, name, data, "")))
+	b.Add(textFrame(pusher.AppendEvent(nil, event, name, data, "")))
 }
 
 // gap: Pusher has no such thing; the client is told under pushctl's own
 // event name, so nothing is skipped silently.
-func (e *pusherEncoder) gap(b *batch, _ *session, g *broker.Gap) {
+func (e *pusherEncoder) gap(b *connrt.Batch, _ *session, g *broker.Gap) {
 	data := fmt.Appendf(nil, `{"from":%q,"to":%q}`, g.From.String(), g.To.String())
-	b.add(textFrame(pusher.AppendEvent(nil, "pushctl:gap", e.pc.app.pusherChannel(g.Channel), data, "")))
+	b.Add(textFrame(pusher.AppendEvent(nil, "pushctl:gap", e.pc.app.pusherChannel(g.Channel), data, "")))
 }
 
-func (*pusherEncoder) keepalive(b *batch) bool { b.add(pingFrame); return true }
+func (*pusherEncoder) keepalive(b *connrt.Batch) bool { b.Add(pingFrame); return true }
 
 // dropped: a subscription ended (its channel was deleted); the client is
 // told with a pusher:error and the connection goes on.
-func (e *pusherEncoder) dropped(b *batch, key string, err error) bool {
+func (e *pusherEncoder) dropped(b *connrt.Batch, key string, err error) bool {
 	pc := e.pc
 	name := pc.app.pusherChannel(key)
 	pc.mu.Lock()
@@ -652,7 +653,7 @@ func (e *pusherEncoder) dropped(b *batch, key string, err error) bool {
 		pc.release(name, sub, true)
 	}
 	ae := asError(err)
-	b.add(textFrame(pusher.ErrorFrame(0, "subscription to "+name+" ended: "+ae.Code+": "+ae.Message)))
+	b.Add(textFrame(pusher.ErrorFrame(0, "subscription to "+name+" ended: "+ae.Code+": "+ae.Message)))
 	return true
 }
 

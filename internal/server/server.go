@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
@@ -123,7 +124,7 @@ type Server struct {
 	handler http.Handler
 	// wsWheel and streamWheel pace keepalives of WebSockets and of
 	// HTTP streams (SSE, NDJSON, raw).
-	wsWheel, streamWheel *wheel
+	wsWheel, streamWheel *connrt.Wheel[*session]
 	stopping             chan struct{}
 	stopOnce             sync.Once
 	conns                sync.WaitGroup // long-lived subscriber handlers (see enter)
@@ -141,8 +142,8 @@ func New(b broker.Broker, opts Options) *Server {
 	if s.pusher != nil {
 		d.OnPresenceChange(s.pusher.presenceChanged)
 	}
-	s.wsWheel = newWheel(opts.PingInterval, s.visitWebSocket)
-	s.streamWheel = newWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
+	s.wsWheel = connrt.NewWheel(opts.PingInterval, s.visitWebSocket)
+	s.streamWheel = connrt.NewWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
 	s.upgrader = websocket.Upgrader{
 		// A small read buffer (a busy connection's reads go through a
 		// pooled one, see inputWatch.Read); write buffers come from a pool
@@ -258,8 +259,8 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.stopOnce.Do(func() { close(s.stopping) })
-	s.wsWheel.each((*session).stop)
-	s.streamWheel.each((*session).stop)
+	s.wsWheel.Each((*session).stop)
+	s.streamWheel.Each((*session).stop)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := hs.Shutdown(sctx)

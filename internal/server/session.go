@@ -11,6 +11,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 )
 
 // Reasons a subscriber connection ends, besides broker errors. Each is
@@ -30,7 +31,7 @@ func reasonCode(err error) string {
 	switch {
 	case err == nil:
 		return "completed"
-	case errors.Is(err, errStalled):
+	case errors.Is(err, connrt.ErrStalled):
 		return CodeStalled
 	case errors.Is(err, errPeerGone), errors.Is(err, errPeerClosed):
 		return "client_closed"
@@ -50,14 +51,14 @@ func reasonCode(err error) string {
 type encoder interface {
 	transport() int
 	// start is written once, before anything else.
-	start(b *batch, ss *session)
-	message(b *batch, ss *session, m *broker.Message)
-	gap(b *batch, ss *session, g *broker.Gap)
+	start(b *connrt.Batch, ss *session)
+	message(b *connrt.Batch, ss *session, m *broker.Message)
+	gap(b *connrt.Batch, ss *session, g *broker.Gap)
 	// keepalive adds something harmless, if the format has such a thing.
-	keepalive(b *batch) bool
+	keepalive(b *connrt.Batch) bool
 	// dropped tells the client that one subscription ended while the
 	// connection goes on; false ends the connection instead.
-	dropped(b *batch, key string, err error) bool
+	dropped(b *connrt.Batch, key string, err error) bool
 	// end returns the last bytes, saying why the connection ends (nil:
 	// nothing to say, or no way to say it).
 	end(ss *session, err error) []byte
@@ -88,7 +89,7 @@ type session struct {
 	s     *Server
 	id    uint64
 	enc   encoder
-	w     *connWriter
+	w     *connrt.Writer
 	async bool
 	loop  atomic.Int32
 	wake  chan struct{} // !async: signals the handler's loop
@@ -105,10 +106,10 @@ type session struct {
 
 	// async only
 	conn  net.Conn
-	input *inputWatch
-	wheel *wheel
-	slot  int      // in wheel; guarded by wheel.mu
-	onEnd []func() // run once the connection is closed
+	input *connrt.Input
+	wheel *connrt.Wheel[*session]
+	wpos  connrt.WheelPos // in wheel; guarded by the wheel
+	onEnd []func()        // run once the connection is closed
 
 	mu         sync.Mutex
 	subs       map[string]*broker.Subscription
@@ -125,12 +126,12 @@ type session struct {
 	timer      *time.Timer
 
 	// Owned by the loop.
-	cursor   broker.Cursor // resume position of what was written
-	since    time.Time     // when the subscription started, for new channels
-	wk       *worker       // the writer pool's worker running the loop
+	cursor   broker.Cursor  // resume position of what was written
+	since    time.Time      // when the subscription started, for new channels
+	wk       *connrt.Worker // the writer pool's worker running the loop
 	held     map[*broker.Subscription][]broker.Event
 	fromHeld bool // the round delivered held events: read their subscriptions again
-	b        batch
+	b        connrt.Batch
 	times    []time.Time
 	evbuf    []broker.Event
 	keys     []string
@@ -139,7 +140,7 @@ type session struct {
 
 // newSession returns a session; async sessions run their loop on demand
 // once serveAsync starts them, the others in run.
-func newSession(s *Server, enc encoder, w *connWriter, async bool) *session {
+func newSession(s *Server, enc encoder, w *connrt.Writer, async bool) *session {
 	ss := &session{
 		s:     s,
 		id:    sessionIDs.Add(1),
@@ -170,7 +171,7 @@ func (ss *session) signal() {
 		switch ss.loop.Load() {
 		case loopIdle:
 			if ss.loop.CompareAndSwap(loopIdle, loopRunning) {
-				writers.run(ss)
+				writers.Run(ss)
 				return
 			}
 		case loopRunning:
@@ -403,9 +404,9 @@ func (ss *session) step() (bool, error) {
 		default:
 		}
 	}
-	ss.b.add(pong)
+	ss.b.Add(pong)
 	for _, f := range ctl {
-		ss.b.add(f)
+		ss.b.Add(f)
 	}
 	if ss.kaDue.Swap(false) {
 		ss.enc.keepalive(&ss.b)
@@ -430,7 +431,7 @@ func (ss *session) step() (bool, error) {
 		}
 	}
 	clear(ss.list)
-	if ss.b.n == 0 {
+	if ss.b.N == 0 {
 		return false, nil
 	}
 	return true, ss.flush()
@@ -453,7 +454,7 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 		defer t.Stop()
 		timeout = t.C
 	}
-	defer ss.b.release()
+	defer ss.b.Release()
 	ss.enc.start(&ss.b, ss)
 	for {
 		wrote, err := ss.step()
@@ -478,7 +479,7 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 			}
 			continue
 		}
-		ss.b.release() // idle: hold no buffer
+		ss.b.Release() // idle: hold no buffer
 		select {
 		case <-ss.wake:
 		case <-tick:
@@ -494,209 +495,75 @@ func (ss *session) run(done <-chan struct{}, keepalive, wait time.Duration) erro
 }
 
 // serveAsync runs an asynchronous session on its hijacked conn: read
-// takes the peer's input when there is some (see inputWatch), the wheel
+// takes the peer's input when there is some (see connrt.Input), the wheel
 // paces keepalives. It returns at once; the session ends on its own and
 // then closes conn and runs onEnd.
-func (ss *session) serveAsync(conn net.Conn, read func(*inputWatch) bool, w *wheel) {
+func (ss *session) serveAsync(conn net.Conn, read func(*connrt.Input) bool, w *connrt.Wheel[*session]) {
 	ss.conn = conn
 	ss.lastRead.Store(time.Now().UnixNano())
-	w.add(ss)
+	ss.wheel = w
+	w.Add(ss)
 	select {
 	case <-ss.s.stopping:
 		ss.stop()
 	default:
 	}
-	ss.input = newInputWatch(conn, ss.setGone)
+	ss.input = connrt.NewInput(conn, ss.setGone)
 	in := ss.input
 	ss.enc.start(&ss.b, ss)
-	in.start(func() bool { return read(in) })
-	ss.w.mayWait = ss.mayWait
-	ss.w.setNoWait(conn)
+	in.Start(func() bool { return read(in) })
+	ss.w.MayWait = ss.mayWait
+	ss.w.SetNoWait(conn)
 	ss.loop.Store(loopRunning)
-	writers.run(ss)
+	writers.Run(ss)
 }
+
+// WheelPos is where the session is on its wheel.
+func (ss *session) WheelPos() *connrt.WheelPos { return &ss.wpos }
 
 // mayWait is called (on the loop) before a write waits for the peer.
-func (ss *session) mayWait() { ss.wk.detach() }
+func (ss *session) mayWait() { ss.wk.Detach() }
 
-// writers runs the rounds of asynchronous sessions: a session with
-// something to do joins a queue, and a few worker goroutines (GOMAXPROCS
-// at most) take them in turn, one round each. A round that
-// would wait for a peer (its socket is full, or the connection is ending)
-// lets go of its worker's place first: another worker takes the queue on
-// while that one waits with the session, so one slow peer never holds up
-// the others.
-//
-// Compared with a goroutine per busy session (handed over through a
-// channel), fan-out to 1,000 subscribers with 8 publishers went from
-// ~675k to ~900k deliveries/s over WebSocket and from ~650k to ~1.08M over
-// SSE, and to 10,000 WebSocket subscribers from ~750k to ~1.4M, with a
-// lower or equal p99 and a third less CPU per delivery: fewer goroutine
-// hand-offs, larger writes (a session waits its turn while more arrives
-// for it), and a write the socket takes at once goes out without the
-// runtime's poller. Twice as many workers as GOMAXPROCS did worse on
-// every load (smaller batches for the same CPU).
-var writers = newWriterPool(runtime.GOMAXPROCS(0))
-
-type writerPool struct {
-	mu      sync.Mutex
-	wake    chan struct{} // a token per wake-up of an idle worker
-	queue   []*session    // sessions waiting for a worker, from head
-	head    int
-	idle    int // workers waiting for the queue
-	workers int // workers that hold a place (not waiting for a peer)
-	max     int
-}
-
-// worker is one worker goroutine's state, seen by the session it runs.
-type worker struct {
-	p        *writerPool
-	detached bool // it let go of its place to wait for a peer
-}
-
-// writerLinger is how long an idle worker waits for work before it
-// leaves (an idle server keeps no writer goroutines).
-const writerLinger = 250 * time.Millisecond
-
-func newWriterPool(max int) *writerPool {
-	return &writerPool{max: max, wake: make(chan struct{}, max)}
-}
-
-// run queues ss for a worker (its loop is loopRunning or loopAgain:
-// nobody else runs it).
-func (p *writerPool) run(ss *session) {
-	p.mu.Lock()
-	p.queue = append(p.queue, ss)
-	p.wakeLocked()
-	p.mu.Unlock()
-}
-
-// wakeLocked gets a worker for the queue: a waiting one, or a new one
-// while there are fewer than max.
-func (p *writerPool) wakeLocked() {
-	switch {
-	case p.head == len(p.queue):
-	case p.idle > 0:
-		select {
-		case p.wake <- struct{}{}:
-		default: // as many wake-ups are pending as there are workers
-		}
-	case p.workers < p.max:
-		p.workers++
-		go p.work()
-	}
-}
-
-func (p *writerPool) work() {
-	wk := &worker{p: p}
-	t := time.NewTimer(writerLinger)
-	defer t.Stop()
-	p.mu.Lock()
-	for {
-		for p.head == len(p.queue) {
-			p.idle++
-			p.mu.Unlock()
-			t.Reset(writerLinger)
-			lingered := false
-			select {
-			case <-p.wake:
-			case <-t.C:
-				lingered = true
-			}
-			p.mu.Lock()
-			p.idle--
-			if lingered && p.head == len(p.queue) {
-				p.workers--
-				p.mu.Unlock()
-				return
-			}
-		}
-		ss := p.popLocked()
-		p.mu.Unlock()
-		// Let the publishers and the other goroutines that are ready run
-		// first, so the round finds more to write in one system call.
-		// Under fan-out load (1,000 subscribers, 8 publishers) this took
-		// deliveries from ~400k to ~650k a second (fewer, larger writes)
-		// and lowered p99.
-		runtime.Gosched()
-		ss.runAsync(wk)
-		p.mu.Lock()
-		if wk.detached {
-			if p.workers >= p.max {
-				p.mu.Unlock()
-				return // enough workers took its place meanwhile
-			}
-			p.workers++
-			wk.detached = false
-		}
-	}
-}
-
-// popLocked takes the session at the head of the queue (not empty).
-func (p *writerPool) popLocked() *session {
-	ss := p.queue[p.head]
-	p.queue[p.head] = nil
-	switch p.head++; {
-	case p.head == len(p.queue):
-		p.queue, p.head = p.queue[:0], 0
-	case p.head >= 1024 && 2*p.head >= len(p.queue):
-		// Never empty for long: keep the slice from growing forever.
-		n := copy(p.queue, p.queue[p.head:])
-		clear(p.queue[n:])
-		p.queue, p.head = p.queue[:n], 0
-	}
-	return ss
-}
-
-// detach lets go of the worker's place before it waits for a peer: the
-// queue gets another worker.
-func (wk *worker) detach() {
-	if wk == nil || wk.detached {
-		return
-	}
-	wk.detached = true
-	p := wk.p
-	p.mu.Lock()
-	p.workers--
-	p.wakeLocked()
-	p.mu.Unlock()
-}
+// writers runs the rounds of asynchronous sessions (see connrt.Pool):
+// GOMAXPROCS workers at most. Twice as many did worse on every load
+// (smaller batches for the same CPU).
+var writers = connrt.NewPool(runtime.GOMAXPROCS(0))
 
 // runAsync runs one round of the loop on a worker: when there is more to
 // do the session joins the queue again (so a busy session takes its turn
 // with the others), otherwise it goes idle (signal queues it again);
 // when the connection must end it ends it.
-func (ss *session) runAsync(wk *worker) {
+func (ss *session) Round(wk *connrt.Worker) {
 	ss.wk = wk
 	ss.loop.Store(loopRunning)
 	wrote, err := ss.step()
 	ss.wk = nil
 	if err != nil {
-		wk.detach() // closing may wait for the peer
+		wk.Detach() // closing may wait for the peer
 		ss.loop.Store(loopEnded)
-		ss.b.release()
+		ss.b.Release()
 		ss.finish(err)
-		ss.wheel.remove(ss)
+		ss.wheel.Remove(ss)
 		// Wait (briefly) for the peer's side of the closing handshake
 		// before the socket goes, so nothing in flight to it is reset
 		// away.
-		closeGently(ss.conn, ss.input, time.Second)
+		connrt.CloseGently(ss.conn, ss.input, time.Second)
 		for _, f := range ss.onEnd {
 			f()
 		}
 		return
 	}
 	if wrote && (len(ss.held) > 0 || ss.fromHeld) {
-		wk.p.run(ss)
+		wk.Requeue(ss)
 		return
 	}
 	// Every source of work (a queued event, a control frame, a
 	// keepalive, the end) signals, which turns loopRunning into
 	// loopAgain: after a write, a round that would find nothing is
 	// skipped unless a signal came.
-	ss.b.release() // idle: hold no buffer
+	ss.b.Release() // idle: hold no buffer
 	if !ss.loop.CompareAndSwap(loopRunning, loopIdle) {
-		wk.p.run(ss) // loopAgain: something came during the round
+		wk.Requeue(ss) // loopAgain: something came during the round
 	}
 }
 
@@ -714,7 +581,7 @@ func (ss *session) drain(key string, sub *broker.Subscription, acked uint64) err
 		evs, err = sub.TryNext(ss.evbuf)
 	}
 	for j, e := range evs {
-		if ss.b.n >= maxBatch {
+		if ss.b.N >= maxBatch {
 			// The rest waits for the next round, so keepalives, control
 			// frames and other subscriptions are not stuck behind it.
 			ss.hold(sub, evs[j:])
@@ -771,14 +638,14 @@ func (ss *session) hold(sub *broker.Subscription, evs []broker.Event) {
 
 // flush writes the open batch and records the deliveries.
 func (ss *session) flush() error {
-	if ss.b.n == 0 {
+	if ss.b.N == 0 {
 		return nil
 	}
-	err := ss.w.write(ss.b.bufs)
-	if ss.w.stalled() {
-		ss.b.disown()
+	err := ss.w.Write(ss.b.Bufs)
+	if ss.w.Stalled() {
+		ss.b.Disown()
 	} else {
-		ss.b.reset()
+		ss.b.Reset()
 	}
 	if err == nil && len(ss.times) > 0 {
 		ss.s.metrics.delivered(ss.enc.transport(), ss.times, time.Now())
@@ -796,16 +663,16 @@ func (ss *session) finish(reason error) {
 	if reason != nil {
 		ss.s.metrics.disconnected(ss.enc.transport(), reasonCode(reason))
 	}
-	if errors.Is(reason, errStalled) {
+	if errors.Is(reason, connrt.ErrStalled) {
 		ss.s.log.Debug("subscriber stalled", "transport", transportNames[ss.enc.transport()])
 	}
 	switch {
 	case errors.Is(reason, errPeerGone):
 		return
-	case reason != nil && !errors.Is(reason, errStalled) && isWriteError(reason):
+	case reason != nil && !errors.Is(reason, connrt.ErrStalled) && isWriteError(reason):
 		return
 	}
-	ss.w.finish(ss.enc.end(ss, reason), ss.s.opts.CloseGrace)
+	ss.w.Finish(ss.enc.end(ss, reason), ss.s.opts.CloseGrace)
 }
 
 // isWriteError reports whether err came from writing to the peer (the

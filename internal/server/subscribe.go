@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -208,7 +209,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if async {
 		ss.onEnd = []func(){release, end}
 		release = nil
-		ss.serveAsync(cw.conn, discardInput, s.streamWheel)
+		ss.serveAsync(cw.Conn, discardInput, s.streamWheel)
 		return nil
 	}
 	defer end()
@@ -218,11 +219,11 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 
 // discardInput reads and drops what a stream's peer sends (usually
 // nothing); the input's end tells that the peer went away.
-func discardInput(in *inputWatch) bool {
+func discardInput(in *connrt.Input) bool {
 	var buf [512]byte
 	for {
 		_, err := in.Read(buf[:])
-		if err == errWouldBlock {
+		if err == connrt.ErrWouldBlock {
 			return true
 		}
 		if err != nil {
@@ -235,14 +236,14 @@ func discardInput(in *inputWatch) bool {
 // HTTP/1 connection is hijacked (hijack set) so that the subscribe loop's
 // writer owns it (and knows what a stalled write left unwritten); HTTP/2
 // streams go through w.
-func (s *Server) openStream(w http.ResponseWriter, r *http.Request, hijack bool) (*connWriter, error) {
+func (s *Server) openStream(w http.ResponseWriter, r *http.Request, hijack bool) (*connrt.Writer, error) {
 	rc := http.NewResponseController(w)
 	if !hijack {
 		w.WriteHeader(http.StatusOK)
 		if err := rc.Flush(); err != nil {
 			return nil, err
 		}
-		return &connWriter{rw: w, rc: rc, timeout: s.opts.WriteTimeout}, nil
+		return &connrt.Writer{RW: w, RC: rc, Timeout: s.opts.WriteTimeout}, nil
 	}
 	conn, _, err := rc.Hijack()
 	if err != nil {
@@ -250,10 +251,10 @@ func (s *Server) openStream(w http.ResponseWriter, r *http.Request, hijack bool)
 	}
 	conn.SetDeadline(time.Time{})
 	// Nothing of the HTTP server's (request, buffers) is kept.
-	cw := &connWriter{conn: conn, timeout: s.opts.WriteTimeout}
-	cw.chunked = r.ProtoAtLeast(1, 1)
+	cw := &connrt.Writer{Conn: conn, Timeout: s.opts.WriteTimeout}
+	cw.Chunked = r.ProtoAtLeast(1, 1)
 	head := []byte("HTTP/1.1 200 OK\r\n")
-	if !cw.chunked {
+	if !cw.Chunked {
 		head = []byte("HTTP/1.0 200 OK\r\n")
 	}
 	hb := &strings.Builder{}
@@ -261,7 +262,7 @@ func (s *Server) openStream(w http.ResponseWriter, r *http.Request, hijack bool)
 	head = append(head, hb.String()...)
 	head = append(head, "Date: "...)
 	head = time.Now().UTC().AppendFormat(head, http.TimeFormat)
-	if cw.chunked {
+	if cw.Chunked {
 		head = append(head, "\r\nTransfer-Encoding: chunked"...)
 	}
 	head = append(head, "\r\nConnection: close\r\n\r\n"...)
@@ -334,13 +335,13 @@ func endLine(err error) []byte {
 
 type ndjsonEncoder struct{}
 
-func (ndjsonEncoder) transport() int                                  { return tNDJSON }
-func (ndjsonEncoder) start(*batch, *session)                          {}
-func (ndjsonEncoder) message(b *batch, _ *session, m *broker.Message) { b.add(wire.JSON(m)) }
-func (ndjsonEncoder) gap(b *batch, _ *session, g *broker.Gap)         { b.add(wire.Gap(g)) }
-func (ndjsonEncoder) keepalive(b *batch) bool                         { b.add(newline); return true }
-func (ndjsonEncoder) dropped(*batch, string, error) bool              { return false }
-func (ndjsonEncoder) end(_ *session, err error) []byte                { return endIf(err, endLine) }
+func (ndjsonEncoder) transport() int                                         { return tNDJSON }
+func (ndjsonEncoder) start(*connrt.Batch, *session)                          {}
+func (ndjsonEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) { b.Add(wire.JSON(m)) }
+func (ndjsonEncoder) gap(b *connrt.Batch, _ *session, g *broker.Gap)         { b.Add(wire.Gap(g)) }
+func (ndjsonEncoder) keepalive(b *connrt.Batch) bool                         { b.Add(newline); return true }
+func (ndjsonEncoder) dropped(*connrt.Batch, string, error) bool              { return false }
+func (ndjsonEncoder) end(_ *session, err error) []byte                       { return endIf(err, endLine) }
 
 var newline = []byte("\n")
 
@@ -359,19 +360,19 @@ func errorsIsPeer(err error) bool {
 
 type rawEncoder struct{ tagged bool }
 
-func (rawEncoder) transport() int         { return tRaw }
-func (rawEncoder) start(*batch, *session) {}
-func (e rawEncoder) message(b *batch, _ *session, m *broker.Message) {
+func (rawEncoder) transport() int                { return tRaw }
+func (rawEncoder) start(*connrt.Batch, *session) {}
+func (e rawEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) {
 	if e.tagged {
-		b.add(wire.RawTagged(m))
+		b.Add(wire.RawTagged(m))
 	} else {
-		b.add(wire.Raw(m))
+		b.Add(wire.Raw(m))
 	}
 }
-func (rawEncoder) gap(*batch, *session, *broker.Gap)  {}
-func (rawEncoder) keepalive(*batch) bool              { return false }
-func (rawEncoder) dropped(*batch, string, error) bool { return false }
-func (rawEncoder) end(*session, error) []byte         { return nil }
+func (rawEncoder) gap(*connrt.Batch, *session, *broker.Gap)  {}
+func (rawEncoder) keepalive(*connrt.Batch) bool              { return false }
+func (rawEncoder) dropped(*connrt.Batch, string, error) bool { return false }
+func (rawEncoder) end(*session, error) []byte                { return nil }
 
 // sseEncoder writes Server-Sent Events. The id of each event resumes the
 // subscription via Last-Event-ID: the message id for one channel, the
@@ -390,8 +391,8 @@ func (*sseEncoder) transport() int { return tSSE }
 // start says where the stream starts, as an id (so a browser resumes from
 // there even if it loses the stream before the first message), and in
 // plain mode (pushctl.js) also as a pushctl-start event it can read.
-func (e *sseEncoder) start(b *batch, ss *session) {
-	b.add([]byte("retry: 2000\n: connected\n\n"))
+func (e *sseEncoder) start(b *connrt.Batch, ss *session) {
+	b.Add([]byte("retry: 2000\n: connected\n\n"))
 	cur := ss.resume()
 	if e.single {
 		for _, p := range ss.cursor {
@@ -401,15 +402,15 @@ func (e *sseEncoder) start(b *batch, ss *session) {
 	if cur == "" {
 		return
 	}
-	b.addCopy(append(append([]byte("id: "), cur...), '\n'))
+	b.AddCopy(append(append([]byte("id: "), cur...), '\n'))
 	if e.plain {
-		b.addCopy(sseEvent("pushctl-start", []byte(cur)))
+		b.AddCopy(sseEvent("pushctl-start", []byte(cur)))
 	} else {
-		b.add(newline) // an id alone dispatches no event
+		b.Add(newline) // an id alone dispatches no event
 	}
 }
 
-func (e *sseEncoder) writeID(b *batch, ss *session, p broker.Position) {
+func (e *sseEncoder) writeID(b *connrt.Batch, ss *session, p broker.Position) {
 	e.id = append(e.id[:0], "id: "...)
 	if e.single {
 		e.id = append(e.id, p.Epoch...)
@@ -419,29 +420,29 @@ func (e *sseEncoder) writeID(b *batch, ss *session, p broker.Position) {
 		e.id = append(e.id, ss.resume()...)
 	}
 	e.id = append(e.id, '\n')
-	b.addCopy(e.id)
+	b.AddCopy(e.id)
 }
 
-func (e *sseEncoder) message(b *batch, ss *session, m *broker.Message) {
+func (e *sseEncoder) message(b *connrt.Batch, ss *session, m *broker.Message) {
 	e.writeID(b, ss, m.Position())
 	switch {
 	case e.raw:
-		b.add(wire.SSERaw(m))
+		b.Add(wire.SSERaw(m))
 	case e.plain:
-		b.add(wire.SSEPlain(m))
+		b.Add(wire.SSEPlain(m))
 	default:
-		b.add(wire.SSE(m))
+		b.Add(wire.SSE(m))
 	}
 }
 
-func (e *sseEncoder) gap(b *batch, ss *session, g *broker.Gap) {
+func (e *sseEncoder) gap(b *connrt.Batch, ss *session, g *broker.Gap) {
 	e.writeID(b, ss, g.To)
 	j := wire.Gap(g)
-	b.addCopy(sseEvent("pushctl-gap", j[:len(j)-1]))
+	b.AddCopy(sseEvent("pushctl-gap", j[:len(j)-1]))
 }
 
-func (*sseEncoder) keepalive(b *batch) bool            { b.add([]byte(": keepalive\n\n")); return true }
-func (*sseEncoder) dropped(*batch, string, error) bool { return false }
+func (*sseEncoder) keepalive(b *connrt.Batch) bool            { b.Add([]byte(": keepalive\n\n")); return true }
+func (*sseEncoder) dropped(*connrt.Batch, string, error) bool { return false }
 func (*sseEncoder) end(_ *session, err error) []byte {
 	return endIf(err, func(err error) []byte {
 		j := endLine(err)
@@ -463,21 +464,23 @@ func sseEvent(name string, data []byte) []byte {
 // resumes after them, with the time for channels that appear later.
 type pollEncoder struct{ n int }
 
-func (*pollEncoder) transport() int         { return tPoll }
-func (*pollEncoder) start(*batch, *session) {}
-func (e *pollEncoder) item(b *batch, j []byte) {
+func (*pollEncoder) transport() int                { return tPoll }
+func (*pollEncoder) start(*connrt.Batch, *session) {}
+func (e *pollEncoder) item(b *connrt.Batch, j []byte) {
 	if e.n == 0 {
-		b.add([]byte(`{"events":[`))
+		b.Add([]byte(`{"events":[`))
 	} else {
-		b.add([]byte{','})
+		b.Add([]byte{','})
 	}
 	e.n++
-	b.add(j[:len(j)-1])
+	b.Add(j[:len(j)-1])
 }
-func (e *pollEncoder) message(b *batch, _ *session, m *broker.Message) { e.item(b, wire.JSON(m)) }
-func (e *pollEncoder) gap(b *batch, _ *session, g *broker.Gap)         { e.item(b, wire.Gap(g)) }
-func (*pollEncoder) keepalive(*batch) bool                             { return false }
-func (*pollEncoder) dropped(*batch, string, error) bool                { return false }
+func (e *pollEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) {
+	e.item(b, wire.JSON(m))
+}
+func (e *pollEncoder) gap(b *connrt.Batch, _ *session, g *broker.Gap) { e.item(b, wire.Gap(g)) }
+func (*pollEncoder) keepalive(*connrt.Batch) bool                     { return false }
+func (*pollEncoder) dropped(*connrt.Batch, string, error) bool        { return false }
 func (e *pollEncoder) end(ss *session, err error) []byte {
 	var out []byte
 	if e.n == 0 {
@@ -498,7 +501,7 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, ss *session, s
 	s.metrics.connections[tPoll].Add(1)
 	defer s.metrics.connections[tPoll].Add(-1)
 	w.Header().Set("Content-Type", "application/json")
-	cw := &connWriter{rw: w, rc: http.NewResponseController(w), timeout: s.opts.WriteTimeout}
+	cw := &connrt.Writer{RW: w, RC: http.NewResponseController(w), Timeout: s.opts.WriteTimeout}
 	ss.w = cw
 	ss.trackCursor, ss.oneShot = true, true
 	ss.startCursor(sub, since)
@@ -514,5 +517,5 @@ func (s *Server) longPoll(w http.ResponseWriter, r *http.Request, ss *session, s
 			return reason // nothing written yet: an ordinary error reply
 		}
 	}
-	return cw.write(net.Buffers{enc.end(ss, reason)})
+	return cw.Write(net.Buffers{enc.end(ss, reason)})
 }

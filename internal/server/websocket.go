@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/wire"
 )
@@ -44,26 +45,28 @@ func closeFrame(code int, reason string) []byte {
 // wsEncoder writes the WebSocket side of the subscribe loop.
 type wsEncoder struct{ raw bool }
 
-func (wsEncoder) transport() int         { return tWebSocket }
-func (wsEncoder) start(*batch, *session) {}
-func (e wsEncoder) message(b *batch, _ *session, m *broker.Message) {
+func (wsEncoder) transport() int                { return tWebSocket }
+func (wsEncoder) start(*connrt.Batch, *session) {}
+func (e wsEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) {
 	if e.raw {
-		b.add(wire.WebSocketRaw(m))
+		b.Add(wire.WebSocketRaw(m))
 	} else {
-		b.add(wire.WebSocket(m))
+		b.Add(wire.WebSocket(m))
 	}
 }
-func (wsEncoder) gap(b *batch, _ *session, g *broker.Gap) { b.add(textFrame(trimNL(wire.Gap(g)))) }
+func (wsEncoder) gap(b *connrt.Batch, _ *session, g *broker.Gap) {
+	b.Add(textFrame(trimNL(wire.Gap(g))))
+}
 
 var pingFrame = []byte{0x80 | opPing, 0}
 
-func (wsEncoder) keepalive(b *batch) bool { b.add(pingFrame); return true }
+func (wsEncoder) keepalive(b *connrt.Batch) bool { b.Add(pingFrame); return true }
 
 // dropped tells the client that one subscription ended (its channel was
 // deleted, the token no longer covers it); the connection goes on.
-func (wsEncoder) dropped(b *batch, key string, err error) bool {
+func (wsEncoder) dropped(b *connrt.Batch, key string, err error) bool {
 	e := asError(err)
-	b.add(textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, e.Code, e.Message)))
+	b.Add(textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, e.Code, e.Message)))
 	return true
 }
 
@@ -119,7 +122,7 @@ type wsNetConn struct {
 	upgraded atomic.Bool
 
 	// Owned by the reader (one run at a time).
-	in *inputWatch
+	in *connrt.Input
 	// frames follows the frames in what gorilla has been given: a read
 	// that would wait may leave the reader (to be run again on more
 	// input) only where a frame ends, when gorilla holds no part of the
@@ -138,12 +141,12 @@ const wsReadBufferSize = 256
 // for the rest of a frame that has begun.
 func (c *wsNetConn) Read(p []byte) (int, error) {
 	n, err := c.in.Read(p) // only readFrames reads, and it sets in
-	if err == errWouldBlock {
+	if err == connrt.ErrWouldBlock {
 		// Everything given to gorilla ends with a whole frame, so
 		// gorilla asks for more only to begin the next one, having
 		// taken no byte of it: leaving here loses nothing.
 		if !c.inMessage && c.frames.between() {
-			panic(errWouldBlock)
+			panic(connrt.ErrWouldBlock)
 		}
 		n, err = c.Conn.Read(p)
 	}
@@ -312,10 +315,10 @@ func (s *Server) runWebSocket(w http.ResponseWriter, r *http.Request, ss *sessio
 	nc := hj.conn
 	nc.upgraded.Store(true)
 	raw := nc.Conn
-	ss.w = &connWriter{conn: raw, timeout: s.opts.WriteTimeout}
+	ss.w = &connrt.Writer{Conn: raw, Timeout: s.opts.WriteTimeout}
 	if !s.enter() { // shutting down
 		ss.closeSubs()
-		ss.w.finish(ss.enc.end(ss, broker.ErrClosed), time.Second)
+		ss.w.Finish(ss.enc.end(ss, broker.ErrClosed), time.Second)
 		raw.Close()
 		return
 	}
@@ -486,18 +489,18 @@ func (rd *wsReader) handlers() {
 // gorilla reads frames in a loop that handles control frames on its own,
 // so after a pong it would wait in read for the next frame; instead
 // wsNetConn.Read unwinds from a read that would wait where a frame ends
-// and gorilla holds no part of the next (a panic with errWouldBlock,
+// and gorilla holds no part of the next (a panic with connrt.ErrWouldBlock,
 // recovered here): gorilla's state is then that of a connection about to
 // read a new frame.
-func (rd *wsReader) readFrames(in *inputWatch) (more bool) {
+func (rd *wsReader) readFrames(in *connrt.Input) (more bool) {
 	ss, c, nc := rd.ss, rd.c, rd.nc
 	nc.in = in
 	defer func() {
-		if in.rc == nil {
+		if !in.Polled() {
 			return
 		}
 		if r := recover(); r != nil {
-			if r != errWouldBlock {
+			if r != connrt.ErrWouldBlock {
 				panic(r)
 			}
 			more = true

@@ -1,4 +1,4 @@
-package server
+package connrt
 
 import (
 	"errors"
@@ -10,28 +10,28 @@ import (
 	"time"
 )
 
-// errStalled ends a connection whose peer took nothing for a whole write
+// ErrStalled ends a connection whose peer took nothing for a whole write
 // timeout: it stopped reading.
-var errStalled = errors.New("the subscriber stopped reading; resume from the last id")
+var ErrStalled = errors.New("the subscriber stopped reading; resume from the last id")
 
-// connWriter is the one writer of a subscriber connection: data, control
+// Writer is the one writer of a subscriber connection: data, control
 // frames (pongs, acks, close frames) and the closing reason all go through
 // it, under one deadline policy: a write may take as long as it needs while
-// the peer keeps taking bytes, and fails with errStalled once the peer
+// the peer keeps taking bytes, and fails with ErrStalled once the peer
 // took nothing for timeout.
-type connWriter struct {
+type Writer struct {
 	// conn is the hijacked connection. When nil, writes go through rw:
 	// HTTP/2 streams (which cannot be hijacked) and long-poll replies.
-	conn    net.Conn
-	rw      http.ResponseWriter
-	rc      *http.ResponseController
-	chunked bool // HTTP/1.1 stream: each write is one chunk
-	timeout time.Duration
+	Conn    net.Conn
+	RW      http.ResponseWriter
+	RC      *http.ResponseController
+	Chunked bool // HTTP/1.1 stream: each write is one chunk
+	Timeout time.Duration
 
 	// mayWait, when set, is called before a write waits for the peer to
 	// make room (the writer pool's worker lets go of its place: see
 	// writerPool); every write first takes what the socket takes at once.
-	mayWait func()
+	MayWait func()
 	nw      noWait
 
 	rest     net.Buffers // what a stalled write left unwritten
@@ -44,52 +44,52 @@ type connWriter struct {
 // setting it (1.5 timeouts away) only when it is not: a deadline set for
 // every write costs a lock in the runtime's timers, and a stall is still
 // found between one and one and a half timeouts.
-func (w *connWriter) armDeadline(now time.Time) {
-	if w.deadline.Sub(now) >= w.timeout {
+func (w *Writer) armDeadline(now time.Time) {
+	if w.deadline.Sub(now) >= w.Timeout {
 		return
 	}
-	w.deadline = now.Add(w.timeout + w.timeout/2)
-	w.conn.SetWriteDeadline(w.deadline)
+	w.deadline = now.Add(w.Timeout + w.Timeout/2)
+	w.Conn.SetWriteDeadline(w.deadline)
 }
 
-// write sends bufs whole, or fails; errStalled keeps what is left so that
+// write sends bufs whole, or fails; ErrStalled keeps what is left so that
 // finish can complete the frame and say why the connection ends.
-func (w *connWriter) write(bufs net.Buffers) error {
+func (w *Writer) Write(bufs net.Buffers) error {
 	if len(bufs) == 0 {
 		return nil
 	}
-	if w.conn == nil {
+	if w.Conn == nil {
 		return w.writeRW(bufs)
 	}
-	if w.chunked {
+	if w.Chunked {
 		w.vec = append(w.vec[:0], chunkHeader(w.chunk[:0], buffersLen(bufs)))
 		w.vec = append(w.vec, bufs...)
 		w.vec = append(w.vec, crlf)
 		bufs = w.vec
 	}
-	if w.mayWait != nil {
+	if w.MayWait != nil {
 		var err error
 		if bufs, err = w.writeNoWait(bufs); err != nil {
 			return err
 		}
 		if len(bufs) > 0 {
-			w.mayWait()
+			w.MayWait()
 		}
 	}
 	for len(bufs) > 0 {
 		w.armDeadline(time.Now())
-		n, err := bufs.WriteTo(w.conn)
+		n, err := bufs.WriteTo(w.Conn)
 		if err == nil {
 			break
 		}
-		if isTimeout(err) {
+		if IsTimeout(err) {
 			if n > 0 {
 				continue // a slow reader is not a stalled one
 			}
 			// Keep our own copy of the slice headers: the caller reuses
-			// its batch (the bytes it points at are left alone).
+			// its Batch (the bytes it points at are left alone).
 			w.rest = append(net.Buffers(nil), bufs...)
-			return errStalled
+			return ErrStalled
 		}
 		return err
 	}
@@ -97,19 +97,19 @@ func (w *connWriter) write(bufs net.Buffers) error {
 	return nil
 }
 
-func (w *connWriter) writeRW(bufs net.Buffers) error {
-	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+func (w *Writer) writeRW(bufs net.Buffers) error {
+	w.RC.SetWriteDeadline(time.Now().Add(w.Timeout))
 	for _, p := range bufs {
-		if _, err := w.rw.Write(p); err != nil {
+		if _, err := w.RW.Write(p); err != nil {
 			return rwError(err)
 		}
 	}
-	return rwError(w.rc.Flush())
+	return rwError(w.RC.Flush())
 }
 
 func rwError(err error) error {
-	if err != nil && isTimeout(err) {
-		return errStalled
+	if err != nil && IsTimeout(err) {
+		return ErrStalled
 	}
 	return err
 }
@@ -117,8 +117,8 @@ func rwError(err error) error {
 // finish writes what a stalled write left, then end, then the end of the
 // HTTP body, all within grace: a peer that resumes reading in time sees
 // whole frames and the reason; one that does not is cut off.
-func (w *connWriter) finish(end []byte, grace time.Duration) {
-	if w.conn == nil {
+func (w *Writer) Finish(end []byte, grace time.Duration) {
+	if w.Conn == nil {
 		if w.rest == nil && len(end) > 0 {
 			w.writeRW(net.Buffers{end})
 		}
@@ -127,27 +127,27 @@ func (w *connWriter) finish(end []byte, grace time.Duration) {
 	bufs := w.rest
 	w.rest = nil
 	if len(end) > 0 {
-		if w.chunked {
+		if w.Chunked {
 			bufs = append(bufs, chunkHeader(nil, len(end)), end, crlf)
 		} else {
 			bufs = append(bufs, end)
 		}
 	}
-	if w.chunked {
+	if w.Chunked {
 		bufs = append(bufs, []byte("0\r\n\r\n"))
 	}
 	deadline := time.Now().Add(grace)
 	w.deadline = deadline
-	w.conn.SetWriteDeadline(deadline)
+	w.Conn.SetWriteDeadline(deadline)
 	for len(bufs) > 0 && time.Now().Before(deadline) {
-		if _, err := bufs.WriteTo(w.conn); err != nil && !isTimeout(err) {
+		if _, err := bufs.WriteTo(w.Conn); err != nil && !IsTimeout(err) {
 			return
 		}
 	}
 }
 
 // stalled reports whether a write stalled (and finish is owed a grace).
-func (w *connWriter) stalled() bool { return w.rest != nil }
+func (w *Writer) Stalled() bool { return w.rest != nil }
 
 var crlf = []byte("\r\n")
 
@@ -181,52 +181,52 @@ func buffersLen(bufs net.Buffers) int {
 	return n
 }
 
-func isTimeout(err error) bool {
+func IsTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
-// closeGently half-closes conn and waits (up to wait) for the peer to
+// CloseGently half-closes conn and waits (up to wait) for the peer to
 // close its side, so that data still in flight to the peer is not
 // destroyed by a reset; then stops watching its input and closes it.
-func closeGently(conn net.Conn, in *inputWatch, wait time.Duration) {
+func CloseGently(conn net.Conn, in *Input, wait time.Duration) {
 	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 		conn.SetReadDeadline(time.Now().Add(wait))
 		t := time.NewTimer(wait)
 		select {
-		case <-in.done:
+		case <-in.Done():
 		case <-t.C:
 		}
 		t.Stop()
 	}
-	in.stop()
+	in.Stop()
 	conn.Close()
-	<-in.done
+	<-in.Done()
 }
 
-// batch gathers one write: small pieces are copied together, large shared
+// Batch gathers one write: small pieces are copied together, large shared
 // frames are referenced, so a burst to one connection costs one writev and
 // a broadcast frame is never copied per subscriber. Its arena is pooled
-// and held only while a batch is open, so an idle connection holds none.
-type batch struct {
-	bufs  net.Buffers
+// and held only while a Batch is open, so an idle connection holds none.
+type Batch struct {
+	Bufs  net.Buffers
 	arena []byte
-	open  bool // the last element of bufs is the tail of arena
-	n     int
+	open  bool // the last element of Bufs is the tail of arena
+	N     int  // bytes in Bufs
 }
 
 const copyBelow = 512
 
 var arenaPool = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
 
-func (b *batch) add(p []byte) {
+func (b *Batch) Add(p []byte) {
 	if len(p) == 0 {
 		return
 	}
-	b.n += len(p)
+	b.N += len(p)
 	if len(p) > copyBelow {
-		b.bufs = append(b.bufs, p)
+		b.Bufs = append(b.Bufs, p)
 		b.open = false
 		return
 	}
@@ -239,50 +239,50 @@ func (b *batch) add(p []byte) {
 		b.open = false
 	}
 	if !b.open {
-		b.bufs = append(b.bufs, b.arena[len(b.arena):len(b.arena)])
+		b.Bufs = append(b.Bufs, b.arena[len(b.arena):len(b.arena)])
 		b.open = true
 	}
 	b.arena = append(b.arena, p...)
-	last := &b.bufs[len(b.bufs)-1]
+	last := &b.Bufs[len(b.Bufs)-1]
 	*last = (*last)[:len(*last)+len(p)]
 }
 
-// reset empties the batch after it was written; release also gives the
+// reset empties the Batch after it was written; release also gives the
 // arena back (when the connection goes idle).
 
 // disown forgets the arena without pooling it: a stalled write still
 // points into it.
-func (b *batch) disown() {
+func (b *Batch) Disown() {
 	b.arena = nil
-	b.reset()
+	b.Reset()
 }
 
-func (b *batch) reset() {
-	clear(b.bufs)
-	b.bufs = b.bufs[:0]
+func (b *Batch) Reset() {
+	clear(b.Bufs)
+	b.Bufs = b.Bufs[:0]
 	if b.arena != nil {
 		b.arena = b.arena[:0]
 	}
 	b.open = false
-	b.n = 0
+	b.N = 0
 }
 
-func (b *batch) release() {
-	b.reset()
+func (b *Batch) Release() {
+	b.Reset()
 	if b.arena != nil && cap(b.arena) == 32<<10 {
 		a := b.arena
 		arenaPool.Put(&a)
 	}
 	b.arena = nil
-	if cap(b.bufs) > 64 {
-		b.bufs = nil
+	if cap(b.Bufs) > 64 {
+		b.Bufs = nil
 	}
 }
 
 // addCopy adds a copy of p, which the caller may reuse at once.
-func (b *batch) addCopy(p []byte) {
+func (b *Batch) AddCopy(p []byte) {
 	if len(p) > copyBelow {
 		p = append([]byte(nil), p...)
 	}
-	b.add(p)
+	b.Add(p)
 }

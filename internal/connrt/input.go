@@ -1,4 +1,4 @@
-package server
+package connrt
 
 import (
 	"errors"
@@ -14,13 +14,13 @@ import (
 // (session.signal). Elsewhere (TLS, other systems) a goroutine per
 // connection waits in read.
 
-// errWouldBlock: nothing to read right now.
-var errWouldBlock = errors.New("no input ready")
+// ErrWouldBlock: nothing to read right now.
+var ErrWouldBlock = errors.New("no input ready")
 
-// inputWatch runs a connection's reader whenever it has input, one run at
+// Input runs a connection's reader whenever it has input, one run at
 // a time, until the reader returns false or stop is called; then done is
 // closed.
-type inputWatch struct {
+type Input struct {
 	conn net.Conn
 	rc   syscall.RawConn // nil: a goroutine waits in read instead of the poller
 	read func() bool
@@ -39,16 +39,16 @@ type inputWatch struct {
 	r, w int
 }
 
-// newInputWatch prepares watching conn; start begins it. When the reader
+// NewInput prepares watching conn; start begins it. When the reader
 // returns false (the peer hung up, or broke the protocol) gone is called.
-func newInputWatch(conn net.Conn, gone func()) *inputWatch {
-	return &inputWatch{conn: conn, gone: gone, done: make(chan struct{})}
+func NewInput(conn net.Conn, gone func()) *Input {
+	return &Input{conn: conn, gone: gone, done: make(chan struct{})}
 }
 
 // start runs read on a goroutine of its own whenever there is input; with
 // the poller read should take what input there is and return true (Read
-// says errWouldBlock when there is no more), without it read may wait.
-func (w *inputWatch) start(read func() bool) {
+// says ErrWouldBlock when there is no more), without it read may wait.
+func (w *Input) Start(read func() bool) {
 	w.read = read
 	if rc := pollable(w.conn); rc != nil {
 		w.rc = rc
@@ -70,7 +70,7 @@ func (w *inputWatch) start(read func() bool) {
 // descriptor's readiness does not show).
 func pollable(conn net.Conn) syscall.RawConn {
 	tc, ok := conn.(*net.TCPConn)
-	if !ok || !pollerAvailable() {
+	if !ok || !PollerAvailable() {
 		return nil
 	}
 	rc, err := tc.SyscallConn()
@@ -80,7 +80,14 @@ func pollable(conn net.Conn) syscall.RawConn {
 	return rc
 }
 
-func (w *inputWatch) isStopped() bool {
+// Polled reports whether the poller watches the connection (Read never
+// waits), rather than a goroutine waiting in read.
+func (w *Input) Polled() bool { return w.rc != nil }
+
+// Done is closed once the watch has ended.
+func (w *Input) Done() <-chan struct{} { return w.done }
+
+func (w *Input) isStopped() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.stopped
@@ -88,7 +95,7 @@ func (w *inputWatch) isStopped() bool {
 
 // ready is called by the poller when the connection has input (or its
 // peer hung up): one read runs, then the watch is armed again.
-func (w *inputWatch) ready() {
+func (w *Input) ready() {
 	w.mu.Lock()
 	if w.stopped || w.busy {
 		w.mu.Unlock()
@@ -99,7 +106,7 @@ func (w *inputWatch) ready() {
 	go w.serve()
 }
 
-func (w *inputWatch) serve() {
+func (w *Input) serve() {
 	more := w.read()
 	w.releaseBuf()
 	w.mu.Lock()
@@ -115,7 +122,7 @@ func (w *inputWatch) serve() {
 
 // stop ends the watch: no read starts after it. A read in progress ends
 // on its own (closing the connection makes it fail).
-func (w *inputWatch) stop() {
+func (w *Input) Stop() {
 	w.mu.Lock()
 	w.stopped = true
 	busy := w.busy
@@ -125,7 +132,7 @@ func (w *inputWatch) stop() {
 	}
 }
 
-func (w *inputWatch) finish(stopped bool) {
+func (w *Input) finish(stopped bool) {
 	w.mu.Lock()
 	if w.ended {
 		w.mu.Unlock()
@@ -150,9 +157,9 @@ const inputBufSize = 16 << 10
 var inputBufs = sync.Pool{New: func() any { b := make([]byte, inputBufSize); return &b }}
 
 // Read is for the reader while it runs: with the poller it never waits,
-// and returns errWouldBlock when the socket has nothing more; without it,
+// and returns ErrWouldBlock when the socket has nothing more; without it,
 // it is the connection's ordinary read.
-func (w *inputWatch) Read(p []byte) (int, error) {
+func (w *Input) Read(p []byte) (int, error) {
 	if w.rc == nil {
 		return w.conn.Read(p)
 	}
@@ -181,7 +188,7 @@ func (w *inputWatch) Read(p []byte) (int, error) {
 	return m, nil
 }
 
-func (w *inputWatch) releaseBuf() {
+func (w *Input) releaseBuf() {
 	if w.buf != nil {
 		inputBufs.Put(w.buf)
 		w.buf, w.r, w.w = nil, 0, 0

@@ -1,6 +1,6 @@
 //go:build linux
 
-package server
+package connrt
 
 import (
 	"io"
@@ -19,7 +19,7 @@ type poller struct {
 
 	mu      sync.Mutex
 	next    uint64
-	watches map[uint64]*inputWatch
+	watches map[uint64]*Input
 }
 
 var (
@@ -35,20 +35,20 @@ func thePoller() (*poller, error) {
 			pollerErr = err
 			return
 		}
-		pollerInst = &poller{epfd: fd, watches: map[uint64]*inputWatch{}}
+		pollerInst = &poller{epfd: fd, watches: map[uint64]*Input{}}
 		go pollerInst.wait()
 	})
 	return pollerInst, pollerErr
 }
 
-func pollerAvailable() bool {
+func PollerAvailable() bool {
 	_, err := thePoller()
 	return err == nil
 }
 
 const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 
-func (p *poller) ctl(w *inputWatch, op int) error {
+func (p *poller) ctl(w *Input, op int) error {
 	var err error
 	cerr := w.rc.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: pollEvents, Fd: int32(uint32(w.id)), Pad: int32(uint32(w.id >> 32))}
@@ -60,7 +60,7 @@ func (p *poller) ctl(w *inputWatch, op int) error {
 	return err
 }
 
-func addToPoller(w *inputWatch) error {
+func addToPoller(w *Input) error {
 	p, err := thePoller()
 	if err != nil {
 		return err
@@ -79,12 +79,12 @@ func addToPoller(w *inputWatch) error {
 	return nil
 }
 
-func rearm(w *inputWatch) error {
+func rearm(w *Input) error {
 	p, _ := thePoller()
 	return p.ctl(w, syscall.EPOLL_CTL_MOD)
 }
 
-func removeFromPoller(w *inputWatch) {
+func removeFromPoller(w *Input) {
 	p, _ := thePoller()
 	p.ctl(w, syscall.EPOLL_CTL_DEL) // fails harmlessly once the descriptor is closed
 	p.mu.Lock()
@@ -94,7 +94,7 @@ func removeFromPoller(w *inputWatch) {
 
 func (p *poller) wait() {
 	evs := make([]syscall.EpollEvent, 256)
-	var ready []*inputWatch
+	var ready []*Input
 	for {
 		n, err := syscall.EpollWait(p.epfd, evs, -1)
 		if err == syscall.EINTR {
@@ -120,7 +120,7 @@ func (p *poller) wait() {
 }
 
 // tryRead reads once without waiting.
-func (w *inputWatch) tryRead(p []byte) (int, error) {
+func (w *Input) tryRead(p []byte) (int, error) {
 	var n int
 	var errno error
 	err := w.rc.Read(func(fd uintptr) bool {
@@ -135,7 +135,7 @@ func (w *inputWatch) tryRead(p []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case errno == syscall.EAGAIN:
-		return 0, errWouldBlock
+		return 0, ErrWouldBlock
 	case errno != nil:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Err: errno}
 	case n == 0 && len(p) > 0:

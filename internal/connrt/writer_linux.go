@@ -1,6 +1,6 @@
 //go:build linux
 
-package server
+package connrt
 
 import (
 	"net"
@@ -9,7 +9,7 @@ import (
 	"unsafe"
 )
 
-// noWait is what a connWriter needs to write without waiting.
+// noWait is what a Writer needs to write without waiting.
 type noWait struct {
 	raw syscall.RawConn
 	fn  func(fd uintptr) bool // w.writev, bound once
@@ -23,7 +23,7 @@ const maxIov = 1024
 
 // setNoWait prepares writeNoWait for conn (a plain TCP connection only;
 // on others every write may wait).
-func (w *connWriter) setNoWait(conn net.Conn) {
+func (w *Writer) SetNoWait(conn net.Conn) {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		return
@@ -39,7 +39,7 @@ func (w *connWriter) setNoWait(conn net.Conn) {
 // writeNoWait writes what of bufs the socket takes now, without waiting
 // for room: it returns what is left (something when the peer's side is
 // full), or the error that ended the connection.
-func (w *connWriter) writeNoWait(bufs net.Buffers) (net.Buffers, error) {
+func (w *Writer) writeNoWait(bufs net.Buffers) (net.Buffers, error) {
 	if w.nw.raw == nil {
 		return bufs, nil
 	}
@@ -67,7 +67,7 @@ func (w *connWriter) writeNoWait(bufs net.Buffers) (net.Buffers, error) {
 		n, errno := w.nw.n, w.nw.err
 		switch {
 		case err != nil:
-			if isTimeout(err) {
+			if IsTimeout(err) {
 				return bufs, nil // an old write deadline: the waiting write sets a new one
 			}
 			return bufs, &net.OpError{Op: "write", Net: "tcp", Err: err}
@@ -85,7 +85,7 @@ func (w *connWriter) writeNoWait(bufs net.Buffers) (net.Buffers, error) {
 }
 
 // writev is the raw write of writeNoWait: once, without waiting.
-func (w *connWriter) writev(fd uintptr) bool {
+func (w *Writer) writev(fd uintptr) bool {
 	iov := w.nw.iov
 	for {
 		n, _, errno := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
