@@ -681,3 +681,28 @@ func isWriteError(err error) bool {
 	var ne *net.OpError
 	return errors.As(err, &ne)
 }
+
+// claimClose reports whether no close frame was made for the connection
+// yet, and marks one made: the caller makes it.
+func (ss *session) claimClose() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	sent := ss.closeSent
+	ss.closeSent = true
+	return !sent
+}
+
+// closeWith queues a close frame as the connection's last control frame
+// and ends it for reason.
+func (ss *session) closeWith(frame []byte, reason error) {
+	ss.mu.Lock()
+	if !ss.closeSent {
+		ss.closeSent = true
+		ss.control = append(ss.control, frame)
+	}
+	if ss.ending == nil {
+		ss.ending = reason
+	}
+	ss.mu.Unlock()
+	ss.signal()
+}

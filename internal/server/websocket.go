@@ -1,15 +1,12 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -97,171 +94,6 @@ func (wsEncoder) end(ss *session, err error) []byte {
 }
 
 func trimNL(b []byte) []byte { return b[:len(b)-1] }
-
-// wsHijacker hands gorilla a connection whose writes, once the handshake
-// is done, go through the session's one writer, and whose write deadlines
-// are the writer's alone.
-type wsHijacker struct {
-	http.ResponseWriter
-	ss   *session
-	conn *wsNetConn
-}
-
-func (h *wsHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	h.conn = &wsNetConn{Conn: c, ss: h.ss}
-	return h.conn, brw, nil
-}
-
-type wsNetConn struct {
-	net.Conn
-	ss       *session
-	upgraded atomic.Bool
-
-	// Owned by the reader (one run at a time).
-	in *connrt.Input
-	// frames follows the frames in what gorilla has been given: a read
-	// that would wait may leave the reader (to be run again on more
-	// input) only where a frame ends, when gorilla holds no part of the
-	// next one; inMessage: between frames of one fragmented message,
-	// which it may not leave either.
-	frames    frameTracker
-	inMessage bool
-}
-
-// wsReadBufferSize is gorilla's read buffer per connection: enough for a
-// control frame; larger reads go through the pooled buffer of inputWatch.
-const wsReadBufferSize = 256
-
-// Read is gorilla's input: what the poller says is there, never waiting
-// between frames (it unwinds to readFrames instead; see there), waiting
-// for the rest of a frame that has begun.
-func (c *wsNetConn) Read(p []byte) (int, error) {
-	n, err := c.in.Read(p) // only readFrames reads, and it sets in
-	if err == connrt.ErrWouldBlock {
-		// Everything given to gorilla ends with a whole frame, so
-		// gorilla asks for more only to begin the next one, having
-		// taken no byte of it: leaving here loses nothing.
-		if !c.inMessage && c.frames.between() {
-			panic(connrt.ErrWouldBlock)
-		}
-		n, err = c.Conn.Read(p)
-	}
-	if n > 0 {
-		c.frames.feed(p[:n])
-		c.ss.lastRead.Store(time.Now().UnixNano())
-	}
-	return n, err
-}
-
-// frameTracker follows the framing of a client's byte stream (RFC 6455
-// §5.2): header, extended length, mask, payload. It checks nothing;
-// gorilla does.
-type frameTracker struct {
-	head    [10]byte // the first header bytes: two, then up to 8 of length
-	n       int      // header bytes seen of the current frame
-	size    int      // the header's size, once its first two bytes are seen
-	payload uint64   // payload bytes still to come
-}
-
-// between reports whether the bytes seen end with a whole frame.
-func (t *frameTracker) between() bool { return t.n == 0 && t.payload == 0 }
-
-func (t *frameTracker) feed(b []byte) {
-	for len(b) > 0 {
-		if t.payload > 0 {
-			k := min(uint64(len(b)), t.payload)
-			b = b[k:]
-			t.payload -= k
-			continue
-		}
-		if t.n < len(t.head) {
-			t.head[t.n] = b[0]
-		}
-		t.n++
-		b = b[1:]
-		if t.n == 2 {
-			t.size = 2
-			switch t.head[1] & 0x7f {
-			case 126:
-				t.size += 2
-			case 127:
-				t.size += 8
-			}
-			if t.head[1]&0x80 != 0 {
-				t.size += 4 // the mask
-			}
-		}
-		if t.n < 2 || t.n < t.size {
-			continue
-		}
-		switch l := t.head[1] & 0x7f; l {
-		case 126:
-			t.payload = uint64(binary.BigEndian.Uint16(t.head[2:4]))
-		case 127:
-			t.payload = binary.BigEndian.Uint64(t.head[2:10])
-		default:
-			t.payload = uint64(l)
-		}
-		t.n = 0
-	}
-}
-
-// Write takes what gorilla writes after the handshake (close frames on
-// protocol errors; pongs are answered by the session) into the session.
-func (c *wsNetConn) Write(p []byte) (int, error) {
-	if !c.upgraded.Load() {
-		return c.Conn.Write(p)
-	}
-	reason := errProtocol
-	if len(p) >= 4 && p[0]&0x0f == opClose && binary.BigEndian.Uint16(p[2:4]) == websocket.CloseMessageTooBig {
-		reason = errFrameTooBig
-	}
-	c.ss.closeWith(append([]byte(nil), p...), reason)
-	return len(p), nil
-}
-
-func (c *wsNetConn) SetWriteDeadline(t time.Time) error {
-	if !c.upgraded.Load() {
-		return c.Conn.SetWriteDeadline(t)
-	}
-	return nil
-}
-
-func (c *wsNetConn) SetDeadline(t time.Time) error {
-	if !c.upgraded.Load() {
-		return c.Conn.SetDeadline(t)
-	}
-	return c.Conn.SetReadDeadline(t)
-}
-
-// claimClose reports whether no close frame was made for the connection
-// yet, and marks one made: the caller makes it.
-func (ss *session) claimClose() bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	sent := ss.closeSent
-	ss.closeSent = true
-	return !sent
-}
-
-// closeWith queues a close frame as the connection's last control frame
-// and ends it for reason.
-func (ss *session) closeWith(frame []byte, reason error) {
-	ss.mu.Lock()
-	if !ss.closeSent {
-		ss.closeSent = true
-		ss.control = append(ss.control, frame)
-	}
-	if ss.ending == nil {
-		ss.ending = reason
-	}
-	ss.mu.Unlock()
-	ss.signal()
-}
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions, release func()) error {
 	defer func() {
@@ -495,17 +327,7 @@ func (rd *wsReader) handlers() {
 func (rd *wsReader) readFrames(in *connrt.Input) (more bool) {
 	ss, c, nc := rd.ss, rd.c, rd.nc
 	nc.in = in
-	defer func() {
-		if !in.Polled() {
-			return
-		}
-		if r := recover(); r != nil {
-			if r != connrt.ErrWouldBlock {
-				panic(r)
-			}
-			more = true
-		}
-	}()
+	defer recoverFrameEnd(in, &more)
 	// One buffer for the frames of this call: onFrame does not keep
 	// data. It goes when the call ends, so an idle connection holds none.
 	var buf bytes.Buffer
