@@ -58,12 +58,7 @@ func runPoll(ctx context.Context, hc *http.Client, base string, s *subscriber, c
 			resp.Body.Close()
 			err = fmt.Errorf("HTTP %d", resp.StatusCode)
 		}
-		var reply struct {
-			Events []struct {
-				Data string `json:"data"`
-			} `json:"events"`
-			Cursor string `json:"cursor"`
-		}
+		var reply wire.PollReply
 		if err == nil {
 			err = json.NewDecoder(resp.Body).Decode(&reply)
 			resp.Body.Close()
@@ -79,7 +74,18 @@ func runPoll(ctx context.Context, hc *http.Client, base string, s *subscriber, c
 		}
 		now := time.Now()
 		for _, e := range reply.Events {
-			s.observe([]byte(e.Data), now)
+			env, err := wire.DecodeEnvelope(e)
+			if err != nil {
+				return fmt.Errorf("long-poll reply: %w", err)
+			}
+			if env.Type != wire.TypeMessage && env.Type != "" {
+				continue // a gap
+			}
+			data, err := env.Bytes()
+			if err != nil {
+				return fmt.Errorf("long-poll reply: %w", err)
+			}
+			s.observe(data, now)
 		}
 		if reply.Cursor != "" {
 			cursor = reply.Cursor

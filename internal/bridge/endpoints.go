@@ -383,7 +383,7 @@ func (s *wsSource) read(conn *websocket.Conn, emit func(Message) error) error {
 func unwrap(data []byte) *Message {
 	if bytes.HasPrefix(data, []byte(`{"type":"`)) {
 		if env, err := wire.DecodeEnvelope(data); err == nil {
-			if env.Type != "message" {
+			if env.Type != wire.TypeMessage {
 				return nil
 			}
 			if m, err := env.Message(); err == nil {
@@ -575,14 +575,14 @@ func readSSE(br *bufio.Reader, max int, lastID *string, dispatch func(event, id 
 
 func (s *sseSource) dispatch(event, id string, data []byte, emit func(Message) error) error {
 	switch event {
-	case "pushctl-gap":
+	case wire.SSEGap:
 		s.env.Counters.Gaps.Add(1)
 		s.env.warn("%s: the broker no longer holds some messages: %s", s, data)
 		return nil
-	case "pushctl-error":
+	case wire.SSEError:
 		return fmt.Errorf("broker ended the stream: %s", data)
 	}
-	if strings.HasPrefix(event, "pushctl-") {
+	if strings.HasPrefix(event, wire.SSEControlPrefix) {
 		return nil // a control event of a newer broker
 	}
 	m := unwrap(data)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/presence"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // DefaultServer is the broker URL when none is given.
@@ -164,12 +165,9 @@ func (c *Client) url(path string, q url.Values) string {
 	return u.String()
 }
 
-// APIError is an error reply from the broker.
-type APIError struct {
-	Status  int    `json:"status"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
+// APIError is an error reply from the broker (wire.Error, said the way a
+// person reads it).
+type APIError wire.Error
 
 func (e *APIError) Error() string {
 	if e.Message == "" {
@@ -234,25 +232,16 @@ func (c *Client) doOnce(req *http.Request, base *url.URL) (*http.Response, error
 
 func readAPIError(resp *http.Response) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var wrapped struct {
-		Error *APIError `json:"error"`
-	}
-	if json.Unmarshal(body, &wrapped) == nil && wrapped.Error != nil {
-		wrapped.Error.Status = resp.StatusCode
-		return wrapped.Error
+	var reply wire.ErrorReply
+	if json.Unmarshal(body, &reply) == nil && reply.Error != nil {
+		reply.Error.Status = resp.StatusCode
+		return (*APIError)(reply.Error)
 	}
 	return &APIError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(body))}
 }
 
 // Ack acknowledges a published message.
-type Ack struct {
-	Line        int       `json:"line,omitempty"`
-	ID          string    `json:"id"`
-	Channel     string    `json:"channel"`
-	Seq         uint64    `json:"seq"`
-	Subscribers int       `json:"subscribers"`
-	Time        time.Time `json:"time,omitzero"`
-}
+type Ack = wire.PublishAck
 
 // PublishOptions describe one HTTP publish.
 type PublishOptions struct {

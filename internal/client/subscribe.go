@@ -216,7 +216,7 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 		}
 		var ev Event
 		switch env.Type {
-		case "message", "":
+		case wire.TypeMessage, "":
 			m, err := env.Message()
 			if err != nil {
 				return delivered, fmt.Errorf("broker sent a bad message: %w", err)
@@ -225,9 +225,9 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 				continue // already delivered before a reconnect
 			}
 			ev.Msg = m
-		case "gap":
+		case wire.TypeGap:
 			ev.Gap = &Gap{Channel: env.Channel, From: env.From, To: env.To}
-		case "error":
+		case wire.TypeError:
 			var ae APIError
 			json.Unmarshal(line, &ae) // an unreadable reason still ends the stream
 			ae.Status = http.StatusServiceUnavailable

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/pushctl/pushctl/internal/wire"
@@ -216,4 +217,34 @@ func SubscriptionError(channel, kind, message string, status int) []byte {
 		Data    data   `json:"data"`
 	}{"pusher:subscription_error", channel, data{kind, message, status}})
 	return b
+}
+
+// Pong is the reply to a client's pusher:ping.
+func Pong() []byte { return []byte(`{"event":"pusher:pong","data":"{}"}`) }
+
+// ConnectionEstablished is the first frame of a connection.
+func ConnectionEstablished(socketID string, activityTimeout int) []byte {
+	data := append(wire.AppendString([]byte(`{"socket_id":`), socketID), `,"activity_timeout":`...)
+	data = append(strconv.AppendInt(data, int64(activityTimeout), 10), '}')
+	return AppendEvent(nil, "pusher:connection_established", "", data, "")
+}
+
+// CacheMiss tells a subscriber of a cache channel that it holds no event.
+func CacheMiss(channel string) []byte {
+	return append(wire.AppendString([]byte(`{"event":"pusher:cache_miss","channel":`), channel), '}')
+}
+
+// SubscriptionCount is the pusher_internal:subscription_count event.
+func SubscriptionCount(channel string, count int) []byte {
+	data := append(strconv.AppendInt([]byte(`{"subscription_count":`), int64(count), 10), '}')
+	return AppendEvent(nil, "pusher_internal:subscription_count", channel, data, "")
+}
+
+// Gap tells a Pusher client that messages of channel after from are lost
+// to it, under pushctl's event name (wire.PusherGap): Pusher has no such
+// thing, and nothing may be skipped silently.
+func Gap(channel, from, to string) []byte {
+	data := append(wire.AppendString([]byte(`{"from":`), from), `,"to":`...)
+	data = append(wire.AppendString(data, to), '}')
+	return AppendEvent(nil, wire.PusherGap, channel, data, "")
 }

@@ -106,9 +106,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pushctl"`)
 	}
 	w.WriteHeader(e.Status)
-	json.NewEncoder(w).Encode(struct {
-		Error *Error `json:"error"`
-	}{e})
+	json.NewEncoder(w).Encode(wire.ErrorReply{Error: e})
 }
 
 // handlerFunc is an HTTP handler that returns its error.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/connrt"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // TestBatchPublishAckBacklogIsBounded: a client that sends far more lines
@@ -69,7 +70,7 @@ func TestBatchPublishAckBacklogIsBounded(t *testing.T) {
 		t.Fatalf("after %d acks: %s", acked, last)
 	}
 	for i, l := range lines[:acked] {
-		var a Ack
+		var a wire.PublishAck
 		if err := json.Unmarshal(l, &a); err != nil || a.Line != i+1 || a.Seq != uint64(i+1) {
 			t.Fatalf("reply %d: %s", i+1, l)
 		}
@@ -99,34 +100,5 @@ func TestUnknownErrorsAreInternal(t *testing.T) {
 	}
 	if e := asError(broker.ErrStore); e.Status != 507 || e.Code != CodeStoreFailed {
 		t.Fatalf("store failure maps to %+v", e)
-	}
-}
-
-// TestPublishAckIsAckJSON: the hand-written HTTP publish ack is the JSON
-// encoding/json makes of the Ack, byte for byte where encoding/json does
-// not escape HTML characters, and decodes to the same Ack everywhere.
-func TestPublishAckIsAckJSON(t *testing.T) {
-	east := time.FixedZone("east", 5*3600+1800)
-	for _, m := range []*broker.Message{
-		{Channel: "news", Epoch: "dn3y97p1lq46", Seq: 1, Time: time.Date(2026, 11, 25, 2, 3, 4, 0, time.UTC)},
-		{Channel: "a.b-c_d", Epoch: "e", Seq: 18446744073709551615, Time: time.Date(2026, 1, 2, 3, 4, 5, 123456789, east)},
-		{Channel: "q<&>\"é", Epoch: "x", Seq: 7, Time: time.Now()},
-	} {
-		for _, n := range []int{0, 3, 1 << 40} {
-			got := appendAck(nil, m, n)
-			var want bytes.Buffer
-			json.NewEncoder(&want).Encode(ackOf(m, n))
-			if !strings.ContainsAny(m.Channel, "<&>") && !bytes.Equal(got, want.Bytes()) {
-				t.Errorf("ack %s, encoding/json %s", got, want.Bytes())
-			}
-			var a, b Ack
-			if err := json.Unmarshal(got, &a); err != nil {
-				t.Fatalf("%s: %v", got, err)
-			}
-			json.Unmarshal(want.Bytes(), &b)
-			if !a.Time.Equal(b.Time) || a.ID != b.ID || a.Channel != b.Channel || a.Seq != b.Seq || a.Subscribers != b.Subscribers {
-				t.Errorf("ack %s reads as %+v, encoding/json's as %+v", got, a, b)
-			}
-		}
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
-	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Pusher Channels protocol 7 over the broker: a Pusher channel is the
@@ -283,7 +282,7 @@ func (pc *pusherConn) frame(data []byte) {
 	}
 	switch {
 	case f.Event == "pusher:ping":
-		pc.send([]byte(`{"event":"pusher:pong","data":"{}"}`))
+		pc.send(pusher.Pong())
 	case f.Event == "pusher:pong":
 	case f.Event == "pusher:subscribe":
 		pc.subscribe(f)
@@ -390,7 +389,7 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 	frames := [][]byte{textFrame(pusher.AppendEvent(nil, "pusher_internal:subscription_succeeded", name, succeeded, ""))}
 	if cache {
 		if info, err := s.door.Channel(ctx, ch); err != nil || info.Messages == 0 {
-			frames = append(frames, textFrame(append(wire.AppendString([]byte(`{"event":"pusher:cache_miss","channel":`), name), '}')))
+			frames = append(frames, textFrame(pusher.CacheMiss(name)))
 		}
 	}
 	pc.mu.Lock()
@@ -420,7 +419,6 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 // subscriptionCount tells a channel's subscribers (and the webhooks) how
 // many Pusher subscriptions it has now.
 func (pc *pusherConn) subscriptionCount(name string, count int) {
-	data := fmt.Appendf(nil, `{"subscription_count":%d}`, count)
 	app := pc.app
 	app.mu.Lock()
 	conns := make([]*pusherConn, 0, len(app.sockets))
@@ -428,7 +426,7 @@ func (pc *pusherConn) subscriptionCount(name string, count int) {
 		conns = append(conns, c)
 	}
 	app.mu.Unlock()
-	frame := textFrame(pusher.AppendEvent(nil, "pusher_internal:subscription_count", name, data, ""))
+	frame := textFrame(pusher.SubscriptionCount(name, count))
 	for _, c := range conns {
 		c.mu.Lock()
 		_, ok := c.channels[name]
@@ -591,8 +589,7 @@ func (e *pusherEncoder) start(b *connrt.Batch, ss *session) {
 	if ending != nil || e.pc.app == nil {
 		return
 	}
-	data := fmt.Appendf(nil, `{"socket_id":%q,"activity_timeout":%d}`, e.pc.socketID, e.pc.app.Limits.ActivityTimeoutSecs)
-	b.Add(textFrame(pusher.AppendEvent(nil, "pusher:connection_established", "", data, "")))
+	b.Add(textFrame(pusher.ConnectionEstablished(e.pc.socketID, e.pc.app.Limits.ActivityTimeoutSecs)))
 }
 
 func (e *pusherEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) {
@@ -634,8 +631,7 @@ func (e *pusherEncoder) message(b *connrt.Batch, _ *session, m *broker.Message) 
 // gap: Pusher has no such thing; the client is told under pushctl's own
 // event name, so nothing is skipped silently.
 func (e *pusherEncoder) gap(b *connrt.Batch, _ *session, g *broker.Gap) {
-	data := fmt.Appendf(nil, `{"from":%q,"to":%q}`, g.From.String(), g.To.String())
-	b.Add(textFrame(pusher.AppendEvent(nil, "pushctl:gap", e.pc.app.pusherChannel(g.Channel), data, "")))
+	b.Add(textFrame(pusher.Gap(e.pc.app.pusherChannel(g.Channel), g.From.String(), g.To.String())))
 }
 
 func (*pusherEncoder) keepalive(b *connrt.Batch) bool { b.Add(pingFrame); return true }

@@ -38,7 +38,7 @@ func (e *sseEncoder) start(b *connrt.Batch, ss *session) {
 	}
 	b.AddCopy(append(append([]byte("id: "), cur...), '\n'))
 	if e.plain {
-		b.AddCopy(sseEvent("pushctl-start", []byte(cur)))
+		b.AddCopy(wire.AppendSSEEvent(nil, wire.SSEStart, []byte(cur)))
 	} else {
 		b.Add(newline) // an id alone dispatches no event
 	}
@@ -72,7 +72,7 @@ func (e *sseEncoder) message(b *connrt.Batch, ss *session, m *broker.Message) {
 func (e *sseEncoder) gap(b *connrt.Batch, ss *session, g *broker.Gap) {
 	e.writeID(b, ss, g.To)
 	j := wire.Gap(g)
-	b.AddCopy(sseEvent("pushctl-gap", j[:len(j)-1]))
+	b.AddCopy(wire.AppendSSEEvent(nil, wire.SSEGap, j[:len(j)-1]))
 }
 
 func (*sseEncoder) keepalive(b *connrt.Batch) bool            { b.Add([]byte(": keepalive\n\n")); return true }
@@ -80,15 +80,6 @@ func (*sseEncoder) dropped(*connrt.Batch, string, error) bool { return false }
 func (*sseEncoder) end(_ *session, err error) []byte {
 	return endIf(err, func(err error) []byte {
 		j := endLine(err)
-		return sseEvent("pushctl-error", j[:len(j)-1])
+		return wire.AppendSSEEvent(nil, wire.SSEError, j[:len(j)-1])
 	})
-}
-
-func sseEvent(name string, data []byte) []byte {
-	b := make([]byte, 0, len(name)+len(data)+20)
-	b = append(b, "event: "...)
-	b = append(b, name...)
-	b = append(b, "\ndata: "...)
-	b = append(b, data...)
-	return append(b, "\n\n"...)
 }

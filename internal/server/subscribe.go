@@ -8,6 +8,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // parseResume fills the replay part of opts from a request, by the one
@@ -42,8 +43,11 @@ func parseResume(r *http.Request, opts *broker.SubscribeOptions) error {
 	}
 	if v := q.Get("last"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 || n > 1_000_000 {
-			return errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be a number from 0 to 1000000")
+		if err != nil {
+			n = -1 // refused below, with the same message
+		}
+		if err := wire.CheckLast(n); err != nil {
+			return err
 		}
 		if opts.Last >= 0 {
 			opts.Last = n

@@ -29,14 +29,8 @@ func textFrame(j []byte) []byte {
 	return wire.AppendWSFrame(make([]byte, 0, len(j)+4), wire.OpText, j)
 }
 
-const (
-	opClose = 8
-	opPing  = 9
-	opPong  = 10
-)
-
 func closeFrame(code int, reason string) []byte {
-	return wire.AppendWSFrame(nil, opClose, websocket.FormatCloseMessage(code, reason))
+	return wire.AppendWSFrame(nil, wire.OpClose, websocket.FormatCloseMessage(code, reason))
 }
 
 // wsEncoder writes the WebSocket side of the subscribe loop.
@@ -55,7 +49,7 @@ func (wsEncoder) gap(b *connrt.Batch, _ *session, g *broker.Gap) {
 	b.Add(textFrame(trimNL(wire.Gap(g))))
 }
 
-var pingFrame = []byte{0x80 | opPing, 0}
+var pingFrame = []byte{0x80 | wire.OpPing, 0}
 
 func (wsEncoder) keepalive(b *connrt.Batch) bool { b.Add(pingFrame); return true }
 
@@ -301,12 +295,12 @@ func now(b []byte) func() []byte { return func() []byte { return b } }
 func (rd *wsReader) handlers() {
 	ss, c := rd.ss, rd.c
 	c.SetPingHandler(func(data string) error {
-		ss.setPong(wire.AppendWSFrame(nil, opPong, []byte(data)))
+		ss.setPong(wire.AppendWSFrame(nil, wire.OpPong, []byte(data)))
 		return nil
 	})
 	c.SetCloseHandler(func(code int, _ string) error {
 		if code == websocket.CloseNoStatusReceived {
-			ss.closeWith(wire.AppendWSFrame(nil, opClose, nil), errPeerClosed)
+			ss.closeWith(wire.AppendWSFrame(nil, wire.OpClose, nil), errPeerClosed)
 		} else {
 			ss.closeWith(closeFrame(code, ""), errPeerClosed)
 		}
@@ -481,8 +475,8 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if err := s.door.CheckSubscribe(rd.caller(), chans); err != nil {
 		return errFrame(f.Ref, err)
 	}
-	if f.Last < 0 || f.Last > 1_000_000 {
-		return errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidParameter, "last must be from 0 to 1000000"))
+	if err := wire.CheckLast(f.Last); err != nil {
+		return errFrame(f.Ref, err)
 	}
 	o := broker.SubscribeOptions{Channels: chans, Last: f.Last, QueueSize: s.opts.QueueSize, OnReady: ss.signal}
 	if f.Since != "" {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/connrt"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Everything that relies on gorilla/websocket's internals is in this file.
@@ -162,7 +163,7 @@ func (c *wsNetConn) Write(p []byte) (int, error) {
 		return c.Conn.Write(p)
 	}
 	reason := errProtocol
-	if len(p) >= 4 && p[0]&0x0f == opClose && binary.BigEndian.Uint16(p[2:4]) == websocket.CloseMessageTooBig {
+	if len(p) >= 4 && p[0]&0x0f == wire.OpClose && binary.BigEndian.Uint16(p[2:4]) == websocket.CloseMessageTooBig {
 		reason = errFrameTooBig
 	}
 	c.ss.closeWith(append([]byte(nil), p...), reason)

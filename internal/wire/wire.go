@@ -306,10 +306,14 @@ func DecodeEnvelope(b []byte) (*Envelope, error) {
 	return &e, nil
 }
 
-// WebSocket opcodes used in frames built by AppendWSFrame.
+// WebSocket opcodes (RFC 6455 §5.2) of the frames the broker builds by
+// hand with AppendWSFrame.
 const (
 	OpText   = 1
 	OpBinary = 2
+	OpClose  = 8
+	OpPing   = 9
+	OpPong   = 10
 )
 
 // AppendWSFrame appends one unmasked, final WebSocket frame (the form a
