@@ -85,7 +85,9 @@ type SubscribeOptions struct {
 	// Channels are concrete names or patterns ("news.*", "news.>").
 	Channels []string
 	// From resumes each named concrete channel after its position. For
-	// a channel in From, Last and Since are ignored.
+	// a channel in From, Last and Since are ignored. With a pattern, From
+	// needs Since or Last for the channels it does not name (Subscribe
+	// refuses it with ErrInvalidPosition otherwise).
 	From Cursor
 	// Last replays up to the last N retained messages of each channel;
 	// negative replays all retained messages.

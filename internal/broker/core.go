@@ -107,6 +107,12 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 			names = append(names, ch)
 		}
 	}
+	if len(pats) > 0 && len(opts.From) > 0 && opts.Since.IsZero() && opts.Last == 0 {
+		// The cursor says where the channels it names resume, and nothing
+		// about those it does not: starting them at "now" would silently
+		// skip what they hold.
+		return nil, fmt.Errorf("%w: a cursor resuming a pattern subscription needs its %s=<time> entry (as the broker hands it out), since_time or last, for the channels it does not name", ErrInvalidPosition, SinceKey)
+	}
 	q := opts.QueueSize
 	if q <= 0 {
 		q = c.opts.QueueSize
