@@ -127,3 +127,40 @@ func TestNonCanonicalPathsGetJSONErrors(t *testing.T) {
 		t.Errorf("channel x after the requests: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestSubscribeChannelLimits pins the two limits docs/security.md lists: one
+// subscribe names at most 64 channels (invalid_channel, as a /sub/ path
+// does), and a WebSocket holds at most --max-channels-per-conn (256)
+// subscriptions in all (invalid_parameter).
+func TestSubscribeChannelLimits(t *testing.T) {
+	e := newEnv(t, broker.MemoryOptions{}, server.Options{})
+	names := func(from, n int) string {
+		var s []string
+		for i := from; i < from+n; i++ {
+			s = append(s, fmt.Sprintf(`"c%d"`, i))
+		}
+		return "[" + strings.Join(s, ",") + "]"
+	}
+	c := dialWS(t, e, "/ws")
+	c.WriteMessage(websocket.TextMessage, []byte(`{"type":"subscribe","ref":"big","channels":`+names(0, 65)+`}`))
+	if f := readFrame(t, c); f["ref"] != "big" || f["code"] != "invalid_channel" || !strings.Contains(fmt.Sprint(f["message"]), "64") {
+		t.Fatalf("65 channels in one subscribe: %v", f)
+	}
+	var list []string
+	for i := 0; i < 65; i++ {
+		list = append(list, fmt.Sprintf("c%d", i))
+	}
+	if resp, body := e.do("GET", "/sub/"+strings.Join(list, ",")+"?poll=1ms", nil); resp.StatusCode != 400 || !strings.Contains(string(body), "invalid_channel") {
+		t.Fatalf("65 channels in a /sub/ path: %d %s", resp.StatusCode, body)
+	}
+	for i := 0; i < 4; i++ {
+		c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"type":"subscribe","ref":"s%d","channels":%s}`, i, names(i*64, 64))))
+		if f := readFrame(t, c); f["type"] != "subscribed" {
+			t.Fatalf("subscriptions %d to %d: %v", i*64, i*64+63, f)
+		}
+	}
+	c.WriteMessage(websocket.TextMessage, []byte(`{"type":"subscribe","ref":"one-more","channels":["c999"]}`))
+	if f := readFrame(t, c); f["ref"] != "one-more" || f["code"] != "invalid_parameter" || !strings.Contains(fmt.Sprint(f["message"]), "256") {
+		t.Fatalf("the 257th subscription: %v", f)
+	}
+}
