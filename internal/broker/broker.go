@@ -150,3 +150,7 @@ type Stats struct {
 	SlowConsumers uint64 `json:"slow_consumer_disconnects"`
 	Dropped       uint64 `json:"dropped"`
 }
+
+// ErrStore is wrapped by errors writing to a durable store (a full disk):
+// the message was not published.
+var ErrStore = errors.New("store write failed")

@@ -9,7 +9,8 @@ import (
 
 // CoreOptions configure a Core.
 type CoreOptions struct {
-	// QueueSize is the default per-subscriber live queue bound (default 65536).
+	// QueueSize is the default per-subscriber live queue bound (default
+	// DefaultQueueSize).
 	QueueSize int
 	// QueueBytes bounds the data queued per subscriber (0: no bound).
 	QueueBytes int64
@@ -34,7 +35,7 @@ var _ Broker = (*Core)(nil)
 // New joins hub and log, which must hand its commits to hub, into a Broker.
 func New(hub *Hub, log Log, opts CoreOptions) *Core {
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = 65536
+		opts.QueueSize = DefaultQueueSize
 	}
 	c := &Core{hub: hub, log: log, opts: opts}
 	c.follow, _ = log.(Follower)
