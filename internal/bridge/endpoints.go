@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -147,12 +148,18 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 	return nil, fmt.Errorf("sink %q: unknown kind; use zmq:, ws(s)://, http(s)://, pushctl(s):// or -", raw)
 }
 
+// DefaultBrokerPort is the port of a pushctl:// endpoint that names none:
+// the one `pushctl serve` listens on by default.
+const DefaultBrokerPort = "7070"
+
 func isPushctl(raw string) bool {
 	return strings.HasPrefix(raw, "pushctl://") || strings.HasPrefix(raw, "pushctls://")
 }
 
-// pushctlURL reads pushctl(s)://HOST:PORT[,HOST:PORT…][/CH1,CH2]: the
-// client tries the nodes in turn, as `--server A,B` does.
+// pushctlURL reads pushctl(s)://HOST[:PORT][,HOST[:PORT]…][/CH1,CH2]: the
+// client tries the nodes in turn, as `--server A,B` does. Without a port,
+// pushctl:// is the broker's default port 7070 and pushctls:// is HTTPS's
+// 443 (a broker behind a TLS proxy or serving TLS there).
 func pushctlURL(raw string, o EndpointOptions) (*client.Client, []string, error) {
 	scheme, rest, _ := strings.Cut(raw, "://")
 	hosts, path, _ := strings.Cut(rest, "/")
@@ -165,6 +172,9 @@ func pushctlURL(raw string, o EndpointOptions) (*client.Client, []string, error)
 		u, err := url.Parse(web + "://" + h)
 		if err != nil || h == "" || u.Host != h {
 			return nil, nil, fmt.Errorf("%q is not HOST:PORT (list several nodes as HOST:PORT,HOST:PORT)", h)
+		}
+		if u.Port() == "" && scheme == "pushctl" {
+			h = net.JoinHostPort(u.Hostname(), DefaultBrokerPort)
 		}
 		servers = append(servers, web+"://"+h)
 	}

@@ -85,7 +85,9 @@ type SubscribeOptions struct {
 	// Channels are concrete names or patterns ("news.*", "news.>").
 	Channels []string
 	// From resumes each named concrete channel after its position. For
-	// a channel in From, Last and Since are ignored.
+	// a channel in From, Last and Since are ignored. With a pattern, From
+	// needs Since or Last for the channels it does not name (Subscribe
+	// refuses it with ErrInvalidPosition otherwise).
 	From Cursor
 	// Last replays up to the last N retained messages of each channel;
 	// negative replays all retained messages.
@@ -148,3 +150,7 @@ type Stats struct {
 	SlowConsumers uint64 `json:"slow_consumer_disconnects"`
 	Dropped       uint64 `json:"dropped"`
 }
+
+// ErrStore is wrapped by errors writing to a durable store (a full disk):
+// the message was not published.
+var ErrStore = errors.New("store write failed")

@@ -9,7 +9,8 @@ import (
 
 // CoreOptions configure a Core.
 type CoreOptions struct {
-	// QueueSize is the default per-subscriber live queue bound (default 65536).
+	// QueueSize is the default per-subscriber live queue bound (default
+	// DefaultQueueSize).
 	QueueSize int
 	// QueueBytes bounds the data queued per subscriber (0: no bound).
 	QueueBytes int64
@@ -34,7 +35,7 @@ var _ Broker = (*Core)(nil)
 // New joins hub and log, which must hand its commits to hub, into a Broker.
 func New(hub *Hub, log Log, opts CoreOptions) *Core {
 	if opts.QueueSize <= 0 {
-		opts.QueueSize = 65536
+		opts.QueueSize = DefaultQueueSize
 	}
 	c := &Core{hub: hub, log: log, opts: opts}
 	c.follow, _ = log.(Follower)
@@ -106,6 +107,12 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		} else if !hasName(names, ch) {
 			names = append(names, ch)
 		}
+	}
+	if len(pats) > 0 && len(opts.From) > 0 && opts.Since.IsZero() && opts.Last == 0 {
+		// The cursor says where the channels it names resume, and nothing
+		// about those it does not: starting them at "now" would silently
+		// skip what they hold.
+		return nil, fmt.Errorf("%w: a cursor resuming a pattern subscription needs its %s=<time> entry (as the broker hands it out), since_time or last, for the channels it does not name", ErrInvalidPosition, SinceKey)
 	}
 	q := opts.QueueSize
 	if q <= 0 {

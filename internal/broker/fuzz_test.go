@@ -1,11 +1,9 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
-	"time"
 )
 
 func FuzzChannelNames(f *testing.F) {
@@ -127,28 +125,6 @@ func FuzzParsePosition(f *testing.F) {
 		q, err := ParsePosition(p.String())
 		if err != nil || q != p {
 			t.Fatalf("%q -> %v -> %q -> %v %v", s, p, p.String(), q, err)
-		}
-	})
-}
-
-// FuzzRecord: the durable store's record decoder fails cleanly on damage
-// and what it decodes encodes to the same bytes.
-func FuzzRecord(f *testing.F) {
-	m := &Message{Kind: KindJSON, Event: "deploy", Data: []byte(`{"v":1}`), Time: time.Unix(0, 1764000000000000000)}
-	f.Add(encodeRecord(m), uint64(7))
-	f.Add([]byte{}, uint64(0))
-	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}, uint64(1))
-	ch := &memChannel{name: "c", epoch: "k"}
-	f.Fuzz(func(t *testing.T, v []byte, seq uint64) {
-		got, err := decodeRecord(ch, seqKey(seq), v)
-		if err != nil {
-			return
-		}
-		if got.Seq != seq || got.Channel != "c" || got.Epoch != "k" {
-			t.Fatalf("decoded %+v", got)
-		}
-		if again := encodeRecord(got); !bytes.Equal(again, v) {
-			t.Fatalf("record %x decodes and encodes as %x", v, again)
 		}
 	})
 }

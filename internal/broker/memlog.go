@@ -11,18 +11,13 @@ import (
 
 // MemoryOptions configure the in-memory log (and the hub's queues).
 type MemoryOptions struct {
-	// HistorySize is how many messages each channel retains (default 1000;
-	// negative keeps none).
-	HistorySize int
-	// HistoryAge drops retained messages older than this (default 1h;
-	// negative keeps them until HistorySize pushes them out).
-	HistoryAge time.Duration
-	// HistoryBytes bounds the retained data of each channel (0: no bound).
-	HistoryBytes int64
+	// Retention is what each channel's history keeps.
+	Retention
 	// MaxBytes bounds the retained data of all channels together; the
 	// oldest messages go first (0: no bound).
 	MaxBytes int64
-	// QueueSize is the default per-subscriber live queue bound (default 65536).
+	// QueueSize is the default per-subscriber live queue bound (default
+	// DefaultQueueSize).
 	QueueSize int
 	// QueueBytes bounds the data queued per subscriber (0: no bound).
 	QueueBytes int64
@@ -31,17 +26,9 @@ type MemoryOptions struct {
 }
 
 func (o *MemoryOptions) fill() {
-	if o.HistorySize == 0 {
-		o.HistorySize = 1000
-	}
-	if o.HistorySize < 0 {
-		o.HistorySize = 0
-	}
-	if o.HistoryAge == 0 {
-		o.HistoryAge = time.Hour
-	}
+	o.Retention = o.Retention.WithDefaults()
 	if o.QueueSize <= 0 {
-		o.QueueSize = 65536
+		o.QueueSize = DefaultQueueSize
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -49,7 +36,7 @@ func (o *MemoryOptions) fill() {
 }
 
 // memLog keeps each channel's history in a bounded ring in memory, lost
-// when the process exits. The durable log keeps one as its read cache.
+// when the process exits. A Cache wraps one as the read cache of the bbolt log (boltlog).
 type memLog struct {
 	opts MemoryOptions
 	sink Sink
@@ -60,7 +47,7 @@ type memLog struct {
 
 	lastEpoch atomic.Int64
 
-	// Set by the durable log: channels stay (their epoch is on disk),
+	// Set by NewCache: channels stay (their epoch is on disk),
 	// created is told of channels a reader made so their epoch survives a
 	// restart, and evicted of history the sweeper dropped.
 	durable bool

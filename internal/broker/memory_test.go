@@ -10,10 +10,9 @@ import (
 func TestMemoryConformance(t *testing.T) {
 	brokertest.Run(t, func(t *testing.T, o brokertest.Options) broker.Broker {
 		b := broker.NewMemory(broker.MemoryOptions{
-			HistorySize: o.HistorySize,
-			HistoryAge:  o.HistoryAge,
-			QueueSize:   o.QueueSize,
-			Now:         o.Now,
+			Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge},
+			QueueSize: o.QueueSize,
+			Now:       o.Now,
 		})
 		t.Cleanup(func() { b.Close() })
 		return b

@@ -196,11 +196,10 @@ func ErrorFrame(code int, message string) []byte {
 	if code != 0 {
 		d.Code = &code
 	}
-	b, _ := json.Marshal(struct {
+	return marshalText(struct {
 		Event string `json:"event"`
 		Data  data   `json:"data"`
 	}{"pusher:error", d})
-	return b
 }
 
 // SubscriptionError returns the pusher:subscription_error of a refused
@@ -211,12 +210,21 @@ func SubscriptionError(channel, kind, message string, status int) []byte {
 		Error  string `json:"error"`
 		Status int    `json:"status"`
 	}
-	b, _ := json.Marshal(struct {
+	return marshalText(struct {
 		Event   string `json:"event"`
 		Channel string `json:"channel"`
 		Data    data   `json:"data"`
 	}{"pusher:subscription_error", channel, data{kind, message, status}})
-	return b
+}
+
+// marshalText encodes v as JSON for people and tools to read: <, > and &
+// stay as written (json.Marshal escapes them for HTML pages).
+func marshalText(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
 
 // Pong is the reply to a client's pusher:ping.

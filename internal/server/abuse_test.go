@@ -31,7 +31,7 @@ func heapMiB() float64 {
 // while a well-behaved subscriber and publisher use it: the server stays
 // up, memory stays bounded, and the well-behaved client loses nothing.
 func TestAbuse(t *testing.T) {
-	b := broker.NewMemory(broker.MemoryOptions{HistorySize: 100})
+	b := broker.NewMemory(broker.MemoryOptions{Retention: broker.Retention{HistorySize: 100}})
 	defer b.Close()
 	good := auth.Grants{Publish: []string{"good", "flood.>"}, Subscribe: []string{"good", "flood.>"}}
 	s := server.New(b, server.Options{

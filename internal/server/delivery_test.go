@@ -88,7 +88,7 @@ func streamPublish(e *env, channel string, n int, data func(int) string) <-chan 
 // data frames).
 func TestWebSocketPingsNeverCorruptFrames(t *testing.T) {
 	const n = 100_000
-	e := newEnv(t, broker.MemoryOptions{HistorySize: 10, QueueSize: 2 * n}, server.Options{QueueSize: 2 * n})
+	e := newEnv(t, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 10}, QueueSize: 2 * n}, server.Options{QueueSize: 2 * n})
 	c := dialWS(t, e, "/sub/pings")
 	var pongs atomic.Int64
 	c.SetPongHandler(func(string) error { pongs.Add(1); return nil })
@@ -473,7 +473,7 @@ func TestBatchPublishClientThatReadsAfterSending(t *testing.T) {
 	if _, err := os.Stat(py); err != nil {
 		t.Skip("needs Debian's python3 (scripts/install-deps.sh installs it)")
 	}
-	e := newEnv(t, broker.MemoryOptions{HistorySize: 100_000}, server.Options{})
+	e := newEnv(t, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 100_000}}, server.Options{})
 	const n = 90_000
 	script := `
 import http.client, socket, sys, json
@@ -757,7 +757,7 @@ func TestStreamsOverHTTP2(t *testing.T) {
 // TestBusyConnectionIsStillPinged: a subscriber kept busy without a pause
 // still gets the broker's pings (liveness does not wait for idleness).
 func TestBusyConnectionIsStillPinged(t *testing.T) {
-	e := newEnv(t, broker.MemoryOptions{HistorySize: -1}, server.Options{PingInterval: 50 * time.Millisecond})
+	e := newEnv(t, broker.MemoryOptions{Retention: broker.Retention{HistorySize: -1}}, server.Options{PingInterval: 50 * time.Millisecond})
 	c := dialWS(t, e, "/sub/busy")
 	var pings atomic.Int64
 	c.SetPingHandler(func(string) error { pings.Add(1); return nil })

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -106,7 +107,16 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pushctl"`)
 	}
 	w.WriteHeader(e.Status)
-	json.NewEncoder(w).Encode(wire.ErrorReply{Error: e})
+	newEncoder(w).Encode(wire.ErrorReply{Error: e})
+}
+
+// newEncoder is a JSON encoder for bodies people and tools read: <, > and &
+// stay as they are (encoding/json would write \u003c… for HTML pages; no
+// body of this server is HTML).
+func newEncoder(w io.Writer) *json.Encoder {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc
 }
 
 // handlerFunc is an HTTP handler that returns its error.

@@ -117,7 +117,7 @@ func FuzzNDJSONPublish(f *testing.F) {
 	f.Add([]byte("{\"channel\":\"a\",\"data\":\"x\"}\n{\"channel\":\"b\",\"data\":{\"k\":1}}\nnot json\n"))
 	f.Add([]byte("{\"data\":\"no channel\"}\r\n\n\n{\"channel\":\"a\",\"data\":\"QQ==\",\"encoding\":\"base64\"}"))
 	f.Add([]byte(strings.Repeat("{", 3000)))
-	b := broker.NewMemory(broker.MemoryOptions{HistorySize: 10})
+	b := broker.NewMemory(broker.MemoryOptions{Retention: broker.Retention{HistorySize: 10}})
 	f.Cleanup(func() { b.Close() })
 	s := New(b, Options{MaxMessageSize: 256})
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -149,7 +149,7 @@ func FuzzResumeParameters(f *testing.F) {
 	f.Add("", "2026-11-24T19:54:40Z", "5", "k-3", false)
 	f.Add("5m", "x", "-1", "", true)
 	f.Add("k-99999999999999999999", "", "1000001", "=,=", false)
-	b := broker.NewMemory(broker.MemoryOptions{HistorySize: 10})
+	b := broker.NewMemory(broker.MemoryOptions{Retention: broker.Retention{HistorySize: 10}})
 	f.Cleanup(func() { b.Close() })
 	for i := 0; i < 3; i++ {
 		b.Publish(context.Background(), &broker.Message{Channel: "news", Data: []byte("x")})

@@ -142,7 +142,7 @@ func newAckWriter(w http.ResponseWriter) *ackWriter {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 32<<10)
-	return &ackWriter{w: w, bw: bw, rc: http.NewResponseController(w), enc: json.NewEncoder(bw)}
+	return &ackWriter{w: w, bw: bw, rc: http.NewResponseController(w), enc: newEncoder(bw)}
 }
 
 func (a *ackWriter) write(v any, buffered bool) error {

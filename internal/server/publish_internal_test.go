@@ -27,7 +27,7 @@ func TestBatchPublishAckBacklogIsBounded(t *testing.T) {
 	old := maxPendingReplies
 	maxPendingReplies = 1000
 	t.Cleanup(func() { maxPendingReplies = old })
-	b := broker.NewMemory(broker.MemoryOptions{HistorySize: -1})
+	b := broker.NewMemory(broker.MemoryOptions{Retention: broker.Retention{HistorySize: -1}})
 	t.Cleanup(func() { b.Close() })
 	srv := httptest.NewServer(New(b, Options{}))
 	t.Cleanup(srv.Close)

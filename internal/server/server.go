@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -161,7 +162,7 @@ func New(b broker.Broker, opts Options) *Server {
 	}
 	s.metricsHandler = newMetricsHandler(s)
 	s.routes()
-	s.handler = s.cors(s.mux)
+	s.handler = s.cors(s.canonicalPaths(s.mux))
 	return s
 }
 
@@ -199,6 +200,35 @@ func (s *Server) routes() {
 	s.mux.Handle("/", s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, CodeNotFound, "no such endpoint %s; see docs/http-api.md", r.URL.Path)
 	}))
+}
+
+// canonicalPaths answers a path with an empty, "." or ".." segment with
+// the documented JSON error where Go's mux would redirect to the cleaned
+// path: another channel, or another endpoint, than the one written.
+func (s *Server) canonicalPaths(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if !strings.HasPrefix(p, "/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		clean := path.Clean(p)
+		if strings.HasSuffix(p, "/") && clean != "/" {
+			clean += "/"
+		}
+		if clean == p {
+			next.ServeHTTP(w, r)
+			return
+		}
+		for _, prefix := range []string{"/pub/", "/sub/", "/channels/"} {
+			if strings.HasPrefix(p, prefix) {
+				s.writeError(w, r, errorf(http.StatusBadRequest, CodeInvalidChannel,
+					"path %q has an empty, \".\" or \"..\" segment: a channel name is one path segment (see docs/http-api.md)", p))
+				return
+			}
+		}
+		s.writeError(w, r, errorf(http.StatusNotFound, CodeNotFound, "no such endpoint %s; see docs/http-api.md", p))
+	})
 }
 
 // methods dispatches on the request method; others get a JSON 405.
@@ -294,7 +324,7 @@ func (s *Server) enter() bool {
 func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
+	return newEncoder(w).Encode(v)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {

@@ -273,7 +273,7 @@ func TestNDJSONStreamAndEnvelope(t *testing.T) {
 }
 
 func TestSSEResumeAndGap(t *testing.T) {
-	e := newEnv(t, broker.MemoryOptions{HistorySize: 3}, server.Options{Keepalive: 20 * time.Millisecond})
+	e := newEnv(t, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 3}}, server.Options{Keepalive: 20 * time.Millisecond})
 	resp, r := e.stream("/sub/s", "Accept", "text/event-stream")
 	if resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("content type %q", resp.Header.Get("Content-Type"))

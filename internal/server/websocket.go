@@ -361,7 +361,11 @@ func (rd *wsReader) handle(data []byte) {
 	s, ss := rd.s, rd.ss
 	f, err := wire.DecodeClientFrame(data)
 	if err != nil {
-		rd.reply(0, now(errFrame("", err)))
+		ref := ""
+		if f != nil {
+			ref = f.Ref
+		}
+		rd.reply(0, now(errFrame(ref, err)))
 		return
 	}
 	switch f.Type {

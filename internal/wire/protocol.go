@@ -121,13 +121,21 @@ type ClientFrame struct {
 const MaxRef = 128
 
 // DecodeClientFrame parses a client frame, with errors that speak of the
-// protocol, not of Go types.
+// protocol, not of Go types. A frame that is a JSON object but not a valid
+// frame (a field of the wrong type) comes back with the error holding only
+// its ref, so the error reply carries the ref like every other reply.
 func DecodeClientFrame(data []byte) (*ClientFrame, error) {
 	var f ClientFrame
 	if !scanClientFrame(data, &f) {
 		f = ClientFrame{}
 		if err := decodeObject(data, &f); err != nil {
-			return nil, err
+			var r struct {
+				Ref string `json:"ref"`
+			}
+			if json.Unmarshal(data, &r) != nil || len(r.Ref) > MaxRef {
+				r.Ref = ""
+			}
+			return &ClientFrame{Ref: r.Ref}, err
 		}
 	}
 	if len(f.Ref) > MaxRef {

@@ -39,13 +39,8 @@ type Options struct {
 	URL string
 	// Prefix starts every key and Pub/Sub channel (default "pushctl:").
 	Prefix string
-	// HistorySize is how many messages each channel's stream keeps
-	// (default 1000; negative keeps none).
-	HistorySize int
-	// HistoryAge drops messages older than this (default 1h).
-	HistoryAge time.Duration
-	// HistoryBytes bounds each channel's retained data (0: no bound).
-	HistoryBytes int64
+	// Retention is what each channel's stream keeps.
+	broker.Retention
 	// NodeTimeout is how long a node may miss heartbeats before the
 	// others take its subscribers out of the counts (default 10s).
 	NodeTimeout time.Duration
@@ -62,15 +57,7 @@ func (o *Options) fill() {
 	if o.Prefix == "" {
 		o.Prefix = "pushctl:"
 	}
-	if o.HistorySize == 0 {
-		o.HistorySize = 1000
-	}
-	if o.HistorySize < 0 {
-		o.HistorySize = 0
-	}
-	if o.HistoryAge == 0 {
-		o.HistoryAge = time.Hour
-	}
+	o.Retention = o.Retention.WithDefaults()
 	if o.NodeTimeout <= 0 {
 		o.NodeTimeout = 10 * time.Second
 	}

@@ -27,8 +27,8 @@ func open(t *testing.T, url, prefix string, o brokertest.Options) *broker.Core {
 	hub := broker.NewHub()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: prefix, HistorySize: o.HistorySize,
-		HistoryAge: o.HistoryAge, Now: o.Now}, hub)
+	l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: prefix,
+		Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, Now: o.Now}, hub)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,7 @@ FROM (a source):
   sse://… http://… https://…   any text/event-stream; resumes with Last-Event-ID
   pushctl://HOST:PORT/CH,…     channels of a pushctl broker; resumes by message id
                                (pushctl://H1:P1,H2:P2/CH: several nodes, in turn)
+  pushctls://HOST:PORT/CH,…    the same over TLS (https)
   -                            lines of standard input
 
 TO (a sink):
@@ -62,8 +63,11 @@ TO (a sink):
   ws://… wss://…               frames to any WebSocket server
   http://… https://…           one POST per message (X-Pushctl-Channel/-Event/-Id headers)
   pushctl://HOST:PORT[/CH]     publish to a pushctl broker (H1:P1,H2:P2: next node
-                               when one is down)
+                               when one is down); pushctls:// over TLS
   -                            data lines on standard output
+
+Without a port, pushctl://HOST is port 7070 (the broker's default) and
+pushctls://HOST port 443.
 
 pushctl envelopes (from a pushctl WebSocket or SSE stream) keep their channel
 and event. Counters (moved, dropped, gaps, reconnects) go to stderr every

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/boltlog"
 	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/presence"
@@ -138,7 +139,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringVar(&opts.DataDir, "data-dir", "", "keep channels in a durable store in this directory (survives restarts and crashes)")
 	fl.StringVar(&opts.Sync, "sync", "always", "with --data-dir: always (acknowledge once fsync'd) or none (once written to the OS)")
 	fl.DurationVar(&opts.SyncDelay, "sync-delay", 0, "with --data-dir: let writes gather this long into one commit")
-	fl.IntVar(&opts.QueueSize, "queue-size", 65536, "messages queued per subscriber before it is disconnected as too slow")
+	fl.IntVar(&opts.QueueSize, "queue-size", broker.DefaultQueueSize, "messages queued per subscriber before it is disconnected as too slow")
 	fl.DurationVar(&opts.Keepalive, "keepalive", 15*time.Second, "keepalive interval of SSE and NDJSON streams")
 	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
 	fl.DurationVar(&opts.WriteTimeout, "write-timeout", 10*time.Second, "a subscriber that takes no bytes for this long is disconnected as stalled")
@@ -238,8 +239,8 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
-	mo := broker.MemoryOptions{HistorySize: hist, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize,
-		HistoryBytes: int64(o.HistoryBytes), MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
+	ret := broker.Retention{HistorySize: hist, HistoryAge: o.HistoryAge, HistoryBytes: int64(o.HistoryBytes)}
+	mo := broker.MemoryOptions{Retention: ret, QueueSize: o.QueueSize, MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
 	var b *broker.Core
 	kind, err := brokerKind(o)
 	if err != nil {
@@ -249,8 +250,8 @@ func Run(ctx context.Context, o *Options) error {
 		start := time.Now()
 		hub := broker.NewHub()
 		octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, HistorySize: hist, HistoryAge: o.HistoryAge,
-			HistoryBytes: int64(o.HistoryBytes), NodeTimeout: o.NodeTimeout, Logger: log}, hub)
+		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, Retention: ret,
+			NodeTimeout: o.NodeTimeout, Logger: log}, hub)
 		ocancel()
 		if err != nil {
 			return err
@@ -260,7 +261,7 @@ func Run(ctx context.Context, o *Options) error {
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: channels shared through Redis at %s (node %s)\n", redactedURL(o.Broker), l.Node())
 	} else if o.DataDir != "" {
 		start := time.Now()
-		b, err = broker.OpenDurable(broker.DurableOptions{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay})
+		b, err = boltlog.OpenBroker(boltlog.Options{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay})
 		if err != nil {
 			return err
 		}

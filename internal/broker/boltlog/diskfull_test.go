@@ -1,4 +1,4 @@
-package broker_test
+package boltlog_test
 
 import (
 	"errors"
@@ -23,7 +23,7 @@ func TestDiskFullFailsPublishesLosesNothing(t *testing.T) {
 		t.Fatalf("mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	b := openDurable(t, dir, broker.MemoryOptions{HistorySize: 100000})
+	b := openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 100000}})
 	data := make([]byte, 16<<10)
 	acked := 0
 	var failure error
@@ -43,7 +43,7 @@ func TestDiskFullFailsPublishesLosesNothing(t *testing.T) {
 		t.Fatalf("next publish: %v", err)
 	}
 	b.Close()
-	b = openDurable(t, dir, broker.MemoryOptions{HistorySize: 100000})
+	b = openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 100000}})
 	defer b.Close()
 	info, err := b.Channel(ctx(t), "full")
 	if err != nil || info.Messages != acked || info.LastSeq != uint64(acked) {

@@ -1,4 +1,7 @@
-package broker
+// Package boltlog is the durable log: every channel's messages in one
+// bbolt file, with a memory cache (broker.Cache) serving reads. An
+// acknowledged publish is on disk (with Sync "always", fsync'd).
+package boltlog
 
 import (
 	"context"
@@ -11,12 +14,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pushctl/pushctl/internal/broker"
 	bolt "go.etcd.io/bbolt"
 )
 
-// DurableOptions configure a durable broker.
-type DurableOptions struct {
-	MemoryOptions
+// Options configure the bbolt log.
+type Options struct {
+	// MemoryOptions configure retention and the cache (and, for
+	// OpenBroker, the hub's queues).
+	broker.MemoryOptions
 	// Dir holds the store (one bbolt file, store.db).
 	Dir string
 	// Sync is "always" (a publish is acknowledged once fsync'd; concurrent
@@ -29,12 +35,12 @@ type DurableOptions struct {
 	SyncDelay time.Duration
 }
 
-// ErrStore is wrapped by errors writing to the durable store (a full disk).
-var ErrStore = errors.New("store write failed")
-
 const (
-	storeFile    = "store.db"
-	maxBatch     = 4096
+	storeFile = "store.db"
+	maxBatch  = 4096
+	// queueLen bounds the operations waiting for the writer; publishers
+	// wait beyond it (a slow disk).
+	queueLen     = 65536
 	formatV1     = 1
 	recordHeader = 1 + 8 + 2
 )
@@ -48,15 +54,14 @@ var (
 	keyFormat      = []byte("format")
 )
 
-// store is the durable log: bbolt on disk, with a memory log as its read
-// cache. One goroutine, the writer, assigns positions, writes batches
+// store is the durable log: bbolt on disk, with a memory cache for reads. One goroutine, the writer, assigns positions, writes batches
 // (group commit) and then commits them to memory and the sink, in order,
 // so an acknowledged message is always on disk and a subscriber never sees
 // one that is not.
 type store struct {
-	b     *memLog
+	b     *broker.Cache
 	db    *bolt.DB
-	opts  DurableOptions
+	opts  Options
 	queue chan *op
 	done  chan struct{}
 	trim  map[string]uint64 // channel -> delete disk keys below this seq (writer only)
@@ -76,33 +81,31 @@ const (
 
 type op struct {
 	kind opKind
-	m    *Message
+	m    *broker.Message
 	name string
 	res  chan opResult
 }
 
 type opResult struct {
-	m   *Message
+	m   *broker.Message
 	n   int
 	err error
 }
 
-// OpenDurable opens (or creates) the store in dir, loads what it retains
+// OpenBroker opens (or creates) the store in o.Dir, loads what it retains
 // and returns a running broker. The directory is locked for this process.
-func OpenDurable(o DurableOptions) (*Core, error) {
-	o.fill()
-	hub := NewHub()
-	l, err := OpenDurableLog(o, hub)
+func OpenBroker(o Options) (*broker.Core, error) {
+	hub := broker.NewHub()
+	l, err := Open(o, hub)
 	if err != nil {
 		return nil, err
 	}
-	return New(hub, l, CoreOptions{QueueSize: o.QueueSize, QueueBytes: o.QueueBytes}), nil
+	return broker.New(hub, l, broker.CoreOptions{QueueSize: o.QueueSize, QueueBytes: o.QueueBytes}), nil
 }
 
-// OpenDurableLog opens (or creates) the store in dir as a Log handing
-// commits to sink.
-func OpenDurableLog(o DurableOptions, sink Sink) (Log, error) {
-	o.fill()
+// Open opens (or creates) the store in o.Dir as a Log handing commits to
+// sink.
+func Open(o Options, sink broker.Sink) (broker.Log, error) {
 	switch o.Sync {
 	case "", "always":
 		o.Sync = "always"
@@ -126,24 +129,21 @@ func OpenDurableLog(o DurableOptions, sink Sink) (Log, error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w (if the file is damaged, move it away; nothing is deleted automatically)", path, err)
 	}
-	b := newMemLog(o.MemoryOptions, sink)
-	s := &store{b: b, db: db, opts: o, queue: make(chan *op, 65536), done: make(chan struct{}), trim: map[string]uint64{}}
+	s := &store{db: db, opts: o, queue: make(chan *op, queueLen), done: make(chan struct{}), trim: map[string]uint64{}}
+	s.b = broker.NewCache(o.MemoryOptions, sink, broker.CacheHooks{Created: s.created, Evicted: s.requestTrim})
 	if err := s.load(); err != nil {
 		db.Close()
 		return nil, err
 	}
-	b.durable = true
-	b.created = s.created
-	b.evicted = s.requestTrim
 	go s.writer()
-	b.start()
+	s.b.Start()
 	return s, nil
 }
 
 // load checks the format and restores every channel's epoch, sequence and
 // retained messages.
 func (s *store) load() error {
-	now := s.b.opts.Now()
+	size := s.b.Options().HistorySize
 	return s.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -166,67 +166,63 @@ func (s *store) load() error {
 			if len(mv) < 10 || mv[0] != 1 {
 				return fmt.Errorf("store: channel %q has damaged metadata", name)
 			}
-			ch := &memChannel{name: string(name), epoch: string(mv[9:]), seq: binary.BigEndian.Uint64(mv[1:9]), persisted: true}
+			ch := name // the bucket's key, valid in this transaction
+			epoch, seq := string(mv[9:]), binary.BigEndian.Uint64(mv[1:9])
 			cb := chans.Bucket(name)
 			if cb == nil {
 				if cb, err = chans.CreateBucket(name); err != nil {
 					return err
 				}
 			}
-			if err := ValidateChannel(ch.name); err != nil {
+			if err := broker.ValidateChannel(string(ch)); err != nil {
 				return fmt.Errorf("store: %w", err)
 			}
 			// Newest first, up to the history size, then in order.
-			var msgs []*Message
+			var msgs []*broker.Message
 			c := cb.Cursor()
-			for k, v := c.Last(); k != nil && len(msgs) < max(s.b.opts.HistorySize, 0); k, v = c.Prev() {
+			for k, v := c.Last(); k != nil && len(msgs) < size; k, v = c.Prev() {
 				if len(k) != 8 {
 					return fmt.Errorf("store: damaged key in channel %q", name)
 				}
-				m, err := decodeRecord(ch, k, v)
+				m, err := decodeRecord(string(ch), epoch, k, v)
 				if err != nil {
 					return err
 				}
 				msgs = append(msgs, m)
 			}
 			sort.Slice(msgs, func(i, j int) bool { return msgs[i].Seq < msgs[j].Seq })
-			if len(msgs) > 0 && msgs[len(msgs)-1].Seq != ch.seq {
-				return fmt.Errorf("store: channel %q ends at %d but says %d; the file is damaged", name, msgs[len(msgs)-1].Seq, ch.seq)
+			if len(msgs) > 0 && msgs[len(msgs)-1].Seq != seq {
+				return fmt.Errorf("store: channel %q ends at %d but says %d; the file is damaged", name, msgs[len(msgs)-1].Seq, seq)
 			}
 			for i, m := range msgs {
 				if i > 0 && m.Seq != msgs[i-1].Seq+1 {
 					return fmt.Errorf("store: channel %q misses messages between %d and %d; the file is damaged", name, msgs[i-1].Seq, m.Seq)
 				}
-				s.b.retain(ch, m)
-				ch.lastPub = m.Time
 			}
-			s.b.expire(ch, now)
-			ch.published = uint64(ch.n)
-			s.b.channels[ch.name] = ch
-			if ch.n > 0 || ch.seq > 0 {
-				s.trim[ch.name] = ch.oldestSeq()
+			if oldest, ok := s.b.Restore(string(ch), epoch, seq, msgs); ok {
+				s.trim[string(ch)] = oldest
 			}
 			return nil
 		})
 	})
 }
 
-func decodeRecord(ch *memChannel, k, v []byte) (*Message, error) {
+func decodeRecord(name, epoch string, k, v []byte) (*broker.Message, error) {
 	if len(v) < recordHeader {
-		return nil, fmt.Errorf("store: damaged record in channel %q", ch.name)
+		return nil, fmt.Errorf("store: damaged record in channel %q", name)
 	}
 	el := int(binary.BigEndian.Uint16(v[9:11]))
 	if len(v) < recordHeader+el {
-		return nil, fmt.Errorf("store: damaged record in channel %q", ch.name)
+		return nil, fmt.Errorf("store: damaged record in channel %q", name)
 	}
-	return &Message{
-		Channel: ch.name, Epoch: ch.epoch, Seq: binary.BigEndian.Uint64(k),
-		Kind: Kind(v[0]), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9]))).UTC(),
+	return &broker.Message{
+		Channel: name, Epoch: epoch, Seq: binary.BigEndian.Uint64(k),
+		Kind: broker.Kind(v[0]), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9]))).UTC(),
 		Event: string(v[11 : 11+el]), Data: append([]byte(nil), v[11+el:]...),
 	}, nil
 }
 
-func encodeRecord(m *Message) []byte {
+func encodeRecord(m *broker.Message) []byte {
 	v := make([]byte, recordHeader+len(m.Event)+len(m.Data))
 	v[0] = byte(m.Kind)
 	binary.BigEndian.PutUint64(v[1:9], uint64(m.Time.UnixNano()))
@@ -256,7 +252,7 @@ func (s *store) submit(ctx context.Context, o *op) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return ErrClosed
+		return broker.ErrClosed
 	}
 	select {
 	case s.queue <- o:
@@ -268,7 +264,7 @@ func (s *store) submit(ctx context.Context, o *op) error {
 
 // Append implements Log: it queues m for the writer and returns the wait
 // for its outcome. Once queued the write happens whatever the caller does.
-func (s *store) Append(ctx context.Context, m *Message) (func() (int, error), error) {
+func (s *store) Append(ctx context.Context, m *broker.Message) (func() (int, error), error) {
 	if len(m.Event) > 0xffff {
 		return nil, fmt.Errorf("event name too long")
 	}
@@ -283,17 +279,17 @@ func (s *store) Append(ctx context.Context, m *Message) (func() (int, error), er
 }
 
 // Read implements Log.
-func (s *store) Read(ctx context.Context, name string, req ReadRequest) (ReadResult, error) {
+func (s *store) Read(ctx context.Context, name string, req broker.ReadRequest) (broker.ReadResult, error) {
 	return s.b.Read(ctx, name, req)
 }
 
 // Info implements Log.
-func (s *store) Info(ctx context.Context, name string) (ChannelInfo, error) {
+func (s *store) Info(ctx context.Context, name string) (broker.ChannelInfo, error) {
 	return s.b.Info(ctx, name)
 }
 
 // List implements Log.
-func (s *store) List(ctx context.Context) ([]ChannelInfo, error) { return s.b.List(ctx) }
+func (s *store) List(ctx context.Context) ([]broker.ChannelInfo, error) { return s.b.List(ctx) }
 
 // ChannelCount says how many channels there are.
 func (s *store) ChannelCount() int { return s.b.ChannelCount() }
@@ -389,30 +385,30 @@ func (s *store) writer() {
 }
 
 type pending struct {
-	ch  *memChannel
-	seq uint64
+	ch    *broker.CachedChannel
+	epoch string
+	seq   uint64
 }
 
 func (s *store) writePublishes(ops []*op) {
 	b := s.b
-	now := b.opts.Now().UTC()
+	now := b.Options().Now().UTC()
 	next := map[string]*pending{}
 	for _, o := range ops {
 		p := next[o.m.Channel]
 		if p == nil {
-			ch, err := b.channel(o.m.Channel, true)
+			ch, err := b.Channel(o.m.Channel, true)
 			if err != nil {
 				o.res <- opResult{err: err}
 				o.kind = -1
 				continue
 			}
-			ch.mu.Lock()
-			p = &pending{ch: ch, seq: ch.seq}
-			ch.mu.Unlock()
+			epoch, seq, _, _ := ch.State()
+			p = &pending{ch: ch, epoch: epoch, seq: seq}
 			next[o.m.Channel] = p
 		}
 		p.seq++
-		o.m.Epoch, o.m.Seq, o.m.Time = p.ch.epoch, p.seq, now
+		o.m.Epoch, o.m.Seq, o.m.Time = p.epoch, p.seq, now
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		chans, cmeta := tx.Bucket(bucketChannels), tx.Bucket(bucketChanMeta)
@@ -420,7 +416,7 @@ func (s *store) writePublishes(ops []*op) {
 			if _, err := chans.CreateBucketIfNotExists([]byte(name)); err != nil {
 				return err
 			}
-			if err := cmeta.Put([]byte(name), channelMeta(p.ch.epoch, p.seq)); err != nil {
+			if err := cmeta.Put([]byte(name), channelMeta(p.epoch, p.seq)); err != nil {
 				return err
 			}
 		}
@@ -436,7 +432,7 @@ func (s *store) writePublishes(ops []*op) {
 		return s.trimTx(chans)
 	})
 	if err != nil {
-		err = fmt.Errorf("%w: %v", ErrStore, err)
+		err = fmt.Errorf("%w: %v", broker.ErrStore, err)
 		for _, o := range ops {
 			if o.kind == opPublish {
 				o.res <- opResult{err: err}
@@ -448,12 +444,8 @@ func (s *store) writePublishes(ops []*op) {
 		if o.kind != opPublish {
 			continue
 		}
-		p := next[o.m.Channel]
-		p.ch.mu.Lock()
-		p.ch.persisted = true
-		n := b.commitLocked(p.ch, o.m)
-		s.trim[p.ch.name] = p.ch.oldestSeq()
-		p.ch.mu.Unlock()
+		n, oldest := next[o.m.Channel].ch.Commit(o.m)
+		s.trim[o.m.Channel] = oldest
 		o.res <- opResult{m: o.m, n: n}
 	}
 }
@@ -495,14 +487,12 @@ func (s *store) writeOther(o *op) {
 			err = b.Delete(context.Background(), o.name)
 		}
 	case opCreate:
-		ch, cerr := b.channel(o.name, false)
+		ch, cerr := b.Channel(o.name, false)
 		if cerr != nil || ch == nil {
 			return
 		}
-		ch.mu.Lock()
-		epoch, seq, skip := ch.epoch, ch.seq, ch.deleted || ch.persisted
-		ch.mu.Unlock()
-		if skip {
+		epoch, seq, deleted, persisted := ch.State()
+		if deleted || persisted {
 			return
 		}
 		err = s.db.Update(func(tx *bolt.Tx) error {
@@ -515,23 +505,17 @@ func (s *store) writeOther(o *op) {
 			return tx.Bucket(bucketChanMeta).Put([]byte(o.name), channelMeta(epoch, seq))
 		})
 		if err == nil {
-			ch.mu.Lock()
-			ch.persisted = true
-			ch.mu.Unlock()
+			ch.SetPersisted()
 		}
 	case opTrim:
-		for _, ch := range b.allChannels() {
-			ch.mu.Lock()
-			if ch.n > 0 || ch.seq > 0 {
-				s.trim[ch.name] = ch.oldestSeq()
-			}
-			ch.mu.Unlock()
+		for name, oldest := range b.Oldest() {
+			s.trim[name] = oldest
 		}
 		err = s.db.Update(func(tx *bolt.Tx) error { return s.trimTx(tx.Bucket(bucketChannels)) })
 	}
 	if o.res != nil {
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			err = fmt.Errorf("%w: %v", ErrStore, err)
+		if err != nil && !errors.Is(err, broker.ErrNotFound) {
+			err = fmt.Errorf("%w: %v", broker.ErrStore, err)
 		}
 		o.res <- opResult{err: err}
 	}

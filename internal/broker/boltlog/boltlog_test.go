@@ -1,4 +1,4 @@
-package broker_test
+package boltlog_test
 
 import (
 	"context"
@@ -12,12 +12,13 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/boltlog"
 	"github.com/pushctl/pushctl/internal/broker/brokertest"
 )
 
 func openDurable(t *testing.T, dir string, o broker.MemoryOptions) *broker.Core {
 	t.Helper()
-	b, err := broker.OpenDurable(broker.DurableOptions{MemoryOptions: o, Dir: dir})
+	b, err := boltlog.OpenBroker(boltlog.Options{MemoryOptions: o, Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +28,7 @@ func openDurable(t *testing.T, dir string, o broker.MemoryOptions) *broker.Core 
 func TestDurableConformance(t *testing.T) {
 	brokertest.Run(t, func(t *testing.T, o brokertest.Options) broker.Broker {
 		b := openDurable(t, t.TempDir(), broker.MemoryOptions{
-			HistorySize: o.HistorySize, HistoryAge: o.HistoryAge, QueueSize: o.QueueSize, Now: o.Now,
+			Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, QueueSize: o.QueueSize, Now: o.Now,
 		})
 		t.Cleanup(func() { b.Close() })
 		return b
@@ -42,7 +43,7 @@ func ctx(t *testing.T) context.Context {
 
 func TestDurableRestartKeepsHistoryEpochAndSequence(t *testing.T) {
 	dir := t.TempDir()
-	b := openDurable(t, dir, broker.MemoryOptions{HistorySize: 5})
+	b := openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 5}})
 	var last *broker.Message
 	for i := 1; i <= 8; i++ {
 		m, _, err := b.Publish(ctx(t), &broker.Message{Channel: "d", Event: "e", Kind: broker.KindJSON, Data: []byte(fmt.Sprintf(`{"i":%d}`, i))})
@@ -57,7 +58,7 @@ func TestDurableRestartKeepsHistoryEpochAndSequence(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	b = openDurable(t, dir, broker.MemoryOptions{HistorySize: 5})
+	b = openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 5}})
 	defer b.Close()
 	info, err := b.Channel(ctx(t), "d")
 	if err != nil || info.Epoch != last.Epoch || info.LastSeq != 8 || info.Messages != 5 {
@@ -97,7 +98,7 @@ func TestDurableRestartKeepsHistoryEpochAndSequence(t *testing.T) {
 
 func TestDurableConcurrentPublishersAllStored(t *testing.T) {
 	dir := t.TempDir()
-	b := openDurable(t, dir, broker.MemoryOptions{HistorySize: 100000})
+	b := openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 100000}})
 	var wg sync.WaitGroup
 	for p := 0; p < 16; p++ {
 		wg.Add(1)
@@ -113,7 +114,7 @@ func TestDurableConcurrentPublishersAllStored(t *testing.T) {
 	}
 	wg.Wait()
 	b.Close()
-	b = openDurable(t, dir, broker.MemoryOptions{HistorySize: 100000})
+	b = openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 100000}})
 	defer b.Close()
 	if info, _ := b.Channel(ctx(t), "c"); info.Messages != 3200 || info.LastSeq != 3200 {
 		t.Fatalf("after restart %+v, want 3200", info)
@@ -122,14 +123,14 @@ func TestDurableConcurrentPublishersAllStored(t *testing.T) {
 
 func TestDurableRetentionTrimsDisk(t *testing.T) {
 	dir := t.TempDir()
-	b := openDurable(t, dir, broker.MemoryOptions{HistorySize: 10, HistoryBytes: 1000})
+	b := openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 10, HistoryBytes: 1000}})
 	for i := 0; i < 500; i++ {
 		if _, _, err := b.Publish(ctx(t), &broker.Message{Channel: "r", Data: make([]byte, 300)}); err != nil {
 			t.Fatalf("publish %d: %v", i+1, err)
 		}
 	}
 	b.Close()
-	b = openDurable(t, dir, broker.MemoryOptions{HistorySize: 1000})
+	b = openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 1000}})
 	defer b.Close()
 	// Disk kept what memory kept (3 messages of 300 bytes fit 1000), not 500.
 	if info, err := b.Channel(ctx(t), "r"); err != nil || info.Messages != 3 || info.LastSeq != 500 {
@@ -140,7 +141,7 @@ func TestDurableRetentionTrimsDisk(t *testing.T) {
 func TestDurableStartupErrors(t *testing.T) {
 	dir := t.TempDir()
 	b := openDurable(t, dir, broker.MemoryOptions{})
-	if _, err := broker.OpenDurable(broker.DurableOptions{Dir: dir}); err == nil || !contains(err, "another pushctl") {
+	if _, err := boltlog.OpenBroker(boltlog.Options{Dir: dir}); err == nil || !contains(err, "another pushctl") {
 		t.Fatalf("second open: %v", err)
 	}
 	b.Close()
@@ -148,7 +149,7 @@ func TestDurableStartupErrors(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "store.db"), []byte("not a bbolt file, just garbage bytes"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := broker.OpenDurable(broker.DurableOptions{Dir: dir}); err == nil || !contains(err, "open store") {
+	if _, err := boltlog.OpenBroker(boltlog.Options{Dir: dir}); err == nil || !contains(err, "open store") {
 		t.Fatalf("corrupt file: %v", err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "store.db")); string(b) != "not a bbolt file, just garbage bytes" {
@@ -157,18 +158,18 @@ func TestDurableStartupErrors(t *testing.T) {
 	ro := filepath.Join(t.TempDir(), "ro")
 	os.MkdirAll(ro, 0o500)
 	if os.Geteuid() != 0 { // root writes anywhere
-		if _, err := broker.OpenDurable(broker.DurableOptions{Dir: ro}); err == nil || !contains(err, "not writable") {
+		if _, err := boltlog.OpenBroker(boltlog.Options{Dir: ro}); err == nil || !contains(err, "not writable") {
 			t.Fatalf("read-only dir: %v", err)
 		}
 	}
-	if _, err := broker.OpenDurable(broker.DurableOptions{Dir: filepath.Join(dir, "store.db", "sub")}); err == nil {
+	if _, err := boltlog.OpenBroker(boltlog.Options{Dir: filepath.Join(dir, "store.db", "sub")}); err == nil {
 		t.Fatal("a file as data directory was accepted")
 	}
 }
 
 func TestDurableCloseFlushesQueued(t *testing.T) {
 	dir := t.TempDir()
-	b := openDurable(t, dir, broker.MemoryOptions{HistorySize: 10000})
+	b := openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 10000}})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	acked := 0
@@ -197,7 +198,7 @@ func TestDurableCloseFlushesQueued(t *testing.T) {
 	}
 	wg.Wait()
 	b.Close()
-	b = openDurable(t, dir, broker.MemoryOptions{HistorySize: 10000})
+	b = openDurable(t, dir, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 10000}})
 	defer b.Close()
 	info, _ := b.Channel(ctx(t), "f")
 	if info.Messages != acked {

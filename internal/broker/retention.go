@@ -1,0 +1,45 @@
+package broker
+
+import "time"
+
+// Defaults of every log and of the hub's queues, written once here.
+const (
+	// DefaultHistorySize is how many messages a channel retains when
+	// Retention.HistorySize is 0.
+	DefaultHistorySize = 1000
+	// DefaultHistoryAge is how long a message is retained when
+	// Retention.HistoryAge is 0.
+	DefaultHistoryAge = time.Hour
+	// DefaultQueueSize bounds a subscriber's live queue when no size is
+	// given.
+	DefaultQueueSize = 65536
+)
+
+// Retention says what each channel's history keeps, for every log (memory,
+// bbolt, Redis).
+type Retention struct {
+	// HistorySize is how many messages each channel retains (0:
+	// DefaultHistorySize; negative keeps none).
+	HistorySize int
+	// HistoryAge drops retained messages older than this (0:
+	// DefaultHistoryAge; negative keeps them until HistorySize pushes
+	// them out).
+	HistoryAge time.Duration
+	// HistoryBytes bounds the retained data of each channel (0: no bound).
+	HistoryBytes int64
+}
+
+// WithDefaults returns r with the defaults filled in: HistorySize is then
+// 0 (keep none) or positive, HistoryAge non-zero.
+func (r Retention) WithDefaults() Retention {
+	if r.HistorySize == 0 {
+		r.HistorySize = DefaultHistorySize
+	}
+	if r.HistorySize < 0 {
+		r.HistorySize = 0
+	}
+	if r.HistoryAge == 0 {
+		r.HistoryAge = DefaultHistoryAge
+	}
+	return r
+}
