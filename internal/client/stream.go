@@ -75,13 +75,18 @@ func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack))
 	}
 	d := *websocket.DefaultDialer
 	d.TLSClientConfig = c.tlsCfg
+	d.NetDialContext = (&net.Dialer{Timeout: c.connectTimeout}).DialContext
+	d.HandshakeTimeout = c.connectTimeout
 	conn, resp, err := d.DialContext(ctx, u.String(), c.header())
 	if err != nil {
 		if resp != nil {
 			defer resp.Body.Close()
 			return nil, readAPIError(resp)
 		}
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, base, err)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unreachable(base, err)
 	}
 	var seed [32]byte
 	crand.Read(seed[:])
