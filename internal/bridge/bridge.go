@@ -48,6 +48,7 @@ type Counters struct {
 	Received   atomic.Uint64
 	Moved      atomic.Uint64
 	Dropped    atomic.Uint64
+	Filtered   atomic.Uint64 // received, not kept by Options.Filter
 	Gaps       atomic.Uint64
 	Reconnects atomic.Uint64
 }
@@ -55,7 +56,7 @@ type Counters struct {
 // Snapshot returns the counters as a map for printing.
 func (c *Counters) Snapshot() map[string]uint64 {
 	return map[string]uint64{
-		"received": c.Received.Load(), "moved": c.Moved.Load(), "dropped": c.Dropped.Load(),
+		"received": c.Received.Load(), "moved": c.Moved.Load(), "dropped": c.Dropped.Load(), "filtered": c.Filtered.Load(),
 		"gaps": c.Gaps.Load(), "reconnects": c.Reconnects.Load(),
 	}
 }
@@ -65,6 +66,13 @@ type Env struct {
 	Counters *Counters
 	// Warn reports something the user should know (reconnects, drops).
 	Warn func(format string, args ...any)
+	// ConnectTimeout bounds the wait for an endpoint that never answered
+	// (default 5s): then that side fails with "cannot reach …". Once it
+	// answered, it is retried until the bridge ends.
+	ConnectTimeout time.Duration
+	// WarnEvery is the least time between two warnings about the same
+	// endpoint still reconnecting (default 30s).
+	WarnEvery time.Duration
 }
 
 func (e *Env) warn(format string, args ...any) {
@@ -79,6 +87,9 @@ type Options struct {
 	// from {{.Channel}}, {{.Event}} and {{.ID}}.
 	Channel         string
 	ChannelTemplate *template.Template
+	// Filter, when set, keeps only the messages it returns true for
+	// (--where, --match); the others are counted as filtered.
+	Filter func(context.Context, Message) bool
 	// Count stops after that many messages moved.
 	Count uint64
 	// Queue bounds messages between source and sink (default 1024).
@@ -109,6 +120,10 @@ func Run(ctx context.Context, src Source, dst Sink, o Options, env *Env) error {
 		defer close(q)
 		srcErr <- src.Run(ctx, func(m Message) error {
 			env.Counters.Received.Add(1)
+			if o.Filter != nil && !o.Filter(ctx, m) {
+				env.Counters.Filtered.Add(1)
+				return nil
+			}
 			if err := mapChannel(&m, o); err != nil {
 				env.Counters.Dropped.Add(1)
 				env.warn("dropping a message: %v", err)
@@ -180,10 +195,22 @@ func mapChannel(m *Message, o Options) error {
 	return nil
 }
 
-// backoff is an exponential backoff with jitter, 100ms to 5s.
-type backoff struct{ d time.Duration }
+// backoff is an exponential backoff with jitter, 100ms to 5s, that also
+// remembers whether its endpoint ever answered and when it last warned.
+type backoff struct {
+	d        time.Duration
+	answered bool      // the endpoint answered once: failures are losses
+	start    time.Time // first failed attempt before any answer
+	fails    int       // failures since the last success
+	lastWarn time.Time
+}
 
-func (b *backoff) reset() { b.d = 0 }
+// reset is called when the endpoint works again.
+func (b *backoff) reset() { b.d, b.fails, b.answered = 0, 0, true }
+
+// heard says that the endpoint answered (even with an error status): it
+// is reachable.
+func (b *backoff) heard() { b.answered = true }
 
 func (b *backoff) wait(ctx context.Context) error {
 	if b.d == 0 {

@@ -35,10 +35,14 @@ type EndpointOptions struct {
 	// certificates for every https/wss endpoint.
 	Token  string
 	CAFile string
+	// ConnectTimeout bounds establishing one connection (default 5s).
+	ConnectTimeout time.Duration
 }
 
 func (o EndpointOptions) httpClient(timeout time.Duration) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: o.connectTimeout(), KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = o.connectTimeout()
 	cfg, err := client.TLSConfig(o.CAFile)
 	if err != nil {
 		return nil, err
@@ -52,7 +56,16 @@ func (o EndpointOptions) httpClient(timeout time.Duration) (*http.Client, error)
 func (o EndpointOptions) dialer() *websocket.Dialer {
 	d := *websocket.DefaultDialer
 	d.TLSClientConfig, _ = client.TLSConfig(o.CAFile)
+	d.NetDialContext = (&net.Dialer{Timeout: o.connectTimeout()}).DialContext
+	d.HandshakeTimeout = o.connectTimeout()
 	return &d
+}
+
+func (o EndpointOptions) connectTimeout() time.Duration {
+	if o.ConnectTimeout > 0 {
+		return o.ConnectTimeout
+	}
+	return client.DefaultConnectTimeout
 }
 
 // ParseSource returns the source named by raw:
@@ -178,7 +191,7 @@ func pushctlURL(raw string, o EndpointOptions) (*client.Client, []string, error)
 		}
 		servers = append(servers, web+"://"+h)
 	}
-	c, err := client.NewWithOptions(strings.Join(servers, ","), client.Options{Token: o.Token, CAFile: o.CAFile})
+	c, err := client.NewWithOptions(strings.Join(servers, ","), client.Options{Token: o.Token, CAFile: o.CAFile, ConnectTimeout: o.ConnectTimeout})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -341,9 +354,38 @@ func (s *wsSource) Run(ctx context.Context, emit func(Message) error) error {
 var errEmit = errors.New("stopped")
 
 // retryAfter reports a failed attempt, waits out the backoff and counts
-// the reconnect; it fails only when ctx ends.
+// the reconnect. An endpoint that never answered is retried quietly and,
+// after env.ConnectTimeout, fails for good with "cannot reach …"; one
+// that answered before is retried until ctx ends, with a warning for the
+// first failure and then at most one per env.WarnEvery.
 func retryAfter(ctx context.Context, env *Env, bo *backoff, what fmt.Stringer, err error, verb string) error {
-	env.warn("%s: %v; %s", what, err, verb)
+	now := time.Now()
+	if !bo.answered {
+		if bo.start.IsZero() {
+			bo.start = now
+		}
+		limit := env.ConnectTimeout
+		if limit <= 0 {
+			limit = client.DefaultConnectTimeout
+		}
+		if now.Sub(bo.start) >= limit {
+			return &fatalError{&client.UnreachableError{URL: what.String(), Err: err}}
+		}
+		return bo.wait(ctx)
+	}
+	bo.fails++
+	every := env.WarnEvery
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	if bo.fails == 1 || now.Sub(bo.lastWarn) >= every {
+		bo.lastWarn = now
+		if bo.fails == 1 {
+			env.warn("%s: %v; %s", what, err, verb)
+		} else {
+			env.warn("%s: %v; still %s (attempt %d)", what, err, verb, bo.fails)
+		}
+	}
 	if err := bo.wait(ctx); err != nil {
 		return err
 	}
@@ -363,8 +405,11 @@ func dialWS(ctx context.Context, url string, o EndpointOptions, env *Env, bo *ba
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if resp != nil && resp.StatusCode >= 400 && resp.StatusCode < 500 {
-			return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
+		if resp != nil {
+			bo.heard()
+			if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+				return nil, fmt.Errorf("HTTP %d", resp.StatusCode)
+			}
 		}
 		if err := retryAfter(ctx, env, bo, stringer(url), err, "retrying"); err != nil {
 			return nil, err
@@ -507,6 +552,7 @@ func (s *sseSource) once(ctx context.Context, lastID *string, emit func(Message)
 		return err
 	}
 	defer resp.Body.Close()
+	bo.heard()
 	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
 		return &fatalError{fmt.Errorf("HTTP %d", resp.StatusCode)}
 	}
@@ -643,6 +689,7 @@ func (s *httpSink) Send(ctx context.Context, m Message) error {
 		}
 		resp, err := s.hc.Do(req)
 		if err == nil {
+			s.bo.heard()
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 			resp.Body.Close()
 			switch {
@@ -680,12 +727,20 @@ func (s *pushctlSource) Run(ctx context.Context, emit func(Message) error) error
 	if len(s.channels) == 0 {
 		return &fatalError{errors.New("name the channels: pushctl://HOST:PORT/CH1,CH2")}
 	}
-	return s.c.Subscribe(ctx, client.SubscribeOptions{
-		Channels: s.channels,
+	var lastWarn time.Time
+	err := s.c.Subscribe(ctx, client.SubscribeOptions{
+		Channels: s.channels, ConnectTimeout: s.env.ConnectTimeout,
 		OnStatus: func(st client.Status) {
 			if st.State == client.StateReconnecting {
 				s.env.Counters.Reconnects.Add(1)
-				s.env.warn("%s: %v; reconnecting (attempt %d)", s, st.Err, st.Attempt)
+				every := s.env.WarnEvery
+				if every <= 0 {
+					every = 30 * time.Second
+				}
+				if st.Attempt == 1 || time.Since(lastWarn) >= every {
+					lastWarn = time.Now()
+					s.env.warn("%s: %v; reconnecting (attempt %d)", s, st.Err, st.Attempt)
+				}
 			}
 		},
 	}, func(ev client.Event) error {
@@ -697,6 +752,10 @@ func (s *pushctlSource) Run(ctx context.Context, emit func(Message) error) error
 		m := ev.Msg
 		return emit(Message{Channel: m.Channel, Event: m.Event, Data: m.Data, ID: m.ID()})
 	})
+	if errors.Is(err, client.ErrUnreachable) {
+		return &fatalError{err}
+	}
+	return err
 }
 
 type pushctlSink struct {
@@ -726,6 +785,9 @@ func (s *pushctlSink) Send(ctx context.Context, m Message) error {
 		if err == nil {
 			s.bo.reset()
 			return nil
+		}
+		if !errors.Is(err, client.ErrUnreachable) {
+			s.bo.heard()
 		}
 		var ae *client.APIError
 		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != 408 && ae.Status != 429 {

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
@@ -34,8 +35,10 @@ type Client struct {
 	bases  []*url.URL
 	cur    atomic.Int32 // index of the node in use
 	http   *http.Client
-	token  string
+	token  atomic.Pointer[string]
 	tlsCfg *tls.Config
+	// connectTimeout bounds dialling (TCP, TLS) one node.
+	connectTimeout time.Duration
 }
 
 // Options configure a client beyond the server URL.
@@ -45,7 +48,15 @@ type Options struct {
 	// CAFile holds PEM certificates to trust for https/wss, besides the
 	// system's.
 	CAFile string
+	// ConnectTimeout bounds establishing one connection (TCP and TLS) to a
+	// node; 0 means DefaultConnectTimeout. A node that does not answer
+	// within it is unreachable (ErrUnreachable).
+	ConnectTimeout time.Duration
 }
+
+// DefaultConnectTimeout is how long a connection to a node may take to
+// establish before the node counts as unreachable.
+const DefaultConnectTimeout = 5 * time.Second
 
 // New returns a client for server: a URL (http, https, ws, wss) or a
 // host:port.
@@ -84,8 +95,13 @@ func NewWithOptions(server string, o Options) (*Client, error) {
 		}
 		bases = append(bases, u)
 	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
+	tr.DialContext = (&net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = o.ConnectTimeout
 	tlsCfg, err := TLSConfig(o.CAFile)
 	if err != nil {
 		return nil, err
@@ -93,7 +109,20 @@ func NewWithOptions(server string, o Options) (*Client, error) {
 	if tlsCfg != nil {
 		tr.TLSClientConfig = tlsCfg
 	}
-	return &Client{bases: bases, http: &http.Client{Transport: tr}, token: o.Token, tlsCfg: tlsCfg}, nil
+	c := &Client{bases: bases, http: &http.Client{Transport: tr}, tlsCfg: tlsCfg, connectTimeout: o.ConnectTimeout}
+	c.SetToken(o.Token)
+	return c, nil
+}
+
+// SetToken replaces the token sent from the next request on (a refreshed
+// one, say); requests under way keep theirs.
+func (c *Client) SetToken(token string) { c.token.Store(&token) }
+
+func (c *Client) bearer() string {
+	if t := c.token.Load(); t != nil {
+		return *t
+	}
+	return ""
 }
 
 // parseServer checks one broker URL.
@@ -147,8 +176,8 @@ func movable(err error) bool {
 // header returns the headers every request carries.
 func (c *Client) header() http.Header {
 	h := http.Header{}
-	if c.token != "" {
-		h.Set("Authorization", "Bearer "+c.token)
+	if t := c.bearer(); t != "" {
+		h.Set("Authorization", "Bearer "+t)
 	}
 	return h
 }
@@ -176,15 +205,58 @@ func (e *APIError) Error() string {
 	return e.Message + " (" + e.Code + ")"
 }
 
-// ErrUnreachable wraps errors reaching the broker.
+// ErrUnreachable is what every UnreachableError is (errors.Is): the
+// broker did not answer at all.
 var ErrUnreachable = errors.New("cannot reach the broker")
+
+// UnreachableError says that a node did not answer: nothing listens there,
+// the name does not resolve, or the connection did not establish within
+// the connect timeout.
+type UnreachableError struct {
+	URL string
+	Err error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot reach %s (%s)", e.URL, Reason(e.Err))
+}
+
+// Unwrap returns the underlying network error.
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// Is makes every UnreachableError match ErrUnreachable.
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
+
+// Reason says in a few words why a connection failed: "connection
+// refused", "no answer within 5s", "no such host", or the error itself.
+func Reason(err error) string {
+	var dnsErr *net.DNSError
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "no route to host"
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return "no such host"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "no answer in time"
+	}
+	return err.Error()
+}
+
+func unreachable(base *url.URL, err error) error {
+	return &UnreachableError{URL: base.String(), Err: err}
+}
 
 // do sends req (built with c.url) to the node in use; when that node is
 // unreachable or refuses with 503 shutting_down or broker_unavailable, it
 // tries the next ones, each once.
 func (c *Client) do(req *http.Request) (*http.Response, error) {
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+	if t := c.bearer(); t != "" {
+		req.Header.Set("Authorization", "Bearer "+t)
 	}
 	i := c.cur.Load()
 	for tries := 1; ; tries++ {
@@ -219,7 +291,7 @@ func (c *Client) doOnce(req *http.Request, base *url.URL) (*http.Response, error
 		}
 		var ne net.Error
 		if errors.As(err, &ne) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection") {
-			return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, base, err)
+			return nil, unreachable(base, err)
 		}
 		return nil, err
 	}

@@ -41,6 +41,7 @@ type Stream struct {
 	frame   []byte        // scratch for one publish frame's JSON
 
 	mu       sync.Mutex
+	tooBig   bool // the broker closed with 1009: write errors are its echo
 	sent     int
 	acked    int
 	failed   int
@@ -75,13 +76,18 @@ func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack))
 	}
 	d := *websocket.DefaultDialer
 	d.TLSClientConfig = c.tlsCfg
+	d.NetDialContext = (&net.Dialer{Timeout: c.connectTimeout}).DialContext
+	d.HandshakeTimeout = c.connectTimeout
 	conn, resp, err := d.DialContext(ctx, u.String(), c.header())
 	if err != nil {
 		if resp != nil {
 			defer resp.Body.Close()
 			return nil, readAPIError(resp)
 		}
-		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, base, err)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, unreachable(base, err)
 	}
 	var seed [32]byte
 	crand.Read(seed[:])
@@ -137,7 +143,15 @@ func (s *Stream) write() {
 		if err != nil {
 			s.werr = fmt.Errorf("sending: %w", err)
 			s.pending = nil
-			nc.Close() // the reader ends too, and with it waiting for acks
+			// The reader ends too, and with it waiting for acks; it may
+			// first read why the broker stopped reading (a close frame
+			// such as 1009, message too big), so only the sending half
+			// closes, with a deadline for the rest.
+			if cw, ok := nc.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+				nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+			} else {
+				nc.Close()
+			}
 		}
 	}
 	s.writing = false
@@ -151,8 +165,13 @@ func (s *Stream) readAcks() {
 		_, data, err := s.conn.ReadMessage()
 		if err != nil {
 			s.mu.Lock()
-			if s.acked+s.failed < s.sent {
-				s.readErr = fmt.Errorf("connection lost with %d messages unacknowledged: %w", s.sent-s.acked-s.failed, err)
+			switch n := s.sent - s.acked - s.failed; {
+			case websocket.IsCloseError(err, websocket.CloseMessageTooBig):
+				s.tooBig = true
+				s.readErr = &APIError{Status: 413, Code: wire.CodeTooLarge, Message: fmt.Sprintf(
+					"a message was larger than the broker's limit: it closed the connection (WebSocket 1009) with %s unacknowledged", plural(n, "message"))}
+			case n > 0:
+				s.readErr = fmt.Errorf("connection lost with %s unacknowledged: %w", plural(n, "message"), err)
 			}
 			s.mu.Unlock()
 			return // closing done frees blocked senders
@@ -219,7 +238,17 @@ func (s *Stream) err() error {
 	s.wmu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.tooBig {
+		werr = nil // "broken pipe": the broker stopped reading the oversized frame
+	}
 	return errors.Join(werr, s.readErr, s.firstErr)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 // Close waits for every ack, closes the connection and returns the first

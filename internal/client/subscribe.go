@@ -34,6 +34,17 @@ type SubscribeOptions struct {
 	// IdleTimeout reconnects when nothing, not even a keepalive, arrived
 	// for this long (default 45s).
 	IdleTimeout time.Duration
+	// ConnectTimeout bounds the wait for a broker that never answered:
+	// until one node answers once, failed attempts are retried quietly
+	// and, after this long (default DefaultConnectTimeout), Subscribe
+	// returns the UnreachableError. Once a broker answered, lost
+	// connections are retried until ctx ends.
+	ConnectTimeout time.Duration
+	// RefreshToken, when set, is asked for a new token when the broker
+	// ends the subscription because the token expired (token_expired);
+	// the subscription goes on with it from where it was, losing nothing.
+	// Without it, token_expired ends the subscription.
+	RefreshToken func(context.Context) (string, error)
 	// OnStatus is told about connection changes.
 	OnStatus func(Status)
 }
@@ -46,6 +57,9 @@ const (
 	StateConnecting   State = "connecting"
 	StateLive         State = "live"
 	StateReconnecting State = "reconnecting"
+	// StateTokenRefreshed: the token expired and RefreshToken gave a new
+	// one; the subscription reconnects with it at once.
+	StateTokenRefreshed State = "token-refreshed"
 )
 
 // Status is a connection change.
@@ -83,6 +97,21 @@ func retryable(err error) bool {
 	return true
 }
 
+// IsTokenExpired reports whether err is the broker saying the token expired.
+func IsTokenExpired(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == wire.CodeTokenExpired
+}
+
+// TokenRefreshError is a failed RefreshToken.
+type TokenRefreshError struct{ Err error }
+
+func (e *TokenRefreshError) Error() string {
+	return "the token expired and getting a new one failed: " + e.Err.Error()
+}
+
+func (e *TokenRefreshError) Unwrap() error { return e.Err }
+
 // Subscribe streams events to fn until ctx ends, fn returns an error
 // (ErrStop ends with nil) or a non-retryable error occurs. Lost
 // connections are retried with backoff, resuming after the last message
@@ -97,6 +126,9 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 45 * time.Second
 	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
 	status := o.OnStatus
 	if status == nil {
 		status = func(Status) {}
@@ -107,6 +139,13 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 	var since time.Time
 	attempt := 0
 	backoff := 100 * time.Millisecond
+	// Until a broker answers once, failures are quiet and bounded by
+	// ConnectTimeout: "cannot reach" is an outcome of its own, not a
+	// connection lost.
+	start := time.Now()
+	answered := false
+	var lastErr error
+	refreshes := 0
 	for {
 		q := url.Values{"format": {"ndjson"}}
 		switch {
@@ -118,14 +157,20 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 		if o.Last > 0 && len(cursor) == 0 {
 			q.Set("last", strconv.Itoa(o.Last))
 		}
-		if attempt == 0 {
+		if attempt == 0 && !answered {
 			status(Status{State: StateConnecting})
 		}
-		delivered, err := c.subscribeOnce(ctx, o, q, cursor, &since, status, attempt, fn)
+		delivered, live, err := c.subscribeOnce(ctx, o, q, cursor, &since, status, attempt, fn)
 		if errors.Is(err, ErrStop) {
 			return nil
 		}
+		if live {
+			answered, refreshes = true, 0
+		}
 		if ctx.Err() != nil {
+			if !answered && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return c.neverAnswered(err, lastErr, start)
+			}
 			return ctx.Err()
 		}
 		if err == nil {
@@ -135,22 +180,65 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(Even
 		if errors.As(err, &fnErr) {
 			return fnErr.err
 		}
+		if !errors.Is(err, ErrUnreachable) {
+			answered = true
+		}
+		if IsTokenExpired(err) {
+			if o.RefreshToken == nil || refreshes >= 3 {
+				return err
+			}
+			refreshes++
+			tok, rerr := o.RefreshToken(ctx)
+			if rerr != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return &TokenRefreshError{rerr}
+			}
+			c.SetToken(tok)
+			status(Status{State: StateTokenRefreshed, Cursor: cursor.String()})
+			continue
+		}
 		if o.NoReconnect || !retryable(err) {
 			return err
 		}
-		if delivered {
-			backoff = 100 * time.Millisecond
-		}
-		attempt++
-		status(Status{State: StateReconnecting, Attempt: attempt, Err: err, Cursor: cursor.String()})
 		wait := backoff/2 + rand.N(backoff/2+1)
+		if !answered {
+			lastErr = err
+			left := o.ConnectTimeout - time.Since(start)
+			if left <= 0 {
+				return err
+			}
+			wait = min(wait, left)
+		} else {
+			if delivered {
+				backoff = 100 * time.Millisecond
+			}
+			attempt++
+			status(Status{State: StateReconnecting, Attempt: attempt, Err: err, Cursor: cursor.String()})
+		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
+			if !answered && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return c.neverAnswered(nil, lastErr, start)
+			}
 			return ctx.Err()
 		}
 		backoff = min(backoff*2, o.MaxBackoff)
 	}
+}
+
+// neverAnswered is the error of a subscription whose deadline passed
+// before any broker answered: the last attempt's, or an earlier one's.
+func (c *Client) neverAnswered(err, lastErr error, start time.Time) error {
+	switch {
+	case errors.Is(err, ErrUnreachable):
+		return err
+	case lastErr != nil:
+		return lastErr
+	}
+	return &UnreachableError{URL: c.URL(), Err: fmt.Errorf("no answer within %s", time.Since(start).Round(time.Millisecond))}
 }
 
 type callbackError struct{ err error }
@@ -158,8 +246,13 @@ type callbackError struct{ err error }
 func (e *callbackError) Error() string { return e.err.Error() }
 
 // subscribeOnce runs one connection. It reports whether any event was
-// delivered, and keeps cursor up to date.
-func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, since *time.Time, status func(Status), attempt int, fn func(Event) error) (bool, error) {
+// delivered and whether the stream went live, and keeps cursor up to date.
+func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, since *time.Time, status func(Status), attempt int, fn func(Event) error) (delivered, live bool, err error) {
+	delivered, err = c.stream(ctx, o, q, cursor, since, status, attempt, func() { live = true }, fn)
+	return delivered, live, err
+}
+
+func (c *Client) stream(ctx context.Context, o SubscribeOptions, q url.Values, cursor broker.Cursor, since *time.Time, status func(Status), attempt int, onLive func(), fn func(Event) error) (bool, error) {
 	// Channel names go into Path as they are; URL.String escapes them.
 	paths := o.Channels
 	cctx, cancel := context.WithCancel(ctx)
@@ -186,6 +279,7 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 			}
 		}
 	}
+	onLive()
 	st := Status{State: StateLive, Attempt: attempt}
 	if attempt > 0 {
 		st.Cursor = cursor.String()
@@ -231,6 +325,9 @@ func (c *Client) subscribeOnce(ctx context.Context, o SubscribeOptions, q url.Va
 			var ae APIError
 			json.Unmarshal(line, &ae) // an unreadable reason still ends the stream
 			ae.Status = http.StatusServiceUnavailable
+			if ae.Code == wire.CodeTokenExpired {
+				ae.Status = http.StatusUnauthorized // not worth retrying with the same token
+			}
 			return delivered, &ae
 		default:
 			continue // unknown control lines are for newer clients

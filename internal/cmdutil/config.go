@@ -80,7 +80,7 @@ func ApplySettings(cmd *cobra.Command, getenv func(string) string) (Sources, err
 		}
 		if v := getenv(EnvName(fl.Name)); v != "" {
 			if serr := fl.Value.Set(v); serr != nil {
-				err = &FlagError{fmt.Errorf("%s: %v", EnvName(fl.Name), redactErr(fl, serr))}
+				err = ValueError(EnvName(fl.Name), fl, v, serr)
 			}
 			src[fl.Name] = "env"
 		}
@@ -101,7 +101,7 @@ func applyFile(cmd *cobra.Command, path string, explicit bool, src Sources) erro
 		if !explicit && errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
-		return fmt.Errorf("config file: %w", err)
+		return &FlagError{fmt.Errorf("config file: %w", err)}
 	}
 	var raw map[string]yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -144,7 +144,7 @@ func applyFile(cmd *cobra.Command, path string, explicit bool, src Sources) erro
 			return &FlagError{fmt.Errorf("config file %s: %s: want a value or a list", path, k)}
 		}
 		if err := fl.Value.Set(val); err != nil {
-			return &FlagError{fmt.Errorf("config file %s: %s: %v", path, k, redactErr(fl, err))}
+			return ValueError(fmt.Sprintf("config file %s: %s", path, k), fl, val, err)
 		}
 		src[k] = "file"
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Exit codes. ExitCode is the one place errors map to them.
@@ -80,4 +83,46 @@ func NoArgs(cmd *cobra.Command, args []string) error {
 		return FlagErrorf("%s takes no arguments, got %q", cmd.CommandPath(), args)
 	}
 	return nil
+}
+
+// ValueError says what a flag accepts when its value (from the command
+// line, the environment or a config file) does not parse, in place of
+// strconv's and time's messages: `--count "abc": want a whole number`.
+// where names the source ("--count", "PUSHCTL_COUNT").
+func ValueError(where string, fl *pflag.Flag, value string, cause error) error {
+	if isSecret(fl) {
+		return &FlagError{fmt.Errorf("%s: invalid value", where)}
+	}
+	return &FlagError{fmt.Errorf("%s %q: %s", where, value, accepts(fl, cause))}
+}
+
+// accepts describes the values a flag takes.
+func accepts(fl *pflag.Flag, cause error) string {
+	switch fl.Value.Type() {
+	case "int", "int64", "int32":
+		return "want a whole number"
+	case "uint", "uint64", "uint32":
+		return "want a whole number, 0 or more"
+	case "float64", "float32":
+		return "want a number"
+	case "bool":
+		return "want true or false"
+	case "duration":
+		return "want a duration such as 500ms, 10s, 5m or 1h"
+	}
+	var ne *strconv.NumError
+	if errors.As(cause, &ne) {
+		return "want a number"
+	}
+	return cause.Error()
+}
+
+// FlagValueError turns pflag's "invalid argument" errors into ValueError;
+// other errors become usage errors as they are.
+func FlagValueError(err error) error {
+	var ive *pflag.InvalidValueError
+	if errors.As(err, &ive) {
+		return ValueError("--"+ive.GetFlag().Name, ive.GetFlag(), ive.GetValue(), ive.Unwrap())
+	}
+	return &FlagError{Err: err}
 }

@@ -1,9 +1,9 @@
 package cmdutil
 
 import (
-	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/pushctl/pushctl/internal/client"
 	"github.com/spf13/cobra"
@@ -14,9 +14,11 @@ import (
 type Factory struct {
 	IO     *IOStreams
 	Getenv func(string) string
-	// Token and CAFile come from --token and --ca-file.
-	Token  string
-	CAFile string
+	// Token, CAFile and ConnectTimeout come from --token, --ca-file and
+	// --connect-timeout.
+	Token          string
+	CAFile         string
+	ConnectTimeout time.Duration
 	// Sources says where each flag of the running command got its value.
 	Sources Sources
 }
@@ -28,7 +30,10 @@ func New() *Factory {
 
 // Client returns a broker client for the --server value.
 func (f *Factory) Client(server string) (*client.Client, error) {
-	c, err := client.NewWithOptions(server, client.Options{Token: f.Token, CAFile: f.CAFile})
+	if f.ConnectTimeout < 0 {
+		return nil, FlagErrorf("--connect-timeout %s: want a positive duration such as 5s", f.ConnectTimeout)
+	}
+	c, err := client.NewWithOptions(server, client.Options{Token: f.Token, CAFile: f.CAFile, ConnectTimeout: f.ConnectTimeout})
 	if err != nil {
 		return nil, &FlagError{err}
 	}
@@ -51,17 +56,23 @@ func BindEnv(cmd *cobra.Command, getenv func(string) string) error {
 		}
 		if v := getenv(EnvName(fl.Name)); v != "" {
 			if serr := fl.Value.Set(v); serr != nil {
-				err = &FlagError{fmt.Errorf("%s=%q: %v", EnvName(fl.Name), v, serr)}
+				err = ValueError(EnvName(fl.Name), fl, v, serr)
 			}
 		}
 	})
 	return err
 }
 
-// AddServerFlags adds --server, --token and --ca-file.
+// AddServerFlags adds --server, --token, --ca-file and --connect-timeout.
 func (f *Factory) AddServerFlags(cmd *cobra.Command, p *string) {
 	cmd.Flags().StringVarP(p, "server", "s", client.DefaultServer, "broker URL; several, comma-separated, are tried in turn when one is down (env PUSHCTL_SERVER)")
 	AddTokenFlags(cmd, &f.Token, &f.CAFile)
+	AddConnectTimeoutFlag(cmd, &f.ConnectTimeout)
+}
+
+// AddConnectTimeoutFlag adds --connect-timeout.
+func AddConnectTimeoutFlag(cmd *cobra.Command, p *time.Duration) {
+	cmd.Flags().DurationVar(p, "connect-timeout", client.DefaultConnectTimeout, "give up with exit 1 \"cannot reach …\" when no broker answered within this long")
 }
 
 // AddTokenFlags adds --token and --ca-file.

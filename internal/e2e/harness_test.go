@@ -25,6 +25,15 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "pushctl")
+	if b := os.Getenv("PUSHCTL_E2E_BINARY"); b != "" {
+		// A given binary, such as one built from an older commit to see
+		// a new test fail against it.
+		binary = b
+		os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
 	args := []string{"build", "-o", binary}
 	if raceEnabled {
 		args = append(args, "-race")

@@ -125,6 +125,12 @@ func run(ctx context.Context, o *Options) error {
 		if err != nil {
 			return err
 		}
+		if r.BytesPerConn < 0 {
+			// The process freed more than the connections took: something
+			// else ran there, so the figure says nothing.
+			fmt.Fprintf(o.IO.ErrOut, "pushctl: warning: the resident memory of the --pid processes shrank while the connections opened (%.1f MiB -> %.1f MiB): they were busy with other work; measure an otherwise idle broker\n",
+				float64(r.RSSBeforeBytes)/(1<<20), float64(r.RSSAfterBytes)/(1<<20))
+		}
 		switch o.Format {
 		case "json":
 			return json.NewEncoder(o.IO.Out).Encode(r)

@@ -39,6 +39,8 @@ type Options struct {
 	CurveClients    []string
 	Token           string
 	CAFile          string
+	ConnectTimeout  time.Duration
+	Filter          cmdutil.FilterFlags
 }
 
 // NewCmdBridge returns the bridge command.
@@ -68,6 +70,14 @@ TO (a sink):
 
 Without a port, pushctl://HOST is port 7070 (the broker's default) and
 pushctls://HOST port 443.
+
+--where (a jq expression over JSON data) and --match (a regular expression)
+move only the messages that match; --count counts those moved, so --count 1
+ends at the first match.
+
+An endpoint that never answered within --connect-timeout fails the bridge
+with "cannot reach …"; one that answered before is retried with backoff until
+the bridge ends, with a warning when it goes away and then at most every 30s.
 
 pushctl envelopes (from a pushctl WebSocket or SSE stream) keep their channel
 and event. Counters (moved, dropped, gaps, reconnects) go to stderr every
@@ -109,6 +119,8 @@ for good, saying which.`,
 	fl.BoolVar(&o.ZMQLegacy, "zmq-legacy", false, "a ZeroMQ sink sends single-frame \"channel<sep>payload\" messages")
 	cmdutil.MarkSecret(cmd, "zmq-curve-secret")
 	cmdutil.AddTokenFlags(cmd, &o.Token, &o.CAFile)
+	cmdutil.AddConnectTimeoutFlag(cmd, &o.ConnectTimeout)
+	cmdutil.AddFilterFlags(cmd, &o.Filter)
 	return cmd
 }
 
@@ -132,12 +144,26 @@ func run(ctx context.Context, o *Options) error {
 		}
 	}
 	if len(o.ZMQ.Sep) != 1 {
-		return cmdutil.FlagErrorf("--zmq-sep must be one byte")
+		return cmdutil.FlagErrorf("--zmq-sep %q: want one byte", o.ZMQ.Sep)
+	}
+	if o.ConnectTimeout <= 0 {
+		return cmdutil.FlagErrorf("--connect-timeout %s: want a positive duration such as 5s", o.ConnectTimeout)
+	}
+	flt, err := o.Filter.Compile()
+	if err != nil {
+		return err
+	}
+	if flt != nil {
+		bo.Filter = func(ctx context.Context, m bridge.Message) bool {
+			kind, _ := broker.ClassifyData("", m.Data)
+			keep, _ := flt.Keep(ctx, m.Data, kind == broker.KindJSON)
+			return keep
+		}
 	}
 	eo := bridge.EndpointOptions{
 		Channels: o.Channels, ZMQSep: o.ZMQ.Sep[0], ZMQLegacy: o.ZMQLegacy,
 		ZMQ:     zmq.SocketOptions{HWM: o.ZMQ.HWM, Linger: o.ZMQ.Linger},
-		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile,
+		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile, ConnectTimeout: o.ConnectTimeout,
 	}
 	for _, h := range o.Headers {
 		k, v, ok := strings.Cut(h, ":")
@@ -153,7 +179,7 @@ func run(ctx context.Context, o *Options) error {
 	eo.ZMQ.Curve = curve
 	var mu sync.Mutex
 	counters := &bridge.Counters{}
-	env := &bridge.Env{Counters: counters, Warn: func(format string, args ...any) {
+	env := &bridge.Env{Counters: counters, ConnectTimeout: o.ConnectTimeout, Warn: func(format string, args ...any) {
 		if !o.Quiet {
 			mu.Lock()
 			fmt.Fprintf(o.IO.ErrOut, "pushctl bridge: "+format+"\n", args...)
@@ -215,8 +241,12 @@ func run(ctx context.Context, o *Options) error {
 }
 
 func summary(c *bridge.Counters) string {
-	return fmt.Sprintf("moved %d, dropped %d, gaps %d, reconnects %d",
+	s := fmt.Sprintf("moved %d, dropped %d, gaps %d, reconnects %d",
 		c.Moved.Load(), c.Dropped.Load(), c.Gaps.Load(), c.Reconnects.Load())
+	if n := c.Filtered.Load(); n > 0 {
+		s += fmt.Sprintf(", filtered out %d", n)
+	}
+	return s
 }
 
 // curve configures CURVE for the ZeroMQ side: as a client when a server

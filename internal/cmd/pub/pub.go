@@ -16,6 +16,7 @@ import (
 	"github.com/pushctl/pushctl/internal/client"
 	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/wire"
 	"github.com/spf13/cobra"
 )
 
@@ -154,9 +155,19 @@ func Run(ctx context.Context, o *Options) error {
 		if ctx.Err() != nil {
 			return cmdutil.ErrInterrupted
 		}
-		return fmt.Errorf("publish to %s: %w", o.Channel, err)
+		return publishError(o.Channel, err)
 	}
 	return printAck(o, ack)
+}
+
+// publishError names the flag that sets the limit a message went over,
+// whichever transport said so.
+func publishError(channel string, err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Code == wire.CodeTooLarge {
+		return fmt.Errorf("publish to %s: %w; the broker sets its limit with serve --max-message-size", channel, err)
+	}
+	return fmt.Errorf("publish to %s: %w", channel, err)
 }
 
 func waitError(ctx context.Context, err error, o *Options) error {
@@ -165,7 +176,7 @@ func waitError(ctx context.Context, err error, o *Options) error {
 		return cmdutil.ErrInterrupted
 	}
 	if errors.As(err, &ae) && ae.Code == "wait_timeout" || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%w: fewer than %d subscribers on %s after %s", cmdutil.ErrTimeout, o.WaitSubscribers, o.Channel, o.Timeout)
+		return fmt.Errorf("%w: fewer than %s on %s after %s", cmdutil.ErrTimeout, cmdutil.Plural(o.WaitSubscribers, "subscriber"), o.Channel, o.Timeout)
 	}
 	return fmt.Errorf("waiting for subscribers: %w", err)
 }
@@ -177,7 +188,9 @@ func publishOneWS(ctx context.Context, c *client.Client, data []byte, o *Options
 		return nil, err
 	}
 	if err := s.Publish(ctx, o.Channel, o.Event, data); err != nil {
-		s.Close(ctx)
+		if _, cerr := s.Close(ctx); cerr != nil {
+			return nil, cerr // why the connection ended, such as 1009
+		}
 		return nil, err
 	}
 	if _, err := s.Close(ctx); err != nil {
@@ -230,17 +243,17 @@ func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Option
 	defer cancel()
 	acked, err := s.Close(cctx)
 	if ctx.Err() != nil {
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: interrupted: %d of %d messages acknowledged on %s\n", acked, n, o.Channel)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: interrupted: %d of %s acknowledged on %s\n", acked, cmdutil.Plural(n, "message"), o.Channel)
 		return cmdutil.ErrInterrupted
 	}
 	if err != nil {
-		return fmt.Errorf("publish to %s: %d of %d messages acknowledged: %w", o.Channel, acked, n, err)
+		return publishError(o.Channel, fmt.Errorf("%d of %s acknowledged: %w", acked, cmdutil.Plural(n, "message"), err))
 	}
 	if readErr != nil {
 		return fmt.Errorf("reading input after %d messages: %w", n, readErr)
 	}
 	if !o.JSON {
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: published %d messages to %s", acked, o.Channel)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: published %s to %s", cmdutil.Plural(acked, "message"), o.Channel)
 		if acked > 0 {
 			fmt.Fprintf(o.IO.ErrOut, " (last id %s)", last.ID)
 		}

@@ -49,7 +49,7 @@ interrupted.`,
 	cmd.SetOut(f.IO.Out)
 	cmd.SetErr(f.IO.ErrOut)
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return &cmdutil.FlagError{Err: err}
+		return cmdutil.FlagValueError(err)
 	})
 	cmd.AddCommand(
 		serve.NewCmdServe(f, nil),

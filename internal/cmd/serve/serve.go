@@ -23,6 +23,7 @@ import (
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/server"
 	"github.com/pushctl/pushctl/internal/zmq"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 )
 
@@ -228,6 +229,9 @@ func Run(ctx context.Context, o *Options) error {
 	if o.HistorySize < 0 || o.QueueSize <= 0 || o.MaxMessageSize <= 0 {
 		return cmdutil.FlagErrorf("--history must be >= 0, --queue-size and --max-message-size > 0")
 	}
+	if err := checkPprofAddr(o.Pprof); err != nil {
+		return err
+	}
 	if o.NodeTimeout < 2*time.Second {
 		return cmdutil.FlagErrorf("--node-timeout %s: must be at least 2s (nodes beat every second)", o.NodeTimeout)
 	}
@@ -247,6 +251,9 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	if kind == "redis" {
+		// go-redis logs connection trouble itself ("pool.go:770: …"):
+		// through the broker's logger, in its format and level.
+		redis.SetLogger(redisLogger{log})
 		start := time.Now()
 		hub := broker.NewHub()
 		octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
@@ -361,12 +368,22 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if !isLoopback(l.Addr()) && !az.Enabled() && !o.InsecureNoAuth {
 		l.Close()
-		return fmt.Errorf("refusing to listen on %s with no access control: anyone who reaches it could publish and subscribe; "+
+		return cmdutil.FlagErrorf("refusing to listen on %s with no access control: anyone who reaches it could publish and subscribe; "+
 			"set --token-secret, --token-public-key or --trusted-publishers, or pass --insecure-no-auth", l.Addr())
 	}
 	scheme := "http"
 	if o.TLSCert != "" {
 		scheme = "https"
+	}
+	if o.Pprof != "" {
+		// Before "broker listening": a bad --pprof fails before anyone
+		// is told the broker is up.
+		stop, err := servePprof(o.Pprof, o.IO.ErrOut)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stop()
 	}
 	url := scheme + "://" + l.Addr().String()
 	log.Debug("listening", "url", url, "history", o.HistorySize, "history_age", o.HistoryAge)
@@ -376,14 +393,6 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if o.Ready != nil {
 		o.Ready(l.Addr())
-	}
-	if o.Pprof != "" {
-		stop, err := servePprof(o.Pprof, o.IO.ErrOut)
-		if err != nil {
-			l.Close()
-			return err
-		}
-		defer stop()
 	}
 	serr := make(chan error, 1)
 	go func() { serr <- srv.Serve(ctx, l) }()
@@ -461,6 +470,30 @@ func zmqConfig(o *Options, log *slog.Logger) (*zmq.BrokerConfig, error) {
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback() || strings.HasPrefix(a.String(), "localhost")
+}
+
+// checkPprofAddr refuses, before anything starts, a --pprof address
+// whose host is an IP address beyond loopback; names are checked once
+// listening.
+func checkPprofAddr(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return cmdutil.FlagErrorf("--pprof %q: want a loopback HOST:PORT such as 127.0.0.1:6060", addr)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && !ip.IsLoopback() {
+		return cmdutil.FlagErrorf("--pprof %s: profiles are served on loopback addresses only (such as 127.0.0.1:6060)", addr)
+	}
+	return nil
+}
+
+// redisLogger hands go-redis's log lines to the broker's logger.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Warn(strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "redis")
 }
 
 // authorizer builds access control from the flags.

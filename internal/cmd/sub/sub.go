@@ -8,8 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"text/template"
@@ -28,24 +31,40 @@ type Options struct {
 	IO      *cmdutil.IOStreams
 	Factory *cmdutil.Factory
 
-	Channels  []string
-	Server    string
-	Format    string
-	Template  string
-	Count     int
-	Timeout   time.Duration
-	Since     string
-	Last      int
-	Exec      string
-	NoTUI     bool
-	FailOnGap bool
-	Quiet     bool
-	ZMQ       cmdutil.ZMQClientFlags
+	Channels     []string
+	Server       string
+	Format       string
+	Template     string
+	Count        int
+	Timeout      time.Duration
+	Since        string
+	Last         int
+	Exec         string
+	OnExecError  string
+	TokenCommand string
+	Filter       cmdutil.FilterFlags
+	NoTUI        bool
+	FailOnGap    bool
+	Quiet        bool
+	ZMQ          cmdutil.ZMQClientFlags
 	// TUI is set when stdout is a terminal and no plain-output option
 	// was given; TUIBuffer bounds the messages it keeps.
 	TUI       bool
 	TUIBuffer int
+	// Print says whether messages go to stdout: always, except with
+	// --exec when neither --format nor --template asks for them too.
+	Print bool
+
+	tmpl   *template.Template
+	filter *cmdutil.Filter
 }
+
+// Exec failure policies (--on-exec-error).
+const (
+	ExecStop  = "stop"
+	ExecRetry = "retry"
+	ExecSkip  = "skip"
+)
 
 // NewCmdSub returns the sub command.
 func NewCmdSub(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
@@ -58,46 +77,46 @@ any tail) and print each message on standard output.
 
 On a terminal it opens a live UI (filter with /, details with enter, publish
 with p, ? for keys); piped, or with --no-tui, --format, --template, --exec,
---count or --timeout, it prints plain lines.
+--count or --timeout, it prints plain lines: the data alone for one channel,
+"channel<TAB>data" (--format line) for patterns and several channels.
 
-Lost connections are retried with backoff and resume after the last message
-printed, so nothing still in the broker's history is lost or repeated. When
-the position is no longer retained a warning goes to stderr (--fail-on-gap
-makes it an error).
+--where keeps the messages whose JSON data makes a jq expression true, and
+--match those whose data matches a regular expression; --count counts the
+messages kept, so --count 1 ends at the first match.
 
-Exit status: 0 when done, 1 on error, 2 on bad usage, 124 when --timeout
-passed before --count messages (or, without --count, before any message),
-130 when interrupted.`,
+--exec runs a shell command per message, with the data on its standard
+input; the messages are not printed unless --format or --template is also
+given. When the command fails, --on-exec-error decides: stop (the default)
+exits 1 naming the message and the --since that resumes at it; retry runs
+it again with backoff until it succeeds; skip warns and goes on.
+
+A broker that does not answer within --connect-timeout is an error of its
+own: exit 1 "cannot reach …". Once connected, lost connections are retried
+with backoff and resume after the last message handled, so nothing still in
+the broker's history is lost or repeated. When the position is no longer
+retained a warning goes to stderr (and a gap record to --format json;
+--fail-on-gap makes it an error). When the token expires, sub stops with
+that reason, or with --token-command gets a new one and goes on.
+
+Exit status: 0 when done, 1 on error (broker unreachable, --exec failed,
+token expired), 2 on bad usage, 124 when connected but --timeout passed
+before --count messages (or, without --count, before any message), 130
+when interrupted.`,
 		Example: `  pushctl sub news
   pushctl sub news --count 1 --timeout 10s      # CI smoke test
+  pushctl sub deploys --where '.status == "done" and .env == "prod"' --count 1 --timeout 10m
   pushctl sub 'builds.>' --format json | jq .data
   pushctl sub news --last 10 --template '{{.Time}} {{.Channel}} {{.Data}}'
-  pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"'
+  pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"' --on-exec-error skip
+  pushctl sub orders --token-command 'vault read -field=token secret/pushctl'
   pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
 		Args:              cmdutil.MinimumArgs(1, "CHANNEL"),
 		ValidArgsFunction: channels.CompleteChannels(f, &opts.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channels = args
-			for _, ch := range args {
-				if err := broker.ValidatePattern(ch); err != nil {
-					return &cmdutil.FlagError{Err: err}
-				}
+			if err := opts.validate(cmd); err != nil {
+				return err
 			}
-			switch opts.Format {
-			case "raw", "json", "sse":
-			default:
-				return cmdutil.FlagErrorf("--format %q: want raw, json or sse", opts.Format)
-			}
-			if opts.Count < 0 || opts.Last < 0 {
-				return cmdutil.FlagErrorf("--count and --last must not be negative")
-			}
-			if opts.TUIBuffer < 100 {
-				return cmdutil.FlagErrorf("--tui-buffer must be at least 100")
-			}
-			// The terminal UI is for watching; options that shape output or
-			// end the command (smoke tests) mean plain lines.
-			opts.TUI = opts.IO.OutTTY && !opts.NoTUI && !cmd.Flags().Changed("format") && opts.Template == "" &&
-				opts.Exec == "" && opts.Count == 0 && opts.Timeout == 0
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -106,13 +125,16 @@ passed before --count messages (or, without --count, before any message),
 	}
 	fl := cmd.Flags()
 	f.AddServerFlags(cmd, &opts.Server)
-	fl.StringVarP(&opts.Format, "format", "o", "raw", "output: raw (data only), json (one envelope per line) or sse")
-	fl.StringVar(&opts.Template, "template", "", "Go template per message: .Channel .ID .Seq .Event .Data .Time, and .JSON for JSON data")
-	fl.IntVarP(&opts.Count, "count", "n", 0, "exit after this many messages")
+	fl.StringVarP(&opts.Format, "format", "o", "", "output: raw (data only; the default for one channel), line (channel<TAB>data; the default for patterns and several channels), json (one envelope per line, gap records too) or sse")
+	fl.StringVar(&opts.Template, "template", "", "Go template per message: .Channel .ID .Seq .Event .Data .Time (RFC 3339) .TimeUnixMilli, and .JSON for JSON data")
+	fl.IntVarP(&opts.Count, "count", "n", 0, "exit after this many messages (those kept by --where and --match)")
 	fl.DurationVar(&opts.Timeout, "timeout", 0, "give up after this long (exit 124 unless --count messages, or any without --count, arrived)")
 	fl.StringVar(&opts.Since, "since", "", "replay from: all, a message id, ch=id,…, an RFC 3339 time or a duration ago (5m)")
 	fl.IntVar(&opts.Last, "last", 0, "replay the last N retained messages of each channel first")
-	fl.StringVar(&opts.Exec, "exec", "", "run this shell command per message, with the data on its stdin and PUSHCTL_CHANNEL, _ID, _SEQ, _EVENT, _TIME set")
+	fl.StringVar(&opts.Exec, "exec", "", "run this shell command per message, with the data on its stdin and PUSHCTL_CHANNEL, _ID, _SEQ, _EVENT, _TIME set (messages are then not printed unless --format or --template is given)")
+	fl.StringVar(&opts.OnExecError, "on-exec-error", ExecStop, "when --exec fails: stop (exit 1 naming the message), retry (with backoff until it succeeds) or skip (warn and go on)")
+	fl.StringVar(&opts.TokenCommand, "token-command", "", "shell command whose standard output is a token: run at start when --token is not given, and whenever the token expires")
+	cmdutil.AddFilterFlags(cmd, &opts.Filter)
 	fl.BoolVar(&opts.NoTUI, "no-tui", false, "print plain lines even on a terminal")
 	fl.IntVar(&opts.TUIBuffer, "tui-buffer", 10000, "messages the terminal UI keeps for scrolling and filtering")
 	fl.BoolVar(&opts.FailOnGap, "fail-on-gap", false, "exit 1 when messages were lost from history instead of warning")
@@ -121,36 +143,183 @@ passed before --count messages (or, without --count, before any message),
 	return cmd
 }
 
+// validate checks every flag before anything connects, as usage errors
+// that name the flag and say what it accepts.
+func (o *Options) validate(cmd *cobra.Command) error {
+	for _, ch := range o.Channels {
+		if err := broker.ValidatePattern(ch); err != nil {
+			return &cmdutil.FlagError{Err: err}
+		}
+	}
+	formatGiven := cmd.Flags().Changed("format") || o.Format != ""
+	switch o.Format {
+	case "":
+		o.Format = "raw"
+		if len(o.Channels) > 1 || broker.IsPattern(o.Channels[0]) {
+			o.Format = "line"
+		}
+	case "raw", "line", "json", "sse":
+	default:
+		return cmdutil.FlagErrorf("--format %q: want raw, line, json or sse", o.Format)
+	}
+	if o.Count < 0 {
+		return cmdutil.FlagErrorf("--count %d: want 0 or more", o.Count)
+	}
+	if o.Last < 0 {
+		return cmdutil.FlagErrorf("--last %d: want 0 or more", o.Last)
+	}
+	if o.Timeout < 0 {
+		return cmdutil.FlagErrorf("--timeout %s: want a positive duration such as 30s", o.Timeout)
+	}
+	if o.TUIBuffer < 100 {
+		return cmdutil.FlagErrorf("--tui-buffer %d: want at least 100", o.TUIBuffer)
+	}
+	switch o.OnExecError {
+	case ExecStop, ExecRetry, ExecSkip:
+	default:
+		return cmdutil.FlagErrorf("--on-exec-error %q: want stop, retry or skip", o.OnExecError)
+	}
+	if o.Since != "" && o.ZMQ.Endpoint == "" {
+		if err := checkSince(o.Since, o.Channels); err != nil {
+			return err
+		}
+	}
+	if o.Template != "" {
+		t, err := parseTemplate(o.Template)
+		if err != nil {
+			return err
+		}
+		o.tmpl = t
+	}
+	flt, err := o.Filter.Compile()
+	if err != nil {
+		return err
+	}
+	o.filter = flt
+	o.Print = o.Exec == "" || formatGiven || o.Template != ""
+	// The terminal UI is for watching; options that shape output or
+	// end the command (smoke tests) mean plain lines.
+	o.TUI = o.IO.OutTTY && !o.NoTUI && !formatGiven && o.Template == "" &&
+		o.Exec == "" && o.Count == 0 && o.Timeout == 0
+	return nil
+}
+
+// checkSince accepts what the broker does for since: all, a message id or
+// cursor, an RFC 3339 time, or a duration ago.
+func checkSince(v string, chans []string) error {
+	switch {
+	case v == "all" || v == "0":
+		return nil
+	case strings.Contains(v, "=") || strings.Contains(v, "-") && !strings.Contains(v, ":"):
+		if _, _, err := broker.ParseResume(v, chans); err != nil {
+			return cmdutil.FlagErrorf("--since: %v", err)
+		}
+		return nil
+	}
+	if _, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return nil
+	}
+	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+		return nil
+	}
+	return cmdutil.FlagErrorf("--since %q: want all, a message id, ch=<id>,…, an RFC 3339 time or a duration such as 5m", v)
+}
+
 // templateData is what --template sees.
 type templateData struct {
-	Channel string
-	ID      string
-	Seq     uint64
-	Event   string
-	Data    string
-	Time    time.Time
-	JSON    any
+	Channel       string
+	ID            string
+	Seq           uint64
+	Event         string
+	Data          string
+	Time          templateTime
+	TimeUnixMilli int64
+	JSON          any
+}
+
+// templateTime prints as RFC 3339 ({{.Time}}) and keeps time.Time's
+// methods ({{.Time.Format "15:04"}}).
+type templateTime struct{ time.Time }
+
+func (t templateTime) String() string { return t.Time.Format(time.RFC3339Nano) }
+
+const templateFields = ".Channel .ID .Seq .Event .Data .Time .TimeUnixMilli .JSON"
+
+// parseTemplate parses --template and tries it on a sample message, so a
+// field that does not exist is a usage error before connecting.
+func parseTemplate(text string) (*template.Template, error) {
+	t, err := template.New("message").Funcs(template.FuncMap{
+		"json": func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
+	}).Parse(text)
+	if err != nil {
+		return nil, cmdutil.FlagErrorf("--template: %s", templateError(err))
+	}
+	sample := templateData{Channel: "news", ID: "e-1", Seq: 1, Event: broker.DefaultEvent, Data: "{}",
+		Time: templateTime{time.Unix(0, 0).UTC()}, JSON: map[string]any{}}
+	if err := t.Execute(io.Discard, sample); err != nil && fieldError.MatchString(err.Error()) {
+		return nil, cmdutil.FlagErrorf("--template: %s", templateError(err))
+	}
+	return t, nil
+}
+
+var fieldError = regexp.MustCompile(`can't evaluate field (\w+) in type \S+`)
+
+// templateError says what is wrong with a template in pushctl's words,
+// not text/template's internal type names.
+func templateError(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "template: ")
+	if m := fieldError.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("no field .%s; the fields are %s", m[1], templateFields)
+	}
+	return msg
 }
 
 // printer writes messages in the chosen format and counts them.
 type printer struct {
-	ctx  context.Context
-	o    *Options
-	out  *bufio.Writer
-	tmpl *template.Template
-	got  int
+	ctx context.Context
+	o   *Options
+	out *bufio.Writer
+	got int
+	// handled is the position of the last message handled per channel,
+	// for the --since that resumes after a failure.
+	handled broker.Cursor
+	// whereErrs counts --where evaluation errors, reported once.
+	whereErrs int
+}
+
+func newPrinter(ctx context.Context, o *Options) *printer {
+	return &printer{ctx: ctx, o: o, out: bufio.NewWriter(o.IO.Out), handled: broker.Cursor{}}
 }
 
 // message prints m; it returns client.ErrStop once --count is reached.
 // more says that further messages are already waiting.
 func (p *printer) message(m *broker.Message, more bool) error {
-	if err := write(p.out, p.o, p.tmpl, m); err != nil {
-		return err
+	keep, err := p.o.filter.Keep(p.ctx, m.Data, m.Kind == broker.KindJSON)
+	if err != nil && p.whereErrs == 0 && !p.o.Quiet {
+		fmt.Fprintf(p.o.IO.ErrOut, "pushctl: warning: %v on message %s; such messages do not match\n", err, m.ID())
+	}
+	if err != nil {
+		p.whereErrs++
+	}
+	if !keep {
+		p.handled[m.Channel] = m.Position()
+		if more {
+			return nil
+		}
+		return p.out.Flush()
+	}
+	if p.o.Print {
+		if err := write(p.out, p.o, m); err != nil {
+			return err
+		}
 	}
 	if p.o.Exec != "" {
 		p.out.Flush()
-		runExec(p.ctx, p.o, m)
+		if err := p.exec(m); err != nil {
+			return err
+		}
 	}
+	p.handled[m.Channel] = m.Position()
 	p.got++
 	if p.o.Count > 0 && p.got >= p.o.Count {
 		return client.ErrStop
@@ -163,8 +332,20 @@ func (p *printer) message(m *broker.Message, more bool) error {
 	return p.out.Flush()
 }
 
-// gap reports lost messages; with --fail-on-gap it is an error.
-func (p *printer) gap(msg string) error {
+// gap reports lost messages; with --fail-on-gap it is an error. With
+// --format json (or sse) the notice is also a record on stdout, so a
+// consumer of that stream sees it.
+func (p *printer) gap(g *client.Gap, msg string) error {
+	if g != nil && p.o.Print && p.o.tmpl == nil {
+		switch p.o.Format {
+		case "json":
+			p.out.Write(gapRecord(g))
+			p.out.WriteByte('\n')
+		case "sse":
+			fmt.Fprintf(p.out, "event: pushctl-gap\ndata: %s\n\n", gapRecord(g))
+		}
+		p.out.Flush()
+	}
 	if p.o.FailOnGap {
 		return &gapError{msg}
 	}
@@ -172,6 +353,17 @@ func (p *printer) gap(msg string) error {
 		fmt.Fprintf(p.o.IO.ErrOut, "pushctl: warning: %s\n", msg)
 	}
 	return nil
+}
+
+// gapRecord is the gap notice of the broker's NDJSON stream.
+func gapRecord(g *client.Gap) []byte {
+	b := []byte(`{"type":"gap","channel":`)
+	b = wire.AppendString(b, g.Channel)
+	b = append(b, `,"from":`...)
+	b = wire.AppendString(b, g.From)
+	b = append(b, `,"to":`...)
+	b = wire.AppendString(b, g.To)
+	return append(b, '}')
 }
 
 type gapError struct{ msg string }
@@ -188,20 +380,55 @@ func (p *printer) finish(ctx context.Context, err error) error {
 // result maps how the subscription ended to the command's result.
 func (p *printer) result(ctx context.Context, err error) error {
 	var ge *gapError
+	var ee *execError
+	var ae *client.APIError
+	var re *client.TokenRefreshError
 	switch {
 	case err == nil || errors.Is(err, client.ErrStop):
 		return nil
-	case errors.As(err, &ge):
+	case errors.As(err, &ge), errors.As(err, &ee):
 		return err
+	case errors.Is(err, client.ErrUnreachable):
+		return err
+	case errors.As(err, &re):
+		return fmt.Errorf("subscribe to %s: %w (--token-command)", p.what(), err)
+	case client.IsTokenExpired(err):
+		msg := fmt.Sprintf("subscribe to %s: the token expired (token_expired); give a new one with --token, or --token-command to renew it without stopping", p.what())
+		if len(p.handled) > 0 {
+			msg += "; resume with --since " + p.resume(nil)
+		}
+		return errors.New(msg)
+	case errors.As(err, &ae) && ae.Status == 400 && ae.Code == wire.CodeInvalidPosition:
+		return cmdutil.FlagErrorf("--since %q: %s", p.o.Since, ae.Message)
+	case errors.As(err, &ae) && ae.Code == wire.CodeUnavailable:
+		return fmt.Errorf("subscribe to %s: the broker cannot reach its storage (Redis) (%s); retry, or use another node", p.what(), ae.Code)
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		if p.o.Count > 0 && p.got < p.o.Count || p.o.Count == 0 && p.got == 0 {
-			return fmt.Errorf("%w after %s: %d of %s messages", cmdutil.ErrTimeout, p.o.Timeout, p.got, want(p.o.Count))
+			return fmt.Errorf("%w after %s: %d of %s", cmdutil.ErrTimeout, p.o.Timeout, p.got, want(p.o.Count))
 		}
 		return nil
 	case ctx.Err() != nil:
 		return cmdutil.ErrInterrupted
 	}
 	return fmt.Errorf("subscribe to %s: %w", p.what(), err)
+}
+
+// resume is the --since that starts right after the messages handled,
+// and at failed (not handled) when given.
+func (p *printer) resume(failed *broker.Message) string {
+	c := broker.Cursor{}
+	for ch, pos := range p.handled {
+		c[ch] = pos
+	}
+	if failed != nil {
+		c[failed.Channel] = broker.Position{Epoch: failed.Epoch, Seq: failed.Seq - 1}
+	}
+	if len(c) == 1 && len(p.o.Channels) == 1 && !broker.IsPattern(p.o.Channels[0]) {
+		for _, pos := range c {
+			return pos.String()
+		}
+	}
+	return c.String()
 }
 
 func (p *printer) what() string {
@@ -213,15 +440,13 @@ func (p *printer) what() string {
 
 // Run subscribes until done.
 func Run(ctx context.Context, o *Options) error {
-	p := &printer{ctx: ctx, o: o, out: bufio.NewWriter(o.IO.Out)}
-	if o.Template != "" {
-		var err error
-		p.tmpl, err = template.New("message").Funcs(template.FuncMap{
-			"json": func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
-		}).Parse(o.Template)
+	p := newPrinter(ctx, o)
+	if o.tmpl == nil && o.Template != "" { // Options filled by hand, as in tests
+		t, err := parseTemplate(o.Template)
 		if err != nil {
-			return cmdutil.FlagErrorf("--template: %v", err)
+			return err
 		}
+		o.tmpl = t
 	}
 	sctx := ctx
 	if o.Timeout > 0 {
@@ -229,56 +454,84 @@ func Run(ctx context.Context, o *Options) error {
 		sctx, cancel = context.WithTimeout(ctx, o.Timeout)
 		defer cancel()
 	}
-	if o.TUI {
-		return runTUI(ctx, sctx, o)
-	}
 	if o.ZMQ.Endpoint != "" {
+		if o.TUI {
+			return runTUI(ctx, sctx, o)
+		}
 		return subscribeZMQ(ctx, sctx, p)
 	}
 	c, err := o.Factory.Client(o.Server)
 	if err != nil {
 		return err
 	}
-	status := func(s client.Status) {
+	so := client.SubscribeOptions{Channels: o.Channels, Since: o.Since, Last: o.Last, ConnectTimeout: o.Factory.ConnectTimeout}
+	if o.TokenCommand != "" {
+		if o.Factory.Token == "" {
+			tok, err := runTokenCommand(ctx, o)
+			if err != nil {
+				return err
+			}
+			c.SetToken(tok)
+		}
+		so.RefreshToken = func(ctx context.Context) (string, error) { return runTokenCommand(ctx, o) }
+	}
+	if o.TUI {
+		return runTUI(ctx, sctx, o, withClient(c, so))
+	}
+	rec := &cmdutil.Reconnects{W: o.IO.ErrOut, Prefix: "pushctl: "}
+	so.OnStatus = func(s client.Status) {
 		if o.Quiet {
 			return
 		}
-		switch s.State {
-		case client.StateReconnecting:
-			fmt.Fprintf(o.IO.ErrOut, "pushctl: connection lost (%v); reconnecting, attempt %d\n", s.Err, s.Attempt)
-		case client.StateLive:
-			if s.Attempt > 0 {
-				fmt.Fprintf(o.IO.ErrOut, "pushctl: reconnected, resuming after %s\n", s.Cursor)
-			}
+		if s.State == client.StateTokenRefreshed {
+			fmt.Fprintf(o.IO.ErrOut, "pushctl: the token expired; resuming after %s with a new one from --token-command\n", s.Cursor)
+			return
 		}
+		rec.Status(s)
 	}
-	err = c.Subscribe(sctx, client.SubscribeOptions{
-		Channels: o.Channels, Since: o.Since, Last: o.Last, OnStatus: status,
-	}, func(ev client.Event) error {
+	err = c.Subscribe(sctx, so, func(ev client.Event) error {
 		if ev.Gap != nil {
-			return p.gap(fmt.Sprintf("messages lost on %s: history no longer holds those after %s; continuing after %s", ev.Gap.Channel, ev.Gap.From, ev.Gap.To))
+			return p.gap(ev.Gap, fmt.Sprintf("messages lost on %s: history no longer holds those after %s; continuing after %s", ev.Gap.Channel, ev.Gap.From, ev.Gap.To))
 		}
 		return p.message(ev.Msg, ev.More)
 	})
 	return p.finish(ctx, err)
 }
 
-func want(n int) string {
-	if n == 0 {
-		return "at least 1"
+// runTokenCommand runs --token-command and returns its output, trimmed.
+func runTokenCommand(ctx context.Context, o *Options) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", o.TokenCommand)
+	cmd.Stderr = o.IO.ErrOut
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("--token-command: %v", err)
 	}
-	return strconv.Itoa(n)
+	tok := strings.TrimSpace(string(out))
+	if tok == "" || strings.ContainsAny(tok, " \n\t") {
+		return "", errors.New("--token-command printed no token (want the token alone on standard output)")
+	}
+	return tok, nil
 }
 
-func write(out *bufio.Writer, o *Options, tmpl *template.Template, m *broker.Message) error {
-	if tmpl != nil {
-		td := templateData{Channel: m.Channel, ID: m.ID(), Seq: m.Seq, Event: m.Event, Data: string(m.Data), Time: m.Time}
+func want(n int) string {
+	if n == 0 {
+		return "at least 1 message"
+	}
+	return cmdutil.Plural(n, "message")
+}
+
+func write(out *bufio.Writer, o *Options, m *broker.Message) error {
+	if o.tmpl != nil {
+		td := templateData{Channel: m.Channel, ID: m.ID(), Seq: m.Seq, Event: m.Event, Data: string(m.Data),
+			Time: templateTime{m.Time}, TimeUnixMilli: m.Time.UnixMilli()}
 		if m.Kind == broker.KindJSON {
 			json.Unmarshal(m.Data, &td.JSON)
 		}
 		var buf bytes.Buffer
-		if err := tmpl.Execute(&buf, td); err != nil {
-			return fmt.Errorf("--template: %w", err)
+		if err := o.tmpl.Execute(&buf, td); err != nil {
+			return fmt.Errorf("--template: %s", templateError(err))
 		}
 		if !bytes.HasSuffix(buf.Bytes(), []byte("\n")) {
 			buf.WriteByte('\n')
@@ -289,6 +542,9 @@ func write(out *bufio.Writer, o *Options, tmpl *template.Template, m *broker.Mes
 	switch o.Format {
 	case "json":
 		_, err := out.Write(wire.JSON(m))
+		return err
+	case "line":
+		_, err := out.Write(wire.RawTagged(m))
 		return err
 	case "sse":
 		fmt.Fprintf(out, "id: %s\n", m.ID())
@@ -305,7 +561,60 @@ func write(out *bufio.Writer, o *Options, tmpl *template.Template, m *broker.Mes
 	return out.WriteByte('\n')
 }
 
-func runExec(ctx context.Context, o *Options, m *broker.Message) {
+// execError is --exec failing under --on-exec-error stop.
+type execError struct {
+	m      *broker.Message
+	err    error
+	resume string
+}
+
+func (e *execError) Error() string {
+	return fmt.Sprintf("--exec failed for message %s on %s (%v); it and later messages were not handled: resume with --since %s",
+		e.m.ID(), e.m.Channel, e.err, e.resume)
+}
+
+// exec runs --exec for m under the --on-exec-error policy.
+func (p *printer) exec(m *broker.Message) error {
+	o := p.o
+	wait := 100 * time.Millisecond
+	var lastWarn time.Time
+	for attempt := 1; ; attempt++ {
+		err := runExec(p.ctx, o, m)
+		if err == nil {
+			if attempt > 1 && !o.Quiet {
+				fmt.Fprintf(o.IO.ErrOut, "pushctl: --exec for message %s succeeded on attempt %d\n", m.ID(), attempt)
+			}
+			return nil
+		}
+		if p.ctx.Err() != nil {
+			return p.ctx.Err()
+		}
+		switch o.OnExecError {
+		case ExecSkip:
+			if !o.Quiet {
+				fmt.Fprintf(o.IO.ErrOut, "pushctl: warning: --exec failed for message %s on %s (%v); skipped\n", m.ID(), m.Channel, err)
+			}
+			return nil
+		case ExecRetry:
+			if !o.Quiet && (attempt == 1 || time.Since(lastWarn) >= 30*time.Second) {
+				lastWarn = time.Now()
+				fmt.Fprintf(o.IO.ErrOut, "pushctl: --exec failed for message %s on %s (%v); retrying (attempt %d)\n", m.ID(), m.Channel, err, attempt+1)
+			}
+			t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+			select {
+			case <-t.C:
+			case <-p.ctx.Done():
+				t.Stop()
+				return p.ctx.Err()
+			}
+			wait = min(wait*2, 30*time.Second)
+		default:
+			return &execError{m: m, err: err, resume: p.resume(m)}
+		}
+	}
+}
+
+func runExec(ctx context.Context, o *Options, m *broker.Message) error {
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", o.Exec)
 	cmd.Stdin = bytes.NewReader(m.Data)
 	cmd.Stdout = o.IO.Out
@@ -317,7 +626,5 @@ func runExec(ctx context.Context, o *Options, m *broker.Message) {
 		"PUSHCTL_EVENT="+m.Event,
 		"PUSHCTL_TIME="+m.Time.Format(time.RFC3339Nano),
 	)
-	if err := cmd.Run(); err != nil && ctx.Err() == nil && !o.Quiet {
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: --exec for %s: %v\n", m.ID(), err)
-	}
+	return cmd.Run()
 }

@@ -18,10 +18,18 @@ import (
 	"github.com/pushctl/pushctl/internal/zmq"
 )
 
+// brokerConn is the client and subscription a broker feed uses.
+type brokerConn struct {
+	c  *client.Client
+	so client.SubscribeOptions
+}
+
+func withClient(c *client.Client, so client.SubscribeOptions) brokerConn { return brokerConn{c, so} }
+
 // runTUI shows the subscription in the terminal UI. The network goroutine
 // only appends to a bounded store; the UI reads it at its own frame rate,
 // so a fast stream never waits for the screen.
-func runTUI(ctx, sctx context.Context, o *Options) error {
+func runTUI(ctx, sctx context.Context, o *Options, bc ...brokerConn) error {
 	store := tui.NewStore(o.TUIBuffer, 64<<20, nil)
 	cfg := tui.Config{Channels: o.Channels, Store: store, Renderer: lipgloss.NewRenderer(o.IO.Out)}
 	if os.Getenv("NO_COLOR") != "" {
@@ -31,7 +39,11 @@ func runTUI(ctx, sctx context.Context, o *Options) error {
 	fctx, cancel := context.WithCancel(sctx)
 	defer cancel()
 	got := 0
-	count := func() error {
+	count := func(m *broker.Message) error {
+		if keep, _ := o.filter.Keep(fctx, m.Data, m.Kind == broker.KindJSON); !keep {
+			return nil
+		}
+		store.Add(m)
 		got++
 		if o.Count > 0 && got >= o.Count {
 			return client.ErrStop
@@ -62,16 +74,12 @@ func runTUI(ctx, sctx context.Context, o *Options) error {
 					last[f.Channel] = seq
 				}
 				kind, _ := broker.ClassifyData("", f.Payload)
-				store.Add(&broker.Message{Channel: f.Channel, Epoch: "zmq", Seq: seq, Event: broker.DefaultEvent, Kind: kind,
+				return count(&broker.Message{Channel: f.Channel, Epoch: "zmq", Seq: seq, Event: broker.DefaultEvent, Kind: kind,
 					Data: append([]byte(nil), f.Payload...), Time: time.Now().UTC()})
-				return count()
 			})
 		}
 	} else {
-		c, err := o.Factory.Client(o.Server)
-		if err != nil {
-			return err
-		}
+		c, so := bc[0].c, bc[0].so
 		cfg.Source, cfg.Transport = c.URL(), "ndjson"
 		cfg.Publish = func(ctx context.Context, ch, event string, data []byte) (string, error) {
 			ack, err := c.Publish(ctx, ch, data, client.PublishOptions{Event: event})
@@ -81,19 +89,17 @@ func runTUI(ctx, sctx context.Context, o *Options) error {
 			return ack.ID, nil
 		}
 		feed = func() error {
-			return c.Subscribe(fctx, client.SubscribeOptions{
-				Channels: o.Channels, Since: o.Since, Last: o.Last,
-				OnStatus: func(s client.Status) {
-					st := tui.State{Phase: string(s.State), Attempt: s.Attempt}
-					if s.Err != nil {
-						st.Err = s.Err.Error()
-					}
-					if s.State == client.StateLive && s.Attempt > 0 {
-						st.Phase = "resumed"
-					}
-					store.SetState(st)
-				},
-			}, func(ev client.Event) error {
+			so.OnStatus = func(s client.Status) {
+				st := tui.State{Phase: string(s.State), Attempt: s.Attempt}
+				if s.Err != nil {
+					st.Err = s.Err.Error()
+				}
+				if s.State == client.StateLive && s.Attempt > 0 {
+					st.Phase = "resumed"
+				}
+				store.SetState(st)
+			}
+			return c.Subscribe(fctx, so, func(ev client.Event) error {
 				if ev.Gap != nil {
 					store.Gap()
 					if o.FailOnGap {
@@ -101,8 +107,7 @@ func runTUI(ctx, sctx context.Context, o *Options) error {
 					}
 					return nil
 				}
-				store.Add(ev.Msg)
-				return count()
+				return count(ev.Msg)
 			})
 		}
 	}
