@@ -108,6 +108,9 @@ type Config struct {
 	// PublicKey verifies tokens signed by an issuer's private key
 	// (EdDSA, ES256/384/512, RS256/384/512, PS256/384/512).
 	PublicKey crypto.PublicKey
+	// JWKS verifies tokens whose header names a key id (kid) with an
+	// identity provider's published keys (RS*, PS*, ES*, EdDSA).
+	JWKS *JWKS
 	// TrustedPublishers may publish without a token.
 	TrustedPublishers []netip.Prefix
 	// Now is the clock (tests).
@@ -137,13 +140,16 @@ func New(cfg Config) *Authorizer {
 	case *rsa.PublicKey:
 		methods = append(methods, "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 	}
+	if cfg.JWKS != nil {
+		methods = append(methods, "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+	}
 	return &Authorizer{cfg: cfg, parser: jwt.NewParser(
 		jwt.WithValidMethods(methods), jwt.WithTimeFunc(cfg.Now), jwt.WithExpirationRequired(), jwt.WithLeeway(5*time.Second))}
 }
 
 // TokensEnabled reports whether tokens are configured.
 func (a *Authorizer) TokensEnabled() bool {
-	return len(a.cfg.Secret) > 0 || a.cfg.PublicKey != nil
+	return len(a.cfg.Secret) > 0 || a.cfg.PublicKey != nil || a.cfg.JWKS != nil
 }
 
 // Enabled reports whether anything is restricted.
@@ -166,7 +172,12 @@ func (a *Authorizer) Authenticate(token string, remote net.Addr) (*Identity, err
 		return nil, fmt.Errorf("%w: longer than %d bytes", ErrBadToken, MaxTokenLen)
 	}
 	var c Claims
+	fromJWKS := false
 	_, err := a.parser.ParseWithClaims(token, &c, func(t *jwt.Token) (any, error) {
+		if kid, ok := t.Header["kid"].(string); ok && a.cfg.JWKS != nil && !strings.HasPrefix(t.Method.Alg(), "HS") {
+			fromJWKS = true
+			return a.cfg.JWKS.key(kid)
+		}
 		if strings.HasPrefix(t.Method.Alg(), "HS") {
 			if len(a.cfg.Secret) == 0 {
 				return nil, errors.New("HMAC tokens are not accepted here")
@@ -174,6 +185,9 @@ func (a *Authorizer) Authenticate(token string, remote net.Addr) (*Identity, err
 			return a.cfg.Secret, nil
 		}
 		if a.cfg.PublicKey == nil {
+			if a.cfg.JWKS != nil {
+				return nil, errors.New("the token names no key id (kid) of the identity provider")
+			}
 			return nil, errors.New("signed tokens are not accepted here")
 		}
 		return a.cfg.PublicKey, nil
@@ -184,6 +198,11 @@ func (a *Authorizer) Authenticate(token string, remote net.Addr) (*Identity, err
 	case err != nil:
 		// The library's message says what is wrong, never the token.
 		return nil, fmt.Errorf("%w: %v", ErrBadToken, err)
+	}
+	if fromJWKS {
+		if err := a.cfg.JWKS.checkClaims(&c); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadToken, err)
+		}
 	}
 	for _, p := range append(append([]string{}, c.Grants.Publish...), c.Grants.Subscribe...) {
 		if broker.ValidatePattern(p) != nil {

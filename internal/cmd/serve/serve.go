@@ -53,6 +53,9 @@ type Options struct {
 
 	TokenSecret       string
 	TokenPublicKey    string
+	TokenJWKS         string
+	TokenIssuer       string
+	TokenAudience     string
 	TrustedPublishers []string
 	TrustedProxies    []string
 	NoConsole         bool
@@ -155,6 +158,9 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringSliceVar(&opts.CurveClients, "zmq-curve-clients", nil, "public keys of the ZeroMQ clients allowed in (default with a secret: any client with a valid handshake)")
 	fl.StringVar(&opts.TokenSecret, "token-secret", "", "HMAC secret verifying tokens (at least 32 bytes; env PUSHCTL_TOKEN_SECRET); enables access control")
 	fl.StringVar(&opts.TokenPublicKey, "token-public-key", "", "PEM public key verifying tokens signed by an issuer (Ed25519, ECDSA, RSA); enables access control")
+	fl.StringVar(&opts.TokenJWKS, "token-jwks", "", "URL of an identity provider's JSON Web Key Set verifying tokens that name a key id (kid); enables access control")
+	fl.StringVar(&opts.TokenIssuer, "token-jwks-issuer", "", "with --token-jwks: the iss a provider's token must have")
+	fl.StringVar(&opts.TokenAudience, "token-jwks-audience", "", "with --token-jwks: the aud a provider's token must include")
 	fl.StringSliceVar(&opts.TrustedPublishers, "trusted-publishers", nil, "addresses or CIDRs that may publish without a token (e.g. 10.0.0.5,127.0.0.1/32)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "allow listening beyond loopback with no access control at all")
 	fl.StringSliceVar(&opts.TrustedProxies, "trusted-proxies", nil, "reverse proxies (addresses or CIDRs) whose Forwarded/X-Forwarded-For headers name the client, for --trusted-publishers and per-address limits behind nginx")
@@ -369,7 +375,7 @@ func Run(ctx context.Context, o *Options) error {
 	if !isLoopback(l.Addr()) && !az.Enabled() && !o.InsecureNoAuth {
 		l.Close()
 		return cmdutil.FlagErrorf("refusing to listen on %s with no access control: anyone who reaches it could publish and subscribe; "+
-			"set --token-secret, --token-public-key or --trusted-publishers, or pass --insecure-no-auth", l.Addr())
+			"set --token-secret, --token-public-key, --token-jwks or --trusted-publishers, or pass --insecure-no-auth", l.Addr())
 	}
 	scheme := "http"
 	if o.TLSCert != "" {
@@ -511,6 +517,21 @@ func authorizer(o *Options) (*auth.Authorizer, error) {
 			return nil, fmt.Errorf("--token-public-key: %w", err)
 		}
 		cfg.PublicKey = k
+	}
+	if o.TokenJWKS != "" {
+		u, err := url.Parse(o.TokenJWKS)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return nil, cmdutil.FlagErrorf("--token-jwks %q: want an https:// URL", o.TokenJWKS)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		j, err := auth.NewJWKS(ctx, o.TokenJWKS, nil, auth.JWKSOptions{Issuer: o.TokenIssuer, Audience: o.TokenAudience})
+		if err != nil {
+			return nil, fmt.Errorf("--token-jwks: %w", err)
+		}
+		cfg.JWKS = j
+	} else if o.TokenIssuer != "" || o.TokenAudience != "" {
+		return nil, cmdutil.FlagErrorf("--token-jwks-issuer and --token-jwks-audience go with --token-jwks")
 	}
 	var err error
 	if cfg.TrustedPublishers, err = prefixes("--trusted-publishers", o.TrustedPublishers); err != nil {
