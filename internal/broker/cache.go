@@ -32,6 +32,11 @@ func NewCache(opts MemoryOptions, sink Sink, hooks CacheHooks) *Cache {
 // Start starts the sweeper (age and byte limits, idle channels).
 func (c *Cache) Start() { c.l.start() }
 
+// RetentionOf is what channel name's history keeps.
+func (c *Cache) RetentionOf(name string) Retention {
+	return c.l.opts.RetentionFor.of(name, c.l.opts.Retention)
+}
+
 // Options returns the cache's options with their defaults filled in.
 func (c *Cache) Options() MemoryOptions { return c.l.opts }
 
@@ -41,7 +46,7 @@ func (c *Cache) Options() MemoryOptions { return c.l.opts }
 // the store may delete, ok false when the channel never had a message.
 // Call it before Start.
 func (c *Cache) Restore(name, epoch string, seq uint64, msgs []*Message) (oldest uint64, ok bool) {
-	ch := &memChannel{name: name, epoch: epoch, seq: seq, persisted: true}
+	ch := &memChannel{name: name, epoch: epoch, seq: seq, persisted: true, ret: c.l.opts.RetentionFor.of(name, c.l.opts.Retention)}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	for _, m := range msgs {

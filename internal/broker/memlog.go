@@ -13,6 +13,10 @@ import (
 type MemoryOptions struct {
 	// Retention is what each channel's history keeps.
 	Retention
+	// RetentionFor, when set, gives the channels it knows a retention of
+	// their own (their namespace's); it is asked once per channel, when
+	// the channel is created or restored.
+	RetentionFor RetentionFor
 	// MaxBytes bounds the retained data of all channels together; the
 	// oldest messages go first (0: no bound).
 	MaxBytes int64
@@ -60,6 +64,7 @@ type memLog struct {
 
 type memChannel struct {
 	name string
+	ret  Retention // what its history keeps, defaults filled in
 
 	mu        sync.Mutex
 	epoch     string
@@ -138,7 +143,7 @@ func (l *memLog) channel(name string, create bool) (*memChannel, error) {
 	if ch, ok := l.channels[name]; ok {
 		return ch, nil
 	}
-	ch = &memChannel{name: name, epoch: l.newEpoch()} // history grows on the first message
+	ch = &memChannel{name: name, epoch: l.newEpoch(), ret: l.opts.RetentionFor.of(name, l.opts.Retention)} // history grows on the first message
 	l.channels[name] = ch
 	return ch, nil
 }
@@ -177,7 +182,7 @@ func (l *memLog) commitLocked(ch *memChannel, m *Message) int {
 // retain appends m to the channel's ring and trims by count and age.
 // Called with ch.mu held.
 func (l *memLog) retain(ch *memChannel, m *Message) {
-	size := l.opts.HistorySize
+	size := ch.ret.HistorySize
 	if size == 0 {
 		return
 	}
@@ -202,7 +207,7 @@ func (l *memLog) retain(ch *memChannel, m *Message) {
 		ch.head = (ch.head + 1) % len(ch.hist)
 	}
 	ch.bytes += int64(len(m.Data))
-	for limit := l.opts.HistoryBytes; limit > 0 && ch.bytes > limit && ch.n > 1; {
+	for limit := ch.ret.HistoryBytes; limit > 0 && ch.bytes > limit && ch.n > 1; {
 		ch.dropOldest()
 	}
 	l.expire(ch, m.Time)
@@ -223,10 +228,10 @@ func (ch *memChannel) oldestSeq() uint64 { return ch.seq - uint64(ch.n) + 1 }
 
 // expire drops retained messages older than HistoryAge. Called with ch.mu held.
 func (l *memLog) expire(ch *memChannel, now time.Time) {
-	if l.opts.HistoryAge < 0 {
+	if ch.ret.HistoryAge < 0 {
 		return
 	}
-	cutoff := now.Add(-l.opts.HistoryAge)
+	cutoff := now.Add(-ch.ret.HistoryAge)
 	for ch.n > 0 && ch.hist[ch.head].Time.Before(cutoff) {
 		ch.dropOldest()
 	}
@@ -372,16 +377,16 @@ func (l *memLog) sweeper() {
 // dropped any message.
 func (l *memLog) sweep() bool {
 	now := l.opts.Now()
-	idleAfter := l.opts.HistoryAge
-	if idleAfter < time.Minute {
-		idleAfter = time.Hour
-	}
 	evicted := l.enforceMaxBytes()
 	for _, ch := range l.allChannels() {
 		ch.mu.Lock()
 		n := ch.n
 		l.expire(ch, now)
 		evicted = evicted || ch.n != n
+		idleAfter := ch.ret.HistoryAge
+		if idleAfter < time.Minute {
+			idleAfter = time.Hour
+		}
 		idle := ch.n == 0 && now.Sub(ch.lastPub) > idleAfter && !l.durable
 		ch.mu.Unlock()
 		if !idle || l.sink.Subscribers(ch.name) > 0 {

@@ -10,7 +10,7 @@ import (
 func TestMemoryConformance(t *testing.T) {
 	brokertest.Run(t, func(t *testing.T, o brokertest.Options) broker.Broker {
 		b := broker.NewMemory(broker.MemoryOptions{
-			Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge},
+			Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, RetentionFor: o.RetentionFor,
 			QueueSize: o.QueueSize,
 			Now:       o.Now,
 		})

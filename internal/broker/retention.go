@@ -43,3 +43,22 @@ func (r Retention) WithDefaults() Retention {
 	}
 	return r
 }
+
+// RetentionFor gives the retention of the channels it knows (ok true):
+// the rules of a channel's namespace. Other channels keep the log's own.
+type RetentionFor func(channel string) (r Retention, ok bool)
+
+// of returns channel's retention, defaults filled in.
+func (f RetentionFor) of(channel string, def Retention) Retention {
+	if f != nil {
+		if r, ok := f(channel); ok {
+			return r.WithDefaults()
+		}
+	}
+	return def
+}
+
+// Of returns channel's retention by f, or def (defaults filled in).
+func (f RetentionFor) Of(channel string, def Retention) Retention {
+	return f.of(channel, def.WithDefaults())
+}

@@ -143,7 +143,6 @@ func Open(o Options, sink broker.Sink) (broker.Log, error) {
 // load checks the format and restores every channel's epoch, sequence and
 // retained messages.
 func (s *store) load() error {
-	size := s.b.Options().HistorySize
 	return s.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -178,6 +177,7 @@ func (s *store) load() error {
 				return fmt.Errorf("store: %w", err)
 			}
 			// Newest first, up to the history size, then in order.
+			size := s.b.RetentionOf(string(ch)).HistorySize
 			var msgs []*broker.Message
 			c := cb.Cursor()
 			for k, v := c.Last(); k != nil && len(msgs) < size; k, v = c.Prev() {

@@ -28,7 +28,7 @@ func openDurable(t *testing.T, dir string, o broker.MemoryOptions) *broker.Core 
 func TestDurableConformance(t *testing.T) {
 	brokertest.Run(t, func(t *testing.T, o brokertest.Options) broker.Broker {
 		b := openDurable(t, t.TempDir(), broker.MemoryOptions{
-			Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, QueueSize: o.QueueSize, Now: o.Now,
+			Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, RetentionFor: o.RetentionFor, QueueSize: o.QueueSize, Now: o.Now,
 		})
 		t.Cleanup(func() { b.Close() })
 		return b

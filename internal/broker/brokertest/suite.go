@@ -26,6 +26,8 @@ type Options struct {
 	HistoryAge  time.Duration
 	QueueSize   int
 	Now         func() time.Time
+	// RetentionFor gives some channels a retention of their own.
+	RetentionFor broker.RetentionFor
 }
 
 // Run runs the whole suite against brokers made by f.
@@ -54,6 +56,7 @@ func Run(t *testing.T, f Factory) {
 		{"StartPositions", testStart},
 		{"InternalNotCounted", testInternal},
 		{"CountedMeansLive", testCountedMeansLive},
+		{"RetentionPerChannel", testRetentionPerChannel},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
@@ -556,5 +559,44 @@ func testCountedMeansLive(t *testing.T, f Factory) {
 			t.Fatalf("attempt %d: the subscriber the publisher waited for got %v (%v), want the message published after the wait", i, evs, err)
 		}
 		s.Close()
+	}
+}
+
+// testRetentionPerChannel: channels that RetentionFor knows keep what it
+// says (a count, none at all, a byte bound); the others keep the log's.
+func testRetentionPerChannel(t *testing.T, f Factory) {
+	b := f(t, Options{HistorySize: 10, RetentionFor: func(ch string) (broker.Retention, bool) {
+		switch {
+		case strings.HasPrefix(ch, "few."):
+			return broker.Retention{HistorySize: 2}, true
+		case strings.HasPrefix(ch, "none."):
+			return broker.Retention{HistorySize: -1}, true
+		case strings.HasPrefix(ch, "bytes."):
+			return broker.Retention{HistorySize: 100, HistoryBytes: 8}, true
+		}
+		return broker.Retention{}, false
+	}})
+	for _, ch := range []string{"few.a", "none.a", "bytes.a", "other"} {
+		for i := 1; i <= 5; i++ {
+			pub(t, b, ch, fmt.Sprintf("m%03d", i)) // 4 bytes each
+		}
+	}
+	for ch, want := range map[string]int{"few.a": 2, "none.a": 0, "bytes.a": 2, "other": 5} {
+		info, err := b.Channel(ctx(t), ch)
+		if err != nil {
+			t.Fatalf("%s: %v", ch, err)
+		}
+		if info.Messages != want || info.LastSeq != 5 {
+			t.Errorf("%s retains %d messages (last seq %d), want %d of 5", ch, info.Messages, info.LastSeq, want)
+		}
+		if want == 0 {
+			continue
+		}
+		// A replay from the start gets what is retained, after a gap.
+		s := sub(t, b, broker.SubscribeOptions{Channels: []string{ch}, Last: -1})
+		msgs, _ := collect(t, s, want)
+		if got := string(msgs[0].Data); got != fmt.Sprintf("m%03d", 5-want+1) {
+			t.Errorf("%s replays from %s, want m%03d", ch, got, 5-want+1)
+		}
 	}
 }

@@ -41,6 +41,9 @@ type Options struct {
 	Prefix string
 	// Retention is what each channel's stream keeps.
 	broker.Retention
+	// RetentionFor, when set, gives the channels it knows a retention of
+	// their own (their namespace's). Every node must be given the same.
+	RetentionFor broker.RetentionFor
 	// NodeTimeout is how long a node may miss heartbeats before the
 	// others take its subscribers out of the counts (default 10s).
 	NodeTimeout time.Duration
@@ -384,8 +387,16 @@ func (l *Log) newEpoch() string {
 	}
 }
 
-func (l *Log) ttl() int64 {
-	idle := max(l.opts.HistoryAge, time.Hour)
+// retention is what channel's stream keeps.
+func (l *Log) retention(channel string) broker.Retention {
+	if l.opts.RetentionFor == nil {
+		return l.opts.Retention
+	}
+	return l.opts.RetentionFor.Of(channel, l.opts.Retention)
+}
+
+func ttl(r broker.Retention) int64 {
+	idle := max(r.HistoryAge, time.Hour)
 	return (2 * idle).Milliseconds()
 }
 
@@ -424,9 +435,10 @@ func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error
 // the Pub/Sub channel ps.
 func (l *Log) publishArgs(m *broker.Message, ps string) ([]string, []any) {
 	now := l.opts.Now()
+	r := l.retention(m.Channel)
 	cutoff := int64(0)
-	if l.opts.HistoryAge > 0 {
-		cutoff = now.Add(-l.opts.HistoryAge).UnixMicro()
+	if r.HistoryAge > 0 {
+		cutoff = now.Add(-r.HistoryAge).UnixMicro()
 	}
 	origin := "-"
 	if m.Origin != 0 {
@@ -436,8 +448,8 @@ func (l *Log) publishArgs(m *broker.Message, ps string) ([]string, []any) {
 	if l.cluster == nil {
 		keys = append(keys, l.key("subs"), l.key("pats"))
 	}
-	args := []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, l.opts.HistorySize,
-		cutoff, l.ttl(), origin, m.Channel, ps, l.opts.HistoryBytes, "P"}
+	args := []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, r.HistorySize,
+		cutoff, ttl(r), origin, m.Channel, ps, r.HistoryBytes, "P"}
 	return keys, args
 }
 
@@ -617,7 +629,7 @@ func (l *Log) Read(ctx context.Context, name string, req broker.ReadRequest) (br
 		create = "1"
 	}
 	v, err := readScript.Run(ctx, l.rdb, l.channelKeys(name),
-		create, l.newEpoch(), l.ttl(), name, mode, req.From.Epoch, req.From.Seq, tail).Slice()
+		create, l.newEpoch(), ttl(l.retention(name)), name, mode, req.From.Epoch, req.From.Seq, tail).Slice()
 	if errors.Is(err, redis.Nil) {
 		return broker.ReadResult{}, broker.ErrNotFound
 	}
@@ -645,8 +657,8 @@ func (l *Log) Read(ctx context.Context, name string, req broker.ReadRequest) (br
 // out those older than the history age.
 func (l *Log) decodeEntries(name, epoch string, entries []any, reversed bool) []*broker.Message {
 	cutoff := time.Time{}
-	if l.opts.HistoryAge > 0 {
-		cutoff = l.opts.Now().Add(-l.opts.HistoryAge)
+	if age := l.retention(name).HistoryAge; age > 0 {
+		cutoff = l.opts.Now().Add(-age)
 	}
 	msgs := make([]*broker.Message, 0, len(entries))
 	for _, e := range entries {

@@ -28,7 +28,7 @@ func open(t *testing.T, url, prefix string, o brokertest.Options) *broker.Core {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: prefix,
-		Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, Now: o.Now}, hub)
+		Retention: broker.Retention{HistorySize: o.HistorySize, HistoryAge: o.HistoryAge}, RetentionFor: o.RetentionFor, Now: o.Now}, hub)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -365,7 +365,7 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 			continue
 		}
 		v, err := readScript.Run(ctx, l.rdb, l.channelKeys(ch),
-			"1", l.newEpoch(), l.ttl(), ch, "none", "", 0, 0).Slice()
+			"1", l.newEpoch(), ttl(l.retention(ch)), ch, "none", "", 0, 0).Slice()
 		if err != nil {
 			return err
 		}
@@ -540,8 +540,8 @@ func (l *Log) keepFollowed() {
 	defer cancel()
 	pipe := l.rdb.Pipeline()
 	for name := range names {
-		pipe.PExpire(ctx, l.chanKey(name, "m"), time.Duration(l.ttl())*time.Millisecond)
-		pipe.PExpire(ctx, l.chanKey(name, "s"), time.Duration(l.ttl())*time.Millisecond)
+		pipe.PExpire(ctx, l.chanKey(name, "m"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
+		pipe.PExpire(ctx, l.chanKey(name, "s"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		l.unavailable(err)
