@@ -48,14 +48,29 @@ func (r Retention) WithDefaults() Retention {
 // the rules of a channel's namespace. Other channels keep the log's own.
 type RetentionFor func(channel string) (r Retention, ok bool)
 
-// of returns channel's retention, defaults filled in.
+// of returns channel's retention: what f says, its zero fields filled
+// from def (the log's own, defaults filled in).
 func (f RetentionFor) of(channel string, def Retention) Retention {
-	if f != nil {
-		if r, ok := f(channel); ok {
-			return r.WithDefaults()
+	if f == nil {
+		return def
+	}
+	r, ok := f(channel)
+	if !ok {
+		return def
+	}
+	if r.HistorySize == 0 {
+		r.HistorySize = def.HistorySize
+		if r.HistorySize == 0 {
+			r.HistorySize = -1 // def keeps none
 		}
 	}
-	return def
+	if r.HistoryAge == 0 {
+		r.HistoryAge = def.HistoryAge
+	}
+	if r.HistoryBytes == 0 {
+		r.HistoryBytes = def.HistoryBytes
+	}
+	return r.WithDefaults()
 }
 
 // Of returns channel's retention by f, or def (defaults filled in).

@@ -122,6 +122,14 @@ func applyFile(cmd *cobra.Command, path string, explicit bool, src Sources) erro
 			continue // the command line wins
 		}
 		node := raw[k]
+		if ys, ok := fl.Value.(interface{ SetYAML(*yaml.Node) error }); ok {
+			// A setting with structure of its own (serve's namespaces).
+			if err := ys.SetYAML(&node); err != nil {
+				return &FlagError{fmt.Errorf("config file %s: %s: %v", path, k, err)}
+			}
+			src[k] = "file"
+			continue
+		}
 		var val string
 		switch node.Kind {
 		case yaml.ScalarNode:

@@ -41,6 +41,10 @@ type Config struct {
 	// PresenceGrace is how long a member whose last connection dropped
 	// stays, so that a quick reconnect is not a leave.
 	PresenceGrace time.Duration
+	// Namespaces are kinds of channel with rules of their own (checked
+	// with CheckNamespaces first); the first whose pattern matches a
+	// channel is the channel's.
+	Namespaces []Namespace
 	// Now is the clock of the rate limiter (default time.Now).
 	Now func() time.Time
 }
@@ -54,6 +58,8 @@ type Door struct {
 	now      func() time.Time
 	presence *presence.Registry
 	refused  sync.Map // reason -> *atomic.Uint64
+
+	namespaces []nsState
 }
 
 // New returns the door in front of b. The door owns the presence registry,
@@ -71,6 +77,13 @@ func New(b broker.Broker, c Config) *Door {
 	d := &Door{b: b, auth: c.Auth, maxSize: c.MaxMessageSize, now: c.Now}
 	if c.PublishRate > 0 {
 		d.rate = newRateLimiter(c.PublishRate, c.PublishBurst)
+	}
+	for _, ns := range c.Namespaces {
+		st := nsState{Namespace: ns}
+		if ns.Rules.PublishRate > 0 {
+			st.rate = newRateLimiter(ns.Rules.PublishRate, ns.Rules.PublishBurst)
+		}
+		d.namespaces = append(d.namespaces, st)
 	}
 	d.presence = presence.New(func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
 		rm, _, err := d.Publish(ctx, System, m)
@@ -96,7 +109,14 @@ type Caller struct {
 	// tokens do not apply to them.
 	scoped bool
 	scope  string
+	// socket: the caller publishes over its own connection (a WebSocket
+	// frame, a Pusher client event), which namespaces may refuse.
+	socket bool
 }
+
+// OnSocket is c publishing over its own connection (a WebSocket publish
+// frame, a Pusher client event) rather than through the HTTP API.
+func (c Caller) OnSocket() Caller { c.socket = true; return c }
 
 // System is the broker itself (presence events): its names and sizes are
 // checked, grants and rates are not.
@@ -154,7 +174,22 @@ func (d *Door) CheckPublish(c Caller, channel string) error {
 	if err := broker.ValidateChannel(channel); err != nil {
 		return err
 	}
-	return d.Allow(c, auth.Publish, channel)
+	if err := d.Allow(c, auth.Publish, channel); err != nil {
+		return err
+	}
+	if ns := d.namespaceOf(channel); c.socket && ns != nil && ns.Rules.ClientPublish != nil && !*ns.Rules.ClientPublish {
+		d.refuse("client_publish")
+		return nsRefusal(ns, "clients may not publish to %s over their connections; publish through the HTTP API", channel)
+	}
+	return nil
+}
+
+// sizeLimit is the size limit of a message to channel.
+func (d *Door) sizeLimit(channel string) int64 {
+	if ns := d.namespaceOf(channel); ns != nil && ns.Rules.MaxMessageSize > 0 {
+		return min(ns.Rules.MaxMessageSize, d.maxSize)
+	}
+	return d.maxSize
 }
 
 // admitPublish is the whole admission of one message.
@@ -162,11 +197,11 @@ func (d *Door) admitPublish(c Caller, m *broker.Message) error {
 	if err := d.CheckPublish(c, m.Channel); err != nil {
 		return err
 	}
-	if int64(len(m.Data)) > d.maxSize {
+	if limit := d.sizeLimit(m.Channel); int64(len(m.Data)) > limit {
 		d.refuse("message_size")
-		return TooLarge(int64(len(m.Data)), d.maxSize)
+		return TooLarge(int64(len(m.Data)), limit)
 	}
-	return d.takeRate(c)
+	return d.takeRate(c, m.Channel)
 }
 
 // Publish admits m from c and publishes it.
@@ -185,13 +220,15 @@ func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) 
 		if err := d.CheckPublish(c, m.Channel); err != nil {
 			return nil, err
 		}
-		if int64(len(m.Data)) > d.maxSize {
+		if limit := d.sizeLimit(m.Channel); int64(len(m.Data)) > limit {
 			d.refuse("message_size")
-			return nil, TooLarge(int64(len(m.Data)), d.maxSize)
+			return nil, TooLarge(int64(len(m.Data)), limit)
 		}
 	}
-	if err := d.takeRate(c); err != nil {
-		return nil, err
+	if len(ms) > 0 {
+		if err := d.takeRate(c, ms[0].Channel); err != nil {
+			return nil, err
+		}
 	}
 	subs := make([]int, len(ms))
 	for i, m := range ms {
@@ -223,11 +260,22 @@ func (d *Door) CheckSubscribe(c Caller, channels []string) error {
 		if err := broker.ValidatePattern(ch); err != nil {
 			return err
 		}
-		if err := d.Allow(c, auth.Subscribe, ch); err != nil {
+		if err := d.allowSubscribe(c, ch); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// allowSubscribe checks c's grant to subscribe to ch, unless ch's
+// namespace lets anyone without a token subscribe.
+func (d *Door) allowSubscribe(c Caller, ch string) error {
+	if ns := d.namespaceOf(ch); ns != nil && ns.Rules.AnonymousSubscribe != nil && *ns.Rules.AnonymousSubscribe && !c.scoped {
+		if c.ID == nil || c.ID.Claims == nil {
+			return nil
+		}
+	}
+	return d.Allow(c, auth.Subscribe, ch)
 }
 
 // Subscribe admits c to opts.Channels and subscribes.
@@ -246,10 +294,19 @@ func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info 
 	if err := broker.ValidateChannel(channel); err != nil {
 		return nil, err
 	}
-	if err := d.Allow(c, auth.Subscribe, channel); err != nil {
+	if err := d.allowSubscribe(c, channel); err != nil {
 		return nil, err
 	}
-	if err := d.takeRate(c); err != nil {
+	if ns := d.namespaceOf(channel); ns != nil {
+		if ns.Rules.Presence != nil && !*ns.Rules.Presence {
+			d.refuse("presence_off")
+			return nil, nsRefusal(ns, "%s has no presence", channel)
+		}
+		if n := ns.Rules.PresenceMembers; n > 0 {
+			lim.MaxMembers = n
+		}
+	}
+	if err := d.takeRate(c, channel); err != nil {
 		return nil, err
 	}
 	return d.presence.Join(ctx, channel, member, info, lim)
@@ -264,23 +321,28 @@ func (d *Door) DeleteChannel(ctx context.Context, c Caller, name string) error {
 	return d.b.DeleteChannel(ctx, name)
 }
 
-// takeRate spends one of c's publishes.
-func (d *Door) takeRate(c Caller) error {
-	if d.rate == nil || c.trusted {
+// takeRate spends one of c's publishes to channel: its namespace's rate,
+// else the broker's.
+func (d *Door) takeRate(c Caller, channel string) error {
+	rate, in := d.rate, ""
+	if ns := d.namespaceOf(channel); ns != nil && ns.rate != nil {
+		rate, in = ns.rate, " in namespace "+ns.Name
+	}
+	if rate == nil || c.trusted {
 		return nil
 	}
 	key := c.ID.Key()
 	if key == "" {
 		key = "ip:" + c.Client
 	}
-	ok, wait := d.rate.take(key, d.now())
+	ok, wait := rate.take(key, d.now())
 	if ok {
 		return nil
 	}
 	d.refuse("publish_rate")
 	secs := int(wait/time.Second) + 1
 	return &wire.Error{Status: http.StatusTooManyRequests, Code: wire.CodeRateLimited, RetryAfter: secs,
-		Message: fmt.Sprintf("publishing faster than %g messages/s; retry in %ds", d.rate.rate, secs)}
+		Message: fmt.Sprintf("publishing faster than %g messages/s%s; retry in %ds", rate.rate, in, secs)}
 }
 
 // TooLarge is the refusal of a message of size bytes over limit.

@@ -533,7 +533,7 @@ func (pc *pusherConn) clientEvent(f *pusher.Frame) {
 	}
 	m := &broker.Message{Channel: ch, Event: f.Event, Origin: pc.ss.id}
 	m.Kind, m.Data = dataOf(f.Data)
-	if _, _, err := s.door.Publish(pc.rd.context(), pc.caller(), m); err != nil {
+	if _, _, err := s.door.Publish(pc.rd.context(), pc.caller().OnSocket(), m); err != nil {
 		e := asError(err)
 		if e.Code == CodeRateLimited {
 			pc.send(pusher.ErrorFrame(pusher.ErrClientEventRate, "Client event rejected due to rate limit: "+e.Message))

@@ -75,6 +75,9 @@ type Options struct {
 	// PusherWebhookDelay delays channel_vacated and member_removed
 	// webhooks (0: 3s; negative: none).
 	PusherWebhookDelay time.Duration
+	// Namespaces are kinds of channel with rules of their own (see
+	// door.Namespace).
+	Namespaces []door.Namespace
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
 }
@@ -136,7 +139,8 @@ type Server struct {
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
-		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace})
+		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
+		Namespaces: opts.Namespaces})
 	s := &Server{door: d, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		connsPerIP: map[string]int{}}
 	s.pusher = newPusherState(opts.PusherApps, s)
@@ -451,10 +455,19 @@ func (s *Server) channelInfo(w http.ResponseWriter, r *http.Request) error {
 		}
 		extra["members"] = uint64(n)
 	}
+	var out any = info
 	if extra != nil {
-		return writeJSON(w, http.StatusOK, withExtra(info, extra))
+		out = withExtra(info, extra)
 	}
-	return writeJSON(w, http.StatusOK, info)
+	if len(s.opts.Namespaces) > 0 {
+		// Which namespace holds the channel and what applies to it.
+		b, _ := json.Marshal(out)
+		m := map[string]any{}
+		json.Unmarshal(b, &m)
+		m["rules"] = s.door.Rules(name)
+		out = m
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) waitSubscribers(r *http.Request, channel, nstr, tstr string) error {

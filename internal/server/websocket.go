@@ -407,7 +407,7 @@ func (rd *wsReader) handle(data []byte) {
 	if err == nil {
 		// Refused here, before a place in line is taken; the door
 		// checks it all again.
-		err = s.door.CheckPublish(rd.caller(), m.Channel)
+		err = s.door.CheckPublish(rd.caller().OnSocket(), m.Channel)
 	}
 	if err != nil {
 		rd.reply(0, now(errFrame(f.Ref, err)))
@@ -418,7 +418,7 @@ func (rd *wsReader) handle(data []byte) {
 	n := ss.published
 	ss.mu.Unlock()
 	m.Origin, m.OriginSeq = ss.id, n
-	wait, err := s.door.StartPublish(context.Background(), rd.caller(), m)
+	wait, err := s.door.StartPublish(context.Background(), rd.caller().OnSocket(), m)
 	if err != nil {
 		rd.reply(n, now(errFrame(f.Ref, err)))
 		return

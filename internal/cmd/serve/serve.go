@@ -19,6 +19,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker/boltlog"
 	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/server"
@@ -35,6 +36,7 @@ type Options struct {
 	HistorySize    int
 	HistoryAge     time.Duration
 	MaxMessageSize cmdutil.ByteSize
+	Namespaces     namespacesValue
 	QueueSize      int
 	Keepalive      time.Duration
 	PingInterval   time.Duration
@@ -135,6 +137,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.IntVar(&opts.HistorySize, "history", 1000, "messages retained per channel for replay and resume (0 keeps none)")
 	fl.DurationVar(&opts.HistoryAge, "history-age", time.Hour, "drop retained messages older than this")
 	fl.Var(&opts.MaxMessageSize, "max-message-size", "largest message accepted")
+	fl.Var(&opts.Namespaces, "namespace", "a kind of channel with rules of its own: match=PATTERN,history=N,client-publish=false,… (repeatable, first match wins; in the config file a list of mappings; see docs/namespaces.md)")
 	fl.Var(&opts.QueueBytes, "queue-bytes", "data queued per subscriber before it is disconnected as too slow (0: no bound)")
 	fl.Var(&opts.HistoryBytes, "history-bytes", "retained data per channel, oldest dropped first (0: no bound)")
 	fl.Var(&opts.MaxBytes, "max-bytes", "retained data of all channels together, oldest dropped first (0: no bound)")
@@ -232,6 +235,11 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	for _, ns := range o.Namespaces.list {
+		if ns.Rules.MaxMessageSize > int64(o.MaxMessageSize) {
+			return cmdutil.FlagErrorf("--namespace %s: max-message-size %d is more than --max-message-size %d, which bounds every request", ns.Name, ns.Rules.MaxMessageSize, int64(o.MaxMessageSize))
+		}
+	}
 	if o.HistorySize < 0 || o.QueueSize <= 0 || o.MaxMessageSize <= 0 {
 		return cmdutil.FlagErrorf("--history must be >= 0, --queue-size and --max-message-size > 0")
 	}
@@ -250,7 +258,8 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	ret := broker.Retention{HistorySize: hist, HistoryAge: o.HistoryAge, HistoryBytes: int64(o.HistoryBytes)}
-	mo := broker.MemoryOptions{Retention: ret, QueueSize: o.QueueSize, MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
+	nsRetention := door.RetentionFor(o.Namespaces.list)
+	mo := broker.MemoryOptions{Retention: ret, RetentionFor: nsRetention, QueueSize: o.QueueSize, MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
 	var b *broker.Core
 	kind, err := brokerKind(o)
 	if err != nil {
@@ -263,7 +272,7 @@ func Run(ctx context.Context, o *Options) error {
 		start := time.Now()
 		hub := broker.NewHub()
 		octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, Retention: ret,
+		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, Retention: ret, RetentionFor: nsRetention,
 			NodeTimeout: o.NodeTimeout, Logger: log}, hub)
 		ocancel()
 		if err != nil {
@@ -286,6 +295,7 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	defer b.Close()
 	sopts := server.Options{
+		Namespaces:     o.Namespaces.list,
 		MaxMessageSize: int64(o.MaxMessageSize),
 		QueueSize:      o.QueueSize,
 		Keepalive:      o.Keepalive,

@@ -1,0 +1,250 @@
+package door
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// Namespace is a kind of channel with rules of its own: the channels its
+// patterns match. The first namespace whose pattern matches a channel is
+// the channel's; channels of none keep the broker's settings.
+type Namespace struct {
+	Name     string   `json:"name"`
+	Patterns []string `json:"match"`
+	Rules    Rules    `json:"rules"`
+}
+
+// Rules are what a namespace changes; a zero field keeps the broker's.
+type Rules struct {
+	// History is what each channel's history keeps (nil: the broker's).
+	History *broker.Retention `json:"history,omitempty"`
+	// ClientPublish says whether clients may publish over their
+	// connections (WebSocket publish frames, Pusher client events); HTTP
+	// publishes are the application's and are not affected (nil: yes).
+	ClientPublish *bool `json:"client_publish,omitempty"`
+	// AnonymousSubscribe lets callers without a token subscribe even when
+	// tokens are required elsewhere (nil: as everywhere).
+	AnonymousSubscribe *bool `json:"anonymous_subscribe,omitempty"`
+	// Presence says whether members may join (nil: yes).
+	Presence *bool `json:"presence,omitempty"`
+	// PresenceMembers bounds a channel's members (0: the broker's).
+	PresenceMembers int `json:"presence_members,omitempty"`
+	// MaxMessageSize bounds one message's data; it can only be lower than
+	// the broker's, whose limit bounds every request (0: the broker's).
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+	// PublishRate and PublishBurst replace the broker's publish rate for
+	// the namespace's channels (0: the broker's).
+	PublishRate  float64 `json:"publish_rate,omitempty"`
+	PublishBurst int     `json:"publish_burst,omitempty"`
+}
+
+// nsState is a namespace as the door enforces it.
+type nsState struct {
+	Namespace
+	rate *rateLimiter
+}
+
+// Effective is what applies to one channel: its namespace ("" for none)
+// and the rules after the broker's defaults, as GET /channels/{ch} shows.
+type Effective struct {
+	Namespace          string   `json:"namespace,omitempty"`
+	History            *History `json:"history,omitempty"`
+	ClientPublish      bool     `json:"client_publish"`
+	AnonymousSubscribe bool     `json:"anonymous_subscribe"`
+	Presence           bool     `json:"presence"`
+	PresenceMembers    int      `json:"presence_members,omitempty"`
+	MaxMessageSize     int64    `json:"max_message_size"`
+	PublishRate        float64  `json:"publish_rate,omitempty"`
+	PublishBurst       int      `json:"publish_burst,omitempty"`
+}
+
+// History is a namespace's history rule as channel info shows it (a zero
+// field is the broker's).
+type History struct {
+	Messages *int   `json:"messages,omitempty"` // 0: none
+	Age      string `json:"age,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
+}
+
+// CheckNamespaces refuses namespaces that cannot work: no pattern, an
+// invalid pattern, two of one name, or one whose every pattern an
+// earlier namespace's covers (it could never match).
+func CheckNamespaces(nss []Namespace) error {
+	names := map[string]bool{}
+	for i, ns := range nss {
+		where := fmt.Sprintf("namespace %d", i+1)
+		if ns.Name != "" {
+			where = fmt.Sprintf("namespace %q", ns.Name)
+		}
+		if ns.Name == "" {
+			return fmt.Errorf("%s has no name", where)
+		}
+		if names[ns.Name] {
+			return fmt.Errorf("two namespaces are named %q", ns.Name)
+		}
+		names[ns.Name] = true
+		if len(ns.Patterns) == 0 {
+			return fmt.Errorf("%s matches no channel: give it match: PATTERN", where)
+		}
+		shadowed := 0
+		for _, p := range ns.Patterns {
+			if err := broker.ValidatePattern(p); err != nil {
+				return fmt.Errorf("%s: match %q: %v", where, p, err)
+			}
+			if by := coveredBy(nss[:i], p); by != "" {
+				shadowed++
+				if shadowed == len(ns.Patterns) {
+					return fmt.Errorf("%s can never match: namespace %q, earlier, takes every channel of %q (the first match wins: put the narrower one first)", where, by, p)
+				}
+			}
+		}
+		r := ns.Rules
+		if r.MaxMessageSize < 0 || r.PresenceMembers < 0 || r.PublishRate < 0 || r.PublishBurst < 0 {
+			return fmt.Errorf("%s: limits must not be negative", where)
+		}
+	}
+	return nil
+}
+
+// coveredBy names the earlier namespace one of whose patterns takes every
+// channel p can match ("" for none).
+func coveredBy(earlier []Namespace, p string) string {
+	for _, ns := range earlier {
+		for _, q := range ns.Patterns {
+			if covers(q, p) {
+				return ns.Name
+			}
+		}
+	}
+	return ""
+}
+
+// covers reports whether pattern g matches every channel that p (a
+// channel or a pattern) can be. It allocates nothing: it runs on every
+// publish when there are namespaces.
+func covers(g, p string) bool {
+	for {
+		gseg, grest, gmore := strings.Cut(g, ".")
+		pseg, prest, pmore := strings.Cut(p, ".")
+		switch {
+		case gseg == ">":
+			return true // p has this segment, and any after it
+		case gseg == "*":
+			if pseg == ">" {
+				return false
+			}
+		case gseg != pseg:
+			return false
+		}
+		if !gmore || !pmore {
+			return gmore == pmore
+		}
+		g, p = grest, prest
+	}
+}
+
+// namespaceOf returns the namespace of a channel, or nil. For a pattern
+// (a subscription) it is the namespace that takes every channel the
+// pattern can match; a pattern that spans several has none.
+func (d *Door) namespaceOf(channel string) *nsState {
+	for i := range d.namespaces {
+		ns := &d.namespaces[i]
+		for _, p := range ns.Patterns {
+			if covers(p, channel) {
+				return ns
+			}
+		}
+	}
+	return nil
+}
+
+// Namespaces are the door's namespaces, in the order they are matched.
+func (d *Door) Namespaces() []Namespace {
+	out := make([]Namespace, len(d.namespaces))
+	for i, ns := range d.namespaces {
+		out[i] = ns.Namespace
+	}
+	return out
+}
+
+// RetentionFor gives each namespace's channels its history rules, for the
+// broker's log.
+func RetentionFor(nss []Namespace) broker.RetentionFor {
+	if len(nss) == 0 {
+		return nil
+	}
+	d := &Door{}
+	for _, ns := range nss {
+		d.namespaces = append(d.namespaces, nsState{Namespace: ns})
+	}
+	return func(ch string) (broker.Retention, bool) {
+		ns := d.namespaceOf(ch)
+		if ns == nil || ns.Rules.History == nil {
+			return broker.Retention{}, false
+		}
+		return *ns.Rules.History, true
+	}
+}
+
+// Rules returns what applies to channel.
+func (d *Door) Rules(channel string) Effective {
+	e := Effective{ClientPublish: true, Presence: true, MaxMessageSize: d.maxSize}
+	if d.rate != nil {
+		e.PublishRate, e.PublishBurst = d.rate.rate, int(d.rate.burst)
+	}
+	ns := d.namespaceOf(channel)
+	if ns == nil {
+		return e
+	}
+	r := ns.Rules
+	e.Namespace = ns.Name
+	if h := r.History; h != nil {
+		e.History = &History{Bytes: h.HistoryBytes}
+		if h.HistorySize != 0 {
+			n := max(h.HistorySize, 0)
+			e.History.Messages = &n
+		}
+		if h.HistoryAge > 0 {
+			e.History.Age = h.HistoryAge.String()
+		}
+	}
+	if r.ClientPublish != nil {
+		e.ClientPublish = *r.ClientPublish
+	}
+	if r.AnonymousSubscribe != nil {
+		e.AnonymousSubscribe = *r.AnonymousSubscribe
+	}
+	if r.Presence != nil {
+		e.Presence = *r.Presence
+	}
+	e.PresenceMembers = r.PresenceMembers
+	if r.MaxMessageSize > 0 {
+		e.MaxMessageSize = min(r.MaxMessageSize, d.maxSize)
+	}
+	if ns.rate != nil {
+		e.PublishRate, e.PublishBurst = ns.rate.rate, int(ns.rate.burst)
+	}
+	return e
+}
+
+// nsRefusal is a namespace's refusal.
+func nsRefusal(ns *nsState, format string, args ...any) *wire.Error {
+	return wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "%s (namespace %s)", fmt.Sprintf(format, args...), ns.Name)
+}
+
+// parseBool, parseSize and parseDuration read a namespace's values.
+func parseBool(v string) (bool, error) { return strconv.ParseBool(v) }
+
+func parseDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("want a duration such as 30s or 24h")
+	}
+	return d, nil
+}
