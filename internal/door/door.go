@@ -24,6 +24,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/wire"
 )
@@ -45,6 +46,11 @@ type Config struct {
 	// with CheckNamespaces first); the first whose pattern matches a
 	// channel is the channel's.
 	Namespaces []Namespace
+	// Hooks ask the application (nil: none).
+	Hooks *hooks.Client
+	// HookFailure is what happens when a hook does not answer: FailDeny
+	// (default) or FailAllow; a namespace may say otherwise.
+	HookFailure string
 	// Now is the clock of the rate limiter (default time.Now).
 	Now func() time.Time
 }
@@ -60,6 +66,8 @@ type Door struct {
 	refused  sync.Map // reason -> *atomic.Uint64
 
 	namespaces []nsState
+	hooks      *hooks.Client
+	hookPolicy string
 }
 
 // New returns the door in front of b. The door owns the presence registry,
@@ -74,7 +82,10 @@ func New(b broker.Broker, c Config) *Door {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	d := &Door{b: b, auth: c.Auth, maxSize: c.MaxMessageSize, now: c.Now}
+	d := &Door{b: b, auth: c.Auth, maxSize: c.MaxMessageSize, now: c.Now, hooks: c.Hooks, hookPolicy: c.HookFailure}
+	if d.hookPolicy == "" {
+		d.hookPolicy = FailDeny
+	}
 	if c.PublishRate > 0 {
 		d.rate = newRateLimiter(c.PublishRate, c.PublishBurst)
 	}
@@ -209,6 +220,9 @@ func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broke
 	if err := d.admitPublish(c, m); err != nil {
 		return nil, 0, err
 	}
+	if err := d.askPublish(ctx, c, m); err != nil {
+		return nil, 0, err
+	}
 	return d.b.Publish(ctx, m)
 }
 
@@ -245,6 +259,9 @@ func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) 
 // the broker can (see broker.StartPublish).
 func (d *Door) StartPublish(ctx context.Context, c Caller, m *broker.Message) (func() (*broker.Message, int, error), error) {
 	if err := d.admitPublish(c, m); err != nil {
+		return nil, err
+	}
+	if err := d.askPublish(ctx, c, m); err != nil {
 		return nil, err
 	}
 	return broker.StartPublish(ctx, d.b, m)
@@ -285,6 +302,11 @@ func (d *Door) Subscribe(ctx context.Context, c Caller, opts broker.SubscribeOpt
 	}
 	if opts.Internal && !c.trusted {
 		return nil, errors.New("door: only the broker's own subscriptions are internal")
+	}
+	for _, ch := range opts.Channels {
+		if err := d.askSubscribe(ctx, c, ch); err != nil {
+			return nil, err
+		}
 	}
 	return d.b.Subscribe(ctx, opts)
 }

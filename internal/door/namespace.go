@@ -42,6 +42,12 @@ type Rules struct {
 	// the namespace's channels (0: the broker's).
 	PublishRate  float64 `json:"publish_rate,omitempty"`
 	PublishBurst int     `json:"publish_burst,omitempty"`
+	// Hooks are the hooks asked for the namespace's channels (subscribe,
+	// publish; nil: every hook configured; empty: none).
+	Hooks *[]string `json:"hooks,omitempty"`
+	// HookFailure is FailDeny or FailAllow when a hook does not answer
+	// ("": the broker's).
+	HookFailure string `json:"hook_failure,omitempty"`
 }
 
 // nsState is a namespace as the door enforces it.

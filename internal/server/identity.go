@@ -4,8 +4,10 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/door"
+	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -38,6 +40,59 @@ func tokenOf(r *http.Request) string {
 // identity authenticates the request. Errors are access errors.
 func (s *Server) identity(r *http.Request) (*auth.Identity, error) {
 	return s.door.Identify(tokenOf(r), s.remoteAddr(r))
+}
+
+// connectIdentity identifies a connection (a subscribe request or a
+// WebSocket): by its token, else by the application's connect hook.
+func (s *Server) connectIdentity(r *http.Request) (*auth.Identity, error) {
+	token := tokenOf(r)
+	if token != "" || !s.door.HasConnectHook() {
+		return s.door.Identify(token, s.remoteAddr(r))
+	}
+	return s.door.Connect(r.Context(), token, s.remoteAddr(r), s.connectRequest(r))
+}
+
+// connectRequest is what the connect hook is told of a request.
+func (s *Server) connectRequest(r *http.Request) hooks.ConnectRequest {
+	req := hooks.ConnectRequest{Transport: transportOf(r), Remote: s.clientKey(r)}
+	for _, c := range r.Cookies() {
+		if req.Cookies == nil {
+			req.Cookies = map[string]string{}
+		}
+		req.Cookies[c.Name] = c.Value
+	}
+	for _, h := range s.door.ForwardedHeaders() {
+		if v := r.Header.Get(h); v != "" {
+			if req.Headers == nil {
+				req.Headers = map[string]string{}
+			}
+			req.Headers[http.CanonicalHeaderKey(h)] = v
+		}
+	}
+	for k, vs := range r.URL.Query() {
+		if k == "token" || len(vs) == 0 {
+			continue
+		}
+		if req.Query == nil {
+			req.Query = map[string]string{}
+		}
+		req.Query[k] = vs[0]
+	}
+	return req
+}
+
+// transportOf names a subscribe request's transport for the hooks.
+func transportOf(r *http.Request) string {
+	q := r.URL.Query()
+	switch {
+	case websocket.IsWebSocketUpgrade(r):
+		return "websocket"
+	case q.Has("poll"):
+		return "long-poll"
+	case strings.Contains(r.Header.Get("Accept"), "text/event-stream") || q.Get("format") == "sse":
+		return "sse"
+	}
+	return "stream"
 }
 
 // caller is who the request is, for the door.

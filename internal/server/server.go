@@ -21,6 +21,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/door"
+	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/web"
@@ -78,6 +79,10 @@ type Options struct {
 	// Namespaces are kinds of channel with rules of their own (see
 	// door.Namespace).
 	Namespaces []door.Namespace
+	// Hooks ask the application (nil: none); HookFailure is what happens
+	// when it does not answer (door.FailDeny or door.FailAllow).
+	Hooks       *hooks.Client
+	HookFailure string
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
 }
@@ -140,7 +145,7 @@ func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
 		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
-		Namespaces: opts.Namespaces})
+		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure})
 	s := &Server{door: d, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		connsPerIP: map[string]int{}}
 	s.pusher = newPusherState(opts.PusherApps, s)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net"
 	"runtime"
@@ -217,10 +218,28 @@ func (ss *session) setIdentity(id *auth.Identity) {
 		ss.timer = nil
 	}
 	if id != nil && !id.Expires.IsZero() {
-		ss.timer = time.AfterFunc(time.Until(id.Expires), func() {
-			ss.s.limitHit("token_expired_live")
-			ss.end(errExpiredLive)
-		})
+		ss.timer = time.AfterFunc(time.Until(id.Expires), func() { ss.expired(id) })
+	}
+}
+
+// expired is the end of id's validity: an identity the application gave
+// (the connect hook) is asked for again (the refresh hook), and the
+// connection goes on as whoever the answer says; otherwise, or when the
+// application refuses, the connection ends.
+func (ss *session) expired(id *auth.Identity) {
+	if ss.identity() != id {
+		return // replaced meanwhile
+	}
+	fresh, err := ss.s.door.Refresh(context.Background(), id, "")
+	switch {
+	case err != nil:
+		ss.s.limitHit("refresh_refused")
+		ss.end(err)
+	case fresh != nil:
+		ss.setIdentity(fresh)
+	default:
+		ss.s.limitHit("token_expired_live")
+		ss.end(errExpiredLive)
 	}
 }
 

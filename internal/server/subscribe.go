@@ -117,7 +117,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if err := parseResume(r, &opts); err != nil {
 		return err
 	}
-	id, err := s.identity(r)
+	id, err := s.connectIdentity(r)
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,7 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 	if !websocket.IsWebSocketUpgrade(r) {
 		return errorf(http.StatusBadRequest, CodeInvalidParameter, "/ws takes a WebSocket upgrade; see docs/websocket.md")
 	}
-	id, err := s.identity(r)
+	id, err := s.connectIdentity(r)
 	if err != nil {
 		return err
 	}

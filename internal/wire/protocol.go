@@ -46,6 +46,8 @@ const (
 	CodePresenceFull     = "presence_full"
 	CodeInvalidMember    = "invalid_member"
 	CodeNotMember        = "not_a_member"
+	CodeHookDenied       = "hook_denied"
+	CodeHookUnavailable  = "hook_unavailable"
 )
 
 // WebSocket close codes pushctl uses besides the standard ones.

@@ -37,13 +37,14 @@ var namespaceKeys = map[string]string{
 	"max-message-size":    "the largest message, such as 64KiB (at most serve's)",
 	"publish-rate":        "publishes per second per token or address",
 	"publish-burst":       "publishes allowed in a burst above publish-rate",
+	"hooks":               "the hooks asked for its channels: subscribe, publish, both (subscribe+publish) or none",
+	"hook-failure":        "deny or allow: what happens when a hook does not answer",
 }
 
 // notYet are keys the issue tracker promises that this pushctl does not
 // take yet; a config that names one is refused rather than half-obeyed.
 var notYet = map[string]string{
 	"durable": "memory-only channels in a durable broker",
-	"hooks":   "backend hooks",
 }
 
 func (v *namespacesValue) String() string { return strings.Join(v.specs, " ") }
@@ -131,6 +132,17 @@ func parseNamespaceMap(n *yaml.Node) (door.Namespace, string, error) {
 		case yaml.ScalarNode:
 			kvs = append(kvs, [2]string{k.Value, val.Value})
 		case yaml.SequenceNode:
+			if k.Value == "hooks" {
+				var hs []string
+				for _, it := range val.Content {
+					hs = append(hs, it.Value)
+				}
+				if len(hs) == 0 {
+					hs = []string{"none"}
+				}
+				kvs = append(kvs, [2]string{"hooks", strings.Join(hs, "+")})
+				continue
+			}
 			if k.Value != "match" {
 				return door.Namespace{}, "", fmt.Errorf("line %d: %s takes one value", val.Line, k.Value)
 			}
@@ -218,6 +230,22 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 			if ns.Rules.PublishRate, err = strconv.ParseFloat(val, 64); err == nil && !(ns.Rules.PublishRate > 0 && ns.Rules.PublishRate < 1e9) {
 				err = fmt.Errorf("not a positive rate")
 			}
+		case "hooks":
+			list := []string{}
+			if val != "none" {
+				for _, h := range strings.FieldsFunc(val, func(r rune) bool { return r == '+' || r == '|' || r == ' ' }) {
+					if h != "subscribe" && h != "publish" {
+						err = fmt.Errorf("%q is not a hook of a channel", h)
+					}
+					list = append(list, h)
+				}
+			}
+			ns.Rules.Hooks = &list
+		case "hook-failure":
+			if val != door.FailDeny && val != door.FailAllow {
+				err = fmt.Errorf("want deny or allow")
+			}
+			ns.Rules.HookFailure = val
 		case "publish-burst":
 			if ns.Rules.PublishBurst, err = strconv.Atoi(val); err == nil && ns.Rules.PublishBurst <= 0 {
 				err = fmt.Errorf("not positive")

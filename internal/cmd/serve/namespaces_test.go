@@ -15,12 +15,17 @@ func TestNamespaceSpecs(t *testing.T) {
 		"match=chat.dm.>,history=5,client-publish=true,presence=true,presence-members=2",
 		"name=chat,match=chat.>,match=room.*,history=1000,history-age=24h,history-bytes=1MiB,anonymous-subscribe=true",
 		"name=metrics,match=metrics.*,history=0,client-publish=false,max-message-size=4KiB,publish-rate=10,publish-burst=20",
+		"name=mod,match=mod.>,hooks=subscribe+publish,hook-failure=allow",
+		"name=quiet,match=quiet.>,hooks=none",
 	} {
 		if err := v.Set(spec); err != nil {
 			t.Fatalf("%s: %v", spec, err)
 		}
 	}
 	dm, chat, metrics := v.list[0], v.list[1], v.list[2]
+	if mod, quiet := v.list[3], v.list[4]; len(*mod.Rules.Hooks) != 2 || mod.Rules.HookFailure != "allow" || len(*quiet.Rules.Hooks) != 0 {
+		t.Errorf("hooks: %+v %+v", mod.Rules, quiet.Rules)
+	}
 	if dm.Name != "chat.dm.>" || dm.Rules.History.HistorySize != 5 || !*dm.Rules.ClientPublish || dm.Rules.PresenceMembers != 2 {
 		t.Errorf("dm: %+v", dm)
 	}
@@ -39,7 +44,8 @@ func TestNamespaceSpecs(t *testing.T) {
 		{"match=a,max-message-size=big", "max-message-size=big"},
 		{"match=a,publish-burst=5", "publish-burst goes with publish-rate"},
 		{"match=a,durable=false", "not in this pushctl yet"},
-		{"match=a,hooks=publish", "not in this pushctl yet"},
+		{"match=a,hooks=connect", "not a hook of a channel"},
+		{"match=a,hook-failure=maybe", "deny or allow"},
 		{"match=a..b", "match"},
 		{"match=a,name=x,name=y", "twice"},
 		{"match", "KEY=VALUE"},

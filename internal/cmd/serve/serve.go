@@ -20,6 +20,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/door"
+	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/server"
@@ -58,6 +59,16 @@ type Options struct {
 	TokenJWKS         string
 	TokenIssuer       string
 	TokenAudience     string
+	HookConnect       string
+	HookSubscribe     string
+	HookPublish       string
+	HookRefresh       string
+	HookSecret        string
+	HookSignedAnswers bool
+	HookTimeout       time.Duration
+	HookConcurrency   int
+	HookHeaders       []string
+	HookFailure       string
 	TrustedPublishers []string
 	TrustedProxies    []string
 	NoConsole         bool
@@ -164,6 +175,17 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringVar(&opts.TokenJWKS, "token-jwks", "", "URL of an identity provider's JSON Web Key Set verifying tokens that name a key id (kid); enables access control")
 	fl.StringVar(&opts.TokenIssuer, "token-jwks-issuer", "", "with --token-jwks: the iss a provider's token must have")
 	fl.StringVar(&opts.TokenAudience, "token-jwks-audience", "", "with --token-jwks: the aud a provider's token must include")
+	fl.StringVar(&opts.HookConnect, "hook-connect", "", "URL the application answers at: who a connection without a token is, and what it may do (see docs/hooks.md)")
+	fl.StringVar(&opts.HookSubscribe, "hook-subscribe", "", "URL asked before each subscription starts (allow or deny)")
+	fl.StringVar(&opts.HookPublish, "hook-publish", "", "URL asked for each message a client publishes over its connection (allow, deny, or replace the data)")
+	fl.StringVar(&opts.HookRefresh, "hook-refresh", "", "URL asked again when what the connect hook said expires, instead of ending the connection")
+	fl.StringVar(&opts.HookSecret, "hook-secret", "", "HMAC secret signing hook requests (header Pushctl-Signature; env PUSHCTL_HOOK_SECRET)")
+	fl.BoolVar(&opts.HookSignedAnswers, "hook-signed-answers", false, "trust only hook answers signed with --hook-secret")
+	fl.DurationVar(&opts.HookTimeout, "hook-timeout", 3*time.Second, "how long the application may take to answer a hook")
+	fl.IntVar(&opts.HookConcurrency, "hook-concurrency", 64, "hook calls under way at once")
+	fl.StringSliceVar(&opts.HookHeaders, "hook-headers", []string{"User-Agent", "Origin", "X-Forwarded-For"}, "request headers the connect hook is told of (cookies always are)")
+	fl.StringVar(&opts.HookFailure, "hook-failure", "deny", "what happens when a hook does not answer: deny (hook_unavailable) or allow (a namespace may say otherwise)")
+	cmdutil.MarkSecret(cmd, "hook-secret")
 	fl.StringSliceVar(&opts.TrustedPublishers, "trusted-publishers", nil, "addresses or CIDRs that may publish without a token (e.g. 10.0.0.5,127.0.0.1/32)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "allow listening beyond loopback with no access control at all")
 	fl.StringSliceVar(&opts.TrustedProxies, "trusted-proxies", nil, "reverse proxies (addresses or CIDRs) whose Forwarded/X-Forwarded-For headers name the client, for --trusted-publishers and per-address limits behind nginx")
@@ -294,8 +316,14 @@ func Run(ctx context.Context, o *Options) error {
 		b = broker.NewMemory(mo)
 	}
 	defer b.Close()
+	hk, err := hookClient(o)
+	if err != nil {
+		return err
+	}
 	sopts := server.Options{
 		Namespaces:     o.Namespaces.list,
+		Hooks:          hk,
+		HookFailure:    o.HookFailure,
 		MaxMessageSize: int64(o.MaxMessageSize),
 		QueueSize:      o.QueueSize,
 		Keepalive:      o.Keepalive,
@@ -548,6 +576,31 @@ func authorizer(o *Options) (*auth.Authorizer, error) {
 		return nil, err
 	}
 	return auth.New(cfg), nil
+}
+
+// hookClient is the hooks' client (nil without hooks).
+func hookClient(o *Options) (*hooks.Client, error) {
+	for flag, u := range map[string]string{"--hook-connect": o.HookConnect, "--hook-subscribe": o.HookSubscribe, "--hook-publish": o.HookPublish, "--hook-refresh": o.HookRefresh} {
+		if u == "" {
+			continue
+		}
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return nil, cmdutil.FlagErrorf("%s %q: want an http:// or https:// URL of the application", flag, u)
+		}
+	}
+	if o.HookFailure != door.FailDeny && o.HookFailure != door.FailAllow {
+		return nil, cmdutil.FlagErrorf("--hook-failure %q: want deny or allow", o.HookFailure)
+	}
+	if o.HookSignedAnswers && o.HookSecret == "" {
+		return nil, cmdutil.FlagErrorf("--hook-signed-answers needs --hook-secret")
+	}
+	if o.HookTimeout <= 0 || o.HookConcurrency <= 0 {
+		return nil, cmdutil.FlagErrorf("--hook-timeout and --hook-concurrency must be positive")
+	}
+	return hooks.New(hooks.Config{Connect: o.HookConnect, Subscribe: o.HookSubscribe, Publish: o.HookPublish, Refresh: o.HookRefresh,
+		Secret: []byte(o.HookSecret), SignedAnswers: o.HookSignedAnswers, Timeout: o.HookTimeout,
+		Concurrency: o.HookConcurrency, Headers: o.HookHeaders}), nil
 }
 
 // prefixes parses addresses and CIDRs (an address alone is one host).
