@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -107,6 +108,21 @@ func (a *app) count(hook string) int {
 	return a.calls[hook]
 }
 
+func getWithCookie(t *testing.T, u, cookie string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", u, nil)
+	if cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 func dialCookie(t *testing.T, base, path, cookie string) (*websocket.Conn, int, string) {
 	t.Helper()
 	h := http.Header{}
@@ -125,6 +141,24 @@ func dialCookie(t *testing.T, base, path, cookie string) (*websocket.Conn, int, 
 	return c, 101, ""
 }
 
+// wsRefused dials /ws with cookie and returns how the broker refused it:
+// the close code and reason it sends at once (a browser can read those,
+// not a refused upgrade's status).
+func wsRefused(t *testing.T, base, cookie string) (int, string) {
+	t.Helper()
+	c, status, body := dialCookie(t, base, "/ws", cookie)
+	if c == nil {
+		return status, body
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, _, err := c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		t.Fatalf("expected a close frame, got %v", err)
+	}
+	return ce.Code, ce.Text
+}
+
 func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 	a := newApp(t)
 	_, url := serve(t, "--hook-connect", a.srv.URL, "--hook-subscribe", a.srv.URL, "--hook-publish", a.srv.URL,
@@ -133,8 +167,12 @@ func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 		"--namespace", "name=open,match=open.>,hooks=none")
 
 	// No session: the application's refusal, with its message.
-	if _, status, body := dialCookie(t, url, "/ws", ""); status != 403 || !strings.Contains(body, "hook_denied") || !strings.Contains(body, "log in first") {
-		t.Fatalf("no cookie: %d %s", status, body)
+	if code, text := wsRefused(t, url, ""); code != 4403 || text != "hook_denied: login_required: log in first" {
+		t.Fatalf("no cookie: %d %q", code, text)
+	}
+	// On /sub the refusal is the HTTP error.
+	if status, b := getWithCookie(t, url+"/sub/room.a?poll=1ms", ""); status != 403 || !strings.Contains(b, "hook_denied") {
+		t.Fatalf("long-poll without a cookie: %d %s", status, b)
 	}
 	// Alice's cookie: connected with no token, granted room.* only.
 	ws, status, body := dialCookie(t, url, "/ws", "session=alice")
@@ -240,19 +278,19 @@ func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 	// The application slow, then answering with a forged signature: the
 	// failure policy (deny) applies, with its code.
 	a.slow.Store(true)
-	if _, status, body := dialCookie(t, url, "/ws", "session=alice"); status != 503 || !strings.Contains(body, "hook_unavailable") {
-		t.Errorf("slow application: %d %s", status, body)
+	if code, text := wsRefused(t, url, "session=alice"); code != 4503 || !strings.HasPrefix(text, "hook_unavailable: ") {
+		t.Errorf("%s: %d %q", "slow application", code, text)
 	}
 	a.slow.Store(false)
 	a.forge.Store(true)
-	if _, status, body := dialCookie(t, url, "/ws", "session=alice"); status != 503 || !strings.Contains(body, "hook_unavailable") {
-		t.Errorf("forged answer: %d %s", status, body)
+	if code, text := wsRefused(t, url, "session=alice"); code != 4503 || !strings.HasPrefix(text, "hook_unavailable: ") {
+		t.Errorf("%s: %d %q", "forged answer", code, text)
 	}
 	a.forge.Store(false)
 	// The application stopped.
 	a.srv.Close()
-	if _, status, body := dialCookie(t, url, "/ws", "session=alice"); status != 503 || !strings.Contains(body, "hook_unavailable") {
-		t.Errorf("application down: %d %s", status, body)
+	if code, text := wsRefused(t, url, "session=alice"); code != 4503 || !strings.HasPrefix(text, "hook_unavailable: ") {
+		t.Errorf("%s: %d %q", "application down", code, text)
 	}
 	// Counted in /metrics.
 	resp, err := http.Get(url + "/metrics")
@@ -353,8 +391,8 @@ srv.serve_forever()`, 1)
 	}
 	appURL := "http://127.0.0.1:" + port + "/pushctl"
 	_, url := serve(t, "--hook-connect", appURL, "--hook-publish", appURL, "--hook-refresh", appURL, "--hook-secret", hookSecret)
-	if _, status, body := dialCookie(t, url, "/ws", "session=wrong"); status != 403 || !strings.Contains(body, "login_required: log in first") {
-		t.Fatalf("unknown session: %d %s", status, body)
+	if code, text := wsRefused(t, url, "session=wrong"); code != 4403 || text != "hook_denied: login_required: log in first" {
+		t.Fatalf("unknown session: %d %q", code, text)
 	}
 	ws, status, body := dialCookie(t, url, "/ws", "session=s3cr3t-session")
 	if status != 101 {
@@ -369,6 +407,50 @@ srv.serve_forever()`, 1)
 	for data, want := range map[string]string{"hello": "ok", "buy spam now": "hook_denied"} {
 		if got := wsReply(t, ws, map[string]any{"type": "publish", "ref": ref(), "channel": "room.1", "data": data}); got != want {
 			t.Errorf("publishing %q: %s, want %s", data, got, want)
+		}
+	}
+}
+
+// A page of the application with a session cookie connects through
+// pushctl.js with no token at all and gets exactly what the application
+// granted; without the cookie, the application's refusal is a readable
+// state, not endless reconnecting.
+func TestBrowserConnectsWithSessionCookie(t *testing.T) {
+	ctx := browser(t)
+	a := newApp(t)
+	_, url := serve(t, "--hook-connect", a.srv.URL, "--hook-subscribe", a.srv.URL, "--hook-secret", hookSecret)
+	page(t, ctx, url, `document.cookie = "session=alice; path=/"`)
+	js(t, ctx, `window.p = pushctl.connect(location.origin);`+fmt.Sprintf(collect, "room.a")+`
+		window.secret = p.subscribe("room.secret"); window.secretErr = null;
+		secret.on("error", (e) => { window.secretErr = e.code; });
+		window.other = p.subscribe("other"); window.otherErr = null;
+		other.on("error", (e) => { window.otherErr = e.code; });`)
+	until(t, ctx, `p.state === "connected" && p.channel("room.a").subscribed`, 20*time.Second)
+	until(t, ctx, `window.secretErr && window.otherErr`, 20*time.Second)
+	if errs := eval[[]string](t, ctx, `[window.secretErr, window.otherErr]`); errs[0] != "hook_denied" || errs[1] != "forbidden" {
+		t.Errorf("refused subscriptions: %v, want hook_denied (the subscribe hook) and forbidden (outside the grants)", errs)
+	}
+	if _, errs, code := run(t, "", "pub", "--server", url, "room.a", "hello alice"); code != 0 {
+		t.Fatalf("pub: %s", errs)
+	}
+	until(t, ctx, `window.got.length >= 1`, 20*time.Second)
+	if got := eval[[]string](t, ctx, `window.got`); len(got) != 1 || got[0] != "room.a|message|hello alice" {
+		t.Fatalf("page got %q", got)
+	}
+	// Logged out: the refusal is the state, with the application's message.
+	js(t, ctx, `document.cookie = "session=; path=/; max-age=0";
+		window.q = pushctl.connect(location.origin); window.qstates = [];
+		q.on("state", (s) => window.qstates.push(s.state + (s.error ? ":" + s.error.code + ":" + s.error.message : "")));
+		q.subscribe("room.a");`)
+	until(t, ctx, `q.state === "disconnected"`, 20*time.Second)
+	states := eval[[]string](t, ctx, `window.qstates`)
+	last := states[len(states)-1]
+	if last != "disconnected:hook_denied:login_required: log in first" {
+		t.Fatalf("logged-out page's states: %q", states)
+	}
+	for _, s := range states {
+		if strings.HasPrefix(s, "reconnecting") {
+			t.Fatalf("a refusal by the application was retried: %q", states)
 		}
 	}
 }

@@ -224,6 +224,9 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 	}
 	id, err := s.connectIdentity(r)
 	if err != nil {
+		if e := asError(err); e.Code == wire.CodeHookDenied || e.Code == wire.CodeHookUnavailable {
+			return s.refuseUpgrade(w, r, e)
+		}
 		return err
 	}
 	release, err := s.connSlot(r)

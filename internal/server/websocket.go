@@ -83,11 +83,51 @@ func (wsEncoder) end(ss *session, err error) []byte {
 		return closeFrame(websocket.CloseProtocolError, code)
 	case CodeTooLarge:
 		return closeFrame(websocket.CloseMessageTooBig, code)
+	case wire.CodeHookDenied, wire.CodeHookUnavailable:
+		return closeFrame(hookCloseCode(code), closeReason(asError(err)))
 	}
 	return closeFrame(websocket.CloseInternalServerErr, code)
 }
 
 func trimNL(b []byte) []byte { return b[:len(b)-1] }
+
+// hookCloseCode is the close code of a hook's refusal.
+func hookCloseCode(code string) int {
+	if code == wire.CodeHookDenied {
+		return wire.CloseHookDenied
+	}
+	return wire.CloseHookUnavailable
+}
+
+// closeReason is "code: message", cut to what a close frame holds (123
+// bytes) at a character boundary.
+func closeReason(e *Error) string {
+	r := e.Code + ": " + e.Message
+	for len(r) > 123 {
+		_, size := utf8.DecodeLastRuneInString(r)
+		r = r[:len(r)-size]
+	}
+	return r
+}
+
+// refuseUpgrade answers a WebSocket whose connect hook refused it: upgraded,
+// then closed at once with the refusal as the close reason, which a
+// browser can read (a refused upgrade shows it nothing but a failure).
+func (s *Server) refuseUpgrade(w http.ResponseWriter, r *http.Request, e *Error) error {
+	c, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return nil // the upgrader answered
+	}
+	defer c.Close()
+	c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(hookCloseCode(e.Code), closeReason(e)), time.Now().Add(time.Second))
+	// Wait briefly for the client's close, so the frame is not reset away.
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	for {
+		if _, _, err := c.NextReader(); err != nil {
+			return nil
+		}
+	}
+}
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth.Identity, initial *broker.SubscribeOptions, release func()) error {
 	defer func() {

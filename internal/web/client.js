@@ -13,7 +13,7 @@
 // across a reconnect or a transport switch, and nothing is delivered twice.
 
 const TRANSPORTS = ["websocket", "sse", "longpoll"];
-const FATAL = new Set(["token_missing", "token_invalid", "forbidden", "invalid_channel", "origin_not_allowed"]);
+const FATAL = new Set(["token_missing", "token_invalid", "forbidden", "invalid_channel", "origin_not_allowed", "hook_denied"]);
 
 function isPattern(name) {
   return name.split(".").some((s) => s === "*" || s === ">");
@@ -350,6 +350,11 @@ class Client extends Emitter {
     this._timer = setTimeout(() => this._connect(), delay);
   }
 
+  // _credentials: cookies go with requests to the broker's origin, and to
+  // another origin of the site with withCredentials (the broker must list
+  // the page's origin in --allowed-origins).
+  _credentials() { return this.options.withCredentials ? "include" : "same-origin"; }
+
   _subURL(names, params) {
     const q = new URLSearchParams(params);
     return this.url + "/sub/" + names.map(encodeURIComponent).join(",") + "?" + q.toString();
@@ -364,7 +369,7 @@ class Client extends Emitter {
     else if (typeof data !== "string") { body = JSON.stringify(data === undefined ? null : data); headers["Content-Type"] = "application/json"; }
     else headers["Content-Type"] = "text/plain; charset=utf-8";
     const q = event ? "?event=" + encodeURIComponent(event) : "";
-    const resp = await fetch(this.url + "/pub/" + encodeURIComponent(channel) + q, { method: "POST", headers, body });
+    const resp = await fetch(this.url + "/pub/" + encodeURIComponent(channel) + q, { method: "POST", headers, body, credentials: this._credentials() });
     const reply = await resp.json().catch(() => ({}));
     if (!resp.ok) {
       const e = reply.error || {};
@@ -412,8 +417,11 @@ class WSTransport {
     ws.onmessage = (e) => this.frame(e.data);
     ws.onclose = (e) => {
       clearInterval(this.ping);
-      const reason = e.reason || (e.code === 4001 ? "token_expired" : e.code === 1001 ? "shutting_down" : "network");
-      this.end(reason, this.ready);
+      // A reason is a code, or "code: message" (the application's hook
+      // refused, 4403, or did not answer, 4503).
+      const m = /^([a-z_]+): ([\s\S]*)$/.exec(e.reason || "");
+      const reason = m ? m[1] : e.reason || (e.code === 4001 ? "token_expired" : e.code === 1001 ? "shutting_down" : "network");
+      this.end(reason, this.ready, m ? m[2] : undefined);
     };
     this.ping = setInterval(() => {
       if (Date.now() - this.lastFrame > 2 * c.options.pingInterval) { ws.close(); this.end("network", this.ready); return; }
@@ -493,7 +501,7 @@ async function diagnose(c, names) {
     const token = await c._token();
     const params = { poll: "0s" };
     if (token) params.token = token;
-    const resp = await fetch(c._subURL(names, params));
+    const resp = await fetch(c._subURL(names, params), { credentials: c._credentials() });
     if (resp.ok) return { code: "network" };
     const e = (await resp.json()).error || {};
     return { code: e.code || "network", message: e.message };
@@ -518,7 +526,7 @@ class SSETransport {
     try { token = await c._token(); } catch (e) { c._onClose(this, "token_missing", false, String(e)); return; }
     if (token) params.token = token;
     if (this.closed) return;
-    const es = new EventSource(c._subURL(names, params));
+    const es = new EventSource(c._subURL(names, params), { withCredentials: !!c.options.withCredentials });
     this.es = es;
     es.onopen = () => { this.opened = true; c._onOpen(this); };
     es.onmessage = (e) => { try { c._onMessage(this, JSON.parse(e.data)); } catch { /* not an envelope */ } };
@@ -576,7 +584,7 @@ class PollTransport {
         const token = await c._token();
         if (token) params.token = token;
         this.ctrl = new AbortController();
-        resp = await fetch(c._subURL(names, params), { signal: this.ctrl.signal, cache: "no-store" });
+        resp = await fetch(c._subURL(names, params), { signal: this.ctrl.signal, cache: "no-store", credentials: c._credentials() });
         reply = await resp.json();
       } catch (e) {
         if (this.closed) return;

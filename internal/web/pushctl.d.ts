@@ -20,6 +20,11 @@ export interface ConnectOptions {
   /** false: the broker does not send this client's own publishes back to
    * it (over WebSocket; over SSE and long-poll they still come). */
   echo?: boolean;
+  /** true: send the site's cookies to a broker on another origin of the
+   * site too (SSE, long-poll and HTTP publishes; WebSocket always sends
+   * them), for a broker whose connect hook reads the session cookie. The
+   * broker must list the page's origin in --allowed-origins. */
+  withCredentials?: boolean;
 }
 
 export interface Message<T = unknown> {

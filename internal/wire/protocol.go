@@ -57,6 +57,12 @@ const (
 	// CloseSlowConsumer: the subscriber fell behind (queue overflow) or
 	// stopped reading (stalled); reconnect and resume from the last id.
 	CloseSlowConsumer = 4008
+	// CloseHookDenied: the application's hook refused the connection (the
+	// reason is "hook_denied: <its message>"); do not retry as is.
+	CloseHookDenied = 4403
+	// CloseHookUnavailable: the application's hook did not answer; retry
+	// later.
+	CloseHookUnavailable = 4503
 )
 
 // Frame types of the WebSocket protocol and of NDJSON streams.
