@@ -24,6 +24,9 @@ type Namespace struct {
 type Rules struct {
 	// History is what each channel's history keeps (nil: the broker's).
 	History *broker.Retention `json:"history,omitempty"`
+	// Durable false keeps the channels in memory only in a durable broker
+	// (--data-dir): never written to disk (nil: durable).
+	Durable *bool `json:"durable,omitempty"`
 	// ClientPublish says whether clients may publish over their
 	// connections (WebSocket publish frames, Pusher client events); HTTP
 	// publishes are the application's and are not affected (nil: yes).
@@ -61,6 +64,7 @@ type nsState struct {
 type Effective struct {
 	Namespace          string   `json:"namespace,omitempty"`
 	History            *History `json:"history,omitempty"`
+	Durable            *bool    `json:"durable,omitempty"`
 	ClientPublish      bool     `json:"client_publish"`
 	AnonymousSubscribe bool     `json:"anonymous_subscribe"`
 	Presence           bool     `json:"presence"`
@@ -198,6 +202,24 @@ func RetentionFor(nss []Namespace) broker.RetentionFor {
 	}
 }
 
+// MemoryOnly names the channels whose namespace says durable: false, for a
+// durable log (nil: none).
+func MemoryOnly(nss []Namespace) func(channel string) bool {
+	any := false
+	d := &Door{}
+	for _, ns := range nss {
+		d.namespaces = append(d.namespaces, nsState{Namespace: ns})
+		any = any || ns.Rules.Durable != nil && !*ns.Rules.Durable
+	}
+	if !any {
+		return nil
+	}
+	return func(ch string) bool {
+		ns := d.namespaceOf(ch)
+		return ns != nil && ns.Rules.Durable != nil && !*ns.Rules.Durable
+	}
+}
+
 // Rules returns what applies to channel.
 func (d *Door) Rules(channel string) Effective {
 	e := Effective{ClientPublish: true, Presence: true, MaxMessageSize: d.maxSize}
@@ -210,6 +232,7 @@ func (d *Door) Rules(channel string) Effective {
 	}
 	r := ns.Rules
 	e.Namespace = ns.Name
+	e.Durable = r.Durable
 	if h := r.History; h != nil {
 		e.History = &History{Bytes: h.HistoryBytes}
 		if h.HistorySize != 0 {

@@ -37,7 +37,11 @@ func TestNamespacesOnEveryBroker(t *testing.T) {
 	for _, kind := range []string{"memory", "data-dir", "redis"} {
 		t.Run(kind, func(t *testing.T) {
 			cfg := filepath.Join(t.TempDir(), "serve.yaml")
-			if err := os.WriteFile(cfg, []byte(namespacesYAML), 0o600); err != nil {
+			yml := namespacesYAML
+			if kind == "data-dir" {
+				yml += "  - name: volatile\n    match: volatile.>\n    durable: false\n"
+			}
+			if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			args := []string{"--config", cfg}
@@ -95,7 +99,11 @@ func TestNamespacesOnEveryBroker(t *testing.T) {
 				}
 			}
 			if kind == "data-dir" {
-				// The rules hold across a restart of the store.
+				// The rules hold across a restart of the store, and a
+				// memory-only channel does not survive it.
+				if status, b := post(t, url+"/pub/volatile.a", "", "gone at restart"); status != 200 {
+					t.Fatalf("publish to volatile.a: %d %s", status, b)
+				}
 				ws.Close()
 				p.signal(syscall.SIGTERM)
 				p.wait(20 * time.Second)
@@ -103,6 +111,9 @@ func TestNamespacesOnEveryBroker(t *testing.T) {
 				want["room.a"], want["other"] = 5, 9
 				if got := retained(url2); !mapsEqual(got, want) {
 					t.Errorf("after a restart, retained %v, want %v", got, want)
+				}
+				if resp, err := http.Get(url2 + "/channels/volatile.a"); err != nil || resp.StatusCode != 404 {
+					t.Errorf("a durable: false channel after a restart: %v %v", err, resp.Status)
 				}
 			}
 		})

@@ -33,6 +33,11 @@ type Options struct {
 	// SyncDelay lets a batch gather for up to this long before it is
 	// written (0: write as soon as the previous write finished).
 	SyncDelay time.Duration
+	// MemoryOnly, when set, names channels kept in memory only (a
+	// namespace's durable: false): their messages are never written to
+	// disk, in order with the others all the same, and after a restart
+	// they start a new epoch (a resuming subscriber is told of the gap).
+	MemoryOnly func(channel string) bool
 }
 
 const (
@@ -161,7 +166,14 @@ func (s *store) load() error {
 		if err != nil {
 			return err
 		}
-		return cmeta.ForEach(func(name, mv []byte) error {
+		// Channels now kept in memory only leave the disk: what is there
+		// would come back at the next start behind what memory went on to.
+		var dropped [][]byte
+		err = cmeta.ForEach(func(name, mv []byte) error {
+			if s.memoryOnly(string(name)) {
+				dropped = append(dropped, append([]byte(nil), name...))
+				return nil
+			}
 			if len(mv) < 10 || mv[0] != 1 {
 				return fmt.Errorf("store: channel %q has damaged metadata", name)
 			}
@@ -204,6 +216,18 @@ func (s *store) load() error {
 			}
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		for _, name := range dropped {
+			if err := cmeta.Delete(name); err != nil {
+				return err
+			}
+			if err := chans.DeleteBucket(name); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+				return err
+			}
+		}
+		return nil
 	})
 }
 
@@ -305,7 +329,16 @@ func (s *store) Delete(ctx context.Context, name string) error {
 
 // created persists a channel made by a subscriber, so its epoch survives
 // a restart; best effort, without waiting.
-func (s *store) created(name string) { s.try(&op{kind: opCreate, name: name}) }
+func (s *store) created(name string) {
+	if !s.memoryOnly(name) {
+		s.try(&op{kind: opCreate, name: name})
+	}
+}
+
+// memoryOnly reports whether channel is never written to disk.
+func (s *store) memoryOnly(channel string) bool {
+	return s.opts.MemoryOnly != nil && s.opts.MemoryOnly(channel)
+}
 
 // requestTrim asks the writer to delete what memory no longer retains.
 func (s *store) requestTrim() { s.try(&op{kind: opTrim}) }
@@ -410,27 +443,40 @@ func (s *store) writePublishes(ops []*op) {
 		p.seq++
 		o.m.Epoch, o.m.Seq, o.m.Time = p.epoch, p.seq, now
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		chans, cmeta := tx.Bucket(bucketChannels), tx.Bucket(bucketChanMeta)
-		for name, p := range next {
-			if _, err := chans.CreateBucketIfNotExists([]byte(name)); err != nil {
-				return err
-			}
-			if err := cmeta.Put([]byte(name), channelMeta(p.epoch, p.seq)); err != nil {
-				return err
-			}
+	onDisk := false
+	for name := range next {
+		if !s.memoryOnly(name) {
+			onDisk = true
+			break
 		}
-		for _, o := range ops {
-			if o.kind != opPublish {
-				continue
+	}
+	var err error
+	if onDisk || len(s.trim) > 0 {
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			chans, cmeta := tx.Bucket(bucketChannels), tx.Bucket(bucketChanMeta)
+			for name, p := range next {
+				if s.memoryOnly(name) {
+					continue
+				}
+				if _, err := chans.CreateBucketIfNotExists([]byte(name)); err != nil {
+					return err
+				}
+				if err := cmeta.Put([]byte(name), channelMeta(p.epoch, p.seq)); err != nil {
+					return err
+				}
 			}
-			cb := chans.Bucket([]byte(o.m.Channel))
-			if err := cb.Put(seqKey(o.m.Seq), encodeRecord(o.m)); err != nil {
-				return err
+			for _, o := range ops {
+				if o.kind != opPublish || s.memoryOnly(o.m.Channel) {
+					continue
+				}
+				cb := chans.Bucket([]byte(o.m.Channel))
+				if err := cb.Put(seqKey(o.m.Seq), encodeRecord(o.m)); err != nil {
+					return err
+				}
 			}
-		}
-		return s.trimTx(chans)
-	})
+			return s.trimTx(chans)
+		})
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: %v", broker.ErrStore, err)
 		for _, o := range ops {
@@ -445,7 +491,9 @@ func (s *store) writePublishes(ops []*op) {
 			continue
 		}
 		n, oldest := next[o.m.Channel].ch.Commit(o.m)
-		s.trim[o.m.Channel] = oldest
+		if !s.memoryOnly(o.m.Channel) {
+			s.trim[o.m.Channel] = oldest
+		}
 		o.res <- opResult{m: o.m, n: n}
 	}
 }
@@ -509,7 +557,9 @@ func (s *store) writeOther(o *op) {
 		}
 	case opTrim:
 		for name, oldest := range b.Oldest() {
-			s.trim[name] = oldest
+			if !s.memoryOnly(name) {
+				s.trim[name] = oldest
+			}
 		}
 		err = s.db.Update(func(tx *bolt.Tx) error { return s.trimTx(tx.Bucket(bucketChannels)) })
 	}

@@ -207,3 +207,67 @@ func TestDurableCloseFlushesQueued(t *testing.T) {
 }
 
 func contains(err error, s string) bool { return err != nil && strings.Contains(err.Error(), s) }
+
+// TestMemoryOnlyChannels: channels MemoryOnly names are delivered and
+// retained like the others but never reach the disk: after a restart
+// they start a new epoch while the others keep theirs; a channel that
+// becomes memory-only leaves the disk at the next start.
+func TestMemoryOnlyChannels(t *testing.T) {
+	dir := t.TempDir()
+	mem := func(ch string) bool { return strings.HasPrefix(ch, "mem.") }
+	open := func(memOnly func(string) bool) *broker.Core {
+		b, err := boltlog.OpenBroker(boltlog.Options{Dir: dir, MemoryOnly: memOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := open(mem)
+	var memEpoch string
+	for i := 0; i < 3; i++ {
+		for _, ch := range []string{"mem.a", "disk.a"} {
+			m, _, err := b.Publish(ctx(t), &broker.Message{Channel: ch, Data: []byte("x")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ch == "mem.a" {
+				memEpoch = m.Epoch
+			}
+		}
+	}
+	if info, err := b.Channel(ctx(t), "mem.a"); err != nil || info.Messages != 3 {
+		t.Fatalf("memory-only channel while running: %+v %v", info, err)
+	}
+	b.Close()
+	// The file holds disk.a and nothing of mem.a.
+	raw, err := os.ReadFile(filepath.Join(dir, "store.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "mem.a") || !strings.Contains(string(raw), "disk.a") {
+		t.Fatalf("store.db: mem.a there %v, disk.a there %v", strings.Contains(string(raw), "mem.a"), strings.Contains(string(raw), "disk.a"))
+	}
+	b = open(mem)
+	if _, err := b.Channel(ctx(t), "mem.a"); err == nil {
+		t.Fatal("a memory-only channel came back from disk")
+	}
+	if info, err := b.Channel(ctx(t), "disk.a"); err != nil || info.Messages != 3 || info.LastSeq != 3 {
+		t.Fatalf("disk.a after a restart: %+v %v", info, err)
+	}
+	m, _, err := b.Publish(ctx(t), &broker.Message{Channel: "mem.a", Data: []byte("y")})
+	if err != nil || m.Epoch == memEpoch || m.Seq != 1 {
+		t.Fatalf("mem.a after a restart: %+v %v (old epoch %s)", m, err, memEpoch)
+	}
+	b.Close()
+	// disk.a becomes memory-only: it leaves the disk.
+	b = open(func(string) bool { return true })
+	if _, err := b.Channel(ctx(t), "disk.a"); err == nil {
+		t.Fatal("a channel that became memory-only was restored")
+	}
+	b.Close()
+	b = open(nil)
+	if _, err := b.Channel(ctx(t), "disk.a"); err == nil {
+		t.Fatal("a channel that became memory-only stayed on disk")
+	}
+	b.Close()
+}

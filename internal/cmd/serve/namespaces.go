@@ -37,15 +37,11 @@ var namespaceKeys = map[string]string{
 	"max-message-size":    "the largest message, such as 64KiB (at most serve's)",
 	"publish-rate":        "publishes per second per token or address",
 	"publish-burst":       "publishes allowed in a burst above publish-rate",
+	"durable":             "true or false: with --data-dir, whether its channels are written to disk",
 	"hooks":               "the hooks asked for its channels: subscribe, publish, both (subscribe+publish) or none",
 	"hook-failure":        "deny or allow: what happens when a hook does not answer",
 }
 
-// notYet are keys the issue tracker promises that this pushctl does not
-// take yet; a config that names one is refused rather than half-obeyed.
-var notYet = map[string]string{
-	"durable": "memory-only channels in a durable broker",
-}
 
 func (v *namespacesValue) String() string { return strings.Join(v.specs, " ") }
 func (v *namespacesValue) Type() string   { return "namespace" }
@@ -171,9 +167,6 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 	seen := map[string]bool{}
 	for _, kv := range kvs {
 		k, val := kv[0], kv[1]
-		if what, ok := notYet[k]; ok {
-			return ns, fmt.Errorf("%s: %s per namespace are not in this pushctl yet", k, what)
-		}
 		if _, ok := namespaceKeys[k]; !ok {
 			return ns, fmt.Errorf("unknown key %q; a namespace takes %s", k, keyList())
 		}
@@ -230,6 +223,8 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 			if ns.Rules.PublishRate, err = strconv.ParseFloat(val, 64); err == nil && !(ns.Rules.PublishRate > 0 && ns.Rules.PublishRate < 1e9) {
 				err = fmt.Errorf("not a positive rate")
 			}
+		case "durable":
+			ns.Rules.Durable, err = boolPtr(val)
 		case "hooks":
 			list := []string{}
 			if val != "none" {

@@ -43,7 +43,7 @@ func TestNamespaceSpecs(t *testing.T) {
 		{"match=a,client-publish=maybe", "true or false"},
 		{"match=a,max-message-size=big", "max-message-size=big"},
 		{"match=a,publish-burst=5", "publish-burst goes with publish-rate"},
-		{"match=a,durable=false", "not in this pushctl yet"},
+		{"match=a,durable=sometimes", "true or false"},
 		{"match=a,hooks=connect", "not a hook of a channel"},
 		{"match=a,hook-failure=maybe", "deny or allow"},
 		{"match=a..b", "match"},

@@ -258,6 +258,14 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	for _, ns := range o.Namespaces.list {
+		if d := ns.Rules.Durable; d != nil {
+			switch {
+			case o.Broker != "" && o.Broker != "memory":
+				return cmdutil.FlagErrorf("--namespace %s: durable applies to --data-dir; on Redis what is kept is Redis's persistence to say", ns.Name)
+			case *d && o.DataDir == "":
+				return cmdutil.FlagErrorf("--namespace %s: durable=true needs --data-dir (without it nothing is written to disk)", ns.Name)
+			}
+		}
 		if ns.Rules.MaxMessageSize > int64(o.MaxMessageSize) {
 			return cmdutil.FlagErrorf("--namespace %s: max-message-size %d is more than --max-message-size %d, which bounds every request", ns.Name, ns.Rules.MaxMessageSize, int64(o.MaxMessageSize))
 		}
@@ -305,7 +313,8 @@ func Run(ctx context.Context, o *Options) error {
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: channels shared through Redis at %s (node %s)\n", redactedURL(o.Broker), l.Node())
 	} else if o.DataDir != "" {
 		start := time.Now()
-		b, err = boltlog.OpenBroker(boltlog.Options{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay})
+		b, err = boltlog.OpenBroker(boltlog.Options{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay,
+			MemoryOnly: door.MemoryOnly(o.Namespaces.list)})
 		if err != nil {
 			return err
 		}
