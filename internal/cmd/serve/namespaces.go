@@ -42,7 +42,6 @@ var namespaceKeys = map[string]string{
 	"hook-failure":        "deny or allow: what happens when a hook does not answer",
 }
 
-
 func (v *namespacesValue) String() string { return strings.Join(v.specs, " ") }
 func (v *namespacesValue) Type() string   { return "namespace" }
 
