@@ -108,7 +108,7 @@ func (d *Door) hookWanted(hook string, ns *nsState) bool {
 // askSubscribe asks the subscribe hook about channel, where it applies.
 func (d *Door) askSubscribe(ctx context.Context, c Caller, channel string) error {
 	ns := d.namespaceOf(channel)
-	if c.trusted || c.scoped || !d.hookWanted(hooks.Subscribe, ns) {
+	if c.trusted || !d.hookWanted(hooks.Subscribe, ns) {
 		return nil
 	}
 	req := hooks.SubscribeRequest{User: c.user(), Channel: channel, Remote: c.Client}

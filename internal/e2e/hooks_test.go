@@ -243,18 +243,26 @@ func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 	if s := strings.Join(sseData, " "); !strings.Contains(s, "rewritten by the app") || !strings.Contains(s, `"by":"alice"`) || strings.Contains(s, "spam") {
 		t.Errorf("SSE subscriber got %v", sseData)
 	}
+	// Pusher subscriptions meet the subscribe hook too.
+	pc.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]string{"channel": "room.secret"}})
 	var pusherData []string
+	pusherRefused := false
 	pc.SetReadDeadline(time.Now().Add(20 * time.Second))
-	for len(pusherData) < 2 {
+	for len(pusherData) < 2 || !pusherRefused {
 		var f struct {
-			Event string `json:"event"`
-			Data  string `json:"data"`
+			Event string          `json:"event"`
+			Data  json.RawMessage `json:"data"`
 		}
 		if err := pc.ReadJSON(&f); err != nil {
-			t.Fatalf("Pusher: %v", err)
+			t.Fatalf("Pusher: %v (messages %v, room.secret refused %v)", err, pusherData, pusherRefused)
 		}
-		if !strings.HasPrefix(f.Event, "pusher") {
-			pusherData = append(pusherData, f.Data)
+		switch {
+		case f.Event == "pusher:subscription_error":
+			pusherRefused = strings.Contains(string(f.Data), "hook_denied")
+		case !strings.HasPrefix(f.Event, "pusher"):
+			var d string
+			json.Unmarshal(f.Data, &d)
+			pusherData = append(pusherData, d)
 		}
 	}
 	if s := strings.Join(pusherData, " "); !strings.Contains(s, "rewritten by the app") || strings.Contains(s, "spam") {
