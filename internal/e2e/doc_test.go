@@ -8,6 +8,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -269,13 +270,18 @@ func cmdDocServe(ts *testscript.TestScript, neg bool, args []string) {
 	startBroker(ts, neg, name, scriptEnv(ts), exec.Command("sh", "-c", "exec "+c))
 }
 
-// docstream FILE N: run the shell command in FILE and print the first N
-// lines of its standard output (20s at most), then stop it.
+// docstream FILE N|REGEXP: run the shell command in FILE and print the
+// first N lines of its standard output, or the lines up to one matching
+// REGEXP (20s at most), then stop it.
 func cmdDocStream(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) != 2 {
-		ts.Fatalf("usage: docstream FILE N")
+		ts.Fatalf("usage: docstream FILE N|REGEXP")
 	}
-	n, _ := strconv.Atoi(args[1])
+	n, err := strconv.Atoi(args[1])
+	var until *regexp.Regexp
+	if err != nil {
+		until, n = regexp.MustCompile(args[1]), 1<<30
+	}
 	cmd := exec.Command("sh", ts.MkAbs(args[0]))
 	cmd.Dir = ts.Getenv("WORK")
 	cmd.Env = append(os.Environ(), scriptEnv(ts)...)
@@ -303,8 +309,64 @@ func cmdDocStream(ts *testscript.TestScript, neg bool, args []string) {
 				ts.Fatalf("%s ended after %d lines", args[0], i)
 			}
 			fmt.Fprintln(ts.Stdout(), l)
+			if until != nil && until.MatchString(l) {
+				return
+			}
 		case <-deadline:
-			ts.Fatalf("%s: %d of %d lines after 20s", args[0], i, n)
+			ts.Fatalf("%s: %d lines after 20s, want %s", args[0], i, args[1])
+		}
+	}
+}
+
+// docbg FILE: run the shell command in FILE in the background, in a
+// process group of its own that is stopped when the script ends (for
+// commands that start servers with &, as a for loop of redis-server).
+func cmdDocBg(ts *testscript.TestScript, neg bool, args []string) {
+	cmd := exec.Command("sh", ts.MkAbs(args[0]))
+	cmd.Dir = ts.Getenv("WORK")
+	cmd.Env = append(os.Environ(), scriptEnv(ts)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ts.Check(cmd.Start())
+	pgid := cmd.Process.Pid
+	go cmd.Wait()
+	ts.Defer(func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+}
+
+// docws FILE: replay a console transcript of the WebSocket protocol (the
+// .out file doc writes) on $URL/ws: client frames are sent, and each
+// broker frame must come back with the same type, the same fields and the
+// same values but for ids, cursors and times.
+func cmdDocWS(ts *testscript.TestScript, neg bool, args []string) {
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(ts.Getenv("URL"), "http")+"/ws", nil)
+	ts.Check(err)
+	defer c.Close()
+	client := map[string]bool{"subscribe": true, "unsubscribe": true, "publish": true, "ping": true, "auth": true, "join": true, "leave": true}
+	volatile := map[string]bool{"id": true, "cursor": true, "time": true}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var want map[string]any
+		if err := json.Unmarshal([]byte(line), &want); err != nil {
+			ts.Fatalf("transcript line %s: %v", line, err)
+		}
+		if client[fmt.Sprint(want["type"])] {
+			ts.Check(c.WriteMessage(websocket.TextMessage, []byte(line)))
+			continue
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, data, err := c.ReadMessage()
+		ts.Check(err)
+		fmt.Fprintf(ts.Stdout(), "%s\n", data)
+		var got map[string]any
+		ts.Check(json.Unmarshal(data, &got))
+		if len(got) != len(want) {
+			ts.Fatalf("got %s, want the fields of %s", data, line)
+		}
+		for k, v := range want {
+			g, ok := got[k]
+			if !ok || !volatile[k] && fmt.Sprint(g) != fmt.Sprint(v) {
+				ts.Fatalf("got %s, want %s (field %s)", data, line, k)
+			}
 		}
 	}
 }

@@ -67,6 +67,8 @@ func TestScripts(t *testing.T) {
 			"doc":           cmdDoc,
 			"docserve":      cmdDocServe,
 			"docstream":     cmdDocStream,
+			"docbg":         cmdDocBg,
+			"docws":         cmdDocWS,
 			"wsjoin":        cmdWSJoin,
 			"pushertrigger": cmdPusherTrigger,
 		},
