@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -117,7 +118,7 @@ func background(cmd string) (string, bool) {
 	return cmd, false
 }
 
-// doc [-o DIR] [-r OLD=NEW]… FILE LANG N NCMDS: take block N of language
+// doc [-o DIR] [-r OLD NEW]… FILE LANG N NCMDS: take block N of language
 // LANG from FILE (relative to the repository), check it has NCMDS
 // commands, and write each to DIR/K.sh (DIR defaults to doc), with the
 // address of the broker the script started ($URL) for 127.0.0.1:7070,
@@ -130,20 +131,15 @@ func background(cmd string) (string, bool) {
 func cmdDoc(ts *testscript.TestScript, neg bool, args []string) {
 	dir := "doc"
 	var repl []string
-	for len(args) > 1 && (args[0] == "-o" || args[0] == "-r") {
+	for len(args) > 2 && (args[0] == "-o" || args[0] == "-r") {
 		if args[0] == "-o" {
-			dir = args[1]
+			dir, args = args[1], args[2:]
 		} else {
-			old, nw, ok := strings.Cut(args[1], "=")
-			if !ok {
-				ts.Fatalf("-r wants OLD=NEW")
-			}
-			repl = append(repl, old, nw)
+			repl, args = append(repl, args[1], args[2]), args[3:]
 		}
-		args = args[2:]
 	}
 	if len(args) != 4 {
-		ts.Fatalf("usage: doc [-o DIR] [-r OLD=NEW]… FILE LANG N NCMDS")
+		ts.Fatalf("usage: doc [-o DIR] [-r OLD NEW]… FILE LANG N NCMDS")
 	}
 	n, _ := strconv.Atoi(args[2])
 	want, _ := strconv.Atoi(args[3])
@@ -210,6 +206,12 @@ func cmdDoc(ts *testscript.TestScript, neg bool, args []string) {
 		}
 	}
 }
+
+// goCache is the Go build cache of the test's environment.
+var goCache = sync.OnceValue(func() string {
+	out, _ := exec.Command("go", "env", "GOCACHE").Output()
+	return strings.TrimSpace(string(out))
+})
 
 // scriptEnv is what a command started by these helpers takes from the
 // script's environment (testscript's own exec passes all of it).
@@ -405,7 +407,7 @@ func TestDocExamplesAreCovered(t *testing.T) {
 	}
 	covered := map[string]bool{}
 	scripts, _ := filepath.Glob("testdata/script/*.txtar")
-	re := regexp.MustCompile(`(?m)^doc (?:-[or] \S+ )*(\S+) (\S+) (\d+) \d+`)
+	re := regexp.MustCompile(`(?m)^doc .*?(\S+) (sh|console|python|yaml) (\d+) \d+$`)
 	for _, s := range scripts {
 		b, err := os.ReadFile(s)
 		if err != nil {

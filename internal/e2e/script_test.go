@@ -45,6 +45,7 @@ func TestScripts(t *testing.T) {
 			env.Setenv("HOME", env.WorkDir)
 			repo, err := filepath.Abs(repoRoot)
 			env.Setenv("REPO", repo) // for doc: the documents' examples
+			env.Setenv("GOCACHE_TEST", goCache())
 			return err
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
