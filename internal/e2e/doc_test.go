@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -371,6 +372,26 @@ func cmdDocWS(ts *testscript.TestScript, neg bool, args []string) {
 			}
 		}
 	}
+}
+
+// clusterport VAR: set VAR to a free loopback port below 55535 whose
+// Redis Cluster bus port (the port + 10000) is free too.
+func cmdClusterPort(ts *testscript.TestScript, neg bool, args []string) {
+	for p := 20000 + int(time.Now().UnixNano()%5000); p < 55535; p += 7 {
+		l1, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+10000))
+		l1.Close()
+		if err != nil {
+			continue
+		}
+		l2.Close()
+		ts.Setenv(args[0], strconv.Itoa(p))
+		return
+	}
+	ts.Fatalf("no free port pair")
 }
 
 // wsjoin CHANNEL ID: a WebSocket client on $URL/ws joins CHANNEL's

@@ -70,6 +70,7 @@ func TestScripts(t *testing.T) {
 			"docstream":     cmdDocStream,
 			"docbg":         cmdDocBg,
 			"docws":         cmdDocWS,
+			"clusterport":   cmdClusterPort,
 			"wsjoin":        cmdWSJoin,
 			"pushertrigger": cmdPusherTrigger,
 		},
