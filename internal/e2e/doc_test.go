@@ -263,6 +263,9 @@ func cmdDocServe(ts *testscript.TestScript, neg bool, args []string) {
 	b, err := os.ReadFile(ts.MkAbs(args[0]))
 	ts.Check(err)
 	c := strings.TrimSpace(string(b))
+	if i := strings.Index(c, " #"); i >= 0 && !strings.ContainsAny(c[:i], `'"`) {
+		c = strings.TrimSpace(c[:i]) // a comment: --listen goes before it
+	}
 	if !strings.HasPrefix(strings.TrimPrefix(c, "exec "), "pushctl serve") {
 		ts.Fatalf("%s is not a pushctl serve command: %s", args[0], c)
 	}
