@@ -368,3 +368,30 @@ func waitSubscribed(url, channel string) bool {
 	resp.Body.Close()
 	return resp.StatusCode == 200
 }
+
+// TestBrowserPatternAfterChannel: a page that subscribes to a channel and
+// then to a pattern matching it gets the pattern's other channels, on
+// every transport. (The broker refuses a pattern cursor without a time;
+// pushctl.js sent one for a pattern it had not started yet.)
+func TestBrowserPatternAfterChannel(t *testing.T) {
+	ctx := browser(t)
+	_, url := serve(t)
+	page(t, ctx, url, "")
+	for _, tr := range []string{"websocket", "sse", "longpoll"} {
+		a, pat, b := "pa."+tr+".a", "pa."+tr+".>", "pa."+tr+".b"
+		js(t, ctx, fmt.Sprintf(`window.got = [];
+			window.p = pushctl.connect(location.origin, {transports: [%q]});
+			p.subscribe(%q).bindAll((e, data, m) => window.got.push(m.channel + "|" + data)); true`, tr, a))
+		until(t, ctx, fmt.Sprintf(`p.state === "connected" && p.channel(%q).subscribed`, a), 20*time.Second)
+		run(t, "", "pub", "--server", url, a, "one")
+		until(t, ctx, `window.got.length >= 1`, 20*time.Second)
+		js(t, ctx, fmt.Sprintf(`p.subscribe(%q).bindAll((e, data, m) => window.got.push(m.channel + "|" + data)); true`, pat))
+		// (A long-poll says it is subscribed only when its next poll
+		// answers: the publish waits for the subscriber instead.)
+		if _, errs, code := run(t, "", "pub", "--server", url, "--wait-subscribers", "1", "--timeout", "20s", b, "two"); code != 0 {
+			t.Fatalf("%s: pub: %s", tr, errs)
+		}
+		until(t, ctx, `window.got.includes("`+b+`|two")`, 20*time.Second)
+		js(t, ctx, `p.close(); true`)
+	}
+}

@@ -43,7 +43,10 @@ func TestScripts(t *testing.T) {
 			env.Setenv("PATH", filepath.Dir(binary)+string(os.PathListSeparator)+os.Getenv("PATH"))
 			env.Setenv("GORACE", os.Getenv("GORACE"))
 			env.Setenv("HOME", env.WorkDir)
-			return nil
+			repo, err := filepath.Abs(repoRoot)
+			env.Setenv("REPO", repo) // for doc: the documents' examples
+			env.Setenv("GOCACHE_TEST", goCache())
+			return err
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"serve":      cmdServe,
@@ -61,6 +64,15 @@ func TestScripts(t *testing.T) {
 			"deafws":     cmdDeafWS,
 			"freeport":   cmdFreePort,
 			"gencert":    cmdGenCert,
+			// doc_test.go: the examples of README.md and docs/*.md
+			"doc":           cmdDoc,
+			"docserve":      cmdDocServe,
+			"docstream":     cmdDocStream,
+			"docbg":         cmdDocBg,
+			"docws":         cmdDocWS,
+			"clusterport":   cmdClusterPort,
+			"wsjoin":        cmdWSJoin,
+			"pushertrigger": cmdPusherTrigger,
 		},
 		Condition: func(cond string) (bool, error) {
 			switch cond {
@@ -101,7 +113,11 @@ func cmdServe(ts *testscript.TestScript, neg bool, args []string) {
 	if !hasListen(args) {
 		full = append(full, "--listen", "127.0.0.1:0")
 	}
-	cmd := exec.Command(binary, full...)
+	startBroker(ts, neg, name, env, exec.Command(binary, full...))
+}
+
+// startBroker starts cmd, a broker, as serve does.
+func startBroker(ts *testscript.TestScript, neg bool, name string, env []string, cmd *exec.Cmd) {
 	cmd.Dir = ts.Getenv("WORK")
 	cmd.Env = append(os.Environ(), "HOME="+ts.Getenv("WORK"))
 	cmd.Env = append(cmd.Env, env...)

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 func FuzzLineReader(f *testing.F) {
@@ -75,6 +76,8 @@ func FuzzWebSocketFrame(f *testing.F) {
 		`{"type":"subscribe","channels":["a","b.*"],"since":"all","last":3}`,
 		`{"type":"unsubscribe","channel":"a"}`,
 		`{"type":"ping"}`, `{}`, `[]`, `{"type":"subscribe","channels":[""]}`, `{"data":` + strings.Repeat("[", 5000),
+		`{"type":"publish","ref":"x1","channel":123}`, `{"type":"subscribe","ref":"x2","channels":"room.42"}`,
+		`{"ref":"x3","type":"subscribe","channels":["a"],"last":"5"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -91,6 +94,11 @@ func FuzzWebSocketFrame(f *testing.F) {
 		if len(ss.control) == 0 {
 			t.Fatalf("frame %q got no reply", frame)
 		}
+		// Every error answering a frame with a ref carries it.
+		var sent struct {
+			Ref string `json:"ref"`
+		}
+		hasRef := json.Unmarshal(frame, &sent) == nil && sent.Ref != "" && len(sent.Ref) <= wire.MaxRef
 		for _, c := range ss.control {
 			// A text frame (unmasked, final) carrying one JSON frame.
 			if len(c) < 2 || c[0] != 0x81 {
@@ -108,6 +116,11 @@ func FuzzWebSocketFrame(f *testing.F) {
 			}
 			if bytes.Contains(payload, []byte("Go value")) || bytes.Contains(payload, []byte("server.")) {
 				t.Fatalf("reply speaks of Go types: %s", payload)
+			}
+			var reply struct{ Type, Ref string }
+			json.Unmarshal(payload, &reply)
+			if hasRef && reply.Type == "error" && reply.Ref != sent.Ref {
+				t.Fatalf("frame %q (ref %q) got the error %s", frame, sent.Ref, payload)
 			}
 		}
 	})

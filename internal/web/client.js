@@ -231,7 +231,12 @@ class Client extends Emitter {
       if (names.some((n) => n === ch || (isPattern(n) && matches(n, ch)))) parts.push(ch + "=" + p.id);
     }
     for (const n of names) {
-      const s = this._since.get(n);
+      let s = this._since.get(n);
+      // A pattern the broker has not started yet starts now: the broker
+      // refuses a cursor that names channels without saying from when the
+      // pattern's other channels replay (this clock's now replays nothing
+      // or the last few moments, never loses).
+      if (!s && isPattern(n) && parts.length) s = new Date().toISOString();
       if (s && (!since || s < since)) since = s;
     }
     parts.sort();
