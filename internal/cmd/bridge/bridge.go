@@ -87,7 +87,7 @@ for good, saying which.`,
   pushctl bridge https://example.com/events zmq:@tcp://127.0.0.1:5557 --channel feed`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
-				return cmdutil.FlagErrorf("bridge takes FROM and TO, got %d arguments", len(args))
+				return cmdutil.FlagErrorf("bridge takes FROM and TO, got %s", cmdutil.Plural(len(args), "argument"))
 			}
 			return nil
 		},
