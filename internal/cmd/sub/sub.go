@@ -401,7 +401,7 @@ func (p *printer) result(ctx context.Context, err error) error {
 	case errors.As(err, &ae) && ae.Status == 400 && ae.Code == wire.CodeInvalidPosition:
 		return cmdutil.FlagErrorf("--since %q: %s", p.o.Since, ae.Message)
 	case errors.As(err, &ae) && ae.Code == wire.CodeUnavailable:
-		return fmt.Errorf("subscribe to %s: the broker cannot reach its storage (Redis) (%s); retry, or use another node", p.what(), ae.Code)
+		return fmt.Errorf("subscribe to %s: %w; retry, or use another node", p.what(), cmdutil.SubscribeErr(err))
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		if p.o.Count > 0 && p.got < p.o.Count || p.o.Count == 0 && p.got == 0 {
 			return fmt.Errorf("%w after %s: %d of %s", cmdutil.ErrTimeout, p.o.Timeout, p.got, want(p.o.Count))
