@@ -91,6 +91,8 @@ func publishZMQ(ctx context.Context, in io.Reader, o *Options) error {
 	zmq.Shutdown() // delivers what is queued, within the linger
 	sent := st.Sent.Load()
 	switch {
+	case errors.Is(err, zmq.ErrCurveRefused):
+		return err
 	case errors.Is(err, zmq.ErrNoSubscribers):
 		return fmt.Errorf("%w: %v", cmdutil.ErrTimeout, err)
 	case ctx.Err() != nil:
