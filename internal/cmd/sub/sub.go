@@ -438,8 +438,22 @@ func (p *printer) what() string {
 	return strings.Join(p.o.Channels, ",")
 }
 
-// Run subscribes until done.
+// Run subscribes until done, or until the program reading its output
+// (sub … | grep -m1 x) has exited.
 func Run(ctx context.Context, o *Options) error {
+	if !o.TUI {
+		var stop func()
+		ctx, stop = cmdutil.WhenReaderGone(ctx, o.IO.Out)
+		defer stop()
+	}
+	err := run(ctx, o)
+	if errors.Is(context.Cause(ctx), cmdutil.ErrReaderGone) {
+		return nil // as a pipeline would have it: the reader has what it wanted
+	}
+	return err
+}
+
+func run(ctx context.Context, o *Options) error {
 	p := newPrinter(ctx, o)
 	if o.tmpl == nil && o.Template != "" { // Options filled by hand, as in tests
 		t, err := parseTemplate(o.Template)
