@@ -222,7 +222,7 @@ func TestZMQSubExactChannelsAndLegacy(t *testing.T) {
 	if strings.Join(got, ",") != "chat:first,chat:second in legacy form,chat:third" {
 		t.Fatalf("got %v", got)
 	}
-	if !strings.Contains(errOut, "1 messages missed on chat (sequence 1 to 3)") {
+	if !strings.Contains(errOut, "1 message missed on chat (sequence 1 to 3)") {
 		t.Fatalf("sequence gap not reported: %s", errOut)
 	}
 }

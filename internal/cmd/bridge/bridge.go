@@ -227,7 +227,7 @@ func run(ctx context.Context, o *Options) error {
 		return nil
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		if o.Count > 0 && counters.Moved.Load() < o.Count {
-			return fmt.Errorf("%w: moved %d of %d messages in %s", cmdutil.ErrTimeout, counters.Moved.Load(), o.Count, o.Timeout)
+			return fmt.Errorf("%w: moved %d of %s in %s", cmdutil.ErrTimeout, counters.Moved.Load(), cmdutil.Plural(int(o.Count), "message"), o.Timeout)
 		}
 		return nil
 	case ctx.Err() != nil:

@@ -264,7 +264,7 @@ func CompleteChannels(f *cmdutil.Factory, server *string) func(*cobra.Command, [
 		var out []string
 		for _, ch := range list {
 			if strings.HasPrefix(ch.Name, toComplete) {
-				out = append(out, fmt.Sprintf("%s\t%d subscribers, %d retained", ch.Name, ch.Subscribers, ch.Messages))
+				out = append(out, fmt.Sprintf("%s\t%s, %d retained", ch.Name, cmdutil.Plural(ch.Subscribers, "subscriber"), ch.Messages))
 			}
 		}
 		return out, cobra.ShellCompDirectiveNoFileComp

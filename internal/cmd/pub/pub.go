@@ -250,7 +250,7 @@ func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Option
 		return publishError(o.Channel, fmt.Errorf("%d of %s acknowledged: %w", acked, cmdutil.Plural(n, "message"), err))
 	}
 	if readErr != nil {
-		return fmt.Errorf("reading input after %d messages: %w", n, readErr)
+		return fmt.Errorf("reading input after %s: %w", cmdutil.Plural(n, "message"), readErr)
 	}
 	if !o.JSON {
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: published %s to %s", cmdutil.Plural(acked, "message"), o.Channel)

@@ -273,7 +273,7 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		st := b.Stats()
 		log.Info("store opened", "dir", o.DataDir, "channels", st.Channels, "took", time.Since(start).Round(time.Millisecond))
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%d channels)\n", o.DataDir, time.Since(start).Round(time.Millisecond), st.Channels)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%s)\n", o.DataDir, time.Since(start).Round(time.Millisecond), cmdutil.Plural(st.Channels, "channel"))
 	} else {
 		b = broker.NewMemory(mo)
 	}

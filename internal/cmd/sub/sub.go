@@ -78,7 +78,8 @@ any tail) and print each message on standard output.
 On a terminal it opens a live UI (filter with /, details with enter, publish
 with p, ? for keys); piped, or with --no-tui, --format, --template, --exec,
 --count or --timeout, it prints plain lines: the data alone for one channel,
-"channel<TAB>data" (--format line) for patterns and several channels.
+the channel, a tab and the data (--format line) for patterns and several
+channels.
 
 --where keeps the messages whose JSON data makes a jq expression true, and
 --match those whose data matches a regular expression; --count counts the
@@ -125,7 +126,7 @@ when interrupted.`,
 	}
 	fl := cmd.Flags()
 	f.AddServerFlags(cmd, &opts.Server)
-	fl.StringVarP(&opts.Format, "format", "o", "", "output: raw (data only; the default for one channel), line (channel<TAB>data; the default for patterns and several channels), json (one envelope per line, gap records too) or sse")
+	fl.StringVarP(&opts.Format, "format", "o", "", "output: raw (data only; the default for one channel), line (the channel, a tab, the data; the default for patterns and several channels), json (one envelope per line, gap records too) or sse")
 	fl.StringVar(&opts.Template, "template", "", "Go template per message: .Channel .ID .Seq .Event .Data .Time (RFC 3339) .TimeUnixMilli, and .JSON for JSON data")
 	fl.IntVarP(&opts.Count, "count", "n", 0, "exit after this many messages (those kept by --where and --match)")
 	fl.DurationVar(&opts.Timeout, "timeout", 0, "give up after this long (exit 124 unless --count messages, or any without --count, arrived)")
