@@ -288,7 +288,7 @@ warm:
 
 func TestZMQCurve(t *testing.T) {
 	keys := func() (string, string) {
-		out, errOut, code := run(t, "", "keygen", "--json")
+		out, errOut, code := run(t, "", "zmq", "keygen", "--json")
 		if code != 0 {
 			t.Fatal(errOut)
 		}

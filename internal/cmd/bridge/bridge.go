@@ -19,7 +19,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Options are the flags of bridge.
+// Options are the flags of bridge and its dependencies.
 type Options struct {
 	IO *cmdutil.IOStreams
 
@@ -44,7 +44,7 @@ type Options struct {
 }
 
 // NewCmdBridge returns the bridge command.
-func NewCmdBridge(f *cmdutil.Factory) *cobra.Command {
+func NewCmdBridge(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
 	o := &Options{IO: f.IO}
 	cmd := &cobra.Command{
 		Use:   "bridge FROM TO",
@@ -93,7 +93,10 @@ for good, saying which.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.From, o.To = args[0], args[1]
-			return run(cmd.Context(), o)
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return Run(cmd.Context(), o)
 		},
 	}
 	fl := cmd.Flags()
@@ -120,7 +123,8 @@ for good, saying which.`,
 	return cmd
 }
 
-func run(ctx context.Context, o *Options) error {
+// Run pumps messages from o.From to o.To until done.
+func Run(ctx context.Context, o *Options) error {
 	bo := bridge.Options{Channel: o.Channel, Count: o.Count}
 	if o.Channel != "" {
 		if err := broker.ValidateChannel(o.Channel); err != nil {

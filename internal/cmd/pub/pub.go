@@ -14,7 +14,6 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
-	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/wire"
 	"github.com/spf13/cobra"
@@ -61,7 +60,7 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
 			if len(args) > 0 {
 				return nil, cobra.ShellCompDirectiveNoFileComp
 			}
-			return channels.CompleteChannels(f, &opts.Server)(cmd, args, toComplete)
+			return cmdutil.CompleteChannels(f, &opts.Server)(cmd, args, toComplete)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channel, opts.Args = args[0], args[1:]

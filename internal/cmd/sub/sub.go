@@ -20,7 +20,6 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
-	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/wire"
 	"github.com/spf13/cobra"
@@ -112,7 +111,7 @@ when interrupted.`,
   pushctl sub orders --token-command 'vault read -field=token secret/pushctl'
   pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
 		Args:              cmdutil.MinimumArgs(1, "CHANNEL"),
-		ValidArgsFunction: channels.CompleteChannels(f, &opts.Server),
+		ValidArgsFunction: cmdutil.CompleteChannels(f, &opts.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channels = args
 			if err := opts.validate(cmd); err != nil {
