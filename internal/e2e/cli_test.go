@@ -118,9 +118,15 @@ func TestSubReconnectsAcrossBrokerRestart(t *testing.T) {
 		t.Fatalf("restarted on %s, want %s", url2, url)
 	}
 	// The subscriber resumes from its position: the new broker's history
-	// is fresh, so it is told about the gap, then gets everything new.
+	// is fresh, so it is told about the gap (a record in --format json),
+	// then gets everything new.
 	run(t, "", "pub", "news", "--wait-subscribers", "1", "-s", url, "two")
 	run(t, "", "pub", "news", "-s", url, "three")
+	var gap map[string]any
+	json.Unmarshal([]byte(sub.readLine(10*time.Second)), &gap)
+	if gap["type"] != "gap" || gap["channel"] != "news" {
+		t.Fatalf("after restart got %v, want the gap record", gap)
+	}
 	for _, want := range []string{"two", "three"} {
 		var m map[string]any
 		json.Unmarshal([]byte(sub.readLine(10*time.Second)), &m)
