@@ -83,3 +83,12 @@ func TestUsageErrorsExit2(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisLogsThroughLogger: go-redis's own log lines (an unreachable
+// Redis) come out in the broker's log format, not as "pool.go:770: …".
+func TestRedisLogsThroughLogger(t *testing.T) {
+	_, errOut, code := run(t, "", "serve", "--listen", "127.0.0.1:0", "--broker", "redis://127.0.0.1:1/0", "--log-format", "json")
+	if code != 1 || !strings.Contains(errOut, `"component":"redis"`) || strings.Contains(errOut, "pool.go:") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+}
