@@ -41,6 +41,10 @@ type Options struct {
 	CAFile          string
 	ConnectTimeout  time.Duration
 	Filter          cmdutil.FilterFlags
+
+	checked bool
+	bo      bridge.Options
+	eo      bridge.EndpointOptions
 }
 
 // NewCmdBridge returns the bridge command.
@@ -93,6 +97,9 @@ for good, saying which.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.From, o.To = args[0], args[1]
+			if err := o.check(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -125,58 +132,12 @@ for good, saying which.`,
 
 // Run pumps messages from o.From to o.To until done.
 func Run(ctx context.Context, o *Options) error {
-	bo := bridge.Options{Channel: o.Channel, Count: o.Count}
-	if o.Channel != "" {
-		if err := broker.ValidateChannel(o.Channel); err != nil {
-			return &cmdutil.FlagError{Err: err}
+	if !o.checked {
+		if err := o.check(); err != nil {
+			return err
 		}
 	}
-	if o.ChannelTemplate != "" {
-		t, err := template.New("channel").Parse(o.ChannelTemplate)
-		if err != nil {
-			return cmdutil.FlagErrorf("--channel-template: %v", err)
-		}
-		bo.ChannelTemplate = t
-	}
-	for _, c := range o.Channels {
-		if err := broker.ValidatePattern(c); err != nil {
-			return &cmdutil.FlagError{Err: err}
-		}
-	}
-	if len(o.ZMQ.Sep) != 1 {
-		return cmdutil.FlagErrorf("--zmq-sep %q: want one byte", o.ZMQ.Sep)
-	}
-	if o.ConnectTimeout <= 0 {
-		return cmdutil.FlagErrorf("--connect-timeout %s: want a positive duration such as 5s", o.ConnectTimeout)
-	}
-	flt, err := o.Filter.Compile()
-	if err != nil {
-		return err
-	}
-	if flt != nil {
-		bo.Filter = func(ctx context.Context, m bridge.Message) bool {
-			kind, _ := broker.ClassifyData("", m.Data)
-			keep, _ := flt.Keep(ctx, m.Data, kind == broker.KindJSON)
-			return keep
-		}
-	}
-	eo := bridge.EndpointOptions{
-		Channels: o.Channels, ZMQSep: o.ZMQ.Sep[0], ZMQLegacy: o.ZMQLegacy,
-		ZMQ:     zmq.SocketOptions{HWM: o.ZMQ.HWM, Linger: o.ZMQ.Linger},
-		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile, ConnectTimeout: o.ConnectTimeout,
-	}
-	for _, h := range o.Headers {
-		k, v, ok := strings.Cut(h, ":")
-		if !ok {
-			return cmdutil.FlagErrorf("--header %q: want Name: value", h)
-		}
-		eo.Headers.Add(strings.TrimSpace(k), strings.TrimSpace(v))
-	}
-	curve, err := o.curve()
-	if err != nil {
-		return err
-	}
-	eo.ZMQ.Curve = curve
+	bo, eo := o.bo, o.eo
 	var mu sync.Mutex
 	counters := &bridge.Counters{}
 	env := &bridge.Env{Counters: counters, ConnectTimeout: o.ConnectTimeout, Warn: func(format string, args ...any) {
@@ -238,6 +199,65 @@ func Run(ctx context.Context, o *Options) error {
 		return cmdutil.Stopped(ctx)
 	}
 	return err
+}
+
+// check validates the flags before anything connects, as usage errors
+// naming the flag, and prepares the bridge and endpoint options.
+func (o *Options) check() error {
+	bo := bridge.Options{Channel: o.Channel, Count: o.Count}
+	if o.Channel != "" {
+		if err := broker.ValidateChannel(o.Channel); err != nil {
+			return &cmdutil.FlagError{Err: err}
+		}
+	}
+	if o.ChannelTemplate != "" {
+		t, err := template.New("channel").Parse(o.ChannelTemplate)
+		if err != nil {
+			return cmdutil.FlagErrorf("--channel-template: %v", err)
+		}
+		bo.ChannelTemplate = t
+	}
+	for _, c := range o.Channels {
+		if err := broker.ValidatePattern(c); err != nil {
+			return &cmdutil.FlagError{Err: err}
+		}
+	}
+	if len(o.ZMQ.Sep) != 1 {
+		return cmdutil.FlagErrorf("--zmq-sep %q: want one byte", o.ZMQ.Sep)
+	}
+	if o.ConnectTimeout <= 0 {
+		return cmdutil.FlagErrorf("--connect-timeout %s: want a positive duration such as 5s", o.ConnectTimeout)
+	}
+	flt, err := o.Filter.Compile()
+	if err != nil {
+		return err
+	}
+	if flt != nil {
+		bo.Filter = func(ctx context.Context, m bridge.Message) bool {
+			kind, _ := broker.ClassifyData("", m.Data)
+			keep, _ := flt.Keep(ctx, m.Data, kind == broker.KindJSON)
+			return keep
+		}
+	}
+	eo := bridge.EndpointOptions{
+		Channels: o.Channels, ZMQSep: o.ZMQ.Sep[0], ZMQLegacy: o.ZMQLegacy,
+		ZMQ:     zmq.SocketOptions{HWM: o.ZMQ.HWM, Linger: o.ZMQ.Linger},
+		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile, ConnectTimeout: o.ConnectTimeout,
+	}
+	for _, h := range o.Headers {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok {
+			return cmdutil.FlagErrorf("--header %q: want Name: value", h)
+		}
+		eo.Headers.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	curve, err := o.curve()
+	if err != nil {
+		return err
+	}
+	eo.ZMQ.Curve = curve
+	o.bo, o.eo, o.checked = bo, eo, true
+	return nil
 }
 
 func summary(c *bridge.Counters) string {

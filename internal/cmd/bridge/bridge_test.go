@@ -71,4 +71,14 @@ func TestBridgeFlags(t *testing.T) {
 		got.Filter.Match != "x" || got.Count != 2 || got.ConnectTimeout != 2*time.Second || len(got.Headers) != 1 {
 		t.Fatalf("options %+v (%v)", got, err)
 	}
+	// Bad flags are usage errors before anything runs.
+	for _, bad := range [][]string{{"--where", ".a =="}, {"--match", "("}, {"--zmq-sep", "ab"}, {"-H", "nocolon"},
+		{"--channel", "a..b"}, {"--channel-template", "{{"}, {"--connect-timeout", "0s"}} {
+		got = nil
+		args := append([]string{"-", "-"}, bad...)
+		_, _, err := cmdutil.RunForTest(context.Background(), func(f *cmdutil.Factory) *cobra.Command { return NewCmdBridge(f, runF) }, nil, args...)
+		if cmdutil.ExitCode(err) != cmdutil.ExitUsage || got != nil {
+			t.Errorf("%q: %v (ran: %v)", bad, err, got != nil)
+		}
+	}
 }
