@@ -228,7 +228,7 @@ func (s *zmqSource) Run(ctx context.Context, emit func(Message) error) error {
 		if f.HasSeq {
 			if prev, ok := last[f.Channel]; ok && f.Seq > prev+1 {
 				s.env.Counters.Dropped.Add(f.Seq - prev - 1)
-				s.env.warn("%s: %d messages lost on %s before they reached the bridge", s, f.Seq-prev-1, f.Channel)
+				s.env.warn("%s: %s lost on %s before they reached the bridge", s, plural(int(f.Seq-prev-1), "message"), f.Channel)
 			}
 			last[f.Channel] = f.Seq
 		}
@@ -845,3 +845,10 @@ func utf8Valid(b []byte) bool {
 type stringer string
 
 func (s stringer) String() string { return string(s) }
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

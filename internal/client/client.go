@@ -259,8 +259,17 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 		req.Header.Set("Authorization", "Bearer "+t)
 	}
 	i := c.cur.Load()
+	var down []string // nodes that did not answer
 	for tries := 1; ; tries++ {
 		resp, err := c.doOnce(req, c.bases[i])
+		var ue *UnreachableError
+		if errors.As(err, &ue) {
+			down = append(down, ue.URL)
+			if len(down) > 1 && len(down) == tries {
+				// None answered: name them all.
+				err = &UnreachableError{URL: strings.Join(down, ", "), Err: ue.Err}
+			}
+		}
 		if err == nil || !movable(err) || tries >= len(c.bases) || req.Context().Err() != nil {
 			return resp, err
 		}

@@ -25,3 +25,9 @@ func RunForTest(ctx context.Context, newCmd func(*Factory) *cobra.Command, env m
 	err = cmd.ExecuteContext(ctx)
 	return out.String(), errOut.String(), err
 }
+
+// Real adapts a NewCmdX(f, runF) constructor for RunForTest with runF
+// nil: the command does its real work.
+func Real[O any](newCmd func(*Factory, func(context.Context, *O) error) *cobra.Command) func(*Factory) *cobra.Command {
+	return func(f *Factory) *cobra.Command { return newCmd(f, nil) }
+}

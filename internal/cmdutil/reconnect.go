@@ -1,12 +1,14 @@
 package cmdutil
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/client"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Reconnects reports a subscription's lost connections at a rate people
@@ -38,6 +40,9 @@ func (r *Reconnects) Status(s client.Status) {
 		every = 30 * time.Second
 	}
 	t := now()
+	if s.Err != nil {
+		s.Err = SubscribeErr(s.Err)
+	}
 	switch s.State {
 	case client.StateReconnecting:
 		switch {
@@ -62,4 +67,15 @@ func Plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// SubscribeErr words a broker's refusal as it applies to subscribing: the
+// broker's broker_unavailable message speaks of publishing ("nothing was
+// published"), which a subscriber did not try.
+func SubscribeErr(err error) error {
+	var ae *client.APIError
+	if errors.As(err, &ae) && ae.Code == wire.CodeUnavailable {
+		return fmt.Errorf("the broker cannot reach its storage (Redis) (%s)", ae.Code)
+	}
+	return err
 }

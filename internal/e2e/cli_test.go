@@ -59,14 +59,14 @@ func TestExitCodes(t *testing.T) {
 		err  string
 	}{
 		{[]string{"sub", "quiet", "--count", "1", "--timeout", "300ms", "-s", url}, 124, "timed out"},
-		{[]string{"pub", "news", "--wait-subscribers", "1", "--timeout", "300ms", "-s", url, "x"}, 124, "fewer than 1 subscribers"},
+		{[]string{"pub", "news", "--wait-subscribers", "1", "--timeout", "300ms", "-s", url, "x"}, 124, "fewer than 1 subscriber on news"},
 		{[]string{"sub"}, 2, "missing CHANNEL"},
 		{[]string{"sub", "bad..name", "-s", url}, 2, "invalid channel"},
 		{[]string{"sub", "x", "--format", "xml"}, 2, "--format"},
 		{[]string{"pub", "news", "--via", "pigeon", "x"}, 2, "--via"},
 		{[]string{"pub", "news", "--no-such-flag"}, 2, "unknown flag"},
 		{[]string{"nonsense"}, 2, "unknown command"},
-		{[]string{"pub", "news", "-s", "127.0.0.1:1", "x"}, 1, "cannot reach the broker"},
+		{[]string{"pub", "news", "-s", "127.0.0.1:1", "x"}, 1, "cannot reach http://127.0.0.1:1 (connection refused)"},
 		{[]string{"sub", "news", "--template", "{{.Nope", "-s", url}, 2, "--template"},
 	} {
 		_, errOut, code := run(t, "", c.args...)
@@ -118,9 +118,15 @@ func TestSubReconnectsAcrossBrokerRestart(t *testing.T) {
 		t.Fatalf("restarted on %s, want %s", url2, url)
 	}
 	// The subscriber resumes from its position: the new broker's history
-	// is fresh, so it is told about the gap, then gets everything new.
+	// is fresh, so it is told about the gap (a record in --format json),
+	// then gets everything new.
 	run(t, "", "pub", "news", "--wait-subscribers", "1", "-s", url, "two")
 	run(t, "", "pub", "news", "-s", url, "three")
+	var gap map[string]any
+	json.Unmarshal([]byte(sub.readLine(10*time.Second)), &gap)
+	if gap["type"] != "gap" || gap["channel"] != "news" {
+		t.Fatalf("after restart got %v, want the gap record", gap)
+	}
 	for _, want := range []string{"two", "three"} {
 		var m map[string]any
 		json.Unmarshal([]byte(sub.readLine(10*time.Second)), &m)
@@ -148,9 +154,10 @@ func TestSubReplayTemplateExec(t *testing.T) {
 	if code != 0 || out != "jobs/2/b\njobs/3/{\"n\":3} n=3\n" {
 		t.Fatalf("template: exit %d %q %s", code, out, errOut)
 	}
+	// Only the command's output: --exec no longer copies the message.
 	out, errOut, code = run(t, "", "sub", "jobs", "--since", "all", "--count", "1", "--timeout", "10s", "-s", url,
 		"--exec", `printf '%s:%s:' "$PUSHCTL_CHANNEL" "$PUSHCTL_SEQ"; cat`)
-	if code != 0 || out != "a\njobs:1:a" {
+	if code != 0 || out != "jobs:1:a" {
 		t.Fatalf("exec: exit %d %q %s", code, out, errOut)
 	}
 	out, _, code = run(t, "", "sub", "jobs", "--since", "all", "--count", "1", "--timeout", "10s", "-s", url, "--format", "sse")
@@ -268,7 +275,7 @@ func TestServeConfigPrecedence(t *testing.T) {
 		t.Fatalf("unknown key: exit %d %s", code, errOut)
 	}
 	_, errOut, code = run(t, "", "serve", "--config", filepath.Join(dir, "missing.yaml"))
-	if code != 1 || !strings.Contains(errOut, "no such file") {
+	if code != 2 || !strings.Contains(errOut, "no such file") {
 		t.Fatalf("missing file: exit %d %s", code, errOut)
 	}
 }

@@ -98,8 +98,9 @@ func TestTokensOverTLS(t *testing.T) {
 }
 
 func TestRefusesOpenListenerWithoutAuth(t *testing.T) {
+	// A usage error (exit 2) since issue 27: the flags ask for something refused.
 	_, errOut, code := run(t, "", "serve", "--listen", "0.0.0.0:0")
-	if code != 1 || !strings.Contains(errOut, "refusing to listen") || !strings.Contains(errOut, "--insecure-no-auth") {
+	if code != 2 || !strings.Contains(errOut, "refusing to listen") || !strings.Contains(errOut, "--insecure-no-auth") {
 		t.Fatalf("open listener: exit %d %s", code, errOut)
 	}
 	p, _ := serve(t, "--listen", "0.0.0.0:0", "--insecure-no-auth")

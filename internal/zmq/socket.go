@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -261,17 +262,26 @@ func RunPub(ctx context.Context, c PubConfig, st *PubStats, next func(context.Co
 		}
 	}
 	if c.WaitSubscribers > 0 {
+		// The handshakes say why no subscriber comes when CURVE is on:
+		// a refused key looks like silence otherwise.
+		var hs *handshakes
+		if c.Curve.enabled() {
+			hs = watchHandshakes(s)
+			defer hs.stop(s)
+		}
 		deadline := time.Now().Add(c.WaitTimeout)
 		for st.Subscriptions.Load() < int64(c.WaitSubscribers) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if c.WaitTimeout > 0 && time.Now().After(deadline) {
-				return fmt.Errorf("%w: %d of %d after %s", ErrNoSubscribers, st.Subscriptions.Load(), c.WaitSubscribers, c.WaitTimeout)
+				err := fmt.Errorf("%w: %d of %d after %s", ErrNoSubscribers, st.Subscriptions.Load(), c.WaitSubscribers, c.WaitTimeout)
+				return hs.explain(c.Endpoint.Addr, err)
 			}
 			if err := readSubs(pollInterval); err != nil {
 				return err
 			}
+			hs.read()
 		}
 	}
 	for {
@@ -329,4 +339,90 @@ func send(ctx context.Context, s *zmq4.Socket, parts [][]byte, block bool) error
 		poller.Add(s, zmq4.POLLOUT)
 		poller.Poll(pollInterval)
 	}
+}
+
+// handshakes follows a socket's ZMTP handshakes through libzmq's socket
+// monitor, to tell a refused CURVE key from a peer that is not there.
+type handshakes struct {
+	mon               *zmq4.Socket
+	connected, ok     int
+	refused, mismatch int
+	status            int // the ZAP status of the last refusal (400: key not allowed)
+}
+
+var monitors atomic.Int64
+
+func watchHandshakes(s *zmq4.Socket) *handshakes {
+	addr := fmt.Sprintf("inproc://pushctl-monitor-%d", monitors.Add(1))
+	events := zmq4.EVENT_CONNECTED | zmq4.EVENT_ACCEPTED | zmq4.EVENT_HANDSHAKE_SUCCEEDED |
+		zmq4.EVENT_HANDSHAKE_FAILED_AUTH | zmq4.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq4.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+	if err := s.Monitor(addr, events); err != nil {
+		return nil
+	}
+	mon, err := zmq4.NewSocket(zmq4.PAIR)
+	if err != nil {
+		s.Monitor("", 0)
+		return nil
+	}
+	mon.SetLinger(0)
+	if err := mon.Connect(addr); err != nil {
+		mon.Close()
+		s.Monitor("", 0)
+		return nil
+	}
+	return &handshakes{mon: mon}
+}
+
+// read takes the events that arrived.
+func (h *handshakes) read() {
+	if h == nil {
+		return
+	}
+	for {
+		ev, _, val, err := h.mon.RecvEvent(zmq4.DONTWAIT)
+		if err != nil {
+			return
+		}
+		switch ev {
+		case zmq4.EVENT_CONNECTED, zmq4.EVENT_ACCEPTED:
+			h.connected++
+		case zmq4.EVENT_HANDSHAKE_SUCCEEDED:
+			h.ok++
+		case zmq4.EVENT_HANDSHAKE_FAILED_AUTH:
+			h.refused++
+			h.status = val
+		case zmq4.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq4.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+			h.mismatch++
+		}
+	}
+}
+
+func (h *handshakes) stop(s *zmq4.Socket) {
+	s.Monitor("", 0)
+	h.mon.Close()
+}
+
+// explain turns "no subscriber in time" into what the handshakes showed:
+// the peer refused our CURVE key (ErrCurveRefused), or connections came
+// and went without completing a handshake.
+func (h *handshakes) explain(addr string, err error) error {
+	if h == nil {
+		return err
+	}
+	h.read()
+	switch {
+	case h.refused > 0:
+		return fmt.Errorf("%w: %s refused our key %s (ZAP status %d): list our public key in its --zmq-curve-clients, or give a listed key with --zmq-curve-secret",
+			ErrCurveRefused, addr, plural(h.refused, "time"), h.status)
+	case h.ok == 0 && (h.connected > 0 || h.mismatch > 0):
+		return fmt.Errorf("%w; %s took the connection but no CURVE handshake completed: is --zmq-curve-server-key its public key, and does it use CURVE?", err, addr)
+	}
+	return err
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -89,3 +89,7 @@ type PubStats struct {
 
 // ErrNoSubscribers means WaitSubscribers was not reached in time.
 var ErrNoSubscribers = errors.New("no ZeroMQ subscriber connected in time")
+
+// ErrCurveRefused is returned when the peer's authentication (ZAP)
+// refused our CURVE key, as libzmq's socket monitor reports it.
+var ErrCurveRefused = errors.New("the ZeroMQ peer refused our CURVE key")

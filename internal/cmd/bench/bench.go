@@ -27,7 +27,7 @@ type Options struct {
 }
 
 // NewCmdBench returns the bench command.
-func NewCmdBench(f *cmdutil.Factory) *cobra.Command {
+func NewCmdBench(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
 	o := &Options{IO: f.IO}
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -84,7 +84,10 @@ On a terminal a live line on stderr shows the progress.`,
 			default:
 				return cmdutil.FlagErrorf("--format %q: want text, json or csv", o.Format)
 			}
-			return run(cmd.Context(), o)
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return Run(cmd.Context(), o)
 		},
 	}
 	fl := cmd.Flags()
@@ -110,7 +113,8 @@ On a terminal a live line on stderr shows the progress.`,
 	return cmd
 }
 
-func run(ctx context.Context, o *Options) error {
+// Run measures the broker as o says.
+func Run(ctx context.Context, o *Options) error {
 	if o.IO.ErrTTY {
 		o.Config.Live = func(published, delivered uint64, elapsed time.Duration) {
 			fmt.Fprintf(o.IO.ErrOut, "\r\033[K%s: %d published, %d delivered, %.0f deliveries/s",

@@ -20,7 +20,7 @@ import (
 func TestBench(t *testing.T) {
 	_, url := servertest.Start(t, server.Options{})
 	for _, tc := range [][2]string{{"ws", "http"}, {"sse", "ndjson"}, {"ndjson", "ws"}, {"poll", "http"}} {
-		out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url, "--transport", tc[0], "--publish-over", tc[1],
+		out, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdBench), nil, "--server", url, "--transport", tc[0], "--publish-over", tc[1],
 			"--subscribers", "4", "--publishers", "2", "--messages", "100", "--size", "48", "--format", "json", "--channel", "b"+tc[0])
 		if err != nil {
 			t.Fatalf("%v: %v", tc, err)
@@ -44,7 +44,7 @@ func TestBench(t *testing.T) {
 	}
 	for _, bad := range [][]string{{"--size", "3"}, {"--transport", "carrier-pigeon"}, {"--flavor", "nchan", "--transport", "poll"},
 		{"--publish-over", "ws", "--flavor", "nchan"}, {"--publish-over", "zmq"}, {"--against", url, "--against-flavor", "nchan", "--transport", "ndjson"}} {
-		if _, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, append([]string{"--server", url}, bad...)...); err == nil {
+		if _, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdBench), nil, append([]string{"--server", url}, bad...)...); err == nil {
 			t.Fatalf("%v accepted", bad)
 		}
 	}
@@ -55,7 +55,7 @@ func TestBench(t *testing.T) {
 func TestBenchAgainst(t *testing.T) {
 	_, a := servertest.Start(t, server.Options{})
 	_, b := servertest.Start(t, server.Options{})
-	out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", a, "--against", b, "--against-flavor", "pushctl",
+	out, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdBench), nil, "--server", a, "--against", b, "--against-flavor", "pushctl",
 		"--subscribers", "3", "--publishers", "2", "--messages", "50")
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func TestBenchAgainst(t *testing.T) {
 // and the first one's reason is printed, not lost in the figures.
 func TestBenchReportsPublishErrors(t *testing.T) {
 	_, url := servertest.Start(t, server.Options{Limits: server.Limits{PublishRate: 1, PublishBurst: 5}})
-	out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url,
+	out, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdBench), nil, "--server", url,
 		"--subscribers", "1", "--publishers", "1", "--messages", "20", "--settle", "100ms")
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func TestBenchIgnoresOtherRuns(t *testing.T) {
 			sent++
 		}
 	}()
-	out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url, "--channel", "shared",
+	out, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdBench), nil, "--server", url, "--channel", "shared",
 		"--subscribers", "3", "--publishers", "2", "--messages", "40", "--size", "48", "--rate", "400", "--format", "json")
 	close(stop)
 	if sent := <-done; sent == 0 {
@@ -136,7 +136,7 @@ func TestBenchIgnoresOtherRuns(t *testing.T) {
 
 	channels := map[string]bool{}
 	for range 2 {
-		out, _, err := cmdutil.RunForTest(context.Background(), NewCmdBench, nil, "--server", url,
+		out, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdBench), nil, "--server", url,
 			"--subscribers", "1", "--publishers", "1", "--messages", "5", "--format", "json")
 		if err != nil {
 			t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Options are the flags of bridge.
+// Options are the flags of bridge and its dependencies.
 type Options struct {
 	IO *cmdutil.IOStreams
 
@@ -41,10 +41,14 @@ type Options struct {
 	CAFile          string
 	ConnectTimeout  time.Duration
 	Filter          cmdutil.FilterFlags
+
+	checked bool
+	bo      bridge.Options
+	eo      bridge.EndpointOptions
 }
 
 // NewCmdBridge returns the bridge command.
-func NewCmdBridge(f *cmdutil.Factory) *cobra.Command {
+func NewCmdBridge(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
 	o := &Options{IO: f.IO}
 	cmd := &cobra.Command{
 		Use:   "bridge FROM TO",
@@ -91,13 +95,19 @@ for good, saying which.`,
   pushctl bridge https://example.com/events zmq:@tcp://127.0.0.1:5557 --channel feed`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 2 {
-				return cmdutil.FlagErrorf("bridge takes FROM and TO, got %d arguments", len(args))
+				return cmdutil.FlagErrorf("bridge takes FROM and TO, got %s", cmdutil.Plural(len(args), "argument"))
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.From, o.To = args[0], args[1]
-			return run(cmd.Context(), o)
+			if err := o.check(); err != nil {
+				return err
+			}
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return Run(cmd.Context(), o)
 		},
 	}
 	fl := cmd.Flags()
@@ -124,59 +134,14 @@ for good, saying which.`,
 	return cmd
 }
 
-func run(ctx context.Context, o *Options) error {
-	bo := bridge.Options{Channel: o.Channel, Count: o.Count}
-	if o.Channel != "" {
-		if err := broker.ValidateChannel(o.Channel); err != nil {
-			return &cmdutil.FlagError{Err: err}
+// Run pumps messages from o.From to o.To until done.
+func Run(ctx context.Context, o *Options) error {
+	if !o.checked {
+		if err := o.check(); err != nil {
+			return err
 		}
 	}
-	if o.ChannelTemplate != "" {
-		t, err := template.New("channel").Parse(o.ChannelTemplate)
-		if err != nil {
-			return cmdutil.FlagErrorf("--channel-template: %v", err)
-		}
-		bo.ChannelTemplate = t
-	}
-	for _, c := range o.Channels {
-		if err := broker.ValidatePattern(c); err != nil {
-			return &cmdutil.FlagError{Err: err}
-		}
-	}
-	if len(o.ZMQ.Sep) != 1 {
-		return cmdutil.FlagErrorf("--zmq-sep %q: want one byte", o.ZMQ.Sep)
-	}
-	if o.ConnectTimeout <= 0 {
-		return cmdutil.FlagErrorf("--connect-timeout %s: want a positive duration such as 5s", o.ConnectTimeout)
-	}
-	flt, err := o.Filter.Compile()
-	if err != nil {
-		return err
-	}
-	if flt != nil {
-		bo.Filter = func(ctx context.Context, m bridge.Message) bool {
-			kind, _ := broker.ClassifyData("", m.Data)
-			keep, _ := flt.Keep(ctx, m.Data, kind == broker.KindJSON)
-			return keep
-		}
-	}
-	eo := bridge.EndpointOptions{
-		Channels: o.Channels, ZMQSep: o.ZMQ.Sep[0], ZMQLegacy: o.ZMQLegacy,
-		ZMQ:     zmq.SocketOptions{HWM: o.ZMQ.HWM, Linger: o.ZMQ.Linger},
-		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile, ConnectTimeout: o.ConnectTimeout,
-	}
-	for _, h := range o.Headers {
-		k, v, ok := strings.Cut(h, ":")
-		if !ok {
-			return cmdutil.FlagErrorf("--header %q: want Name: value", h)
-		}
-		eo.Headers.Add(strings.TrimSpace(k), strings.TrimSpace(v))
-	}
-	curve, err := o.curve()
-	if err != nil {
-		return err
-	}
-	eo.ZMQ.Curve = curve
+	bo, eo := o.bo, o.eo
 	var mu sync.Mutex
 	counters := &bridge.Counters{}
 	env := &bridge.Env{Counters: counters, ConnectTimeout: o.ConnectTimeout, Warn: func(format string, args ...any) {
@@ -231,13 +196,72 @@ func run(ctx context.Context, o *Options) error {
 		return nil
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		if o.Count > 0 && counters.Moved.Load() < o.Count {
-			return fmt.Errorf("%w: moved %d of %d messages in %s", cmdutil.ErrTimeout, counters.Moved.Load(), o.Count, o.Timeout)
+			return fmt.Errorf("%w: moved %d of %s in %s", cmdutil.ErrTimeout, counters.Moved.Load(), cmdutil.Plural(int(o.Count), "message"), o.Timeout)
 		}
 		return nil
 	case ctx.Err() != nil:
 		return cmdutil.Stopped(ctx)
 	}
 	return err
+}
+
+// check validates the flags before anything connects, as usage errors
+// naming the flag, and prepares the bridge and endpoint options.
+func (o *Options) check() error {
+	bo := bridge.Options{Channel: o.Channel, Count: o.Count}
+	if o.Channel != "" {
+		if err := broker.ValidateChannel(o.Channel); err != nil {
+			return &cmdutil.FlagError{Err: err}
+		}
+	}
+	if o.ChannelTemplate != "" {
+		t, err := template.New("channel").Parse(o.ChannelTemplate)
+		if err != nil {
+			return cmdutil.FlagErrorf("--channel-template: %v", err)
+		}
+		bo.ChannelTemplate = t
+	}
+	for _, c := range o.Channels {
+		if err := broker.ValidatePattern(c); err != nil {
+			return &cmdutil.FlagError{Err: err}
+		}
+	}
+	if len(o.ZMQ.Sep) != 1 {
+		return cmdutil.FlagErrorf("--zmq-sep %q: want one byte", o.ZMQ.Sep)
+	}
+	if o.ConnectTimeout <= 0 {
+		return cmdutil.FlagErrorf("--connect-timeout %s: want a positive duration such as 5s", o.ConnectTimeout)
+	}
+	flt, err := o.Filter.Compile()
+	if err != nil {
+		return err
+	}
+	if flt != nil {
+		bo.Filter = func(ctx context.Context, m bridge.Message) bool {
+			kind, _ := broker.ClassifyData("", m.Data)
+			keep, _ := flt.Keep(ctx, m.Data, kind == broker.KindJSON)
+			return keep
+		}
+	}
+	eo := bridge.EndpointOptions{
+		Channels: o.Channels, ZMQSep: o.ZMQ.Sep[0], ZMQLegacy: o.ZMQLegacy,
+		ZMQ:     zmq.SocketOptions{HWM: o.ZMQ.HWM, Linger: o.ZMQ.Linger},
+		Headers: http.Header{}, Token: o.Token, CAFile: o.CAFile, ConnectTimeout: o.ConnectTimeout,
+	}
+	for _, h := range o.Headers {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok {
+			return cmdutil.FlagErrorf("--header %q: want Name: value", h)
+		}
+		eo.Headers.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	curve, err := o.curve()
+	if err != nil {
+		return err
+	}
+	eo.ZMQ.Curve = curve
+	o.bo, o.eo, o.checked = bo, eo, true
+	return nil
 }
 
 func summary(c *bridge.Counters) string {

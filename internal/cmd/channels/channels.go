@@ -1,24 +1,19 @@
-// Package channels implements `pushctl channels` and `pushctl stats`.
+// Package channels implements `pushctl channels`.
 package channels
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
-	"github.com/pushctl/pushctl/internal/client"
 	"github.com/pushctl/pushctl/internal/cmdutil"
-	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/spf13/cobra"
 )
 
-// Options are the flags of channels and stats.
+// Options are the flags of channels and its dependencies.
 type Options struct {
 	IO      *cmdutil.IOStreams
 	Factory *cmdutil.Factory
@@ -29,7 +24,7 @@ type Options struct {
 }
 
 // NewCmdChannels returns the channels command.
-func NewCmdChannels(f *cmdutil.Factory) *cobra.Command {
+func NewCmdChannels(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
 	o := &Options{IO: f.IO, Factory: f}
 	cmd := &cobra.Command{
 		Use:   "channels [PATTERN]",
@@ -46,7 +41,7 @@ last id: a table on a terminal, JSON when piped (or with --json). A pattern
 			}
 			return nil
 		},
-		ValidArgsFunction: CompleteChannels(f, &o.Server),
+		ValidArgsFunction: cmdutil.CompleteChannels(f, &o.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				o.Match = args[0]
@@ -56,6 +51,9 @@ last id: a table on a terminal, JSON when piped (or with --json). A pattern
 			}
 			if o.Delete && (o.Match == "" || broker.IsPattern(o.Match)) {
 				return cmdutil.FlagErrorf("--delete needs one channel name")
+			}
+			if runF != nil {
+				return runF(cmd.Context(), o)
 			}
 			return runChannels(cmd.Context(), o)
 		},
@@ -130,143 +128,4 @@ func size(n int64) string {
 		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", n)
-}
-
-// NewCmdStats returns the stats command.
-func NewCmdStats(f *cmdutil.Factory) *cobra.Command {
-	o := &Options{IO: f.IO, Factory: f}
-	cmd := &cobra.Command{
-		Use:   "stats",
-		Short: "Show a broker's counters",
-		Long:  `Show a broker's counters (GET /stats): a table on a terminal, JSON when piped.`,
-		Example: `  pushctl stats
-  pushctl stats --json | jq .slow_consumer_disconnects`,
-		Args: cmdutil.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.Factory.Client(o.Server)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			st, err := c.Stats(ctx)
-			if err != nil {
-				return err
-			}
-			if o.JSON || !o.IO.OutTTY {
-				return json.NewEncoder(o.IO.Out).Encode(st)
-			}
-			keys := make([]string, 0, len(st))
-			for k := range st {
-				keys = append(keys, k)
-			}
-			sort.Strings(keys)
-			tw := tabwriter.NewWriter(o.IO.Out, 2, 4, 2, ' ', 0)
-			for _, k := range keys {
-				fmt.Fprintf(tw, "%s\t%v\n", strings.ReplaceAll(k, "_", " "), st[k])
-			}
-			return tw.Flush()
-		},
-	}
-	f.AddServerFlags(cmd, &o.Server)
-	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON even on a terminal")
-	return cmd
-}
-
-// NewCmdWho returns the who command.
-func NewCmdWho(f *cmdutil.Factory) *cobra.Command {
-	o := &Options{IO: f.IO, Factory: f}
-	cmd := &cobra.Command{
-		Use:   "who CHANNEL",
-		Short: "List the members present on a channel",
-		Long: `List the members of a channel's presence (GET /channels/CHANNEL/presence):
-their ids, how many connections each has on the broker, and their info. A
-table on a terminal, JSON when piped (or with --json). Members join over the
-WebSocket protocol ({"type":"join"}) or as Pusher presence channels. Nodes
-sharing Redis share presence: any node lists every member, with how many
-nodes hold it, and the connections counted are those of the node asked.`,
-		Example: `  pushctl who room.lobby
-  pushctl who room.lobby --json | jq -r '.[].id'`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return cmdutil.FlagErrorf("give one channel")
-			}
-			if err := broker.ValidateChannel(args[0]); err != nil {
-				return &cmdutil.FlagError{Err: err}
-			}
-			return nil
-		},
-		ValidArgsFunction: CompleteChannels(f, &o.Server),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := o.Factory.Client(o.Server)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			list, err := c.Presence(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if o.JSON || !o.IO.OutTTY {
-				if list == nil {
-					list = []presence.Member{}
-				}
-				return json.NewEncoder(o.IO.Out).Encode(list)
-			}
-			if len(list) == 0 {
-				fmt.Fprintf(o.IO.ErrOut, "nobody is on %s\n", args[0])
-				return nil
-			}
-			tw := tabwriter.NewWriter(o.IO.Out, 2, 4, 2, ' ', 0)
-			shared := slices.ContainsFunc(list, func(m presence.Member) bool { return m.Nodes > 0 })
-			if shared {
-				fmt.Fprintln(tw, "MEMBER\tNODES\tCONNECTIONS HERE\tINFO")
-			} else {
-				fmt.Fprintln(tw, "MEMBER\tCONNECTIONS\tINFO")
-			}
-			for _, m := range list {
-				info := string(m.Info)
-				if info == "" {
-					info = "-"
-				}
-				if shared {
-					fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", m.ID, m.Nodes, m.Connections, info)
-				} else {
-					fmt.Fprintf(tw, "%s\t%d\t%s\n", m.ID, m.Connections, info)
-				}
-			}
-			return tw.Flush()
-		},
-	}
-	f.AddServerFlags(cmd, &o.Server)
-	cmd.Flags().BoolVar(&o.JSON, "json", false, "print JSON even on a terminal")
-	return cmd
-}
-
-// CompleteChannels completes channel names from the broker at *server,
-// for shells; it stays quiet when the broker cannot be reached.
-func CompleteChannels(f *cmdutil.Factory, server *string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-		if err := cmdutil.BindEnv(cmd, f.Getenv); err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		c, err := client.NewWithOptions(*server, client.Options{Token: f.Token, CAFile: f.CAFile})
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		list, err := c.Channels(ctx, "")
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		var out []string
-		for _, ch := range list {
-			if strings.HasPrefix(ch.Name, toComplete) {
-				out = append(out, fmt.Sprintf("%s\t%d subscribers, %d retained", ch.Name, ch.Subscribers, ch.Messages))
-			}
-		}
-		return out, cobra.ShellCompDirectiveNoFileComp
-	}
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
-	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/wire"
 	"github.com/spf13/cobra"
@@ -61,7 +60,7 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
 			if len(args) > 0 {
 				return nil, cobra.ShellCompDirectiveNoFileComp
 			}
-			return channels.CompleteChannels(f, &opts.Server)(cmd, args, toComplete)
+			return cmdutil.CompleteChannels(f, &opts.Server)(cmd, args, toComplete)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channel, opts.Args = args[0], args[1:]
@@ -250,7 +249,7 @@ func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Option
 		return publishError(o.Channel, fmt.Errorf("%d of %s acknowledged: %w", acked, cmdutil.Plural(n, "message"), err))
 	}
 	if readErr != nil {
-		return fmt.Errorf("reading input after %d messages: %w", n, readErr)
+		return fmt.Errorf("reading input after %s: %w", cmdutil.Plural(n, "message"), readErr)
 	}
 	if !o.JSON {
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: published %s to %s", cmdutil.Plural(acked, "message"), o.Channel)

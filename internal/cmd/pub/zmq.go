@@ -91,10 +91,12 @@ func publishZMQ(ctx context.Context, in io.Reader, o *Options) error {
 	zmq.Shutdown() // delivers what is queued, within the linger
 	sent := st.Sent.Load()
 	switch {
+	case errors.Is(err, zmq.ErrCurveRefused):
+		return err
 	case errors.Is(err, zmq.ErrNoSubscribers):
 		return fmt.Errorf("%w: %v", cmdutil.ErrTimeout, err)
 	case ctx.Err() != nil:
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: interrupted after sending %d messages to %s\n", sent, ep.Addr)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: interrupted after sending %s to %s\n", cmdutil.Plural(int(sent), "message"), ep.Addr)
 		return cmdutil.ErrInterrupted
 	case err != nil && !errors.Is(err, io.EOF):
 		return fmt.Errorf("ZeroMQ %s: %w", ep.Addr, err)
@@ -102,13 +104,13 @@ func publishZMQ(ctx context.Context, in io.Reader, o *Options) error {
 	select {
 	case err := <-readErr:
 		if err != nil {
-			return fmt.Errorf("reading input after %d messages: %w", sent, err)
+			return fmt.Errorf("reading input after %s: %w", cmdutil.Plural(int(sent), "message"), err)
 		}
 	default:
 	}
 	if o.JSON {
 		return json.NewEncoder(o.IO.Out).Encode(map[string]any{"endpoint": ep.Addr, "channel": o.Channel, "sent": sent, "dropped": st.Dropped.Load()})
 	}
-	fmt.Fprintf(o.IO.ErrOut, "pushctl: sent %d messages to %s on %s\n", sent, o.Channel, ep.Addr)
+	fmt.Fprintf(o.IO.ErrOut, "pushctl: sent %s to %s on %s\n", cmdutil.Plural(int(sent), "message"), o.Channel, ep.Addr)
 	return nil
 }

@@ -13,12 +13,14 @@ import (
 	"github.com/pushctl/pushctl/internal/cmd/bench"
 	"github.com/pushctl/pushctl/internal/cmd/bridge"
 	"github.com/pushctl/pushctl/internal/cmd/channels"
-	"github.com/pushctl/pushctl/internal/cmd/keygen"
 	"github.com/pushctl/pushctl/internal/cmd/pub"
 	"github.com/pushctl/pushctl/internal/cmd/serve"
+	"github.com/pushctl/pushctl/internal/cmd/stats"
 	"github.com/pushctl/pushctl/internal/cmd/sub"
 	"github.com/pushctl/pushctl/internal/cmd/token"
 	"github.com/pushctl/pushctl/internal/cmd/version"
+	"github.com/pushctl/pushctl/internal/cmd/who"
+	"github.com/pushctl/pushctl/internal/cmd/zmq"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/spf13/cobra"
 )
@@ -55,14 +57,15 @@ interrupted.`,
 		serve.NewCmdServe(f, nil),
 		pub.NewCmdPub(f, nil),
 		sub.NewCmdSub(f, nil),
-		bridge.NewCmdBridge(f),
-		channels.NewCmdChannels(f),
-		channels.NewCmdStats(f),
-		channels.NewCmdWho(f),
-		bench.NewCmdBench(f),
-		keygen.NewCmdKeygen(f),
+		bridge.NewCmdBridge(f, nil),
+		channels.NewCmdChannels(f, nil),
+		stats.NewCmdStats(f, nil),
+		who.NewCmdWho(f, nil),
+		bench.NewCmdBench(f, nil),
+		zmq.NewCmdZMQ(f),
+		zmq.NewCmdKeygenAlias(f), // the former name, hidden
 		token.NewCmdToken(f),
-		version.NewCmdVersion(f),
+		version.NewCmdVersion(f, nil),
 	)
 	return cmd
 }

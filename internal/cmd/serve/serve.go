@@ -168,7 +168,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringVar(&opts.ZMQOut, "zmq-out", "", "ZeroMQ endpoint emitting every channel as [channel, payload, seq] (PUB; binds, or >ENDPOINT to connect)")
 	fl.StringVar(&opts.ZMQSep, "zmq-sep", " ", "separator of channel and payload in legacy single-frame messages")
 	fl.IntVar(&opts.ZMQHWM, "zmq-hwm", 100000, "ZeroMQ high-water mark in messages; messages beyond it are dropped and counted")
-	fl.StringVar(&opts.CurveSecret, "zmq-curve-secret", "", "CURVE secret key of the broker's ZeroMQ endpoints (Z85; see pushctl keygen)")
+	fl.StringVar(&opts.CurveSecret, "zmq-curve-secret", "", "CURVE secret key of the broker's ZeroMQ endpoints (Z85; see pushctl zmq keygen)")
 	fl.StringSliceVar(&opts.CurveClients, "zmq-curve-clients", nil, "public keys of the ZeroMQ clients allowed in (default with a secret: any client with a valid handshake)")
 	fl.StringVar(&opts.TokenSecret, "token-secret", "", "HMAC secret verifying tokens (at least 32 bytes; env PUSHCTL_TOKEN_SECRET); enables access control")
 	fl.StringVar(&opts.TokenPublicKey, "token-public-key", "", "PEM public key verifying tokens signed by an issuer (Ed25519, ECDSA, RSA); enables access control")
@@ -320,7 +320,7 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		st := b.Stats()
 		log.Info("store opened", "dir", o.DataDir, "channels", st.Channels, "took", time.Since(start).Round(time.Millisecond))
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%d channels)\n", o.DataDir, time.Since(start).Round(time.Millisecond), st.Channels)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%s)\n", o.DataDir, time.Since(start).Round(time.Millisecond), cmdutil.Plural(st.Channels, "channel"))
 	} else {
 		b = broker.NewMemory(mo)
 	}

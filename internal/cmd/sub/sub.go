@@ -20,7 +20,6 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
-	"github.com/pushctl/pushctl/internal/cmd/channels"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/wire"
 	"github.com/spf13/cobra"
@@ -78,7 +77,8 @@ any tail) and print each message on standard output.
 On a terminal it opens a live UI (filter with /, details with enter, publish
 with p, ? for keys); piped, or with --no-tui, --format, --template, --exec,
 --count or --timeout, it prints plain lines: the data alone for one channel,
-"channel<TAB>data" (--format line) for patterns and several channels.
+the channel, a tab and the data (--format line) for patterns and several
+channels.
 
 --where keeps the messages whose JSON data makes a jq expression true, and
 --match those whose data matches a regular expression; --count counts the
@@ -111,7 +111,7 @@ when interrupted.`,
   pushctl sub orders --token-command 'vault read -field=token secret/pushctl'
   pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
 		Args:              cmdutil.MinimumArgs(1, "CHANNEL"),
-		ValidArgsFunction: channels.CompleteChannels(f, &opts.Server),
+		ValidArgsFunction: cmdutil.CompleteChannels(f, &opts.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channels = args
 			if err := opts.validate(cmd); err != nil {
@@ -125,7 +125,7 @@ when interrupted.`,
 	}
 	fl := cmd.Flags()
 	f.AddServerFlags(cmd, &opts.Server)
-	fl.StringVarP(&opts.Format, "format", "o", "", "output: raw (data only; the default for one channel), line (channel<TAB>data; the default for patterns and several channels), json (one envelope per line, gap records too) or sse")
+	fl.StringVarP(&opts.Format, "format", "o", "", "output: raw (data only; the default for one channel), line (the channel, a tab, the data; the default for patterns and several channels), json (one envelope per line, gap records too) or sse")
 	fl.StringVar(&opts.Template, "template", "", "Go template per message: .Channel .ID .Seq .Event .Data .Time (RFC 3339) .TimeUnixMilli, and .JSON for JSON data")
 	fl.IntVarP(&opts.Count, "count", "n", 0, "exit after this many messages (those kept by --where and --match)")
 	fl.DurationVar(&opts.Timeout, "timeout", 0, "give up after this long (exit 124 unless --count messages, or any without --count, arrived)")
@@ -401,7 +401,7 @@ func (p *printer) result(ctx context.Context, err error) error {
 	case errors.As(err, &ae) && ae.Status == 400 && ae.Code == wire.CodeInvalidPosition:
 		return cmdutil.FlagErrorf("--since %q: %s", p.o.Since, ae.Message)
 	case errors.As(err, &ae) && ae.Code == wire.CodeUnavailable:
-		return fmt.Errorf("subscribe to %s: the broker cannot reach its storage (Redis) (%s); retry, or use another node", p.what(), ae.Code)
+		return fmt.Errorf("subscribe to %s: %w; retry, or use another node", p.what(), cmdutil.SubscribeErr(err))
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		if p.o.Count > 0 && p.got < p.o.Count || p.o.Count == 0 && p.got == 0 {
 			return fmt.Errorf("%w after %s: %d of %s", cmdutil.ErrTimeout, p.o.Timeout, p.got, want(p.o.Count))
@@ -438,8 +438,22 @@ func (p *printer) what() string {
 	return strings.Join(p.o.Channels, ",")
 }
 
-// Run subscribes until done.
+// Run subscribes until done, or until the program reading its output
+// (sub … | grep -m1 x) has exited.
 func Run(ctx context.Context, o *Options) error {
+	if !o.TUI {
+		var stop func()
+		ctx, stop = cmdutil.WhenReaderGone(ctx, o.IO.Out)
+		defer stop()
+	}
+	err := run(ctx, o)
+	if errors.Is(context.Cause(ctx), cmdutil.ErrReaderGone) {
+		return nil // as a pipeline would have it: the reader has what it wanted
+	}
+	return err
+}
+
+func run(ctx context.Context, o *Options) error {
 	p := newPrinter(ctx, o)
 	if o.tmpl == nil && o.Template != "" { // Options filled by hand, as in tests
 		t, err := parseTemplate(o.Template)

@@ -38,7 +38,7 @@ func subscribeZMQ(ctx, sctx context.Context, p *printer) error {
 		if f.HasSeq {
 			seq = f.Seq
 			if prev, ok := last[f.Channel]; ok && seq > prev+1 {
-				if err := p.gap(nil, fmt.Sprintf("%d messages missed on %s (sequence %d to %d)", seq-prev-1, f.Channel, prev, seq)); err != nil {
+				if err := p.gap(nil, fmt.Sprintf("%s missed on %s (sequence %d to %d)", cmdutil.Plural(int(seq-prev-1), "message"), f.Channel, prev, seq)); err != nil {
 					return err
 				}
 			}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/spf13/cobra"
 )
 
 // TestTokenCommands: a secret, an HMAC token from the environment's secret
@@ -58,5 +59,25 @@ func TestTokenCommands(t *testing.T) {
 	}
 	if _, _, err := cmdutil.RunForTest(ctx, NewCmdToken, nil, "create", "--publish", "a"); err == nil {
 		t.Fatal("create without a secret or key succeeded")
+	}
+}
+
+// TestCreateFlags: grants and the secret from the environment, checked
+// before signing.
+func TestCreateFlags(t *testing.T) {
+	var got *CreateOptions
+	runF := func(_ context.Context, o *CreateOptions) error { got = o; return nil }
+	newCmd := func(f *cmdutil.Factory) *cobra.Command { return NewCmdCreate(f, runF) }
+	env := map[string]string{"PUSHCTL_TOKEN_SECRET": "s3cret"}
+	_, _, err := cmdutil.RunForTest(context.Background(), newCmd, env, "--publish", "a.>", "--subscribe", "b", "--ttl", "5m", "--member", "m")
+	if err != nil || got.Secret != "s3cret" || got.TTL != 5*time.Minute || got.grants.Presence == nil || got.grants.Presence.ID != "m" ||
+		len(got.grants.Publish) != 1 || len(got.grants.Subscribe) != 1 {
+		t.Fatalf("options %+v (%v)", got, err)
+	}
+	got = nil
+	for _, bad := range [][]string{{"--ttl", "1h"}, {"--publish", "a", "--ttl", "0s"}, {"--publish", "a", "--member-info", "{}"}} {
+		if _, _, err := cmdutil.RunForTest(context.Background(), newCmd, env, bad...); cmdutil.ExitCode(err) != cmdutil.ExitUsage || got != nil {
+			t.Errorf("%q: %v", bad, err)
+		}
 	}
 }

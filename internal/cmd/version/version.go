@@ -2,6 +2,7 @@
 package version
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"runtime"
@@ -48,9 +49,17 @@ func Get() Info {
 	return info
 }
 
+// Options are the flags of version and its dependencies.
+type Options struct {
+	IO   *cmdutil.IOStreams
+	JSON bool
+	// Info gives the build information (Get; tests may swap it).
+	Info func() Info
+}
+
 // NewCmdVersion returns the version command.
-func NewCmdVersion(f *cmdutil.Factory) *cobra.Command {
-	var asJSON bool
+func NewCmdVersion(f *cmdutil.Factory, runF func(context.Context, *Options) error) *cobra.Command {
+	o := &Options{IO: f.IO, Info: Get}
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print version and build information",
@@ -60,29 +69,38 @@ func NewCmdVersion(f *cmdutil.Factory) *cobra.Command {
   pushctl version --json | jq -r .libzmq`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			info := Get()
-			if asJSON {
-				return json.NewEncoder(f.IO.Out).Encode(info)
+			if runF != nil {
+				return runF(cmd.Context(), o)
 			}
-			fmt.Fprintf(f.IO.Out, "pushctl %s\n", info.Version)
-			if info.Commit != "" {
-				fmt.Fprintf(f.IO.Out, "commit:  %s\n", info.Commit)
-			}
-			if info.Date != "" {
-				fmt.Fprintf(f.IO.Out, "built:   %s\n", info.Date)
-			}
-			fmt.Fprintf(f.IO.Out, "go:      %s %s/%s\n", info.Go, info.OS, info.Arch)
-			switch {
-			case info.ZMQ == "":
-				fmt.Fprintln(f.IO.Out, "libzmq:  none: built without ZeroMQ (pub/sub/bridge --zmq and serve --zmq are unavailable)")
-			case info.Curve:
-				fmt.Fprintf(f.IO.Out, "libzmq:  %s (with CURVE)\n", info.ZMQ)
-			default:
-				fmt.Fprintf(f.IO.Out, "libzmq:  %s (without CURVE)\n", info.ZMQ)
-			}
-			return nil
+			return Run(cmd.Context(), o)
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print as JSON")
 	return cmd
+}
+
+// Run prints the build information.
+func Run(ctx context.Context, o *Options) error {
+	info := o.Info()
+	out := o.IO.Out
+	if o.JSON {
+		return json.NewEncoder(out).Encode(info)
+	}
+	fmt.Fprintf(out, "pushctl %s\n", info.Version)
+	if info.Commit != "" {
+		fmt.Fprintf(out, "commit:  %s\n", info.Commit)
+	}
+	if info.Date != "" {
+		fmt.Fprintf(out, "built:   %s\n", info.Date)
+	}
+	fmt.Fprintf(out, "go:      %s %s/%s\n", info.Go, info.OS, info.Arch)
+	switch {
+	case info.ZMQ == "":
+		fmt.Fprintln(out, "libzmq:  none: built without ZeroMQ (pub/sub/bridge --zmq and serve --zmq are unavailable)")
+	case info.Curve:
+		fmt.Fprintf(out, "libzmq:  %s (with CURVE)\n", info.ZMQ)
+	default:
+		fmt.Fprintf(out, "libzmq:  %s (without CURVE)\n", info.ZMQ)
+	}
+	return nil
 }

@@ -10,7 +10,7 @@ import (
 )
 
 func TestVersionJSON(t *testing.T) {
-	out, _, err := cmdutil.RunForTest(context.Background(), NewCmdVersion, nil, "--json")
+	out, _, err := cmdutil.RunForTest(context.Background(), cmdutil.Real(NewCmdVersion), nil, "--json")
 	if err != nil {
 		t.Fatal(err)
 	}
