@@ -105,38 +105,57 @@ local ts = string.format('%.0f', t)
 local first = seq + 1
 local size = tonumber(A[3])
 local parts = {'B ', e, ' ', string.format('%d', first), ' ', ts, ' ', n, '\n'}
-for i = 0, n - 1 do
-  local ev, kind, data, origin = A[13 + 4*i], A[14 + 4*i], A[15 + 4*i], A[16 + 4*i]
-  seq = seq + 1
-  if size > 0 then
-    redis.call('XADD', K[2], string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
-    b = b + #data
-  end
-  parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. #ev .. ' ' .. #data .. '\n'
-  parts[#parts+1] = ev
-  parts[#parts+1] = data
-end
+local minid, skip = nil, 0
 if size > 0 then
-  -- Trim from the oldest end: over the size, older than the cutoff, or
-  -- over the bytes (never the newest entry for age or bytes).
+  -- Before appending, drop from the oldest end what the batch pushes
+  -- out: entries over the size, older than the cutoff, or over the
+  -- bytes (never the newest). The first XADD drops them (MINID), in one
+  -- command; messages of the batch that would go at once are not added.
+  local nb = 0
+  for i = 0, n - 1 do nb = nb + #A[15 + 4*i] end
+  b = b + nb
   local len = redis.call('XLEN', K[2])
+  local total = len + n
   local cutoff, hb = tonumber(A[4]), tonumber(A[8])
   local upto = nil -- the newest entry to drop
-  for round = 1, 50 do
-    local want = len - size
+  local left = len -- older entries not looked at
+  while left > 0 do
+    local want = total - size
     if want < 0 then want = 0 end
-    local f = redis.call('XRANGE', K[2], upto and ('(' .. upto) or '-', '+', 'COUNT', want + 8)
+    if want > left - 1 then want = left - 1 end
+    local f = redis.call('XRANGE', K[2], upto and ('(' .. upto) or '-', '+', 'COUNT', want + 1)
     local done = #f == 0
     for j = 1, #f do
       local old = f[j][2]
-      if not (len > size or (len > 1 and ((cutoff > 0 and tonumber(old[2]) < cutoff) or (hb > 0 and b > hb)))) then done = true; break end
+      if not (total > size or (cutoff > 0 and tonumber(old[2]) < cutoff) or (hb > 0 and b > hb)) then done = true; break end
       b = b - #old[8]
-      len = len - 1
+      total = total - 1
+      left = left - 1
       upto = f[j][1]
     end
     if done then break end
   end
-  if upto then redis.call('XTRIM', K[2], 'MINID', string.match(upto, '^(%d+)') .. '-2') end
+  if upto then minid = string.match(upto, '^(%d+)') .. '-2' end
+  while skip < n - 1 and (total > size or (hb > 0 and b > hb)) do
+    b = b - #A[15 + 4*skip]
+    total = total - 1
+    skip = skip + 1
+  end
+end
+for i = 0, n - 1 do
+  local ev, kind, data, origin = A[13 + 4*i], A[14 + 4*i], A[15 + 4*i], A[16 + 4*i]
+  seq = seq + 1
+  if size > 0 and i >= skip then
+    if minid then
+      redis.call('XADD', K[2], 'MINID', minid, string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+      minid = nil
+    else
+      redis.call('XADD', K[2], string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+    end
+  end
+  parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. #ev .. ' ' .. #data .. '\n'
+  parts[#parts+1] = ev
+  parts[#parts+1] = data
 end
 local now = tonumber(A[2])
 local fields = {'s', seq, 't', ts, 'b', b}
