@@ -229,14 +229,6 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		last:     map[string]*seen{},
 		countsCh: make(chan struct{}),
 	}
-	l.pub = rdb
-	if cluster == nil {
-		// Publishes are sent again by runBatch, which knows whether a
-		// failed attempt may have reached Redis.
-		popts := *ropts
-		popts.MaxRetries = -1
-		l.pub = redis.NewClient(&popts)
-	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	for _, s := range scripts {
 		if err := s.Load(ctx, rdb).Err(); err != nil {
@@ -256,6 +248,14 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		l.ps.Close()
 		rdb.Close()
 		return nil, l.unavailable(err)
+	}
+	l.pub = rdb
+	if cluster == nil {
+		// Publishes are sent again by runBatch, which knows whether a
+		// failed attempt may have reached Redis.
+		popts := *ropts
+		popts.MaxRetries = -1
+		l.pub = redis.NewClient(&popts)
 	}
 	l.refreshTotals(true)
 	l.wg.Add(2)
