@@ -393,3 +393,49 @@ func TestFaultsLongStallOutcomeUnknown(t *testing.T) {
 	}
 	checkStored(t, redisClient(t, srv), p, "long", recs)
 }
+
+// Closing a node while Redis is stopped does not wait out the publish
+// timeout (here a minute) for its publishes: Close returns once the
+// attempt under way timed out (3 s read and write timeouts) and the
+// heartbeat's read gave up (5 s), and the publishes fail: the one sent
+// with its outcome unknown, those still queued as not published.
+func TestFaultsCloseWhileStopped(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: newPrefix(), PublishTimeout: time.Minute}, hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	srv.Pause()
+	defer srv.Resume()
+	var waits []func() (*broker.Message, int, error)
+	for i := 0; i < 10; i++ {
+		w, err := broker.StartPublish(ctx, b, &broker.Message{Channel: fmt.Sprintf("c%d", i%3), Data: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, w)
+	}
+	start := time.Now()
+	b.Close()
+	if took := time.Since(start); took > 15*time.Second {
+		t.Fatalf("Close took %s with Redis stopped", took)
+	}
+	sent := 0
+	for i, w := range waits {
+		_, _, err := w()
+		switch {
+		case errors.Is(err, broker.ErrOutcomeUnknown):
+			sent++
+		case !errors.Is(err, broker.ErrUnavailable):
+			t.Fatalf("publish %d: %v, want ErrOutcomeUnknown or ErrUnavailable", i, err)
+		}
+	}
+	if sent == 0 {
+		t.Fatal("no publish was under way when Close began")
+	}
+	t.Logf("Close took %s", time.Since(start).Round(time.Millisecond))
+}

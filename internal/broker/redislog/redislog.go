@@ -121,6 +121,7 @@ type Log struct {
 	beating atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
 
 	outcomeUnknown atomic.Uint64 // publishes failed with ErrOutcomeUnknown
+	closing        atomic.Bool   // Close began: appends are retried for 2s at most
 	qmu            sync.RWMutex  // submitters hold it shared; Close takes it
 	closed         bool
 
@@ -255,6 +256,11 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		// failed attempt may have reached Redis.
 		popts := *ropts
 		popts.MaxRetries = -1
+		// A new connection goes straight to work (no CLIENT SETINFO
+		// round trip to wait for), and an attempt Redis does not answer
+		// is given up after 3 s, then sent again.
+		popts.DisableIdentity = true
+		popts.ReadTimeout, popts.WriteTimeout = 3*time.Second, 3*time.Second
 		l.pub = redis.NewClient(&popts)
 	}
 	l.refreshTotals(true)
@@ -631,6 +637,14 @@ func (l *Log) plan(ops []*op) ([]*call, int) {
 // fails with broker.ErrOutcomeUnknown, or broker.ErrUnavailable when it
 // is known that nothing reached Redis.
 func (l *Log) runBatch(calls []*call) {
+	if l.closing.Load() && l.down.Load() != nil {
+		// Closing with Redis unreachable: what was queued is not sent.
+		err := fmt.Errorf("%w: closing with redis unreachable", broker.ErrUnavailable)
+		for _, c := range calls {
+			l.fail(c, err)
+		}
+		return
+	}
 	start := time.Now()
 	l.busy.Store(start.UnixNano())
 	defer l.busy.Store(0)
@@ -695,7 +709,7 @@ func (l *Log) runBatch(calls []*call) {
 		}
 		lastErr = err
 		l.setHealth(sideCommands, err)
-		if time.Now().After(deadline) || l.ctx.Err() != nil {
+		if time.Now().After(deadline) || l.ctx.Err() != nil || l.closing.Load() && time.Since(start) > 2*time.Second {
 			for _, c := range calls {
 				if c.done {
 					continue
@@ -1080,15 +1094,18 @@ func (l *Log) Close() error {
 	}
 	// Members still held here leave (normally the registry has left
 	// them all), while the publisher takes their events.
-	pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	l.reapPresence(pctx, l.node)
-	pcancel()
+	if l.Health() == nil {
+		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		l.reapPresence(pctx, l.node)
+		pcancel()
+	}
 	l.qmu.Lock()
 	if l.closed {
 		l.qmu.Unlock()
 		return nil
 	}
 	l.closed = true
+	l.closing.Store(true)
 	close(l.queue)
 	l.qmu.Unlock()
 	<-l.pubDone // the publisher sends what was queued
@@ -1102,7 +1119,11 @@ func (l *Log) Close() error {
 	l.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	reapScript.Run(ctx, l.rdb, l.countKeys(l.node), l.node, l.key("counts"), time.Now().Add(time.Hour).UnixMilli())
+	if l.Health() == nil {
+		// (Redis not answering: the others take this node out once it
+		// has been silent for NodeTimeout.)
+		reapScript.Run(ctx, l.rdb, l.countKeys(l.node), l.node, l.key("counts"), time.Now().Add(time.Hour).UnixMilli())
+	}
 	if l.pub != l.rdb {
 		l.pub.Close()
 	}
