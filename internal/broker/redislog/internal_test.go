@@ -110,3 +110,33 @@ func encodeForTest(msgs []*broker.Message) string {
 	}
 	return out
 }
+
+// A pipeline has one script call per channel, publishes of a channel go
+// in one call up to maxCallBytes of data, and a presence change is a call
+// of its own: what does not fit waits for the next pipeline, in order.
+func TestPlanGroupsByChannel(t *testing.T) {
+	l := &Log{opts: Options{Prefix: "p:"}}
+	l.opts.fill()
+	big := make([]byte, 1<<20)
+	pub := func(ch string, data []byte) *op { return &op{m: &broker.Message{Channel: ch, Data: data}} }
+	var ops []*op
+	for i := 0; i < 20; i++ {
+		ops = append(ops, pub("a", big), pub("b", []byte("x")))
+	}
+	calls, used := l.plan(ops)
+	if len(calls) != 2 || len(calls[0].ops) != 8 || len(calls[1].ops) != 8 || used != 16 {
+		t.Fatalf("%d calls, %d ops used (want 2 calls of 8 publishes: a's data bounded by %d bytes)", len(calls), used, maxCallBytes)
+	}
+	if calls[0].id == calls[1].id || calls[0].channel != "a" || calls[1].channel != "b" {
+		t.Fatalf("calls %+v %+v", calls[0], calls[1])
+	}
+	presence := &op{m: &broker.Message{Channel: "b"}, script: presenceAddScript, args: []any{"n", "id", "", 10}}
+	calls, used = l.plan([]*op{pub("a", nil), pub("b", nil), presence, pub("a", nil)})
+	if len(calls) != 2 || used != 2 {
+		t.Fatalf("a presence change after a publish of its channel: %d calls, %d used; want it in the next pipeline", len(calls), used)
+	}
+	calls, used = l.plan([]*op{presence, pub("a", nil), pub("a", nil), pub("b", nil)})
+	if len(calls) != 2 || used != 3 || calls[0].script != presenceAddScript || len(calls[1].ops) != 2 {
+		t.Fatalf("publishes after a presence change: %d calls, %d used", len(calls), used)
+	}
+}

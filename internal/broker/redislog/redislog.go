@@ -570,8 +570,13 @@ func (l *Log) publisher() {
 	}
 }
 
-// maxBatch bounds the appends sent in one pipeline.
-const maxBatch = 1024
+// maxBatch bounds the appends sent in one pipeline, and maxCallBytes the
+// data of one script call (Redis refuses a command over its
+// client-query-buffer-limit, 1 GiB by default).
+const (
+	maxBatch     = 1024
+	maxCallBytes = 8 << 20
+)
 
 // call is one script call of a pipeline: a batch of publishes to one
 // channel, or one presence change.
@@ -595,12 +600,14 @@ func (l *Log) plan(ops []*op) ([]*call, int) {
 	var calls []*call
 	byChannel := map[string]*call{}
 	used := 0
+	bytes := map[string]int{}
 	for _, o := range ops {
 		ch := o.m.Channel
 		c := byChannel[ch]
-		if c != nil && (c.script != nil || o.script != nil) {
+		if c != nil && (c.script != nil || o.script != nil || bytes[ch]+len(o.m.Data) > maxCallBytes) {
 			break
 		}
+		bytes[ch] += len(o.m.Data)
 		if c == nil {
 			c = &call{channel: ch, id: l.calls.Add(1), script: o.script}
 			byChannel[ch] = c
