@@ -164,3 +164,64 @@ func TestBatchTrimsHistory(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkRedisClusterPublish streams publishes over 30 channels through
+// one node on a Redis Cluster of 1 and of 3 shards, and reports each
+// shard's CPU time per publish (shard-µs/op, the busiest shard's;
+// total-µs/op, all shards'): the work spreads over the shards, so the
+// busiest shard, which bounds the cluster's rate, does a third of it.
+func BenchmarkRedisClusterPublish(b *testing.B) {
+	for _, shards := range []int{1, 3} {
+		b.Run(strconv.Itoa(shards)+"-shards", func(b *testing.B) {
+			c := redistest.StartCluster(b, shards)
+			a := open(b, c.URL(), newPrefix(), brokertest.Options{})
+			clients := make([]*redis.Client, shards)
+			for i, s := range c.Servers {
+				clients[i] = redis.NewClient(&redis.Options{Addr: s.Addr()})
+				defer clients[i].Close()
+			}
+			cpu := func() []float64 {
+				out := make([]float64, shards)
+				for i, rc := range clients {
+					out[i] = redisCPU(b, rc)
+				}
+				return out
+			}
+			data := []byte(strings.Repeat("x", 100))
+			before := cpu()
+			b.ResetTimer()
+			waits := make(chan func() (*broker.Message, int, error), 1024)
+			done := make(chan error, 1)
+			go func() {
+				var first error
+				for w := range waits {
+					if _, _, err := w(); err != nil && first == nil {
+						first = err
+					}
+				}
+				done <- first
+			}()
+			for i := 0; i < b.N; i++ {
+				w, err := broker.StartPublish(context.Background(), a, &broker.Message{Channel: "spread.c" + strconv.Itoa(i%30), Data: data})
+				if err != nil {
+					b.Fatal(err)
+				}
+				waits <- w
+			}
+			close(waits)
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			after := cpu()
+			busiest, total := 0.0, 0.0
+			for i := range after {
+				d := after[i] - before[i]
+				total += d
+				busiest = max(busiest, d)
+			}
+			b.ReportMetric(busiest/float64(b.N), "shard-µs/op")
+			b.ReportMetric(total/float64(b.N), "total-µs/op")
+		})
+	}
+}
