@@ -6,6 +6,21 @@
 # nodes; publishers on the first node), flat out, then paced at 20 msgs/s for
 # publish-to-delivery latency. Also Redis commands per publish (INFO
 # commandstats). Installs redis-server when missing.
+#
+#   scripts/bench-cluster.sh --redis [--centrifugo BIN] [--pushctl BIN]
+# The Redis table instead: two nodes on one redis-server (no persistence),
+# publishers on node A, subscribers on node B, 100-byte messages:
+# fan-out to 1000 WebSocket subscribers with 4 publishers as fast as
+# acknowledged, the same at 20 messages/s, and 8 HTTP publishers with one
+# subscriber; for each, redis-server CPU time per publish (utime+stime of
+# /proc/PID/stat) and Redis commands per publish (INFO commandstats), both
+# over the run's publishes (heartbeats included). With --centrifugo, the same
+# loads on two Centrifugo nodes on the same redis-server (config from
+# $CENTRIFUGO_CONFIG, else shared/bench/centrifugo-redis.json next to the
+# checkout or its parent, with its ports and
+# Redis address replaced; loopback only). --pushctl runs another pushctl
+# binary as the nodes (a build of an older commit, to compare); the bench
+# client is always this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test >/dev/null
@@ -14,6 +29,17 @@ ulimit -n "$(ulimit -Hn)"
 
 subs=3000; msgs=2000; paced=200
 if [[ "${1:-}" == "--quick" ]]; then subs=300; msgs=200; paced=40; fi
+mode=all; centrifugo=""; nodebin=bin/pushctl
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --redis) mode=redis ;;
+    --centrifugo) centrifugo=$2; shift ;;
+    --pushctl) nodebin=$2; shift ;;
+    --quick) ;;
+    *) echo "usage: $0 [--quick] | --redis [--centrifugo BIN] [--pushctl BIN]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 work=$(mktemp -d)
 pids=()
@@ -26,7 +52,7 @@ redis="redis://127.0.0.1:$port/0"
 # node VAR ARGS...: starts a broker and sets VAR to its URL.
 node() {
   local var=$1; shift
-  bin/pushctl serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn "$@" > /dev/null 2> "$work/$var.log" & pids+=($!)
+  "$nodebin" serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn "$@" > /dev/null 2> "$work/$var.log" & pids+=($!)
   for _ in $(seq 100); do grep -q 'listening on' "$work/$var.log" 2>/dev/null && break; sleep 0.1; done
   printf -v "$var" '%s' "$(grep -o 'http://[0-9.:]*' "$work/$var.log" | head -1)"
 }
@@ -38,6 +64,56 @@ run() { # LABEL PUBLISH-URL SUBSCRIBE-URLS
   echo "== $label: $subs WebSocket subscribers, $paced messages at 20/s"
   bin/pushctl bench -s "$pub" --subscribe-to "$to" --subscribers "$subs" --messages "$paced" --rate 20 --channel "paced$RANDOM"
 }
+
+if [[ $mode == redis ]]; then
+  rpid=$(redis-cli -p "$port" info server | tr -d '\r' | awk -F: '$1 == "process_id" {print $2}')
+  # load LABEL FLAVOR PUB SUB BENCH-ARGS...: one bench run, then a line with
+  # its figures and Redis's cost per publish (while publishing and
+  # delivering: heartbeats included, subscribing not).
+  load() {
+    local label=$1 flavor=$2 pub=$3 sub=$4; shift 4
+    bin/pushctl bench --flavor "$flavor" -s "$pub" --subscribe-to "$sub" --size 100 --format json \
+      --cost-pid "$rpid" --redis-stats "$redis" "$@" > "$work/r.json"
+    python3 - "$label" "$work/r.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[2]))["results"][0]
+print(f"{sys.argv[1]}: {r['deliveries_per_sec']:,.0f} deliveries/s, {r['publishes_per_sec']:,.0f} publishes/s, "
+      f"p50 {r['p50_ns']/1e6:.1f} ms, p99 {r['p99_ns']/1e6:.1f} ms, lost {r['lost']}, errors {r['publish_errors']}; "
+      f"redis-server CPU {r.get('cost_cpu_per_publish_ns', 0)/1e3:.1f} us/publish, "
+      f"{r.get('redis_commands_per_publish', 0):.2f} commands/publish ({r['published']} publishes)")
+PY
+  }
+  table() { # FLAVOR A B
+    load "$1 fan-out, 1000 ws subscribers on B, 4 publishers on A" "$1" "$2" "$3" --subscribers 1000 --publishers 4 --messages 10000
+    load "$1 1000 ws subscribers on B, 20 messages/s" "$1" "$2" "$3" --subscribers 1000 --publishers 1 --messages 200 --rate 20
+    load "$1 8 HTTP publishers on A, 1 subscriber on B" "$1" "$2" "$3" --subscribers 1 --publishers 8 --messages 40000
+  }
+  node a --broker "$redis"; node b --broker "$redis"
+  table pushctl "$a" "$b"
+  if [[ -n $centrifugo ]]; then
+    kill "${pids[@]:1}" 2>/dev/null || true
+    conf=${CENTRIFUGO_CONFIG:-}
+    for f in ../shared/bench/centrifugo-redis.json ../../shared/bench/centrifugo-redis.json; do
+      [[ -z $conf && -f $f ]] && conf=$f
+    done
+    [[ -n $conf ]] || { echo "no Centrifugo config: set CENTRIFUGO_CONFIG" >&2; exit 1; }
+    for v in ca cb; do
+      cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+      python3 - "$conf" "$cport" "$port" > "$work/$v.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.setdefault("http_server", {}).update({"address": "127.0.0.1", "port": int(sys.argv[2])})
+c["engine"]["redis"]["address"] = [f"redis://127.0.0.1:{sys.argv[3]}"]
+print(json.dumps(c))
+PY
+      "$centrifugo" --config "$work/$v.json" > "$work/$v.log" 2>&1 & pids+=($!)
+      for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$cport/health" && break; sleep 0.1; done
+      printf -v "$v" 'http://127.0.0.1:%s' "$cport"
+    done
+    table centrifugo "$ca" "$cb"
+  fi
+  exit 0
+fi
 
 node mem
 run "1 node, memory" "$mem" "$mem"

@@ -41,7 +41,10 @@ type Config struct {
 	Size        int // payload bytes
 	Rate        int // messages per second over all publishers; 0: as fast as acked
 	// Flavor adapts URLs: "pushctl" asks for raw data frames; "nchan" uses
-	// the plain /pub and /sub paths of bench/nchan.conf.
+	// the plain /pub and /sub paths of bench/nchan.conf; "centrifugo"
+	// publishes with POST /api/publish and subscribes over
+	// /connection/websocket (its JSON protocol, without tokens: the
+	// server's client.insecure and http_api.insecure).
 	Flavor string
 	// Settle is how long to wait for deliveries after the last publish
 	// before counting the rest as lost.
@@ -51,6 +54,12 @@ type Config struct {
 	PublishZMQ string
 	// Progress, if set, receives status lines.
 	Progress io.Writer
+	// CostPIDs are processes (a Redis server) whose CPU time while
+	// publishing and delivering is reported per publish.
+	CostPIDs []int
+	// RedisStats, a redis:// URL, has Redis's commands while publishing
+	// and delivering reported per publish (INFO commandstats).
+	RedisStats string
 	// Live, if set, is called about every 200 ms while publishing and
 	// settling with what was published and delivered so far.
 	Live func(published, delivered uint64, elapsed time.Duration)
@@ -87,6 +96,10 @@ type Result struct {
 	P99              time.Duration `json:"p99_ns"`
 	P999             time.Duration `json:"p999_ns"`
 	Max              time.Duration `json:"max_ns"`
+	// CPUPerPublish is the CPU time of CostPIDs per publish.
+	CPUPerPublish time.Duration `json:"cost_cpu_per_publish_ns,omitempty"`
+	// CommandsPerPublish is RedisStats's commands per publish.
+	CommandsPerPublish float64 `json:"redis_commands_per_publish,omitempty"`
 }
 
 type subscriber struct {
@@ -170,6 +183,9 @@ func (c *Config) subURL(i int) string {
 	if len(c.SubscribeTo) > 0 {
 		base = strings.TrimSuffix(c.SubscribeTo[i%len(c.SubscribeTo)], "/")
 	}
+	if c.Flavor == "centrifugo" {
+		return base + "/connection/websocket"
+	}
 	u := base + "/sub/" + c.Channel
 	if c.Flavor == "pushctl" && (c.Transport == "ws" || c.Transport == "sse") {
 		u += "?data=raw"
@@ -181,6 +197,9 @@ func (c *Config) subURL(i int) string {
 func (c *Config) Check() error {
 	switch c.Transport {
 	case "ws", "sse":
+		if c.Flavor == "centrifugo" && c.Transport != "ws" {
+			return fmt.Errorf("centrifugo subscribers use ws")
+		}
 	case "ndjson", "poll":
 		if c.Flavor != "pushctl" {
 			return fmt.Errorf("transport %s is pushctl's; %s subscribers use ws or sse", c.Transport, c.Flavor)
@@ -254,7 +273,11 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			case "poll":
 				err = runPoll(ctx, httpc, url, s, connected)
 			default:
-				err = runWS(ctx, url, s, connected)
+				if c.Flavor == "centrifugo" {
+					err = runCentrifugo(ctx, url, c.Channel, s, connected)
+				} else {
+					err = runWS(ctx, url, s, connected)
+				}
 			}
 			if err != nil && ctx.Err() == nil {
 				errc <- err
@@ -269,7 +292,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	// Warm up: publish until every subscriber has seen a warm-up message,
 	// so all are live before measuring.
 	c.logf("warming up")
-	warmer, err := newHTTPPublisher(ctx, c.Server, c.Channel)
+	warmer, err := c.newPublisher(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -300,6 +323,10 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	}
 	warmer.close()
 	c.logf("publishing %d messages of %d bytes from %d publishers", c.Messages, c.Size, c.Publishers)
+	cost0, err := c.cost(ctx)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	var published, pubErrs atomic.Int64
 	var firstErr atomic.Value // string: the first publish error, for the report
@@ -366,7 +393,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 			case "ws":
 				err = publishWS(ctx, c, take, &published)
 			default:
-				hp, err := newHTTPPublisher(ctx, c.Server, c.Channel)
+				hp, err := c.newPublisher(ctx)
 				if err != nil {
 					pubFailed(err)
 					return
@@ -414,6 +441,10 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	cost1, err := c.cost(ctx)
+	if err != nil {
+		return nil, err
+	}
 	cancel()
 	wg.Wait()
 	var h Histogram
@@ -443,6 +474,14 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	}
 	if e, ok := firstErr.Load().(string); ok {
 		r.FirstError = e
+	}
+	if n := r.Published; n > 0 {
+		if len(c.CostPIDs) > 0 {
+			r.CPUPerPublish = (cost1.cpu - cost0.cpu) / time.Duration(n)
+		}
+		if c.RedisStats != "" {
+			r.CommandsPerPublish = float64(cost1.commands-cost0.commands) / float64(n)
+		}
 	}
 	if delivered < expected {
 		r.Lost = expected - delivered

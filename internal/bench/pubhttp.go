@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,12 +37,35 @@ type httpPublisher struct {
 	br       *bufio.Reader
 	stopConn func() bool // undoes the context.AfterFunc that closes conn
 	buf      []byte
+	pre, suf []byte // around the data in the body (centrifugo: a JSON object)
+}
+
+// newPublisher is the HTTP publisher of c's flavor.
+func (c *Config) newPublisher(ctx context.Context) (*httpPublisher, error) {
+	if c.Flavor != "centrifugo" {
+		return newHTTPPublisher(ctx, c.Server, c.Channel)
+	}
+	p, err := newHTTPPublisherPath(ctx, c.Server, "/api/publish", "application/json")
+	if err != nil {
+		return nil, err
+	}
+	// The bench's payloads are JSON-safe: a JSON string as they are.
+	ch, _ := json.Marshal(c.Channel)
+	p.pre = fmt.Appendf(nil, `{"channel":%s,"data":"`, ch)
+	p.suf = []byte(`"}`)
+	return p, nil
 }
 
 // newHTTPPublisher prepares a publisher of POST /pub/CHANNEL at server
 // (a base URL, http or https, possibly with a path prefix) for the run
 // ctx.
 func newHTTPPublisher(ctx context.Context, server, channel string) (*httpPublisher, error) {
+	return newHTTPPublisherPath(ctx, server, "/pub/"+channel, "text/plain")
+}
+
+// newHTTPPublisherPath prepares a publisher of POST path, with bodies of
+// type ctype.
+func newHTTPPublisherPath(ctx context.Context, server, path, ctype string) (*httpPublisher, error) {
 	base, err := url.Parse(server)
 	if err != nil {
 		return nil, err
@@ -50,7 +74,7 @@ func newHTTPPublisher(ctx context.Context, server, channel string) (*httpPublish
 		return nil, fmt.Errorf("publish URL %q has no host", server)
 	}
 	u := *base
-	u.Path, u.RawPath = strings.TrimSuffix(base.Path, "/")+"/pub/"+channel, ""
+	u.Path, u.RawPath = strings.TrimSuffix(base.Path, "/")+path, ""
 	p := &httpPublisher{ctx: ctx, addr: u.Host}
 	switch u.Scheme {
 	case "http":
@@ -65,7 +89,7 @@ func newHTTPPublisher(ctx context.Context, server, channel string) (*httpPublish
 	default:
 		return nil, fmt.Errorf("publish URL %q: want http or https", server)
 	}
-	p.head = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pushctl-bench\r\nContent-Type: text/plain\r\n", u.EscapedPath(), u.Host)
+	p.head = fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: pushctl-bench\r\nContent-Type: %s\r\n", u.EscapedPath(), u.Host, ctype)
 	if u.User != nil { // as net/http's client does with a URL's user and password
 		pass, _ := u.User.Password()
 		cred := base64.StdEncoding.EncodeToString([]byte(u.User.Username() + ":" + pass))
@@ -84,9 +108,11 @@ func (p *httpPublisher) publish(data []byte) error {
 		}
 	}
 	p.buf = append(p.buf[:0], p.head...)
-	p.buf = strconv.AppendInt(p.buf, int64(len(data)), 10)
+	p.buf = strconv.AppendInt(p.buf, int64(len(p.pre)+len(data)+len(p.suf)), 10)
 	p.buf = append(p.buf, "\r\n\r\n"...)
+	p.buf = append(p.buf, p.pre...)
 	p.buf = append(p.buf, data...)
+	p.buf = append(p.buf, p.suf...)
 	if _, err := p.conn.Write(p.buf); err != nil {
 		return p.fail(err)
 	}

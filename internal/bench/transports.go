@@ -9,11 +9,15 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -225,3 +229,104 @@ func publishWS(ctx context.Context, c Config, take func() (int64, bool), publish
 func appendMaskedFrame(b []byte, op byte, payload []byte) []byte {
 	return wire.AppendMaskedWSFrame(b, op, payload, [4]byte{0x5a, 0x17, 0xc3, 0x8e})
 }
+
+// runCentrifugo subscribes to channel over Centrifugo's WebSocket JSON
+// protocol: a connect command, a subscribe command, then publications as
+// pushes, several per frame separated by newlines; an empty command is a
+// ping, answered with one.
+func runCentrifugo(ctx context.Context, url, channel string, s *subscriber, connected chan<- error) error {
+	d := websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 4096, WriteBufferSize: 1024}
+	conn, _, err := d.DialContext(ctx, "ws"+strings.TrimPrefix(url, "http"), nil)
+	if err != nil {
+		connected <- err
+		return err
+	}
+	go func() { <-ctx.Done(); conn.Close() }()
+	sub, _ := json.Marshal(map[string]any{"id": 2, "subscribe": map[string]string{"channel": channel}})
+	err = conn.WriteMessage(websocket.TextMessage, append([]byte(`{"id":1,"connect":{}}`+"\n"), sub...))
+	subscribed := false
+	for err == nil {
+		var data []byte
+		if _, data, err = conn.ReadMessage(); err != nil {
+			break
+		}
+		now := time.Now()
+		for _, line := range bytes.Split(data, []byte("\n")) {
+			switch {
+			case len(line) == 0:
+			case string(line) == "{}":
+				err = conn.WriteMessage(websocket.TextMessage, []byte("{}"))
+			case !subscribed && bytes.HasPrefix(line, []byte(`{"id":2`)):
+				if bytes.Contains(line, []byte(`"error"`)) {
+					err = fmt.Errorf("centrifugo subscribe: %s", line)
+					break
+				}
+				subscribed = true
+				connected <- nil
+			case bytes.HasPrefix(line, []byte(`{"id":1`)) && bytes.Contains(line, []byte(`"error"`)):
+				err = fmt.Errorf("centrifugo connect: %s", line)
+			case subscribed:
+				if v := dataField(line); v != nil {
+					s.observe(v, now)
+				}
+			}
+		}
+	}
+	if !subscribed {
+		connected <- err
+	}
+	return err
+}
+
+// costs are what CostPIDs and RedisStats measure at one moment.
+type costs struct {
+	cpu      time.Duration
+	commands int64
+}
+
+// cost reads the CPU time of CostPIDs (utime+stime of /proc/PID/stat)
+// and the commands RedisStats's Redis ran (INFO commandstats; INFO
+// itself left out).
+func (c *Config) cost(ctx context.Context) (costs, error) {
+	var out costs
+	for _, pid := range c.CostPIDs {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return out, fmt.Errorf("CPU time of pid %d: %w", pid, err)
+		}
+		// Fields after the command's closing parenthesis: state is 3,
+		// utime 14 and stime 15 (proc(5)).
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			return out, fmt.Errorf("CPU time of pid %d: short /proc stat", pid)
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out.cpu += time.Duration(ut+st) * time.Second / clockTicks
+	}
+	if c.RedisStats != "" {
+		opts, err := redis.ParseURL(c.RedisStats)
+		if err != nil {
+			return out, fmt.Errorf("--redis-stats: %w", err)
+		}
+		rdb := redis.NewClient(opts)
+		defer rdb.Close()
+		info, err := rdb.Info(ctx, "commandstats").Result()
+		if err != nil {
+			return out, fmt.Errorf("--redis-stats: %w", err)
+		}
+		for _, line := range strings.Split(info, "\n") {
+			name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+			if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
+				continue
+			}
+			calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+			n, _ := strconv.ParseInt(calls, 10, 64)
+			out.commands += n
+		}
+	}
+	return out, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on Linux.
+const clockTicks = 100

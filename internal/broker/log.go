@@ -12,6 +12,13 @@ import (
 // Redis server down): nothing was stored; try again later or elsewhere.
 var ErrUnavailable = errors.New("broker storage unavailable")
 
+// ErrOutcomeUnknown is wrapped by errors of an append whose outcome is
+// not known: it was sent to the storage (Redis), which did not answer in
+// time or whose connection broke, so the message may or may not have
+// been stored (never twice). A subscriber, or the channel's history,
+// tells which.
+var ErrOutcomeUnknown = errors.New("publish outcome unknown")
+
 // Log is where channels' history lives and what fixes each message's
 // place: the in-memory ring (memory), bbolt (--data-dir) or Redis.
 // Whatever it commits it hands to its Sink, in each channel's sequence

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -56,7 +57,7 @@ func launch(t testing.TB, extra func() []string) *Server {
 	for attempt := 0; ; attempt++ {
 		s.Port = freePort(t)
 		s.args = append([]string{"--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--dir", s.Dir,
-			"--loglevel", "notice", "--logfile", ""}, extra()...)
+			"--loglevel", "notice", "--logfile", "", "--enable-debug-command", "local"}, extra()...)
 		err := s.start(bin)
 		if err == nil {
 			break
@@ -161,6 +162,37 @@ func (s *Server) Kill() {
 	cmd.Wait()
 }
 
+// Pause stops the server's process (SIGSTOP) until Resume: connections
+// stay open and the kernel still accepts new ones, but nothing answers, as
+// with a Redis stuck on a slow disk or a long fork.
+func (s *Server) Pause() { s.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.t.Helper()
+	s.mu.Lock()
+	cmd := s.cmd
+	s.mu.Unlock()
+	if cmd == nil {
+		s.t.Fatalf("redis-server on port %d is not running", s.Port)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		s.t.Fatalf("signal redis-server: %v", err)
+	}
+}
+
+// Pid is the server process's id (for reading its CPU time).
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Restart kills the server and starts it again on the same port and
 // directory: without AOF it comes back empty, with AOF it reloads.
 func (s *Server) Restart() {
@@ -206,8 +238,13 @@ func StartCluster(t testing.TB, shards int) *Cluster {
 		args = append(args, s.Addr())
 	}
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if shards == 1 {
+		// redis-cli --cluster create wants three masters: one takes
+		// every slot itself.
+		args = []string{"-p", strconv.Itoa(c.Servers[0].Port), "cluster", "addslotsrange", "0", "16383"}
+	}
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
-		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+		t.Fatalf("redis-cli %v: %v\n%s", args, err, out)
 	}
 	for _, s := range c.Servers {
 		if err := s.WaitLog("Cluster state changed: ok", 30*time.Second); err != nil {

@@ -75,6 +75,8 @@ func asError(err error) *Error {
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeShuttingDown, Message: "the broker is shutting down; reconnect and resume from the last id"}
 	case errors.Is(err, broker.ErrStore):
 		return &Error{Status: http.StatusInsufficientStorage, Code: CodeStoreFailed, Message: "the message could not be stored (disk full or failing); it was not published: " + err.Error()}
+	case errors.Is(err, broker.ErrOutcomeUnknown):
+		return &Error{Status: http.StatusServiceUnavailable, Code: wire.CodeOutcomeUnknown, Message: "the broker's storage (Redis) did not answer in time; the message may or may not have been published (never twice); check the channel's history before publishing it again: " + err.Error()}
 	case errors.Is(err, broker.ErrUnavailable):
 		return &Error{Status: http.StatusServiceUnavailable, Code: wire.CodeUnavailable, Message: "the broker's storage (Redis) is unreachable; nothing was published; retry, or use another node: " + err.Error()}
 	case errors.Is(err, context.DeadlineExceeded):

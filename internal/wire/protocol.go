@@ -34,6 +34,7 @@ const (
 	CodeInternal         = "internal_error"
 	CodeStoreFailed      = "store_failed"
 	CodeUnavailable      = "broker_unavailable"
+	CodeOutcomeUnknown   = "outcome_unknown"
 	CodeRequestTimeout   = "request_timeout"
 	CodeAckBacklog       = "ack_backlog"
 	CodeTokenMissing     = "token_missing"

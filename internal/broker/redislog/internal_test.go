@@ -33,7 +33,7 @@ func TestMissedMessageRefilledFromStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Message 2 goes to the stream but its Pub/Sub copy is lost.
-	keys, args := l.publishArgs(&broker.Message{Channel: "j", Event: "message", Data: []byte("2")}, "refill:nowhere")
+	keys, args := l.publishArgs([]*broker.Message{{Channel: "j", Event: "message", Data: []byte("2")}}, "refill:nowhere", 0)
 	if err := publishScript.Run(ctx, l.rdb, keys, args...).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -58,39 +58,85 @@ func TestMissedMessageRefilledFromStream(t *testing.T) {
 	}
 }
 
-// FuzzDecodeMessage: whatever arrives on a Pub/Sub channel (another
+// FuzzDecodeBatch: whatever arrives on a Pub/Sub channel (another
 // program may publish there) is decoded or refused, never a panic; what
 // the publish script sends decodes to what was published.
-func FuzzDecodeMessage(f *testing.F) {
-	f.Add("M e1 7 1700000000000000 1 - 7\nmessagehello")
-	f.Add("M e1 7 1700000000000000 2 abcd:3:9 0\n{}")
-	f.Add("M e1 7 17 1 - 99\nx")
-	f.Add("M e1 7 17 1 - -1\nx")
-	f.Add("M e1 7 17 300 - 0\nx")
+func FuzzDecodeBatch(f *testing.F) {
+	f.Add("B e1 7 1700000000000000 1\n1 - 7 5\nmessagehello")
+	f.Add("B e1 7 1700000000000000 2\n2 abcd:3:9 0 2\n{}1 - 1 1\nab")
+	f.Add("B e1 7 17 1\n1 - 99 1\nx")
+	f.Add("B e1 7 17 1\n1 - -1 0\nx")
+	f.Add("B e1 7 17 1\n300 - 0 1\nx")
+	f.Add("B e1 0 17 1\n1 - 0 1\nx")
+	f.Add("B e1 18446744073709551615 17 2\n1 - 0 0\n1 - 0 0\n")
 	f.Add("D")
 	f.Add("")
 	l := &Log{node: "abcd"}
 	f.Fuzz(func(t *testing.T, p string) {
-		m, err := l.decodeMessage("c", p)
+		msgs, err := l.decodeBatch("c", p)
 		if err != nil {
 			return
 		}
-		if m.Channel != "c" || len(m.Event) > len(p) {
-			t.Fatalf("decoded %+v from %q", m, p)
+		for i, m := range msgs {
+			if m.Channel != "c" || len(m.Event)+len(m.Data) > len(p) || i > 0 && m.Seq != msgs[i-1].Seq+1 {
+				t.Fatalf("decoded %+v from %q", m, p)
+			}
 		}
-		// Encoding it again as the script does gives the same message.
-		again, err := l.decodeMessage("c", encodeForTest(m))
-		if err != nil || again.Seq != m.Seq || again.Event != m.Event || string(again.Data) != string(m.Data) || !again.Time.Equal(m.Time) {
+		// Encoding them again as the script does gives the same messages.
+		again, err := l.decodeBatch("c", encodeForTest(msgs))
+		if err != nil || len(again) != len(msgs) {
 			t.Fatalf("round trip of %q: %+v, %v", p, again, err)
+		}
+		for i, m := range msgs {
+			a := again[i]
+			if a.Seq != m.Seq || a.Event != m.Event || string(a.Data) != string(m.Data) || !a.Time.Equal(m.Time) ||
+				a.Kind != m.Kind || a.Origin != m.Origin || a.OriginSeq != m.OriginSeq {
+				t.Fatalf("round trip of %q: %+v, want %+v", p, a, m)
+			}
 		}
 	})
 }
 
-func encodeForTest(m *broker.Message) string {
-	origin := "-"
-	if m.Origin != 0 {
-		origin = "abcd:" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
+func encodeForTest(msgs []*broker.Message) string {
+	m0 := msgs[0]
+	out := "B " + m0.Epoch + " " + strconv.FormatUint(m0.Seq, 10) + " " + strconv.FormatInt(m0.Time.UnixMicro(), 10) + " " +
+		strconv.Itoa(len(msgs)) + "\n"
+	for _, m := range msgs {
+		origin := "-"
+		if m.Origin != 0 {
+			origin = "abcd:" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
+		}
+		out += strconv.Itoa(int(m.Kind)) + " " + origin + " " + strconv.Itoa(len(m.Event)) + " " + strconv.Itoa(len(m.Data)) + "\n" + m.Event + string(m.Data)
 	}
-	return "M " + m.Epoch + " " + strconv.FormatUint(m.Seq, 10) + " " + strconv.FormatInt(m.Time.UnixMicro(), 10) + " " +
-		strconv.Itoa(int(m.Kind)) + " " + origin + " " + strconv.Itoa(len(m.Event)) + "\n" + m.Event + string(m.Data)
+	return out
+}
+
+// A pipeline has one script call per channel, publishes of a channel go
+// in one call up to maxCallBytes of data, and a presence change is a call
+// of its own: what does not fit waits for the next pipeline, in order.
+func TestPlanGroupsByChannel(t *testing.T) {
+	l := &Log{opts: Options{Prefix: "p:"}}
+	l.opts.fill()
+	big := make([]byte, 1<<20)
+	pub := func(ch string, data []byte) *op { return &op{m: &broker.Message{Channel: ch, Data: data}} }
+	var ops []*op
+	for i := 0; i < 20; i++ {
+		ops = append(ops, pub("a", big), pub("b", []byte("x")))
+	}
+	calls, used := l.plan(ops)
+	if len(calls) != 2 || len(calls[0].ops) != 8 || len(calls[1].ops) != 8 || used != 16 {
+		t.Fatalf("%d calls, %d ops used (want 2 calls of 8 publishes: a's data bounded by %d bytes)", len(calls), used, maxCallBytes)
+	}
+	if calls[0].id == calls[1].id || calls[0].channel != "a" || calls[1].channel != "b" {
+		t.Fatalf("calls %+v %+v", calls[0], calls[1])
+	}
+	presence := &op{m: &broker.Message{Channel: "b"}, script: presenceAddScript, args: []any{"n", "id", "", 10}}
+	calls, used = l.plan([]*op{pub("a", nil), pub("b", nil), presence, pub("a", nil)})
+	if len(calls) != 2 || used != 2 {
+		t.Fatalf("a presence change after a publish of its channel: %d calls, %d used; want it in the next pipeline", len(calls), used)
+	}
+	calls, used = l.plan([]*op{presence, pub("a", nil), pub("a", nil), pub("b", nil)})
+	if len(calls) != 2 || used != 3 || calls[0].script != presenceAddScript || len(calls[1].ops) != 2 {
+		t.Fatalf("publishes after a presence change: %d calls, %d used", len(calls), used)
+	}
 }

@@ -43,10 +43,7 @@ func (l *Log) presenceOp(ctx context.Context, script *redis.Script, node, channe
 		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
 	ev.Channel = channel
-	o := &op{m: ev, script: script, res: make(chan opResult, 1)}
-	keys, args := l.publishArgs(ev, l.pubsubChannel(channel))
-	o.keys = append([]string{l.presenceKey(channel)}, keys...)
-	o.args = append([]any{node, id, string(info), max}, args...)
+	o := &op{m: ev, script: script, args: []any{node, id, string(info), max}, res: make(chan opResult, 1)}
 	if err := l.submit(ctx, o); err != nil {
 		return nil, err
 	}
@@ -55,13 +52,9 @@ func (l *Log) presenceOp(ctx context.Context, script *redis.Script, node, channe
 }
 
 // presenceReply reads a presence script's reply: {0, …} nothing changed,
-// {-1, n} full, {1, publish()'s four values, …} the event was appended
-// into m.
-func (l *Log) presenceReply(m *broker.Message, cmd *redis.Cmd) opResult {
-	vals, err := cmd.Slice()
-	if err != nil {
-		return opResult{err: l.unavailable(err)}
-	}
+// {-1, n} full, {1, epoch, seq, time, subscribers, …} the event was
+// appended into m.
+func (l *Log) presenceReply(m *broker.Message, vals []any) opResult {
 	if len(vals) == 0 {
 		return opResult{err: fmt.Errorf("redis: empty presence reply")}
 	}
@@ -69,9 +62,9 @@ func (l *Log) presenceReply(m *broker.Message, cmd *redis.Cmd) opResult {
 		if len(vals) < 5 {
 			return opResult{err: fmt.Errorf("redis: unexpected presence reply %v", vals)}
 		}
-		if r := l.placed(m, vals[1:5]); r.err != nil {
-			return r
-		}
+		seq, _ := vals[2].(int64)
+		us, _ := strconv.ParseInt(fmt.Sprint(vals[3]), 10, 64)
+		m.Epoch, m.Seq, m.Time = fmt.Sprint(vals[1]), uint64(seq), time.UnixMicro(us).UTC()
 	}
 	return opResult{vals: vals}
 }

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	neturl "net/url"
 	"sort"
 	"strconv"
@@ -50,6 +51,13 @@ type Options struct {
 	// Heartbeat is how often a node says it is alive and reads the
 	// cluster totals (default 1s).
 	Heartbeat time.Duration
+	// PublishTimeout is how long a publish whose outcome is not known
+	// (the connection broke, Redis did not answer) is sent again before
+	// it fails with broker.ErrOutcomeUnknown (default 10s).
+	PublishTimeout time.Duration
+	// StallAfter is how long Redis may take to answer before the node
+	// reports itself degraded (default 2s).
+	StallAfter time.Duration
 	// Now is the clock; tests inject one.
 	Now func() time.Time
 	// Logger receives connection state changes (default: discard).
@@ -67,6 +75,12 @@ func (o *Options) fill() {
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = time.Second
 	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 10 * time.Second
+	}
+	if o.StallAfter <= 0 {
+		o.StallAfter = 2 * time.Second
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -79,7 +93,8 @@ func (o *Options) fill() {
 type Log struct {
 	opts    Options
 	rdb     redis.UniversalClient
-	cluster *redis.ClusterClient // nil on a single Redis
+	pub     redis.UniversalClient // publishes: on a single Redis without go-redis's retries
+	cluster *redis.ClusterClient  // nil on a single Redis
 	sink    broker.Sink
 	node    string
 	ps      *redis.PubSub     // classic Pub/Sub: counts, patterns, channels on a single Redis
@@ -91,8 +106,14 @@ type Log struct {
 
 	queue   chan *op
 	pubDone chan struct{}
-	qmu     sync.RWMutex // submitters hold it shared; Close takes it
-	closed  bool
+	calls   atomic.Uint64 // script call ids
+	busy    atomic.Int64  // when the pipeline in flight was sent (UnixNano; 0: none)
+	beating atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
+
+	outcomeUnknown atomic.Uint64 // publishes failed with ErrOutcomeUnknown
+	closing        atomic.Bool   // Close began: appends are retried for 2s at most
+	qmu            sync.RWMutex  // submitters hold it shared; Close takes it
+	closed         bool
 
 	sendMu    sync.Mutex // held while counts are sent
 	mu        sync.Mutex
@@ -139,9 +160,8 @@ type seen struct {
 
 type op struct {
 	m      *broker.Message
-	script *redis.Script // nil: the publish script
-	args   []any
-	keys   []string
+	script *redis.Script // nil: a publish
+	args   []any         // a presence script's first four arguments
 	res    chan opResult
 }
 
@@ -219,6 +239,19 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		l.ps.Close()
 		rdb.Close()
 		return nil, l.unavailable(err)
+	}
+	l.pub = rdb
+	if cluster == nil {
+		// Publishes are sent again by runBatch, which knows whether a
+		// failed attempt may have reached Redis.
+		popts := *ropts
+		popts.MaxRetries = -1
+		// A new connection goes straight to work (no CLIENT SETINFO
+		// round trip to wait for), and an attempt Redis does not answer
+		// is given up after 3 s, then sent again.
+		popts.DisableIdentity = true
+		popts.ReadTimeout, popts.WriteTimeout = 3*time.Second, 3*time.Second
+		l.pub = redis.NewClient(&popts)
 	}
 	l.refreshTotals(true)
 	l.wg.Add(2)
@@ -364,13 +397,39 @@ func (l *Log) setHealth(side string, err error) {
 	}
 }
 
-// Health implements broker.Health.
+// Health implements broker.Health: Redis unreachable, or not answering
+// for longer than StallAfter.
 func (l *Log) Health() error {
 	if p := l.down.Load(); p != nil {
 		return errors.New(*p)
 	}
+	if d := l.stalled(); d > 0 {
+		return fmt.Errorf("redis stalled: no answer for %s", d.Round(100*time.Millisecond))
+	}
 	return nil
 }
+
+// stalled is how long the oldest request in flight to Redis has waited,
+// when that is longer than StallAfter (else 0).
+func (l *Log) stalled() time.Duration {
+	var oldest int64
+	for _, t := range []int64{l.busy.Load(), l.beating.Load()} {
+		if t != 0 && (oldest == 0 || t < oldest) {
+			oldest = t
+		}
+	}
+	if oldest == 0 {
+		return 0
+	}
+	if d := time.Since(time.Unix(0, oldest)); d > l.opts.StallAfter {
+		return d
+	}
+	return 0
+}
+
+// OutcomeUnknown counts the publishes that failed with
+// broker.ErrOutcomeUnknown.
+func (l *Log) OutcomeUnknown() uint64 { return l.outcomeUnknown.Load() }
 
 // newEpoch is a fresh epoch for a channel Redis does not know: base36 of
 // the node's clock in nanoseconds, made unique per node.
@@ -415,13 +474,14 @@ func (l *Log) submit(ctx context.Context, o *op) error {
 }
 
 // Append implements broker.Log: the message is queued for the publisher,
-// which sends queued appends as one pipeline, in order.
+// which sends what was queued together: one script call per channel, all
+// in one pipeline, in order.
 func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error), error) {
 	if err := l.Health(); err != nil {
+		// Nothing was sent: known not published.
 		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
 	o := &op{m: m, res: make(chan opResult, 1)}
-	o.keys, o.args = l.publishArgs(m, l.pubsubChannel(m.Channel))
 	if err := l.submit(ctx, o); err != nil {
 		return nil, err
 	}
@@ -431,27 +491,40 @@ func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error
 	}, nil
 }
 
-// publishArgs are the publish script's keys and arguments for m, sent to
-// the Pub/Sub channel ps.
-func (l *Log) publishArgs(m *broker.Message, ps string) ([]string, []any) {
+// publishArgs are the publish script's keys and arguments for msgs, all
+// of one channel, sent to the Pub/Sub channel ps; call is the call's id
+// (0: none, for presence events, whose scripts have their own).
+func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]string, []any) {
 	now := l.opts.Now()
-	r := l.retention(m.Channel)
+	r := l.retention(msgs[0].Channel)
 	cutoff := int64(0)
 	if r.HistoryAge > 0 {
 		cutoff = now.Add(-r.HistoryAge).UnixMicro()
 	}
-	origin := "-"
-	if m.Origin != 0 {
-		origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
-	}
-	keys := l.channelKeys(m.Channel)
+	ch := msgs[0].Channel
+	keys := l.channelKeys(ch)
 	if l.cluster == nil {
 		keys = append(keys, l.key("subs"), l.key("pats"))
 	}
-	args := []any{l.newEpoch(), now.UnixMicro(), m.Event, int(m.Kind), m.Data, r.HistorySize,
-		cutoff, ttl(r), origin, m.Channel, ps, r.HistoryBytes, "P"}
+	id := ""
+	if call != 0 {
+		id = strconv.FormatUint(call, 10)
+	}
+	args := make([]any, 0, 12+4*len(msgs))
+	args = append(args, l.newEpoch(), now.UnixMicro(), r.HistorySize, cutoff, ttl(r), ch, ps,
+		r.HistoryBytes, "P", l.node, id, len(msgs))
+	for _, m := range msgs {
+		origin := "-"
+		if m.Origin != 0 {
+			origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
+		}
+		args = append(args, m.Event, int(m.Kind), m.Data, origin)
+	}
 	return keys, args
 }
+
+// howArg is the index of the "how to publish" argument in publishArgs.
+const howArg = 8
 
 // channelKeys are the keys the read, publish and delete scripts start
 // with: the channel's meta and stream and, on a single Redis, the set of
@@ -463,83 +536,301 @@ func (l *Log) channelKeys(ch string) []string {
 	return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.key("channels")}
 }
 
-// publisher sends queued appends in pipelines, in order.
+// publisher sends queued appends in pipelines, in order. A pipeline has
+// at most one script call per channel (the calls' ids must grow per
+// channel, one outcome at a time), so an op that would need a second call
+// for its channel starts the next pipeline.
 func (l *Log) publisher() {
 	defer close(l.pubDone)
-	for first := range l.queue {
-		batch := []*op{first}
+	var carry []*op
+	for {
+		if len(carry) == 0 {
+			first, ok := <-l.queue
+			if !ok {
+				return
+			}
+			carry = append(carry, first)
+		}
 	gather:
-		for len(batch) < 1024 {
+		for len(carry) < maxBatch {
 			select {
 			case o, ok := <-l.queue:
 				if !ok {
 					break gather
 				}
-				batch = append(batch, o)
+				carry = append(carry, o)
 			default:
 				break gather
 			}
 		}
-		l.runBatch(batch)
+		calls, used := l.plan(carry)
+		l.runBatch(calls)
+		carry = append(carry[:0], carry[used:]...)
 	}
 }
 
-func (l *Log) runBatch(batch []*op) {
-	var counts []int
-	if l.cluster != nil {
+// maxBatch bounds the appends sent in one pipeline, and maxCallBytes the
+// data of one script call (Redis refuses a command over its
+// client-query-buffer-limit, 1 GiB by default).
+const (
+	maxBatch     = 1024
+	maxCallBytes = 8 << 20
+)
+
+// call is one script call of a pipeline: a batch of publishes to one
+// channel, or one presence change.
+type call struct {
+	ops     []*op
+	channel string
+	id      uint64
+	script  *redis.Script
+	keys    []string
+	args    []any
+	how     int // index of the "how to publish" argument
+	cmd     *redis.Cmd
+	done    bool
+}
+
+// plan groups ops, in order, into calls: the publishes of a channel into
+// one call, each presence change a call of its own. It returns the calls
+// and how many ops they took (an op whose channel already has a call it
+// cannot join waits for the next pipeline).
+func (l *Log) plan(ops []*op) ([]*call, int) {
+	var calls []*call
+	byChannel := map[string]*call{}
+	used := 0
+	bytes := map[string]int{}
+	for _, o := range ops {
+		ch := o.m.Channel
+		c := byChannel[ch]
+		if c != nil && (c.script != nil || o.script != nil || bytes[ch]+len(o.m.Data) > maxCallBytes) {
+			break
+		}
+		bytes[ch] += len(o.m.Data)
+		if c == nil {
+			c = &call{channel: ch, id: l.calls.Add(1), script: o.script}
+			byChannel[ch] = c
+			calls = append(calls, c)
+		}
+		c.ops = append(c.ops, o)
+		used++
+	}
+	for _, c := range calls {
+		if c.script == nil {
+			c.script = publishScript
+			msgs := make([]*broker.Message, len(c.ops))
+			for i, o := range c.ops {
+				msgs[i] = o.m
+			}
+			c.keys, c.args = l.publishArgs(msgs, l.pubsubChannel(c.channel), c.id)
+			c.how = howArg
+			continue
+		}
+		o := c.ops[0]
+		keys, args := l.publishArgs([]*broker.Message{o.m}, l.pubsubChannel(c.channel), 0)
+		c.keys = append([]string{l.presenceKey(c.channel)}, keys...)
+		c.args = append(append(o.args[:4:4], strconv.FormatUint(c.id, 10)), args...)
+		c.how = 5 + howArg
+	}
+	return calls, used
+}
+
+// runBatch sends calls in one pipeline and hands each op its result.
+// Calls whose outcome is not known (the connection broke, Redis did not
+// answer in time) are sent again, with the same ids, until they get an
+// answer or PublishTimeout passed: the scripts recognise a call that ran
+// before, so nothing is appended twice. A call that never got an answer
+// fails with broker.ErrOutcomeUnknown, or broker.ErrUnavailable when it
+// is known that nothing reached Redis.
+func (l *Log) runBatch(calls []*call) {
+	if l.closing.Load() && l.down.Load() != nil {
+		// Closing with Redis unreachable: what was queued is not sent.
+		err := fmt.Errorf("%w: closing with redis unreachable", broker.ErrUnavailable)
+		for _, c := range calls {
+			l.fail(c, err)
+		}
+		return
+	}
+	start := time.Now()
+	l.busy.Store(start.UnixNano())
+	defer l.busy.Store(0)
+	deadline := start.Add(l.opts.PublishTimeout)
+	var counts map[string]int
+	maybeSent := false
+	var lastErr error
+	backoff := 20 * time.Millisecond
+	for {
 		var err error
-		if counts, err = l.clusterCounts(batch); err != nil {
-			err = l.unavailable(err)
-			for _, o := range batch {
-				o.res <- opResult{err: err}
+		if l.cluster != nil && counts == nil {
+			counts, err = l.clusterCounts(calls)
+		}
+		if err == nil {
+			pipe := l.pub.Pipeline()
+			for _, c := range calls {
+				if !c.done {
+					c.cmd = c.script.EvalSha(l.ctx, pipe, c.keys, c.args...)
+				}
+			}
+			pipe.Exec(l.ctx)
+			noscript := false
+			for _, c := range calls {
+				if c.done {
+					continue
+				}
+				cerr := c.cmd.Err()
+				switch {
+				case cerr == nil || errors.Is(cerr, redis.Nil):
+					l.finish(c, counts)
+				case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
+					noscript, err = true, cerr // nothing ran
+				case notRun(cerr):
+					err = cerr
+				case isReply(cerr):
+					// Redis answered with an error: the script did not
+					// append (it checks before it writes).
+					l.fail(c, fmt.Errorf("redis: %v", cerr))
+				default:
+					err = cerr
+					if l.cluster != nil || !neverSent(cerr) {
+						maybeSent = true
+					}
+				}
+			}
+			if noscript {
+				// Redis restarted and forgot the scripts.
+				if lerr := l.loadScripts(l.ctx); lerr != nil {
+					err = lerr
+				}
+			}
+		}
+		if err == nil {
+			if !allDone(calls) {
+				continue
+			}
+			if lastErr != nil {
+				l.setHealth(sideCommands, nil)
+				l.opts.Logger.Info("redis answered again; publishes that were waiting went through", "waited", time.Since(start).Round(time.Millisecond))
 			}
 			return
 		}
+		lastErr = err
+		l.setHealth(sideCommands, err)
+		if time.Now().After(deadline) || l.ctx.Err() != nil || l.closing.Load() && time.Since(start) > 2*time.Second {
+			for _, c := range calls {
+				if c.done {
+					continue
+				}
+				if maybeSent {
+					l.outcomeUnknown.Add(uint64(len(c.ops)))
+					l.fail(c, fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, err))
+				} else {
+					l.fail(c, fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err))
+				}
+			}
+			return
+		}
+		select {
+		case <-l.ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
 	}
-	for attempt := 0; ; attempt++ {
-		pipe := l.rdb.Pipeline()
-		cmds := make([]*redis.Cmd, len(batch))
-		for i, o := range batch {
-			cmds[i] = o.run().EvalSha(l.ctx, pipe, o.keys, o.args...)
+}
+
+func allDone(calls []*call) bool {
+	for _, c := range calls {
+		if !c.done {
+			return false
 		}
-		_, err := pipe.Exec(l.ctx)
-		if err != nil && attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// Redis restarted and forgot the scripts: nothing ran.
-			if l.loadScripts(l.ctx) == nil {
-				continue
-			}
+	}
+	return true
+}
+
+// isReply reports whether err is an error reply from Redis.
+func isReply(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr)
+}
+
+// notRun reports whether err is a Redis reply saying the command was not
+// run and may be sent again (loading, failing over, slot moving).
+func notRun(err error) bool {
+	if !isReply(err) {
+		return false
+	}
+	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "READONLY"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
 		}
-		for i, o := range batch {
-			var r opResult
-			if o.script == nil {
-				r = l.published(o.m, cmds[i])
-			} else {
-				r = l.presenceReply(o.m, cmds[i])
-			}
-			if counts != nil && r.err == nil {
-				r.n = counts[i]
-			}
-			o.res <- r
-		}
+	}
+	return false
+}
+
+// neverSent reports whether err means the command never left this node:
+// no connection could be made.
+func neverSent(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return true
+	}
+	return strings.Contains(err.Error(), "connection pool timeout")
+}
+
+// finish hands a call's reply to its ops.
+func (l *Log) finish(c *call, counts map[string]int) {
+	c.done = true
+	vals, err := c.cmd.Slice()
+	if err != nil {
+		l.fail(c, fmt.Errorf("redis: %v", err))
 		return
+	}
+	if c.script != publishScript {
+		o := c.ops[0]
+		r := l.presenceReply(o.m, vals)
+		o.res <- r
+		return
+	}
+	if len(vals) != 5 {
+		l.fail(c, fmt.Errorf("redis: unexpected publish reply %v", vals))
+		return
+	}
+	if status, _ := vals[4].(int64); status == 2 {
+		// A copy of a call this node gave up on: cannot be this one.
+		l.fail(c, fmt.Errorf("%w: redis: the publish was overtaken by a later one", broker.ErrOutcomeUnknown))
+		return
+	}
+	epoch := fmt.Sprint(vals[0])
+	first, _ := vals[1].(int64)
+	us, _ := strconv.ParseInt(fmt.Sprint(vals[2]), 10, 64)
+	n, _ := vals[3].(int64)
+	if counts != nil {
+		n = int64(counts[c.channel])
+	}
+	at := time.UnixMicro(us).UTC()
+	for i, o := range c.ops {
+		o.m.Epoch, o.m.Seq, o.m.Time = epoch, uint64(first)+uint64(i), at
+		o.res <- opResult{n: int(n)}
+	}
+}
+
+func (l *Log) fail(c *call, err error) {
+	c.done = true
+	for _, o := range c.ops {
+		o.res <- opResult{err: err}
 	}
 }
 
 // clusterCounts reads, for a batch about to be published on Redis
-// Cluster, each message's subscriber count and whether any node follows a
+// Cluster, each channel's subscriber count and whether any node follows a
 // pattern: then the batch also goes out on classic Pub/Sub, which is
 // what pattern followers receive. Three commands per batch, in the slot
 // of pushctl's own keys. The read comes after every message of the batch
 // was queued, so a pattern subscription that existed when a publish was
 // accepted is never missed.
-func (l *Log) clusterCounts(batch []*op) ([]int, error) {
-	names := make([]string, 0, len(batch))
-	index := map[string]int{}
-	for _, o := range batch {
-		if _, ok := index[o.m.Channel]; !ok {
-			index[o.m.Channel] = len(names)
-			names = append(names, o.m.Channel)
-		}
+func (l *Log) clusterCounts(calls []*call) (map[string]int, error) {
+	names := make([]string, 0, len(calls))
+	for _, c := range calls {
+		names = append(names, c.channel) // one call per channel
 	}
 	pipe := l.rdb.Pipeline()
 	exact := pipe.HMGet(l.ctx, l.key("subs"), names...)
@@ -548,17 +839,17 @@ func (l *Log) clusterCounts(batch []*op) ([]int, error) {
 	if _, err := pipe.Exec(l.ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
 	}
-	per := make([]int, len(names))
+	per := make(map[string]int, len(names))
 	for i, v := range exact.Val() {
 		if v != nil {
-			per[i], _ = strconv.Atoi(fmt.Sprint(v))
+			per[names[i]], _ = strconv.Atoi(fmt.Sprint(v))
 		}
 	}
 	for p, v := range pats.Val() {
 		c, _ := strconv.Atoi(v)
-		for i, name := range names {
+		for _, name := range names {
 			if broker.Match(p, name) {
-				per[i] += c
+				per[name] += c
 			}
 		}
 	}
@@ -566,20 +857,10 @@ func (l *Log) clusterCounts(batch []*op) ([]int, error) {
 	if routes.Val() > 0 {
 		mode = "SP"
 	}
-	counts := make([]int, len(batch))
-	for i, o := range batch {
-		o.args[len(o.args)-1] = mode
-		counts[i] = per[index[o.m.Channel]]
+	for _, c := range calls {
+		c.args[c.how] = mode
 	}
-	return counts, nil
-}
-
-// run is the script o runs.
-func (o *op) run() *redis.Script {
-	if o.script == nil {
-		return publishScript
-	}
-	return o.script
+	return per, nil
 }
 
 // loadScripts loads pushctl's scripts into Redis.
@@ -590,27 +871,6 @@ func (l *Log) loadScripts(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// published reads one publish script's reply into m.
-func (l *Log) published(m *broker.Message, cmd *redis.Cmd) opResult {
-	vals, err := cmd.Slice()
-	if err != nil {
-		return opResult{err: l.unavailable(err)}
-	}
-	return l.placed(m, vals)
-}
-
-// placed reads publish()'s reply vals into m.
-func (l *Log) placed(m *broker.Message, vals []any) opResult {
-	if len(vals) != 4 {
-		return opResult{err: fmt.Errorf("redis: unexpected publish reply %v", vals)}
-	}
-	seq, _ := vals[1].(int64)
-	us, _ := strconv.ParseInt(fmt.Sprint(vals[2]), 10, 64)
-	n, _ := vals[3].(int64)
-	m.Epoch, m.Seq, m.Time = fmt.Sprint(vals[0]), uint64(seq), time.UnixMicro(us).UTC()
-	return opResult{n: int(n)}
 }
 
 // Read implements broker.Log.
@@ -840,15 +1100,18 @@ func (l *Log) Close() error {
 	}
 	// Members still held here leave (normally the registry has left
 	// them all), while the publisher takes their events.
-	pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	l.reapPresence(pctx, l.node)
-	pcancel()
+	if l.Health() == nil {
+		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		l.reapPresence(pctx, l.node)
+		pcancel()
+	}
 	l.qmu.Lock()
 	if l.closed {
 		l.qmu.Unlock()
 		return nil
 	}
 	l.closed = true
+	l.closing.Store(true)
 	close(l.queue)
 	l.qmu.Unlock()
 	<-l.pubDone // the publisher sends what was queued
@@ -862,6 +1125,13 @@ func (l *Log) Close() error {
 	l.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	reapScript.Run(ctx, l.rdb, l.countKeys(l.node), l.node, l.key("counts"), time.Now().Add(time.Hour).UnixMilli())
+	if l.Health() == nil {
+		// (Redis not answering: the others take this node out once it
+		// has been silent for NodeTimeout.)
+		reapScript.Run(ctx, l.rdb, l.countKeys(l.node), l.node, l.key("counts"), time.Now().Add(time.Hour).UnixMilli())
+	}
+	if l.pub != l.rdb {
+		l.pub.Close()
+	}
 	return l.rdb.Close()
 }

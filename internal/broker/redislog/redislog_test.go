@@ -22,7 +22,7 @@ var prefixes atomic.Int64
 
 // open makes a broker node on url with its own key prefix per test (nodes
 // of one test share prefix).
-func open(t *testing.T, url, prefix string, o brokertest.Options) *broker.Core {
+func open(t testing.TB, url, prefix string, o brokertest.Options) *broker.Core {
 	t.Helper()
 	hub := broker.NewHub()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

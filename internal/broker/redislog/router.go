@@ -283,13 +283,22 @@ func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 		l.sink.Deleted(ch)
 		return
 	}
-	m, err := l.decodeMessage(ch, pm.Payload)
+	msgs, err := l.decodeBatch(ch, pm.Payload)
 	if err != nil {
 		l.opts.Logger.Warn("redis: undecodable message", "channel", ch, "err", err)
 		return
 	}
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
+	for _, m := range msgs {
+		l.deliverLocked(ch, m)
+	}
+}
+
+// deliverLocked hands one message heard over Pub/Sub to the hub, in
+// sequence order, refilling from the stream what was missed. Called with
+// lastMu held.
+func (l *Log) deliverLocked(ch string, m *broker.Message) {
 	st := l.last[ch]
 	if st == nil || !st.delivered {
 		// The first message heard: subscribers' replays (and their
@@ -382,31 +391,52 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 	return nil
 }
 
-// decodeMessage parses "M <epoch> <seq> <µs> <kind> <origin> <event
-// length>\n<event><data>" as the publish script sends it.
-func (l *Log) decodeMessage(ch, p string) (*broker.Message, error) {
+// decodeBatch parses what the publish script sends: a header line
+// "B <epoch> <first seq> <µs> <count>", then for each message a line
+// "<kind> <origin> <event length> <data length>" followed by the event
+// and the data.
+func (l *Log) decodeBatch(ch, p string) ([]*broker.Message, error) {
 	hdr, body, ok := strings.Cut(p, "\n")
 	f := strings.Fields(hdr)
-	if !ok || len(f) != 7 || f[0] != "M" {
+	if !ok || len(f) != 5 || f[0] != "B" {
 		return nil, errors.New("bad header")
 	}
-	seq, err1 := strconv.ParseUint(f[2], 10, 64)
+	first, err1 := strconv.ParseUint(f[2], 10, 64)
 	us, err2 := strconv.ParseInt(f[3], 10, 64)
-	kind, err3 := strconv.Atoi(f[4])
-	evlen, err4 := strconv.Atoi(f[6])
-	if err := errors.Join(err1, err2, err3, err4); err != nil || evlen < 0 || evlen > len(body) || kind < 0 || kind > 255 {
+	n, err3 := strconv.Atoi(f[4])
+	if err := errors.Join(err1, err2, err3); err != nil || n < 1 || n > len(body) || first == 0 || first+uint64(n) < first {
 		return nil, errors.New("bad header fields")
 	}
-	m := &broker.Message{
-		Channel: ch, Epoch: f[1], Seq: seq, Time: time.UnixMicro(us).UTC(), Kind: broker.Kind(kind),
-		Event: body[:evlen], Data: []byte(body[evlen:]),
+	at := time.UnixMicro(us).UTC()
+	msgs := make([]*broker.Message, 0, n)
+	for i := 0; i < n; i++ {
+		line, rest, ok := strings.Cut(body, "\n")
+		g := strings.Fields(line)
+		if !ok || len(g) != 4 {
+			return nil, fmt.Errorf("message %d: bad header", i+1)
+		}
+		kind, err1 := strconv.Atoi(g[0])
+		evlen, err2 := strconv.Atoi(g[2])
+		dlen, err3 := strconv.Atoi(g[3])
+		if err := errors.Join(err1, err2, err3); err != nil || kind < 0 || kind > 255 || evlen < 0 || dlen < 0 || evlen > len(rest) || dlen > len(rest)-evlen {
+			return nil, fmt.Errorf("message %d: bad header fields", i+1)
+		}
+		m := &broker.Message{
+			Channel: ch, Epoch: f[1], Seq: first + uint64(i), Time: at, Kind: broker.Kind(kind),
+			Event: rest[:evlen], Data: []byte(rest[evlen : evlen+dlen]),
+		}
+		if node, o, ok := strings.Cut(g[1], ":"); ok && node == l.node {
+			conn, cseq, _ := strings.Cut(o, ":")
+			m.Origin, _ = strconv.ParseUint(conn, 10, 64)
+			m.OriginSeq, _ = strconv.ParseUint(cseq, 10, 64)
+		}
+		msgs = append(msgs, m)
+		body = rest[evlen+dlen:]
 	}
-	if node, rest, ok := strings.Cut(f[5], ":"); ok && node == l.node {
-		conn, cseq, _ := strings.Cut(rest, ":")
-		m.Origin, _ = strconv.ParseUint(conn, 10, 64)
-		m.OriginSeq, _ = strconv.ParseUint(cseq, 10, 64)
+	if body != "" {
+		return nil, errors.New("trailing bytes")
 	}
-	return m, nil
+	return msgs, nil
 }
 
 // kick asks the heartbeat goroutine to send count changes now.
@@ -431,7 +461,10 @@ func (l *Log) heartbeat() {
 	beat := false // Open sent the first
 	for n := 1; ; {
 		if err := l.sendCounts(beat); err != nil {
-			l.unavailable(err)
+			if l.ctx.Err() == nil {
+				// No answer within the heartbeat's timeout counts too.
+				l.setHealth(sideCommands, err)
+			}
 		} else if l.backFromDead() {
 			l.rejoinPresence()
 		} else if beat && l.refreshTotals(n%10 == 0) {
@@ -495,6 +528,8 @@ func (l *Log) sendCounts(beat bool) error {
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 	defer cancel()
+	l.beating.Store(time.Now().UnixNano())
+	defer l.beating.Store(0)
 	back, err := countsScript.Run(ctx, l.rdb, l.countKeys(l.node),
 		append([]any{l.node, time.Now().UnixMilli(), l.key("counts"), fullArg}, args...)...).Int()
 	l.mu.Lock()

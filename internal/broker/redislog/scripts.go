@@ -44,60 +44,153 @@ end
 `
 
 // luaPublish defines publish(K, A), the body of the publish script, which
-// the presence scripts run too: K = meta, stream, and on a single Redis
-// also channels, subs, pats (on Redis Cluster those live in another
-// slot). A = new epoch, now (µs), event, kind, data, history size, age
-// cutoff (µs, 0: none), ttl (ms), origin, channel, pub/sub channel,
-// history bytes (0: no bound), how to publish ("P" PUBLISH, "S"
-// SPUBLISH, "SP" both). Meta fields: e epoch, s sequence, t last time, b
-// retained bytes. Assigns the next sequence, appends to the stream
-// (trimmed by size and age), publishes to the nodes and returns epoch,
-// seq, time and, on a single Redis, the cluster's subscriber count (-1
-// otherwise).
+// the presence scripts run too. It appends a batch of messages to one
+// channel, as one step:
+//
+// K = meta, stream, and on a single Redis also channels, subs, pats (on
+// Redis Cluster those live in another slot).
+//
+// A = 1 new epoch, 2 now (µs), 3 history size, 4 age cutoff (µs, 0:
+// none), 5 ttl (ms), 6 channel, 7 pub/sub channel, 8 history bytes (0:
+// no bound), 9 how to publish ("P" PUBLISH, "S" SPUBLISH, "SP" both), 10
+// node, 11 call id ("": none), 12 count N, then N times event, kind, data,
+// origin.
+//
+// Meta fields: e epoch, s sequence, t last time, b retained bytes, x when
+// the keys' expiry was last pushed back (µs), i:<node> the node's last
+// call: "<call id> <first seq> <count> <time>".
+//
+// A call id makes the call idempotent: the same call sent again (a retry
+// after a connection broke or Redis stalled, whether or not the first
+// copy ran) returns the positions the first copy got instead of appending
+// again; a copy of an older call of the node (one its node gave up on)
+// appends nothing. A node sends a channel's calls one at a time, each
+// with a larger id.
+//
+// Assigns the batch's sequences, appends to the stream (trimmed by size,
+// age and bytes), publishes the batch to the nodes in one message and
+// returns epoch, first seq, time, the cluster's subscriber count on a
+// single Redis (-1 otherwise) and a status: 0 appended, 1 appended
+// before (a retry), 2 a stale copy (nothing done).
 const luaPublish = `
-local function publish(K, A)
-local meta = redis.call('HMGET', K[1], 'e', 't', 'b')
-local e, last, b = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0')
-if not e then
-  e, last, b = A[1], 0, 0
-  redis.call('DEL', K[2])
-  redis.call('HSET', K[1], 'e', e, 's', 0)
-  if K[3] then redis.call('SADD', K[3], A[10]) end
+local function subscribers(K, A)
+  if not K[4] then return -1 end
+  local n = tonumber(redis.call('HGET', K[4], A[6]) or '0')
+  local pats = redis.call('HGETALL', K[5])
+  for i = 1, #pats, 2 do
+    if match(pats[i], A[6]) then n = n + tonumber(pats[i+1]) end
+  end
+  return n
 end
-local seq = redis.call('HINCRBY', K[1], 's', 1)
+local function publish(K, A)
+local rf = 'i:' .. A[10]
+local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf)
+local e, seq, last, b, x = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0'), tonumber(meta[5] or '0')
+local id = A[11]
+if e and id ~= '' and meta[6] then
+  local rid, rseq, rn, rts = string.match(meta[6], '^(%d+) (%d+) (%d+) (%d+)$')
+  if rid == id then return {e, tonumber(rseq), rts, subscribers(K, A), 1} end
+  if rid and (#rid > #id or (#rid == #id and rid > id)) then return {e, 0, '0', 0, 2} end
+end
+local fresh = not e
+if fresh then
+  e, seq, last, b, x = A[1], 0, 0, 0, 0
+  redis.call('DEL', K[2])
+  if K[3] then redis.call('SADD', K[3], A[6]) end
+end
+local n = tonumber(A[12])
 local t = tonumber(A[2])
 if t < last then t = last end
 local ts = string.format('%.0f', t)
-local size = tonumber(A[6])
+local first = seq + 1
+local size = tonumber(A[3])
+local parts = {'B ', e, ' ', string.format('%d', first), ' ', ts, ' ', n, '\n'}
+local minid, skip = nil, 0
 if size > 0 then
+  -- Before appending, drop from the oldest end what the batch pushes
+  -- out: entries over the size, older than the cutoff, or over the
+  -- bytes (never the newest). The first XADD drops them (MINID), in one
+  -- command; messages of the batch that would go at once are not added.
+  local nb = 0
+  for i = 0, n - 1 do nb = nb + #A[15 + 4*i] end
+  b = b + nb
   local len = redis.call('XLEN', K[2])
-  local cutoff, hb = tonumber(A[7]), tonumber(A[12])
-  for i = 1, 100 do
-    if len == 0 then break end
-    local f = redis.call('XRANGE', K[2], '-', '+', 'COUNT', 1)
-    if #f == 0 then break end
-    local old = f[1][2]
-    if len < size and (cutoff <= 0 or tonumber(old[2]) >= cutoff) and (hb <= 0 or b + #A[5] <= hb) then break end
-    b = b - #old[8]
-    redis.call('XDEL', K[2], f[1][1])
-    len = len - 1
+  local total = len + n
+  local cutoff, hb = tonumber(A[4]), tonumber(A[8])
+  local upto = nil -- the newest entry to drop
+  local left = len -- older entries not looked at
+  while left > 0 do
+    local want = total - size
+    if want < 0 then want = 0 end
+    if want > left - 1 then want = left - 1 end
+    local f = redis.call('XRANGE', K[2], upto and ('(' .. upto) or '-', '+', 'COUNT', want + 1)
+    local done = #f == 0
+    for j = 1, #f do
+      local old = f[j][2]
+      if not (total > size or (cutoff > 0 and tonumber(old[2]) < cutoff) or (hb > 0 and b > hb)) then done = true; break end
+      b = b - #old[8]
+      total = total - 1
+      left = left - 1
+      upto = f[j][1]
+    end
+    if done then break end
   end
-  redis.call('XADD', K[2], string.format('%d-1', seq), 't', ts, 'e', A[3], 'k', A[4], 'd', A[5])
-  b = b + #A[5]
-  redis.call('PEXPIRE', K[2], A[8])
+  if upto then minid = string.match(upto, '^(%d+)') .. '-2' end
+  while skip < n - 1 and (total > size or (hb > 0 and b > hb)) do
+    b = b - #A[15 + 4*skip]
+    total = total - 1
+    skip = skip + 1
+  end
 end
-redis.call('HSET', K[1], 't', ts, 'b', b)
-redis.call('PEXPIRE', K[1], A[8])
-local payload = 'M ' .. e .. ' ' .. string.format('%d', seq) .. ' ' .. ts .. ' ' .. A[4] .. ' ' .. A[9] .. ' ' .. #A[3] .. '\n' .. A[3] .. A[5]
-if A[13] ~= 'P' then redis.call('SPUBLISH', A[11], payload) end
-if A[13] ~= 'S' then redis.call('PUBLISH', A[11], payload) end
-if not K[4] then return {e, seq, ts, -1} end
-local n = tonumber(redis.call('HGET', K[4], A[10]) or '0')
-local pats = redis.call('HGETALL', K[5])
-for i = 1, #pats, 2 do
-  if match(pats[i], A[10]) then n = n + tonumber(pats[i+1]) end
+for i = 0, n - 1 do
+  local ev, kind, data, origin = A[13 + 4*i], A[14 + 4*i], A[15 + 4*i], A[16 + 4*i]
+  seq = seq + 1
+  if size > 0 and i >= skip then
+    if minid then
+      redis.call('XADD', K[2], 'MINID', minid, string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+      minid = nil
+    else
+      redis.call('XADD', K[2], string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+    end
+  end
+  parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. #ev .. ' ' .. #data .. '\n'
+  parts[#parts+1] = ev
+  parts[#parts+1] = data
 end
-return {e, seq, ts, n}
+local now = tonumber(A[2])
+local fields = {'s', seq, 't', ts, 'b', b}
+if fresh then
+  fields[#fields+1] = 'e'; fields[#fields+1] = e
+end
+if id ~= '' then
+  fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. string.format('%d', first) .. ' ' .. n .. ' ' .. ts
+end
+-- The expiry is pushed back when a quarter of it has passed, not on
+-- every publish.
+local ttl = tonumber(A[5])
+local refresh = fresh or now - x > ttl * 250
+if refresh then
+  fields[#fields+1] = 'x'; fields[#fields+1] = string.format('%.0f', now)
+end
+local added = redis.call('HSET', K[1], unpack(fields))
+if refresh then
+  redis.call('PEXPIRE', K[1], ttl)
+  if size > 0 then redis.call('PEXPIRE', K[2], ttl) end
+end
+if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
+  -- Nodes come and go: forget the calls of nodes silent for 10 minutes.
+  local all = redis.call('HGETALL', K[1])
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'i:' then
+      local rts = tonumber(string.match(all[i+1], '(%d+)$') or '0')
+      if rts < now - 600000000 then redis.call('HDEL', K[1], all[i]) end
+    end
+  end
+end
+local payload = table.concat(parts)
+if A[9] ~= 'P' then redis.call('SPUBLISH', A[7], payload) end
+if A[9] ~= 'S' then redis.call('PUBLISH', A[7], payload) end
+return {e, first, ts, subscribers(K, A), 0}
 end
 `
 
@@ -107,11 +200,13 @@ var publishScript = redis.NewScript(luaLib + luaPublish + `return publish(KEYS, 
 // Presence lives in one hash per channel, in the channel's slot: m:<id>
 // the member's info, c:<id> how many nodes hold it, h:<node>:<id> a
 // node's hold, k:<node> how many members a node holds, n the member
-// count, l the position ("epoch seq") of the latest presence event.
-// Both scripts take KEYS presence hash then the publish keys, ARGV four
-// presence arguments then publish()'s, and return {0} when nothing
-// changed or {1, publish()'s reply…}; remove's {0|1, …} ends with how
-// many members the node still holds in the channel.
+// count, l the position ("epoch seq") of the latest presence event, o:<node>
+// the node's last presence call and its reply ("<call id> <json>").
+// Both scripts take KEYS presence hash then the publish keys, ARGV five
+// presence arguments (the fifth the call id) then publish()'s, and return
+// {0} when nothing changed or {1, publish()'s reply…}; remove's {0|1, …}
+// ends with how many members the node still holds in the channel. A call
+// sent again returns the first copy's reply.
 const luaPresence = `
 local function rest(t, from)
   local r = {}
@@ -119,44 +214,60 @@ local function rest(t, from)
   return r
 end
 local function announce(p)
-  local r = publish(rest(KEYS, 2), rest(ARGV, 5))
+  local r = publish(rest(KEYS, 2), rest(ARGV, 6))
   redis.call('HSET', p, 'l', r[1] .. ' ' .. string.format('%d', r[2]))
+  return r
+end
+local callf = 'o:' .. ARGV[5 + 10]
+local function replied(p)
+  local rec = redis.call('HGET', p, callf)
+  if not rec then return nil end
+  local rid, json = string.match(rec, '^(%d+) (.*)$')
+  if rid == ARGV[5] then return cjson.decode(json) end
+  return nil
+end
+local function reply(p, r)
+  redis.call('HSET', p, callf, ARGV[5] .. ' ' .. cjson.encode(r))
   return r
 end
 `
 
-// presenceAdd: ARGV node, member id, info, max members.
+// presenceAdd: ARGV node, member id, info, max members, call id.
 var presenceAddScript = redis.NewScript(luaLib + luaPublish + luaPresence + `
 local p, node, id = KEYS[1], ARGV[1], ARGV[2]
+local again = replied(p)
+if again then return again end
 local hold = 'h:' .. node .. ':' .. id
-if redis.call('HEXISTS', p, hold) == 1 then return {0} end
+if redis.call('HEXISTS', p, hold) == 1 then return reply(p, {0}) end
 local c = tonumber(redis.call('HGET', p, 'c:' .. id) or '0')
 if c == 0 then
   local n = tonumber(redis.call('HGET', p, 'n') or '0')
-  if n >= tonumber(ARGV[4]) then return {-1, n} end
+  if n >= tonumber(ARGV[4]) then return reply(p, {-1, n}) end
 end
 redis.call('HSET', p, hold, 1, 'c:' .. id, c + 1)
 redis.call('HINCRBY', p, 'k:' .. node, 1)
-if c > 0 then return {0} end
+if c > 0 then return reply(p, {0}) end
 redis.call('HSET', p, 'm:' .. id, ARGV[3])
 redis.call('HINCRBY', p, 'n', 1)
 local r = announce(p)
-return {1, r[1], r[2], r[3], r[4]}
+return reply(p, {1, r[1], r[2], r[3], r[4]})
 `)
 
-// presenceRemove: ARGV node, member id, unused, unused.
+// presenceRemove: ARGV node, member id, unused, unused, call id.
 var presenceRemoveScript = redis.NewScript(luaLib + luaPublish + luaPresence + `
 local p, node, id = KEYS[1], ARGV[1], ARGV[2]
+local again = replied(p)
+if again then return again end
 if redis.call('HDEL', p, 'h:' .. node .. ':' .. id) == 0 then
-  return {0, tonumber(redis.call('HGET', p, 'k:' .. node) or '0')}
+  return reply(p, {0, tonumber(redis.call('HGET', p, 'k:' .. node) or '0')})
 end
 local k = redis.call('HINCRBY', p, 'k:' .. node, -1)
 if k <= 0 then redis.call('HDEL', p, 'k:' .. node) end
-if redis.call('HINCRBY', p, 'c:' .. id, -1) > 0 then return {0, k} end
+if redis.call('HINCRBY', p, 'c:' .. id, -1) > 0 then return reply(p, {0, k}) end
 redis.call('HDEL', p, 'c:' .. id, 'm:' .. id)
 redis.call('HINCRBY', p, 'n', -1)
 local r = announce(p)
-return {1, r[1], r[2], r[3], r[4], k}
+return reply(p, {1, r[1], r[2], r[3], r[4], k})
 `)
 
 // read: KEYS meta, stream, channels (single Redis only). ARGV create (0/1), new epoch, ttl

@@ -40,7 +40,10 @@ Subscribers connect over WebSocket, SSE, NDJSON or long-poll (--transport);
 publishers send HTTP requests, one streaming NDJSON request each, WebSocket
 publish frames, or ZeroMQ (--publish-over). It works against pushctl and
 against brokers with the same /pub/CHANNEL and /sub/CHANNEL shape (--flavor
-nchan: ws or sse subscribers, http publishers). --against URL runs the same
+nchan: ws or sse subscribers, http publishers), and against Centrifugo
+(--flavor centrifugo: POST /api/publish, WebSocket subscribers on
+/connection/websocket; the server needs client.insecure and
+http_api.insecure). --against URL runs the same
 load against a second broker right after the first and prints both with
 their ratio, so two brokers are compared on one machine in one run.
 
@@ -56,9 +59,9 @@ On a terminal a live line on stderr shows the progress.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, f := range []string{o.Config.Flavor, o.AgainstFlavor} {
 				switch f {
-				case "pushctl", "nchan":
+				case "pushctl", "nchan", "centrifugo":
 				default:
-					return cmdutil.FlagErrorf("--flavor %q: want pushctl or nchan", f)
+					return cmdutil.FlagErrorf("--flavor %q: want pushctl, nchan or centrifugo", f)
 				}
 			}
 			if o.Idle > 0 && o.Config.Transport != "ws" && o.Config.Transport != "sse" {
@@ -102,14 +105,16 @@ On a terminal a live line on stderr shows the progress.`,
 	fl.IntVar(&c.Messages, "messages", 1000, "messages to publish")
 	fl.IntVar(&c.Size, "size", 100, "message size in bytes (at least 40)")
 	fl.IntVar(&c.Rate, "rate", 0, "publishes per second over all publishers (0: as fast as they are acknowledged)")
-	fl.StringVar(&c.Flavor, "flavor", "pushctl", "broker: pushctl or nchan")
+	fl.StringVar(&c.Flavor, "flavor", "pushctl", "broker: pushctl, nchan or centrifugo")
 	fl.StringVar(&o.Against, "against", "", "also run the same load against this broker URL and print both with their ratio")
-	fl.StringVar(&o.AgainstFlavor, "against-flavor", "nchan", "the --against broker: pushctl or nchan")
+	fl.StringVar(&o.AgainstFlavor, "against-flavor", "nchan", "the --against broker: pushctl, nchan or centrifugo")
 	fl.DurationVar(&c.Settle, "settle", 5*time.Second, "after publishing, count deliveries as lost once none arrived for this long")
 	fl.StringVarP(&o.Format, "format", "o", "text", "output: text, json or csv")
 	fl.IntVar(&o.Idle, "idle", 0, "open this many idle connections (--transport ws or sse) and report memory per connection")
 	fl.IntSliceVar(&o.PIDs, "pid", nil, "with --idle: server process ids whose resident memory to sum")
 	fl.StringVar(&c.PublishZMQ, "publish-zmq", "", "publish over ZeroMQ to this endpoint (a broker's --zmq-in) instead of HTTP")
+	fl.IntSliceVar(&c.CostPIDs, "cost-pid", nil, "report the CPU time these processes (a redis-server) used while publishing and delivering, per publish")
+	fl.StringVar(&c.RedisStats, "redis-stats", "", "report the commands this Redis (redis://host:port) ran while publishing and delivering, per publish")
 	return cmd
 }
 
@@ -201,6 +206,10 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		if r.PublishErrors > 0 {
 			fmt.Fprintf(o.IO.Out, "  publish errors: %d (the first: %s)\n", r.PublishErrors, r.FirstError)
+		}
+		if r.CPUPerPublish > 0 || r.CommandsPerPublish > 0 {
+			fmt.Fprintf(o.IO.Out, "  cost per publish: CPU %.1f µs (--cost-pid), %.2f Redis commands (--redis-stats)\n",
+				float64(r.CPUPerPublish)/float64(time.Microsecond), r.CommandsPerPublish)
 		}
 	}
 	if len(results) == 2 {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -291,6 +292,7 @@ func Run(ctx context.Context, o *Options) error {
 	nsRetention := door.RetentionFor(o.Namespaces.list)
 	mo := broker.MemoryOptions{Retention: ret, RetentionFor: nsRetention, QueueSize: o.QueueSize, MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
 	var b *broker.Core
+	var extra []func() map[string]uint64 // counters for /stats and /metrics
 	kind, err := brokerKind(o)
 	if err != nil {
 		return err
@@ -309,6 +311,9 @@ func Run(ctx context.Context, o *Options) error {
 			return err
 		}
 		b = broker.New(hub, l, broker.CoreOptions{QueueSize: o.QueueSize, QueueBytes: int64(o.QueueBytes)})
+		extra = append(extra, func() map[string]uint64 {
+			return map[string]uint64{"redis_publish_outcome_unknown": l.OutcomeUnknown()}
+		})
 		log.Info("redis broker connected", "node", l.Node(), "took", time.Since(start).Round(time.Millisecond))
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: channels shared through Redis at %s (node %s)\n", redactedURL(o.Broker), l.Node())
 	} else if o.DataDir != "" {
@@ -355,13 +360,20 @@ func Run(ctx context.Context, o *Options) error {
 	if err := pusher.CheckApps(sopts.PusherApps); err != nil {
 		return cmdutil.FlagErrorf("--pusher-app: %v", err)
 	}
+	sopts.ExtraStats = func() map[string]uint64 {
+		all := map[string]uint64{}
+		for _, f := range extra { // (ZeroMQ's are added below)
+			maps.Copy(all, f())
+		}
+		return all
+	}
 	stopped := ctx // why we stop is the caller's context's cause
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var zst *zmq.BrokerStats
 	if zc != nil {
 		zst = &zmq.BrokerStats{}
-		sopts.ExtraStats = zst.Snapshot
+		extra = append(extra, zst.Snapshot)
 		sopts.ChannelExtra = func(ch string) map[string]uint64 {
 			if n := zst.DroppedOn(ch); n > 0 {
 				return map[string]uint64{"zmq_out_dropped": n}
