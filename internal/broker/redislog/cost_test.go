@@ -125,7 +125,7 @@ func TestBatchTrimsHistory(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPrefix()
 			hub := broker.NewHub()
-			l, err := redislog.Open(bg(t), redislog.Options{URL: srv.URL(), Prefix: p, HistorySize: tc.o.HistorySize, HistoryBytes: tc.bytes}, hub)
+			l, err := redislog.Open(bg(t), redislog.Options{URL: srv.URL(), Prefix: p, Retention: broker.Retention{HistorySize: tc.o.HistorySize, HistoryBytes: tc.bytes}}, hub)
 			if err != nil {
 				t.Fatal(err)
 			}
