@@ -301,7 +301,7 @@ func TestFaultsLongStallOutcomeUnknown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: p, PublishTimeout: time.Second,
-		StallAfter: 300 * time.Millisecond, HistorySize: 100000}, hub)
+		StallAfter: 300 * time.Millisecond, Retention: broker.Retention{HistorySize: 100000}}, hub)
 	if err != nil {
 		t.Fatal(err)
 	}
