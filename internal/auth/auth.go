@@ -179,7 +179,14 @@ func (a *Authorizer) Authenticate(token string, remote net.Addr) (*Identity, err
 	_, err := a.parser.ParseWithClaims(token, &c, func(t *jwt.Token) (any, error) {
 		if kid, ok := t.Header["kid"].(string); ok && a.cfg.JWKS != nil && !strings.HasPrefix(t.Method.Alg(), "HS") {
 			fromJWKS = true
-			return a.cfg.JWKS.key(kid)
+			k, err := a.cfg.JWKS.key(kid)
+			if err != nil {
+				return nil, err
+			}
+			if k.Alg != "" && k.Alg != t.Method.Alg() {
+				return nil, fmt.Errorf("key %q is for %s, not %s", kid, k.Alg, t.Method.Alg())
+			}
+			return k.Public, nil
 		}
 		if strings.HasPrefix(t.Method.Alg(), "HS") {
 			if len(a.cfg.Secret) == 0 {

@@ -31,11 +31,13 @@ type JWKS struct {
 	opts   JWKSOptions
 
 	mu       sync.Mutex
-	keys     map[string]crypto.PublicKey // by kid
-	fetched  time.Time                   // when the last fetch began
-	lastErr  error                       // of the last fetch
-	fetches  int                         // fetches begun, for tests and metrics
-	inflight chan struct{}               // closed when the fetch under way ends; nil: none
+	keys     map[string]Key // by kid
+	skipped  []string       // keys of the last fetch left out, and why
+	fetched  time.Time      // when the last successful fetch began
+	tried    time.Time      // when the last fetch began, successful or not
+	lastErr  error          // of the last fetch
+	fetches  int            // fetches begun, for tests and metrics
+	inflight chan struct{}  // closed when the fetch under way ends; nil: none
 }
 
 // JWKSOptions tune a JWKS.
@@ -74,13 +76,20 @@ func NewJWKS(ctx context.Context, url string, client *http.Client, opts JWKSOpti
 	if client == nil {
 		client = &http.Client{}
 	}
-	j := &JWKS{url: url, client: client, opts: opts, fetched: opts.Now(), fetches: 1}
-	keys, err := j.fetch(ctx)
+	j := &JWKS{url: url, client: client, opts: opts, fetched: opts.Now(), tried: opts.Now(), fetches: 1}
+	keys, skipped, err := j.fetch(ctx)
 	if err != nil {
 		return nil, err
 	}
-	j.keys = keys
+	j.keys, j.skipped = keys, skipped
 	return j, nil
+}
+
+// Skipped are the keys of the last fetched set left out, and why.
+func (j *JWKS) Skipped() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.skipped
 }
 
 // Fetches is how many fetches of the set were tried.
@@ -95,19 +104,20 @@ func (j *JWKS) Fetches() int {
 // its keys; checks that need the same fetch wait for it. A known kid is
 // answered from the cache, and when the periodic fetch is due it runs in
 // the background.
-func (j *JWKS) key(kid string) (crypto.PublicKey, error) {
+func (j *JWKS) key(kid string) (Key, error) {
 	j.mu.Lock()
+	now := j.opts.Now()
 	if k, ok := j.keys[kid]; ok {
-		if j.opts.Now().Sub(j.fetched) >= j.opts.Refresh && j.inflight == nil {
+		if now.Sub(j.fetched) >= j.opts.Refresh && now.Sub(j.tried) >= j.opts.MinRefresh && j.inflight == nil {
 			j.startFetchLocked()
 		}
 		j.mu.Unlock()
 		return k, nil
 	}
 	if j.inflight == nil {
-		if j.opts.Now().Sub(j.fetched) < j.opts.MinRefresh {
+		if now.Sub(j.tried) < j.opts.MinRefresh {
 			j.mu.Unlock()
-			return nil, fmt.Errorf("key %q is not in the identity provider's key set", kid)
+			return Key{}, fmt.Errorf("key %q is not in the identity provider's key set", kid)
 		}
 		j.startFetchLocked()
 	}
@@ -120,9 +130,9 @@ func (j *JWKS) key(kid string) (crypto.PublicKey, error) {
 		return k, nil
 	}
 	if j.lastErr != nil {
-		return nil, fmt.Errorf("key %q is not in the identity provider's key set, which could not be fetched again: %v", kid, j.lastErr)
+		return Key{}, fmt.Errorf("key %q is not in the identity provider's key set, which could not be fetched again: %v", kid, j.lastErr)
 	}
-	return nil, fmt.Errorf("key %q is not in the identity provider's key set", kid)
+	return Key{}, fmt.Errorf("key %q is not in the identity provider's key set", kid)
 }
 
 // startFetchLocked fetches the set in the background; inflight is closed
@@ -131,17 +141,16 @@ func (j *JWKS) key(kid string) (crypto.PublicKey, error) {
 func (j *JWKS) startFetchLocked() {
 	done := make(chan struct{})
 	j.inflight = done
-	j.fetched = j.opts.Now()
+	started := j.opts.Now()
+	j.tried = started
 	j.fetches++
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), j.opts.Timeout)
-		keys, err := j.fetch(ctx)
+		keys, skipped, err := j.fetch(ctx)
 		cancel()
 		j.mu.Lock()
 		if err == nil {
-			j.keys = keys
-		} else {
-			j.fetched = j.opts.Now().Add(j.opts.MinRefresh - j.opts.Refresh)
+			j.keys, j.skipped, j.fetched = keys, skipped, started
 		}
 		j.lastErr = err
 		j.inflight = nil
@@ -151,32 +160,33 @@ func (j *JWKS) startFetchLocked() {
 }
 
 // fetch gets and parses the set.
-func (j *JWKS) fetch(ctx context.Context) (map[string]crypto.PublicKey, error) {
+func (j *JWKS) fetch(ctx context.Context) (map[string]Key, []string, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", j.url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("token JWKS %s: %w", j.url, err)
+		return nil, nil, fmt.Errorf("token JWKS %s: %w", j.url, err)
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := j.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("token JWKS: %w", err)
+		return nil, nil, fmt.Errorf("token JWKS: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("token JWKS %s: HTTP %d", j.url, resp.StatusCode)
+		return nil, nil, fmt.Errorf("token JWKS %s: HTTP %d", j.url, resp.StatusCode)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
 	if err == nil && len(body) > maxJWKSBytes {
 		err = fmt.Errorf("larger than %d bytes", maxJWKSBytes)
 	}
-	var keys map[string]crypto.PublicKey
+	var keys map[string]Key
+	var skipped []string
 	if err == nil {
-		keys, err = ParseJWKS(body)
+		keys, skipped, err = ParseJWKS(body)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("token JWKS %s: %w", j.url, err)
+		return nil, nil, fmt.Errorf("token JWKS %s: %w", j.url, err)
 	}
-	return keys, nil
+	return keys, skipped, nil
 }
 
 // checkClaims holds a provider's token to the issuer and audience asked
@@ -205,24 +215,40 @@ type jwk struct {
 	Y   string `json:"y"`
 }
 
-// ParseJWKS reads a JSON Web Key Set: RSA, EC (P-256, P-384, P-521) and
-// OKP (Ed25519) public keys with a kid, for signing. Keys of other types
-// or uses are skipped; a malformed key of a known type is an error.
-func ParseJWKS(b []byte) (map[string]crypto.PublicKey, error) {
+// Key is one verifying key of a set, with the algorithm its JWK names
+// ("": any its type allows).
+type Key struct {
+	Public crypto.PublicKey
+	Alg    string
+}
+
+// ParseJWKS reads a JSON Web Key Set: RSA (2048 bits or more), EC (P-256,
+// P-384, P-521) and OKP (Ed25519) public keys with a kid, for signing.
+// Keys of other types or uses are left out, and so is a key this pushctl
+// cannot use (too weak, another curve, malformed), named in skipped: one
+// such key of a provider must not stop its other keys from verifying. A
+// document that is not a key set, or a kid that names two keys, is an
+// error.
+func ParseJWKS(b []byte) (keys map[string]Key, skipped []string, err error) {
 	var set struct {
 		Keys []jwk `json:"keys"`
 	}
 	if err := json.Unmarshal(b, &set); err != nil {
-		return nil, fmt.Errorf("not a JSON Web Key Set: %v", err)
+		return nil, nil, fmt.Errorf("not a JSON Web Key Set: %v", err)
 	}
 	if set.Keys == nil {
-		return nil, errors.New(`not a JSON Web Key Set: no "keys"`)
+		return nil, nil, errors.New(`not a JSON Web Key Set: no "keys"`)
 	}
-	out := map[string]crypto.PublicKey{}
+	keys = map[string]Key{}
+	seen := map[string]bool{}
 	for i, k := range set.Keys {
 		if k.Use != "" && k.Use != "sig" {
 			continue
 		}
+		if k.Kid != "" && seen[k.Kid] {
+			return nil, nil, fmt.Errorf("kid %q names two keys", k.Kid)
+		}
+		seen[k.Kid] = true
 		var pk crypto.PublicKey
 		var err error
 		switch k.Kty {
@@ -235,18 +261,16 @@ func ParseJWKS(b []byte) (map[string]crypto.PublicKey, error) {
 		default:
 			continue
 		}
+		if err == nil && k.Kid == "" {
+			err = errors.New("no kid")
+		}
 		if err != nil {
-			return nil, fmt.Errorf("key %d (kid %q): %v", i, k.Kid, err)
+			skipped = append(skipped, fmt.Sprintf("key %d (kid %q): %v", i, k.Kid, err))
+			continue
 		}
-		if k.Kid == "" {
-			return nil, fmt.Errorf("key %d has no kid", i)
-		}
-		if _, dup := out[k.Kid]; dup {
-			return nil, fmt.Errorf("kid %q names two keys", k.Kid)
-		}
-		out[k.Kid] = pk
+		keys[k.Kid] = Key{Public: pk, Alg: k.Alg}
 	}
-	return out, nil
+	return keys, skipped, nil
 }
 
 func b64(s, field string) ([]byte, error) {

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -299,27 +300,83 @@ func TestJWKSUnreachableAtStart(t *testing.T) {
 	}
 }
 
-func TestParseJWKSRefusesBadKeys(t *testing.T) {
+func TestParseJWKSLeavesOutBadKeys(t *testing.T) {
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
-	for _, doc := range []string{
-		`{}`,
-		`[]`,
-		`{"keys":[{"kty":"RSA","kid":"a","n":"!!","e":"AQAB"}]}`,
-		`{"keys":[{"kty":"RSA","kid":"a","n":"` + b64u(small.N.Bytes()) + `","e":"AQAB"}]}`,
-		`{"keys":[{"kty":"EC","kid":"a","crv":"P-256","x":"AAAA","y":"AAAA"}]}`,
-		`{"keys":[{"kty":"EC","kid":"a","crv":"secp256k1","x":"AAAA","y":"AAAA"}]}`,
-		`{"keys":[{"kty":"OKP","kid":"a","crv":"Ed25519","x":"AAAA"}]}`,
-		`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"` + b64u(make([]byte, 32)) + `"}]}`,
+	good := `{"kty":"OKP","kid":"good","crv":"Ed25519","x":"` + b64u(make([]byte, 32)) + `"}`
+	x, y := make([]byte, 32), make([]byte, 32)
+	x[31], y[31] = 1, 1
+	for _, bad := range []string{
+		`{"kty":"RSA","kid":"a","n":"!!","e":"AQAB"}`,
+		`{"kty":"RSA","kid":"a","n":"` + b64u(small.N.Bytes()) + `","e":"AQAB"}`,
+		`{"kty":"EC","kid":"a","crv":"P-256","x":"AAAA","y":"AAAA"}`,
+		`{"kty":"EC","kid":"a","crv":"secp256k1","x":"AAAA","y":"AAAA"}`,
+		`{"kty":"OKP","kid":"a","crv":"Ed25519","x":"AAAA"}`,
+		`{"kty":"OKP","crv":"Ed25519","x":"` + b64u(make([]byte, 32)) + `"}`,
+		`{"kty":"EC","kid":"a","crv":"P-256","x":"` + b64u(x) + `","y":"` + b64u(y) + `"}`, // off the curve
 	} {
-		if _, err := ParseJWKS([]byte(doc)); err == nil {
+		keys, skipped, err := ParseJWKS([]byte(`{"keys":[` + bad + `,` + good + `]}`))
+		if err != nil || len(skipped) != 1 {
+			t.Errorf("%s: %v, skipped %v", bad, err, skipped)
+		}
+		if _, ok := keys["a"]; ok {
+			t.Errorf("%s: taken", bad)
+		}
+		if _, ok := keys["good"]; !ok {
+			t.Errorf("%s: the good key beside it was lost", bad)
+		}
+	}
+	for _, doc := range []string{`{}`, `[]`, `{"keys":[` + good + `,` + good + `]}`} {
+		if _, _, err := ParseJWKS([]byte(doc)); err == nil {
 			t.Errorf("accepted %s", doc)
 		}
 	}
-	// A point not on the curve.
-	x, y := make([]byte, 32), make([]byte, 32)
-	x[31], y[31] = 1, 1
-	if _, err := ParseJWKS([]byte(`{"keys":[{"kty":"EC","kid":"a","crv":"P-256","x":"` + b64u(x) + `","y":"` + b64u(y) + `"}]}`)); err == nil {
-		t.Error("accepted a point off the curve")
+}
+
+// TestJWKSUnknownKidsDuringAnOutage: while the provider fails, tokens
+// with made-up kids still fetch at most once per MinRefresh (the review
+// found 21 fetches for 20 such tokens).
+func TestJWKSUnknownKidsDuringAnOutage(t *testing.T) {
+	p := newProvider(t)
+	k := mustKey(t, "ec")
+	p.set("k", k)
+	clk := &clock{now: time.Now()}
+	j, err := NewJWKS(t.Context(), p.srv.URL, nil, JWKSOptions{Refresh: 10 * time.Minute, MinRefresh: 10 * time.Second, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Config{JWKS: j})
+	p.down.Store(true)
+	clk.add(11 * time.Second)
+	before := p.hits.Load()
+	for i := range 20 {
+		if _, err := a.Authenticate(sign(t, fmt.Sprint("made-up-", i), k, nil), nil); !errors.Is(err, ErrBadToken) {
+			t.Fatalf("unknown kid: %v", err)
+		}
+	}
+	if n := p.hits.Load() - before; n > 1 {
+		t.Fatalf("20 unknown kids during an outage fetched %d times", n)
+	}
+	// The known key goes on working throughout.
+	if _, err := a.Authenticate(sign(t, "k", k, nil), nil); err != nil {
+		t.Fatalf("known key during the outage: %v", err)
+	}
+}
+
+// TestJWKSKeyAlg: a key whose JWK names its algorithm verifies only that.
+func TestJWKSKeyAlg(t *testing.T) {
+	k := mustKey(t, "rsa")
+	jw := jwkOf("k", k.Public())
+	jw["alg"] = "PS256"
+	doc, _ := json.Marshal(map[string]any{"keys": []any{jw}})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(doc) }))
+	defer srv.Close()
+	j, err := NewJWKS(t.Context(), srv.URL, nil, JWKSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Config{JWKS: j})
+	if _, err := a.Authenticate(sign(t, "k", k, nil), nil); !errors.Is(err, ErrBadToken) || !strings.Contains(err.Error(), "PS256") {
+		t.Fatalf("an RS256 token of a PS256 key: %v", err)
 	}
 }
 
@@ -330,12 +387,12 @@ func FuzzParseJWKS(f *testing.F) {
 	f.Add([]byte(`{"keys":[{"kty":"RSA","kid":"a","n":"AQAB","e":"AQAB"},{"kty":"EC","kid":"b","crv":"P-384","x":"","y":""}]}`))
 	f.Add([]byte(`{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}`))
 	f.Fuzz(func(t *testing.T, doc []byte) {
-		keys, err := ParseJWKS(doc)
+		keys, _, err := ParseJWKS(doc)
 		if err != nil {
 			return
 		}
 		for kid, k := range keys {
-			switch k.(type) {
+			switch k.Public.(type) {
 			case *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey:
 			default:
 				t.Fatalf("kid %q: key of type %T", kid, k)

@@ -239,8 +239,19 @@ func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) 
 			return nil, TooLarge(int64(len(m.Data)), limit)
 		}
 	}
-	if len(ms) > 0 {
-		if err := d.takeRate(c, ms[0].Channel); err != nil {
+	// One publish against each rate the channels come under (a channel of
+	// no namespace with a rate of its own must not let the others' by).
+	charged := map[*rateLimiter]bool{}
+	for _, m := range ms {
+		rate := d.rate
+		if ns := d.namespaceOf(m.Channel); ns != nil && ns.rate != nil {
+			rate = ns.rate
+		}
+		if charged[rate] {
+			continue
+		}
+		charged[rate] = true
+		if err := d.takeRate(c, m.Channel); err != nil {
 			return nil, err
 		}
 	}
@@ -330,6 +341,14 @@ func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info 
 	}
 	if err := d.takeRate(c, channel); err != nil {
 		return nil, err
+	}
+	// The application may refuse the join, or say what the member shows.
+	hinfo, err := d.askSubscribeOrJoin(ctx, c, channel, member, true)
+	if err != nil {
+		return nil, err
+	}
+	if hinfo != nil {
+		info = hinfo
 	}
 	return d.presence.Join(ctx, channel, member, info, lim)
 }

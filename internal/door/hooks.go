@@ -45,7 +45,10 @@ func (d *Door) ForwardedHeaders() []string {
 // the application's connect hook when there is one (req says what the
 // application sees of the connection), else as anonymous.
 func (d *Door) Connect(ctx context.Context, token string, remote net.Addr, req hooks.ConnectRequest) (*auth.Identity, error) {
-	if token != "" || !d.hooks.Has(hooks.Connect) {
+	// A token decides where tokens are configured; where they are not, it
+	// would make the caller anonymous (allowed everything), so the
+	// application is asked as if there were none.
+	if !d.hooks.Has(hooks.Connect) || token != "" && d.auth.TokensEnabled() {
 		return d.Identify(token, remote)
 	}
 	hid, err := d.hooks.Connect(ctx, hooks.Connect, req)
@@ -87,6 +90,9 @@ func identityOf(h *hooks.Identity) (*auth.Identity, error) {
 		Presence: &auth.Presence{ID: h.User, Info: h.Info}}}
 	c.Subject = h.User
 	id := &auth.Identity{Claims: c, Hook: true}
+	if h.ExpiresAt > 0 && !time.Unix(h.ExpiresAt, 0).After(time.Now()) {
+		return nil, errors.Join(hooks.ErrUnavailable, errors.New("the answer expired already"))
+	}
 	if h.ExpiresAt > 0 {
 		id.Expires = time.Unix(h.ExpiresAt, 0)
 		c.ExpiresAt = jwt.NewNumericDate(id.Expires)
@@ -107,18 +113,27 @@ func (d *Door) hookWanted(hook string, ns *nsState) bool {
 
 // askSubscribe asks the subscribe hook about channel, where it applies.
 func (d *Door) askSubscribe(ctx context.Context, c Caller, channel string) error {
+	_, err := d.askSubscribeOrJoin(ctx, c, channel, "", false)
+	return err
+}
+
+// askSubscribeOrJoin asks the subscribe hook about a subscription or, with
+// join, a presence join as member; for a join the answer may give the
+// member's info.
+func (d *Door) askSubscribeOrJoin(ctx context.Context, c Caller, channel, member string, join bool) (json.RawMessage, error) {
 	ns := d.namespaceOf(channel)
 	if c.trusted || !d.hookWanted(hooks.Subscribe, ns) {
-		return nil
+		return nil, nil
 	}
-	req := hooks.SubscribeRequest{User: c.user(), Channel: channel, Remote: c.Client}
+	req := hooks.SubscribeRequest{User: c.user(), Channel: channel, Remote: c.Client, Join: join, Member: member}
 	if ns != nil {
 		req.Namespace = ns.Name
 	}
-	if err := d.hooks.AllowSubscribe(ctx, req); err != nil {
-		return d.hookFailure("subscribe", ns, err)
+	info, err := d.hooks.AllowSubscribe(ctx, req)
+	if err != nil {
+		return nil, d.hookFailure("subscribe", ns, err)
 	}
-	return nil
+	return info, nil
 }
 
 // askPublish asks the publish hook about a client's message, where it

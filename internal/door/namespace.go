@@ -161,7 +161,9 @@ func covers(g, p string) bool {
 
 // namespaceOf returns the namespace of a channel, or nil. For a pattern
 // (a subscription) it is the namespace that takes every channel the
-// pattern can match; a pattern that spans several has none.
+// pattern can match, provided no earlier namespace takes any of them: a
+// pattern that spans namespaces has none (the broker's rules), so that a
+// wider namespace's relaxations never open a narrower one's channels.
 func (d *Door) namespaceOf(channel string) *nsState {
 	for i := range d.namespaces {
 		ns := &d.namespaces[i]
@@ -170,8 +172,31 @@ func (d *Door) namespaceOf(channel string) *nsState {
 				return ns
 			}
 		}
+		for _, p := range ns.Patterns {
+			if overlaps(p, channel) {
+				return nil // part of channel's channels are this namespace's
+			}
+		}
 	}
 	return nil
+}
+
+// overlaps reports whether some channel matches both patterns.
+func overlaps(a, b string) bool {
+	for {
+		as, arest, amore := strings.Cut(a, ".")
+		bs, brest, bmore := strings.Cut(b, ".")
+		if as == ">" || bs == ">" {
+			return true
+		}
+		if as != "*" && bs != "*" && as != bs {
+			return false
+		}
+		if !amore || !bmore {
+			return amore == bmore
+		}
+		a, b = arest, brest
+	}
 }
 
 // Namespaces are the door's namespaces, in the order they are matched.

@@ -49,6 +49,45 @@ func TestCoversMatchesAuthGrants(t *testing.T) {
 	}
 }
 
+// TestPatternAcrossNamespaces: a pattern subscription gets a namespace's
+// rules only when no earlier namespace holds any channel it can match (the
+// reviewer's case: staff before public, public anonymous).
+func TestPatternAcrossNamespaces(t *testing.T) {
+	secret := []byte("door-namespace-secret-0123456789-0123456789")
+	b := broker.NewMemory(broker.MemoryOptions{})
+	t.Cleanup(func() { b.Close() })
+	d := New(b, Config{Auth: auth.New(auth.Config{Secret: secret}), Namespaces: []Namespace{
+		{Name: "staff", Patterns: []string{"public.staff.>"}},
+		{Name: "public", Patterns: []string{"public.>"}, Rules: Rules{AnonymousSubscribe: ptr(true)}},
+	}})
+	anon := Caller{Client: "x"}
+	for ch, want := range map[string]string{
+		"public.news":    "ok",
+		"public.*":       "ok",            // cannot match a staff channel
+		"public.staff.x": "token_missing", // staff's
+		"public.>":       "token_missing", // spans staff and public
+		"public.*.x":     "token_missing", // public.staff.x is one of its channels
+	} {
+		s, err := d.Subscribe(context.Background(), anon, broker.SubscribeOptions{Channels: []string{ch}})
+		if err == nil {
+			s.Close()
+		}
+		if got := codeOf(err); got != want {
+			t.Errorf("anonymous subscribe to %s: %s, want %s", ch, got, want)
+		}
+	}
+	for _, c := range []struct {
+		a, b string
+		want bool
+	}{
+		{"a.>", "a.b", true}, {"a.*", "a.b.c", false}, {"a.*.c", "a.b.*", true}, {"x", "y", false}, {">", "z", true}, {"a.b", "a", false},
+	} {
+		if got := overlaps(c.a, c.b); got != c.want || overlaps(c.b, c.a) != c.want {
+			t.Errorf("overlaps(%q, %q) = %v, want %v", c.a, c.b, got, c.want)
+		}
+	}
+}
+
 func TestCheckNamespaces(t *testing.T) {
 	for _, c := range []struct {
 		nss  []Namespace

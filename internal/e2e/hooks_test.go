@@ -36,12 +36,16 @@ type app struct {
 	badSig   atomic.Int64
 	slow     atomic.Bool
 	forge    atomic.Bool
+	shrink   atomic.Bool
+	replay   atomic.Value // string: a signature to send again
+	lastSig  atomic.Value
 	ttl      int64
 	refreshs atomic.Int64
 }
 
 func newApp(t *testing.T) *app {
 	a := &app{t: t, calls: map[string]int{}, ttl: 3600}
+	a.replay.Store("")
 	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
 	t.Cleanup(a.srv.Close)
 	return a
@@ -78,11 +82,17 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 			answer = map[string]any{"error": map[string]string{"code": "login_required", "message": "log in first"}}
 			break
 		}
+		grants := []string{"room.*"}
+		if hook == "refresh" && a.shrink.Load() {
+			grants = []string{"user.alice.*"} // alice left the room
+		}
 		answer = map[string]any{"user": "alice", "info": map[string]string{"name": "Alice"},
-			"subscribe": []string{"room.*"}, "publish": []string{"room.*"}, "ttl": a.ttl}
+			"subscribe": grants, "publish": grants, "ttl": a.ttl}
 	case "subscribe":
 		if req["channel"] == "room.secret" {
 			answer = map[string]any{"error": map[string]string{"message": "not for alice"}}
+		} else if req["join"] == true {
+			answer = map[string]any{"info": map[string]string{"badge": "gold"}}
 		}
 	case "publish":
 		switch data, _ := req["data"].(string); data {
@@ -93,10 +103,16 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	b, _ := json.Marshal(answer)
-	if a.forge.Load() {
-		w.Header().Set(hooks.SignatureHeader, hooks.Sign([]byte("not the secret"), time.Now(), b))
-	} else {
-		w.Header().Set(hooks.SignatureHeader, hooks.Sign([]byte(hookSecret), time.Now(), b))
+	reqSig := r.Header.Get(hooks.SignatureHeader)
+	switch {
+	case a.forge.Load():
+		w.Header().Set(hooks.SignatureHeader, hooks.SignAnswer([]byte("not the secret"), time.Now(), reqSig, b))
+	case a.replay.Load().(string) != "":
+		w.Header().Set(hooks.SignatureHeader, a.replay.Load().(string)) // an earlier answer's signature
+	default:
+		sig := hooks.SignAnswer([]byte(hookSecret), time.Now(), reqSig, b)
+		a.lastSig.Store(sig)
+		w.Header().Set(hooks.SignatureHeader, sig)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(b)
@@ -139,6 +155,27 @@ func dialCookie(t *testing.T, base, path, cookie string) (*websocket.Conn, int, 
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, 101, ""
+}
+
+// pusherRefused dials the Pusher endpoint without a cookie and returns the
+// close it gets.
+func pusherRefused(t *testing.T, base string) (int, string) {
+	t.Helper()
+	c, status, body := dialCookie(t, base, "/app/hookkey?protocol=7", "")
+	if c == nil {
+		t.Fatalf("Pusher dial: %d %s", status, body)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		_, _, err := c.ReadMessage()
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code, ce.Text
+		}
+		if err != nil {
+			t.Fatalf("Pusher: %v", err)
+		}
+	}
 }
 
 // wsRefused dials /ws with cookie and returns how the broker refused it:
@@ -184,6 +221,29 @@ func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 			t.Errorf("alice subscribing to %s: %s, want %s", ch, got, want)
 		}
 	}
+	// A join is asked about too, and the answer's info is what the member shows.
+	ws.WriteJSON(map[string]any{"type": "join", "ref": "j1", "channel": "room.a"})
+	ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		var f struct {
+			Type    string `json:"type"`
+			Ref     string `json:"ref"`
+			Members []struct {
+				ID   string          `json:"id"`
+				Info json.RawMessage `json:"info"`
+			} `json:"members"`
+		}
+		if err := ws.ReadJSON(&f); err != nil {
+			t.Fatal(err)
+		}
+		if f.Ref != "j1" {
+			continue
+		}
+		if f.Type != "joined" || len(f.Members) != 1 || f.Members[0].ID != "alice" || string(f.Members[0].Info) != `{"badge":"gold"}` {
+			t.Fatalf("join: %+v", f)
+		}
+		break
+	}
 	// Subscribers on SSE (alice's cookie) and Pusher see what alice publishes.
 	req, _ := http.NewRequest("GET", url+"/sub/room.a", nil)
 	req.Header.Set("Accept", "text/event-stream")
@@ -193,7 +253,12 @@ func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 		t.Fatalf("SSE with alice's cookie: %v %v", err, sse.Status)
 	}
 	defer sse.Body.Close()
-	pc, _, _ := dialCookie(t, url, "/app/hookkey?protocol=7", "")
+	// A Pusher connection is asked about too: without the cookie it is
+	// closed with Pusher's 4009 and the application's reason.
+	if code, text := pusherRefused(t, url); code != 4009 || text != "hook_denied: login_required: log in first" {
+		t.Errorf("Pusher connection without a session: %d %q", code, text)
+	}
+	pc, _, _ := dialCookie(t, url, "/app/hookkey?protocol=7", "session=alice")
 	pc.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]string{"channel": "room.a"}})
 	// A second connection of alice's that only reads (ws reads its replies).
 	wsSub, _, _ := dialCookie(t, url, "/ws", "session=alice")
@@ -295,6 +360,13 @@ func TestHooksDecideWhoConnectsSubscribesAndPublishes(t *testing.T) {
 		t.Errorf("%s: %d %q", "forged answer", code, text)
 	}
 	a.forge.Store(false)
+	// A signed answer replayed to another request is not trusted either:
+	// its signature covers the request it answered.
+	a.replay.Store(a.lastSig.Load().(string))
+	if code, text := wsRefused(t, url, "session=alice"); code != 4503 || !strings.HasPrefix(text, "hook_unavailable: ") {
+		t.Errorf("replayed answer: %d %q", code, text)
+	}
+	a.replay.Store("")
 	// The application stopped.
 	a.srv.Close()
 	if code, text := wsRefused(t, url, "session=alice"); code != 4503 || !strings.HasPrefix(text, "hook_unavailable: ") {
@@ -459,6 +531,39 @@ func TestBrowserConnectsWithSessionCookie(t *testing.T) {
 	for _, s := range states {
 		if strings.HasPrefix(s, "reconnecting") {
 			t.Fatalf("a refusal by the application was retried: %q", states)
+		}
+	}
+}
+
+// A refresh that grants less ends the subscriptions it no longer allows,
+// saying so.
+func TestRefreshWithFewerGrantsRevokes(t *testing.T) {
+	a := newApp(t)
+	a.ttl = 1
+	a.shrink.Store(true)
+	_, url := serve(t, "--hook-connect", a.srv.URL, "--hook-refresh", a.srv.URL, "--hook-secret", hookSecret)
+	ws, status, body := dialCookie(t, url, "/ws", "session=alice")
+	if status != 101 {
+		t.Fatalf("alice: %d %s", status, body)
+	}
+	if got := wsReply(t, ws, map[string]any{"type": "subscribe", "ref": ref(), "channel": "room.a"}); got != "ok" {
+		t.Fatalf("subscribe: %s", got)
+	}
+	ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		var f struct {
+			Type     string   `json:"type"`
+			Channels []string `json:"channels"`
+			Code     string   `json:"code"`
+		}
+		if err := ws.ReadJSON(&f); err != nil {
+			t.Fatalf("no unsubscribed frame after a refresh without room.*: %v", err)
+		}
+		if f.Type == "unsubscribed" {
+			if f.Code != "forbidden" || len(f.Channels) != 1 || f.Channels[0] != "room.a" {
+				t.Fatalf("unsubscribed: %+v", f)
+			}
+			return
 		}
 	}
 }

@@ -171,13 +171,16 @@ type Identity struct {
 	TTL       int64 `json:"ttl,omitempty"`
 }
 
-// SubscribeRequest asks whether user may subscribe to channel.
+// SubscribeRequest asks whether user may subscribe to channel, or join
+// its presence as member (Join).
 type SubscribeRequest struct {
 	Hook      string `json:"hook"`
 	User      string `json:"user,omitempty"`
 	Channel   string `json:"channel"`
 	Namespace string `json:"namespace,omitempty"`
 	Remote    string `json:"remote_addr,omitempty"`
+	Join      bool   `json:"join,omitempty"`
+	Member    string `json:"member,omitempty"`
 }
 
 // PublishRequest asks whether a client's message may be published.
@@ -238,11 +241,18 @@ func (c *Client) Connect(ctx context.Context, hook string, req ConnectRequest) (
 	return &id, nil
 }
 
-// AllowSubscribe asks whether a subscription may start.
-func (c *Client) AllowSubscribe(ctx context.Context, req SubscribeRequest) error {
+// AllowSubscribe asks whether a subscription (or a join) may start; info,
+// when the answer has one, is the member's presence info for a join.
+func (c *Client) AllowSubscribe(ctx context.Context, req SubscribeRequest) (info json.RawMessage, err error) {
 	req.Hook = Subscribe
 	var r reply
-	return c.call(ctx, Subscribe, req, &r)
+	if err := c.call(ctx, Subscribe, req, &r); err != nil {
+		return nil, err
+	}
+	if len(r.Info) > 0 && !bytes.Equal(r.Info, []byte("null")) {
+		return r.Info, nil
+	}
+	return nil, nil
 }
 
 // Publish asks whether a client's message may be published; data, when
@@ -287,8 +297,10 @@ func (c *Client) call(ctx context.Context, hook string, req any, r *reply) error
 	}
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.Header.Set("Pushctl-Hook", hook)
+	reqSig := ""
 	if len(c.cfg.Secret) > 0 {
-		hreq.Header.Set(SignatureHeader, Sign(c.cfg.Secret, c.cfg.Now(), body))
+		reqSig = Sign(c.cfg.Secret, c.cfg.Now(), body)
+		hreq.Header.Set(SignatureHeader, reqSig)
 	}
 	resp, err := c.http.Do(hreq)
 	if err != nil {
@@ -306,7 +318,7 @@ func (c *Client) call(ctx context.Context, hook string, req any, r *reply) error
 		return fmt.Errorf("%w: an answer larger than %d bytes", ErrUnavailable, maxReply)
 	}
 	if c.cfg.SignedAnswers {
-		if err := Verify(c.cfg.Secret, resp.Header.Get(SignatureHeader), b, c.cfg.Now()); err != nil {
+		if err := Verify(c.cfg.Secret, resp.Header.Get(SignatureHeader), answerPayload(reqSig, b), c.cfg.Now()); err != nil {
 			return fmt.Errorf("%w: the answer's signature: %v", ErrUnavailable, err)
 		}
 	}
@@ -354,6 +366,25 @@ func Sign(secret []byte, now time.Time, body []byte) string {
 	m.Write([]byte{'.'})
 	m.Write(body)
 	return "t=" + t + ",v1=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// SignAnswer returns the signature header of an answer body to the request
+// whose signature header was requestSig: the answer's signature covers the
+// request's, so an answer cannot be replayed to another request.
+func SignAnswer(secret []byte, now time.Time, requestSig string, body []byte) string {
+	return Sign(secret, now, answerPayload(requestSig, body))
+}
+
+// answerPayload is what an answer's signature covers: "<request v1>.<body>"
+// (then, as for requests, "<t>." before it).
+func answerPayload(requestSig string, body []byte) []byte {
+	v1 := ""
+	for _, part := range strings.Split(requestSig, ",") {
+		if k, v, _ := strings.Cut(strings.TrimSpace(part), "="); k == "v1" {
+			v1 = v
+		}
+	}
+	return append([]byte(v1+"."), body...)
 }
 
 // Verify checks a signature header of body: made with secret, no more

@@ -40,7 +40,7 @@ func (s *Server) cors(next http.Handler) http.Handler {
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")
 			h.Set("Access-Control-Expose-Headers", "Pushctl-Cursor, Pushctl-Time, Retry-After")
-			if s.originListed(origin) {
+			if s.originListed(origin) && s.door.HasConnectHook() {
 				// The site's pages may send its cookies (a connect hook
 				// reads the session); any other origin's requests go
 				// without them.

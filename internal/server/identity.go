@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/gorilla/websocket"
@@ -46,10 +47,25 @@ func (s *Server) identity(r *http.Request) (*auth.Identity, error) {
 // WebSocket): by its token, else by the application's connect hook.
 func (s *Server) connectIdentity(r *http.Request) (*auth.Identity, error) {
 	token := tokenOf(r)
-	if token != "" || !s.door.HasConnectHook() {
+	if !s.door.HasConnectHook() || token != "" && s.door.Auth().TokensEnabled() {
 		return s.door.Identify(token, s.remoteAddr(r))
 	}
+	// The application is asked from the site's cookies, which a browser
+	// sends with a WebSocket opened by a page of any site: only the site's
+	// own pages (the broker's origin, or one listed in --allowed-origins)
+	// may connect that way.
+	if origin := r.Header.Get("Origin"); origin != "" && !s.originListed(origin) && !sameHost(origin, r.Host) {
+		s.limitHit("origin")
+		return nil, errorf(http.StatusForbidden, CodeOriginRejected,
+			"a page of %s may not connect with this site's session; list its origin in serve --allowed-origins", origin)
+	}
 	return s.door.Connect(r.Context(), token, s.remoteAddr(r), s.connectRequest(r))
+}
+
+// sameHost reports whether origin is a page of host (the broker's own).
+func sameHost(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && u.Host != "" && strings.EqualFold(u.Host, host)
 }
 
 // connectRequest is what the connect hook is told of a request.

@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Pusher Channels protocol 7 over the broker: a Pusher channel is the
@@ -161,6 +163,7 @@ type pusherConn struct {
 	channels map[string]*pusherSub // by Pusher name
 	user     string                // signed in as
 	events   *door.Bucket          // client events allowed (made on the first)
+	ident    *auth.Identity        // who the connect hook said (nil: none asked)
 }
 
 type pusherSub struct {
@@ -202,6 +205,20 @@ func (s *Server) pusherWebSocket(w http.ResponseWriter, r *http.Request) error {
 		refuse(pusher.CloseNoProtocol, "No protocol version supplied")
 	case p != "7" && p != "6" && p != "5":
 		refuse(pusher.CloseUnsupportedProto, "Unsupported protocol version "+p+"; pushctl speaks 5 to 7")
+	case s.door.HasConnectHook():
+		// The application's connect hook says who the connection is (its
+		// user goes to the subscribe and publish hooks); Pusher's own
+		// signatures still authorize its channels.
+		id, err := s.connectIdentity(r)
+		if err != nil {
+			e := asError(err)
+			code := pusher.CloseUnauthorized
+			if e.Code == wire.CodeHookUnavailable {
+				code = pusher.CloseReconnect // try again: the application may be back
+			}
+			refuse(code, closeReason(e))
+		}
+		pc.ident = id
 	}
 	s.runWebSocket(w, r, ss, nil, nil, release, func(rd *wsReader) {
 		pc.rd = rd
@@ -501,7 +518,11 @@ func (pc *pusherConn) signin(f *pusher.Frame) {
 
 // caller is the connection, for the door: the app's client, confined to
 // the app's channels.
-func (pc *pusherConn) caller() door.Caller { return door.Scoped(pc.app.Prefix, pc.rd.client) }
+func (pc *pusherConn) caller() door.Caller {
+	c := door.Scoped(pc.app.Prefix, pc.rd.client)
+	c.ID = pc.ident
+	return c
+}
 
 // clientEvent publishes a client- event from this connection to the
 // channel's other subscribers.

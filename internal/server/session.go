@@ -13,6 +13,7 @@ import (
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/connrt"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Reasons a subscriber connection ends, besides broker errors. Each is
@@ -217,6 +218,9 @@ func (ss *session) setIdentity(id *auth.Identity) {
 		ss.timer.Stop()
 		ss.timer = nil
 	}
+	if ss.ending != nil {
+		return // the connection is ending: nothing to end or refresh later
+	}
 	if id != nil && !id.Expires.IsZero() {
 		ss.timer = time.AfterFunc(time.Until(id.Expires), func() { ss.expired(id) })
 	}
@@ -227,19 +231,56 @@ func (ss *session) setIdentity(id *auth.Identity) {
 // connection goes on as whoever the answer says; otherwise, or when the
 // application refuses, the connection ends.
 func (ss *session) expired(id *auth.Identity) {
-	if ss.identity() != id {
-		return // replaced meanwhile
+	if ss.identity() != id || ss.isEnding() {
+		return // replaced meanwhile, or gone
 	}
 	fresh, err := ss.s.door.Refresh(context.Background(), id, "")
+	if ss.isEnding() {
+		return // ended while the application was asked
+	}
 	switch {
 	case err != nil:
 		ss.s.limitHit("refresh_refused")
 		ss.end(err)
 	case fresh != nil:
 		ss.setIdentity(fresh)
+		ss.revokeUngranted(fresh)
 	default:
 		ss.s.limitHit("token_expired_live")
 		ss.end(errExpiredLive)
+	}
+}
+
+func (ss *session) isEnding() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.ending != nil
+}
+
+// revokeUngranted ends the subscriptions id does not allow (a refresh
+// answered with fewer grants): on a WebSocket each with an unsubscribed
+// frame saying so, on a one-stream transport the whole connection.
+func (ss *session) revokeUngranted(id *auth.Identity) {
+	ss.mu.Lock()
+	var revoked []string
+	for key := range ss.subs {
+		if ss.s.door.Auth().Allow(id, auth.Subscribe, key) != nil {
+			revoked = append(revoked, key)
+		}
+	}
+	ss.mu.Unlock()
+	if len(revoked) == 0 {
+		return
+	}
+	ss.s.limitHit("denied")
+	if _, ws := ss.enc.(wsEncoder); !ws {
+		ss.end(&Error{Status: 403, Code: CodeForbidden, Message: "the application no longer grants subscribing to " + revoked[0]})
+		return
+	}
+	for _, key := range revoked {
+		if ss.removeSub(key, nil) {
+			ss.send(textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, CodeForbidden, "the application no longer grants subscribing to "+key)))
+		}
 	}
 }
 

@@ -117,25 +117,32 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	if err := parseResume(r, &opts); err != nil {
 		return err
 	}
-	id, err := s.connectIdentity(r)
-	if err != nil {
-		return err
-	}
-	if err := s.door.CheckSubscribe(s.caller(r, id), channels); err != nil {
-		return err
-	}
+	// The connection's slot first: it bounds what one address can make
+	// the connect hook do, too.
 	release, err := s.connSlot(r)
 	if err != nil {
 		return err
-	}
-	if websocket.IsWebSocketUpgrade(r) {
-		return s.serveWebSocket(w, r, id, &opts, release)
 	}
 	defer func() {
 		if release != nil { // not handed to an asynchronous session
 			release()
 		}
 	}()
+	id, err := s.connectIdentity(r)
+	if err != nil {
+		if isHookRefusal(err) && websocket.IsWebSocketUpgrade(r) {
+			return s.refuseUpgrade(w, r, asError(err))
+		}
+		return err
+	}
+	if err := s.door.CheckSubscribe(s.caller(r, id), channels); err != nil {
+		return err
+	}
+	if websocket.IsWebSocketUpgrade(r) {
+		rel := release
+		release = nil
+		return s.serveWebSocket(w, r, id, &opts, rel)
+	}
 	q := r.URL.Query()
 	var enc encoder
 	var wait time.Duration
@@ -222,18 +229,26 @@ func (s *Server) websocketOnly(w http.ResponseWriter, r *http.Request) error {
 	if !websocket.IsWebSocketUpgrade(r) {
 		return errorf(http.StatusBadRequest, CodeInvalidParameter, "/ws takes a WebSocket upgrade; see docs/websocket.md")
 	}
-	id, err := s.connectIdentity(r)
-	if err != nil {
-		if e := asError(err); e.Code == wire.CodeHookDenied || e.Code == wire.CodeHookUnavailable {
-			return s.refuseUpgrade(w, r, e)
-		}
-		return err
-	}
 	release, err := s.connSlot(r)
 	if err != nil {
 		return err
 	}
+	id, err := s.connectIdentity(r)
+	if err != nil {
+		defer release()
+		if isHookRefusal(err) {
+			return s.refuseUpgrade(w, r, asError(err))
+		}
+		return err
+	}
 	return s.serveWebSocket(w, r, id, nil, release)
+}
+
+// isHookRefusal reports whether err is the connect hook's refusal (which a
+// WebSocket gets as a close frame a browser can read).
+func isHookRefusal(err error) bool {
+	e := asError(err)
+	return e.Code == wire.CodeHookDenied || e.Code == wire.CodeHookUnavailable
 }
 
 func negotiate(r *http.Request, opts *broker.SubscribeOptions) (encoder, error) {

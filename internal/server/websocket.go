@@ -488,6 +488,12 @@ func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}
+	if cur := ss.identity(); cur != nil && cur.Hook && id.Claims == nil {
+		// The application said who this is; a frame cannot make it
+		// anonymous (where tokens are off, allowed everything).
+		s.limitHit("bad_token")
+		return errFrame(f.Ref, errorf(http.StatusUnauthorized, CodeTokenInvalid, "this connection's identity comes from the application (connect hook); an auth frame needs a token this broker verifies"))
+	}
 	ss.setIdentity(id)
 	out := textFrame(wire.AppendReply(nil, wire.TypeAuthenticated, f.Ref))
 	ss.mu.Lock()

@@ -226,6 +226,9 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 			ns.Rules.Durable, err = boolPtr(val)
 		case "hooks":
 			list := []string{}
+			if val == "" {
+				err = fmt.Errorf("empty: say none for no hooks")
+			}
 			if val != "none" {
 				for _, h := range strings.FieldsFunc(val, func(r rune) bool { return r == '+' || r == '|' || r == ' ' }) {
 					if h != "subscribe" && h != "publish" {
