@@ -17,8 +17,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
-	"github.com/pushctl/pushctl/internal/broker/boltlog"
-	"github.com/pushctl/pushctl/internal/broker/redislog"
+	"github.com/pushctl/pushctl/internal/broker/backend"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/hooks"
@@ -26,7 +25,6 @@ import (
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/server"
 	"github.com/pushctl/pushctl/internal/zmq"
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 )
 
@@ -227,36 +225,14 @@ func newLogger(o *Options) (*slog.Logger, error) {
 	return nil, cmdutil.FlagErrorf("--log-format %q: want text or json", o.LogFormat)
 }
 
-// brokerKind checks --broker against --data-dir and names the backend.
-func brokerKind(o *Options) (string, error) {
-	switch {
-	case o.Broker == "" || o.Broker == "memory":
-		return "memory", nil
-	case strings.HasPrefix(o.Broker, "redis://") || strings.HasPrefix(o.Broker, "rediss://"):
-		if o.DataDir != "" {
-			return "", cmdutil.FlagErrorf("--data-dir and --broker %s are alternatives: history lives in Redis (see docs/durability.md)", redactedURL(o.Broker))
-		}
-		if o.MaxBytes > 0 {
-			return "", cmdutil.FlagErrorf("--max-bytes bounds one process's memory; with Redis set maxmemory on the Redis server instead")
-		}
-		return "redis", nil
-	}
-	return "", cmdutil.FlagErrorf("--broker %q: want memory, redis://host:port/db or rediss://host:port/db", redactedURL(o.Broker))
-}
-
-// redactedURL hides a password in a URL.
-func redactedURL(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	return s
-}
-
 // Run runs the broker until ctx ends.
 func Run(ctx context.Context, o *Options) error {
 	log, err := newLogger(o)
 	if err != nil {
 		return err
+	}
+	if _, err := backend.Kind(backend.Spec{URL: o.Broker, Dir: o.DataDir, MaxBytes: int64(o.MaxBytes)}); err != nil {
+		return cmdutil.FlagErrorf("%v", err)
 	}
 	for _, ns := range o.Namespaces.list {
 		if d := ns.Rules.Durable; d != nil {
@@ -289,45 +265,28 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 	ret := broker.Retention{HistorySize: hist, HistoryAge: o.HistoryAge, HistoryBytes: int64(o.HistoryBytes)}
-	nsRetention := door.RetentionFor(o.Namespaces.list)
-	mo := broker.MemoryOptions{Retention: ret, RetentionFor: nsRetention, QueueSize: o.QueueSize, MaxBytes: int64(o.MaxBytes), QueueBytes: int64(o.QueueBytes)}
-	var b *broker.Core
 	var extra []func() map[string]uint64 // counters for /stats and /metrics
-	kind, err := brokerKind(o)
+	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+	opened, err := backend.Open(octx, backend.Spec{URL: o.Broker, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay,
+		Retention: ret, RetentionFor: door.RetentionFor(o.Namespaces.list), MemoryOnly: door.MemoryOnly(o.Namespaces.list),
+		MaxBytes: int64(o.MaxBytes), QueueSize: o.QueueSize, QueueBytes: int64(o.QueueBytes),
+		NodeTimeout: o.NodeTimeout, Logger: log})
+	ocancel()
 	if err != nil {
 		return err
 	}
-	if kind == "redis" {
-		// go-redis logs connection trouble itself ("pool.go:770: …"):
-		// through the broker's logger, in its format and level.
-		redis.SetLogger(redisLogger{log})
-		start := time.Now()
-		hub := broker.NewHub()
-		octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
-		l, err := redislog.Open(octx, redislog.Options{URL: o.Broker, Retention: ret, RetentionFor: nsRetention,
-			NodeTimeout: o.NodeTimeout, Logger: log}, hub)
-		ocancel()
-		if err != nil {
-			return err
-		}
-		b = broker.New(hub, l, broker.CoreOptions{QueueSize: o.QueueSize, QueueBytes: int64(o.QueueBytes)})
-		extra = append(extra, func() map[string]uint64 {
-			return map[string]uint64{"redis_publish_outcome_unknown": l.OutcomeUnknown()}
-		})
-		log.Info("redis broker connected", "node", l.Node(), "took", time.Since(start).Round(time.Millisecond))
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: channels shared through Redis at %s (node %s)\n", redactedURL(o.Broker), l.Node())
-	} else if o.DataDir != "" {
-		start := time.Now()
-		b, err = boltlog.OpenBroker(boltlog.Options{MemoryOptions: mo, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay,
-			MemoryOnly: door.MemoryOnly(o.Namespaces.list)})
-		if err != nil {
-			return err
-		}
-		st := b.Stats()
-		log.Info("store opened", "dir", o.DataDir, "channels", st.Channels, "took", time.Since(start).Round(time.Millisecond))
-		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%s)\n", o.DataDir, time.Since(start).Round(time.Millisecond), cmdutil.Plural(st.Channels, "channel"))
-	} else {
-		b = broker.NewMemory(mo)
+	b := opened.Broker
+	if opened.Counters != nil {
+		extra = append(extra, opened.Counters)
+	}
+	took := opened.Took.Round(time.Millisecond)
+	switch opened.Kind {
+	case backend.Redis:
+		log.Info("redis broker connected", "node", opened.Node, "took", took)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: channels shared through Redis at %s (node %s)\n", backend.Redacted(o.Broker), opened.Node)
+	case backend.Bolt:
+		log.Info("store opened", "dir", o.DataDir, "channels", opened.Channels, "took", took)
+		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%s)\n", o.DataDir, took, cmdutil.Plural(opened.Channels, "channel"))
 	}
 	defer b.Close()
 	hk, err := hookClient(o)
@@ -552,13 +511,6 @@ func checkPprofAddr(addr string) error {
 		return cmdutil.FlagErrorf("--pprof %s: profiles are served on loopback addresses only (such as 127.0.0.1:6060)", addr)
 	}
 	return nil
-}
-
-// redisLogger hands go-redis's log lines to the broker's logger.
-type redisLogger struct{ log *slog.Logger }
-
-func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.log.Warn(strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "redis")
 }
 
 // authorizer builds access control from the flags.
