@@ -426,7 +426,8 @@ func cmdGenRSA(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // ws PATH N FRAME…: open a WebSocket to $URL+PATH, send the frames and
-// print the first N frames that come back (10s at most).
+// print the first N frames that come back (10s at most). A FRAME @FILE is
+// the content of FILE.
 func cmdWS(ts *testscript.TestScript, neg bool, args []string) {
 	n, err := strconv.Atoi(args[1])
 	ts.Check(err)
@@ -443,6 +444,11 @@ func cmdWS(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	defer c.Close()
 	for _, f := range args[2:] {
+		if name, ok := strings.CutPrefix(f, "@"); ok {
+			b, err := os.ReadFile(ts.MkAbs(name))
+			ts.Check(err)
+			f = strings.TrimSpace(string(b))
+		}
 		ts.Check(c.WriteMessage(websocket.TextMessage, []byte(f)))
 	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
