@@ -14,6 +14,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -33,6 +34,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -64,6 +66,7 @@ func TestScripts(t *testing.T) {
 			"deafws":     cmdDeafWS,
 			"freeport":   cmdFreePort,
 			"gencert":    cmdGenCert,
+			"hookapp":    cmdHookApp,
 			// doc_test.go: the examples of README.md and docs/*.md
 			"doc":           cmdDoc,
 			"docserve":      cmdDocServe,
@@ -541,4 +544,39 @@ func cmdGenCert(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
 	ts.Check(os.WriteFile(ts.MkAbs(args[1]), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600))
 	ts.Check(os.WriteFile(ts.MkAbs(args[2]), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644))
+}
+
+// hookapp: start an application answering pushctl's hooks on loopback
+// ($HOOK_URL), checking each request's signature with
+// $PUSHCTL_HOOK_SECRET: the session cookie "alice" is alice, granted
+// chat.> and metrics.>; no session is refused ("login_required: log in
+// first"); a client message "spam" is refused.
+func cmdHookApp(ts *testscript.TestScript, neg bool, args []string) {
+	secret := []byte(ts.Getenv("PUSHCTL_HOOK_SECRET"))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := hooks.Verify(secret, r.Header.Get(hooks.SignatureHeader), body, time.Now()); err != nil {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var req struct {
+			Hook    string            `json:"hook"`
+			Cookies map[string]string `json:"cookies"`
+			Data    json.RawMessage   `json:"data"`
+		}
+		json.Unmarshal(body, &req)
+		answer := `{}`
+		switch {
+		case req.Hook == "connect" && req.Cookies["session"] == "alice":
+			answer = `{"user":"alice","subscribe":["chat.>","metrics.>"],"publish":["chat.>"]}`
+		case req.Hook == "connect":
+			answer = `{"error":{"code":"login_required","message":"log in first"}}`
+		case req.Hook == "publish" && string(req.Data) == `"spam"`:
+			answer = `{"error":{"message":"no spam here"}}`
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, answer)
+	}))
+	ts.Defer(srv.Close)
+	ts.Setenv("HOOK_URL", srv.URL+"/pushctl")
 }
