@@ -179,8 +179,9 @@ func (d *Door) Allow(c Caller, a auth.Action, channel string) error {
 }
 
 // CheckPublish is the part of a publish's admission that needs no data:
-// the channel's name and the grant. A request checks it before reading a
-// body; Publish checks it again.
+// the channel's name, the grant and, for a client publishing over its
+// connection, the namespace's client-publish rule. A request checks it
+// before reading a body; Publish checks it again.
 func (d *Door) CheckPublish(c Caller, channel string) error {
 	if err := broker.ValidateChannel(channel); err != nil {
 		return err
@@ -228,7 +229,8 @@ func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broke
 
 // PublishEach admits the same event to several channels (a Pusher
 // trigger), all or none, and publishes it to each in turn. It counts once
-// against the publish rate, as one request of the caller's.
+// against each publish rate its channels come under (the broker's, a
+// namespace's), as one request of the caller's.
 func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) ([]int, error) {
 	for _, m := range ms {
 		if err := d.CheckPublish(c, m.Channel); err != nil {
