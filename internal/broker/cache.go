@@ -33,9 +33,7 @@ func NewCache(opts MemoryOptions, sink Sink, hooks CacheHooks) *Cache {
 func (c *Cache) Start() { c.l.start() }
 
 // RetentionOf is what channel name's history keeps.
-func (c *Cache) RetentionOf(name string) Retention {
-	return c.l.opts.RetentionFor.of(name, c.l.opts.Retention)
-}
+func (c *Cache) RetentionOf(name string) Retention { return c.l.retentionOf(name) }
 
 // Options returns the cache's options with their defaults filled in.
 func (c *Cache) Options() MemoryOptions { return c.l.opts }
@@ -46,7 +44,7 @@ func (c *Cache) Options() MemoryOptions { return c.l.opts }
 // the store may delete, ok false when the channel never had a message.
 // Call it before Start.
 func (c *Cache) Restore(name, epoch string, seq uint64, msgs []*Message) (oldest uint64, ok bool) {
-	ch := &memChannel{name: name, epoch: epoch, seq: seq, persisted: true, ret: c.l.opts.RetentionFor.of(name, c.l.opts.Retention)}
+	ch := &memChannel{name: name, epoch: epoch, seq: seq, persisted: true, ret: c.l.retentionOf(name)}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	for _, m := range msgs {

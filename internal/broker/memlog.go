@@ -143,7 +143,7 @@ func (l *memLog) channel(name string, create bool) (*memChannel, error) {
 	if ch, ok := l.channels[name]; ok {
 		return ch, nil
 	}
-	ch = &memChannel{name: name, epoch: l.newEpoch(), ret: l.opts.RetentionFor.of(name, l.opts.Retention)} // history grows on the first message
+	ch = &memChannel{name: name, epoch: l.newEpoch(), ret: l.retentionOf(name)} // history grows on the first message
 	l.channels[name] = ch
 	return ch, nil
 }
@@ -177,6 +177,11 @@ func (l *memLog) commitLocked(ch *memChannel, m *Message) int {
 	ch.lastPub = m.Time
 	l.retain(ch, m)
 	return l.sink.Deliver(m)
+}
+
+// retentionOf is what channel name's history keeps.
+func (l *memLog) retentionOf(name string) Retention {
+	return l.opts.RetentionFor.of(name, l.opts.Retention)
 }
 
 // retain appends m to the channel's ring and trims by count and age.

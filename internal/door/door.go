@@ -65,7 +65,7 @@ type Door struct {
 	presence *presence.Registry
 	refused  sync.Map // reason -> *atomic.Uint64
 
-	namespaces []nsState
+	namespaces nsList
 	hooks      *hooks.Client
 	hookPolicy string
 }
@@ -89,12 +89,11 @@ func New(b broker.Broker, c Config) *Door {
 	if c.PublishRate > 0 {
 		d.rate = newRateLimiter(c.PublishRate, c.PublishBurst)
 	}
-	for _, ns := range c.Namespaces {
-		st := nsState{Namespace: ns}
-		if ns.Rules.PublishRate > 0 {
-			st.rate = newRateLimiter(ns.Rules.PublishRate, ns.Rules.PublishBurst)
+	d.namespaces = newNSList(c.Namespaces)
+	for i := range d.namespaces {
+		if r := d.namespaces[i].Rules; r.PublishRate > 0 {
+			d.namespaces[i].rate = newRateLimiter(r.PublishRate, r.PublishBurst)
 		}
-		d.namespaces = append(d.namespaces, st)
 	}
 	d.presence = presence.New(func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
 		rm, _, err := d.Publish(ctx, System, m)
@@ -183,45 +182,61 @@ func (d *Door) Allow(c Caller, a auth.Action, channel string) error {
 // connection, the namespace's client-publish rule. A request checks it
 // before reading a body; Publish checks it again.
 func (d *Door) CheckPublish(c Caller, channel string) error {
+	return d.checkPublish(c, channel, d.namespaceOf(channel))
+}
+
+// checkPublish is CheckPublish for a channel whose namespace is known.
+func (d *Door) checkPublish(c Caller, channel string, ns *nsState) error {
 	if err := broker.ValidateChannel(channel); err != nil {
 		return err
 	}
 	if err := d.Allow(c, auth.Publish, channel); err != nil {
 		return err
 	}
-	if ns := d.namespaceOf(channel); c.socket && ns != nil && ns.Rules.ClientPublish != nil && !*ns.Rules.ClientPublish {
+	if c.socket && ns != nil && ns.Rules.ClientPublish != nil && !*ns.Rules.ClientPublish {
 		d.refuse("client_publish")
 		return nsRefusal(ns, "clients may not publish to %s over their connections; publish through the HTTP API", channel)
 	}
 	return nil
 }
 
-// sizeLimit is the size limit of a message to channel.
-func (d *Door) sizeLimit(channel string) int64 {
-	if ns := d.namespaceOf(channel); ns != nil && ns.Rules.MaxMessageSize > 0 {
+// sizeLimit is the size limit of a message to a channel of ns.
+func (d *Door) sizeLimit(ns *nsState) int64 {
+	if ns != nil && ns.Rules.MaxMessageSize > 0 {
 		return min(ns.Rules.MaxMessageSize, d.maxSize)
 	}
 	return d.maxSize
 }
 
-// admitPublish is the whole admission of one message.
-func (d *Door) admitPublish(c Caller, m *broker.Message) error {
-	if err := d.CheckPublish(c, m.Channel); err != nil {
-		return err
-	}
-	if limit := d.sizeLimit(m.Channel); int64(len(m.Data)) > limit {
+// admitSize checks m against its namespace's size limit.
+func (d *Door) admitSize(m *broker.Message, ns *nsState) error {
+	if limit := d.sizeLimit(ns); int64(len(m.Data)) > limit {
 		d.refuse("message_size")
 		return TooLarge(int64(len(m.Data)), limit)
 	}
-	return d.takeRate(c, m.Channel)
+	return nil
+}
+
+// admitPublish is the whole admission of one message; it returns the
+// channel's namespace for what comes after (the publish hook).
+func (d *Door) admitPublish(c Caller, m *broker.Message) (*nsState, error) {
+	ns := d.namespaceOf(m.Channel)
+	if err := d.checkPublish(c, m.Channel, ns); err != nil {
+		return nil, err
+	}
+	if err := d.admitSize(m, ns); err != nil {
+		return nil, err
+	}
+	return ns, d.takeRate(c, ns)
 }
 
 // Publish admits m from c and publishes it.
 func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broker.Message, int, error) {
-	if err := d.admitPublish(c, m); err != nil {
+	ns, err := d.admitPublish(c, m)
+	if err != nil {
 		return nil, 0, err
 	}
-	if err := d.askPublish(ctx, c, m); err != nil {
+	if err := d.askPublish(ctx, c, m, ns); err != nil {
 		return nil, 0, err
 	}
 	return d.b.Publish(ctx, m)
@@ -232,29 +247,25 @@ func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broke
 // against each publish rate its channels come under (the broker's, a
 // namespace's), as one request of the caller's.
 func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) ([]int, error) {
-	for _, m := range ms {
-		if err := d.CheckPublish(c, m.Channel); err != nil {
+	nss := make([]*nsState, len(ms))
+	for i, m := range ms {
+		nss[i] = d.namespaceOf(m.Channel)
+		if err := d.checkPublish(c, m.Channel, nss[i]); err != nil {
 			return nil, err
 		}
-		if limit := d.sizeLimit(m.Channel); int64(len(m.Data)) > limit {
-			d.refuse("message_size")
-			return nil, TooLarge(int64(len(m.Data)), limit)
+		if err := d.admitSize(m, nss[i]); err != nil {
+			return nil, err
 		}
 	}
 	// One publish against each rate the channels come under (a channel of
 	// no namespace with a rate of its own must not let the others' by).
 	charged := map[*rateLimiter]bool{}
-	for _, m := range ms {
-		rate := d.rate
-		if ns := d.namespaceOf(m.Channel); ns != nil && ns.rate != nil {
-			rate = ns.rate
-		}
-		if charged[rate] {
-			continue
-		}
-		charged[rate] = true
-		if err := d.takeRate(c, m.Channel); err != nil {
-			return nil, err
+	for _, ns := range nss {
+		if rate, _ := d.rateFor(ns); !charged[rate] {
+			charged[rate] = true
+			if err := d.takeRate(c, ns); err != nil {
+				return nil, err
+			}
 		}
 	}
 	subs := make([]int, len(ms))
@@ -271,10 +282,11 @@ func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) 
 // StartPublish admits m from c and starts publishing it, pipelined when
 // the broker can (see broker.StartPublish).
 func (d *Door) StartPublish(ctx context.Context, c Caller, m *broker.Message) (func() (*broker.Message, int, error), error) {
-	if err := d.admitPublish(c, m); err != nil {
+	ns, err := d.admitPublish(c, m)
+	if err != nil {
 		return nil, err
 	}
-	if err := d.askPublish(ctx, c, m); err != nil {
+	if err := d.askPublish(ctx, c, m, ns); err != nil {
 		return nil, err
 	}
 	return broker.StartPublish(ctx, d.b, m)
@@ -332,7 +344,8 @@ func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info 
 	if err := d.allowSubscribe(c, channel); err != nil {
 		return nil, err
 	}
-	if ns := d.namespaceOf(channel); ns != nil {
+	ns := d.namespaceOf(channel)
+	if ns != nil {
 		if ns.Rules.Presence != nil && !*ns.Rules.Presence {
 			d.refuse("presence_off")
 			return nil, nsRefusal(ns, "%s has no presence", channel)
@@ -341,11 +354,11 @@ func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info 
 			lim.MaxMembers = n
 		}
 	}
-	if err := d.takeRate(c, channel); err != nil {
+	if err := d.takeRate(c, ns); err != nil {
 		return nil, err
 	}
 	// The application may refuse the join, or say what the member shows.
-	hinfo, err := d.askSubscribeOrJoin(ctx, c, channel, member, true)
+	hinfo, err := d.askSubscribeOrJoin(ctx, c, channel, ns, member, true)
 	if err != nil {
 		return nil, err
 	}
@@ -364,13 +377,18 @@ func (d *Door) DeleteChannel(ctx context.Context, c Caller, name string) error {
 	return d.b.DeleteChannel(ctx, name)
 }
 
-// takeRate spends one of c's publishes to channel: its namespace's rate,
-// else the broker's.
-func (d *Door) takeRate(c Caller, channel string) error {
-	rate, in := d.rate, ""
-	if ns := d.namespaceOf(channel); ns != nil && ns.rate != nil {
-		rate, in = ns.rate, " in namespace "+ns.Name
+// rateFor is the rate a channel of ns comes under (its namespace's, else
+// the broker's; nil: none) and how a refusal names it.
+func (d *Door) rateFor(ns *nsState) (*rateLimiter, string) {
+	if ns != nil && ns.rate != nil {
+		return ns.rate, " in namespace " + ns.Name
 	}
+	return d.rate, ""
+}
+
+// takeRate spends one of c's publishes to a channel of ns.
+func (d *Door) takeRate(c Caller, ns *nsState) error {
+	rate, in := d.rateFor(ns)
 	if rate == nil || c.trusted {
 		return nil
 	}

@@ -41,14 +41,20 @@ func (d *Door) ForwardedHeaders() []string {
 	return d.hooks.ForwardedHeaders()
 }
 
+// AsksConnectHook reports whether a connection bringing token is
+// identified by the application's connect hook. A token decides where
+// tokens are configured; where they are not, it would make the caller
+// anonymous (allowed everything), so the application is asked as if there
+// were none.
+func (d *Door) AsksConnectHook(token string) bool {
+	return d.hooks.Has(hooks.Connect) && (token == "" || !d.auth.TokensEnabled())
+}
+
 // Connect identifies a connection: by its token when it has one, else by
 // the application's connect hook when there is one (req says what the
 // application sees of the connection), else as anonymous.
 func (d *Door) Connect(ctx context.Context, token string, remote net.Addr, req hooks.ConnectRequest) (*auth.Identity, error) {
-	// A token decides where tokens are configured; where they are not, it
-	// would make the caller anonymous (allowed everything), so the
-	// application is asked as if there were none.
-	if !d.hooks.Has(hooks.Connect) || token != "" && d.auth.TokensEnabled() {
+	if !d.AsksConnectHook(token) {
 		return d.Identify(token, remote)
 	}
 	hid, err := d.hooks.Connect(ctx, hooks.Connect, req)
@@ -113,15 +119,14 @@ func (d *Door) hookWanted(hook string, ns *nsState) bool {
 
 // askSubscribe asks the subscribe hook about channel, where it applies.
 func (d *Door) askSubscribe(ctx context.Context, c Caller, channel string) error {
-	_, err := d.askSubscribeOrJoin(ctx, c, channel, "", false)
+	_, err := d.askSubscribeOrJoin(ctx, c, channel, d.namespaceOf(channel), "", false)
 	return err
 }
 
 // askSubscribeOrJoin asks the subscribe hook about a subscription or, with
 // join, a presence join as member; for a join the answer may give the
 // member's info.
-func (d *Door) askSubscribeOrJoin(ctx context.Context, c Caller, channel, member string, join bool) (json.RawMessage, error) {
-	ns := d.namespaceOf(channel)
+func (d *Door) askSubscribeOrJoin(ctx context.Context, c Caller, channel string, ns *nsState, member string, join bool) (json.RawMessage, error) {
 	if c.trusted || !d.hookWanted(hooks.Subscribe, ns) {
 		return nil, nil
 	}
@@ -138,8 +143,7 @@ func (d *Door) askSubscribeOrJoin(ctx context.Context, c Caller, channel, member
 
 // askPublish asks the publish hook about a client's message, where it
 // applies; the application may replace the message's data.
-func (d *Door) askPublish(ctx context.Context, c Caller, m *broker.Message) error {
-	ns := d.namespaceOf(m.Channel)
+func (d *Door) askPublish(ctx context.Context, c Caller, m *broker.Message, ns *nsState) error {
 	if !c.socket || c.trusted || !d.hookWanted(hooks.Publish, ns) {
 		return nil
 	}
@@ -166,9 +170,8 @@ func (d *Door) askPublish(ctx context.Context, c Caller, m *broker.Message) erro
 		} else {
 			m.Kind, m.Data = broker.KindJSON, append([]byte(nil), data...)
 		}
-		if limit := d.sizeLimit(m.Channel); int64(len(m.Data)) > limit {
-			d.refuse("message_size")
-			return TooLarge(int64(len(m.Data)), limit)
+		if err := d.admitSize(m, ns); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -159,14 +159,30 @@ func covers(g, p string) bool {
 	}
 }
 
-// namespaceOf returns the namespace of a channel, or nil. For a pattern
-// (a subscription) it is the namespace that takes every channel the
-// pattern can match, provided no earlier namespace takes any of them: a
-// pattern that spans namespaces has none (the broker's rules), so that a
-// wider namespace's relaxations never open a narrower one's channels.
-func (d *Door) namespaceOf(channel string) *nsState {
-	for i := range d.namespaces {
-		ns := &d.namespaces[i]
+// nsList is the namespaces in the order they are matched.
+type nsList []nsState
+
+// newNSList is nss as the door matches them (their rate limiters are the
+// door's to add).
+func newNSList(nss []Namespace) nsList {
+	l := make(nsList, len(nss))
+	for i, ns := range nss {
+		l[i] = nsState{Namespace: ns}
+	}
+	return l
+}
+
+// namespaceOf returns the namespace of a channel, or nil.
+func (d *Door) namespaceOf(channel string) *nsState { return d.namespaces.of(channel) }
+
+// of returns the namespace of a channel, or nil. For a pattern (a
+// subscription) it is the namespace that takes every channel the pattern
+// can match, provided no earlier namespace takes any of them: a pattern
+// that spans namespaces has none (the broker's rules), so that a wider
+// namespace's relaxations never open a narrower one's channels.
+func (l nsList) of(channel string) *nsState {
+	for i := range l {
+		ns := &l[i]
 		for _, p := range ns.Patterns {
 			if covers(p, channel) {
 				return ns
@@ -214,12 +230,9 @@ func RetentionFor(nss []Namespace) broker.RetentionFor {
 	if len(nss) == 0 {
 		return nil
 	}
-	d := &Door{}
-	for _, ns := range nss {
-		d.namespaces = append(d.namespaces, nsState{Namespace: ns})
-	}
+	l := newNSList(nss)
 	return func(ch string) (broker.Retention, bool) {
-		ns := d.namespaceOf(ch)
+		ns := l.of(ch)
 		if ns == nil || ns.Rules.History == nil {
 			return broker.Retention{}, false
 		}
@@ -230,19 +243,14 @@ func RetentionFor(nss []Namespace) broker.RetentionFor {
 // MemoryOnly names the channels whose namespace says durable: false, for a
 // durable log (nil: none).
 func MemoryOnly(nss []Namespace) func(channel string) bool {
-	any := false
-	d := &Door{}
-	for _, ns := range nss {
-		d.namespaces = append(d.namespaces, nsState{Namespace: ns})
-		any = any || ns.Rules.Durable != nil && !*ns.Rules.Durable
+	memOnly := func(ns *nsState) bool { return ns != nil && ns.Rules.Durable != nil && !*ns.Rules.Durable }
+	l := newNSList(nss)
+	for i := range l {
+		if memOnly(&l[i]) {
+			return func(ch string) bool { return memOnly(l.of(ch)) }
+		}
 	}
-	if !any {
-		return nil
-	}
-	return func(ch string) bool {
-		ns := d.namespaceOf(ch)
-		return ns != nil && ns.Rules.Durable != nil && !*ns.Rules.Durable
-	}
+	return nil
 }
 
 // Rules returns what applies to channel.

@@ -47,7 +47,7 @@ func (s *Server) identity(r *http.Request) (*auth.Identity, error) {
 // WebSocket): by its token, else by the application's connect hook.
 func (s *Server) connectIdentity(r *http.Request) (*auth.Identity, error) {
 	token := tokenOf(r)
-	if !s.door.HasConnectHook() || token != "" && s.door.Auth().TokensEnabled() {
+	if !s.door.AsksConnectHook(token) {
 		return s.door.Identify(token, s.remoteAddr(r))
 	}
 	// The application is asked from the site's cookies, which a browser
