@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -438,4 +439,58 @@ func TestFaultsCloseWhileStopped(t *testing.T) {
 		t.Fatal("no publish was under way when Close began")
 	}
 	t.Logf("Close took %s", time.Since(start).Round(time.Millisecond))
+}
+
+// warnings is a slog handler that keeps the messages of warnings.
+type warnings struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) Enabled(context.Context, slog.Level) bool { return true }
+func (w *warnings) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		w.mu.Lock()
+		w.msgs = append(w.msgs, r.Message)
+		w.mu.Unlock()
+	}
+	return nil
+}
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *warnings) WithGroup(string) slog.Handler      { return w }
+
+// Redis forgetting the scripts (SCRIPT FLUSH, or a restart the node did
+// not notice) is not an outage: the publish loads them again and goes
+// through, and the node never reports Redis unreachable, so a publish
+// right after it is not refused.
+func TestScriptFlushIsNotAnOutage(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	hub := broker.NewHub()
+	var w warnings
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: newPrefix(), Logger: slog.New(&w)}, hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	for i := 0; i < 3; i++ {
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := b.Publish(ctx, &broker.Message{Channel: "c", Data: []byte("x")}); err != nil {
+			t.Fatalf("publish after SCRIPT FLUSH: %v", err)
+		}
+		if err := b.Health(); err != nil {
+			t.Fatalf("health right after the publish went through: %v", err)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.msgs) > 0 {
+		t.Fatalf("warnings after SCRIPT FLUSH: %q", w.msgs)
+	}
 }

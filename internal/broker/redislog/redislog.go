@@ -658,6 +658,7 @@ func (l *Log) runBatch(calls []*call) {
 	var counts map[string]int
 	maybeSent := false
 	var lastErr error
+	reloaded := false
 	backoff := 20 * time.Millisecond
 	for {
 		var err error
@@ -673,6 +674,7 @@ func (l *Log) runBatch(calls []*call) {
 			}
 			pipe.Exec(l.ctx)
 			noscript := false
+			var answered []*call
 			for _, c := range calls {
 				if c.done {
 					continue
@@ -680,9 +682,9 @@ func (l *Log) runBatch(calls []*call) {
 				cerr := c.cmd.Err()
 				switch {
 				case cerr == nil || errors.Is(cerr, redis.Nil):
-					l.finish(c, counts)
+					answered = append(answered, c)
 				case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
-					noscript, err = true, cerr // nothing ran
+					noscript = true // nothing ran
 				case notRun(cerr):
 					err = cerr
 				case isReply(cerr):
@@ -696,10 +698,27 @@ func (l *Log) runBatch(calls []*call) {
 					}
 				}
 			}
-			if noscript {
-				// Redis restarted and forgot the scripts.
-				if lerr := l.loadScripts(l.ctx); lerr != nil {
-					err = lerr
+			if len(answered) > 0 && lastErr != nil {
+				// Healthy again before anyone is told: a publisher that
+				// publishes again on its ack must not be refused.
+				l.setHealth(sideCommands, nil)
+				l.opts.Logger.Info("redis answered again; publishes that were waiting went through", "waited", time.Since(start).Round(time.Millisecond))
+				lastErr = nil
+			}
+			for _, c := range answered {
+				l.finish(c, counts)
+			}
+			if noscript && err == nil {
+				// Redis restarted (or SCRIPT FLUSH) and forgot the
+				// scripts: not an outage; load them and send again at
+				// once (after a backoff if they are gone again).
+				err = l.loadScripts(l.ctx)
+				if err == nil && !reloaded {
+					reloaded = true
+					continue
+				}
+				if err == nil {
+					err = errors.New("redis: NOSCRIPT again right after loading the scripts")
 				}
 			}
 		}
@@ -709,7 +728,6 @@ func (l *Log) runBatch(calls []*call) {
 			}
 			if lastErr != nil {
 				l.setHealth(sideCommands, nil)
-				l.opts.Logger.Info("redis answered again; publishes that were waiting went through", "waited", time.Since(start).Round(time.Millisecond))
 			}
 			return
 		}
@@ -734,6 +752,7 @@ func (l *Log) runBatch(calls []*call) {
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
+		reloaded = false
 	}
 }
 
