@@ -344,28 +344,69 @@ func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info 
 	if err := d.allowSubscribe(c, channel); err != nil {
 		return nil, err
 	}
+	info, lim, err := d.admitJoin(ctx, c, channel, member, info, lim)
+	if err != nil {
+		return nil, err
+	}
+	return d.presence.Join(ctx, channel, member, info, lim)
+}
+
+// SubscribeAsMember admits c to one channel as a subscriber and a member
+// of its presence, in one decision (a Pusher presence subscription): the
+// subscribe hook is asked once, as a join. The subscription is closed if
+// the join fails.
+func (d *Door) SubscribeAsMember(ctx context.Context, c Caller, opts broker.SubscribeOptions, member string, info []byte, lim presence.Limits) (*broker.Subscription, *presence.Membership, error) {
+	if len(opts.Channels) != 1 || opts.Internal {
+		return nil, nil, errors.New("door: a member subscribes to one channel")
+	}
+	channel := opts.Channels[0]
+	if err := broker.ValidateChannel(channel); err != nil {
+		return nil, nil, err // a concrete name: presence has no patterns
+	}
+	if err := d.CheckSubscribe(c, opts.Channels); err != nil {
+		return nil, nil, err
+	}
+	info, lim, err := d.admitJoin(ctx, c, channel, member, info, lim)
+	if err != nil {
+		return nil, nil, err
+	}
+	sub, err := d.b.Subscribe(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := d.presence.Join(ctx, channel, member, info, lim)
+	if err != nil {
+		sub.Close()
+		return nil, nil, err
+	}
+	return sub, m, nil
+}
+
+// admitJoin applies what a join meets past the grant: the namespace's
+// presence rules, the rate (a join publishes an event) and the subscribe
+// hook, asked as a join, whose answer may replace the member's info.
+func (d *Door) admitJoin(ctx context.Context, c Caller, channel, member string, info []byte, lim presence.Limits) ([]byte, presence.Limits, error) {
 	ns := d.namespaceOf(channel)
 	if ns != nil {
 		if ns.Rules.Presence != nil && !*ns.Rules.Presence {
 			d.refuse("presence_off")
-			return nil, nsRefusal(ns, "%s has no presence", channel)
+			return nil, lim, nsRefusal(ns, "%s has no presence", channel)
 		}
 		if n := ns.Rules.PresenceMembers; n > 0 {
 			lim.MaxMembers = n
 		}
 	}
 	if err := d.takeRate(c, ns); err != nil {
-		return nil, err
+		return nil, lim, err
 	}
-	// The application may refuse the join, or say what the member shows.
 	hinfo, err := d.askSubscribeOrJoin(ctx, c, channel, ns, member, true)
 	if err != nil {
-		return nil, err
+		return nil, lim, err
 	}
 	if hinfo != nil {
 		info = hinfo
 	}
-	return d.presence.Join(ctx, channel, member, info, lim)
+	return info, lim, nil
 }
 
 // DeleteChannel admits c (who must be allowed to publish to it) and

@@ -4,6 +4,9 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -565,5 +568,77 @@ func TestRefreshWithFewerGrantsRevokes(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// A Pusher presence subscription is one decision for the application:
+// the subscribe hook is asked once, as a join (its answer's info is what
+// the member shows), not once to subscribe and again to join.
+func TestPusherPresenceAsksTheSubscribeHookOnce(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var req map[string]any
+		json.Unmarshal(body, &req)
+		mu.Lock()
+		asked = append(asked, fmt.Sprintf("%v %v join=%v", req["hook"], req["channel"], req["join"]))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if req["join"] == true {
+			w.Write([]byte(`{"info":{"badge":"gold"}}`))
+			return
+		}
+		w.Write([]byte(`{}`))
+	}))
+	defer app.Close()
+	const secret = "presence-pusher-secret-0123456789"
+	_, url := serve(t, "--hook-subscribe", app.URL, "--hook-secret", hookSecret, "--pusher-app", "77:preskey:"+secret)
+
+	pc, status, body := dialCookie(t, url, "/app/preskey?protocol=7", "")
+	if pc == nil {
+		t.Fatalf("Pusher dial: %d %s", status, body)
+	}
+	pc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var established struct {
+		Event string `json:"event"`
+		Data  string `json:"data"`
+	}
+	if err := pc.ReadJSON(&established); err != nil || established.Event != "pusher:connection_established" {
+		t.Fatalf("connection: %v %+v", err, established)
+	}
+	var conn struct {
+		SocketID string `json:"socket_id"`
+	}
+	json.Unmarshal([]byte(established.Data), &conn)
+	const channel = "presence-room"
+	channelData := `{"user_id":"alice","user_info":{"name":"Alice"}}`
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(conn.SocketID + ":" + channel + ":" + channelData))
+	pc.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]string{
+		"channel": channel, "auth": "preskey:" + hex.EncodeToString(m.Sum(nil)), "channel_data": channelData}})
+	for {
+		var f struct {
+			Event string `json:"event"`
+			Data  string `json:"data"`
+		}
+		if err := pc.ReadJSON(&f); err != nil {
+			t.Fatal(err)
+		}
+		if f.Event == "pusher:subscription_error" {
+			t.Fatalf("presence subscription refused: %s", f.Data)
+		}
+		if f.Event != "pusher_internal:subscription_succeeded" {
+			continue
+		}
+		if !strings.Contains(f.Data, `"badge":"gold"`) {
+			t.Fatalf("the member does not show the hook's info: %s", f.Data)
+		}
+		break
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 1 || asked[0] != "subscribe presence-room join=true" {
+		t.Fatalf("the application was asked %q, want once, as a join", asked)
 	}
 }

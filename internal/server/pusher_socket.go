@@ -376,7 +376,13 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 		o.Last = 1
 	}
 	ctx := pc.rd.context()
-	bsub, err := s.door.Subscribe(ctx, pc.caller(), o)
+	var bsub *broker.Subscription
+	var m *presence.Membership
+	if pusher.IsPresence(name) {
+		bsub, m, err = s.door.SubscribeAsMember(ctx, pc.caller(), o, member.UserID, member.UserInfo, app.limits())
+	} else {
+		bsub, err = s.door.Subscribe(ctx, pc.caller(), o)
+	}
 	if err != nil {
 		e := asError(err)
 		refuse(e.Code, e.Message, e.Status)
@@ -384,14 +390,7 @@ func (pc *pusherConn) subscribe(f *pusher.Frame) {
 	}
 	psub := &pusherSub{}
 	succeeded := []byte("{}")
-	if pusher.IsPresence(name) {
-		m, err := s.door.Join(ctx, pc.caller(), ch, member.UserID, member.UserInfo, app.limits())
-		if err != nil {
-			bsub.Close()
-			e := asError(err)
-			refuse(e.Code, e.Message, e.Status)
-			return
-		}
+	if m != nil {
 		list, after, err := s.door.Members(ctx, ch)
 		if err != nil {
 			m.Leave(true)
