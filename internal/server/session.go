@@ -261,27 +261,45 @@ func (ss *session) isEnding() bool {
 // answered with fewer grants): on a WebSocket each with an unsubscribed
 // frame saying so, on a one-stream transport the whole connection.
 func (ss *session) revokeUngranted(id *auth.Identity) {
-	ss.mu.Lock()
-	var revoked []string
-	for key := range ss.subs {
-		if ss.s.door.Auth().Allow(id, auth.Subscribe, key) != nil {
-			revoked = append(revoked, key)
-		}
-	}
-	ss.mu.Unlock()
+	revoked := ss.ungranted(id)
 	if len(revoked) == 0 {
 		return
 	}
-	ss.s.limitHit("denied")
 	if _, ws := ss.enc.(wsEncoder); !ws {
+		ss.s.limitHit("denied")
 		ss.end(&Error{Status: 403, Code: CodeForbidden, Message: "the application no longer grants subscribing to " + revoked[0]})
 		return
 	}
-	for _, key := range revoked {
-		if ss.removeSub(key, nil) {
-			ss.send(textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, CodeForbidden, "the application no longer grants subscribing to "+key)))
+	if frames := ss.revoke(revoked, "the application no longer grants subscribing to "); frames != nil {
+		ss.send(frames)
+	}
+}
+
+// ungranted lists the subscriptions id does not allow.
+func (ss *session) ungranted(id *auth.Identity) []string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	var keys []string
+	for key := range ss.subs {
+		if ss.s.door.Auth().Allow(id, auth.Subscribe, key) != nil {
+			keys = append(keys, key)
 		}
 	}
+	return keys
+}
+
+// revoke ends the WebSocket subscriptions keys and returns an unsubscribed
+// frame ("forbidden", why followed by the key) for each that was still
+// there.
+func (ss *session) revoke(keys []string, why string) []byte {
+	var out []byte
+	for _, key := range keys {
+		if ss.removeSub(key, nil) {
+			ss.s.limitHit("denied")
+			out = append(out, textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, CodeForbidden, why+key))...)
+		}
+	}
+	return out
 }
 
 func (ss *session) identity() *auth.Identity {

@@ -496,22 +496,7 @@ func (rd *wsReader) auth(f *wire.ClientFrame) []byte {
 	}
 	ss.setIdentity(id)
 	out := textFrame(wire.AppendReply(nil, wire.TypeAuthenticated, f.Ref))
-	ss.mu.Lock()
-	var revoked []string
-	for key := range ss.subs {
-		if s.door.Auth().Allow(id, auth.Subscribe, key) != nil {
-			revoked = append(revoked, key)
-		}
-	}
-	ss.mu.Unlock()
-	for _, key := range revoked {
-		if ss.removeSub(key, nil) {
-			s.limitHit("denied")
-			e := accessError(auth.ErrForbidden)
-			out = append(out, textFrame(wire.AppendUnsubscribed(nil, "", []string{key}, e.Code, "the new token does not grant subscribing to "+key))...)
-		}
-	}
-	return out
+	return append(out, ss.revoke(ss.ungranted(id), "the new token does not grant subscribing to ")...)
 }
 
 // subscribe executes a subscribe frame. The reply is queued together with
