@@ -3,6 +3,7 @@
 #   scripts/install-deps.sh          build deps (libzmq3-dev, pkg-config)
 #   scripts/install-deps.sh --test   build + test deps (pyzmq, redis-server, tmux, chromium,
 #                                    Node.js and the npm packages pinned in testdata/pusher-js)
+#   scripts/install-deps.sh --bench  nginx with nchan (scripts/bench.sh), valgrind (scripts/redis-cost.sh)
 set -euo pipefail
 
 pkgs=(gcc libc6-dev libzmq3-dev pkg-config)
@@ -14,7 +15,7 @@ if [[ "${1:-}" == "--test" ]]; then
   fi
 fi
 if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(nginx-light libnginx-mod-nchan)
+  pkgs+=(nginx-light libnginx-mod-nchan valgrind)
 fi
 
 missing=()

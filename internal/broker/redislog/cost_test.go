@@ -3,6 +3,7 @@ package redislog_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,15 +38,24 @@ func redisCPU(b testing.TB, rdb *redis.Client) float64 {
 // with a full history of 1000, one subscriber on another node: publishes
 // one at a time (each its own script call) and streamed (as many in flight
 // as an NDJSON stream keeps, sent together).
+//
+// With PUSHCTL_COST_REDIS=host:port it uses that redis-server instead of
+// starting one: scripts/redis-cost.sh runs one under callgrind to count
+// its instructions per publish, which, unlike CPU time, does not move
+// with whatever else the machine is doing.
 func BenchmarkRedisPublish(b *testing.B) {
-	srv := redistest.Start(b, redistest.Options{})
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	addr := os.Getenv("PUSHCTL_COST_REDIS")
+	if addr == "" {
+		addr = redistest.Start(b, redistest.Options{}).Addr()
+	}
+	url := "redis://" + addr + "/0"
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	for _, mode := range []string{"one-at-a-time", "streamed"} {
 		b.Run(mode, func(b *testing.B) {
 			p := newPrefix()
-			a := open(b, srv.URL(), p, brokertest.Options{})
-			other := open(b, srv.URL(), p, brokertest.Options{})
+			a := open(b, url, p, brokertest.Options{})
+			other := open(b, url, p, brokertest.Options{})
 			s, err := other.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"cost"}, QueueSize: 1 << 22})
 			if err != nil {
 				b.Fatal(err)

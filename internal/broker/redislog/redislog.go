@@ -527,13 +527,14 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 const howArg = 8
 
 // channelKeys are the keys the read, publish and delete scripts start
-// with: the channel's meta and stream and, on a single Redis, the set of
-// channels (on Redis Cluster the list is a SCAN of every master).
+// with: the channel's meta, stream and sizes list and, on a single Redis,
+// the set of channels (on Redis Cluster the list is a SCAN of every
+// master).
 func (l *Log) channelKeys(ch string) []string {
 	if l.cluster != nil {
-		return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s")}
+		return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.chanKey(ch, "z")}
 	}
-	return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.key("channels")}
+	return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s"), l.chanKey(ch, "z"), l.key("channels")}
 }
 
 // publisher sends queued appends in pipelines, in order. A pipeline has
@@ -1020,6 +1021,14 @@ func infoFrom(name string, meta map[string]string, n int64) (broker.ChannelInfo,
 	seq, _ := strconv.ParseUint(meta["s"], 10, 64)
 	us, _ := strconv.ParseInt(meta["t"], 10, 64)
 	bytes, _ := strconv.ParseInt(meta["b"], 10, 64)
+	if f, err := strconv.ParseUint(meta["f"], 10, 64); err == nil {
+		// The history is f..seq; the stream may hold a few entries
+		// before f (it is trimmed a node at a time).
+		n = 0
+		if seq+1 > f {
+			n = int64(seq + 1 - f)
+		}
+	}
 	ci := broker.ChannelInfo{Name: name, Epoch: meta["e"], LastSeq: seq, Messages: int(n), Bytes: bytes, Published: seq}
 	if seq > 0 {
 		ci.LastID = broker.Position{Epoch: ci.Epoch, Seq: seq}.String()

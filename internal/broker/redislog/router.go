@@ -577,6 +577,7 @@ func (l *Log) keepFollowed() {
 	for name := range names {
 		pipe.PExpire(ctx, l.chanKey(name, "m"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
 		pipe.PExpire(ctx, l.chanKey(name, "s"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
+		pipe.PExpire(ctx, l.chanKey(name, "z"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		l.unavailable(err)

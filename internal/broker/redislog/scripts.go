@@ -47,8 +47,8 @@ end
 // the presence scripts run too. It appends a batch of messages to one
 // channel, as one step:
 //
-// K = meta, stream, and on a single Redis also channels, subs, pats (on
-// Redis Cluster those live in another slot).
+// K = meta, stream, sizes, and on a single Redis also channels, subs,
+// pats (on Redis Cluster those live in another slot).
 //
 // A = 1 new epoch, 2 now (µs), 3 history size, 4 age cutoff (µs, 0:
 // none), 5 ttl (ms), 6 channel, 7 pub/sub channel, 8 history bytes (0:
@@ -56,9 +56,18 @@ end
 // node, 11 call id ("": none), 12 count N, then N times event, kind, data,
 // origin.
 //
-// Meta fields: e epoch, s sequence, t last time, b retained bytes, x when
-// the keys' expiry was last pushed back (µs), i:<node> the node's last
-// call: "<call id> <first seq> <count> <time>".
+// Meta fields: e epoch, s sequence, t last time, b retained bytes, f the
+// first retained sequence, x when the keys' expiry was last pushed back
+// (µs), i:<node> the node's last call: "<call id> <first seq> <count>
+// <time>".
+//
+// The history is the stream's entries from f to s (entry ids are
+// "<seq>-1"). The sizes list holds "<time> <data length>" for each of
+// them, oldest first, so that what falls out of the history (by count,
+// age or bytes) is found without reading the stream: a publish pops the
+// sizes of what it pushes out and moves f. The stream itself is trimmed
+// a whole node at a time (MINID ~), which is cheap; the few entries
+// before f it still holds are never read.
 //
 // A call id makes the call idempotent: the same call sent again (a retry
 // after a connection broke or Redis stalled, whether or not the first
@@ -67,24 +76,46 @@ end
 // appends nothing. A node sends a channel's calls one at a time, each
 // with a larger id.
 //
-// Assigns the batch's sequences, appends to the stream (trimmed by size,
-// age and bytes), publishes the batch to the nodes in one message and
-// returns epoch, first seq, time, the cluster's subscriber count on a
-// single Redis (-1 otherwise) and a status: 0 appended, 1 appended
-// before (a retry), 2 a stale copy (nothing done).
+// Assigns the batch's sequences, appends to the stream, publishes the
+// batch to the nodes in one message and returns epoch, first seq, time,
+// the cluster's subscriber count on a single Redis (-1 otherwise) and a
+// status: 0 appended, 1 appended before (a retry), 2 a stale copy
+// (nothing done).
 const luaPublish = `
 local function subscribers(K, A)
-  if not K[4] then return -1 end
-  local n = tonumber(redis.call('HGET', K[4], A[6]) or '0')
-  local pats = redis.call('HGETALL', K[5])
+  if not K[5] then return -1 end
+  local n = tonumber(redis.call('HGET', K[5], A[6]) or '0')
+  local pats = redis.call('HGETALL', K[6])
   for i = 1, #pats, 2 do
     if match(pats[i], A[6]) then n = n + tonumber(pats[i+1]) end
   end
   return n
 end
+-- sizeOf splits a sizes entry into time and length.
+local function sizeOf(v)
+  local sp = string.find(v, ' ', 1, true)
+  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+end
+-- migrate gives a channel an older version wrote (no f, no sizes; its
+-- stream held exactly the history) its sizes list, and returns f.
+local function migrate(K, seq)
+  redis.call('DEL', K[3])
+  local all = redis.call('XRANGE', K[2], '-', '+')
+  if #all == 0 then return seq + 1 end
+  local vals = {}
+  for j = 1, #all do
+    local fl = all[j][2] -- t, time, e, event, k, kind, d, data
+    vals[#vals+1] = fl[2] .. ' ' .. #fl[8]
+    if #vals == 1000 or j == #all then
+      redis.call('RPUSH', K[3], unpack(vals))
+      vals = {}
+    end
+  end
+  return tonumber(string.match(all[1][1], '^(%d+)'))
+end
 local function publish(K, A)
 local rf = 'i:' .. A[10]
-local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf)
+local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f')
 local e, seq, last, b, x = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0'), tonumber(meta[5] or '0')
 local id = A[11]
 if e and id ~= '' and meta[6] then
@@ -93,72 +124,103 @@ if e and id ~= '' and meta[6] then
   if rid and (#rid > #id or (#rid == #id and rid > id)) then return {e, 0, '0', 0, 2} end
 end
 local fresh = not e
+local f
+local refresh = fresh
 if fresh then
-  e, seq, last, b, x = A[1], 0, 0, 0, 0
-  redis.call('DEL', K[2])
-  if K[3] then redis.call('SADD', K[3], A[6]) end
+  e, seq, last, b, x, f = A[1], 0, 0, 0, 0, 1
+  redis.call('DEL', K[2], K[3])
+  if K[4] then redis.call('SADD', K[4], A[6]) end
+elseif meta[7] then
+  f = tonumber(meta[7])
+else
+  f = migrate(K, seq)
+  refresh = true
 end
 local n = tonumber(A[12])
-local t = tonumber(A[2])
-if t < last then t = last end
-local ts = string.format('%.0f', t)
+local now = tonumber(A[2])
+local ts = A[2] -- times never go back: a node with a clock behind keeps the last
+if now < last then ts = meta[3] end
 local first = seq + 1
 local size = tonumber(A[3])
 local parts = {'B ', e, ' ', string.format('%d', first), ' ', ts, ' ', n, '\n'}
-local minid, skip = nil, 0
+local count = seq - f + 1 -- the history's length before the batch
+if count < 0 then count = 0 end
+local skip, trim = 0, nil
 if size > 0 then
   -- Before appending, drop from the oldest end what the batch pushes
   -- out: entries over the size, older than the cutoff, or over the
-  -- bytes (never the newest). The first XADD drops them (MINID), in one
-  -- command; messages of the batch that would go at once are not added.
+  -- bytes (never the newest); messages of the batch that would go at
+  -- once are not added.
   local nb = 0
   for i = 0, n - 1 do nb = nb + #A[15 + 4*i] end
   b = b + nb
-  local len = redis.call('XLEN', K[2])
-  local total = len + n
+  local total = count + n
   local cutoff, hb = tonumber(A[4]), tonumber(A[8])
-  local upto = nil -- the newest entry to drop
-  local left = len -- older entries not looked at
-  while left > 0 do
-    local want = total - size
-    if want < 0 then want = 0 end
-    if want > left - 1 then want = left - 1 end
-    local f = redis.call('XRANGE', K[2], upto and ('(' .. upto) or '-', '+', 'COUNT', want + 1)
-    local done = #f == 0
-    for j = 1, #f do
-      local old = f[j][2]
-      if not (total > size or (cutoff > 0 and tonumber(old[2]) < cutoff) or (hb > 0 and b > hb)) then done = true; break end
-      b = b - #old[8]
-      total = total - 1
-      left = left - 1
-      upto = f[j][1]
+  local want = total - size -- at least these go, by count
+  if want > count then want = count end
+  local drop = 0
+  if cutoff == 0 and hb == 0 then
+    if want > 0 then
+      local gone = redis.call('LPOP', K[3], want) or {}
+      for j = 1, #gone do
+        local _, l = sizeOf(gone[j])
+        b = b - l
+      end
+      drop, total = want, total - want
     end
-    if done then break end
+  else
+    while drop < count do
+      local ask = want - drop
+      if ask < 1 then ask = 1 end
+      local vals = redis.call('LRANGE', K[3], drop, drop + ask - 1)
+      if #vals == 0 then break end
+      local kept = false
+      for j = 1, #vals do
+        local et, l = sizeOf(vals[j])
+        if not (total > size or (cutoff > 0 and et < cutoff) or (hb > 0 and b > hb)) then kept = true; break end
+        b = b - l
+        total = total - 1
+        drop = drop + 1
+      end
+      if kept then break end
+    end
+    if drop > 0 then redis.call('LTRIM', K[3], drop, -1) end
   end
-  if upto then minid = string.match(upto, '^(%d+)') .. '-2' end
   while skip < n - 1 and (total > size or (hb > 0 and b > hb)) do
     b = b - #A[15 + 4*skip]
     total = total - 1
     skip = skip + 1
   end
+  local nf = f + drop
+  if drop >= count then nf = first + skip end
+  if nf > f then trim = string.format('%d-0', nf) end
+  if count == 0 then refresh = true end -- the sizes list is new
+  f = nf
+else
+  -- No history: what an earlier setting kept goes.
+  if count > 0 then redis.call('DEL', K[2], K[3]) end
+  b = 0
+  f = first + n
 end
+local sizes = {}
 for i = 0, n - 1 do
   local ev, kind, data, origin = A[13 + 4*i], A[14 + 4*i], A[15 + 4*i], A[16 + 4*i]
   seq = seq + 1
   if size > 0 and i >= skip then
-    if minid then
-      redis.call('XADD', K[2], 'MINID', minid, string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
-      minid = nil
+    if trim then
+      redis.call('XADD', K[2], 'MINID', '~', trim, string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+      trim = nil
     else
       redis.call('XADD', K[2], string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
     end
+    sizes[#sizes+1] = ts .. ' ' .. #data
   end
   parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. #ev .. ' ' .. #data .. '\n'
   parts[#parts+1] = ev
   parts[#parts+1] = data
 end
-local now = tonumber(A[2])
-local fields = {'s', seq, 't', ts, 'b', b}
+if #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
+local fields = {'s', seq, 't', ts, 'b', b, 'f', f}
 if fresh then
   fields[#fields+1] = 'e'; fields[#fields+1] = e
 end
@@ -168,14 +230,17 @@ end
 -- The expiry is pushed back when a quarter of it has passed, not on
 -- every publish.
 local ttl = tonumber(A[5])
-local refresh = fresh or now - x > ttl * 250
+refresh = refresh or now - x > ttl * 250
 if refresh then
-  fields[#fields+1] = 'x'; fields[#fields+1] = string.format('%.0f', now)
+  fields[#fields+1] = 'x'; fields[#fields+1] = A[2]
 end
 local added = redis.call('HSET', K[1], unpack(fields))
 if refresh then
   redis.call('PEXPIRE', K[1], ttl)
-  if size > 0 then redis.call('PEXPIRE', K[2], ttl) end
+  if size > 0 then
+    redis.call('PEXPIRE', K[2], ttl)
+    redis.call('PEXPIRE', K[3], ttl)
+  end
 end
 if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
   -- Nodes come and go: forget the calls of nodes silent for 10 minutes.
@@ -270,39 +335,44 @@ local r = announce(p)
 return reply(p, {1, r[1], r[2], r[3], r[4], k})
 `)
 
-// read: KEYS meta, stream, channels (single Redis only). ARGV create (0/1), new epoch, ttl
-// (ms), channel, mode (none, after, tail, all), from epoch, from seq, tail
-// count. Returns epoch, seq, last time, the mode used and the entries
-// (tail: newest first), or nil for an unknown channel without create.
+// read: KEYS meta, stream, sizes, channels (single Redis only). ARGV
+// create (0/1), new epoch, ttl (ms), channel, mode (none, after, tail,
+// all), from epoch, from seq, tail count. Returns epoch, seq, last time,
+// the mode used and the history's entries (tail: newest first), or nil
+// for an unknown channel without create.
 var readScript = redis.NewScript(`
-local e = redis.call('HGET', KEYS[1], 'e')
+local meta = redis.call('HMGET', KEYS[1], 'e', 's', 't', 'f')
+local e, s, t, f = meta[1], meta[2], meta[3], tonumber(meta[4] or '1')
 if not e then
   if ARGV[1] == '0' then return false end
-  e = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0)
+  e, s, t, f = ARGV[2], '0', '0', 1
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0, 'f', 1)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  if KEYS[3] then redis.call('SADD', KEYS[3], ARGV[4]) end
+  if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
 end
 local mode = ARGV[5]
 if mode == 'after' and ARGV[6] ~= e then mode = 'all' end
+local lo = string.format('%d-0', f)
 local entries = {}
 if mode == 'after' then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[7] .. '-1', '+')
+  local from = tonumber(ARGV[7]) + 1
+  if from < f then from = f end
+  entries = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), '+')
 elseif mode == 'tail' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[8])
+  entries = redis.call('XREVRANGE', KEYS[2], '+', lo, 'COUNT', ARGV[8])
 elseif mode == 'all' then
-  entries = redis.call('XRANGE', KEYS[2], '-', '+')
+  entries = redis.call('XRANGE', KEYS[2], lo, '+')
 end
-return {e, redis.call('HGET', KEYS[1], 's'), redis.call('HGET', KEYS[1], 't'), mode, entries}
+return {e, s, t, mode, entries}
 `)
 
-// remove: KEYS meta, stream, channels (single Redis only). ARGV channel,
-// pub/sub channel, "P" (PUBLISH) or "S" (SPUBLISH).
+// remove: KEYS meta, stream, sizes, channels (single Redis only). ARGV
+// channel, pub/sub channel, "P" (PUBLISH) or "S" (SPUBLISH).
 var deleteScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[1]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if KEYS[4] then redis.call('SREM', KEYS[4], ARGV[1]) end
 if ARGV[3] == 'S' then redis.call('SPUBLISH', ARGV[2], 'D') else redis.call('PUBLISH', ARGV[2], 'D') end
 return 1
 `)

@@ -1,0 +1,105 @@
+package redislog_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/brokertest"
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+// history subscribes to ch from the oldest retained message and returns
+// the n messages replayed.
+func history(t *testing.T, b broker.Broker, ch string, n int) []*broker.Message {
+	t.Helper()
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{ch}, Last: -1})
+	defer s.Close()
+	msgs, gaps := events(t, s, n)
+	if len(gaps) != 0 {
+		t.Fatalf("replaying %s: gaps %v", ch, gaps)
+	}
+	return msgs
+}
+
+// The stream is trimmed a node at a time, so it may hold a few entries
+// older than the history: they are never read, counted or replayed, and
+// the stream does not grow past the history by more than a node.
+func TestHistoryIsExactWhileTheStreamIsTrimmedByNodes(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	p := newPrefix()
+	b := open(t, srv.URL(), p, brokertest.Options{HistorySize: 30})
+	data := strings.Repeat("x", 10)
+	for i := 1; i <= 1000; i++ {
+		publish(t, b, "h", fmt.Sprintf("%s%04d", data, i))
+	}
+	ci, err := b.Channel(bg(t), "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.Messages != 30 || ci.Bytes != 30*14 || ci.LastSeq != 1000 {
+		t.Fatalf("channel info: %d messages, %d bytes, last %d; want 30, %d, 1000", ci.Messages, ci.Bytes, ci.LastSeq, 30*14)
+	}
+	msgs := history(t, b, "h", 30)
+	if msgs[0].Seq != 971 || msgs[29].Seq != 1000 {
+		t.Fatalf("history %d..%d, want 971..1000", msgs[0].Seq, msgs[29].Seq)
+	}
+	// A resume from before the history starts at the history.
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"h"}, From: broker.Cursor{"h": {Epoch: msgs[0].Epoch, Seq: 500}}})
+	got, gaps := events(t, s, 30)
+	if len(gaps) != 1 || gaps[0].To.Seq != 970 || got[0].Seq != 971 {
+		t.Fatalf("resume from 500: gaps %v, first %d; want one gap to 970, then 971", gaps, got[0].Seq)
+	}
+	n, err := rdb.XLen(context.Background(), p+"{h}:s").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 30 || n > 30+100 {
+		t.Fatalf("the stream holds %d entries for a history of 30", n)
+	}
+}
+
+// A channel written by a version without the sizes list (meta without
+// f) is taken over by the next publish: its history and byte count go
+// on exactly.
+func TestHistoryOfAnOlderVersionIsTakenOver(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	p := newPrefix()
+	b := open(t, srv.URL(), p, brokertest.Options{HistorySize: 10})
+	for i := 1; i <= 6; i++ {
+		publish(t, b, "old", fmt.Sprintf("m%d", i)) // 2 bytes each
+	}
+	ctx := context.Background()
+	// What an older version left: the same stream and meta, no f, no sizes.
+	if err := rdb.HDel(ctx, p+"{old}:m", "f").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, p+"{old}:z").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if msgs := history(t, b, "old", 6); msgs[0].Seq != 1 || string(msgs[5].Data) != "m6" {
+		t.Fatalf("before the takeover: %d..%d", msgs[0].Seq, msgs[5].Seq)
+	}
+	for i := 7; i <= 15; i++ {
+		publish(t, b, "old", fmt.Sprintf("m%d", i)) // 2 or 3 bytes
+	}
+	ci, err := b.Channel(bg(t), "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// m6..m15 remain: m6-m9 2 bytes, m10-m15 3 bytes.
+	if ci.Messages != 10 || ci.Bytes != 4*2+6*3 {
+		t.Fatalf("after the takeover: %d messages, %d bytes; want 10, 26", ci.Messages, ci.Bytes)
+	}
+	if msgs := history(t, b, "old", 10); msgs[0].Seq != 6 || string(msgs[9].Data) != "m15" {
+		t.Fatalf("after the takeover: %d..%d", msgs[0].Seq, msgs[9].Seq)
+	}
+}
