@@ -299,9 +299,11 @@ func TestFrameSplitAcrossReads(t *testing.T) {
 // and counted.
 func TestSilentWebSocketPeerIsDropped(t *testing.T) {
 	e := newEnv(t, broker.MemoryOptions{}, server.Options{PingInterval: 50 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
+	// Timed from before the dial: the server's keepalive starts with the
+	// connection, before the test sees the subscription.
+	began := time.Now()
 	w := dialRawWS(t, e, "/sub/quiet")
 	e.waitSubs("quiet", 1)
-	began := time.Now()
 	w.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, err := io.Copy(io.Discard, w.br)
 	if err != nil {
