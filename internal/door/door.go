@@ -105,12 +105,15 @@ func New(b broker.Broker, c Config) *Door {
 		return rm, err
 	}, c.PresenceGrace)
 	d.presence.Changed = d.presenceChanged
-	d.startEvents(c.Events)
 	if lb, ok := b.(interface{ Log() broker.Log }); ok {
 		if pl, ok := lb.Log().(broker.PresenceLog); ok {
 			d.presence.Share(pl) // several nodes: members live in Redis
 		}
+		if ll, ok := lb.Log().(broker.LifecycleLog); ok {
+			c.Events.shared = ll // several nodes: occupancy decided in Redis
+		}
 	}
+	d.startEvents(c.Events)
 	return d
 }
 

@@ -38,6 +38,8 @@ type EventsConfig struct {
 	WebhookRetry time.Duration
 	WebhookQueue int
 	Logger       *slog.Logger
+
+	shared broker.LifecycleLog // the broker's log, when nodes share it
 }
 
 // eventState is the door's part of the events.
@@ -75,6 +77,7 @@ func (d *Door) startEvents(c EventsConfig) {
 			return rm, err
 		},
 		Enabled: func(ch string) bool { return d.eventsOn(ch, all) },
+		Shared:  c.shared,
 	})
 	wh := func(u string, wants func(ev *events.Event) bool) {
 		s := webhooks.New(webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,
@@ -169,12 +172,13 @@ func (d *Door) subscribed(c Caller, opts broker.SubscribeOptions, sub *broker.Su
 		return
 	}
 	user := eventUser(c)
-	for _, ch := range chans {
-		em.Subscribe(ch, user)
+	ids := make([]uint64, len(chans))
+	for i, ch := range chans {
+		ids[i] = em.Subscribe(ch, user)
 	}
 	sub.OnEnd(func() {
-		for _, ch := range chans {
-			em.Unsubscribe(ch, user)
+		for i, ch := range chans {
+			em.Unsubscribe(ch, user, ids[i])
 		}
 	})
 }
@@ -210,7 +214,7 @@ func (d *Door) ConnectionEvent(name, conn, transport, reason string, id *auth.Id
 	if em == nil || !em.ConnectionsOn() {
 		return
 	}
-	em.Emit(events.Event{Name: name, ConnectionID: conn, Transport: transport, Reason: reason, UserID: eventUser(Caller{ID: id})})
+	em.Connection(events.Event{Name: name, ConnectionID: conn, Transport: transport, Reason: reason, UserID: eventUser(Caller{ID: id})})
 }
 
 // reservedPublish refuses a publish to a reserved channel by anyone but

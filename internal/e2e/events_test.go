@@ -30,6 +30,7 @@ type lifecycleEvent struct {
 	Transport    string `json:"transport"`
 	Reason       string `json:"reason"`
 	Node         string `json:"node"`
+	ReapedBy     string `json:"reaped_by"`
 	TimeMs       int64  `json:"time_ms"`
 	Seq          uint64 `json:"seq"`
 	Epoch        string `json:"epoch"`
@@ -173,18 +174,28 @@ func inOrder(t *testing.T, what string, evs []lifecycleEvent, skipped int) {
 // eventsWorld is one node with webhooks to rc and a token secret; it
 // returns the broker's URL and a token maker.
 func eventsWorld(t *testing.T, rc *receiver, args ...string) (*proc, string, func(args ...string) string) {
+	env, tok := eventsTokens(t)
+	p, url := eventsNode(t, rc, env, args...)
+	return p, url, tok
+}
+
+// eventsTokens makes a token secret: the environment that gives it to
+// serve, and a token maker.
+func eventsTokens(t *testing.T) ([]string, func(args ...string) string) {
 	secret, _, _ := run(t, "", "token", "secret")
-	secret = strings.TrimSpace(secret)
-	env := []string{"PUSHCTL_TOKEN_SECRET=" + secret}
-	p, url := serveEnv(t, env, append([]string{"--webhook", rc.srv.URL + "/hook", "--webhook-secret", webhookSecret}, args...)...)
-	tok := func(args ...string) string {
+	env := []string{"PUSHCTL_TOKEN_SECRET=" + strings.TrimSpace(secret)}
+	return env, func(args ...string) string {
 		out, errOut, code := runEnv(t, env, append([]string{"token", "create", "--ttl", "1h"}, args...)...)
 		if code != 0 {
 			t.Fatalf("token create: %s", errOut)
 		}
 		return strings.TrimSpace(out)
 	}
-	return p, url, tok
+}
+
+// eventsNode is a node with webhooks to rc.
+func eventsNode(t *testing.T, rc *receiver, env []string, args ...string) (*proc, string) {
+	return serveEnv(t, env, append([]string{"--webhook", rc.srv.URL + "/hook", "--webhook-secret", webhookSecret}, args...)...)
 }
 
 func dialWS(t *testing.T, base, path, token string) *websocket.Conn {

@@ -14,6 +14,8 @@ import (
 	"encoding/json"
 	"hash/maphash"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +75,9 @@ type Event struct {
 	Node string `json:"node,omitempty"`
 	// TimeMs is when it was decided (Unix milliseconds).
 	TimeMs int64 `json:"time_ms"`
+	// ReapedBy is the node that told the event for Node, found dead
+	// (the events of its connections, subscriptions and channels).
+	ReapedBy string `json:"reaped_by,omitempty"`
 	// Seq and Epoch are the event's position in its event channel: one
 	// more per event of that channel while the epoch stays.
 	Seq   uint64 `json:"seq,omitempty"`
@@ -125,6 +130,10 @@ type Config struct {
 	Logger    *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Shared, when nodes share the log (Redis), decides occupancy for the
+	// cluster and keeps what the other nodes need to tell this node's
+	// events should it die.
+	Shared broker.LifecycleLog
 }
 
 // Sink is told each event once it is published (with its position), in
@@ -147,15 +156,35 @@ type Emitter struct {
 
 	published, dropped, failed atomic.Uint64
 	closed                     atomic.Bool
+	ids                        atomic.Uint64
 }
 
 type stripe struct {
 	mu      sync.Mutex
-	q       []Event
+	q       []item
 	wake    chan struct{}
 	closed  bool
 	occ     map[string]int // subscriptions per channel on this node
 	pending int
+	// pub is held while an event is published and handed to the sinks,
+	// so that they see the stripe's events in the order of their
+	// sequences, the dead nodes' (told by lost) included.
+	pub sync.Mutex
+}
+
+// What a queued item does.
+const (
+	opPublish = iota // publish ev
+	opHold           // shared: hold the channel, ev (occupied) if first
+	opRelease        // shared: release it, ev (vacated) if last
+	opTrack          // shared: track kind/key/info
+	opUntrack        // shared: forget kind/key
+)
+
+type item struct {
+	op              int
+	ev              Event
+	kind, key, info string
 }
 
 // New starts an Emitter.
@@ -170,6 +199,9 @@ func New(cfg Config) *Emitter {
 		cfg.Now = time.Now
 	}
 	e := &Emitter{cfg: cfg, seed: maphash.MakeSeed()}
+	if cfg.Shared != nil {
+		cfg.Shared.WatchLifecycle(e.lost, e.rejoin)
+	}
 	for i := range e.st {
 		s := &e.st[i]
 		s.wake = make(chan struct{}, 1)
@@ -210,21 +242,25 @@ func (e *Emitter) Emit(ev Event) {
 }
 
 // enqueueLocked queues ev on s, whose lock is held.
-func (e *Emitter) enqueueLocked(s *stripe, ev Event) {
+func (e *Emitter) enqueueLocked(s *stripe, ev Event) { e.queueLocked(s, item{op: opPublish, ev: ev}) }
+
+// queueLocked queues it on s, whose lock is held.
+func (e *Emitter) queueLocked(s *stripe, it item) {
 	if s.closed {
 		return
 	}
+	ev := &it.ev
 	ev.Node = e.cfg.Node
 	if ev.TimeMs == 0 {
 		ev.TimeMs = e.cfg.Now().UnixMilli()
 	}
-	if s.pending >= e.cfg.QueueSize/stripes+1 {
+	if s.pending >= e.cfg.QueueSize/stripes+1 && it.op == opPublish {
 		if n := e.dropped.Add(1); n&(n-1) == 0 { // logged at 1, 2, 4, 8, …
 			e.cfg.Logger.Warn("lifecycle events dropped: the broker does not take them as fast as they come", "dropped", n, "event", ev.Name)
 		}
 		return
 	}
-	s.q = append(s.q, ev)
+	s.q = append(s.q, it)
 	s.pending++
 	select {
 	case s.wake <- struct{}{}:
@@ -232,38 +268,86 @@ func (e *Emitter) enqueueLocked(s *stripe, ev Event) {
 	}
 }
 
+// tracked is what a node keeps of a subscription or connection in the
+// shared log, for the others to tell its end.
+type tracked struct {
+	Channel   string `json:"channel,omitempty"`
+	User      string `json:"user_id,omitempty"`
+	Transport string `json:"transport,omitempty"`
+}
+
 // Subscribe counts a subscription of user to channel on this node:
-// subscribed, and channel_occupied when it is the channel's first.
-func (e *Emitter) Subscribe(channel, user string) {
+// subscribed, and channel_occupied when it is the channel's first (on
+// this node, or, shared, anywhere). It returns what Unsubscribe takes.
+func (e *Emitter) Subscribe(channel, user string) uint64 {
 	if !e.On(channel) {
-		return
+		return 0
 	}
+	id := e.ids.Add(1)
 	s := e.stripe(ChannelOf(channel))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.occ[channel]++
-	if s.occ[channel] == 1 {
-		e.enqueueLocked(s, Event{Name: ChannelOccupied, Channel: channel})
+	first := s.occ[channel] == 1
+	occupied := Event{Name: ChannelOccupied, Channel: channel}
+	switch {
+	case first && e.cfg.Shared != nil:
+		e.queueLocked(s, item{op: opHold, ev: occupied})
+	case first:
+		e.enqueueLocked(s, occupied)
+	}
+	if e.cfg.Shared != nil {
+		info, _ := json.Marshal(tracked{Channel: channel, User: user})
+		e.queueLocked(s, item{op: opTrack, kind: "s", key: strconv.FormatUint(id, 10), info: string(info)})
 	}
 	e.enqueueLocked(s, Event{Name: Subscribed, Channel: channel, UserID: user})
+	return id
 }
 
 // Unsubscribe counts a subscription's end: unsubscribed, and
 // channel_vacated when it was the channel's last.
-func (e *Emitter) Unsubscribe(channel, user string) {
+func (e *Emitter) Unsubscribe(channel, user string, id uint64) {
 	if !e.On(channel) {
 		return
 	}
 	s := e.stripe(ChannelOf(channel))
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if e.cfg.Shared != nil {
+		e.queueLocked(s, item{op: opUntrack, kind: "s", key: strconv.FormatUint(id, 10)})
+	}
 	e.enqueueLocked(s, Event{Name: Unsubscribed, Channel: channel, UserID: user})
 	if n := s.occ[channel] - 1; n > 0 {
 		s.occ[channel] = n
 		return
 	}
 	delete(s.occ, channel)
-	e.enqueueLocked(s, Event{Name: ChannelVacated, Channel: channel})
+	vacated := Event{Name: ChannelVacated, Channel: channel}
+	if e.cfg.Shared != nil {
+		e.queueLocked(s, item{op: opRelease, ev: vacated})
+		return
+	}
+	e.enqueueLocked(s, vacated)
+}
+
+// Connection emits a connection's opened or closed event (and, shared,
+// keeps it for the others to close should this node die).
+func (e *Emitter) Connection(ev Event) {
+	if !e.ConnectionsOn() {
+		return
+	}
+	s := e.stripe(Connections)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.cfg.Shared != nil {
+		if ev.Name == ConnectionOpened {
+			info, _ := json.Marshal(tracked{User: ev.UserID, Transport: ev.Transport})
+			e.queueLocked(s, item{op: opTrack, kind: "c", key: ev.ConnectionID, info: string(info)})
+		} else {
+			e.queueLocked(s, item{op: opUntrack, kind: "c", key: ev.ConnectionID})
+		}
+	}
+	e.enqueueLocked(s, ev)
 }
 
 func (e *Emitter) run(s *stripe) {
@@ -274,8 +358,8 @@ func (e *Emitter) run(s *stripe) {
 		s.q = nil
 		closed := s.closed
 		s.mu.Unlock()
-		for _, ev := range batch {
-			e.publish(ev)
+		for _, it := range batch {
+			e.do(s, it)
 			s.mu.Lock()
 			s.pending--
 			s.mu.Unlock()
@@ -290,18 +374,97 @@ func (e *Emitter) run(s *stripe) {
 	}
 }
 
-// publish publishes ev on its event channel and hands it to the sinks.
-func (e *Emitter) publish(ev Event) {
+// do does a queued item.
+func (e *Emitter) do(s *stripe, it item) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	switch it.op {
+	case opPublish:
+		e.publish(ctx, s, it.ev)
+	case opHold, opRelease:
+		e.occupy(ctx, s, "", it.op == opHold, it.ev)
+	case opTrack, opUntrack:
+		if err := e.cfg.Shared.Track(ctx, it.kind, it.key, it.info, it.op == opTrack); err != nil {
+			e.cfg.Logger.Warn("lifecycle: not recorded in the shared log (should this node die, the others cannot tell its end)", "kind", it.kind, "err", err)
+		}
+	}
+}
+
+// occupy holds or releases a channel in the shared log for node ("":
+// this one); the log appends ev when the cluster's count changes.
+func (e *Emitter) occupy(ctx context.Context, s *stripe, node string, hold bool, ev Event) error {
+	m := ev.Message()
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	appended, err := e.cfg.Shared.Occupy(ctx, node, m.Channel, hold, m)
+	if err != nil {
+		e.failed.Add(1)
+		e.cfg.Logger.Warn("lifecycle: occupancy not recorded", "event", ev.Name, "channel", ev.Channel, "err", err)
+		return err
+	}
+	if appended {
+		e.published.Add(1)
+		e.Published(ev, m)
+	}
+	return nil
+}
+
+// publish publishes ev on its event channel and hands it to the sinks.
+func (e *Emitter) publish(ctx context.Context, s *stripe, ev Event) error {
+	s.pub.Lock()
+	defer s.pub.Unlock()
 	m, err := e.cfg.Publish(ctx, ev.Message())
 	if err != nil {
 		e.failed.Add(1)
 		e.cfg.Logger.Warn("lifecycle event not published", "event", ev.Name, "channel", ev.Channel, "err", err)
-		return
+		return err
 	}
 	e.published.Add(1)
 	e.Published(ev, m)
+	return nil
+}
+
+// lost tells, once for the cluster, the end of something a dead node
+// tracked (the shared log calls it on one surviving node).
+func (e *Emitter) lost(node, kind, key, info string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var t tracked
+	if kind != "o" {
+		if err := json.Unmarshal([]byte(info), &t); err != nil {
+			return nil // not ours to tell
+		}
+	}
+	now := e.cfg.Now().UnixMilli()
+	switch kind {
+	case "o":
+		ch, ok := strings.CutPrefix(key, ChannelPrefix)
+		if !ok {
+			return nil
+		}
+		ev := Event{Name: ChannelVacated, Channel: ch, Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		return e.occupy(ctx, e.stripe(key), node, false, ev)
+	case "s":
+		ev := Event{Name: Unsubscribed, Channel: t.Channel, UserID: t.User, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		e.publish(ctx, e.stripe(ev.EventChannel()), ev)
+	case "c":
+		ev := Event{Name: ConnectionClosed, ConnectionID: key, UserID: t.User, Transport: t.Transport, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		e.publish(ctx, e.stripe(Connections), ev)
+	}
+	return nil // a publish that failed is counted and logged: the claim is spent
+}
+
+// rejoin holds this node's channels again, after the others took it for
+// dead and released them.
+func (e *Emitter) rejoin() {
+	for i := range e.st {
+		s := &e.st[i]
+		s.mu.Lock()
+		for ch := range s.occ {
+			e.queueLocked(s, item{op: opHold, ev: Event{Name: ChannelOccupied, Channel: ch}})
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Published hands an event already published (by whoever decided it: the

@@ -1,0 +1,126 @@
+//go:build cgo && !nozmq
+
+package e2e
+
+import (
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+// count counts a channel's events named name.
+func count(evs []lifecycleEvent, name string) int {
+	n := 0
+	for _, ev := range evs {
+		if ev.Name == name {
+			n++
+		}
+	}
+	return n
+}
+
+// bySeq is evs ordered by sequence (several nodes send webhooks, each
+// in order; the sequence orders them all), checked to be 1, 2, 3… once
+// each.
+func bySeq(t *testing.T, what string, evs []lifecycleEvent) []lifecycleEvent {
+	t.Helper()
+	evs = slices.Clone(evs)
+	slices.SortFunc(evs, func(a, b lifecycleEvent) int { return int(a.Seq) - int(b.Seq) })
+	for i, ev := range evs {
+		if ev.Seq != uint64(i+1) || ev.Epoch != evs[0].Epoch {
+			t.Fatalf("%s: event %d has seq %d (want each of 1…%d once): %+v", what, i, ev.Seq, len(evs), evs)
+		}
+	}
+	return evs
+}
+
+// TestLifecycleEventsAcrossNodes: three nodes on Redis send webhooks to
+// one receiver. Subscribers of one channel on all three make one
+// channel_occupied and, once all left, one channel_vacated. A node killed
+// with SIGKILL while it holds a member, a subscription and a connection:
+// the survivors tell member_removed, unsubscribed and connection_closed
+// once each (reason node_lost), and the channel is vacated once when the
+// last subscriber, on another node, leaves.
+func TestLifecycleEventsAcrossNodes(t *testing.T) {
+	rc := newReceiver(t)
+	rs := redistest.Start(t, redistest.Options{})
+	args := []string{"--broker", rs.URL(), "--webhook-delay", "0", "--presence-grace", "0", "--node-timeout", "2s"}
+	env, tok := eventsTokens(t)
+	_, a := eventsNode(t, rc, env, args...)
+	bp, b := eventsNode(t, rc, env, args...)
+	_, c := eventsNode(t, rc, env, args...)
+	alice := tok("--subscribe", ">", "--subject", "alice", "--member", "alice")
+	bob := tok("--subscribe", ">", "--subject", "bob")
+
+	// One occupied, one vacated, for subscribers on three nodes.
+	var conns []func()
+	for i, node := range []string{a, b, c} {
+		ws := dialWS(t, node, "/sub/room.c", bob)
+		conns = append(conns, func() { ws.Close() })
+		if evs := rc.channel("room.c"); count(evs, "subscribed") < i+1 {
+			rc.waitCount("room.c", i+2, 20*time.Second) // occupied + the subscribes so far
+		}
+	}
+	for _, cl := range conns {
+		cl()
+	}
+	evs := rc.waitFor("room.c", "channel_vacated", "", 30*time.Second)
+	evs = rc.waitCount("room.c", 8, 20*time.Second)
+	evs = bySeq(t, "room.c", evs)
+	if count(evs, "channel_occupied") != 1 || count(evs, "channel_vacated") != 1 || count(evs, "subscribed") != 3 || count(evs, "unsubscribed") != 3 ||
+		evs[0].Name != "channel_occupied" || evs[7].Name != "channel_vacated" {
+		t.Fatalf("room.c across three nodes: %v", names(evs))
+	}
+
+	// Alice on node B: a member of room.k, subscribed; bob subscribed on A.
+	ka := dialWS(t, a, "/sub/room.k", bob)
+	rc.waitFor("room.k", "subscribed", "bob", 20*time.Second)
+	ws := dialWS(t, b, "/ws", alice)
+	if got := wsReply(t, ws, map[string]any{"type": "subscribe", "ref": ref(), "channel": "room.k"}); got != "ok" {
+		t.Fatalf("alice subscribing: %s", got)
+	}
+	if got := wsReply(t, ws, map[string]any{"type": "join", "ref": ref(), "channel": "room.k"}); got != "ok" {
+		t.Fatalf("alice joining: %s", got)
+	}
+	rc.waitFor("room.k", "member_added", "alice", 20*time.Second)
+	before := len(rc.channel(""))
+	bp.cmd.Process.Signal(syscall.SIGKILL)
+	bp.wait(10 * time.Second)
+	rc.waitFor("room.k", "member_removed", "alice", 30*time.Second)
+	rc.waitFor("room.k", "unsubscribed", "alice", 30*time.Second)
+	// The last subscriber leaves: vacated, once.
+	ka.Close()
+	rc.waitFor("room.k", "channel_vacated", "", 30*time.Second)
+	evs = bySeq(t, "room.k", rc.waitCount("room.k", 7, 20*time.Second))
+	want := map[string]int{"channel_occupied": 1, "subscribed": 2, "member_added": 1, "member_removed": 1, "unsubscribed": 2, "channel_vacated": 1}
+	for name, n := range want {
+		if count(evs, name) != n {
+			t.Fatalf("room.k: %d %s, want %d: %v", count(evs, name), name, n, names(evs))
+		}
+	}
+	if last := evs[len(evs)-1]; last.Name != "channel_vacated" {
+		t.Fatalf("room.k: the last event is %s: %v", last.Name, names(evs))
+	}
+	for _, ev := range evs {
+		if ev.Name == "unsubscribed" && ev.UserID == "alice" && (ev.Reason != "node_lost" || ev.ReapedBy == "" || ev.ReapedBy == ev.Node) {
+			t.Fatalf("alice's unsubscribe, told by a survivor: %+v", ev)
+		}
+	}
+	// Alice's connection on B is closed once, by a survivor.
+	rc.waitFor("", "connection_closed", "alice", 30*time.Second)
+	var closedB []lifecycleEvent
+	for _, ev := range rc.channel("")[before:] {
+		if ev.Name == "connection_closed" && ev.Reason == "node_lost" {
+			closedB = append(closedB, ev)
+		}
+	}
+	if len(closedB) != 1 || closedB[0].UserID != "alice" || closedB[0].Transport != "websocket" {
+		t.Fatalf("connections of the killed node closed: %+v", closedB)
+	}
+	if closedB[0].ReapedBy == "" || closedB[0].ReapedBy == closedB[0].Node {
+		t.Fatalf("closed by whom: %+v", closedB[0])
+	}
+}
