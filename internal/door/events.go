@@ -31,6 +31,9 @@ type EventsConfig struct {
 	// Webhooks receive every event (implies All); a namespace's
 	// webhooks receive its channels' events.
 	Webhooks []string
+	// Also names channels whose events a consumer of this process needs
+	// even without All (the Pusher apps' webhooks); nil: none.
+	Also func(channel string) bool
 	// WebhookSecret signs the webhook bodies (Pushctl-Signature).
 	WebhookSecret []byte
 	// WebhookDelay, WebhookRetry and WebhookQueue: see webhooks.Config.
@@ -54,7 +57,7 @@ type eventState struct {
 // for events.
 func (d *Door) startEvents(c EventsConfig) {
 	all := c.All || len(c.Webhooks) > 0
-	any := all
+	any := all || c.Also != nil
 	for _, ns := range d.namespaces {
 		r := ns.Rules
 		if (r.Events != nil && *r.Events) || len(r.Webhooks) > 0 || r.PublishEvents {
@@ -76,8 +79,10 @@ func (d *Door) startEvents(c EventsConfig) {
 			rm, _, err := d.Publish(ctx, System, m)
 			return rm, err
 		},
-		Enabled: func(ch string) bool { return d.eventsOn(ch, all) },
-		Shared:  c.shared,
+		Enabled: func(ch string) bool {
+			return d.eventsOn(ch, all) || (c.Also != nil && !broker.IsReserved(ch) && c.Also(ch))
+		},
+		Shared: c.shared,
 	})
 	wh := func(u string, wants func(ev *events.Event) bool) {
 		s := webhooks.New(webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,

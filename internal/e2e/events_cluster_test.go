@@ -3,11 +3,21 @@
 package e2e
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/pushctl/pushctl/internal/redistest"
 )
 
@@ -122,5 +132,91 @@ func TestLifecycleEventsAcrossNodes(t *testing.T) {
 	}
 	if closedB[0].ReapedBy == "" || closedB[0].ReapedBy == closedB[0].Node {
 		t.Fatalf("closed by whom: %+v", closedB[0])
+	}
+}
+
+// TestPusherWebhooksAcrossNodes: an app's Pusher clients on three nodes
+// of one channel make one channel_occupied and one channel_vacated
+// webhook for the cluster (each node used to send its own).
+func TestPusherWebhooksAcrossNodes(t *testing.T) {
+	const secret = "pusher-events-secret-0123456789"
+	var mu sync.Mutex
+	var got []string
+	more := make(chan struct{}, 1)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		m := hmac.New(sha256.New, []byte(secret))
+		m.Write(body)
+		var b struct {
+			Events []struct {
+				Name    string `json:"name"`
+				Channel string `json:"channel"`
+			} `json:"events"`
+		}
+		json.Unmarshal(body, &b)
+		mu.Lock()
+		if r.Header.Get("X-Pusher-Signature") != hex.EncodeToString(m.Sum(nil)) {
+			got = append(got, "bad signature")
+		}
+		for _, ev := range b.Events {
+			got = append(got, ev.Name+" "+ev.Channel)
+		}
+		mu.Unlock()
+		select {
+		case more <- struct{}{}:
+		default:
+		}
+	}))
+	t.Cleanup(hook.Close)
+	wait := func(what string, n int) []string {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			mu.Lock()
+			c := 0
+			for _, g := range got {
+				if g == what {
+					c++
+				}
+			}
+			all := slices.Clone(got)
+			mu.Unlock()
+			if c >= n {
+				return all
+			}
+			select {
+			case <-more:
+			case <-deadline:
+				t.Fatalf("no %d× %q within 30s: %v", n, what, all)
+			}
+		}
+	}
+	rs := redistest.Start(t, redistest.Options{})
+	app := "4244:clusterkey:" + secret + "?webhook=" + url.QueryEscape(hook.URL)
+	var nodes []string
+	for i := 0; i < 3; i++ {
+		_, u := serve(t, "--broker", rs.URL(), "--pusher-app", app)
+		nodes = append(nodes, u)
+	}
+	var clients []*websocket.Conn
+	for _, n := range nodes {
+		pc := dialWS(t, n, "/app/clusterkey?protocol=7", "")
+		pc.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]string{"channel": "news"}})
+		waitPusher(t, pc, "pusher_internal:subscription_succeeded")
+		clients = append(clients, pc)
+	}
+	wait("channel_occupied news", 1)
+	for _, pc := range clients {
+		pc.Close()
+	}
+	wait("channel_vacated news", 1)
+	// Occupied again, from the last node: it comes after anything that
+	// node had queued.
+	pc := dialWS(t, nodes[2], "/app/clusterkey?protocol=7", "")
+	pc.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]string{"channel": "news"}})
+	all := wait("channel_occupied news", 2)
+	want := []string{"channel_occupied news", "channel_vacated news", "channel_occupied news"}
+	if !slices.Equal(all, want) {
+		t.Fatalf("Pusher webhooks from three nodes: %v, want %v", all, want)
 	}
 }

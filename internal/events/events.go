@@ -150,7 +150,7 @@ const stripes = 16
 type Emitter struct {
 	cfg   Config
 	seed  maphash.Seed
-	sinks []Sink
+	sinks atomic.Pointer[[]Sink]
 	st    [stripes]stripe
 	wg    sync.WaitGroup
 
@@ -212,8 +212,20 @@ func New(cfg Config) *Emitter {
 	return e
 }
 
-// AddSink adds a consumer of the published events. Call it before use.
-func (e *Emitter) AddSink(s Sink) { e.sinks = append(e.sinks, s) }
+// AddSink adds a consumer of the published events.
+func (e *Emitter) AddSink(s Sink) {
+	for {
+		old := e.sinks.Load()
+		var next []Sink
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, s)
+		if e.sinks.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
 
 // Node is the node named in the events.
 func (e *Emitter) Node() string { return e.cfg.Node }
@@ -473,8 +485,10 @@ func (e *Emitter) Published(ev Event, m *broker.Message) {
 	if m != nil {
 		ev.Seq, ev.Epoch = m.Seq, m.Epoch
 	}
-	for _, sink := range e.sinks {
-		sink(ev)
+	if sinks := e.sinks.Load(); sinks != nil {
+		for _, sink := range *sinks {
+			sink(ev)
+		}
 	}
 }
 

@@ -146,6 +146,7 @@ type Server struct {
 // New returns a Server for b.
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
+	opts.Events.Also = pusherEventChannels(opts.PusherApps)
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
 		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
 		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure, Events: opts.Events})
