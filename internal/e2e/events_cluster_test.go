@@ -53,7 +53,8 @@ func bySeq(t *testing.T, what string, evs []lifecycleEvent) []lifecycleEvent {
 // with SIGKILL while it holds a member, a subscription and a connection:
 // the survivors tell member_removed, unsubscribed and connection_closed
 // once each (reason node_lost), and the channel is vacated once when the
-// last subscriber, on another node, leaves.
+// last subscriber, on another node, leaves. The receiver is down from the
+// kill for about 15 s: it gets all of that afterwards, nothing dropped.
 func TestLifecycleEventsAcrossNodes(t *testing.T) {
 	rc := newReceiver(t)
 	rs := redistest.Start(t, redistest.Options{})
@@ -97,12 +98,34 @@ func TestLifecycleEventsAcrossNodes(t *testing.T) {
 	}
 	rc.waitFor("room.k", "member_added", "alice", 20*time.Second)
 	before := len(rc.channel(""))
+	// The receiver is down from before the kill until the survivors have
+	// failed to deliver for a while (their back-off reaches seconds): it
+	// gets everything afterwards.
+	rc.setDown(true)
 	bp.cmd.Process.Signal(syscall.SIGKILL)
 	bp.wait(10 * time.Second)
+	failed := func() float64 {
+		return metricValue(t, a, "pushctl_webhook_attempts_failed_total") + metricValue(t, c, "pushctl_webhook_attempts_failed_total")
+	}
+	waitFailed := func(n float64) {
+		deadline := time.After(60 * time.Second)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for failed() < n {
+			select {
+			case <-tick.C:
+			case <-deadline:
+				t.Fatalf("webhook failures: %v, want %v", failed(), n)
+			}
+		}
+	}
+	waitFailed(6)
+	// The last subscriber leaves while the receiver is still down.
+	ka.Close()
+	waitFailed(failed() + 2)
+	rc.setDown(false)
 	rc.waitFor("room.k", "member_removed", "alice", 30*time.Second)
 	rc.waitFor("room.k", "unsubscribed", "alice", 30*time.Second)
-	// The last subscriber leaves: vacated, once.
-	ka.Close()
 	rc.waitFor("room.k", "channel_vacated", "", 30*time.Second)
 	evs = bySeq(t, "room.k", rc.waitCount("room.k", 7, 20*time.Second))
 	want := map[string]int{"channel_occupied": 1, "subscribed": 2, "member_added": 1, "member_removed": 1, "unsubscribed": 2, "channel_vacated": 1}
@@ -118,6 +141,9 @@ func TestLifecycleEventsAcrossNodes(t *testing.T) {
 		if ev.Name == "unsubscribed" && ev.UserID == "alice" && (ev.Reason != "node_lost" || ev.ReapedBy == "" || ev.ReapedBy == ev.Node) {
 			t.Fatalf("alice's unsubscribe, told by a survivor: %+v", ev)
 		}
+	}
+	if d := metricValue(t, a, "pushctl_webhook_events_dropped_total") + metricValue(t, c, "pushctl_webhook_events_dropped_total"); d != 0 {
+		t.Fatalf("webhook events dropped while the receiver was down: %v", d)
 	}
 	// Alice's connection on B is closed once, by a survivor.
 	rc.waitFor("", "connection_closed", "alice", 30*time.Second)
