@@ -2,6 +2,14 @@ package broker
 
 import "context"
 
+// Tracked is one change of what a node keeps for the others to end
+// (LifecycleLog.Track): kind "c" a connection, "s" a subscription, under
+// key, with info.
+type Tracked struct {
+	Kind, Key, Info string
+	Open            bool
+}
+
 // LifecycleLog is what nodes sharing a log (Redis) share so that the
 // lifecycle events (internal/events) are decided once for the cluster and
 // a dead node's are told by the others, once.
@@ -13,10 +21,10 @@ type LifecycleLog interface {
 	// appended to evChannel in the same step, its place filled in, and
 	// Occupy reports true.
 	Occupy(ctx context.Context, node, evChannel string, hold bool, ev *Message) (bool, error)
-	// Track records (open true) or forgets one of this node's
-	// connections (kind "c") or subscriptions ("s") under key, with
-	// info, so that the other nodes can end it once this node is gone.
-	Track(ctx context.Context, kind, key, info string, open bool) error
+	// Track records (Open) or forgets this node's connections (kind "c")
+	// and subscriptions ("s"), so that the other nodes can end them once
+	// this node is gone.
+	Track(ctx context.Context, changes []Tracked) error
 	// WatchLifecycle is called once, before use: lost is called, on one
 	// surviving node and once, for each occupancy hold (kind "o", key
 	// the event channel; the caller ends it with Occupy(node, …, false,

@@ -75,9 +75,15 @@ func (d *Door) startEvents(c EventsConfig) {
 		Node:        c.Node,
 		Connections: all,
 		Logger:      c.Logger,
-		Publish: func(ctx context.Context, m *broker.Message) (*broker.Message, error) {
-			rm, _, err := d.Publish(ctx, System, m)
-			return rm, err
+		Publish: func(ctx context.Context, m *broker.Message) (func() (*broker.Message, error), error) {
+			wait, err := d.StartPublish(ctx, System, m)
+			if err != nil {
+				return nil, err
+			}
+			return func() (*broker.Message, error) {
+				rm, _, err := wait()
+				return rm, err
+			}, nil
 		},
 		Enabled: func(ch string) bool {
 			return d.eventsOn(ch, all) || (c.Also != nil && !broker.IsReserved(ch) && c.Also(ch))

@@ -110,9 +110,10 @@ func FromMessage(m *broker.Message) (Event, error) {
 	return ev, nil
 }
 
-// Publisher publishes an event's message (through the door, as the
-// system) and returns it stored, with its position.
-type Publisher func(ctx context.Context, m *broker.Message) (*broker.Message, error)
+// Publisher starts publishing an event's message (through the door, as
+// the system; pipelined where the broker can) and returns what waits for
+// it, stored with its position.
+type Publisher func(ctx context.Context, m *broker.Message) (wait func() (*broker.Message, error), err error)
 
 // Config configures an Emitter.
 type Config struct {
@@ -157,15 +158,15 @@ type Emitter struct {
 	published, dropped, failed atomic.Uint64
 	closed                     atomic.Bool
 	ids                        atomic.Uint64
+	queued                     atomic.Int64 // items queued in every stripe
 }
 
 type stripe struct {
-	mu      sync.Mutex
-	q       []item
-	wake    chan struct{}
-	closed  bool
-	occ     map[string]int // subscriptions per channel on this node
-	pending int
+	mu     sync.Mutex
+	q      []item
+	wake   chan struct{}
+	closed bool
+	occ    map[string]int // subscriptions per channel on this node
 	// pub is held while an event is published and handed to the sinks,
 	// so that they see the stripe's events in the order of their
 	// sequences, the dead nodes' (told by lost) included.
@@ -266,14 +267,14 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 	if ev.TimeMs == 0 {
 		ev.TimeMs = e.cfg.Now().UnixMilli()
 	}
-	if s.pending >= e.cfg.QueueSize/stripes+1 && it.op == opPublish {
+	if e.queued.Load() >= int64(e.cfg.QueueSize) && it.op == opPublish {
 		if n := e.dropped.Add(1); n&(n-1) == 0 { // logged at 1, 2, 4, 8, …
 			e.cfg.Logger.Warn("lifecycle events dropped: the broker does not take them as fast as they come", "dropped", n, "event", ev.Name)
 		}
 		return
 	}
 	s.q = append(s.q, it)
-	s.pending++
+	e.queued.Add(1)
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -370,13 +371,9 @@ func (e *Emitter) run(s *stripe) {
 		s.q = nil
 		closed := s.closed
 		s.mu.Unlock()
-		for _, it := range batch {
-			e.do(s, it)
-			s.mu.Lock()
-			s.pending--
-			s.mu.Unlock()
-		}
 		if len(batch) > 0 {
+			e.doBatch(s, batch)
+			e.queued.Add(-int64(len(batch)))
 			continue
 		}
 		if closed {
@@ -386,28 +383,75 @@ func (e *Emitter) run(s *stripe) {
 	}
 }
 
-// do does a queued item.
-func (e *Emitter) do(s *stripe, it item) {
+// doBatch does queued items in order: the publishes pipelined (started
+// one after the other, then waited for in order), the records of the
+// shared log in one round trip, an occupancy change after the publishes
+// before it.
+func (e *Emitter) doBatch(s *stripe, batch []item) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	switch it.op {
-	case opPublish:
-		e.publish(ctx, s, it.ev)
-	case opHold, opRelease:
-		e.occupy(ctx, s, "", it.op == opHold, it.ev)
-	case opTrack, opUntrack:
-		if err := e.cfg.Shared.Track(ctx, it.kind, it.key, it.info, it.op == opTrack); err != nil {
-			e.cfg.Logger.Warn("lifecycle: not recorded in the shared log (should this node die, the others cannot tell its end)", "kind", it.kind, "err", err)
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	type started struct {
+		ev   Event
+		wait func() (*broker.Message, error)
+	}
+	var inflight []started
+	var track []broker.Tracked
+	flush := func() {
+		for _, st := range inflight {
+			m, err := st.wait()
+			e.published1(st.ev, m, err)
+		}
+		inflight = inflight[:0]
+		if len(track) > 0 {
+			if err := e.cfg.Shared.Track(ctx, track); err != nil {
+				e.cfg.Logger.Warn("lifecycle: not recorded in the shared log (should this node die, the others cannot tell its end)", "records", len(track), "err", err)
+			}
+			track = track[:0]
 		}
 	}
+	for _, it := range batch {
+		switch it.op {
+		case opPublish:
+			wait, err := e.cfg.Publish(ctx, it.ev.Message())
+			if err != nil {
+				e.published1(it.ev, nil, err)
+				continue
+			}
+			inflight = append(inflight, started{it.ev, wait})
+		case opHold, opRelease:
+			flush()
+			e.occupyLocked(ctx, "", it.op == opHold, it.ev)
+		case opTrack, opUntrack:
+			track = append(track, broker.Tracked{Kind: it.kind, Key: it.key, Info: it.info, Open: it.op == opTrack})
+		}
+	}
+	flush()
+}
+
+// published1 counts a publish's outcome and hands the event to the sinks.
+func (e *Emitter) published1(ev Event, m *broker.Message, err error) {
+	if err != nil {
+		e.failed.Add(1)
+		e.cfg.Logger.Warn("lifecycle event not published", "event", ev.Name, "channel", ev.Channel, "err", err)
+		return
+	}
+	e.published.Add(1)
+	e.Published(ev, m)
 }
 
 // occupy holds or releases a channel in the shared log for node ("":
 // this one); the log appends ev when the cluster's count changes.
 func (e *Emitter) occupy(ctx context.Context, s *stripe, node string, hold bool, ev Event) error {
-	m := ev.Message()
 	s.pub.Lock()
 	defer s.pub.Unlock()
+	return e.occupyLocked(ctx, node, hold, ev)
+}
+
+// occupyLocked is occupy with the stripe's pub lock held.
+func (e *Emitter) occupyLocked(ctx context.Context, node string, hold bool, ev Event) error {
+	m := ev.Message()
 	appended, err := e.cfg.Shared.Occupy(ctx, node, m.Channel, hold, m)
 	if err != nil {
 		e.failed.Add(1)
@@ -425,15 +469,13 @@ func (e *Emitter) occupy(ctx context.Context, s *stripe, node string, hold bool,
 func (e *Emitter) publish(ctx context.Context, s *stripe, ev Event) error {
 	s.pub.Lock()
 	defer s.pub.Unlock()
-	m, err := e.cfg.Publish(ctx, ev.Message())
-	if err != nil {
-		e.failed.Add(1)
-		e.cfg.Logger.Warn("lifecycle event not published", "event", ev.Name, "channel", ev.Channel, "err", err)
-		return err
+	wait, err := e.cfg.Publish(ctx, ev.Message())
+	var m *broker.Message
+	if err == nil {
+		m, err = wait()
 	}
-	e.published.Add(1)
-	e.Published(ev, m)
-	return nil
+	e.published1(ev, m, err)
+	return err
 }
 
 // lost tells, once for the cluster, the end of something a dead node

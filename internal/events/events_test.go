@@ -16,12 +16,12 @@ type fakeLog struct {
 	seqs map[string]uint64
 }
 
-func (f *fakeLog) publish(_ context.Context, m *broker.Message) (*broker.Message, error) {
+func (f *fakeLog) publish(_ context.Context, m *broker.Message) (func() (*broker.Message, error), error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.seqs[m.Channel]++
 	m.Seq, m.Epoch = f.seqs[m.Channel], "e"
-	return m, nil
+	return func() (*broker.Message, error) { return m, nil }, nil
 }
 
 // On one node the Emitter decides occupancy: the first subscription of a

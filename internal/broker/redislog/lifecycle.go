@@ -81,14 +81,18 @@ func (l *Log) Occupy(ctx context.Context, node, evChannel string, hold bool, ev 
 	return status == 1, nil
 }
 
-// Track implements broker.LifecycleLog.
-func (l *Log) Track(ctx context.Context, kind, key, info string, open bool) error {
-	var err error
-	if open {
-		err = l.rdb.HSet(ctx, l.lifeKey(l.node, kind), key, info).Err()
-	} else {
-		err = l.rdb.HDel(ctx, l.lifeKey(l.node, kind), key).Err()
-	}
+// Track implements broker.LifecycleLog: the changes in one round trip.
+func (l *Log) Track(ctx context.Context, changes []broker.Tracked) error {
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, c := range changes {
+			if c.Open {
+				p.HSet(ctx, l.lifeKey(l.node, c.Kind), c.Key, c.Info)
+			} else {
+				p.HDel(ctx, l.lifeKey(l.node, c.Kind), c.Key)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return l.unavailable(err)
 	}
