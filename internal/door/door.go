@@ -105,15 +105,18 @@ func New(b broker.Broker, c Config) *Door {
 		return rm, err
 	}, c.PresenceGrace)
 	d.presence.Changed = d.presenceChanged
-	if lb, ok := b.(interface{ Log() broker.Log }); ok {
-		if pl, ok := lb.Log().(broker.PresenceLog); ok {
-			d.presence.Share(pl) // several nodes: members live in Redis
-		}
+	lb, _ := b.(interface{ Log() broker.Log })
+	if lb != nil {
 		if ll, ok := lb.Log().(broker.LifecycleLog); ok {
 			c.Events.shared = ll // several nodes: occupancy decided in Redis
 		}
 	}
-	d.startEvents(c.Events)
+	d.startEvents(c.Events) // before Share: a dead node's members are told to the events
+	if lb != nil {
+		if pl, ok := lb.Log().(broker.PresenceLog); ok {
+			d.presence.Share(pl) // several nodes: members live in Redis
+		}
+	}
 	return d
 }
 

@@ -200,15 +200,15 @@ func New(cfg Config) *Emitter {
 		cfg.Now = time.Now
 	}
 	e := &Emitter{cfg: cfg, seed: maphash.MakeSeed()}
-	if cfg.Shared != nil {
-		cfg.Shared.WatchLifecycle(e.lost, e.rejoin)
-	}
 	for i := range e.st {
 		s := &e.st[i]
 		s.wake = make(chan struct{}, 1)
 		s.occ = map[string]int{}
 		e.wg.Add(1)
 		go e.run(s)
+	}
+	if cfg.Shared != nil {
+		cfg.Shared.WatchLifecycle(e.lost, e.rejoin)
 	}
 	return e
 }
