@@ -29,6 +29,7 @@ type lifecycleEvent struct {
 	ConnectionID string `json:"connection_id"`
 	Transport    string `json:"transport"`
 	Reason       string `json:"reason"`
+	MessageSeq   uint64 `json:"message_seq"`
 	Node         string `json:"node"`
 	ReapedBy     string `json:"reaped_by"`
 	TimeMs       int64  `json:"time_ms"`
@@ -472,4 +473,47 @@ func metricValue(t *testing.T, url, prefix string) float64 {
 		sum += v
 	}
 	return sum
+}
+
+// TestNamespaceWebhookAndPublishEvents: a namespace's webhook gets its
+// channels' events, published ones included (publish-events=true), and
+// nothing else: no connection events, no other channel's; without
+// --events or a global webhook, other channels have no events at all.
+func TestNamespaceWebhookAndPublishEvents(t *testing.T) {
+	rc := newReceiver(t)
+	_, url := serve(t, "--webhook-secret", webhookSecret, "--webhook-delay", "0",
+		"--namespace", "name=orders,match=orders.>,publish-events=true,webhook="+rc.srv.URL+"/orders")
+	c := dialWS(t, url, "/sub/orders.eu", "")
+	rc.waitFor("orders.eu", "subscribed", "", 20*time.Second)
+	for _, ch := range []string{"orders.eu", "news"} {
+		if _, errOut, code := run(t, "", "pub", "-s", url, ch, "hello"); code != 0 {
+			t.Fatalf("pub %s: %s", ch, errOut)
+		}
+	}
+	evs := rc.waitFor("orders.eu", "published", "", 20*time.Second)
+	c.Close()
+	evs = rc.waitFor("orders.eu", "channel_vacated", "", 20*time.Second)
+	if got := strings.Join(names(evs), " "); got != "channel_occupied subscribed published unsubscribed channel_vacated" {
+		t.Fatalf("orders.eu: %s", got)
+	}
+	inOrder(t, "orders.eu", evs, 0)
+	if evs[2].MessageSeq != 1 {
+		t.Fatalf("published: %+v", evs[2])
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for _, ev := range rc.evs {
+		if ev.Channel != "orders.eu" {
+			t.Fatalf("the orders webhook got %+v", ev)
+		}
+	}
+	// news has no events: its event channel was never written.
+	resp, err := http.Get(url + "/channels/" + "$events.channel.news")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("$events.channel.news: %s", resp.Status)
+	}
 }
