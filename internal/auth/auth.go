@@ -284,8 +284,13 @@ func (a *Authorizer) Allow(id *Identity, action Action, channel string) error {
 }
 
 // covers reports whether grant pattern g includes every channel that
-// pattern (or name) p can match.
+// pattern (or name) p can match. Only a grant that names a reserved
+// channel's first segment ("$events.>") covers the broker's own channels:
+// a grant of ">" does not.
 func covers(g, p string) bool {
+	if broker.IsReserved(p) && !broker.IsReserved(g) {
+		return false
+	}
 	gs, ps := strings.Split(g, "."), strings.Split(p, ".")
 	for i, seg := range gs {
 		if seg == ">" {

@@ -7,8 +7,9 @@ import (
 )
 
 func FuzzChannelNames(f *testing.F) {
-	for _, s := range []string{"news", "news.*", "news.>", "a.*.c", ">", "*", "a..b", ".a", "a.", "user:42", "a>b", "é", strings.Repeat("x", 129)} {
+	for _, s := range []string{"news", "news.*", "news.>", "a.*.c", ">", "*", "a..b", ".a", "a.", "user:42", "a>b", "é", strings.Repeat("x", 129), "$events.>", "$*", "$>", "$", "$.a", "$events.channel.news"} {
 		f.Add(s, "news.sport")
+		f.Add(s, "$events.channel.news")
 	}
 	f.Fuzz(func(t *testing.T, pattern, name string) {
 		perr := ValidatePattern(pattern)
@@ -32,6 +33,9 @@ func FuzzChannelNames(f *testing.F) {
 		}
 		if perr == nil && ValidateChannel(pattern) == nil && IsPattern(pattern) {
 			t.Fatalf("%q is both a channel and a pattern", pattern)
+		}
+		if Match(pattern, name) && IsReserved(name) != IsReserved(pattern) && nerr == nil && perr == nil {
+			t.Fatalf("%q matched %q across the reserved names", pattern, name)
 		}
 		Match(pattern, name) // never panics, whatever the input
 		if list, err := ParseChannelList(pattern); err == nil {

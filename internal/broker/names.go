@@ -28,13 +28,31 @@ func ValidChannelChar(c byte) bool {
 	return false
 }
 
+// ReservedPrefix begins the names of the broker's own channels (the
+// lifecycle events, "$events.…"): no client channel can be named so, only
+// the broker publishes on them, and a pattern reaches them only when it
+// names their first segment itself ("$events.>"; never "*" or ">", as in
+// MQTT), so a subscriber of ">" does not receive them.
+const ReservedPrefix = "$"
+
+// MaxReservedLen is the longest reserved name: a reserved prefix segment
+// and a channel name of MaxChannelLen.
+const MaxReservedLen = MaxChannelLen + 32
+
+// IsReserved reports whether name (a channel or a pattern) is one of the
+// broker's own.
+func IsReserved(name string) bool { return strings.HasPrefix(name, ReservedPrefix) }
+
 // ValidateChannel checks a concrete channel name: 1 to MaxChannelLen
 // characters of [A-Za-z0-9_-.:@~+], dot-separated segments, none empty.
+// A reserved name ("$" then such characters in its first segment) is
+// valid too, up to MaxReservedLen; the door says who may use it.
 func ValidateChannel(name string) error {
 	if err := validateCommon(name); err != nil {
 		return err
 	}
-	for i := 0; i < len(name); i++ {
+	start := reservedStart(name)
+	for i := start; i < len(name); i++ {
 		if !ValidChannelChar(name[i]) {
 			if name[i] == '*' || name[i] == '>' {
 				if ValidatePattern(name) == nil {
@@ -64,12 +82,13 @@ func ValidatePattern(p string) error {
 	if err := validateCommon(p); err != nil {
 		return err
 	}
-	segs := strings.Split(p, ".")
+	start := reservedStart(p)
+	segs := strings.Split(p[start:], ".")
 	for i, s := range segs {
-		if s == "*" {
+		if s == "*" && !(i == 0 && start > 0) {
 			continue
 		}
-		if s == ">" {
+		if s == ">" && !(i == 0 && start > 0) {
 			if i != len(segs)-1 {
 				return fmt.Errorf("%w %q: '>' may only be the last segment", ErrInvalidChannel, p)
 			}
@@ -88,13 +107,25 @@ func validateCommon(s string) error {
 	if s == "" {
 		return fmt.Errorf("%w: empty name", ErrInvalidChannel)
 	}
-	if len(s) > MaxChannelLen {
-		return fmt.Errorf("%w: name longer than %d bytes", ErrInvalidChannel, MaxChannelLen)
+	if limit := MaxChannelLen; len(s) > limit && (!IsReserved(s) || len(s) > MaxReservedLen) {
+		if IsReserved(s) {
+			limit = MaxReservedLen
+		}
+		return fmt.Errorf("%w: name longer than %d bytes", ErrInvalidChannel, limit)
 	}
 	if s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
 		return fmt.Errorf("%w %q: empty segment (leading, trailing or double dot)", ErrInvalidChannel, s)
 	}
 	return nil
+}
+
+// reservedStart is where the checked characters of a name begin: after
+// the "$" of a reserved name whose first segment has more than the "$".
+func reservedStart(s string) int {
+	if IsReserved(s) && len(s) > 1 && s[1] != '.' {
+		return 1
+	}
+	return 0
 }
 
 // IsPattern reports whether a validated name contains wildcard segments.
@@ -106,7 +137,12 @@ func IsPattern(p string) bool {
 
 // Match reports whether the concrete channel name matches the pattern
 // (which may also be a plain name).
+// A wildcard never matches a reserved first segment ("$events"): only
+// a pattern that names it reaches the broker's own channels.
 func Match(pattern, name string) bool {
+	if IsReserved(name) && !IsReserved(pattern) {
+		return false
+	}
 	for {
 		pseg, prest, pmore := strings.Cut(pattern, ".")
 		nseg, nrest, nmore := strings.Cut(name, ".")

@@ -1,6 +1,9 @@
 package broker
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestMatch(t *testing.T) {
 	for _, c := range []struct {
@@ -36,6 +39,41 @@ func TestMatch(t *testing.T) {
 	} {
 		if got := Match(c.pattern, c.name); got != c.want {
 			t.Errorf("Match(%q, %q) = %v, want %v", c.pattern, c.name, got, c.want)
+		}
+	}
+}
+
+// Reserved names ("$events.…") are valid names and patterns, but no
+// wildcard first segment reaches them: a subscriber of ">" or "*.x" never
+// receives the broker's own channels.
+func TestReservedNames(t *testing.T) {
+	for _, ok := range []string{"$events.connections", "$events.channel.chat.a", "$events.>", "$events.channel.*.a"} {
+		if err := ValidatePattern(ok); err != nil {
+			t.Errorf("ValidatePattern(%q) = %v", ok, err)
+		}
+	}
+	if err := ValidateChannel("$events.channel." + strings.Repeat("a", MaxChannelLen)); err != nil {
+		t.Errorf("an event channel of a longest channel: %v", err)
+	}
+	for _, bad := range []string{"$", "$.x", "$*", "$>", "$>.x", "a.$b", "$$x"} {
+		if ValidatePattern(bad) == nil {
+			t.Errorf("ValidatePattern(%q) accepted", bad)
+		}
+	}
+	for _, c := range []struct {
+		p, n string
+		want bool
+	}{
+		{">", "$events.connections", false},
+		{"*.connections", "$events.connections", false},
+		{"$events.>", "$events.connections", true},
+		{"$events.channel.>", "$events.channel.chat.a", true},
+		{"$events.*", "$events.connections", true},
+		{"$events.>", "events.connections", false},
+		{">", "chat.a", true},
+	} {
+		if got := Match(c.p, c.n); got != c.want {
+			t.Errorf("Match(%q, %q) = %v, want %v", c.p, c.n, got, c.want)
 		}
 	}
 }

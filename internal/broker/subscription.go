@@ -43,6 +43,7 @@ type Subscription struct {
 
 	release func(*Subscription)
 	onSlow  func(dropped int)
+	onEnd   []func() // run once when it ends (see OnEnd)
 }
 
 func newSubscription(channels []string, max int, notify chan struct{}, release func(*Subscription), onSlow func(dropped int)) *Subscription {
@@ -227,6 +228,22 @@ func (s *Subscription) endLocked(err error, drop bool) {
 	s.holding, s.held = false, nil
 	close(s.done)
 	s.wake()
+	for _, f := range s.onEnd {
+		f()
+	}
+	s.onEnd = nil
+}
+
+// OnEnd has f called once the subscription ends, however it ends (at
+// once when it has). f must not block, nor use the subscription.
+func (s *Subscription) OnEnd(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		f()
+		return
+	}
+	s.onEnd = append(s.onEnd, f)
 }
 
 // TryNext returns every queued event without waiting, reusing dst's

@@ -53,6 +53,8 @@ type Config struct {
 	HookFailure string
 	// Now is the clock of the rate limiter (default time.Now).
 	Now func() time.Time
+	// Events configures the lifecycle events and webhooks (events.go).
+	Events EventsConfig
 }
 
 // Door admits publishes, subscriptions and joins.
@@ -68,6 +70,9 @@ type Door struct {
 	namespaces nsList
 	hooks      *hooks.Client
 	hookPolicy string
+
+	events     *eventState                     // nil: no lifecycle events (events.go)
+	onPresence func(channel, event, id string) // the Pusher webhooks
 }
 
 // New returns the door in front of b. The door owns the presence registry,
@@ -99,7 +104,15 @@ func New(b broker.Broker, c Config) *Door {
 		rm, _, err := d.Publish(ctx, System, m)
 		return rm, err
 	}, c.PresenceGrace)
-	if lb, ok := b.(interface{ Log() broker.Log }); ok {
+	d.presence.Changed = d.presenceChanged
+	lb, _ := b.(interface{ Log() broker.Log })
+	if lb != nil {
+		if ll, ok := lb.Log().(broker.LifecycleLog); ok {
+			c.Events.shared = ll // several nodes: occupancy decided in Redis
+		}
+	}
+	d.startEvents(c.Events) // before Share: a dead node's members are told to the events
+	if lb != nil {
 		if pl, ok := lb.Log().(broker.PresenceLog); ok {
 			d.presence.Share(pl) // several nodes: members live in Redis
 		}
@@ -114,6 +127,9 @@ type Caller struct {
 	Client string
 	// trusted callers are the broker's own: no grant, no rate limit.
 	trusted bool
+	// system is the broker itself, the only publisher on reserved
+	// channels (the lifecycle events).
+	system bool
 	// scoped callers were authenticated by their protocol (a Pusher app's
 	// key and signatures) for the channels that begin with scope; pushctl
 	// tokens do not apply to them.
@@ -130,7 +146,7 @@ func (c Caller) OnSocket() Caller { c.socket = true; return c }
 
 // System is the broker itself (presence events): its names and sizes are
 // checked, grants and rates are not.
-var System = Caller{Client: "system", trusted: true}
+var System = Caller{Client: "system", trusted: true, system: true}
 
 // Operator is a way in that the operator configured and that has no
 // identity of its own (the ZeroMQ SUB endpoint of serve): like System,
@@ -190,6 +206,10 @@ func (d *Door) checkPublish(c Caller, channel string, ns *nsState) error {
 	if err := broker.ValidateChannel(channel); err != nil {
 		return err
 	}
+	if err := reservedPublish(c, channel); err != nil {
+		d.refuse("denied")
+		return err
+	}
 	if err := d.Allow(c, auth.Publish, channel); err != nil {
 		return err
 	}
@@ -239,7 +259,11 @@ func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broke
 	if err := d.askPublish(ctx, c, m, ns); err != nil {
 		return nil, 0, err
 	}
-	return d.b.Publish(ctx, m)
+	rm, n, err := d.b.Publish(ctx, m)
+	if ev := d.publishEventFor(c, ns); ev != nil && err == nil {
+		ev(rm)
+	}
+	return rm, n, err
 }
 
 // PublishEach admits the same event to several channels (a Pusher
@@ -270,9 +294,12 @@ func (d *Door) PublishEach(ctx context.Context, c Caller, ms []*broker.Message) 
 	}
 	subs := make([]int, len(ms))
 	for i, m := range ms {
-		_, n, err := d.b.Publish(ctx, m)
+		rm, n, err := d.b.Publish(ctx, m)
 		if err != nil {
 			return nil, err
+		}
+		if ev := d.publishEventFor(c, nss[i]); ev != nil {
+			ev(rm)
 		}
 		subs[i] = n
 	}
@@ -289,7 +316,17 @@ func (d *Door) StartPublish(ctx context.Context, c Caller, m *broker.Message) (f
 	if err := d.askPublish(ctx, c, m, ns); err != nil {
 		return nil, err
 	}
-	return broker.StartPublish(ctx, d.b, m)
+	wait, err := broker.StartPublish(ctx, d.b, m)
+	if ev := d.publishEventFor(c, ns); ev != nil && err == nil {
+		return func() (*broker.Message, int, error) {
+			rm, n, err := wait()
+			if err == nil {
+				ev(rm)
+			}
+			return rm, n, err
+		}, nil
+	}
+	return wait, err
 }
 
 // CheckSubscribe checks that c may subscribe to every one of channels
@@ -312,6 +349,9 @@ func (d *Door) CheckSubscribe(c Caller, channels []string) error {
 // allowSubscribe checks c's grant to subscribe to ch, unless ch's
 // namespace lets anyone without a token subscribe.
 func (d *Door) allowSubscribe(c Caller, ch string) error {
+	if broker.IsReserved(ch) {
+		return d.allowReserved(c, ch)
+	}
 	if ns := d.namespaceOf(ch); ns != nil && ns.Rules.AnonymousSubscribe != nil && *ns.Rules.AnonymousSubscribe && !c.scoped {
 		if c.ID == nil || c.ID.Claims == nil {
 			return nil
@@ -333,13 +373,21 @@ func (d *Door) Subscribe(ctx context.Context, c Caller, opts broker.SubscribeOpt
 			return nil, err
 		}
 	}
-	return d.b.Subscribe(ctx, opts)
+	sub, err := d.b.Subscribe(ctx, opts)
+	if err == nil {
+		d.subscribed(c, opts, sub)
+	}
+	return sub, err
 }
 
 // Join admits c to a channel's presence as member and joins.
 func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info []byte, lim presence.Limits) (*presence.Membership, error) {
 	if err := broker.ValidateChannel(channel); err != nil {
 		return nil, err
+	}
+	if broker.IsReserved(channel) {
+		d.refuse("presence_off")
+		return nil, wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "%s is one of the broker's own channels: it has no presence", channel)
 	}
 	if err := d.allowSubscribe(c, channel); err != nil {
 		return nil, err

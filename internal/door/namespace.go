@@ -51,6 +51,14 @@ type Rules struct {
 	// HookFailure is FailDeny or FailAllow when a hook does not answer
 	// ("": the broker's).
 	HookFailure string `json:"hook_failure,omitempty"`
+	// Events says whether the channels' lifecycle events are emitted
+	// (nil: as serve --events says, or yes when the namespace has
+	// webhooks or publish events).
+	Events *bool `json:"events,omitempty"`
+	// PublishEvents emits a published event for each message.
+	PublishEvents bool `json:"publish_events,omitempty"`
+	// Webhooks receive the namespace's channels' events.
+	Webhooks []string `json:"webhooks,omitempty"`
 }
 
 // nsState is a namespace as the door enforces it.
@@ -137,8 +145,12 @@ func coveredBy(earlier []Namespace, p string) string {
 
 // covers reports whether pattern g matches every channel that p (a
 // channel or a pattern) can be. It allocates nothing: it runs on every
-// publish when there are namespaces.
+// publish when there are namespaces. A wildcard does not take the
+// broker's reserved channels ("$events.…"; see broker.Match).
 func covers(g, p string) bool {
+	if broker.IsReserved(p) && !broker.IsReserved(g) {
+		return false
+	}
 	for {
 		gseg, grest, gmore := strings.Cut(g, ".")
 		pseg, prest, pmore := strings.Cut(p, ".")
@@ -199,6 +211,9 @@ func (l nsList) of(channel string) *nsState {
 
 // overlaps reports whether some channel matches both patterns.
 func overlaps(a, b string) bool {
+	if broker.IsReserved(a) != broker.IsReserved(b) {
+		return false
+	}
 	for {
 		as, arest, amore := strings.Cut(a, ".")
 		bs, brest, bmore := strings.Cut(b, ".")

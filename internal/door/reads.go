@@ -60,8 +60,12 @@ func (d *Door) MemberCount(ctx context.Context, channel string) (int, error) {
 
 // OnPresenceChange sets what is told of each member added or removed (the
 // Pusher webhooks). Call it before serving.
-func (d *Door) OnPresenceChange(fn func(channel, event, id string)) { d.presence.Changed = fn }
+func (d *Door) OnPresenceChange(fn func(channel, event, id string)) { d.onPresence = fn }
 
 // Close ends every presence membership, while the broker still takes their
-// events; the broker itself is its owner's to close.
-func (d *Door) Close() { d.presence.Close() }
+// events, then publishes the lifecycle events still queued and sends the
+// webhooks; the broker itself is its owner's to close.
+func (d *Door) Close() {
+	d.presence.Close()
+	d.closeEvents()
+}

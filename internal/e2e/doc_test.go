@@ -218,7 +218,7 @@ var goCache = sync.OnceValue(func() string {
 // script's environment (testscript's own exec passes all of it).
 func scriptEnv(ts *testscript.TestScript) []string {
 	var env []string
-	for _, k := range []string{"PATH", "HOME", "PUSHCTL_SERVER", "PUSHCTL_TOKEN", "PUSHCTL_TOKEN_SECRET", "PUSHCTL_HOOK_SECRET", "HOOK_URL", "GORACE"} {
+	for _, k := range []string{"PATH", "HOME", "PUSHCTL_SERVER", "PUSHCTL_TOKEN", "PUSHCTL_TOKEN_SECRET", "PUSHCTL_HOOK_SECRET", "PUSHCTL_WEBHOOK_SECRET", "HOOK_URL", "GORACE"} {
 		if v := ts.Getenv(k); v != "" {
 			env = append(env, k+"="+v)
 		}

@@ -185,6 +185,7 @@ func newMetricsHandler(s *Server) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(s.opts.Hooks.Collectors()...)
+	reg.MustRegister(s.door.EventCollectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})
 }
 

@@ -195,7 +195,7 @@ func (s *Server) pusherChannels(w http.ResponseWriter, r *http.Request, app *pus
 		return err
 	}
 	for _, c := range list {
-		if c.Subscribers > 0 && strings.HasPrefix(c.Name, app.Prefix) && !strings.Contains(c.Name[len(app.Prefix):], ":") {
+		if c.Subscribers > 0 && strings.HasPrefix(c.Name, app.Prefix) && !strings.Contains(c.Name[len(app.Prefix):], ":") && !broker.IsReserved(c.Name) {
 			occupied[app.pusherChannel(c.Name)] = true
 		}
 	}

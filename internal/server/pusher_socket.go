@@ -18,6 +18,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/connrt"
 	"github.com/pushctl/pushctl/internal/door"
+	"github.com/pushctl/pushctl/internal/events"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
 	"github.com/pushctl/pushctl/internal/wire"
@@ -37,6 +38,9 @@ type pusherState struct {
 type pusherApp struct {
 	pusher.App
 	hooks *pusher.Sender // nil without webhooks
+	// fromEvents: occupied and vacated come from the lifecycle events
+	// (decided once for the cluster), not from this node's counts.
+	fromEvents bool
 
 	mu       sync.Mutex
 	sockets  map[uint64]*pusherConn // by session id
@@ -48,14 +52,56 @@ func newPusherState(apps []pusher.App, s *Server) *pusherState {
 		return nil
 	}
 	ps := &pusherState{byKey: map[string]*pusherApp{}, byID: map[string]*pusherApp{}}
+	em := s.door.Events()
 	for _, a := range apps {
 		pa := &pusherApp{App: a, sockets: map[uint64]*pusherConn{}, occupied: map[string]int{}}
 		if len(a.Webhooks) > 0 {
 			pa.hooks = pusher.NewSender(a, s.opts.PusherWebhookDelay, s.log)
+			pa.fromEvents = em != nil
 		}
 		ps.byKey[a.Key], ps.byID[a.ID] = pa, pa
 	}
+	if em != nil {
+		em.AddSink(ps.lifecycleEvent)
+	}
 	return ps
+}
+
+// pusherEventChannels names the channels of the apps with webhooks, whose
+// occupancy the lifecycle events decide (nil: none).
+func pusherEventChannels(apps []pusher.App) func(ch string) bool {
+	var prefixes []string
+	for _, a := range apps {
+		if len(a.Webhooks) > 0 {
+			prefixes = append(prefixes, a.Prefix)
+		}
+	}
+	if len(prefixes) == 0 {
+		return nil
+	}
+	return func(ch string) bool {
+		for _, p := range prefixes {
+			if strings.HasPrefix(ch, p) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// lifecycleEvent is the lifecycle events' word (on the node that decided
+// it, once for the cluster) that a channel was occupied or vacated: the
+// webhooks of the apps owning the channel are told.
+func (ps *pusherState) lifecycleEvent(ev events.Event) {
+	if ev.Name != events.ChannelOccupied && ev.Name != events.ChannelVacated {
+		return
+	}
+	for _, a := range ps.byID {
+		if a.hooks == nil || !strings.HasPrefix(ev.Channel, a.Prefix) {
+			continue
+		}
+		a.hook(pusher.WebhookEvent{Name: ev.Name, Channel: a.pusherChannel(ev.Channel)})
+	}
 }
 
 // presenceChanged tells the webhooks of the app owning a presence
@@ -143,6 +189,7 @@ func (a *pusherApp) occupy(name string, delta int) int {
 	}
 	a.mu.Unlock()
 	switch {
+	case a.fromEvents:
 	case delta > 0 && n == 1:
 		a.hook(pusher.WebhookEvent{Name: "channel_occupied", Channel: name})
 	case delta < 0 && n == 0:

@@ -85,6 +85,9 @@ type Options struct {
 	HookFailure string
 	// TLSCert and TLSKey serve HTTPS and WSS.
 	TLSCert, TLSKey string
+	// Events configures the lifecycle events and webhooks
+	// (docs/events.md).
+	Events door.EventsConfig
 }
 
 func (o *Options) fill() {
@@ -143,9 +146,10 @@ type Server struct {
 // New returns a Server for b.
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
+	opts.Events.Also = pusherEventChannels(opts.PusherApps)
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
 		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
-		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure})
+		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure, Events: opts.Events})
 	s := &Server{door: d, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		connsPerIP: map[string]int{}}
 	s.pusher = newPusherState(opts.PusherApps, s)

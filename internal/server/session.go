@@ -126,6 +126,7 @@ type session struct {
 	acked      uint64 // of those, how many have their reply queued
 	ident      *auth.Identity
 	timer      *time.Timer
+	endCode    string // why the connection ended (reasonCode), once finished
 
 	// Owned by the loop.
 	cursor   broker.Cursor  // resume position of what was written
@@ -738,6 +739,9 @@ func (ss *session) flush() error {
 // written (after a stall, within a grace period).
 func (ss *session) finish(reason error) {
 	ss.closeSubs()
+	ss.mu.Lock()
+	ss.endCode = reasonCode(reason)
+	ss.mu.Unlock()
 	if reason != nil {
 		ss.s.metrics.disconnected(ss.enc.transport(), reasonCode(reason))
 	}

@@ -210,7 +210,9 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) error {
 	ss.trackCursor = ok && !se.single
 	ss.startCursor(sub, since)
 	ss.setIdentity(id)
+	s.connOpened(ss)
 	end := func() {
+		s.connClosed(ss)
 		s.metrics.connections[t].Add(-1)
 		s.conns.Done()
 	}

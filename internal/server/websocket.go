@@ -192,10 +192,12 @@ func (s *Server) runWebSocket(w http.ResponseWriter, r *http.Request, ss *sessio
 	s.metrics.connections[t].Add(1)
 	c.SetReadLimit(s.opts.MaxMessageSize*2 + 4096)
 	ss.setIdentity(id)
+	s.connOpened(ss)
 	rd := &wsReader{s: s, ss: ss, c: c, nc: nc, addr: s.remoteAddr(r), client: s.clientKey(r)}
 	rd.onFrame, rd.notText = rd.handle, notJSONText
 	rel := release
 	ss.onEnd = []func(){rd.end, rel, func() {
+		s.connClosed(ss)
 		s.metrics.connections[t].Add(-1)
 		s.conns.Done()
 	}}

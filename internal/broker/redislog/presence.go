@@ -178,6 +178,10 @@ func (l *Log) reapNode(ctx context.Context, node string, cutoff int64) {
 		l.opts.Logger.Warn("presence of a dead node not yet removed", "node", node, "err", err)
 		return
 	}
+	if err := l.reapLifecycle(ctx, node); err != nil {
+		l.opts.Logger.Warn("lifecycle events of a dead node not yet told", "node", node, "err", err)
+		return
+	}
 	reapScript.Run(ctx, l.rdb, l.countKeys(node), node, l.key("counts"), cutoff)
 }
 

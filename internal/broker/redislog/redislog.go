@@ -133,6 +133,8 @@ type Log struct {
 	presenceMu sync.Mutex
 	lost       func(node, channel, id string) error // from WatchPresence
 	rejoin     func()
+	lifeLost   func(node, kind, key, info string) error // from WatchLifecycle
+	lifeRejoin func()
 
 	countsMu sync.Mutex
 	countsCh chan struct{} // closed when any node's counts change
@@ -1131,6 +1133,7 @@ func (l *Log) Close() error {
 	if l.Health() == nil {
 		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		l.reapPresence(pctx, l.node)
+		l.reapLifecycle(pctx, l.node)
 		pcancel()
 	}
 	l.qmu.Lock()

@@ -467,6 +467,7 @@ func (l *Log) heartbeat() {
 			}
 		} else if l.backFromDead() {
 			l.rejoinPresence()
+			l.rejoinLifecycle()
 		} else if beat && l.refreshTotals(n%10 == 0) {
 			l.setHealth(sideCommands, nil)
 			if n%60 == 0 {

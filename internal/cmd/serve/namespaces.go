@@ -12,6 +12,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
 	"github.com/pushctl/pushctl/internal/door"
+	"github.com/pushctl/pushctl/internal/webhooks"
 )
 
 // namespacesValue is --namespace (repeatable, KEY=VALUE,… each) and the
@@ -40,6 +41,9 @@ var namespaceKeys = map[string]string{
 	"durable":             "true or false: with --data-dir, whether its channels are written to disk",
 	"hooks":               "the hooks asked for its channels: subscribe, publish, both (subscribe+publish) or none",
 	"hook-failure":        "deny or allow: what happens when a hook does not answer",
+	"events":              "true or false: whether its channels' lifecycle events are published (see docs/events.md)",
+	"publish-events":      "true or false: a published event for each message",
+	"webhook":             "a URL its channels' lifecycle events are POSTed to (repeatable)",
 }
 
 func (v *namespacesValue) String() string { return strings.Join(v.specs, " ") }
@@ -138,14 +142,14 @@ func parseNamespaceMap(n *yaml.Node) (door.Namespace, string, error) {
 				kvs = append(kvs, [2]string{"hooks", strings.Join(hs, "+")})
 				continue
 			}
-			if k.Value != "match" {
+			if k.Value != "match" && k.Value != "webhook" {
 				return door.Namespace{}, "", fmt.Errorf("line %d: %s takes one value", val.Line, k.Value)
 			}
 			for _, it := range val.Content {
 				if it.Kind != yaml.ScalarNode {
 					return door.Namespace{}, "", fmt.Errorf("line %d: match: want patterns", it.Line)
 				}
-				kvs = append(kvs, [2]string{"match", it.Value})
+				kvs = append(kvs, [2]string{k.Value, it.Value})
 			}
 		default:
 			return door.Namespace{}, "", fmt.Errorf("line %d: %s: want a value", val.Line, k.Value)
@@ -169,7 +173,7 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 		if _, ok := namespaceKeys[k]; !ok {
 			return ns, fmt.Errorf("unknown key %q; a namespace takes %s", k, keyList())
 		}
-		if seen[k] && k != "match" {
+		if seen[k] && k != "match" && k != "webhook" {
 			return ns, fmt.Errorf("%s given twice", k)
 		}
 		seen[k] = true
@@ -224,6 +228,17 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 			}
 		case "durable":
 			ns.Rules.Durable, err = boolPtr(val)
+		case "events":
+			ns.Rules.Events, err = boolPtr(val)
+		case "publish-events":
+			var b *bool
+			if b, err = boolPtr(val); err == nil {
+				ns.Rules.PublishEvents = *b
+			}
+		case "webhook":
+			if err = webhooks.CheckURL(val); err == nil {
+				ns.Rules.Webhooks = append(ns.Rules.Webhooks, val)
+			}
 		case "hooks":
 			list := []string{}
 			if val == "" {

@@ -118,3 +118,37 @@ func FuzzNamespaceSpec(f *testing.F) {
 		}
 	})
 }
+
+// The lifecycle events' keys: events, publish-events, webhook (repeatable,
+// a list in YAML); a webhook must be an http(s) URL.
+func TestNamespaceEventKeys(t *testing.T) {
+	var v namespacesValue
+	if err := v.Set("name=chat,match=chat.>,events=false,publish-events=true,webhook=http://a.example/h,webhook=https://b.example/h"); err != nil {
+		t.Fatal(err)
+	}
+	r := v.list[0].Rules
+	if r.Events == nil || *r.Events || !r.PublishEvents || len(r.Webhooks) != 2 || r.Webhooks[1] != "https://b.example/h" {
+		t.Fatalf("rules %+v", r)
+	}
+	for spec, want := range map[string]string{
+		"match=a,webhook=ftp://x":   "want an http:// or https:// URL",
+		"match=a,events=maybe":      "want true or false",
+		"match=a,publish-events=no": "want true or false",
+	} {
+		var v namespacesValue
+		if err := v.Set(spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", spec, err, want)
+		}
+	}
+	var y namespacesValue
+	var node yaml.Node
+	if err := yaml.Unmarshal([]byte("- name: chat\n  match: chat.>\n  webhook: [http://a.example/h, http://b.example/h]\n"), &node); err != nil {
+		t.Fatal(err)
+	}
+	if err := y.SetYAML(node.Content[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := y.list[0].Rules.Webhooks; len(got) != 2 {
+		t.Fatalf("YAML webhooks %v", got)
+	}
+}

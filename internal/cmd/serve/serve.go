@@ -68,6 +68,12 @@ type Options struct {
 	HookConcurrency   int
 	HookHeaders       []string
 	HookFailure       string
+	Events            bool
+	Webhooks          []string
+	WebhookSecret     string
+	WebhookDelay      time.Duration
+	WebhookRetry      time.Duration
+	WebhookQueue      int
 	TrustedPublishers []string
 	TrustedProxies    []string
 	NoConsole         bool
@@ -185,6 +191,13 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.StringSliceVar(&opts.HookHeaders, "hook-headers", []string{"User-Agent", "Origin", "X-Forwarded-For"}, "request headers the connect hook is told of (cookies always are)")
 	fl.StringVar(&opts.HookFailure, "hook-failure", "deny", "what happens when a hook does not answer: deny (hook_unavailable) or allow (a namespace may say otherwise)")
 	cmdutil.MarkSecret(cmd, "hook-secret")
+	fl.BoolVar(&opts.Events, "events", false, "publish lifecycle events (connections, subscriptions, presence, occupancy) on the $events.… channels (see docs/events.md)")
+	fl.StringArrayVar(&opts.Webhooks, "webhook", nil, "URL that lifecycle events are POSTed to, batched and signed (repeatable; implies --events; see docs/events.md)")
+	fl.StringVar(&opts.WebhookSecret, "webhook-secret", "", "HMAC secret signing webhook bodies (header Pushctl-Signature; env PUSHCTL_WEBHOOK_SECRET; default: --hook-secret)")
+	fl.DurationVar(&opts.WebhookDelay, "webhook-delay", 3*time.Second, "how long channel_vacated and member_removed wait; the occupied or added that undoes one within it cancels both (0: none)")
+	fl.DurationVar(&opts.WebhookRetry, "webhook-retry", time.Minute, "how long a webhook body is retried before its events are dropped (counted)")
+	fl.IntVar(&opts.WebhookQueue, "webhook-queue", 10000, "events waiting for each webhook URL; more are dropped (counted)")
+	cmdutil.MarkSecret(cmd, "webhook-secret")
 	fl.StringSliceVar(&opts.TrustedPublishers, "trusted-publishers", nil, "addresses or CIDRs that may publish without a token (e.g. 10.0.0.5,127.0.0.1/32)")
 	fl.BoolVar(&opts.InsecureNoAuth, "insecure-no-auth", false, "allow listening beyond loopback with no access control at all")
 	fl.StringSliceVar(&opts.TrustedProxies, "trusted-proxies", nil, "reverse proxies (addresses or CIDRs) whose Forwarded/X-Forwarded-For headers name the client, for --trusted-publishers and per-address limits behind nginx")
@@ -293,7 +306,12 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	evc, err := eventsConfig(o, opened.Node, log)
+	if err != nil {
+		return err
+	}
 	sopts := server.Options{
+		Events:         evc,
 		Namespaces:     o.Namespaces.list,
 		Hooks:          hk,
 		HookFailure:    o.HookFailure,

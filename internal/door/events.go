@@ -1,0 +1,259 @@
+package door
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pushctl/pushctl/internal/auth"
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/events"
+	"github.com/pushctl/pushctl/internal/webhooks"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// Lifecycle events (see internal/events and docs/events.md). The door sees
+// every subscription and join, so it decides their events; the server
+// tells it of connections. Events go out on the reserved event channels
+// ("$events.…") through the door itself as the system, and to the
+// webhooks.
+
+// EventsConfig configures the lifecycle events.
+type EventsConfig struct {
+	// Node names this node in the events.
+	Node string
+	// All emits the events of every channel (a namespace may say
+	// events=false) and the connection events.
+	All bool
+	// Webhooks receive every event (implies All); a namespace's
+	// webhooks receive its channels' events.
+	Webhooks []string
+	// Also names channels whose events a consumer of this process needs
+	// even without All (the Pusher apps' webhooks); nil: none.
+	Also func(channel string) bool
+	// WebhookSecret signs the webhook bodies (Pushctl-Signature).
+	WebhookSecret []byte
+	// WebhookDelay, WebhookRetry and WebhookQueue: see webhooks.Config.
+	WebhookDelay time.Duration
+	WebhookRetry time.Duration
+	WebhookQueue int
+	Logger       *slog.Logger
+
+	shared broker.LifecycleLog // the broker's log, when nodes share it
+}
+
+// eventState is the door's part of the events.
+type eventState struct {
+	em       *events.Emitter
+	senders  []*webhooks.Sender
+	metrics  *webhooks.Metrics
+	counters prometheus.Collector
+}
+
+// startEvents starts the emitter and the webhooks, when anything asks
+// for events.
+func (d *Door) startEvents(c EventsConfig) {
+	all := c.All || len(c.Webhooks) > 0
+	any := all || c.Also != nil
+	for _, ns := range d.namespaces {
+		r := ns.Rules
+		if (r.Events != nil && *r.Events) || len(r.Webhooks) > 0 || r.PublishEvents {
+			any = true
+		}
+	}
+	if !any {
+		return
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	es := &eventState{metrics: webhooks.NewMetrics()}
+	es.em = events.New(events.Config{
+		Node:        c.Node,
+		Connections: all,
+		Logger:      c.Logger,
+		Publish: func(ctx context.Context, m *broker.Message) (func() (*broker.Message, error), error) {
+			wait, err := d.StartPublish(ctx, System, m)
+			if err != nil {
+				return nil, err
+			}
+			return func() (*broker.Message, error) {
+				rm, _, err := wait()
+				return rm, err
+			}, nil
+		},
+		Enabled: func(ch string) bool {
+			return d.eventsOn(ch, all) || (c.Also != nil && !broker.IsReserved(ch) && c.Also(ch))
+		},
+		Shared: c.shared,
+	})
+	wh := func(u string, wants func(ev *events.Event) bool) {
+		s := webhooks.New(webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,
+			QueueSize: c.WebhookQueue, Wants: wants, Logger: c.Logger, Metrics: es.metrics})
+		es.senders = append(es.senders, s)
+		es.em.AddSink(s.Send)
+	}
+	for _, u := range c.Webhooks {
+		wh(u, nil)
+	}
+	for i := range d.namespaces {
+		ns := &d.namespaces[i]
+		for _, u := range ns.Rules.Webhooks {
+			wh(u, func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns })
+		}
+	}
+	em := es.em
+	es.counters = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pushctl_events_dropped_total",
+		Help: "Lifecycle events not published on their event channel (queue full or the broker refused)."}, func() float64 {
+		_, dropped, failed := em.Counts()
+		return float64(dropped + failed)
+	})
+	d.events = es
+}
+
+// eventsOn reports whether a channel's events are emitted.
+func (d *Door) eventsOn(ch string, all bool) bool {
+	if broker.IsReserved(ch) {
+		return false // no events about the event channels themselves
+	}
+	ns := d.namespaceOf(ch)
+	if ns == nil {
+		return all
+	}
+	if r := ns.Rules; r.Events != nil {
+		return *r.Events
+	}
+	return all || len(ns.Rules.Webhooks) > 0 || ns.Rules.PublishEvents
+}
+
+// Events is the emitter of lifecycle events (nil: none are emitted).
+func (d *Door) Events() *events.Emitter {
+	if d.events == nil {
+		return nil
+	}
+	return d.events.em
+}
+
+// EventCollectors are the events' and webhooks' metrics, for /metrics.
+func (d *Door) EventCollectors() []prometheus.Collector {
+	if d.events == nil {
+		return nil
+	}
+	return append(d.events.metrics.Collectors(), d.events.counters)
+}
+
+// closeEvents publishes the events still queued, sends the webhooks and
+// stops them.
+func (d *Door) closeEvents() {
+	if d.events == nil {
+		return
+	}
+	d.events.em.Close()
+	for _, s := range d.events.senders {
+		s.Close()
+	}
+}
+
+// eventUser is who a caller is in events: its presence id, else its
+// token's (or connect hook's) subject.
+func eventUser(c Caller) string {
+	if id, _, ok := c.ID.PresenceID(); ok {
+		return id
+	}
+	return c.user()
+}
+
+// subscribed emits a subscription's events (subscribed, channel_occupied
+// for the first anywhere here) and its unsubscribe's when it ends.
+func (d *Door) subscribed(c Caller, opts broker.SubscribeOptions, sub *broker.Subscription) {
+	em := d.Events()
+	if em == nil || opts.Internal {
+		return
+	}
+	var chans []string
+	for _, ch := range opts.Channels {
+		if !broker.IsPattern(ch) && em.On(ch) {
+			chans = append(chans, ch)
+		}
+	}
+	if len(chans) == 0 {
+		return
+	}
+	user := eventUser(c)
+	ids := make([]uint64, len(chans))
+	for i, ch := range chans {
+		ids[i] = em.Subscribe(ch, user)
+	}
+	sub.OnEnd(func() {
+		for i, ch := range chans {
+			em.Unsubscribe(ch, user, ids[i])
+		}
+	})
+}
+
+// presenceChanged is the registry's word of a member added or removed,
+// on the node that decided it: its event, then the Pusher webhooks'.
+func (d *Door) presenceChanged(channel, event, id string) {
+	if em := d.Events(); em != nil {
+		em.Emit(events.Event{Name: event, Channel: channel, UserID: id})
+	}
+	if d.onPresence != nil {
+		d.onPresence(channel, event, id)
+	}
+}
+
+// publishEventFor returns what emits the published event of a message to
+// a channel of ns (nil: none).
+func (d *Door) publishEventFor(c Caller, ns *nsState) func(m *broker.Message) {
+	em := d.Events()
+	if em == nil || ns == nil || !ns.Rules.PublishEvents || c.system {
+		return nil
+	}
+	return func(m *broker.Message) {
+		if m != nil && em.On(m.Channel) {
+			em.Emit(events.Event{Name: events.Published, Channel: m.Channel, Event: m.Event, MessageSeq: m.Seq, UserID: eventUser(c)})
+		}
+	}
+}
+
+// ConnectionEvent emits a connection's opened or closed event.
+func (d *Door) ConnectionEvent(name, conn, transport, reason string, id *auth.Identity) {
+	em := d.Events()
+	if em == nil || !em.ConnectionsOn() {
+		return
+	}
+	em.Connection(events.Event{Name: name, ConnectionID: conn, Transport: transport, Reason: reason, UserID: eventUser(Caller{ID: id})})
+}
+
+// reservedPublish refuses a publish to a reserved channel by anyone but
+// the broker itself.
+func reservedPublish(c Caller, channel string) error {
+	if broker.IsReserved(channel) && !c.system {
+		return wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "%s is one of the broker's own channels: only the broker publishes on it", channel)
+	}
+	return nil
+}
+
+// allowReserved checks a subscription to a reserved channel or pattern:
+// only a token (or connect hook answer) whose subscribe grants name it
+// ("$events.>") may, even where tokens are off or a namespace lets anyone
+// subscribe.
+func (d *Door) allowReserved(c Caller, ch string) error {
+	if c.trusted {
+		return nil
+	}
+	if c.scoped || c.ID == nil || c.ID.Claims == nil {
+		d.refuse("denied")
+		return wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "reading %s needs a token whose subscribe grants name it (such as $events.>)", ch)
+	}
+	for _, g := range c.ID.Claims.Grants.Subscribe {
+		if broker.IsReserved(g) {
+			return d.Allow(c, auth.Subscribe, ch)
+		}
+	}
+	d.refuse("denied")
+	return wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "reading %s needs a token whose subscribe grants name it (such as $events.>)", ch)
+}

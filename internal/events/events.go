@@ -1,0 +1,562 @@
+// Package events defines the broker's lifecycle events (connections,
+// subscriptions, presence, occupancy, optionally publishes) and the
+// Emitter that decides them and publishes each once on its event channel:
+// "$events.channel.<channel>" for what happens on a channel and
+// "$events.connections" for connections. The event channel's log gives
+// every event its sequence, so the events of one channel are numbered in
+// order and a reader notices one it missed; readers (pushctl sub, the
+// webhooks) take them from there or, on the deciding node, from the
+// Emitter's sinks.
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Names of the events.
+const (
+	ConnectionOpened = "connection_opened"
+	ConnectionClosed = "connection_closed"
+	Subscribed       = "subscribed"
+	Unsubscribed     = "unsubscribed"
+	MemberAdded      = "member_added"
+	MemberRemoved    = "member_removed"
+	ChannelOccupied  = "channel_occupied"
+	ChannelVacated   = "channel_vacated"
+	Published        = "published"
+)
+
+// Event channels. They begin with broker.ReservedPrefix: no client
+// channel has such a name, only the broker publishes on them, and only a
+// pattern naming "$events" reaches them.
+const (
+	// Root is the first segment of every event channel.
+	Root = broker.ReservedPrefix + "events"
+	// ChannelPrefix + a channel's name carries that channel's events.
+	ChannelPrefix = Root + ".channel."
+	// Connections carries connection_opened and connection_closed.
+	Connections = Root + ".connections"
+)
+
+// ChannelOf is the event channel of a channel's events.
+func ChannelOf(channel string) string { return ChannelPrefix + channel }
+
+// Event is one lifecycle event, as event channels carry it (the message
+// data) and webhooks send it (with Seq and Epoch, the event's position in
+// its event channel).
+type Event struct {
+	Name string `json:"name"`
+	// Channel is the channel the event is about ("" for connection events).
+	Channel string `json:"channel,omitempty"`
+	// UserID is who: the token's presence id or subject, the connect
+	// hook's user, or a presence member's id.
+	UserID string `json:"user_id,omitempty"`
+	// ConnectionID names a connection on its node (connection events).
+	ConnectionID string `json:"connection_id,omitempty"`
+	// Transport is the connection's (websocket, sse, ndjson, raw, pusher).
+	Transport string `json:"transport,omitempty"`
+	// Reason is why a connection closed (the stable codes of
+	// pushctl_disconnects_total: client_closed, slow_consumer, …).
+	Reason string `json:"reason,omitempty"`
+	// Event and MessageSeq describe a published message (published).
+	Event      string `json:"event,omitempty"`
+	MessageSeq uint64 `json:"message_seq,omitempty"`
+	// Node is the node that decided the event.
+	Node string `json:"node,omitempty"`
+	// TimeMs is when it was decided (Unix milliseconds).
+	TimeMs int64 `json:"time_ms"`
+	// ReapedBy is the node that told the event for Node, found dead
+	// (the events of its connections, subscriptions and channels).
+	ReapedBy string `json:"reaped_by,omitempty"`
+	// Seq and Epoch are the event's position in its event channel: one
+	// more per event of that channel while the epoch stays.
+	Seq   uint64 `json:"seq,omitempty"`
+	Epoch string `json:"epoch,omitempty"`
+}
+
+// EventChannel is the event channel that carries ev.
+func (ev *Event) EventChannel() string {
+	if ev.Channel == "" {
+		return Connections
+	}
+	return ChannelOf(ev.Channel)
+}
+
+// Message is ev as the message published on its event channel.
+func (ev *Event) Message() *broker.Message {
+	e := *ev
+	e.Seq, e.Epoch = 0, ""
+	data, _ := json.Marshal(&e)
+	return &broker.Message{Channel: ev.EventChannel(), Event: ev.Name, Kind: broker.KindJSON, Data: data}
+}
+
+// FromMessage reads an event from its event channel's message.
+func FromMessage(m *broker.Message) (Event, error) {
+	var ev Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		return ev, err
+	}
+	ev.Seq, ev.Epoch = m.Seq, m.Epoch
+	return ev, nil
+}
+
+// Publisher starts publishing an event's message (through the door, as
+// the system; pipelined where the broker can) and returns what waits for
+// it, stored with its position.
+type Publisher func(ctx context.Context, m *broker.Message) (wait func() (*broker.Message, error), err error)
+
+// Config configures an Emitter.
+type Config struct {
+	// Node names this node in the events.
+	Node string
+	// Publish publishes on the event channels.
+	Publish Publisher
+	// Enabled says whether a channel's events are emitted (nil: all).
+	Enabled func(channel string) bool
+	// Connections says whether connection events are emitted.
+	Connections bool
+	// QueueSize bounds the events waiting to be published (default 65536);
+	// more are dropped, counted and logged.
+	QueueSize int
+	Logger    *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Shared, when nodes share the log (Redis), decides occupancy for the
+	// cluster and keeps what the other nodes need to tell this node's
+	// events should it die.
+	Shared broker.LifecycleLog
+}
+
+// Sink is told each event once it is published (with its position), in
+// the order of its event channel, on the node that decided it.
+type Sink func(ev Event)
+
+// stripes order the events: those of one event channel go through one
+// stripe, one at a time.
+const stripes = 16
+
+// Emitter decides events and publishes them, in order per event channel.
+// On one node it decides occupancy itself; presence events come from the
+// presence registry, which decides them cluster-wide.
+type Emitter struct {
+	cfg   Config
+	seed  maphash.Seed
+	sinks atomic.Pointer[[]Sink]
+	st    [stripes]stripe
+	wg    sync.WaitGroup
+
+	published, dropped, failed atomic.Uint64
+	closed                     atomic.Bool
+	ids                        atomic.Uint64
+	queued                     atomic.Int64 // items queued in every stripe
+}
+
+type stripe struct {
+	mu     sync.Mutex
+	q      []item
+	wake   chan struct{}
+	closed bool
+	occ    map[string]int // subscriptions per channel on this node
+	// pub is held while an event is published and handed to the sinks,
+	// so that they see the stripe's events in the order of their
+	// sequences, the dead nodes' (told by lost) included.
+	pub sync.Mutex
+}
+
+// What a queued item does.
+const (
+	opPublish = iota // publish ev
+	opHold           // shared: hold the channel, ev (occupied) if first
+	opRelease        // shared: release it, ev (vacated) if last
+	opTrack          // shared: track kind/key/info
+	opUntrack        // shared: forget kind/key
+)
+
+type item struct {
+	op              int
+	ev              Event
+	kind, key, info string
+}
+
+// New starts an Emitter.
+func New(cfg Config) *Emitter {
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 65536
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	e := &Emitter{cfg: cfg, seed: maphash.MakeSeed()}
+	for i := range e.st {
+		s := &e.st[i]
+		s.wake = make(chan struct{}, 1)
+		s.occ = map[string]int{}
+		e.wg.Add(1)
+		go e.run(s)
+	}
+	if cfg.Shared != nil {
+		cfg.Shared.WatchLifecycle(e.lost, e.rejoin)
+	}
+	return e
+}
+
+// AddSink adds a consumer of the published events.
+func (e *Emitter) AddSink(s Sink) {
+	for {
+		old := e.sinks.Load()
+		var next []Sink
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, s)
+		if e.sinks.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// Node is the node named in the events.
+func (e *Emitter) Node() string { return e.cfg.Node }
+
+// On reports whether channel's events are emitted.
+func (e *Emitter) On(channel string) bool {
+	return e != nil && (e.cfg.Enabled == nil || e.cfg.Enabled(channel))
+}
+
+// ConnectionsOn reports whether connection events are emitted.
+func (e *Emitter) ConnectionsOn() bool { return e != nil && e.cfg.Connections }
+
+func (e *Emitter) stripe(evChannel string) *stripe {
+	return &e.st[maphash.String(e.seed, evChannel)%stripes]
+}
+
+// Emit queues ev (its Node and time filled in) for publishing.
+func (e *Emitter) Emit(ev Event) {
+	if ev.Channel == "" && !e.ConnectionsOn() || ev.Channel != "" && !e.On(ev.Channel) {
+		return
+	}
+	s := e.stripe(ev.EventChannel())
+	s.mu.Lock()
+	e.enqueueLocked(s, ev)
+	s.mu.Unlock()
+}
+
+// enqueueLocked queues ev on s, whose lock is held.
+func (e *Emitter) enqueueLocked(s *stripe, ev Event) { e.queueLocked(s, item{op: opPublish, ev: ev}) }
+
+// queueLocked queues it on s, whose lock is held.
+func (e *Emitter) queueLocked(s *stripe, it item) {
+	if s.closed {
+		return
+	}
+	ev := &it.ev
+	ev.Node = e.cfg.Node
+	if ev.TimeMs == 0 {
+		ev.TimeMs = e.cfg.Now().UnixMilli()
+	}
+	if e.queued.Load() >= int64(e.cfg.QueueSize) && it.op == opPublish {
+		if n := e.dropped.Add(1); n&(n-1) == 0 { // logged at 1, 2, 4, 8, …
+			e.cfg.Logger.Warn("lifecycle events dropped: the broker does not take them as fast as they come", "dropped", n, "event", ev.Name)
+		}
+		return
+	}
+	s.q = append(s.q, it)
+	e.queued.Add(1)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// tracked is what a node keeps of a subscription or connection in the
+// shared log, for the others to tell its end.
+type tracked struct {
+	Channel   string `json:"channel,omitempty"`
+	User      string `json:"user_id,omitempty"`
+	Transport string `json:"transport,omitempty"`
+}
+
+// Subscribe counts a subscription of user to channel on this node:
+// subscribed, and channel_occupied when it is the channel's first (on
+// this node, or, shared, anywhere). It returns what Unsubscribe takes.
+func (e *Emitter) Subscribe(channel, user string) uint64 {
+	if !e.On(channel) {
+		return 0
+	}
+	id := e.ids.Add(1)
+	s := e.stripe(ChannelOf(channel))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.occ[channel]++
+	first := s.occ[channel] == 1
+	occupied := Event{Name: ChannelOccupied, Channel: channel}
+	switch {
+	case first && e.cfg.Shared != nil:
+		e.queueLocked(s, item{op: opHold, ev: occupied})
+	case first:
+		e.enqueueLocked(s, occupied)
+	}
+	if e.cfg.Shared != nil {
+		info, _ := json.Marshal(tracked{Channel: channel, User: user})
+		e.queueLocked(s, item{op: opTrack, kind: "s", key: strconv.FormatUint(id, 10), info: string(info)})
+	}
+	e.enqueueLocked(s, Event{Name: Subscribed, Channel: channel, UserID: user})
+	return id
+}
+
+// Unsubscribe counts a subscription's end: unsubscribed, and
+// channel_vacated when it was the channel's last.
+func (e *Emitter) Unsubscribe(channel, user string, id uint64) {
+	if !e.On(channel) {
+		return
+	}
+	s := e.stripe(ChannelOf(channel))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.cfg.Shared != nil {
+		e.queueLocked(s, item{op: opUntrack, kind: "s", key: strconv.FormatUint(id, 10)})
+	}
+	e.enqueueLocked(s, Event{Name: Unsubscribed, Channel: channel, UserID: user})
+	if n := s.occ[channel] - 1; n > 0 {
+		s.occ[channel] = n
+		return
+	}
+	delete(s.occ, channel)
+	vacated := Event{Name: ChannelVacated, Channel: channel}
+	if e.cfg.Shared != nil {
+		e.queueLocked(s, item{op: opRelease, ev: vacated})
+		return
+	}
+	e.enqueueLocked(s, vacated)
+}
+
+// Connection emits a connection's opened or closed event (and, shared,
+// keeps it for the others to close should this node die).
+func (e *Emitter) Connection(ev Event) {
+	if !e.ConnectionsOn() {
+		return
+	}
+	s := e.stripe(Connections)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.cfg.Shared != nil {
+		if ev.Name == ConnectionOpened {
+			info, _ := json.Marshal(tracked{User: ev.UserID, Transport: ev.Transport})
+			e.queueLocked(s, item{op: opTrack, kind: "c", key: ev.ConnectionID, info: string(info)})
+		} else {
+			e.queueLocked(s, item{op: opUntrack, kind: "c", key: ev.ConnectionID})
+		}
+	}
+	e.enqueueLocked(s, ev)
+}
+
+func (e *Emitter) run(s *stripe) {
+	defer e.wg.Done()
+	for {
+		s.mu.Lock()
+		batch := s.q
+		s.q = nil
+		closed := s.closed
+		s.mu.Unlock()
+		if len(batch) > 0 {
+			e.doBatch(s, batch)
+			e.queued.Add(-int64(len(batch)))
+			continue
+		}
+		if closed {
+			return
+		}
+		<-s.wake
+	}
+}
+
+// doBatch does queued items in order: the publishes pipelined (started
+// one after the other, then waited for in order), the records of the
+// shared log in one round trip, an occupancy change after the publishes
+// before it.
+func (e *Emitter) doBatch(s *stripe, batch []item) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	type started struct {
+		ev   Event
+		wait func() (*broker.Message, error)
+	}
+	var inflight []started
+	var track []broker.Tracked
+	flush := func() {
+		for _, st := range inflight {
+			m, err := st.wait()
+			e.published1(st.ev, m, err)
+		}
+		inflight = inflight[:0]
+		if len(track) > 0 {
+			if err := e.cfg.Shared.Track(ctx, track); err != nil {
+				e.cfg.Logger.Warn("lifecycle: not recorded in the shared log (should this node die, the others cannot tell its end)", "records", len(track), "err", err)
+			}
+			track = track[:0]
+		}
+	}
+	for _, it := range batch {
+		switch it.op {
+		case opPublish:
+			wait, err := e.cfg.Publish(ctx, it.ev.Message())
+			if err != nil {
+				e.published1(it.ev, nil, err)
+				continue
+			}
+			inflight = append(inflight, started{it.ev, wait})
+		case opHold, opRelease:
+			flush()
+			e.occupyLocked(ctx, "", it.op == opHold, it.ev)
+		case opTrack, opUntrack:
+			track = append(track, broker.Tracked{Kind: it.kind, Key: it.key, Info: it.info, Open: it.op == opTrack})
+		}
+	}
+	flush()
+}
+
+// published1 counts a publish's outcome and hands the event to the sinks.
+func (e *Emitter) published1(ev Event, m *broker.Message, err error) {
+	if err != nil {
+		e.failed.Add(1)
+		e.cfg.Logger.Warn("lifecycle event not published", "event", ev.Name, "channel", ev.Channel, "err", err)
+		return
+	}
+	e.published.Add(1)
+	e.Published(ev, m)
+}
+
+// occupy holds or releases a channel in the shared log for node ("":
+// this one); the log appends ev when the cluster's count changes.
+func (e *Emitter) occupy(ctx context.Context, s *stripe, node string, hold bool, ev Event) error {
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	return e.occupyLocked(ctx, node, hold, ev)
+}
+
+// occupyLocked is occupy with the stripe's pub lock held.
+func (e *Emitter) occupyLocked(ctx context.Context, node string, hold bool, ev Event) error {
+	m := ev.Message()
+	appended, err := e.cfg.Shared.Occupy(ctx, node, m.Channel, hold, m)
+	if err != nil {
+		e.failed.Add(1)
+		e.cfg.Logger.Warn("lifecycle: occupancy not recorded", "event", ev.Name, "channel", ev.Channel, "err", err)
+		return err
+	}
+	if appended {
+		e.published.Add(1)
+		e.Published(ev, m)
+	}
+	return nil
+}
+
+// publish publishes ev on its event channel and hands it to the sinks.
+func (e *Emitter) publish(ctx context.Context, s *stripe, ev Event) error {
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	wait, err := e.cfg.Publish(ctx, ev.Message())
+	var m *broker.Message
+	if err == nil {
+		m, err = wait()
+	}
+	e.published1(ev, m, err)
+	return err
+}
+
+// lost tells, once for the cluster, the end of something a dead node
+// tracked (the shared log calls it on one surviving node).
+func (e *Emitter) lost(node, kind, key, info string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var t tracked
+	if kind != "o" {
+		if err := json.Unmarshal([]byte(info), &t); err != nil {
+			return nil // not ours to tell
+		}
+	}
+	now := e.cfg.Now().UnixMilli()
+	switch kind {
+	case "o":
+		ch, ok := strings.CutPrefix(key, ChannelPrefix)
+		if !ok {
+			return nil
+		}
+		ev := Event{Name: ChannelVacated, Channel: ch, Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		return e.occupy(ctx, e.stripe(key), node, false, ev)
+	case "s":
+		ev := Event{Name: Unsubscribed, Channel: t.Channel, UserID: t.User, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		e.publish(ctx, e.stripe(ev.EventChannel()), ev)
+	case "c":
+		ev := Event{Name: ConnectionClosed, ConnectionID: key, UserID: t.User, Transport: t.Transport, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		e.publish(ctx, e.stripe(Connections), ev)
+	}
+	return nil // a publish that failed is counted and logged: the claim is spent
+}
+
+// rejoin holds this node's channels again, after the others took it for
+// dead and released them.
+func (e *Emitter) rejoin() {
+	for i := range e.st {
+		s := &e.st[i]
+		s.mu.Lock()
+		for ch := range s.occ {
+			e.queueLocked(s, item{op: opHold, ev: Event{Name: ChannelOccupied, Channel: ch}})
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Published hands an event already published (by whoever decided it: the
+// presence registry's scripts) to the sinks, with its position.
+func (e *Emitter) Published(ev Event, m *broker.Message) {
+	if m != nil {
+		ev.Seq, ev.Epoch = m.Seq, m.Epoch
+	}
+	if sinks := e.sinks.Load(); sinks != nil {
+		for _, sink := range *sinks {
+			sink(ev)
+		}
+	}
+}
+
+// Counts are the Emitter's counters: events published, dropped because
+// the queue was full, failed to publish.
+func (e *Emitter) Counts() (published, dropped, failed uint64) {
+	if e == nil {
+		return 0, 0, 0
+	}
+	return e.published.Load(), e.dropped.Load(), e.failed.Load()
+}
+
+// Close publishes what is queued and stops.
+func (e *Emitter) Close() {
+	if e == nil || e.closed.Swap(true) {
+		return
+	}
+	for i := range e.st {
+		s := &e.st[i]
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	e.wg.Wait()
+}

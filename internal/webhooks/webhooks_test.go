@@ -1,0 +1,160 @@
+package webhooks
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pushctl/pushctl/internal/events"
+	"github.com/pushctl/pushctl/internal/hooks"
+)
+
+// endpoint records the events of valid bodies; status decides the answer.
+type endpoint struct {
+	t      *testing.T
+	srv    *httptest.Server
+	mu     sync.Mutex
+	got    []string
+	status int
+	more   chan struct{}
+}
+
+func newEndpoint(t *testing.T) *endpoint {
+	ep := &endpoint{t: t, status: 200, more: make(chan struct{}, 1)}
+	ep.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		ep.mu.Lock()
+		defer ep.mu.Unlock()
+		if ep.status != 200 {
+			w.WriteHeader(ep.status)
+			return
+		}
+		if err := hooks.Verify([]byte("s"), r.Header.Get(hooks.SignatureHeader), body, time.Now()); err != nil {
+			t.Errorf("signature: %v", err)
+		}
+		var b struct {
+			TimeMs int64          `json:"time_ms"`
+			Events []events.Event `json:"events"`
+		}
+		if err := json.Unmarshal(body, &b); err != nil || b.TimeMs == 0 {
+			t.Errorf("body %s: %v", body, err)
+		}
+		for _, ev := range b.Events {
+			ep.got = append(ep.got, ev.Name+":"+ev.Channel)
+		}
+		select {
+		case ep.more <- struct{}{}:
+		default:
+		}
+	}))
+	t.Cleanup(ep.srv.Close)
+	return ep
+}
+
+func (ep *endpoint) wait(n int) string {
+	ep.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		ep.mu.Lock()
+		got := strings.Join(ep.got, " ")
+		c := len(ep.got)
+		ep.mu.Unlock()
+		if c >= n {
+			return got
+		}
+		select {
+		case <-ep.more:
+		case <-deadline:
+			ep.t.Fatalf("%d events within 10s, want %d: %s", c, n, got)
+		}
+	}
+}
+
+func ev(name, ch string) events.Event { return events.Event{Name: name, Channel: ch} }
+
+// A vacated waits the delay; an occupied within it cancels both; the
+// channel's events behind a waiting vacated wait too, other channels'
+// do not.
+func TestDelayCancelsThePairAndKeepsTheOrder(t *testing.T) {
+	ep := newEndpoint(t)
+	s := New(Config{URL: ep.srv.URL, Secret: []byte("s"), Delay: 300 * time.Millisecond})
+	defer s.Close()
+	s.Send(ev(events.ChannelOccupied, "a"))
+	s.Send(ev(events.Unsubscribed, "a"))
+	s.Send(ev(events.ChannelVacated, "a"))
+	s.Send(ev(events.ChannelOccupied, "a")) // cancels the vacated, and is not sent
+	s.Send(ev(events.Subscribed, "a"))
+	if got := ep.wait(3); got != "channel_occupied:a unsubscribed:a subscribed:a" {
+		t.Fatalf("with a reconnect in the delay: %s", got)
+	}
+	s.Send(ev(events.ChannelVacated, "a"))
+	s.Send(ev(events.Subscribed, "a")) // behind the waiting vacated
+	s.Send(ev(events.Subscribed, "b")) // another channel: at once
+	if got := ep.wait(4); got != "channel_occupied:a unsubscribed:a subscribed:a subscribed:b" {
+		t.Fatalf("b first: %s", got)
+	}
+	if got := ep.wait(6); got != "channel_occupied:a unsubscribed:a subscribed:a subscribed:b channel_vacated:a subscribed:a" {
+		t.Fatalf("a's order: %s", got)
+	}
+}
+
+// Events wait while the endpoint fails and go, in order, once it is
+// back; past the queue bound they are dropped and counted, and so are
+// those not delivered within the retry window.
+func TestRetryQueueBoundAndExpiry(t *testing.T) {
+	ep := newEndpoint(t)
+	ep.status = 503
+	m := NewMetrics()
+	s := New(Config{URL: ep.srv.URL, Secret: []byte("s"), Delay: -1, QueueSize: 3, Retry: time.Minute, Metrics: m})
+	defer s.Close()
+	for _, ch := range []string{"1", "2", "3", "4", "5"} {
+		s.Send(ev(events.Subscribed, ch))
+	}
+	if n := value(m.dropped.WithLabelValues("queue_full")); n != 2 {
+		t.Fatalf("queue_full drops %v, want 2", n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for value(m.failed) < 3 && time.Now().Before(deadline) {
+		select {
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	ep.mu.Lock()
+	ep.status = 200
+	ep.mu.Unlock()
+	if got := ep.wait(3); got != "subscribed:1 subscribed:2 subscribed:3" {
+		t.Fatalf("after the endpoint came back: %s", got)
+	}
+
+	// Down for longer than the retry window: dropped as expired.
+	ep2 := newEndpoint(t)
+	ep2.status = 500
+	m2 := NewMetrics()
+	s2 := New(Config{URL: ep2.srv.URL, Delay: -1, Retry: 200 * time.Millisecond, Metrics: m2})
+	defer s2.Close()
+	s2.Send(ev(events.Subscribed, "x"))
+	deadline = time.Now().Add(10 * time.Second)
+	for value(m2.dropped.WithLabelValues("expired")) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the expired event is not counted")
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// value reads a counter.
+func value(c prometheus.Counter) float64 {
+	var m dto.Metric
+	c.Write(&m)
+	return m.GetCounter().GetValue()
+}
