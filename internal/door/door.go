@@ -385,10 +385,6 @@ func (d *Door) Join(ctx context.Context, c Caller, channel, member string, info 
 	if err := broker.ValidateChannel(channel); err != nil {
 		return nil, err
 	}
-	if broker.IsReserved(channel) {
-		d.refuse("presence_off")
-		return nil, wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "%s is one of the broker's own channels: it has no presence", channel)
-	}
 	if err := d.allowSubscribe(c, channel); err != nil {
 		return nil, err
 	}
@@ -422,6 +418,7 @@ func (d *Door) SubscribeAsMember(ctx context.Context, c Caller, opts broker.Subs
 	if err != nil {
 		return nil, nil, err
 	}
+	d.subscribed(c, opts, sub)
 	m, err := d.presence.Join(ctx, channel, member, info, lim)
 	if err != nil {
 		sub.Close()
@@ -430,10 +427,14 @@ func (d *Door) SubscribeAsMember(ctx context.Context, c Caller, opts broker.Subs
 	return sub, m, nil
 }
 
-// admitJoin applies what a join meets past the grant: the namespace's
-// presence rules, the rate (a join publishes an event) and the subscribe
+// admitJoin applies what a join meets past the grant: no presence on the
+// broker's own channels, the namespace's presence rules, the rate (a join publishes an event) and the subscribe
 // hook, asked as a join, whose answer may replace the member's info.
 func (d *Door) admitJoin(ctx context.Context, c Caller, channel, member string, info []byte, lim presence.Limits) ([]byte, presence.Limits, error) {
+	if broker.IsReserved(channel) {
+		d.refuse("presence_off")
+		return nil, lim, wire.Errorf(http.StatusForbidden, wire.CodeForbidden, "%s is one of the broker's own channels: it has no presence", channel)
+	}
 	ns := d.namespaceOf(channel)
 	if ns != nil {
 		if ns.Rules.Presence != nil && !*ns.Rules.Presence {

@@ -3,6 +3,9 @@
 package e2e
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -516,4 +519,54 @@ func TestNamespaceWebhookAndPublishEvents(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("$events.channel.news: %s", resp.Status)
 	}
+}
+
+// A Pusher presence subscription is a subscription and a join in one
+// step: it is told as both (subscribed, member_added), and its end as
+// both, once each and in order.
+func TestPusherPresenceSubscriptionEvents(t *testing.T) {
+	rc := newReceiver(t)
+	const secret = "events-presence-secret-0123456789"
+	_, url, _ := eventsWorld(t, rc, "--webhook-delay", "0", "--presence-grace", "0",
+		"--pusher-app", "4244:preskey:"+secret)
+	pc := dialWS(t, url, "/app/preskey?protocol=7", "")
+	pc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var established struct {
+		Event string `json:"event"`
+		Data  string `json:"data"`
+	}
+	if err := pc.ReadJSON(&established); err != nil || established.Event != "pusher:connection_established" {
+		t.Fatalf("connection: %v %+v", err, established)
+	}
+	var conn struct {
+		SocketID string `json:"socket_id"`
+	}
+	json.Unmarshal([]byte(established.Data), &conn)
+	const channel = "presence-lobby"
+	channelData := `{"user_id":"carol"}`
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(conn.SocketID + ":" + channel + ":" + channelData))
+	pc.WriteJSON(map[string]any{"event": "pusher:subscribe", "data": map[string]string{
+		"channel": channel, "auth": "preskey:" + hex.EncodeToString(m.Sum(nil)), "channel_data": channelData}})
+	waitPusher(t, pc, "pusher_internal:subscription_succeeded")
+	rc.waitFor(channel, "member_added", "carol", 20*time.Second)
+	pc.Close()
+	evs := rc.waitFor(channel, "channel_vacated", "", 20*time.Second)
+	evs = rc.waitFor(channel, "member_removed", "carol", 20*time.Second)
+	count := map[string]int{}
+	for _, n := range names(evs) {
+		count[n]++
+	}
+	got := strings.Join(names(evs), " ")
+	for _, want := range []string{"channel_occupied", "subscribed", "member_added:carol", "member_removed:carol", "unsubscribed", "channel_vacated"} {
+		if count[want] != 1 {
+			t.Fatalf("%s events: %s; want %s once", channel, got, want)
+		}
+	}
+	// The member leaves after the connection's subscriptions end (its
+	// presence outlives them by --presence-grace).
+	if !strings.HasPrefix(got, "channel_occupied subscribed member_added:carol unsubscribed") {
+		t.Fatalf("%s events out of order: %s", channel, got)
+	}
+	inOrder(t, channel, evs, 0)
 }
