@@ -184,12 +184,13 @@ type Info struct {
 	// Pending counts the messages kept and not yet acknowledged;
 	// Inflight those of them held by clients now; Waiting those ready
 	// (or delayed) for delivery: the consumer's lag.
-	Pending  int           `json:"pending"`
-	Inflight int           `json:"inflight"`
-	Waiting  int           `json:"waiting"`
-	Lag      int           `json:"lag"`
-	Fetchers int           `json:"fetchers"`
-	Cursor   broker.Cursor `json:"cursor,omitempty"`
+	Pending  int `json:"pending"`
+	Inflight int `json:"inflight"`
+	Waiting  int `json:"waiting"`
+	Lag      int `json:"lag"`
+	Fetchers int `json:"fetchers"`
+	// Cursor is, per channel, the id of the newest message kept.
+	Cursor map[string]string `json:"cursor,omitempty"`
 	Counters
 }
 
@@ -784,11 +785,11 @@ func (c *Consumer) Info() Info {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	inf := Info{Name: c.name, Created: c.created, DeadLetter: c.DeadLetter(), Counters: c.counters,
-		Inflight: len(c.flying), Fetchers: c.fetchers, Cursor: broker.Cursor{}}
+		Inflight: len(c.flying), Fetchers: c.fetchers, Cursor: map[string]string{}}
 	inf.Config = InfoConf{Filter: c.cfg.Filter, AckWait: c.cfg.AckWait.String(), MaxDeliveries: c.cfg.MaxDeliveries,
 		MaxInflight: c.cfg.MaxInflight, MaxPending: c.cfg.MaxPending, Start: c.cfg.Start}
 	for ch, p := range c.cursor {
-		inf.Cursor[ch] = p
+		inf.Cursor[ch] = p.String()
 	}
 	for _, e := range c.entries {
 		if e.gap != nil {

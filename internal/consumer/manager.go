@@ -24,8 +24,8 @@ type Manager struct {
 	closed    bool
 	closing   chan struct{}
 
-	saveMu  sync.Mutex // one save at a time; Delete waits for it
-	saveReq chan struct{}
+	saveMu    sync.Mutex // one save at a time; Delete waits for it
+	saveReq   chan struct{}
 	saverDone chan struct{}
 }
 

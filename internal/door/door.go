@@ -24,6 +24,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/consumer"
 	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/wire"
@@ -53,6 +54,8 @@ type Config struct {
 	HookFailure string
 	// Now is the clock of the rate limiter (default time.Now).
 	Now func() time.Time
+	// Consumers are the broker's durable consumers (nil: kept in memory).
+	Consumers *consumer.Manager
 }
 
 // Door admits publishes, subscriptions and joins.
@@ -68,6 +71,7 @@ type Door struct {
 	namespaces nsList
 	hooks      *hooks.Client
 	hookPolicy string
+	consumers  *consumer.Manager
 }
 
 // New returns the door in front of b. The door owns the presence registry,
@@ -88,6 +92,10 @@ func New(b broker.Broker, c Config) *Door {
 	}
 	if c.PublishRate > 0 {
 		d.rate = newRateLimiter(c.PublishRate, c.PublishBurst)
+	}
+	d.consumers = c.Consumers
+	if d.consumers == nil {
+		d.consumers = consumer.NewManager(b, consumer.Options{})
 	}
 	d.namespaces = newNSList(c.Namespaces)
 	for i := range d.namespaces {
@@ -191,6 +199,9 @@ func (d *Door) checkPublish(c Caller, channel string, ns *nsState) error {
 		return err
 	}
 	if err := d.Allow(c, auth.Publish, channel); err != nil {
+		return err
+	}
+	if err := d.checkDeadLetter(c, channel); err != nil {
 		return err
 	}
 	if c.socket && ns != nil && ns.Rules.ClientPublish != nil && !*ns.Rules.ClientPublish {

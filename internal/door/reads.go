@@ -63,5 +63,9 @@ func (d *Door) MemberCount(ctx context.Context, channel string) (int, error) {
 func (d *Door) OnPresenceChange(fn func(channel, event, id string)) { d.presence.Changed = fn }
 
 // Close ends every presence membership, while the broker still takes their
-// events; the broker itself is its owner's to close.
-func (d *Door) Close() { d.presence.Close() }
+// events, and stops the consumers, saving them; the broker itself is its
+// owner's to close.
+func (d *Door) Close() {
+	d.presence.Close()
+	d.consumers.Close()
+}

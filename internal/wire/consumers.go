@@ -211,3 +211,9 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// ParseNackDelay reads a nack's delay parameter (a duration or seconds,
+// up to 24h; default 0: deliver again at once).
+func ParseNackDelay(q url.Values) (time.Duration, error) {
+	return duration(q, "delay", 24*time.Hour)
+}
