@@ -43,10 +43,9 @@ type Delivery struct {
 	Lost     uint64
 }
 
-// Fetch takes up to max deliveries from consumer name, waiting up to wait
-// for the first; none when wait passes without any.
-func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Duration, o ConsumerOptions) ([]Delivery, error) {
-	q := url.Values{"max": {strconv.Itoa(max)}, "wait": {wait.String()}}
+// consumerQuery is the query of o's settings.
+func consumerQuery(o ConsumerOptions) url.Values {
+	q := url.Values{}
 	if o.Channel != "" {
 		q.Set("channel", o.Channel)
 	}
@@ -61,6 +60,22 @@ func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Dura
 	if o.Start != "" {
 		q.Set("start", o.Start)
 	}
+	return q
+}
+
+// CreateConsumer creates consumer name with o's settings (an existing one
+// keeps its own; o.Channel must be its channel) and describes it.
+func (c *Client) CreateConsumer(ctx context.Context, name string, o ConsumerOptions) (*consumer.Info, error) {
+	var info consumer.Info
+	return &info, c.call(ctx, "PUT", "/consumers/"+url.PathEscape(name), consumerQuery(o), &info)
+}
+
+// Fetch takes up to max deliveries from consumer name, waiting up to wait
+// for the first; none when wait passes without any.
+func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Duration, o ConsumerOptions) ([]Delivery, error) {
+	q := consumerQuery(o)
+	q.Set("max", strconv.Itoa(max))
+	q.Set("wait", wait.String())
 	req, err := http.NewRequestWithContext(ctx, "POST", c.url("/consumers/"+url.PathEscape(name)+"/fetch", q), http.NoBody)
 	if err != nil {
 		return nil, err

@@ -15,10 +15,35 @@ import (
 
 func (s *Server) consumerRoutes() {
 	s.mux.Handle("/consumers", s.methods(map[string]handlerFunc{"GET": s.listConsumers}))
-	s.mux.Handle("/consumers/{name}", s.methods(map[string]handlerFunc{"GET": s.consumerInfo, "DELETE": s.deleteConsumer}))
+	s.mux.Handle("/consumers/{name}", s.methods(map[string]handlerFunc{"GET": s.consumerInfo, "PUT": s.createConsumer, "DELETE": s.deleteConsumer}))
 	s.mux.Handle("/consumers/{name}/fetch", s.methods(map[string]handlerFunc{"POST": s.fetchDeliveries}))
 	s.mux.Handle("/consumers/{name}/ack", s.methods(map[string]handlerFunc{"POST": s.ackDeliveries}))
 	s.mux.Handle("/consumers/{name}/nack", s.methods(map[string]handlerFunc{"POST": s.nackDeliveries}))
+}
+
+// consumerConfig is the consumer settings of a fetch's or create's query.
+func consumerConfig(p wire.FetchParams) consumer.Config {
+	return consumer.Config{Filter: p.Channel, AckWait: p.AckWait, MaxDeliveries: p.MaxDeliveries,
+		MaxInflight: p.MaxInflight, MaxPending: p.MaxPending, Start: p.Start}
+}
+
+// createConsumer is PUT /consumers/{name}?channel=…: the consumer, created
+// with these settings unless it exists (then its own are kept), before
+// anything is fetched, so that nothing published from now on is missed.
+func (s *Server) createConsumer(w http.ResponseWriter, r *http.Request) error {
+	p, err := wire.ParseFetch(r.URL.Query())
+	if err != nil {
+		return err
+	}
+	id, err := s.connectIdentity(r)
+	if err != nil {
+		return err
+	}
+	cons, err := s.door.Consume(r.Context(), s.caller(r, id), r.PathValue("name"), consumerConfig(p))
+	if err != nil {
+		return door.ConsumerError(err)
+	}
+	return writeJSON(w, http.StatusOK, cons.Info())
 }
 
 // fetchDeliveries is POST /consumers/{name}/fetch?max=&wait=&channel=…:
@@ -33,9 +58,7 @@ func (s *Server) fetchDeliveries(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	cfg := consumer.Config{Filter: p.Channel, AckWait: p.AckWait, MaxDeliveries: p.MaxDeliveries,
-		MaxInflight: p.MaxInflight, MaxPending: p.MaxPending, Start: p.Start}
-	cons, err := s.door.Consume(r.Context(), s.caller(r, id), r.PathValue("name"), cfg)
+	cons, err := s.door.Consume(r.Context(), s.caller(r, id), r.PathValue("name"), consumerConfig(p))
 	if err != nil {
 		return door.ConsumerError(err)
 	}
