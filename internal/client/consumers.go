@@ -141,16 +141,18 @@ func (c *Client) Ack(ctx context.Context, name string, ids []string) (int, error
 
 // Nack refuses deliveries of consumer name: delivered again after delay
 // (or dead-lettered when out of deliveries). It returns how many were
-// still current.
-func (c *Client) Nack(ctx context.Context, name string, ids []string, delay time.Duration) (int, error) {
+// still current, and how many of them went to the dead-letter channel.
+func (c *Client) Nack(ctx context.Context, name string, ids []string, delay time.Duration) (nacked, dead int, err error) {
 	var out struct {
 		Nacked int `json:"nacked"`
+		Dead   int `json:"dead_lettered"`
 	}
 	q := url.Values{}
 	if delay > 0 {
 		q.Set("delay", delay.String())
 	}
-	return out.Nacked, c.postIDs(ctx, "/consumers/"+url.PathEscape(name)+"/nack", q, ids, &out)
+	err = c.postIDs(ctx, "/consumers/"+url.PathEscape(name)+"/nack", q, ids, &out)
+	return out.Nacked, out.Dead, err
 }
 
 func (c *Client) postIDs(ctx context.Context, path string, q url.Values, ids []string, v any) error {

@@ -623,26 +623,26 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 
 // Nack refuses a delivery: its message is delivered again after delay
 // (at once when 0), or goes to the dead-letter channel when it has been
-// delivered MaxDeliveries times. A nack of a delivery that is no longer
-// the current one (its ack wait passed and it went to another client) is
-// ignored: it returns false.
-func (c *Consumer) Nack(id string, delay time.Duration) (bool, error) {
+// delivered MaxDeliveries times (dead is then true). A nack of a delivery
+// that is no longer the current one (its ack wait passed and it went to
+// another client) is ignored: ok is false.
+func (c *Consumer) Nack(id string, delay time.Duration) (ok, deadLettered bool, err error) {
 	seq, count, err := ParseDeliveryID(id)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if delay < 0 || delay > 24*time.Hour {
-		return false, badParam("delay %s: want 0 to 24h", delay)
+		return false, false, badParam("delay %s: want 0 to 24h", delay)
 	}
 	c.mu.Lock()
 	if c.deleted {
 		c.mu.Unlock()
-		return false, fmt.Errorf("%w: %s was deleted", ErrNotFound, c.name)
+		return false, false, fmt.Errorf("%w: %s was deleted", ErrNotFound, c.name)
 	}
 	e := c.entries[seq]
 	if e == nil || e.state != stFlying || e.count != count {
 		c.mu.Unlock()
-		return false, nil
+		return false, false, nil
 	}
 	delete(c.flying, seq)
 	c.counters.Nacked++
@@ -665,7 +665,7 @@ func (c *Consumer) Nack(id string, delay time.Duration) (bool, error) {
 	if dead != nil {
 		c.deadLetter([]*entry{dead})
 	}
-	return true, nil
+	return true, dead != nil, nil
 }
 
 func (c *Consumer) toReady(e *entry) {

@@ -87,7 +87,7 @@ func TestNackRedeliversThenDeadLetters(t *testing.T) {
 		d := ds[0]
 		seen[string(d.Msg.Data)]++
 		if string(d.Msg.Data) == "3" {
-			if _, err := c.Nack(d.ID, 0); err != nil {
+			if _, _, err := c.Nack(d.ID, 0); err != nil {
 				t.Fatal(err)
 			}
 			if d.Count == 3 {

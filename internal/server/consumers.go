@@ -139,7 +139,8 @@ func (s *Server) ackDeliveries(w http.ResponseWriter, r *http.Request) error {
 
 // nackDeliveries is POST /consumers/{name}/nack?delay=: deliver these
 // again after delay (or dead-letter them when out of deliveries). Replies
-// {"nacked": n}, n counting the deliveries still current.
+// {"nacked": n, "dead_lettered": d}: n deliveries were still current, d
+// of them went to the dead-letter channel.
 func (s *Server) nackDeliveries(w http.ResponseWriter, r *http.Request) error {
 	delay, err := wire.ParseNackDelay(r.URL.Query())
 	if err != nil {
@@ -153,17 +154,20 @@ func (s *Server) nackDeliveries(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	n := 0
+	n, dead := 0, 0
 	for _, id := range ids {
-		ok, err := cons.Nack(id, delay)
+		ok, gone, err := cons.Nack(id, delay)
 		if err != nil {
 			return door.ConsumerError(err)
 		}
 		if ok {
 			n++
 		}
+		if gone {
+			dead++
+		}
 	}
-	return writeJSON(w, http.StatusOK, map[string]int{"nacked": n})
+	return writeJSON(w, http.StatusOK, map[string]int{"nacked": n, "dead_lettered": dead})
 }
 
 func (s *Server) listConsumers(w http.ResponseWriter, r *http.Request) error {

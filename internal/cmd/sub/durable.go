@@ -40,8 +40,8 @@ type durable struct {
 	co client.ConsumerOptions
 
 	mu      sync.Mutex // the printer and the counts
-	running int
-	started int // messages handed to a handler (for --count)
+	running int        // deliveries held: fetched, their ack or nack not yet sent
+	started int        // messages handed to a handler (for --count)
 	free    chan struct{}
 	acks    chan string
 	failed  error
@@ -70,6 +70,12 @@ func runDurable(ctx, sctx context.Context, o *Options, p *printer, c *client.Cli
 	}
 	if d.failed != nil {
 		err = d.failed
+	}
+	if ctx.Err() != nil {
+		// A service manager's stop (SIGTERM) is a clean end: exit 0;
+		// Ctrl-C is 130. Deliveries not acknowledged come back.
+		p.out.Flush()
+		return cmdutil.Stopped(ctx)
 	}
 	return p.finish(ctx, err)
 }
@@ -128,6 +134,15 @@ func (d *durable) loop(ctx context.Context) error {
 			fmt.Fprintf(d.o.IO.ErrOut, "pushctl: fetching from consumer %s again\n", d.o.Durable)
 		}
 		backoff, warned = 100*time.Millisecond, false
+		held := 0
+		for _, dv := range ds {
+			if dv.Gap == nil {
+				held++
+			}
+		}
+		d.mu.Lock()
+		d.running += held // until their ack or nack is sent
+		d.mu.Unlock()
 		if err := d.handle(ctx, ds); err != nil {
 			return err
 		}
@@ -181,7 +196,6 @@ func (d *durable) handle(ctx context.Context, ds []client.Delivery) error {
 			continue
 		}
 		d.p.out.Flush()
-		d.running++
 		d.mu.Unlock()
 		d.wg.Add(1)
 		go d.exec(ctx, dv)
@@ -197,27 +211,38 @@ func (d *durable) exec(ctx context.Context, dv client.Delivery) {
 		d.acks <- dv.ID
 	} else if ctx.Err() == nil {
 		delay := retryDelay(dv.Count)
+		nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, dead, nerr := d.c.Nack(nctx, d.o.Durable, []string{dv.ID}, delay)
+		cancel()
 		if !d.o.Quiet {
 			what := fmt.Sprintf("delivered again in %s", delay)
-			if d.o.MaxDeliveries > 0 && dv.Count >= d.o.MaxDeliveries {
-				what = "out of deliveries: to the dead-letter channel"
+			switch {
+			case nerr != nil:
+				what = fmt.Sprintf("the nack failed (%v): delivered again after the ack wait", nerr)
+			case dead > 0:
+				what = "out of deliveries: sent to the dead-letter channel _dead." + d.o.Durable
 			}
 			fmt.Fprintf(d.o.IO.ErrOut, "pushctl: --exec failed for message %s on %s (%v), delivery %d; %s\n", dv.Msg.ID(), dv.Msg.Channel, err, dv.Count, what)
 		}
-		nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if _, nerr := d.c.Nack(nctx, d.o.Durable, []string{dv.ID}, delay); nerr != nil && !d.o.Quiet {
-			fmt.Fprintf(d.o.IO.ErrOut, "pushctl: warning: nack of %s failed (%v); it is delivered again after the ack wait\n", dv.ID, nerr)
-		}
-		cancel()
 	}
 	// Interrupted: the message is delivered again after the ack wait.
 	d.mu.Lock()
-	d.running--
 	if err == nil {
 		d.p.got++
 	} else {
 		d.started-- // it comes back
 	}
+	d.mu.Unlock()
+	if err != nil {
+		d.release(1)
+	}
+}
+
+// release frees n slots of --max-inflight: deliveries whose ack or nack
+// was sent (or that will come back after the ack wait).
+func (d *durable) release(n int) {
+	d.mu.Lock()
+	d.running -= n
 	d.mu.Unlock()
 	select {
 	case d.free <- struct{}{}:
@@ -249,14 +274,12 @@ func (d *durable) acker(ctx context.Context) error {
 				d.failed = err
 			}
 			d.mu.Unlock()
+			d.release(0)       // the fetch loop sees the failure
 			for range d.acks { // let handlers finish
 			}
 			return err
 		}
-		select {
-		case d.free <- struct{}{}:
-		default:
-		}
+		d.release(len(batch))
 	}
 	return nil
 }
@@ -274,6 +297,9 @@ func (d *durable) sendAcks(ctx context.Context, ids []string) error {
 		var ae *client.APIError
 		if errors.As(err, &ae) && ae.Status < 500 || time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("acknowledge %s on consumer %s: %w", cmdutil.Plural(len(ids), "message"), d.o.Durable, err)
+		}
+		if wait == 100*time.Millisecond && !d.o.Quiet {
+			fmt.Fprintf(d.o.IO.ErrOut, "pushctl: acknowledging %s on consumer %s failed (%v); retrying\n", cmdutil.Plural(len(ids), "message"), d.o.Durable, err)
 		}
 		t := time.NewTimer(wait)
 		select {
