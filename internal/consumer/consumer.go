@@ -568,7 +568,7 @@ func ParseDeliveryID(id string) (seq uint64, count int, err error) {
 			count, err = strconv.Atoi(n)
 		}
 	}
-	if !ok || err != nil || seq == 0 || count <= 0 || len(id) > 40 {
+	if !ok || err != nil || seq == 0 || count <= 0 || len(id) > 40 || deliveryID(seq, count) != id {
 		return 0, 0, wire.Errorf(http.StatusBadRequest, wire.CodeInvalidDelivery, "delivery id %q: want <seq>.<count> as the delivery carried it", truncate(id, 48))
 	}
 	return seq, count, nil
