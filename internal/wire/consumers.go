@@ -217,3 +217,114 @@ func clip(s string) string {
 func ParseNackDelay(q url.Values) (time.Duration, error) {
 	return duration(q, "delay", 24*time.Hour)
 }
+
+// WebSocket frames of durable consumers. A client sends "consume" to
+// have a consumer's deliveries pushed to it (at most Max unacknowledged at
+// once), then "ack" and "nack" frames naming deliveries; the broker
+// replies "consuming", "acked" and "nacked" (or "error"), each with the
+// frame's ref, and pushes "delivery" and "gap" frames.
+const (
+	TypeConsume   = "consume"
+	TypeConsuming = "consuming"
+	TypeAckIDs    = "ack"
+	TypeNack      = "nack"
+	TypeAcked     = "acked"
+	TypeNacked    = "nacked"
+)
+
+// ConsumerFrame is a client's consume, ack or nack frame.
+type ConsumerFrame struct {
+	Type     string   `json:"type"`
+	Ref      string   `json:"ref,omitempty"`
+	Consumer string   `json:"consumer"`
+	IDs      []string `json:"ids,omitempty"`
+	// Max (consume) is how many deliveries the connection holds at once
+	// (default 1); Delay (nack) when to deliver again ("5s").
+	Max   int    `json:"max,omitempty"`
+	Delay string `json:"delay,omitempty"`
+	// For a consumer created by consume: as FetchParams.
+	Channel       string `json:"channel,omitempty"`
+	AckWait       string `json:"ack_wait,omitempty"`
+	MaxDeliveries int    `json:"max_deliveries,omitempty"`
+	MaxInflight   int    `json:"max_inflight,omitempty"`
+	MaxPending    int    `json:"max_pending,omitempty"`
+	Start         string `json:"start,omitempty"`
+}
+
+// DecodeConsumerFrame parses and checks a consume, ack or nack frame,
+// returning its settings (consume) or delay (nack) as FetchParams.
+func DecodeConsumerFrame(data []byte) (*ConsumerFrame, FetchParams, error) {
+	var f ConsumerFrame
+	if err := decodeObject(data, &f); err != nil {
+		return &f, FetchParams{}, err
+	}
+	if len(f.Ref) > MaxRef {
+		f.Ref = ""
+		return &f, FetchParams{}, Errorf(http.StatusBadRequest, CodeInvalidFrame, "ref longer than %d bytes", MaxRef)
+	}
+	if f.Consumer == "" {
+		return &f, FetchParams{}, Errorf(http.StatusBadRequest, CodeInvalidFrame, "%s needs \"consumer\"", f.Type)
+	}
+	q := url.Values{}
+	switch f.Type {
+	case TypeConsume:
+		if f.Max != 0 {
+			q.Set("max", strconv.Itoa(f.Max))
+		}
+		for k, v := range map[string]string{"channel": f.Channel, "ack_wait": f.AckWait, "start": f.Start} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		for k, v := range map[string]int{"max_deliveries": f.MaxDeliveries, "max_inflight": f.MaxInflight, "max_pending": f.MaxPending} {
+			if v != 0 {
+				q.Set(k, strconv.Itoa(v))
+			}
+		}
+		p, err := ParseFetch(q)
+		return &f, p, err
+	case TypeAckIDs, TypeNack:
+		if len(f.IDs) == 0 {
+			return &f, FetchParams{}, Errorf(http.StatusBadRequest, CodeInvalidFrame, "%s needs \"ids\": the deliveries", f.Type)
+		}
+		if _, err := ParseDeliveryIDs(nil, f.IDs); err != nil {
+			return &f, FetchParams{}, err
+		}
+		var p FetchParams
+		if f.Delay != "" {
+			q.Set("delay", f.Delay)
+			d, err := ParseNackDelay(q)
+			if err != nil {
+				return &f, p, err
+			}
+			p.Wait = d
+		}
+		return &f, p, nil
+	}
+	return &f, FetchParams{}, Errorf(http.StatusBadRequest, CodeInvalidFrame, "not a consumer frame: %q", clip(f.Type))
+}
+
+// AppendConsuming appends the reply to a consume frame.
+func AppendConsuming(b []byte, ref, consumer string) []byte {
+	b = appendHead(b, TypeConsuming, ref)
+	b = append(b, `,"consumer":`...)
+	b = AppendString(b, consumer)
+	return append(b, '}')
+}
+
+// AppendAcked appends the reply to an ack (typ TypeAcked: n messages
+// removed) or a nack (TypeNacked: n deliveries refused, dead of them
+// dead-lettered).
+func AppendAcked(b []byte, typ, ref string, n, dead int) []byte {
+	b = appendHead(b, typ, ref)
+	if typ == TypeNacked {
+		b = append(b, `,"nacked":`...)
+		b = strconv.AppendInt(b, int64(n), 10)
+		b = append(b, `,"dead_lettered":`...)
+		b = strconv.AppendInt(b, int64(dead), 10)
+	} else {
+		b = append(b, `,"acked":`...)
+		b = strconv.AppendInt(b, int64(n), 10)
+	}
+	return append(b, '}')
+}

@@ -117,3 +117,45 @@ func FuzzAppendDelivery(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeConsumerFrame: any frame is a checked consume, ack or nack,
+// or an error with a stable code; never a panic.
+func FuzzDecodeConsumerFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"consume","ref":"1","consumer":"w","channel":"jobs","max":10,"ack_wait":"1m","start":"all"}`,
+		`{"type":"ack","consumer":"w","ids":["1.1","2.3"]}`,
+		`{"type":"nack","consumer":"w","ids":["1.1"],"delay":"5s"}`,
+		`{"type":"nack","consumer":"w","ids":["1.1"],"delay":"-1s"}`,
+		`{"type":"ack","consumer":"w","ids":"1.1"}`, `{"type":"consume"}`, `[]`, `{"type":"consume","consumer":"w","max":1e9}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, p, err := DecodeConsumerFrame(data)
+		if fr == nil {
+			t.Fatal("nil frame")
+		}
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || e.Code == "" || e.Status != http.StatusBadRequest {
+				t.Fatalf("%q: error %v", data, err)
+			}
+			return
+		}
+		switch fr.Type {
+		case TypeConsume:
+			if p.Max < 1 || p.Max > MaxFetch {
+				t.Fatalf("%q: max %d", data, p.Max)
+			}
+		case TypeAckIDs, TypeNack:
+			if len(fr.IDs) == 0 || p.Wait < 0 || p.Wait > 24*time.Hour {
+				t.Fatalf("%q: %+v %+v", data, fr, p)
+			}
+		default:
+			t.Fatalf("%q: type %q accepted", data, fr.Type)
+		}
+		if fr.Consumer == "" || len(fr.Ref) > MaxRef {
+			t.Fatalf("%q: %+v", data, fr)
+		}
+	})
+}
