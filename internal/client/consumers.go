@@ -167,7 +167,11 @@ func (c *Client) postIDs(ctx context.Context, path string, q url.Values, ids []s
 		return err
 	}
 	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(v)
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10)) // all of it: the connection is reused
+	if err != nil {
+		return fmt.Errorf("reading the broker's reply: %w", err)
+	}
+	return json.Unmarshal(b, v)
 }
 
 // Consumers lists the broker's durable consumers.

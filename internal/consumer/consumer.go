@@ -399,7 +399,7 @@ func (c *Consumer) overflow(m *broker.Message) {
 		last.gap.Channel == m.Channel && last.gap.To.Epoch == m.Epoch && last.gap.To.Seq+1 == m.Seq {
 		last.gap.To = m.Position()
 		last.lost++
-		c.dirty[last.seq] = true
+		c.mark(last.seq)
 		return
 	}
 	c.counters.Gaps++
@@ -413,7 +413,7 @@ func (c *Consumer) add(e *entry) {
 	c.next++
 	c.entries[e.seq] = e
 	heap.Push(&c.ready, e.seq)
-	c.dirty[e.seq] = true
+	c.mark(e.seq)
 	c.metaDirty = true
 }
 
@@ -438,7 +438,7 @@ func (c *Consumer) takeReady(max int, now time.Time) []Delivery {
 		if e.gap != nil {
 			heap.Pop(&c.ready)
 			delete(c.entries, seq)
-			c.dirty[seq] = true
+			c.mark(seq)
 			out = append(out, Delivery{ID: deliveryID(seq, 1), Count: 1, Gap: e.gap, Lost: e.lost})
 			continue
 		}
@@ -453,7 +453,7 @@ func (c *Consumer) takeReady(max int, now time.Time) []Delivery {
 		e.state = stFlying
 		e.deadline = now.Add(c.cfg.AckWait)
 		c.flying[seq] = e
-		c.dirty[seq] = true
+		c.mark(seq)
 		c.counters.Delivered++
 		if e.count > 1 {
 			c.counters.Redelivered++
@@ -610,7 +610,7 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 		delete(c.entries, seq)
 		delete(c.flying, seq)
 		delete(c.delayed, seq)
-		c.dirty[seq] = true
+		c.mark(seq)
 		c.counters.Acked++
 		n++
 	}
@@ -646,7 +646,7 @@ func (c *Consumer) Nack(id string, delay time.Duration) (ok, deadLettered bool, 
 	}
 	delete(c.flying, seq)
 	c.counters.Nacked++
-	c.dirty[seq] = true
+	c.mark(seq)
 	c.metaDirty = true
 	var dead *entry
 	switch {
@@ -716,7 +716,7 @@ func (c *Consumer) expire() {
 		}
 		delete(c.flying, seq)
 		c.counters.Expired++
-		c.dirty[seq] = true
+		c.mark(seq)
 		changed = true
 		if e.count >= c.cfg.MaxDeliveries {
 			dead = append(dead, c.dying(e))
@@ -772,7 +772,7 @@ func (c *Consumer) deadLetter(es []*entry) {
 			continue
 		}
 		delete(c.entries, e.seq)
-		c.dirty[e.seq] = true
+		c.mark(e.seq)
 		c.counters.DeadLettered++
 		c.metaDirty = true
 		c.changed()
@@ -833,5 +833,13 @@ func (c *Consumer) Wait(ctx context.Context, ok func(Info) bool) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// mark notes that entry seq changed since the last save (durable stores
+// only: in memory there is nothing to save).
+func (c *Consumer) mark(seq uint64) {
+	if c.m.store != nil {
+		c.dirty[seq] = true
 	}
 }

@@ -43,13 +43,13 @@ type durable struct {
 	running int        // deliveries held: fetched, their ack or nack not yet sent
 	started int        // messages handed to a handler (for --count)
 	free    chan struct{}
-	acks    chan string
+	acks    chan []string // delivery ids to acknowledge, a handled batch at a time
 	failed  error
 	wg      sync.WaitGroup
 }
 
 func runDurable(ctx, sctx context.Context, o *Options, p *printer, c *client.Client) error {
-	d := &durable{o: o, p: p, c: c, free: make(chan struct{}, 1), acks: make(chan string, 4096),
+	d := &durable{o: o, p: p, c: c, free: make(chan struct{}, 1), acks: make(chan []string, 1024),
 		co: client.ConsumerOptions{Channel: o.Channels[0], AckWait: o.AckWait, MaxDeliveries: o.MaxDeliveries}}
 	if o.Ordered {
 		d.co.MaxInflight = 1
@@ -157,8 +157,8 @@ func (d *durable) handle(ctx context.Context, ds []client.Delivery) error {
 		d.mu.Lock()
 		d.p.out.Flush()
 		d.mu.Unlock()
-		for _, id := range done {
-			d.acks <- id
+		if len(done) > 0 {
+			d.acks <- done
 		}
 	}()
 	for _, dv := range ds {
@@ -208,7 +208,7 @@ func (d *durable) exec(ctx context.Context, dv client.Delivery) {
 	defer d.wg.Done()
 	err := runExec(ctx, d.o, dv.Msg)
 	if err == nil {
-		d.acks <- dv.ID
+		d.acks <- []string{dv.ID}
 	} else if ctx.Err() == nil {
 		delay := retryDelay(dv.Count)
 		nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -254,16 +254,16 @@ func (d *durable) release(n int) {
 // previous batch was sent goes in one request.
 func (d *durable) acker(ctx context.Context) error {
 	var batch []string
-	for id := range d.acks {
-		batch = append(batch[:0], id)
+	for ids := range d.acks {
+		batch = append(batch[:0], ids...)
 	drain:
-		for len(batch) < wire.MaxAckIDs {
+		for len(batch) < wire.MaxAckIDs-consumer.MaxFetch {
 			select {
-			case id, ok := <-d.acks:
+			case ids, ok := <-d.acks:
 				if !ok {
 					break drain
 				}
-				batch = append(batch, id)
+				batch = append(batch, ids...)
 			default:
 				break drain
 			}
