@@ -264,3 +264,51 @@ func TestBoltSurvivesRestart(t *testing.T) {
 		t.Errorf("message 3's delivery count after restart %d, want 2", got[0].Count)
 	}
 }
+
+// A pattern consumer keeps each channel's position: after a restart
+// (bbolt) it goes on with the channels it knew and takes a channel that
+// appeared since from its first message.
+func TestPatternConsumerAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	openAll := func() (*broker.Core, *consumer.Manager) {
+		b, err := boltlog.OpenBroker(boltlog.Options{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := consumer.OpenBolt(dir, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, consumer.NewManager(b, consumer.Options{Store: st})
+	}
+	b, m := openAll()
+	c := open(t, m, "p", consumer.Config{Filter: "jobs.*"})
+	publish(t, b, "jobs.a", 2)
+	publish(t, b, "jobs.b", 1)
+	publish(t, b, "other", 1)
+	ds := fetchN(t, c, 3, 10)
+	c.Ack(ids(ds))
+	m.Close()
+	b.Close()
+
+	b, m = openAll()
+	defer b.Close()
+	defer m.Close()
+	c, err := m.Open("p", consumer.Config{Filter: "jobs.*"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "jobs.c", 1)
+	publish(t, b, "jobs.a", 1)
+	got := fetchN(t, c, 2, 10)
+	var seen []string
+	for _, d := range got {
+		seen = append(seen, d.Msg.Channel+"@"+fmt.Sprint(d.Msg.Seq))
+	}
+	if fmt.Sprint(seen) != "[jobs.c@1 jobs.a@3]" {
+		t.Fatalf("after restart %v", seen)
+	}
+	if ds, _ := c.Fetch(context.Background(), 10, 0); len(ds) != 0 {
+		t.Errorf("more: %v", ids(ds))
+	}
+}
