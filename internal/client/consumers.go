@@ -27,6 +27,8 @@ type ConsumerOptions struct {
 	MaxDeliveries int
 	MaxInflight   int
 	MaxPending    int
+	// MaxPendingBytes bounds the data the consumer keeps.
+	MaxPendingBytes int64
 	// Start is "new" (default) or "all" (also what the channel retains).
 	Start string
 }
@@ -56,6 +58,9 @@ func consumerQuery(o ConsumerOptions) url.Values {
 		if v > 0 {
 			q.Set(k, strconv.Itoa(v))
 		}
+	}
+	if o.MaxPendingBytes > 0 {
+		q.Set("max_pending_bytes", strconv.FormatInt(o.MaxPendingBytes, 10))
 	}
 	if o.Start != "" {
 		q.Set("start", o.Start)

@@ -43,6 +43,8 @@ const (
 	DefaultMaxDeliveries = 5
 	DefaultMaxInflight   = 1000
 	DefaultMaxPending    = 100000
+	// DefaultMaxPendingBytes bounds the data a consumer keeps: 256 MiB.
+	DefaultMaxPendingBytes = 256 << 20
 	// MaxFetch bounds how many deliveries one fetch returns.
 	MaxFetch = 1000
 	// MaxNameLen bounds a consumer's name.
@@ -73,6 +75,8 @@ type Config struct {
 	// not, until acknowledged); past it new messages are not kept and the
 	// consumer is told with a gap, which is counted.
 	MaxPending int `json:"max_pending"`
+	// MaxPendingBytes bounds the data of those messages the same way.
+	MaxPendingBytes int64 `json:"max_pending_bytes"`
 	// Start is StartNew (default) or StartAll.
 	Start string `json:"start,omitempty"`
 }
@@ -90,6 +94,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = DefaultMaxPending
+	}
+	if c.MaxPendingBytes <= 0 {
+		c.MaxPendingBytes = DefaultMaxPendingBytes
 	}
 	if c.Start == "" {
 		c.Start = StartNew
@@ -116,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPending > 10000000 {
 		return badParam("max_pending %d: want 1 to 10000000", c.MaxPending)
+	}
+	if c.MaxPendingBytes > 1<<40 {
+		return badParam("max_pending_bytes %d: want 1 to %d", c.MaxPendingBytes, int64(1)<<40)
 	}
 	return nil
 }
@@ -196,12 +206,13 @@ type Info struct {
 
 // InfoConf is Config as shown to people: durations as strings.
 type InfoConf struct {
-	Filter        string `json:"filter"`
-	AckWait       string `json:"ack_wait"`
-	MaxDeliveries int    `json:"max_deliveries"`
-	MaxInflight   int    `json:"max_inflight"`
-	MaxPending    int    `json:"max_pending"`
-	Start         string `json:"start"`
+	Filter          string `json:"filter"`
+	AckWait         string `json:"ack_wait"`
+	MaxDeliveries   int    `json:"max_deliveries"`
+	MaxInflight     int    `json:"max_inflight"`
+	MaxPending      int    `json:"max_pending"`
+	MaxPendingBytes int64  `json:"max_pending_bytes"`
+	Start           string `json:"start"`
 }
 
 // entry is one message (or gap) kept for the consumer.
@@ -236,6 +247,7 @@ type Consumer struct {
 	flying   map[uint64]*entry
 	delayed  map[uint64]*entry
 	next     uint64 // the seq the next entry gets
+	bytes    int64  // data of the messages kept
 	cursor   broker.Cursor
 	counters Counters
 	fetchers int
@@ -361,7 +373,7 @@ func (c *Consumer) take(evs []broker.Event) {
 			}
 			c.cursor[m.Channel] = m.Position()
 			c.metaDirty = true
-			if len(c.entries) >= c.cfg.MaxPending {
+			if len(c.entries) >= c.cfg.MaxPending || c.bytes+int64(len(m.Data)) > c.cfg.MaxPendingBytes {
 				c.overflow(m)
 				added = true
 				continue
@@ -412,6 +424,9 @@ func (c *Consumer) add(e *entry) {
 	e.seq = c.next
 	c.next++
 	c.entries[e.seq] = e
+	if e.msg != nil {
+		c.bytes += int64(len(e.msg.Data))
+	}
 	heap.Push(&c.ready, e.seq)
 	c.mark(e.seq)
 	c.metaDirty = true
@@ -610,6 +625,7 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 		delete(c.entries, seq)
 		delete(c.flying, seq)
 		delete(c.delayed, seq)
+		c.bytes -= int64(len(e.msg.Data))
 		c.mark(seq)
 		c.counters.Acked++
 		n++
@@ -772,6 +788,7 @@ func (c *Consumer) deadLetter(es []*entry) {
 			continue
 		}
 		delete(c.entries, e.seq)
+		c.bytes -= int64(len(e.msg.Data))
 		c.mark(e.seq)
 		c.counters.DeadLettered++
 		c.metaDirty = true
@@ -787,7 +804,7 @@ func (c *Consumer) Info() Info {
 	inf := Info{Name: c.name, Created: c.created, DeadLetter: c.DeadLetter(), Counters: c.counters,
 		Inflight: len(c.flying), Fetchers: c.fetchers, Cursor: map[string]string{}}
 	inf.Config = InfoConf{Filter: c.cfg.Filter, AckWait: c.cfg.AckWait.String(), MaxDeliveries: c.cfg.MaxDeliveries,
-		MaxInflight: c.cfg.MaxInflight, MaxPending: c.cfg.MaxPending, Start: c.cfg.Start}
+		MaxInflight: c.cfg.MaxInflight, MaxPending: c.cfg.MaxPending, MaxPendingBytes: c.cfg.MaxPendingBytes, Start: c.cfg.Start}
 	for ch, p := range c.cursor {
 		inf.Cursor[ch] = p.String()
 	}

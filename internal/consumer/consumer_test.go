@@ -189,11 +189,20 @@ func TestOrdered(t *testing.T) {
 // Past max_pending, messages are not kept: the consumer is told with one
 // gap that counts them, never a silent skip.
 func TestMaxPendingIsACountedGap(t *testing.T) {
+	for name, cfg := range map[string]consumer.Config{
+		"messages": {Filter: "jobs", MaxPending: 3},
+		"bytes":    {Filter: "jobs", MaxPendingBytes: 3}, // "1", "2", "3"
+	} {
+		t.Run(name, func(t *testing.T) { testMaxPending(t, cfg) })
+	}
+}
+
+func testMaxPending(t *testing.T, cfg consumer.Config) {
 	b := broker.NewMemory(broker.MemoryOptions{})
 	defer b.Close()
 	m := consumer.NewManager(b, consumer.Options{})
 	defer m.Close()
-	c := open(t, m, "p", consumer.Config{Filter: "jobs", MaxPending: 3})
+	c := open(t, m, "p", cfg)
 	publish(t, b, "jobs", 10)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

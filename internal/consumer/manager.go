@@ -46,7 +46,7 @@ func NewManager(b broker.Broker, o Options) *Manager {
 		closing: make(chan struct{}), saveReq: make(chan struct{}, 1), saverDone: make(chan struct{})}
 	if m.store != nil {
 		for _, s := range m.store.Loaded() {
-			c := newConsumer(m, s.Name, s.Meta.Config, s.Meta.Created)
+			c := newConsumer(m, s.Name, s.Meta.Config.WithDefaults(), s.Meta.Created)
 			c.next = max(s.Meta.Next, 1)
 			c.counters = s.Meta.Counters
 			for ch, p := range s.Meta.Cursor {
@@ -55,6 +55,9 @@ func NewManager(b broker.Broker, o Options) *Manager {
 			for _, se := range s.Entries {
 				e := &entry{seq: se.Seq, msg: se.Msg, gap: se.Gap, lost: se.Lost, count: se.Count}
 				c.entries[e.seq] = e
+				if e.msg != nil {
+					c.bytes += int64(len(e.msg.Data))
+				}
 				c.ready = append(c.ready, e.seq)
 				if e.seq >= c.next {
 					c.next = e.seq + 1

@@ -24,7 +24,7 @@ func (s *Server) consumerRoutes() {
 // consumerConfig is the consumer settings of a fetch's or create's query.
 func consumerConfig(p wire.FetchParams) consumer.Config {
 	return consumer.Config{Filter: p.Channel, AckWait: p.AckWait, MaxDeliveries: p.MaxDeliveries,
-		MaxInflight: p.MaxInflight, MaxPending: p.MaxPending, Start: p.Start}
+		MaxInflight: p.MaxInflight, MaxPending: p.MaxPending, MaxPendingBytes: p.MaxPendingBytes, Start: p.Start}
 }
 
 // createConsumer is PUT /consumers/{name}?channel=…: the consumer, created

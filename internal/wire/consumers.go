@@ -91,7 +91,9 @@ type FetchParams struct {
 	MaxDeliveries int
 	MaxInflight   int
 	MaxPending    int
-	Start         string
+	// MaxPendingBytes bounds the data a consumer keeps (bytes).
+	MaxPendingBytes int64
+	Start           string
 }
 
 // Bounds of a fetch.
@@ -129,6 +131,13 @@ func ParseFetch(q url.Values) (FetchParams, error) {
 			}
 			*f.dst = n
 		}
+	}
+	if v := q.Get("max_pending_bytes"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 || n > 1<<40 {
+			return p, Errorf(http.StatusBadRequest, CodeInvalidParameter, "max_pending_bytes=%q: want 1 to %d", clip(v), int64(1)<<40)
+		}
+		p.MaxPendingBytes = n
 	}
 	if v := q.Get("channel"); v != "" {
 		if err := broker.ValidatePattern(v); err != nil {
@@ -243,12 +252,13 @@ type ConsumerFrame struct {
 	Max   int    `json:"max,omitempty"`
 	Delay string `json:"delay,omitempty"`
 	// For a consumer created by consume: as FetchParams.
-	Channel       string `json:"channel,omitempty"`
-	AckWait       string `json:"ack_wait,omitempty"`
-	MaxDeliveries int    `json:"max_deliveries,omitempty"`
-	MaxInflight   int    `json:"max_inflight,omitempty"`
-	MaxPending    int    `json:"max_pending,omitempty"`
-	Start         string `json:"start,omitempty"`
+	Channel         string `json:"channel,omitempty"`
+	AckWait         string `json:"ack_wait,omitempty"`
+	MaxDeliveries   int    `json:"max_deliveries,omitempty"`
+	MaxInflight     int    `json:"max_inflight,omitempty"`
+	MaxPending      int    `json:"max_pending,omitempty"`
+	MaxPendingBytes int64  `json:"max_pending_bytes,omitempty"`
+	Start           string `json:"start,omitempty"`
 }
 
 // DecodeConsumerFrame parses and checks a consume, ack or nack frame,
@@ -280,6 +290,9 @@ func DecodeConsumerFrame(data []byte) (*ConsumerFrame, FetchParams, error) {
 			if v != 0 {
 				q.Set(k, strconv.Itoa(v))
 			}
+		}
+		if f.MaxPendingBytes != 0 {
+			q.Set("max_pending_bytes", strconv.FormatInt(f.MaxPendingBytes, 10))
 		}
 		p, err := ParseFetch(q)
 		return &f, p, err

@@ -24,12 +24,13 @@ type Options struct {
 	JSON    bool
 	Delete  bool
 	// Create names the channel (or pattern) of a consumer to create.
-	Create        string
-	AckWait       time.Duration
-	MaxDeliveries int
-	MaxPending    int
-	Ordered       bool
-	All           bool
+	Create          string
+	AckWait         time.Duration
+	MaxDeliveries   int
+	MaxPending      int
+	MaxPendingBytes cmdutil.ByteSize
+	Ordered         bool
+	All             bool
 }
 
 // NewCmdConsumers returns the consumers command.
@@ -81,6 +82,7 @@ and every message kept for it.`,
 	fl.DurationVar(&o.AckWait, "ack-wait", 0, "with --create: how long a delivery may go unacknowledged (default 30s)")
 	fl.IntVar(&o.MaxDeliveries, "max-deliveries", 0, "with --create: deliveries before the dead-letter channel (default 5)")
 	fl.IntVar(&o.MaxPending, "max-pending", 0, "with --create: messages kept at most; past it a counted gap (default 100000)")
+	fl.Var(&o.MaxPendingBytes, "max-pending-bytes", "with --create: data kept at most (such as 64MiB); past it a counted gap (default 256MiB)")
 	fl.BoolVar(&o.Ordered, "ordered", false, "with --create: one message in flight at a time, in order")
 	fl.BoolVar(&o.All, "all", false, "with --create: start at the oldest message the channel retains, not at the next one")
 	return cmd
@@ -88,7 +90,7 @@ and every message kept for it.`,
 
 func (o *Options) validate(cmd *cobra.Command) error {
 	if o.Create == "" {
-		for _, f := range []string{"ack-wait", "max-deliveries", "max-pending", "ordered", "all"} {
+		for _, f := range []string{"ack-wait", "max-deliveries", "max-pending", "max-pending-bytes", "ordered", "all"} {
 			if cmd.Flags().Changed(f) {
 				return cmdutil.FlagErrorf("--%s goes with --create", f)
 			}
@@ -124,7 +126,8 @@ func run(ctx context.Context, o *Options) error {
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: deleted consumer %s\n", o.Name)
 		return nil
 	case o.Create != "":
-		co := client.ConsumerOptions{Channel: o.Create, AckWait: o.AckWait, MaxDeliveries: o.MaxDeliveries, MaxPending: o.MaxPending}
+		co := client.ConsumerOptions{Channel: o.Create, AckWait: o.AckWait, MaxDeliveries: o.MaxDeliveries, MaxPending: o.MaxPending,
+			MaxPendingBytes: int64(o.MaxPendingBytes)}
 		if o.Ordered {
 			co.MaxInflight = 1
 		}
