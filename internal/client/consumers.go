@@ -113,9 +113,9 @@ func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Dura
 }
 
 func decodeDelivery(line []byte) (Delivery, error) {
-	var f wire.DeliveryFrame
-	if err := json.Unmarshal(line, &f); err != nil {
-		return Delivery{}, fmt.Errorf("%w: %v", wire.ErrBadFrame, err)
+	f, err := wire.DecodeDeliveryFrame(line)
+	if err != nil {
+		return Delivery{}, err
 	}
 	d := Delivery{Consumer: f.Consumer, ID: f.Delivery, Count: f.Deliveries, Lost: f.Lost}
 	switch f.Type {

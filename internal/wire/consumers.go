@@ -2,6 +2,8 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -340,4 +342,44 @@ func AppendAcked(b []byte, typ, ref string, n, dead int) []byte {
 		b = strconv.AppendInt(b, int64(n), 10)
 	}
 	return append(b, '}')
+}
+
+// DecodeDeliveryFrame parses one line of a fetch (or a delivery or gap
+// frame): by a fast scan of the form AppendDelivery writes, else by
+// encoding/json.
+func DecodeDeliveryFrame(line []byte) (*DeliveryFrame, error) {
+	var f DeliveryFrame
+	ok := scanObject(line, func(key, raw []byte, plain bool) bool {
+		switch string(key) {
+		case "consumer":
+			if !plain {
+				return false
+			}
+			f.Consumer = string(raw[1 : len(raw)-1])
+			return true
+		case "delivery":
+			if !plain {
+				return false
+			}
+			f.Delivery = string(raw[1 : len(raw)-1])
+			return true
+		case "deliveries":
+			n, err := strconv.ParseInt(string(raw), 10, 0)
+			f.Deliveries = int(n)
+			return err == nil
+		case "lost":
+			n, err := strconv.ParseUint(string(raw), 10, 64)
+			f.Lost = n
+			return err == nil
+		}
+		return envelopeKey(&f.Envelope, key, raw, plain)
+	})
+	if ok {
+		return &f, nil
+	}
+	f = DeliveryFrame{}
+	if err := json.Unmarshal(line, &f); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadFrame, err)
+	}
+	return &f, nil
 }

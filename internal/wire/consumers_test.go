@@ -94,6 +94,10 @@ func FuzzAppendDelivery(f *testing.F) {
 		if err := json.Unmarshal(line, &d); err != nil {
 			t.Fatalf("%q: %v", line, err)
 		}
+		fast, err := DecodeDeliveryFrame(line)
+		if err != nil || !reflect.DeepEqual(*fast, d) {
+			t.Fatalf("%q: DecodeDeliveryFrame gives %+v (%v), encoding/json %+v", line, fast, err, d)
+		}
 		if d.Type != TypeDelivery || d.Delivery != id || d.Deliveries != count {
 			t.Fatalf("%q decodes to %+v", line, d)
 		}
