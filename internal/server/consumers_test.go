@@ -89,6 +89,10 @@ func TestConsumersHTTP(t *testing.T) {
 	if info["dead_lettered"] != float64(1) || info["pending"] != float64(1) || info["inflight"] != float64(1) || info["acked"] != float64(1) {
 		t.Errorf("info %s", body)
 	}
+	if _, body := e.do("GET", "/metrics", nil); !strings.Contains(string(body), `pushctl_consumer_dead_lettered_total{consumer="w"} 1`) ||
+		!strings.Contains(string(body), `pushctl_consumer_pending{consumer="w"} 1`) {
+		t.Errorf("metrics lack the consumer's:\n%s", body)
+	}
 	if resp, body := e.do("POST", "/consumers/w/fetch?channel=other", nil); resp.StatusCode != 409 || code(409, body) != "consumer_mismatch" {
 		t.Errorf("other channel: %d %s", resp.StatusCode, body)
 	}
