@@ -3,6 +3,7 @@ package consumer_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/broker/boltlog"
 	"github.com/pushctl/pushctl/internal/consumer"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 func publish(t *testing.T, b broker.Broker, ch string, n int) {
@@ -319,5 +321,18 @@ func TestPatternConsumerAcrossRestart(t *testing.T) {
 	}
 	if ds, _ := c.Fetch(context.Background(), 10, 0); len(ds) != 0 {
 		t.Errorf("more: %v", ids(ds))
+	}
+}
+
+// A manager that cannot keep consumers refuses them with a stable code.
+func TestUnavailable(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	defer b.Close()
+	m := consumer.NewManager(b, consumer.Options{Unavailable: "not here"})
+	defer m.Close()
+	_, err := m.Open("w", consumer.Config{Filter: "jobs"}, true)
+	var e *wire.Error
+	if !errors.As(err, &e) || e.Code != wire.CodeConsumersUnavailable || e.Message != "not here" {
+		t.Fatalf("open: %v", err)
 	}
 }

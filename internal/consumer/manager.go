@@ -15,9 +15,10 @@ import (
 
 // Manager holds a broker's consumers and keeps them in its Store.
 type Manager struct {
-	b     broker.Broker
-	store Store
-	log   *slog.Logger
+	b           broker.Broker
+	store       Store
+	log         *slog.Logger
+	unavailable string
 
 	mu        sync.Mutex
 	consumers map[string]*Consumer
@@ -35,6 +36,10 @@ type Options struct {
 	Store Store
 	// Logger receives warnings (default: discard).
 	Logger *slog.Logger
+	// Unavailable, when set, refuses every consumer with this reason (a
+	// broker whose consumers could not keep the promise: Redis nodes,
+	// which do not share them yet).
+	Unavailable string
 }
 
 // NewManager returns the consumers of b, starting those o.Store kept.
@@ -42,7 +47,7 @@ func NewManager(b broker.Broker, o Options) *Manager {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	m := &Manager{b: b, store: o.Store, log: o.Logger, consumers: map[string]*Consumer{},
+	m := &Manager{b: b, store: o.Store, log: o.Logger, unavailable: o.Unavailable, consumers: map[string]*Consumer{},
 		closing: make(chan struct{}), saveReq: make(chan struct{}, 1), saverDone: make(chan struct{})}
 	if m.store != nil {
 		for _, s := range m.store.Loaded() {
@@ -94,6 +99,9 @@ func (m *Manager) isClosed() bool {
 func (m *Manager) Open(name string, cfg Config, create bool) (*Consumer, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
+	}
+	if m.unavailable != "" {
+		return nil, wire.Errorf(http.StatusNotImplemented, wire.CodeConsumersUnavailable, "%s", m.unavailable)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pushctl/pushctl/internal/redistest"
 )
 
 // Durable consumers with real processes: pushctl serve, pushctl sub
@@ -315,5 +317,22 @@ func TestDurableWorkQueue(t *testing.T) {
 	t.Logf("redelivered after the ack wait: %v", info["redelivered"])
 	if info["redelivered"] != info["expired"] || info["acked"] != float64(total) {
 		t.Errorf("counters %v: want every message acknowledged, and what expired delivered again", info)
+	}
+}
+
+// TestDurableRefusedOnRedis: nodes on Redis do not share consumers yet,
+// so they refuse them with a stable code rather than keep one per node
+// (which a client failing over would not find, and which would each
+// deliver every message).
+func TestDurableRefusedOnRedis(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, url := serve(t, "--broker", rs.URL())
+	_, errs, code := run(t, "", "consumers", "w", "--create", "jobs", "-s", url)
+	if code != 1 || !strings.Contains(errs, "consumers_unavailable") || !strings.Contains(errs, "--data-dir") {
+		t.Fatalf("consumers --create on Redis: exit %d: %s", code, errs)
+	}
+	_, errs, code = run(t, "", "sub", "jobs", "--durable", "w", "--timeout", "5s", "-s", url)
+	if code != 1 || !strings.Contains(errs, "consumers_unavailable") {
+		t.Fatalf("sub --durable on Redis: exit %d: %s", code, errs)
 	}
 }

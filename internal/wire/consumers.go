@@ -19,6 +19,9 @@ const (
 	CodeConsumerNotFound = "consumer_not_found"
 	CodeConsumerMismatch = "consumer_mismatch"
 	CodeInvalidDelivery  = "invalid_delivery"
+	// CodeConsumersUnavailable: this broker cannot keep durable consumers
+	// (a node on Redis, where they are not shared between nodes yet).
+	CodeConsumersUnavailable = "consumers_unavailable"
 )
 
 // Frame types of durable consumers: a fetch's reply lines are deliveries

@@ -10,8 +10,9 @@ import (
 )
 
 // openConsumers opens the broker's durable consumers: in the --data-dir
-// beside the channels, or in memory (and, on Redis, per node: they are not
-// shared between nodes yet, which serve says at start).
+// beside the channels, or in memory. On Redis they are refused: a consumer
+// kept by one node would not be the one a client failing over to another
+// node finds, and each node's copy would deliver every message again.
 func openConsumers(o *Options, b broker.Broker, kind string, log *slog.Logger) (*consumer.Manager, error) {
 	var st consumer.Store
 	if kind == backend.Bolt {
@@ -23,8 +24,9 @@ func openConsumers(o *Options, b broker.Broker, kind string, log *slog.Logger) (
 			fmt.Fprintf(o.IO.ErrOut, "pushctl: %d durable consumers restored\n", n)
 		}
 	}
+	o2 := consumer.Options{Store: st, Logger: log}
 	if kind == backend.Redis {
-		log.Warn("durable consumers are kept by each node in memory: not shared between nodes, lost when the node stops (see docs/consumers.md)")
+		o2.Unavailable = "durable consumers are not shared between nodes on Redis yet; run them on a broker of its own (serve --data-dir), see docs/consumers.md"
 	}
-	return consumer.NewManager(b, consumer.Options{Store: st, Logger: log}), nil
+	return consumer.NewManager(b, o2), nil
 }

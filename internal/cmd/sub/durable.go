@@ -113,7 +113,7 @@ func (d *durable) loop(ctx context.Context) error {
 				return ctx.Err()
 			}
 			var ae *client.APIError
-			if errors.As(err, &ae) && ae.Status < 500 && ae.Status != 408 && ae.Status != 429 {
+			if errors.As(err, &ae) && (ae.Status < 500 && ae.Status != 408 && ae.Status != 429 || ae.Status == 501) {
 				return fmt.Errorf("consume %s as %s: %w", d.o.Channels[0], d.o.Durable, err)
 			}
 			if !d.o.Quiet && !warned {
