@@ -835,6 +835,10 @@ func (h *seqHeap) Pop() any {
 	return x
 }
 
+// Synced waits until the consumer's changes so far are saved (see
+// Manager.Synced).
+func (c *Consumer) Synced(ctx context.Context) error { return c.m.Synced(ctx) }
+
 // Wait waits until ok(Info) is true, checking after each change of the
 // consumer, or until ctx ends.
 func (c *Consumer) Wait(ctx context.Context, ok func(Info) bool) error {

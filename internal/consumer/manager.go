@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -25,8 +26,11 @@ type Manager struct {
 	closed    bool
 	closing   chan struct{}
 
-	saveMu    sync.Mutex // one save at a time; Delete waits for it
-	saveReq   chan struct{}
+	saveMu  sync.Mutex // one save at a time; Delete waits for it
+	saveReq chan struct{}
+	// waiters are closed by the next save that succeeds (Synced).
+	waitMu    sync.Mutex
+	waiters   []chan struct{}
 	saverDone chan struct{}
 }
 
@@ -179,6 +183,38 @@ func (m *Manager) Delete(name string) error {
 	return m.store.Drop(name)
 }
 
+// ErrNotSaved is returned by Synced when what changed could not be saved
+// in time (a failing disk): an acknowledgement may be lost, and its
+// message delivered again.
+var ErrNotSaved = errors.New("consumer state not saved")
+
+// Synced waits until what changed before the call is saved (at once with
+// no store): what an acknowledgement's reply waits for, so that an
+// acknowledged message is not delivered again after a crash.
+func (m *Manager) Synced(ctx context.Context) error {
+	if m.store == nil {
+		return nil
+	}
+	w := make(chan struct{})
+	m.waitMu.Lock()
+	m.waiters = append(m.waiters, w)
+	m.waitMu.Unlock()
+	m.saveSoon()
+	select {
+	case <-w:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrNotSaved, ctx.Err())
+	case <-m.saverDone:
+		select {
+		case <-w:
+			return nil
+		default:
+			return fmt.Errorf("%w: the broker is shutting down", ErrNotSaved)
+		}
+	}
+}
+
 // saveSoon asks the saver to write what changed.
 func (m *Manager) saveSoon() {
 	if m.store == nil {
@@ -199,22 +235,41 @@ func (m *Manager) saver() {
 		select {
 		case <-m.saveReq:
 		case <-m.closing:
-			m.saveAll()
+			m.saveRound()
 			return
 		}
-		if err := m.saveAll(); err != nil {
+		if err := m.saveRound(); err != nil {
 			m.log.Error("saving consumers failed; retrying", "err", err)
 			t := time.NewTimer(time.Second)
 			select {
 			case <-t.C:
 			case <-m.closing:
 				t.Stop()
-				m.saveAll()
+				m.saveRound()
 				return
 			}
 			m.saveSoon()
 		}
 	}
+}
+
+// saveRound saves what changed and releases the Synced waiters that were
+// there before it began; after a failure they wait for the next round.
+func (m *Manager) saveRound() error {
+	m.waitMu.Lock()
+	waiters := m.waiters
+	m.waiters = nil
+	m.waitMu.Unlock()
+	if err := m.saveAll(); err != nil {
+		m.waitMu.Lock()
+		m.waiters = append(waiters, m.waiters...)
+		m.waitMu.Unlock()
+		return err
+	}
+	for _, w := range waiters {
+		close(w)
+	}
+	return nil
 }
 
 // saveAll writes every consumer's changes in one commit.

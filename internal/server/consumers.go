@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/pushctl/pushctl/internal/consumer"
 	"github.com/pushctl/pushctl/internal/door"
@@ -100,6 +101,17 @@ func (s *Server) fetchDeliveries(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// saved waits until cons's state is saved (with --data-dir), so that the
+// reply to an ack or nack means it survives a crash of the broker.
+func saved(ctx context.Context, cons *consumer.Consumer) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := cons.Synced(ctx); err != nil {
+		return errorf(http.StatusInsufficientStorage, CodeStoreFailed, "taken but not saved (%v): the messages may be delivered again", err)
+	}
+	return nil
+}
+
 // deliveryIDs reads the ids of an ack or nack: the body (one per line,
 // or separated by spaces or commas) and ?id= parameters.
 func (s *Server) deliveryIDs(w http.ResponseWriter, r *http.Request) ([]string, error) {
@@ -134,6 +146,9 @@ func (s *Server) ackDeliveries(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return door.ConsumerError(err)
 	}
+	if err := saved(r.Context(), cons); err != nil {
+		return err
+	}
 	return writeJSON(w, http.StatusOK, map[string]int{"acked": n})
 }
 
@@ -166,6 +181,9 @@ func (s *Server) nackDeliveries(w http.ResponseWriter, r *http.Request) error {
 		if gone {
 			dead++
 		}
+	}
+	if err := saved(r.Context(), cons); err != nil {
+		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]int{"nacked": n, "dead_lettered": dead})
 }

@@ -42,7 +42,7 @@ func (rd *wsReader) consumerFrame(data []byte) {
 	case wire.TypeConsume:
 		rd.consume(f, p)
 	case wire.TypeAckIDs, wire.TypeNack:
-		rd.reply(0, now(rd.answer(f, p.Wait)))
+		rd.reply(0, rd.answer(f, p.Wait))
 	}
 }
 
@@ -142,9 +142,10 @@ func (c *wsConsume) done(ids []string) {
 	}
 }
 
-// answer executes an ack or nack frame: on a consumer this connection
-// consumes, or any the caller may subscribe to.
-func (rd *wsReader) answer(f *wire.ConsumerFrame, delay time.Duration) []byte {
+// answer executes an ack or nack frame, on a consumer this connection
+// consumes or any the caller may subscribe to, and returns its reply,
+// made once the change is saved (with --data-dir).
+func (rd *wsReader) answer(f *wire.ConsumerFrame, delay time.Duration) func() []byte {
 	rd.consuming.mu.Lock()
 	c := rd.consuming.m[f.Consumer]
 	rd.consuming.mu.Unlock()
@@ -154,34 +155,38 @@ func (rd *wsReader) answer(f *wire.ConsumerFrame, delay time.Duration) []byte {
 	} else {
 		var err error
 		if cons, err = rd.s.door.ConsumerOf(rd.caller(), f.Consumer); err != nil {
-			return errFrame(f.Ref, err)
+			return now(errFrame(f.Ref, err))
 		}
 	}
+	typ, n, dead := wire.TypeAcked, 0, 0
 	if f.Type == wire.TypeAckIDs {
-		n, err := cons.Ack(f.IDs)
-		if err != nil {
-			return errFrame(f.Ref, door.ConsumerError(err))
+		var err error
+		if n, err = cons.Ack(f.IDs); err != nil {
+			return now(errFrame(f.Ref, door.ConsumerError(err)))
+		}
+	} else {
+		typ = wire.TypeNacked
+		for _, id := range f.IDs {
+			ok, gone, err := cons.Nack(id, delay)
+			if err != nil {
+				return now(errFrame(f.Ref, door.ConsumerError(err)))
+			}
+			if ok {
+				n++
+			}
+			if gone {
+				dead++
+			}
+		}
+	}
+	ctx, ref := rd.context(), f.Ref
+	return func() []byte {
+		if err := saved(ctx, cons); err != nil {
+			return errFrame(ref, err)
 		}
 		if c != nil {
 			c.done(f.IDs)
 		}
-		return textFrame(wire.AppendAcked(nil, wire.TypeAcked, f.Ref, n, 0))
+		return textFrame(wire.AppendAcked(nil, typ, ref, n, dead))
 	}
-	n, dead := 0, 0
-	for _, id := range f.IDs {
-		ok, gone, err := cons.Nack(id, delay)
-		if err != nil {
-			return errFrame(f.Ref, door.ConsumerError(err))
-		}
-		if ok {
-			n++
-		}
-		if gone {
-			dead++
-		}
-	}
-	if c != nil {
-		c.done(f.IDs)
-	}
-	return textFrame(wire.AppendAcked(nil, wire.TypeNacked, f.Ref, n, dead))
 }
