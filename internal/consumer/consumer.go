@@ -522,9 +522,9 @@ func (c *Consumer) Fetch(ctx context.Context, max int, wait time.Duration) ([]De
 		}
 		out := c.takeReady(max, time.Now())
 		wake := c.wake
-		if len(out) > 0 {
-			c.m.saveSoon()
-		}
+		// The new delivery counts are saved with the next change that
+		// asks for a save (their acknowledgements, usually): a delivery
+		// alone costs no commit.
 		c.mu.Unlock()
 		if len(out) > 0 || wait <= 0 {
 			return out, nil

@@ -107,7 +107,7 @@ func (d *durable) loop(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
-		ds, err := d.c.Fetch(ctx, d.o.Durable, room, durableWait, d.co)
+		ds, err := d.c.Fetch(ctx, d.o.Durable, min(room, consumer.MaxFetch), durableWait, d.co)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -346,8 +346,8 @@ func (o *Options) validateDurable(cmd *cobra.Command) error {
 		return cmdutil.FlagErrorf("--durable resumes where the consumer left off; only --since all applies (where a new consumer starts)")
 	case fl.Changed("on-exec-error"):
 		return cmdutil.FlagErrorf("--on-exec-error does not apply with --durable: a failed --exec has its message delivered again with backoff, then dead-lettered after --max-deliveries")
-	case o.MaxInflight < 1 || o.MaxInflight > consumer.MaxFetch:
-		return cmdutil.FlagErrorf("--max-inflight %d: want 1 to %d", o.MaxInflight, consumer.MaxFetch)
+	case o.MaxInflight < 1 || o.MaxInflight > maxInflight:
+		return cmdutil.FlagErrorf("--max-inflight %d: want 1 to %d", o.MaxInflight, maxInflight)
 	case o.AckWait != 0 && (o.AckWait < 100*time.Millisecond || o.AckWait > 24*time.Hour):
 		return cmdutil.FlagErrorf("--ack-wait %s: want 100ms to 24h", o.AckWait)
 	case o.MaxDeliveries < 0 || o.MaxDeliveries > 1000:
@@ -355,5 +355,9 @@ func (o *Options) validateDurable(cmd *cobra.Command) error {
 	}
 	return nil
 }
+
+// maxInflight bounds --max-inflight (a fetch takes up to consumer.MaxFetch
+// of them at a time).
+const maxInflight = 10000
 
 const consumerNameRule = "a consumer name is 1 to 64 letters, digits, _ and -"
