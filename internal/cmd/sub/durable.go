@@ -314,7 +314,7 @@ func (d *durable) sendAcks(ctx context.Context, ids []string) error {
 func addDurableFlags(cmd *cobra.Command, o *Options) {
 	fl := cmd.Flags()
 	fl.StringVar(&o.Durable, "durable", "", "read through the broker's durable consumer of this name (created on first use): resumes where it left off, acknowledges each message once printed or once --exec exits 0, and has it delivered again with backoff when --exec fails")
-	fl.IntVar(&o.MaxInflight, "max-inflight", 1, "with --durable: handle up to this many messages at once (--exec commands run in parallel)")
+	fl.IntVar(&o.MaxInflight, "max-inflight", 0, "with --durable: messages held at once, delivered and not yet acknowledged (default 1 with --exec: one command at a time; 100 when printing); --exec runs that many commands in parallel")
 	fl.DurationVar(&o.AckWait, "ack-wait", 0, "with --durable, creating the consumer: how long a delivery may go unacknowledged before it is delivered again (default 30s)")
 	fl.IntVar(&o.MaxDeliveries, "max-deliveries", 0, "with --durable, creating the consumer: deliveries of a message before it goes to the dead-letter channel _dead.NAME (default 5)")
 	fl.BoolVar(&o.Ordered, "ordered", false, "with --durable, creating the consumer: one message in flight across all its clients, in order")
@@ -330,6 +330,12 @@ func (o *Options) validateDurable(cmd *cobra.Command) error {
 			}
 		}
 		return nil
+	}
+	if o.MaxInflight == 0 {
+		o.MaxInflight = defaultPrintInflight
+		if o.Exec != "" {
+			o.MaxInflight = 1
+		}
 	}
 	if err := consumer.ValidateName(o.Durable); err != nil {
 		return cmdutil.FlagErrorf("--durable %q: %s", o.Durable, consumerNameRule)
@@ -355,6 +361,10 @@ func (o *Options) validateDurable(cmd *cobra.Command) error {
 	}
 	return nil
 }
+
+// defaultPrintInflight is --max-inflight when printing: enough for a
+// fetch to carry many messages, few to print again after a crash.
+const defaultPrintInflight = 100
 
 // maxInflight bounds --max-inflight (a fetch takes up to consumer.MaxFetch
 // of them at a time).
