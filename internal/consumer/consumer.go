@@ -246,8 +246,9 @@ type Consumer struct {
 	ready    seqHeap
 	flying   map[uint64]*entry
 	delayed  map[uint64]*entry
-	next     uint64 // the seq the next entry gets
-	bytes    int64  // data of the messages kept
+	next     uint64            // the seq the next entry gets
+	bytes    int64             // data of the messages kept
+	openGaps map[string]*entry // per channel, the newest gap notice not yet delivered
 	cursor   broker.Cursor
 	counters Counters
 	fetchers int
@@ -404,19 +405,25 @@ func (c *Consumer) take(evs []broker.Event) {
 
 // overflow records that m could not be kept (MaxPending): it joins the
 // newest gap notice of its channel when that one is not delivered yet and
-// ends just before m, or starts a new one.
+// ends just before m (so a full consumer keeps one notice per channel, not
+// one per message), or starts a new one.
 func (c *Consumer) overflow(m *broker.Message) {
 	c.counters.Lost++
-	if last := c.entries[c.next-1]; last != nil && last.gap != nil && last.state == stReady &&
-		last.gap.Channel == m.Channel && last.gap.To.Epoch == m.Epoch && last.gap.To.Seq+1 == m.Seq {
-		last.gap.To = m.Position()
-		last.lost++
-		c.mark(last.seq)
+	if g := c.openGaps[m.Channel]; g != nil && c.entries[g.seq] == g && g.state == stReady &&
+		g.gap.To.Epoch == m.Epoch && g.gap.To.Seq+1 == m.Seq {
+		g.gap.To = m.Position()
+		g.lost++
+		c.mark(g.seq)
 		return
 	}
 	c.counters.Gaps++
 	from := broker.Position{Epoch: m.Epoch, Seq: m.Seq - 1}
-	c.add(&entry{gap: &broker.Gap{Channel: m.Channel, From: from, To: m.Position()}, lost: 1})
+	g := &entry{gap: &broker.Gap{Channel: m.Channel, From: from, To: m.Position()}, lost: 1}
+	c.add(g)
+	if c.openGaps == nil {
+		c.openGaps = map[string]*entry{}
+	}
+	c.openGaps[m.Channel] = g
 }
 
 // add keeps a new entry, ready for delivery.
@@ -452,6 +459,9 @@ func (c *Consumer) takeReady(max int, now time.Time) []Delivery {
 		}
 		if e.gap != nil {
 			heap.Pop(&c.ready)
+			if c.openGaps[e.gap.Channel] == e {
+				delete(c.openGaps, e.gap.Channel)
+			}
 			delete(c.entries, seq)
 			c.mark(seq)
 			out = append(out, Delivery{ID: deliveryID(seq, 1), Count: 1, Gap: e.gap, Lost: e.lost})

@@ -336,3 +336,37 @@ func TestUnavailable(t *testing.T) {
 		t.Fatalf("open: %v", err)
 	}
 }
+
+// A full pattern consumer whose channels take turns keeps one gap notice
+// per channel, however many messages it loses.
+func TestOverflowGapsPerChannel(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	defer b.Close()
+	m := consumer.NewManager(b, consumer.Options{})
+	defer m.Close()
+	c := open(t, m, "p", consumer.Config{Filter: "jobs.*", MaxPending: 2})
+	publish(t, b, "jobs.a", 1)
+	publish(t, b, "jobs.b", 1)
+	for i := 0; i < 50; i++ {
+		publish(t, b, "jobs.a", 1)
+		publish(t, b, "jobs.b", 1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Wait(ctx, func(i consumer.Info) bool { return i.Lost >= 100 }); err != nil {
+		t.Fatalf("lost %d", c.Info().Lost)
+	}
+	ds, err := c.Fetch(context.Background(), 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gaps := map[string]uint64{}
+	for _, d := range ds {
+		if d.Gap != nil {
+			gaps[d.Gap.Channel] += d.Lost
+		}
+	}
+	if len(ds) != 4 || gaps["jobs.a"] != 50 || gaps["jobs.b"] != 50 {
+		t.Fatalf("%d deliveries, gaps %v", len(ds), gaps)
+	}
+}
