@@ -24,6 +24,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/consumer"
 	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/wire"
@@ -55,6 +56,8 @@ type Config struct {
 	Now func() time.Time
 	// Events configures the lifecycle events and webhooks (events.go).
 	Events EventsConfig
+	// Consumers are the broker's durable consumers (nil: kept in memory).
+	Consumers *consumer.Manager
 }
 
 // Door admits publishes, subscriptions and joins.
@@ -73,6 +76,7 @@ type Door struct {
 
 	events     *eventState                     // nil: no lifecycle events (events.go)
 	onPresence func(channel, event, id string) // the Pusher webhooks
+	consumers  *consumer.Manager
 }
 
 // New returns the door in front of b. The door owns the presence registry,
@@ -93,6 +97,10 @@ func New(b broker.Broker, c Config) *Door {
 	}
 	if c.PublishRate > 0 {
 		d.rate = newRateLimiter(c.PublishRate, c.PublishBurst)
+	}
+	d.consumers = c.Consumers
+	if d.consumers == nil {
+		d.consumers = consumer.NewManager(b, consumer.Options{})
 	}
 	d.namespaces = newNSList(c.Namespaces)
 	for i := range d.namespaces {
@@ -211,6 +219,9 @@ func (d *Door) checkPublish(c Caller, channel string, ns *nsState) error {
 		return err
 	}
 	if err := d.Allow(c, auth.Publish, channel); err != nil {
+		return err
+	}
+	if err := d.checkDeadLetter(c, channel); err != nil {
 		return err
 	}
 	if c.socket && ns != nil && ns.Rules.ClientPublish != nil && !*ns.Rules.ClientPublish {

@@ -64,8 +64,10 @@ func (d *Door) OnPresenceChange(fn func(channel, event, id string)) { d.onPresen
 
 // Close ends every presence membership, while the broker still takes their
 // events, then publishes the lifecycle events still queued and sends the
-// webhooks; the broker itself is its owner's to close.
+// webhooks, and stops the consumers, saving them; the broker itself is its
+// owner's to close.
 func (d *Door) Close() {
 	d.presence.Close()
 	d.closeEvents()
+	d.consumers.Close()
 }

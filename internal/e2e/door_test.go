@@ -316,6 +316,18 @@ func TestEverySubscribeDoorRefusesAlike(t *testing.T) {
 			ws := wsDial(t, e.url, "/ws", tok)
 			return wsReply(t, ws, map[string]any{"type": "subscribe", "ref": ref(), "channels": []string{ch}})
 		},
+		// A durable consumer's fetch and consume frame are subscriptions.
+		"consumer fetch": func(t *testing.T, ch, tok string) string {
+			status, body := post(t, e.url+"/consumers/"+ref()+"/fetch?channel="+url.QueryEscape(ch), tok, "")
+			if status == 200 {
+				return "ok"
+			}
+			return codeOf(t, body)
+		},
+		"consume frame": func(t *testing.T, ch, tok string) string {
+			ws := wsDial(t, e.url, "/ws", tok)
+			return wsReply(t, ws, map[string]any{"type": "consume", "ref": ref(), "consumer": ref(), "channel": ch})
+		},
 	}
 	for _, c := range doorCases() {
 		if c.size > 1000 || c.twice {

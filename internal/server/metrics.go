@@ -183,7 +183,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 // runtime and process collectors (RSS, goroutines, GC, file descriptors).
 func newMetricsHandler(s *Server) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collector{s}, consumerCollector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(s.opts.Hooks.Collectors()...)
 	reg.MustRegister(s.door.EventCollectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})

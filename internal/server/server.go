@@ -20,6 +20,7 @@ import (
 	"github.com/pushctl/pushctl/internal/auth"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/connrt"
+	"github.com/pushctl/pushctl/internal/consumer"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
@@ -88,6 +89,9 @@ type Options struct {
 	// Events configures the lifecycle events and webhooks
 	// (docs/events.md).
 	Events door.EventsConfig
+	// Consumers are the broker's durable consumers, kept in a store (nil:
+	// in memory); the door holds them.
+	Consumers *consumer.Manager
 }
 
 func (o *Options) fill() {
@@ -149,7 +153,8 @@ func New(b broker.Broker, opts Options) *Server {
 	opts.Events.Also = pusherEventChannels(opts.PusherApps)
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
 		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
-		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure, Events: opts.Events})
+		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure, Events: opts.Events,
+		Consumers: opts.Consumers})
 	s := &Server{door: d, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		connsPerIP: map[string]int{}}
 	s.pusher = newPusherState(opts.PusherApps, s)
@@ -188,6 +193,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
 	s.mux.Handle("/channels/{channel}/presence", s.methods(map[string]handlerFunc{"GET": s.channelPresence}))
 	s.pusherRoutes()
+	s.consumerRoutes()
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
 	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))

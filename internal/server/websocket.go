@@ -245,7 +245,8 @@ type wsReader struct {
 	space   chan struct{} // signalled when the acker takes a reply
 	ackers  sync.WaitGroup
 
-	members memberships // presence joined through this connection
+	members   memberships // presence joined through this connection
+	consuming wsConsuming // durable consumers pushed to this connection
 
 	onFrame func(data []byte) // executes a text frame (the protocol's); data is reused after
 	notText func() []byte     // the reply to a binary frame
@@ -439,9 +440,12 @@ func (rd *wsReader) handle(data []byte) {
 	case wire.TypeLeave:
 		rd.reply(0, now(rd.leave(f)))
 		return
+	case wire.TypeConsume, wire.TypeAckIDs, wire.TypeNack:
+		rd.consumerFrame(data)
+		return
 	default:
 		rd.reply(0, now(errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame,
-			"unknown frame type %q: want subscribe, unsubscribe, publish, ping, auth, join or leave", f.Type))))
+			"unknown frame type %q: want subscribe, unsubscribe, publish, ping, auth, join, leave, consume, ack or nack", f.Type))))
 		return
 	}
 	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}

@@ -269,7 +269,13 @@ func scanClientFrame(data []byte, f *ClientFrame) bool {
 // but the subscribe reply's channel list, strings without escapes, whole
 // numbers in range. (Clients read one per message and per ack.)
 func scanEnvelope(data []byte, e *Envelope) bool {
-	return scanObject(data, func(key, raw []byte, plain bool) bool {
+	return scanObject(data, func(key, raw []byte, plain bool) bool { return envelopeKey(e, key, raw, plain) })
+}
+
+// envelopeKey sets the field of e that key names; false for a key or a
+// value the fast path does not take.
+func envelopeKey(e *Envelope, key, raw []byte, plain bool) bool {
+	{
 		k := string(key)
 		switch k {
 		case "data":
@@ -317,7 +323,7 @@ func scanEnvelope(data []byte, e *Envelope) bool {
 			return false
 		}
 		return true
-	})
+	}
 }
 
 // internType returns the frame type's name without allocating for the

@@ -13,6 +13,7 @@ import (
 	"github.com/pushctl/pushctl/internal/cmd/bench"
 	"github.com/pushctl/pushctl/internal/cmd/bridge"
 	"github.com/pushctl/pushctl/internal/cmd/channels"
+	"github.com/pushctl/pushctl/internal/cmd/consumers"
 	"github.com/pushctl/pushctl/internal/cmd/pub"
 	"github.com/pushctl/pushctl/internal/cmd/serve"
 	"github.com/pushctl/pushctl/internal/cmd/stats"
@@ -59,6 +60,7 @@ interrupted.`,
 		sub.NewCmdSub(f, nil),
 		bridge.NewCmdBridge(f, nil),
 		channels.NewCmdChannels(f, nil),
+		consumers.NewCmdConsumers(f, nil),
 		stats.NewCmdStats(f, nil),
 		who.NewCmdWho(f, nil),
 		bench.NewCmdBench(f, nil),

@@ -302,6 +302,11 @@ func Run(ctx context.Context, o *Options) error {
 		fmt.Fprintf(o.IO.ErrOut, "pushctl: store %s opened in %s (%s)\n", o.DataDir, took, cmdutil.Plural(opened.Channels, "channel"))
 	}
 	defer b.Close()
+	consumers, err := openConsumers(o, b, opened.Kind, log)
+	if err != nil {
+		return err
+	}
+	defer consumers.Close() // before the broker closes
 	hk, err := hookClient(o)
 	if err != nil {
 		return err
@@ -374,6 +379,7 @@ func Run(ctx context.Context, o *Options) error {
 	sopts.TLSCert, sopts.TLSKey = o.TLSCert, o.TLSKey
 	sopts.Limits = server.Limits{ConnsPerIP: o.MaxConnsPerIP, ChannelsPerConn: o.MaxChannels,
 		PublishRate: o.PublishRate, PublishBurst: o.PublishBurst, ReadTimeout: o.ReadTimeout}
+	sopts.Consumers = consumers
 	srv := server.New(b, sopts)
 	// ZeroMQ's endpoints come in through the same door as HTTP.
 	var zdone chan error // nil (never ready) without ZeroMQ

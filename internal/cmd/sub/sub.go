@@ -46,6 +46,13 @@ type Options struct {
 	FailOnGap    bool
 	Quiet        bool
 	ZMQ          cmdutil.ZMQClientFlags
+	// Durable names the broker's durable consumer to read through
+	// (durable.go), with its settings.
+	Durable       string
+	MaxInflight   int
+	AckWait       time.Duration
+	MaxDeliveries int
+	Ordered       bool
 	// TUI is set when stdout is a terminal and no plain-output option
 	// was given; TUIBuffer bounds the messages it keeps.
 	TUI       bool
@@ -140,6 +147,7 @@ when interrupted.`,
 	fl.BoolVar(&opts.FailOnGap, "fail-on-gap", false, "exit 1 when messages were lost from history instead of warning")
 	fl.BoolVarP(&opts.Quiet, "quiet", "q", false, "no status lines on stderr")
 	cmdutil.AddZMQClientFlags(cmd, &opts.ZMQ, "SUB")
+	addDurableFlags(cmd, opts)
 	return cmd
 }
 
@@ -179,6 +187,9 @@ func (o *Options) validate(cmd *cobra.Command) error {
 	default:
 		return cmdutil.FlagErrorf("--on-exec-error %q: want stop, retry or skip", o.OnExecError)
 	}
+	if err := o.validateDurable(cmd); err != nil {
+		return err
+	}
 	if o.Since != "" && o.ZMQ.Endpoint == "" {
 		if err := checkSince(o.Since, o.Channels); err != nil {
 			return err
@@ -200,7 +211,7 @@ func (o *Options) validate(cmd *cobra.Command) error {
 	// The terminal UI is for watching; options that shape output or
 	// end the command (smoke tests) mean plain lines.
 	o.TUI = o.IO.OutTTY && !o.NoTUI && !formatGiven && o.Template == "" &&
-		o.Exec == "" && o.Count == 0 && o.Timeout == 0
+		o.Exec == "" && o.Count == 0 && o.Timeout == 0 && o.Durable == ""
 	return nil
 }
 
@@ -491,6 +502,9 @@ func run(ctx context.Context, o *Options) error {
 	}
 	if o.TUI {
 		return runTUI(ctx, sctx, o, withClient(c, so))
+	}
+	if o.Durable != "" {
+		return runDurable(ctx, sctx, o, p, c)
 	}
 	rec := &cmdutil.Reconnects{W: o.IO.ErrOut, Prefix: "pushctl: "}
 	so.OnStatus = func(s client.Status) {

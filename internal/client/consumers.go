@@ -1,0 +1,199 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/consumer"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// ConsumerOptions create a durable consumer on its first fetch; an
+// existing consumer keeps its own settings (Channel, when given, must be
+// its channel).
+type ConsumerOptions struct {
+	Channel       string
+	AckWait       time.Duration
+	MaxDeliveries int
+	MaxInflight   int
+	MaxPending    int
+	// MaxPendingBytes bounds the data the consumer keeps.
+	MaxPendingBytes int64
+	// Start is "new" (default) or "all" (also what the channel retains).
+	Start string
+}
+
+// Delivery is one message fetched from a consumer, to acknowledge with
+// Ack (or refuse with Nack) by its ID, or a gap notice (Gap set) that
+// needs no acknowledgement.
+type Delivery struct {
+	Consumer string
+	ID       string
+	Count    int
+	Msg      *broker.Message
+	Gap      *Gap
+	Lost     uint64
+}
+
+// consumerQuery is the query of o's settings.
+func consumerQuery(o ConsumerOptions) url.Values {
+	q := url.Values{}
+	if o.Channel != "" {
+		q.Set("channel", o.Channel)
+	}
+	if o.AckWait > 0 {
+		q.Set("ack_wait", o.AckWait.String())
+	}
+	for k, v := range map[string]int{"max_deliveries": o.MaxDeliveries, "max_inflight": o.MaxInflight, "max_pending": o.MaxPending} {
+		if v > 0 {
+			q.Set(k, strconv.Itoa(v))
+		}
+	}
+	if o.MaxPendingBytes > 0 {
+		q.Set("max_pending_bytes", strconv.FormatInt(o.MaxPendingBytes, 10))
+	}
+	if o.Start != "" {
+		q.Set("start", o.Start)
+	}
+	return q
+}
+
+// CreateConsumer creates consumer name with o's settings (an existing one
+// keeps its own; o.Channel must be its channel) and describes it.
+func (c *Client) CreateConsumer(ctx context.Context, name string, o ConsumerOptions) (*consumer.Info, error) {
+	var info consumer.Info
+	return &info, c.call(ctx, "PUT", "/consumers/"+url.PathEscape(name), consumerQuery(o), &info)
+}
+
+// Fetch takes up to max deliveries from consumer name, waiting up to wait
+// for the first; none when wait passes without any.
+func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Duration, o ConsumerOptions) ([]Delivery, error) {
+	q := consumerQuery(o)
+	q.Set("max", strconv.Itoa(max))
+	q.Set("wait", wait.String())
+	req, err := http.NewRequestWithContext(ctx, "POST", c.url("/consumers/"+url.PathEscape(name)+"/fetch", q), http.NoBody)
+	if err != nil {
+		return nil, err
+	}
+	req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+	resp, err := c.do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out []Delivery
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			d, derr := decodeDelivery(line)
+			if derr != nil {
+				return out, derr
+			}
+			out = append(out, d)
+		}
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			// Deliveries not read are delivered again after the ack wait.
+			return out, fmt.Errorf("reading deliveries: %w", err)
+		}
+	}
+}
+
+func decodeDelivery(line []byte) (Delivery, error) {
+	f, err := wire.DecodeDeliveryFrame(line)
+	if err != nil {
+		return Delivery{}, err
+	}
+	d := Delivery{Consumer: f.Consumer, ID: f.Delivery, Count: f.Deliveries, Lost: f.Lost}
+	switch f.Type {
+	case wire.TypeGap:
+		d.Gap = &Gap{Channel: f.Channel, From: f.From, To: f.To}
+		return d, nil
+	case wire.TypeDelivery:
+		env := f.Envelope
+		env.Type = wire.TypeMessage
+		m, err := env.Message()
+		if err != nil {
+			return Delivery{}, err
+		}
+		d.Msg = m
+		return d, nil
+	}
+	return Delivery{}, fmt.Errorf("%w: unexpected %q line in a fetch", wire.ErrBadFrame, f.Type)
+}
+
+// Ack acknowledges deliveries of consumer name; it returns how many
+// messages this removed (an id acknowledged before is not an error).
+func (c *Client) Ack(ctx context.Context, name string, ids []string) (int, error) {
+	var out struct {
+		Acked int `json:"acked"`
+	}
+	return out.Acked, c.postIDs(ctx, "/consumers/"+url.PathEscape(name)+"/ack", nil, ids, &out)
+}
+
+// Nack refuses deliveries of consumer name: delivered again after delay
+// (or dead-lettered when out of deliveries). It returns how many were
+// still current, and how many of them went to the dead-letter channel.
+func (c *Client) Nack(ctx context.Context, name string, ids []string, delay time.Duration) (nacked, dead int, err error) {
+	var out struct {
+		Nacked int `json:"nacked"`
+		Dead   int `json:"dead_lettered"`
+	}
+	q := url.Values{}
+	if delay > 0 {
+		q.Set("delay", delay.String())
+	}
+	err = c.postIDs(ctx, "/consumers/"+url.PathEscape(name)+"/nack", q, ids, &out)
+	return out.Nacked, out.Dead, err
+}
+
+func (c *Client) postIDs(ctx context.Context, path string, q url.Values, ids []string, v any) error {
+	body := []byte(strings.Join(ids, "\n"))
+	req, err := http.NewRequestWithContext(ctx, "POST", c.url(path, q), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10)) // all of it: the connection is reused
+	if err != nil {
+		return fmt.Errorf("reading the broker's reply: %w", err)
+	}
+	return json.Unmarshal(b, v)
+}
+
+// Consumers lists the broker's durable consumers.
+func (c *Client) Consumers(ctx context.Context) ([]consumer.Info, error) {
+	var out struct {
+		Consumers []consumer.Info `json:"consumers"`
+	}
+	return out.Consumers, c.call(ctx, "GET", "/consumers", nil, &out)
+}
+
+// Consumer describes one durable consumer.
+func (c *Client) Consumer(ctx context.Context, name string) (*consumer.Info, error) {
+	var info consumer.Info
+	return &info, c.call(ctx, "GET", "/consumers/"+url.PathEscape(name), nil, &info)
+}
+
+// DeleteConsumer deletes a durable consumer and what it kept.
+func (c *Client) DeleteConsumer(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/consumers/"+url.PathEscape(name), nil, nil)
+}

@@ -1,0 +1,387 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/wire"
+)
+
+// Manager holds a broker's consumers and keeps them in its Store.
+type Manager struct {
+	b           broker.Broker
+	store       Store
+	log         *slog.Logger
+	unavailable string
+
+	mu        sync.Mutex
+	consumers map[string]*Consumer
+	closed    bool
+	closing   chan struct{}
+
+	saveMu  sync.Mutex // one save at a time; Delete waits for it
+	saveReq chan struct{}
+	// waiters are closed by the next save that succeeds (Synced).
+	waitMu    sync.Mutex
+	waiters   []chan struct{}
+	saverDone chan struct{}
+}
+
+// Options configure a Manager.
+type Options struct {
+	// Store keeps consumers across restarts (nil: memory only).
+	Store Store
+	// Logger receives warnings (default: discard).
+	Logger *slog.Logger
+	// Unavailable, when set, refuses every consumer with this reason (a
+	// broker whose consumers could not keep the promise: Redis nodes,
+	// which do not share them yet).
+	Unavailable string
+}
+
+// NewManager returns the consumers of b, starting those o.Store kept.
+func NewManager(b broker.Broker, o Options) *Manager {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{b: b, store: o.Store, log: o.Logger, unavailable: o.Unavailable, consumers: map[string]*Consumer{},
+		closing: make(chan struct{}), saveReq: make(chan struct{}, 1), saverDone: make(chan struct{})}
+	if m.store != nil {
+		for _, s := range m.store.Loaded() {
+			c := newConsumer(m, s.Name, s.Meta.Config.WithDefaults(), s.Meta.Created)
+			c.next = max(s.Meta.Next, 1)
+			c.counters = s.Meta.Counters
+			for ch, p := range s.Meta.Cursor {
+				c.cursor[ch] = p
+			}
+			for _, se := range s.Entries {
+				e := &entry{seq: se.Seq, msg: se.Msg, gap: se.Gap, lost: se.Lost, count: se.Count}
+				c.entries[e.seq] = e
+				if e.msg != nil {
+					c.bytes += int64(len(e.msg.Data))
+				}
+				c.ready = append(c.ready, e.seq)
+				if e.seq >= c.next {
+					c.next = e.seq + 1
+				}
+			}
+			sortSeqs(c.ready)
+			m.consumers[s.Name] = c
+			m.start(c)
+		}
+		go m.saver()
+	} else {
+		close(m.saverDone)
+	}
+	return m
+}
+
+func sortSeqs(h seqHeap) { sort.Slice(h, func(i, j int) bool { return h[i] < h[j] }) }
+
+func (m *Manager) start(c *Consumer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stop = cancel
+	go c.run(ctx)
+}
+
+func (m *Manager) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// Open returns the consumer name, creating it with cfg when create is set
+// and it does not exist. An existing consumer keeps its own settings, but
+// its filter must be cfg's (when cfg names one).
+func (m *Manager) Open(name string, cfg Config, create bool) (*Consumer, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if m.unavailable != "" {
+		return nil, wire.Errorf(http.StatusNotImplemented, wire.CodeConsumersUnavailable, "%s", m.unavailable)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if c, ok := m.consumers[name]; ok {
+		if cfg.Filter != "" && cfg.Filter != c.cfg.Filter {
+			return nil, wire.Errorf(http.StatusConflict, wire.CodeConsumerMismatch,
+				"consumer %s reads %s, not %s; pick another name, or delete it first (pushctl consumers delete %s)", name, c.cfg.Filter, cfg.Filter, name)
+		}
+		return c, nil
+	}
+	if !create {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := newConsumer(m, name, cfg, time.Now())
+	c.metaDirty = true
+	m.consumers[name] = c
+	m.start(c)
+	m.saveSoon()
+	return c, nil
+}
+
+// List describes every consumer, by name.
+func (m *Manager) List() []Info {
+	m.mu.Lock()
+	cs := make([]*Consumer, 0, len(m.consumers))
+	for _, c := range m.consumers {
+		cs = append(cs, c)
+	}
+	m.mu.Unlock()
+	out := make([]Info, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, c.Info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Delete removes a consumer and everything kept for it; fetches waiting
+// on it end with ErrNotFound.
+func (m *Manager) Delete(name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	c, ok := m.consumers[name]
+	if ok {
+		delete(m.consumers, name)
+	}
+	m.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	c.stop()
+	<-c.done
+	c.mu.Lock()
+	c.deleted = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	close(c.wake)
+	c.wake = make(chan struct{})
+	c.mu.Unlock()
+	if m.store == nil {
+		return nil
+	}
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	return m.store.Drop(name)
+}
+
+// ErrNotSaved is returned by Synced when what changed could not be saved
+// in time (a failing disk): an acknowledgement may be lost, and its
+// message delivered again.
+var ErrNotSaved = errors.New("consumer state not saved")
+
+// Synced waits until what changed before the call is saved (at once with
+// no store): what an acknowledgement's reply waits for, so that an
+// acknowledged message is not delivered again after a crash.
+func (m *Manager) Synced(ctx context.Context) error {
+	if m.store == nil {
+		return nil
+	}
+	w := make(chan struct{})
+	m.waitMu.Lock()
+	m.waiters = append(m.waiters, w)
+	m.waitMu.Unlock()
+	m.saveSoon()
+	select {
+	case <-w:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrNotSaved, ctx.Err())
+	case <-m.saverDone:
+		select {
+		case <-w:
+			return nil
+		default:
+			return fmt.Errorf("%w: the broker is shutting down", ErrNotSaved)
+		}
+	}
+}
+
+// saveSoon asks the saver to write what changed.
+func (m *Manager) saveSoon() {
+	if m.store == nil {
+		return
+	}
+	select {
+	case m.saveReq <- struct{}{}:
+	default:
+	}
+}
+
+// saver writes changes in batches: while one batch is written the next
+// gathers, so a busy consumer costs one store commit per batch, not one
+// per message.
+func (m *Manager) saver() {
+	defer close(m.saverDone)
+	for {
+		select {
+		case <-m.saveReq:
+		case <-m.closing:
+			m.saveRound()
+			return
+		}
+		if err := m.saveRound(); err != nil {
+			m.log.Error("saving consumers failed; retrying", "err", err)
+			t := time.NewTimer(time.Second)
+			select {
+			case <-t.C:
+			case <-m.closing:
+				t.Stop()
+				m.saveRound()
+				return
+			}
+			m.saveSoon()
+		}
+	}
+}
+
+// saveRound saves what changed and releases the Synced waiters that were
+// there before it began; after a failure they wait for the next round.
+func (m *Manager) saveRound() error {
+	m.waitMu.Lock()
+	waiters := m.waiters
+	m.waiters = nil
+	m.waitMu.Unlock()
+	if err := m.saveAll(); err != nil {
+		m.waitMu.Lock()
+		m.waiters = append(waiters, m.waiters...)
+		m.waitMu.Unlock()
+		return err
+	}
+	for _, w := range waiters {
+		close(w)
+	}
+	return nil
+}
+
+// saveAll writes every consumer's changes in one commit.
+func (m *Manager) saveAll() error {
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	m.mu.Lock()
+	cs := make([]*Consumer, 0, len(m.consumers))
+	for _, c := range m.consumers {
+		cs = append(cs, c)
+	}
+	m.mu.Unlock()
+	var changes []Change
+	for _, c := range cs {
+		if ch, ok := c.collect(); ok {
+			changes = append(changes, ch)
+		}
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	if err := m.store.Save(changes); err != nil {
+		for _, c := range cs {
+			c.redirty(changes)
+		}
+		return err
+	}
+	return nil
+}
+
+// collect takes what changed since the last save.
+func (c *Consumer) collect() (Change, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted || !c.metaDirty && len(c.dirty) == 0 {
+		return Change{}, false
+	}
+	ch := Change{Name: c.name, Meta: c.metaLocked()}
+	for seq := range c.dirty {
+		e := c.entries[seq]
+		if e == nil {
+			ch.Dels = append(ch.Dels, seq)
+			continue
+		}
+		ch.Puts = append(ch.Puts, SavedEntry{Seq: seq, Count: e.count, Msg: e.msg, Gap: copyGap(e.gap), Lost: e.lost})
+	}
+	clear(c.dirty)
+	c.metaDirty = false
+	return ch, true
+}
+
+func copyGap(g *broker.Gap) *broker.Gap {
+	if g == nil {
+		return nil
+	}
+	cp := *g
+	return &cp
+}
+
+// redirty marks what a failed save held as changed again.
+func (c *Consumer) redirty(changes []Change) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range changes {
+		if ch.Name != c.name {
+			continue
+		}
+		c.metaDirty = true
+		for _, p := range ch.Puts {
+			c.dirty[p.Seq] = true
+		}
+		for _, s := range ch.Dels {
+			c.dirty[s] = true
+		}
+	}
+}
+
+func (c *Consumer) metaLocked() Meta {
+	cur := make(broker.Cursor, len(c.cursor))
+	for k, v := range c.cursor {
+		cur[k] = v
+	}
+	return Meta{Config: c.cfg, Created: c.created, Next: c.next, Cursor: cur, Counters: c.counters}
+}
+
+// Close stops every consumer, writes what changed and closes the store.
+// Call it before closing the broker.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	cs := make([]*Consumer, 0, len(m.consumers))
+	for _, c := range m.consumers {
+		cs = append(cs, c)
+	}
+	m.mu.Unlock()
+	close(m.closing)
+	for _, c := range cs {
+		c.stop()
+		<-c.done
+		c.mu.Lock()
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		c.mu.Unlock()
+	}
+	<-m.saverDone
+	if m.store != nil {
+		return m.store.Close()
+	}
+	return nil
+}

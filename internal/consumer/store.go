@@ -1,0 +1,292 @@
+package consumer
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Store keeps consumers across restarts. A Manager saves to it in batches
+// from one goroutine.
+type Store interface {
+	// Loaded is what the store held when it was opened.
+	Loaded() []Saved
+	// Save writes changes in one commit: all or nothing.
+	Save(changes []Change) error
+	// Drop removes a consumer and everything kept for it.
+	Drop(name string) error
+	Close() error
+}
+
+// Meta is a consumer's settings, position and counters.
+type Meta struct {
+	Config   Config        `json:"config"`
+	Created  time.Time     `json:"created"`
+	Next     uint64        `json:"next"`
+	Cursor   broker.Cursor `json:"cursor"`
+	Counters Counters      `json:"counters"`
+}
+
+// SavedEntry is one message (or gap) kept for a consumer.
+type SavedEntry struct {
+	Seq   uint64
+	Count int
+	Msg   *broker.Message
+	Gap   *broker.Gap
+	Lost  uint64
+}
+
+// Saved is a consumer as a store holds it.
+type Saved struct {
+	Name    string
+	Meta    Meta
+	Entries []SavedEntry
+}
+
+// Change is what changed of one consumer since the last save: its meta,
+// the entries to write (new, or delivered again) and those to delete
+// (acknowledged, dead-lettered or delivered gaps).
+type Change struct {
+	Name string
+	Meta Meta
+	Puts []SavedEntry
+	Dels []uint64
+}
+
+// StoreFile is the bbolt file of consumers in a --data-dir.
+const StoreFile = "consumers.db"
+
+var (
+	bucketConsumers = []byte("consumers")
+	bucketEntries   = []byte("entries")
+)
+
+// boltStore keeps consumers in bbolt.
+type boltStore struct {
+	db     *bolt.DB
+	loaded []Saved
+}
+
+// OpenBolt opens (or creates) the consumers' file in dir and loads it.
+// noSync skips fsync (serve --sync none).
+func OpenBolt(dir string, noSync bool) (Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, StoreFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: noSync, NoFreelistSync: true})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open consumers %s: another pushctl holds it", path)
+		}
+		return nil, fmt.Errorf("open consumers %s: %w (if the file is damaged, move it away; nothing is deleted automatically)", path, err)
+	}
+	s := &boltStore{db: db}
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open consumers %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *boltStore) load() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		cb, err := tx.CreateBucketIfNotExists(bucketConsumers)
+		if err != nil {
+			return err
+		}
+		eb, err := tx.CreateBucketIfNotExists(bucketEntries)
+		if err != nil {
+			return err
+		}
+		return cb.ForEach(func(k, v []byte) error {
+			sv := Saved{Name: string(k)}
+			if err := json.Unmarshal(v, &sv.Meta); err != nil {
+				return fmt.Errorf("consumer %q: damaged settings: %v", k, err)
+			}
+			if err := ValidateName(sv.Name); err != nil {
+				return fmt.Errorf("consumer %q: %v", k, err)
+			}
+			if err := sv.Meta.Config.Validate(); err != nil {
+				return fmt.Errorf("consumer %q: %v", k, err)
+			}
+			if b := eb.Bucket(k); b != nil {
+				err := b.ForEach(func(k, v []byte) error {
+					e, err := decodeEntry(k, v)
+					if err != nil {
+						return fmt.Errorf("consumer %q: %v", sv.Name, err)
+					}
+					sv.Entries = append(sv.Entries, e)
+					return nil
+				})
+				if err != nil {
+					return err
+				}
+			}
+			s.loaded = append(s.loaded, sv)
+			return nil
+		})
+	})
+}
+
+func (s *boltStore) Loaded() []Saved { return s.loaded }
+
+func (s *boltStore) Save(changes []Change) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bucketConsumers)
+		eb := tx.Bucket(bucketEntries)
+		for _, ch := range changes {
+			meta, err := json.Marshal(ch.Meta)
+			if err != nil {
+				return err
+			}
+			if err := cb.Put([]byte(ch.Name), meta); err != nil {
+				return err
+			}
+			b, err := eb.CreateBucketIfNotExists([]byte(ch.Name))
+			if err != nil {
+				return err
+			}
+			for _, seq := range ch.Dels {
+				if err := b.Delete(seqKey(seq)); err != nil {
+					return err
+				}
+			}
+			for _, e := range ch.Puts {
+				if err := b.Put(seqKey(e.Seq), encodeEntry(e)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func (s *boltStore) Drop(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketConsumers).Delete([]byte(name)); err != nil {
+			return err
+		}
+		err := tx.Bucket(bucketEntries).DeleteBucket([]byte(name))
+		if errors.Is(err, bolt.ErrBucketNotFound) {
+			return nil
+		}
+		return err
+	})
+}
+
+func (s *boltStore) Close() error { return s.db.Close() }
+
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+// An entry's record: a version byte, the delivery count (uvarint), then a
+// message (kind 'm': channel, epoch, seq, event, data kind, time, data) or
+// a gap (kind 'g': channel, from, to, lost), strings length-prefixed.
+const entryV1 = 1
+
+func encodeEntry(e SavedEntry) []byte {
+	b := []byte{entryV1}
+	b = binary.AppendUvarint(b, uint64(e.Count))
+	str := func(s string) { b = binary.AppendUvarint(b, uint64(len(s))); b = append(b, s...) }
+	if e.Gap != nil {
+		b = append(b, 'g')
+		str(e.Gap.Channel)
+		str(e.Gap.From.Epoch)
+		b = binary.AppendUvarint(b, e.Gap.From.Seq)
+		str(e.Gap.To.Epoch)
+		b = binary.AppendUvarint(b, e.Gap.To.Seq)
+		return binary.AppendUvarint(b, e.Lost)
+	}
+	m := e.Msg
+	b = append(b, 'm')
+	str(m.Channel)
+	str(m.Epoch)
+	b = binary.AppendUvarint(b, m.Seq)
+	str(m.Event)
+	b = append(b, byte(m.Kind))
+	b = binary.AppendVarint(b, m.Time.UnixNano())
+	str(string(m.Data))
+	return b
+}
+
+var errDamaged = errors.New("damaged entry record")
+
+func decodeEntry(k, v []byte) (SavedEntry, error) {
+	if len(k) != 8 || len(v) < 3 || v[0] != entryV1 {
+		return SavedEntry{}, errDamaged
+	}
+	e := SavedEntry{Seq: binary.BigEndian.Uint64(k)}
+	p := v[1:]
+	bad := false
+	uv := func() uint64 {
+		x, n := binary.Uvarint(p)
+		if n <= 0 {
+			bad = true
+			return 0
+		}
+		p = p[n:]
+		return x
+	}
+	str := func() string {
+		n := uv()
+		if bad || n > uint64(len(p)) {
+			bad = true
+			return ""
+		}
+		s := string(p[:n])
+		p = p[n:]
+		return s
+	}
+	byt := func() byte {
+		if len(p) == 0 {
+			bad = true
+			return 0
+		}
+		c := p[0]
+		p = p[1:]
+		return c
+	}
+	e.Count = int(uv())
+	switch byt() {
+	case 'g':
+		g := &broker.Gap{Channel: str()}
+		g.From.Epoch = str()
+		g.From.Seq = uv()
+		g.To.Epoch = str()
+		g.To.Seq = uv()
+		e.Lost = uv()
+		e.Gap = g
+	case 'm':
+		m := &broker.Message{Channel: str(), Epoch: str()}
+		m.Seq = uv()
+		m.Event = str()
+		m.Kind = broker.Kind(byt())
+		t, n := binary.Varint(p)
+		if n <= 0 {
+			bad = true
+		} else {
+			p = p[n:]
+		}
+		m.Time = time.Unix(0, t).UTC()
+		m.Data = []byte(str())
+		e.Msg = m
+	default:
+		bad = true
+	}
+	if bad || len(p) != 0 || e.Count < 0 {
+		return SavedEntry{}, errDamaged
+	}
+	return e, nil
+}
