@@ -126,6 +126,7 @@ type Server struct {
 	metricsHandler http.Handler
 	upgrader       websocket.Upgrader
 	pusher         *pusherState
+	streams        streamsState // Durable Streams (streams.go)
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
@@ -184,6 +185,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
 	s.mux.Handle("/channels/{channel}/presence", s.methods(map[string]handlerFunc{"GET": s.channelPresence}))
 	s.pusherRoutes()
+	s.mux.Handle(StreamsPrefix, s.handle(s.serveStream))
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
 	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))
