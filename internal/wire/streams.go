@@ -181,6 +181,10 @@ func StreamCursor(now time.Time, client string, jitter float64) string {
 	return strconv.FormatInt(cur, 10)
 }
 
+// MaxStreamTTL is the longest Stream-TTL taken, in seconds (about 31
+// years; a time.Duration holds 292).
+const MaxStreamTTL = 1_000_000_000
+
 // ParseStreamTTL parses Stream-TTL: decimal seconds, no sign, no leading
 // zero, no fraction.
 func ParseStreamTTL(s string) (time.Duration, error) {
@@ -193,6 +197,9 @@ func ParseStreamTTL(s string) (time.Duration, error) {
 		}
 	}
 	n, _ := strconv.ParseInt(s, 10, 64)
+	if n > MaxStreamTTL {
+		return 0, fmt.Errorf("Stream-TTL %q: at most %d seconds", s, MaxStreamTTL)
+	}
 	return time.Duration(n) * time.Second, nil
 }
 
