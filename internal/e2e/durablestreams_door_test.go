@@ -1,0 +1,240 @@
+package e2e
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/auth"
+)
+
+// What pushctl adds to the Durable Streams protocol: a stream is a
+// channel (what one side writes the other reads), its requests pass the
+// door, and on --data-dir an acknowledged append survives kill -9.
+
+// dsDo sends one request and returns the status, headers and body.
+func dsDo(t *testing.T, method, url, token, ctype, body string, hdr ...string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// dsCode is the stable code of an error reply ("" for none).
+func dsCode(body string) string {
+	var e struct {
+		Error struct{ Code string } `json:"error"`
+	}
+	json.Unmarshal([]byte(body), &e)
+	return e.Error.Code
+}
+
+// TestDurableStreamIsAChannel: what POST /pub publishes to ds.news.today
+// a Durable Streams reader of /v1/stream/news/today reads, in order, and
+// what a Durable Streams writer appends a /sub subscriber gets.
+func TestDurableStreamIsAChannel(t *testing.T) {
+	_, u := serve(t)
+	stream := u + "/v1/stream/news/today"
+	if st, _, b := dsDo(t, "PUT", stream, "", "text/plain", "one "); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	if st, _, b := dsDo(t, "POST", u+"/pub/ds.news.today", "", "text/plain", "two "); st != 200 {
+		t.Fatalf("POST /pub: %d %s", st, b)
+	}
+	if st, _, b := dsDo(t, "POST", stream, "", "text/plain", "three"); st != 204 {
+		t.Fatalf("append: %d %s", st, b)
+	}
+	st, h, b := dsDo(t, "GET", stream+"?offset=-1", "", "", "")
+	if st != 200 || b != "one two three" || h.Get("Stream-Up-To-Date") != "true" {
+		t.Fatalf("stream read: %d %q %v", st, b, h)
+	}
+	st, _, b = dsDo(t, "GET", u+"/sub/ds.news.today?last=100&poll=0s", "", "", "")
+	var poll struct{ Events []struct{ Data string } }
+	if err := json.Unmarshal([]byte(b), &poll); st != 200 || err != nil {
+		t.Fatalf("/sub: %d %s", st, b)
+	}
+	var got []string
+	for _, e := range poll.Events {
+		got = append(got, e.Data)
+	}
+	if strings.Join(got, "|") != "one |two |three" {
+		t.Fatalf("/sub read %q, want the stream's three appends", got)
+	}
+	// A long-poll at the tail is woken by a /pub publish.
+	done := make(chan string, 1)
+	go func() {
+		_, _, b := dsDo(t, "GET", stream+"?live=long-poll&offset="+h.Get("Stream-Next-Offset"), "", "", "")
+		done <- b
+	}()
+	dsWaitSubscribers(t, u, "ds.news.today", 1)
+	dsDo(t, "POST", u+"/pub/ds.news.today", "", "text/plain", "four")
+	select {
+	case b := <-done:
+		if b != "four" {
+			t.Fatalf("long-poll got %q, want four", b)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the long-poll did not see the /pub publish")
+	}
+}
+
+// waitSubscribers waits until channel has n subscribers.
+func dsWaitSubscribers(t *testing.T, u, channel string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, b := dsDo(t, "GET", u+"/channels/"+channel, "", "", "")
+		var info struct{ Subscribers int }
+		json.Unmarshal([]byte(b), &info)
+		if info.Subscribers >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never had %d subscribers: %s", channel, n, b)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a state with a deadline
+	}
+}
+
+const dsSecret = "ds-door-secret-0123456789-0123456789-abc"
+
+func dsToken(t *testing.T, pub, sub string) string {
+	t.Helper()
+	g := auth.Grants{}
+	if pub != "" {
+		g.Publish = []string{pub}
+	}
+	if sub != "" {
+		g.Subscribe = []string{sub}
+	}
+	tok, err := auth.Issue(g, time.Hour, "", "ds-"+pub+sub, []byte(dsSecret), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestDurableStreamsPassTheDoor: tokens, grants, the size limit, the
+// publish rate and the subscribe hook apply to Durable Streams requests
+// with the codes every other way in gives.
+func TestDurableStreamsPassTheDoor(t *testing.T) {
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Channel string }
+		json.NewDecoder(r.Body).Decode(&req)
+		w.Header().Set("Content-Type", "application/json")
+		if strings.Contains(req.Channel, "secret") {
+			w.WriteHeader(403)
+			w.Write([]byte(`{"error":{"code":"no","message":"not this one"}}`))
+			return
+		}
+		w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(hook.Close)
+	_, u := serve(t, "--token-secret", dsSecret, "--publish-rate", "0.01", "--publish-burst", "1",
+		"--max-message-size", "1000", "--hook-subscribe", hook.URL)
+	writer := dsToken(t, "ds.door.>", "ds.door.>")
+	reader := dsToken(t, "", "ds.door.>")
+	other := dsToken(t, "ds.other.>", "ds.other.>")
+	if st, _, b := dsDo(t, "PUT", u+"/v1/stream/door/secret", writer, "text/plain", ""); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	s := u + "/v1/stream/door/a"
+	for _, c := range []struct {
+		name, method, url, token, body, want string
+	}{
+		{"create without a token", "PUT", s, "", "", "token_missing"},
+		{"create outside the grant", "PUT", s, other, "", "forbidden"},
+		{"create with a read-only token", "PUT", s, reader, "", "forbidden"},
+		{"create", "PUT", s, writer, "", "ok"},
+		{"append too large", "POST", s, writer, strings.Repeat("x", 2000), "message_too_large"},
+		{"append", "POST", s, writer, "x", "ok"},
+		{"append over the rate", "POST", s, writer, "y", "rate_limited"},
+		{"read without a token", "GET", s, "", "", "token_missing"},
+		{"read outside the grant", "GET", s, other, "", "forbidden"},
+		{"head outside the grant", "HEAD", s, other, "", ""},
+		{"read", "GET", s, reader, "", "ok"},
+		{"delete with a read-only token", "DELETE", s, reader, "", "forbidden"},
+		{"read what the hook refuses", "GET", u + "/v1/stream/door/secret", reader, "", "hook_denied"},
+	} {
+		st, _, b := dsDo(t, c.method, c.url, c.token, "text/plain", c.body)
+		got := dsCode(b)
+		if st < 300 {
+			got = "ok"
+		}
+		if c.method == "HEAD" {
+			if st != 403 {
+				t.Errorf("%s: %d, want 403", c.name, st)
+			}
+			continue
+		}
+		if got != c.want {
+			t.Errorf("%s: %d %s, want %s", c.name, st, b, c.want)
+		}
+	}
+}
+
+// TestDurableStreamSurvivesKill9: on --data-dir, appends acknowledged
+// before a kill -9, the stream's content type and its closure are there
+// after a restart on the same directory, at the same offsets.
+func TestDurableStreamSurvivesKill9(t *testing.T) {
+	dir := t.TempDir()
+	p, u := serve(t, "--data-dir", dir)
+	s := u + "/v1/stream/jobs/42"
+	if st, _, b := dsDo(t, "PUT", s, "", "application/json", `[{"n":1}]`); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	var next string
+	for i := 2; i <= 50; i++ {
+		st, h, b := dsDo(t, "POST", s, "", "application/json", `{"n":`+strconv.Itoa(i)+`}`, "Producer-Id", "p", "Producer-Epoch", "0", "Producer-Seq", strconv.Itoa(i-2))
+		if st != 200 {
+			t.Fatalf("append %d: %d %s", i, st, b)
+		}
+		next = h.Get("Stream-Next-Offset")
+	}
+	if st, _, b := dsDo(t, "POST", s, "", "", "", "Stream-Closed", "true", "Producer-Id", "p", "Producer-Epoch", "0", "Producer-Seq", "49"); st != 204 {
+		t.Fatalf("close: %d %s", st, b)
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.wait(10 * time.Second)
+	_, u = serve(t, "--data-dir", dir)
+	s = u + "/v1/stream/jobs/42"
+	st, h, b := dsDo(t, "GET", s+"?offset=-1", "", "", "")
+	var got []struct{ N int }
+	if err := json.Unmarshal([]byte(b), &got); st != 200 || err != nil || len(got) != 50 || got[49].N != 50 {
+		t.Fatalf("after kill -9: %d %s", st, b)
+	}
+	if h.Get("Content-Type") != "application/json" || h.Get("Stream-Closed") != "true" || h.Get("Stream-Next-Offset") != next {
+		t.Fatalf("after kill -9: headers %v, want application/json, closed, next offset %s", h, next)
+	}
+	// The producer's state survived too: a retry of its closing request
+	// is a duplicate; another append is refused as after a close.
+	if st, h, _ := dsDo(t, "POST", s, "", "", "", "Stream-Closed", "true", "Producer-Id", "p", "Producer-Epoch", "0", "Producer-Seq", "49"); st != 204 || h.Get("Stream-Closed") != "true" {
+		t.Fatalf("retried close after kill -9: %d %v, want 204 (duplicate)", st, h)
+	}
+	if st, _, b := dsDo(t, "POST", s, "", "application/json", `{"n":51}`); st != 409 || dsCode(b) != "stream_closed" {
+		t.Fatalf("append after kill -9: %d %s, want 409 stream_closed", st, b)
+	}
+}
