@@ -27,9 +27,10 @@ const StreamsPrefix = "/v1/stream/"
 
 // streamRequest is a request's stream: its path, channel and caller.
 type streamRequest struct {
-	path string
-	ch   string
-	c    door.Caller
+	path  string
+	ch    string
+	c     door.Caller
+	locks *lockSet // the stream locks a write holds
 }
 
 // serveStream dispatches a request for a stream.
@@ -63,9 +64,16 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) error {
 		if err := s.door.CheckPublish(sr.c, ch); err != nil {
 			return err
 		}
-		mu := s.streams.locks.of(ch)
-		mu.Lock()
-		defer mu.Unlock()
+		// Creating and deleting may touch other streams (a fork's source):
+		// they take turns, so that holding several stream locks cannot
+		// deadlock; appends hold their stream's lock only.
+		if r.Method != http.MethodPost {
+			s.streams.topo.Lock()
+			defer s.streams.topo.Unlock()
+		}
+		sr.locks = &lockSet{s: &s.streams}
+		defer sr.locks.unlockAll()
+		sr.locks.lock(ch)
 		switch r.Method {
 		case http.MethodPut:
 			return s.streamCreate(w, r, sr)
@@ -210,10 +218,11 @@ func sameConfig(have, want *streamState) bool {
 
 // streamCreate handles PUT: create the stream, or confirm it exists as asked.
 func (s *Server) streamCreate(w http.ResponseWriter, r *http.Request, sr streamRequest) error {
-	if r.Header.Get("Stream-Forked-From") != "" {
-		return errorf(http.StatusNotImplemented, CodeInvalidParameter, "forks are not supported (see docs/durable-streams.md)")
-	}
 	want, err := streamConfig(r)
+	if err != nil {
+		return err
+	}
+	fork, err := forkRequest(r)
 	if err != nil {
 		return err
 	}
@@ -222,12 +231,24 @@ func (s *Server) streamCreate(w http.ResponseWriter, r *http.Request, sr streamR
 	if err != nil && !errors.Is(err, errNoStream) {
 		return err
 	}
+	if have != nil && have.Deleted {
+		if s.liveForks(ctx, sr.ch, have) > 0 {
+			return errorf(http.StatusConflict, wire.CodeStreamExists, "stream %q was deleted but its forks still read it: its path cannot be used again yet", sr.path)
+		}
+		if err := s.finishDelete(ctx, sr, sr.ch); err != nil {
+			return err
+		}
+		have = nil
+	}
 	body, err := s.readStreamBody(w, r)
 	if err != nil {
 		return err
 	}
+	if fork != nil {
+		return s.streamFork(w, r, sr, want, fork, have, body)
+	}
 	if have != nil {
-		if !sameConfig(have, want) {
+		if !sameConfig(have, want) || have.Source != "" {
 			return errorf(http.StatusConflict, wire.CodeStreamExists, "stream %q exists with another content type, expiry or closure", sr.path)
 		}
 		tail, err := s.streamTail(ctx, sr, have)
@@ -317,10 +338,7 @@ func (s *Server) streamAppend(w http.ResponseWriter, r *http.Request, sr streamR
 		return err
 	}
 	closing := wire.IsTrue(r.Header.Get(wire.HeaderStreamClosed))
-	st, err := s.loadStream(ctx, sr.ch)
-	if errors.Is(err, errNoStream) {
-		return noStream(sr.path)
-	}
+	st, err := s.existingStream(ctx, sr)
 	if err != nil {
 		return err
 	}
@@ -436,15 +454,14 @@ func setProducer(h http.Header, epoch, seq uint64) {
 
 // streamDelete handles DELETE.
 func (s *Server) streamDelete(w http.ResponseWriter, r *http.Request, sr streamRequest) error {
-	if _, err := s.loadStream(r.Context(), sr.ch); errors.Is(err, errNoStream) {
-		return noStream(sr.path)
-	} else if err != nil {
+	st, err := s.existingStream(r.Context(), sr)
+	if err != nil {
 		return err
 	}
 	if err := s.door.DeleteChannel(r.Context(), sr.c, sr.ch); err != nil && !errors.Is(err, broker.ErrNotFound) {
 		return err
 	}
-	if err := s.dropStream(r.Context(), sr.ch); err != nil {
+	if err := s.deleteStream(r.Context(), sr, st); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -456,10 +473,7 @@ func (s *Server) streamHead(w http.ResponseWriter, r *http.Request, sr streamReq
 	if err := s.door.CheckSubscribe(sr.c, []string{sr.ch}); err != nil {
 		return err
 	}
-	st, err := s.loadStream(r.Context(), sr.ch)
-	if errors.Is(err, errNoStream) {
-		return noStream(sr.path)
-	}
+	st, err := s.existingStream(r.Context(), sr)
 	if err != nil {
 		return err
 	}

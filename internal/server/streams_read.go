@@ -138,10 +138,7 @@ func (s *Server) streamRead(w http.ResponseWriter, r *http.Request, sr streamReq
 	if err := s.door.CheckSubscribe(sr.c, []string{sr.ch}); err != nil {
 		return err
 	}
-	st, err := s.loadStream(ctx, sr.ch)
-	if errors.Is(err, errNoStream) {
-		return noStream(sr.path)
-	}
+	st, err := s.existingStream(ctx, sr)
 	if err != nil {
 		return err
 	}
@@ -301,10 +298,7 @@ func (wt *waiter) wait(ctx context.Context, deadline <-chan time.Time) (changed 
 
 // reload re-reads the stream's state and tail after a change.
 func (s *Server) reload(ctx context.Context, sr streamRequest) (*streamState, broker.Position, error) {
-	st, err := s.loadStream(ctx, sr.ch)
-	if errors.Is(err, errNoStream) {
-		return nil, broker.Position{}, noStream(sr.path)
-	}
+	st, err := s.existingStream(ctx, sr)
 	if err != nil {
 		return nil, broker.Position{}, err
 	}

@@ -41,6 +41,14 @@ type streamState struct {
 	ClosedBy  *producerRef         `json:"closed_by,omitempty"`
 	StreamSeq string               `json:"stream_seq,omitempty"`
 	Producers map[string]*producer `json:"producers,omitempty"`
+	// A fork's source (its channel) and the fork point as the PUT named
+	// it; a source's forks (their channels), and whether it was deleted
+	// while they still read it (streams_fork.go).
+	Source     string   `json:"source,omitempty"`
+	ForkOffset string   `json:"fork_offset,omitempty"`
+	ForkSub    uint64   `json:"fork_sub,omitempty"`
+	Forks      []string `json:"forks,omitempty"`
+	Deleted    bool     `json:"deleted,omitempty"`
 }
 
 // producer is an idempotent producer's place: its epoch and the highest
@@ -83,14 +91,19 @@ func (st *streamState) isText() bool {
 	return st.isJSON() || strings.HasPrefix(mt, "text/")
 }
 
+// expiryGrace is how long after its TTL or Expires-At a stream may still
+// be served: a write that left its client just in time, slowed down on
+// the way, still finds the stream.
+const expiryGrace = time.Second
+
 // expired says whether the stream has expired at now, given when it was
 // last touched.
 func (st *streamState) expired(now, touched time.Time) bool {
-	if !st.ExpiresAt.IsZero() && !now.Before(st.ExpiresAt) {
+	if !st.ExpiresAt.IsZero() && !now.Before(st.ExpiresAt.Add(expiryGrace)) {
 		return true
 	}
 	if st.TTL != nil {
-		return !now.Before(touched.Add(time.Duration(*st.TTL) * time.Second))
+		return !now.Before(touched.Add(time.Duration(*st.TTL)*time.Second + expiryGrace))
 	}
 	return false
 }
@@ -142,6 +155,7 @@ func (l *streamLocks) of(ch string) *sync.Mutex {
 // locks, and when each stream with a TTL was last touched.
 type streamsState struct {
 	locks   streamLocks
+	topo    sync.Mutex // taken by creates and deletes, before any stream lock
 	mu      sync.Mutex
 	touched map[string]time.Time
 }

@@ -231,6 +231,7 @@ const (
 	CodeStreamClosed     = "stream_closed"
 	CodeStreamConflict   = "stream_conflict"
 	CodeOffsetGone       = "offset_gone"
+	CodeStreamGone       = "stream_gone"
 	CodeProducerFenced   = "producer_fenced"
 	CodeProducerSeqGap   = "producer_seq_gap"
 	CodeStreamSeqRegress = "stream_seq_regression"
