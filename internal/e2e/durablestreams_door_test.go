@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -236,5 +238,53 @@ func TestDurableStreamSurvivesKill9(t *testing.T) {
 	}
 	if st, _, b := dsDo(t, "POST", s, "", "application/json", `{"n":51}`); st != 409 || dsCode(b) != "stream_closed" {
 		t.Fatalf("append after kill -9: %d %s, want 409 stream_closed", st, b)
+	}
+}
+
+// TestDurableStreamsOfficialClient: the official TypeScript client writes
+// a stream with its IdempotentProducer; pushctl pub publishes to the
+// stream's channel; the client reads both back in order, and pushctl sub
+// gets the client's appends and the publish as messages of the channel.
+func TestDurableStreamsOfficialClient(t *testing.T) {
+	node := needDurableStreamsSuite(t)
+	_, u := serve(t)
+	stream := u + "/v1/stream/interop/a"
+	nodeRun := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(node, append([]string{"interop.mjs"}, args...)...)
+		cmd.Dir = durableStreamsDir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("node interop.mjs %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	nodeRun("write", stream, "100")
+	if _, errs, code := run(t, "", "pub", "--server", u, "ds.interop.a", "from pushctl pub"); code != 0 {
+		t.Fatalf("pub: %s", errs)
+	}
+	var want strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&want, "c%d\n", i)
+	}
+	want.WriteString("from pushctl pub")
+	if got := nodeRun("read", stream); got != want.String() {
+		t.Fatalf("the client read %q, want %q", got, want.String())
+	}
+	// The producer batches its appends into POSTs: each is one message.
+	out, errs, code := run(t, "", "sub", "--server", u, "ds.interop.a", "--since", "all", "--format", "json", "--timeout", "3s")
+	if code != 124 && code != 0 {
+		t.Fatalf("sub: %d %s", code, errs)
+	}
+	var data strings.Builder
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var env struct{ Data string }
+		if err := json.Unmarshal([]byte(line), &env); err != nil {
+			t.Fatalf("sub line %q: %v", line, err)
+		}
+		data.WriteString(env.Data)
+	}
+	if data.String() != want.String() {
+		t.Fatalf("pushctl sub read %q, want %q", data.String(), want.String())
 	}
 }

@@ -1,0 +1,21 @@
+// The official TypeScript client (@durable-streams/client) against a
+// Durable Streams server, run by internal/e2e/durablestreams_door_test.go:
+//
+//   node interop.mjs write URL N   create a text stream at URL and append
+//                                  "c0\n" … with an IdempotentProducer
+//   node interop.mjs read URL      print the stream's text from the start
+import { DurableStream, IdempotentProducer, stream } from "@durable-streams/client";
+
+const [mode, url, n] = process.argv.slice(2);
+if (mode === "write") {
+  const ds = await DurableStream.create({ url, contentType: "text/plain" });
+  const producer = new IdempotentProducer(ds, "interop-writer");
+  for (let i = 0; i < Number(n); i++) producer.append(`c${i}\n`);
+  await producer.flush();
+} else if (mode === "read") {
+  const res = await stream({ url, offset: "-1", live: false });
+  process.stdout.write(await res.text());
+} else {
+  console.error("usage: node interop.mjs write URL N | read URL");
+  process.exit(2);
+}
