@@ -288,3 +288,25 @@ func TestDurableStreamsOfficialClient(t *testing.T) {
 		t.Fatalf("pushctl sub read %q, want %q", data.String(), want.String())
 	}
 }
+
+// TestBridgeDurableStreams: pushctl bridge appends stdin's lines to a
+// Durable Stream it creates (ds://…?content-type=), and reads a stream
+// from its start to stdout, ending when the stream is closed.
+func TestBridgeDurableStreams(t *testing.T) {
+	_, u := serve(t)
+	ds := "ds://" + strings.TrimPrefix(u, "http://") + "/v1/stream/bridged/a"
+	if _, errs, code := run(t, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n", "bridge", "-", ds+"?content-type=application/json"); code != 0 {
+		t.Fatalf("bridge - ds://: %d %s", code, errs)
+	}
+	st, h, b := dsDo(t, "GET", u+"/v1/stream/bridged/a?offset=-1", "", "", "")
+	if st != 200 || b != `[{"n":1},{"n":2},{"n":3}]` || h.Get("Content-Type") != "application/json" {
+		t.Fatalf("the stream holds %d %q (%s)", st, b, h.Get("Content-Type"))
+	}
+	if st, _, b := dsDo(t, "POST", u+"/v1/stream/bridged/a", "", "", "", "Stream-Closed", "true"); st != 204 {
+		t.Fatalf("close: %d %s", st, b)
+	}
+	out, errs, code := run(t, "", "bridge", ds+"?offset=-1", "-")
+	if code != 0 || out != "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n" {
+		t.Fatalf("bridge ds:// -: %d %q %s", code, out, errs)
+	}
+}
