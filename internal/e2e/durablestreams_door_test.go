@@ -85,6 +85,19 @@ func TestDurableStreamIsAChannel(t *testing.T) {
 	if strings.Join(got, "|") != "one |two |three" {
 		t.Fatalf("/sub read %q, want the stream's three appends", got)
 	}
+	// A stream keeps every message, past the broker's history (1000 here).
+	var vals []string
+	for i := range 1500 {
+		vals = append(vals, strconv.Itoa(i))
+	}
+	all := "[" + strings.Join(vals, ",") + "]"
+	dsDo(t, "PUT", u+"/v1/stream/long", "", "application/json", "")
+	if st, _, b := dsDo(t, "POST", u+"/v1/stream/long", "", "application/json", all); st != 204 {
+		t.Fatalf("append 1500: %d %s", st, b)
+	}
+	if st, _, b := dsDo(t, "GET", u+"/v1/stream/long?offset=-1", "", "", ""); st != 200 || b != all {
+		t.Fatalf("read of 1500 messages: %d, %d bytes, want %d", st, len(b), len(all))
+	}
 	// A long-poll at the tail is woken by a /pub publish.
 	done := make(chan string, 1)
 	go func() {
