@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -321,5 +323,91 @@ func TestBridgeDurableStreams(t *testing.T) {
 	out, errs, code := run(t, "", "bridge", ds+"?offset=-1", "-")
 	if code != 0 || out != "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n" {
 		t.Fatalf("bridge ds:// -: %d %q %s", code, out, errs)
+	}
+}
+
+// TestDurableStreamsClientThroughCutsAndKill9: the official TypeScript
+// client follows a JSON stream by long-poll through a proxy that cuts its
+// connection every 30 appends, while the durable broker behind it is
+// killed with SIGKILL and restarted once: it reads every value once, in
+// order.
+func TestDurableStreamsClientThroughCutsAndKill9(t *testing.T) {
+	node := needDurableStreamsSuite(t)
+	dir := t.TempDir()
+	p, u := serve(t, "--data-dir", dir)
+	addr := strings.TrimPrefix(u, "http://")
+	px := newProxy(t, addr)
+	const total = 300
+	if st, _, b := dsDo(t, "PUT", u+"/v1/stream/chaos", "", "application/json", ""); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "interop.mjs", "tail", px.url()+"/v1/stream/chaos", strconv.Itoa(total))
+	cmd.Dir = durableStreamsDir
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, total+1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var got []string
+	// caughtUp waits until the client has read n values: then it is
+	// waiting in a long-poll, which a cut or a kill interrupts.
+	caughtUp := func(n int) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for len(got) < n {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("the client ended after %d values: %s", len(got), errOut.String())
+				}
+				got = append(got, l)
+			case <-deadline:
+				t.Fatalf("the client read %d values in 30s, want %d: %s", len(got), n, errOut.String())
+			}
+		}
+	}
+	for i := range total {
+		if st, _, b := dsDo(t, "POST", u+"/v1/stream/chaos", "", "application/json", `{"n":`+strconv.Itoa(i)+`}`); st != 204 {
+			t.Fatalf("append %d: %d %s", i, st, b)
+		}
+		if i%30 == 29 {
+			caughtUp(i + 1)
+			px.cut()
+		}
+		if i == total/2 {
+			caughtUp(i + 1)
+			p.cmd.Process.Signal(syscall.SIGKILL)
+			p.wait(10 * time.Second)
+			p, _ = serve(t, "--data-dir", dir, "--listen", addr)
+		}
+	}
+	caughtUp(total)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the client: %v\n%s", err, errOut.String())
+	}
+	for l := range lines {
+		got = append(got, l)
+	}
+	if len(got) != total {
+		t.Fatalf("the client read %d values, want %d: %v", len(got), total, got)
+	}
+	for i, v := range got {
+		if v != strconv.Itoa(i) {
+			t.Fatalf("value %d is %s: %v", i, v, got)
+		}
 	}
 }
