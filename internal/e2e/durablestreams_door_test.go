@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pushctl/pushctl/internal/auth"
+	"github.com/pushctl/pushctl/internal/redistest"
 )
 
 // What pushctl adds to the Durable Streams protocol: a stream is a
@@ -409,5 +410,44 @@ func TestDurableStreamsClientThroughCutsAndKill9(t *testing.T) {
 		if v != strconv.Itoa(i) {
 			t.Fatalf("value %d is %s: %v", i, v, got)
 		}
+	}
+}
+
+// TestDurableStreamAnyRedisNode: two nodes on one Redis serve the same
+// streams: created on one, appended on either, a long-poll on the other
+// is woken, and the state (closure) is the same on both.
+func TestDurableStreamAnyRedisNode(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	_, a := serve(t, "--broker", rs.URL())
+	_, b := serve(t, "--broker", rs.URL())
+	if st, _, body := dsDo(t, "PUT", a+"/v1/stream/shared", "", "text/plain", "one "); st != 201 {
+		t.Fatalf("PUT on A: %d %s", st, body)
+	}
+	st, h, body := dsDo(t, "GET", b+"/v1/stream/shared?offset=-1", "", "", "")
+	if st != 200 || body != "one " {
+		t.Fatalf("read on B: %d %q", st, body)
+	}
+	done := make(chan string, 1)
+	go func() {
+		_, _, body := dsDo(t, "GET", b+"/v1/stream/shared?live=long-poll&offset="+h.Get("Stream-Next-Offset"), "", "", "")
+		done <- body
+	}()
+	dsWaitSubscribers(t, b, "ds.shared", 1)
+	if st, _, body := dsDo(t, "POST", a+"/v1/stream/shared", "", "text/plain", "two"); st != 204 {
+		t.Fatalf("append on A: %d %s", st, body)
+	}
+	select {
+	case body := <-done:
+		if body != "two" {
+			t.Fatalf("B's long-poll got %q, want two", body)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("B's long-poll did not see A's append")
+	}
+	if st, _, body := dsDo(t, "POST", b+"/v1/stream/shared", "", "", "", "Stream-Closed", "true"); st != 204 {
+		t.Fatalf("close on B: %d %s", st, body)
+	}
+	if st, h, _ := dsDo(t, "HEAD", a+"/v1/stream/shared", "", "", ""); st != 200 || h.Get("Stream-Closed") != "true" {
+		t.Fatalf("A after B closed: %d %v", st, h)
 	}
 }
