@@ -451,3 +451,40 @@ func TestDurableStreamAnyRedisNode(t *testing.T) {
 		t.Fatalf("A after B closed: %d %v", st, h)
 	}
 }
+
+// TestDurableStreamLiveReadsAreConnections: a live read counts against
+// --max-conns-per-ip like any subscriber connection, and a broker told to
+// stop ends a waiting SSE read at once instead of waiting out its minute.
+func TestDurableStreamLiveReadsAreConnections(t *testing.T) {
+	p, u := serve(t, "--max-conns-per-ip", "1")
+	s := u + "/v1/stream/live"
+	if st, _, b := dsDo(t, "PUT", s, "", "text/plain", ""); st != 201 {
+		t.Fatalf("PUT: %d %s", st, b)
+	}
+	sse := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(s + "?offset=now&live=sse")
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body) // until the broker ends it
+			resp.Body.Close()
+		}
+		sse <- err
+	}()
+	dsWaitSubscribers(t, u, "ds.live", 1)
+	if st, _, b := dsDo(t, "GET", s+"?offset=now&live=long-poll", "", "", ""); st != 429 || dsCode(b) != "too_many_connections" {
+		t.Fatalf("a second live read from one address: %d %s, want 429 too_many_connections", st, b)
+	}
+	start := time.Now()
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("serve took %s to stop with an SSE read open", took)
+	}
+	select {
+	case <-sse:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the SSE read was not ended")
+	}
+}

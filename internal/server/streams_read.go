@@ -158,6 +158,15 @@ func (s *Server) streamRead(w http.ResponseWriter, r *http.Request, sr streamReq
 		from.Epoch = tail.Epoch
 	}
 	w.Header().Set("Content-Type", st.ContentType)
+	if live != "" {
+		// A live read is a long-lived connection: it counts against the
+		// address's limit, and shutdown ends its wait.
+		release, err := s.connSlot(r)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	switch live {
 	case "sse":
 		return s.streamSSE(w, r, sr, st, from, start, tail)
@@ -273,7 +282,7 @@ func (wt *waiter) close() {
 // wait returns when something may have changed (true), or when the
 // deadline or ctx ends (false). A subscription that ended (overflowed,
 // the stream deleted) counts as a change: the caller reads again.
-func (wt *waiter) wait(ctx context.Context, deadline <-chan time.Time) (changed bool) {
+func (wt *waiter) wait(ctx context.Context, deadline <-chan time.Time, stop <-chan struct{}) (changed bool) {
 	for {
 		n := 0
 		for _, sub := range []*broker.Subscription{wt.data, wt.meta} {
@@ -291,6 +300,8 @@ func (wt *waiter) wait(ctx context.Context, deadline <-chan time.Time) (changed 
 		case <-deadline:
 			return false
 		case <-ctx.Done():
+			return false
+		case <-stop:
 			return false
 		}
 	}
@@ -323,7 +334,7 @@ func (s *Server) streamPoll(w http.ResponseWriter, r *http.Request, sr streamReq
 		timer := time.NewTimer(streamPollWait)
 		defer timer.Stop()
 		for len(ck.msgs) == 0 && !ck.closed {
-			if !wt.wait(ctx, timer.C) {
+			if !wt.wait(ctx, timer.C, s.stopping) {
 				break
 			}
 			if st, tail, err = s.reload(ctx, sr); err != nil {
@@ -413,7 +424,7 @@ func (s *Server) streamSSE(w http.ResponseWriter, r *http.Request, sr streamRequ
 					return nil
 				}
 			}
-			if !wt.wait(ctx, end.C) {
+			if !wt.wait(ctx, end.C, s.stopping) {
 				return nil
 			}
 			if wt.data.Err() != nil { // overflowed or deleted: watch again
