@@ -2,7 +2,8 @@
 # Installs the system packages pushctl needs to build and test, only when missing.
 #   scripts/install-deps.sh          build deps (libzmq3-dev, pkg-config)
 #   scripts/install-deps.sh --test   build + test deps (pyzmq, redis-server, tmux, chromium,
-#                                    Node.js and the npm packages pinned in testdata/pusher-js)
+#                                    Node.js and the npm packages pinned in testdata/pusher-js and
+#                                    testdata/durable-streams)
 #   scripts/install-deps.sh --bench  nginx with nchan (scripts/bench.sh), valgrind (scripts/redis-cost.sh)
 set -euo pipefail
 
@@ -25,14 +26,17 @@ for p in "${pkgs[@]}"; do
   fi
 done
 npm_packages() {
-  # pusher-js and friends for the tests, exactly as the lock file pins them.
+  # pusher-js and the Durable Streams conformance suite for the tests,
+  # exactly as their lock files pin them.
   [[ "${1:-}" == "--test" ]] || return 0
-  local dir
-  dir="$(cd "$(dirname "$0")/.." && pwd)/testdata/pusher-js"
-  if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
-    echo "install-deps: npm ci in testdata/pusher-js" >&2
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
-  fi
+  local dir name
+  for name in pusher-js durable-streams; do
+    dir="$(cd "$(dirname "$0")/.." && pwd)/testdata/$name"
+    if [[ ! -f "$dir/node_modules/.package-lock.json" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+      echo "install-deps: npm ci in testdata/$name" >&2
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
+  done
 }
 
 if [[ ${#missing[@]} -eq 0 ]]; then

@@ -75,6 +75,7 @@ func (o EndpointOptions) connectTimeout() time.Duration {
 //	sse://… http(s)://…    any text/event-stream, resuming with Last-Event-ID
 //	pushctl://HOST:PORT/CH1,CH2   a pushctl broker's channels, resuming by id
 //	pushctl://H1:P1,H2:P2/CH      the same from several nodes, in turn
+//	ds://HOST:PORT/PATH[?offset=-1]  a Durable Stream (dss:// for HTTPS), by long-poll
 //	-                      lines of standard input
 func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 	switch {
@@ -92,6 +93,12 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 			return nil, fmt.Errorf("source %q: %w", raw, err)
 		}
 		return &pushctlSource{c: c, channels: chans, raw: raw, env: env}, nil
+	case isDurableStream(raw):
+		s, err := newDSSource(raw, o, env)
+		if err != nil {
+			return nil, fmt.Errorf("source %q: %w", raw, err)
+		}
+		return s, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -109,7 +116,7 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 		}
 		return &sseSource{url: u.String(), o: o, env: env}, nil
 	}
-	return nil, fmt.Errorf("source %q: unknown kind; use zmq:, ws(s)://, sse:// or http(s)://, pushctl(s):// or -", raw)
+	return nil, fmt.Errorf("source %q: unknown kind; use zmq:, ws(s)://, sse:// or http(s)://, pushctl(s)://, ds(s):// or -", raw)
 }
 
 // ParseSink returns the sink named by raw:
@@ -119,6 +126,7 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 //	http(s)://…            one POST per message
 //	pushctl://HOST:PORT[/CH]   publish to a pushctl broker (CH renames)
 //	pushctl://H1:P1,H2:P2[/CH] the same, moving to the next node when one is down
+//	ds://HOST:PORT/PATH[?content-type=T]  append to a Durable Stream (dss:// for HTTPS)
 //	-                      data lines on standard output
 func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 	switch {
@@ -143,6 +151,12 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 			s.channel = chans[0]
 		}
 		return s, nil
+	case isDurableStream(raw):
+		s, err := newDSSink(raw, o, env)
+		if err != nil {
+			return nil, fmt.Errorf("sink %q: %w", raw, err)
+		}
+		return s, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -158,7 +172,7 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 		}
 		return &httpSink{url: raw, o: o, env: env, hc: hc}, nil
 	}
-	return nil, fmt.Errorf("sink %q: unknown kind; use zmq:, ws(s)://, http(s)://, pushctl(s):// or -", raw)
+	return nil, fmt.Errorf("sink %q: unknown kind; use zmq:, ws(s)://, http(s)://, pushctl(s)://, ds(s):// or -", raw)
 }
 
 // DefaultBrokerPort is the port of a pushctl:// endpoint that names none:

@@ -98,3 +98,20 @@ func FuzzParseEndpoints(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDurableStreamURL: a ds:// or dss:// URL is taken only as an http(s)
+// URL with a host and a path, its query split off; nothing panics.
+func FuzzDurableStreamURL(f *testing.F) {
+	f.Add("ds://127.0.0.1:7070/v1/stream/chat?offset=-1")
+	f.Add("dss://example.com/v1/stream/a%2Fb?content-type=text/plain")
+	f.Add("ds://")
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, _, err := dsURL(raw)
+		if err != nil {
+			return
+		}
+		if strings.Contains(u, "?") || !(strings.HasPrefix(u, "http://") || strings.HasPrefix(u, "https://")) {
+			t.Fatalf("dsURL(%q) = %q", raw, u)
+		}
+	})
+}

@@ -39,7 +39,7 @@ func (s *Server) cors(next http.Handler) http.Handler {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Add("Vary", "Origin")
-			h.Set("Access-Control-Expose-Headers", "Pushctl-Cursor, Pushctl-Time, Retry-After")
+			h.Set("Access-Control-Expose-Headers", "Pushctl-Cursor, Pushctl-Time, Retry-After, "+streamExposedHeaders)
 			if s.originListed(origin) && s.door.HasConnectHook() {
 				// The site's pages may send its cookies (a connect hook
 				// reads the session); any other origin's requests go
@@ -47,8 +47,8 @@ func (s *Server) cors(next http.Handler) http.Handler {
 				h.Set("Access-Control-Allow-Credentials", "true")
 			}
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-				h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
-				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-Pushctl-Event, Accept")
+				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE")
+				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-Pushctl-Event, Accept, "+streamAllowedHeaders)
 				h.Set("Access-Control-Max-Age", "600")
 				w.WriteHeader(http.StatusNoContent)
 				return

@@ -133,6 +133,7 @@ type Server struct {
 	metricsHandler http.Handler
 	upgrader       websocket.Upgrader
 	pusher         *pusherState
+	streams        streamsState // Durable Streams (streams.go)
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
@@ -194,6 +195,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/channels/{channel}/presence", s.methods(map[string]handlerFunc{"GET": s.channelPresence}))
 	s.pusherRoutes()
 	s.consumerRoutes()
+	s.mux.Handle(StreamsPrefix, s.handle(s.serveStream))
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
 	s.mux.Handle("/healthz", s.methods(map[string]handlerFunc{"GET": s.healthz}))
 	s.mux.Handle("/metrics", s.methods(map[string]handlerFunc{"GET": s.handleMetrics}))

@@ -62,6 +62,9 @@ FROM (a source):
   pushctl://HOST:PORT/CH,…     channels of a pushctl broker; resumes by message id
                                (pushctl://H1:P1,H2:P2/CH: several nodes, in turn)
   pushctls://HOST:PORT/CH,…    the same over TLS (https)
+  ds://HOST:PORT/PATH          a Durable Stream (any server; pushctl's are at
+                               /v1/stream/…) by long-poll from ?offset= (default
+                               now; -1: the start), resuming; ends when it closes
   -                            lines of standard input
 
 TO (a sink):
@@ -70,6 +73,9 @@ TO (a sink):
   http://… https://…           one POST per message (X-Pushctl-Channel/-Event/-Id headers)
   pushctl://HOST:PORT[/CH]     publish to a pushctl broker (H1:P1,H2:P2: next node
                                when one is down); pushctls:// over TLS
+  ds://HOST:PORT/PATH          append to a Durable Stream as an idempotent producer,
+                               creating it (?content-type=, default
+                               application/octet-stream); dss:// over TLS
   -                            data lines on standard output
 
 Without a port, pushctl://HOST is port 7070 (the broker's default) and

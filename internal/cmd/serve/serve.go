@@ -277,11 +277,14 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	// Durable Streams channels (ds.>) keep everything unless a namespace
+	// of the operator's says otherwise (docs/durable-streams.md).
+	namespaces := door.WithStreamNamespaces(o.Namespaces.list)
 	ret := broker.Retention{HistorySize: hist, HistoryAge: o.HistoryAge, HistoryBytes: int64(o.HistoryBytes)}
 	var extra []func() map[string]uint64 // counters for /stats and /metrics
 	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
 	opened, err := backend.Open(octx, backend.Spec{URL: o.Broker, Dir: o.DataDir, Sync: o.Sync, SyncDelay: o.SyncDelay,
-		Retention: ret, RetentionFor: door.RetentionFor(o.Namespaces.list), MemoryOnly: door.MemoryOnly(o.Namespaces.list),
+		Retention: ret, RetentionFor: door.RetentionFor(namespaces), MemoryOnly: door.MemoryOnly(namespaces),
 		MaxBytes: int64(o.MaxBytes), QueueSize: o.QueueSize, QueueBytes: int64(o.QueueBytes),
 		NodeTimeout: o.NodeTimeout, Logger: log})
 	ocancel()
@@ -317,7 +320,7 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	sopts := server.Options{
 		Events:         evc,
-		Namespaces:     o.Namespaces.list,
+		Namespaces:     namespaces,
 		Hooks:          hk,
 		HookFailure:    o.HookFailure,
 		MaxMessageSize: int64(o.MaxMessageSize),
