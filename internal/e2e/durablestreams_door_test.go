@@ -260,7 +260,8 @@ func TestDurableStreamSurvivesKill9(t *testing.T) {
 // TestDurableStreamsOfficialClient: the official TypeScript client writes
 // a stream with its IdempotentProducer; pushctl pub publishes to the
 // stream's channel; the client reads both back in order, and pushctl sub
-// gets the client's appends and the publish as messages of the channel.
+// gets the client's appends and the publish as messages of the channel,
+// and so does a WebSocket subscriber replaying the channel.
 func TestDurableStreamsOfficialClient(t *testing.T) {
 	node := needDurableStreamsSuite(t)
 	_, u := serve(t)
@@ -302,6 +303,28 @@ func TestDurableStreamsOfficialClient(t *testing.T) {
 	}
 	if data.String() != want.String() {
 		t.Fatalf("pushctl sub read %q, want %q", data.String(), want.String())
+	}
+	// And over WebSocket, replayed from the channel's start.
+	ws := dialWS(t, u, "/ws", "")
+	if got := wsReply(t, ws, map[string]any{"type": "subscribe", "ref": ref(), "channel": "ds.interop.a", "last": -1}); got != "ok" {
+		t.Fatalf("WebSocket subscribe: %s", got)
+	}
+	var viaWS strings.Builder
+	ws.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for viaWS.Len() < want.Len() {
+		var f struct {
+			Type string `json:"type"`
+			Data string `json:"data"`
+		}
+		if err := ws.ReadJSON(&f); err != nil {
+			t.Fatalf("WebSocket after %q: %v", viaWS.String(), err)
+		}
+		if f.Type == "message" {
+			viaWS.WriteString(f.Data)
+		}
+	}
+	if viaWS.String() != want.String() {
+		t.Fatalf("WebSocket read %q, want %q", viaWS.String(), want.String())
 	}
 }
 
