@@ -33,8 +33,8 @@ import (
 // stream that does not exist is created, with ?content-type= (default
 // application/octet-stream).
 
-// isDurableStream reports whether raw is a ds:// or dss:// URL.
-func isDurableStream(raw string) bool {
+// IsDurableStream reports whether raw is a ds:// or dss:// URL.
+func IsDurableStream(raw string) bool {
 	return strings.HasPrefix(raw, "ds://") || strings.HasPrefix(raw, "dss://")
 }
 
@@ -163,7 +163,7 @@ func (s *dsSource) poll(ctx context.Context, hc *http.Client, cursor *string, em
 		}
 		for _, m := range msgs {
 			if err := emit(Message{Data: m, ID: next}); err != nil {
-				return false, err
+				return false, errors.Join(errEmit, err) // the reader stopped: not retried
 			}
 		}
 	}

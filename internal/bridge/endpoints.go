@@ -93,7 +93,7 @@ func ParseSource(raw string, o EndpointOptions, env *Env) (Source, error) {
 			return nil, fmt.Errorf("source %q: %w", raw, err)
 		}
 		return &pushctlSource{c: c, channels: chans, raw: raw, env: env}, nil
-	case isDurableStream(raw):
+	case IsDurableStream(raw):
 		s, err := newDSSource(raw, o, env)
 		if err != nil {
 			return nil, fmt.Errorf("source %q: %w", raw, err)
@@ -151,7 +151,7 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 			s.channel = chans[0]
 		}
 		return s, nil
-	case isDurableStream(raw):
+	case IsDurableStream(raw):
 		s, err := newDSSink(raw, o, env)
 		if err != nil {
 			return nil, fmt.Errorf("sink %q: %w", raw, err)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pushctl/pushctl/internal/bridge"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
 	"github.com/pushctl/pushctl/internal/cmdutil"
@@ -49,12 +50,18 @@ func NewCmdPub(f *cmdutil.Factory, runF func(context.Context, *Options) error) *
 
 The message is the arguments joined by spaces, the contents of --file, or
 all of standard input. With --lines every line of the input is a message of
-its own, streamed over one connection in order; a summary goes to stderr.`,
+its own, streamed over one connection in order; a summary goes to stderr.
+
+CHANNEL may instead be a Durable Stream of any server (ds://HOST:PORT/PATH,
+dss:// for HTTPS; docs/durable-streams.md): each message is one append, made
+as an idempotent producer so a retried append is stored once, and a stream
+that does not exist is created with --content-type.`,
 		Example: `  pushctl pub news hello
   echo '{"build":42,"ok":true}' | pushctl pub builds --event finished
   seq 1 100000 | pushctl pub news --lines
   pushctl pub news --wait-subscribers 2 --timeout 30s 'deploy done'
-  seq 10 | pushctl pub sensors.t1 --lines --zmq tcp://127.0.0.1:7071   # into a broker's --zmq-in`,
+  seq 10 | pushctl pub sensors.t1 --lines --zmq tcp://127.0.0.1:7071   # into a broker's --zmq-in
+  pushctl pub ds://127.0.0.1:7070/v1/stream/chat/room-1 hello          # append to a Durable Stream`,
 		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
 			if len(args) > 0 {
@@ -64,7 +71,11 @@ its own, streamed over one connection in order; a summary goes to stderr.`,
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channel, opts.Args = args[0], args[1:]
-			if err := broker.ValidateChannel(opts.Channel); err != nil {
+			if bridge.IsDurableStream(opts.Channel) {
+				if err := opts.checkStream(cmd.Flags()); err != nil {
+					return err
+				}
+			} else if err := broker.ValidateChannel(opts.Channel); err != nil {
 				return &cmdutil.FlagError{Err: err}
 			}
 			if len(opts.Args) > 0 && opts.File != "" {
@@ -118,6 +129,9 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if o.ZMQ.Endpoint != "" {
 		return publishZMQ(ctx, in, o)
+	}
+	if bridge.IsDurableStream(o.Channel) {
+		return publishStream(ctx, in, o)
 	}
 	c, err := o.Factory.Client(o.Server)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/pushctl/pushctl/internal/bridge"
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/client"
 	"github.com/pushctl/pushctl/internal/cmdutil"
@@ -105,6 +106,11 @@ retained a warning goes to stderr (and a gap record to --format json;
 --fail-on-gap makes it an error). When the token expires, sub stops with
 that reason, or with --token-command gets a new one and goes on.
 
+A Durable Stream of any server (ds://HOST:PORT/PATH, dss:// for HTTPS;
+docs/durable-streams.md) is read by long-poll from now, from its start with
+--since all, or from --since OFFSET, resuming from the last offset read
+after a lost connection; it ends when the stream is closed.
+
 Exit status: 0 when done, 1 on error (broker unreachable, --exec failed,
 token expired), 2 on bad usage, 124 when connected but --timeout passed
 before --count messages (or, without --count, before any message), 130
@@ -116,7 +122,8 @@ when interrupted.`,
   pushctl sub news --last 10 --template '{{.Time}} {{.Channel}} {{.Data}}'
   pushctl sub alerts --exec 'notify-send "$PUSHCTL_CHANNEL" "$(cat)"' --on-exec-error skip
   pushctl sub orders --token-command 'vault read -field=token secret/pushctl'
-  pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket`,
+  pushctl sub --zmq tcp://10.0.0.5:5556 'sensors.>'    # any libzmq PUB socket
+  pushctl sub ds://127.0.0.1:7070/v1/stream/chat/room-1 --since all   # a Durable Stream`,
 		Args:              cmdutil.MinimumArgs(1, "CHANNEL"),
 		ValidArgsFunction: cmdutil.CompleteChannels(f, &opts.Server),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -154,9 +161,19 @@ when interrupted.`,
 // validate checks every flag before anything connects, as usage errors
 // that name the flag and say what it accepts.
 func (o *Options) validate(cmd *cobra.Command) error {
+	stream := false
 	for _, ch := range o.Channels {
+		if bridge.IsDurableStream(ch) {
+			stream = true
+			continue
+		}
 		if err := broker.ValidatePattern(ch); err != nil {
 			return &cmdutil.FlagError{Err: err}
+		}
+	}
+	if stream {
+		if err := o.checkStream(); err != nil {
+			return err
 		}
 	}
 	formatGiven := cmd.Flags().Changed("format") || o.Format != ""
@@ -190,7 +207,7 @@ func (o *Options) validate(cmd *cobra.Command) error {
 	if err := o.validateDurable(cmd); err != nil {
 		return err
 	}
-	if o.Since != "" && o.ZMQ.Endpoint == "" {
+	if o.Since != "" && o.ZMQ.Endpoint == "" && !stream {
 		if err := checkSince(o.Since, o.Channels); err != nil {
 			return err
 		}
@@ -211,7 +228,7 @@ func (o *Options) validate(cmd *cobra.Command) error {
 	// The terminal UI is for watching; options that shape output or
 	// end the command (smoke tests) mean plain lines.
 	o.TUI = o.IO.OutTTY && !o.NoTUI && !formatGiven && o.Template == "" &&
-		o.Exec == "" && o.Count == 0 && o.Timeout == 0 && o.Durable == ""
+		o.Exec == "" && o.Count == 0 && o.Timeout == 0 && o.Durable == "" && !stream
 	return nil
 }
 
@@ -484,6 +501,9 @@ func run(ctx context.Context, o *Options) error {
 			return runTUI(ctx, sctx, o)
 		}
 		return subscribeZMQ(ctx, sctx, p)
+	}
+	if bridge.IsDurableStream(o.Channels[0]) {
+		return subscribeStream(ctx, sctx, p)
 	}
 	c, err := o.Factory.Client(o.Server)
 	if err != nil {
