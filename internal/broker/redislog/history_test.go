@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -101,5 +102,60 @@ func TestHistoryOfAnOlderVersionIsTakenOver(t *testing.T) {
 	}
 	if msgs := history(t, b, "old", 10); msgs[0].Seq != 6 || string(msgs[9].Data) != "m15" {
 		t.Fatalf("after the takeover: %d..%d", msgs[0].Seq, msgs[9].Seq)
+	}
+}
+
+// pttls are the expiries left on a channel's keys (meta, stream, sizes).
+func pttls(t *testing.T, rdb *redis.Client, p, ch string) []time.Duration {
+	t.Helper()
+	var out []time.Duration
+	for _, part := range []string{"m", "s", "z"} {
+		d, err := rdb.PTTL(context.Background(), p+"{"+ch+"}:"+part).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// A channel kept with no age limit (history-age -1: a Durable Stream, or
+// a namespace that says so) does not expire in Redis however long it is
+// idle; others expire after twice max(age, 1h) idle. A channel that had
+// an expiry loses it at its next publish once its rules say none.
+func TestChannelWithoutAgeLimitDoesNotExpire(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	p := newPrefix()
+	b := open(t, srv.URL(), p, brokertest.Options{RetentionFor: func(ch string) (broker.Retention, bool) {
+		if strings.HasPrefix(ch, "keep.") {
+			return broker.Retention{HistorySize: 100, HistoryAge: -1}, true
+		}
+		return broker.Retention{}, false
+	}})
+	publish(t, b, "keep.a", "x")
+	publish(t, b, "other", "x")
+	for i, d := range pttls(t, rdb, p, "keep.a") {
+		if d != -1 {
+			t.Fatalf("keep.a key %d expires in %s", i, d)
+		}
+	}
+	for i, d := range pttls(t, rdb, p, "other") {
+		if d <= time.Hour {
+			t.Fatalf("other key %d: expiry %s, want about 2h", i, d)
+		}
+	}
+	// keep.b published first under a default retention, then under none.
+	before := open(t, srv.URL(), p, brokertest.Options{})
+	publish(t, before, "keep.b", "x")
+	if d := pttls(t, rdb, p, "keep.b")[0]; d <= 0 {
+		t.Fatalf("keep.b under the default: expiry %s", d)
+	}
+	publish(t, b, "keep.b", "y")
+	for i, d := range pttls(t, rdb, p, "keep.b") {
+		if d != -1 {
+			t.Fatalf("keep.b key %d still expires in %s", i, d)
+		}
 	}
 }

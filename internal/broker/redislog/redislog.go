@@ -457,6 +457,9 @@ func (l *Log) retention(channel string) broker.Retention {
 }
 
 func ttl(r broker.Retention) int64 {
+	if r.HistoryAge < 0 {
+		return -1 // kept until the history's size pushes messages out: no expiry
+	}
 	idle := max(r.HistoryAge, time.Hour)
 	return (2 * idle).Milliseconds()
 }

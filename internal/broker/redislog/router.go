@@ -576,9 +576,13 @@ func (l *Log) keepFollowed() {
 	defer cancel()
 	pipe := l.rdb.Pipeline()
 	for name := range names {
-		pipe.PExpire(ctx, l.chanKey(name, "m"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
-		pipe.PExpire(ctx, l.chanKey(name, "s"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
-		pipe.PExpire(ctx, l.chanKey(name, "z"), time.Duration(ttl(l.retention(name)))*time.Millisecond)
+		d := ttl(l.retention(name))
+		if d <= 0 {
+			continue // the channel's keys do not expire
+		}
+		for _, part := range []string{"m", "s", "z"} {
+			pipe.PExpire(ctx, l.chanKey(name, part), time.Duration(d)*time.Millisecond)
+		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		l.unavailable(err)

@@ -51,7 +51,7 @@ end
 // pats (on Redis Cluster those live in another slot).
 //
 // A = 1 new epoch, 2 now (µs), 3 history size, 4 age cutoff (µs, 0:
-// none), 5 ttl (ms), 6 channel, 7 pub/sub channel, 8 history bytes (0:
+// none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub channel, 8 history bytes (0:
 // no bound), 9 how to publish ("P" PUBLISH, "S" SPUBLISH, "SP" both), 10
 // node, 11 call id ("": none), 12 count N, then N times event, kind, data,
 // origin.
@@ -228,18 +228,30 @@ if id ~= '' then
   fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. string.format('%d', first) .. ' ' .. n .. ' ' .. ts
 end
 -- The expiry is pushed back when a quarter of it has passed, not on
--- every publish.
+-- every publish. A channel kept without an age limit (ttl -1) does not
+-- expire: its keys are made persistent once (x = -1 says they are).
 local ttl = tonumber(A[5])
-refresh = refresh or now - x > ttl * 250
+if ttl > 0 then
+  refresh = refresh or now - x > ttl * 250
+else
+  refresh = refresh or x >= 0
+end
 if refresh then
-  fields[#fields+1] = 'x'; fields[#fields+1] = A[2]
+  fields[#fields+1] = 'x'
+  if ttl > 0 then fields[#fields+1] = A[2] else fields[#fields+1] = '-1' end
 end
 local added = redis.call('HSET', K[1], unpack(fields))
 if refresh then
-  redis.call('PEXPIRE', K[1], ttl)
-  if size > 0 then
-    redis.call('PEXPIRE', K[2], ttl)
-    redis.call('PEXPIRE', K[3], ttl)
+  if ttl > 0 then
+    redis.call('PEXPIRE', K[1], ttl)
+    if size > 0 then
+      redis.call('PEXPIRE', K[2], ttl)
+      redis.call('PEXPIRE', K[3], ttl)
+    end
+  else
+    redis.call('PERSIST', K[1])
+    redis.call('PERSIST', K[2])
+    redis.call('PERSIST', K[3])
   end
 end
 if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
@@ -336,7 +348,7 @@ return reply(p, {1, r[1], r[2], r[3], r[4], k})
 `)
 
 // read: KEYS meta, stream, sizes, channels (single Redis only). ARGV
-// create (0/1), new epoch, ttl (ms), channel, mode (none, after, tail,
+// create (0/1), new epoch, ttl (ms; -1: none), channel, mode (none, after, tail,
 // all), from epoch, from seq, tail count. Returns epoch, seq, last time,
 // the mode used and the history's entries (tail: newest first), or nil
 // for an unknown channel without create.
@@ -348,7 +360,7 @@ if not e then
   e, s, t, f = ARGV[2], '0', '0', 1
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0, 'f', 1)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
 end
 local mode = ARGV[5]
