@@ -306,7 +306,7 @@ func TestDurableStreamsOfficialClient(t *testing.T) {
 	}
 	// And over WebSocket, replayed from the channel's start.
 	ws := dialWS(t, u, "/ws", "")
-	if got := wsReply(t, ws, map[string]any{"type": "subscribe", "ref": ref(), "channel": "ds.interop.a", "last": -1}); got != "ok" {
+	if got := wsReply(t, ws, map[string]any{"type": "subscribe", "ref": ref(), "channel": "ds.interop.a", "since": "all"}); got != "ok" {
 		t.Fatalf("WebSocket subscribe: %s", got)
 	}
 	var viaWS strings.Builder
