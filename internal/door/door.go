@@ -386,7 +386,7 @@ func (d *Door) Subscribe(ctx context.Context, c Caller, opts broker.SubscribeOpt
 	}
 	sub, err := d.b.Subscribe(ctx, opts)
 	if err == nil {
-		d.subscribed(c, opts, sub)
+		d.subscribed(ctx, c, opts, sub)
 	}
 	return sub, err
 }
@@ -429,7 +429,7 @@ func (d *Door) SubscribeAsMember(ctx context.Context, c Caller, opts broker.Subs
 	if err != nil {
 		return nil, nil, err
 	}
-	d.subscribed(c, opts, sub)
+	d.subscribed(ctx, c, opts, sub)
 	m, err := d.presence.Join(ctx, channel, member, info, lim)
 	if err != nil {
 		sub.Close()

@@ -167,8 +167,11 @@ func eventUser(c Caller) string {
 }
 
 // subscribed emits a subscription's events (subscribed, channel_occupied
-// for the first anywhere here) and its unsubscribe's when it ends.
-func (d *Door) subscribed(c Caller, opts broker.SubscribeOptions, sub *broker.Subscription) {
+// for the first anywhere here) and its unsubscribe's when it ends. With
+// nodes sharing the log it returns once the cluster counts the
+// subscription, so that a client told it is subscribed is counted (the
+// other nodes' unsubscribes cannot vacate the channel under it).
+func (d *Door) subscribed(ctx context.Context, c Caller, opts broker.SubscribeOptions, sub *broker.Subscription) {
 	em := d.Events()
 	if em == nil || opts.Internal {
 		return
@@ -192,6 +195,11 @@ func (d *Door) subscribed(c Caller, opts broker.SubscribeOptions, sub *broker.Su
 			em.Unsubscribe(ch, user, ids[i])
 		}
 	})
+	for _, ch := range chans {
+		if em.Held(ctx, ch) != nil {
+			return // the caller gave up; the hold is still recorded
+		}
+	}
 }
 
 // presenceChanged is the registry's word of a member added or removed,

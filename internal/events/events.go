@@ -167,6 +167,9 @@ type stripe struct {
 	wake   chan struct{}
 	closed bool
 	occ    map[string]int // subscriptions per channel on this node
+	// holding: shared, the channels whose hold is queued and not yet
+	// recorded, closed once it is (see Held).
+	holding map[string]chan struct{}
 	// pub is held while an event is published and handed to the sinks,
 	// so that they see the stripe's events in the order of their
 	// sequences, the dead nodes' (told by lost) included.
@@ -186,6 +189,7 @@ type item struct {
 	op              int
 	ev              Event
 	kind, key, info string
+	done            chan struct{} // opHold: closed once recorded
 }
 
 // New starts an Emitter.
@@ -204,6 +208,7 @@ func New(cfg Config) *Emitter {
 		s := &e.st[i]
 		s.wake = make(chan struct{}, 1)
 		s.occ = map[string]int{}
+		s.holding = map[string]chan struct{}{}
 		e.wg.Add(1)
 		go e.run(s)
 	}
@@ -281,6 +286,17 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 	}
 }
 
+// holdLocked queues the shared hold of ev's channel on s, whose lock is
+// held; Held waits for it.
+func (e *Emitter) holdLocked(s *stripe, ev Event) {
+	if s.closed {
+		return
+	}
+	done := make(chan struct{})
+	s.holding[ev.Channel] = done
+	e.queueLocked(s, item{op: opHold, ev: ev, done: done})
+}
+
 // tracked is what a node keeps of a subscription or connection in the
 // shared log, for the others to tell its end.
 type tracked struct {
@@ -305,7 +321,7 @@ func (e *Emitter) Subscribe(channel, user string) uint64 {
 	occupied := Event{Name: ChannelOccupied, Channel: channel}
 	switch {
 	case first && e.cfg.Shared != nil:
-		e.queueLocked(s, item{op: opHold, ev: occupied})
+		e.holdLocked(s, occupied)
 	case first:
 		e.enqueueLocked(s, occupied)
 	}
@@ -423,6 +439,16 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 		case opHold, opRelease:
 			flush()
 			e.occupyLocked(ctx, "", it.op == opHold, it.ev)
+			if it.done != nil {
+				// Recorded, or failed (counted and logged): either way
+				// nothing is left to wait for.
+				s.mu.Lock()
+				if s.holding[it.ev.Channel] == it.done {
+					delete(s.holding, it.ev.Channel)
+				}
+				s.mu.Unlock()
+				close(it.done)
+			}
 		case opTrack, opUntrack:
 			track = append(track, broker.Tracked{Kind: it.kind, Key: it.key, Info: it.info, Open: it.op == opTrack})
 		}
@@ -515,7 +541,7 @@ func (e *Emitter) rejoin() {
 		s := &e.st[i]
 		s.mu.Lock()
 		for ch := range s.occ {
-			e.queueLocked(s, item{op: opHold, ev: Event{Name: ChannelOccupied, Channel: ch}})
+			e.holdLocked(s, Event{Name: ChannelOccupied, Channel: ch})
 		}
 		s.mu.Unlock()
 	}
@@ -559,4 +585,29 @@ func (e *Emitter) Close() {
 		}
 	}
 	e.wg.Wait()
+}
+
+// Held returns once the shared log has recorded the hold of channel
+// queued by this node's subscriptions so far (at once without a shared
+// log, or when none is pending), or ctx's error. A subscription is
+// counted by the cluster only then: told to its client any sooner, the
+// other nodes' last unsubscribes, recorded first, would vacate the
+// channel under it (channel_vacated, then channel_occupied again).
+func (e *Emitter) Held(ctx context.Context, channel string) error {
+	if e == nil || e.cfg.Shared == nil {
+		return nil
+	}
+	s := e.stripe(ChannelOf(channel))
+	s.mu.Lock()
+	done := s.holding[channel]
+	s.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -74,3 +74,67 @@ func TestEventMessageRoundTrip(t *testing.T) {
 		t.Fatalf("back %+v %v", back, err)
 	}
 }
+
+// A shared log whose holds wait for a gate.
+type gatedShared struct {
+	entered chan struct{} // a hold reached Occupy
+	gate    chan struct{} // Occupy(hold) returns once closed
+	mu      sync.Mutex
+	held    int
+}
+
+func (g *gatedShared) Occupy(_ context.Context, _, _ string, hold bool, _ *broker.Message) (bool, error) {
+	if hold {
+		g.entered <- struct{}{}
+		<-g.gate
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if hold {
+		g.held++
+	} else {
+		g.held--
+	}
+	return false, nil
+}
+func (g *gatedShared) Track(context.Context, []broker.Tracked) error                   { return nil }
+func (g *gatedShared) WatchLifecycle(func(node, kind, key, info string) error, func()) {}
+
+// Shared, a subscription is counted for the cluster only once the log
+// has recorded this node's hold; Held waits for that, so that nothing
+// tells a client it is subscribed before the cluster counts it (else the
+// other nodes' last unsubscribes, recorded first, vacate the channel under
+// it: vacated and occupied again from two nodes).
+func TestEmitterHeldWaitsForTheSharedHold(t *testing.T) {
+	f := &fakeLog{seqs: map[string]uint64{}}
+	g := &gatedShared{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	e := New(Config{Node: "n1", Publish: f.publish, Shared: g})
+	var open sync.Once
+	defer e.Close()
+	defer open.Do(func() { close(g.gate) })
+	e.Subscribe("a", "u1")
+	e.Subscribe("a", "u2") // not the first here, but counted by the same hold
+	<-g.entered
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := 0; i < 2; i++ {
+		if err := e.Held(gone, "a"); err == nil {
+			t.Fatal("Held returned before the shared log recorded the hold")
+		}
+	}
+	open.Do(func() { close(g.gate) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Held(ctx, "a"); err != nil {
+		t.Fatalf("Held after the hold: %v", err)
+	}
+	g.mu.Lock()
+	held := g.held
+	g.mu.Unlock()
+	if held != 1 {
+		t.Fatalf("holds recorded when Held returned: %d", held)
+	}
+	if err := e.Held(gone, "b"); err != nil {
+		t.Fatalf("Held of a channel with nothing pending: %v", err)
+	}
+}

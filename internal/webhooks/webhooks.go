@@ -104,6 +104,7 @@ type Sender struct {
 
 	mu      sync.Mutex
 	q       []entry
+	ids     uint64 // the last entry's id
 	closed  bool
 	wake    chan struct{}
 	ctx     context.Context
@@ -114,6 +115,7 @@ type Sender struct {
 }
 
 type entry struct {
+	id    uint64 // names it while a post runs unlocked (the queue may shift)
 	ev    events.Event
 	added time.Time
 	due   time.Time // zero: at once
@@ -188,7 +190,8 @@ func (s *Sender) Send(ev events.Event) {
 		s.drop("queue_full", 1, ev.Name)
 		return
 	}
-	e := entry{ev: ev, added: now}
+	s.ids++
+	e := entry{id: s.ids, ev: ev, added: now}
 	if delayed(&ev) && s.cfg.Delay > 0 {
 		e.due = now.Add(s.cfg.Delay)
 	}
@@ -240,11 +243,16 @@ func (s *Sender) next(now time.Time) ([]int, time.Duration) {
 	return take, wait
 }
 
-// remove deletes the entries at the (ascending) indexes; s.mu is held.
-func (s *Sender) remove(idx []int) {
+// remove deletes the entries of the (ascending) ids, wherever they are
+// now (a cancel may have taken an entry out before them while their body
+// was posted); s.mu is held.
+func (s *Sender) remove(ids []uint64) {
 	j, k := 0, 0
 	for i := range s.q {
-		if k < len(idx) && idx[k] == i {
+		for k < len(ids) && ids[k] < s.q[i].id {
+			k++ // already gone
+		}
+		if k < len(ids) && ids[k] == s.q[i].id {
 			k++
 			continue
 		}
@@ -270,9 +278,10 @@ func (s *Sender) run() {
 		}
 		idx, wait := s.next(now)
 		batch := make([]events.Event, len(idx))
+		ids := make([]uint64, len(idx))
 		oldest := now
 		for i, x := range idx {
-			batch[i] = s.q[x].ev
+			batch[i], ids[i] = s.q[x].ev, s.q[x].id
 			if s.q[x].added.Before(oldest) {
 				oldest = s.q[x].added
 			}
@@ -285,14 +294,14 @@ func (s *Sender) run() {
 			switch {
 			case err == nil:
 				s.cfg.Metrics.delivered.Add(float64(len(batch)))
-				s.remove(idx)
+				s.remove(ids)
 				s.warned = false
 				backoff = 0
 			case closed || time.Since(oldest) >= s.cfg.Retry:
 				s.cfg.Metrics.failed.Inc()
 				s.drop("expired", len(batch), batch[0].Name)
 				s.cfg.Logger.Warn("webhook not delivered within the retry window", "host", s.host, "events", len(batch), "err", err)
-				s.remove(idx)
+				s.remove(ids)
 			default:
 				s.cfg.Metrics.failed.Inc()
 				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)

@@ -158,3 +158,65 @@ func value(c prometheus.Counter) float64 {
 	c.Write(&m)
 	return m.GetCounter().GetValue()
 }
+
+// While a body is being posted, an occupied that cancels a waiting
+// vacated ahead of it in the queue must not make the sender drop a later
+// event in place of the posted ones (it removed the posted events by
+// their places in the queue, which the cancel had shifted: the next
+// event was lost and the posted one sent again).
+func TestCancelWhilePostingLosesNothing(t *testing.T) {
+	inPost, release := make(chan struct{}, 1), make(chan struct{})
+	var mu sync.Mutex
+	var got []string
+	more := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b struct {
+			Events []events.Event `json:"events"`
+		}
+		json.NewDecoder(r.Body).Decode(&b)
+		mu.Lock()
+		first := len(got) == 0
+		for _, e := range b.Events {
+			got = append(got, e.Name+":"+e.Channel)
+		}
+		mu.Unlock()
+		if first {
+			inPost <- struct{}{}
+			<-release
+		}
+		select {
+		case more <- struct{}{}:
+		default:
+		}
+	}))
+	defer srv.Close()
+	s := New(Config{URL: srv.URL, Secret: []byte("s"), Delay: time.Hour})
+	defer s.Close()
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	s.Send(ev(events.ChannelVacated, "b")) // waits its delay
+	s.Send(ev(events.Subscribed, "a"))     // posted at once
+	<-inPost
+	s.Send(ev(events.ChannelOccupied, "b")) // cancels the vacated
+	s.Send(ev(events.Subscribed, "b"))
+	once.Do(func() { close(release) })
+	deadline := time.After(10 * time.Second)
+	want := "subscribed:a subscribed:b"
+	for {
+		mu.Lock()
+		all := strings.Join(got, " ")
+		n := len(got)
+		mu.Unlock()
+		if n >= 2 {
+			if all != want {
+				t.Fatalf("delivered %s, want %s", all, want)
+			}
+			return
+		}
+		select {
+		case <-more:
+		case <-deadline:
+			t.Fatalf("delivered %s within 10s, want %s", all, want)
+		}
+	}
+}
