@@ -62,11 +62,13 @@ func publishStream(ctx context.Context, in io.Reader, o *Options) error {
 	if err != nil {
 		return &cmdutil.FlagError{Err: err}
 	}
-	pctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
 	n := 0
+	// --timeout bounds each append (with its retries), not the whole
+	// input, which --lines may make long.
 	send := func(data []byte) error {
-		if err := sink.Send(pctx, bridge.Message{Data: data}); err != nil {
+		actx, cancel := context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+		if err := sink.Send(actx, bridge.Message{Data: data}); err != nil {
 			return err
 		}
 		n++
@@ -98,7 +100,7 @@ func publishStream(ctx context.Context, in io.Reader, o *Options) error {
 	default:
 		err = send([]byte(strings.Join(o.Args, " ")))
 	}
-	sink.Close(pctx)
+	sink.Close(ctx)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
