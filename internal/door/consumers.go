@@ -88,7 +88,7 @@ func ConsumerError(err error) error {
 // checkDeadLetter refuses a publish to a dead-letter channel by anyone but
 // the broker itself.
 func (d *Door) checkDeadLetter(c Caller, channel string) error {
-	if c.trusted || !strings.HasPrefix(channel, consumer.DeadLetterPrefix) {
+	if c.system || !strings.HasPrefix(channel, consumer.DeadLetterPrefix) {
 		return nil
 	}
 	d.refuse("dead_letter")

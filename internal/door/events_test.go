@@ -10,7 +10,8 @@ import (
 	"github.com/pushctl/pushctl/internal/presence"
 )
 
-// The broker's own channels ($events.…): only the system publishes there;
+// The broker's own channels ($events.…, and the consumers' dead letters
+// _dead.…): only the system publishes there;
 // reading needs a grant that names them, whatever else would let a caller
 // subscribe (tokens off, a namespace of > open to anonymous callers, a
 // grant of >).
@@ -58,6 +59,9 @@ func TestReservedChannelsAccess(t *testing.T) {
 			{"a grant of > publishes on $events.connections", pub(Caller{ID: all, Client: "x"}, "$events.connections"), "forbidden"},
 			{"the ZeroMQ ingest publishes on $events.connections", pub(Operator("zmq"), "$events.connections"), "forbidden"},
 			{"the system publishes on $events.connections", pub(System, "$events.connections"), "ok"},
+			{"a grant of > publishes on _dead.w", pub(Caller{ID: all, Client: "x"}, "_dead.w"), "forbidden"},
+			{"the ZeroMQ ingest publishes on _dead.w", pub(Operator("zmq"), "_dead.w"), "forbidden"},
+			{"the system publishes on _dead.w", pub(System, "_dead.w"), "ok"},
 			{"anonymous reads > (open namespace)", sub(Caller{Client: "x"}, ">"), "ok"},
 		} {
 			if c.got != c.want {
