@@ -28,21 +28,32 @@ func consumerConfig(p wire.FetchParams) consumer.Config {
 		MaxInflight: p.MaxInflight, MaxPending: p.MaxPending, MaxPendingBytes: p.MaxPendingBytes, Start: p.Start}
 }
 
+// consumerOf admits the request's caller to consumer {name} (creating it
+// with the query's settings when it does not exist) through the door,
+// and returns it with the query's parameters.
+func (s *Server) consumerOf(r *http.Request) (*consumer.Consumer, wire.FetchParams, error) {
+	p, err := wire.ParseFetch(r.URL.Query())
+	if err != nil {
+		return nil, p, err
+	}
+	id, err := s.connectIdentity(r)
+	if err != nil {
+		return nil, p, err
+	}
+	cons, err := s.door.Consume(r.Context(), s.caller(r, id), r.PathValue("name"), consumerConfig(p))
+	if err != nil {
+		return nil, p, door.ConsumerError(err)
+	}
+	return cons, p, nil
+}
+
 // createConsumer is PUT /consumers/{name}?channel=…: the consumer, created
 // with these settings unless it exists (then its own are kept), before
 // anything is fetched, so that nothing published from now on is missed.
 func (s *Server) createConsumer(w http.ResponseWriter, r *http.Request) error {
-	p, err := wire.ParseFetch(r.URL.Query())
+	cons, _, err := s.consumerOf(r)
 	if err != nil {
 		return err
-	}
-	id, err := s.connectIdentity(r)
-	if err != nil {
-		return err
-	}
-	cons, err := s.door.Consume(r.Context(), s.caller(r, id), r.PathValue("name"), consumerConfig(p))
-	if err != nil {
-		return door.ConsumerError(err)
 	}
 	return writeJSON(w, http.StatusOK, cons.Info())
 }
@@ -51,17 +62,9 @@ func (s *Server) createConsumer(w http.ResponseWriter, r *http.Request) error {
 // up to max deliveries as NDJSON lines, waiting up to wait for the first
 // (an empty reply when none came). Creating the consumer takes channel.
 func (s *Server) fetchDeliveries(w http.ResponseWriter, r *http.Request) error {
-	p, err := wire.ParseFetch(r.URL.Query())
+	cons, p, err := s.consumerOf(r)
 	if err != nil {
 		return err
-	}
-	id, err := s.connectIdentity(r)
-	if err != nil {
-		return err
-	}
-	cons, err := s.door.Consume(r.Context(), s.caller(r, id), r.PathValue("name"), consumerConfig(p))
-	if err != nil {
-		return door.ConsumerError(err)
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()

@@ -273,15 +273,7 @@ func (s *Server) streamCreate(w http.ResponseWriter, r *http.Request, sr streamR
 			return err
 		}
 	}
-	now := time.Now()
-	want.Created, want.Epoch = now, tail.Epoch
-	if want.TTL != nil {
-		s.streams.touch(sr.ch, now)
-	}
-	if want.Closed {
-		want.ClosedAt = tail.Seq
-	}
-	if err := s.saveStream(ctx, sr.ch, want); err != nil {
+	if err := s.saveCreated(ctx, sr.ch, want, tail.Epoch, tail); err != nil {
 		return err
 	}
 	s.streamHeaders(w, want, tail)

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/door"
@@ -212,15 +211,7 @@ func (s *Server) streamFork(w http.ResponseWriter, r *http.Request, sr streamReq
 			return err
 		}
 	}
-	now := time.Now()
-	want.Created, want.Epoch = now, src.Epoch
-	if want.TTL != nil {
-		s.streams.touch(sr.ch, now)
-	}
-	if want.Closed {
-		want.ClosedAt = tail.Seq
-	}
-	if err := s.saveStream(ctx, sr.ch, want); err != nil {
+	if err := s.saveCreated(ctx, sr.ch, want, src.Epoch, tail); err != nil {
 		return err
 	}
 	src.Forks = append(src.Forks, sr.ch)

@@ -220,6 +220,21 @@ func (s *Server) loadStream(ctx context.Context, ch string) (*streamState, error
 	return st, nil
 }
 
+// saveCreated records a stream just made (by PUT or a fork) in epoch,
+// created now, its sliding TTL started, closed at tail when it was made
+// closed.
+func (s *Server) saveCreated(ctx context.Context, ch string, st *streamState, epoch string, tail broker.Position) error {
+	now := time.Now()
+	st.Created, st.Epoch = now, epoch
+	if st.TTL != nil {
+		s.streams.touch(ch, now)
+	}
+	if st.Closed {
+		st.ClosedAt = tail.Seq
+	}
+	return s.saveStream(ctx, ch, st)
+}
+
 // saveStream writes st as the stream's newest state.
 func (s *Server) saveStream(ctx context.Context, ch string, st *streamState) error {
 	if st.TTL != nil {
