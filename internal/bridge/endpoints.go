@@ -684,6 +684,7 @@ type httpSink struct {
 func (s *httpSink) String() string { return s.url }
 
 func (s *httpSink) Send(ctx context.Context, m Message) error {
+	key := client.NewKey() // the same for every try (see pushctlSink.Send)
 	for {
 		req, err := http.NewRequestWithContext(ctx, "POST", s.url, bytes.NewReader(m.Data))
 		if err != nil {
@@ -700,6 +701,9 @@ func (s *httpSink) Send(ctx context.Context, m Message) error {
 		}
 		if m.ID != "" {
 			req.Header.Set("X-Pushctl-Id", m.ID)
+		}
+		if req.Header.Get("Idempotency-Key") == "" {
+			req.Header.Set("Idempotency-Key", key)
 		}
 		resp, err := s.hc.Do(req)
 		if err == nil {
@@ -794,8 +798,12 @@ func (s *pushctlSink) Send(ctx context.Context, m Message) error {
 	if event == broker.DefaultEvent {
 		event = ""
 	}
+	// One key for every try: a publish whose reply was lost (its node
+	// went away mid-request) and that is sent again, to the same node or
+	// the next, is stored once.
+	key := client.NewKey()
 	for {
-		_, err := s.c.Publish(ctx, ch, m.Data, client.PublishOptions{Event: event})
+		_, err := s.c.Publish(ctx, ch, m.Data, client.PublishOptions{Event: event, Key: key})
 		if err == nil {
 			s.bo.reset()
 			return nil

@@ -1,6 +1,9 @@
 package broker
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Cache is a memory log serving as the read cache of a log that keeps its
 // messages elsewhere (the bbolt log, boltlog): that log assigns each
@@ -127,6 +130,15 @@ func (cc *CachedChannel) SetPersisted() {
 	cc.ch.mu.Lock()
 	cc.ch.persisted = true
 	cc.ch.mu.Unlock()
+}
+
+// Duplicate reports whether m carries an idempotency key the channel saw
+// within DedupWindow before now, and then gives m the first message's
+// position (and sets m.Duplicate): the store must not store it.
+func (cc *CachedChannel) Duplicate(m *Message, now time.Time) bool {
+	cc.ch.mu.Lock()
+	defer cc.ch.mu.Unlock()
+	return cc.ch.duplicateLocked(m, now)
 }
 
 // Commit makes m, stored with the position the store assigned, part of the

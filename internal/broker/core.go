@@ -84,7 +84,9 @@ func (c *Core) StartPublish(ctx context.Context, m *Message) (func() (*Message, 
 		if err != nil {
 			return nil, 0, err
 		}
-		c.published.Add(1)
+		if !m.Duplicate {
+			c.published.Add(1)
+		}
 		return m, n, nil
 	}, nil
 }

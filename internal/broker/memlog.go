@@ -76,7 +76,8 @@ type memChannel struct {
 	published uint64
 	lastPub   time.Time
 	deleted   bool
-	persisted bool // durable log: its epoch is on disk
+	persisted bool  // durable log: its epoch is on disk
+	keys      dedup // idempotency keys of the last DedupWindow
 }
 
 // NewMemoryLog returns a running in-memory log handing commits to sink.
@@ -160,8 +161,13 @@ func (l *memLog) Append(ctx context.Context, m *Message) (func() (int, error), e
 			ch.mu.Unlock()
 			continue
 		}
+		now := l.opts.Now().UTC()
+		if ch.duplicateLocked(m, now) {
+			ch.mu.Unlock()
+			return func() (int, error) { return 0, nil }, nil
+		}
 		m.Epoch, m.Seq = ch.epoch, ch.seq+1
-		m.Time = l.opts.Now().UTC()
+		m.Time = now
 		n := l.commitLocked(ch, m)
 		ch.mu.Unlock()
 		return func() (int, error) { return n, nil }, nil
@@ -175,8 +181,26 @@ func (l *memLog) commitLocked(ch *memChannel, m *Message) int {
 	ch.seq = m.Seq
 	ch.published++
 	ch.lastPub = m.Time
+	if m.Key != "" {
+		ch.keys.add(m.Key, m.Seq, m.Time)
+	}
 	l.retain(ch, m)
 	return l.sink.Deliver(m)
+}
+
+// duplicateLocked reports whether m carries a key the channel saw within
+// DedupWindow, and then gives m the first message's position. Called
+// with ch.mu held.
+func (ch *memChannel) duplicateLocked(m *Message, now time.Time) bool {
+	if m.Key == "" {
+		return false
+	}
+	h, ok := ch.keys.lookup(m.Key, now)
+	if !ok {
+		return false
+	}
+	m.Epoch, m.Seq, m.Time, m.Duplicate = ch.epoch, h.seq, h.at, true
+	return true
 }
 
 // retentionOf is what channel name's history keeps.

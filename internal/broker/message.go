@@ -55,6 +55,13 @@ type Message struct {
 	Origin    uint64
 	OriginSeq uint64
 
+	// Key is the publisher's idempotency key ("": none). A publish of a
+	// key its channel saw within DedupWindow is not stored or delivered
+	// again: the log gives it the first one's position and sets
+	// Duplicate. Neither is stored or sent.
+	Key       string
+	Duplicate bool
+
 	enc [numEncodings]atomic.Pointer[[]byte]
 }
 

@@ -4,8 +4,10 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -332,6 +334,13 @@ type PublishOptions struct {
 	// (up to WaitTimeout) before publishing.
 	WaitSubscribers int
 	WaitTimeout     time.Duration
+	// Key is the publish's idempotency key: the broker stores a key
+	// once per channel within its window (two minutes), so a publish
+	// sent again after its outcome was lost is not stored twice. When
+	// empty and the client names several nodes (so that a publish whose
+	// node went away mid-request is sent to the next), a random key is
+	// used.
+	Key string
 }
 
 // Publish sends one message over HTTP.
@@ -353,6 +362,12 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte, o Pub
 	if o.ContentType != "" {
 		req.Header.Set("Content-Type", o.ContentType)
 	}
+	if o.Key == "" && len(c.bases) > 1 {
+		o.Key = NewKey()
+	}
+	if o.Key != "" {
+		req.Header.Set("Idempotency-Key", o.Key)
+	}
 	resp, err := c.do(req)
 	if err != nil {
 		return nil, err
@@ -363,6 +378,13 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte, o Pub
 		return nil, fmt.Errorf("reading ack: %w", err)
 	}
 	return &ack, nil
+}
+
+// NewKey returns a random idempotency key.
+func NewKey() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // WaitSubscribers waits until channel has n subscribers.

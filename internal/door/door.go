@@ -271,7 +271,7 @@ func (d *Door) Publish(ctx context.Context, c Caller, m *broker.Message) (*broke
 		return nil, 0, err
 	}
 	rm, n, err := d.b.Publish(ctx, m)
-	if ev := d.publishEventFor(c, ns); ev != nil && err == nil {
+	if ev := d.publishEventFor(c, ns); ev != nil && err == nil && !rm.Duplicate {
 		ev(rm)
 	}
 	return rm, n, err
@@ -331,7 +331,7 @@ func (d *Door) StartPublish(ctx context.Context, c Caller, m *broker.Message) (f
 	if ev := d.publishEventFor(c, ns); ev != nil && err == nil {
 		return func() (*broker.Message, int, error) {
 			rm, n, err := wait()
-			if err == nil {
+			if err == nil && !rm.Duplicate {
 				ev(rm)
 			}
 			return rm, n, err

@@ -54,12 +54,22 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 			ctype = ""
 		}
 	}
+	key := r.Header.Get("Idempotency-Key")
+	lines := q.Get("lines") == "1" || q.Get("lines") == "true"
+	if key != "" {
+		if err := broker.ValidateKey(key); err != nil {
+			return errorf(http.StatusBadRequest, CodeInvalidParameter, "Idempotency-Key must be 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
+		}
+		if lines {
+			return errorf(http.StatusBadRequest, CodeInvalidParameter, "Idempotency-Key names one message; it cannot go with lines=1")
+		}
+	}
 	if v := q.Get("wait_subscribers"); v != "" {
 		if err := s.waitSubscribers(r, channel, v, q.Get("timeout")); err != nil {
 			return err
 		}
 	}
-	if q.Get("lines") == "1" || q.Get("lines") == "true" {
+	if lines {
 		return s.publishLines(w, r, c, channel, event, ctype)
 	}
 	if t := s.opts.Limits.ReadTimeout; t > 0 {
@@ -74,7 +84,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, CodeInvalidJSON, "%v", err)
 	}
-	m, n, err := s.door.Publish(r.Context(), c, &broker.Message{Channel: channel, Event: event, Kind: kind, Data: body})
+	m, n, err := s.door.Publish(r.Context(), c, &broker.Message{Channel: channel, Event: event, Kind: kind, Data: body, Key: key})
 	if err != nil {
 		return err
 	}

@@ -448,7 +448,7 @@ func (rd *wsReader) handle(data []byte) {
 			"unknown frame type %q: want subscribe, unsubscribe, publish, ping, auth, join, leave, consume, ack or nack", f.Type))))
 		return
 	}
-	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding}
+	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding, Key: f.Key}
 	m, err := pf.Message(s.opts.MaxMessageSize)
 	if err == nil {
 		// Refused here, before a place in line is taken; the door

@@ -20,6 +20,7 @@ func TestPublishAckIsAckJSON(t *testing.T) {
 		{Channel: "news", Epoch: "dn3y97p1lq46", Seq: 1, Time: time.Date(2026, 11, 25, 2, 3, 4, 0, time.UTC)},
 		{Channel: "a.b-c_d", Epoch: "e", Seq: 18446744073709551615, Time: time.Date(2026, 1, 2, 3, 4, 5, 123456789, east)},
 		{Channel: "q<&>\"é", Epoch: "x", Seq: 7, Time: time.Now()},
+		{Channel: "again", Epoch: "x", Seq: 9, Time: time.Now(), Duplicate: true},
 	} {
 		for _, n := range []int{0, 3, 1 << 40} {
 			got := AppendPublishAck(nil, m, n)
@@ -33,7 +34,7 @@ func TestPublishAckIsAckJSON(t *testing.T) {
 				t.Fatalf("%s: %v", got, err)
 			}
 			json.Unmarshal(want.Bytes(), &b)
-			if !a.Time.Equal(b.Time) || a.ID != b.ID || a.Channel != b.Channel || a.Seq != b.Seq || a.Subscribers != b.Subscribers {
+			if !a.Time.Equal(b.Time) || a.ID != b.ID || a.Channel != b.Channel || a.Seq != b.Seq || a.Subscribers != b.Subscribers || a.Duplicate != b.Duplicate || a.Duplicate != m.Duplicate {
 				t.Errorf("ack %s reads as %+v, encoding/json's as %+v", got, a, b)
 			}
 		}

@@ -124,6 +124,8 @@ type ClientFrame struct {
 	// ID and Info, on join, name the presence member and describe it.
 	ID   string          `json:"id,omitempty"`
 	Info json.RawMessage `json:"info,omitempty"`
+	// Key, on publish, is its idempotency key (broker.Message.Key).
+	Key string `json:"idempotency_key,omitempty"`
 }
 
 // MaxRef bounds the ref a client may attach to a frame.
@@ -202,6 +204,8 @@ type PublishFrame struct {
 	Event    string          `json:"event,omitempty"`
 	Data     json.RawMessage `json:"data"`
 	Encoding string          `json:"encoding,omitempty"`
+	// Key is the publish's idempotency key (broker.Message.Key).
+	Key string `json:"idempotency_key,omitempty"`
 }
 
 // NewPublishFrame builds the frame that publishes data by the data-kind
@@ -320,7 +324,10 @@ func (f *PublishFrame) Message(max int64) (*broker.Message, error) {
 	if err := ValidateEvent(f.Event); err != nil {
 		return nil, err
 	}
-	m := &broker.Message{Channel: f.Channel, Event: f.Event}
+	if f.Key != "" && broker.ValidateKey(f.Key) != nil {
+		return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "idempotency_key must be 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
+	}
+	m := &broker.Message{Channel: f.Channel, Event: f.Event, Key: f.Key}
 	switch {
 	case len(f.Data) == 0 || string(f.Data) == "null":
 		return nil, Errorf(http.StatusBadRequest, CodeInvalidFrame, `publish needs "data" (use "" for an empty message)`)
@@ -402,6 +409,9 @@ func AppendAck(b []byte, ref string, m *broker.Message, subscribers int) []byte 
 	b = appendPosition(b, m)
 	b = append(b, `,"subscribers":`...)
 	b = strconv.AppendInt(b, int64(subscribers), 10)
+	if m.Duplicate {
+		b = append(b, `,"duplicate":true`...)
+	}
 	return append(b, '}')
 }
 

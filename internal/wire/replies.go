@@ -21,11 +21,14 @@ type PublishAck struct {
 	Seq         uint64    `json:"seq"`
 	Subscribers int       `json:"subscribers"`
 	Time        time.Time `json:"time,omitzero"`
+	// Duplicate says the publish's idempotency key was seen within the
+	// window: nothing was stored, and the ack is the first publish's.
+	Duplicate bool `json:"duplicate,omitempty"`
 }
 
 // AckOf is the acknowledgement of m, stored and handed to n subscribers.
 func AckOf(m *broker.Message, n int) PublishAck {
-	return PublishAck{ID: m.ID(), Channel: m.Channel, Seq: m.Seq, Subscribers: n, Time: m.Time}
+	return PublishAck{ID: m.ID(), Channel: m.Channel, Seq: m.Seq, Subscribers: n, Time: m.Time, Duplicate: m.Duplicate}
 }
 
 // AppendPublishAck appends the JSON line of AckOf(m, n) (without a line
@@ -45,6 +48,9 @@ func AppendPublishAck(b []byte, m *broker.Message, n int) []byte {
 	b = strconv.AppendInt(b, int64(n), 10)
 	b = append(b, `,"time":"`...)
 	b = m.Time.AppendFormat(b, time.RFC3339Nano)
+	if m.Duplicate {
+		return append(b, "\",\"duplicate\":true}\n"...)
+	}
 	return append(b, "\"}\n"...)
 }
 

@@ -245,6 +245,8 @@ func scanPublishFrame(data []byte, f *PublishFrame) bool {
 			f.Event = string(text)
 		case "encoding":
 			f.Encoding = string(text)
+		case "idempotency_key":
+			f.Key = string(text)
 		default:
 			return false
 		}
@@ -261,7 +263,7 @@ func scanClientFrame(data []byte, f *ClientFrame) bool {
 	if !scanPublishFrame(data, &p) {
 		return false
 	}
-	*f = ClientFrame{Type: p.Type, Ref: p.Ref, Channel: p.Channel, Event: p.Event, Data: p.Data, Encoding: p.Encoding}
+	*f = ClientFrame{Type: p.Type, Ref: p.Ref, Channel: p.Channel, Event: p.Event, Data: p.Data, Encoding: p.Encoding, Key: p.Key}
 	return true
 }
 

@@ -57,6 +57,8 @@ var scanSeeds = []string{
 	`[]`,
 	`"str"`,
 	``,
+	`{"type":"publish","channel":"c","data":1,"idempotency_key":"k-1"}`,
+	`{"channel":"c","data":"x","idempotency_key":"a\u0020b"}`,
 	`{"data":` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + `}`,
 }
 
@@ -140,6 +142,7 @@ func TestScanReadsCommonFrames(t *testing.T) {
 		`{"channel":"c","data":"say \"hi\"\n"}`,
 		`{"channel":"é日本","data":"é"}`,
 		`{"type":"ping","ref":"x"}`,
+		`{"channel":"c","data":"once","idempotency_key":"order-17"}`,
 	} {
 		var p PublishFrame
 		if !scanPublishFrame([]byte(s), &p) {

@@ -427,6 +427,9 @@ func (s *store) writePublishes(ops []*op) {
 	b := s.b
 	now := b.Options().Now().UTC()
 	next := map[string]*pending{}
+	type keyOf struct{ channel, key string }
+	var batchKeys map[keyOf]*broker.Message
+	var copies []*op
 	for _, o := range ops {
 		p := next[o.m.Channel]
 		if p == nil {
@@ -439,6 +442,27 @@ func (s *store) writePublishes(ops []*op) {
 			epoch, seq, _, _ := ch.State()
 			p = &pending{ch: ch, epoch: epoch, seq: seq}
 			next[o.m.Channel] = p
+		}
+		if o.m.Key != "" {
+			// A key seen before, in this batch or within the window:
+			// answered with the first message's position, not stored.
+			// A copy of one in this batch shares its outcome.
+			k := keyOf{o.m.Channel, o.m.Key}
+			if first := batchKeys[k]; first != nil {
+				o.m.Epoch, o.m.Seq, o.m.Time, o.m.Duplicate = first.Epoch, first.Seq, first.Time, true
+				o.kind = -1 // neither written nor committed
+				copies = append(copies, o)
+				continue
+			}
+			if p.ch.Duplicate(o.m, now) {
+				o.kind = -1
+				o.res <- opResult{m: o.m}
+				continue
+			}
+			if batchKeys == nil {
+				batchKeys = map[keyOf]*broker.Message{}
+			}
+			batchKeys[k] = o.m
 		}
 		p.seq++
 		o.m.Epoch, o.m.Seq, o.m.Time = p.epoch, p.seq, now
@@ -484,7 +508,13 @@ func (s *store) writePublishes(ops []*op) {
 				o.res <- opResult{err: err}
 			}
 		}
+		for _, o := range copies {
+			o.res <- opResult{err: err}
+		}
 		return
+	}
+	for _, o := range copies {
+		o.res <- opResult{m: o.m}
 	}
 	for _, o := range ops {
 		if o.kind != opPublish {

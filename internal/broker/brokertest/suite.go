@@ -57,6 +57,7 @@ func Run(t *testing.T, f Factory) {
 		{"InternalNotCounted", testInternal},
 		{"CountedMeansLive", testCountedMeansLive},
 		{"RetentionPerChannel", testRetentionPerChannel},
+		{"IdempotencyKeys", testIdempotencyKeys},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
@@ -597,6 +598,86 @@ func testRetentionPerChannel(t *testing.T, f Factory) {
 		msgs, _ := collect(t, s, want)
 		if got := string(msgs[0].Data); got != fmt.Sprintf("m%03d", 5-want+1) {
 			t.Errorf("%s replays from %s, want m%03d", ch, got, 5-want+1)
+		}
+	}
+}
+
+// keyed publishes data to ch with an idempotency key.
+func keyed(t *testing.T, b broker.Broker, ch, key, data string) *broker.Message {
+	t.Helper()
+	m, _, err := b.Publish(ctx(t), &broker.Message{Channel: ch, Data: []byte(data), Key: key})
+	if err != nil {
+		t.Fatalf("publish %s with key %s: %v", ch, key, err)
+	}
+	return m
+}
+
+// A key seen on a channel within the window is not stored or delivered
+// again: its publish gets the first one's position. Keys are per channel,
+// and of publishes racing with one key exactly one is stored.
+func testIdempotencyKeys(t *testing.T, f Factory) {
+	b := f(t, Options{HistorySize: 100})
+	s := sub(t, b, broker.SubscribeOptions{Channels: []string{"idem"}, QueueSize: 1000})
+	first := keyed(t, b, "idem", "k1", "a")
+	if first.Duplicate {
+		t.Fatal("the first publish of a key is a duplicate")
+	}
+	again := keyed(t, b, "idem", "k1", "b")
+	if !again.Duplicate || again.ID() != first.ID() || !again.Time.Equal(first.Time) {
+		t.Fatalf("again: %s duplicate=%v time %v; want %s duplicate=true time %v", again.ID(), again.Duplicate, again.Time, first.ID(), first.Time)
+	}
+	if m := keyed(t, b, "idem", "k2", "c"); m.Duplicate || m.Seq != first.Seq+1 {
+		t.Fatalf("another key: seq %d duplicate=%v", m.Seq, m.Duplicate)
+	}
+	pub(t, b, "idem", "d")
+	if m := keyed(t, b, "other", "k1", "x"); m.Duplicate {
+		t.Fatal("a key of one channel counted on another")
+	}
+	const racers = 16
+	res := make(chan *broker.Message, racers)
+	for i := 0; i < racers; i++ {
+		go func() {
+			m, _, err := b.Publish(ctx(t), &broker.Message{Channel: "idem", Data: []byte("e"), Key: "k3"})
+			if err != nil {
+				t.Error(err)
+			}
+			res <- m
+		}()
+	}
+	stored := 0
+	var ids []string
+	for i := 0; i < racers; i++ {
+		m := <-res
+		if m == nil {
+			t.FailNow()
+		}
+		if !m.Duplicate {
+			stored++
+		}
+		ids = append(ids, m.ID())
+	}
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("racing publishes of one key got positions %v", ids)
+		}
+	}
+	if stored != 1 {
+		t.Fatalf("%d of %d racing publishes of one key were stored", stored, racers)
+	}
+	pub(t, b, "idem", "end")
+	msgs, _ := collect(t, s, 5)
+	var got []string
+	for _, m := range msgs {
+		got = append(got, string(m.Data))
+	}
+	if strings.Join(got, " ") != "a c d e end" {
+		t.Fatalf("delivered %q, want a c d e end", got)
+	}
+	r := sub(t, b, broker.SubscribeOptions{Channels: []string{"idem"}, Last: 100})
+	msgs, _ = collect(t, r, 5)
+	for i, m := range msgs {
+		if string(m.Data) != got[i] || m.Seq != first.Seq+uint64(i) {
+			t.Fatalf("history %d: %q seq %d", i, m.Data, m.Seq)
 		}
 	}
 }

@@ -525,6 +525,9 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 		}
 		args = append(args, m.Event, int(m.Kind), m.Data, origin)
 	}
+	if len(msgs) == 1 && msgs[0].Key != "" {
+		args = append(args, l.chanKey(ch, "k:"+msgs[0].Key), broker.DedupWindow.Milliseconds())
+	}
 	return keys, args
 }
 
@@ -609,7 +612,7 @@ func (l *Log) plan(ops []*op) ([]*call, int) {
 	for _, o := range ops {
 		ch := o.m.Channel
 		c := byChannel[ch]
-		if c != nil && (c.script != nil || o.script != nil || bytes[ch]+len(o.m.Data) > maxCallBytes) {
+		if c != nil && (c.script != nil || o.script != nil || c.ops[0].m.Key != "" || o.m.Key != "" || bytes[ch]+len(o.m.Data) > maxCallBytes) {
 			break
 		}
 		bytes[ch] += len(o.m.Data)
@@ -832,6 +835,13 @@ func (l *Log) finish(c *call, counts map[string]int) {
 		n = int64(counts[c.channel])
 	}
 	at := time.UnixMicro(us).UTC()
+	if status, _ := vals[4].(int64); status == 3 {
+		// A key seen before (a call of one): nothing was delivered now.
+		o := c.ops[0]
+		o.m.Epoch, o.m.Seq, o.m.Time, o.m.Duplicate = epoch, uint64(first), at, true
+		o.res <- opResult{}
+		return
+	}
 	for i, o := range c.ops {
 		o.m.Epoch, o.m.Seq, o.m.Time = epoch, uint64(first)+uint64(i), at
 		o.res <- opResult{n: int(n)}

@@ -393,3 +393,32 @@ func TestClusterCommandsPerPublishIndependentOfSubscribers(t *testing.T) {
 			one, many, onePattern, manyPatterns)
 	}
 }
+
+// An idempotency key is a key of its own in the channel's slot that Redis
+// expires with the window; a key an earlier epoch of the channel left
+// (deleted since) does not make a publish a duplicate.
+func TestIdempotencyKeyInRedis(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := newPrefix()
+	b := open(t, srv.URL(), prefix, brokertest.Options{HistorySize: 10})
+	rc := redisClient(t, srv)
+	ctx := bg(t)
+	m, _, err := b.Publish(ctx, &broker.Message{Channel: "idem", Data: []byte("a"), Key: "k-1"})
+	if err != nil || m.Duplicate {
+		t.Fatalf("publish: %v duplicate=%v", err, m != nil && m.Duplicate)
+	}
+	ttl, err := rc.PTTL(ctx, prefix+"{idem}:k:k-1").Result()
+	if err != nil || ttl <= 0 || ttl > broker.DedupWindow {
+		t.Fatalf("the key's expiry is %v (%v), want within %v", ttl, err, broker.DedupWindow)
+	}
+	if err := b.DeleteChannel(ctx, "idem"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Publish(ctx, &broker.Message{Channel: "idem", Data: []byte("new epoch")}); err != nil {
+		t.Fatal(err)
+	}
+	again, _, err := b.Publish(ctx, &broker.Message{Channel: "idem", Data: []byte("b"), Key: "k-1"})
+	if err != nil || again.Duplicate || again.Epoch == m.Epoch {
+		t.Fatalf("after a delete: %v %s duplicate=%v (first %s)", err, again.ID(), again.Duplicate, m.ID())
+	}
+}

@@ -54,7 +54,8 @@ end
 // none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub channel, 8 history bytes (0:
 // no bound), 9 how to publish ("P" PUBLISH, "S" SPUBLISH, "SP" both), 10
 // node, 11 call id ("": none), 12 count N, then N times event, kind, data,
-// origin.
+// origin; then, for a batch of one message with an idempotency key, the
+// key's Redis key and its window (ms).
 //
 // Meta fields: e epoch, s sequence, t last time, b retained bytes, f the
 // first retained sequence, x when the keys' expiry was last pushed back
@@ -80,7 +81,12 @@ end
 // batch to the nodes in one message and returns epoch, first seq, time,
 // the cluster's subscriber count on a single Redis (-1 otherwise) and a
 // status: 0 appended, 1 appended before (a retry), 2 a stale copy
-// (nothing done).
+// (nothing done), 3 a duplicate (its key was seen within the window: the
+// first message's seq and time, nothing done).
+//
+// An idempotency key's record, "<epoch> <seq> <time>", is a key of its
+// own in the channel's slot that expires with the window; one left by an
+// earlier epoch of the channel (deleted since) does not count.
 const luaPublish = `
 local function subscribers(K, A)
   if not K[5] then return -1 end
@@ -123,6 +129,17 @@ if e and id ~= '' and meta[6] then
   if rid == id then return {e, tonumber(rseq), rts, subscribers(K, A), 1} end
   if rid and (#rid > #id or (#rid == #id and rid > id)) then return {e, 0, '0', 0, 2} end
 end
+local n = tonumber(A[12])
+-- An idempotency key (a batch of one): a key the channel saw within its
+-- window answers with the first message's position, appending nothing.
+local dk = A[13 + 4*n]
+if dk and e then
+  local prev = redis.call('GET', dk)
+  if prev then
+    local pe, ps, pt = string.match(prev, '^(%S+) (%d+) (%d+)$')
+    if pe == e then return {e, tonumber(ps), pt, subscribers(K, A), 3} end
+  end
+end
 local fresh = not e
 local f
 local refresh = fresh
@@ -136,7 +153,6 @@ else
   f = migrate(K, seq)
   refresh = true
 end
-local n = tonumber(A[12])
 local now = tonumber(A[2])
 local ts = A[2] -- times never go back: a node with a clock behind keeps the last
 if now < last then ts = meta[3] end
@@ -220,6 +236,7 @@ for i = 0, n - 1 do
   parts[#parts+1] = data
 end
 if #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
+if dk then redis.call('SET', dk, e .. ' ' .. string.format('%d', first) .. ' ' .. ts, 'PX', A[14 + 4*n]) end
 local fields = {'s', seq, 't', ts, 'b', b, 'f', f}
 if fresh then
   fields[#fields+1] = 'e'; fields[#fields+1] = e

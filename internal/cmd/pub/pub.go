@@ -36,6 +36,7 @@ type Options struct {
 	Timeout         time.Duration
 	JSON            bool
 	Via             string
+	Key             string
 	ZMQ             cmdutil.ZMQClientFlags
 	ZMQLegacy       bool
 }
@@ -60,6 +61,7 @@ that does not exist is created with --content-type.`,
   echo '{"build":42,"ok":true}' | pushctl pub builds --event finished
   seq 1 100000 | pushctl pub news --lines
   pushctl pub news --wait-subscribers 2 --timeout 30s 'deploy done'
+  pushctl pub deploys --key deploy-42 'v42 is out'                     # stored once, however often it runs
   seq 10 | pushctl pub sensors.t1 --lines --zmq tcp://127.0.0.1:7071   # into a broker's --zmq-in
   pushctl pub ds://127.0.0.1:7070/v1/stream/chat/room-1 hello          # append to a Durable Stream`,
 		Args: cmdutil.MinimumArgs(1, "CHANNEL"),
@@ -89,6 +91,19 @@ that does not exist is created with --content-type.`,
 			default:
 				return cmdutil.FlagErrorf("--via %q: want http or ws", opts.Via)
 			}
+			if opts.Key != "" {
+				if err := broker.ValidateKey(opts.Key); err != nil {
+					return cmdutil.FlagErrorf("--key: 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
+				}
+				for _, f := range []string{"lines", "zmq", "via"} {
+					if cmd.Flags().Changed(f) {
+						return cmdutil.FlagErrorf("--key names one message published over HTTP; it cannot go with --%s", f)
+					}
+				}
+				if bridge.IsDurableStream(opts.Channel) {
+					return cmdutil.FlagErrorf("--key is for a pushctl channel; a Durable Stream append is already made as an idempotent producer")
+				}
+			}
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -104,6 +119,7 @@ that does not exist is created with --content-type.`,
 	fl.IntVarP(&opts.WaitSubscribers, "wait-subscribers", "w", 0, "wait until the channel has this many subscribers before publishing")
 	fl.DurationVar(&opts.Timeout, "timeout", 30*time.Second, "give up after this long (exit 124 while waiting for subscribers)")
 	fl.BoolVar(&opts.JSON, "json", false, "print acknowledgements as JSON")
+	fl.StringVar(&opts.Key, "key", "", "idempotency key: the channel stores one message per key within two minutes, so a script run twice publishes once")
 	fl.StringVar(&opts.Via, "via", "http", "transport for single messages: http or ws (--lines always streams over ws)")
 	cmdutil.AddZMQClientFlags(cmd, &opts.ZMQ, "PUB")
 	fl.BoolVar(&opts.ZMQLegacy, "zmq-legacy", false, "send single-frame \"channel<sep>payload\" messages for legacy subscribers")
@@ -162,7 +178,7 @@ func Run(ctx context.Context, o *Options) error {
 	if o.Via == "ws" {
 		ack, err = publishOneWS(pctx, c, data, o)
 	} else {
-		ack, err = c.Publish(pctx, o.Channel, data, client.PublishOptions{Event: o.Event, ContentType: o.ContentType})
+		ack, err = c.Publish(pctx, o.Channel, data, client.PublishOptions{Event: o.Event, ContentType: o.ContentType, Key: o.Key})
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -218,6 +234,10 @@ func publishOneWS(ctx context.Context, c *client.Client, data []byte, o *Options
 func printAck(o *Options, a *client.Ack) error {
 	if o.JSON {
 		return json.NewEncoder(o.IO.Out).Encode(a)
+	}
+	if a.Duplicate {
+		_, err := fmt.Fprintf(o.IO.Out, "%s %s duplicate (published before with this key)\n", a.Channel, a.ID)
+		return err
 	}
 	_, err := fmt.Fprintf(o.IO.Out, "%s %s subscribers=%d\n", a.Channel, a.ID, a.Subscribers)
 	return err
