@@ -53,6 +53,9 @@ func (c *Cache) Restore(name, epoch string, seq uint64, msgs []*Message) (oldest
 	for _, m := range msgs {
 		c.l.retain(ch, m)
 		ch.lastPub = m.Time
+		if m.Key != "" {
+			ch.keys.add(m.Key, m.Seq, m.Time) // a retry after the restart is still a duplicate
+		}
 	}
 	c.l.expire(ch, c.l.opts.Now())
 	ch.published = uint64(ch.n)

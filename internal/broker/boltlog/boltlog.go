@@ -47,11 +47,16 @@ const (
 	// wait beyond it (a slow disk).
 	queueLen     = 65536
 	formatV1     = 1
+	formatV2     = 2 // records may carry an idempotency key
 	recordHeader = 1 + 8 + 2
+	keyFlag      = 0x80 // in a record's kind byte: a key follows the event
 )
 
 // Layout: meta/format; chanmeta/<channel> = [1][seq:8][epoch];
-// channels/<channel>/<seq:8> = [kind:1][unix nanos:8][event length:2][event][data].
+// channels/<channel>/<seq:8> = [kind:1][unix nanos:8][event length:2][event][data],
+// or, with keyFlag in the kind byte (format 2),
+// [kind|keyFlag:1][unix nanos:8][event length:2][event][key length:1][key][data].
+// A format 1 file is marked 2 when opened (pushctl before 2 refuses it).
 var (
 	bucketChannels = []byte("channels")
 	bucketChanMeta = []byte("chanmeta")
@@ -153,9 +158,9 @@ func (s *store) load() error {
 		if err != nil {
 			return err
 		}
-		if v := meta.Get(keyFormat); v == nil {
-			meta.Put(keyFormat, []byte{formatV1})
-		} else if len(v) != 1 || v[0] != formatV1 {
+		if v := meta.Get(keyFormat); v == nil || (len(v) == 1 && v[0] == formatV1) {
+			meta.Put(keyFormat, []byte{formatV2})
+		} else if len(v) != 1 || v[0] != formatV2 {
 			return fmt.Errorf("store format %v is not one this pushctl reads", v)
 		}
 		chans, err := tx.CreateBucketIfNotExists(bucketChannels)
@@ -239,20 +244,44 @@ func decodeRecord(name, epoch string, k, v []byte) (*broker.Message, error) {
 	if len(v) < recordHeader+el {
 		return nil, fmt.Errorf("store: damaged record in channel %q", name)
 	}
-	return &broker.Message{
+	m := &broker.Message{
 		Channel: name, Epoch: epoch, Seq: binary.BigEndian.Uint64(k),
-		Kind: broker.Kind(v[0]), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9]))).UTC(),
-		Event: string(v[11 : 11+el]), Data: append([]byte(nil), v[11+el:]...),
-	}, nil
+		Kind: broker.Kind(v[0] &^ keyFlag), Time: time.Unix(0, int64(binary.BigEndian.Uint64(v[1:9]))).UTC(),
+		Event: string(v[11 : 11+el]),
+	}
+	rest := v[11+el:]
+	if v[0]&keyFlag != 0 {
+		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
+			return nil, fmt.Errorf("store: damaged record in channel %q", name)
+		}
+		m.Key, rest = string(rest[1:1+int(rest[0])]), rest[1+int(rest[0]):]
+		if broker.ValidateKey(m.Key) != nil {
+			return nil, fmt.Errorf("store: damaged record in channel %q", name)
+		}
+	}
+	if m.Kind > broker.KindBinary {
+		return nil, fmt.Errorf("store: damaged record in channel %q", name)
+	}
+	m.Data = append([]byte(nil), rest...)
+	return m, nil
 }
 
 func encodeRecord(m *broker.Message) []byte {
-	v := make([]byte, recordHeader+len(m.Event)+len(m.Data))
+	kl := 0
+	if m.Key != "" {
+		kl = 1 + len(m.Key) // keys are at most broker.MaxKeyLen (< 256) bytes
+	}
+	v := make([]byte, recordHeader+len(m.Event)+kl+len(m.Data))
 	v[0] = byte(m.Kind)
 	binary.BigEndian.PutUint64(v[1:9], uint64(m.Time.UnixNano()))
 	binary.BigEndian.PutUint16(v[9:11], uint16(len(m.Event)))
-	copy(v[11:], m.Event)
-	copy(v[11+len(m.Event):], m.Data)
+	n := 11 + copy(v[11:], m.Event)
+	if kl > 0 {
+		v[0] |= keyFlag
+		v[n] = byte(len(m.Key))
+		n += 1 + copy(v[n+1:], m.Key)
+	}
+	copy(v[n:], m.Data)
 	return v
 }
 

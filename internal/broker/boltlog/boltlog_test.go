@@ -271,3 +271,35 @@ func TestMemoryOnlyChannels(t *testing.T) {
 	}
 	b.Close()
 }
+
+// A publish sent again after the node restarted (a kill -9 before its
+// reply left) is still a duplicate: keys are stored with their messages
+// and remembered again, for what is left of their window, on restart.
+func TestDurableRestartRemembersIdempotencyKeys(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	b := openDurable(t, dir, broker.MemoryOptions{Now: clock})
+	first, _, err := b.Publish(ctx(t), &broker.Message{Channel: "k", Data: []byte("once"), Key: "deploy-42"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Publish(ctx(t), &broker.Message{Channel: "k", Data: []byte("no key")})
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	b = openDurable(t, dir, broker.MemoryOptions{Now: clock})
+	again, _, err := b.Publish(ctx(t), &broker.Message{Channel: "k", Data: []byte("once"), Key: "deploy-42"})
+	if err != nil || !again.Duplicate || again.ID() != first.ID() {
+		t.Fatalf("after a restart: %v %s duplicate=%v; first %s", err, again.ID(), again.Duplicate, first.ID())
+	}
+	b.Close()
+	now = now.Add(broker.DedupWindow)
+	b = openDurable(t, dir, broker.MemoryOptions{Now: clock})
+	defer b.Close()
+	late, _, err := b.Publish(ctx(t), &broker.Message{Channel: "k", Data: []byte("once"), Key: "deploy-42"})
+	if err != nil || late.Duplicate || late.Seq != 3 {
+		t.Fatalf("after the window: %v %s duplicate=%v", err, late.ID(), late.Duplicate)
+	}
+}

@@ -13,6 +13,7 @@ import (
 func FuzzRecord(f *testing.F) {
 	m := &broker.Message{Kind: broker.KindJSON, Event: "deploy", Data: []byte(`{"v":1}`), Time: time.Unix(0, 1764000000000000000)}
 	f.Add(encodeRecord(m), uint64(7))
+	f.Add(encodeRecord(&broker.Message{Kind: broker.KindText, Data: []byte("once"), Key: "deploy-42", Time: time.Unix(0, 1764000000000000000)}), uint64(8))
 	f.Add([]byte{}, uint64(0))
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff}, uint64(1))
 	f.Fuzz(func(t *testing.T, v []byte, seq uint64) {
