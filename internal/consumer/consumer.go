@@ -45,6 +45,10 @@ const (
 	DefaultMaxPending    = 100000
 	// DefaultMaxPendingBytes bounds the data a consumer keeps: 256 MiB.
 	DefaultMaxPendingBytes = 256 << 20
+	// MaxMaxPending and MaxMaxPendingBytes are the most a consumer (or a
+	// namespace's bound) may ask for.
+	MaxMaxPending      = 10_000_000
+	MaxMaxPendingBytes = int64(1) << 40
 	// MaxFetch bounds how many deliveries one fetch returns.
 	MaxFetch = 1000
 	// MaxNameLen bounds a consumer's name.
@@ -121,11 +125,11 @@ func (c Config) Validate() error {
 	if c.MaxInflight > 100000 {
 		return badParam("max_inflight %d: want 1 to 100000", c.MaxInflight)
 	}
-	if c.MaxPending > 10000000 {
-		return badParam("max_pending %d: want 1 to 10000000", c.MaxPending)
+	if c.MaxPending > MaxMaxPending {
+		return badParam("max_pending %d: want 1 to %d", c.MaxPending, MaxMaxPending)
 	}
-	if c.MaxPendingBytes > 1<<40 {
-		return badParam("max_pending_bytes %d: want 1 to %d", c.MaxPendingBytes, int64(1)<<40)
+	if c.MaxPendingBytes > MaxMaxPendingBytes {
+		return badParam("max_pending_bytes %d: want 1 to %d", c.MaxPendingBytes, MaxMaxPendingBytes)
 	}
 	return nil
 }

@@ -30,7 +30,50 @@ func (d *Door) Consume(ctx context.Context, c Caller, name string, cfg consumer.
 		return nil, err
 	}
 	cfg.Filter = filter
+	if err := d.boundConsumer(name, &cfg); err != nil {
+		return nil, err
+	}
 	return d.consumers.Open(name, cfg, true)
+}
+
+// boundConsumer applies the namespaces' consumer bounds to the config of
+// a consumer about to be created (an existing one keeps its own): the
+// strictest bound of every namespace that holds a channel the filter can
+// match, as the default, and as the most it may ask for.
+func (d *Door) boundConsumer(name string, cfg *consumer.Config) error {
+	if _, err := d.consumers.Open(name, consumer.Config{}, false); err == nil {
+		return nil
+	}
+	var maxN int
+	var maxB int64
+	var from, fromB string
+	for i := range d.namespaces {
+		ns := &d.namespaces[i]
+		if !ns.holdsSome(cfg.Filter) {
+			continue
+		}
+		if n := ns.Rules.ConsumerMaxPending; n > 0 && (maxN == 0 || n < maxN) {
+			maxN, from = n, ns.Name
+		}
+		if b := ns.Rules.ConsumerMaxPendingBytes; b > 0 && (maxB == 0 || b < maxB) {
+			maxB, fromB = b, ns.Name
+		}
+	}
+	switch {
+	case maxN > 0 && cfg.MaxPending > maxN:
+		return wire.Errorf(http.StatusBadRequest, wire.CodeInvalidParameter,
+			"max_pending %d: namespace %s keeps at most %d messages for a consumer (consumer-max-pending)", cfg.MaxPending, from, maxN)
+	case maxB > 0 && cfg.MaxPendingBytes > maxB:
+		return wire.Errorf(http.StatusBadRequest, wire.CodeInvalidParameter,
+			"max_pending_bytes %d: namespace %s keeps at most %d bytes for a consumer (consumer-max-pending-bytes)", cfg.MaxPendingBytes, fromB, maxB)
+	}
+	if cfg.MaxPending == 0 && maxN > 0 {
+		cfg.MaxPending = min(maxN, consumer.DefaultMaxPending)
+	}
+	if cfg.MaxPendingBytes == 0 && maxB > 0 {
+		cfg.MaxPendingBytes = min(maxB, consumer.DefaultMaxPendingBytes)
+	}
+	return nil
 }
 
 // ConsumerOf returns existing consumer name for c, who must be allowed to

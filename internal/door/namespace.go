@@ -59,6 +59,13 @@ type Rules struct {
 	PublishEvents bool `json:"publish_events,omitempty"`
 	// Webhooks receive the namespace's channels' events.
 	Webhooks []string `json:"webhooks,omitempty"`
+	// ConsumerMaxPending and ConsumerMaxPendingBytes bound what a durable
+	// consumer of its channels keeps unacknowledged: a consumer created
+	// without a bound of its own gets these, one asking for more is
+	// refused (0: consumer.DefaultMaxPending and DefaultMaxPendingBytes,
+	// and a consumer may ask up to consumer.Config's own limits).
+	ConsumerMaxPending      int   `json:"consumer_max_pending,omitempty"`
+	ConsumerMaxPendingBytes int64 `json:"consumer_max_pending_bytes,omitempty"`
 }
 
 // nsState is a namespace as the door enforces it.
@@ -80,6 +87,10 @@ type Effective struct {
 	MaxMessageSize     int64    `json:"max_message_size"`
 	PublishRate        float64  `json:"publish_rate,omitempty"`
 	PublishBurst       int      `json:"publish_burst,omitempty"`
+	// ConsumerMaxPending and ConsumerMaxPendingBytes are the namespace's
+	// bounds for durable consumers (omitted: none of its own).
+	ConsumerMaxPending      int   `json:"consumer_max_pending,omitempty"`
+	ConsumerMaxPendingBytes int64 `json:"consumer_max_pending_bytes,omitempty"`
 }
 
 // History is a namespace's history rule as channel info shows it (a zero
@@ -209,6 +220,17 @@ func (l nsList) of(channel string) *nsState {
 	return nil
 }
 
+// holdsSome reports whether some channel filter (a name or a pattern)
+// can match is one of the namespace's.
+func (ns *nsState) holdsSome(filter string) bool {
+	for _, p := range ns.Patterns {
+		if overlaps(p, filter) {
+			return true
+		}
+	}
+	return false
+}
+
 // overlaps reports whether some channel matches both patterns.
 func overlaps(a, b string) bool {
 	if broker.IsReserved(a) != broker.IsReserved(b) {
@@ -307,6 +329,7 @@ func (d *Door) Rules(channel string) Effective {
 	if ns.rate != nil {
 		e.PublishRate, e.PublishBurst = ns.rate.rate, int(ns.rate.burst)
 	}
+	e.ConsumerMaxPending, e.ConsumerMaxPendingBytes = r.ConsumerMaxPending, r.ConsumerMaxPendingBytes
 	return e
 }
 

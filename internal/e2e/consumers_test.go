@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -337,5 +339,28 @@ func TestDurableRefusedOnRedis(t *testing.T) {
 	_, errs, code = run(t, "", "sub", "jobs", "--durable", "w", "--timeout", "5s", "-s", url)
 	if code != 1 || !strings.Contains(errs, "consumers_unavailable") {
 		t.Fatalf("sub --durable on Redis: exit %d: %s", code, errs)
+	}
+}
+
+// A namespace's consumer bound, set on serve's command line, holds on the
+// HTTP API: a consumer asking for more is refused naming the namespace,
+// one asking for nothing gets the bound.
+func TestNamespaceBoundsConsumersOverHTTP(t *testing.T) {
+	_, url := serve(t, "--namespace", "name=jobs,match=jobs.>,consumer-max-pending=2")
+	req := func(path string) (int, string) {
+		r, _ := http.NewRequest("PUT", url+path, nil)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if status, body := req("/consumers/greedy?channel=jobs.mail&max_pending=5"); status != 400 || !strings.Contains(body, "invalid_parameter") || !strings.Contains(body, "namespace jobs") {
+		t.Fatalf("over the bound: %d %s", status, body)
+	}
+	if status, body := req("/consumers/modest?channel=jobs.mail"); status != 200 || !strings.Contains(body, `"max_pending":2,`) {
+		t.Fatalf("without a bound of its own: %d %s", status, body)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/cmdutil"
+	"github.com/pushctl/pushctl/internal/consumer"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/webhooks"
 )
@@ -26,24 +27,26 @@ type namespacesValue struct {
 
 // namespaceKeys are the keys a namespace takes, with what each accepts.
 var namespaceKeys = map[string]string{
-	"name":                "a name for the namespace (default: its first pattern)",
-	"match":               "a channel pattern such as chat.> (repeatable)",
-	"history":             "how many messages each channel keeps (0: none)",
-	"history-age":         "how long messages are kept, such as 24h",
-	"history-bytes":       "the data each channel keeps, such as 1MiB",
-	"client-publish":      "true or false: may clients publish over their connections",
-	"anonymous-subscribe": "true or false: may callers without a token subscribe",
-	"presence":            "true or false: may members join",
-	"presence-members":    "members per channel",
-	"max-message-size":    "the largest message, such as 64KiB (at most serve's)",
-	"publish-rate":        "publishes per second per token or address",
-	"publish-burst":       "publishes allowed in a burst above publish-rate",
-	"durable":             "true or false: with --data-dir, whether its channels are written to disk",
-	"hooks":               "the hooks asked for its channels: subscribe, publish, both (subscribe+publish) or none",
-	"hook-failure":        "deny or allow: what happens when a hook does not answer",
-	"events":              "true or false: whether its channels' lifecycle events are published (see docs/events.md)",
-	"publish-events":      "true or false: a published event for each message",
-	"webhook":             "a URL its channels' lifecycle events are POSTed to (repeatable)",
+	"name":                       "a name for the namespace (default: its first pattern)",
+	"match":                      "a channel pattern such as chat.> (repeatable)",
+	"history":                    "how many messages each channel keeps (0: none)",
+	"history-age":                "how long messages are kept, such as 24h",
+	"history-bytes":              "the data each channel keeps, such as 1MiB",
+	"client-publish":             "true or false: may clients publish over their connections",
+	"anonymous-subscribe":        "true or false: may callers without a token subscribe",
+	"presence":                   "true or false: may members join",
+	"presence-members":           "members per channel",
+	"max-message-size":           "the largest message, such as 64KiB (at most serve's)",
+	"publish-rate":               "publishes per second per token or address",
+	"publish-burst":              "publishes allowed in a burst above publish-rate",
+	"durable":                    "true or false: with --data-dir, whether its channels are written to disk",
+	"hooks":                      "the hooks asked for its channels: subscribe, publish, both (subscribe+publish) or none",
+	"hook-failure":               "deny or allow: what happens when a hook does not answer",
+	"events":                     "true or false: whether its channels' lifecycle events are published (see docs/events.md)",
+	"publish-events":             "true or false: a published event for each message",
+	"webhook":                    "a URL its channels' lifecycle events are POSTed to (repeatable)",
+	"consumer-max-pending":       "messages a durable consumer of its channels keeps unacknowledged, at most (see docs/consumers.md)",
+	"consumer-max-pending-bytes": "the data a durable consumer of its channels keeps unacknowledged, at most, such as 64MiB",
 }
 
 func (v *namespacesValue) String() string { return strings.Join(v.specs, " ") }
@@ -217,6 +220,14 @@ func buildNamespace(kvs [][2]string) (door.Namespace, error) {
 		case "presence-members":
 			if ns.Rules.PresenceMembers, err = strconv.Atoi(val); err == nil && ns.Rules.PresenceMembers <= 0 {
 				err = fmt.Errorf("not positive")
+			}
+		case "consumer-max-pending":
+			if ns.Rules.ConsumerMaxPending, err = strconv.Atoi(val); err == nil && (ns.Rules.ConsumerMaxPending <= 0 || ns.Rules.ConsumerMaxPending > consumer.MaxMaxPending) {
+				err = fmt.Errorf("want 1 to %d", consumer.MaxMaxPending)
+			}
+		case "consumer-max-pending-bytes":
+			if ns.Rules.ConsumerMaxPendingBytes, err = cmdutil.ParseByteSize(val); err == nil && (ns.Rules.ConsumerMaxPendingBytes <= 0 || ns.Rules.ConsumerMaxPendingBytes > consumer.MaxMaxPendingBytes) {
+				err = fmt.Errorf("want 1 byte to %d", consumer.MaxMaxPendingBytes)
 			}
 		case "max-message-size":
 			if ns.Rules.MaxMessageSize, err = cmdutil.ParseByteSize(val); err == nil && ns.Rules.MaxMessageSize == 0 {

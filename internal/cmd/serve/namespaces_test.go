@@ -17,6 +17,7 @@ func TestNamespaceSpecs(t *testing.T) {
 		"name=metrics,match=metrics.*,history=0,client-publish=false,max-message-size=4KiB,publish-rate=10,publish-burst=20",
 		"name=mod,match=mod.>,hooks=subscribe+publish,hook-failure=allow",
 		"name=quiet,match=quiet.>,hooks=none",
+		"name=jobs,match=jobs.>,consumer-max-pending=500,consumer-max-pending-bytes=64MiB",
 	} {
 		if err := v.Set(spec); err != nil {
 			t.Fatalf("%s: %v", spec, err)
@@ -32,6 +33,9 @@ func TestNamespaceSpecs(t *testing.T) {
 	if len(chat.Patterns) != 2 || chat.Rules.History.HistoryBytes != 1<<20 || chat.Rules.History.HistoryAge.Hours() != 24 || !*chat.Rules.AnonymousSubscribe {
 		t.Errorf("chat: %+v", chat)
 	}
+	if jobs := v.list[5]; jobs.Rules.ConsumerMaxPending != 500 || jobs.Rules.ConsumerMaxPendingBytes != 64<<20 {
+		t.Errorf("jobs: %+v", jobs.Rules)
+	}
 	if metrics.Rules.History.HistorySize != -1 || *metrics.Rules.ClientPublish || metrics.Rules.MaxMessageSize != 4096 || metrics.Rules.PublishBurst != 20 {
 		t.Errorf("metrics: %+v", metrics)
 	}
@@ -46,6 +50,9 @@ func TestNamespaceSpecs(t *testing.T) {
 		{"match=a,durable=sometimes", "true or false"},
 		{"match=a,hooks=connect", "not a hook of a channel"},
 		{"match=a,hook-failure=maybe", "deny or allow"},
+		{"match=a,consumer-max-pending=0", "want 1 to 10000000"},
+		{"match=a,consumer-max-pending=20000000", "want 1 to 10000000"},
+		{"match=a,consumer-max-pending-bytes=2TiB", "consumer-max-pending-bytes=2TiB"},
 		{"match=a..b", "match"},
 		{"match=a,name=x,name=y", "twice"},
 		{"match", "KEY=VALUE"},
