@@ -41,8 +41,8 @@ func TestNamespaceBoundsConsumers(t *testing.T) {
 		{"w2", "jobs.mail", 2, 0, 2, 1 << 20, "ok"},
 		{"w3", "jobs.mail", 4, 0, 0, 0, "invalid_parameter"},
 		{"w4", "jobs.mail", 0, 2 << 20, 0, 0, "invalid_parameter"},
-		{"w5", ">", 0, 0, 3, 1 << 20, "ok"},           // can match jobs.*: bound
-		{"w6", "jobs.*", 0, 0, 3, 1 << 20, "ok"},      // a pattern inside jobs
+		{"w5", ">", 0, 0, 3, 1 << 20, "ok"},      // can match jobs.*: bound
+		{"w6", "jobs.*", 0, 0, 3, 1 << 20, "ok"}, // a pattern inside jobs
 		{"w7", "news", 0, 0, consumer.DefaultMaxPending, consumer.DefaultMaxPendingBytes, "ok"},
 		{"w8", "big.x", 0, 0, consumer.DefaultMaxPending, consumer.DefaultMaxPendingBytes, "ok"}, // a bound above the default is a ceiling
 		{"w9", "big.x", 400_000, 0, 400_000, consumer.DefaultMaxPendingBytes, "ok"},
