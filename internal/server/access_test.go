@@ -223,7 +223,7 @@ func TestTrustedPublishersAndOrigins(t *testing.T) {
 	c.Close()
 	resp, _ := e.do("OPTIONS", "/pub/t", nil, "Origin", "https://app.example", "Access-Control-Request-Method", "POST")
 	if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
-		!strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), "Authorization") {
+		!strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), "Authorization") || !strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), "Idempotency-Key") {
 		t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
 	}
 	resp, _ = e.do("GET", "/healthz", nil, "Origin", "https://evil.example")

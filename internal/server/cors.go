@@ -48,7 +48,7 @@ func (s *Server) cors(next http.Handler) http.Handler {
 			}
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE")
-				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-Pushctl-Event, Accept, "+streamAllowedHeaders)
+				h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, X-Pushctl-Event, Idempotency-Key, Accept, "+streamAllowedHeaders)
 				h.Set("Access-Control-Max-Age", "600")
 				w.WriteHeader(http.StatusNoContent)
 				return

@@ -365,8 +365,8 @@ class Client extends Emitter {
     return this.url + "/sub/" + names.map(encodeURIComponent).join(",") + "?" + q.toString();
   }
 
-  async _httpPublish(channel, event, data) {
-    const headers = {};
+  async _httpPublish(channel, event, data, key) {
+    const headers = { "Idempotency-Key": key || newKey() };
     const token = await this._token();
     if (token) headers.Authorization = "Bearer " + token;
     let body = data;
@@ -381,8 +381,23 @@ class Client extends Emitter {
       if (e.code === "token_expired") this._refresh = true;
       throw new PushctlError(e.code || "http_" + resp.status, e.message, resp.status);
     }
-    return reply;
+    return ackOf(reply);
   }
+}
+
+// newKey is a random idempotency key: a publish sent again with it (after
+// its connection was lost before the ack) is stored once.
+function newKey() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+// ackOf is what a publish resolves with.
+function ackOf(a) {
+  const ack = { channel: a.channel, id: a.id, seq: a.seq, subscribers: a.subscribers };
+  if (a.duplicate) ack.duplicate = true;
+  return ack;
 }
 
 function available(name) {
@@ -452,12 +467,13 @@ class WSTransport {
   publish(channel, event, data) {
     return new Promise((resolve, reject) => {
       const ref = "p" + (++this.c._ref);
-      const f = { type: "publish", ref, channel };
+      const key = newKey();
+      const f = { type: "publish", ref, channel, idempotency_key: key };
       if (event) f.event = event;
       if (data instanceof ArrayBuffer) data = new Uint8Array(data);
       if (data instanceof Uint8Array) { f.data = bytesToBase64(data); f.encoding = "base64"; }
       else f.data = data === undefined ? null : data;
-      this.pending.set(ref, { resolve, reject });
+      this.pending.set(ref, { resolve, reject, channel, event, data, key });
       this.send(f);
     });
   }
@@ -484,7 +500,7 @@ class WSTransport {
     const p = this.pending.get(ref);
     if (!p) return;
     this.pending.delete(ref);
-    if (err) p.reject(err); else p.resolve({ channel: ack.channel, id: ack.id, seq: ack.seq, subscribers: ack.subscribers });
+    if (err) p.reject(err); else p.resolve(ackOf(ack));
   }
   fail(code, message) { this.closeWith(); this.end(code, this.ready, message); }
   closeWith() { try { this.ws.close(1000); } catch { /* already closed */ } }
@@ -492,7 +508,14 @@ class WSTransport {
     if (this.ended) return;
     this.ended = true;
     clearInterval(this.ping);
-    for (const p of this.pending.values()) p.reject(new PushctlError("connection_lost", "the connection ended before the ack; the message may or may not have been published"));
+    // Publishes the connection took without acking are sent again over
+    // HTTP, in order, with their keys: one the broker stored is answered
+    // with its first ack (duplicate), one it never got is stored now.
+    let resend = Promise.resolve();
+    for (const p of this.pending.values()) {
+      resend = resend.then(() => this.c._httpPublish(p.channel, p.event, p.data, p.key).then(p.resolve, (e) =>
+        p.reject(new PushctlError("connection_lost", "the connection ended before the ack and sending it again over HTTP failed (" + (e.code || e) + "); the message may or may not have been published"))));
+    }
     this.pending.clear();
     this.c._onClose(this, reason, opened, message);
   }

@@ -51,6 +51,10 @@ export interface Ack {
   id: string;
   seq: number;
   subscribers: number;
+  /** true when the broker had stored this publish already (it was sent
+   * again after its connection was lost before the ack): id and seq are
+   * the stored message's, and nothing was delivered a second time. */
+  duplicate?: boolean;
 }
 
 export type State = "connecting" | "connected" | "reconnecting" | "fallback" | "disconnected";

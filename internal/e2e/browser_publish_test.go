@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// ackCutter is a loopback proxy for a page and its broker. Once armed,
+// each WebSocket it carries forwards the client's next frame and then,
+// at the first bytes the broker sends back (the ack), closes instead of
+// passing them on: a connection lost after the broker stored a publish
+// and before its ack arrived.
+type ackCutter struct {
+	l      net.Listener
+	armed  atomic.Bool
+	mu     sync.Mutex
+	cut    int
+	target string
+}
+
+func newAckCutter(t *testing.T, target string) *ackCutter {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &ackCutter{l: l, target: target}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go p.pipe(c)
+		}
+	}()
+	return p
+}
+
+func (p *ackCutter) pipe(c net.Conn) {
+	defer c.Close()
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	var ws, eating atomic.Bool
+	go func() {
+		buf := make([]byte, 64<<10)
+		first := true
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				if first && bytes.Contains(bytes.ToLower(buf[:n]), []byte("upgrade: websocket")) {
+					ws.Store(true)
+				}
+				armedNow := ws.Load() && !first && p.armed.Load()
+				first = false
+				if _, werr := up.Write(buf[:n]); werr != nil {
+					return
+				}
+				if armedNow {
+					eating.Store(true)
+				}
+			}
+			if err != nil {
+				up.Close()
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 && eating.Load() {
+			p.mu.Lock()
+			p.cut++
+			p.mu.Unlock()
+			return
+		}
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A page publishes over WebSocket; the broker stores the message and the
+// connection is lost before the ack arrives. pushctl.js sends the publish
+// again over HTTP with its idempotency key: the promise resolves with the
+// stored message's ack, marked duplicate, and the channel holds it once.
+func TestBrowserPublishLostAckIsSentAgainOnce(t *testing.T) {
+	ctx := browser(t)
+	_, url := serve(t)
+	proxy := newAckCutter(t, url[len("http://"):])
+	page(t, ctx, "http://"+proxy.l.Addr().String(), "")
+	js(t, ctx, `window.p = pushctl.connect(location.origin);`)
+	until(t, ctx, `p.state === "connected" && p.transport === "websocket"`, 20*time.Second)
+	proxy.armed.Store(true)
+	ack := eval[map[string]any](t, ctx, `p.publish("browser.once", "note", "written once")`)
+	proxy.mu.Lock()
+	cut := proxy.cut
+	proxy.mu.Unlock()
+	if cut != 1 || ack["duplicate"] != true || ack["seq"] != float64(1) || ack["channel"] != "browser.once" {
+		t.Fatalf("ack %v after %d cut connections; want the first ack marked duplicate after 1", ack, cut)
+	}
+	resp, err := http.Get(url + "/channels/browser.once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var info struct {
+		LastSeq  int `json:"last_seq"`
+		Messages int `json:"messages"`
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if json.Unmarshal(body, &info); info.LastSeq != 1 || info.Messages != 1 {
+		t.Fatalf("the channel holds %s; want one message", body)
+	}
+}
