@@ -26,21 +26,8 @@ type ackCutter struct {
 }
 
 func newAckCutter(t *testing.T, target string) *ackCutter {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &ackCutter{l: l, target: target}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go p.pipe(c)
-		}
-	}()
+	p := &ackCutter{target: target}
+	p.l = acceptLoop(t, p.pipe)
 	return p
 }
 

@@ -119,21 +119,9 @@ type proxy struct {
 }
 
 func newProxy(t *testing.T, target string) *proxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{l: l, target: target, conns: map[net.Conn]bool{}}
-	t.Cleanup(func() { l.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go p.pipe(c)
-		}
-	}()
+	p := &proxy{target: target, conns: map[net.Conn]bool{}}
+	p.l = acceptLoop(t, p.pipe)
+	t.Cleanup(p.cut)
 	return p
 }
 

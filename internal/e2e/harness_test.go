@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,4 +275,25 @@ func runIn(t *testing.T, stdin string, env []string, args ...string) (string, st
 		t.Fatalf("run %v: %v", args, err)
 	}
 	return out.String(), errb.String(), code
+}
+
+// acceptLoop listens on a loopback port and hands each connection to
+// handle in a goroutine of its own, until the test ends.
+func acceptLoop(t *testing.T, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return l
 }

@@ -101,33 +101,20 @@ type replyEater struct {
 }
 
 func newReplyEater(t *testing.T, target string) *replyEater {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &replyEater{l: l}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go io.Copy(up, c)
-				var b [1]byte
-				if n, _ := up.Read(b[:]); n > 0 {
-					e.eaten.Add(1)
-				}
-			}()
+	e := &replyEater{}
+	e.l = acceptLoop(t, func(c net.Conn) {
+		defer c.Close()
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		defer up.Close()
+		go io.Copy(up, c)
+		var b [1]byte
+		if n, _ := up.Read(b[:]); n > 0 {
+			e.eaten.Add(1)
+		}
+	})
 	return e
 }
 
