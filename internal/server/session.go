@@ -390,21 +390,25 @@ func (ss *session) addSub(key string, sub *broker.Subscription) bool {
 	return true
 }
 
-// addSubAfter registers sub under key with frames queued before its
-// messages, in one step; when the connection is ending it closes sub and
-// returns false.
-func (ss *session) addSubAfter(key string, sub *broker.Subscription, frames [][]byte) bool {
+// addSubsAfter registers subs (by key, each replacing and closing an
+// older one) with frames queued before their messages, in one step; when
+// the connection is ending it closes them and returns false.
+func (ss *session) addSubsAfter(subs map[string]*broker.Subscription, frames [][]byte) bool {
 	ss.mu.Lock()
 	if ss.ending != nil {
 		ss.mu.Unlock()
-		sub.Close()
+		for _, sub := range subs {
+			sub.Close()
+		}
 		return false
 	}
 	ss.control = append(ss.control, frames...)
-	if old, ok := ss.subs[key]; ok {
-		old.Close()
+	for key, sub := range subs {
+		if old, ok := ss.subs[key]; ok {
+			old.Close()
+		}
+		ss.subs[key] = sub
 	}
-	ss.subs[key] = sub
 	ss.mu.Unlock()
 	ss.signal()
 	return true

@@ -525,24 +525,7 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}
-	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, cursor))
-	ss.mu.Lock()
-	if ss.ending != nil {
-		ss.mu.Unlock()
-		for _, sub := range subs {
-			sub.Close()
-		}
-		return nil
-	}
-	ss.control = append(ss.control, ack)
-	for ch, sub := range subs {
-		if old, ok := ss.subs[ch]; ok {
-			old.Close()
-		}
-		ss.subs[ch] = sub
-	}
-	ss.mu.Unlock()
-	ss.signal()
+	ss.addSubsAfter(subs, [][]byte{textFrame(wire.AppendSubscribed(nil, f.Ref, chans, cursor))})
 	return nil
 }
 

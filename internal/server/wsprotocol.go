@@ -87,7 +87,7 @@ func (c *protocolConn) Send(frame []byte) bool { return c.ss.send(frame) }
 func (c *protocolConn) Signal() { c.ss.signal() }
 
 func (c *protocolConn) AddSub(key string, sub *broker.Subscription, frames ...[]byte) bool {
-	return c.ss.addSubAfter(key, sub, frames)
+	return c.ss.addSubsAfter(map[string]*broker.Subscription{key: sub}, frames)
 }
 
 func (c *protocolConn) RemoveSub(key string) { c.ss.removeSub(key, nil) }
