@@ -74,7 +74,8 @@ type Options struct {
 	// stays, so a quick reconnect is not a leave (default 3s).
 	PresenceGrace time.Duration
 	// PusherApps turns on the Pusher Channels protocol and HTTP API for
-	// these apps.
+	// these apps (served by internal/pusher/pusherd on this server's
+	// connection runtime, see wsprotocol.go).
 	PusherApps []pusher.App
 	// PusherWebhookDelay delays channel_vacated and member_removed
 	// webhooks (0: 3s; negative: none).
