@@ -21,12 +21,13 @@ var forbidden = map[string]map[string]bool{
 
 // TestNoWayAroundTheDoor keeps the ways in from reaching the broker or
 // presence except through the door: the packages that take input from
-// outside (the HTTP server with its WebSocket, Pusher and presence
-// handlers, and ZeroMQ's endpoints) may not name a broker, make one or
-// publish past the door. The one broker they see is the one server.New
-// hands straight to door.New.
+// outside (the HTTP server with its WebSocket and presence handlers, the
+// Pusher protocol's server in pusher/pusherd, and ZeroMQ's endpoints) may
+// not name a broker, make one or publish past the door. The one broker
+// they see is the one server.New hands straight to door.New.
 func TestNoWayAroundTheDoor(t *testing.T) {
-	for _, root := range []string{"../server", "../zmq"} {
+	seen := map[string]bool{}
+	for _, root := range []string{"../server", "../zmq", "../pusher"} {
 		n := 0
 		err := filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
 			if err != nil {
@@ -46,6 +47,7 @@ func TestNoWayAroundTheDoor(t *testing.T) {
 				return err
 			}
 			n++
+			seen[filepath.Dir(path)] = true
 			for _, p := range checkFile(path, src) {
 				t.Error(p)
 			}
@@ -53,6 +55,11 @@ func TestNoWayAroundTheDoor(t *testing.T) {
 		})
 		if err != nil || n == 0 {
 			t.Fatalf("no Go files under %s: %v", root, err)
+		}
+	}
+	for _, dir := range []string{"../pusher/pusherd"} {
+		if !seen[filepath.Clean(dir)] {
+			t.Errorf("%s (a way in) was not checked: moved? check it where it is now", dir)
 		}
 	}
 }
@@ -148,6 +155,8 @@ func TestStructureCheckCatchesABypass(t *testing.T) {
 		"package zmq\nfunc f() { presence.New(nil, 0) }\n",
 		"package server\nfunc New(b broker.Broker) *S { d := door.New(b); keep(b); return nil }\n",
 		"package server\nimport b \"github.com/pushctl/pushctl/internal/broker\"\nvar x b.Broker\n",
+		"package pusherd\nfunc f(c *broker.Core) { c.StartPublish(nil, nil) }\n",
+		"package pusherd\nvar r *presence.Registry\n",
 	} {
 		if len(checkFile("x.go", []byte(src))) == 0 {
 			t.Errorf("not caught:\n%s", src)

@@ -25,7 +25,9 @@ import (
 	"github.com/pushctl/pushctl/internal/hooks"
 	"github.com/pushctl/pushctl/internal/presence"
 	"github.com/pushctl/pushctl/internal/pusher"
+	"github.com/pushctl/pushctl/internal/pusher/pusherd"
 	"github.com/pushctl/pushctl/internal/web"
+	"github.com/pushctl/pushctl/internal/wire"
 )
 
 // Options configure a Server.
@@ -72,7 +74,8 @@ type Options struct {
 	// stays, so a quick reconnect is not a leave (default 3s).
 	PresenceGrace time.Duration
 	// PusherApps turns on the Pusher Channels protocol and HTTP API for
-	// these apps.
+	// these apps (served by internal/pusher/pusherd on this server's
+	// connection runtime, see wsprotocol.go).
 	PusherApps []pusher.App
 	// PusherWebhookDelay delays channel_vacated and member_removed
 	// webhooks (0: 3s; negative: none).
@@ -132,8 +135,8 @@ type Server struct {
 	metrics        metrics
 	metricsHandler http.Handler
 	upgrader       websocket.Upgrader
-	pusher         *pusherState
-	streams        streamsState // Durable Streams (streams.go)
+	pusher         *pusherd.Service // nil without Pusher apps
+	streams        streamsState     // Durable Streams (streams.go)
 
 	connMu     sync.Mutex
 	connsPerIP map[string]int
@@ -151,17 +154,15 @@ type Server struct {
 // New returns a Server for b.
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
-	opts.Events.Also = pusherEventChannels(opts.PusherApps)
+	opts.Events.Also = pusherd.EventChannels(opts.PusherApps)
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
 		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
 		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure, Events: opts.Events,
 		Consumers: opts.Consumers})
 	s := &Server{door: d, opts: opts, log: opts.Logger, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		connsPerIP: map[string]int{}}
-	s.pusher = newPusherState(opts.PusherApps, s)
-	if s.pusher != nil {
-		d.OnPresenceChange(s.pusher.presenceChanged)
-	}
+	s.pusher = pusherd.New(pusherd.Config{Apps: opts.PusherApps, Door: d, Host: protocolHost{s},
+		WebhookDelay: opts.PusherWebhookDelay, QueueSize: opts.QueueSize, ChannelsPerConn: s.channelsPerConn(), Logger: s.log})
 	s.wsWheel = connrt.NewWheel(opts.PingInterval, s.visitWebSocket)
 	s.streamWheel = connrt.NewWheel(opts.Keepalive, func(ss *session, _ time.Time) { ss.keepalive() })
 	s.upgrader = websocket.Upgrader{
@@ -193,7 +194,7 @@ func (s *Server) routes() {
 	s.mux.Handle("/channels", s.methods(map[string]handlerFunc{"GET": s.listChannels}))
 	s.mux.Handle("/channels/{channel}", s.methods(map[string]handlerFunc{"GET": s.channelInfo, "DELETE": s.deleteChannel}))
 	s.mux.Handle("/channels/{channel}/presence", s.methods(map[string]handlerFunc{"GET": s.channelPresence}))
-	s.pusherRoutes()
+	s.protocolRoutes(s.pusher.Routes())
 	s.consumerRoutes()
 	s.mux.Handle(StreamsPrefix, s.handle(s.serveStream))
 	s.mux.Handle("/stats", s.methods(map[string]handlerFunc{"GET": s.stats}))
@@ -322,7 +323,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	// Members whose connections the shutdown ended leave now, while the
 	// broker still takes their events.
 	s.door.Close()
-	s.pusher.close()
+	s.pusher.Close()
 	if err != nil {
 		hs.Close()
 		return err
@@ -343,9 +344,7 @@ func (s *Server) enter() bool {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return newEncoder(w).Encode(v)
+	return wire.WriteJSON(w, status, v)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {

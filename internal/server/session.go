@@ -319,6 +319,18 @@ func (ss *session) end(reason error) {
 	ss.signal()
 }
 
+// endAfter queues frame and ends the connection for reason (the first
+// reason wins).
+func (ss *session) endAfter(frame []byte, reason error) {
+	ss.mu.Lock()
+	ss.control = append(ss.control, frame)
+	if ss.ending == nil {
+		ss.ending = reason
+	}
+	ss.mu.Unlock()
+	ss.signal()
+}
+
 // maxControl bounds control frames waiting for the loop; a peer that
 // sends requests without reading replies is slowed to what it reads.
 const maxControl = 1024
@@ -375,6 +387,30 @@ func (ss *session) addSub(key string, sub *broker.Subscription) bool {
 		old.Close()
 	}
 	ss.subs[key] = sub
+	return true
+}
+
+// addSubsAfter registers subs (by key, each replacing and closing an
+// older one) with frames queued before their messages, in one step; when
+// the connection is ending it closes them and returns false.
+func (ss *session) addSubsAfter(subs map[string]*broker.Subscription, frames [][]byte) bool {
+	ss.mu.Lock()
+	if ss.ending != nil {
+		ss.mu.Unlock()
+		for _, sub := range subs {
+			sub.Close()
+		}
+		return false
+	}
+	ss.control = append(ss.control, frames...)
+	for key, sub := range subs {
+		if old, ok := ss.subs[key]; ok {
+			old.Close()
+		}
+		ss.subs[key] = sub
+	}
+	ss.mu.Unlock()
+	ss.signal()
 	return true
 }
 

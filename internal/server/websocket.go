@@ -84,7 +84,7 @@ func (wsEncoder) end(ss *session, err error) []byte {
 	case CodeTooLarge:
 		return closeFrame(websocket.CloseMessageTooBig, code)
 	case wire.CodeHookDenied, wire.CodeHookUnavailable:
-		return closeFrame(hookCloseCode(code), closeReason(asError(err)))
+		return closeFrame(hookCloseCode(code), wire.CloseReason(asError(err)))
 	}
 	return closeFrame(websocket.CloseInternalServerErr, code)
 }
@@ -99,17 +99,6 @@ func hookCloseCode(code string) int {
 	return wire.CloseHookUnavailable
 }
 
-// closeReason is "code: message", cut to what a close frame holds (123
-// bytes) at a character boundary.
-func closeReason(e *Error) string {
-	r := e.Code + ": " + e.Message
-	for len(r) > 123 {
-		_, size := utf8.DecodeLastRuneInString(r)
-		r = r[:len(r)-size]
-	}
-	return r
-}
-
 // refuseUpgrade answers a WebSocket whose connect hook refused it: upgraded,
 // then closed at once with the refusal as the close reason, which a
 // browser can read (a refused upgrade shows it nothing but a failure).
@@ -119,7 +108,7 @@ func (s *Server) refuseUpgrade(w http.ResponseWriter, r *http.Request, e *Error)
 		return nil // the upgrader answered
 	}
 	defer c.Close()
-	c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(hookCloseCode(e.Code), closeReason(e)), time.Now().Add(time.Second))
+	c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(hookCloseCode(e.Code), wire.CloseReason(e)), time.Now().Add(time.Second))
 	// Wait briefly for the client's close, so the frame is not reset away.
 	c.SetReadDeadline(time.Now().Add(time.Second))
 	for {
@@ -164,8 +153,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request, id *auth
 }
 
 // runWebSocket upgrades the request and runs ss on the connection; setup,
-// when given, adapts the reader to another protocol (Pusher) before the
-// session starts. It owns release from here on.
+// when given, adapts the reader to another protocol (see wsprotocol.go)
+// before the session starts. It owns release from here on.
 func (s *Server) runWebSocket(w http.ResponseWriter, r *http.Request, ss *session, id *auth.Identity, hdr http.Header, release func(), setup func(rd *wsReader)) {
 	defer func() {
 		if release != nil { // not handed to the session
@@ -536,24 +525,7 @@ func (rd *wsReader) subscribe(f *wire.ClientFrame) []byte {
 	if err != nil {
 		return errFrame(f.Ref, err)
 	}
-	ack := textFrame(wire.AppendSubscribed(nil, f.Ref, chans, cursor))
-	ss.mu.Lock()
-	if ss.ending != nil {
-		ss.mu.Unlock()
-		for _, sub := range subs {
-			sub.Close()
-		}
-		return nil
-	}
-	ss.control = append(ss.control, ack)
-	for ch, sub := range subs {
-		if old, ok := ss.subs[ch]; ok {
-			old.Close()
-		}
-		ss.subs[ch] = sub
-	}
-	ss.mu.Unlock()
-	ss.signal()
+	ss.addSubsAfter(subs, [][]byte{textFrame(wire.AppendSubscribed(nil, f.Ref, chans, cursor))})
 	return nil
 }
 

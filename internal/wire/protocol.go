@@ -106,6 +106,17 @@ func Errorf(status int, code, format string, args ...any) *Error {
 	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// CloseReason is e as a WebSocket close frame's reason, "code: message",
+// cut to what a close frame holds (123 bytes) at a character boundary.
+func CloseReason(e *Error) string {
+	r := e.Code + ": " + e.Message
+	for len(r) > 123 {
+		_, size := utf8.DecodeLastRuneInString(r)
+		r = r[:len(r)-size]
+	}
+	return r
+}
+
 // ClientFrame is any frame a client sends on the WebSocket protocol.
 type ClientFrame struct {
 	Type     string          `json:"type"`

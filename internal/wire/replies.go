@@ -12,6 +12,17 @@ import (
 // The HTTP replies and control events every side shares: the server writes
 // them, the Go client, the bridge and bench read them.
 
+// WriteJSON answers with v as a JSON body. Bodies are for people and
+// tools, not HTML pages: <, > and & stay as they are (encoding/json would
+// write \u003c…).
+func WriteJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
 // PublishAck is the reply to an HTTP publish (one JSON object), or one
 // line of the NDJSON reply to a streaming publish (with Line).
 type PublishAck struct {
