@@ -170,7 +170,12 @@ func ParseSink(raw string, o EndpointOptions, env *Env) (Sink, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &httpSink{url: raw, o: o, env: env, hc: hc}, nil
+		lines := false
+		if u, err := url.Parse(raw); err == nil {
+			v := u.Query().Get("lines")
+			lines = v == "1" || v == "true"
+		}
+		return &httpSink{url: raw, lines: lines, o: o, env: env, hc: hc}, nil
 	}
 	return nil, fmt.Errorf("sink %q: unknown kind; use zmq:, ws(s)://, http(s)://, pushctl(s)://, ds(s):// or -", raw)
 }
@@ -675,10 +680,13 @@ func (s *sseSource) dispatch(event, id string, data []byte, emit func(Message) e
 
 type httpSink struct {
 	url string
-	o   EndpointOptions
-	env *Env
-	hc  *http.Client
-	bo  backoff
+	// lines: the URL is a pushctl publish of one message per line
+	// (?lines=1), where an idempotency key, naming one message, is refused.
+	lines bool
+	o     EndpointOptions
+	env   *Env
+	hc    *http.Client
+	bo    backoff
 }
 
 func (s *httpSink) String() string { return s.url }
@@ -702,7 +710,7 @@ func (s *httpSink) Send(ctx context.Context, m Message) error {
 		if m.ID != "" {
 			req.Header.Set("X-Pushctl-Id", m.ID)
 		}
-		if req.Header.Get("Idempotency-Key") == "" {
+		if req.Header.Get("Idempotency-Key") == "" && !s.lines {
 			req.Header.Set("Idempotency-Key", key)
 		}
 		resp, err := s.hc.Do(req)

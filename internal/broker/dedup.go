@@ -59,20 +59,23 @@ type dedupRef struct {
 func (d *dedup) lookup(key string, now time.Time) (dedupHit, bool) {
 	d.prune(now)
 	h, ok := d.seen[key]
+	if ok && h.at.Before(now.Add(-DedupWindow)) {
+		return h, false // behind a key whose time the clock stepped back over
+	}
 	return h, ok
 }
 
 // add remembers that key was first published as seq at at.
 func (d *dedup) add(key string, seq uint64, at time.Time) {
-	if d.seen == nil {
-		d.seen = map[string]dedupHit{}
-	}
 	d.prune(at)
 	if _, ok := d.seen[key]; ok {
 		return
 	}
 	if len(d.seen) >= maxDedupKeys {
 		d.drop()
+	}
+	if d.seen == nil {
+		d.seen = map[string]dedupHit{}
 	}
 	d.seen[key] = dedupHit{seq: seq, at: at}
 	d.order = append(d.order, dedupRef{key: key, at: at})
@@ -95,10 +98,12 @@ func (d *dedup) drop() {
 	if h, ok := d.seen[r.key]; ok && h.at.Equal(r.at) {
 		delete(d.seen, r.key)
 	}
-	if d.head == len(d.order) {
-		d.order, d.head = d.order[:0], 0
-	} else if d.head > 1024 && d.head*2 > len(d.order) {
-		d.order = append(d.order[:0], d.order[d.head:]...)
+	switch {
+	case d.head == len(d.order):
+		// Nothing left: give the memory back (a map never shrinks).
+		d.seen, d.order, d.head = nil, nil, 0
+	case d.head > 1024 && d.head*2 > len(d.order):
+		d.order = append([]dedupRef(nil), d.order[d.head:]...)
 		d.head = 0
 	}
 }

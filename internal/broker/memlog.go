@@ -416,6 +416,7 @@ func (l *memLog) sweep() bool {
 		if idleAfter < time.Minute {
 			idleAfter = time.Hour
 		}
+		idleAfter = max(idleAfter, DedupWindow) // its idempotency keys live that long
 		idle := ch.n == 0 && now.Sub(ch.lastPub) > idleAfter && !l.durable
 		ch.mu.Unlock()
 		if !idle || l.sink.Subscribers(ch.name) > 0 {

@@ -13,6 +13,8 @@ package door
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -148,6 +150,18 @@ type Caller struct {
 	socket bool
 }
 
+// keyScope is what the door puts before a caller's idempotency keys, so
+// that one publisher's key never answers for another's message: the
+// token's subject, hashed ("" for callers without a token, who share
+// one scope).
+func keyScope(c Caller) string {
+	if c.ID == nil || c.ID.Claims == nil || c.ID.Claims.Subject == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(c.ID.Claims.Subject))
+	return hex.EncodeToString(sum[:8]) + "."
+}
+
 // OnSocket is c publishing over its own connection (a WebSocket publish
 // frame, a Pusher client event) rather than through the HTTP API.
 func (c Caller) OnSocket() Caller { c.socket = true; return c }
@@ -251,6 +265,12 @@ func (d *Door) admitSize(m *broker.Message, ns *nsState) error {
 // admitPublish is the whole admission of one message; it returns the
 // channel's namespace for what comes after (the publish hook).
 func (d *Door) admitPublish(c Caller, m *broker.Message) (*nsState, error) {
+	if m.Key != "" {
+		if broker.ValidateKey(m.Key) != nil {
+			return nil, wire.Errorf(http.StatusBadRequest, wire.CodeInvalidParameter, "an idempotency key is 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
+		}
+		m.Key = keyScope(c) + m.Key
+	}
 	ns := d.namespaceOf(m.Channel)
 	if err := d.checkPublish(c, m.Channel, ns); err != nil {
 		return nil, err

@@ -62,12 +62,13 @@ func TestIdempotencyKeys(t *testing.T) {
 			if code != 0 || !strings.Contains(out, "duplicate") {
 				t.Fatalf("pub --key again: %d %q %s", code, out, errOut)
 			}
-			for _, bad := range []struct{ key, query string }{
-				{"has space", ""}, {strings.Repeat("k", 129), ""}, {"ok-key", "?lines=1"},
+			for _, bad := range []struct{ key, path string }{
+				{"has space", "/pub/deploys"}, {strings.Repeat("k", 129), "/pub/deploys"}, {"", "/pub/deploys"},
+				{"ok-key", "/pub/deploys?lines=1"}, {"ok-key", "/pub?channel=deploys"},
 			} {
-				status, _, body := keyedPost(t, url+"/pub/deploys"+bad.query, bad.key, "refused")
+				status, _, body := keyedPost(t, url+bad.path, bad.key, "refused")
 				if status != 400 || codeOf(t, body) != "invalid_parameter" {
-					t.Fatalf("key %q%s: %d %s", bad.key, bad.query, status, body)
+					t.Fatalf("key %q on %s: %d %s", bad.key, bad.path, status, body)
 				}
 			}
 			// NDJSON lines and WebSocket frames carry idempotency_key.

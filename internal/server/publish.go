@@ -56,7 +56,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	}
 	key := r.Header.Get("Idempotency-Key")
 	lines := q.Get("lines") == "1" || q.Get("lines") == "true"
-	if key != "" {
+	if _, given := r.Header["Idempotency-Key"]; given {
 		if err := broker.ValidateKey(key); err != nil {
 			return errorf(http.StatusBadRequest, CodeInvalidParameter, "Idempotency-Key must be 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
 		}
@@ -355,6 +355,9 @@ func (s *Server) publishLines(w http.ResponseWriter, r *http.Request, c door.Cal
 // publishBatch handles POST /pub: NDJSON, one wire.PublishFrame per line; a
 // line without a channel uses ?channel=.
 func (s *Server) publishBatch(w http.ResponseWriter, r *http.Request) error {
+	if _, given := r.Header["Idempotency-Key"]; given {
+		return errorf(http.StatusBadRequest, CodeInvalidParameter, "Idempotency-Key names one message; give each line its own \"idempotency_key\"")
+	}
 	def := r.URL.Query().Get("channel")
 	if def != "" {
 		if err := broker.ValidateChannel(def); err != nil {

@@ -95,10 +95,13 @@ that does not exist is created with --content-type.`,
 				if err := broker.ValidateKey(opts.Key); err != nil {
 					return cmdutil.FlagErrorf("--key: 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
 				}
-				for _, f := range []string{"lines", "zmq", "via"} {
+				for _, f := range []string{"lines", "zmq"} {
 					if cmd.Flags().Changed(f) {
 						return cmdutil.FlagErrorf("--key names one message published over HTTP; it cannot go with --%s", f)
 					}
+				}
+				if opts.Via != "http" {
+					return cmdutil.FlagErrorf("--key names one message published over HTTP; it cannot go with --via %s", opts.Via)
 				}
 				if bridge.IsDurableStream(opts.Channel) {
 					return cmdutil.FlagErrorf("--key is for a pushctl channel; a Durable Stream append is already made as an idempotent producer")
