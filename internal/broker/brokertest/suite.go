@@ -58,6 +58,7 @@ func Run(t *testing.T, f Factory) {
 		{"CountedMeansLive", testCountedMeansLive},
 		{"RetentionPerChannel", testRetentionPerChannel},
 		{"IdempotencyKeys", testIdempotencyKeys},
+		{"IdempotencyKeysPipelined", testIdempotencyKeysPipelined},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, f) })
@@ -679,5 +680,52 @@ func testIdempotencyKeys(t *testing.T, f Factory) {
 		if string(m.Data) != got[i] || m.Seq != first.Seq+uint64(i) {
 			t.Fatalf("history %d: %q seq %d", i, m.Data, m.Seq)
 		}
+	}
+}
+
+// Pipelined publishes (which a log may store as one batch) mixing keys
+// seen before, a key repeated within the pipeline, new keys and no key:
+// the duplicates get the first messages' positions, the others the next
+// positions in publish order.
+func testIdempotencyKeysPipelined(t *testing.T, f Factory) {
+	b := f(t, Options{HistorySize: 100})
+	k1 := keyed(t, b, "pipe", "k1", "one")
+	keyed(t, b, "pipe", "k2", "two")
+	k3 := keyed(t, b, "pipe", "k3", "three")
+	batch := []struct{ key, data string }{
+		{"k1", "one again"}, {"", "a"}, {"k6", "b"}, {"k6", "b again"}, {"k3", "three again"}, {"", "c"}, {"k7", "d"},
+	}
+	waits := make([]func() (*broker.Message, int, error), len(batch))
+	for i, p := range batch {
+		w, err := broker.StartPublish(ctx(t), b, &broker.Message{Channel: "pipe", Data: []byte(p.data), Key: p.key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits[i] = w
+	}
+	var got []string
+	for i, w := range waits {
+		m, _, err := w()
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+		got = append(got, fmt.Sprintf("%d/%v", m.Seq, m.Duplicate))
+	}
+	s := k3.Seq
+	want := []string{
+		fmt.Sprintf("%d/true", k1.Seq), fmt.Sprintf("%d/false", s+1), fmt.Sprintf("%d/false", s+2), fmt.Sprintf("%d/true", s+2),
+		fmt.Sprintf("%d/true", k3.Seq), fmt.Sprintf("%d/false", s+3), fmt.Sprintf("%d/false", s+4),
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("seq/duplicate: %v, want %v", got, want)
+	}
+	r := sub(t, b, broker.SubscribeOptions{Channels: []string{"pipe"}, Last: 100})
+	msgs, _ := collect(t, r, 7)
+	var data []string
+	for _, m := range msgs {
+		data = append(data, string(m.Data))
+	}
+	if strings.Join(data, "|") != "one|two|three|a|b|c|d" {
+		t.Fatalf("the channel holds %q", data)
 	}
 }

@@ -42,6 +42,7 @@ type pubRecord struct {
 	out  outcome
 	seq  uint64
 	err  error
+	dup  bool // acknowledged as a duplicate: never right here, each key is used once
 }
 
 // streamPublish publishes "0", "1", … on ch with up to window publishes
@@ -49,6 +50,13 @@ type pubRecord struct {
 // more were acknowledged (or a minute passed). warm is called once 500
 // were acknowledged.
 func streamPublish(t *testing.T, b broker.Broker, ch string, window int, warm func(), stop <-chan struct{}, after int) []*pubRecord {
+	return streamPublishKeyed(t, b, ch, window, warm, stop, after, false)
+}
+
+// streamPublishKeyed is streamPublish with, when keyed, an idempotency
+// key on every message (its own): a resent batch must not take its own
+// messages for duplicates.
+func streamPublishKeyed(t *testing.T, b broker.Broker, ch string, window int, warm func(), stop <-chan struct{}, after int, keyed bool) []*pubRecord {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	type inflight struct {
@@ -107,7 +115,11 @@ func streamPublish(t *testing.T, b broker.Broker, ch string, window int, warm fu
 		}
 		rec := &pubRecord{data: strconv.Itoa(i)}
 		recs = append(recs, rec)
-		wait, err := broker.StartPublish(ctx, b, &broker.Message{Channel: ch, Data: []byte(rec.data)})
+		m := &broker.Message{Channel: ch, Data: []byte(rec.data)}
+		if keyed {
+			m.Key = "k" + rec.data
+		}
+		wait, err := broker.StartPublish(ctx, b, m)
 		if err != nil {
 			mu.Lock()
 			classify(rec, nil, err)
@@ -122,6 +134,9 @@ func streamPublish(t *testing.T, b broker.Broker, ch string, window int, warm fu
 
 func classify(rec *pubRecord, m *broker.Message, err error) {
 	switch {
+	case err == nil && m.Duplicate:
+		rec.out, rec.err = unknown, fmt.Errorf("its own key taken for a duplicate (seq %d)", m.Seq)
+		rec.dup = true
 	case err == nil:
 		rec.out, rec.seq = acked, m.Seq
 	case errors.Is(err, broker.ErrUnavailable):
@@ -174,6 +189,9 @@ func checkStored(t *testing.T, rdb redis.Cmdable, prefix, ch string, recs []*pub
 		case pending:
 			wrong = append(wrong, fmt.Sprintf("message %s got no reply", r.data))
 		}
+		if r.dup {
+			wrong = append(wrong, fmt.Sprintf("message %s: %v", r.data, r.err))
+		}
 	}
 	if len(wrong) > 0 {
 		t.Errorf("%s: %d replies disagree with what is stored, e.g.\n%s", ch, len(wrong), strings.Join(wrong[:min(5, len(wrong))], "\n"))
@@ -191,6 +209,10 @@ func checkStored(t *testing.T, rdb redis.Cmdable, prefix, ch string, recs []*pub
 // faultRun publishes on three channels through a node while inject runs,
 // then checks every channel.
 func faultRun(t *testing.T, url string, rdb redis.Cmdable, inject func()) {
+	faultRunKeyed(t, url, rdb, inject, false)
+}
+
+func faultRunKeyed(t *testing.T, url string, rdb redis.Cmdable, inject func(), keyed bool) {
 	p := newPrefix()
 	b := open(t, url, p, brokertest.Options{HistorySize: 1 << 20})
 	stop := make(chan struct{})
@@ -202,7 +224,7 @@ func faultRun(t *testing.T, url string, rdb redis.Cmdable, inject func()) {
 		warm.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = streamPublish(t, b, ch, 256, warm.Done, stop, 300)
+			results[i] = streamPublishKeyed(t, b, ch, 256, warm.Done, stop, 300, keyed)
 		}()
 	}
 	// Publishing is under way before the faults begin.
@@ -262,6 +284,14 @@ func debugSleep(t *testing.T, secs int, s *redistest.Server) func() {
 func TestFaultsConnectionsKilled(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	faultRun(t, srv.URL(), redisClient(t, srv), killConnections(t, srv))
+}
+
+// The same with an idempotency key on every message: batches of keyed
+// publishes that are sent again after a connection broke find their own
+// keys' records and must answer with their positions, not as duplicates.
+func TestFaultsConnectionsKilledKeyed(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	faultRunKeyed(t, srv.URL(), redisClient(t, srv), killConnections(t, srv), true)
 }
 
 func TestFaultsRedisStopped(t *testing.T) {

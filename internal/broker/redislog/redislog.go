@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	neturl "net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -525,8 +526,16 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 		}
 		args = append(args, m.Event, int(m.Kind), m.Data, origin)
 	}
-	if len(msgs) == 1 && msgs[0].Key != "" {
-		args = append(args, l.chanKey(ch, "k:"+msgs[0].Key), broker.DedupWindow.Milliseconds())
+	if slices.ContainsFunc(msgs, func(m *broker.Message) bool { return m.Key != "" }) {
+		// Keys: the window, then one Redis key name per message.
+		args = append(args, broker.DedupWindow.Milliseconds())
+		for _, m := range msgs {
+			name := ""
+			if m.Key != "" {
+				name = l.chanKey(ch, "k:"+m.Key)
+			}
+			args = append(args, name)
+		}
 	}
 	return keys, args
 }
@@ -612,7 +621,7 @@ func (l *Log) plan(ops []*op) ([]*call, int) {
 	for _, o := range ops {
 		ch := o.m.Channel
 		c := byChannel[ch]
-		if c != nil && (c.script != nil || o.script != nil || c.ops[0].m.Key != "" || o.m.Key != "" || bytes[ch]+len(o.m.Data) > maxCallBytes) {
+		if c != nil && (c.script != nil || o.script != nil || bytes[ch]+len(o.m.Data) > maxCallBytes) {
 			break
 		}
 		bytes[ch] += len(o.m.Data)
@@ -818,7 +827,7 @@ func (l *Log) finish(c *call, counts map[string]int) {
 		o.res <- r
 		return
 	}
-	if len(vals) != 5 {
+	if len(vals) != 5 && len(vals) != 6 {
 		l.fail(c, fmt.Errorf("redis: unexpected publish reply %v", vals))
 		return
 	}
@@ -835,15 +844,35 @@ func (l *Log) finish(c *call, counts map[string]int) {
 		n = int64(counts[c.channel])
 	}
 	at := time.UnixMicro(us).UTC()
-	if status, _ := vals[4].(int64); status == 3 {
-		// A key seen before (a call of one): nothing was delivered now.
-		o := c.ops[0]
-		o.m.Epoch, o.m.Seq, o.m.Time, o.m.Duplicate = epoch, uint64(first), at, true
-		o.res <- opResult{}
-		return
+	var dups map[int]*broker.Message // index → the duplicate, placed
+	if len(vals) == 6 {
+		list, _ := vals[5].([]any)
+		dups = make(map[int]*broker.Message, len(list)/3)
+		for j := 0; j+2 < len(list); j += 3 {
+			i, _ := list[j].(int64)
+			seq, _ := list[j+1].(int64)
+			dus, _ := strconv.ParseInt(fmt.Sprint(list[j+2]), 10, 64)
+			if int(i) < 0 || int(i) >= len(c.ops) {
+				continue
+			}
+			m := c.ops[i].m
+			m.Epoch, m.Duplicate = epoch, true
+			if seq < 0 { // the batch's own (-1 - rank) message: placed below
+				m.Seq, m.Time = uint64(first)+uint64(-1-seq), at
+			} else {
+				m.Seq, m.Time = uint64(seq), time.UnixMicro(dus).UTC()
+			}
+			dups[int(i)] = m
+		}
 	}
+	rank := uint64(0)
 	for i, o := range c.ops {
-		o.m.Epoch, o.m.Seq, o.m.Time = epoch, uint64(first)+uint64(i), at
+		if dups[i] != nil {
+			o.res <- opResult{} // a key seen before: nothing delivered now
+			continue
+		}
+		o.m.Epoch, o.m.Seq, o.m.Time = epoch, uint64(first)+rank, at
+		rank++
 		o.res <- opResult{n: int(n)}
 	}
 }

@@ -54,8 +54,8 @@ end
 // none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub channel, 8 history bytes (0:
 // no bound), 9 how to publish ("P" PUBLISH, "S" SPUBLISH, "SP" both), 10
 // node, 11 call id ("": none), 12 count N, then N times event, kind, data,
-// origin; then, for a batch of one message with an idempotency key, the
-// key's Redis key and its window (ms).
+// origin; then, when any message carries an idempotency key, the keys'
+// window (ms) and N Redis key names, one per message ("": no key).
 //
 // Meta fields: e epoch, s sequence, t last time, b retained bytes, f the
 // first retained sequence, x when the keys' expiry was last pushed back
@@ -81,8 +81,12 @@ end
 // batch to the nodes in one message and returns epoch, first seq, time,
 // the cluster's subscriber count on a single Redis (-1 otherwise) and a
 // status: 0 appended, 1 appended before (a retry), 2 a stale copy
-// (nothing done), 3 a duplicate (its key was seen within the window: the
-// first message's seq and time, nothing done).
+// (nothing done); with keys, a sixth element lists the duplicates as
+// (index, seq, time) triples: messages not appended because their key
+// was seen within the window (the first message's seq and time), or
+// because an earlier message of the batch has their key (seq -1-j: the
+// batch's j-th appended message). The others got first, first+1, … in
+// order.
 //
 // An idempotency key's record, "<epoch> <seq> <time>", is a key of its
 // own in the channel's slot that expires with the window; one left by an
@@ -119,26 +123,79 @@ local function migrate(K, seq)
   end
   return tonumber(string.match(all[1][1], '^(%d+)'))
 end
+-- keyRecord reads an idempotency key's record: epoch, seq, time.
+local function keyRecord(k)
+  local v = redis.call('GET', k)
+  if not v then return nil end
+  local pe, ps, pt = string.match(v, '^(%S+) (%d+) (%d+)$')
+  return pe, tonumber(ps), pt
+end
 local function publish(K, A)
 local rf = 'i:' .. A[10]
 local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f')
 local e, seq, last, b, x = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0'), tonumber(meta[5] or '0')
 local id = A[11]
+local n = tonumber(A[12])
+local win = A[13 + 4*n] -- set when messages of the batch carry keys
 if e and id ~= '' and meta[6] then
   local rid, rseq, rn, rts = string.match(meta[6], '^(%d+) (%d+) (%d+) (%d+)$')
-  if rid == id then return {e, tonumber(rseq), rts, subscribers(K, A), 1} end
+  if rid == id then
+    if not win then return {e, tonumber(rseq), rts, subscribers(K, A), 1} end
+    -- Which messages were duplicates the first time: a key whose
+    -- record is not one of the positions this call appended.
+    local lo, hi, dups, seen = tonumber(rseq), tonumber(rseq) + tonumber(rn), {}, {}
+    for i = 0, n - 1 do
+      local k = A[14 + 4*n + i]
+      if k ~= '' then
+        local pe, ps, pt = keyRecord(k)
+        if pe == e and (seen[k] or ps < lo or ps >= hi) then
+          dups[#dups+1] = i; dups[#dups+1] = ps; dups[#dups+1] = pt
+        end
+        seen[k] = true
+      end
+    end
+    return {e, lo, rts, subscribers(K, A), 1, dups}
+  end
   if rid and (#rid > #id or (#rid == #id and rid > id)) then return {e, 0, '0', 0, 2} end
 end
-local n = tonumber(A[12])
--- An idempotency key (a batch of one): a key the channel saw within its
--- window answers with the first message's position, appending nothing.
-local dk = A[13 + 4*n]
-if dk and e then
-  local prev = redis.call('GET', dk)
-  if prev then
-    local pe, ps, pt = string.match(prev, '^(%S+) (%d+) (%d+)$')
-    if pe == e then return {e, tonumber(ps), pt, subscribers(K, A), 3} end
+-- Idempotency keys: a message whose key the channel saw within the
+-- window (or that repeats a key earlier in the batch) is not appended;
+-- the reply lists it with the first one's position (a batch's earlier
+-- message: its index as -1 - index, placed once the batch is).
+local dups = {}
+if win then
+  local keep, seenAt = {}, {}
+  for i = 0, n - 1 do
+    local k = A[14 + 4*n + i]
+    local dup = false
+    if k ~= '' then
+      if seenAt[k] then
+        dups[#dups+1] = i; dups[#dups+1] = -1 - seenAt[k]; dups[#dups+1] = '0'
+        dup = true
+      elseif e then
+        local pe, ps, pt = keyRecord(k)
+        if pe == e then
+          dups[#dups+1] = i; dups[#dups+1] = ps; dups[#dups+1] = pt
+          dup = true
+        end
+      end
+      if not dup then seenAt[k] = #keep end
+    end
+    if not dup then keep[#keep+1] = i end
   end
+  if #keep < n then
+    -- The batch without its duplicates: the same arguments, fewer messages.
+    local B = {}
+    for j = 1, 11 do B[j] = A[j] end
+    B[12] = #keep
+    for j = 1, #keep do
+      for f = 0, 3 do B[13 + 4*(j-1) + f] = A[13 + 4*keep[j] + f] end
+    end
+    B[13 + 4*#keep] = win
+    for j = 1, #keep do B[14 + 4*#keep + (j-1)] = A[14 + 4*n + keep[j]] end
+    A, n = B, #keep
+  end
+  if n == 0 then return {e, 0, '0', subscribers(K, A), 0, dups} end
 end
 local fresh = not e
 local f
@@ -236,7 +293,12 @@ for i = 0, n - 1 do
   parts[#parts+1] = data
 end
 if #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
-if dk then redis.call('SET', dk, e .. ' ' .. string.format('%d', first) .. ' ' .. ts, 'PX', A[14 + 4*n]) end
+if win then
+  for j = 0, n - 1 do
+    local k = A[14 + 4*n + j]
+    if k ~= '' then redis.call('SET', k, e .. ' ' .. string.format('%d', first + j) .. ' ' .. ts, 'PX', win) end
+  end
+end
 local fields = {'s', seq, 't', ts, 'b', b, 'f', f}
 if fresh then
   fields[#fields+1] = 'e'; fields[#fields+1] = e
@@ -284,6 +346,7 @@ end
 local payload = table.concat(parts)
 if A[9] ~= 'P' then redis.call('SPUBLISH', A[7], payload) end
 if A[9] ~= 'S' then redis.call('PUBLISH', A[7], payload) end
+if win then return {e, first, ts, subscribers(K, A), 0, dups} end
 return {e, first, ts, subscribers(K, A), 0}
 end
 `
