@@ -95,12 +95,17 @@ func TestBrowserPublishLostAckIsSentAgainOnce(t *testing.T) {
 	js(t, ctx, `window.p = pushctl.connect(location.origin);`)
 	until(t, ctx, `p.state === "connected" && p.transport === "websocket"`, 20*time.Second)
 	proxy.armed.Store(true)
-	ack := eval[map[string]any](t, ctx, `p.publish("browser.once", "note", "written once")`)
+	// A second publish made right after: it comes after the first, whether
+	// it went on the lost connection too or after it.
+	acks := eval[[]map[string]any](t, ctx, `Promise.all([p.publish("browser.once", "note", "written once"), p.publish("browser.once", "note", "then this")])`)
 	proxy.mu.Lock()
 	cut := proxy.cut
 	proxy.mu.Unlock()
-	if cut != 1 || ack["duplicate"] != true || ack["seq"] != float64(1) || ack["channel"] != "browser.once" {
+	if ack := acks[0]; cut != 1 || ack["duplicate"] != true || ack["seq"] != float64(1) || ack["channel"] != "browser.once" {
 		t.Fatalf("ack %v after %d cut connections; want the first ack marked duplicate after 1", ack, cut)
+	}
+	if acks[1]["seq"] != float64(2) {
+		t.Fatalf("the second publish: %v", acks[1])
 	}
 	resp, err := http.Get(url + "/channels/browser.once")
 	if err != nil {
@@ -112,7 +117,20 @@ func TestBrowserPublishLostAckIsSentAgainOnce(t *testing.T) {
 		Messages int `json:"messages"`
 	}
 	body, _ := io.ReadAll(resp.Body)
-	if json.Unmarshal(body, &info); info.LastSeq != 1 || info.Messages != 1 {
-		t.Fatalf("the channel holds %s; want one message", body)
+	if json.Unmarshal(body, &info); info.LastSeq != 2 || info.Messages != 2 {
+		t.Fatalf("the channel holds %s; want two messages", body)
+	}
+	// Closing the client settles what it has not had acknowledged.
+	js(t, ctx, `window.q = pushctl.connect(location.origin)`)
+	until(t, ctx, `q.state === "connected" && q.transport === "websocket"`, 20*time.Second)
+	proxy.armed.Store(true)
+	code := eval[string](t, ctx, `(async () => {
+		const pending = q.publish("browser.once", "note", "closed before its ack");
+		await new Promise((r) => setTimeout(r, 0));
+		q.close();
+		try { await pending; return "resolved"; } catch (e) { return e.code; }
+	})()`)
+	if code != "closed" && code != "resolved" {
+		t.Fatalf("a publish pending when the client closed: %q", code)
 	}
 }

@@ -195,6 +195,8 @@ class Client extends Emitter {
   // binary, anything else is JSON) on the transport's connection, or over
   // HTTP when the transport only receives.
   publish(channel, event, data) {
+    // Behind publishes being sent again after a lost connection: in order.
+    if (this._resend) return this._resend.then(() => this.publish(channel, event, data));
     if (this._t && this._t.canPublish()) return this._t.publish(channel, event, data);
     return this._httpPublish(channel, event, data);
   }
@@ -511,15 +513,26 @@ class WSTransport {
     // Publishes the connection took without acking are sent again over
     // HTTP, in order, with their keys: one the broker stored is answered
     // with its first ack (duplicate), one it never got is stored now.
-    let resend = Promise.resolve();
-    for (const p of this.pending.values()) {
-      resend = resend.then(() => this.c._httpPublish(p.channel, p.event, p.data, p.key).then(p.resolve, (e) =>
-        p.reject(new PushctlError("connection_lost", "the connection ended before the ack and sending it again over HTTP failed (" + (e.code || e) + "); the message may or may not have been published"))));
+    if (this.pending.size) {
+      let resend = Promise.resolve();
+      for (const p of this.pending.values()) {
+        resend = resend.then(() => this.c._httpPublish(p.channel, p.event, p.data, p.key).then(p.resolve, (e) =>
+          p.reject(new PushctlError("connection_lost", "the connection ended before the ack and sending it again over HTTP failed (" + (e.code || e) + "); the message may or may not have been published"))));
+      }
+      const c = this.c;
+      c._resend = resend;
+      resend.then(() => { if (c._resend === resend) c._resend = null; });
     }
     this.pending.clear();
     this.c._onClose(this, reason, opened, message);
   }
-  close() { this.ended = true; clearInterval(this.ping); this.closeWith(); }
+  close() {
+    this.ended = true;
+    clearInterval(this.ping);
+    this.closeWith();
+    for (const p of this.pending.values()) p.reject(new PushctlError("closed", "the client was closed before the ack; the message may or may not have been published"));
+    this.pending.clear();
+  }
 }
 
 // diagnose asks the broker why a stream could not be opened (EventSource
