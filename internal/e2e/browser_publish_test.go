@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -132,5 +133,73 @@ func TestBrowserPublishLostAckIsSentAgainOnce(t *testing.T) {
 	})()`)
 	if code != "closed" && code != "resolved" {
 		t.Fatalf("a publish pending when the client closed: %q", code)
+	}
+}
+
+// A page reads a durable consumer with pushctl.js: each delivery is acked
+// when the handler returns and comes again when it throws; after stop()
+// the page gets nothing more and the consumer's next message waits for
+// another reader.
+func TestBrowserConsumesADurableConsumer(t *testing.T) {
+	ctx := browser(t)
+	_, url := serve(t)
+	page(t, ctx, url, "")
+	js(t, ctx, `window.handled = []; window.errors = [];
+		window.p = pushctl.connect(location.origin);
+		window.c = p.consume("mailer", {channel: "jobs.mail", max: 2}, (data, d) => {
+			window.handled.push(data + "#" + d.deliveries);
+			if (data === "bad" && d.deliveries === 1) throw Object.assign(new Error("not now"), {delay: "0s"});
+		});
+		c.on("error", (e) => window.errors.push(e.code));`)
+	until(t, ctx, `p.state === "connected" && c.consuming`, 20*time.Second)
+	for _, m := range []string{"one", "bad", "two"} {
+		if _, errs, code := run(t, "", "pub", "--server", url, "jobs.mail", m); code != 0 {
+			t.Fatalf("pub: %s", errs)
+		}
+	}
+	until(t, ctx, `window.handled.length >= 4`, 20*time.Second)
+	got := eval[[]string](t, ctx, `window.handled.slice().sort()`)
+	if strings.Join(got, " ") != "bad#1 bad#2 one#1 two#1" {
+		t.Fatalf("the page handled %q", got)
+	}
+	waitConsumer := func(cond func(map[string]any) bool) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			resp, err := http.Get(url + "/consumers/mailer")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var info map[string]any
+			json.NewDecoder(resp.Body).Decode(&info)
+			resp.Body.Close()
+			if cond(info) {
+				return info
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("consumer: %v", info)
+			}
+			<-time.After(20 * time.Millisecond) // polling the broker's state, not waiting for an event
+		}
+	}
+	waitConsumer(func(i map[string]any) bool {
+		return i["acked"] == float64(3) && i["nacked"] == float64(1) && i["pending"] == float64(0)
+	})
+	js(t, ctx, `c.stop()`) // resolves once the broker stopped pushing
+	run(t, "", "pub", "--server", url, "jobs.mail", "after stop")
+	resp, err := http.Post(url+"/consumers/mailer/fetch?max=1&wait=10s", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `"after stop"`) {
+		t.Fatalf("fetch after stop: %s", body)
+	}
+	if n := eval[int](t, ctx, `window.handled.length`); n != 4 {
+		t.Fatalf("the page handled %d deliveries after stop", n-4)
+	}
+	if errs := eval[[]string](t, ctx, `window.errors`); len(errs) != 0 {
+		t.Fatalf("consumer errors %v", errs)
 	}
 }

@@ -152,4 +152,43 @@ func TestConsumersWebSocket(t *testing.T) {
 			t.Errorf("%s: %v, want %s", bad.frame, f, bad.code)
 		}
 	}
+	// unconsume: no more deliveries come to the connection (it was
+	// waiting with room for one: it would take c at once), and c goes to
+	// whoever fetches.
+	send(`{"type":"ack","ref":"10","consumer":"w","ids":["2.2"]}`)
+	if f := readFrame(t, c); f["type"] != "acked" || f["acked"] != float64(1) {
+		t.Fatalf("ack %v", f)
+	}
+	send(`{"type":"unconsume","ref":"11","consumer":"w"}`)
+	if f := readFrame(t, c); f["type"] != "unconsumed" || f["ref"] != "11" || f["consumer"] != "w" {
+		t.Fatalf("unconsume reply %v", f)
+	}
+	e.publish("jobs", "c")
+	resp, body := e.do("POST", "/consumers/w/fetch?max=1&wait=5s", nil)
+	if got := lines(body); resp.StatusCode != 200 || len(got) != 1 || got[0]["data"] != "c" {
+		t.Fatalf("fetch after unconsume: %d %s", resp.StatusCode, body)
+	}
+	send(`{"type":"unconsume","ref":"12","consumer":"w"}`)
+	if f := readFrame(t, c); f["type"] != "error" || f["code"] != "invalid_frame" {
+		t.Fatalf("unconsume of what the connection does not consume: %v", f)
+	}
+	// Consuming again pushes what comes next; a delivery held when the
+	// connection stops consuming may still be acked.
+	send(`{"type":"consume","ref":"13","consumer":"w","max":1}`)
+	if f := readFrame(t, c); f["type"] != "consuming" {
+		t.Fatalf("consume again %v", f)
+	}
+	e.publish("jobs", "d")
+	f = readFrame(t, c)
+	if f["type"] != "delivery" || f["data"] != "d" {
+		t.Fatalf("delivery after consuming again %v", f)
+	}
+	send(`{"type":"unconsume","ref":"14","consumer":"w"}`)
+	if f := readFrame(t, c); f["type"] != "unconsumed" {
+		t.Fatalf("unconsume %v", f)
+	}
+	send(`{"type":"ack","ref":"15","consumer":"w","ids":["` + f["delivery"].(string) + `"]}`)
+	if f := readFrame(t, c); f["type"] != "acked" || f["acked"] != float64(1) {
+		t.Fatalf("ack after unconsume %v", f)
+	}
 }

@@ -429,12 +429,12 @@ func (rd *wsReader) handle(data []byte) {
 	case wire.TypeLeave:
 		rd.reply(0, now(rd.leave(f)))
 		return
-	case wire.TypeConsume, wire.TypeAckIDs, wire.TypeNack:
+	case wire.TypeConsume, wire.TypeUnconsume, wire.TypeAckIDs, wire.TypeNack:
 		rd.consumerFrame(data)
 		return
 	default:
 		rd.reply(0, now(errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame,
-			"unknown frame type %q: want subscribe, unsubscribe, publish, ping, auth, join, leave, consume, ack or nack", f.Type))))
+			"unknown frame type %q: want subscribe, unsubscribe, publish, ping, auth, join, leave, consume, unconsume, ack or nack", f.Type))))
 		return
 	}
 	pf := wire.PublishFrame{Channel: f.Channel, Event: f.Event, Data: f.Data, Encoding: f.Encoding, Key: f.Key}

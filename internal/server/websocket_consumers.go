@@ -25,6 +25,7 @@ type wsConsuming struct {
 // wsConsume is one consumer pushed to one connection.
 type wsConsume struct {
 	cons *consumer.Consumer
+	stop context.CancelFunc // ends the pushing (unconsume)
 	max  int
 	mu   sync.Mutex
 	held map[string]time.Time // delivery id -> when its ack wait ends
@@ -41,6 +42,17 @@ func (rd *wsReader) consumerFrame(data []byte) {
 	switch f.Type {
 	case wire.TypeConsume:
 		rd.consume(f, p)
+	case wire.TypeUnconsume:
+		rd.consuming.mu.Lock()
+		c := rd.consuming.m[f.Consumer]
+		delete(rd.consuming.m, f.Consumer)
+		rd.consuming.mu.Unlock()
+		if c == nil {
+			rd.reply(0, now(errFrame(f.Ref, errorf(http.StatusBadRequest, CodeInvalidFrame, "this connection does not consume %s", f.Consumer))))
+			return
+		}
+		c.stop()
+		rd.reply(0, now(textFrame(wire.AppendConsuming(nil, wire.TypeUnconsumed, f.Ref, f.Consumer))))
 	case wire.TypeAckIDs, wire.TypeNack:
 		rd.reply(0, rd.answer(f, p.Wait))
 	}
@@ -54,21 +66,23 @@ func (rd *wsReader) consume(f *wire.ConsumerFrame, p wire.FetchParams) {
 		rd.reply(0, now(errFrame(f.Ref, door.ConsumerError(err))))
 		return
 	}
-	c := &wsConsume{cons: cons, max: p.Max, held: map[string]time.Time{}, wake: make(chan struct{}, 1)}
+	cctx, stop := context.WithCancel(ctx)
+	c := &wsConsume{cons: cons, stop: stop, max: p.Max, held: map[string]time.Time{}, wake: make(chan struct{}, 1)}
 	rd.consuming.mu.Lock()
 	if rd.consuming.m == nil {
 		rd.consuming.m = map[string]*wsConsume{}
 	}
 	if _, dup := rd.consuming.m[cons.Name()]; dup {
 		rd.consuming.mu.Unlock()
+		stop()
 		rd.reply(0, now(errFrame(f.Ref, errorf(http.StatusConflict, CodeInvalidFrame, "this connection consumes %s already", cons.Name()))))
 		return
 	}
 	rd.consuming.m[cons.Name()] = c
 	rd.consuming.mu.Unlock()
 	// The reply is queued before any delivery, so it comes first.
-	rd.reply(0, now(textFrame(wire.AppendConsuming(nil, f.Ref, cons.Name()))))
-	go rd.push(ctx, c, f.Ref)
+	rd.reply(0, now(textFrame(wire.AppendConsuming(nil, wire.TypeConsuming, f.Ref, cons.Name()))))
+	go rd.push(cctx, c, f.Ref)
 }
 
 // push fetches deliveries while the connection has room for them.

@@ -137,6 +137,56 @@ class Channel extends Emitter {
   }
 }
 
+// Consumer is one durable consumer read by this client: on("gap") for
+// messages it could not keep, on("error") when the broker refuses it.
+class Consumer extends Emitter {
+  constructor(client, name, options, handler) {
+    super();
+    this.client = client;
+    this.name = name;
+    this.options = options;
+    this.handler = handler;
+    this.consuming = false;
+  }
+  // stop ends the consuming; deliveries being handled are still answered,
+  // any that arrive meanwhile are handed back. The promise resolves once
+  // the broker stopped pushing (or the connection is gone).
+  stop() {
+    if (this.client._consumers.get(this.name) !== this) return Promise.resolve();
+    this.client._consumers.delete(this.name);
+    this.consuming = false;
+    const t = this.client._t;
+    if (!(t && t.canPublish() && t.consume)) return Promise.resolve();
+    return new Promise((resolve) => {
+      t.stopping.set(this.name, resolve);
+      t.send({ type: "unconsume", ref: "u:" + this.name, consumer: this.name });
+    });
+  }
+  _frame() {
+    const f = { type: "consume", ref: "c:" + this.name, consumer: this.name, max: this.options.max || 1 };
+    for (const k of ["channel", "ack_wait", "max_deliveries", "start"]) if (this.options[k] !== undefined) f[k] = this.options[k];
+    return f;
+  }
+  _deliver(f) {
+    let data = f.data;
+    if (f.encoding === "base64" && typeof data === "string") data = base64ToBytes(data);
+    const msg = { channel: f.channel, id: f.id, seq: f.seq, event: f.event || "message", data, time: f.time,
+      delivery: f.delivery, deliveries: f.deliveries };
+    const answer = (frame) => {
+      // On whichever connection is open now: acks work on any.
+      const t = this.client._t;
+      if (t && t.consume && t.canPublish()) t.send(frame);
+    };
+    Promise.resolve().then(() => this.handler(msg.data, msg)).then(
+      () => answer({ type: "ack", consumer: this.name, ids: [f.delivery] }),
+      (e) => {
+        const nack = { type: "nack", consumer: this.name, ids: [f.delivery] };
+        if (e && typeof e.delay === "string") nack.delay = e.delay;
+        answer(nack);
+      });
+  }
+}
+
 function safeCall(fn, ...args) {
   try { fn(...args); } catch (e) { setTimeout(() => { throw e; }); }
 }
@@ -170,6 +220,7 @@ class Client extends Emitter {
     this._t = null;
     this._timer = null;
     this._ref = 0;
+    this._consumers = new Map(); // name -> Consumer
     setTimeout(() => this._connect(), 0);
   }
 
@@ -190,6 +241,24 @@ class Client extends Emitter {
   }
 
   channel(name) { return this._channels.get(name); }
+
+  // consume reads the durable consumer name (docs/consumers.md) over the
+  // WebSocket transport: handler(data, msg) is called for each delivery
+  // (msg.delivery, msg.deliveries: its id and how many times it came);
+  // when it returns (or its promise resolves) the delivery is
+  // acknowledged, when it throws (or rejects) it is refused and comes
+  // again (after error.delay, such as "10s", when set). options: channel
+  // (a consumer that does not exist yet is created on it), max (how many
+  // deliveries are handled at once, default 1), and for a new consumer
+  // ack_wait, max_deliveries, start. At least once: a delivery whose ack
+  // was lost comes again.
+  consume(name, options, handler) {
+    if (this._consumers.has(name)) throw new PushctlError("invalid_parameter", "this client consumes " + name + " already");
+    const c = new Consumer(this, name, options || {}, handler);
+    this._consumers.set(name, c);
+    if (this._t && this._t.consume) this._t.consume(c);
+    return c;
+  }
 
   // publish sends event with data (a string is text, a Uint8Array is
   // binary, anything else is JSON) on the transport's connection, or over
@@ -417,6 +486,7 @@ class WSTransport {
     this.opened = false;
     this.ready = false;
     this.pending = new Map();
+    this.stopping = new Map(); // consumer name -> resolve of its stop()
     this.ping = null;
     this.lastFrame = 0;
   }
@@ -453,7 +523,14 @@ class WSTransport {
   start() {
     this.ready = true;
     for (const name of this.c._channels.keys()) this.subscribe(name);
+    for (const cons of this.c._consumers.values()) this.consume(cons);
     this.c._onOpen(this);
+  }
+  consume(cons) { if (this.ready) this.send(cons._frame()); }
+  stopped(name) {
+    const resolve = this.stopping.get(name);
+    this.stopping.delete(name);
+    if (resolve) resolve();
   }
   send(f) { if (this.ws.readyState === 1) this.ws.send(JSON.stringify(f)); }
   subscribe(name) {
@@ -486,13 +563,34 @@ class WSTransport {
     const c = this.c;
     switch (f.type) {
       case "message": c._onMessage(this, f); break;
-      case "gap": c._onGap(this, f); break;
+      case "delivery": {
+        const cons = c._consumers.get(f.consumer);
+        if (cons && this === c._t) cons._deliver(f);
+        else this.send({ type: "nack", consumer: f.consumer, ids: [f.delivery] }); // stopped: back at once
+        break;
+      }
+      case "consuming": { const cons = c._consumers.get(f.consumer); if (cons) cons.consuming = true; break; }
+      case "unconsumed": this.stopped(f.consumer); break;
+      case "gap":
+        if (f.consumer) {
+          const cons = c._consumers.get(f.consumer);
+          if (cons) cons._emit("gap", { channel: f.channel, from: f.from, to: f.to, lost: f.lost || 0 });
+          break;
+        }
+        c._onGap(this, f);
+        break;
       case "subscribed": c._onCursor(this, f.cursor, f.channels || []); break;
       case "unsubscribed": if (f.code) c._onUnsubscribed(this, f.channels || [], f.code, f.message); break;
       case "authenticated": this.start(); break;
       case "ack": this.settle(f.ref, null, f); break;
       case "error":
         if (f.ref === "auth") { this.fail(f.code, f.message); return; }
+        if (f.ref && f.ref.startsWith("u:")) { this.stopped(f.ref.slice(2)); return; }
+        if (f.ref && f.ref.startsWith("c:")) {
+          const cons = c._consumers.get(f.ref.slice(2));
+          if (cons) { cons.consuming = false; cons._emit("error", new PushctlError(f.code, f.message)); }
+          return;
+        }
         if (f.ref && f.ref.startsWith("s:")) { c._onUnsubscribed(this, [f.ref.slice(2)], f.code, f.message); return; }
         this.settle(f.ref, new PushctlError(f.code, f.message), null);
         break;
@@ -513,6 +611,8 @@ class WSTransport {
     // Publishes the connection took without acking are sent again over
     // HTTP, in order, with their keys: one the broker stored is answered
     // with its first ack (duplicate), one it never got is stored now.
+    for (const resolve of this.stopping.values()) resolve(); // the connection's consuming ended with it
+    this.stopping.clear();
     if (this.pending.size) {
       let resend = Promise.resolve();
       for (const p of this.pending.values()) {
@@ -532,6 +632,8 @@ class WSTransport {
     this.closeWith();
     for (const p of this.pending.values()) p.reject(new PushctlError("closed", "the client was closed before the ack; the message may or may not have been published"));
     this.pending.clear();
+    for (const resolve of this.stopping.values()) resolve();
+    this.stopping.clear();
   }
 }
 

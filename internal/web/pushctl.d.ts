@@ -93,6 +93,36 @@ export class Channel {
   off(event: string, fn?: (...args: any[]) => void): this;
 }
 
+export interface ConsumeOptions {
+  /** The channel or pattern of a consumer that does not exist yet. */
+  channel?: string;
+  /** How many deliveries are handled at once (default 1: in order). */
+  max?: number;
+  /** For a new consumer: how long a delivery may go unanswered ("30s"). */
+  ack_wait?: string;
+  max_deliveries?: number;
+  /** "new" (default), "all", or a message id or time. */
+  start?: string;
+}
+
+export interface Delivery<T = unknown> extends Message<T> {
+  /** The delivery's id, acked or refused for you. */
+  delivery: string;
+  /** How many times the message has been delivered, this time included. */
+  deliveries: number;
+}
+
+export class Consumer {
+  readonly name: string;
+  consuming: boolean;
+  /** Ends the consuming; deliveries being handled are still answered.
+   * Resolves once the broker stopped pushing (or the connection is gone). */
+  stop(): Promise<void>;
+  on(event: "gap", fn: (gap: Gap & { lost: number }) => void): this;
+  on(event: "error", fn: (err: PushctlError) => void): this;
+  off(event: string, fn?: (...args: any[]) => void): this;
+}
+
 export class Client {
   readonly url: string;
   state: State;
@@ -101,6 +131,10 @@ export class Client {
   unsubscribe(name: string): void;
   channel(name: string): Channel | undefined;
   publish(channel: string, event: string, data: unknown): Promise<Ack>;
+  /** Reads a durable consumer over WebSocket: the delivery is acked when
+   * handler returns (or resolves), refused when it throws (or rejects;
+   * an error's `delay`, such as "10s", says when it comes again). */
+  consume<T = unknown>(name: string, options: ConsumeOptions, handler: (data: T, delivery: Delivery<T>) => unknown): Consumer;
   close(): void;
   on(event: "state", fn: (s: StateChange) => void): this;
   on(event: "connecting" | "connected" | "reconnecting" | "disconnected", fn: (s: StateChange) => void): this;

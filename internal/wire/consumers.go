@@ -244,6 +244,10 @@ const (
 	TypeNack      = "nack"
 	TypeAcked     = "acked"
 	TypeNacked    = "nacked"
+	// TypeUnconsume stops a consume: no more deliveries are pushed (those
+	// held may still be acked or nacked); the reply is TypeUnconsumed.
+	TypeUnconsume  = "unconsume"
+	TypeUnconsumed = "unconsumed"
 )
 
 // ConsumerFrame is a client's consume, ack or nack frame.
@@ -301,6 +305,8 @@ func DecodeConsumerFrame(data []byte) (*ConsumerFrame, FetchParams, error) {
 		}
 		p, err := ParseFetch(q)
 		return &f, p, err
+	case TypeUnconsume:
+		return &f, FetchParams{}, nil
 	case TypeAckIDs, TypeNack:
 		if len(f.IDs) == 0 {
 			return &f, FetchParams{}, Errorf(http.StatusBadRequest, CodeInvalidFrame, "%s needs \"ids\": the deliveries", f.Type)
@@ -322,9 +328,10 @@ func DecodeConsumerFrame(data []byte) (*ConsumerFrame, FetchParams, error) {
 	return &f, FetchParams{}, Errorf(http.StatusBadRequest, CodeInvalidFrame, "not a consumer frame: %q", clip(f.Type))
 }
 
-// AppendConsuming appends the reply to a consume frame.
-func AppendConsuming(b []byte, ref, consumer string) []byte {
-	b = appendHead(b, TypeConsuming, ref)
+// AppendConsuming appends the reply to a consume frame (typ
+// TypeConsuming) or an unconsume frame (TypeUnconsumed).
+func AppendConsuming(b []byte, typ, ref, consumer string) []byte {
+	b = appendHead(b, typ, ref)
 	b = append(b, `,"consumer":`...)
 	b = AppendString(b, consumer)
 	return append(b, '}')

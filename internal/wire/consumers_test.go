@@ -131,6 +131,7 @@ func FuzzDecodeConsumerFrame(f *testing.F) {
 		`{"type":"nack","consumer":"w","ids":["1.1"],"delay":"5s"}`,
 		`{"type":"nack","consumer":"w","ids":["1.1"],"delay":"-1s"}`,
 		`{"type":"ack","consumer":"w","ids":"1.1"}`, `{"type":"consume"}`, `[]`, `{"type":"consume","consumer":"w","max":1e9}`,
+		`{"type":"unconsume","ref":"2","consumer":"w"}`, `{"type":"unconsume"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -154,6 +155,10 @@ func FuzzDecodeConsumerFrame(f *testing.F) {
 		case TypeAckIDs, TypeNack:
 			if len(fr.IDs) == 0 || p.Wait < 0 || p.Wait > 24*time.Hour {
 				t.Fatalf("%q: %+v %+v", data, fr, p)
+			}
+		case TypeUnconsume:
+			if fr.Consumer == "" {
+				t.Fatalf("%q: unconsume without a consumer", data)
 			}
 		default:
 			t.Fatalf("%q: type %q accepted", data, fr.Type)
