@@ -1,0 +1,171 @@
+package webhooks
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/events"
+)
+
+// leases is a broker.DeliveryLog in memory whose lease a test can take
+// away.
+type leases struct {
+	mu     sync.Mutex
+	holder string
+	pos    broker.Cursor
+	since  time.Time
+	saves  map[string]int // token → positions stored
+	taken  chan struct{}  // closed once a holder took the lease
+}
+
+func newLeases() *leases {
+	return &leases{pos: broker.Cursor{}, saves: map[string]int{}, taken: make(chan struct{})}
+}
+
+func (l *leases) LeaseTTL() time.Duration { return 3 * time.Second }
+
+func (l *leases) TakeLease(_ context.Context, _, token string) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holder == "" {
+		l.holder = token
+		close(l.taken)
+	}
+	return l.holder == token, nil
+}
+
+func (l *leases) LeaseLeft(_ context.Context, _, token string) (time.Duration, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holder != token {
+		return 0, nil
+	}
+	return l.LeaseTTL(), nil
+}
+
+func (l *leases) DropLease(_ context.Context, _, token string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holder == token {
+		l.holder = ""
+	}
+	return nil
+}
+
+func (l *leases) Positions(_ context.Context, _ string, since time.Time) (broker.Cursor, time.Time, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.since.IsZero() {
+		l.since = since
+	}
+	c := broker.Cursor{}
+	for k, v := range l.pos {
+		c[k] = v
+	}
+	return c, l.since, nil
+}
+
+func (l *leases) SavePositions(_ context.Context, _, token string, c broker.Cursor) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.holder != token {
+		return broker.ErrLeaseLost
+	}
+	for k, v := range c {
+		l.pos[k] = v
+	}
+	l.saves[token]++
+	return nil
+}
+
+// TestRelayStopsWhenItsLeaseIsLost: a lease holder whose lease another
+// node took while a POST was under way does not post again (it asks
+// before each POST) and stores no position; its metrics say it lost the
+// lease.
+func TestRelayStopsWhenItsLeaseIsLost(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	defer b.Close()
+	var mu sync.Mutex
+	posts := 0
+	first := make(chan struct{})
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		posts++
+		n := posts
+		mu.Unlock()
+		if n == 1 {
+			close(first)
+			<-release
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	dl := newLeases()
+	m := NewRelayMetrics()
+	r := NewRelay(RelayConfig{Sender: Config{URL: srv.URL, Delay: -1}, Node: "a", Log: dl, Subscribe: b.Subscribe, Metrics: m})
+	defer r.Close()
+	select {
+	case <-dl.taken:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay took no lease")
+	}
+	ev := events.Event{Name: events.Subscribed, Channel: "room", UserID: "u"}
+	ctx := context.Background()
+	// The holder may still be subscribing: publish until its first POST.
+	deadline := time.After(10 * time.Second)
+	for published := false; !published; {
+		if _, _, err := b.Publish(ctx, ev.Message()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-first:
+			published = true
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no POST")
+		}
+	}
+	// Another node takes the lease while the POST is under way; the
+	// endpoint then fails it.
+	dl.mu.Lock()
+	dl.holder = "another node"
+	dl.mu.Unlock()
+	close(release)
+	wait := time.After(10 * time.Second)
+	for value(m.changes.WithLabelValues("lost")) != 1 || gauge(m.held) != 0 {
+		select {
+		case <-wait:
+			t.Fatalf("the relay did not give the lease up: lost %v, held %v", value(m.changes.WithLabelValues("lost")), gauge(m.held))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// Its sender has stopped (held is 0 once it has): nothing more.
+	b.Publish(ctx, ev.Message())
+	mu.Lock()
+	n := posts
+	mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d POSTs, want 1 (none after the lease was lost)", n)
+	}
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if len(dl.pos) != 0 {
+		t.Fatalf("positions stored: %v", dl.pos)
+	}
+}
+
+// gauge reads a gauge.
+func gauge(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	g.Write(&m)
+	return m.GetGauge().GetValue()
+}
