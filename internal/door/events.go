@@ -100,12 +100,12 @@ func (d *Door) startEvents(c EventsConfig) {
 	if dl != nil {
 		es.rmetrics = webhooks.NewRelayMetrics()
 	}
-	wh := func(scope, u string, wants func(ev *events.Event) bool) {
+	wh := func(scope, u string, chans []string, wants func(ev *events.Event) bool) {
 		sc := webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,
 			QueueSize: c.WebhookQueue, Wants: wants, Logger: c.Logger, Metrics: es.metrics}
 		if dl != nil {
 			es.relays = append(es.relays, webhooks.NewRelay(webhooks.RelayConfig{Sender: sc, Scope: scope, Node: c.Node, Log: dl,
-				Subscribe: d.b.Subscribe, Metrics: es.rmetrics}))
+				Channels: chans, Subscribe: d.b.Subscribe, Metrics: es.rmetrics}))
 			return
 		}
 		s := webhooks.New(sc)
@@ -113,12 +113,16 @@ func (d *Door) startEvents(c EventsConfig) {
 		es.em.AddSink(s.Send)
 	}
 	for _, u := range c.Webhooks {
-		wh("", u, nil)
+		wh("", u, nil, nil)
 	}
 	for i := range d.namespaces {
 		ns := &d.namespaces[i]
+		var chans []string
+		for _, p := range ns.Patterns {
+			chans = append(chans, events.ChannelOf(p))
+		}
 		for _, u := range ns.Rules.Webhooks {
-			wh("namespace "+ns.Name+" "+strings.Join(ns.Patterns, ","), u, func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns })
+			wh("namespace "+ns.Name+" "+strings.Join(ns.Patterns, ","), u, chans, func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns })
 		}
 	}
 	em := es.em

@@ -442,3 +442,34 @@ func TestWebhooksSurviveTheLeaseHolder(t *testing.T) {
 		t.Fatalf("bad bodies: %v", rc.bad)
 	}
 }
+
+// TestNamespaceWebhookOnRedis: on Redis a namespace's webhook is sent by
+// the holder of its lease from its channels' event channels: its
+// channels' events, in order, and no other channel's or connection's.
+func TestNamespaceWebhookOnRedis(t *testing.T) {
+	rc := newReceiver(t)
+	rs := redistest.Start(t, redistest.Options{})
+	_, url := serve(t, "--broker", rs.URL(), "--webhook-secret", webhookSecret, "--webhook-delay", "0",
+		"--namespace", "name=orders,match=orders.>,publish-events=true,webhook="+rc.srv.URL+"/orders", "--events")
+	news := dialWS(t, url, "/sub/news", "")
+	c := dialWS(t, url, "/sub/orders.eu", "")
+	rc.waitFor("orders.eu", "subscribed", "", 20*time.Second)
+	if _, errOut, code := run(t, "", "pub", "-s", url, "orders.eu", "hello"); code != 0 {
+		t.Fatalf("pub: %s", errOut)
+	}
+	rc.waitFor("orders.eu", "published", "", 20*time.Second)
+	c.Close()
+	news.Close()
+	evs := rc.waitFor("orders.eu", "channel_vacated", "", 20*time.Second)
+	if got := strings.Join(names(evs), " "); got != "channel_occupied subscribed published unsubscribed channel_vacated" {
+		t.Fatalf("orders.eu: %s", got)
+	}
+	inOrder(t, "orders.eu", evs, 0)
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for _, ev := range rc.evs {
+		if ev.Channel != "orders.eu" {
+			t.Fatalf("the orders webhook got %+v", ev)
+		}
+	}
+}

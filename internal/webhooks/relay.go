@@ -48,6 +48,9 @@ type RelayConfig struct {
 	Node string
 	// Log keeps the lease and the positions.
 	Log broker.DeliveryLog
+	// Channels are the event channels read (nil: "$events.>"; a
+	// namespace's webhook reads its channels' only).
+	Channels []string
 	// Subscribe subscribes to the event channels.
 	Subscribe func(ctx context.Context, opts broker.SubscribeOptions) (*broker.Subscription, error)
 	// Metrics count the leases and gaps (shared by every relay).
@@ -250,8 +253,12 @@ func (r *Relay) lead() {
 	defer s.Abort()
 
 	from := cur
+	chans := r.cfg.Channels
+	if len(chans) == 0 {
+		chans = []string{events.Root + ".>"}
+	}
 	for ctx.Err() == nil {
-		sub, err := r.cfg.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{events.Root + ".>"}, From: from, Since: since,
+		sub, err := r.cfg.Subscribe(ctx, broker.SubscribeOptions{Channels: chans, From: from, Since: since,
 			Internal: true, QueueSize: 1 << 16, QueueBytes: 64 << 20})
 		if err != nil {
 			r.log().Warn("webhook relay: cannot read the event channels; trying again", "err", err)
