@@ -2,8 +2,10 @@ package webhooks
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -168,4 +170,97 @@ func gauge(g prometheus.Gauge) float64 {
 	var m dto.Metric
 	g.Write(&m)
 	return m.GetGauge().GetValue()
+}
+
+// TestRelayCountsAGap: a holder resuming from a position its event
+// channel no longer holds counts the gap, sends what the channel still
+// holds, in order, and stores the position past it.
+func TestRelayCountsAGap(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{Retention: broker.Retention{HistorySize: 3}})
+	defer b.Close()
+	ctx := context.Background()
+	start := time.Now().Add(-time.Second)
+	var last *broker.Message
+	for range 10 {
+		ev := events.Event{Name: events.Subscribed, Channel: "room", UserID: "u"}
+		m, _, err := b.Publish(ctx, ev.Message())
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m
+	}
+	var mu sync.Mutex
+	var got []uint64
+	more := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Events []events.Event }
+		json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		for _, ev := range body.Events {
+			got = append(got, ev.Seq)
+		}
+		mu.Unlock()
+		select {
+		case more <- struct{}{}:
+		default:
+		}
+	}))
+	defer srv.Close()
+	evCh := events.ChannelOf("room")
+	dl := newLeases()
+	dl.since = start
+	dl.pos[evCh] = broker.Position{Epoch: last.Epoch, Seq: 2} // 3…7 are gone
+	m := NewRelayMetrics()
+	r := NewRelay(RelayConfig{Sender: Config{URL: srv.URL, Delay: -1}, Node: "a", Log: dl, Subscribe: b.Subscribe, Metrics: m})
+	defer r.Close()
+	deadline := time.After(10 * time.Second)
+	for {
+		dl.mu.Lock()
+		pos := dl.pos[evCh]
+		dl.mu.Unlock()
+		if pos.Seq == 10 {
+			break
+		}
+		select {
+		case <-more:
+		case <-time.After(10 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("position %v, want 10", pos)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, []uint64{8, 9, 10}) {
+		t.Fatalf("sent seqs %v, want 8 9 10", got)
+	}
+	if n := value(m.gaps); n != 1 {
+		t.Fatalf("gaps counted: %v, want 1", n)
+	}
+}
+
+// TestTrackerStoresOnlyWhatIsDone: an event cancelled with its pair
+// while an earlier one of its channel is still being retried does not
+// move the channel's stored position past the earlier one.
+func TestTrackerStoresOnlyWhatIsDone(t *testing.T) {
+	var saved []broker.Cursor
+	tr := &tracker{chans: map[string]*chanPos{}, save: func(c broker.Cursor) error {
+		saved = append(saved, c)
+		return nil
+	}}
+	ev := func(name string, seq uint64) events.Event {
+		return events.Event{Name: name, Channel: "room", Seq: seq, Epoch: "e"}
+	}
+	ch := events.ChannelOf("room")
+	for seq := uint64(4); seq <= 6; seq++ {
+		tr.add(ch, broker.Position{Epoch: "e", Seq: seq})
+	}
+	// vacated 5 cancelled by occupied 6; unsubscribed 4 still retried.
+	tr.done([]events.Event{ev(events.ChannelVacated, 5), ev(events.ChannelOccupied, 6)})
+	if len(saved) != 0 {
+		t.Fatalf("stored %v while seq 4 is not done", saved)
+	}
+	tr.done([]events.Event{ev(events.Unsubscribed, 4)})
+	if len(saved) != 1 || saved[0][ch] != (broker.Position{Epoch: "e", Seq: 6}) {
+		t.Fatalf("stored %v, want %s=e-6", saved, ch)
+	}
 }
