@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -274,7 +275,21 @@ func (r *Relay) lead() {
 			return
 		}
 		r.log().Info("webhook relay: the event channels' subscription ended; resuming", "err", err)
-		from = tr.received(cur)
+		// Resume each channel after its last event received: where it
+		// has events in the sender's queue, after them; else after its
+		// stored position.
+		c, cancel := context.WithTimeout(ctx, r.ttl)
+		stored, _, err := r.cfg.Log.Positions(c, r.name, since)
+		cancel()
+		if err != nil {
+			r.log().Warn("webhook relay: positions not read; trying again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(r.ttl / 3):
+			}
+			continue
+		}
+		from = tr.received(stored)
 	}
 }
 
@@ -328,7 +343,7 @@ type tracker struct {
 }
 
 type chanPos struct {
-	pending []pend          // handed to the sender, in order
+	pending []pend          // handed to the sender, in order (the entry goes once they are done)
 	recv    broker.Position // the last received
 }
 
@@ -383,7 +398,7 @@ func (t *tracker) done(evs []events.Event) error {
 				break
 			}
 		}
-		if len(c.pending) > 0 && c.pending[0].done {
+		if len(c.pending) > 0 && c.pending[0].done && !slices.Contains(moved, key) {
 			moved = append(moved, key)
 		}
 	}
@@ -403,20 +418,26 @@ func (t *tracker) flush(evChannels ...string) error {
 	cur := broker.Cursor{}
 	for _, name := range evChannels {
 		c := t.chans[name]
+		if c == nil {
+			continue // flushed already
+		}
 		n := 0
 		for n < len(c.pending) && c.pending[n].done {
 			cur[name] = c.pending[n].pos
 			n++
 		}
 		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			delete(t.chans, name) // all done: the stored position has it
+		}
 	}
 	t.mu.Unlock()
 	return t.save(cur)
 }
 
-// received is where a new subscription resumes: each channel after its
-// last event received (those not done are still in the sender's queue),
-// else where from had it.
+// received is where a new subscription resumes: each channel with
+// events in the sender's queue after its last event received, the
+// others where from (the stored positions) has them.
 func (t *tracker) received(from broker.Cursor) broker.Cursor {
 	t.mu.Lock()
 	defer t.mu.Unlock()
