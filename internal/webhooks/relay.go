@@ -54,6 +54,9 @@ type RelayConfig struct {
 	Channels []string
 	// Subscribe subscribes to the event channels.
 	Subscribe func(ctx context.Context, opts broker.SubscribeOptions) (*broker.Subscription, error)
+	// SubQueue bounds the event channels' subscription (default 65536
+	// events); past it the subscription ends and resumes.
+	SubQueue int
 	// Metrics count the leases and gaps (shared by every relay).
 	Metrics *RelayMetrics
 }
@@ -107,6 +110,9 @@ func LeaseName(scope, url string) string {
 func NewRelay(cfg RelayConfig) *Relay {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewRelayMetrics()
+	}
+	if cfg.SubQueue <= 0 {
+		cfg.SubQueue = 1 << 16
 	}
 	if cfg.Sender.Logger == nil {
 		cfg.Sender.Logger = slog.New(slog.DiscardHandler)
@@ -260,7 +266,7 @@ func (r *Relay) lead() {
 	}
 	for ctx.Err() == nil {
 		sub, err := r.cfg.Subscribe(ctx, broker.SubscribeOptions{Channels: chans, From: from, Since: since,
-			Internal: true, QueueSize: 1 << 16, QueueBytes: 64 << 20})
+			Internal: true, QueueSize: r.cfg.SubQueue, QueueBytes: 64 << 20})
 		if err != nil {
 			r.log().Warn("webhook relay: cannot read the event channels; trying again", "err", err)
 			select {

@@ -264,3 +264,70 @@ func TestTrackerStoresOnlyWhatIsDone(t *testing.T) {
 		t.Fatalf("stored %v, want %s=e-6", saved, ch)
 	}
 }
+
+// TestRelayResumesItsSubscription: events come faster than the endpoint
+// takes them; the holder waits for room in its sender's queue, its
+// subscription to the event channels overflows and is resumed: every
+// event is sent once, in order.
+func TestRelayResumesItsSubscription(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	defer b.Close()
+	ctx := context.Background()
+	const n = 60
+	var mu sync.Mutex
+	got := map[string][]uint64{}
+	total := 0
+	all := make(chan struct{})
+	gate := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-gate
+		var body struct{ Events []events.Event }
+		json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range body.Events {
+			got[ev.Channel] = append(got[ev.Channel], ev.Seq)
+			if total++; total == 2*n {
+				close(all)
+			}
+		}
+	}))
+	defer srv.Close()
+	dl := newLeases()
+	r := NewRelay(RelayConfig{Sender: Config{URL: srv.URL, Delay: -1, QueueSize: 5}, Node: "a", Log: dl,
+		Subscribe: b.Subscribe, SubQueue: 8})
+	defer r.Close()
+	select {
+	case <-dl.taken:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no lease taken")
+	}
+	for range n {
+		for _, ch := range []string{"a", "b"} {
+			ev := events.Event{Name: events.Subscribed, Channel: ch, UserID: "u"}
+			if _, _, err := b.Publish(ctx, ev.Message()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	close(gate)
+	select {
+	case <-all:
+	case <-time.After(20 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("events received: %v", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ch := range []string{"a", "b"} {
+		for i, seq := range got[ch] {
+			if seq != uint64(i+1) {
+				t.Fatalf("%s: seqs %v, want 1…%d once each", ch, got[ch], n)
+			}
+		}
+	}
+	if st := b.Stats(); st.SlowConsumers == 0 {
+		t.Fatalf("the subscription never overflowed: %+v", st)
+	}
+}
