@@ -294,13 +294,22 @@ func TestRelayResumesItsSubscription(t *testing.T) {
 	}))
 	defer srv.Close()
 	dl := newLeases()
+	// Published once the holder is subscribed, so that they come live
+	// (not as a replay) and overflow its subscription.
+	subscribed := make(chan struct{})
+	var once sync.Once
+	sub := func(ctx context.Context, opts broker.SubscribeOptions) (*broker.Subscription, error) {
+		s, err := b.Subscribe(ctx, opts)
+		once.Do(func() { close(subscribed) })
+		return s, err
+	}
 	r := NewRelay(RelayConfig{Sender: Config{URL: srv.URL, Delay: -1, QueueSize: 5}, Node: "a", Log: dl,
-		Subscribe: b.Subscribe, SubQueue: 8})
+		Subscribe: sub, SubQueue: 8})
 	defer r.Close()
 	select {
-	case <-dl.taken:
+	case <-subscribed:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no lease taken")
+		t.Fatal("the holder did not subscribe")
 	}
 	for range n {
 		for _, ch := range []string{"a", "b"} {
