@@ -165,15 +165,15 @@ func (r *Relay) lead() {
 	m := r.cfg.Metrics
 	m.held.Inc()
 	m.changes.WithLabelValues("acquired").Inc()
-	host := r.cfg.Sender.URL
-	r.log().Info("webhook lease taken: this node sends the URL's events", "lease", r.name, "node", r.cfg.Node)
+	host := hostOf(r.cfg.Sender.URL) // not the path or query: they may hold a secret
+	r.log().Info("webhook lease taken: this node sends the URL's events", "host", host, "lease", r.name, "node", r.cfg.Node)
 	ctx, stop := context.WithCancel(r.ctx)
 	var lostOnce sync.Once
 	lost := func(why string, err error) {
 		lostOnce.Do(func() {
 			if r.ctx.Err() == nil {
 				m.changes.WithLabelValues("lost").Inc()
-				r.log().Warn("webhook lease lost: another node sends the URL's events", "lease", r.name, "why", why, "err", err)
+				r.log().Warn("webhook lease lost: another node sends the URL's events", "host", host, "lease", r.name, "why", why, "err", err)
 			}
 			stop()
 		})

@@ -107,6 +107,15 @@ func CheckURL(u string) error {
 	return nil
 }
 
+// hostOf is the host of a webhook URL, for logs (its path or query may
+// hold a secret).
+func hostOf(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Host
+	}
+	return "(unparsable URL)"
+}
+
 // Sender sends one URL's webhooks.
 type Sender struct {
 	cfg    Config
@@ -154,10 +163,7 @@ func New(cfg Config) *Sender {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
 	}
-	host := cfg.URL
-	if p, err := url.Parse(cfg.URL); err == nil {
-		host = p.Host
-	}
+	host := hostOf(cfg.URL)
 	ctx, cancel := context.WithCancel(context.Background())
 	tr := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: cfg.Timeout}).DialContext, MaxIdleConnsPerHost: 2}
 	s := &Sender{cfg: cfg, host: host, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{}),
