@@ -372,12 +372,15 @@ func TestWebhooksSurviveTheLeaseHolder(t *testing.T) {
 	}
 	subscribe(others[1], "room.a").Close()
 	waitMetric(urls[lead], "pushctl_webhook_attempts_failed_total", 3)
+	killed := time.Now()
 	procs[lead].cmd.Process.Signal(syscall.SIGKILL)
 	procs[lead].wait(10 * time.Second)
 	next := holder(lead)
+	t.Logf("lease taken over %s after the kill (--node-timeout 2s)", time.Since(killed).Round(time.Millisecond))
 	// The new holder resumed and is retrying while the receiver is down.
 	waitMetric(urls[next], "pushctl_webhook_attempts_failed_total", 1)
 	rc.setDown(false)
+	back := time.Now()
 
 	check := func(ch string, want int) int {
 		t.Helper()
@@ -431,6 +434,7 @@ func TestWebhooksSurviveTheLeaseHolder(t *testing.T) {
 	if dups != 0 {
 		t.Fatalf("%d events came twice", dups)
 	}
+	t.Logf("every event received %s after the receiver came back", time.Since(back).Round(time.Millisecond))
 	for _, u := range others {
 		if d := metricValue(t, u, "pushctl_webhook_events_dropped_total") + metricValue(t, u, "pushctl_webhook_gaps_total"); d != 0 {
 			t.Fatalf("%s: dropped or gaps: %v", u, d)
