@@ -1,6 +1,10 @@
 package broker
 
-import "context"
+import (
+	"context"
+	"errors"
+	"time"
+)
 
 // Tracked is one change of what a node keeps for the others to end
 // (LifecycleLog.Track): kind "c" a connection, "s" a subscription, under
@@ -32,4 +36,33 @@ type LifecycleLog interface {
 	// rejoin when this node finds it was taken for dead and must hold its
 	// channels again.
 	WatchLifecycle(lost func(node, kind, key, info string) error, rejoin func())
+}
+
+// ErrLeaseLost is returned by DeliveryLog.SavePositions when the caller
+// no longer holds the lease.
+var ErrLeaseLost = errors.New("lease lost: another node holds it")
+
+// DeliveryLog is what nodes sharing a log (Redis) share so that one of
+// them, holding a lease, delivers a consumer's events (a webhook URL's)
+// from the event channels, and another resumes where it stopped should it
+// die: the lease, and the positions up to which the events were
+// delivered.
+type DeliveryLog interface {
+	// LeaseTTL is how long a lease lasts when its holder stops renewing
+	// it (the nodes' --node-timeout).
+	LeaseTTL() time.Duration
+	// TakeLease takes the lease name for token when nobody holds it, or
+	// renews it when token holds it, and reports whether token holds it.
+	TakeLease(ctx context.Context, name, token string) (bool, error)
+	// LeaseLeft is how long token still holds name (0: it does not).
+	LeaseLeft(ctx context.Context, name, token string) (time.Duration, error)
+	// DropLease gives the lease up, if token holds it.
+	DropLease(ctx context.Context, name, token string) error
+	// Positions are name's stored positions, one per channel, and the
+	// time from which the channels they do not name are read (set to
+	// since the first time).
+	Positions(ctx context.Context, name string, since time.Time) (Cursor, time.Time, error)
+	// SavePositions stores positions of name, if token holds its lease
+	// (ErrLeaseLost otherwise).
+	SavePositions(ctx context.Context, name, token string, c Cursor) error
 }

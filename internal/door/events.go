@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,7 +50,9 @@ type EventsConfig struct {
 type eventState struct {
 	em       *events.Emitter
 	senders  []*webhooks.Sender
+	relays   []*webhooks.Relay
 	metrics  *webhooks.Metrics
+	rmetrics *webhooks.RelayMetrics
 	counters prometheus.Collector
 }
 
@@ -90,19 +93,36 @@ func (d *Door) startEvents(c EventsConfig) {
 		},
 		Shared: c.shared,
 	})
-	wh := func(u string, wants func(ev *events.Event) bool) {
-		s := webhooks.New(webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,
-			QueueSize: c.WebhookQueue, Wants: wants, Logger: c.Logger, Metrics: es.metrics})
+	// Nodes sharing a log (Redis) send the webhooks from the event
+	// channels, one node per URL holding its lease (webhooks.Relay), so
+	// that a node's death loses none; one node sends what it decides.
+	dl, _ := c.shared.(broker.DeliveryLog)
+	if dl != nil {
+		es.rmetrics = webhooks.NewRelayMetrics()
+	}
+	wh := func(scope, u string, chans []string, wants func(ev *events.Event) bool) {
+		sc := webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,
+			QueueSize: c.WebhookQueue, Wants: wants, Logger: c.Logger, Metrics: es.metrics}
+		if dl != nil {
+			es.relays = append(es.relays, webhooks.NewRelay(webhooks.RelayConfig{Sender: sc, Scope: scope, Node: c.Node, Log: dl,
+				Channels: chans, Subscribe: d.b.Subscribe, Metrics: es.rmetrics}))
+			return
+		}
+		s := webhooks.New(sc)
 		es.senders = append(es.senders, s)
 		es.em.AddSink(s.Send)
 	}
 	for _, u := range c.Webhooks {
-		wh(u, nil)
+		wh("", u, nil, nil)
 	}
 	for i := range d.namespaces {
 		ns := &d.namespaces[i]
+		var chans []string
+		for _, p := range ns.Patterns {
+			chans = append(chans, events.ChannelOf(p))
+		}
 		for _, u := range ns.Rules.Webhooks {
-			wh(u, func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns })
+			wh("namespace "+ns.Name+" "+strings.Join(ns.Patterns, ","), u, chans, func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns })
 		}
 	}
 	em := es.em
@@ -142,7 +162,7 @@ func (d *Door) EventCollectors() []prometheus.Collector {
 	if d.events == nil {
 		return nil
 	}
-	return append(d.events.metrics.Collectors(), d.events.counters)
+	return append(append(d.events.metrics.Collectors(), d.events.rmetrics.Collectors()...), d.events.counters)
 }
 
 // closeEvents publishes the events still queued, sends the webhooks and
@@ -154,6 +174,9 @@ func (d *Door) closeEvents() {
 	d.events.em.Close()
 	for _, s := range d.events.senders {
 		s.Close()
+	}
+	for _, r := range d.events.relays {
+		r.Close()
 	}
 }
 

@@ -16,12 +16,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,7 +57,16 @@ type Config struct {
 	// Timeout bounds one POST (default 5s).
 	Timeout time.Duration
 	// Wants says which events go to this URL (nil: all).
-	Wants   func(ev *events.Event) bool
+	Wants func(ev *events.Event) bool
+	// Done, when set, is told of every event given to Send once it has
+	// left the queue for good: delivered, cancelled by its pair, dropped
+	// or not wanted (the Relay's positions). It is called without the
+	// sender's lock, from Send or from the sending goroutine.
+	Done func(evs []events.Event)
+	// Before, when set, is asked before each POST; an error holds the
+	// body back (not counted as a failed attempt) and it is asked again
+	// after back-off (the Relay's lease check).
+	Before  func(ctx context.Context) error
 	Logger  *slog.Logger
 	Metrics *Metrics
 }
@@ -96,6 +107,15 @@ func CheckURL(u string) error {
 	return nil
 }
 
+// hostOf is the host of a webhook URL, for logs (its path or query may
+// hold a secret).
+func hostOf(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Host
+	}
+	return "(unparsable URL)"
+}
+
 // Sender sends one URL's webhooks.
 type Sender struct {
 	cfg    Config
@@ -112,6 +132,8 @@ type Sender struct {
 	done    chan struct{}
 	warned  bool // a drop was logged since the last delivery
 	dropped uint64
+	room    chan struct{} // signalled when entries leave the queue
+	aborted atomic.Bool
 }
 
 type entry struct {
@@ -141,13 +163,10 @@ func New(cfg Config) *Sender {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
 	}
-	host := cfg.URL
-	if p, err := url.Parse(cfg.URL); err == nil {
-		host = p.Host
-	}
+	host := hostOf(cfg.URL)
 	ctx, cancel := context.WithCancel(context.Background())
 	tr := &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: cfg.Timeout}).DialContext, MaxIdleConnsPerHost: 2}
-	s := &Sender{cfg: cfg, host: host, wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{}),
+	s := &Sender{cfg: cfg, host: host, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		client: &http.Client{Transport: tr, Timeout: cfg.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	go s.run()
 	return s
@@ -172,24 +191,32 @@ func undoes(a, b *events.Event) bool {
 // Send queues ev (the events.Sink of this URL).
 func (s *Sender) Send(ev events.Event) {
 	if s.cfg.Wants != nil && !s.cfg.Wants(&ev) {
+		s.tell(ev)
 		return
 	}
 	now := time.Now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return
 	}
 	for i := len(s.q) - 1; i >= 0; i-- {
 		if e := &s.q[i]; e.due.After(now) && undoes(&e.ev, &ev) {
+			gone := e.ev
 			s.q = append(s.q[:i], s.q[i+1:]...)
+			s.mu.Unlock()
+			s.tell(gone, ev)
+			s.signalRoom()
 			return
 		}
 	}
 	if len(s.q) >= s.cfg.QueueSize {
 		s.drop("queue_full", 1, ev.Name)
+		s.mu.Unlock()
+		s.tell(ev)
 		return
 	}
+	defer s.mu.Unlock()
 	s.ids++
 	e := entry{id: s.ids, ev: ev, added: now}
 	if delayed(&ev) && s.cfg.Delay > 0 {
@@ -199,6 +226,44 @@ func (s *Sender) Send(ev events.Event) {
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+}
+
+// tell tells cfg.Done of events gone from the queue; s.mu is not held.
+func (s *Sender) tell(evs ...events.Event) {
+	if s.cfg.Done != nil && len(evs) > 0 {
+		s.cfg.Done(evs)
+	}
+}
+
+// signalRoom wakes a WaitRoom.
+func (s *Sender) signalRoom() {
+	select {
+	case s.room <- struct{}{}:
+	default:
+	}
+}
+
+// WaitRoom returns once the queue has room for an event, or ctx's error
+// (or an error once the sender is closed).
+func (s *Sender) WaitRoom(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		n, closed := len(s.q), s.closed
+		s.mu.Unlock()
+		if closed {
+			return errors.New("webhook sender closed")
+		}
+		if n < s.cfg.QueueSize {
+			return nil
+		}
+		select {
+		case <-s.room:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.ctx.Done():
+			return errors.New("webhook sender closed")
+		}
 	}
 }
 
@@ -269,6 +334,9 @@ func (s *Sender) run() {
 	defer timer.Stop()
 	backoff := time.Duration(0)
 	for {
+		if s.aborted.Load() {
+			return
+		}
 		s.mu.Lock()
 		now := time.Now()
 		if s.closed {
@@ -289,25 +357,51 @@ func (s *Sender) run() {
 		closed := s.closed
 		s.mu.Unlock()
 		if len(batch) > 0 {
+			if s.cfg.Before != nil {
+				if err := s.cfg.Before(s.ctx); err != nil {
+					// Not ours to send now (the lease is another's):
+					// held back, not counted, asked again later.
+					s.cfg.Logger.Debug("webhook held back", "host", s.host, "err", err)
+					backoff = min(max(2*backoff, 100*time.Millisecond), time.Second)
+					select {
+					case <-time.After(backoff):
+					case <-s.ctx.Done():
+						if s.aborted.Load() {
+							return
+						}
+					}
+					continue
+				}
+			}
 			err := s.post(batch)
+			if s.aborted.Load() {
+				return // whatever happened, another node takes it from here
+			}
 			s.mu.Lock()
+			gone := false
 			switch {
 			case err == nil:
 				s.cfg.Metrics.delivered.Add(float64(len(batch)))
 				s.remove(ids)
 				s.warned = false
 				backoff = 0
+				gone = true
 			case closed || time.Since(oldest) >= s.cfg.Retry:
 				s.cfg.Metrics.failed.Inc()
 				s.drop("expired", len(batch), batch[0].Name)
 				s.cfg.Logger.Warn("webhook not delivered within the retry window", "host", s.host, "events", len(batch), "err", err)
 				s.remove(ids)
+				gone = true
 			default:
 				s.cfg.Metrics.failed.Inc()
 				backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
 				s.cfg.Logger.Debug("webhook failed; retrying", "host", s.host, "in", backoff, "err", err)
 			}
 			s.mu.Unlock()
+			if gone {
+				s.tell(batch...)
+				s.signalRoom()
+			}
 			if err == nil {
 				continue
 			}
@@ -319,7 +413,7 @@ func (s *Sender) run() {
 			}
 			continue
 		}
-		if closed {
+		if closed || s.aborted.Load() {
 			return
 		}
 		if wait < 0 {
@@ -370,6 +464,18 @@ func (s *Sender) post(evs []events.Event) error {
 		return fmt.Errorf("the endpoint answered %s", resp.Status)
 	}
 	return nil
+}
+
+// Abort stops the sender at once: what is queued is not sent, nor told
+// to Done (a Relay whose lease is lost leaves it to the next holder). A
+// POST under way is cancelled.
+func (s *Sender) Abort() {
+	s.aborted.Store(true)
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	<-s.done
 }
 
 // Close sends what is queued (the delayed events at once), trying each
