@@ -21,18 +21,33 @@ const MaxKeyLen = 128
 // or not printable ASCII.
 var ErrInvalidKey = errors.New("invalid idempotency key")
 
+// MaxStoredKeyLen bounds a key as a log stores it: the publisher's scope
+// (see door) and the key.
+const MaxStoredKeyLen = 255
+
 // ValidateKey checks an idempotency key: 1 to MaxKeyLen printable ASCII
 // characters, no spaces.
 func ValidateKey(k string) error {
-	if k == "" || len(k) > MaxKeyLen {
+	if !keyOK(k, MaxKeyLen) {
 		return ErrInvalidKey
+	}
+	return nil
+}
+
+// StoredKeyOK reports whether k can be a key as a log stores it: the
+// characters of a key, at most MaxStoredKeyLen bytes.
+func StoredKeyOK(k string) bool { return keyOK(k, MaxStoredKeyLen) }
+
+func keyOK(k string, max int) bool {
+	if k == "" || len(k) > max {
+		return false
 	}
 	for i := 0; i < len(k); i++ {
 		if k[i] <= ' ' || k[i] > '~' {
-			return ErrInvalidKey
+			return false
 		}
 	}
-	return nil
+	return true
 }
 
 // dedup is one channel's idempotency keys of the last DedupWindow, each

@@ -86,6 +86,18 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) error {
 	return errorf(http.StatusMethodNotAllowed, CodeMethodNotAllowed, "method %s not allowed on a stream", r.Method)
 }
 
+// createdBefore answers a PUT (or fork) of a stream that exists with the
+// same configuration: 200 with its headers, as when it was made.
+func (s *Server) createdBefore(ctx context.Context, w http.ResponseWriter, sr streamRequest, st *streamState) error {
+	tail, err := s.streamTail(ctx, sr, st)
+	if err != nil {
+		return err
+	}
+	s.streamHeaders(w, st, tail)
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
 // tail is the stream's tail: the position of its last message (capped at
 // its closing point).
 func (s *Server) streamTail(ctx context.Context, sr streamRequest, st *streamState) (broker.Position, error) {
@@ -251,13 +263,7 @@ func (s *Server) streamCreate(w http.ResponseWriter, r *http.Request, sr streamR
 		if !sameConfig(have, want) || have.Source != "" {
 			return errorf(http.StatusConflict, wire.CodeStreamExists, "stream %q exists with another content type, expiry or closure", sr.path)
 		}
-		tail, err := s.streamTail(ctx, sr, have)
-		if err != nil {
-			return err
-		}
-		s.streamHeaders(w, have, tail)
-		w.WriteHeader(http.StatusOK)
-		return nil
+		return s.createdBefore(ctx, w, sr, have)
 	}
 	msgs, err := splitBody(want, body, true)
 	if err != nil {

@@ -117,13 +117,7 @@ func (s *Server) streamFork(w http.ResponseWriter, r *http.Request, sr streamReq
 		if !sameConfig(have, want) || have.Source != srcCh || have.ForkOffset != f.offset || have.ForkSub != f.sub {
 			return errorf(http.StatusConflict, wire.CodeStreamExists, "stream %q exists with another configuration", sr.path)
 		}
-		tail, err := s.streamTail(ctx, sr, have)
-		if err != nil {
-			return err
-		}
-		s.streamHeaders(w, have, tail)
-		w.WriteHeader(http.StatusOK)
-		return nil
+		return s.createdBefore(ctx, w, sr, have)
 	}
 	srcReq := streamRequest{path: f.source, ch: srcCh, c: sr.c}
 	srcTail, err := s.streamTail(ctx, srcReq, src)

@@ -140,6 +140,15 @@ func (r *Relay) Close() {
 
 func (r *Relay) log() *slog.Logger { return r.cfg.Sender.Logger }
 
+// pause waits a third of the lease before trying Redis again (or until
+// ctx ends).
+func (r *Relay) pause(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(r.ttl / 3):
+	}
+}
+
 func (r *Relay) run() {
 	defer close(r.done)
 	every := r.ttl / 3
@@ -269,10 +278,7 @@ func (r *Relay) lead() {
 			Internal: true, QueueSize: r.cfg.SubQueue, QueueBytes: 64 << 20})
 		if err != nil {
 			r.log().Warn("webhook relay: cannot read the event channels; trying again", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(r.ttl / 3):
-			}
+			r.pause(ctx)
 			continue
 		}
 		err = r.feed(ctx, sub, s, tr)
@@ -289,10 +295,7 @@ func (r *Relay) lead() {
 		cancel()
 		if err != nil {
 			r.log().Warn("webhook relay: positions not read; trying again", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(r.ttl / 3):
-			}
+			r.pause(ctx)
 			continue
 		}
 		from = tr.received(stored)

@@ -335,9 +335,7 @@ func (f *PublishFrame) Message(max int64) (*broker.Message, error) {
 	if err := ValidateEvent(f.Event); err != nil {
 		return nil, err
 	}
-	if f.Key != "" && broker.ValidateKey(f.Key) != nil {
-		return nil, Errorf(http.StatusBadRequest, CodeInvalidParameter, "idempotency_key must be 1 to %d printable ASCII characters without spaces", broker.MaxKeyLen)
-	}
+	// The key is checked at the door, as from every way in.
 	m := &broker.Message{Channel: f.Channel, Event: f.Event, Key: f.Key}
 	switch {
 	case len(f.Data) == 0 || string(f.Data) == "null":

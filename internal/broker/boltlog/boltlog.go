@@ -255,7 +255,7 @@ func decodeRecord(name, epoch string, k, v []byte) (*broker.Message, error) {
 			return nil, fmt.Errorf("store: damaged record in channel %q", name)
 		}
 		m.Key, rest = string(rest[1:1+int(rest[0])]), rest[1+int(rest[0]):]
-		if !storedKey(m.Key) {
+		if !broker.StoredKeyOK(m.Key) {
 			return nil, fmt.Errorf("store: damaged record in channel %q", name)
 		}
 	}
@@ -266,24 +266,9 @@ func decodeRecord(name, epoch string, k, v []byte) (*broker.Message, error) {
 	return m, nil
 }
 
-// storedKey reports whether k can be a stored idempotency key: a key as
-// the door stores it (a caller's scope, then the key: printable ASCII,
-// no spaces), at most 255 bytes.
-func storedKey(k string) bool {
-	if k == "" || len(k) > 255 {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if k[i] <= ' ' || k[i] > '~' {
-			return false
-		}
-	}
-	return true
-}
-
 func encodeRecord(m *broker.Message) []byte {
 	kl := 0
-	if storedKey(m.Key) { // (the door validates keys; one that is not is not stored)
+	if broker.StoredKeyOK(m.Key) { // (the door validates keys; one that is not is not stored)
 		kl = 1 + len(m.Key)
 	}
 	v := make([]byte, recordHeader+len(m.Event)+kl+len(m.Data))
