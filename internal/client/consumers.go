@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
@@ -91,12 +92,26 @@ func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Dura
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var out []Delivery
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(resp.Body)
+	defer func() { br.Reset(nil); readers.Put(br) }()
+	var (
+		out  []Delivery
+		f    wire.DeliveryFrame
+		long []byte // a line longer than br's buffer
+	)
 	for {
-		line, err := br.ReadBytes('\n')
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long = append(long[:0], line...)
+			for err == bufio.ErrBufferFull {
+				line, err = br.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
 		if len(bytes.TrimSpace(line)) > 0 {
-			d, derr := decodeDelivery(line)
+			d, derr := decodeDelivery(&f, line)
 			if derr != nil {
 				return out, derr
 			}
@@ -112,9 +127,14 @@ func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Dura
 	}
 }
 
-func decodeDelivery(line []byte) (Delivery, error) {
-	f, err := wire.DecodeDeliveryFrame(line)
-	if err != nil {
+// readers read fetch replies: one 64 KiB buffer per fetch was a good
+// part of what a busy consumer allocated.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
+// decodeDelivery decodes one line of a fetch with f (reused from line to
+// line: the strings of a delivery do not point into it).
+func decodeDelivery(f *wire.DeliveryFrame, line []byte) (Delivery, error) {
+	if err := f.Decode(line); err != nil {
 		return Delivery{}, err
 	}
 	d := Delivery{Consumer: f.Consumer, ID: f.Delivery, Count: f.Deliveries, Lost: f.Lost}

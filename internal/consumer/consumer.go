@@ -18,7 +18,6 @@
 package consumer
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -246,7 +245,7 @@ type Consumer struct {
 
 	mu       sync.Mutex
 	created  time.Time
-	entries  map[uint64]*entry
+	entries  table
 	ready    seqHeap
 	flying   map[uint64]*entry
 	delayed  map[uint64]*entry
@@ -262,7 +261,7 @@ type Consumer struct {
 	deleted  bool
 
 	// What changed since the last save (durable stores only).
-	dirty     map[uint64]bool
+	dirty     []uint64 // seqs changed (repeats allowed)
 	metaDirty bool
 
 	stop context.CancelFunc
@@ -270,9 +269,9 @@ type Consumer struct {
 }
 
 func newConsumer(m *Manager, name string, cfg Config, created time.Time) *Consumer {
-	return &Consumer{name: name, cfg: cfg, m: m, created: created, entries: map[uint64]*entry{},
+	return &Consumer{name: name, cfg: cfg, m: m, created: created,
 		flying: map[uint64]*entry{}, delayed: map[uint64]*entry{}, next: 1, cursor: broker.Cursor{},
-		wake: make(chan struct{}), dirty: map[uint64]bool{}, done: make(chan struct{})}
+		wake: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Name is the consumer's name.
@@ -378,7 +377,7 @@ func (c *Consumer) take(evs []broker.Event) {
 			}
 			c.cursor[m.Channel] = m.Position()
 			c.metaDirty = true
-			if len(c.entries) >= c.cfg.MaxPending || c.bytes+int64(len(m.Data)) > c.cfg.MaxPendingBytes {
+			if c.entries.len() >= c.cfg.MaxPending || c.bytes+int64(len(m.Data)) > c.cfg.MaxPendingBytes {
 				c.overflow(m)
 				added = true
 				continue
@@ -413,7 +412,7 @@ func (c *Consumer) take(evs []broker.Event) {
 // one per message), or starts a new one.
 func (c *Consumer) overflow(m *broker.Message) {
 	c.counters.Lost++
-	if g := c.openGaps[m.Channel]; g != nil && c.entries[g.seq] == g && g.state == stReady &&
+	if g := c.openGaps[m.Channel]; g != nil && c.entries.get(g.seq) == g && g.state == stReady &&
 		g.gap.To.Epoch == m.Epoch && g.gap.To.Seq+1 == m.Seq {
 		g.gap.To = m.Position()
 		g.lost++
@@ -434,11 +433,11 @@ func (c *Consumer) overflow(m *broker.Message) {
 func (c *Consumer) add(e *entry) {
 	e.seq = c.next
 	c.next++
-	c.entries[e.seq] = e
+	c.entries.put(e)
 	if e.msg != nil {
 		c.bytes += int64(len(e.msg.Data))
 	}
-	heap.Push(&c.ready, e.seq)
+	c.ready.push(e.seq)
 	c.mark(e.seq)
 	c.metaDirty = true
 }
@@ -452,21 +451,21 @@ func (c *Consumer) changed() {
 
 // takeReady hands up to max ready entries out, now.
 func (c *Consumer) takeReady(max int, now time.Time) []Delivery {
-	var out []Delivery
+	out := make([]Delivery, 0, min(max, c.ready.Len(), c.cfg.MaxInflight+1))
 	ordered := c.cfg.MaxInflight == 1
 	for len(out) < max && c.ready.Len() > 0 {
 		seq := c.ready[0]
-		e := c.entries[seq]
+		e := c.entries.get(seq)
 		if e == nil || e.state != stReady {
-			heap.Pop(&c.ready) // acknowledged or moved since it was queued
+			c.ready.pop() // acknowledged or moved since it was queued
 			continue
 		}
 		if e.gap != nil {
-			heap.Pop(&c.ready)
+			c.ready.pop()
 			if c.openGaps[e.gap.Channel] == e {
 				delete(c.openGaps, e.gap.Channel)
 			}
-			delete(c.entries, seq)
+			c.entries.del(seq)
 			c.mark(seq)
 			out = append(out, Delivery{ID: deliveryID(seq, 1), Count: 1, Gap: e.gap, Lost: e.lost})
 			continue
@@ -477,7 +476,7 @@ func (c *Consumer) takeReady(max int, now time.Time) []Delivery {
 		if ordered && c.delayedBefore(seq) {
 			break // ordered: an earlier message waits for its delay
 		}
-		heap.Pop(&c.ready)
+		c.ready.pop()
 		e.count++
 		e.state = stFlying
 		e.deadline = now.Add(c.cfg.AckWait)
@@ -567,7 +566,7 @@ func (c *Consumer) Giveback(ds []Delivery) {
 		if err != nil {
 			continue
 		}
-		e := c.entries[seq]
+		e := c.entries.get(seq)
 		if e == nil || e.state != stFlying || e.count != count {
 			continue
 		}
@@ -584,7 +583,10 @@ func (c *Consumer) Giveback(ds []Delivery) {
 
 // deliveryID names a delivery.
 func deliveryID(seq uint64, count int) string {
-	return strconv.FormatUint(seq, 10) + "." + strconv.Itoa(count)
+	var b [41]byte
+	id := strconv.AppendUint(b[:0], seq, 10)
+	id = append(id, '.')
+	return string(strconv.AppendInt(id, int64(count), 10))
 }
 
 // ParseDeliveryID splits a delivery id into the consumer's seq and the
@@ -597,7 +599,8 @@ func ParseDeliveryID(id string) (seq uint64, count int, err error) {
 			count, err = strconv.Atoi(n)
 		}
 	}
-	if !ok || err != nil || seq == 0 || count <= 0 || len(id) > 40 || deliveryID(seq, count) != id {
+	// Canonical only (no leading zeros, no sign): what deliveryID wrote.
+	if !ok || err != nil || seq == 0 || count <= 0 || len(id) > 40 || s[0] < '1' || s[0] > '9' || n[0] < '1' || n[0] > '9' {
 		return 0, 0, wire.Errorf(http.StatusBadRequest, wire.CodeInvalidDelivery, "delivery id %q: want <seq>.<count> as the delivery carried it", truncate(id, 48))
 	}
 	return seq, count, nil
@@ -630,13 +633,13 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 	}
 	n := 0
 	for _, seq := range seqs {
-		e := c.entries[seq]
+		e := c.entries.get(seq)
 		if e == nil || e.gap != nil || e.state == stDying || seq >= c.next {
 			continue
 		}
 		// Any delivery of the message may acknowledge it: the work was
 		// done, even by a client whose ack wait had passed.
-		delete(c.entries, seq)
+		c.entries.del(seq)
 		delete(c.flying, seq)
 		delete(c.delayed, seq)
 		c.bytes -= int64(len(e.msg.Data))
@@ -669,7 +672,7 @@ func (c *Consumer) Nack(id string, delay time.Duration) (ok, deadLettered bool, 
 		c.mu.Unlock()
 		return false, false, fmt.Errorf("%w: %s was deleted", ErrNotFound, c.name)
 	}
-	e := c.entries[seq]
+	e := c.entries.get(seq)
 	if e == nil || e.state != stFlying || e.count != count {
 		c.mu.Unlock()
 		return false, false, nil
@@ -701,7 +704,7 @@ func (c *Consumer) Nack(id string, delay time.Duration) (ok, deadLettered bool, 
 func (c *Consumer) toReady(e *entry) {
 	e.state = stReady
 	e.deadline, e.notBefore = time.Time{}, time.Time{}
-	heap.Push(&c.ready, e.seq)
+	c.ready.push(e.seq)
 }
 
 // dying takes e out of delivery on its way to the dead-letter channel.
@@ -788,7 +791,7 @@ func (c *Consumer) deadLetter(es []*entry) {
 			Data: wire.AppendDeadLetter(nil, c.name, e.count, e.msg)}
 		_, _, err := c.m.b.Publish(ctx, dl)
 		c.mu.Lock()
-		if c.deleted || c.entries[e.seq] != e {
+		if c.deleted || c.entries.get(e.seq) != e {
 			c.mu.Unlock()
 			continue
 		}
@@ -801,7 +804,7 @@ func (c *Consumer) deadLetter(es []*entry) {
 			c.mu.Unlock()
 			continue
 		}
-		delete(c.entries, e.seq)
+		c.entries.del(e.seq)
 		c.bytes -= int64(len(e.msg.Data))
 		c.mark(e.seq)
 		c.counters.DeadLettered++
@@ -822,31 +825,62 @@ func (c *Consumer) Info() Info {
 	for ch, p := range c.cursor {
 		inf.Cursor[ch] = p.String()
 	}
-	for _, e := range c.entries {
+	c.entries.each(func(e *entry) {
 		if e.gap != nil {
-			continue
+			return
 		}
 		inf.Pending++
 		if e.state == stReady || e.state == stDelayed {
 			inf.Waiting++
 		}
-	}
+	})
 	inf.Lag = inf.Waiting
 	return inf
 }
 
-// seqHeap is a min-heap of entry seqs.
+// seqHeap is a min-heap of entry seqs. Its own push and pop (rather than
+// container/heap's) keep seqs unboxed: a seq through heap.Push and Pop
+// was two allocations per delivery.
 type seqHeap []uint64
 
-func (h seqHeap) Len() int           { return len(h) }
-func (h seqHeap) Less(i, j int) bool { return h[i] < h[j] }
-func (h seqHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *seqHeap) Push(x any)        { *h = append(*h, x.(uint64)) }
-func (h *seqHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+func (h seqHeap) Len() int { return len(h) }
+
+func (h *seqHeap) push(seq uint64) {
+	*h = append(*h, seq)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		up := (i - 1) / 2
+		if a[up] <= a[i] {
+			break
+		}
+		a[up], a[i] = a[i], a[up]
+		i = up
+	}
+}
+
+// pop removes the smallest seq (the heap must not be empty).
+func (h *seqHeap) pop() uint64 {
+	a := *h
+	top := a[0]
+	n := len(a) - 1
+	a[0] = a[n]
+	a = a[:n]
+	for i := 0; ; {
+		l, small := 2*i+1, i
+		if l < n && a[l] < a[small] {
+			small = l
+		}
+		if r := l + 1; r < n && a[r] < a[small] {
+			small = r
+		}
+		if small == i {
+			break
+		}
+		a[i], a[small] = a[small], a[i]
+		i = small
+	}
+	*h = a
+	return top
 }
 
 // Synced waits until the consumer's changes so far are saved (see
@@ -875,6 +909,6 @@ func (c *Consumer) Wait(ctx context.Context, ok func(Info) bool) error {
 // only: in memory there is nothing to save).
 func (c *Consumer) mark(seq uint64) {
 	if c.m.store != nil {
-		c.dirty[seq] = true
+		c.dirty = append(c.dirty, seq)
 	}
 }

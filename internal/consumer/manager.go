@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -63,7 +64,7 @@ func NewManager(b broker.Broker, o Options) *Manager {
 			}
 			for _, se := range s.Entries {
 				e := &entry{seq: se.Seq, msg: se.Msg, gap: se.Gap, lost: se.Lost, count: se.Count}
-				c.entries[e.seq] = e
+				c.entries.put(e)
 				if e.msg != nil {
 					c.bytes += int64(len(e.msg.Data))
 				}
@@ -308,15 +309,17 @@ func (c *Consumer) collect() (Change, bool) {
 		return Change{}, false
 	}
 	ch := Change{Name: c.name, Meta: c.metaLocked()}
-	for seq := range c.dirty {
-		e := c.entries[seq]
+	// In seq order, each once: the store writes neighbours together.
+	slices.Sort(c.dirty)
+	for _, seq := range slices.Compact(c.dirty) {
+		e := c.entries.get(seq)
 		if e == nil {
 			ch.Dels = append(ch.Dels, seq)
 			continue
 		}
 		ch.Puts = append(ch.Puts, SavedEntry{Seq: seq, Count: e.count, Msg: e.msg, Gap: copyGap(e.gap), Lost: e.lost})
 	}
-	clear(c.dirty)
+	c.dirty = c.dirty[:0]
 	c.metaDirty = false
 	return ch, true
 }
@@ -339,10 +342,10 @@ func (c *Consumer) redirty(changes []Change) {
 		}
 		c.metaDirty = true
 		for _, p := range ch.Puts {
-			c.dirty[p.Seq] = true
+			c.dirty = append(c.dirty, p.Seq)
 		}
 		for _, s := range ch.Dels {
-			c.dirty[s] = true
+			c.dirty = append(c.dirty, s)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/consumer"
@@ -85,7 +86,8 @@ func (s *Server) fetchDeliveries(w http.ResponseWriter, r *http.Request) error {
 		}
 		return door.ConsumerError(err)
 	}
-	var b []byte
+	bp := fetchBuffers.Get().(*[]byte)
+	b := (*bp)[:0]
 	for _, d := range ds {
 		if d.Gap != nil {
 			b = wire.AppendDeliveryGap(b, cons.Name(), d.Gap, d.Lost)
@@ -101,8 +103,20 @@ func (s *Server) fetchDeliveries(w http.ResponseWriter, r *http.Request) error {
 		// rather than after the ack wait.
 		cons.Giveback(ds)
 	}
+	if cap(b) <= maxPooledFetch {
+		*bp = b
+		fetchBuffers.Put(bp)
+	}
 	return nil
 }
+
+// fetchBuffers hold fetch replies between fetches: a reply of a thousand
+// deliveries is hundreds of kilobytes, and growing a new one for every
+// fetch was most of what a busy consumer allocated.
+var fetchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// maxPooledFetch is the largest reply buffer kept for the next fetch.
+const maxPooledFetch = 4 << 20
 
 // saved waits until cons's state is saved (with --data-dir), so that the
 // reply to an ack or nack means it survives a crash of the broker.

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
@@ -191,15 +190,29 @@ const MaxAckIDs = 10000
 // consumer; here only their number and characters.
 func ParseDeliveryIDs(body []byte, params []string) ([]string, error) {
 	var ids []string
+	sep := func(c byte) bool { return c == ',' || c == ' ' || c == '\n' || c == '\r' || c == '\t' }
 	add := func(s string) error {
-		for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' || r == '\t' }) {
-			for i := 0; i < len(f); i++ {
-				if (f[i] < '0' || f[i] > '9') && f[i] != '.' {
+		for i := 0; i < len(s); {
+			if sep(s[i]) {
+				i++
+				continue
+			}
+			j := i
+			for j < len(s) && !sep(s[j]) {
+				j++
+			}
+			f := s[i:j]
+			i = j
+			for k := 0; k < len(f); k++ {
+				if (f[k] < '0' || f[k] > '9') && f[k] != '.' {
 					return Errorf(http.StatusBadRequest, CodeInvalidDelivery, "delivery id %q: want <seq>.<count> as the delivery carried it", clip(f))
 				}
 			}
 			if len(ids) == MaxAckIDs {
 				return Errorf(http.StatusBadRequest, CodeInvalidParameter, "more than %d delivery ids in one request", MaxAckIDs)
+			}
+			if ids == nil {
+				ids = make([]string, 0, min(bytes.Count(body, []byte{'\n'})+1+len(params), MaxAckIDs))
 			}
 			ids = append(ids, f)
 		}
@@ -354,18 +367,45 @@ func AppendAcked(b []byte, typ, ref string, n, dead int) []byte {
 	return append(b, '}')
 }
 
+// again is text as a string: last when it says the same (no allocation).
+func again(text []byte, last string) string {
+	if string(text) == last {
+		return last
+	}
+	return string(text)
+}
+
 // DecodeDeliveryFrame parses one line of a fetch (or a delivery or gap
 // frame): by a fast scan of the form AppendDelivery writes, else by
 // encoding/json.
 func DecodeDeliveryFrame(line []byte) (*DeliveryFrame, error) {
 	var f DeliveryFrame
+	if err := f.Decode(line); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+// Decode parses one delivery or gap line into f, replacing what f held
+// (a reader of many lines reuses one frame).
+func (f *DeliveryFrame) Decode(line []byte) error {
+	// The lines of one fetch name the same consumer, and often the same
+	// channel: keep the strings of the line before when they repeat.
+	consumer, channel := f.Consumer, f.Channel
+	*f = DeliveryFrame{}
 	ok := scanObject(line, func(key, raw []byte, plain bool) bool {
 		switch string(key) {
 		case "consumer":
 			if !plain {
 				return false
 			}
-			f.Consumer = string(raw[1 : len(raw)-1])
+			f.Consumer = again(raw[1:len(raw)-1], consumer)
+			return true
+		case "channel":
+			if !plain {
+				return false
+			}
+			f.Channel = again(raw[1:len(raw)-1], channel)
 			return true
 		case "delivery":
 			if !plain {
@@ -385,11 +425,11 @@ func DecodeDeliveryFrame(line []byte) (*DeliveryFrame, error) {
 		return envelopeKey(&f.Envelope, key, raw, plain)
 	})
 	if ok {
-		return &f, nil
+		return nil
 	}
-	f = DeliveryFrame{}
-	if err := json.Unmarshal(line, &f); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadFrame, err)
+	*f = DeliveryFrame{}
+	if err := json.Unmarshal(line, f); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
-	return &f, nil
+	return nil
 }

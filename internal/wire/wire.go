@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/pushctl/pushctl/internal/broker"
 )
@@ -26,7 +27,10 @@ const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
 func JSON(m *broker.Message) []byte { return m.Encoded(broker.EncJSON, encodeJSON) }
 
 func encodeJSON(m *broker.Message) []byte {
-	b := make([]byte, 0, 96+len(m.Channel)+len(m.Event)+len(m.Data)*4/3)
+	// Room for the fields around the data (up to ~150 bytes with the
+	// longest seq and time) so that the line is one allocation; it is
+	// kept with the message for as long as the message is.
+	b := make([]byte, 0, 160+len(m.Channel)+len(m.Event)+len(m.Epoch)+len(m.Data)*4/3)
 	b = append(b, `{"type":"message"`...)
 	b = appendPosition(b, m)
 	b = append(b, `,"event":`...)
@@ -62,7 +66,10 @@ func appendData(b []byte, m *broker.Message) []byte {
 		base64.StdEncoding.Encode(b[len(b)-n:], m.Data)
 		return append(b, `","encoding":"base64"`...)
 	}
-	return AppendString(b, string(m.Data))
+	// Read in place: AppendString keeps nothing of it, and a message's
+	// data does not change once published (string(m.Data) copied every
+	// payload once more before encoding it).
+	return AppendString(b, unsafe.String(unsafe.SliceData(m.Data), len(m.Data)))
 }
 
 // appendCompactJSON appends valid JSON without insignificant whitespace,
