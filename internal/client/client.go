@@ -369,6 +369,23 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte, o Pub
 		req.Header.Set("Idempotency-Key", o.Key)
 	}
 	resp, err := c.do(req)
+	// A keyed publish whose outcome the broker could not learn (its Redis
+	// did not answer in time) is sent again with the same key: the broker
+	// stores a key once, so this either finds the first copy (the ack
+	// says duplicate) or stores it now. The tries stay well inside the
+	// key's window.
+	for wait := 500 * time.Millisecond; err != nil && o.Key != "" && outcomeUnknown(err) && wait <= unknownRetries; wait *= 2 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+		r := req.Clone(ctx)
+		r.Body = io.NopCloser(bytes.NewReader(data))
+		resp, err = c.do(r)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -378,6 +395,15 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte, o Pub
 		return nil, fmt.Errorf("reading ack: %w", err)
 	}
 	return &ack, nil
+}
+
+// unknownRetries is the longest pause before the last try of a keyed
+// publish whose outcome was unknown (tries after 0.5, 1 and 2 s).
+const unknownRetries = 2 * time.Second
+
+func outcomeUnknown(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == wire.CodeOutcomeUnknown
 }
 
 // NewKey returns a random idempotency key.
