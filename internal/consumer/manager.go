@@ -372,6 +372,15 @@ func (m *Manager) Close() error {
 		cs = append(cs, c)
 	}
 	m.mu.Unlock()
+	// First deliveries are saved with the final round (they are not on
+	// their own while running), so a clean restart keeps every count.
+	for _, c := range cs {
+		c.mu.Lock()
+		for seq := range c.flying {
+			c.mark(seq)
+		}
+		c.mu.Unlock()
+	}
 	close(m.closing)
 	for _, c := range cs {
 		c.stop()
