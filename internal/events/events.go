@@ -170,6 +170,11 @@ type stripe struct {
 	// holding: shared, the channels whose hold is queued and not yet
 	// recorded, closed once it is (see Held).
 	holding map[string]chan struct{}
+	// live: shared, this node's subscriptions and connections (of the
+	// stripe's event channels) as recorded for the others, by kind and
+	// key, recorded again when the node comes back from being taken for
+	// dead.
+	live map[string]broker.Tracked
 	// pub is held while an event is published and handed to the sinks,
 	// so that they see the stripe's events in the order of their
 	// sequences, the dead nodes' (told by lost) included.
@@ -209,6 +214,7 @@ func New(cfg Config) *Emitter {
 		s.wake = make(chan struct{}, 1)
 		s.occ = map[string]int{}
 		s.holding = map[string]chan struct{}{}
+		s.live = map[string]broker.Tracked{}
 		e.wg.Add(1)
 		go e.run(s)
 	}
@@ -327,7 +333,7 @@ func (e *Emitter) Subscribe(channel, user string) uint64 {
 	}
 	if e.cfg.Shared != nil {
 		info, _ := json.Marshal(tracked{Channel: channel, User: user})
-		e.queueLocked(s, item{op: opTrack, kind: "s", key: strconv.FormatUint(id, 10), info: string(info)})
+		e.trackLocked(s, "s", strconv.FormatUint(id, 10), string(info))
 	}
 	e.enqueueLocked(s, Event{Name: Subscribed, Channel: channel, UserID: user})
 	return id
@@ -343,7 +349,7 @@ func (e *Emitter) Unsubscribe(channel, user string, id uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e.cfg.Shared != nil {
-		e.queueLocked(s, item{op: opUntrack, kind: "s", key: strconv.FormatUint(id, 10)})
+		e.untrackLocked(s, "s", strconv.FormatUint(id, 10))
 	}
 	e.enqueueLocked(s, Event{Name: Unsubscribed, Channel: channel, UserID: user})
 	if n := s.occ[channel] - 1; n > 0 {
@@ -371,12 +377,25 @@ func (e *Emitter) Connection(ev Event) {
 	if e.cfg.Shared != nil {
 		if ev.Name == ConnectionOpened {
 			info, _ := json.Marshal(tracked{User: ev.UserID, Transport: ev.Transport})
-			e.queueLocked(s, item{op: opTrack, kind: "c", key: ev.ConnectionID, info: string(info)})
+			e.trackLocked(s, "c", ev.ConnectionID, string(info))
 		} else {
-			e.queueLocked(s, item{op: opUntrack, kind: "c", key: ev.ConnectionID})
+			e.untrackLocked(s, "c", ev.ConnectionID)
 		}
 	}
 	e.enqueueLocked(s, ev)
+}
+
+// trackLocked records kind/key in the shared log (and in live), s's lock
+// held.
+func (e *Emitter) trackLocked(s *stripe, kind, key, info string) {
+	s.live[kind+":"+key] = broker.Tracked{Kind: kind, Key: key, Info: info, Open: true}
+	e.queueLocked(s, item{op: opTrack, kind: kind, key: key, info: info})
+}
+
+// untrackLocked forgets kind/key, s's lock held.
+func (e *Emitter) untrackLocked(s *stripe, kind, key string) {
+	delete(s.live, kind+":"+key)
+	e.queueLocked(s, item{op: opUntrack, kind: kind, key: key})
 }
 
 func (e *Emitter) run(s *stripe) {
@@ -534,14 +553,19 @@ func (e *Emitter) lost(node, kind, key, info string) error {
 	return nil // a publish that failed is counted and logged: the claim is spent
 }
 
-// rejoin holds this node's channels again, after the others took it for
-// dead and released them.
+// rejoin holds this node's channels again and records its
+// subscriptions and connections again, after the others took it for
+// dead, told their ends and forgot them: should it die later, their
+// ends are told again.
 func (e *Emitter) rejoin() {
 	for i := range e.st {
 		s := &e.st[i]
 		s.mu.Lock()
 		for ch := range s.occ {
 			e.holdLocked(s, Event{Name: ChannelOccupied, Channel: ch})
+		}
+		for _, t := range s.live {
+			e.queueLocked(s, item{op: opTrack, kind: t.Kind, key: t.Key, info: t.Info})
 		}
 		s.mu.Unlock()
 	}
