@@ -89,10 +89,11 @@ func (n *sharedNode) waitCount(t *testing.T, ev string, want int) {
 
 // TestComingBackRecordsAgain: a node the others took for dead (silent
 // past the node timeout) has its connection's and subscription's ends
-// told by a survivor; when it comes back it records them again, so
-// that when it then dies for good their ends are told again. (It used
-// to hold its channels again but not record its connections and
-// subscriptions: their ends were never told.)
+// told by a survivor; when it comes back it records them again (told
+// as subscribed and connection_opened again), so that when it then dies
+// for good their ends are told again. (It used to hold its channels
+// again but not record its connections and subscriptions: their ends
+// were never told.)
 func TestComingBackRecordsAgain(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := fmt.Sprintf("e%d:", time.Now().UnixNano())
@@ -105,10 +106,21 @@ func TestComingBackRecordsAgain(t *testing.T) {
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
-	recorded := func(kind string) int64 {
-		n, err := rdb.HLen(context.Background(), prefix+"{=}:life:"+kind+":"+b.log.Node()).Result()
+	// B's records: in the hash of each event channel.
+	recorded := func(kind string) int {
+		evCh := Connections
+		if kind == "s" {
+			evCh = ChannelOf("room")
+		}
+		fields, err := rdb.HKeys(context.Background(), prefix+"{"+evCh+"}:p").Result()
 		if err != nil {
 			t.Fatal(err)
+		}
+		n := 0
+		for _, f := range fields {
+			if strings.HasPrefix(f, "r:"+b.log.Node()+":"+kind+":") {
+				n++
+			}
 		}
 		return n
 	}
@@ -143,6 +155,8 @@ func TestComingBackRecordsAgain(t *testing.T) {
 	}
 	defer s.Close()
 	b.waitCount(t, "channel_occupied room  ", 2)
+	b.waitCount(t, "subscribed room bob ", 2)
+	b.waitCount(t, "connection_opened c1 bob ", 2)
 	waitRecorded("once back")
 
 	// B falls silent again: their ends are told again.
