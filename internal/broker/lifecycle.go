@@ -6,14 +6,6 @@ import (
 	"time"
 )
 
-// Tracked is one change of what a node keeps for the others to end
-// (LifecycleLog.Track): kind "c" a connection, "s" a subscription, under
-// key, with info.
-type Tracked struct {
-	Kind, Key, Info string
-	Open            bool
-}
-
 // LifecycleLog is what nodes sharing a log (Redis) share so that the
 // lifecycle events (internal/events) are decided once for the cluster and
 // a dead node's are told by the others, once.
@@ -25,16 +17,23 @@ type LifecycleLog interface {
 	// appended to evChannel in the same step, its place filled in, and
 	// Occupy reports true.
 	Occupy(ctx context.Context, node, evChannel string, hold bool, ev *Message) (bool, error)
-	// Track records (Open) or forgets this node's connections (kind "c")
-	// and subscriptions ("s"), so that the other nodes can end them once
-	// this node is gone.
-	Track(ctx context.Context, changes []Tracked) error
-	// WatchLifecycle is called once, before use: lost is called, on one
-	// surviving node and once, for each occupancy hold (kind "o", key
-	// the event channel; the caller ends it with Occupy(node, …, false,
-	// …)), subscription ("s") and connection ("c") of a node found dead;
-	// rejoin when this node finds it was taken for dead and must hold its
-	// channels again.
+	// StartRecord starts recording (open) or ending a connection (kind
+	// "c") or subscription ("s") of node ("": this node) under key, with
+	// info, appending ev (on its event channel, ev.Channel) in the same
+	// step, so that the others can end it once node is gone and nothing
+	// is recorded without its event or told without its record. Ending
+	// one that is not recorded (another node ended it) appends nothing.
+	// wait reports whether ev was appended (its place filled in).
+	StartRecord(ctx context.Context, node, kind, key, info string, open bool, ev *Message) (wait func() (bool, error), err error)
+	// WatchLifecycle is called once, before use: lost is called, on a
+	// surviving node, for each occupancy hold (kind "o", key the event
+	// channel; the caller ends it with Occupy(node, …, false, …)),
+	// subscription ("s") and connection ("c", key and info as recorded;
+	// the caller ends them with StartRecord(node, …, false, …), which
+	// tells each once) of a node found dead; the subscriptions of a
+	// channel come before its hold. rejoin is called when this node
+	// finds it was taken for dead and must hold its channels and record
+	// its connections and subscriptions again.
 	WatchLifecycle(lost func(node, kind, key, info string) error, rejoin func())
 }
 

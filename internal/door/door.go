@@ -76,9 +76,8 @@ type Door struct {
 	hooks      *hooks.Client
 	hookPolicy string
 
-	events     *eventState                     // nil: no lifecycle events (events.go)
-	onPresence func(channel, event, id string) // the Pusher webhooks
-	consumers  *consumer.Manager
+	events    *eventState // nil: no lifecycle events (events.go)
+	consumers *consumer.Manager
 }
 
 // New returns the door in front of b. The door owns the presence registry,

@@ -35,6 +35,9 @@ type EventsConfig struct {
 	// Also names channels whose events a consumer of this process needs
 	// even without All (the Pusher apps' webhooks); nil: none.
 	Also func(channel string) bool
+	// AppWebhooks are webhooks in another format, fed from the same
+	// events as Webhooks (the Pusher apps'; see AppWebhook).
+	AppWebhooks []AppWebhook
 	// WebhookSecret signs the webhook bodies (Pushctl-Signature).
 	WebhookSecret []byte
 	// WebhookDelay, WebhookRetry and WebhookQueue: see webhooks.Config.
@@ -44,6 +47,27 @@ type EventsConfig struct {
 	Logger       *slog.Logger
 
 	shared broker.LifecycleLog // the broker's log, when nodes share it
+}
+
+// AppWebhook is a webhook with a body format of its own (a Pusher app's),
+// sent from the lifecycle events as the --webhook URLs are: on Redis by
+// the node holding its lease, from the event channels, from stored
+// positions; on one node from the events this node publishes.
+type AppWebhook struct {
+	// Scope tells its lease and positions apart from another webhook of
+	// the same URL; every node must give the same.
+	Scope string
+	URL   string
+	// Channels are the event channels it reads on Redis (nil: all).
+	Channels []string
+	// Wants picks the events it sends (those Encode can encode); the
+	// others are passed over.
+	Wants func(ev *events.Event) bool
+	// Encode makes a body and the headers that sign it.
+	Encode func(evs []events.Event, now time.Time) ([]byte, http.Header)
+	// Delay holds channel_vacated and member_removed back (see
+	// webhooks.Config.Delay).
+	Delay time.Duration
 }
 
 // eventState is the door's part of the events.
@@ -60,7 +84,7 @@ type eventState struct {
 // for events.
 func (d *Door) startEvents(c EventsConfig) {
 	all := c.All || len(c.Webhooks) > 0
-	any := all || c.Also != nil
+	any := all || c.Also != nil || len(c.AppWebhooks) > 0
 	for _, ns := range d.namespaces {
 		r := ns.Rules
 		if (r.Events != nil && *r.Events) || len(r.Webhooks) > 0 || r.PublishEvents {
@@ -100,9 +124,8 @@ func (d *Door) startEvents(c EventsConfig) {
 	if dl != nil {
 		es.rmetrics = webhooks.NewRelayMetrics()
 	}
-	wh := func(scope, u string, chans []string, wants func(ev *events.Event) bool) {
-		sc := webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay, Retry: c.WebhookRetry,
-			QueueSize: c.WebhookQueue, Wants: wants, Logger: c.Logger, Metrics: es.metrics}
+	wh := func(scope string, chans []string, sc webhooks.Config) {
+		sc.Retry, sc.QueueSize, sc.Logger, sc.Metrics = c.WebhookRetry, c.WebhookQueue, c.Logger, es.metrics
 		if dl != nil {
 			es.relays = append(es.relays, webhooks.NewRelay(webhooks.RelayConfig{Sender: sc, Scope: scope, Node: c.Node, Log: dl,
 				Channels: chans, Subscribe: d.b.Subscribe, Metrics: es.rmetrics}))
@@ -113,7 +136,7 @@ func (d *Door) startEvents(c EventsConfig) {
 		es.em.AddSink(s.Send)
 	}
 	for _, u := range c.Webhooks {
-		wh("", u, nil, nil)
+		wh("", nil, webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay})
 	}
 	for i := range d.namespaces {
 		ns := &d.namespaces[i]
@@ -122,8 +145,12 @@ func (d *Door) startEvents(c EventsConfig) {
 			chans = append(chans, events.ChannelOf(p))
 		}
 		for _, u := range ns.Rules.Webhooks {
-			wh("namespace "+ns.Name+" "+strings.Join(ns.Patterns, ","), u, chans, func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns })
+			wh("namespace "+ns.Name+" "+strings.Join(ns.Patterns, ","), chans, webhooks.Config{URL: u, Secret: c.WebhookSecret, Delay: c.WebhookDelay,
+				Wants: func(ev *events.Event) bool { return ev.Channel != "" && d.namespaceOf(ev.Channel) == ns }})
 		}
+	}
+	for _, a := range c.AppWebhooks {
+		wh(a.Scope, a.Channels, webhooks.Config{URL: a.URL, Delay: a.Delay, Wants: a.Wants, Encode: a.Encode})
 	}
 	em := es.em
 	es.counters = prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pushctl_events_dropped_total",
@@ -226,13 +253,11 @@ func (d *Door) subscribed(ctx context.Context, c Caller, opts broker.SubscribeOp
 }
 
 // presenceChanged is the registry's word of a member added or removed,
-// on the node that decided it: its event, then the Pusher webhooks'.
+// on the node that decided it: its event (which the Pusher apps'
+// webhooks, too, take from the event channel).
 func (d *Door) presenceChanged(channel, event, id string) {
 	if em := d.Events(); em != nil {
 		em.Emit(events.Event{Name: event, Channel: channel, UserID: id})
-	}
-	if d.onPresence != nil {
-		d.onPresence(channel, event, id)
 	}
 }
 

@@ -36,7 +36,9 @@ func (g *gatedLifecycle) Occupy(_ context.Context, _, _ string, hold bool, _ *br
 	}
 	return false, nil
 }
-func (g *gatedLifecycle) Track(context.Context, []broker.Tracked) error                   { return nil }
+func (g *gatedLifecycle) StartRecord(context.Context, string, string, string, string, bool, *broker.Message) (func() (bool, error), error) {
+	return func() (bool, error) { return false, nil }, nil
+}
 func (g *gatedLifecycle) WatchLifecycle(func(node, kind, key, info string) error, func()) {}
 
 // With nodes sharing the log, Subscribe returns only once the cluster

@@ -58,10 +58,6 @@ func (d *Door) MemberCount(ctx context.Context, channel string) (int, error) {
 	return d.presence.Count(ctx, channel)
 }
 
-// OnPresenceChange sets what is told of each member added or removed (the
-// Pusher webhooks). Call it before serving.
-func (d *Door) OnPresenceChange(fn func(channel, event, id string)) { d.onPresence = fn }
-
 // Close ends every presence membership, while the broker still takes their
 // events, then publishes the lifecycle events still queued and sends the
 // webhooks, and stops the consumers, saving them; the broker itself is its

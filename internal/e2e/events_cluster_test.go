@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -476,4 +477,144 @@ func TestNamespaceWebhookOnRedis(t *testing.T) {
 			t.Fatalf("the orders webhook got %+v", ev)
 		}
 	}
+}
+
+// TestLifecycleEventsPairedAfterKill: a node on Redis is killed with
+// SIGKILL in the middle of a burst of WebSocket subscribers opening and
+// closing; the survivor tells its ends. Every connection_opened of the
+// killed node is then closed exactly once, every subscribed
+// unsubscribed exactly once, and no end is told of what was never
+// opened: recording a connection or subscription for the survivors and
+// appending its event are one step in Redis. (They were two: an event
+// published but not recorded when the node died was never ended.)
+func TestLifecycleEventsPairedAfterKill(t *testing.T) {
+	rc := newReceiver(t)
+	rs := redistest.Start(t, redistest.Options{})
+	args := []string{"--broker", rs.URL(), "--webhook-delay", "0", "--node-timeout", "2s", "--webhook-retry", "10m", "--max-conns-per-ip", "0"}
+	_, a := eventsNode(t, rc, nil, args...)
+	// A holds the webhook's lease before B starts: the webhooks do not
+	// change hands (which may send a body twice).
+	deadline := time.After(30 * time.Second)
+	for metricValue(t, a, "pushctl_webhook_leases_held") != 1 {
+		select {
+		case <-rc.more:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("A does not hold the webhook lease")
+		}
+	}
+	bp, b := eventsNode(t, rc, nil, args...)
+	var bNode string
+	opened := func() int {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		n := 0
+		for _, ev := range rc.evs {
+			if ev.Name == "connection_opened" && ev.Transport == "websocket" && (bNode == "" || ev.Node == bNode) {
+				bNode = ev.Node
+				n++
+			}
+		}
+		return n
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // connections come and go until B dies
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/burst."+strconv.Itoa(i%50), nil)
+			if err != nil {
+				return // B is dead
+			}
+			if i%2 == 0 {
+				c.Close() // every other one stays until B dies
+			} else {
+				defer c.Close()
+			}
+		}
+	}()
+	deadline = time.After(60 * time.Second)
+	for opened() < 400 {
+		select {
+		case <-rc.more:
+		case <-deadline:
+			t.Fatalf("%d connections opened within 60s", opened())
+		}
+	}
+	bp.cmd.Process.Signal(syscall.SIGKILL)
+	bp.wait(10 * time.Second)
+	close(stop)
+	<-done
+
+	// Each of B's connections and subscriptions ended once.
+	type tally struct{ open, closed int }
+	check := func() (bad []string) {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		conns := map[string]*tally{}
+		subs := map[string]*tally{}
+		for _, ev := range rc.evs {
+			if ev.Node != bNode {
+				continue
+			}
+			var tl *tally
+			switch ev.Name {
+			case "connection_opened", "connection_closed":
+				if conns[ev.ConnectionID] == nil {
+					conns[ev.ConnectionID] = &tally{}
+				}
+				tl = conns[ev.ConnectionID]
+			case "subscribed", "unsubscribed":
+				if subs[ev.Channel] == nil {
+					subs[ev.Channel] = &tally{}
+				}
+				tl = subs[ev.Channel]
+			default:
+				continue
+			}
+			if ev.Name == "connection_opened" || ev.Name == "subscribed" {
+				tl.open++
+			} else {
+				tl.closed++
+			}
+		}
+		for id, tl := range conns {
+			if tl.open != 1 || tl.closed != 1 {
+				bad = append(bad, fmt.Sprintf("connection %s opened %d closed %d", id, tl.open, tl.closed))
+			}
+		}
+		for ch, tl := range subs {
+			if tl.open != tl.closed {
+				bad = append(bad, fmt.Sprintf("%s subscribed %d unsubscribed %d", ch, tl.open, tl.closed))
+			}
+		}
+		slices.Sort(bad)
+		return bad
+	}
+	deadline = time.After(60 * time.Second)
+	for {
+		bad := check()
+		if len(bad) == 0 {
+			break
+		}
+		select {
+		case <-rc.more:
+		case <-time.After(time.Second):
+		case <-deadline:
+			t.Fatalf("60s after the kill, %d unpaired: %v", len(bad), bad)
+		}
+	}
+	// Nothing more comes: a last channel's events after everything.
+	ws := dialWS(t, a, "/sub/last", "")
+	rc.waitFor("last", "subscribed", "", 20*time.Second)
+	ws.Close()
+	if bad := check(); len(bad) > 0 {
+		t.Fatalf("unpaired after all: %v", bad)
+	}
+	t.Logf("%d connections of the killed node, each opened and closed once", opened())
 }

@@ -170,6 +170,11 @@ type stripe struct {
 	// holding: shared, the channels whose hold is queued and not yet
 	// recorded, closed once it is (see Held).
 	holding map[string]chan struct{}
+	// live: shared, this node's subscriptions and connections (of the
+	// stripe's event channels) as recorded for the others, by kind and
+	// key, recorded again when the node comes back from being taken for
+	// dead.
+	live map[string]item
 	// pub is held while an event is published and handed to the sinks,
 	// so that they see the stripe's events in the order of their
 	// sequences, the dead nodes' (told by lost) included.
@@ -181,8 +186,8 @@ const (
 	opPublish = iota // publish ev
 	opHold           // shared: hold the channel, ev (occupied) if first
 	opRelease        // shared: release it, ev (vacated) if last
-	opTrack          // shared: track kind/key/info
-	opUntrack        // shared: forget kind/key
+	opRecord         // shared: record kind/key/info and publish ev, one step
+	opEnd            // shared: end kind/key and publish ev, one step
 )
 
 type item struct {
@@ -209,6 +214,7 @@ func New(cfg Config) *Emitter {
 		s.wake = make(chan struct{}, 1)
 		s.occ = map[string]int{}
 		s.holding = map[string]chan struct{}{}
+		s.live = map[string]item{}
 		e.wg.Add(1)
 		go e.run(s)
 	}
@@ -272,9 +278,15 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 	if ev.TimeMs == 0 {
 		ev.TimeMs = e.cfg.Now().UnixMilli()
 	}
-	if e.queued.Load() >= int64(e.cfg.QueueSize) && it.op == opPublish {
+	// Over the bound, publishes and records (with their events) are
+	// dropped; not ends, which would leave records behind (a record
+	// dropped makes its end find nothing: neither event is told).
+	if e.queued.Load() >= int64(e.cfg.QueueSize) && (it.op == opPublish || it.op == opRecord) {
 		if n := e.dropped.Add(1); n&(n-1) == 0 { // logged at 1, 2, 4, 8, …
 			e.cfg.Logger.Warn("lifecycle events dropped: the broker does not take them as fast as they come", "dropped", n, "event", ev.Name)
+		}
+		if it.op == opRecord {
+			delete(s.live, it.kind+":"+it.key)
 		}
 		return
 	}
@@ -325,11 +337,13 @@ func (e *Emitter) Subscribe(channel, user string) uint64 {
 	case first:
 		e.enqueueLocked(s, occupied)
 	}
+	ev := Event{Name: Subscribed, Channel: channel, UserID: user}
 	if e.cfg.Shared != nil {
 		info, _ := json.Marshal(tracked{Channel: channel, User: user})
-		e.queueLocked(s, item{op: opTrack, kind: "s", key: strconv.FormatUint(id, 10), info: string(info)})
+		e.recordLocked(s, "s", strconv.FormatUint(id, 10), string(info), ev)
+		return id
 	}
-	e.enqueueLocked(s, Event{Name: Subscribed, Channel: channel, UserID: user})
+	e.enqueueLocked(s, ev)
 	return id
 }
 
@@ -342,10 +356,12 @@ func (e *Emitter) Unsubscribe(channel, user string, id uint64) {
 	s := e.stripe(ChannelOf(channel))
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ev := Event{Name: Unsubscribed, Channel: channel, UserID: user}
 	if e.cfg.Shared != nil {
-		e.queueLocked(s, item{op: opUntrack, kind: "s", key: strconv.FormatUint(id, 10)})
+		e.endLocked(s, "s", strconv.FormatUint(id, 10), ev)
+	} else {
+		e.enqueueLocked(s, ev)
 	}
-	e.enqueueLocked(s, Event{Name: Unsubscribed, Channel: channel, UserID: user})
 	if n := s.occ[channel] - 1; n > 0 {
 		s.occ[channel] = n
 		return
@@ -368,15 +384,31 @@ func (e *Emitter) Connection(ev Event) {
 	s := e.stripe(Connections)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.cfg.Shared != nil {
-		if ev.Name == ConnectionOpened {
-			info, _ := json.Marshal(tracked{User: ev.UserID, Transport: ev.Transport})
-			e.queueLocked(s, item{op: opTrack, kind: "c", key: ev.ConnectionID, info: string(info)})
-		} else {
-			e.queueLocked(s, item{op: opUntrack, kind: "c", key: ev.ConnectionID})
-		}
+	switch {
+	case e.cfg.Shared == nil:
+		e.enqueueLocked(s, ev)
+	case ev.Name == ConnectionOpened:
+		info, _ := json.Marshal(tracked{User: ev.UserID, Transport: ev.Transport})
+		e.recordLocked(s, "c", ev.ConnectionID, string(info), ev)
+	default:
+		e.endLocked(s, "c", ev.ConnectionID, ev)
 	}
-	e.enqueueLocked(s, ev)
+}
+
+// recordLocked queues the record of kind/key in the shared log with its
+// event ev (subscribed, connection_opened), and keeps it in live; s's
+// lock held.
+func (e *Emitter) recordLocked(s *stripe, kind, key, info string, ev Event) {
+	it := item{op: opRecord, ev: ev, kind: kind, key: key, info: info}
+	s.live[kind+":"+key] = it
+	e.queueLocked(s, it)
+}
+
+// endLocked queues the end of kind/key with its event ev (unsubscribed,
+// connection_closed); s's lock held.
+func (e *Emitter) endLocked(s *stripe, kind, key string, ev Event) {
+	delete(s.live, kind+":"+key)
+	e.queueLocked(s, item{op: opEnd, ev: ev, kind: kind, key: key})
 }
 
 func (e *Emitter) run(s *stripe) {
@@ -399,10 +431,9 @@ func (e *Emitter) run(s *stripe) {
 	}
 }
 
-// doBatch does queued items in order: the publishes pipelined (started
-// one after the other, then waited for in order), the records of the
-// shared log in one round trip, an occupancy change after the publishes
-// before it.
+// doBatch does queued items in order: the publishes and the shared
+// log's records pipelined (started one after the other, then waited for
+// in order), an occupancy change after the items before it.
 func (e *Emitter) doBatch(s *stripe, batch []item) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -413,24 +444,27 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 		wait func() (*broker.Message, error)
 	}
 	var inflight []started
-	var track []broker.Tracked
 	flush := func() {
 		for _, st := range inflight {
 			m, err := st.wait()
+			if err == nil && m == nil {
+				continue // an end another node told: nothing appended
+			}
 			e.published1(st.ev, m, err)
 		}
 		inflight = inflight[:0]
-		if len(track) > 0 {
-			if err := e.cfg.Shared.Track(ctx, track); err != nil {
-				e.cfg.Logger.Warn("lifecycle: not recorded in the shared log (should this node die, the others cannot tell its end)", "records", len(track), "err", err)
-			}
-			track = track[:0]
-		}
 	}
 	for _, it := range batch {
 		switch it.op {
 		case opPublish:
 			wait, err := e.cfg.Publish(ctx, it.ev.Message())
+			if err != nil {
+				e.published1(it.ev, nil, err)
+				continue
+			}
+			inflight = append(inflight, started{it.ev, wait})
+		case opRecord, opEnd:
+			wait, err := e.startRecord(ctx, "", it.kind, it.key, it.info, it.op == opRecord, it.ev)
 			if err != nil {
 				e.published1(it.ev, nil, err)
 				continue
@@ -449,11 +483,28 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 				s.mu.Unlock()
 				close(it.done)
 			}
-		case opTrack, opUntrack:
-			track = append(track, broker.Tracked{Kind: it.kind, Key: it.key, Info: it.info, Open: it.op == opTrack})
 		}
 	}
 	flush()
+}
+
+// startRecord starts recording (open) or ending kind/key of node ("":
+// this one) in the shared log with ev appended in the same step; wait
+// returns ev's message with its place, or nil when nothing was appended
+// (ending what another node ended).
+func (e *Emitter) startRecord(ctx context.Context, node, kind, key, info string, open bool, ev Event) (func() (*broker.Message, error), error) {
+	m := ev.Message()
+	wait, err := e.cfg.Shared.StartRecord(ctx, node, kind, key, info, open, m)
+	if err != nil {
+		return nil, err
+	}
+	return func() (*broker.Message, error) {
+		appended, err := wait()
+		if err != nil || !appended {
+			return nil, err
+		}
+		return m, nil
+	}, nil
 }
 
 // published1 counts a publish's outcome and hands the event to the sinks.
@@ -491,14 +542,19 @@ func (e *Emitter) occupyLocked(ctx context.Context, node string, hold bool, ev E
 	return nil
 }
 
-// publish publishes ev on its event channel and hands it to the sinks.
-func (e *Emitter) publish(ctx context.Context, s *stripe, ev Event) error {
+// end ends kind/key of a dead node in the shared log with ev appended in
+// the same step, and hands ev to the sinks when this call appended it.
+// An error leaves the record for the next try (the reaper tries again).
+func (e *Emitter) end(ctx context.Context, s *stripe, node, kind, key string, ev Event) error {
 	s.pub.Lock()
 	defer s.pub.Unlock()
-	wait, err := e.cfg.Publish(ctx, ev.Message())
+	wait, err := e.startRecord(ctx, node, kind, key, "", false, ev)
 	var m *broker.Message
 	if err == nil {
 		m, err = wait()
+	}
+	if err == nil && m == nil {
+		return nil // another node told it
 	}
 	e.published1(ev, m, err)
 	return err
@@ -526,22 +582,31 @@ func (e *Emitter) lost(node, kind, key, info string) error {
 		return e.occupy(ctx, e.stripe(key), node, false, ev)
 	case "s":
 		ev := Event{Name: Unsubscribed, Channel: t.Channel, UserID: t.User, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
-		e.publish(ctx, e.stripe(ev.EventChannel()), ev)
+		return e.end(ctx, e.stripe(ev.EventChannel()), node, "s", key, ev)
 	case "c":
 		ev := Event{Name: ConnectionClosed, ConnectionID: key, UserID: t.User, Transport: t.Transport, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
-		e.publish(ctx, e.stripe(Connections), ev)
+		return e.end(ctx, e.stripe(Connections), node, "c", key, ev)
 	}
-	return nil // a publish that failed is counted and logged: the claim is spent
+	return nil
 }
 
-// rejoin holds this node's channels again, after the others took it for
-// dead and released them.
+// rejoin holds this node's channels again and records its
+// subscriptions and connections again (with their subscribed and
+// connection_opened again), after the others took it for dead, told
+// their ends and forgot them: should it die later, their ends are told
+// again.
 func (e *Emitter) rejoin() {
 	for i := range e.st {
 		s := &e.st[i]
 		s.mu.Lock()
 		for ch := range s.occ {
 			e.holdLocked(s, Event{Name: ChannelOccupied, Channel: ch})
+		}
+		for _, it := range s.live {
+			// Recorded again with its event again (subscribed,
+			// connection_opened), after the end the others told.
+			it.ev.TimeMs = 0
+			e.queueLocked(s, it)
 		}
 		s.mu.Unlock()
 	}

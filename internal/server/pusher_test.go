@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -447,6 +448,51 @@ func TestPusherSocketExclusionSigninAndTerminate(t *testing.T) {
 		t.Fatalf("terminate: %d %s", r.StatusCode, body)
 	}
 	expectClose(t, a.c, pusher.CloseUnauthorized)
+}
+
+// TestPusherWebhooksWaitForTheReceiver: a Pusher app's webhook endpoint
+// that fails for a while (here its first six attempts) gets the
+// events once it answers, within the retry window (--webhook-retry,
+// 1m by default), as the --webhook URLs do. Its sender used to give up
+// after five attempts, about three seconds: the events were lost.
+func TestPusherWebhooksWaitForTheReceiver(t *testing.T) {
+	var mu sync.Mutex
+	attempts := 0
+	got := make(chan *pushersdk.Webhook, 16)
+	var sdk *pushersdk.Client
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		attempts++
+		n := attempts
+		mu.Unlock()
+		if n <= 6 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		wh, err := sdk.Webhook(r.Header, body)
+		if err != nil {
+			t.Errorf("the SDK refused a webhook: %v (%s)", err, body)
+			w.WriteHeader(401)
+			return
+		}
+		got <- wh
+	}))
+	defer hook.Close()
+	e, s := newPusherEnv(t, server.Options{PusherWebhookDelay: -1, PresenceGrace: -1}, "?webhook="+url.QueryEscape(hook.URL))
+	sdk = s
+	a := pdial(t, e)
+	a.subscribe(sdk, "chat", nil)
+	select {
+	case wh := <-got:
+		if len(wh.Events) != 1 || wh.Events[0].Name != "channel_occupied" || wh.Events[0].Channel != "chat" {
+			t.Fatalf("webhook %+v", wh.Events)
+		}
+	case <-time.After(30 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("no webhook within 30s (%d attempts)", attempts)
+	}
 }
 
 func expectClose(t *testing.T, c *websocket.Conn, code int) {

@@ -155,6 +155,7 @@ type Server struct {
 func New(b broker.Broker, opts Options) *Server {
 	opts.fill()
 	opts.Events.Also = pusherd.EventChannels(opts.PusherApps)
+	opts.Events.AppWebhooks = append(opts.Events.AppWebhooks, pusherd.Webhooks(opts.PusherApps, opts.PusherWebhookDelay)...)
 	d := door.New(b, door.Config{Auth: opts.Auth, MaxMessageSize: opts.MaxMessageSize,
 		PublishRate: opts.Limits.PublishRate, PublishBurst: opts.Limits.PublishBurst, PresenceGrace: opts.PresenceGrace,
 		Namespaces: opts.Namespaces, Hooks: opts.Hooks, HookFailure: opts.HookFailure, Events: opts.Events,

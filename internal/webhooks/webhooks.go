@@ -66,7 +66,12 @@ type Config struct {
 	// Before, when set, is asked before each POST; an error holds the
 	// body back (not counted as a failed attempt) and it is asked again
 	// after back-off (the Relay's lease check).
-	Before  func(ctx context.Context) error
+	Before func(ctx context.Context) error
+	// Encode, when set, makes the body of a batch and the headers that
+	// sign it (a Pusher app's webhooks: Pusher's events, X-Pusher-Key and
+	// X-Pusher-Signature); Wants must then let through only events it
+	// can encode. nil: Body, signed with Secret (Pushctl-Signature).
+	Encode  func(evs []events.Event, now time.Time) (body []byte, header http.Header)
 	Logger  *slog.Logger
 	Metrics *Metrics
 }
@@ -445,15 +450,24 @@ func Body(evs []events.Event, now time.Time) []byte {
 
 func (s *Sender) post(evs []events.Event) error {
 	now := time.Now()
-	body := Body(evs, now)
+	var body []byte
+	var header http.Header
+	if s.cfg.Encode != nil {
+		body, header = s.cfg.Encode(evs, now)
+	} else {
+		body = Body(evs, now)
+		if len(s.cfg.Secret) > 0 {
+			header = http.Header{hooks.SignatureHeader: {hooks.Sign(s.cfg.Secret, now, body)}}
+		}
+	}
 	req, err := http.NewRequestWithContext(s.ctx, http.MethodPost, s.cfg.URL, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "pushctl-webhook")
-	if len(s.cfg.Secret) > 0 {
-		req.Header.Set(hooks.SignatureHeader, hooks.Sign(s.cfg.Secret, now, body))
+	for k, v := range header {
+		req.Header[http.CanonicalHeaderKey(k)] = v
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {

@@ -220,3 +220,38 @@ func TestCancelWhilePostingLosesNothing(t *testing.T) {
 		}
 	}
 }
+
+// With Encode (a Pusher app's webhooks), a body is what Encode makes of
+// the batch, with its headers, and only the events Wants lets through
+// are in it; the Pushctl-Signature is not added.
+func TestEncodeMakesTheBody(t *testing.T) {
+	type req struct {
+		body, sig, custom string
+	}
+	got := make(chan req, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- req{string(b), r.Header.Get(hooks.SignatureHeader), r.Header.Get("X-Custom-Sig")}
+	}))
+	defer srv.Close()
+	s := New(Config{URL: srv.URL, Secret: []byte("s"), Delay: -1,
+		Wants: func(ev *events.Event) bool { return ev.Name == events.ChannelOccupied },
+		Encode: func(evs []events.Event, now time.Time) ([]byte, http.Header) {
+			var names []string
+			for _, ev := range evs {
+				names = append(names, ev.Name+":"+ev.Channel)
+			}
+			return []byte(strings.Join(names, ",")), http.Header{"x-custom-sig": {"sig-of-" + strings.Join(names, ",")}}
+		}})
+	defer s.Close()
+	s.Send(ev(events.Subscribed, "a"))
+	s.Send(ev(events.ChannelOccupied, "a"))
+	select {
+	case r := <-got:
+		if r.body != "channel_occupied:a" || r.custom != "sig-of-channel_occupied:a" || r.sig != "" {
+			t.Fatalf("posted %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing posted")
+	}
+}

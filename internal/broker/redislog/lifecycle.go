@@ -3,6 +3,7 @@ package redislog
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -15,9 +16,15 @@ import (
 // hold, n the holding nodes), changed only by occupyScript, which appends
 // channel_occupied or channel_vacated in the same step when the count
 // goes 0→1 or 1→0: one event per change for the cluster. Each node lists
-// its holds, connections and subscriptions; when it stops beating, the
-// others end them (the hash fields claimed one at a time, so that each is
-// told once) before they take its counts out.
+// its holds (life:o:<node>). Its connections and subscriptions are
+// recorded in the same hash of their event channel (r:<node>:<kind>:<key>,
+// kind "c" or "s"; the connections' in $events.connections's), by
+// recordScript, which appends the connection's or subscription's event in
+// the same step: recorded and told are one. When a node stops beating,
+// the others end its subscriptions and holds, channel by channel, then
+// its connections, each end also one step (the record deleted, the end
+// appended, nothing when another node deleted it first: told once),
+// before they take its counts out.
 
 var _ broker.LifecycleLog = (*Log)(nil)
 
@@ -41,11 +48,33 @@ local r = announce(p)
 return reply(p, {1, r[1], r[2], r[3], r[4]})
 `)
 
-func init() { scripts = append(scripts, occupyScript) }
+// recordScript: ARGV node, "<kind>:<key>", info, "1" record / "0" end,
+// call id, then publish()'s. Records (or ends) a connection or
+// subscription of node and appends its event; ending one not recorded
+// appends nothing. Returns {0} or {1, publish()'s reply…}; a call sent
+// again returns the first copy's reply.
+var recordScript = redis.NewScript(luaLib + luaPublish + luaPresence + `
+local p, node = KEYS[1], ARGV[1]
+local again = replied(p)
+if again then return again end
+local f = 'r:' .. node .. ':' .. ARGV[2]
+if ARGV[4] == '1' then
+  redis.call('HSET', p, f, ARGV[3])
+elseif redis.call('HDEL', p, f) == 0 then
+  return reply(p, {0})
+end
+local r = announce(p)
+return reply(p, {1, r[1], r[2], r[3], r[4]})
+`)
 
-// lifeKey is the hash of node's tracked things of a kind ("o" holds,
-// "c" connections, "s" subscriptions).
+func init() { scripts = append(scripts, occupyScript, recordScript) }
+
+// lifeKey is the hash of node's occupancy holds ("o": event channel → 1).
 func (l *Log) lifeKey(node, kind string) string { return l.key("life:" + kind + ":" + node) }
+
+// connectionsEvents is the event channel of connection events (whose
+// hash holds the connections' records).
+const connectionsEvents = broker.ReservedPrefix + "events.connections"
 
 // WatchLifecycle implements broker.LifecycleLog.
 func (l *Log) WatchLifecycle(lost func(node, kind, key, info string) error, rejoin func()) {
@@ -81,28 +110,56 @@ func (l *Log) Occupy(ctx context.Context, node, evChannel string, hold bool, ev 
 	return status == 1, nil
 }
 
-// Track implements broker.LifecycleLog: the changes in one round trip.
-func (l *Log) Track(ctx context.Context, changes []broker.Tracked) error {
-	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, c := range changes {
-			if c.Open {
-				p.HSet(ctx, l.lifeKey(l.node, c.Kind), c.Key, c.Info)
-			} else {
-				p.HDel(ctx, l.lifeKey(l.node, c.Kind), c.Key)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return l.unavailable(err)
+// StartRecord implements broker.LifecycleLog: the script goes through the
+// publisher, pipelined and in line with the event channel's appends.
+func (l *Log) StartRecord(ctx context.Context, node, kind, key, info string, open bool, ev *broker.Message) (func() (bool, error), error) {
+	if node == "" {
+		node = l.node
 	}
-	return nil
+	if err := l.Health(); err != nil {
+		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
+	}
+	flag := 0
+	if open {
+		flag = 1
+	}
+	o := &op{m: ev, script: recordScript, args: []any{node, kind + ":" + key, info, flag}, res: make(chan opResult, 1)}
+	if err := l.submit(ctx, o); err != nil {
+		return nil, err
+	}
+	return func() (bool, error) {
+		r := <-o.res
+		if r.err != nil {
+			return false, r.err
+		}
+		status, _ := r.vals[0].(int64)
+		return status == 1, nil
+	}, nil
 }
 
-// reapLifecycle ends what node tracked: its subscriptions, then its
-// occupancy holds (so a channel's unsubscribes come before its vacated),
-// then its connections. Each subscription and connection is claimed
-// (HDEL) before it is told, so two reapers tell it once.
+// records lists node's records of a kind in an event channel's hash:
+// key → info.
+func (l *Log) records(ctx context.Context, evChannel, node, kind string) (map[string]string, error) {
+	prefix := "r:" + node + ":" + kind + ":"
+	out := map[string]string{}
+	it := l.rdb.HScan(ctx, l.presenceKey(evChannel), 0, prefix+"*", 1000).Iterator()
+	for it.Next(ctx) {
+		f := it.Val()
+		if !it.Next(ctx) {
+			break
+		}
+		if k, ok := strings.CutPrefix(f, prefix); ok {
+			out[k] = it.Val()
+		}
+	}
+	return out, it.Err()
+}
+
+// reapLifecycle ends what node recorded: channel by channel its
+// subscriptions, then its hold (so a channel's unsubscribes come before
+// its vacated), then its connections. Each end deletes the record and
+// appends the event in one step (lost calls StartRecord), so two reapers,
+// or a reaper that died half-way and the next, tell each once.
 func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 	l.presenceMu.Lock()
 	lost := l.lifeLost
@@ -110,30 +167,34 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 	if lost == nil {
 		return nil
 	}
-	for _, kind := range []string{"s", "o", "c"} {
-		key := l.lifeKey(node, kind)
-		all, err := l.rdb.HGetAll(ctx, key).Result()
+	held, err := l.rdb.HKeys(ctx, l.lifeKey(node, "o")).Result()
+	if err != nil {
+		return err
+	}
+	for _, evCh := range held {
+		subs, err := l.records(ctx, evCh, node, "s")
 		if err != nil {
 			return err
 		}
-		for k, info := range all {
-			if kind != "o" {
-				n, err := l.rdb.HDel(ctx, key, k).Result()
-				if err != nil {
-					return err
-				}
-				if n == 0 {
-					continue // another node told it
-				}
-			}
-			if err := lost(node, kind, k, info); err != nil {
-				return fmt.Errorf("%s %s of node %s: %w", kind, k, node, err)
+		for k, info := range subs {
+			if err := lost(node, "s", k, info); err != nil {
+				return fmt.Errorf("subscription %s of node %s: %w", k, node, err)
 			}
 		}
-		if kind == "o" {
-			if err := l.rdb.Del(ctx, key).Err(); err != nil {
-				return err
-			}
+		if err := lost(node, "o", evCh, ""); err != nil {
+			return fmt.Errorf("hold of %s by node %s: %w", evCh, node, err)
+		}
+	}
+	if err := l.rdb.Del(ctx, l.lifeKey(node, "o")).Err(); err != nil {
+		return err
+	}
+	conns, err := l.records(ctx, connectionsEvents, node, "c")
+	if err != nil {
+		return err
+	}
+	for k, info := range conns {
+		if err := lost(node, "c", k, info); err != nil {
+			return fmt.Errorf("connection %s of node %s: %w", k, node, err)
 		}
 	}
 	return nil

@@ -194,7 +194,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.BoolVar(&opts.Events, "events", false, "publish lifecycle events (connections, subscriptions, presence, occupancy) on the $events.… channels (see docs/events.md)")
 	fl.StringArrayVar(&opts.Webhooks, "webhook", nil, "URL that lifecycle events are POSTed to, batched and signed (repeatable; implies --events; see docs/events.md)")
 	fl.StringVar(&opts.WebhookSecret, "webhook-secret", "", "HMAC secret signing webhook bodies (header Pushctl-Signature; env PUSHCTL_WEBHOOK_SECRET; default: --hook-secret)")
-	fl.DurationVar(&opts.WebhookDelay, "webhook-delay", 3*time.Second, "how long channel_vacated and member_removed wait; the occupied or added that undoes one within it cancels both (0: none)")
+	fl.DurationVar(&opts.WebhookDelay, "webhook-delay", 3*time.Second, "how long channel_vacated and member_removed wait before a webhook sends them (a Pusher app's wait 3s, as Pusher's); the occupied or added that undoes one within it cancels both (0: none)")
 	fl.DurationVar(&opts.WebhookRetry, "webhook-retry", time.Minute, "how long a webhook body is retried before its events are dropped (counted)")
 	fl.IntVar(&opts.WebhookQueue, "webhook-queue", 10000, "events waiting for each webhook URL; more are dropped (counted)")
 	cmdutil.MarkSecret(cmd, "webhook-secret")

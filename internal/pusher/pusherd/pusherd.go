@@ -141,8 +141,9 @@ type Service struct {
 	byID  map[string]*liveApp
 }
 
-// New returns the service of cfg.Apps (nil without apps), telling the
-// apps' webhooks of the lifecycle events and of presence changes.
+// New returns the service of cfg.Apps (nil without apps). The apps'
+// lifecycle webhooks are the door's (see Webhooks); New sends the
+// others (client_event, subscription_count).
 func New(cfg Config) *Service {
 	if len(cfg.Apps) == 0 {
 		return nil
@@ -151,25 +152,19 @@ func New(cfg Config) *Service {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{cfg: cfg, door: cfg.Door, host: cfg.Host, byKey: map[string]*liveApp{}, byID: map[string]*liveApp{}}
-	em := s.door.Events()
 	for _, a := range cfg.Apps {
 		pa := &liveApp{App: a, sockets: map[uint64]*conn{}, occupied: map[string]int{}}
 		if len(a.Webhooks) > 0 {
 			pa.hooks = pusher.NewSender(a, cfg.WebhookDelay, cfg.Logger)
-			pa.fromEvents = em != nil
 		}
 		s.byKey[a.Key], s.byID[a.ID] = pa, pa
 	}
-	if em != nil {
-		em.AddSink(s.lifecycleEvent)
-	}
-	s.door.OnPresenceChange(s.presenceChanged)
 	return s
 }
 
 // EventChannels names the channels of the apps with webhooks, whose
-// occupancy the lifecycle events decide (nil: none), for the door's
-// events configuration (door.EventsConfig.Also).
+// events their webhooks are made of (nil: none), for the door's events
+// configuration (door.EventsConfig.Also).
 func EventChannels(apps []pusher.App) func(ch string) bool {
 	var prefixes []string
 	for _, a := range apps {
@@ -188,6 +183,62 @@ func EventChannels(apps []pusher.App) func(ch string) bool {
 		}
 		return false
 	}
+}
+
+// Webhooks are the apps' lifecycle webhooks, for the door's events
+// configuration (door.EventsConfig.AppWebhooks): channel_occupied,
+// channel_vacated and, on presence channels, member_added and
+// member_removed, made of the lifecycle events of the app's channels
+// (decided once for the cluster), as Pusher has them (the Pusher channel
+// name, no sequence) and signed as Pusher signs them (X-Pusher-Key,
+// X-Pusher-Signature). The door sends them as it sends the --webhook
+// URLs: on Redis one node per URL, from the event channels. delay holds
+// channel_vacated and member_removed back (0: 3s; negative: none).
+func Webhooks(apps []pusher.App, delay time.Duration) []door.AppWebhook {
+	var out []door.AppWebhook
+	for _, a := range apps {
+		la := &liveApp{App: a}
+		chans := []string{events.ChannelPrefix + ">"}
+		if p := events.ChannelOf(a.Prefix + ">"); strings.HasSuffix(a.Prefix, ".") && broker.ValidatePattern(p) == nil {
+			chans = []string{p}
+		}
+		for _, u := range a.Webhooks {
+			out = append(out, door.AppWebhook{Scope: "pusher app " + a.ID, URL: u, Channels: chans, Delay: delay,
+				Wants: func(ev *events.Event) bool { _, ok := la.webhookEvent(ev); return ok }, Encode: la.encodeWebhook})
+		}
+	}
+	return out
+}
+
+// webhookEvent is the app's Pusher webhook event of a lifecycle event,
+// if it has one.
+func (a *liveApp) webhookEvent(ev *events.Event) (pusher.WebhookEvent, bool) {
+	if !strings.HasPrefix(ev.Channel, a.Prefix) {
+		return pusher.WebhookEvent{}, false
+	}
+	name := a.pusherChannel(ev.Channel)
+	switch ev.Name {
+	case events.ChannelOccupied, events.ChannelVacated:
+		return pusher.WebhookEvent{Name: ev.Name, Channel: name}, true
+	case events.MemberAdded, events.MemberRemoved:
+		if pusher.IsPresence(name) {
+			return pusher.WebhookEvent{Name: ev.Name, Channel: name, UserID: ev.UserID}, true
+		}
+	}
+	return pusher.WebhookEvent{}, false
+}
+
+// encodeWebhook is the body of a batch of lifecycle events (those
+// webhookEvent takes) as the app's webhook, and its headers.
+func (a *liveApp) encodeWebhook(evs []events.Event, now time.Time) ([]byte, http.Header) {
+	out := make([]pusher.WebhookEvent, 0, len(evs))
+	for i := range evs {
+		if we, ok := a.webhookEvent(&evs[i]); ok {
+			out = append(out, we)
+		}
+	}
+	body, sig := a.WebhookBody(out, now)
+	return body, http.Header{"X-Pusher-Key": {a.Key}, "X-Pusher-Signature": {sig}}
 }
 
 // HandlerFunc is an HTTP handler that returns its error; the server
@@ -217,7 +268,8 @@ func (s *Service) Routes() []Route {
 	}
 }
 
-// Close stops the apps' webhook senders (after what they hold is sent).
+// Close stops the apps' client_event and subscription_count webhook
+// senders (after what they hold is sent).
 func (s *Service) Close() {
 	if s == nil {
 		return
@@ -229,41 +281,13 @@ func (s *Service) Close() {
 	}
 }
 
-// lifecycleEvent is the lifecycle events' word (on the node that decided
-// it, once for the cluster) that a channel was occupied or vacated: the
-// webhooks of the apps owning the channel are told.
-func (s *Service) lifecycleEvent(ev events.Event) {
-	if ev.Name != events.ChannelOccupied && ev.Name != events.ChannelVacated {
-		return
-	}
-	for _, a := range s.byID {
-		if a.hooks == nil || !strings.HasPrefix(ev.Channel, a.Prefix) {
-			continue
-		}
-		a.hook(pusher.WebhookEvent{Name: ev.Name, Channel: a.pusherChannel(ev.Channel)})
-	}
-}
-
-// presenceChanged tells the webhooks of the app owning a presence
-// channel that a member came or went (once per member, not per
-// connection, after the grace period for departures).
-func (s *Service) presenceChanged(ch, event, id string) {
-	for _, a := range s.byID {
-		name, ok := strings.CutPrefix(ch, a.Prefix)
-		if !ok || !pusher.IsPresence(name) || a.hooks == nil {
-			continue
-		}
-		a.hook(pusher.WebhookEvent{Name: event, Channel: name, UserID: id})
-	}
-}
-
 // liveApp is one configured app and its live sockets.
 type liveApp struct {
 	pusher.App
-	hooks *pusher.Sender // nil without webhooks
-	// fromEvents: occupied and vacated come from the lifecycle events
-	// (decided once for the cluster), not from this node's counts.
-	fromEvents bool
+	// hooks sends the webhooks not made of lifecycle events
+	// (client_event, subscription_count) from this node; nil without
+	// webhooks.
+	hooks *pusher.Sender
 
 	mu       sync.Mutex
 	sockets  map[uint64]*conn // by connection id
@@ -314,25 +338,16 @@ func (a *liveApp) hook(ev pusher.WebhookEvent) {
 	}
 }
 
-// occupy counts a Pusher subscription of name (delta ±1), telling
-// webhooks when the channel becomes occupied or vacated, and returns the
-// new count.
+// occupy counts a Pusher subscription of name on this node (delta ±1)
+// and returns the new count (subscription_count's).
 func (a *liveApp) occupy(name string, delta int) int {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	n := a.occupied[name] + delta
 	if n <= 0 {
 		delete(a.occupied, name)
-		n = 0
-	} else {
-		a.occupied[name] = n
+		return 0
 	}
-	a.mu.Unlock()
-	switch {
-	case a.fromEvents:
-	case delta > 0 && n == 1:
-		a.hook(pusher.WebhookEvent{Name: "channel_occupied", Channel: name})
-	case delta < 0 && n == 0:
-		a.hook(pusher.WebhookEvent{Name: "channel_vacated", Channel: name})
-	}
+	a.occupied[name] = n
 	return n
 }
