@@ -48,6 +48,22 @@ func (t *table) put(e *entry) {
 		t.old[e.seq] = e
 		return
 	case e.seq-t.base >= uint64(len(t.slots)):
+		if gap := e.seq - t.base - uint64(len(t.slots)); gap > uint64(4*(t.n-len(t.old))+4096) {
+			// Far past the window (a store's entries with a long run
+			// acknowledged between them): what the window holds goes to
+			// the stragglers and a new window starts at e.
+			t.each(func(o *entry) {
+				if o != e && o.seq >= t.base {
+					if t.old == nil {
+						t.old = map[uint64]*entry{}
+					}
+					t.old[o.seq] = o
+				}
+			})
+			t.base, t.head = e.seq, 0
+			t.slots = append(t.slots[:0:0], e)
+			return
+		}
 		for uint64(len(t.slots)) < e.seq-t.base {
 			t.slots = append(t.slots, nil)
 		}
@@ -78,6 +94,9 @@ func (t *table) del(seq uint64) {
 	if t.head == len(t.slots) { // empty window: start again at its end
 		t.base += uint64(len(t.slots))
 		t.slots, t.head = t.slots[:0], 0
+		if cap(t.slots) > 8192 {
+			t.slots = nil // a burst is over: give its memory back
+		}
 		return
 	}
 	t.shrink()
@@ -112,11 +131,16 @@ func (t *table) shrink() {
 	}
 }
 
-// cut drops the empty slots before head.
+// cut drops the empty slots before head, and gives back the memory of a
+// window that was once much wider.
 func (t *table) cut() {
-	n := copy(t.slots, t.slots[t.head:])
-	clear(t.slots[n:])
-	t.slots = t.slots[:n]
+	if live := len(t.slots) - t.head; cap(t.slots) > 4*live+4096 {
+		t.slots = append(make([]*entry, 0, 2*live+1024), t.slots[t.head:]...)
+	} else {
+		n := copy(t.slots, t.slots[t.head:])
+		clear(t.slots[n:])
+		t.slots = t.slots[:n]
+	}
 	t.base += uint64(t.head)
 	t.head = 0
 }

@@ -105,4 +105,41 @@ func TestTableLoadsInAnyOrder(t *testing.T) {
 	if tb.len() != len(seqs) || tb.get(2) != nil || tb.get(502) != nil {
 		t.Fatalf("len %d", tb.len())
 	}
+
+	// Entries far apart (a long run acknowledged between them) do not
+	// make the window span the distance.
+	far := uint64(1) << 40
+	tb.put(&entry{seq: far})
+	tb.put(&entry{seq: far + 2})
+	if cap(tb.slots) > 1<<16 {
+		t.Fatalf("%d slots for %d entries", cap(tb.slots), tb.len())
+	}
+	for _, s := range append(seqs, far, far+2) {
+		if e := tb.get(s); e == nil || e.seq != s {
+			t.Fatalf("get(%d) = %v after a far put", s, e)
+		}
+	}
+}
+
+// TestTableGivesBackABurstsMemory: once a burst of entries is gone, the
+// window's memory is too.
+func TestTableGivesBackABurstsMemory(t *testing.T) {
+	var tb table
+	for s := uint64(1); s <= 200000; s++ {
+		tb.put(&entry{seq: s})
+	}
+	for s := uint64(1); s < 200000; s++ {
+		if s != 150000 {
+			tb.del(s)
+		}
+	}
+	if c := cap(tb.slots); c > 1<<14 || tb.len() != 2 {
+		t.Fatalf("%d slots kept for %d entries", c, tb.len())
+	}
+	tb.del(150000)
+	tb.del(200000)
+	tb.put(&entry{seq: 200001})
+	if c := cap(tb.slots); c > 1<<14 || tb.len() != 1 || tb.get(200001) == nil {
+		t.Fatalf("%d slots, %d entries after the burst", c, tb.len())
+	}
 }
