@@ -2,6 +2,7 @@ package redislog
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -113,7 +114,8 @@ func encodeForTest(msgs []*broker.Message) string {
 
 // A pipeline has one script call per channel, publishes of a channel go
 // in one call up to maxCallBytes of data, and a presence change is a call
-// of its own: what does not fit waits for the next pipeline, in order.
+// of its own: what does not fit waits for the next pipeline, with every
+// later op of its channel, in order; other channels' ops go on.
 func TestPlanGroupsByChannel(t *testing.T) {
 	l := &Log{opts: Options{Prefix: "p:"}}
 	l.opts.fill()
@@ -123,20 +125,36 @@ func TestPlanGroupsByChannel(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		ops = append(ops, pub("a", big), pub("b", []byte("x")))
 	}
-	calls, used := l.plan(ops)
-	if len(calls) != 2 || len(calls[0].ops) != 8 || len(calls[1].ops) != 8 || used != 16 {
-		t.Fatalf("%d calls, %d ops used (want 2 calls of 8 publishes: a's data bounded by %d bytes)", len(calls), used, maxCallBytes)
+	calls, rest := l.plan(ops)
+	if len(calls) != 2 || len(calls[0].ops) != 8 || len(calls[1].ops) != 20 || len(rest) != 12 {
+		t.Fatalf("%d calls, %d ops left (want a call of 8 publishes to a, its data bounded by %d bytes, and all 20 of b)", len(calls), len(rest), maxCallBytes)
+	}
+	for _, o := range rest {
+		if o.m.Channel != "a" {
+			t.Fatalf("a publish to %s left for later", o.m.Channel)
+		}
 	}
 	if calls[0].id == calls[1].id || calls[0].channel != "a" || calls[1].channel != "b" {
 		t.Fatalf("calls %+v %+v", calls[0], calls[1])
 	}
 	presence := &op{m: &broker.Message{Channel: "b"}, script: presenceAddScript, args: []any{"n", "id", "", 10}}
-	calls, used = l.plan([]*op{pub("a", nil), pub("b", nil), presence, pub("a", nil)})
-	if len(calls) != 2 || used != 2 {
-		t.Fatalf("a presence change after a publish of its channel: %d calls, %d used; want it in the next pipeline", len(calls), used)
+	bAfter := pub("b", nil)
+	calls, rest = l.plan([]*op{pub("a", nil), pub("b", nil), presence, pub("a", nil), bAfter, pub("c", nil)})
+	if len(calls) != 3 || len(calls[0].ops) != 2 || len(rest) != 2 || rest[0] != presence || rest[1] != bAfter {
+		t.Fatalf("a presence change after a publish of its channel: %d calls, %d left; want it and b's later publish in the next pipeline, a and c now", len(calls), len(rest))
 	}
-	calls, used = l.plan([]*op{presence, pub("a", nil), pub("a", nil), pub("b", nil)})
-	if len(calls) != 2 || used != 3 || calls[0].script != presenceAddScript || len(calls[1].ops) != 2 {
-		t.Fatalf("publishes after a presence change: %d calls, %d used", len(calls), used)
+	calls, rest = l.plan([]*op{presence, pub("a", nil), pub("a", nil), pub("b", nil)})
+	if len(calls) != 2 || len(rest) != 1 || calls[0].script != presenceAddScript || len(calls[1].ops) != 2 {
+		t.Fatalf("publishes after a presence change: %d calls, %d left", len(calls), len(rest))
+	}
+
+	// At most maxBatch ops in a pipeline.
+	ops = ops[:0]
+	for i := 0; i < maxBatch+10; i++ {
+		ops = append(ops, pub(fmt.Sprint("ch", i), nil))
+	}
+	calls, rest = l.plan(ops)
+	if len(calls) != maxBatch || len(rest) != 10 || rest[0] != ops[maxBatch] {
+		t.Fatalf("%d calls, %d left of %d ops", len(calls), len(rest), len(ops))
 	}
 }

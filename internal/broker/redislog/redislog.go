@@ -561,6 +561,7 @@ func (l *Log) channelKeys(ch string) []string {
 func (l *Log) publisher() {
 	defer close(l.pubDone)
 	var carry []*op
+	left := 0 // ops of carry the last plan left for later
 	for {
 		if len(carry) == 0 {
 			first, ok := <-l.queue
@@ -570,7 +571,10 @@ func (l *Log) publisher() {
 			carry = append(carry, first)
 		}
 	gather:
-		for len(carry) < maxBatch {
+		// Ops left for later do not count: the queue is read on behind
+		// them (it is bounded, so carry is too), so that the next
+		// pipeline can take other channels' ops.
+		for len(carry) < maxBatch+left {
 			select {
 			case o, ok := <-l.queue:
 				if !ok {
@@ -581,9 +585,10 @@ func (l *Log) publisher() {
 				break gather
 			}
 		}
-		calls, used := l.plan(carry)
+		calls, rest := l.plan(carry)
 		l.runBatch(calls)
-		carry = append(carry[:0], carry[used:]...)
+		carry = append(carry[:0], rest...)
+		left = len(carry)
 	}
 }
 
@@ -610,19 +615,33 @@ type call struct {
 }
 
 // plan groups ops, in order, into calls: the publishes of a channel into
-// one call, each presence change a call of its own. It returns the calls
-// and how many ops they took (an op whose channel already has a call it
-// cannot join waits for the next pipeline).
-func (l *Log) plan(ops []*op) ([]*call, int) {
-	var calls []*call
-	byChannel := map[string]*call{}
-	used := 0
-	bytes := map[string]int{}
+// one call, each presence change or record a call of its own, at most
+// maxBatch ops. An op that cannot join its channel's call waits for the
+// next pipeline, and so does every later op of that channel (each
+// channel's order is kept); other channels' ops go on, so a run of
+// script calls on one channel (a burst of connection records, say) does
+// not hold up every other channel's publishes. It returns the calls and
+// the ops left for later, in their order.
+func (l *Log) plan(ops []*op) ([]*call, []*op) {
+	var (
+		calls     []*call
+		rest      []*op
+		byChannel = map[string]*call{}
+		waiting   = map[string]bool{} // channels with an op left for later
+		bytes     = map[string]int{}
+		used      int
+	)
 	for _, o := range ops {
 		ch := o.m.Channel
+		if used >= maxBatch || waiting[ch] {
+			rest = append(rest, o)
+			continue
+		}
 		c := byChannel[ch]
 		if c != nil && (c.script != nil || o.script != nil || bytes[ch]+len(o.m.Data) > maxCallBytes) {
-			break
+			waiting[ch] = true
+			rest = append(rest, o)
+			continue
 		}
 		bytes[ch] += len(o.m.Data)
 		if c == nil {
@@ -650,7 +669,7 @@ func (l *Log) plan(ops []*op) ([]*call, int) {
 		c.args = append(append(o.args[:4:4], strconv.FormatUint(c.id, 10)), args...)
 		c.how = 5 + howArg
 	}
-	return calls, used
+	return calls, rest
 }
 
 // runBatch sends calls in one pipeline and hands each op its result.
