@@ -332,6 +332,18 @@ func (r *Relay) feed(ctx context.Context, sub *broker.Subscription, s *Sender, t
 				}
 				continue
 			}
+			if w := r.cfg.Sender.Wants; w != nil && !w(&ev) {
+				// Not for this URL (most events, for a Pusher app's
+				// relay): done at once, its position stored with the
+				// next body's or within a second, not one Redis call
+				// each. Lost on a crash, it is only read again.
+				if tr.pass(m.Channel, broker.Position{Epoch: m.Epoch, Seq: m.Seq}) {
+					if err := tr.flush(); err != nil && errors.Is(err, broker.ErrLeaseLost) {
+						return err
+					}
+				}
+				continue
+			}
 			if err := s.WaitRoom(ctx); err != nil {
 				return err
 			}
@@ -346,9 +358,11 @@ func (r *Relay) feed(ctx context.Context, sub *broker.Subscription, s *Sender, t
 type tracker struct {
 	save func(broker.Cursor) error
 
-	mu    sync.Mutex
-	chans map[string]*chanPos
-	smu   sync.Mutex // one save at a time, in order
+	mu     sync.Mutex
+	chans  map[string]*chanPos
+	passed map[string]bool // channels with events passed over and not yet stored
+	stored time.Time       // when passed-over positions were last stored
+	smu    sync.Mutex      // one save at a time, in order
 }
 
 type chanPos struct {
@@ -377,6 +391,28 @@ func (t *tracker) add(evChannel string, pos broker.Position) {
 	c := t.ch(evChannel)
 	c.pending = append(c.pending, pend{pos: pos})
 	c.recv = pos
+}
+
+// passEvery is how long positions of events passed over (not for the
+// URL) may wait for a body's save before they are stored on their own.
+const passEvery = time.Second
+
+// pass notes an event that is not for the URL: done, its position stored
+// with the next flush. It reports whether that should be now.
+func (t *tracker) pass(evChannel string, pos broker.Position) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := t.ch(evChannel)
+	c.pending = append(c.pending, pend{pos: pos, done: true})
+	c.recv = pos
+	if t.passed == nil {
+		t.passed = map[string]bool{}
+	}
+	t.passed[evChannel] = true
+	if t.stored.IsZero() {
+		t.stored = time.Now()
+	}
+	return time.Since(t.stored) >= passEvery
 }
 
 // skip notes a gap: the channel goes on after pos.
@@ -418,12 +454,20 @@ func (t *tracker) done(evs []events.Event) error {
 // flush stores the channels' positions past their done events, in one
 // step.
 func (t *tracker) flush(evChannels ...string) error {
-	if len(evChannels) == 0 {
-		return nil
-	}
 	t.smu.Lock()
 	defer t.smu.Unlock()
 	t.mu.Lock()
+	for name := range t.passed {
+		if !slices.Contains(evChannels, name) {
+			evChannels = append(evChannels, name)
+		}
+	}
+	clear(t.passed)
+	t.stored = time.Now()
+	if len(evChannels) == 0 {
+		t.mu.Unlock()
+		return nil
+	}
 	cur := broker.Cursor{}
 	for _, name := range evChannels {
 		c := t.chans[name]

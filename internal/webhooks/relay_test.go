@@ -26,6 +26,7 @@ type leases struct {
 	since  time.Time
 	saves  map[string]int // token → positions stored
 	taken  chan struct{}  // closed once a holder took the lease
+	saved  chan struct{}  // signalled (if not nil) after each save
 }
 
 func newLeases() *leases {
@@ -85,6 +86,12 @@ func (l *leases) SavePositions(_ context.Context, _, token string, c broker.Curs
 		l.pos[k] = v
 	}
 	l.saves[token]++
+	if l.saved != nil {
+		select {
+		case l.saved <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
@@ -338,5 +345,72 @@ func TestRelayResumesItsSubscription(t *testing.T) {
 	}
 	if st := b.Stats(); st.SlowConsumers == 0 {
 		t.Fatalf("the subscription never overflowed: %+v", st)
+	}
+}
+
+// TestRelayPassesOverEventsNotForItsURL: events the URL does not want (a
+// Pusher app's relay wants few of them) are not sent and cost no Redis
+// call each: 500 of them and one wanted event are stored in a few saves,
+// the position ends after the last, and only the wanted event is posted.
+func TestRelayPassesOverEventsNotForItsURL(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{Retention: broker.Retention{HistorySize: 1000}})
+	defer b.Close()
+	ctx := context.Background()
+	start := time.Now().Add(-time.Second)
+	var last *broker.Message
+	for i := range 501 {
+		ev := events.Event{Name: events.Subscribed, Channel: "room", UserID: "u"}
+		if i == 500 {
+			ev = events.Event{Name: events.ChannelOccupied, Channel: "room"}
+		}
+		m, _, err := b.Publish(ctx, ev.Message())
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = m
+	}
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Events []events.Event }
+		json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		for _, ev := range body.Events {
+			got = append(got, ev.Name)
+		}
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	evCh := events.ChannelOf("room")
+	dl := newLeases()
+	dl.since = start
+	dl.saved = make(chan struct{}, 1)
+	wants := func(ev *events.Event) bool { return ev.Name == events.ChannelOccupied }
+	r := NewRelay(RelayConfig{Sender: Config{URL: srv.URL, Delay: -1, Wants: wants}, Node: "a", Log: dl, Subscribe: b.Subscribe, Metrics: NewRelayMetrics()})
+	defer r.Close()
+	deadline := time.After(10 * time.Second)
+	for {
+		dl.mu.Lock()
+		pos, saves := dl.pos[evCh], 0
+		for _, n := range dl.saves {
+			saves += n
+		}
+		dl.mu.Unlock()
+		if pos.Seq == last.Seq {
+			if saves > 10 {
+				t.Fatalf("%d position saves for 500 events passed over and one sent", saves)
+			}
+			break
+		}
+		select {
+		case <-dl.saved:
+		case <-deadline:
+			t.Fatalf("position %v, want %d", pos, last.Seq)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, []string{events.ChannelOccupied}) {
+		t.Fatalf("posted %v, want only channel_occupied", got)
 	}
 }
