@@ -544,7 +544,7 @@ func decodeDelivery(it []any) (Delivery, error) {
 	seq, _ := strconv.ParseUint(fmt.Sprint(it[0]), 10, 64)
 	count := int(asInt(it[1]))
 	rec, _ := it[2].(string)
-	if seq == 0 {
+	if seq == 0 || count < 0 || int64(count) != asInt(it[1]) {
 		return Delivery{}, errDamaged
 	}
 	if count == 0 {
