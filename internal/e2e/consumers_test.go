@@ -361,13 +361,16 @@ func TestDurableOnRedisSharedByNodes(t *testing.T) {
 }
 
 // threeRedisNodes starts three serve nodes on one Redis (a short node
-// timeout: a dead node's consumer leases pass on within 2s).
-func threeRedisNodes(t *testing.T) ([]*proc, []string) {
-	rs := redistest.Start(t, redistest.Options{})
+// timeout: a dead node's consumer leases pass on within 2s), or on the
+// Redis Cluster at url.
+func threeRedisNodes(t *testing.T, url ...string) ([]*proc, []string) {
+	if len(url) == 0 {
+		url = append(url, redistest.Start(t, redistest.Options{}).URL())
+	}
 	var ps []*proc
 	var urls []string
 	for i := 0; i < 3; i++ {
-		p, u := serve(t, "--broker", rs.URL(), "--node-timeout", "2s", "--history", "10000")
+		p, u := serve(t, "--broker", url[0], "--node-timeout", "2s", "--history", "10000")
 		ps = append(ps, p)
 		urls = append(urls, u)
 	}
@@ -392,6 +395,16 @@ func fetchersOn(t *testing.T, urls []string, name string) int {
 // messages it held reach the others after the ack wait; nothing is lost.
 func TestDurableWorkQueueOnRedis(t *testing.T) {
 	_, urls := threeRedisNodes(t)
+	durableWorkQueueOnRedis(t, urls)
+}
+
+// The same on a three-shard Redis Cluster.
+func TestDurableWorkQueueOnRedisCluster(t *testing.T) {
+	_, urls := threeRedisNodes(t, redistest.StartCluster(t, 3).URL())
+	durableWorkQueueOnRedis(t, urls)
+}
+
+func durableWorkQueueOnRedis(t *testing.T, urls []string) {
 	dir := t.TempDir()
 	if _, errs, code := run(t, "", "consumers", "workers", "--create", "jobs", "--ack-wait", "2s", "-s", urls[1]); code != 0 {
 		t.Fatalf("consumers --create: %s", errs)
