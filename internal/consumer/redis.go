@@ -44,6 +44,9 @@ type RedisOptions struct {
 	// lease; another node takes over within it after a crash (default
 	// 10s, the broker's node timeout).
 	LeaseTTL time.Duration
+	// Node names this node in the consumers' leases (Info.Feeder); the
+	// broker's node id (default: a random one).
+	Node string
 	// Logger receives warnings (default: discard).
 	Logger *slog.Logger
 }
@@ -90,9 +93,12 @@ func NewRedis(b broker.Broker, o RedisOptions) (*RedisEngine, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	var id [8]byte
-	rand.Read(id[:])
-	e := &RedisEngine{b: b, rdb: o.Client, prefix: o.Prefix, ttl: o.LeaseTTL, log: o.Logger, token: hex.EncodeToString(id[:]),
+	if o.Node == "" {
+		var id [8]byte
+		rand.Read(id[:])
+		o.Node = hex.EncodeToString(id[:])
+	}
+	e := &RedisEngine{b: b, rdb: o.Client, prefix: o.Prefix, ttl: o.LeaseTTL, log: o.Logger, token: o.Node,
 		wakeCh: o.Prefix + "consumers:wake", handles: map[string]*redisConsumer{}, feeders: map[string]context.CancelFunc{}}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
@@ -677,7 +683,7 @@ func (c *redisConsumer) Describe(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, c.fail(err)
 	}
-	if len(vals) != 4 {
+	if len(vals) != 5 {
 		return Info{}, fmt.Errorf("consumer %s: unexpected reply from redis", c.name)
 	}
 	h := map[string]string{}
@@ -687,6 +693,7 @@ func (c *redisConsumer) Describe(ctx context.Context) (Info, error) {
 	}
 	n := func(k string) uint64 { v, _ := strconv.ParseInt(h[k], 10, 64); return uint64(max(v, 0)) }
 	inf := Info{Name: c.name, Created: c.created, DeadLetter: DeadLetterPrefix + c.name, Cursor: map[string]string{}}
+	inf.Feeder, _ = vals[4].(string)
 	inf.Config = InfoConf{Filter: c.cfg.Filter, AckWait: c.cfg.AckWait.String(), MaxDeliveries: c.cfg.MaxDeliveries,
 		MaxInflight: c.cfg.MaxInflight, MaxPending: c.cfg.MaxPending, MaxPendingBytes: c.cfg.MaxPendingBytes, Start: c.cfg.Start}
 	inf.Counters = Counters{Delivered: n("delivered"), Redelivered: n("redelivered"), Acked: n("acked"), Nacked: n("nacked"),

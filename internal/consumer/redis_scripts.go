@@ -120,9 +120,10 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 `)
 
-// infoScript: {conf hash as pairs, in flight, dying, cursor as pairs}.
+// infoScript: {conf hash as pairs, in flight, dying, cursor as pairs,
+// the lease holder or false}.
 var infoScript = redis.NewScript(luaHead + `
-return {redis.call('HGETALL', KEYS[1]), redis.call('ZCARD', KEYS[5]), redis.call('ZCARD', KEYS[7]), redis.call('HGETALL', KEYS[8])}
+return {redis.call('HGETALL', KEYS[1]), redis.call('ZCARD', KEYS[5]), redis.call('ZCARD', KEYS[7]), redis.call('HGETALL', KEYS[8]), redis.call('GET', KEYS[10])}
 `)
 
 // leaseScript: ARGV 4 token, 5 ttl ms. 1 taken or renewed, 0 another's.

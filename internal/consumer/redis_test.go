@@ -370,7 +370,10 @@ func TestRedisConsumerFeedersOnce(t *testing.T) {
 		redisPublish(t, alive.b, "jobs", 4, 6)
 		ah, _ := alive.e.Open("f", Config{}, false)
 		c := ah.(*redisConsumer)
-		waitInfo(t, c, "6 kept after the takeover", func(i Info) bool { return i.Pending == 6 })
+		inf := waitInfo(t, c, "6 kept after the takeover", func(i Info) bool { return i.Pending == 6 })
+		if inf.Feeder != alive.e.token {
+			t.Fatalf("feeder %q after the takeover, want %q", inf.Feeder, alive.e.token)
+		}
 		ds := fetchAll(t, c, 6, 10)
 		for i, d := range ds {
 			if string(d.Msg.Data) != strconv.Itoa(i+1) || d.Count != 1 {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -453,24 +454,42 @@ func durableWorkQueueOnRedis(t *testing.T, urls []string) {
 }
 
 // TestDurableOnRedisNodeKilled: the serve node a durable sub is attached
-// to is killed with SIGKILL in the middle of a stream; the sub fails over
-// to the next node, which has the consumer's position and pending
-// deliveries: every message is printed at least once, and only what the
-// sub held at the kill (--max-inflight) twice.
+// to, which is also the node feeding the consumer (its lease holder), is
+// killed with SIGKILL in the middle of a stream; the sub fails over to the
+// next node, which has the consumer's position and pending deliveries,
+// and another node takes the feeding over from the stored cursor: every
+// message is printed at least once, and only what the sub held at the
+// kill (--max-inflight) twice.
 func TestDurableOnRedisNodeKilled(t *testing.T) {
 	ps, urls := threeRedisNodes(t)
 	const total, inflight = 3000, 16
 	if _, errs, code := run(t, "", "consumers", "w", "--create", "stream", "--ack-wait", "2s", "-s", urls[1]); code != 0 {
 		t.Fatalf("consumers --create: %s", errs)
 	}
-	sub := start(t, nil, nil, "sub", "stream", "--durable", "w", "--max-inflight", fmt.Sprint(inflight), "-s", urls[1]+","+urls[2])
+	nodeRe := regexp.MustCompile(`\(node ([0-9a-f]+)\)`)
+	var feeder string
+	eventually(t, 20*time.Second, "a node feeding the consumer", func() bool {
+		feeder, _ = consumerInfo(t, urls[0], "w")["feeder"].(string)
+		return feeder != ""
+	})
+	f := -1
+	for i, p := range ps {
+		if m := nodeRe.FindStringSubmatch(p.Stderr()); m != nil && m[1] == feeder {
+			f = i
+		}
+	}
+	if f < 0 {
+		t.Fatalf("feeder %q is none of the nodes", feeder)
+	}
+	next, pub := (f+1)%3, (f+2)%3
+	sub := start(t, nil, nil, "sub", "stream", "--durable", "w", "--max-inflight", fmt.Sprint(inflight), "-s", urls[f]+","+urls[next])
 	got := collectLines(sub)
-	publishRange(t, urls[0], "stream", 1, total/2)
+	publishRange(t, urls[pub], "stream", 1, total/2)
 	eventually(t, 60*time.Second, "a third printed", func() bool { return got.count() >= total/3 })
-	ps[1].cmd.Process.Signal(syscall.SIGKILL)
-	ps[1].wait(10 * time.Second)
+	ps[f].cmd.Process.Signal(syscall.SIGKILL)
+	ps[f].wait(10 * time.Second)
 	printedAtKill := got.count()
-	publishRange(t, urls[0], "stream", total/2+1, total)
+	publishRange(t, urls[pub], "stream", total/2+1, total)
 	eventually(t, 90*time.Second, "every message printed", func() bool {
 		missing, _ := tally(t, total, got.snapshot())
 		return len(missing) == 0
@@ -481,8 +500,11 @@ func TestDurableOnRedisNodeKilled(t *testing.T) {
 		t.Errorf("%d printed twice; at most %d (--max-inflight) were held at the kill", dups, inflight)
 	}
 	eventually(t, 30*time.Second, "nothing pending", func() bool {
-		return consumerInfo(t, urls[2], "w")["pending"] == float64(0)
+		return consumerInfo(t, urls[next], "w")["pending"] == float64(0)
 	})
+	if now, _ := consumerInfo(t, urls[next], "w")["feeder"].(string); now == feeder || now == "" {
+		t.Errorf("feeder after the kill: %q (was %q)", now, feeder)
+	}
 }
 
 // A namespace's consumer bound, set on serve's command line, holds on the

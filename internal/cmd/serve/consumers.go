@@ -19,7 +19,7 @@ func openConsumers(o *Options, b *broker.Core, kind string, log *slog.Logger) (c
 		if !ok {
 			return nil, fmt.Errorf("durable consumers: the Redis broker has no Redis log")
 		}
-		return consumer.NewRedis(b, consumer.RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(), Logger: log})
+		return consumer.NewRedis(b, consumer.RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(), Node: l.Node(), Logger: log})
 	}
 	var st consumer.Store
 	if kind == backend.Bolt {
