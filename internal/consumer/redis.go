@@ -580,7 +580,14 @@ func (c *redisConsumer) bury(items []any) {
 	if len(items) == 0 {
 		return
 	}
+	c.e.mu.Lock()
+	if c.e.closed {
+		// Left dying: another node publishes them after deadRetry.
+		c.e.mu.Unlock()
+		return
+	}
 	c.e.wg.Add(1)
+	c.e.mu.Unlock()
 	go func() {
 		defer c.e.wg.Done()
 		ctx, cancel := c.opCtx()
