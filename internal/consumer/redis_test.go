@@ -382,3 +382,26 @@ func TestRedisConsumerFeedersOnce(t *testing.T) {
 		}
 	})
 }
+
+// A pattern consumer keeps the messages of every channel it matches, each
+// channel with its own cursor, and not its own dead-letter channel. (Single
+// Redis only: see TestRedisConsumerWaitsAndOrders about patterns on Redis
+// Cluster.)
+func TestRedisConsumerPattern(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 2)
+	c := redisOpen(t, ns[0], "p", Config{Filter: "jobs.*"})
+	redisPublish(t, ns[1].b, "jobs.a", 1, 2)
+	redisPublish(t, ns[0].b, "jobs.b", 3, 3)
+	redisPublish(t, ns[0].b, "other", 4, 4)
+	inf := waitInfo(t, c, "3 kept", func(i Info) bool { return i.Pending == 3 })
+	if len(inf.Cursor) != 2 || inf.Cursor["jobs.a"] == "" || inf.Cursor["jobs.b"] == "" {
+		t.Fatalf("cursor %v", inf.Cursor)
+	}
+	got := map[string]string{}
+	for _, d := range fetchAll(t, c, 3, 10) {
+		got[string(d.Msg.Data)] = d.Msg.Channel
+	}
+	if got["1"] != "jobs.a" || got["2"] != "jobs.a" || got["3"] != "jobs.b" {
+		t.Fatalf("deliveries %v", got)
+	}
+}
