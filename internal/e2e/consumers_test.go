@@ -350,6 +350,12 @@ func TestDurableOnRedisSharedByNodes(t *testing.T) {
 		i := consumerInfo(t, a, "w")
 		return i["pending"] == float64(0) && i["acked"] == float64(3)
 	})
+	// The same figures in every node's /metrics.
+	for _, u := range []string{a, b} {
+		if v := metricValue(t, u, `pushctl_consumer_acked_total{consumer="w"}`); v != 3 {
+			t.Errorf("%s/metrics: pushctl_consumer_acked_total %v, want 3", u, v)
+		}
+	}
 	if out, errs, code := run(t, "", "consumers", "-s", b); code != 0 || !strings.Contains(out, "w") {
 		t.Fatalf("consumers list on B: %d %s %s", code, out, errs)
 	}
