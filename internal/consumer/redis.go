@@ -54,7 +54,8 @@ type RedisOptions struct {
 // deadRetry is how long a message on its way to the dead-letter channel
 // waits for the node publishing it before another node may (the first
 // died between the two steps): a dead letter is published at least once.
-const deadRetry = 10 * time.Second
+// A variable for tests.
+var deadRetry = 10 * time.Second
 
 // wakeEvery bounds how long a waiting fetch goes without asking Redis
 // (a Pub/Sub notice lost while its connection was broken).

@@ -223,8 +223,10 @@ func (c *redisConsumer) appendEvents(ctx context.Context, evs []broker.Event) er
 // tick runs the consumer's deadlines while this node feeds it: expired
 // deliveries are made ready again (and those out of deliveries
 // dead-lettered) even when no client fetches. It runs at the earliest
-// deadline it knows and at least once per ack wait (a fetch on another
-// node sets deadlines it is not told about).
+// deadline it knows and at least once per ack wait or deadRetry,
+// whichever is shorter (a fetch on another node sets deadlines it is not
+// told about, and a node that died while dead-lettering leaves messages
+// due again deadRetry later).
 func (c *redisConsumer) tick(ctx context.Context) {
 	d := time.Duration(0)
 	for {
@@ -235,7 +237,7 @@ func (c *redisConsumer) tick(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		d = c.cfg.AckWait
+		d = min(c.cfg.AckWait, deadRetry)
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		vals, err := c.run(rctx, tickScript, c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
 		cancel()

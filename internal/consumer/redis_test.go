@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -404,4 +405,43 @@ func TestRedisConsumerPattern(t *testing.T) {
 	if got["1"] != "jobs.a" || got["2"] != "jobs.a" || got["3"] != "jobs.b" {
 		t.Fatalf("deliveries %v", got)
 	}
+}
+
+// A node that marked a message out of deliveries and died before
+// publishing it to the dead-letter channel loses nothing: after deadRetry
+// the feeding node publishes it, and it is counted once.
+func TestRedisConsumerDeadLetterAfterCrash(t *testing.T) {
+	was := deadRetry
+	deadRetry = 500 * time.Millisecond
+	t.Cleanup(func() { deadRetry = was })
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 2)
+		a := redisOpen(t, ns[0], "d", Config{Filter: "jobs", MaxDeliveries: 1})
+		dl, err := ns[1].b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"_dead.d"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dl.Close()
+		redisPublish(t, ns[0].b, "jobs", 1, 1)
+		d := fetchAll(t, a, 1, 1)[0]
+		seq, count, _ := ParseDeliveryID(d.ID)
+		// The nack script alone, as a node that dies before publishing.
+		vals, err := a.run(context.Background(), nackScript, seq, count, 0, 1, deadRetry.Milliseconds()).Slice()
+		if err != nil || asInt(vals[0]) != 2 {
+			t.Fatalf("nack: %v %v", vals, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		evs, err := dl.Next(ctx, nil)
+		if err != nil {
+			t.Fatalf("no dead letter after the crash: %v", err)
+		}
+		if !strings.Contains(string(evs[0].Msg.Data), `"consumer":"d"`) {
+			t.Fatalf("dead letter %s", evs[0].Msg.Data)
+		}
+		inf := waitInfo(t, a, "counted", func(i Info) bool { return i.DeadLettered == 1 })
+		if inf.Pending != 0 {
+			t.Fatalf("after the dead letter: %+v", inf)
+		}
+	})
 }
