@@ -204,6 +204,9 @@ type Info struct {
 	Fetchers int `json:"fetchers"`
 	// Cursor is, per channel, the id of the newest message kept.
 	Cursor map[string]string `json:"cursor,omitempty"`
+	// Feeder is, on Redis, the node copying the consumer's messages (the
+	// holder of its lease; empty: none now).
+	Feeder string `json:"feeder,omitempty"`
 	Counters
 }
 

@@ -42,8 +42,8 @@ type Options struct {
 	// Logger receives warnings (default: discard).
 	Logger *slog.Logger
 	// Unavailable, when set, refuses every consumer with this reason (a
-	// broker whose consumers could not keep the promise: Redis nodes,
-	// which do not share them yet).
+	// broker whose consumers could not keep the promise; serve sets it
+	// for none today: Redis nodes use RedisEngine).
 	Unavailable string
 }
 

@@ -18,7 +18,7 @@ import (
 // Consume admits c to consumer name and returns it, creating it with cfg
 // when it does not exist (cfg.Filter is then required). Each fetch asks
 // it, as each subscribe does.
-func (d *Door) Consume(ctx context.Context, c Caller, name string, cfg consumer.Config) (*consumer.Consumer, error) {
+func (d *Door) Consume(ctx context.Context, c Caller, name string, cfg consumer.Config) (consumer.Handle, error) {
 	filter, err := d.consumerFilter(name, cfg.Filter)
 	if err != nil {
 		return nil, err
@@ -78,7 +78,7 @@ func (d *Door) boundConsumer(name string, cfg *consumer.Config) error {
 
 // ConsumerOf returns existing consumer name for c, who must be allowed to
 // subscribe to its channel (acks, nacks, inspecting, deleting).
-func (d *Door) ConsumerOf(c Caller, name string) (*consumer.Consumer, error) {
+func (d *Door) ConsumerOf(c Caller, name string) (consumer.Handle, error) {
 	cons, err := d.consumers.Open(name, consumer.Config{}, false)
 	if err != nil {
 		return nil, ConsumerError(err)
@@ -106,7 +106,10 @@ func (d *Door) consumerFilter(name, want string) (string, error) {
 }
 
 // Consumers lists every consumer (the caller checks access to listings).
-func (d *Door) Consumers() []consumer.Info { return d.consumers.List() }
+func (d *Door) Consumers(ctx context.Context) ([]consumer.Info, error) {
+	l, err := d.consumers.List(ctx)
+	return l, ConsumerError(err)
+}
 
 // DeleteConsumer deletes consumer name for c, who must be allowed to
 // subscribe to its channel.

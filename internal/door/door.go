@@ -59,7 +59,7 @@ type Config struct {
 	// Events configures the lifecycle events and webhooks (events.go).
 	Events EventsConfig
 	// Consumers are the broker's durable consumers (nil: kept in memory).
-	Consumers *consumer.Manager
+	Consumers consumer.Engine
 }
 
 // Door admits publishes, subscriptions and joins.
@@ -77,7 +77,7 @@ type Door struct {
 	hookPolicy string
 
 	events    *eventState // nil: no lifecycle events (events.go)
-	consumers *consumer.Manager
+	consumers consumer.Engine
 }
 
 // New returns the door in front of b. The door owns the presence registry,
@@ -101,7 +101,7 @@ func New(b broker.Broker, c Config) *Door {
 	}
 	d.consumers = c.Consumers
 	if d.consumers == nil {
-		d.consumers = consumer.NewManager(b, consumer.Options{})
+		d.consumers = consumer.NewManager(b, consumer.Options{}).Engine()
 	}
 	d.namespaces = newNSList(c.Namespaces)
 	for i := range d.namespaces {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -325,20 +326,190 @@ func TestDurableWorkQueue(t *testing.T) {
 	}
 }
 
-// TestDurableRefusedOnRedis: nodes on Redis do not share consumers yet,
-// so they refuse them with a stable code rather than keep one per node
-// (which a client failing over would not find, and which would each
-// deliver every message).
-func TestDurableRefusedOnRedis(t *testing.T) {
+// TestDurableOnRedisSharedByNodes: durable consumers on Redis are shared
+// by every node (they used to be refused with consumers_unavailable,
+// which TestDurableRefusedOnRedis checked): a consumer created through
+// one node is listed, inspected and deleted through any other, with the
+// same counters.
+func TestDurableOnRedisSharedByNodes(t *testing.T) {
 	rs := redistest.Start(t, redistest.Options{})
-	_, url := serve(t, "--broker", rs.URL())
-	_, errs, code := run(t, "", "consumers", "w", "--create", "jobs", "-s", url)
-	if code != 1 || !strings.Contains(errs, "consumers_unavailable") || !strings.Contains(errs, "--data-dir") {
+	_, a := serve(t, "--broker", rs.URL())
+	_, b := serve(t, "--broker", rs.URL())
+	if _, errs, code := run(t, "", "consumers", "w", "--create", "jobs", "-s", a); code != 0 {
 		t.Fatalf("consumers --create on Redis: exit %d: %s", code, errs)
 	}
-	_, errs, code = run(t, "", "sub", "jobs", "--durable", "w", "--timeout", "5s", "-s", url)
-	if code != 1 || !strings.Contains(errs, "consumers_unavailable") {
-		t.Fatalf("sub --durable on Redis: exit %d: %s", code, errs)
+	publishRange(t, a, "jobs", 1, 3)
+	eventually(t, 20*time.Second, "three kept, seen from the other node", func() bool {
+		return consumerInfo(t, b, "w")["pending"] == float64(3)
+	})
+	out, errs, code := run(t, "", "sub", "jobs", "--durable", "w", "--count", "3", "--timeout", "20s", "-s", b)
+	if code != 0 || out != "m1\nm2\nm3\n" {
+		t.Fatalf("sub --durable on the other node: exit %d: %q %s", code, out, errs)
+	}
+	eventually(t, 20*time.Second, "acknowledged, seen from the first node", func() bool {
+		i := consumerInfo(t, a, "w")
+		return i["pending"] == float64(0) && i["acked"] == float64(3)
+	})
+	// The same figures in every node's /metrics.
+	for _, u := range []string{a, b} {
+		if v := metricValue(t, u, `pushctl_consumer_acked_total{consumer="w"}`); v != 3 {
+			t.Errorf("%s/metrics: pushctl_consumer_acked_total %v, want 3", u, v)
+		}
+	}
+	if out, errs, code := run(t, "", "consumers", "-s", b); code != 0 || !strings.Contains(out, "w") {
+		t.Fatalf("consumers list on B: %d %s %s", code, out, errs)
+	}
+	if _, errs, code := run(t, "", "consumers", "w", "--delete", "-s", b); code != 0 {
+		t.Fatalf("delete on B: %s", errs)
+	}
+	if _, errs, code := run(t, "", "consumers", "w", "-s", a); code == 0 || !strings.Contains(errs, "consumer_not_found") {
+		t.Fatalf("deleted on B, still on A: %d %s", code, errs)
+	}
+}
+
+// threeRedisNodes starts three serve nodes on one Redis (a short node
+// timeout: a dead node's consumer leases pass on within 2s), or on the
+// Redis Cluster at url.
+func threeRedisNodes(t *testing.T, url ...string) ([]*proc, []string) {
+	if len(url) == 0 {
+		url = append(url, redistest.Start(t, redistest.Options{}).URL())
+	}
+	var ps []*proc
+	var urls []string
+	for i := 0; i < 3; i++ {
+		p, u := serve(t, "--broker", url[0], "--node-timeout", "2s", "--history", "10000")
+		ps = append(ps, p)
+		urls = append(urls, u)
+	}
+	return ps, urls
+}
+
+// fetchersOn sums the fetches waiting on consumer name over the nodes
+// (each node counts its own).
+func fetchersOn(t *testing.T, urls []string, name string) int {
+	n := 0
+	for _, u := range urls {
+		if f, ok := consumerInfo(t, u, name)["fetchers"].(float64); ok {
+			n += int(f)
+		}
+	}
+	return n
+}
+
+// TestDurableWorkQueueOnRedis: the work queue of TestDurableWorkQueue on
+// three serve nodes sharing Redis, each worker attached to another node
+// (all three URLs, in another order): one worker killed with SIGKILL, the
+// messages it held reach the others after the ack wait; nothing is lost.
+func TestDurableWorkQueueOnRedis(t *testing.T) {
+	_, urls := threeRedisNodes(t)
+	durableWorkQueueOnRedis(t, urls)
+}
+
+// The same on a three-shard Redis Cluster.
+func TestDurableWorkQueueOnRedisCluster(t *testing.T) {
+	_, urls := threeRedisNodes(t, redistest.StartCluster(t, 3).URL())
+	durableWorkQueueOnRedis(t, urls)
+}
+
+func durableWorkQueueOnRedis(t *testing.T, urls []string) {
+	dir := t.TempDir()
+	if _, errs, code := run(t, "", "consumers", "workers", "--create", "jobs", "--ack-wait", "2s", "-s", urls[1]); code != 0 {
+		t.Fatalf("consumers --create: %s", errs)
+	}
+	const total = 300
+	script := `d=$(cat); sleep 0.02; echo "$d" >> "$OUT"`
+	var workers []*proc
+	for i := 0; i < 3; i++ {
+		env := []string{"OUT=" + filepath.Join(dir, fmt.Sprint("w", i))}
+		servers := strings.Join([]string{urls[i], urls[(i+1)%3], urls[(i+2)%3]}, ",")
+		workers = append(workers, start(t, nil, env, "sub", "jobs", "--durable", "workers", "--max-inflight", "2", "--exec", script, "-s", servers))
+	}
+	eventually(t, 30*time.Second, "three workers fetching, one per node", func() bool { return fetchersOn(t, urls, "workers") >= 3 })
+	publishRange(t, urls[2], "jobs", 1, total)
+	read := func(i int) []string {
+		data, _ := os.ReadFile(filepath.Join(dir, fmt.Sprint("w", i)))
+		s := strings.TrimSpace(string(data))
+		if s == "" {
+			return nil
+		}
+		return strings.Split(s, "\n")
+	}
+	eventually(t, 60*time.Second, "worker 0 handled 20", func() bool { return len(read(0)) >= 20 })
+	workers[0].cmd.Process.Signal(syscall.SIGKILL)
+	workers[0].wait(10 * time.Second)
+	killedAt := len(read(0))
+	all := func() []string { return append(append(read(0), read(1)...), read(2)...) }
+	eventually(t, 60*time.Second, "every message handled and acknowledged", func() bool {
+		missing, _ := tally(t, total, all())
+		return len(missing) == 0 && consumerInfo(t, urls[0], "workers")["pending"] == float64(0)
+	})
+	_, dups := tally(t, total, all())
+	n1, n2 := len(read(1)), len(read(2))
+	t.Logf("worker 0 killed after %d; workers 1 and 2 handled %d and %d; %d handled twice", killedAt, n1, n2, dups)
+	if n1 < 20 || n2 < 20 {
+		t.Errorf("the work was not shared: %d, %d, %d", killedAt, n1, n2)
+	}
+	if dups > 2 {
+		t.Errorf("%d messages handled twice; the killed worker held at most 2", dups)
+	}
+	info := consumerInfo(t, urls[1], "workers")
+	t.Logf("redelivered after the ack wait: %v", info["redelivered"])
+	if info["redelivered"] != info["expired"] || info["acked"] != float64(total) {
+		t.Errorf("counters %v: want every message acknowledged, and what expired delivered again", info)
+	}
+}
+
+// TestDurableOnRedisNodeKilled: the serve node a durable sub is attached
+// to, which is also the node feeding the consumer (its lease holder), is
+// killed with SIGKILL in the middle of a stream; the sub fails over to the
+// next node, which has the consumer's position and pending deliveries,
+// and another node takes the feeding over from the stored cursor: every
+// message is printed at least once, and only what the sub held at the
+// kill (--max-inflight) twice.
+func TestDurableOnRedisNodeKilled(t *testing.T) {
+	ps, urls := threeRedisNodes(t)
+	const total, inflight = 3000, 16
+	if _, errs, code := run(t, "", "consumers", "w", "--create", "stream", "--ack-wait", "2s", "-s", urls[1]); code != 0 {
+		t.Fatalf("consumers --create: %s", errs)
+	}
+	nodeRe := regexp.MustCompile(`\(node ([0-9a-f]+)\)`)
+	var feeder string
+	eventually(t, 20*time.Second, "a node feeding the consumer", func() bool {
+		feeder, _ = consumerInfo(t, urls[0], "w")["feeder"].(string)
+		return feeder != ""
+	})
+	f := -1
+	for i, p := range ps {
+		if m := nodeRe.FindStringSubmatch(p.Stderr()); m != nil && m[1] == feeder {
+			f = i
+		}
+	}
+	if f < 0 {
+		t.Fatalf("feeder %q is none of the nodes", feeder)
+	}
+	next, pub := (f+1)%3, (f+2)%3
+	sub := start(t, nil, nil, "sub", "stream", "--durable", "w", "--max-inflight", fmt.Sprint(inflight), "-s", urls[f]+","+urls[next])
+	got := collectLines(sub)
+	publishRange(t, urls[pub], "stream", 1, total/2)
+	eventually(t, 60*time.Second, "a third printed", func() bool { return got.count() >= total/3 })
+	ps[f].cmd.Process.Signal(syscall.SIGKILL)
+	ps[f].wait(10 * time.Second)
+	printedAtKill := got.count()
+	publishRange(t, urls[pub], "stream", total/2+1, total)
+	eventually(t, 90*time.Second, "every message printed", func() bool {
+		missing, _ := tally(t, total, got.snapshot())
+		return len(missing) == 0
+	})
+	_, dups := tally(t, total, got.snapshot())
+	t.Logf("node killed after %d of %d printed; %d printed twice", printedAtKill, total, dups)
+	if dups > inflight {
+		t.Errorf("%d printed twice; at most %d (--max-inflight) were held at the kill", dups, inflight)
+	}
+	eventually(t, 30*time.Second, "nothing pending", func() bool {
+		return consumerInfo(t, urls[next], "w")["pending"] == float64(0)
+	})
+	if now, _ := consumerInfo(t, urls[next], "w")["feeder"].(string); now == feeder || now == "" {
+		t.Errorf("feeder after the kill: %q (was %q)", now, feeder)
 	}
 }
 

@@ -1,6 +1,11 @@
 package server
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // consumerCollector exports each durable consumer's state and counters.
 type consumerCollector struct{ s *Server }
@@ -30,7 +35,10 @@ func (c consumerCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c consumerCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, i := range c.s.door.Consumers() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	list, _ := c.s.door.Consumers(ctx) // Redis unreachable: no consumer figures this time
+	for _, i := range list {
 		for k, v := range map[string]int{"pending": i.Pending, "inflight": i.Inflight, "lag": i.Lag} {
 			ch <- prometheus.MustNewConstMetric(consumerGauges[k], prometheus.GaugeValue, float64(v), i.Name)
 		}

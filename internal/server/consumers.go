@@ -32,7 +32,7 @@ func consumerConfig(p wire.FetchParams) consumer.Config {
 // consumerOf admits the request's caller to consumer {name} (creating it
 // with the query's settings when it does not exist) through the door,
 // and returns it with the query's parameters.
-func (s *Server) consumerOf(r *http.Request) (*consumer.Consumer, wire.FetchParams, error) {
+func (s *Server) consumerOf(r *http.Request) (consumer.Handle, wire.FetchParams, error) {
 	p, err := wire.ParseFetch(r.URL.Query())
 	if err != nil {
 		return nil, p, err
@@ -56,7 +56,16 @@ func (s *Server) createConsumer(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, cons.Info())
+	return writeInfo(w, r, cons)
+}
+
+// writeInfo replies with cons's description.
+func writeInfo(w http.ResponseWriter, r *http.Request, cons consumer.Handle) error {
+	info, err := cons.Describe(r.Context())
+	if err != nil {
+		return door.ConsumerError(err)
+	}
+	return writeJSON(w, http.StatusOK, info)
 }
 
 // fetchDeliveries is POST /consumers/{name}/fetch?max=&wait=&channel=…:
@@ -120,7 +129,7 @@ const maxPooledFetch = 4 << 20
 
 // saved waits until cons's state is saved (with --data-dir), so that the
 // reply to an ack or nack means it survives a crash of the broker.
-func saved(ctx context.Context, cons *consumer.Consumer) error {
+func saved(ctx context.Context, cons consumer.Handle) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := cons.Synced(ctx); err != nil {
@@ -139,7 +148,7 @@ func (s *Server) deliveryIDs(w http.ResponseWriter, r *http.Request) ([]string, 
 	return wire.ParseDeliveryIDs(body, r.URL.Query()["id"])
 }
 
-func (s *Server) consumerFor(r *http.Request) (*consumer.Consumer, error) {
+func (s *Server) consumerFor(r *http.Request) (consumer.Handle, error) {
 	id, err := s.identity(r)
 	if err != nil {
 		return nil, err
@@ -209,7 +218,11 @@ func (s *Server) listConsumers(w http.ResponseWriter, r *http.Request) error {
 	if err := s.adminCheck(r); err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]any{"consumers": s.door.Consumers()})
+	list, err := s.door.Consumers(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"consumers": list})
 }
 
 func (s *Server) consumerInfo(w http.ResponseWriter, r *http.Request) error {
@@ -217,7 +230,7 @@ func (s *Server) consumerInfo(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, cons.Info())
+	return writeInfo(w, r, cons)
 }
 
 func (s *Server) deleteConsumer(w http.ResponseWriter, r *http.Request) error {

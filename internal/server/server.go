@@ -94,7 +94,7 @@ type Options struct {
 	Events door.EventsConfig
 	// Consumers are the broker's durable consumers, kept in a store (nil:
 	// in memory); the door holds them.
-	Consumers *consumer.Manager
+	Consumers consumer.Engine
 }
 
 func (o *Options) fill() {

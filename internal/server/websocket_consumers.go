@@ -24,7 +24,7 @@ type wsConsuming struct {
 
 // wsConsume is one consumer pushed to one connection.
 type wsConsume struct {
-	cons *consumer.Consumer
+	cons consumer.Handle
 	stop context.CancelFunc // ends the pushing (unconsume)
 	max  int
 	mu   sync.Mutex
@@ -163,7 +163,7 @@ func (rd *wsReader) answer(f *wire.ConsumerFrame, delay time.Duration) func() []
 	rd.consuming.mu.Lock()
 	c := rd.consuming.m[f.Consumer]
 	rd.consuming.mu.Unlock()
-	var cons *consumer.Consumer
+	var cons consumer.Handle
 	if c != nil {
 		cons = c.cons
 	} else {

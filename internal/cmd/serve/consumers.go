@@ -6,14 +6,21 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/broker/backend"
+	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/consumer"
 )
 
 // openConsumers opens the broker's durable consumers: in the --data-dir
-// beside the channels, or in memory. On Redis they are refused: a consumer
-// kept by one node would not be the one a client failing over to another
-// node finds, and each node's copy would deliver every message again.
-func openConsumers(o *Options, b broker.Broker, kind string, log *slog.Logger) (*consumer.Manager, error) {
+// beside the channels, in memory, or on Redis, where every node shares
+// them (a client failing over to another node finds its consumer there).
+func openConsumers(o *Options, b *broker.Core, kind string, log *slog.Logger) (consumer.Engine, error) {
+	if kind == backend.Redis {
+		l, ok := b.Log().(*redislog.Log)
+		if !ok {
+			return nil, fmt.Errorf("durable consumers: the Redis broker has no Redis log")
+		}
+		return consumer.NewRedis(b, consumer.RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(), Node: l.Node(), Logger: log})
+	}
 	var st consumer.Store
 	if kind == backend.Bolt {
 		var err error
@@ -24,9 +31,5 @@ func openConsumers(o *Options, b broker.Broker, kind string, log *slog.Logger) (
 			fmt.Fprintf(o.IO.ErrOut, "pushctl: %d durable consumers restored\n", n)
 		}
 	}
-	o2 := consumer.Options{Store: st, Logger: log}
-	if kind == backend.Redis {
-		o2.Unavailable = "durable consumers are not shared between nodes on Redis yet; run them on a broker of its own (serve --data-dir), see docs/consumers.md"
-	}
-	return consumer.NewManager(b, o2), nil
+	return consumer.NewManager(b, consumer.Options{Store: st, Logger: log}).Engine(), nil
 }

@@ -1,0 +1,447 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/redislog"
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+// Consumers on Redis, against a real redis-server (and a Redis Cluster):
+// two nodes (a broker and a RedisEngine each) sharing one Redis.
+
+var testPrefixes atomic.Int64
+
+type redisNode struct {
+	b *broker.Core
+	e *RedisEngine
+}
+
+// redisNodes starts n nodes on url sharing one key prefix.
+func redisNodes(t *testing.T, url string, n int) []*redisNode {
+	t.Helper()
+	prefix := fmt.Sprintf("ct%d:", testPrefixes.Add(1))
+	var out []*redisNode
+	for i := 0; i < n; i++ {
+		hub := broker.NewHub()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: prefix, NodeTimeout: 600 * time.Millisecond,
+			Retention: broker.Retention{HistorySize: 1000}}, hub)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := broker.New(hub, l, broker.CoreOptions{})
+		e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd := &redisNode{b: b, e: e}
+		t.Cleanup(func() { nd.close() })
+		out = append(out, nd)
+	}
+	return out
+}
+
+func (n *redisNode) close() {
+	n.e.Close()
+	n.b.Close()
+}
+
+func redisOpen(t *testing.T, n *redisNode, name string, cfg Config) *redisConsumer {
+	t.Helper()
+	h, err := n.e.Open(name, cfg, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.(*redisConsumer)
+}
+
+func redisPublish(t *testing.T, b broker.Broker, ch string, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		if _, _, err := b.Publish(context.Background(), &broker.Message{Channel: ch, Data: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func describe(t *testing.T, c Handle) Info {
+	t.Helper()
+	inf, err := c.Describe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inf
+}
+
+// waitInfo waits (on wake notices, bounded) until ok holds.
+func waitInfo(t *testing.T, c *redisConsumer, what string, ok func(Info) bool) Info {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		wake := c.wakeChan()
+		inf := describe(t, c)
+		if ok(inf) {
+			return inf
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s: %+v", what, inf)
+		}
+		tm := time.NewTimer(100 * time.Millisecond) // a change without a notice (an ack) is seen at the next look
+		select {
+		case <-wake:
+		case <-tm.C:
+		}
+		tm.Stop()
+	}
+}
+
+func fetchAll(t *testing.T, c Handle, n, max int) []Delivery {
+	t.Helper()
+	var out []Delivery
+	deadline := time.Now().Add(10 * time.Second)
+	for len(out) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d of %d deliveries", len(out), n)
+		}
+		ds, err := c.Fetch(context.Background(), min(max, n-len(out)), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ds...)
+	}
+	return out
+}
+
+func forEachRedis(t *testing.T, f func(t *testing.T, url string)) {
+	t.Run("redis", func(t *testing.T) { f(t, redistest.Start(t, redistest.Options{}).URL()) })
+	t.Run("cluster", func(t *testing.T) { f(t, redistest.StartCluster(t, 3).URL()) })
+}
+
+// A consumer created on one node is the same on the other: what one
+// fetches the other does not; ack, nack (now and delayed), the ack wait
+// and max_deliveries work across nodes, and the dead letter is published
+// once and counted.
+func TestRedisConsumerSharedByNodes(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 2)
+		a := redisOpen(t, ns[0], "w", Config{Filter: "jobs", AckWait: 300 * time.Millisecond, MaxDeliveries: 2})
+		dl, err := ns[1].b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"_dead.w"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dl.Close()
+		bh, err := ns[1].e.Open("w", Config{}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := bh.(*redisConsumer)
+		if _, err := ns[1].e.Open("w", Config{Filter: "other"}, true); err == nil {
+			t.Fatal("a consumer opened with another filter")
+		}
+		redisPublish(t, ns[0].b, "jobs", 1, 4)
+		waitInfo(t, a, "4 kept", func(i Info) bool { return i.Pending == 4 })
+		d1 := fetchAll(t, a, 2, 2)
+		d2 := fetchAll(t, b, 2, 5)
+		got := map[string]string{}
+		for _, d := range append(d1, d2...) {
+			got[string(d.Msg.Data)] = d.ID
+			if d.Count != 1 {
+				t.Fatalf("first delivery %s has count %d", d.ID, d.Count)
+			}
+		}
+		if len(got) != 4 {
+			t.Fatalf("the two nodes fetched %v", got)
+		}
+		// Acked on the other node than the one that fetched it.
+		if n, err := b.Ack([]string{got["1"]}); err != nil || n != 1 {
+			t.Fatalf("ack: %d %v", n, err)
+		}
+		if n, _ := a.Ack([]string{got["1"]}); n != 0 {
+			t.Fatal("a second ack removed something")
+		}
+		// 2: nacked now, comes back with count 2, nacked again: dead.
+		if ok, dead, err := a.Nack(got["2"], 0); !ok || dead || err != nil {
+			t.Fatalf("nack: %v %v %v", ok, dead, err)
+		}
+		if ok, _, _ := a.Nack(got["2"], 0); ok {
+			t.Fatal("a nack of a delivery no longer current counted")
+		}
+		d := fetchAll(t, b, 1, 1)[0]
+		if string(d.Msg.Data) != "2" || d.Count != 2 {
+			t.Fatalf("after the nack: %s %q count %d", d.ID, d.Msg.Data, d.Count)
+		}
+		if ok, dead, err := b.Nack(d.ID, 0); !ok || !dead || err != nil {
+			t.Fatalf("last nack: %v %v %v", ok, dead, err)
+		}
+		// 3: nacked with a delay: not before it.
+		start := time.Now()
+		if ok, _, err := a.Nack(got["3"], 400*time.Millisecond); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		// 4: never answered: after the ack wait (300ms) it comes again.
+		var again []Delivery
+		for len(again) < 2 {
+			ds, err := b.Fetch(context.Background(), 2, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again = append(again, ds...)
+		}
+		if e := time.Since(start); e < 300*time.Millisecond {
+			t.Fatalf("redelivered after %s, before the ack wait and the delay", e)
+		}
+		for _, d := range again {
+			if d.Count != 2 || (string(d.Msg.Data) != "3" && string(d.Msg.Data) != "4") {
+				t.Fatalf("redelivery %s %q", d.ID, d.Msg.Data)
+			}
+			if n, err := a.Ack([]string{d.ID}); n != 1 || err != nil {
+				t.Fatal(n, err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		evs, err := dl.Next(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dead struct {
+			Consumer   string
+			Deliveries int
+			Message    struct{ Data string }
+		}
+		if err := json.Unmarshal(evs[0].Msg.Data, &dead); err != nil || dead.Consumer != "w" || dead.Deliveries != 2 || dead.Message.Data != "2" {
+			t.Fatalf("dead letter %s: %v", evs[0].Msg.Data, err)
+		}
+		inf := waitInfo(t, b, "dead letter counted", func(i Info) bool { return i.DeadLettered == 1 })
+		if inf.Pending != 0 || inf.Acked != 3 || inf.Nacked != 3 || inf.Expired != 1 || inf.Delivered != 7 || inf.Redelivered != 3 || inf.Inflight != 0 {
+			t.Fatalf("counters %+v", inf)
+		}
+		if len(inf.Cursor) != 1 || inf.Cursor["jobs"] == "" {
+			t.Fatalf("cursor %v", inf.Cursor)
+		}
+		// Listing and deleting from either node.
+		list, err := ns[1].e.List(context.Background())
+		if err != nil || len(list) != 1 || list[0].Name != "w" {
+			t.Fatalf("list %v %v", list, err)
+		}
+		if err := ns[1].e.Delete("w"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Fetch(context.Background(), 1, 0); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("fetch of a deleted consumer: %v", err)
+		}
+		if _, err := ns[0].e.Open("w", Config{}, false); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("open of a deleted consumer: %v", err)
+		}
+	})
+}
+
+// A waiting fetch on one node wakes when a message the other node
+// publishes is kept, and at the ack wait of a delivery another node
+// held; ordered mode holds one at a time across nodes.
+func TestRedisConsumerWaitsAndOrders(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 2)
+		// An exact channel: on Redis Cluster a pattern subscription made
+		// while a new channel's first message is published can miss it
+		// (a broker bug of its own, reported with this work).
+		a := redisOpen(t, ns[0], "o", Config{Filter: "q.x", AckWait: 300 * time.Millisecond, MaxInflight: 1})
+		b := redisOpen(t, ns[1], "o", Config{Filter: "q.x"})
+		got := make(chan []Delivery, 1)
+		go func() {
+			ds, err := b.Fetch(context.Background(), 5, 10*time.Second)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- ds
+		}()
+		waitInfo(t, b, "fetch waiting", func(i Info) bool { return i.Fetchers == 1 })
+		redisPublish(t, ns[0].b, "q.x", 1, 3)
+		ds := <-got
+		if len(ds) != 1 || string(ds[0].Msg.Data) != "1" {
+			for _, d := range ds {
+				t.Logf("got %s %q", d.ID, d.Msg.Data)
+			}
+			t.Fatalf("ordered: first fetch %v", ds)
+		}
+		// Nothing else while 1 is in flight; after its ack wait, 1 again.
+		start := time.Now()
+		d := fetchAll(t, a, 1, 5)[0]
+		if string(d.Msg.Data) != "1" || d.Count != 2 || time.Since(start) < 200*time.Millisecond {
+			t.Fatalf("ordered: after the ack wait %q count %d after %s", d.Msg.Data, d.Count, time.Since(start))
+		}
+		if n, err := b.Ack([]string{d.ID}); n != 1 || err != nil {
+			t.Fatal(n, err)
+		}
+		for _, want := range []string{"2", "3"} {
+			d := fetchAll(t, b, 1, 5)[0]
+			if string(d.Msg.Data) != want {
+				t.Fatalf("ordered: got %q, want %s", d.Msg.Data, want)
+			}
+			a.Ack([]string{d.ID})
+		}
+	})
+}
+
+// Past max_pending the consumer keeps a counted gap notice, one per run
+// of messages it could not keep, never a silent skip.
+func TestRedisConsumerGap(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 1)
+		c := redisOpen(t, ns[0], "g", Config{Filter: "jobs", MaxPending: 2})
+		redisPublish(t, ns[0].b, "jobs", 1, 5)
+		waitInfo(t, c, "5 seen", func(i Info) bool { return i.Lost == 3 })
+		ds := fetchAll(t, c, 3, 10)
+		if string(ds[0].Msg.Data) != "1" || string(ds[1].Msg.Data) != "2" || ds[2].Gap == nil {
+			t.Fatalf("deliveries %+v", ds)
+		}
+		g := ds[2]
+		if g.Lost != 3 || g.Gap.Channel != "jobs" || g.Gap.To.Seq != 5 || g.Gap.From.Seq != 2 {
+			t.Fatalf("gap %+v lost %d", g.Gap, g.Lost)
+		}
+		inf := describe(t, c)
+		if inf.Gaps != 1 || inf.Lost != 3 || inf.Pending != 2 {
+			t.Fatalf("counters %+v", inf)
+		}
+		c.Ack([]string{ds[0].ID, ds[1].ID})
+		redisPublish(t, ns[0].b, "jobs", 6, 6)
+		if d := fetchAll(t, c, 1, 10)[0]; d.Msg == nil || string(d.Msg.Data) != "6" {
+			t.Fatalf("after the gap: %+v", d)
+		}
+	})
+}
+
+// The append script keeps a message once however often a feeder sends
+// it (a resumed subscription's overlap), and refuses a node that does not
+// hold the lease; when the feeding node stops, the other takes over from
+// the stored cursor and misses nothing.
+func TestRedisConsumerFeedersOnce(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 2)
+		a := redisOpen(t, ns[0], "f", Config{Filter: "jobs"})
+		b := redisOpen(t, ns[1], "f", Config{Filter: "jobs"})
+		redisPublish(t, ns[0].b, "jobs", 1, 3)
+		waitInfo(t, a, "3 kept", func(i Info) bool { return i.Pending == 3 })
+		// Send the same three again as whichever node holds the lease.
+		holder, other := a, b
+		lease, _ := ns[0].e.rdb.Get(context.Background(), a.keys[9]).Result()
+		if lease == ns[1].e.token {
+			holder, other = b, a
+		}
+		sub, err := ns[0].b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"jobs"}, Last: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var evs []broker.Event
+		for len(evs) < 3 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			evs, err = sub.Next(ctx, evs)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		sub.Close()
+		if err := holder.appendEvents(context.Background(), evs); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.appendEvents(context.Background(), evs); !errors.Is(err, errLeaseLost) {
+			t.Fatalf("append without the lease: %v", err)
+		}
+		if inf := describe(t, a); inf.Pending != 3 {
+			t.Fatalf("kept %d, want 3 (once each)", inf.Pending)
+		}
+		// The holder's node stops; the other takes the lease over.
+		stopped, alive := ns[0], ns[1]
+		if holder == b {
+			stopped, alive = ns[1], ns[0]
+		}
+		stopped.close()
+		redisPublish(t, alive.b, "jobs", 4, 6)
+		ah, _ := alive.e.Open("f", Config{}, false)
+		c := ah.(*redisConsumer)
+		inf := waitInfo(t, c, "6 kept after the takeover", func(i Info) bool { return i.Pending == 6 })
+		if inf.Feeder != alive.e.token {
+			t.Fatalf("feeder %q after the takeover, want %q", inf.Feeder, alive.e.token)
+		}
+		ds := fetchAll(t, c, 6, 10)
+		for i, d := range ds {
+			if string(d.Msg.Data) != strconv.Itoa(i+1) || d.Count != 1 {
+				t.Fatalf("delivery %d: %q count %d", i, d.Msg.Data, d.Count)
+			}
+		}
+	})
+}
+
+// A pattern consumer keeps the messages of every channel it matches, each
+// channel with its own cursor, and not its own dead-letter channel. (Single
+// Redis only: see TestRedisConsumerWaitsAndOrders about patterns on Redis
+// Cluster.)
+func TestRedisConsumerPattern(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 2)
+	c := redisOpen(t, ns[0], "p", Config{Filter: "jobs.*"})
+	redisPublish(t, ns[1].b, "jobs.a", 1, 2)
+	redisPublish(t, ns[0].b, "jobs.b", 3, 3)
+	redisPublish(t, ns[0].b, "other", 4, 4)
+	inf := waitInfo(t, c, "3 kept", func(i Info) bool { return i.Pending == 3 })
+	if len(inf.Cursor) != 2 || inf.Cursor["jobs.a"] == "" || inf.Cursor["jobs.b"] == "" {
+		t.Fatalf("cursor %v", inf.Cursor)
+	}
+	got := map[string]string{}
+	for _, d := range fetchAll(t, c, 3, 10) {
+		got[string(d.Msg.Data)] = d.Msg.Channel
+	}
+	if got["1"] != "jobs.a" || got["2"] != "jobs.a" || got["3"] != "jobs.b" {
+		t.Fatalf("deliveries %v", got)
+	}
+}
+
+// A node that marked a message out of deliveries and died before
+// publishing it to the dead-letter channel loses nothing: after deadRetry
+// the feeding node publishes it, and it is counted once.
+func TestRedisConsumerDeadLetterAfterCrash(t *testing.T) {
+	was := deadRetry
+	deadRetry = 500 * time.Millisecond
+	t.Cleanup(func() { deadRetry = was })
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 2)
+		a := redisOpen(t, ns[0], "d", Config{Filter: "jobs", MaxDeliveries: 1})
+		dl, err := ns[1].b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"_dead.d"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dl.Close()
+		redisPublish(t, ns[0].b, "jobs", 1, 1)
+		d := fetchAll(t, a, 1, 1)[0]
+		seq, count, _ := ParseDeliveryID(d.ID)
+		// The nack script alone, as a node that dies before publishing.
+		vals, err := a.run(context.Background(), nackScript, seq, count, 0, 1, deadRetry.Milliseconds()).Slice()
+		if err != nil || asInt(vals[0]) != 2 {
+			t.Fatalf("nack: %v %v", vals, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		evs, err := dl.Next(ctx, nil)
+		if err != nil {
+			t.Fatalf("no dead letter after the crash: %v", err)
+		}
+		if !strings.Contains(string(evs[0].Msg.Data), `"consumer":"d"`) {
+			t.Fatalf("dead letter %s", evs[0].Msg.Data)
+		}
+		inf := waitInfo(t, a, "counted", func(i Info) bool { return i.DeadLettered == 1 })
+		if inf.Pending != 0 {
+			t.Fatalf("after the dead letter: %+v", inf)
+		}
+	})
+}
