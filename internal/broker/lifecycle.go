@@ -25,13 +25,24 @@ type LifecycleLog interface {
 	// one that is not recorded (another node ended it) appends nothing.
 	// wait reports whether ev was appended (its place filled in).
 	StartRecord(ctx context.Context, node, kind, key, info string, open bool, ev *Message) (wait func() (bool, error), err error)
+	// Member records that node ("": this node) holds (hold true) or no
+	// longer holds the presence member id of the channel whose events go
+	// to evChannel (info kept for whoever ends it should node die). When
+	// that makes the number of nodes holding the member go from 0 to 1 or
+	// from 1 to 0, ev (member_added or member_removed) is appended to
+	// evChannel in the same step, its place filled in, and Member reports
+	// true. Holding again what node holds, or releasing what it does not
+	// hold, changes nothing.
+	Member(ctx context.Context, node, evChannel, id, info string, hold bool, ev *Message) (bool, error)
 	// WatchLifecycle is called once, before use: lost is called, on a
 	// surviving node, for each occupancy hold (kind "o", key the event
 	// channel; the caller ends it with Occupy(node, …, false, …)),
-	// subscription ("s") and connection ("c", key and info as recorded;
-	// the caller ends them with StartRecord(node, …, false, …), which
-	// tells each once) of a node found dead; the subscriptions of a
-	// channel come before its hold. rejoin is called when this node
+	// presence member ("m", key the member id, info as recorded; the
+	// caller ends it with Member(node, …, false, …)), subscription ("s")
+	// and connection ("c", key and info as recorded; the caller ends them
+	// with StartRecord(node, …, false, …), which tells each once) of a
+	// node found dead; its members come first, the subscriptions of a
+	// channel before its hold. rejoin is called when this node
 	// finds it was taken for dead and must hold its channels and record
 	// its connections and subscriptions again.
 	WatchLifecycle(lost func(node, kind, key, info string) error, rejoin func())

@@ -114,6 +114,7 @@ func New(b broker.Broker, c Config) *Door {
 		return rm, err
 	}, c.PresenceGrace)
 	d.presence.Changed = d.presenceChanged
+	d.presence.Hold = d.presenceHold
 	lb, _ := b.(interface{ Log() broker.Log })
 	if lb != nil {
 		if ll, ok := lb.Log().(broker.LifecycleLog); ok {

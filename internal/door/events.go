@@ -261,6 +261,14 @@ func (d *Door) presenceChanged(channel, event, id string) {
 	}
 }
 
+// presenceHold is the registry's word, with nodes sharing the log, that
+// a node holds a member or no longer does: the shared log decides
+// member_added and member_removed for the cluster, appended in the same
+// step (see events.Emitter.Member).
+func (d *Door) presenceHold(ctx context.Context, node, channel, id string, hold bool) error {
+	return d.Events().Member(ctx, node, channel, id, hold)
+}
+
 // publishEventFor returns what emits the published event of a message to
 // a channel of ns (nil: none).
 func (d *Door) publishEventFor(c Caller, ns *nsState) func(m *broker.Message) {

@@ -39,6 +39,9 @@ func (g *gatedLifecycle) Occupy(_ context.Context, _, _ string, hold bool, _ *br
 func (g *gatedLifecycle) StartRecord(context.Context, string, string, string, string, bool, *broker.Message) (func() (bool, error), error) {
 	return func() (bool, error) { return false, nil }, nil
 }
+func (g *gatedLifecycle) Member(context.Context, string, string, string, string, bool, *broker.Message) (bool, error) {
+	return false, nil
+}
 func (g *gatedLifecycle) WatchLifecycle(func(node, kind, key, info string) error, func()) {}
 
 // With nodes sharing the log, Subscribe returns only once the cluster

@@ -618,3 +618,226 @@ func TestLifecycleEventsPairedAfterKill(t *testing.T) {
 	}
 	t.Logf("%d connections of the killed node, each opened and closed once", opened())
 }
+
+// wsJoinOK joins channel's presence as id on a new WebSocket of node and
+// waits for the answer; an error when node refuses or is gone (for use
+// off the test's goroutine).
+func wsJoinOK(node, channel, id string) (*websocket.Conn, error) {
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(node, "http")+"/ws", nil)
+	if err != nil {
+		return nil, err
+	}
+	r := ref()
+	if err := c.WriteJSON(map[string]any{"type": "join", "ref": r, "channel": channel, "id": id}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	for {
+		var f struct {
+			Type string `json:"type"`
+			Ref  string `json:"ref"`
+			Code string `json:"code"`
+		}
+		if err := c.ReadJSON(&f); err != nil {
+			c.Close()
+			return nil, err
+		}
+		if f.Ref != r {
+			continue
+		}
+		c.SetReadDeadline(time.Time{})
+		if f.Type == "error" {
+			c.Close()
+			return nil, fmt.Errorf("join %s as %s: %s", channel, id, f.Code)
+		}
+		return c, nil
+	}
+}
+
+// TestMemberEventsOnceAfterKill: presence members of two channels join
+// and leave on the three nodes of a cluster on Redis; one node is killed
+// with SIGKILL in the middle of a stream of joins and leaves on it. Once
+// every member is gone, each channel's events are 1, 2, 3… once each,
+// and each member's are member_added, member_removed, member_added… in
+// that order, ending with member_removed: never two added or two removed
+// in a row, none without the other. Every member whose join was answered
+// has its member_added; the members held only by the killed node are
+// removed by a survivor (reason node_lost). Deciding a member's event and
+// appending it are one script in the event channel's slot (they were two
+// steps: a node killed in between lost the event).
+func TestMemberEventsOnceAfterKill(t *testing.T) {
+	rc := newReceiver(t)
+	rs := redistest.Start(t, redistest.Options{})
+	args := []string{"--broker", rs.URL(), "--webhook-delay", "0", "--presence-grace", "0", "--node-timeout", "2s",
+		"--webhook-retry", "10m", "--max-conns-per-ip", "0"}
+	_, a := eventsNode(t, rc, nil, args...)
+	// A holds the webhook's lease before the others start: the webhooks
+	// do not change hands (which may send a body twice).
+	deadline := time.After(30 * time.Second)
+	for metricValue(t, a, "pushctl_webhook_leases_held") != 1 {
+		select {
+		case <-rc.more:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("A does not hold the webhook lease")
+		}
+	}
+	bp, b := eventsNode(t, rc, nil, args...)
+	_, c := eventsNode(t, rc, nil, args...)
+	chans := []string{"room.m0", "room.m1"}
+	var mu sync.Mutex
+	var conns []*websocket.Conn // closed once B is dead
+	answered := map[string]bool{}
+	join := func(node, ch, id string) {
+		t.Helper()
+		ws, err := wsJoinOK(node, ch, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		conns = append(conns, ws)
+		answered[ch+" "+id] = true
+		mu.Unlock()
+	}
+	// Held by B only (removed by a survivor), by B and A (not removed by
+	// the kill), by C only.
+	for _, ch := range chans {
+		join(b, ch, "onlyB")
+		join(b, ch, "bothAB")
+		join(a, ch, "bothAB")
+		join(c, ch, "onlyC")
+	}
+	var bNode string
+	for _, ev := range rc.waitFor(chans[0], "member_added", "onlyB", 20*time.Second) {
+		if ev.UserID == "onlyB" {
+			bNode = ev.Node
+		}
+	}
+	addedOnB := func() int {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		n := 0
+		for _, ev := range rc.evs {
+			if ev.Name == "member_added" && ev.Node == bNode {
+				n++
+			}
+		}
+		return n
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { // members come and go on B until it dies
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ch, id := chans[i%2], "churn"+strconv.Itoa(i%25)
+			ws, err := wsJoinOK(b, ch, id)
+			if err != nil {
+				return // B is dead
+			}
+			mu.Lock()
+			answered[ch+" "+id] = true
+			if i%3 == 0 && i < 30 {
+				conns = append(conns, ws) // stays until B dies
+			} else {
+				ws.Close()
+			}
+			mu.Unlock()
+		}
+	}()
+	deadline = time.After(60 * time.Second)
+	for addedOnB() < 60 {
+		select {
+		case <-rc.more:
+		case <-deadline:
+			t.Fatalf("%d members added on B within 60s", addedOnB())
+		}
+	}
+	bp.cmd.Process.Signal(syscall.SIGKILL)
+	bp.wait(10 * time.Second)
+	close(stop)
+	<-done
+	for _, ch := range chans {
+		rc.waitFor(ch, "member_removed", "onlyB", 30*time.Second)
+	}
+	mu.Lock()
+	for _, ws := range conns {
+		ws.Close()
+	}
+	mu.Unlock()
+
+	check := func() (bad []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ch := range chans {
+			evs := rc.channel(ch)
+			slices.SortFunc(evs, func(x, y lifecycleEvent) int { return int(x.Seq) - int(y.Seq) })
+			last := map[string]string{}
+			for i, ev := range evs {
+				if ev.Seq != uint64(i+1) || ev.Epoch != evs[0].Epoch {
+					bad = append(bad, fmt.Sprintf("%s: event %d has seq %d (%s %s)", ch, i, ev.Seq, ev.Name, ev.UserID))
+					break
+				}
+				switch prev := last[ev.UserID]; {
+				case ev.Name == "member_added" && prev == "member_added",
+					ev.Name == "member_removed" && prev != "member_added":
+					bad = append(bad, fmt.Sprintf("%s: %s of %s (seq %d) after %q", ch, ev.Name, ev.UserID, ev.Seq, prev))
+				}
+				last[ev.UserID] = ev.Name
+				if ev.Name == "member_removed" && ev.UserID == "onlyB" && (ev.Reason != "node_lost" || ev.ReapedBy == "" || ev.ReapedBy == ev.Node) {
+					bad = append(bad, fmt.Sprintf("%s: onlyB removed by %+v", ch, ev))
+				}
+			}
+			for id, name := range last {
+				if name != "member_removed" {
+					bad = append(bad, fmt.Sprintf("%s: %s not removed", ch, id))
+				}
+			}
+			for k := range answered {
+				if ch2, id, _ := strings.Cut(k, " "); ch2 == ch && last[id] == "" {
+					bad = append(bad, fmt.Sprintf("%s: %s joined (answered) and never added", ch, id))
+				}
+			}
+		}
+		slices.Sort(bad)
+		return bad
+	}
+	waitGood := func(what string) {
+		t.Helper()
+		deadline := time.After(60 * time.Second)
+		for {
+			bad := check()
+			if len(bad) == 0 {
+				return
+			}
+			select {
+			case <-rc.more:
+			case <-time.After(time.Second):
+			case <-deadline:
+				t.Fatalf("%s: %d problems: %v", what, len(bad), bad)
+			}
+		}
+	}
+	waitGood("60s after the kill")
+	// Nothing more comes: a last member on each channel after everything.
+	for _, ch := range chans {
+		ws, err := wsJoinOK(c, ch, "last")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws.Close()
+		rc.waitFor(ch, "member_removed", "last", 20*time.Second)
+	}
+	if bad := check(); len(bad) > 0 {
+		t.Fatalf("after all: %v", bad)
+	}
+	n := 0
+	for _, ch := range chans {
+		n += count(rc.channel(ch), "member_added")
+	}
+	t.Logf("%d member_added (%d decided on the killed node), each paired with one member_removed", n, addedOnB())
+}

@@ -542,6 +542,47 @@ func (e *Emitter) occupyLocked(ctx context.Context, node string, hold bool, ev E
 	return nil
 }
 
+// Member records (hold) or ends node's ("": this node's) hold of the
+// presence member id of channel in the shared log, which appends
+// member_added when it makes the member held by a node for the cluster,
+// member_removed when by none, in the same step as the count, and hands
+// the event to the sinks when this call appended it. Without a shared log
+// it does nothing (the presence registry decides: Emit). The caller
+// waits: a join told to its client has its member_added recorded.
+func (e *Emitter) Member(ctx context.Context, node, channel, id string, hold bool) error {
+	if e == nil || e.cfg.Shared == nil || !e.On(channel) {
+		return nil
+	}
+	ev := Event{Name: MemberRemoved, Channel: channel, UserID: id, Node: e.cfg.Node, TimeMs: e.cfg.Now().UnixMilli()}
+	if hold {
+		ev.Name = MemberAdded
+	}
+	if node != "" && node != e.cfg.Node {
+		ev.Node, ev.ReapedBy, ev.Reason = node, e.cfg.Node, "node_lost"
+	}
+	return e.member(ctx, node, hold, ev)
+}
+
+// member is Member's step, ev its event.
+func (e *Emitter) member(ctx context.Context, node string, hold bool, ev Event) error {
+	s := e.stripe(ev.EventChannel())
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	info, _ := json.Marshal(tracked{Channel: ev.Channel, User: ev.UserID})
+	m := ev.Message()
+	appended, err := e.cfg.Shared.Member(ctx, node, m.Channel, ev.UserID, string(info), hold, m)
+	if err != nil {
+		e.failed.Add(1)
+		e.cfg.Logger.Warn("lifecycle: presence member not recorded", "event", ev.Name, "channel", ev.Channel, "err", err)
+		return err
+	}
+	if appended {
+		e.published.Add(1)
+		e.Published(ev, m)
+	}
+	return nil
+}
+
 // end ends kind/key of a dead node in the shared log with ev appended in
 // the same step, and hands ev to the sinks when this call appended it.
 // An error leaves the record for the next try (the reaper tries again).
@@ -583,6 +624,9 @@ func (e *Emitter) lost(node, kind, key, info string) error {
 	case "s":
 		ev := Event{Name: Unsubscribed, Channel: t.Channel, UserID: t.User, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
 		return e.end(ctx, e.stripe(ev.EventChannel()), node, "s", key, ev)
+	case "m":
+		ev := Event{Name: MemberRemoved, Channel: t.Channel, UserID: key, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
+		return e.member(ctx, node, false, ev)
 	case "c":
 		ev := Event{Name: ConnectionClosed, ConnectionID: key, UserID: t.User, Transport: t.Transport, Reason: "node_lost", Node: node, ReapedBy: e.cfg.Node, TimeMs: now}
 		return e.end(ctx, e.stripe(Connections), node, "c", key, ev)

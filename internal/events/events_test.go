@@ -100,6 +100,9 @@ func (g *gatedShared) Occupy(_ context.Context, _, _ string, hold bool, _ *broke
 func (g *gatedShared) StartRecord(context.Context, string, string, string, string, bool, *broker.Message) (func() (bool, error), error) {
 	return func() (bool, error) { return false, nil }, nil
 }
+func (g *gatedShared) Member(context.Context, string, string, string, string, bool, *broker.Message) (bool, error) {
+	return false, nil
+}
 func (g *gatedShared) WatchLifecycle(func(node, kind, key, info string) error, func()) {}
 
 // Shared, a subscription is counted for the cluster only once the log

@@ -87,6 +87,12 @@ type Registry struct {
 	// Changed, when set before use, is told each member's arrival and
 	// departure (event EventAdded or EventRemoved), in order per channel.
 	Changed func(channel, event, id string)
+	// Hold, when set before use with a shared log, is told instead of
+	// Changed each time a node ("": this one) starts or stops holding a
+	// member (the presence log changed), and waited for: it decides the
+	// member's lifecycle events for the cluster (events.Emitter.Member).
+	// An error from a stop is retried like the log's.
+	Hold func(ctx context.Context, node, channel, id string, hold bool) error
 
 	mu     sync.Mutex
 	rooms  map[string]*room
@@ -222,10 +228,18 @@ func (r *Registry) add(ctx context.Context, rm *room, channel, id string, m *mem
 		return r.emit(ctx, rm, channel, EventAdded, id, ev)
 	}
 	added, err := r.shared.PresenceAdd(ctx, channel, id, m.info, m.max, ev)
-	if err != nil || !added {
+	if err != nil {
 		return err
 	}
-	r.emitted(rm, channel, EventAdded, id, ev)
+	if added {
+		r.emitted(rm, channel, EventAdded, id, ev)
+	}
+	if r.Hold != nil {
+		// This node holds the member now. Not recorded (the failure is
+		// counted and logged), its member_added is not told, nor its
+		// member_removed: the join stands.
+		_ = r.Hold(ctx, "", channel, id, true)
+	}
 	return nil
 }
 
@@ -253,7 +267,7 @@ func (r *Registry) emit(ctx context.Context, rm *room, channel, event, id string
 // emitted records a presence event that was published; rm.mu is held.
 func (r *Registry) emitted(rm *room, channel, event, id string, m *broker.Message) {
 	rm.last = m.Position()
-	if r.Changed != nil {
+	if r.Changed != nil && (r.shared == nil || r.Hold == nil) {
 		r.Changed(channel, event, id)
 	}
 }
@@ -420,6 +434,11 @@ func (r *Registry) unhold(rm *room, node, channel, id string) error {
 	removed, err := r.shared.PresenceRemove(ctx, node, channel, id, ev)
 	if err == nil && removed {
 		r.emitted(rm, channel, EventRemoved, id, ev)
+	}
+	if err == nil && r.Hold != nil {
+		// After the log: a node that dies in between leaves its hold
+		// recorded, and a survivor tells its end.
+		err = r.Hold(ctx, node, channel, id, false)
 	}
 	return err
 }

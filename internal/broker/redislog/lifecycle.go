@@ -16,12 +16,15 @@ import (
 // hold, n the holding nodes), changed only by occupyScript, which appends
 // channel_occupied or channel_vacated in the same step when the count
 // goes 0→1 or 1→0: one event per change for the cluster. Each node lists
-// its holds (life:o:<node>). Its connections and subscriptions are
+// its holds (life:o:<node>). A channel's presence members are counted
+// per node in the same hash by memberScript, which appends member_added
+// and member_removed in the same step (life:m:<node> lists the event
+// channels where a node holds members). Its connections and subscriptions are
 // recorded in the same hash of their event channel (r:<node>:<kind>:<key>,
 // kind "c" or "s"; the connections' in $events.connections's), by
 // recordScript, which appends the connection's or subscription's event in
 // the same step: recorded and told are one. When a node stops beating,
-// the others end its subscriptions and holds, channel by channel, then
+// the others end its members, then its subscriptions and holds, channel by channel, then
 // its connections, each end also one step (the record deleted, the end
 // appended, nothing when another node deleted it first: told once),
 // before they take its counts out.
@@ -67,9 +70,46 @@ local r = announce(p)
 return reply(p, {1, r[1], r[2], r[3], r[4]})
 `)
 
-func init() { scripts = append(scripts, occupyScript, recordScript) }
+// memberScript: ARGV node, member id, info, "1" hold / "0" release,
+// call id, then publish()'s. A node's hold of a presence member is
+// recorded in the hash of the channel's event channel (r:<node>:m:<id>,
+// with info for a reaper; mc:<id> how many nodes hold the member, mk:<node>
+// how many members the node holds there), and member_added is appended
+// in the same step when the member's count goes 0→1, member_removed when
+// it goes 1→0: one event per change for the cluster, none lost between
+// deciding and appending. Holding what node holds, or releasing what it
+// does not, changes nothing. Returns {0, k} or {1, publish()'s reply…,
+// k}, k the members node still holds there; a call sent again returns
+// the first copy's reply.
+var memberScript = redis.NewScript(luaLib + luaPublish + luaPresence + `
+local p, node, id = KEYS[1], ARGV[1], ARGV[2]
+local again = replied(p)
+if again then return again end
+local f, c, k = 'r:' .. node .. ':m:' .. id, 'mc:' .. id, 'mk:' .. node
+local held
+if ARGV[4] == '1' then
+  if redis.call('HSETNX', p, f, ARGV[3]) == 0 then
+    return reply(p, {0, tonumber(redis.call('HGET', p, k) or '0')})
+  end
+  held = redis.call('HINCRBY', p, k, 1)
+  if redis.call('HINCRBY', p, c, 1) > 1 then return reply(p, {0, held}) end
+else
+  if redis.call('HDEL', p, f) == 0 then
+    return reply(p, {0, tonumber(redis.call('HGET', p, k) or '0')})
+  end
+  held = redis.call('HINCRBY', p, k, -1)
+  if held <= 0 then redis.call('HDEL', p, k) end
+  if redis.call('HINCRBY', p, c, -1) > 0 then return reply(p, {0, held}) end
+  redis.call('HDEL', p, c)
+end
+local r = announce(p)
+return reply(p, {1, r[1], r[2], r[3], r[4], held})
+`)
 
-// lifeKey is the hash of node's occupancy holds ("o": event channel → 1).
+func init() { scripts = append(scripts, occupyScript, recordScript, memberScript) }
+
+// lifeKey is the hash of node's occupancy holds ("o": event channel → 1)
+// or of the event channels where it holds presence members ("m").
 func (l *Log) lifeKey(node, kind string) string { return l.key("life:" + kind + ":" + node) }
 
 // connectionsEvents is the event channel of connection events (whose
@@ -105,6 +145,45 @@ func (l *Log) Occupy(ctx context.Context, node, evChannel string, hold bool, ev 
 	}
 	if self && !hold {
 		l.rdb.HDel(ctx, l.lifeKey(node, "o"), evChannel)
+	}
+	status, _ := vals[0].(int64)
+	return status == 1, nil
+}
+
+// Member implements broker.LifecycleLog.
+func (l *Log) Member(ctx context.Context, node, evChannel, id, info string, hold bool, ev *broker.Message) (bool, error) {
+	self := node == "" || node == l.node
+	if self {
+		node = l.node
+	}
+	if self && hold {
+		// Listed first, so that a reaper finds every hold.
+		if err := l.rdb.HSet(ctx, l.lifeKey(node, "m"), evChannel, 1).Err(); err != nil {
+			return false, l.unavailable(err)
+		}
+	}
+	flag := 0
+	if hold {
+		flag = 1
+	}
+	if err := l.Health(); err != nil {
+		return false, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
+	}
+	ev.Channel = evChannel
+	o := &op{m: ev, script: memberScript, args: []any{node, id, info, flag}, res: make(chan opResult, 1)}
+	if err := l.submit(ctx, o); err != nil {
+		return false, err
+	}
+	r := <-o.res
+	if r.err != nil {
+		return false, r.err
+	}
+	vals := r.vals
+	if held, _ := vals[len(vals)-1].(int64); self && !hold && held <= 0 {
+		// The caller's calls for one event channel do not overlap, so no
+		// hold can have come since. A failure leaves a name a reaper
+		// skips.
+		l.rdb.HDel(ctx, l.lifeKey(node, "m"), evChannel)
 	}
 	status, _ := vals[0].(int64)
 	return status == 1, nil
@@ -155,10 +234,11 @@ func (l *Log) records(ctx context.Context, evChannel, node, kind string) (map[st
 	return out, it.Err()
 }
 
-// reapLifecycle ends what node recorded: channel by channel its
-// subscriptions, then its hold (so a channel's unsubscribes come before
+// reapLifecycle ends what node recorded: its presence members (each
+// member_removed where node was the member's last holder), then channel
+// by channel its subscriptions, then its hold (so a channel's unsubscribes come before
 // its vacated), then its connections. Each end deletes the record and
-// appends the event in one step (lost calls StartRecord), so two reapers,
+// appends the event in one step (lost calls StartRecord or Member), so two reapers,
 // or a reaper that died half-way and the next, tell each once.
 func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 	l.presenceMu.Lock()
@@ -166,6 +246,26 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 	l.presenceMu.Unlock()
 	if lost == nil {
 		return nil
+	}
+	// Its presence members first: their member_removed before the
+	// channels' unsubscribes and vacated.
+	members, err := l.rdb.HKeys(ctx, l.lifeKey(node, "m")).Result()
+	if err != nil {
+		return err
+	}
+	for _, evCh := range members {
+		ms, err := l.records(ctx, evCh, node, "m")
+		if err != nil {
+			return err
+		}
+		for id, info := range ms {
+			if err := lost(node, "m", id, info); err != nil {
+				return fmt.Errorf("member %s of %s held by node %s: %w", id, evCh, node, err)
+			}
+		}
+	}
+	if err := l.rdb.Del(ctx, l.lifeKey(node, "m")).Err(); err != nil {
+		return err
 	}
 	held, err := l.rdb.HKeys(ctx, l.lifeKey(node, "o")).Result()
 	if err != nil {

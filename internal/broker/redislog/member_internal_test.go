@@ -1,0 +1,147 @@
+package redislog
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+// TestMemberEventsOnceForTheCluster: two nodes on one Redis hold and
+// release a presence member of one channel in its event channel's hash.
+// member_added is appended once, by the hold that makes the member held
+// anywhere (0→1), member_removed once, by the release that makes it held
+// nowhere (1→0), each in the same script as the count; holding again or
+// releasing what is not held appends nothing; a call sent again (the
+// publisher's retry, same call id) answers its first reply and appends
+// nothing more; and a reaper ends a dead node's holds once, however often
+// it runs.
+func TestMemberEventsOnceForTheCluster(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := func() *Log {
+		hub := broker.NewHub()
+		l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "member:"}, hub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := broker.New(hub, l, broker.CoreOptions{})
+		t.Cleanup(func() { b.Close() })
+		return l
+	}
+	a, b := node(), node()
+	const evCh = broker.ReservedPrefix + "events.channel.room"
+	appended := func() []string {
+		t.Helper()
+		entries, err := a.rdb.XRange(ctx, a.chanKey(evCh, "s"), "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range entries {
+			for k, v := range e.Values {
+				if k == "e" || k == "event" {
+					out = append(out, fmt.Sprint(v))
+				}
+			}
+		}
+		return out
+	}
+	n0 := 0
+	step := func(l *Log, node, id string, hold bool, want bool) *broker.Message {
+		t.Helper()
+		name := "member_removed"
+		if hold {
+			name = "member_added"
+		}
+		m := &broker.Message{Channel: evCh, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)}
+		got, err := l.Member(ctx, node, evCh, id, `{"channel":"room","user_id":"`+id+`"}`, hold, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("%s of %s by %s: appended %v, want %v", name, id, l.node, got, want)
+		}
+		return m
+	}
+	listed := func(l *Log) bool {
+		ok, err := a.rdb.HExists(ctx, a.lifeKey(l.node, "m"), evCh).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	m := step(a, "", "alice", true, true) // 0→1
+	if m.Seq == 0 || !listed(a) {
+		t.Fatalf("member_added not placed (seq %d) or the channel not listed for A's reaper (%v)", m.Seq, listed(a))
+	}
+	step(b, "", "alice", true, false) // 1→2
+	step(a, "", "alice", true, false) // held already
+	step(a, "", "alice", false, false)
+	if listed(a) {
+		t.Fatal("A holds no member of the channel any more and still lists it")
+	}
+	step(a, "", "alice", false, false) // not held
+	if m := step(b, "", "alice", false, true); m.Seq != 2 {
+		t.Fatalf("member_removed at seq %d, want 2", m.Seq)
+	}
+	if got := appended(); len(got) != 2 {
+		t.Fatalf("appended %v, want one member_added and one member_removed", got)
+	}
+	n0 = 2
+
+	// A retried call (same call id) answers its first reply, appends once.
+	o := &op{m: &broker.Message{Channel: evCh, Event: "member_added", Kind: broker.KindJSON, Data: []byte(`{}`)},
+		script: memberScript, args: []any{a.node, "carol", "", 1}}
+	calls, _ := a.plan([]*op{o})
+	first, err := calls[0].script.Run(ctx, a.rdb, calls[0].keys, calls[0].args...).Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := calls[0].script.Run(ctx, a.rdb, calls[0].keys, calls[0].args...).Slice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(first) != fmt.Sprint(again) || first[0] != int64(1) {
+		t.Fatalf("a call sent again answered %v, the first %v", again, first)
+	}
+	if got := appended(); len(got) != n0+1 {
+		t.Fatalf("a call sent twice appended %d events, want 1: %v", len(got)-n0, got)
+	}
+
+	// A dies holding dave and carol (bob is held by B too): B's reaper
+	// ends A's holds, the second run finds nothing.
+	step(a, "", "dave", true, true)
+	step(a, "", "bob", true, true)
+	step(b, "", "bob", true, false)
+	var told []string
+	b.WatchLifecycle(func(node, kind, key, info string) error {
+		if kind != "m" {
+			return nil
+		}
+		m := &broker.Message{Channel: evCh, Event: "member_removed", Kind: broker.KindJSON, Data: []byte(`{}`)}
+		ok, err := b.Member(ctx, node, evCh, key, "", false, m)
+		if ok {
+			told = append(told, key)
+		}
+		return err
+	}, nil)
+	for range 2 {
+		if err := b.reapLifecycle(ctx, a.node); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(told)
+	if !slices.Equal(told, []string{"carol", "dave"}) {
+		t.Fatalf("the reaper told member_removed of %v, want carol and dave once each (bob is held by B)", told)
+	}
+	if got := appended(); len(got) != n0+1+2+2 {
+		t.Fatalf("events appended: %v", got)
+	}
+	step(b, "", "bob", false, true)
+}
