@@ -49,13 +49,14 @@ func (p *ackCutter) pipe(c net.Conn) {
 				if first && bytes.Contains(bytes.ToLower(buf[:n]), []byte("upgrade: websocket")) {
 					ws.Store(true)
 				}
-				armedNow := ws.Load() && !first && p.armed.Load()
+				if ws.Load() && !first && p.armed.Load() {
+					// Before the frame goes up: the broker's answer can
+					// be read back before Write returns.
+					eating.Store(true)
+				}
 				first = false
 				if _, werr := up.Write(buf[:n]); werr != nil {
 					return
-				}
-				if armedNow {
-					eating.Store(true)
 				}
 			}
 			if err != nil {
