@@ -488,6 +488,9 @@ func (l *Log) heartbeat() {
 			l.setHealth(sideCommands, nil)
 			if n%60 == 0 {
 				l.keepFollowed()
+				ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+				l.keepLifeLists(ctx) // in case a reaper's expiry came after the rejoin's
+				cancel()
 			}
 		}
 		if beat {
