@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"hash/maphash"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -175,6 +176,14 @@ type stripe struct {
 	// key, recorded again when the node comes back from being taken for
 	// dead.
 	live map[string]item
+	// retry: shared, this node's ends that failed (Redis down, or too
+	// slow), tried again after backoff, in order, with the releases of
+	// their channels' holds put off until their ends are done (so that a
+	// channel stays listed for a reaper while a record of it is left).
+	// Only the stripe's goroutine uses them.
+	retry   []item
+	backoff time.Duration
+	retryAt time.Time
 	// pub is held while an event is published and handed to the sinks,
 	// so that they see the stripe's events in the order of their
 	// sequences, the dead nodes' (told by lost) included.
@@ -422,12 +431,97 @@ func (e *Emitter) run(s *stripe) {
 		if len(batch) > 0 {
 			e.doBatch(s, batch)
 			e.queued.Add(-int64(len(batch)))
+		}
+		if len(s.retry) > 0 && !time.Now().Before(s.retryAt) {
+			e.retryFailed(s)
+		}
+		if len(batch) > 0 {
 			continue
 		}
 		if closed {
 			return
 		}
-		<-s.wake
+		if len(s.retry) == 0 {
+			<-s.wake
+			continue
+		}
+		t := time.NewTimer(time.Until(s.retryAt))
+		select {
+		case <-s.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// Backoff between tries of the failed ends.
+const (
+	retryFirst = 100 * time.Millisecond
+	retryMax   = 5 * time.Second
+)
+
+// failedLocked keeps it (an end, or a release behind one) for another
+// try; s.pub held.
+func (e *Emitter) failedLocked(s *stripe, it item, err error) {
+	if len(s.retry) == 0 {
+		s.backoff = retryFirst
+		s.retryAt = time.Now().Add(s.backoff)
+	}
+	s.retry = append(s.retry, it)
+	if err != nil {
+		e.cfg.Logger.Warn("lifecycle: end not recorded, tried again", "event", it.ev.Name, "channel", it.ev.Channel, "err", err)
+	}
+}
+
+// endPending reports whether an end of channel's subscriptions waits
+// for another try; s.pub held.
+func endPending(s *stripe, channel string) bool {
+	for _, it := range s.retry {
+		if it.op == opEnd && it.kind == "s" && it.ev.Channel == channel {
+			return true
+		}
+	}
+	return false
+}
+
+// retryFailed tries the failed ends again, in order, then the releases
+// put off behind them.
+func (e *Emitter) retryFailed(s *stripe) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	items := s.retry
+	s.retry = nil
+	for _, it := range items {
+		switch it.op {
+		case opEnd:
+			wait, err := e.startRecord(ctx, "", it.kind, it.key, it.info, false, it.ev)
+			var m *broker.Message
+			if err == nil {
+				m, err = wait()
+			}
+			if err != nil {
+				s.retry = append(s.retry, it)
+				continue
+			}
+			if m != nil {
+				e.published1(it.ev, m, nil)
+			}
+		case opRelease:
+			if endPending(s, it.ev.Channel) {
+				s.retry = append(s.retry, it)
+				continue
+			}
+			if err := e.occupyLocked(ctx, "", false, it.ev); err != nil {
+				s.retry = append(s.retry, it)
+			}
+		}
+	}
+	if len(s.retry) > 0 {
+		e.cfg.Logger.Warn("lifecycle: ends still not recorded, tried again later", "ends", len(s.retry), "in", s.backoff)
+		s.backoff = min(2*s.backoff, retryMax)
+		s.retryAt = time.Now().Add(s.backoff)
 	}
 }
 
@@ -440,17 +534,21 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 	s.pub.Lock()
 	defer s.pub.Unlock()
 	type started struct {
-		ev   Event
+		it   item
 		wait func() (*broker.Message, error)
 	}
 	var inflight []started
 	flush := func() {
 		for _, st := range inflight {
 			m, err := st.wait()
+			if err != nil && st.it.op == opEnd {
+				e.failedLocked(s, st.it, err)
+				continue
+			}
 			if err == nil && m == nil {
 				continue // an end another node told: nothing appended
 			}
-			e.published1(st.ev, m, err)
+			e.published1(st.it.ev, m, err)
 		}
 		inflight = inflight[:0]
 	}
@@ -462,16 +560,32 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 				e.published1(it.ev, nil, err)
 				continue
 			}
-			inflight = append(inflight, started{it.ev, wait})
+			inflight = append(inflight, started{it, wait})
 		case opRecord, opEnd:
 			wait, err := e.startRecord(ctx, "", it.kind, it.key, it.info, it.op == opRecord, it.ev)
+			if err != nil && it.op == opEnd {
+				e.failedLocked(s, it, err)
+				continue
+			}
 			if err != nil {
 				e.published1(it.ev, nil, err)
 				continue
 			}
-			inflight = append(inflight, started{it.ev, wait})
+			inflight = append(inflight, started{it, wait})
 		case opHold, opRelease:
 			flush()
+			if it.op == opRelease && endPending(s, it.ev.Channel) {
+				// Released once the ends of the channel's
+				// subscriptions are done.
+				e.failedLocked(s, it, nil)
+				continue
+			}
+			if it.op == opHold {
+				// Held again: a release put off is no longer one.
+				s.retry = slices.DeleteFunc(s.retry, func(r item) bool {
+					return r.op == opRelease && r.ev.Channel == it.ev.Channel
+				})
+			}
 			e.occupyLocked(ctx, "", it.op == opHold, it.ev)
 			if it.done != nil {
 				// Recorded, or failed (counted and logged): either way
