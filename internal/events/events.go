@@ -176,6 +176,9 @@ type stripe struct {
 	// key, recorded again when the node comes back from being taken for
 	// dead.
 	live map[string]item
+	// pending: shared, the records (by kind and key) queued or under
+	// way, not yet done: a rejoin does not queue them again.
+	pending map[string]int
 	// retry: shared, this node's ends that failed (Redis down, or too
 	// slow), tried again after backoff, in order, with the releases of
 	// their channels' holds put off until their ends are done (so that a
@@ -224,6 +227,7 @@ func New(cfg Config) *Emitter {
 		s.occ = map[string]int{}
 		s.holding = map[string]chan struct{}{}
 		s.live = map[string]item{}
+		s.pending = map[string]int{}
 		e.wg.Add(1)
 		go e.run(s)
 	}
@@ -277,10 +281,11 @@ func (e *Emitter) Emit(ev Event) {
 // enqueueLocked queues ev on s, whose lock is held.
 func (e *Emitter) enqueueLocked(s *stripe, ev Event) { e.queueLocked(s, item{op: opPublish, ev: ev}) }
 
-// queueLocked queues it on s, whose lock is held.
-func (e *Emitter) queueLocked(s *stripe, it item) {
+// queueLocked queues it on s, whose lock is held, and reports whether it
+// did.
+func (e *Emitter) queueLocked(s *stripe, it item) bool {
 	if s.closed {
-		return
+		return false
 	}
 	ev := &it.ev
 	ev.Node = e.cfg.Node
@@ -297,7 +302,7 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 		if it.op == opRecord {
 			delete(s.live, it.kind+":"+it.key)
 		}
-		return
+		return false
 	}
 	s.q = append(s.q, it)
 	e.queued.Add(1)
@@ -305,6 +310,24 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+	return true
+}
+
+// queueRecordLocked queues a record, pending until done; s's lock held.
+func (e *Emitter) queueRecordLocked(s *stripe, it item) {
+	if e.queueLocked(s, it) {
+		s.pending[it.kind+":"+it.key]++
+	}
+}
+
+// recordDone ends a record's pending (recorded, or failed).
+func recordDone(s *stripe, it item) {
+	k := it.kind + ":" + it.key
+	s.mu.Lock()
+	if s.pending[k]--; s.pending[k] <= 0 {
+		delete(s.pending, k)
+	}
+	s.mu.Unlock()
 }
 
 // holdLocked queues the shared hold of ev's channel on s, whose lock is
@@ -410,7 +433,7 @@ func (e *Emitter) Connection(ev Event) {
 func (e *Emitter) recordLocked(s *stripe, kind, key, info string, ev Event) {
 	it := item{op: opRecord, ev: ev, kind: kind, key: key, info: info}
 	s.live[kind+":"+key] = it
-	e.queueLocked(s, it)
+	e.queueRecordLocked(s, it)
 }
 
 // endLocked queues the end of kind/key with its event ev (unsubscribed,
@@ -541,6 +564,9 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 	flush := func() {
 		for _, st := range inflight {
 			m, err := st.wait()
+			if st.it.op == opRecord {
+				recordDone(s, st.it)
+			}
 			if err != nil && st.it.op == opEnd {
 				e.failedLocked(s, st.it, err)
 				continue
@@ -568,6 +594,7 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 				continue
 			}
 			if err != nil {
+				recordDone(s, it)
 				e.published1(it.ev, nil, err)
 				continue
 			}
@@ -760,11 +787,17 @@ func (e *Emitter) rejoin() {
 		for ch := range s.occ {
 			e.holdLocked(s, Event{Name: ChannelOccupied, Channel: ch})
 		}
-		for _, it := range s.live {
+		for k, it := range s.live {
+			if s.pending[k] > 0 {
+				// Its record is queued or under way: not yet
+				// recorded when the others ended this node's, it
+				// is recorded and told once, then.
+				continue
+			}
 			// Recorded again with its event again (subscribed,
 			// connection_opened), after the end the others told.
 			it.ev.TimeMs = 0
-			e.queueLocked(s, it)
+			e.queueRecordLocked(s, it)
 		}
 		s.mu.Unlock()
 	}

@@ -130,3 +130,43 @@ func TestFailedEndIsTriedAgain(t *testing.T) {
 		t.Fatalf("%d events failed", failed)
 	}
 }
+
+// TestRejoinSkipsPendingRecords: a node back from being taken for dead
+// records again what it had recorded, but not what it had not recorded
+// yet (queued, or under way): that is recorded and told once, when its
+// turn comes. It used to be queued again too: a second connection_opened
+// with only one end.
+func TestRejoinSkipsPendingRecords(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := fmt.Sprintf("j%d:", time.Now().UnixNano())
+	b, f := openFaulty(t, "B", srv.URL(), prefix)
+	f.mu.Lock()
+	f.hold, f.holding = make(chan struct{}), make(chan struct{})
+	holding := f.holding
+	f.mu.Unlock()
+	b.em.Connection(Event{Name: ConnectionOpened, ConnectionID: "c1", UserID: "bob", Transport: "websocket"})
+	<-holding                                                                                                 // c1's record under way
+	b.em.Connection(Event{Name: ConnectionOpened, ConnectionID: "c2", UserID: "bob", Transport: "websocket"}) // queued
+	b.em.rejoin()
+	f.mu.Lock()
+	close(f.hold)
+	f.hold = nil
+	f.mu.Unlock()
+	// c3 after the rest, in the same stripe: told once c1's and c2's
+	// records (and any again) are.
+	b.em.Connection(Event{Name: ConnectionOpened, ConnectionID: "c3", UserID: "bob", Transport: "websocket"})
+	b.waitCount(t, "connection_opened c3 bob ", 1)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range []string{"c1", "c2"} {
+		n := 0
+		for _, g := range b.got {
+			if g == "connection_opened "+c+" bob " {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("connection_opened of %s told %d times, want 1: %s", c, n, strings.Join(b.got, " | "))
+		}
+	}
+}
