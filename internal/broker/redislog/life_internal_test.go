@@ -3,6 +3,7 @@ package redislog
 import (
 	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,5 +96,72 @@ func TestReapKeepsListsOfANodeComingBack(t *testing.T) {
 	b.keepLifeLists(ctx)
 	if ttl, err := a.rdb.TTL(ctx, a.lifeKey(b.node, "o")).Result(); err != nil || ttl != -1 {
 		t.Fatalf("a node back from the dead does not keep its list (ttl %v, %v)", ttl, err)
+	}
+}
+
+// TestReapDoesNotStopTheHeartbeat: while a node reaps a dead one (a round
+// trip per record: long with tens of thousands), it keeps beating. The
+// reap used to run in the heartbeat goroutine: a long one kept the
+// reaper from beating, and the others took it for dead too. The reap
+// here is held in its first end until this node has beaten again.
+func TestReapDoesNotStopTheHeartbeat(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := func(o Options) *Log {
+		hub := broker.NewHub()
+		o.URL, o.Prefix = srv.URL(), "beat:"
+		l, err := Open(ctx, o, hub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := broker.New(hub, l, broker.CoreOptions{})
+		t.Cleanup(func() { c.Close() })
+		return l
+	}
+	// B beats only when its counts change: it falls silent.
+	b := node(Options{Heartbeat: time.Hour, NodeTimeout: time.Hour})
+	wait, err := b.StartRecord(ctx, "", "c", "c1", `{}`, true,
+		&broker.Message{Channel: connectionsEvents, Event: "connection_opened", Kind: broker.KindJSON, Data: []byte(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	a := node(Options{Heartbeat: 50 * time.Millisecond, NodeTimeout: 500 * time.Millisecond})
+	var once sync.Once
+	a.WatchLifecycle(func(node, kind, key, info string) error {
+		once.Do(func() { close(entered) })
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	}, nil)
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("B was not reaped")
+	}
+	beat := func() float64 {
+		s, err := a.rdb.ZScore(ctx, a.key("nodes"), a.node).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	then := beat()
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for beat() <= then {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("the reaper stopped beating while it reaped")
+		}
 	}
 }
