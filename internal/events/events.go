@@ -496,11 +496,11 @@ func (e *Emitter) failedLocked(s *stripe, it item, err error) {
 	}
 }
 
-// endPending reports whether an end of channel's subscriptions waits
-// for another try; s.pub held.
+// endPending reports whether an end of channel's subscriptions, or its
+// hold, waits for another try; s.pub held.
 func endPending(s *stripe, channel string) bool {
 	for _, it := range s.retry {
-		if it.op == opEnd && it.kind == "s" && it.ev.Channel == channel {
+		if (it.op == opEnd && it.kind == "s" || it.op == opHold) && it.ev.Channel == channel {
 			return true
 		}
 	}
@@ -530,6 +530,10 @@ func (e *Emitter) retryFailed(s *stripe) {
 			}
 			if m != nil {
 				e.published1(it.ev, m, nil)
+			}
+		case opHold:
+			if err := e.occupyLocked(ctx, "", true, it.ev); err != nil {
+				s.retry = append(s.retry, it)
 			}
 		case opRelease:
 			if endPending(s, it.ev.Channel) {
@@ -613,7 +617,13 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 					return r.op == opRelease && r.ev.Channel == it.ev.Channel
 				})
 			}
-			e.occupyLocked(ctx, "", it.op == opHold, it.ev)
+			if err := e.occupyLocked(ctx, "", it.op == opHold, it.ev); err != nil && it.op == opHold {
+				// Tried again (its subscriptions' records, done
+				// meanwhile, are listed for a reaper only by it).
+				r := it
+				r.done = nil
+				e.failedLocked(s, r, nil)
+			}
 			if it.done != nil {
 				// Recorded, or failed (counted and logged): either way
 				// nothing is left to wait for.

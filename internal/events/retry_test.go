@@ -22,6 +22,7 @@ type faultyLog struct {
 	*redislog.Log
 	mu       sync.Mutex
 	failEnds int
+	failHold int
 	hold     chan struct{} // records wait for it to close, when set
 	holding  chan struct{} // closed once a record waits
 }
@@ -42,6 +43,19 @@ func (f *faultyLog) StartRecord(ctx context.Context, node, kind, key, info strin
 		<-hold
 	}
 	return f.Log.StartRecord(ctx, node, kind, key, info, open, ev)
+}
+
+func (f *faultyLog) Occupy(ctx context.Context, node, evChannel string, hold bool, ev *broker.Message) (bool, error) {
+	f.mu.Lock()
+	fail := hold && f.failHold > 0
+	if fail {
+		f.failHold--
+	}
+	f.mu.Unlock()
+	if fail {
+		return false, fmt.Errorf("%w: redis blip (test)", broker.ErrUnavailable)
+	}
+	return f.Log.Occupy(ctx, node, evChannel, hold, ev)
 }
 
 // openFaulty is openShared on a faultyLog.
@@ -169,4 +183,34 @@ func TestRejoinSkipsPendingRecords(t *testing.T) {
 			t.Fatalf("connection_opened of %s told %d times, want 1: %s", c, n, strings.Join(b.got, " | "))
 		}
 	}
+}
+
+// TestFailedHoldIsTriedAgain: a channel's hold that fails (Redis blip)
+// while its subscription's record, right behind it, succeeds is tried
+// again until it is recorded: the channel is occupied for the cluster and
+// listed for a reaper (life:o), which finds the record through it. It
+// used to fail for good: the record was listed nowhere (never ended
+// should the node die) and the cluster never counted the hold.
+func TestFailedHoldIsTriedAgain(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := fmt.Sprintf("h%d:", time.Now().UnixNano())
+	b, f := openFaulty(t, "B", srv.URL(), prefix)
+	opt, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	f.mu.Lock()
+	f.failHold = 2
+	f.mu.Unlock()
+	id := b.em.Subscribe("room", "bob")
+	b.waitCount(t, "subscribed room bob ", 1)
+	b.waitCount(t, "channel_occupied room  ", 1)
+	listed, err := rdb.HExists(context.Background(), prefix+"{=}:life:o:"+b.log.Node(), ChannelOf("room")).Result()
+	if err != nil || !listed {
+		t.Fatalf("the channel is not listed for a reaper (%v, %v)", listed, err)
+	}
+	b.em.Unsubscribe("room", "bob", id)
+	b.waitCount(t, "channel_vacated room  ", 1)
 }
