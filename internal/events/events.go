@@ -179,10 +179,11 @@ type stripe struct {
 	// pending: shared, the records (by kind and key) queued or under
 	// way, not yet done: a rejoin does not queue them again.
 	pending map[string]int
-	// retry: shared, this node's ends that failed (Redis down, or too
-	// slow), tried again after backoff, in order, with the releases of
-	// their channels' holds put off until their ends are done (so that a
-	// channel stays listed for a reaper while a record of it is left).
+	// retry: shared, this node's ends and holds that failed (Redis
+	// down, or too slow), tried again after backoff, in order, with the
+	// releases of their channels' holds put off until they are done (so
+	// that a channel stays listed for a reaper while a record of it is
+	// left).
 	// Only the stripe's goroutine uses them.
 	retry   []item
 	backoff time.Duration
@@ -483,8 +484,8 @@ const (
 	retryMax   = 5 * time.Second
 )
 
-// failedLocked keeps it (an end, or a release behind one) for another
-// try; s.pub held.
+// failedLocked keeps it (an end, a hold, or a release behind one) for
+// another try; s.pub held.
 func (e *Emitter) failedLocked(s *stripe, it item, err error) {
 	if len(s.retry) == 0 {
 		s.backoff = retryFirst
@@ -507,8 +508,8 @@ func endPending(s *stripe, channel string) bool {
 	return false
 }
 
-// retryFailed tries the failed ends again, in order, then the releases
-// put off behind them.
+// retryFailed tries the failed ends and holds again, in order, and the
+// releases put off behind them.
 func (e *Emitter) retryFailed(s *stripe) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
