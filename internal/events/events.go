@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"hash/maphash"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -175,6 +176,18 @@ type stripe struct {
 	// key, recorded again when the node comes back from being taken for
 	// dead.
 	live map[string]item
+	// pending: shared, the records (by kind and key) queued or under
+	// way, not yet done: a rejoin does not queue them again.
+	pending map[string]int
+	// retry: shared, this node's ends and holds that failed (Redis
+	// down, or too slow), tried again after backoff, in order, with the
+	// releases of their channels' holds put off until they are done (so
+	// that a channel stays listed for a reaper while a record of it is
+	// left).
+	// Only the stripe's goroutine uses them.
+	retry   []item
+	backoff time.Duration
+	retryAt time.Time
 	// pub is held while an event is published and handed to the sinks,
 	// so that they see the stripe's events in the order of their
 	// sequences, the dead nodes' (told by lost) included.
@@ -215,6 +228,7 @@ func New(cfg Config) *Emitter {
 		s.occ = map[string]int{}
 		s.holding = map[string]chan struct{}{}
 		s.live = map[string]item{}
+		s.pending = map[string]int{}
 		e.wg.Add(1)
 		go e.run(s)
 	}
@@ -268,10 +282,11 @@ func (e *Emitter) Emit(ev Event) {
 // enqueueLocked queues ev on s, whose lock is held.
 func (e *Emitter) enqueueLocked(s *stripe, ev Event) { e.queueLocked(s, item{op: opPublish, ev: ev}) }
 
-// queueLocked queues it on s, whose lock is held.
-func (e *Emitter) queueLocked(s *stripe, it item) {
+// queueLocked queues it on s, whose lock is held, and reports whether it
+// did.
+func (e *Emitter) queueLocked(s *stripe, it item) bool {
 	if s.closed {
-		return
+		return false
 	}
 	ev := &it.ev
 	ev.Node = e.cfg.Node
@@ -288,7 +303,7 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 		if it.op == opRecord {
 			delete(s.live, it.kind+":"+it.key)
 		}
-		return
+		return false
 	}
 	s.q = append(s.q, it)
 	e.queued.Add(1)
@@ -296,6 +311,24 @@ func (e *Emitter) queueLocked(s *stripe, it item) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+	return true
+}
+
+// queueRecordLocked queues a record, pending until done; s's lock held.
+func (e *Emitter) queueRecordLocked(s *stripe, it item) {
+	if e.queueLocked(s, it) {
+		s.pending[it.kind+":"+it.key]++
+	}
+}
+
+// recordDone ends a record's pending (recorded, or failed).
+func recordDone(s *stripe, it item) {
+	k := it.kind + ":" + it.key
+	s.mu.Lock()
+	if s.pending[k]--; s.pending[k] <= 0 {
+		delete(s.pending, k)
+	}
+	s.mu.Unlock()
 }
 
 // holdLocked queues the shared hold of ev's channel on s, whose lock is
@@ -401,7 +434,7 @@ func (e *Emitter) Connection(ev Event) {
 func (e *Emitter) recordLocked(s *stripe, kind, key, info string, ev Event) {
 	it := item{op: opRecord, ev: ev, kind: kind, key: key, info: info}
 	s.live[kind+":"+key] = it
-	e.queueLocked(s, it)
+	e.queueRecordLocked(s, it)
 }
 
 // endLocked queues the end of kind/key with its event ev (unsubscribed,
@@ -422,12 +455,101 @@ func (e *Emitter) run(s *stripe) {
 		if len(batch) > 0 {
 			e.doBatch(s, batch)
 			e.queued.Add(-int64(len(batch)))
+		}
+		if len(s.retry) > 0 && !time.Now().Before(s.retryAt) {
+			e.retryFailed(s)
+		}
+		if len(batch) > 0 {
 			continue
 		}
 		if closed {
 			return
 		}
-		<-s.wake
+		if len(s.retry) == 0 {
+			<-s.wake
+			continue
+		}
+		t := time.NewTimer(time.Until(s.retryAt))
+		select {
+		case <-s.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// Backoff between tries of the failed ends.
+const (
+	retryFirst = 100 * time.Millisecond
+	retryMax   = 5 * time.Second
+)
+
+// failedLocked keeps it (an end, a hold, or a release behind one) for
+// another try; s.pub held.
+func (e *Emitter) failedLocked(s *stripe, it item, err error) {
+	if len(s.retry) == 0 {
+		s.backoff = retryFirst
+		s.retryAt = time.Now().Add(s.backoff)
+	}
+	s.retry = append(s.retry, it)
+	if err != nil {
+		e.cfg.Logger.Warn("lifecycle: end not recorded, tried again", "event", it.ev.Name, "channel", it.ev.Channel, "err", err)
+	}
+}
+
+// endPending reports whether an end of channel's subscriptions, or its
+// hold, waits for another try; s.pub held.
+func endPending(s *stripe, channel string) bool {
+	for _, it := range s.retry {
+		if (it.op == opEnd && it.kind == "s" || it.op == opHold) && it.ev.Channel == channel {
+			return true
+		}
+	}
+	return false
+}
+
+// retryFailed tries the failed ends and holds again, in order, and the
+// releases put off behind them.
+func (e *Emitter) retryFailed(s *stripe) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.pub.Lock()
+	defer s.pub.Unlock()
+	items := s.retry
+	s.retry = nil
+	for _, it := range items {
+		switch it.op {
+		case opEnd:
+			wait, err := e.startRecord(ctx, "", it.kind, it.key, it.info, false, it.ev)
+			var m *broker.Message
+			if err == nil {
+				m, err = wait()
+			}
+			if err != nil {
+				s.retry = append(s.retry, it)
+				continue
+			}
+			if m != nil {
+				e.published1(it.ev, m, nil)
+			}
+		case opHold:
+			if err := e.occupyLocked(ctx, "", true, it.ev); err != nil {
+				s.retry = append(s.retry, it)
+			}
+		case opRelease:
+			if endPending(s, it.ev.Channel) {
+				s.retry = append(s.retry, it)
+				continue
+			}
+			if err := e.occupyLocked(ctx, "", false, it.ev); err != nil {
+				s.retry = append(s.retry, it)
+			}
+		}
+	}
+	if len(s.retry) > 0 {
+		e.cfg.Logger.Warn("lifecycle: ends still not recorded, tried again later", "ends", len(s.retry), "in", s.backoff)
+		s.backoff = min(2*s.backoff, retryMax)
+		s.retryAt = time.Now().Add(s.backoff)
 	}
 }
 
@@ -440,17 +562,24 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 	s.pub.Lock()
 	defer s.pub.Unlock()
 	type started struct {
-		ev   Event
+		it   item
 		wait func() (*broker.Message, error)
 	}
 	var inflight []started
 	flush := func() {
 		for _, st := range inflight {
 			m, err := st.wait()
+			if st.it.op == opRecord {
+				recordDone(s, st.it)
+			}
+			if err != nil && st.it.op == opEnd {
+				e.failedLocked(s, st.it, err)
+				continue
+			}
 			if err == nil && m == nil {
 				continue // an end another node told: nothing appended
 			}
-			e.published1(st.ev, m, err)
+			e.published1(st.it.ev, m, err)
 		}
 		inflight = inflight[:0]
 	}
@@ -462,17 +591,40 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 				e.published1(it.ev, nil, err)
 				continue
 			}
-			inflight = append(inflight, started{it.ev, wait})
+			inflight = append(inflight, started{it, wait})
 		case opRecord, opEnd:
 			wait, err := e.startRecord(ctx, "", it.kind, it.key, it.info, it.op == opRecord, it.ev)
+			if err != nil && it.op == opEnd {
+				e.failedLocked(s, it, err)
+				continue
+			}
 			if err != nil {
+				recordDone(s, it)
 				e.published1(it.ev, nil, err)
 				continue
 			}
-			inflight = append(inflight, started{it.ev, wait})
+			inflight = append(inflight, started{it, wait})
 		case opHold, opRelease:
 			flush()
-			e.occupyLocked(ctx, "", it.op == opHold, it.ev)
+			if it.op == opRelease && endPending(s, it.ev.Channel) {
+				// Released once the ends of the channel's
+				// subscriptions are done.
+				e.failedLocked(s, it, nil)
+				continue
+			}
+			if it.op == opHold {
+				// Held again: a release put off is no longer one.
+				s.retry = slices.DeleteFunc(s.retry, func(r item) bool {
+					return r.op == opRelease && r.ev.Channel == it.ev.Channel
+				})
+			}
+			if err := e.occupyLocked(ctx, "", it.op == opHold, it.ev); err != nil && it.op == opHold {
+				// Tried again (its subscriptions' records, done
+				// meanwhile, are listed for a reaper only by it).
+				r := it
+				r.done = nil
+				e.failedLocked(s, r, nil)
+			}
 			if it.done != nil {
 				// Recorded, or failed (counted and logged): either way
 				// nothing is left to wait for.
@@ -646,11 +798,17 @@ func (e *Emitter) rejoin() {
 		for ch := range s.occ {
 			e.holdLocked(s, Event{Name: ChannelOccupied, Channel: ch})
 		}
-		for _, it := range s.live {
+		for k, it := range s.live {
+			if s.pending[k] > 0 {
+				// Its record is queued or under way: not yet
+				// recorded when the others ended this node's, it
+				// is recorded and told once, then.
+				continue
+			}
 			// Recorded again with its event again (subscribed,
 			// connection_opened), after the end the others told.
 			it.ev.TimeMs = 0
-			e.queueLocked(s, it)
+			e.queueRecordLocked(s, it)
 		}
 		s.mu.Unlock()
 	}

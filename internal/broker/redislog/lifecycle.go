@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -264,9 +265,6 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 			}
 		}
 	}
-	if err := l.rdb.Del(ctx, l.lifeKey(node, "m")).Err(); err != nil {
-		return err
-	}
 	held, err := l.rdb.HKeys(ctx, l.lifeKey(node, "o")).Result()
 	if err != nil {
 		return err
@@ -285,9 +283,6 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 			return fmt.Errorf("hold of %s by node %s: %w", evCh, node, err)
 		}
 	}
-	if err := l.rdb.Del(ctx, l.lifeKey(node, "o")).Err(); err != nil {
-		return err
-	}
 	conns, err := l.records(ctx, connectionsEvents, node, "c")
 	if err != nil {
 		return err
@@ -297,7 +292,33 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 			return fmt.Errorf("connection %s of node %s: %w", k, node, err)
 		}
 	}
+	// Its lists are kept, to expire, not deleted: a node that comes back
+	// while this runs lists its holds again in them (and makes them
+	// persist again), and should it die for good later the next reaper
+	// must find those. A name listed with nothing left under it costs
+	// the next reaper one scan.
+	for _, kind := range []string{"m", "o"} {
+		if err := l.rdb.Expire(ctx, l.lifeKey(node, kind), lifeListsKept).Err(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// lifeListsKept is how long a reaped node's lists (life:o, life:m) stay
+// unless it comes back.
+const lifeListsKept = 24 * time.Hour
+
+// keepLifeLists makes this node's lists persist again (a reaper set them
+// to expire while taking it for dead).
+func (l *Log) keepLifeLists(ctx context.Context) {
+	pipe := l.rdb.Pipeline()
+	for _, kind := range []string{"m", "o"} {
+		pipe.Persist(ctx, l.lifeKey(l.node, kind))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		l.unavailable(err)
+	}
 }
 
 // rejoinLifecycle asks the events to hold this node's channels again.
@@ -305,6 +326,9 @@ func (l *Log) rejoinLifecycle() {
 	l.presenceMu.Lock()
 	rejoin := l.lifeRejoin
 	l.presenceMu.Unlock()
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	l.keepLifeLists(ctx)
+	cancel()
 	if rejoin != nil {
 		rejoin()
 	}

@@ -110,6 +110,7 @@ type Log struct {
 	calls   atomic.Uint64 // script call ids
 	busy    atomic.Int64  // when the pipeline in flight was sent (UnixNano; 0: none)
 	beating atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
+	reaping atomic.Bool   // a goroutine reaps dead nodes
 
 	outcomeUnknown atomic.Uint64 // publishes failed with ErrOutcomeUnknown
 	closing        atomic.Bool   // Close began: appends are retried for 2s at most

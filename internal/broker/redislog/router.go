@@ -488,6 +488,9 @@ func (l *Log) heartbeat() {
 			l.setHealth(sideCommands, nil)
 			if n%60 == 0 {
 				l.keepFollowed()
+				ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+				l.keepLifeLists(ctx) // in case a reaper's expiry came after the rejoin's
+				cancel()
 			}
 		}
 		if beat {
@@ -617,12 +620,7 @@ func (l *Log) refreshTotals(countChannels bool) bool {
 		l.unavailable(err)
 		return false
 	}
-	for _, node := range dead {
-		if node == l.node {
-			continue // this node was silent: it will find out it was reaped
-		}
-		l.reapNode(ctx, node, cutoff)
-	}
+	l.startReaping(dead, cutoff)
 	pipe := l.rdb.Pipeline()
 	total := pipe.HGet(ctx, l.key("subs"), "*")
 	nodes := pipe.ZCard(ctx, l.key("nodes"))
@@ -649,6 +647,31 @@ func (l *Log) refreshTotals(countChannels bool) bool {
 		l.channels.Store(int64(len(names)))
 	}
 	return true
+}
+
+// startReaping reaps the dead nodes in a goroutine of its own, one reap
+// at a time (a reap still running: the next beat finds the rest): a
+// reap is a round trip per record, and a dead node with tens of
+// thousands of records must not keep this node from beating (the
+// others would take it for dead too).
+func (l *Log) startReaping(dead []string, cutoff int64) {
+	dead = slices.DeleteFunc(slices.Clone(dead), func(n string) bool {
+		return n == l.node // this node was silent: it will find out it was reaped
+	})
+	if len(dead) == 0 || !l.reaping.CompareAndSwap(false, true) {
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer l.reaping.Store(false)
+		for _, node := range dead {
+			if l.ctx.Err() != nil {
+				return
+			}
+			l.reapNode(l.ctx, node, cutoff)
+		}
+	}()
 }
 
 // countsChanged wakes everyone waiting for subscriber counts.
