@@ -635,14 +635,14 @@ func (c *redisConsumer) Giveback(ds []Delivery) {
 
 // Ack implements Handle.
 func (c *redisConsumer) Ack(ids []string) (int, error) {
-	args := make([]any, 0, 1+len(ids))
+	args := make([]any, 0, 1+2*len(ids))
 	args = append(args, c.cfg.MaxInflight)
 	for _, id := range ids {
-		seq, _, err := ParseDeliveryID(id)
+		seq, count, err := ParseDeliveryID(id)
 		if err != nil {
 			return 0, err
 		}
-		args = append(args, seq)
+		args = append(args, seq, count)
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()

@@ -287,16 +287,20 @@ if woke then wake() end
 return {dead, nextAt(), now}
 `)
 
-// ackScript: ARGV 4 max in flight, then seqs. Returns the messages
-// removed. Any delivery of a message acknowledges it; a dying one is the
-// dead-letter channel's already.
+// ackScript: ARGV 4 max in flight, then seq, count pairs. Returns the
+// messages removed. Any delivery there was of a message acknowledges it
+// (a late worker's too): the entry has been delivered and at least the
+// id's count of times. An id naming a delivery that never was (kept from
+// before the consumer was deleted and made again, whose entry numbers
+// start at 1 again) removes nothing. A dying one is the dead-letter
+// channel's already.
 var ackScript = redis.NewScript(luaHead + `
 local full = redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[4])
 local n = 0
-for i = 5, #ARGV do
+for i = 5, #ARGV, 2 do
   local s = ARGV[i]
   local c, z = count(s)
-  if c and not redis.call('ZSCORE', KEYS[7], s) then
+  if c and c > 0 and c >= tonumber(ARGV[i+1]) and not redis.call('ZSCORE', KEYS[7], s) then
     drop(s, z)
     n = n + 1
   end

@@ -445,3 +445,54 @@ func TestRedisConsumerDeadLetterAfterCrash(t *testing.T) {
 		}
 	})
 }
+
+// A delivery id kept from before the consumer was deleted and made again
+// names an entry number the new consumer reuses: acking it must not
+// remove a message nobody was given; an id with a later count than any
+// delivery removes nothing either; a late worker's ack (an earlier
+// count) still counts.
+func TestRedisStaleAckAfterRecreate(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 1)
+		cfg := Config{Filter: "jobs", AckWait: time.Hour}
+		c := redisOpen(t, ns[0], "w", cfg)
+		redisPublish(t, ns[0].b, "jobs", 1, 1)
+		old := fetchAll(t, c, 1, 1)[0]
+		if old.ID != "1.1" {
+			t.Fatalf("first delivery id %s", old.ID)
+		}
+		if err := ns[0].e.Delete("w"); err != nil {
+			t.Fatal(err)
+		}
+		c = redisOpen(t, ns[0], "w", cfg)
+		redisPublish(t, ns[0].b, "jobs", 2, 2)
+		waitInfo(t, c, "kept", func(i Info) bool { return i.Pending == 1 })
+		if n, err := c.Ack([]string{old.ID, "1.2"}); err != nil || n != 0 {
+			t.Fatalf("stale ack of a message never delivered: removed %d, %v", n, err)
+		}
+		if ok, _, _ := c.Nack(old.ID, 0); ok {
+			t.Fatal("stale nack of a message never delivered counted")
+		}
+		d := fetchAll(t, c, 1, 1)[0]
+		if d.ID != "1.1" || string(d.Msg.Data) != "2" {
+			t.Fatalf("the new message: %s %q", d.ID, d.Msg.Data)
+		}
+		if ok, _, err := c.Nack(d.ID, 0); !ok || err != nil {
+			t.Fatalf("nack: %v %v", ok, err)
+		}
+		d2 := fetchAll(t, c, 1, 1)[0]
+		if d2.ID != "1.2" {
+			t.Fatalf("redelivery %s", d2.ID)
+		}
+		if n, _ := c.Ack([]string{"1.3"}); n != 0 {
+			t.Fatal("an ack with a count later than any delivery removed the message")
+		}
+		// The first worker, late, finished after all: its ack counts.
+		if n, err := c.Ack([]string{d.ID}); err != nil || n != 1 {
+			t.Fatalf("late ack: %d %v", n, err)
+		}
+		if i := describe(t, c); i.Counters.Acked != 1 || i.Pending != 0 {
+			t.Fatalf("after the ack: %+v", i)
+		}
+	})
+}
