@@ -49,6 +49,8 @@ type RedisOptions struct {
 	Node string
 	// Logger receives warnings (default: discard).
 	Logger *slog.Logger
+
+	onReceiveError func() // tests: the wake-notice reader failed a read
 }
 
 // deadRetry is how long a message on its way to the dead-letter channel
@@ -56,6 +58,13 @@ type RedisOptions struct {
 // died between the two steps): a dead letter is published at least once.
 // A variable for tests.
 var deadRetry = 10 * time.Second
+
+// minBackoff and maxBackoff bound the pause before trying Redis again
+// after a failure (doubling from the one to the other).
+const (
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = 2 * time.Second
+)
 
 // wakeEvery bounds how long a waiting fetch goes without asking Redis
 // (a Pub/Sub notice lost while its connection was broken).
@@ -80,6 +89,8 @@ type RedisEngine struct {
 	handles map[string]*redisConsumer
 	feeders map[string]context.CancelFunc
 	closed  bool
+
+	onReceiveError func()
 }
 
 var _ Engine = (*RedisEngine)(nil)
@@ -100,7 +111,8 @@ func NewRedis(b broker.Broker, o RedisOptions) (*RedisEngine, error) {
 		o.Node = hex.EncodeToString(id[:])
 	}
 	e := &RedisEngine{b: b, rdb: o.Client, prefix: o.Prefix, ttl: o.LeaseTTL, log: o.Logger, token: o.Node,
-		wakeCh: o.Prefix + "consumers:wake", handles: map[string]*redisConsumer{}, feeders: map[string]context.CancelFunc{}}
+		wakeCh: o.Prefix + "consumers:wake", handles: map[string]*redisConsumer{}, feeders: map[string]context.CancelFunc{},
+		onReceiveError: o.onReceiveError}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
@@ -154,16 +166,31 @@ func isReplyErr(err error, code string) bool {
 // receive wakes the fetches waiting on a consumer a notice names.
 func (e *RedisEngine) receive() {
 	defer e.wg.Done()
+	backoff := minBackoff
 	for {
 		msg, err := e.ps.ReceiveMessage(e.ctx)
 		if err != nil {
 			if e.ctx.Err() != nil {
 				return
 			}
-			// The connection broke: go-redis resubscribes; what was
-			// missed meanwhile is found by the waiters' wakeEvery.
+			if e.onReceiveError != nil {
+				e.onReceiveError()
+			}
+			// The connection broke: go-redis resubscribes at the next
+			// read; what was missed meanwhile is found by the waiters'
+			// wakeEvery. Not at once: while Redis is down each read
+			// fails at once, and trying again without a pause spins.
+			t := time.NewTimer(backoff)
+			select {
+			case <-e.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
+		backoff = minBackoff
 		e.mu.Lock()
 		h := e.handles[msg.Payload]
 		e.mu.Unlock()

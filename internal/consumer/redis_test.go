@@ -496,3 +496,45 @@ func TestRedisStaleAckAfterRecreate(t *testing.T) {
 		}
 	})
 }
+
+// While Redis is down the wake-notice reader backs off (50ms doubling)
+// instead of trying again at once at full CPU.
+func TestRedisWakeReaderBacksOffWhileRedisIsDown(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: "wb:", NodeTimeout: 600 * time.Millisecond}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	fails := make(chan time.Time, 100)
+	e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(),
+		onReceiveError: func() {
+			select {
+			case fails <- time.Now():
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	srv.Kill()
+	var at []time.Time
+	deadline := time.After(15 * time.Second)
+	for len(at) < 5 {
+		select {
+		case tm := <-fails:
+			at = append(at, tm)
+		case <-deadline:
+			t.Fatalf("%d failed receives in 15s", len(at))
+		}
+	}
+	// 50+100+200+400ms between the first and the fifth, less some slack.
+	if span := at[4].Sub(at[0]); span < 700*time.Millisecond {
+		t.Fatalf("5 failed receives within %s: the reader does not back off", span)
+	}
+}
