@@ -449,6 +449,40 @@ func (c *redisConsumer) run(ctx context.Context, s *redis.Script, args ...any) *
 	return s.Run(ctx, c.e.rdb, c.keys, append([]any{c.id, c.e.wakeCh, c.name}, args...)...)
 }
 
+// noRetry marks a command go-redis must not send again after a failure
+// that may have reached Redis (a broken connection, a read timeout): a
+// script that is not idempotent would run twice.
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
+// runOnce runs script at most once: fetch, giveback, nack and ack
+// change the consumer in ways running them again does not leave alone (a
+// second fetch takes more deliveries, a second giveback may hand back
+// another client's delivery taken in between). A failure that may have
+// reached Redis is the caller's error. NOSCRIPT (Redis lost its script
+// cache: restarted, failed over) ran nothing: the script is loaded and
+// sent once more.
+func (c *redisConsumer) runOnce(ctx context.Context, s *redis.Script, args ...any) *redis.Cmd {
+	all := make([]any, 0, 3+len(c.keys)+3+len(args))
+	all = append(all, "evalsha", s.Hash(), len(c.keys))
+	for _, k := range c.keys {
+		all = append(all, k)
+	}
+	all = append(all, c.id, c.e.wakeCh, c.name)
+	all = append(all, args...)
+	for try := 0; ; try++ {
+		cmd := redis.NewCmd(ctx, all...)
+		_ = c.e.rdb.Process(ctx, noRetry{cmd})
+		if try > 0 || !isReplyErr(cmd.Err(), "NOSCRIPT") {
+			return cmd
+		}
+		if err := s.Load(ctx, c.e.rdb).Err(); err != nil {
+			return cmd
+		}
+	}
+}
+
 // fail maps a script's error: NOCONSUMER (deleted, or made again since
 // this node read it) is ErrNotFound.
 func (c *redisConsumer) fail(err error) error {
@@ -512,14 +546,19 @@ func (c *redisConsumer) Fetch(ctx context.Context, max int, wait time.Duration) 
 }
 
 // fetchOnce takes what is ready; next is when the earliest deadline is
-// due (0: none).
+// due (0: none). The script runs at most once (runOnce). When it fails
+// after it may have reached Redis (the connection broke before the
+// reply, a read timeout), what it took is not known here: those
+// deliveries are held by no one until the ack wait passes, and each used
+// one of max_deliveries (with max_deliveries 1 such a message goes to
+// the dead-letter channel never having been handed out).
 func (c *redisConsumer) fetchOnce(ctx context.Context, max int) ([]Delivery, time.Duration, error) {
 	if c.e.ctx.Err() != nil {
 		return nil, 0, ErrClosed
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	vals, err := c.run(rctx, fetchScript, max, c.cfg.AckWait.Milliseconds(), c.cfg.MaxDeliveries, c.cfg.MaxInflight, deadRetry.Milliseconds()).Slice()
+	vals, err := c.runOnce(rctx, fetchScript, max, c.cfg.AckWait.Milliseconds(), c.cfg.MaxDeliveries, c.cfg.MaxInflight, deadRetry.Milliseconds()).Slice()
 	if err != nil {
 		return nil, 0, c.fail(err)
 	}
@@ -655,7 +694,7 @@ func (c *redisConsumer) Giveback(ds []Delivery) {
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
-	if err := c.run(ctx, givebackScript, args...).Err(); err != nil {
+	if err := c.runOnce(ctx, givebackScript, args...).Err(); err != nil {
 		c.e.log.Warn("giving deliveries back failed; they come again after the ack wait", "consumer", c.name, "err", c.fail(err))
 	}
 }
@@ -673,7 +712,7 @@ func (c *redisConsumer) Ack(ids []string) (int, error) {
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
-	n, err := c.run(ctx, ackScript, args...).Int()
+	n, err := c.runOnce(ctx, ackScript, args...).Int()
 	if err != nil {
 		return 0, c.fail(err)
 	}
@@ -691,7 +730,7 @@ func (c *redisConsumer) Nack(id string, delay time.Duration) (ok, deadLettered b
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
-	vals, err := c.run(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
+	vals, err := c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
 	if err != nil {
 		return false, false, c.fail(err)
 	}

@@ -151,8 +151,9 @@ return 0
 // pending bytes, then 7 fields per item: kind ("m" a message, "g" a gap
 // the broker reported), channel, epoch, seq (the message's, or the gap's
 // end), size (a gap: the messages lost, -1 unknown), record (a message),
-// from "<epoch> <seq>" (a gap). A message at or before the channel's
-// cursor (same epoch) was kept already and is skipped. Returns how many
+// from "<epoch> <seq>" (a gap). A message or gap at or before the
+// channel's cursor (same epoch) was kept already and is skipped, so the
+// script run twice keeps everything once. Returns how many
 // items changed the consumer.
 var appendScript = redis.NewScript(luaHead + `
 if redis.call('GET', KEYS[10]) ~= ARGV[4] then return redis.error_reply('NOLEASE') end
@@ -210,12 +211,22 @@ for i = 7, #ARGV, 7 do
       end
     end
   else
-    n = n + 1
-    redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
-    local fe, fs = string.match(ARGV[i+6], '^(%S*) (%d+)$')
-    local lost = ARGV[i+4]
-    if tonumber(lost) > 0 then redis.call('HINCRBY', KEYS[1], 'lost', lost) else lost = '0' end
-    newGap(ch, fe, fs, ep, sq, lost)
+    -- A gap the cursor is at or past already (same epoch) was kept: the
+    -- same script run again (a reply go-redis did not read) keeps it once.
+    local cur = redis.call('HGET', KEYS[8], ch)
+    local kept = false
+    if cur then
+      local ce, cs = string.match(cur, '^(.*)-(%d+)$')
+      kept = ce == ep and tonumber(cs) >= tonumber(sq)
+    end
+    if not kept then
+      n = n + 1
+      redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
+      local fe, fs = string.match(ARGV[i+6], '^(%S*) (%d+)$')
+      local lost = ARGV[i+4]
+      if tonumber(lost) > 0 then redis.call('HINCRBY', KEYS[1], 'lost', lost) else lost = '0' end
+      newGap(ch, fe, fs, ep, sq, lost)
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'pending', pending, 'gapn', gapn, 'bytes', bytes)

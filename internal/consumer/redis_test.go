@@ -1,10 +1,13 @@
 package consumer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -536,5 +539,142 @@ func TestRedisWakeReaderBacksOffWhileRedisIsDown(t *testing.T) {
 	// 50+100+200+400ms between the first and the fifth, less some slack.
 	if span := at[4].Sub(at[0]); span < 700*time.Millisecond {
 		t.Fatalf("5 failed receives within %s: the reader does not back off", span)
+	}
+}
+
+// An append script run twice (go-redis sending it again after a reply it
+// did not read) keeps a gap once: the second run finds the channel's
+// cursor at the gap's end.
+func TestRedisGapAppendedTwiceCountsOnce(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 1)
+	c := redisOpen(t, ns[0], "w", Config{Filter: "jobs"})
+	waitInfo(t, c, "fed", func(i Info) bool { return i.Feeder == ns[0].e.token })
+	for i := 0; i < 2; i++ {
+		err := c.run(context.Background(), appendScript, ns[0].e.token, c.cfg.MaxPending, c.cfg.MaxPendingBytes,
+			"g", "jobs", "E1", 20, 7, "", "E1 13").Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	inf := describe(t, c)
+	if inf.Counters.Gaps != 1 || inf.Counters.Lost != 7 {
+		t.Fatalf("a gap appended twice: gaps %d lost %d", inf.Counters.Gaps, inf.Counters.Lost)
+	}
+	ds, err := c.Fetch(context.Background(), 10, 0)
+	if err != nil || len(ds) != 1 || ds[0].Gap == nil {
+		t.Fatalf("gap notices: %+v %v", ds, err)
+	}
+}
+
+// dropProxy forwards TCP to addr; once armed, it breaks the connection
+// whose reply from the server holds mark, so that the client never reads
+// it (the command ran on the server).
+type dropProxy struct {
+	ln    net.Listener
+	addr  string
+	mark  []byte
+	armed atomic.Bool
+	hits  atomic.Int64
+}
+
+func startDropProxy(t *testing.T, addr, mark string) *dropProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, addr: addr, mark: []byte(mark)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			cn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(cn)
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) serve(cn net.Conn) {
+	up, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		cn.Close()
+		return
+	}
+	defer cn.Close()
+	defer up.Close()
+	go func() {
+		io.Copy(up, cn)
+		up.Close()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 {
+			if p.armed.Load() && bytes.Contains(buf[:n], p.mark) && p.armed.CompareAndSwap(true, false) {
+				p.hits.Add(1)
+				return // the reply is never forwarded
+			}
+			if _, err := cn.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A fetch whose reply was lost is not sent again: it ran once on Redis
+// (one delivery counted, not a second message taken for no one).
+func TestRedisFetchNotSentAgain(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	px := startDropProxy(t, srv.Addr(), "MARK-")
+	url := "redis://" + px.ln.Addr().String() + "/0"
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: "fr:", NodeTimeout: 600 * time.Millisecond,
+		Retention: broker.Retention{HistorySize: 100}}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	h, err := e.Open("w", Config{Filter: "jobs", AckWait: time.Hour}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.(*redisConsumer)
+	for i := 1; i <= 2; i++ {
+		if _, _, err := b.Publish(context.Background(), &broker.Message{Channel: "jobs", Data: []byte(fmt.Sprintf("MARK-%d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitInfo(t, c, "kept", func(i Info) bool { return i.Pending == 2 })
+	px.armed.Store(true)
+	ds, err := c.Fetch(context.Background(), 1, 0)
+	if px.hits.Load() != 1 {
+		t.Fatalf("the fetch's reply was not dropped (%d): %+v %v", px.hits.Load(), ds, err)
+	}
+	if err == nil {
+		t.Fatalf("a fetch whose reply was lost answered %d deliveries", len(ds))
+	}
+	if inf := describe(t, c); inf.Counters.Delivered != 1 || inf.Inflight != 1 {
+		t.Fatalf("the fetch ran more than once: delivered %d, in flight %d", inf.Counters.Delivered, inf.Inflight)
+	}
+	// Redis lost its scripts (a restart): a fetch loads them and runs.
+	if err := l.Client().ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ds = fetchAll(t, c, 1, 1)
+	if string(ds[0].Msg.Data) != "MARK-2" {
+		t.Fatalf("after SCRIPT FLUSH: %q", ds[0].Msg.Data)
 	}
 }
