@@ -51,6 +51,7 @@ type RedisOptions struct {
 	Logger *slog.Logger
 
 	onReceiveError func() // tests: the wake-notice reader failed a read
+	onAppendError  func() // tests: a feeder's append failed
 }
 
 // deadRetry is how long a message on its way to the dead-letter channel
@@ -91,6 +92,7 @@ type RedisEngine struct {
 	closed  bool
 
 	onReceiveError func()
+	onAppendError  func()
 }
 
 var _ Engine = (*RedisEngine)(nil)
@@ -112,7 +114,7 @@ func NewRedis(b broker.Broker, o RedisOptions) (*RedisEngine, error) {
 	}
 	e := &RedisEngine{b: b, rdb: o.Client, prefix: o.Prefix, ttl: o.LeaseTTL, log: o.Logger, token: o.Node,
 		wakeCh: o.Prefix + "consumers:wake", handles: map[string]*redisConsumer{}, feeders: map[string]context.CancelFunc{},
-		onReceiveError: o.onReceiveError}
+		onReceiveError: o.onReceiveError, onAppendError: o.onAppendError}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()

@@ -678,3 +678,59 @@ func TestRedisFetchNotSentAgain(t *testing.T) {
 		t.Fatalf("after SCRIPT FLUSH: %q", ds[0].Msg.Data)
 	}
 }
+
+// A failing append (here: the lease key damaged, so the script errs)
+// makes the feeder read again from the cursor, after a pause that
+// doubles, not at once in a loop.
+func TestRedisFeederBacksOffAfterAppendError(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: "ab:", NodeTimeout: 600 * time.Millisecond,
+		Retention: broker.Retention{HistorySize: 100}}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	fails := make(chan time.Time, 100)
+	e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(),
+		onAppendError: func() {
+			select {
+			case fails <- time.Now():
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	h, err := e.Open("w", Config{Filter: "jobs"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.(*redisConsumer)
+	waitInfo(t, c, "fed", func(i Info) bool { return i.Feeder == e.token })
+	rdb := l.Client()
+	if err := rdb.Del(context.Background(), c.keys[9]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(context.Background(), c.keys[9], "not", "a lease").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redisPublish(t, b, "jobs", 1, 1)
+	var at []time.Time
+	deadline := time.After(15 * time.Second)
+	for len(at) < 5 {
+		select {
+		case tm := <-fails:
+			at = append(at, tm)
+		case <-deadline:
+			t.Fatalf("%d failed appends in 15s", len(at))
+		}
+	}
+	if span := at[4].Sub(at[0]); span < 700*time.Millisecond {
+		t.Fatalf("5 failed appends within %s: the feeder does not back off", span)
+	}
+}
