@@ -220,6 +220,18 @@ func (e *RedisEngine) scan() {
 		} else if e.ctx.Err() == nil {
 			e.log.Warn("listing consumers in redis failed", "err", err)
 		}
+		// And those this node has open: one may have dropped out of the
+		// registry (a delete's SREM after a create's SADD of the same
+		// name); its feeder ends when it is not found.
+		e.mu.Lock()
+		open := make([]string, 0, len(e.handles))
+		for n := range e.handles {
+			open = append(open, n)
+		}
+		e.mu.Unlock()
+		for _, n := range open {
+			e.feed(n)
+		}
 		select {
 		case <-e.ctx.Done():
 			return
@@ -306,6 +318,14 @@ func (e *RedisEngine) load(name string, cfg Config, create bool) (*redisConsumer
 	}
 	if len(vals) != 3 || vals[0] == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	// In the registry again: a delete of the same name racing this
+	// create (its drop before the create, its SREM after the SADD) or an
+	// earlier such race took it out, and nodes starting now would not
+	// feed it. A name left there by a consumer deleted meanwhile is
+	// skipped by their feeders.
+	if err := e.rdb.SAdd(ctx, e.registry(), name).Err(); err != nil {
+		return nil, unavailable(err)
 	}
 	h := &redisConsumer{e: e, name: name, keys: keys, wake: make(chan struct{})}
 	h.id, _ = vals[0].(string)

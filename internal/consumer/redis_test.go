@@ -32,7 +32,12 @@ type redisNode struct {
 // redisNodes starts n nodes on url sharing one key prefix.
 func redisNodes(t *testing.T, url string, n int) []*redisNode {
 	t.Helper()
-	prefix := fmt.Sprintf("ct%d:", testPrefixes.Add(1))
+	return redisNodesWith(t, url, fmt.Sprintf("ct%d:", testPrefixes.Add(1)), n)
+}
+
+// redisNodesWith starts n nodes on url with key prefix prefix.
+func redisNodesWith(t *testing.T, url, prefix string, n int) []*redisNode {
+	t.Helper()
 	var out []*redisNode
 	for i := 0; i < n; i++ {
 		hub := broker.NewHub()
@@ -732,5 +737,34 @@ func TestRedisFeederBacksOffAfterAppendError(t *testing.T) {
 	}
 	if span := at[4].Sub(at[0]); span < 700*time.Millisecond {
 		t.Fatalf("5 failed appends within %s: the feeder does not back off", span)
+	}
+}
+
+// A consumer that dropped out of the registry (a delete racing a create
+// of the same name) is still fed: a node holding its handle takes it
+// over when the feeding node goes.
+func TestRedisConsumerOutOfRegistryStillFed(t *testing.T) {
+	url := redistest.Start(t, redistest.Options{}).URL()
+	first := redisNodesWith(t, url, "reg:", 1)[0]
+	a := redisOpen(t, first, "w", Config{Filter: "jobs"})
+	waitInfo(t, a, "fed", func(i Info) bool { return i.Feeder == first.e.token })
+	if err := first.e.rdb.SRem(context.Background(), first.e.registry(), "w").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A node started now does not find it in the registry; it opens it.
+	other := redisNodesWith(t, url, "reg:", 1)[0]
+	oh, err := other.e.Open("w", Config{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := oh.(*redisConsumer)
+	first.close()
+	redisPublish(t, other.b, "jobs", 1, 1)
+	inf := waitInfo(t, o, "kept by the other node", func(i Info) bool { return i.Pending == 1 })
+	if inf.Feeder != other.e.token {
+		t.Fatalf("feeder %q", inf.Feeder)
+	}
+	if ok, err := other.e.rdb.SIsMember(context.Background(), other.e.registry(), "w").Result(); err != nil || !ok {
+		t.Fatalf("not in the registry again: %v %v", ok, err)
 	}
 }
