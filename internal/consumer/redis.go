@@ -510,9 +510,40 @@ func (c *redisConsumer) runOnce(ctx context.Context, s *redis.Script, args ...an
 func (c *redisConsumer) fail(err error) error {
 	if isReplyErr(err, "NOCONSUMER") {
 		c.e.forget(c)
-		return fmt.Errorf("%w: %s was deleted", ErrNotFound, c.name)
+		return fmt.Errorf("%w: %s was deleted%w", ErrNotFound, c.name, errNoConsumer)
 	}
 	return unavailable(err)
+}
+
+// errNoConsumer marks an ErrNotFound from NOCONSUMER: this handle's
+// consumer is gone, but one of the same name may have been created since
+// (through another node).
+var errNoConsumer = noConsumerErr{}
+
+type noConsumerErr struct{}
+
+func (noConsumerErr) Error() string { return "" }
+
+// reloaded is the consumer named as c now in Redis, after c's failed
+// with NOCONSUMER: deleted and created again (through another node) since
+// this node cached c. ErrNotFound when there is none.
+func (c *redisConsumer) reloaded(err error) (*redisConsumer, error) {
+	if !errors.Is(err, errNoConsumer) {
+		return nil, err
+	}
+	h, lerr := c.e.load(c.name, Config{}, false)
+	if lerr != nil {
+		if errors.Is(lerr, ErrNotFound) {
+			return nil, err
+		}
+		return nil, lerr
+	}
+	// Not one reading another filter: the caller's grant was checked
+	// for c's (its next request opens the new one, and is checked).
+	if h.id == c.id || h.cfg.Filter != c.cfg.Filter {
+		return nil, err
+	}
+	return h, nil
 }
 
 func (c *redisConsumer) opCtx() (context.Context, context.CancelFunc) {
@@ -531,17 +562,27 @@ func (c *redisConsumer) Fetch(ctx context.Context, max int, wait time.Duration) 
 		defer t.Stop()
 		timeout = t.C
 	}
-	c.mu.Lock()
-	c.fetchers++
-	c.mu.Unlock()
+	counted := c
+	counted.mu.Lock()
+	counted.fetchers++
+	counted.mu.Unlock()
 	defer func() {
-		c.mu.Lock()
-		c.fetchers--
-		c.mu.Unlock()
+		counted.mu.Lock()
+		counted.fetchers--
+		counted.mu.Unlock()
 	}()
+	reloaded := false
 	for {
 		wake := c.wakeChan()
 		out, next, err := c.fetchOnce(ctx, max)
+		if err != nil && !reloaded {
+			// Made again since this node cached it: serve the new one.
+			reloaded = true
+			if h, rerr := c.reloaded(err); rerr == nil {
+				c = h
+				continue
+			}
+		}
 		if err != nil || len(out) > 0 || wait <= 0 {
 			return out, err
 		}
@@ -736,7 +777,14 @@ func (c *redisConsumer) Ack(ids []string) (int, error) {
 	defer cancel()
 	n, err := c.runOnce(ctx, ackScript, args...).Int()
 	if err != nil {
-		return 0, c.fail(err)
+		err = c.fail(err)
+		if h, rerr := c.reloaded(err); rerr == nil {
+			if n, err = h.runOnce(ctx, ackScript, args...).Int(); err != nil {
+				return 0, h.fail(err)
+			}
+			return n, nil
+		}
+		return 0, err
 	}
 	return n, nil
 }
@@ -754,7 +802,15 @@ func (c *redisConsumer) Nack(id string, delay time.Duration) (ok, deadLettered b
 	defer cancel()
 	vals, err := c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
 	if err != nil {
-		return false, false, c.fail(err)
+		err = c.fail(err)
+		h, rerr := c.reloaded(err)
+		if rerr != nil {
+			return false, false, err
+		}
+		c = h // made again since this node cached it
+		if vals, err = c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice(); err != nil {
+			return false, false, c.fail(err)
+		}
 	}
 	switch asInt(vals[0]) {
 	case 1:
@@ -777,7 +833,15 @@ func (c *redisConsumer) Synced(context.Context) error { return nil }
 func (c *redisConsumer) Describe(ctx context.Context) (Info, error) {
 	vals, err := c.run(ctx, infoScript).Slice()
 	if err != nil {
-		return Info{}, c.fail(err)
+		err = c.fail(err)
+		h, rerr := c.reloaded(err)
+		if rerr != nil {
+			return Info{}, err
+		}
+		c = h // made again since this node cached it
+		if vals, err = c.run(ctx, infoScript).Slice(); err != nil {
+			return Info{}, c.fail(err)
+		}
 	}
 	if len(vals) != 5 {
 		return Info{}, fmt.Errorf("consumer %s: unexpected reply from redis", c.name)

@@ -768,3 +768,63 @@ func TestRedisConsumerOutOfRegistryStillFed(t *testing.T) {
 		t.Fatalf("not in the registry again: %v %v", ok, err)
 	}
 }
+
+// A node holding a consumer's handle when another node deletes it and
+// creates it again serves the new consumer at once: no
+// consumer_not_found for a consumer that exists.
+func TestRedisStaleHandleReloads(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 2)
+	cfg := Config{Filter: "jobs", AckWait: time.Hour}
+	redisOpen(t, ns[0], "w", cfg)
+	stale := func() *redisConsumer {
+		h, err := ns[1].e.Open("w", Config{}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.(*redisConsumer)
+	}
+	old := stale()
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a := redisOpen(t, ns[0], "w", cfg)
+	redisPublish(t, ns[0].b, "jobs", 1, 2)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 2 })
+	if inf, err := old.Describe(context.Background()); err != nil || inf.Pending != 2 {
+		t.Fatalf("describe through the stale handle: %+v %v", inf, err)
+	}
+	old = stale()
+	ds, err := old.Fetch(context.Background(), 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch through the stale handle: %v %v", ds, err)
+	}
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a = redisOpen(t, ns[0], "w", cfg)
+	redisPublish(t, ns[0].b, "jobs", 3, 3)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 1 })
+	d := fetchAll(t, a, 1, 1)[0]
+	if n, err := old.Ack([]string{d.ID}); err != nil || n != 1 {
+		t.Fatalf("ack through the stale handle: %d %v", n, err)
+	}
+	// Made again reading another channel: not served through a handle
+	// whose filter the caller's grant was checked for.
+	old = stale()
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a = redisOpen(t, ns[0], "w", Config{Filter: "secret", AckWait: time.Hour})
+	redisPublish(t, ns[0].b, "secret", 1, 1)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 1 })
+	if ds, err := old.Fetch(context.Background(), 1, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("fetch through a handle of another filter: %v %v", ds, err)
+	}
+	// Deleted for good: not found.
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stale().Fetch(context.Background(), 1, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("fetch of a deleted consumer: %v", err)
+	}
+}
