@@ -611,18 +611,34 @@ func (c *redisConsumer) Fetch(ctx context.Context, max int, wait time.Duration) 
 // fetchOnce takes what is ready; next is when the earliest deadline is
 // due (0: none). The script runs at most once (runOnce). When it fails
 // after it may have reached Redis (the connection broke before the
-// reply, a read timeout), what it took is not known here: those
-// deliveries are held by no one until the ack wait passes, and each used
-// one of max_deliveries (with max_deliveries 1 such a message goes to
-// the dead-letter channel never having been handed out).
+// reply, a read timeout), what it took is given back by the note it
+// left (givebackFetchScript), unless another fetch ran since or Redis is
+// unreachable: then those deliveries are held by no one until the ack
+// wait passes, and each used one of max_deliveries (with max_deliveries
+// 1 such a message goes to the dead-letter channel never having been
+// handed out). A gap notice it took is lost with its reply.
 func (c *redisConsumer) fetchOnce(ctx context.Context, max int) ([]Delivery, time.Duration, error) {
 	if c.e.ctx.Err() != nil {
 		return nil, 0, ErrClosed
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	vals, err := c.runOnce(rctx, fetchScript, max, c.cfg.AckWait.Milliseconds(), c.cfg.MaxDeliveries, c.cfg.MaxInflight, deadRetry.Milliseconds()).Slice()
+	var tok [8]byte
+	rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+	vals, err := c.runOnce(rctx, fetchScript, max, c.cfg.AckWait.Milliseconds(), c.cfg.MaxDeliveries, c.cfg.MaxInflight, deadRetry.Milliseconds(), token).Slice()
 	if err != nil {
+		var rerr redis.Error
+		if !errors.As(err, &rerr) {
+			// It may have run (the reply was lost): give back what it
+			// took, unless another fetch ran since.
+			gctx, gcancel := c.opCtx()
+			if gerr := c.run(gctx, givebackFetchScript, token).Err(); gerr != nil && !isReplyErr(gerr, "NOCONSUMER") {
+				c.e.log.Warn("a fetch failed and what it may have taken was not given back; it comes again after the ack wait",
+					"consumer", c.name, "err", gerr)
+			}
+			gcancel()
+		}
 		return nil, 0, c.fail(err)
 	}
 	if len(vals) != 4 {
