@@ -627,13 +627,17 @@ func truncate(s string, n int) string {
 // acknowledging is idempotent. It returns how many messages this call
 // removed.
 func (c *Consumer) Ack(ids []string) (int, error) {
-	seqs := make([]uint64, 0, len(ids))
+	type ackID struct {
+		seq   uint64
+		count int
+	}
+	acks := make([]ackID, 0, len(ids))
 	for _, id := range ids {
-		seq, _, err := ParseDeliveryID(id)
+		seq, count, err := ParseDeliveryID(id)
 		if err != nil {
 			return 0, err
 		}
-		seqs = append(seqs, seq)
+		acks = append(acks, ackID{seq, count})
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -641,13 +645,20 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 		return 0, fmt.Errorf("%w: %s was deleted", ErrNotFound, c.name)
 	}
 	n := 0
-	for _, seq := range seqs {
+	for _, a := range acks {
+		seq := a.seq
 		e := c.entries.get(seq)
 		if e == nil || e.gap != nil || e.state == stDying || seq >= c.next {
 			continue
 		}
 		// Any delivery of the message may acknowledge it: the work was
-		// done, even by a client whose ack wait had passed.
+		// done, even by a client whose ack wait had passed. But only a
+		// delivery there was: an id naming a count the entry never
+		// reached (kept from before the consumer was deleted and made
+		// again, whose entry numbers start at 1 again) removes nothing.
+		if e.count == 0 || e.count < a.count {
+			continue
+		}
 		c.entries.del(seq)
 		delete(c.flying, seq)
 		delete(c.delayed, seq)

@@ -370,3 +370,46 @@ func TestOverflowGapsPerChannel(t *testing.T) {
 		t.Fatalf("%d deliveries, gaps %v", len(ds), gaps)
 	}
 }
+
+// A delivery id kept from before the consumer was deleted and made again
+// names an entry number the new consumer reuses: acking it must not
+// remove a message nobody was given (nor one whose current delivery came
+// after a later count than the id's).
+func TestStaleAckAfterRecreateRemovesNothing(t *testing.T) {
+	b := broker.NewMemory(broker.MemoryOptions{})
+	defer b.Close()
+	m := consumer.NewManager(b, consumer.Options{})
+	defer m.Close()
+	cfg := consumer.Config{Filter: "jobs"}
+	c := open(t, m, "w", cfg)
+	publish(t, b, "jobs", 1)
+	old := fetchN(t, c, 1, 1)[0]
+	if old.ID != "1.1" {
+		t.Fatalf("first delivery id %s", old.ID)
+	}
+	if err := m.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	c = open(t, m, "w", cfg)
+	publish(t, b, "jobs", 1)
+	waitKept(t, c, 1)
+	if n, err := c.Ack([]string{old.ID, "1.2"}); err != nil || n != 0 {
+		t.Fatalf("stale ack of a message never delivered: removed %d, %v", n, err)
+	}
+	if ok, _, _ := c.Nack(old.ID, 0); ok {
+		t.Fatal("stale nack of a message never delivered counted")
+	}
+	d := fetchN(t, c, 1, 1)[0]
+	if d.ID != "1.1" || string(d.Msg.Data) != "1" {
+		t.Fatalf("the new message: %s %q", d.ID, d.Msg.Data)
+	}
+	if n, _ := c.Ack([]string{"1.2"}); n != 0 {
+		t.Fatal("an ack with a count later than any delivery removed the message")
+	}
+	if n, err := c.Ack([]string{d.ID}); err != nil || n != 1 {
+		t.Fatalf("ack of the delivery: %d %v", n, err)
+	}
+	if i := c.Info(); i.Counters.Acked != 1 || i.Counters.Delivered != 1 {
+		t.Fatalf("counters %+v", i.Counters)
+	}
+}

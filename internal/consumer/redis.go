@@ -49,6 +49,9 @@ type RedisOptions struct {
 	Node string
 	// Logger receives warnings (default: discard).
 	Logger *slog.Logger
+
+	onReceiveError func() // tests: the wake-notice reader failed a read
+	onAppendError  func() // tests: a feeder's append failed
 }
 
 // deadRetry is how long a message on its way to the dead-letter channel
@@ -56,6 +59,13 @@ type RedisOptions struct {
 // died between the two steps): a dead letter is published at least once.
 // A variable for tests.
 var deadRetry = 10 * time.Second
+
+// minBackoff and maxBackoff bound the pause before trying Redis again
+// after a failure (doubling from the one to the other).
+const (
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = 2 * time.Second
+)
 
 // wakeEvery bounds how long a waiting fetch goes without asking Redis
 // (a Pub/Sub notice lost while its connection was broken).
@@ -80,6 +90,9 @@ type RedisEngine struct {
 	handles map[string]*redisConsumer
 	feeders map[string]context.CancelFunc
 	closed  bool
+
+	onReceiveError func()
+	onAppendError  func()
 }
 
 var _ Engine = (*RedisEngine)(nil)
@@ -100,7 +113,8 @@ func NewRedis(b broker.Broker, o RedisOptions) (*RedisEngine, error) {
 		o.Node = hex.EncodeToString(id[:])
 	}
 	e := &RedisEngine{b: b, rdb: o.Client, prefix: o.Prefix, ttl: o.LeaseTTL, log: o.Logger, token: o.Node,
-		wakeCh: o.Prefix + "consumers:wake", handles: map[string]*redisConsumer{}, feeders: map[string]context.CancelFunc{}}
+		wakeCh: o.Prefix + "consumers:wake", handles: map[string]*redisConsumer{}, feeders: map[string]context.CancelFunc{},
+		onReceiveError: o.onReceiveError, onAppendError: o.onAppendError}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
@@ -154,16 +168,31 @@ func isReplyErr(err error, code string) bool {
 // receive wakes the fetches waiting on a consumer a notice names.
 func (e *RedisEngine) receive() {
 	defer e.wg.Done()
+	backoff := minBackoff
 	for {
 		msg, err := e.ps.ReceiveMessage(e.ctx)
 		if err != nil {
 			if e.ctx.Err() != nil {
 				return
 			}
-			// The connection broke: go-redis resubscribes; what was
-			// missed meanwhile is found by the waiters' wakeEvery.
+			if e.onReceiveError != nil {
+				e.onReceiveError()
+			}
+			// The connection broke: go-redis resubscribes at the next
+			// read; what was missed meanwhile is found by the waiters'
+			// wakeEvery. Not at once: while Redis is down each read
+			// fails at once, and trying again without a pause spins.
+			t := time.NewTimer(backoff)
+			select {
+			case <-e.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
+		backoff = minBackoff
 		e.mu.Lock()
 		h := e.handles[msg.Payload]
 		e.mu.Unlock()
@@ -190,6 +219,18 @@ func (e *RedisEngine) scan() {
 			}
 		} else if e.ctx.Err() == nil {
 			e.log.Warn("listing consumers in redis failed", "err", err)
+		}
+		// And those this node has open: one may have dropped out of the
+		// registry (a delete's SREM after a create's SADD of the same
+		// name); its feeder ends when it is not found.
+		e.mu.Lock()
+		open := make([]string, 0, len(e.handles))
+		for n := range e.handles {
+			open = append(open, n)
+		}
+		e.mu.Unlock()
+		for _, n := range open {
+			e.feed(n)
 		}
 		select {
 		case <-e.ctx.Done():
@@ -277,6 +318,14 @@ func (e *RedisEngine) load(name string, cfg Config, create bool) (*redisConsumer
 	}
 	if len(vals) != 3 || vals[0] == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	// In the registry again: a delete of the same name racing this
+	// create (its drop before the create, its SREM after the SADD) or an
+	// earlier such race took it out, and nodes starting now would not
+	// feed it. A name left there by a consumer deleted meanwhile is
+	// skipped by their feeders.
+	if err := e.rdb.SAdd(ctx, e.registry(), name).Err(); err != nil {
+		return nil, unavailable(err)
 	}
 	h := &redisConsumer{e: e, name: name, keys: keys, wake: make(chan struct{})}
 	h.id, _ = vals[0].(string)
@@ -422,14 +471,79 @@ func (c *redisConsumer) run(ctx context.Context, s *redis.Script, args ...any) *
 	return s.Run(ctx, c.e.rdb, c.keys, append([]any{c.id, c.e.wakeCh, c.name}, args...)...)
 }
 
+// noRetry marks a command go-redis must not send again after a failure
+// that may have reached Redis (a broken connection, a read timeout): a
+// script that is not idempotent would run twice.
+type noRetry struct{ *redis.Cmd }
+
+func (noRetry) NoRetry() bool { return true }
+
+// runOnce runs script at most once: fetch, giveback, nack and ack
+// change the consumer in ways running them again does not leave alone (a
+// second fetch takes more deliveries, a second giveback may hand back
+// another client's delivery taken in between). A failure that may have
+// reached Redis is the caller's error. NOSCRIPT (Redis lost its script
+// cache: restarted, failed over) ran nothing: the script is loaded and
+// sent once more.
+func (c *redisConsumer) runOnce(ctx context.Context, s *redis.Script, args ...any) *redis.Cmd {
+	all := make([]any, 0, 3+len(c.keys)+3+len(args))
+	all = append(all, "evalsha", s.Hash(), len(c.keys))
+	for _, k := range c.keys {
+		all = append(all, k)
+	}
+	all = append(all, c.id, c.e.wakeCh, c.name)
+	all = append(all, args...)
+	for try := 0; ; try++ {
+		cmd := redis.NewCmd(ctx, all...)
+		_ = c.e.rdb.Process(ctx, noRetry{cmd})
+		if try > 0 || !isReplyErr(cmd.Err(), "NOSCRIPT") {
+			return cmd
+		}
+		if err := s.Load(ctx, c.e.rdb).Err(); err != nil {
+			return cmd
+		}
+	}
+}
+
 // fail maps a script's error: NOCONSUMER (deleted, or made again since
 // this node read it) is ErrNotFound.
 func (c *redisConsumer) fail(err error) error {
 	if isReplyErr(err, "NOCONSUMER") {
 		c.e.forget(c)
-		return fmt.Errorf("%w: %s was deleted", ErrNotFound, c.name)
+		return fmt.Errorf("%w: %s was deleted%w", ErrNotFound, c.name, errNoConsumer)
 	}
 	return unavailable(err)
+}
+
+// errNoConsumer marks an ErrNotFound from NOCONSUMER: this handle's
+// consumer is gone, but one of the same name may have been created since
+// (through another node).
+var errNoConsumer = noConsumerErr{}
+
+type noConsumerErr struct{}
+
+func (noConsumerErr) Error() string { return "" }
+
+// reloaded is the consumer named as c now in Redis, after c's failed
+// with NOCONSUMER: deleted and created again (through another node) since
+// this node cached c. ErrNotFound when there is none.
+func (c *redisConsumer) reloaded(err error) (*redisConsumer, error) {
+	if !errors.Is(err, errNoConsumer) {
+		return nil, err
+	}
+	h, lerr := c.e.load(c.name, Config{}, false)
+	if lerr != nil {
+		if errors.Is(lerr, ErrNotFound) {
+			return nil, err
+		}
+		return nil, lerr
+	}
+	// Not one reading another filter: the caller's grant was checked
+	// for c's (its next request opens the new one, and is checked).
+	if h.id == c.id || h.cfg.Filter != c.cfg.Filter {
+		return nil, err
+	}
+	return h, nil
 }
 
 func (c *redisConsumer) opCtx() (context.Context, context.CancelFunc) {
@@ -448,17 +562,27 @@ func (c *redisConsumer) Fetch(ctx context.Context, max int, wait time.Duration) 
 		defer t.Stop()
 		timeout = t.C
 	}
-	c.mu.Lock()
-	c.fetchers++
-	c.mu.Unlock()
+	counted := c
+	counted.mu.Lock()
+	counted.fetchers++
+	counted.mu.Unlock()
 	defer func() {
-		c.mu.Lock()
-		c.fetchers--
-		c.mu.Unlock()
+		counted.mu.Lock()
+		counted.fetchers--
+		counted.mu.Unlock()
 	}()
+	reloaded := false
 	for {
 		wake := c.wakeChan()
 		out, next, err := c.fetchOnce(ctx, max)
+		if err != nil && !reloaded {
+			// Made again since this node cached it: serve the new one.
+			reloaded = true
+			if h, rerr := c.reloaded(err); rerr == nil {
+				c = h
+				continue
+			}
+		}
 		if err != nil || len(out) > 0 || wait <= 0 {
 			return out, err
 		}
@@ -485,15 +609,36 @@ func (c *redisConsumer) Fetch(ctx context.Context, max int, wait time.Duration) 
 }
 
 // fetchOnce takes what is ready; next is when the earliest deadline is
-// due (0: none).
+// due (0: none). The script runs at most once (runOnce). When it fails
+// after it may have reached Redis (the connection broke before the
+// reply, a read timeout), what it took is given back by the note it
+// left (givebackFetchScript), unless another fetch ran since or Redis is
+// unreachable: then those deliveries are held by no one until the ack
+// wait passes, and each used one of max_deliveries (with max_deliveries
+// 1 such a message goes to the dead-letter channel never having been
+// handed out). A gap notice it took is lost with its reply.
 func (c *redisConsumer) fetchOnce(ctx context.Context, max int) ([]Delivery, time.Duration, error) {
 	if c.e.ctx.Err() != nil {
 		return nil, 0, ErrClosed
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	vals, err := c.run(rctx, fetchScript, max, c.cfg.AckWait.Milliseconds(), c.cfg.MaxDeliveries, c.cfg.MaxInflight, deadRetry.Milliseconds()).Slice()
+	var tok [8]byte
+	rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+	vals, err := c.runOnce(rctx, fetchScript, max, c.cfg.AckWait.Milliseconds(), c.cfg.MaxDeliveries, c.cfg.MaxInflight, deadRetry.Milliseconds(), token).Slice()
 	if err != nil {
+		var rerr redis.Error
+		if !errors.As(err, &rerr) {
+			// It may have run (the reply was lost): give back what it
+			// took, unless another fetch ran since.
+			gctx, gcancel := c.opCtx()
+			if gerr := c.run(gctx, givebackFetchScript, token).Err(); gerr != nil && !isReplyErr(gerr, "NOCONSUMER") {
+				c.e.log.Warn("a fetch failed and what it may have taken was not given back; it comes again after the ack wait",
+					"consumer", c.name, "err", gerr)
+			}
+			gcancel()
+		}
 		return nil, 0, c.fail(err)
 	}
 	if len(vals) != 4 {
@@ -628,27 +773,34 @@ func (c *redisConsumer) Giveback(ds []Delivery) {
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
-	if err := c.run(ctx, givebackScript, args...).Err(); err != nil {
+	if err := c.runOnce(ctx, givebackScript, args...).Err(); err != nil {
 		c.e.log.Warn("giving deliveries back failed; they come again after the ack wait", "consumer", c.name, "err", c.fail(err))
 	}
 }
 
 // Ack implements Handle.
 func (c *redisConsumer) Ack(ids []string) (int, error) {
-	args := make([]any, 0, 1+len(ids))
+	args := make([]any, 0, 1+2*len(ids))
 	args = append(args, c.cfg.MaxInflight)
 	for _, id := range ids {
-		seq, _, err := ParseDeliveryID(id)
+		seq, count, err := ParseDeliveryID(id)
 		if err != nil {
 			return 0, err
 		}
-		args = append(args, seq)
+		args = append(args, seq, count)
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
-	n, err := c.run(ctx, ackScript, args...).Int()
+	n, err := c.runOnce(ctx, ackScript, args...).Int()
 	if err != nil {
-		return 0, c.fail(err)
+		err = c.fail(err)
+		if h, rerr := c.reloaded(err); rerr == nil {
+			if n, err = h.runOnce(ctx, ackScript, args...).Int(); err != nil {
+				return 0, h.fail(err)
+			}
+			return n, nil
+		}
+		return 0, err
 	}
 	return n, nil
 }
@@ -664,9 +816,17 @@ func (c *redisConsumer) Nack(id string, delay time.Duration) (ok, deadLettered b
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
-	vals, err := c.run(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
+	vals, err := c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
 	if err != nil {
-		return false, false, c.fail(err)
+		err = c.fail(err)
+		h, rerr := c.reloaded(err)
+		if rerr != nil {
+			return false, false, err
+		}
+		c = h // made again since this node cached it
+		if vals, err = c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice(); err != nil {
+			return false, false, c.fail(err)
+		}
 	}
 	switch asInt(vals[0]) {
 	case 1:
@@ -689,7 +849,15 @@ func (c *redisConsumer) Synced(context.Context) error { return nil }
 func (c *redisConsumer) Describe(ctx context.Context) (Info, error) {
 	vals, err := c.run(ctx, infoScript).Slice()
 	if err != nil {
-		return Info{}, c.fail(err)
+		err = c.fail(err)
+		h, rerr := c.reloaded(err)
+		if rerr != nil {
+			return Info{}, err
+		}
+		c = h // made again since this node cached it
+		if vals, err = c.run(ctx, infoScript).Slice(); err != nil {
+			return Info{}, c.fail(err)
+		}
 	}
 	if len(vals) != 5 {
 		return Info{}, fmt.Errorf("consumer %s: unexpected reply from redis", c.name)

@@ -93,7 +93,24 @@ func (c *redisConsumer) feedLeased(ctx context.Context) {
 		}
 	}()
 	go c.tick(ctx)
-	backoff := 50 * time.Millisecond
+	// backoff is the pause before reading again after a failure (a
+	// subscription refused, an append that failed), doubling while they
+	// go on. An append that succeeded resets it, and so does a
+	// subscription that succeeded unless the round before ended in a
+	// failed append (subscribing works while appending fails).
+	backoff := minBackoff
+	appendFailed := false
+	pause := func() bool {
+		t := time.NewTimer(backoff)
+		defer t.Stop()
+		backoff = min(backoff*2, 5*time.Second)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
 	var buf []broker.Event
 	for ctx.Err() == nil {
 		sub, err := c.subscribe(ctx)
@@ -102,23 +119,24 @@ func (c *redisConsumer) feedLeased(ctx context.Context) {
 				return
 			}
 			e.log.Warn("consumer subscription failed; retrying", "consumer", c.name, "err", err)
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !pause() {
 				return
-			case <-t.C:
 			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
-		backoff = 50 * time.Millisecond
+		if !appendFailed {
+			backoff = minBackoff
+		}
+		appendFailed = false
 		for {
 			buf, err = sub.Next(ctx, buf[:0])
 			if len(buf) > 0 {
 				aerr := c.appendEvents(ctx, buf)
 				clear(buf)
 				if aerr != nil {
+					if e.onAppendError != nil {
+						e.onAppendError()
+					}
 					if !errors.Is(aerr, errLeaseLost) && !errors.Is(aerr, ErrNotFound) && ctx.Err() == nil {
 						e.log.Warn("keeping messages for a consumer failed; reading again from its cursor", "consumer", c.name, "err", aerr)
 					}
@@ -127,6 +145,9 @@ func (c *redisConsumer) feedLeased(ctx context.Context) {
 						return
 					}
 					err = aerr
+					appendFailed = true
+				} else {
+					backoff = minBackoff
 				}
 			}
 			if err != nil {
@@ -135,6 +156,12 @@ func (c *redisConsumer) feedLeased(ctx context.Context) {
 		}
 		sub.Close()
 		if errors.Is(err, broker.ErrClosed) {
+			return
+		}
+		// Read again from the stored cursor, not at once after an
+		// append failed: it would fail again at once (Redis down or
+		// refusing), in a loop.
+		if appendFailed && !pause() {
 			return
 		}
 	}

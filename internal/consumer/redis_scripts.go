@@ -151,8 +151,9 @@ return 0
 // pending bytes, then 7 fields per item: kind ("m" a message, "g" a gap
 // the broker reported), channel, epoch, seq (the message's, or the gap's
 // end), size (a gap: the messages lost, -1 unknown), record (a message),
-// from "<epoch> <seq>" (a gap). A message at or before the channel's
-// cursor (same epoch) was kept already and is skipped. Returns how many
+// from "<epoch> <seq>" (a gap). A message or gap at or before the
+// channel's cursor (same epoch) was kept already and is skipped, so the
+// script run twice keeps everything once. Returns how many
 // items changed the consumer.
 var appendScript = redis.NewScript(luaHead + `
 if redis.call('GET', KEYS[10]) ~= ARGV[4] then return redis.error_reply('NOLEASE') end
@@ -210,12 +211,22 @@ for i = 7, #ARGV, 7 do
       end
     end
   else
-    n = n + 1
-    redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
-    local fe, fs = string.match(ARGV[i+6], '^(%S*) (%d+)$')
-    local lost = ARGV[i+4]
-    if tonumber(lost) > 0 then redis.call('HINCRBY', KEYS[1], 'lost', lost) else lost = '0' end
-    newGap(ch, fe, fs, ep, sq, lost)
+    -- A gap the cursor is at or past already (same epoch) was kept: the
+    -- same script run again (a reply go-redis did not read) keeps it once.
+    local cur = redis.call('HGET', KEYS[8], ch)
+    local kept = false
+    if cur then
+      local ce, cs = string.match(cur, '^(.*)-(%d+)$')
+      kept = ce == ep and tonumber(cs) >= tonumber(sq)
+    end
+    if not kept then
+      n = n + 1
+      redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
+      local fe, fs = string.match(ARGV[i+6], '^(%S*) (%d+)$')
+      local lost = ARGV[i+4]
+      if tonumber(lost) > 0 then redis.call('HINCRBY', KEYS[1], 'lost', lost) else lost = '0' end
+      newGap(ch, fe, fs, ep, sq, lost)
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'pending', pending, 'gapn', gapn, 'bytes', bytes)
@@ -224,14 +235,17 @@ return n
 `)
 
 // fetchScript: ARGV 4 max, 5 ack wait ms, 6 max deliveries, 7 max in
-// flight, 8 dead-letter retry ms. Returns {deliveries, dead, next, now}:
+// flight, 8 dead-letter retry ms, 9 a token naming this fetch: what it
+// takes is noted (conf field lastfetch: "<token> <seq> <count> …") so
+// that a fetch whose reply was lost can give it back
+// (givebackFetchScript). Returns {deliveries, dead, next, now}:
 // deliveries {seq, count, record} (count 0: a gap notice, its JSON),
 // dead {seq, count, record} for the caller to publish to the dead-letter
 // channel, next the earliest deadline (ms, 0: none), now Redis's clock.
 var fetchScript = redis.NewScript(luaHead + `
 local max, ackwait, maxdel, maxfly, retry = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local dead = due(maxdel, retry)
-local out = {}
+local out, taken = {}, {}
 local fly = redis.call('ZCARD', KEYS[5])
 local delivered, redelivered = 0, 0
 while #out < max do
@@ -269,11 +283,13 @@ while #out < max do
     delivered = delivered + 1
     if c > 1 then redelivered = redelivered + 1 end
     table.insert(out, {s, c, redis.call('HGET', KEYS[3], s)})
+    table.insert(taken, s .. ' ' .. c)
   end
 end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[1], 'delivered', delivered)
   redis.call('HINCRBY', KEYS[1], 'redelivered', redelivered)
+  redis.call('HSET', KEYS[1], 'lastfetch', ARGV[9] .. ' ' .. table.concat(taken, ' '))
 end
 return {out, dead, nextAt(), now}
 `)
@@ -287,16 +303,20 @@ if woke then wake() end
 return {dead, nextAt(), now}
 `)
 
-// ackScript: ARGV 4 max in flight, then seqs. Returns the messages
-// removed. Any delivery of a message acknowledges it; a dying one is the
-// dead-letter channel's already.
+// ackScript: ARGV 4 max in flight, then seq, count pairs. Returns the
+// messages removed. Any delivery there was of a message acknowledges it
+// (a late worker's too): the entry has been delivered and at least the
+// id's count of times. An id naming a delivery that never was (kept from
+// before the consumer was deleted and made again, whose entry numbers
+// start at 1 again) removes nothing. A dying one is the dead-letter
+// channel's already.
 var ackScript = redis.NewScript(luaHead + `
 local full = redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[4])
 local n = 0
-for i = 5, #ARGV do
+for i = 5, #ARGV, 2 do
   local s = ARGV[i]
   local c, z = count(s)
-  if c and not redis.call('ZSCORE', KEYS[7], s) then
+  if c and c > 0 and c >= tonumber(ARGV[i+1]) and not redis.call('ZSCORE', KEYS[7], s) then
     drop(s, z)
     n = n + 1
   end
@@ -346,25 +366,48 @@ redis.call('HINCRBY', KEYS[1], 'dead_lettered', 1)
 return 1
 `)
 
-// givebackScript: ARGV 4… seq, count pairs of deliveries taken but never
-// handed out: ready again, not counted.
-var givebackScript = redis.NewScript(luaHead + `
-local n = 0
-for i = 4, #ARGV, 2 do
-  local s = ARGV[i]
-  local c, z = count(s)
-  if c and c == tonumber(ARGV[i+1]) and redis.call('ZSCORE', KEYS[5], s) then
-    redis.call('ZREM', KEYS[5], s)
-    redis.call('HSET', KEYS[2], s, (c - 1) .. ' ' .. z)
-    redis.call('ZADD', KEYS[4], s, s)
-    redis.call('HINCRBY', KEYS[1], 'delivered', -1)
-    if c > 1 then redis.call('HINCRBY', KEYS[1], 'redelivered', -1) end
-    n = n + 1
+// luaGiveback gives back deliveries taken but never handed out (a list
+// seq, count, …): those still in flight with that count are ready again,
+// not counted.
+const luaGiveback = `
+local function giveback(list)
+  local n = 0
+  for i = 1, #list, 2 do
+    local s = list[i]
+    local c, z = count(s)
+    if c and c == tonumber(list[i+1]) and redis.call('ZSCORE', KEYS[5], s) then
+      redis.call('ZREM', KEYS[5], s)
+      redis.call('HSET', KEYS[2], s, (c - 1) .. ' ' .. z)
+      redis.call('ZADD', KEYS[4], s, s)
+      redis.call('HINCRBY', KEYS[1], 'delivered', -1)
+      if c > 1 then redis.call('HINCRBY', KEYS[1], 'redelivered', -1) end
+      n = n + 1
+    end
   end
+  if n > 0 then wake() end
+  return n
 end
-if n > 0 then wake() end
-return n
+`
+
+// givebackScript: ARGV 4… seq, count pairs of deliveries taken but never
+// handed out.
+var givebackScript = redis.NewScript(luaHead + luaGiveback + `
+return giveback({unpack(ARGV, 4)})
+`)
+
+// givebackFetchScript: ARGV 4 the token of a fetch whose reply was lost:
+// what it took (when it ran, and no fetch ran after it) is given back.
+// Running it again does nothing more (the note is gone).
+var givebackFetchScript = redis.NewScript(luaHead + luaGiveback + `
+local v = redis.call('HGET', KEYS[1], 'lastfetch')
+if not v then return 0 end
+local list = {}
+for w in string.gmatch(v, '%S+') do table.insert(list, w) end
+if list[1] ~= ARGV[4] then return 0 end
+redis.call('HDEL', KEYS[1], 'lastfetch')
+table.remove(list, 1)
+return giveback(list)
 `)
 
 var redisScripts = []*redis.Script{createScript, getScript, dropScript, infoScript, leaseScript, unleaseScript,
-	appendScript, fetchScript, tickScript, ackScript, nackScript, buriedScript, givebackScript}
+	appendScript, fetchScript, tickScript, ackScript, nackScript, buriedScript, givebackScript, givebackFetchScript}

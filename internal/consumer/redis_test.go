@@ -1,10 +1,13 @@
 package consumer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -29,7 +32,12 @@ type redisNode struct {
 // redisNodes starts n nodes on url sharing one key prefix.
 func redisNodes(t *testing.T, url string, n int) []*redisNode {
 	t.Helper()
-	prefix := fmt.Sprintf("ct%d:", testPrefixes.Add(1))
+	return redisNodesWith(t, url, fmt.Sprintf("ct%d:", testPrefixes.Add(1)), n)
+}
+
+// redisNodesWith starts n nodes on url with key prefix prefix.
+func redisNodesWith(t *testing.T, url, prefix string, n int) []*redisNode {
+	t.Helper()
 	var out []*redisNode
 	for i := 0; i < n; i++ {
 		hub := broker.NewHub()
@@ -444,4 +452,384 @@ func TestRedisConsumerDeadLetterAfterCrash(t *testing.T) {
 			t.Fatalf("after the dead letter: %+v", inf)
 		}
 	})
+}
+
+// A delivery id kept from before the consumer was deleted and made again
+// names an entry number the new consumer reuses: acking it must not
+// remove a message nobody was given; an id with a later count than any
+// delivery removes nothing either; a late worker's ack (an earlier
+// count) still counts.
+func TestRedisStaleAckAfterRecreate(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		ns := redisNodes(t, url, 1)
+		cfg := Config{Filter: "jobs", AckWait: time.Hour}
+		c := redisOpen(t, ns[0], "w", cfg)
+		redisPublish(t, ns[0].b, "jobs", 1, 1)
+		old := fetchAll(t, c, 1, 1)[0]
+		if old.ID != "1.1" {
+			t.Fatalf("first delivery id %s", old.ID)
+		}
+		if err := ns[0].e.Delete("w"); err != nil {
+			t.Fatal(err)
+		}
+		c = redisOpen(t, ns[0], "w", cfg)
+		redisPublish(t, ns[0].b, "jobs", 2, 2)
+		waitInfo(t, c, "kept", func(i Info) bool { return i.Pending == 1 })
+		if n, err := c.Ack([]string{old.ID, "1.2"}); err != nil || n != 0 {
+			t.Fatalf("stale ack of a message never delivered: removed %d, %v", n, err)
+		}
+		if ok, _, _ := c.Nack(old.ID, 0); ok {
+			t.Fatal("stale nack of a message never delivered counted")
+		}
+		d := fetchAll(t, c, 1, 1)[0]
+		if d.ID != "1.1" || string(d.Msg.Data) != "2" {
+			t.Fatalf("the new message: %s %q", d.ID, d.Msg.Data)
+		}
+		if ok, _, err := c.Nack(d.ID, 0); !ok || err != nil {
+			t.Fatalf("nack: %v %v", ok, err)
+		}
+		d2 := fetchAll(t, c, 1, 1)[0]
+		if d2.ID != "1.2" {
+			t.Fatalf("redelivery %s", d2.ID)
+		}
+		if n, _ := c.Ack([]string{"1.3"}); n != 0 {
+			t.Fatal("an ack with a count later than any delivery removed the message")
+		}
+		// The first worker, late, finished after all: its ack counts.
+		if n, err := c.Ack([]string{d.ID}); err != nil || n != 1 {
+			t.Fatalf("late ack: %d %v", n, err)
+		}
+		if i := describe(t, c); i.Counters.Acked != 1 || i.Pending != 0 {
+			t.Fatalf("after the ack: %+v", i)
+		}
+	})
+}
+
+// While Redis is down the wake-notice reader backs off (50ms doubling)
+// instead of trying again at once at full CPU.
+func TestRedisWakeReaderBacksOffWhileRedisIsDown(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: "wb:", NodeTimeout: 600 * time.Millisecond}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	fails := make(chan time.Time, 100)
+	e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(),
+		onReceiveError: func() {
+			select {
+			case fails <- time.Now():
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	srv.Kill()
+	var at []time.Time
+	deadline := time.After(15 * time.Second)
+	for len(at) < 5 {
+		select {
+		case tm := <-fails:
+			at = append(at, tm)
+		case <-deadline:
+			t.Fatalf("%d failed receives in 15s", len(at))
+		}
+	}
+	// 50+100+200+400ms between the first and the fifth, less some slack.
+	if span := at[4].Sub(at[0]); span < 700*time.Millisecond {
+		t.Fatalf("5 failed receives within %s: the reader does not back off", span)
+	}
+}
+
+// An append script run twice (go-redis sending it again after a reply it
+// did not read) keeps a gap once: the second run finds the channel's
+// cursor at the gap's end.
+func TestRedisGapAppendedTwiceCountsOnce(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 1)
+	c := redisOpen(t, ns[0], "w", Config{Filter: "jobs"})
+	waitInfo(t, c, "fed", func(i Info) bool { return i.Feeder == ns[0].e.token })
+	for i := 0; i < 2; i++ {
+		err := c.run(context.Background(), appendScript, ns[0].e.token, c.cfg.MaxPending, c.cfg.MaxPendingBytes,
+			"g", "jobs", "E1", 20, 7, "", "E1 13").Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	inf := describe(t, c)
+	if inf.Counters.Gaps != 1 || inf.Counters.Lost != 7 {
+		t.Fatalf("a gap appended twice: gaps %d lost %d", inf.Counters.Gaps, inf.Counters.Lost)
+	}
+	ds, err := c.Fetch(context.Background(), 10, 0)
+	if err != nil || len(ds) != 1 || ds[0].Gap == nil {
+		t.Fatalf("gap notices: %+v %v", ds, err)
+	}
+}
+
+// dropProxy forwards TCP to addr; once armed, it breaks the connection
+// whose reply from the server holds mark, so that the client never reads
+// it (the command ran on the server).
+type dropProxy struct {
+	ln    net.Listener
+	addr  string
+	mark  []byte
+	armed atomic.Bool
+	hits  atomic.Int64
+}
+
+func startDropProxy(t *testing.T, addr, mark string) *dropProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, addr: addr, mark: []byte(mark)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			cn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(cn)
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) serve(cn net.Conn) {
+	up, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		cn.Close()
+		return
+	}
+	defer cn.Close()
+	defer up.Close()
+	go func() {
+		io.Copy(up, cn)
+		up.Close()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 {
+			if p.armed.Load() && bytes.Contains(buf[:n], p.mark) && p.armed.CompareAndSwap(true, false) {
+				p.hits.Add(1)
+				return // the reply is never forwarded
+			}
+			if _, err := cn.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A fetch whose reply was lost is not sent again: it ran once on Redis
+// (one delivery counted, not a second message taken for no one).
+func TestRedisFetchNotSentAgain(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	px := startDropProxy(t, srv.Addr(), "MARK-")
+	url := "redis://" + px.ln.Addr().String() + "/0"
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: "fr:", NodeTimeout: 600 * time.Millisecond,
+		Retention: broker.Retention{HistorySize: 100}}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	h, err := e.Open("w", Config{Filter: "jobs", AckWait: time.Hour}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.(*redisConsumer)
+	for i := 1; i <= 2; i++ {
+		if _, _, err := b.Publish(context.Background(), &broker.Message{Channel: "jobs", Data: []byte(fmt.Sprintf("MARK-%d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitInfo(t, c, "kept", func(i Info) bool { return i.Pending == 2 })
+	px.armed.Store(true)
+	ds, err := c.Fetch(context.Background(), 1, 0)
+	if px.hits.Load() != 1 {
+		t.Fatalf("the fetch's reply was not dropped (%d): %+v %v", px.hits.Load(), ds, err)
+	}
+	if err == nil {
+		t.Fatalf("a fetch whose reply was lost answered %d deliveries", len(ds))
+	}
+	// What it took is given back: not held by no one for the ack wait.
+	if inf := describe(t, c); inf.Counters.Delivered != 0 || inf.Inflight != 0 || inf.Pending != 2 {
+		t.Fatalf("after the lost fetch: delivered %d, in flight %d, pending %d", inf.Counters.Delivered, inf.Inflight, inf.Pending)
+	}
+	ds = fetchAll(t, c, 1, 1)
+	if string(ds[0].Msg.Data) != "MARK-1" || ds[0].Count != 1 {
+		t.Fatalf("after the lost fetch: %q count %d", ds[0].Msg.Data, ds[0].Count)
+	}
+	// Redis lost its scripts (a restart): a fetch loads them and runs.
+	if err := l.Client().ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ds = fetchAll(t, c, 1, 1)
+	if string(ds[0].Msg.Data) != "MARK-2" {
+		t.Fatalf("after SCRIPT FLUSH: %q", ds[0].Msg.Data)
+	}
+}
+
+// A failing append (here: the lease key damaged, so the script errs)
+// makes the feeder read again from the cursor, after a pause that
+// doubles, not at once in a loop.
+func TestRedisFeederBacksOffAfterAppendError(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: "ab:", NodeTimeout: 600 * time.Millisecond,
+		Retention: broker.Retention{HistorySize: 100}}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	defer b.Close()
+	fails := make(chan time.Time, 100)
+	e, err := NewRedis(b, RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL(),
+		onAppendError: func() {
+			select {
+			case fails <- time.Now():
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	h, err := e.Open("w", Config{Filter: "jobs"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.(*redisConsumer)
+	waitInfo(t, c, "fed", func(i Info) bool { return i.Feeder == e.token })
+	rdb := l.Client()
+	if err := rdb.Del(context.Background(), c.keys[9]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(context.Background(), c.keys[9], "not", "a lease").Err(); err != nil {
+		t.Fatal(err)
+	}
+	redisPublish(t, b, "jobs", 1, 1)
+	var at []time.Time
+	deadline := time.After(15 * time.Second)
+	for len(at) < 5 {
+		select {
+		case tm := <-fails:
+			at = append(at, tm)
+		case <-deadline:
+			t.Fatalf("%d failed appends in 15s", len(at))
+		}
+	}
+	if span := at[4].Sub(at[0]); span < 700*time.Millisecond {
+		t.Fatalf("5 failed appends within %s: the feeder does not back off", span)
+	}
+}
+
+// A consumer that dropped out of the registry (a delete racing a create
+// of the same name) is still fed: a node holding its handle takes it
+// over when the feeding node goes.
+func TestRedisConsumerOutOfRegistryStillFed(t *testing.T) {
+	url := redistest.Start(t, redistest.Options{}).URL()
+	first := redisNodesWith(t, url, "reg:", 1)[0]
+	a := redisOpen(t, first, "w", Config{Filter: "jobs"})
+	waitInfo(t, a, "fed", func(i Info) bool { return i.Feeder == first.e.token })
+	if err := first.e.rdb.SRem(context.Background(), first.e.registry(), "w").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A node started now does not find it in the registry; it opens it.
+	other := redisNodesWith(t, url, "reg:", 1)[0]
+	oh, err := other.e.Open("w", Config{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := oh.(*redisConsumer)
+	first.close()
+	redisPublish(t, other.b, "jobs", 1, 1)
+	inf := waitInfo(t, o, "kept by the other node", func(i Info) bool { return i.Pending == 1 })
+	if inf.Feeder != other.e.token {
+		t.Fatalf("feeder %q", inf.Feeder)
+	}
+	if ok, err := other.e.rdb.SIsMember(context.Background(), other.e.registry(), "w").Result(); err != nil || !ok {
+		t.Fatalf("not in the registry again: %v %v", ok, err)
+	}
+}
+
+// A node holding a consumer's handle when another node deletes it and
+// creates it again serves the new consumer at once: no
+// consumer_not_found for a consumer that exists.
+func TestRedisStaleHandleReloads(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 2)
+	cfg := Config{Filter: "jobs", AckWait: time.Hour}
+	redisOpen(t, ns[0], "w", cfg)
+	stale := func() *redisConsumer {
+		h, err := ns[1].e.Open("w", Config{}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.(*redisConsumer)
+	}
+	old := stale()
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a := redisOpen(t, ns[0], "w", cfg)
+	redisPublish(t, ns[0].b, "jobs", 1, 2)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 2 })
+	if inf, err := old.Describe(context.Background()); err != nil || inf.Pending != 2 {
+		t.Fatalf("describe through the stale handle: %+v %v", inf, err)
+	}
+	old = stale()
+	ds, err := old.Fetch(context.Background(), 1, time.Second)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch through the stale handle: %v %v", ds, err)
+	}
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a = redisOpen(t, ns[0], "w", cfg)
+	redisPublish(t, ns[0].b, "jobs", 3, 3)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 1 })
+	d := fetchAll(t, a, 1, 1)[0]
+	if n, err := old.Ack([]string{d.ID}); err != nil || n != 1 {
+		t.Fatalf("ack through the stale handle: %d %v", n, err)
+	}
+	// Made again reading another channel: not served through a handle
+	// whose filter the caller's grant was checked for.
+	old = stale()
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a = redisOpen(t, ns[0], "w", Config{Filter: "secret", AckWait: time.Hour})
+	redisPublish(t, ns[0].b, "secret", 1, 1)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 1 })
+	if ds, err := old.Fetch(context.Background(), 1, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("fetch through a handle of another filter: %v %v", ds, err)
+	}
+	// Deleted for good: not found.
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stale().Fetch(context.Background(), 1, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("fetch of a deleted consumer: %v", err)
+	}
 }

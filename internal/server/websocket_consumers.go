@@ -2,10 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/consumer"
 	"github.com/pushctl/pushctl/internal/door"
 	"github.com/pushctl/pushctl/internal/wire"
@@ -15,6 +18,9 @@ import (
 // pushing a consumer's deliveries to the connection, at most max of them
 // unacknowledged at once; ack and nack frames answer them. When the
 // connection ends, what it held is delivered again after the ack wait.
+
+// wsFetchFailed, when set, is told of each failed fetch (tests).
+var wsFetchFailed atomic.Pointer[func(error)]
 
 // wsConsuming are the consumers a connection consumes.
 type wsConsuming struct {
@@ -85,9 +91,22 @@ func (rd *wsReader) consume(f *wire.ConsumerFrame, p wire.FetchParams) {
 	go rd.push(cctx, c, f.Ref)
 }
 
-// push fetches deliveries while the connection has room for them.
+// push fetches deliveries while the connection has room for them. A
+// fetch failing for a while (Redis unreachable, a timeout) is tried
+// again, 50ms doubling to 2s; any other failure (the consumer deleted,
+// the broker closing) ends the consuming with an error frame, and the
+// connection may consume the consumer again.
 func (rd *wsReader) push(ctx context.Context, c *wsConsume, ref string) {
+	defer func() {
+		rd.consuming.mu.Lock()
+		if rd.consuming.m[c.cons.Name()] == c {
+			delete(rd.consuming.m, c.cons.Name())
+		}
+		rd.consuming.mu.Unlock()
+		c.stop()
+	}()
 	ackWait := c.cons.Config().AckWait
+	backoff := 50 * time.Millisecond
 	for ctx.Err() == nil {
 		room, next := c.room(time.Now())
 		if room <= 0 {
@@ -102,11 +121,26 @@ func (rd *wsReader) push(ctx context.Context, c *wsConsume, ref string) {
 		}
 		ds, err := c.cons.Fetch(ctx, room, 30*time.Second)
 		if err != nil {
-			if ctx.Err() == nil {
-				rd.reply(0, now(errFrame(ref, door.ConsumerError(err))))
+			if f := wsFetchFailed.Load(); f != nil && *f != nil {
+				(*f)(err)
 			}
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, broker.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+				}
+				t.Stop()
+				backoff = min(2*backoff, 2*time.Second)
+				continue
+			}
+			rd.reply(0, now(errFrame(ref, door.ConsumerError(err))))
 			return
 		}
+		backoff = 50 * time.Millisecond
 		if ctx.Err() != nil {
 			c.cons.Giveback(ds)
 			return
