@@ -125,7 +125,7 @@ func TestPlanGroupsByChannel(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		ops = append(ops, pub("a", big), pub("b", []byte("x")))
 	}
-	calls, rest := l.plan(ops)
+	calls, rest := l.plan(ops, nil)
 	if len(calls) != 2 || len(calls[0].ops) != 8 || len(calls[1].ops) != 20 || len(rest) != 12 {
 		t.Fatalf("%d calls, %d ops left (want a call of 8 publishes to a, its data bounded by %d bytes, and all 20 of b)", len(calls), len(rest), maxCallBytes)
 	}
@@ -139,11 +139,11 @@ func TestPlanGroupsByChannel(t *testing.T) {
 	}
 	presence := &op{m: &broker.Message{Channel: "b"}, script: presenceAddScript, args: []any{"n", "id", "", 10}}
 	bAfter := pub("b", nil)
-	calls, rest = l.plan([]*op{pub("a", nil), pub("b", nil), presence, pub("a", nil), bAfter, pub("c", nil)})
+	calls, rest = l.plan([]*op{pub("a", nil), pub("b", nil), presence, pub("a", nil), bAfter, pub("c", nil)}, nil)
 	if len(calls) != 3 || len(calls[0].ops) != 2 || len(rest) != 2 || rest[0] != presence || rest[1] != bAfter {
 		t.Fatalf("a presence change after a publish of its channel: %d calls, %d left; want it and b's later publish in the next pipeline, a and c now", len(calls), len(rest))
 	}
-	calls, rest = l.plan([]*op{presence, pub("a", nil), pub("a", nil), pub("b", nil)})
+	calls, rest = l.plan([]*op{presence, pub("a", nil), pub("a", nil), pub("b", nil)}, nil)
 	if len(calls) != 2 || len(rest) != 1 || calls[0].script != presenceAddScript || len(calls[1].ops) != 2 {
 		t.Fatalf("publishes after a presence change: %d calls, %d left", len(calls), len(rest))
 	}
@@ -153,7 +153,7 @@ func TestPlanGroupsByChannel(t *testing.T) {
 	for i := 0; i < maxBatch+10; i++ {
 		ops = append(ops, pub(fmt.Sprint("ch", i), nil))
 	}
-	calls, rest = l.plan(ops)
+	calls, rest = l.plan(ops, nil)
 	if len(calls) != maxBatch || len(rest) != 10 || rest[0] != ops[maxBatch] {
 		t.Fatalf("%d calls, %d left of %d ops", len(calls), len(rest), len(ops))
 	}

@@ -98,7 +98,7 @@ func TestMemberEventsOnceForTheCluster(t *testing.T) {
 	// A retried call (same call id) answers its first reply, appends once.
 	o := &op{m: &broker.Message{Channel: evCh, Event: "member_added", Kind: broker.KindJSON, Data: []byte(`{}`)},
 		script: memberScript, args: []any{a.node, "carol", "", 1}}
-	calls, _ := a.plan([]*op{o})
+	calls, _ := a.plan([]*op{o}, nil)
 	first, err := calls[0].script.Run(ctx, a.rdb, calls[0].keys, calls[0].args...).Slice()
 	if err != nil {
 		t.Fatal(err)

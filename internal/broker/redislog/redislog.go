@@ -561,8 +561,8 @@ func (l *Log) channelKeys(ch string) []string {
 // for its channel starts the next pipeline.
 func (l *Log) publisher() {
 	defer close(l.pubDone)
-	var carry []*op
-	left := 0 // ops of carry the last plan left for later
+	var carry, spare []*op // spare: the buffer the next plan leaves ops in
+	left := 0              // ops of carry the last plan left for later
 	for {
 		if len(carry) == 0 {
 			first, ok := <-l.queue
@@ -586,9 +586,10 @@ func (l *Log) publisher() {
 				break gather
 			}
 		}
-		calls, rest := l.plan(carry)
+		calls, rest := l.plan(carry, spare[:0])
 		l.runBatch(calls)
-		carry = append(carry[:0], rest...)
+		clear(carry) // the ops taken are done: not kept by the spare buffer
+		carry, spare = rest, carry[:0]
 		left = len(carry)
 	}
 }
@@ -622,25 +623,25 @@ type call struct {
 // channel's order is kept); other channels' ops go on, so a run of
 // script calls on one channel (a burst of connection records, say) does
 // not hold up every other channel's publishes. It returns the calls and
-// the ops left for later, in their order.
-func (l *Log) plan(ops []*op) ([]*call, []*op) {
+// the ops left for later, in their order, appended to rest.
+func (l *Log) plan(ops, rest []*op) ([]*call, []*op) {
 	var (
 		calls     []*call
-		rest      []*op
 		byChannel = map[string]*call{}
 		waiting   = map[string]bool{} // channels with an op left for later
 		bytes     = map[string]int{}
 		used      int
+		last      string // the channel last left for later: runs of one channel are common
 	)
 	for _, o := range ops {
 		ch := o.m.Channel
-		if used >= maxBatch || waiting[ch] {
+		if used >= maxBatch || len(waiting) > 0 && (ch == last || waiting[ch]) {
 			rest = append(rest, o)
 			continue
 		}
 		c := byChannel[ch]
 		if c != nil && (c.script != nil || o.script != nil || bytes[ch]+len(o.m.Data) > maxCallBytes) {
-			waiting[ch] = true
+			waiting[ch], last = true, ch
 			rest = append(rest, o)
 			continue
 		}
