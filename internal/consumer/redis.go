@@ -793,14 +793,13 @@ func (c *redisConsumer) Ack(ids []string) (int, error) {
 	defer cancel()
 	n, err := c.runOnce(ctx, ackScript, args...).Int()
 	if err != nil {
-		err = c.fail(err)
-		if h, rerr := c.reloaded(err); rerr == nil {
-			if n, err = h.runOnce(ctx, ackScript, args...).Int(); err != nil {
-				return 0, h.fail(err)
-			}
-			return n, nil
-		}
-		return 0, err
+		// Not retried on a consumer made again since this node cached
+		// c: delivery ids do not name the consumer they came from, so
+		// an id of the old one could remove a message the new one gave
+		// another client. The ack is refused (not found); those
+		// messages come again after the ack wait, and the next request
+		// opens the new consumer.
+		return 0, c.fail(err)
 	}
 	return n, nil
 }
@@ -818,15 +817,7 @@ func (c *redisConsumer) Nack(id string, delay time.Duration) (ok, deadLettered b
 	defer cancel()
 	vals, err := c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice()
 	if err != nil {
-		err = c.fail(err)
-		h, rerr := c.reloaded(err)
-		if rerr != nil {
-			return false, false, err
-		}
-		c = h // made again since this node cached it
-		if vals, err = c.runOnce(ctx, nackScript, seq, count, delay.Milliseconds(), c.cfg.MaxDeliveries, deadRetry.Milliseconds()).Slice(); err != nil {
-			return false, false, c.fail(err)
-		}
+		return false, false, c.fail(err) // not retried on a new consumer: see Ack
 	}
 	switch asInt(vals[0]) {
 	case 1:
