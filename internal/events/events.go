@@ -618,9 +618,12 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 					return r.op == opRelease && r.ev.Channel == it.ev.Channel
 				})
 			}
-			if err := e.occupyLocked(ctx, "", it.op == opHold, it.ev); err != nil && it.op == opHold {
-				// Tried again (its subscriptions' records, done
-				// meanwhile, are listed for a reaper only by it).
+			if err := e.occupyLocked(ctx, "", it.op == opHold, it.ev); err != nil {
+				// Tried again: a hold (its subscriptions' records,
+				// done meanwhile, are listed for a reaper only by it)
+				// and a release (else the channel stays held by this
+				// node and is never vacated while it lives; a hold
+				// coming meanwhile drops it).
 				r := it
 				r.done = nil
 				e.failedLocked(s, r, nil)

@@ -23,6 +23,7 @@ type faultyLog struct {
 	mu       sync.Mutex
 	failEnds int
 	failHold int
+	failRel  int
 	hold     chan struct{} // records wait for it to close, when set
 	holding  chan struct{} // closed once a record waits
 }
@@ -50,6 +51,10 @@ func (f *faultyLog) Occupy(ctx context.Context, node, evChannel string, hold boo
 	fail := hold && f.failHold > 0
 	if fail {
 		f.failHold--
+	}
+	if !hold && f.failRel > 0 {
+		fail = true
+		f.failRel--
 	}
 	f.mu.Unlock()
 	if fail {
@@ -213,4 +218,23 @@ func TestFailedHoldIsTriedAgain(t *testing.T) {
 	}
 	b.em.Unsubscribe("room", "bob", id)
 	b.waitCount(t, "channel_vacated room  ", 1)
+}
+
+// TestFailedReleaseIsTriedAgain: a channel's release that fails (a Redis
+// blip) is tried again, so the channel is vacated, and occupied again by
+// the next subscription.
+func TestFailedReleaseIsTriedAgain(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := fmt.Sprintf("r%d:", time.Now().UnixNano())
+	b, f := openFaulty(t, "B", srv.URL(), prefix)
+	f.mu.Lock()
+	f.failRel = 2
+	f.mu.Unlock()
+	id := b.em.Subscribe("room", "bob")
+	b.waitCount(t, "channel_occupied room  ", 1)
+	b.em.Unsubscribe("room", "bob", id)
+	b.waitCount(t, "unsubscribed room bob ", 1)
+	b.waitCount(t, "channel_vacated room  ", 1)
+	b.em.Subscribe("room", "carol")
+	b.waitCount(t, "channel_occupied room  ", 2)
 }
