@@ -235,12 +235,43 @@ func (r *Registry) add(ctx context.Context, rm *room, channel, id string, m *mem
 		r.emitted(rm, channel, EventAdded, id, ev)
 	}
 	if r.Hold != nil {
-		// This node holds the member now. Not recorded (the failure is
-		// counted and logged), its member_added is not told, nor its
-		// member_removed: the join stands.
-		_ = r.Hold(ctx, "", channel, id, true)
+		// This node holds the member now: recorded with a context of
+		// its own (a client gone mid-join must not cancel it), and
+		// tried again while the member is there when it fails (its
+		// member_added is told then); the join stands either way.
+		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := r.Hold(hctx, "", channel, id, true)
+		cancel()
+		if err != nil {
+			r.retryHold(channel, id, time.Second)
+		}
 	}
 	return nil
+}
+
+// retryHold records this node's hold of member id again after wait,
+// doubling up to a minute, while the member is there.
+func (r *Registry) retryHold(channel, id string, wait time.Duration) {
+	time.AfterFunc(wait, func() {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return
+		}
+		rm := r.acquireLocked(channel)
+		r.mu.Unlock()
+		defer r.release(channel, rm)
+		rm.mu.Lock()
+		defer rm.mu.Unlock()
+		if rm.members[id] == nil {
+			return // gone: its release has nothing to end
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if r.Hold(ctx, "", channel, id, true) != nil {
+			r.retryHold(channel, id, min(2*wait, time.Minute))
+		}
+	})
 }
 
 func compact(info json.RawMessage) json.RawMessage {

@@ -269,3 +269,52 @@ func TestSharedPresenceLeaveWhileRedisDown(t *testing.T) {
 	}
 	ch.waitFor(t, "A:member_added:alice A:member_removed:alice")
 }
+
+// TestFailedMemberHoldIsTriedAgain: a member's hold in the lifecycle log
+// (its member_added) that fails is tried again while the member is
+// there, with a context of its own (not the join's), then released when
+// it leaves.
+func TestFailedMemberHoldIsTriedAgain(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := fmt.Sprintf("p%d:", time.Now().UnixNano())
+	a := openNode(t, "A", srv.URL(), prefix, redislog.Options{}, newChanges())
+	var mu sync.Mutex
+	fails := 2
+	got := make(chan string, 16)
+	a.reg.Hold = func(ctx context.Context, node, channel, id string, hold bool) error {
+		mu.Lock()
+		fail := hold && fails > 0
+		if fail {
+			fails--
+		}
+		mu.Unlock()
+		if fail {
+			return fmt.Errorf("%w: redis blip (test)", broker.ErrUnavailable)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		got <- fmt.Sprintf("%s %s %v", channel, id, hold)
+		return nil
+	}
+	joinCtx, cancel := context.WithCancel(context.Background())
+	alice, err := a.reg.Join(joinCtx, "room", "alice", nil, presence.Limits{})
+	cancel() // the join's request is over
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(want string) {
+		t.Helper()
+		select {
+		case s := <-got:
+			if s != want {
+				t.Fatalf("hold %q, want %q", s, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no hold %q within 20s", want)
+		}
+	}
+	next("room alice true")
+	alice.Leave(true)
+	next("room alice false")
+}
