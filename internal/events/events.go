@@ -176,9 +176,6 @@ type stripe struct {
 	// key, recorded again when the node comes back from being taken for
 	// dead.
 	live map[string]item
-	// pending: shared, the records (by kind and key) queued or under
-	// way, not yet done: a rejoin does not queue them again.
-	pending map[string]int
 	// retry: shared, this node's ends and holds that failed (Redis
 	// down, or too slow), tried again after backoff, in order, with the
 	// releases of their channels' holds put off until they are done (so
@@ -228,7 +225,6 @@ func New(cfg Config) *Emitter {
 		s.occ = map[string]int{}
 		s.holding = map[string]chan struct{}{}
 		s.live = map[string]item{}
-		s.pending = map[string]int{}
 		e.wg.Add(1)
 		go e.run(s)
 	}
@@ -312,23 +308,6 @@ func (e *Emitter) queueLocked(s *stripe, it item) bool {
 	default:
 	}
 	return true
-}
-
-// queueRecordLocked queues a record, pending until done; s's lock held.
-func (e *Emitter) queueRecordLocked(s *stripe, it item) {
-	if e.queueLocked(s, it) {
-		s.pending[it.kind+":"+it.key]++
-	}
-}
-
-// recordDone ends a record's pending (recorded, or failed).
-func recordDone(s *stripe, it item) {
-	k := it.kind + ":" + it.key
-	s.mu.Lock()
-	if s.pending[k]--; s.pending[k] <= 0 {
-		delete(s.pending, k)
-	}
-	s.mu.Unlock()
 }
 
 // holdLocked queues the shared hold of ev's channel on s, whose lock is
@@ -434,7 +413,7 @@ func (e *Emitter) Connection(ev Event) {
 func (e *Emitter) recordLocked(s *stripe, kind, key, info string, ev Event) {
 	it := item{op: opRecord, ev: ev, kind: kind, key: key, info: info}
 	s.live[kind+":"+key] = it
-	e.queueRecordLocked(s, it)
+	e.queueLocked(s, it)
 }
 
 // endLocked queues the end of kind/key with its event ev (unsubscribed,
@@ -569,9 +548,6 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 	flush := func() {
 		for _, st := range inflight {
 			m, err := st.wait()
-			if st.it.op == opRecord {
-				recordDone(s, st.it)
-			}
 			if err != nil && st.it.op == opEnd {
 				e.failedLocked(s, st.it, err)
 				continue
@@ -599,7 +575,6 @@ func (e *Emitter) doBatch(s *stripe, batch []item) {
 				continue
 			}
 			if err != nil {
-				recordDone(s, it)
 				e.published1(it.ev, nil, err)
 				continue
 			}
@@ -801,17 +776,14 @@ func (e *Emitter) rejoin() {
 		for ch := range s.occ {
 			e.holdLocked(s, Event{Name: ChannelOccupied, Channel: ch})
 		}
-		for k, it := range s.live {
-			if s.pending[k] > 0 {
-				// Its record is queued or under way: not yet
-				// recorded when the others ended this node's, it
-				// is recorded and told once, then.
-				continue
-			}
+		for _, it := range s.live {
 			// Recorded again with its event again (subscribed,
-			// connection_opened), after the end the others told.
+			// connection_opened), after the end the others told. A
+			// record still there (one queued or under way when the
+			// others ended this node's, or whose reply was late) is
+			// not: the script records once.
 			it.ev.TimeMs = 0
-			e.queueRecordLocked(s, it)
+			e.queueLocked(s, it)
 		}
 		s.mu.Unlock()
 	}

@@ -150,12 +150,12 @@ func TestFailedEndIsTriedAgain(t *testing.T) {
 	}
 }
 
-// TestRejoinSkipsPendingRecords: a node back from being taken for dead
-// records again what it had recorded, but not what it had not recorded
-// yet (queued, or under way): that is recorded and told once, when its
-// turn comes. It used to be queued again too: a second connection_opened
-// with only one end.
-func TestRejoinSkipsPendingRecords(t *testing.T) {
+// TestRejoinTellsPendingRecordsOnce: a node back from being taken for
+// dead records again what it holds, including what it had not recorded
+// yet (queued, or under way): each is recorded and told once (the script
+// records a key once). It used to be told twice: a second
+// connection_opened with only one end.
+func TestRejoinTellsPendingRecordsOnce(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	prefix := fmt.Sprintf("j%d:", time.Now().UnixNano())
 	b, f := openFaulty(t, "B", srv.URL(), prefix)
@@ -237,4 +237,66 @@ func TestFailedReleaseIsTriedAgain(t *testing.T) {
 	b.waitCount(t, "channel_vacated room  ", 1)
 	b.em.Subscribe("room", "carol")
 	b.waitCount(t, "channel_occupied room  ", 2)
+}
+
+// lateReply is a log whose record of connection c1 runs in Redis at once
+// but whose reply is held back until release closes.
+type lateReply struct {
+	*faultyLog
+	release chan struct{}
+	ran     chan struct{}
+	once    sync.Once
+}
+
+func (s *lateReply) StartRecord(ctx context.Context, node, kind, key, info string, open bool, ev *broker.Message) (func() (bool, error), error) {
+	wait, err := s.faultyLog.Log.StartRecord(ctx, node, kind, key, info, open, ev)
+	first := false
+	if err == nil && open && key == "c1" {
+		s.once.Do(func() { first = true })
+	}
+	if !first {
+		return wait, err
+	}
+	return func() (bool, error) {
+		ok, err := wait()
+		close(s.ran)
+		<-s.release
+		return ok, err
+	}, nil
+}
+
+// TestRejoinRecordsWhatAReaperEndedMeanwhile: a record that ran in Redis
+// but whose reply is late counts as pending; a reaper (taking the node
+// for dead) ends it meanwhile; the node comes back. The record is made
+// again and told anew (its end will be told), not skipped as pending.
+func TestRejoinRecordsWhatAReaperEndedMeanwhile(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	prefix := fmt.Sprintf("q%d:", time.Now().UnixNano())
+	b, f := openFaulty(t, "B", srv.URL(), prefix)
+	s := &lateReply{faultyLog: f, release: make(chan struct{}), ran: make(chan struct{})}
+	b.em.cfg.Shared = s
+	opt, err := redis.ParseURL(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+
+	b.em.Connection(Event{Name: ConnectionOpened, ConnectionID: "c1", UserID: "bob", Transport: "websocket"})
+	<-s.ran
+	m := (&Event{Name: ConnectionClosed, ConnectionID: "c1", UserID: "bob", Reason: "node_lost"}).Message()
+	wait, err := f.Log.StartRecord(context.Background(), "", "c", "c1", "", false, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := wait(); !ok || err != nil {
+		t.Fatalf("the reaper's end: %v %v", ok, err)
+	}
+	b.em.rejoin()
+	close(s.release)
+	b.waitCount(t, "connection_opened c1 bob ", 2)
+	ok, err := rdb.HExists(context.Background(), prefix+"{"+Connections+"}:p", "r:"+b.log.Node()+":c:c1").Result()
+	if err != nil || !ok {
+		t.Fatalf("c1 is live on the node but not recorded after the rejoin (%v, %v)", ok, err)
+	}
 }

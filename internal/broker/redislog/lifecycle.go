@@ -63,7 +63,10 @@ local again = replied(p)
 if again then return again end
 local f = 'r:' .. node .. ':' .. ARGV[2]
 if ARGV[4] == '1' then
-  redis.call('HSET', p, f, ARGV[3])
+  -- Recorded once: a record made again (a node back from the dead
+  -- records what it holds, some of which may still be there) appends
+  -- nothing when it is there already.
+  if redis.call('HSETNX', p, f, ARGV[3]) == 0 then return reply(p, {0}) end
 elseif redis.call('HDEL', p, f) == 0 then
   return reply(p, {0})
 end
