@@ -4,8 +4,11 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/redistest"
@@ -77,12 +80,12 @@ func TestReapKeepsListsOfANodeComingBack(t *testing.T) {
 		}
 		return nil
 	}, nil)
-	if err := a.reapLifecycle(ctx, b.node); err != nil {
+	if err := a.reapLifecycle(ctx, b.node, nil); err != nil {
 		t.Fatal(err)
 	}
 	// B dies for good: the next reap ends what it did after coming back.
 	told = nil
-	if err := a.reapLifecycle(ctx, b.node); err != nil {
+	if err := a.reapLifecycle(ctx, b.node, nil); err != nil {
 		t.Fatal(err)
 	}
 	// (room, listed still, has nothing left to end: its release
@@ -164,4 +167,174 @@ func TestReapDoesNotStopTheHeartbeat(t *testing.T) {
 			t.Fatal("the reaper stopped beating while it reaped")
 		}
 	}
+}
+
+// TestComingBackMidReapKeepsWhatTheNodeHolds: a node (B) taken for dead
+// that beats again while a survivor (A) is still reaping it must end up
+// with everything it holds recorded: its presence member, its
+// subscriptions, its channel hold and its connection. B used to rejoin
+// (adding and recording again what it holds) as soon as it beat, while A
+// went on ending B's member, records and hold with node_lost and deleted
+// B's list of presence channels: B kept serving a member and
+// subscriptions that the cluster had told gone, and that nobody would
+// end should B then die for good. B now waits for the reap to finish
+// before it rejoins.
+func TestComingBackMidReapKeepsWhatTheNodeHolds(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := func() *Log {
+		hub := broker.NewHub()
+		// Beats only when the test says so.
+		l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "back:", Heartbeat: time.Hour, NodeTimeout: time.Second}, hub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := broker.New(hub, l, broker.CoreOptions{})
+		t.Cleanup(func() { c.Close() })
+		return l
+	}
+	a, b := node(), node()
+	const room = "room"
+	evRoom := broker.ReservedPrefix + "events.channel." + room
+	ev := func(ch, name string) *broker.Message {
+		return &broker.Message{Channel: ch, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)}
+	}
+	subs := []string{"s1", "s2", "s3"}
+	// What B holds, made (and made again at its rejoin) as the events
+	// and the presence registry do.
+	hold := func() error {
+		if _, err := b.PresenceAdd(ctx, room, "u1", []byte(`{}`), 100, ev(room, "member_added")); err != nil {
+			return err
+		}
+		if _, err := b.Occupy(ctx, "", evRoom, true, ev(evRoom, "channel_occupied")); err != nil {
+			return err
+		}
+		record := func(kind, key, evCh, name string) error {
+			wait, err := b.StartRecord(ctx, "", kind, key, `{}`, true, ev(evCh, name))
+			if err != nil {
+				return err
+			}
+			_, err = wait()
+			return err
+		}
+		for _, s := range subs {
+			if err := record("s", s, evRoom, "subscribed"); err != nil {
+				return err
+			}
+		}
+		return record("c", "c1", connectionsEvents, "connection_opened")
+	}
+	if err := hold(); err != nil {
+		t.Fatal(err)
+	}
+	b.WatchPresence(nil, func() {
+		if _, err := b.PresenceAdd(ctx, room, "u1", []byte(`{}`), 100, ev(room, "member_added")); err != nil {
+			t.Error(err)
+		}
+	})
+	b.WatchLifecycle(nil, func() {
+		if err := hold(); err != nil {
+			t.Error(err)
+		}
+	})
+	// A reaps B; its first end waits until B has beaten again.
+	entered, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	gate := func() {
+		once.Do(func() { close(entered) })
+		select {
+		case <-resume:
+		case <-ctx.Done():
+		}
+	}
+	a.WatchPresence(func(node, channel, id string) error {
+		gate()
+		_, err := a.PresenceRemove(ctx, node, channel, id, ev(channel, "member_removed"))
+		return err
+	}, nil)
+	a.WatchLifecycle(func(node, kind, key, info string) error {
+		gate()
+		switch kind {
+		case "s":
+			return endRecord(ctx, a, node, kind, key, evRoom, "unsubscribed")
+		case "c":
+			return endRecord(ctx, a, node, kind, key, connectionsEvents, "connection_closed")
+		case "o":
+			_, err := a.Occupy(ctx, node, key, false, ev(key, "channel_vacated"))
+			return err
+		}
+		return nil
+	}, nil)
+	// B falls silent.
+	if err := a.rdb.ZAdd(ctx, a.key("nodes"), redis.Z{Score: float64(time.Now().Add(-time.Hour).UnixMilli()), Member: b.node}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() {
+		defer close(reaped)
+		a.reapNode(ctx, b.node, time.Now().Add(-time.Second).UnixMilli())
+	}()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("A did not reap B")
+	}
+	// Another survivor finds B silent too: one reap at a time.
+	c := node()
+	var second atomic.Int32
+	c.WatchPresence(func(string, string, string) error { second.Add(1); return nil }, nil)
+	c.WatchLifecycle(func(string, string, string, string) error { second.Add(1); return nil }, nil)
+	c.reapNode(ctx, b.node, time.Now().Add(-time.Second).UnixMilli())
+	if n := second.Load(); n > 0 {
+		t.Fatalf("a second survivor ended %d of B's holds while A was reaping B", n)
+	}
+	b.beatOnce(true, 1) // B is back, mid-reap
+	close(resume)
+	select {
+	case <-reaped:
+	case <-ctx.Done():
+		t.Fatal("the reap did not end")
+	}
+	b.beatOnce(true, 2)
+	// What B holds is all there.
+	var missing []string
+	p, err := a.rdb.HGetAll(ctx, a.presenceKey(evRoom)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range subs {
+		if _, ok := p["r:"+b.node+":s:"+s]; !ok {
+			missing = append(missing, "subscription "+s)
+		}
+	}
+	if _, ok := p["h:"+b.node]; !ok {
+		missing = append(missing, "hold of "+room)
+	}
+	if c, err := a.rdb.HExists(ctx, a.presenceKey(connectionsEvents), "r:"+b.node+":c:c1").Result(); err != nil || !c {
+		missing = append(missing, "connection c1")
+	}
+	members, _, err := a.PresenceList(ctx, room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(members, func(m broker.PresenceMember) bool { return m.ID == "u1" }) {
+		missing = append(missing, "member u1")
+	}
+	if ok, err := a.rdb.SIsMember(ctx, a.heldKey(b.node), room).Result(); err != nil || !ok {
+		missing = append(missing, "B's list of presence channels")
+	}
+	if len(missing) > 0 {
+		t.Fatalf("B came back while A reaped it and holds them, but the cluster lost: %v", missing)
+	}
+}
+
+func endRecord(ctx context.Context, l *Log, node, kind, key, evCh, name string) error {
+	wait, err := l.StartRecord(ctx, node, kind, key, "", false,
+		&broker.Message{Channel: evCh, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)})
+	if err != nil {
+		return err
+	}
+	_, err = wait()
+	return err
 }

@@ -244,7 +244,7 @@ func (l *Log) records(ctx context.Context, evChannel, node, kind string) (map[st
 // its vacated), then its connections. Each end deletes the record and
 // appends the event in one step (lost calls StartRecord or Member), so two reapers,
 // or a reaper that died half-way and the next, tell each once.
-func (l *Log) reapLifecycle(ctx context.Context, node string) error {
+func (l *Log) reapLifecycle(ctx context.Context, node string, c *reapClaim) error {
 	l.presenceMu.Lock()
 	lost := l.lifeLost
 	l.presenceMu.Unlock()
@@ -263,6 +263,9 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 			return err
 		}
 		for id, info := range ms {
+			if err := c.keep(ctx); err != nil {
+				return err
+			}
 			if err := lost(node, "m", id, info); err != nil {
 				return fmt.Errorf("member %s of %s held by node %s: %w", id, evCh, node, err)
 			}
@@ -278,9 +281,15 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 			return err
 		}
 		for k, info := range subs {
+			if err := c.keep(ctx); err != nil {
+				return err
+			}
 			if err := lost(node, "s", k, info); err != nil {
 				return fmt.Errorf("subscription %s of node %s: %w", k, node, err)
 			}
+		}
+		if err := c.keep(ctx); err != nil {
+			return err
 		}
 		if err := lost(node, "o", evCh, ""); err != nil {
 			return fmt.Errorf("hold of %s by node %s: %w", evCh, node, err)
@@ -291,6 +300,9 @@ func (l *Log) reapLifecycle(ctx context.Context, node string) error {
 		return err
 	}
 	for k, info := range conns {
+		if err := c.keep(ctx); err != nil {
+			return err
+		}
 		if err := lost(node, "c", k, info); err != nil {
 			return fmt.Errorf("connection %s of node %s: %w", k, node, err)
 		}

@@ -132,7 +132,7 @@ func TestMemberEventsOnceForTheCluster(t *testing.T) {
 		return err
 	}, nil)
 	for range 2 {
-		if err := b.reapLifecycle(ctx, a.node); err != nil {
+		if err := b.reapLifecycle(ctx, a.node, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -2,6 +2,7 @@ package redislog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -168,26 +169,80 @@ func (l *Log) PresenceCount(ctx context.Context, channel string) (int, error) {
 
 // reapNode takes a node that stopped beating out: its members first (so
 // a failure leaves the node listed, and the next heartbeat tries again),
-// then its counts. The mark tells the node, should it come back, that it
-// must add its members again.
+// then its lifecycle records, then its counts. It claims the reap first
+// (see reapClaimScript): one survivor at a time reaps a node, only while
+// it is silent, and the node, should it come back meanwhile, waits for
+// the reap to end before it adds its members and records again (else the
+// reap would go on ending what it had just added).
 func (l *Log) reapNode(ctx context.Context, node string, cutoff int64) {
-	if err := l.rdb.Set(ctx, l.key("reaped:"+node), 1, 24*time.Hour).Err(); err != nil {
-		return
+	c := &reapClaim{l: l, node: node, token: l.node + ":" + l.newEpoch(), life: max(l.opts.NodeTimeout, 2*time.Second)}
+	c.kept = time.Now()
+	ok, err := reapClaimScript.Run(ctx, l.rdb, []string{l.key("nodes"), l.key("reaped:" + node), c.key()},
+		node, cutoff, c.token, c.life.Milliseconds()).Int()
+	if err != nil || ok == 0 {
+		return // back already, reaped by another, or Redis not answering
 	}
-	if err := l.reapPresence(ctx, node); err != nil {
+	defer c.release()
+	if err := l.reapPresence(ctx, node, c); err != nil {
 		l.opts.Logger.Warn("presence of a dead node not yet removed", "node", node, "err", err)
 		return
 	}
-	if err := l.reapLifecycle(ctx, node); err != nil {
+	if err := l.reapLifecycle(ctx, node, c); err != nil {
 		l.opts.Logger.Warn("lifecycle events of a dead node not yet told", "node", node, "err", err)
+		return
+	}
+	if err := c.keep(ctx); err != nil {
 		return
 	}
 	reapScript.Run(ctx, l.rdb, l.countKeys(node), node, l.key("counts"), cutoff)
 }
 
+// reapClaim is a survivor's claim on reaping a node. The claim lives for
+// life unless kept: a reaper that dies lets the node (back, waiting) or
+// another reaper go on after that.
+type reapClaim struct {
+	l     *Log
+	node  string
+	token string
+	life  time.Duration
+	kept  time.Time // when the claim was last made to live life again
+}
+
+// errClaimLost: a reap's claim expired (the reaper paused or cut off
+// from Redis for longer than its life): it stops.
+var errClaimLost = errors.New("the claim on the reap expired")
+
+func (c *reapClaim) key() string { return c.l.key("reaping:" + c.node) }
+
+// keep is called before each end: after a quarter of the claim's life it
+// makes the claim live again, or reports it lost. Nil (a node ending its
+// own records as it closes) claims nothing.
+func (c *reapClaim) keep(ctx context.Context) error {
+	if c == nil || time.Since(c.kept) < c.life/4 {
+		return nil
+	}
+	now := time.Now()
+	ok, err := reapKeepScript.Run(ctx, c.l.rdb, []string{c.key()}, c.token, c.life.Milliseconds(), 1).Int()
+	if err != nil {
+		return err
+	}
+	if ok == 0 {
+		return errClaimLost
+	}
+	c.kept = now
+	return nil
+}
+
+// release lets the node rejoin (or the next reaper go on).
+func (c *reapClaim) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reapKeepScript.Run(ctx, c.l.rdb, []string{c.key()}, c.token, c.life.Milliseconds(), 0)
+}
+
 // reapPresence ends every hold of node, through the lost func (which
-// builds the departures' events).
-func (l *Log) reapPresence(ctx context.Context, node string) error {
+// builds the departures' events), while c holds.
+func (l *Log) reapPresence(ctx context.Context, node string, c *reapClaim) error {
 	l.presenceMu.Lock()
 	lost := l.lost
 	l.presenceMu.Unlock()
@@ -206,6 +261,9 @@ func (l *Log) reapPresence(ctx context.Context, node string) error {
 		}
 		for _, f := range fields {
 			if id, ok := strings.CutPrefix(f, prefix); ok {
+				if err := c.keep(ctx); err != nil {
+					return err
+				}
 				if err := lost(node, ch, id); err != nil {
 					return err
 				}

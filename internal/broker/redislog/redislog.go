@@ -126,6 +126,7 @@ type Log struct {
 	synced    bool           // the node's counts in Redis match refs
 	known     bool           // a heartbeat was accepted
 	reaped    bool           // the others took this node for dead: rejoin
+	reapWait  bool           // another node is reaping this one
 	sentTotal int            // the node's "t" count as last sent
 	flush     chan struct{}
 
@@ -1195,8 +1196,8 @@ func (l *Log) Close() error {
 	// them all), while the publisher takes their events.
 	if l.Health() == nil {
 		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		l.reapPresence(pctx, l.node)
-		l.reapLifecycle(pctx, l.node)
+		l.reapPresence(pctx, l.node, nil)
+		l.reapLifecycle(pctx, l.node, nil)
 		pcancel()
 	}
 	l.qmu.Lock()

@@ -464,7 +464,7 @@ func (l *Log) kick() {
 }
 
 func (l *Log) countKeys(node string) []string {
-	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes"), l.key("routes"), l.key("reaped:" + node)}
+	return []string{l.key("node:" + node), l.key("subs"), l.key("pats"), l.key("nodes"), l.key("routes"), l.key("reaped:" + node), l.key("reaping:" + node)}
 }
 
 // heartbeat sends count changes as they come and, every second, this
@@ -476,23 +476,7 @@ func (l *Log) heartbeat() {
 	defer tick.Stop()
 	beat := false // Open sent the first
 	for n := 1; ; {
-		if err := l.sendCounts(beat); err != nil {
-			if l.ctx.Err() == nil {
-				// No answer within the heartbeat's timeout counts too.
-				l.setHealth(sideCommands, err)
-			}
-		} else if l.backFromDead() {
-			l.rejoinPresence()
-			l.rejoinLifecycle()
-		} else if beat && l.refreshTotals(n%10 == 0) {
-			l.setHealth(sideCommands, nil)
-			if n%60 == 0 {
-				l.keepFollowed()
-				ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
-				l.keepLifeLists(ctx) // in case a reaper's expiry came after the rejoin's
-				cancel()
-			}
-		}
+		l.beatOnce(beat, n)
 		if beat {
 			n++
 		}
@@ -503,6 +487,29 @@ func (l *Log) heartbeat() {
 		case <-l.flush:
 		case <-tick.C:
 			beat = true
+		}
+	}
+}
+
+// beatOnce sends count changes (and the heartbeat when beat), rejoins
+// when the others took this node for dead, and otherwise, on the n-th
+// beat, reaps silent nodes and reads the totals.
+func (l *Log) beatOnce(beat bool, n int) {
+	if err := l.sendCounts(beat); err != nil {
+		if l.ctx.Err() == nil {
+			// No answer within the heartbeat's timeout counts too.
+			l.setHealth(sideCommands, err)
+		}
+	} else if l.backFromDead() {
+		l.rejoinPresence()
+		l.rejoinLifecycle()
+	} else if beat && l.refreshTotals(n%10 == 0) {
+		l.setHealth(sideCommands, nil)
+		if n%60 == 0 {
+			l.keepFollowed()
+			ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+			l.keepLifeLists(ctx) // in case a reaper's expiry came after the rejoin's
+			cancel()
 		}
 	}
 }
@@ -538,8 +545,9 @@ func (l *Log) sendCounts(beat bool) error {
 		}
 	}
 	l.deltas = map[string]int{}
+	waiting := l.reapWait
 	l.mu.Unlock()
-	if len(args) == 0 && !beat {
+	if len(args) == 0 && !beat && !waiting {
 		return nil
 	}
 	fullArg := "0"
@@ -559,6 +567,19 @@ func (l *Log) sendCounts(beat bool) error {
 		return err
 	}
 	l.synced, l.sentTotal = true, total
+	if back == 2 {
+		// Another node is reaping this one: rejoin once it is done.
+		if !l.reapWait {
+			l.opts.Logger.Warn("this node was taken for dead by the others (silent for longer than the node timeout): it rejoins when their reap of it ends")
+		}
+		l.reapWait = true
+		l.known = true
+		// Asked again soon (not only at the next heartbeat), to rejoin
+		// as soon as the reap ends.
+		time.AfterFunc(min(l.opts.Heartbeat, 250*time.Millisecond), l.kick)
+		return nil
+	}
+	l.reapWait = false
 	if back == 1 && l.known {
 		// The others took this node for dead (it was silent longer than
 		// NodeTimeout) and took its counts and members out: send the

@@ -469,13 +469,17 @@ if ARGV[3] == 'S' then redis.call('SPUBLISH', ARGV[2], 'D') else redis.call('PUB
 return 1
 `)
 
-// counts: KEYS node hash, subs, pats, nodes, routes, reaped mark. ARGV
-// node, now (ms), counts channel, full (1: the pairs are the whole state,
-// 0: deltas), then field/value pairs. Registers the node's heartbeat too,
-// and returns 1 when the node was new, or taken for dead since its last
-// heartbeat (then it must send its whole state again), else 0.
+// counts: KEYS node hash, subs, pats, nodes, routes, reaped mark, reaping
+// mark. ARGV node, now (ms), counts channel, full (1: the pairs are the
+// whole state, 0: deltas), then field/value pairs. Registers the node's
+// heartbeat too, and returns 1 when the node was new, or taken for dead
+// since its last heartbeat (then it must send its whole state again), 2
+// while another node is still reaping it (it must wait: what it would
+// record again could be ended by that reap), else 0.
 var countsScript = redis.NewScript(luaLib + `
-local back = redis.call('DEL', KEYS[6])
+local wait = redis.call('EXISTS', KEYS[7]) == 1
+local back = 0
+if not wait then back = redis.call('DEL', KEYS[6]) end
 back = back + redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 local changes = {}
 if ARGV[4] == '1' then
@@ -490,8 +494,32 @@ for f, d in pairs(changes) do
   if d ~= 0 then apply(KEYS[1], KEYS[2], KEYS[3], KEYS[5], f, d, true); any = true end
 end
 if any then redis.call('PUBLISH', ARGV[3], ARGV[1]) end
+if wait then return 2 end
 if back > 0 then return 1 end
 return 0
+`)
+
+// reapClaim: KEYS nodes, reaped mark, reaping mark. ARGV node, cutoff
+// (ms), token, life of the claim (ms). A survivor claims the reap of a
+// node that stopped beating: 1 when the node is still silent (its last
+// heartbeat before the cutoff) and nobody else is reaping it; the node,
+// should it come back, finds the reaped mark, and waits for the reaping
+// mark to go before it rejoins. Else 0.
+var reapClaimScript = redis.NewScript(`
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) >= tonumber(ARGV[2]) then return 0 end
+if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) == false then return 0 end
+redis.call('SET', KEYS[2], 1, 'EX', 86400)
+return 1
+`)
+
+// reapKeep: KEYS reaping mark. ARGV token, life (ms), "1" keep / "0"
+// let go. Keeps (or drops) a reap's claim while it is the claimant's;
+// returns 0 when it no longer is.
+var reapKeepScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) else redis.call('DEL', KEYS[1]) end
+return 1
 `)
 
 // reap: KEYS node hash, subs, pats, nodes, routes, reaped mark. ARGV node, counts channel,
