@@ -105,3 +105,53 @@ func TestPublishBodies(t *testing.T) {
 		t.Fatalf("channel info %+v, %v: want %d messages", inf, err, len(want))
 	}
 }
+
+// TestStreamAppendBodyCutShort: a Durable Streams append whose body ends
+// before its Content-Length is refused with 400 invalid_parameter and
+// appends nothing; a whole one after it is appended alone.
+func TestStreamAppendBodyCutShort(t *testing.T) {
+	_, url := servertest.Start(t, server.Options{MaxMessageSize: 1000})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	do := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, url+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "text/plain")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := do("PUT", "/v1/stream/cut", ""); code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /v1/stream/cut HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 50\r\n\r\nonly this")
+	conn.(*net.TCPConn).CloseWrite()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a body cut short: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "invalid_parameter") {
+		t.Fatalf("a body cut short: %d %s, want 400 invalid_parameter", resp.StatusCode, b)
+	}
+	if code, body := do("POST", "/v1/stream/cut", "whole"); code/100 != 2 {
+		t.Fatalf("append: %d %s", code, body)
+	}
+	if code, body := do("GET", "/v1/stream/cut?offset=-1", ""); code != http.StatusOK || body != "whole" {
+		t.Fatalf("the stream holds %q (%d), want only %q", body, code, "whole")
+	}
+}

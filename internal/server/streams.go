@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -118,12 +117,15 @@ func (s *Server) streamTail(ctx context.Context, sr streamRequest, st *streamSta
 	return p, nil
 }
 
-// readBody reads a write's body, bounded by the message size limit.
+// readStreamBody reads a write's body, bounded by the message size limit,
+// as a publish's (readBody: a declared length read into a slice of that
+// size; cut short, refused).
 func (s *Server) readStreamBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if t := s.opts.Limits.ReadTimeout; t > 0 {
 		http.NewResponseController(w).SetReadDeadline(time.Now().Add(t))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.door.MaxMessageSize()))
+	max := s.door.MaxMessageSize()
+	body, err := readBody(http.MaxBytesReader(w, r.Body, max), r.ContentLength, max)
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return nil, door.TooLarge(mbe.Limit+1, s.door.MaxMessageSize())
