@@ -309,7 +309,11 @@ func (e *RedisEngine) load(name string, cfg Config, create bool) (*redisConsumer
 		if err := e.rdb.SAdd(ctx, e.registry(), name).Err(); err != nil {
 			return nil, unavailable(err)
 		}
-		vals, err = createScript.Run(ctx, e.rdb, keys, "", e.wakeCh, name, hex.EncodeToString(id[:]), conf).Slice()
+		startCh, start, err := e.startAt(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		vals, err = createScript.Run(ctx, e.rdb, keys, "", e.wakeCh, name, hex.EncodeToString(id[:]), conf, startCh, start).Slice()
 	} else {
 		vals, err = getScript.Run(ctx, e.rdb, keys).Slice()
 	}
@@ -348,6 +352,29 @@ func (e *RedisEngine) load(name string, cfg Config, create bool) (*redisConsumer
 	}
 	return h, nil
 }
+
+// startAt is where a new consumer of one channel that starts with new
+// messages starts: after the channel's last message (or, when the
+// channel does not exist, at its first: startFirst). The creation's time
+// alone (Redis's clock) would skip messages published right after it
+// through a node whose clock is behind Redis's (a message's time is its
+// node's). A pattern consumer starts at the creation's time.
+func (e *RedisEngine) startAt(ctx context.Context, cfg Config) (channel, pos string, err error) {
+	if cfg.Start == StartAll || broker.IsPattern(cfg.Filter) {
+		return "", "", nil
+	}
+	inf, err := e.b.Channel(ctx, cfg.Filter)
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		return cfg.Filter, startFirst, nil
+	case err != nil:
+		return "", "", err
+	}
+	return cfg.Filter, broker.Position{Epoch: inf.Epoch, Seq: inf.LastSeq}.String(), nil
+}
+
+// startFirst in a consumer's cursor: from the channel's first message.
+const startFirst = "*"
 
 // forget drops h from the cache (its consumer was deleted or made again).
 func (e *RedisEngine) forget(h *redisConsumer) {
@@ -871,7 +898,9 @@ func (c *redisConsumer) Describe(ctx context.Context) (Info, error) {
 	inf.Lag = inf.Waiting
 	cur := asSlice(vals[3])
 	for i := 0; i+1 < len(cur); i += 2 {
-		inf.Cursor[fmt.Sprint(cur[i])] = fmt.Sprint(cur[i+1])
+		if v := fmt.Sprint(cur[i+1]); v != startFirst {
+			inf.Cursor[fmt.Sprint(cur[i])] = v
+		}
 	}
 	c.mu.Lock()
 	inf.Fetchers = c.fetchers
@@ -879,17 +908,20 @@ func (c *redisConsumer) Describe(ctx context.Context) (Info, error) {
 	return inf, nil
 }
 
-// cursor is the consumer's stored cursor.
-func (c *redisConsumer) cursor(ctx context.Context) (broker.Cursor, error) {
+// cursor is the consumer's stored cursor, and whether it says to read its
+// channel from its first message (startFirst).
+func (c *redisConsumer) cursor(ctx context.Context) (broker.Cursor, bool, error) {
 	all, err := c.e.rdb.HGetAll(ctx, c.keys[7]).Result()
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, false, unavailable(err)
 	}
-	cur := broker.Cursor{}
+	cur, first := broker.Cursor{}, false
 	for ch, v := range all {
 		if p, err := broker.ParsePosition(v); err == nil {
 			cur[ch] = p
+		} else if v == startFirst && ch == c.cfg.Filter {
+			first = true
 		}
 	}
-	return cur, nil
+	return cur, first, nil
 }

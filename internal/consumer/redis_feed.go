@@ -168,11 +168,12 @@ func (c *redisConsumer) feedLeased(ctx context.Context) {
 }
 
 // subscribe reads the consumer's filter after what it kept: its stored
-// cursor, and for the channels it does not name, from its creation (or
-// everything retained, with start all).
+// cursor (for a channel consumer, from its creation: see startAt), and
+// for the channels it does not name, from its creation (or everything
+// retained, with start all).
 func (c *redisConsumer) subscribe(ctx context.Context) (*broker.Subscription, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	cur, err := c.cursor(rctx)
+	cur, first, err := c.cursor(rctx)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -184,10 +185,10 @@ func (c *redisConsumer) subscribe(ctx context.Context) (*broker.Subscription, er
 		}
 	}
 	o.Since = c.created
-	if c.cfg.Start == StartAll {
+	if c.cfg.Start == StartAll || first {
 		o.Since = time.Unix(0, 1)
 	}
-	if !broker.IsPattern(c.cfg.Filter) && len(o.From) == 0 && c.cfg.Start == StartAll {
+	if !broker.IsPattern(c.cfg.Filter) && len(o.From) == 0 && (c.cfg.Start == StartAll || first) {
 		o.Last = -1
 	}
 	return c.e.b.Subscribe(ctx, o)

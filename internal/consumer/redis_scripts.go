@@ -19,6 +19,8 @@ import "github.com/redis/go-redis/v9"
 //	7 dying  zset: seqs on their way to the dead-letter channel, scored by
 //	         when another node may try again (the one publishing died)
 //	8 cur    hash: channel -> "<epoch>-<seq>", the newest message kept
+//	         (or where a channel consumer starts; "*": from the channel's
+//	         first message, the channel did not exist when it was made)
 //	9 og     hash: channel -> seq of its gap notice not yet delivered
 //	10 lease string: the token of the node feeding the consumer
 //
@@ -98,13 +100,15 @@ local function nextAt()
 end
 `
 
-// createScript: ARGV 4 a new id, 5 the config JSON. Returns {id, conf,
-// created ms}: the new consumer's, or the existing one's.
+// createScript: ARGV 4 a new id, 5 the config JSON, 6 a channel whose
+// cursor starts at 7 (none when 6 is empty). Returns {id, conf, created
+// ms}: the new consumer's, or the existing one's.
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local tm = redis.call('TIME')
   local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
   redis.call('HSET', KEYS[1], 'id', ARGV[4], 'conf', ARGV[5], 'created', now, 'next', 0, 'pending', 0, 'gapn', 0, 'bytes', 0)
+  if ARGV[6] ~= '' then redis.call('HSET', KEYS[8], ARGV[6], ARGV[7]) end
 end
 return redis.call('HMGET', KEYS[1], 'id', 'conf', 'created')
 `)

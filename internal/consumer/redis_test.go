@@ -38,12 +38,22 @@ func redisNodes(t *testing.T, url string, n int) []*redisNode {
 // redisNodesWith starts n nodes on url with key prefix prefix.
 func redisNodesWith(t *testing.T, url, prefix string, n int) []*redisNode {
 	t.Helper()
+	return redisNodesOpts(t, url, prefix, n, nil)
+}
+
+// redisNodesOpts starts n nodes, each node's log options changed by set.
+func redisNodesOpts(t *testing.T, url, prefix string, n int, set func(i int, o *redislog.Options)) []*redisNode {
+	t.Helper()
 	var out []*redisNode
 	for i := 0; i < n; i++ {
 		hub := broker.NewHub()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		l, err := redislog.Open(ctx, redislog.Options{URL: url, Prefix: prefix, NodeTimeout: 600 * time.Millisecond,
-			Retention: broker.Retention{HistorySize: 1000}}, hub)
+		o := redislog.Options{URL: url, Prefix: prefix, NodeTimeout: 600 * time.Millisecond,
+			Retention: broker.Retention{HistorySize: 1000}}
+		if set != nil {
+			set(i, &o)
+		}
+		l, err := redislog.Open(ctx, o, hub)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -840,4 +850,39 @@ func TestRedisStaleHandleReloads(t *testing.T) {
 	if _, err := stale().Fetch(context.Background(), 1, 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("fetch of a deleted consumer: %v", err)
 	}
+}
+
+// TestRedisStartNewDespiteClockSkew: a consumer that starts with new
+// messages gets every message published after it was created, also
+// through a node whose clock is behind Redis's (its messages' times are
+// that node's, the creation's Redis's): on a channel with history, from
+// the channel's position when it was created (what was there before is
+// not delivered), and on a channel that did not exist, from its first
+// message. The start used to be the creation's time only: the skewed
+// node's messages fell before it and were skipped, silently.
+func TestRedisStartNewDespiteClockSkew(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, url string) {
+		nodes := redisNodesOpts(t, url, fmt.Sprintf("ct%d:", testPrefixes.Add(1)), 2, func(i int, o *redislog.Options) {
+			if i == 1 {
+				o.Now = func() time.Time { return time.Now().Add(-3 * time.Second) }
+			}
+		})
+		a, b := nodes[0], nodes[1]
+		if _, _, err := b.b.Publish(context.Background(), &broker.Message{Channel: "skew.old", Data: []byte("before")}); err != nil {
+			t.Fatal(err)
+		}
+		for _, ch := range []string{"skew.old", "skew.new"} {
+			c := redisOpen(t, a, "c-"+strings.TrimPrefix(ch, "skew."), Config{Filter: ch})
+			if _, _, err := b.b.Publish(context.Background(), &broker.Message{Channel: ch, Data: []byte("after")}); err != nil {
+				t.Fatal(err)
+			}
+			ds := fetchAll(t, c, 1, 10)
+			if ds[0].Msg == nil || string(ds[0].Msg.Data) != "after" {
+				t.Fatalf("%s: first delivery %+v, want the message published after the consumer was made", ch, ds[0])
+			}
+			if more, err := c.Fetch(context.Background(), 10, 0); err != nil || len(more) != 0 {
+				t.Fatalf("%s: more deliveries %v, %v", ch, more, err)
+			}
+		}
+	})
 }
