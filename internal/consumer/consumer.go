@@ -174,6 +174,9 @@ type Delivery struct {
 	// known (0: unknown, another epoch).
 	Gap  *broker.Gap
 	Lost uint64
+	// from is the incarnation of the Redis consumer that gave it (its
+	// ids are that incarnation's); "" in memory.
+	from string
 }
 
 // Counters are what a consumer counts over its life.

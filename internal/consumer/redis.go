@@ -678,6 +678,7 @@ func (c *redisConsumer) fetchOnce(ctx context.Context, max int) ([]Delivery, tim
 			c.e.log.Warn("consumer entry damaged in redis; skipped", "consumer", c.name, "err", err)
 			continue
 		}
+		d.from = c.id
 		out = append(out, d)
 	}
 	c.bury(asSlice(vals[1]))
@@ -784,24 +785,42 @@ func (c *redisConsumer) bury(items []any) {
 	}()
 }
 
-// Giveback implements Handle.
+// Giveback implements Handle: to the consumer that gave them, which is
+// not c's when this node has served a consumer made again since it
+// cached c (Fetch reloads); deliveries of a consumer deleted since are
+// given back to nobody (their ids may be the new consumer's others hold).
 func (c *redisConsumer) Giveback(ds []Delivery) {
-	args := make([]any, 0, 2*len(ds))
+	byFrom := map[string][]any{}
 	for _, d := range ds {
 		if d.Msg == nil {
 			continue
 		}
 		if seq, count, err := ParseDeliveryID(d.ID); err == nil {
-			args = append(args, seq, count)
+			byFrom[d.from] = append(byFrom[d.from], seq, count)
 		}
 	}
-	if len(args) == 0 {
-		return
+	for from, args := range byFrom {
+		to := c
+		if from != c.id {
+			h, err := c.e.load(c.name, Config{}, false)
+			if err != nil || h.id != from {
+				continue // gone since (or Redis unreachable: they come again after the ack wait)
+			}
+			to = h
+		}
+		to.giveback(args)
 	}
+}
+
+func (c *redisConsumer) giveback(args []any) {
 	ctx, cancel := c.opCtx()
 	defer cancel()
 	if err := c.runOnce(ctx, givebackScript, args...).Err(); err != nil {
-		c.e.log.Warn("giving deliveries back failed; they come again after the ack wait", "consumer", c.name, "err", c.fail(err))
+		if isReplyErr(err, "NOCONSUMER") {
+			c.fail(err) // deleted: nothing to give back to
+			return
+		}
+		c.e.log.Warn("giving deliveries back failed; they come again after the ack wait", "consumer", c.name, "err", unavailable(err))
 	}
 }
 

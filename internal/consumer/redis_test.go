@@ -886,3 +886,49 @@ func TestRedisStartNewDespiteClockSkew(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisStaleHandleGivesBack: a WebSocket consume holds a handle for
+// as long as it lives; after its consumer was deleted and made again
+// through another node, its fetches serve the new consumer, and what it
+// gives back (the client went away before the deliveries were sent) goes
+// back to the consumer that gave it: ready at once for another client,
+// not held until the ack wait. Deliveries of a consumer since deleted are
+// given back to nobody (the new consumer's entries of the same ids are
+// not touched). The give-back used to fail with NOCONSUMER and be logged.
+func TestRedisStaleHandleGivesBack(t *testing.T) {
+	ns := redisNodes(t, redistest.Start(t, redistest.Options{}).URL(), 2)
+	cfg := Config{Filter: "jobs", AckWait: time.Hour}
+	redisOpen(t, ns[0], "w", cfg)
+	h, err := ns[1].e.Open("w", Config{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := h.(*redisConsumer)
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a := redisOpen(t, ns[0], "w", cfg)
+	redisPublish(t, ns[0].b, "jobs", 1, 2)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 2 })
+	ds, err := held.Fetch(context.Background(), 2, time.Second)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("fetch through the held handle: %v %v", ds, err)
+	}
+	held.Giveback(ds)
+	if inf, err := a.Describe(context.Background()); err != nil || inf.Inflight != 0 {
+		t.Fatalf("after the give-back through the held handle: %+v %v; want nothing in flight", inf, err)
+	}
+	again := fetchAll(t, a, 2, 2)
+	// Deliveries of a consumer deleted since are given back to nobody.
+	if err := ns[0].e.Delete("w"); err != nil {
+		t.Fatal(err)
+	}
+	a = redisOpen(t, ns[0], "w", cfg)
+	redisPublish(t, ns[0].b, "jobs", 3, 4)
+	waitInfo(t, a, "kept", func(i Info) bool { return i.Pending == 2 })
+	fetchAll(t, a, 2, 2) // same ids as again's
+	a.Giveback(again)
+	if inf, err := a.Describe(context.Background()); err != nil || inf.Inflight != 2 {
+		t.Fatalf("a give-back of the deleted consumer's deliveries: %+v %v; want both of the new one's still in flight", inf, err)
+	}
+}
