@@ -683,12 +683,9 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 // that is no longer the current one (its ack wait passed and it went to
 // another client) is ignored: ok is false.
 func (c *Consumer) Nack(id string, delay time.Duration) (ok, deadLettered bool, err error) {
-	seq, count, err := ParseDeliveryID(id)
+	seq, count, err := parseNack(id, delay)
 	if err != nil {
 		return false, false, err
-	}
-	if delay < 0 || delay > 24*time.Hour {
-		return false, false, badParam("delay %s: want 0 to 24h", delay)
 	}
 	c.mu.Lock()
 	if c.deleted {

@@ -67,3 +67,18 @@ func (e managerEngine) Open(name string, cfg Config, create bool) (Handle, error
 }
 
 func (e managerEngine) List(context.Context) ([]Info, error) { return e.Manager.List(), nil }
+
+// MaxNackDelay bounds a nack's delay.
+const MaxNackDelay = 24 * time.Hour
+
+// parseNack checks a nack (either engine's): its delivery id, and a delay
+// of 0 to MaxNackDelay.
+func parseNack(id string, delay time.Duration) (seq uint64, count int, err error) {
+	if seq, count, err = ParseDeliveryID(id); err != nil {
+		return 0, 0, err
+	}
+	if delay < 0 || delay > MaxNackDelay {
+		return 0, 0, badParam("delay %s: want 0 to 24h", delay)
+	}
+	return seq, count, nil
+}

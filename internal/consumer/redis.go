@@ -852,12 +852,9 @@ func (c *redisConsumer) Ack(ids []string) (int, error) {
 
 // Nack implements Handle.
 func (c *redisConsumer) Nack(id string, delay time.Duration) (ok, deadLettered bool, err error) {
-	seq, count, err := ParseDeliveryID(id)
+	seq, count, err := parseNack(id, delay)
 	if err != nil {
 		return false, false, err
-	}
-	if delay < 0 || delay > 24*time.Hour {
-		return false, false, badParam("delay %s: want 0 to 24h", delay)
 	}
 	ctx, cancel := c.opCtx()
 	defer cancel()
