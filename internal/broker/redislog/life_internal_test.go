@@ -25,16 +25,7 @@ func TestReapKeepsListsOfANodeComingBack(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	node := func() *Log {
-		hub := broker.NewHub()
-		l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "life:"}, hub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := broker.New(hub, l, broker.CoreOptions{})
-		t.Cleanup(func() { c.Close() })
-		return l
-	}
+	node := func() *Log { return openNode(t, ctx, Options{URL: srv.URL(), Prefix: "life:"}) }
 	a, b := node(), node()
 	evCh := func(ch string) string { return broker.ReservedPrefix + "events.channel." + ch }
 	msg := func(ch, name string) *broker.Message {
@@ -112,15 +103,8 @@ func TestReapDoesNotStopTheHeartbeat(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	node := func(o Options) *Log {
-		hub := broker.NewHub()
 		o.URL, o.Prefix = srv.URL(), "beat:"
-		l, err := Open(ctx, o, hub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := broker.New(hub, l, broker.CoreOptions{})
-		t.Cleanup(func() { c.Close() })
-		return l
+		return openNode(t, ctx, o)
 	}
 	// B beats only when its counts change: it falls silent.
 	b := node(Options{Heartbeat: time.Hour, NodeTimeout: time.Hour})
@@ -184,15 +168,8 @@ func TestComingBackMidReapKeepsWhatTheNodeHolds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	node := func() *Log {
-		hub := broker.NewHub()
 		// Beats only when the test says so.
-		l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "back:", Heartbeat: time.Hour, NodeTimeout: time.Second}, hub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := broker.New(hub, l, broker.CoreOptions{})
-		t.Cleanup(func() { c.Close() })
-		return l
+		return openNode(t, ctx, Options{URL: srv.URL(), Prefix: "back:", Heartbeat: time.Hour, NodeTimeout: time.Second})
 	}
 	a, b := node(), node()
 	const room = "room"
@@ -337,4 +314,17 @@ func endRecord(ctx context.Context, l *Log, node, kind, key, evCh, name string) 
 	}
 	_, err = wait()
 	return err
+}
+
+// openNode opens a node's log with a broker core on it, closed with t.
+func openNode(t *testing.T, ctx context.Context, o Options) *Log {
+	t.Helper()
+	hub := broker.NewHub()
+	l, err := Open(ctx, o, hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := broker.New(hub, l, broker.CoreOptions{})
+	t.Cleanup(func() { c.Close() })
+	return l
 }

@@ -24,16 +24,7 @@ func TestMemberEventsOnceForTheCluster(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	node := func() *Log {
-		hub := broker.NewHub()
-		l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "member:"}, hub)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b := broker.New(hub, l, broker.CoreOptions{})
-		t.Cleanup(func() { b.Close() })
-		return l
-	}
+	node := func() *Log { return openNode(t, ctx, Options{URL: srv.URL(), Prefix: "member:"}) }
 	a, b := node(), node()
 	const evCh = broker.ReservedPrefix + "events.channel.room"
 	appended := func() []string {
