@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -135,4 +136,96 @@ func TestMemberEventsOnceForTheCluster(t *testing.T) {
 		t.Fatalf("events appended: %v", got)
 	}
 	step(b, "", "bob", false, true)
+}
+
+// TestIdleHashesExpire: a channel's presence hash, and its event
+// channel's hash of holds, members and records, keep bookkeeping (the
+// last position, each node's last call) after the last member left or
+// the channel was vacated; they used to stay in Redis forever, one per
+// channel ever used. Once nothing is held there they expire (after
+// idleHashLife), and a new hold makes them persist again. The hash of
+// connection records never expires (it is one for the cluster, and its
+// records are the survivors' only way to a dead node's connections).
+func TestIdleHashesExpire(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := openNode(t, ctx, Options{URL: srv.URL(), Prefix: "idle:"})
+	const room = "room"
+	evRoom := broker.ReservedPrefix + "events.channel." + room
+	ev := func(ch, name string) *broker.Message {
+		return &broker.Message{Channel: ch, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)}
+	}
+	expires := func(key string) bool {
+		t.Helper()
+		ttl, err := l.rdb.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl == -2 {
+			t.Fatalf("%s is gone", key)
+		}
+		if ttl > idleHashLife {
+			t.Fatalf("%s expires in %v, more than %v", key, ttl, idleHashLife)
+		}
+		return ttl > 0
+	}
+	check := func(what, key string, want bool) {
+		t.Helper()
+		if got := expires(key); got != want {
+			t.Fatalf("%s: %s expires %v, want %v", what, key, got, want)
+		}
+	}
+	for round := range 2 {
+		if _, err := l.PresenceAdd(ctx, room, "u1", []byte(`{}`), 100, ev(room, "member_added")); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprint("member joined, round ", round), l.presenceKey(room), false)
+		if _, err := l.PresenceRemove(ctx, "", room, "u1", ev(room, "member_removed")); err != nil {
+			t.Fatal(err)
+		}
+		check("member left", l.presenceKey(room), true)
+		if n, err := l.PresenceCount(ctx, room); err != nil || n != 0 {
+			t.Fatalf("members after the last left: %d %v", n, err)
+		}
+
+		if _, err := l.Occupy(ctx, "", evRoom, true, ev(evRoom, "channel_occupied")); err != nil {
+			t.Fatal(err)
+		}
+		if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "subscribed", true); err != nil {
+			t.Fatal(err)
+		}
+		check("channel occupied", l.presenceKey(evRoom), false)
+		if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "unsubscribed", false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Occupy(ctx, "", evRoom, false, ev(evRoom, "channel_vacated")); err != nil {
+			t.Fatal(err)
+		}
+		check("channel vacated", l.presenceKey(evRoom), true)
+
+		if err := endRecordOpen(ctx, l, "c", "c1", connectionsEvents, "connection_opened", true); err != nil {
+			t.Fatal(err)
+		}
+		if err := endRecordOpen(ctx, l, "c", "c1", connectionsEvents, "connection_closed", false); err != nil {
+			t.Fatal(err)
+		}
+		check("connection closed", l.presenceKey(connectionsEvents), false)
+	}
+}
+
+func endRecordOpen(ctx context.Context, l *Log, kind, key, evCh, name string, open bool) error {
+	wait, err := l.StartRecord(ctx, "", kind, key, "{}", open,
+		&broker.Message{Channel: evCh, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)})
+	if err != nil {
+		return err
+	}
+	_, err = wait()
+	return err
+}
+
+func TestIdleHashLifeInLua(t *testing.T) {
+	if idleHashLifeMs != strconv.FormatInt(idleHashLife.Milliseconds(), 10) {
+		t.Fatalf("idleHashLifeMs %s, want %d", idleHashLifeMs, idleHashLife.Milliseconds())
+	}
 }

@@ -1,6 +1,10 @@
 package redislog
 
-import "github.com/redis/go-redis/v9"
+import (
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // scripts are loaded when a node starts, and again when Redis forgot them.
 var scripts = []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript,
@@ -385,9 +389,26 @@ local function replied(p)
 end
 local function reply(p, r)
   redis.call('HSET', p, callf, ARGV[5] .. ' ' .. cjson.encode(r))
+  -- Kept while anything is held there (n: the members or the holding
+  -- nodes), else left to expire; the connections' hash is kept always.
+  local conns = '` + connsSuffix + `'
+  if redis.call('HEXISTS', p, 'n') == 1 or string.sub(p, -#conns) == conns then
+    redis.call('PERSIST', p)
+  else
+    redis.call('PEXPIRE', p, ` + idleHashLifeMs + `)
+  end
   return r
 end
 `
+
+// A presence (or event channel's) hash where nothing is held expires
+// after idleHashLife (idleHashLifeMs in Lua): its last position and its
+// nodes' last calls are all it keeps then.
+const (
+	idleHashLife   = 24 * time.Hour
+	idleHashLifeMs = "86400000"
+	connsSuffix    = "{" + connectionsEvents + "}:p"
+)
 
 // presenceAdd: ARGV node, member id, info, max members, call id.
 var presenceAddScript = redis.NewScript(luaLib + luaPublish + luaPresence + `
@@ -422,7 +443,7 @@ local k = redis.call('HINCRBY', p, 'k:' .. node, -1)
 if k <= 0 then redis.call('HDEL', p, 'k:' .. node) end
 if redis.call('HINCRBY', p, 'c:' .. id, -1) > 0 then return reply(p, {0, k}) end
 redis.call('HDEL', p, 'c:' .. id, 'm:' .. id)
-redis.call('HINCRBY', p, 'n', -1)
+if redis.call('HINCRBY', p, 'n', -1) <= 0 then redis.call('HDEL', p, 'n') end
 local r = announce(p)
 return reply(p, {1, r[1], r[2], r[3], r[4], k})
 `)
