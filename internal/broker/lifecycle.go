@@ -68,9 +68,10 @@ type DeliveryLog interface {
 	LeaseLeft(ctx context.Context, name, token string) (time.Duration, error)
 	// DropLease gives the lease up, if token holds it.
 	DropLease(ctx context.Context, name, token string) error
-	// Positions are name's stored positions, one per channel, and the
-	// time from which the channels they do not name are read (set to
-	// since the first time).
+	// Positions are name's stored positions, one per channel that still
+	// exists (those of channels gone are dropped), and the time from
+	// which the channels they do not name are read (set to since the
+	// first time).
 	Positions(ctx context.Context, name string, since time.Time) (Cursor, time.Time, error)
 	// SavePositions stores positions of name, if token holds its lease
 	// (ErrLeaseLost otherwise).

@@ -169,6 +169,10 @@ func (r *Relay) run() {
 	}
 }
 
+// pruneEvery is how often a lease holder has the stored positions of
+// event channels gone since dropped.
+const pruneEvery = time.Hour
+
 // lead sends the URL's events while this node holds the lease.
 func (r *Relay) lead() {
 	m := r.cfg.Metrics
@@ -194,7 +198,7 @@ func (r *Relay) lead() {
 		every := r.ttl / 3
 		t := time.NewTicker(every)
 		defer t.Stop()
-		last := time.Now()
+		last, pruned := time.Now(), time.Now()
 		for {
 			select {
 			case <-ctx.Done():
@@ -210,6 +214,14 @@ func (r *Relay) lead() {
 				return
 			case err == nil:
 				last = time.Now()
+				if time.Since(pruned) > pruneEvery {
+					// Reading the positions drops those of channels
+					// gone since: a long holder's too.
+					pruned = last
+					c, cancel := context.WithTimeout(ctx, time.Minute)
+					r.cfg.Log.Positions(c, r.name, last)
+					cancel()
+				}
 			case time.Since(last) > r.ttl-every:
 				lost("not renewed in time", err)
 				return

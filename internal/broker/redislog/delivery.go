@@ -59,8 +59,17 @@ for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1]) end
 return 1
 `)
 
+// dropPositions: KEYS positions. ARGV channel, position pairs: each
+// field deleted if it still holds that position.
+var dropPositionsScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i+1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 0
+`)
+
 func init() {
-	scripts = append(scripts, leaseScript, leaseLeftScript, dropLeaseScript, savePositionsScript)
+	scripts = append(scripts, leaseScript, leaseLeftScript, dropLeaseScript, savePositionsScript, dropPositionsScript)
 }
 
 func (l *Log) leaseKey(name string) string { return l.key("wh:" + name + ":lease") }
@@ -117,7 +126,49 @@ func (l *Log) Positions(ctx context.Context, name string, since time.Time) (brok
 			c[k] = p
 		}
 	}
+	if err := l.dropGone(ctx, key, c); err != nil {
+		return nil, time.Time{}, err
+	}
 	return c, from, nil
+}
+
+// dropGone drops from c, and from the positions stored in key, the
+// channels that no longer exist (expired or deleted: a position names
+// an epoch gone with them, and a channel made again is read from the
+// start time), so the hash keeps one field per channel that exists, not
+// per channel ever sent.
+func (l *Log) dropGone(ctx context.Context, key string, c broker.Cursor) error {
+	names := make([]string, 0, len(c))
+	for ch := range c {
+		names = append(names, ch)
+	}
+	for len(names) > 0 {
+		batch := names[:min(len(names), 1000)]
+		names = names[len(batch):]
+		pipe := l.rdb.Pipeline()
+		exists := make([]*redis.IntCmd, len(batch))
+		for i, ch := range batch {
+			exists[i] = pipe.Exists(ctx, l.chanKey(ch, "m"))
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return l.unavailable(err)
+		}
+		var gone []any
+		for i, ch := range batch {
+			if exists[i].Val() == 0 {
+				gone = append(gone, ch, c[ch].String())
+				delete(c, ch)
+			}
+		}
+		if len(gone) > 0 {
+			// Each only if still the position read: one the holder
+			// stored since (the channel made again) stays.
+			if err := dropPositionsScript.Run(ctx, l.rdb, []string{key}, gone...).Err(); err != nil {
+				return l.unavailable(err)
+			}
+		}
+	}
+	return nil
 }
 
 // SavePositions implements broker.DeliveryLog.

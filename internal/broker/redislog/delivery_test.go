@@ -17,7 +17,8 @@ func TestDeliveryLease(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "lease:", NodeTimeout: 2 * time.Second}, broker.NewHub())
+	hub := broker.NewHub()
+	l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "lease:", NodeTimeout: 2 * time.Second}, hub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +43,15 @@ func TestDeliveryLease(t *testing.T) {
 	if _, since, err := l.Positions(ctx, "u", t0); err != nil || !since.Equal(t0) {
 		t.Fatalf("since %v %v, want %v", since, err, t0)
 	}
-	pos := broker.Cursor{"$events.channel.x": {Epoch: "e", Seq: 3}}
+	// Positions are kept for event channels that exist (see
+	// TestPositionsOfGoneChannelsAreDropped).
+	core := broker.New(hub, l, broker.CoreOptions{})
+	defer core.Close()
+	x, _, err := core.Publish(ctx, &broker.Message{Channel: "$events.channel.x", Data: []byte("{}")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := broker.Cursor{"$events.channel.x": {Epoch: x.Epoch, Seq: 3}}
 	if err := l.SavePositions(ctx, "u", "a", pos); err != nil {
 		t.Fatal(err)
 	}
@@ -64,5 +73,56 @@ func TestDeliveryLease(t *testing.T) {
 	got, since, err := l.Positions(ctx, "u", time.Now())
 	if err != nil || !since.Equal(t0) || len(got) != 1 || got["$events.channel.x"] != pos["$events.channel.x"] {
 		t.Fatalf("positions %v since %v (%v), want %v since %v", got, since, err, pos, t0)
+	}
+}
+
+// TestPositionsOfGoneChannelsAreDropped: the stored positions of a URL's
+// webhooks hold one per event channel sent; those of event channels that
+// no longer exist (expired, deleted) are dropped when a holder reads
+// them (taking the lease, resuming), so the hash does not keep one per
+// channel ever used, and a new holder's subscription does not start
+// from each of them. They used to stay forever.
+func TestPositionsOfGoneChannelsAreDropped(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hub := broker.NewHub()
+	l, err := Open(ctx, Options{URL: srv.URL(), Prefix: "prune:"}, hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core := broker.New(hub, l, broker.CoreOptions{})
+	defer core.Close()
+	if ok, err := l.TakeLease(ctx, "u", "a"); err != nil || !ok {
+		t.Fatal("lease", err)
+	}
+	since := time.Now()
+	if _, _, err := l.Positions(ctx, "u", since); err != nil {
+		t.Fatal(err)
+	}
+	cur := broker.Cursor{}
+	for _, ch := range []string{"$events.channel.live", "$events.channel.gone"} {
+		m, _, err := core.Publish(ctx, &broker.Message{Channel: ch, Data: []byte("{}")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur[ch] = broker.Position{Epoch: m.Epoch, Seq: m.Seq}
+	}
+	cur["$events.channel.never"] = broker.Position{Epoch: "e", Seq: 1}
+	if err := l.SavePositions(ctx, "u", "a", cur); err != nil {
+		t.Fatal(err)
+	}
+	if err := core.DeleteChannel(ctx, "$events.channel.gone"); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := l.Positions(ctx, "u", since)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got["$events.channel.live"] != cur["$events.channel.live"] {
+		t.Fatalf("positions %v, want only the live channel's %v", got, cur["$events.channel.live"])
+	}
+	if fields, err := l.rdb.HKeys(ctx, l.posKey("u")).Result(); err != nil || len(fields) != 2 {
+		t.Fatalf("stored fields %v (%v), want the live channel's and the start time", fields, err)
 	}
 }
