@@ -282,6 +282,10 @@ func RunPub(ctx context.Context, c PubConfig, st *PubStats, next func(context.Co
 				return err
 			}
 			hs.read()
+			if hs.keyRefused() {
+				// Said at once: waiting on would not change the answer.
+				return hs.explain(c.Endpoint.Addr, ErrNoSubscribers)
+			}
 		}
 	}
 	for {
@@ -396,6 +400,11 @@ func (h *handshakes) read() {
 		}
 	}
 }
+
+// keyRefused reports whether the peer's authenticator refused our key
+// (ZAP status 400: not allowed), which trying again does not change;
+// other statuses (300 temporary, 500 internal) may.
+func (h *handshakes) keyRefused() bool { return h != nil && h.refused > 0 && h.status == 400 }
 
 func (h *handshakes) stop(s *zmq4.Socket) {
 	s.Monitor("", 0)
