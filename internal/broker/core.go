@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync/atomic"
+	"time"
 )
 
 // CoreOptions configure a Core.
@@ -145,6 +147,25 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		s.maxBytes = c.opts.QueueBytes
 	}
 	s.holding = true
+	replays := opts.Last != 0 || !opts.Since.IsZero() || len(opts.From) > 0
+	if len(pats) > 0 && replays && c.follow != nil {
+		// On a log shared by nodes a channel can first be heard here past
+		// its first message though the replay did not list it (on Redis
+		// Cluster its first messages went where patterns are not heard,
+		// before this node's pattern counted): it is read as the replay
+		// would have read it (since the subscription began, at least),
+		// up to the message heard. A log in this process hands the hub
+		// every message from the subscription's registration on.
+		began, from := time.Now(), maps.Clone(opts.From)
+		s.catchUp = func(ch string, first Position) {
+			req := ReadRequest{Last: opts.Last, Since: opts.Since}
+			if req.Since.IsZero() {
+				req.Since = began
+			}
+			req.From, req.Resume = from[ch]
+			s.caughtUp(ch, c.catchUp(ch, first, req))
+		}
+	}
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -180,7 +201,7 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 			return fail(err)
 		}
 	}
-	if len(pats) > 0 && (opts.Last != 0 || !opts.Since.IsZero() || len(opts.From) > 0) {
+	if len(pats) > 0 && replays {
 		// Channels that exist already are replayed as asked; the others
 		// arrive live.
 		infos, err := c.log.List(ctx)
@@ -209,6 +230,42 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		}
 	}
 	return s, nil
+}
+
+// catchUpTimeout bounds the read that catches a pattern subscription up
+// with a channel it first heard past its first message.
+const catchUpTimeout = 10 * time.Second
+
+// catchUp reads channel as req says, for a subscription that first heard
+// it at first: the messages before first, or a gap notice up to first
+// when they cannot be read (the log unreachable, or the channel made
+// anew since).
+func (c *Core) catchUp(ch string, first Position, req ReadRequest) []Event {
+	missing := []Event{{Gap: &Gap{Channel: ch, From: Position{Epoch: first.Epoch}, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
+	ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
+	defer cancel()
+	r, err := c.log.Read(ctx, ch, req)
+	if err != nil || r.Head.Epoch != first.Epoch {
+		return missing
+	}
+	out := r.Events[:0]
+	for _, e := range r.Events {
+		switch {
+		case e.Msg != nil:
+			if e.Msg.Epoch == first.Epoch && e.Msg.Seq < first.Seq {
+				out = append(out, e)
+			}
+		case e.Gap != nil:
+			g := *e.Gap
+			if g.To.Epoch == first.Epoch && g.To.Seq >= first.Seq {
+				g.To.Seq = first.Seq - 1
+			}
+			if g.From.Epoch != g.To.Epoch || g.From.Seq < g.To.Seq {
+				out = append(out, Event{Gap: &g})
+			}
+		}
+	}
+	return out
 }
 
 // WaitSubscribers implements Broker; with a shared log it counts the
