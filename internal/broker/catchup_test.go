@@ -174,6 +174,28 @@ func TestPatternSubscriptionCatchesUpAChannelFirstHeardLate(t *testing.T) {
 	}
 }
 
+// A channel the replay read, whose first live message is not the one
+// after the replay's head, is read from that head on.
+func TestPatternSubscriptionCatchesUpAReplayedChannel(t *testing.T) {
+	b, l, r := newShared(t)
+	pub(t, b, "n.x", "old")
+	s, err := b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"n.*"}, Last: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitFor(t, s, "old")
+	r.miss("n.x", 2)
+	r.miss("n.x", 3)
+	for _, d := range []string{"a", "b", "c", "d"} {
+		pub(t, b, "n.x", d)
+	}
+	waitFor(t, s, "a", "b", "c", "d")
+	if n := l.reads.Load(); n != 2 { // at set-up, then from its head
+		t.Fatalf("%d reads, want 2", n)
+	}
+}
+
 // When the channel cannot be read, the subscription is told what it
 // misses with a gap notice, then gets what it heard.
 func TestPatternCatchUpThatFailsIsAGap(t *testing.T) {

@@ -149,20 +149,26 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 	s.holding = true
 	replays := opts.Last != 0 || !opts.Since.IsZero() || len(opts.From) > 0
 	if len(pats) > 0 && replays && c.follow != nil {
-		// On a log shared by nodes a channel can first be heard here past
-		// its first message though the replay did not list it (on Redis
-		// Cluster its first messages went where patterns are not heard,
-		// before this node's pattern counted): it is read as the replay
-		// would have read it (since the subscription began, at least),
-		// up to the message heard. A log in this process hands the hub
-		// every message from the subscription's registration on.
+		// On a log shared by nodes a channel's first live message here can
+		// come after a hole (on Redis Cluster, messages published as the
+		// subscription was set up can have gone where patterns are not
+		// heard, before this node's pattern counted, yet after the replay
+		// read the channel or listed the channels): what is missing is
+		// read from after the head the replay read, or for a channel not
+		// replayed as the replay would have read it (since the
+		// subscription began, at least), up to the message heard. A log
+		// in this process hands the hub every message from the
+		// subscription's registration on.
 		began, from := time.Now(), maps.Clone(opts.From)
-		s.catchUp = func(ch string, first Position) {
-			req := ReadRequest{Last: opts.Last, Since: opts.Since}
-			if req.Since.IsZero() {
-				req.Since = began
+		s.catchUp = func(ch string, first, after Position) {
+			req := ReadRequest{From: after, Resume: true}
+			if after.Epoch == "" {
+				req = ReadRequest{Last: opts.Last, Since: opts.Since}
+				if req.Since.IsZero() {
+					req.Since = began
+				}
+				req.From, req.Resume = from[ch]
 			}
-			req.From, req.Resume = from[ch]
 			s.caughtUp(ch, c.catchUp(ch, first, req))
 		}
 	}
@@ -233,15 +239,19 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 }
 
 // catchUpTimeout bounds the read that catches a pattern subscription up
-// with a channel it first heard past its first message.
+// with a channel whose first live message came after a hole.
 const catchUpTimeout = 10 * time.Second
 
-// catchUp reads channel as req says, for a subscription that first heard
-// it at first: the messages before first, or a gap notice up to first
-// when they cannot be read (the log unreachable, or the channel made
-// anew since).
+// catchUp reads channel as req says, for a subscription whose first live
+// message of it is first: the messages before first, or a gap notice up
+// to first when they cannot be read (the log unreachable, or the channel
+// made anew since).
 func (c *Core) catchUp(ch string, first Position, req ReadRequest) []Event {
-	missing := []Event{{Gap: &Gap{Channel: ch, From: Position{Epoch: first.Epoch}, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
+	from := Position{Epoch: first.Epoch}
+	if req.Resume && req.From.Epoch == first.Epoch {
+		from = req.From
+	}
+	missing := []Event{{Gap: &Gap{Channel: ch, From: from, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
 	ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
 	defer cancel()
 	r, err := c.log.Read(ctx, ch, req)

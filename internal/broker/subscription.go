@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,14 +43,18 @@ type Subscription struct {
 	done      chan struct{}
 
 	// Catching up, for a pattern subscription that asked for a replay on
-	// a log shared by nodes (see Core.Subscribe): known holds the
-	// channels it replayed or has heard. A channel it first hears past
-	// its first message (on Redis Cluster, its first messages can have
-	// been published where patterns are not heard, after the replay
-	// listed the channels) is read with catchUp, and its live events
-	// wait in pending meanwhile (counted as live).
-	catchUp      func(channel string, first Position)
-	known        map[string]struct{}
+	// a log shared by nodes (see Core.Subscribe). On Redis Cluster a
+	// channel's messages published as the subscription was set up can
+	// have gone where patterns are not heard, after the replay read the
+	// channel or listed the channels: its first live message then comes
+	// after a hole. known holds, for each channel replayed, the head the
+	// replay read (until its first live message), and for the others it
+	// has heard a zero Position. A channel whose first live message is
+	// not the next one (the replay's head + 1, or seq 1 for a channel not
+	// replayed) is read with catchUp (after: the head, or zero), and its
+	// live events wait in pending meanwhile (counted as live).
+	catchUp      func(channel string, first, after Position)
+	known        map[string]Position
 	pending      map[string][]Event
 	pendingLive  int
 	pendingBytes int64
@@ -126,9 +131,9 @@ func (s *Subscription) push(e Event) bool {
 }
 
 // divertLocked puts a live event of a channel being caught up into
-// pending, and starts catching up a channel first heard past its first
-// message; it reports whether it took e. Called with s.mu held, e
-// counted as live by the caller.
+// pending, and starts catching up a channel whose first live message
+// comes after a hole (see known); it reports whether it took e. Called
+// with s.mu held, e counted as live by the caller.
 func (s *Subscription) divertLocked(e Event) bool {
 	if s.catchUp == nil {
 		return false
@@ -142,14 +147,23 @@ func (s *Subscription) divertLocked(e Event) bool {
 		}
 		return true
 	}
-	if e.Msg == nil {
-		return false
+	head, seen := s.known[ch]
+	if seen && head.Epoch == "" {
+		return false // its first live event came
 	}
-	if _, ok := s.known[ch]; ok {
-		return false
+	s.known[ch] = Position{}
+	m := e.Msg
+	if m == nil {
+		return false // a gap notice accounts for what it names
 	}
-	s.known[ch] = struct{}{}
-	if e.Msg.Seq <= 1 {
+	var after Position
+	switch {
+	case seen && m.Epoch == head.Epoch:
+		if m.Seq <= head.Seq+1 {
+			return false
+		}
+		after = head
+	case m.Seq <= 1:
 		return false
 	}
 	if s.pending == nil {
@@ -157,8 +171,8 @@ func (s *Subscription) divertLocked(e Event) bool {
 	}
 	s.pending[ch] = []Event{e}
 	s.pendingLive++
-	s.pendingBytes += int64(len(e.Msg.Data))
-	go s.catchUp(ch, e.Msg.Position())
+	s.pendingBytes += int64(len(m.Data))
+	go s.catchUp(ch, m.Position(), after)
 	return true
 }
 
@@ -226,10 +240,7 @@ func (s *Subscription) covered(m *Message) bool {
 func (s *Subscription) goLive(heads map[string]Position) {
 	s.mu.Lock()
 	if s.catchUp != nil {
-		s.known = make(map[string]struct{}, len(heads))
-		for ch := range heads {
-			s.known[ch] = struct{}{}
-		}
+		s.known = maps.Clone(heads)
 	}
 	for ch, h := range heads {
 		if h.Seq == 0 {

@@ -19,6 +19,7 @@ import (
 // 1..each of a new channel it matches are published on another node.
 type sinceRound struct {
 	ch     string
+	base   uint64 // the channel's last seq before the round
 	since  time.Time
 	starts []time.Time // when each publish started
 	got    []string    // the data received, in order
@@ -31,8 +32,8 @@ type sinceRound struct {
 // repeats.
 func (r *sinceRound) collect(t *testing.T, ctx context.Context, s *broker.Subscription) {
 	t.Helper()
-	each := uint64(len(r.starts))
-	for len(r.seqs) == 0 || r.seqs[len(r.seqs)-1] < each {
+	last := r.base + uint64(len(r.starts))
+	for len(r.seqs) == 0 || r.seqs[len(r.seqs)-1] < last {
 		evs, err := s.Next(ctx, nil)
 		if err != nil {
 			t.Fatalf("%s: after %v (gaps %v): %v", r.ch, r.got, r.gaps, err)
@@ -59,7 +60,7 @@ func (r *sinceRound) collect(t *testing.T, ctx context.Context, s *broker.Subscr
 // a gap notice ("" when there is none).
 func (r *sinceRound) lost() string {
 	for i, start := range r.starts {
-		seq := uint64(i + 1)
+		seq := r.base + uint64(i+1)
 		if start.Before(r.since) || slices.Contains(r.seqs, seq) {
 			continue
 		}
@@ -172,54 +173,79 @@ func TestRedisPatternSinceMissesNoFirstMessage(t *testing.T) {
 // The window of TestRedisClusterPatternSinceMissesNoFirstMessage, made to
 // happen every round: node A reads that no node follows a pattern, then
 // (held there by a test hook) waits while node B subscribes to the
-// pattern with Since and replays (the channel does not exist yet); A
-// then publishes message 1 on sharded Pub/Sub only, and B first hears
-// the channel at message 2. B must still get message 1, before 2.
-func TestRedisClusterPatternSinceCatchesUpANewChannel(t *testing.T) {
+// pattern with Since and replays; A then publishes message 1 on sharded
+// Pub/Sub only, and B first hears the channel at message 2. B must still
+// get message 1, before 2. The channel is new (the replay does not list
+// it), or holds a message from before Since (the replay reads it and
+// finds nothing to hand out: B must not take message 2 for the next one).
+func TestRedisClusterPatternSinceCatchesUp(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	p := newPrefix()
 	a, b := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
 	la := a.Log().(*redislog.Log)
 	settle := noPatternFollowed(t, c, p)
-	const rounds = 10
-	var bad []string
-	for n := range rounds {
-		settle()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		r := &sinceRound{ch: fmt.Sprintf("h%d.x", n), starts: make([]time.Time, 3)}
-		read, release := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		la.SetAfterCounts(func(mode string, chans []string) {
-			if mode == "S" && slices.Contains(chans, r.ch) {
-				once.Do(func() { close(read); <-release })
+	for _, existing := range []bool{false, true} {
+		name := map[bool]string{false: "new channel", true: "existing channel"}[existing]
+		t.Run(name, func(t *testing.T) {
+			const rounds = 10
+			var bad []string
+			for n := range rounds {
+				settle()
+				r := &sinceRound{ch: fmt.Sprintf("h%v%d.x", existing, n), starts: make([]time.Time, 3)}
+				if existing {
+					publish(t, a, r.ch, "0")
+					r.base = 1
+				}
+				if l := heldRound(t, a, b, la, r, strings.TrimSuffix(r.ch, "x")+"*"); l != "" {
+					bad = append(bad, fmt.Sprintf("round %d: %s", n, l))
+				}
+			}
+			if len(bad) > 0 {
+				t.Fatalf("%d of %d rounds lost messages:\n%s", len(bad), rounds, strings.Join(bad, "\n"))
 			}
 		})
-		r.since = time.Now()
-		published := publishRound(ctx, a, r)
-		select {
-		case <-read:
-		case <-ctx.Done():
-			t.Fatalf("round %d: node A never read that no pattern is followed before publishing %s", n, r.ch)
-		}
-		s, err := b.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{fmt.Sprintf("h%d.*", n)}, Since: r.since})
-		close(release)
-		if err != nil {
-			t.Fatalf("round %d: subscribe: %v", n, err)
-		}
-		if err := <-published; err != nil {
-			t.Fatalf("round %d: publish: %v", n, err)
-		}
-		la.SetAfterCounts(nil)
-		r.collect(t, ctx, s)
-		s.Close()
-		cancel()
-		if l := r.lost(); l != "" {
-			bad = append(bad, fmt.Sprintf("round %d: %s", n, l))
-		} else if len(r.gaps) > 0 {
-			bad = append(bad, fmt.Sprintf("round %d: %s: gaps %v, though the channel holds every message", n, r.ch, r.gaps))
-		}
 	}
-	if len(bad) > 0 {
-		t.Fatalf("%d of %d rounds lost messages:\n%s", len(bad), rounds, strings.Join(bad, "\n"))
+}
+
+// heldRound is one round of TestRedisClusterPatternSinceCatchesUp; it
+// describes what went wrong ("": nothing).
+func heldRound(t *testing.T, a, b broker.Broker, la *redislog.Log, r *sinceRound, pat string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	read, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	la.SetAfterCounts(func(mode string, chans []string) {
+		if mode == "S" && slices.Contains(chans, r.ch) {
+			once.Do(func() { close(read); <-release })
+		}
+	})
+	defer la.SetAfterCounts(nil)
+	r.since = time.Now()
+	published := publishRound(ctx, a, r)
+	select {
+	case <-read:
+	case <-ctx.Done():
+		t.Fatalf("node A never read that no pattern is followed before publishing %s", r.ch)
 	}
+	s, err := b.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{pat}, Since: r.since})
+	close(release)
+	if err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+	defer s.Close()
+	if err := <-published; err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	r.collect(t, ctx, s)
+	if l := r.lost(); l != "" {
+		return l
+	}
+	if len(r.gaps) > 0 {
+		return fmt.Sprintf("%s: gaps %v, though the channel holds every message", r.ch, r.gaps)
+	}
+	if len(r.got) != len(r.starts) {
+		return fmt.Sprintf("%s: got %v, want only the messages published after Since", r.ch, r.got)
+	}
+	return ""
 }
