@@ -241,6 +241,9 @@ func (s *Subscription) goLive(heads map[string]Position) {
 	s.mu.Lock()
 	if s.catchUp != nil {
 		s.known = maps.Clone(heads)
+		if s.known == nil {
+			s.known = map[string]Position{}
+		}
 	}
 	for ch, h := range heads {
 		if h.Seq == 0 {
