@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync/atomic"
+	"time"
 )
 
 // CoreOptions configure a Core.
@@ -145,6 +147,31 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		s.maxBytes = c.opts.QueueBytes
 	}
 	s.holding = true
+	replays := opts.Last != 0 || !opts.Since.IsZero() || len(opts.From) > 0
+	if len(pats) > 0 && replays && c.follow != nil {
+		// On a log shared by nodes a channel's first live message here can
+		// come after a hole (on Redis Cluster, messages published as the
+		// subscription was set up can have gone where patterns are not
+		// heard, before this node's pattern counted, yet after the replay
+		// read the channel or listed the channels): what is missing is
+		// read from after the head the replay read, or for a channel not
+		// replayed as the replay would have read it (since the
+		// subscription began, at least), up to the message heard. A log
+		// in this process hands the hub every message from the
+		// subscription's registration on.
+		began, from := time.Now(), maps.Clone(opts.From)
+		s.catchUp = func(ch string, first, after Position) {
+			req := ReadRequest{From: after, Resume: true}
+			if after.Epoch == "" {
+				req = ReadRequest{Last: opts.Last, Since: opts.Since}
+				if req.Since.IsZero() {
+					req.Since = began
+				}
+				req.From, req.Resume = from[ch]
+			}
+			s.caughtUp(ch, c.catchUp(ch, first, req))
+		}
+	}
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -180,7 +207,7 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 			return fail(err)
 		}
 	}
-	if len(pats) > 0 && (opts.Last != 0 || !opts.Since.IsZero() || len(opts.From) > 0) {
+	if len(pats) > 0 && replays {
 		// Channels that exist already are replayed as asked; the others
 		// arrive live.
 		infos, err := c.log.List(ctx)
@@ -209,6 +236,46 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		}
 	}
 	return s, nil
+}
+
+// catchUpTimeout bounds the read that catches a pattern subscription up
+// with a channel whose first live message came after a hole.
+const catchUpTimeout = 10 * time.Second
+
+// catchUp reads channel as req says, for a subscription whose first live
+// message of it is first: the messages before first, or a gap notice up
+// to first when they cannot be read (the log unreachable, or the channel
+// made anew since).
+func (c *Core) catchUp(ch string, first Position, req ReadRequest) []Event {
+	from := Position{Epoch: first.Epoch}
+	if req.Resume && req.From.Epoch == first.Epoch {
+		from = req.From
+	}
+	missing := []Event{{Gap: &Gap{Channel: ch, From: from, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
+	ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
+	defer cancel()
+	r, err := c.log.Read(ctx, ch, req)
+	if err != nil || r.Head.Epoch != first.Epoch {
+		return missing
+	}
+	out := r.Events[:0]
+	for _, e := range r.Events {
+		switch {
+		case e.Msg != nil:
+			if e.Msg.Epoch == first.Epoch && e.Msg.Seq < first.Seq {
+				out = append(out, e)
+			}
+		case e.Gap != nil:
+			g := *e.Gap
+			if g.To.Epoch == first.Epoch && g.To.Seq >= first.Seq {
+				g.To.Seq = first.Seq - 1
+			}
+			if g.From.Epoch != g.To.Epoch || g.From.Seq < g.To.Seq {
+				out = append(out, Event{Gap: &g})
+			}
+		}
+	}
+	return out
 }
 
 // WaitSubscribers implements Broker; with a shared log it counts the

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,13 +34,30 @@ type Subscription struct {
 	holding   bool
 	held      []Event
 	after     map[string]Position
-	live      int   // live (not replayed) events in buf
+	live      int   // live (not replayed) events in buf, and pending
 	liveBytes int64 // their data
 	ended     bool
 	err       error
 	notify    chan struct{}
 	onReady   func() // replaces notify when set
 	done      chan struct{}
+
+	// Catching up, for a pattern subscription that asked for a replay on
+	// a log shared by nodes (see Core.Subscribe). On Redis Cluster a
+	// channel's messages published as the subscription was set up can
+	// have gone where patterns are not heard, after the replay read the
+	// channel or listed the channels: its first live message then comes
+	// after a hole. known holds, for each channel replayed, the head the
+	// replay read (until its first live message), and for the others it
+	// has heard a zero Position. A channel whose first live message is
+	// not the next one (the replay's head + 1, or seq 1 for a channel not
+	// replayed) is read with catchUp (after: the head, or zero), and its
+	// live events wait in pending meanwhile (counted as live).
+	catchUp      func(channel string, first, after Position)
+	known        map[string]Position
+	pending      map[string][]Event
+	pendingLive  int
+	pendingBytes int64
 
 	release func(*Subscription)
 	onSlow  func(dropped int)
@@ -92,21 +110,110 @@ func (s *Subscription) push(e Event) bool {
 		}
 		return false
 	}
-	if s.holding {
+	queued := false
+	switch {
+	case s.holding:
 		s.held = append(s.held, e)
-	} else {
+	case s.divertLocked(e):
+	default:
 		s.buf = append(s.buf, e)
+		queued = true
 	}
 	s.live++
 	if e.Msg != nil {
 		s.liveBytes += int64(len(e.Msg.Data))
 	}
-	holding := s.holding
 	s.mu.Unlock()
-	if !holding {
+	if queued {
 		s.wake()
 	}
 	return true
+}
+
+// divertLocked puts a live event of a channel being caught up into
+// pending, and starts catching up a channel whose first live message
+// comes after a hole (see known); it reports whether it took e. Called
+// with s.mu held, e counted as live by the caller.
+func (s *Subscription) divertLocked(e Event) bool {
+	if s.catchUp == nil {
+		return false
+	}
+	ch := e.channel()
+	if q, ok := s.pending[ch]; ok {
+		s.pending[ch] = append(q, e)
+		s.pendingLive++
+		if e.Msg != nil {
+			s.pendingBytes += int64(len(e.Msg.Data))
+		}
+		return true
+	}
+	head, seen := s.known[ch]
+	if seen && head.Epoch == "" {
+		return false // its first live event came
+	}
+	s.known[ch] = Position{}
+	m := e.Msg
+	if m == nil {
+		return false // a gap notice accounts for what it names
+	}
+	var after Position
+	switch {
+	case seen && m.Epoch == head.Epoch:
+		if m.Seq <= head.Seq+1 {
+			return false
+		}
+		after = head
+	case m.Seq <= 1:
+		return false
+	}
+	if s.pending == nil {
+		s.pending = map[string][]Event{}
+	}
+	s.pending[ch] = []Event{e}
+	s.pendingLive++
+	s.pendingBytes += int64(len(m.Data))
+	go s.catchUp(ch, m.Position(), after)
+	return true
+}
+
+// caughtUp queues what catching channel up found (evs: the messages
+// before the first one heard, or a gap notice saying they could not be
+// read), then the live events that waited for it.
+func (s *Subscription) caughtUp(ch string, evs []Event) {
+	s.mu.Lock()
+	q, ok := s.pending[ch]
+	delete(s.pending, ch)
+	if !ok || s.ended {
+		s.mu.Unlock()
+		return
+	}
+	for _, e := range q {
+		s.pendingLive--
+		if e.Msg != nil {
+			s.pendingBytes -= int64(len(e.Msg.Data))
+		}
+	}
+	s.buf = append(append(s.buf, evs...), q...)
+	s.mu.Unlock()
+	s.wake()
+}
+
+// forget is told that channel was deleted: a pattern subscription that
+// hears of it again hears a new channel.
+func (s *Subscription) forget(channel string) {
+	s.mu.Lock()
+	if s.known != nil {
+		delete(s.known, channel)
+	}
+	s.mu.Unlock()
+}
+
+// channel is the channel e is about.
+func (e Event) channel() string {
+	if e.Msg != nil {
+		return e.Msg.Channel
+	}
+	return e.Gap.Channel
 }
 
 // covered reports whether m is at or before the position a replay of its
@@ -132,6 +239,12 @@ func (s *Subscription) covered(m *Message) bool {
 // covered are dropped, the rest follow the replay.
 func (s *Subscription) goLive(heads map[string]Position) {
 	s.mu.Lock()
+	if s.catchUp != nil {
+		s.known = maps.Clone(heads)
+		if s.known == nil {
+			s.known = map[string]Position{}
+		}
+	}
 	for ch, h := range heads {
 		if h.Seq == 0 {
 			delete(heads, ch) // nothing to cover: no message has seq 0
@@ -149,7 +262,9 @@ func (s *Subscription) goLive(heads map[string]Position) {
 				s.liveBytes -= int64(len(e.Msg.Data))
 				continue
 			}
-			s.buf = append(s.buf, e)
+			if !s.divertLocked(e) {
+				s.buf = append(s.buf, e)
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -226,6 +341,10 @@ func (s *Subscription) endLocked(err error, drop bool) {
 		s.buf = append(s.buf, s.held...)
 	}
 	s.holding, s.held = false, nil
+	// Live events of a channel still being caught up are not handed
+	// out: what precedes them is not known, and a client resuming from
+	// them would skip it.
+	s.pending, s.pendingLive, s.pendingBytes = nil, 0, 0
 	close(s.done)
 	s.wake()
 	for _, f := range s.onEnd {
@@ -255,7 +374,7 @@ func (s *Subscription) TryNext(dst []Event) ([]Event, error) {
 	if len(s.buf) > 0 {
 		out := s.buf
 		s.buf = dst[:0]
-		s.live, s.liveBytes = 0, 0
+		s.live, s.liveBytes = s.pendingLive, s.pendingBytes
 		return out, nil
 	}
 	if s.ended {

@@ -112,6 +112,11 @@ type Log struct {
 	beating atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
 	reaping atomic.Bool   // a goroutine reaps dead nodes
 
+	// afterCounts, set only by tests (export_test.go), is called on
+	// Redis Cluster once a batch's counts were read, before the batch
+	// is sent, with how it will be published.
+	afterCounts atomic.Pointer[func(mode string, channels []string)]
+
 	outcomeUnknown atomic.Uint64 // publishes failed with ErrOutcomeUnknown
 	closing        atomic.Bool   // Close began: appends are retried for 2s at most
 	qmu            sync.RWMutex  // submitters hold it shared; Close takes it
@@ -945,6 +950,9 @@ func (l *Log) clusterCounts(calls []*call) (map[string]int, error) {
 	}
 	for _, c := range calls {
 		c.args[c.how] = mode
+	}
+	if f := l.afterCounts.Load(); f != nil {
+		(*f)(mode, names)
 	}
 	return per, nil
 }
