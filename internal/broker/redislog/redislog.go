@@ -507,7 +507,9 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 	r := l.retention(msgs[0].Channel)
 	cutoff := int64(0)
 	if r.HistoryAge > 0 {
-		cutoff = now.Add(-r.HistoryAge).UnixMicro()
+		// (Never below 0, which says none: nothing is older than a
+		// time before 1970 anyway. The script compares times as strings.)
+		cutoff = max(now.Add(-r.HistoryAge).UnixMicro(), 0)
 	}
 	ch := msgs[0].Channel
 	keys := l.channelKeys(ch)

@@ -101,6 +101,9 @@ local function sizeOf(v)
   return string.sub(v, 1, sp - 1), string.sub(v, sp + 1) + 0
 end
 local function int(v) return string.format('%d', v) end
+-- older reports whether time a (µs, a decimal string) is before time b,
+-- without parsing either.
+local function older(a, b) return #a < #b or (#a == #b and a < b) end
 -- migrate gives a channel an older version wrote (no f, no sizes; its
 -- stream held exactly the history) its sizes list, and returns f.
 local function migrate(K, seq)
@@ -161,8 +164,9 @@ end
 -- window (or that repeats a key earlier in the batch) is not appended;
 -- the reply lists it with the first one's position (a batch's earlier
 -- message: its index as -1 - index, placed once the batch is).
-local dups = {}
+local dups
 if win then
+  dups = {}
   local keep, seenAt = {}, {}
   for i = 0, n - 1 do
     local k = A[14 + 4*n + i]
@@ -215,9 +219,8 @@ else
     refresh = true
   end
 end
-local now = A[2] + 0
 local ts = A[2] -- times never go back: a node with a clock behind keeps the last
-if meta[3] and now < meta[3] + 0 then ts = meta[3] end
+if meta[3] and older(ts, meta[3]) then ts = meta[3] end
 local first = seq + 1
 local size = A[3] + 0
 local count = seq - f + 1 -- the history's length before the batch
@@ -232,27 +235,29 @@ if size > 0 then
   for i = 0, n - 1 do nb = nb + #A[15 + 4*i] end
   b = b + nb
   local total = count + n
-  local cutoff, hb = A[4] + 0, A[8] + 0
+  local cutoff, hb = A[4], 0 -- cutoff: a time, or '0' (none)
+  local aged = cutoff ~= '0'
+  if A[8] ~= '0' then hb = A[8] + 0 end
   local want = total - size -- at least these go, by count
   if want > count then want = count end
   local drop = 0
   if want > 0 then
-    local gone
     if want == 1 then
-      gone = {redis.call('LPOP', K[3])}
+      local v = redis.call('LPOP', K[3])
+      if v then
+        local et, l = sizeOf(v)
+        b, o = b - l, et
+      end
     else
-      gone = redis.call('LPOP', K[3], int(want)) or {}
-    end
-    for j = 1, #gone do
-      if gone[j] then
+      local gone = redis.call('LPOP', K[3], int(want)) or {}
+      for j = 1, #gone do
         local et, l = sizeOf(gone[j])
-        b = b - l
-        o = et
+        b, o = b - l, et
       end
     end
     drop, total = want, total - want
   end
-  if drop < count and (total > size or (cutoff > 0 and o + 0 < cutoff) or (hb > 0 and b > hb)) then
+  if drop < count and (total > size or (aged and older(o, cutoff)) or (hb > 0 and b > hb)) then
     -- More may go, by age or bytes: read the oldest sizes until one stays.
     local k, ask = 0, 1
     while drop < count do
@@ -261,7 +266,7 @@ if size > 0 then
       local kept = false
       for j = 1, #vals do
         local et, l = sizeOf(vals[j])
-        if drop >= count or not (total > size or (cutoff > 0 and et + 0 < cutoff) or (hb > 0 and b > hb)) then
+        if drop >= count or not (total > size or (aged and older(et, cutoff)) or (hb > 0 and b > hb)) then
           o, kept = et, true
           break
         end
@@ -297,10 +302,11 @@ else
   o = ts
 end
 -- (Strings are joined with .., not string.format, which runs sprintf for
--- each %s too.)
+-- each %s too; a message alone is joined without a table.)
 local sfirst = int(first)
-local parts = {'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'}
-local sizes = {}
+local head = 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'
+local payload, parts, sizes
+if n > 1 then parts, sizes = {head}, {} end
 local sseq
 for i = 0, n - 1 do
   local j = 13 + 4*i
@@ -315,13 +321,22 @@ for i = 0, n - 1 do
     else
       redis.call('XADD', K[2], sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
     end
-    sizes[#sizes+1] = ts .. ' ' .. dl
+    if sizes then
+      sizes[#sizes+1] = ts .. ' ' .. dl
+    else
+      redis.call('RPUSH', K[3], ts .. ' ' .. dl)
+    end
   end
-  parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. dl .. '\n'
-  parts[#parts+1] = ev
-  parts[#parts+1] = data
+  if parts then
+    parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. dl .. '\n'
+    parts[#parts+1] = ev
+    parts[#parts+1] = data
+  else
+    payload = head .. kind .. ' ' .. origin .. ' ' .. dl .. '\n' .. ev .. data
+  end
 end
-if #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
+if sizes and #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
+if parts then payload = table.concat(parts) end
 if win then
   for j = 0, n - 1 do
     local k = A[14 + 4*n + j]
@@ -341,7 +356,7 @@ end
 -- The expiry is pushed back when a quarter of it has passed, not on
 -- every publish. A channel kept without an age limit (ttl -1) does not
 -- expire: its keys are made persistent once (x = -1 says they are).
-local ttl = A[5] + 0
+local ttl, now = A[5] + 0, A[2] + 0
 if ttl > 0 then
   refresh = refresh or now - x > ttl * 250
 else
@@ -375,7 +390,6 @@ if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
     end
   end
 end
-local payload = table.concat(parts)
 if A[9] ~= 'P' then redis.call('SPUBLISH', A[7], payload) end
 if A[9] ~= 'S' then redis.call('PUBLISH', A[7], payload) end
 if win then return {e, first, ts, -1, 0, dups} end
