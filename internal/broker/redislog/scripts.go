@@ -43,11 +43,13 @@ end
 // K = meta, stream, sizes, and on a single Redis also channels.
 //
 // A = 1 new epoch, 2 now (µs), 3 history size, 4 age cutoff (µs, 0:
-// none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub channel, 8 history bytes (0:
-// no bound), 9 how to publish ("P" PUBLISH, "S" SPUBLISH, "SP" both), 10
-// node, 11 call id ("": none), 12 count N, then N times event, kind, data,
-// "<origin> <event length>"; then, when any message carries an idempotency key, the keys'
-// window (ms) and N Redis key names, one per message ("": no key).
+// none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub
+// channel, 8 history bytes (0: no bound), 9 how to publish ("P" PUBLISH,
+// "S" SPUBLISH, "SP" both), 10 node, 11 call id ("": none), 12 count N,
+// then N times event, kind, data, "<origin> <event length>"; then, when
+// any message carries an idempotency key, the keys' window (ms) and N
+// Redis key names, one per message ("": no key). Times (µs) are decimal
+// strings without leading zeros, compared as strings.
 //
 // Meta fields: e epoch, s sequence, t last time, b retained bytes, f the
 // first retained sequence, o a time no retained message is older than
