@@ -108,6 +108,7 @@ type Log struct {
 	queue   chan *op
 	pubDone chan struct{}
 	calls   atomic.Uint64 // script call ids
+	pc      patCache      // the publisher's copy of the pattern counts
 	busy    atomic.Int64  // when the pipeline in flight was sent (UnixNano; 0: none)
 	beating atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
 	reaping atomic.Bool   // a goroutine reaps dead nodes
@@ -512,13 +513,12 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 	r := l.retention(msgs[0].Channel)
 	cutoff := int64(0)
 	if r.HistoryAge > 0 {
-		cutoff = now.Add(-r.HistoryAge).UnixMicro()
+		// (Never below 0, which says none: nothing is older than a
+		// time before 1970 anyway. The script compares times as strings.)
+		cutoff = max(now.Add(-r.HistoryAge).UnixMicro(), 0)
 	}
 	ch := msgs[0].Channel
 	keys := l.channelKeys(ch)
-	if l.cluster == nil {
-		keys = append(keys, l.key("subs"), l.key("pats"))
-	}
 	id := ""
 	if call != 0 {
 		id = strconv.FormatUint(call, 10)
@@ -531,7 +531,9 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 		if m.Origin != 0 {
 			origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
 		}
-		args = append(args, m.Event, int(m.Kind), m.Data, origin)
+		// The origin goes with the event's length: the script writes
+		// them into the Pub/Sub message as they are.
+		args = append(args, m.Event, int(m.Kind), m.Data, origin+" "+strconv.Itoa(len(m.Event)))
 	}
 	if slices.ContainsFunc(msgs, func(m *broker.Message) bool { return m.Key != "" }) {
 		// Keys: the window, then one Redis key name per message.
@@ -712,12 +714,21 @@ func (l *Log) runBatch(calls []*call) {
 		}
 		if err == nil {
 			pipe := l.pub.Pipeline()
+			var read *countsRead
+			if l.cluster == nil {
+				// On a single Redis the counts come with the scripts, in
+				// the same round trip, read just before they run.
+				read = l.queueCounts(pipe, calls)
+			}
 			for _, c := range calls {
 				if !c.done {
 					c.cmd = c.script.EvalSha(l.ctx, pipe, c.keys, c.args...)
 				}
 			}
 			pipe.Exec(l.ctx)
+			if read != nil {
+				counts = l.counts(read)
+			}
 			noscript := false
 			var answered []*call
 			for _, c := range calls {
@@ -866,10 +877,7 @@ func (l *Log) finish(c *call, counts map[string]int) {
 	epoch := fmt.Sprint(vals[0])
 	first, _ := vals[1].(int64)
 	us, _ := strconv.ParseInt(fmt.Sprint(vals[2]), 10, 64)
-	n, _ := vals[3].(int64)
-	if counts != nil {
-		n = int64(counts[c.channel])
-	}
+	n := counts[c.channel]
 	at := time.UnixMicro(us).UTC()
 	var dups map[int]*broker.Message // index → the duplicate, placed
 	if len(vals) == 6 {
@@ -900,7 +908,7 @@ func (l *Log) finish(c *call, counts map[string]int) {
 		}
 		o.m.Epoch, o.m.Seq, o.m.Time = epoch, uint64(first)+rank, at
 		rank++
-		o.res <- opResult{n: int(n)}
+		o.res <- opResult{n: n}
 	}
 }
 
@@ -911,38 +919,115 @@ func (l *Log) fail(c *call, err error) {
 	}
 }
 
+// patCache is the publisher's copy of every pattern's subscriber count
+// (pats), as of version: the subs hash's "*v" field, which the counts
+// scripts change with every change of pats. Used by the publisher
+// goroutine only.
+type patCache struct {
+	version string
+	loaded  bool
+	pats    map[string]int
+}
+
+// patterns returns the pattern counts as of version: the copy, read again
+// (one more round trip) when its version is not that one. If the
+// patterns changed again meanwhile, the counts read are the newer ones;
+// if the read fails, the copy's.
+func (l *Log) patterns(version string) map[string]int {
+	if l.pc.loaded && l.pc.version == version {
+		return l.pc.pats
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	pipe := l.rdb.TxPipeline()
+	v := pipe.HGet(ctx, l.key("subs"), "*v")
+	all := pipe.HGetAll(ctx, l.key("pats"))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return l.pc.pats
+	}
+	pats := make(map[string]int, len(all.Val()))
+	for p, c := range all.Val() {
+		pats[p], _ = strconv.Atoi(c)
+	}
+	l.pc = patCache{version: v.Val(), loaded: true, pats: pats}
+	return pats
+}
+
+// countWith is channel's subscribers on every node: exact, its own, and
+// those of the patterns matching it.
+func countWith(channel string, exact int, pats map[string]int) int {
+	n := exact
+	for p, c := range pats {
+		if broker.Match(p, channel) {
+			n += c
+		}
+	}
+	return n
+}
+
+// countsRead is the read of a batch's subscriber counts, queued in a
+// pipeline: the channels' own counts and the patterns' version.
+type countsRead struct {
+	names []string
+	cmd   *redis.SliceCmd
+}
+
+// queueCounts queues, in pipe, the read of the subscriber counts of the
+// channels calls publish to: one command per batch in the slot of
+// pushctl's own keys, whatever the number of channels, subscribers or
+// nodes. (The publish script used to read them itself, with two
+// redis.call()s per call, all patterns read and matched in Lua.)
+func (l *Log) queueCounts(pipe redis.Pipeliner, calls []*call) *countsRead {
+	r := &countsRead{names: make([]string, 0, len(calls)+1)}
+	for _, c := range calls {
+		if !c.done {
+			r.names = append(r.names, c.channel) // one call per channel
+		}
+	}
+	if len(r.names) == 0 {
+		return nil
+	}
+	r.cmd = pipe.HMGet(l.ctx, l.key("subs"), append(r.names, "*v")...)
+	return r
+}
+
+// counts returns each channel's subscribers on every node, pattern
+// subscribers included; nil when the read failed.
+func (l *Log) counts(r *countsRead) map[string]int {
+	vals, err := r.cmd.Result()
+	if err != nil || len(vals) != len(r.names)+1 {
+		return nil
+	}
+	version, _ := vals[len(r.names)].(string)
+	pats := l.patterns(version)
+	per := make(map[string]int, len(r.names))
+	for i, name := range r.names {
+		n := 0
+		if vals[i] != nil {
+			n, _ = strconv.Atoi(fmt.Sprint(vals[i]))
+		}
+		per[name] = countWith(name, n, pats)
+	}
+	return per
+}
+
 // clusterCounts reads, for a batch about to be published on Redis
 // Cluster, each channel's subscriber count and whether any node follows a
 // pattern: then the batch also goes out on classic Pub/Sub, which is
-// what pattern followers receive. Three commands per batch, in the slot
-// of pushctl's own keys. The read comes after every message of the batch
-// was queued, so a pattern subscription that existed when a publish was
-// accepted is never missed.
+// what pattern followers receive. Two commands per batch, in the slot of
+// pushctl's own keys (and a third, reading the patterns' counts, when
+// they changed since the last batch). The read comes after every message
+// of the batch was queued, so a pattern subscription that existed when a
+// publish was accepted is never missed.
 func (l *Log) clusterCounts(calls []*call) (map[string]int, error) {
-	names := make([]string, 0, len(calls))
-	for _, c := range calls {
-		names = append(names, c.channel) // one call per channel
-	}
 	pipe := l.rdb.Pipeline()
-	exact := pipe.HMGet(l.ctx, l.key("subs"), names...)
-	pats := pipe.HGetAll(l.ctx, l.key("pats"))
+	read := l.queueCounts(pipe, calls)
+	if read == nil {
+		return map[string]int{}, nil
+	}
 	routes := pipe.HLen(l.ctx, l.key("routes"))
 	if _, err := pipe.Exec(l.ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, err
-	}
-	per := make(map[string]int, len(names))
-	for i, v := range exact.Val() {
-		if v != nil {
-			per[names[i]], _ = strconv.Atoi(fmt.Sprint(v))
-		}
-	}
-	for p, v := range pats.Val() {
-		c, _ := strconv.Atoi(v)
-		for _, name := range names {
-			if broker.Match(p, name) {
-				per[name] += c
-			}
-		}
 	}
 	mode := "S"
 	if routes.Val() > 0 {
@@ -952,9 +1037,13 @@ func (l *Log) clusterCounts(calls []*call) (map[string]int, error) {
 		c.args[c.how] = mode
 	}
 	if f := l.afterCounts.Load(); f != nil {
+		names := make([]string, 0, len(calls))
+		for _, c := range calls {
+			names = append(names, c.channel) // one call per channel
+		}
 		(*f)(mode, names)
 	}
-	return per, nil
+	return l.counts(read), nil
 }
 
 // loadScripts loads pushctl's scripts into Redis.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -420,5 +421,86 @@ func TestIdempotencyKeyInRedis(t *testing.T) {
 	again, _, err := b.Publish(ctx, &broker.Message{Channel: "idem", Data: []byte("b"), Key: "k-1"})
 	if err != nil || again.Duplicate || again.Epoch == m.Epoch {
 		t.Fatalf("after a delete: %v %s duplicate=%v (first %s)", err, again.ID(), again.Duplicate, m.ID())
+	}
+}
+
+// A publish's ack counts the pattern subscribers other nodes have at that
+// moment: the publishing node keeps a copy of the patterns' counts and
+// reads it again whenever their version in Redis changed, so a pattern
+// subscription counted before a publish is never missed by its ack.
+func TestAckCountsFollowPatternChanges(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		url  func(t *testing.T) string
+	}{
+		{"single", func(t *testing.T) string { return redistest.Start(t, redistest.Options{}).URL() }},
+		{"cluster", func(t *testing.T) string { return redistest.StartCluster(t, 3).URL() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url, p := tc.url(t), newPrefix()
+			a, b := open(t, url, p, brokertest.Options{}), open(t, url, p, brokertest.Options{})
+			want := 0
+			check := func(step string) {
+				t.Helper()
+				if _, got := publish(t, a, "acks.x", step); got != want {
+					t.Fatalf("%s: the ack counts %d subscribers, want %d", step, got, want)
+				}
+			}
+			check("no subscribers")
+			for _, pattern := range []string{"acks.*", ">", "other.*", "acks.x.>"} {
+				subscribe(t, b, broker.SubscribeOptions{Channels: []string{pattern}})
+				if broker.Match(pattern, "acks.x") {
+					want++
+				}
+				check("after subscribing to " + pattern)
+			}
+			subscribe(t, b, broker.SubscribeOptions{Channels: []string{"acks.x"}})
+			want++
+			check("after subscribing to acks.x by name")
+		})
+	}
+}
+
+// The history's age bound holds after messages left it by count: the
+// script reads the sizes list only when something may be older than the
+// cutoff (the last message that left, or the oldest one read, says), and
+// then drops every message over the age, whatever its number.
+func TestHistoryAgeAfterCountTrims(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	var mu sync.Mutex
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	b := open(t, srv.URL(), newPrefix(), brokertest.Options{HistorySize: 5, HistoryAge: time.Minute, Now: clock})
+	for _, step := range []struct {
+		at     time.Duration
+		send   []string
+		retain []string
+	}{
+		{0, []string{"a0", "a1", "a2", "a3", "a4"}, []string{"a0", "a1", "a2", "a3", "a4"}},
+		{30 * time.Second, []string{"b0", "b1", "b2"}, []string{"a3", "a4", "b0", "b1", "b2"}},
+		{70 * time.Second, []string{"c0"}, []string{"b0", "b1", "b2", "c0"}},
+		{75 * time.Second, []string{"c1"}, []string{"b0", "b1", "b2", "c0", "c1"}},
+		{95 * time.Second, []string{"c2"}, []string{"c0", "c1", "c2"}},
+		{200 * time.Second, []string{"d0"}, []string{"d0"}},
+	} {
+		mu.Lock()
+		now = t0.Add(step.at)
+		mu.Unlock()
+		for _, d := range step.send {
+			publish(t, b, "aged", d)
+		}
+		info, err := b.Channel(bg(t), "aged")
+		if err != nil || info.Messages != len(step.retain) || info.Bytes != int64(2*len(step.retain)) {
+			t.Fatalf("at +%s: %+v, %v; want %d messages of 2 bytes", step.at, info, err, len(step.retain))
+		}
+		s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"aged"}, Last: -1})
+		msgs, _ := events(t, s, len(step.retain))
+		for i, m := range msgs {
+			if string(m.Data) != step.retain[i] {
+				t.Fatalf("at +%s: message %d is %s, want %s", step.at, i, m.Data, step.retain[i])
+			}
+		}
+		s.Close()
 	}
 }

@@ -10,27 +10,13 @@ import (
 var scripts = []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript,
 	presenceAddScript, presenceRemoveScript}
 
-// Lua shared by the scripts: pushctl's pattern match ('*' one segment,
-// '>' one or more trailing segments) and applying a count change to a
-// node's hash and the cluster totals.
+// Lua shared by the scripts: applying a count change to a node's hash
+// and the cluster totals.
 const luaLib = `
-local function split(s)
-  local t = {}
-  for seg in string.gmatch(s, '[^.]+') do t[#t+1] = seg end
-  return t
-end
-local function match(p, n)
-  local ps, ns = split(p), split(n)
-  for i = 1, #ps do
-    if ps[i] == '>' then return #ns >= i end
-    if i > #ns then return false end
-    if ps[i] ~= '*' and ps[i] ~= ns[i] then return false end
-  end
-  return #ps == #ns
-end
 -- node fields: c:<channel>, p:<pattern>, t (all counted subscriptions),
 -- r:<pattern> (every pattern follow, internal ones too; Redis Cluster
--- only); cluster: subs[<channel>], subs['*'] (total), pats[<pattern>],
+-- only); cluster: subs[<channel>], subs['*'] (total), subs['*v'] (the
+-- patterns' version: changes whenever pats does), pats[<pattern>],
 -- routes[<pattern>].
 local function apply(nodekey, subs, pats, routes, f, d, nodetoo)
   if nodetoo then
@@ -39,7 +25,14 @@ local function apply(nodekey, subs, pats, routes, f, d, nodetoo)
   end
   local g, gf = subs, '*'
   local kind = string.sub(f, 1, 2)
-  if kind == 'p:' then g, gf = pats, string.sub(f, 3)
+  if kind == 'p:' then
+    g, gf = pats, string.sub(f, 3)
+    -- A new version starts from the clock, so that one a restarted
+    -- Redis counts again never matches what a node cached before.
+    if redis.call('HINCRBY', subs, '*v', 1) == 1 then
+      local t = redis.call('TIME')
+      redis.call('HSET', subs, '*v', t[1] .. string.format('%06d', t[2]))
+    end
   elseif kind == 'r:' then g, gf = routes, string.sub(f, 3)
   elseif kind == 'c:' then gf = string.sub(f, 3) end
   local gv = redis.call('HINCRBY', g, gf, d)
@@ -48,21 +41,23 @@ end
 `
 
 // luaPublish defines publish(K, A), the body of the publish script, which
-// the presence scripts run too. It appends a batch of messages to one
-// channel, as one step:
+// the presence and lifecycle scripts run too. It appends a batch of
+// messages to one channel, as one step:
 //
-// K = meta, stream, sizes, and on a single Redis also channels, subs,
-// pats (on Redis Cluster those live in another slot).
+// K = meta, stream, sizes, and on a single Redis also channels.
 //
 // A = 1 new epoch, 2 now (µs), 3 history size, 4 age cutoff (µs, 0:
-// none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub channel, 8 history bytes (0:
-// no bound), 9 how to publish ("P" PUBLISH, "S" SPUBLISH, "SP" both), 10
-// node, 11 call id ("": none), 12 count N, then N times event, kind, data,
-// origin; then, when any message carries an idempotency key, the keys'
-// window (ms) and N Redis key names, one per message ("": no key).
+// none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub
+// channel, 8 history bytes (0: no bound), 9 how to publish ("P" PUBLISH,
+// "S" SPUBLISH, "SP" both), 10 node, 11 call id ("": none), 12 count N,
+// then N times event, kind, data, "<origin> <event length>"; then, when
+// any message carries an idempotency key, the keys' window (ms) and N
+// Redis key names, one per message ("": no key). Times (µs) are decimal
+// strings without leading zeros, compared as strings.
 //
 // Meta fields: e epoch, s sequence, t last time, b retained bytes, f the
-// first retained sequence, x when the keys' expiry was last pushed back
+// first retained sequence, o a time no retained message is older than
+// (µs; absent: not known), x when the keys' expiry was last pushed back
 // (µs), i:<node> the node's last call: "<call id> <first seq> <count>
 // <time>".
 //
@@ -72,7 +67,10 @@ end
 // age or bytes) is found without reading the stream: a publish pops the
 // sizes of what it pushes out and moves f. The stream itself is trimmed
 // a whole node at a time (MINID ~), which is cheap; the few entries
-// before f it still holds are never read.
+// before f it still holds are never read. Times never go back, so o (the
+// time of the last message that left, or of the oldest one read) says
+// whether anything can be older than the age cutoff: the sizes list is
+// only read when something may be.
 //
 // A call id makes the call idempotent: the same call sent again (a retry
 // after a connection broke or Redis stalled, whether or not the first
@@ -83,7 +81,8 @@ end
 //
 // Assigns the batch's sequences, appends to the stream, publishes the
 // batch to the nodes in one message and returns epoch, first seq, time,
-// the cluster's subscriber count on a single Redis (-1 otherwise) and a
+// -1 (where the subscriber count was: the node reads the counts with the
+// same pipeline, which costs Redis less than reading them here) and a
 // status: 0 appended, 1 appended before (a retry), 2 a stale copy
 // (nothing done); with keys, a sixth element lists the duplicates as
 // (index, seq, time) triples: messages not appended because their key
@@ -95,21 +94,22 @@ end
 // An idempotency key's record, "<epoch> <seq> <time>", is a key of its
 // own in the channel's slot that expires with the window; one left by an
 // earlier epoch of the channel (deleted since) does not count.
+//
+// The script runs for every publish: it avoids what costs Redis most in
+// Lua, numbers turned into strings (Redis formats a number argument with
+// "%.17g", Lua a concatenated one with "%.14g": string.format's %d is
+// several times cheaper) and strings into numbers (tonumber parses twice,
+// arithmetic once).
 const luaPublish = `
-local function subscribers(K, A)
-  if not K[5] then return -1 end
-  local n = tonumber(redis.call('HGET', K[5], A[6]) or '0')
-  local pats = redis.call('HGETALL', K[6])
-  for i = 1, #pats, 2 do
-    if match(pats[i], A[6]) then n = n + tonumber(pats[i+1]) end
-  end
-  return n
-end
--- sizeOf splits a sizes entry into time and length.
+-- sizeOf splits a sizes entry into time (a string) and length.
 local function sizeOf(v)
   local sp = string.find(v, ' ', 1, true)
-  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+  return string.sub(v, 1, sp - 1), string.sub(v, sp + 1) + 0
 end
+local function int(v) return string.format('%d', v) end
+-- older reports whether time a (µs, a decimal string) is before time b,
+-- without parsing either.
+local function older(a, b) return #a < #b or (#a == #b and a < b) end
 -- migrate gives a channel an older version wrote (no f, no sizes; its
 -- stream held exactly the history) its sizes list, and returns f.
 local function migrate(K, seq)
@@ -136,15 +136,19 @@ local function keyRecord(k)
 end
 local function publish(K, A)
 local rf = 'i:' .. A[10]
-local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f')
-local e, seq, last, b, x = meta[1], tonumber(meta[2] or '0'), tonumber(meta[3] or '0'), tonumber(meta[4] or '0'), tonumber(meta[5] or '0')
+local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f', 'o')
+local e = meta[1]
 local id = A[11]
-local n = tonumber(A[12])
+local ns = A[12]
+local n = ns + 0
 local win = A[13 + 4*n] -- set when messages of the batch carry keys
 if e and id ~= '' and meta[6] then
-  local rid, rseq, rn, rts = string.match(meta[6], '^(%d+) (%d+) (%d+) (%d+)$')
+  local rec = meta[6]
+  local sp = string.find(rec, ' ', 1, true)
+  local rid = sp and string.sub(rec, 1, sp - 1)
   if rid == id then
-    if not win then return {e, tonumber(rseq), rts, subscribers(K, A), 1} end
+    local _, rseq, rn, rts = string.match(rec, '^(%d+) (%d+) (%d+) (%d+)$')
+    if not win then return {e, tonumber(rseq), rts, -1, 1} end
     -- Which messages were duplicates the first time: a key whose
     -- record is not one of the positions this call appended.
     local lo, hi, dups, seen = tonumber(rseq), tonumber(rseq) + tonumber(rn), {}, {}
@@ -158,7 +162,7 @@ if e and id ~= '' and meta[6] then
         seen[k] = true
       end
     end
-    return {e, lo, rts, subscribers(K, A), 1, dups}
+    return {e, lo, rts, -1, 1, dups}
   end
   if rid and (#rid > #id or (#rid == #id and rid > id)) then return {e, 0, '0', 0, 2} end
 end
@@ -166,8 +170,9 @@ end
 -- window (or that repeats a key earlier in the batch) is not appended;
 -- the reply lists it with the first one's position (a batch's earlier
 -- message: its index as -1 - index, placed once the batch is).
-local dups = {}
+local dups
 if win then
+  dups = {}
   local keep, seenAt = {}, {}
   for i = 0, n - 1 do
     local k = A[14 + 4*n + i]
@@ -191,35 +196,39 @@ if win then
     -- The batch without its duplicates: the same arguments, fewer messages.
     local B = {}
     for j = 1, 11 do B[j] = A[j] end
-    B[12] = #keep
+    B[12] = int(#keep)
     for j = 1, #keep do
       for f = 0, 3 do B[13 + 4*(j-1) + f] = A[13 + 4*keep[j] + f] end
     end
     B[13 + 4*#keep] = win
     for j = 1, #keep do B[14 + 4*#keep + (j-1)] = A[14 + 4*n + keep[j]] end
-    A, n = B, #keep
+    A, n, ns = B, #keep, B[12]
   end
-  if n == 0 then return {e, 0, '0', subscribers(K, A), 0, dups} end
+  if n == 0 then return {e, 0, '0', -1, 0, dups} end
 end
 local fresh = not e
-local f
+local seq, b, x, f = 0, 0, 0, 1
+local o = meta[8] or '0'
 local refresh = fresh
 if fresh then
-  e, seq, last, b, x, f = A[1], 0, 0, 0, 0, 1
+  e, o = A[1], '0'
   redis.call('DEL', K[2], K[3])
   if K[4] then redis.call('SADD', K[4], A[6]) end
-elseif meta[7] then
-  f = tonumber(meta[7])
 else
-  f = migrate(K, seq)
-  refresh = true
+  seq = (meta[2] or 0) + 0
+  b = (meta[4] or 0) + 0
+  x = (meta[5] or 0) + 0
+  if meta[7] then
+    f = meta[7] + 0
+  else
+    f = migrate(K, seq)
+    refresh = true
+  end
 end
-local now = tonumber(A[2])
 local ts = A[2] -- times never go back: a node with a clock behind keeps the last
-if now < last then ts = meta[3] end
+if meta[3] and older(ts, meta[3]) then ts = meta[3] end
 local first = seq + 1
-local size = tonumber(A[3])
-local parts = {'B ', e, ' ', string.format('%d', first), ' ', ts, ' ', n, '\n'}
+local size = A[3] + 0
 local count = seq - f + 1 -- the history's length before the batch
 if count < 0 then count = 0 end
 local skip, trim = 0, nil
@@ -232,36 +241,51 @@ if size > 0 then
   for i = 0, n - 1 do nb = nb + #A[15 + 4*i] end
   b = b + nb
   local total = count + n
-  local cutoff, hb = tonumber(A[4]), tonumber(A[8])
+  local cutoff, hb = A[4], 0 -- cutoff: a time, or '0' (none)
+  local aged = cutoff ~= '0'
+  if A[8] ~= '0' then hb = A[8] + 0 end
   local want = total - size -- at least these go, by count
   if want > count then want = count end
   local drop = 0
-  if cutoff == 0 and hb == 0 then
-    if want > 0 then
-      local gone = redis.call('LPOP', K[3], want) or {}
-      for j = 1, #gone do
-        local _, l = sizeOf(gone[j])
-        b = b - l
+  if want > 0 then
+    if want == 1 then
+      local v = redis.call('LPOP', K[3])
+      if v then
+        local et, l = sizeOf(v)
+        b, o = b - l, et
       end
-      drop, total = want, total - want
+    else
+      local gone = redis.call('LPOP', K[3], int(want)) or {}
+      for j = 1, #gone do
+        local et, l = sizeOf(gone[j])
+        b, o = b - l, et
+      end
     end
-  else
+    drop, total = want, total - want
+  end
+  if drop < count and (total > size or (aged and older(o, cutoff)) or (hb > 0 and b > hb)) then
+    -- More may go, by age or bytes: read the oldest sizes until one stays.
+    local k, ask = 0, 1
     while drop < count do
-      local ask = want - drop
-      if ask < 1 then ask = 1 end
-      local vals = redis.call('LRANGE', K[3], drop, drop + ask - 1)
+      local vals = redis.call('LRANGE', K[3], int(k), int(k + ask - 1))
       if #vals == 0 then break end
       local kept = false
       for j = 1, #vals do
         local et, l = sizeOf(vals[j])
-        if not (total > size or (cutoff > 0 and et < cutoff) or (hb > 0 and b > hb)) then kept = true; break end
+        if drop >= count or not (total > size or (aged and older(et, cutoff)) or (hb > 0 and b > hb)) then
+          o, kept = et, true
+          break
+        end
         b = b - l
         total = total - 1
         drop = drop + 1
+        k = k + 1
+        o = et
       end
       if kept then break end
+      if ask < 128 then ask = ask * 2 end
     end
-    if drop > 0 then redis.call('LTRIM', K[3], drop, -1) end
+    if k > 0 then redis.call('LTRIM', K[3], int(k), '-1') end
   end
   while skip < n - 1 and (total > size or (hb > 0 and b > hb)) do
     b = b - #A[15 + 4*skip]
@@ -269,7 +293,10 @@ if size > 0 then
     skip = skip + 1
   end
   local nf = f + drop
-  if drop >= count then nf = first + skip end
+  if drop >= count then
+    nf = first + skip
+    o = ts -- what is retained is this batch's
+  end
   if nf > f then trim = string.format('%d-0', nf) end
   if count == 0 then refresh = true end -- the sizes list is new
   f = nf
@@ -278,42 +305,64 @@ else
   if count > 0 then redis.call('DEL', K[2], K[3]) end
   b = 0
   f = first + n
+  o = ts
 end
-local sizes = {}
+-- (Strings are joined with .., not string.format, which runs sprintf for
+-- each %s too; a message alone is joined without a table.)
+local sfirst = int(first)
+local head = 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'
+local payload, parts, sizes
+if n > 1 then parts, sizes = {head}, {} end
+local sseq
 for i = 0, n - 1 do
-  local ev, kind, data, origin = A[13 + 4*i], A[14 + 4*i], A[15 + 4*i], A[16 + 4*i]
+  local j = 13 + 4*i
+  local ev, kind, data, origin = A[j], A[j + 1], A[j + 2], A[j + 3]
   seq = seq + 1
+  if i == 0 then sseq = sfirst else sseq = int(seq) end
+  local dl = int(#data)
   if size > 0 and i >= skip then
     if trim then
-      redis.call('XADD', K[2], 'MINID', '~', trim, string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+      redis.call('XADD', K[2], 'MINID', '~', trim, sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
       trim = nil
     else
-      redis.call('XADD', K[2], string.format('%d-1', seq), 't', ts, 'e', ev, 'k', kind, 'd', data)
+      redis.call('XADD', K[2], sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
     end
-    sizes[#sizes+1] = ts .. ' ' .. #data
+    if sizes then
+      sizes[#sizes+1] = ts .. ' ' .. dl
+    else
+      redis.call('RPUSH', K[3], ts .. ' ' .. dl)
+    end
   end
-  parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. #ev .. ' ' .. #data .. '\n'
-  parts[#parts+1] = ev
-  parts[#parts+1] = data
+  if parts then
+    parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. dl .. '\n'
+    parts[#parts+1] = ev
+    parts[#parts+1] = data
+  else
+    payload = head .. kind .. ' ' .. origin .. ' ' .. dl .. '\n' .. ev .. data
+  end
 end
-if #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
+if sizes and #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
+if parts then payload = table.concat(parts) end
 if win then
   for j = 0, n - 1 do
     local k = A[14 + 4*n + j]
-    if k ~= '' then redis.call('SET', k, e .. ' ' .. string.format('%d', first + j) .. ' ' .. ts, 'PX', win) end
+    if k ~= '' then redis.call('SET', k, e .. ' ' .. int(first + j) .. ' ' .. ts, 'PX', win) end
   end
 end
-local fields = {'s', seq, 't', ts, 'b', b, 'f', f}
+local fields = {'s', sseq, 't', ts, 'b', int(b), 'f', int(f)}
 if fresh then
   fields[#fields+1] = 'e'; fields[#fields+1] = e
 end
+if o ~= (meta[8] or '0') then
+  fields[#fields+1] = 'o'; fields[#fields+1] = o
+end
 if id ~= '' then
-  fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. string.format('%d', first) .. ' ' .. n .. ' ' .. ts
+  fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. sfirst .. ' ' .. ns .. ' ' .. ts
 end
 -- The expiry is pushed back when a quarter of it has passed, not on
 -- every publish. A channel kept without an age limit (ttl -1) does not
 -- expire: its keys are made persistent once (x = -1 says they are).
-local ttl = tonumber(A[5])
+local ttl, now = A[5] + 0, A[2] + 0
 if ttl > 0 then
   refresh = refresh or now - x > ttl * 250
 else
@@ -326,10 +375,10 @@ end
 local added = redis.call('HSET', K[1], unpack(fields))
 if refresh then
   if ttl > 0 then
-    redis.call('PEXPIRE', K[1], ttl)
+    redis.call('PEXPIRE', K[1], A[5])
     if size > 0 then
-      redis.call('PEXPIRE', K[2], ttl)
-      redis.call('PEXPIRE', K[3], ttl)
+      redis.call('PEXPIRE', K[2], A[5])
+      redis.call('PEXPIRE', K[3], A[5])
     end
   else
     redis.call('PERSIST', K[1])
@@ -347,16 +396,15 @@ if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
     end
   end
 end
-local payload = table.concat(parts)
 if A[9] ~= 'P' then redis.call('SPUBLISH', A[7], payload) end
 if A[9] ~= 'S' then redis.call('PUBLISH', A[7], payload) end
-if win then return {e, first, ts, subscribers(K, A), 0, dups} end
-return {e, first, ts, subscribers(K, A), 0}
+if win then return {e, first, ts, -1, 0, dups} end
+return {e, first, ts, -1, 0}
 end
 `
 
 // publish: KEYS and ARGV as K and A of publish(), all in one round trip.
-var publishScript = redis.NewScript(luaLib + luaPublish + `return publish(KEYS, ARGV)`)
+var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV)`)
 
 // Presence lives in one hash per channel, in the channel's slot: m:<id>
 // the member's info, c:<id> how many nodes hold it, h:<node>:<id> a
