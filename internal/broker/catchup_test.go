@@ -271,3 +271,81 @@ func TestPatternCatchUpKeepsToSince(t *testing.T) {
 		t.Fatalf("%d reads, want 2 (n.x, then n.x made anew)", n)
 	}
 }
+
+func newSharedWith(t *testing.T, mo broker.MemoryOptions) (*broker.Core, *sharedLog, *relay) {
+	hub := broker.NewHub()
+	r := &relay{Hub: hub, deaf: map[string]bool{}}
+	l := &sharedLog{Log: broker.NewMemoryLog(mo, r)}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	t.Cleanup(func() { b.Close() })
+	return b, l, r
+}
+
+// A channel the replay did not list was made after the subscription
+// began: all of it is caught up, by position, whatever the clocks say.
+// (With Last only, it was read from the subscribing node's time of
+// subscribing: a publisher whose clock was behind lost its messages,
+// silently.)
+func TestPatternCatchUpOfANewChannelIsByPosition(t *testing.T) {
+	b, _, r := newSharedWith(t, broker.MemoryOptions{Now: func() time.Time { return time.Now().Add(-time.Second) }})
+	s, err := b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"n.*"}, Last: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r.miss("n.x", 1)
+	r.miss("n.x", 2)
+	for _, d := range []string{"1", "2", "3", "4"} {
+		pub(t, b, "n.x", d)
+	}
+	waitFor(t, s, "1", "2", "3", "4")
+}
+
+// What the channel's history no longer holds is a gap notice, not
+// silence.
+func TestPatternCatchUpOfTrimmedHistoryIsAGap(t *testing.T) {
+	b, _, r := newSharedWith(t, broker.MemoryOptions{Retention: broker.Retention{HistorySize: 2}})
+	s, err := b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"n.*"}, Since: time.Now().Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 1; i <= 4; i++ {
+		r.miss("n.x", uint64(i))
+	}
+	for i := 1; i <= 5; i++ {
+		pub(t, b, "n.x", fmt.Sprint(i))
+	}
+	waitFor(t, s, "gap:0-3", "4", "5")
+}
+
+// A channel deleted and made anew while it is caught up: the old one's
+// catch-up ends in a gap notice, the new one's hole is caught up in turn
+// after it, and what follows is handed out once. (The new channel's
+// messages that waited were handed out again at its next message, and
+// its own hole went unnoticed.)
+func TestPatternCatchUpOfAChannelMadeAnewMeanwhile(t *testing.T) {
+	b, l, r := newShared(t)
+	s, err := b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"n.*"}, Since: time.Now().Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	release := l.holdReads()
+	r.miss("n.x", 1)
+	pub(t, b, "n.x", "1")
+	pub(t, b, "n.x", "2")
+	if err := b.DeleteChannel(context.Background(), "n.x"); err != nil {
+		t.Fatal(err)
+	}
+	pub(t, b, "n.x", "new1") // heard: seq 1 of the new channel
+	r.mu.Lock()
+	r.deaf = map[string]bool{"n.x 2": true}
+	r.mu.Unlock()
+	pub(t, b, "n.x", "new2")
+	pub(t, b, "n.x", "new3")
+	release()
+	waitFor(t, s, "gap:0-1", "2", "new1", "new2", "new3")
+	pub(t, b, "n.x", "new4")
+	waitFor(t, s, "new4")
+}

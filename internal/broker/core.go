@@ -30,6 +30,7 @@ type Core struct {
 
 	published atomic.Uint64
 	closed    atomic.Bool
+	catchUps  chan struct{} // a slot per catch-up read running (see catchUp)
 }
 
 var _ Broker = (*Core)(nil)
@@ -39,7 +40,7 @@ func New(hub *Hub, log Log, opts CoreOptions) *Core {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = DefaultQueueSize
 	}
-	c := &Core{hub: hub, log: log, opts: opts}
+	c := &Core{hub: hub, log: log, opts: opts, catchUps: make(chan struct{}, catchUpReads)}
 	c.follow, _ = log.(Follower)
 	c.cluster, _ = log.(ClusterView)
 	return c
@@ -159,17 +160,22 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 		// subscription began, at least), up to the message heard. A log
 		// in this process hands the hub every message from the
 		// subscription's registration on.
-		began, from := time.Now(), maps.Clone(opts.From)
-		s.catchUp = func(ch string, first, after Position) {
+		from, since, done := maps.Clone(opts.From), opts.Since, s.done
+		s.catchUp = func(ch string, first, after Position, replayed bool) {
+			// After the head the replay read; or, for a channel the
+			// replay did not list (made since it began, or made anew),
+			// by position from its start (or from the cursor's entry
+			// for it), keeping to Since: not by time alone, which the
+			// nodes' clocks need not agree on.
 			req := ReadRequest{From: after, Resume: true}
-			if after.Epoch == "" {
-				req = ReadRequest{Last: opts.Last, Since: opts.Since}
-				if req.Since.IsZero() {
-					req.Since = began
-				}
-				req.From, req.Resume = from[ch]
+			if p, ok := from[ch]; !replayed && ok && p.Epoch == first.Epoch {
+				req.From = p
 			}
-			s.caughtUp(ch, c.catchUp(ch, first, req))
+			var keep time.Time
+			if !replayed {
+				keep = since
+			}
+			s.caughtUp(ch, c.catchUp(ch, first, req, keep, done))
 		}
 	}
 	if c.closed.Load() {
@@ -239,21 +245,37 @@ func (c *Core) Subscribe(ctx context.Context, opts SubscribeOptions) (*Subscript
 }
 
 // catchUpTimeout bounds the read that catches a pattern subscription up
-// with a channel whose first live message came after a hole.
-const catchUpTimeout = 10 * time.Second
+// with a channel whose first live message came after a hole; at most
+// catchUpReads such reads run at once per Core (many channels' holes at
+// once, after the log lost its pattern routes, wait their turn).
+const (
+	catchUpTimeout = 10 * time.Second
+	catchUpReads   = 16
+)
 
-// catchUp reads channel as req says, for a subscription whose first live
-// message of it is first: the messages before first, or a gap notice up
-// to first when they cannot be read (the log unreachable, or the channel
-// made anew since).
-func (c *Core) catchUp(ch string, first Position, req ReadRequest) []Event {
-	from := Position{Epoch: first.Epoch}
-	if req.Resume && req.From.Epoch == first.Epoch {
-		from = req.From
-	}
-	missing := []Event{{Gap: &Gap{Channel: ch, From: from, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
+// catchUp reads channel as req says (from a position), for a
+// subscription whose first live message of it is first: the messages
+// before first (those timed before since left out, when set), and a gap
+// notice for what the log no longer holds, or for all of them when they
+// cannot be read (the log unreachable, or the channel made anew since).
+// It gives up when done (the subscription ended) is closed.
+func (c *Core) catchUp(ch string, first Position, req ReadRequest, since time.Time, done <-chan struct{}) []Event {
+	missing := []Event{{Gap: &Gap{Channel: ch, From: req.From, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
 	ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	select {
+	case c.catchUps <- struct{}{}:
+		defer func() { <-c.catchUps }()
+	case <-ctx.Done():
+		return missing
+	}
 	r, err := c.log.Read(ctx, ch, req)
 	if err != nil || r.Head.Epoch != first.Epoch {
 		return missing
@@ -262,7 +284,7 @@ func (c *Core) catchUp(ch string, first Position, req ReadRequest) []Event {
 	for _, e := range r.Events {
 		switch {
 		case e.Msg != nil:
-			if e.Msg.Epoch == first.Epoch && e.Msg.Seq < first.Seq {
+			if e.Msg.Epoch == first.Epoch && e.Msg.Seq < first.Seq && (since.IsZero() || !e.Msg.Time.Before(since)) {
 				out = append(out, e)
 			}
 		case e.Gap != nil:

@@ -280,10 +280,6 @@ func (h *Hub) Deleted(channel string) {
 		delete(hs.attached, ch)
 		if hasName(hs.names, channel) {
 			end = append(end, s)
-		} else {
-			// Before any message of the channel made anew can reach
-			// it (Deliver waits for h.mu to find the channel again).
-			s.forget(channel)
 		}
 	}
 	h.mu.Unlock()

@@ -47,13 +47,14 @@ type Subscription struct {
 	// channel's messages published as the subscription was set up can
 	// have gone where patterns are not heard, after the replay read the
 	// channel or listed the channels: its first live message then comes
-	// after a hole. known holds, for each channel replayed, the head the
-	// replay read (until its first live message), and for the others it
-	// has heard a zero Position. A channel whose first live message is
-	// not the next one (the replay's head + 1, or seq 1 for a channel not
-	// replayed) is read with catchUp (after: the head, or zero), and its
-	// live events wait in pending meanwhile (counted as live).
-	catchUp      func(channel string, first, after Position)
+	// after a hole. known holds, for each channel replayed and not yet
+	// heard, the head the replay read, and for each channel heard its
+	// epoch (Seq heardSeq). A channel whose first live message of an
+	// epoch is not the next one (the replay's head + 1, or seq 1 for a
+	// channel not replayed or made anew) is read with catchUp (after:
+	// the head, or the epoch's start), and its live events wait in
+	// pending meanwhile (counted as live).
+	catchUp      func(channel string, first, after Position, replayed bool)
 	known        map[string]Position
 	pending      map[string][]Event
 	pendingLive  int
@@ -102,7 +103,7 @@ func (s *Subscription) push(e Event) bool {
 		return true
 	}
 	if s.live >= s.max || s.maxBytes > 0 && e.Msg != nil && s.liveBytes+int64(len(e.Msg.Data)) > s.maxBytes && s.live > 0 {
-		dropped := len(s.buf) + len(s.held) + 1 // what was queued, and this one
+		dropped := len(s.buf) + len(s.held) + s.pendingLive + 1 // what was queued or waiting, and this one
 		s.endLocked(ErrSlowConsumer, true)
 		s.mu.Unlock()
 		if s.onSlow != nil {
@@ -130,10 +131,13 @@ func (s *Subscription) push(e Event) bool {
 	return true
 }
 
+// heardSeq in known marks a channel heard in the epoch it names.
+const heardSeq = ^uint64(0)
+
 // divertLocked puts a live event of a channel being caught up into
-// pending, and starts catching up a channel whose first live message
-// comes after a hole (see known); it reports whether it took e. Called
-// with s.mu held, e counted as live by the caller.
+// pending, and starts catching up a channel whose first live message of
+// an epoch comes after a hole (see known); it reports whether it took e.
+// Called with s.mu held, e counted as live by the caller.
 func (s *Subscription) divertLocked(e Event) bool {
 	if s.catchUp == nil {
 		return false
@@ -147,23 +151,24 @@ func (s *Subscription) divertLocked(e Event) bool {
 		}
 		return true
 	}
-	head, seen := s.known[ch]
-	if seen && head.Epoch == "" {
-		return false // its first live event came
-	}
-	s.known[ch] = Position{}
 	m := e.Msg
 	if m == nil {
-		return false // a gap notice accounts for what it names
+		// A gap notice accounts for what it names.
+		s.known[ch] = Position{Epoch: e.Gap.To.Epoch, Seq: heardSeq}
+		return false
 	}
-	var after Position
-	switch {
-	case seen && m.Epoch == head.Epoch:
-		if m.Seq <= head.Seq+1 {
-			return false
-		}
-		after = head
-	case m.Seq <= 1:
+	st, seen := s.known[ch]
+	if seen && st.Seq == heardSeq && st.Epoch == m.Epoch {
+		return false
+	}
+	s.known[ch] = Position{Epoch: m.Epoch, Seq: heardSeq}
+	// The first message heard of this epoch: the replay's head + 1, or
+	// the channel's first, else there was a hole.
+	after, replayed := Position{Epoch: m.Epoch}, seen && st.Seq != heardSeq && st.Epoch == m.Epoch
+	if replayed {
+		after = st
+	}
+	if m.Seq <= after.Seq+1 {
 		return false
 	}
 	if s.pending == nil {
@@ -172,13 +177,14 @@ func (s *Subscription) divertLocked(e Event) bool {
 	s.pending[ch] = []Event{e}
 	s.pendingLive++
 	s.pendingBytes += int64(len(m.Data))
-	go s.catchUp(ch, m.Position(), after)
+	go s.catchUp(ch, m.Position(), after, replayed)
 	return true
 }
 
 // caughtUp queues what catching channel up found (evs: the messages
 // before the first one heard, or a gap notice saying they could not be
-// read), then the live events that waited for it.
+// read), then the live events that waited for it, each checked again for
+// a hole of its own (the channel made anew meanwhile).
 func (s *Subscription) caughtUp(ch string, evs []Event) {
 	s.mu.Lock()
 	q, ok := s.pending[ch]
@@ -193,19 +199,20 @@ func (s *Subscription) caughtUp(ch string, evs []Event) {
 			s.pendingBytes -= int64(len(e.Msg.Data))
 		}
 	}
-	s.buf = append(append(s.buf, evs...), q...)
-	s.mu.Unlock()
-	s.wake()
-}
-
-// forget is told that channel was deleted: a pattern subscription that
-// hears of it again hears a new channel.
-func (s *Subscription) forget(channel string) {
-	s.mu.Lock()
-	if s.known != nil {
-		delete(s.known, channel)
+	s.buf = append(s.buf, evs...)
+	for i, e := range q {
+		if !s.divertLocked(e) {
+			s.buf = append(s.buf, e)
+			continue
+		}
+		// Another catch-up began with e: the rest wait behind it.
+		for _, w := range q[i+1:] {
+			s.divertLocked(w)
+		}
+		break
 	}
 	s.mu.Unlock()
+	s.wake()
 }
 
 // channel is the channel e is about.
