@@ -294,14 +294,15 @@ func (s *boltStore) Save(changes []Change) error {
 					return err
 				}
 			}
+			// rb is the bucket of the range beginning at rstart (1: none
+			// yet, no range begins there).
 			var rb *bolt.Bucket
-			rstart := uint64(1) // no range starts here
-			bucket := func(start uint64) error {
-				if start == rstart {
-					return nil
+			rstart := uint64(1)
+			bucket := func(start uint64) (err error) {
+				if start != rstart {
+					rb, err = b.CreateBucketIfNotExists(rangeKey(start))
+					rstart = start
 				}
-				rb, err = b.CreateBucketIfNotExists(rangeKey(start))
-				rstart = start
 				return err
 			}
 			for _, e := range ch.Puts {
