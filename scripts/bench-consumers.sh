@@ -10,6 +10,8 @@
 # `nats bench js pub async`, then `nats bench js consume --acks explicit`,
 # memory and file storage (file with its default sync and with
 # sync_interval: always, as --data-dir's --sync always).
+# MODES (default "memory data-dir", redis added when redis-server is on
+# PATH) and JS (default "memory file file-always") choose what is run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-210000}
@@ -27,13 +29,13 @@ serve() { # serve NAME ARGS... -> sets url
 payload=$(head -c 100 /dev/zero | tr '\0' x)
 awk -v n="$N" -v p="$payload" 'BEGIN { for (i = 1; i <= n; i++) print p }' > "$work/in"
 
-modes=(memory data-dir)
-if command -v redis-server > /dev/null; then
+if [[ -z ${MODES:-} ]] && command -v redis-server > /dev/null; then MODES="memory data-dir redis"; fi
+read -ra modes <<< "${MODES:-memory data-dir}"
+if [[ " ${modes[*]} " == *" redis "* ]]; then
   rport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   redis-server --port "$rport" --save '' --appendonly no > "$work/redis.log" 2>&1 &
   redis_pid=$!
   for _ in $(seq 200); do grep -q 'Ready to accept' "$work/redis.log" && break; sleep 0.05; done
-  modes+=(redis)
 fi
 for mode in "${modes[@]}"; do
   for workers in 1 3; do
@@ -68,7 +70,8 @@ if ! command -v nats-server > /dev/null || ! command -v nats > /dev/null; then
   echo "nats-server or nats not on PATH: JetStream skipped"
   exit 0
 fi
-for storage in memory file file-always; do
+read -ra jss <<< "${JS-memory file file-always}"
+for storage in "${jss[@]}"; do
   st=${storage%-always}
   conf="$work/$storage.conf"
   printf 'listen: 127.0.0.1:-1\njetstream { store_dir: "%s"%s }\n' "$work/js-$storage" \

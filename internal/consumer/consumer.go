@@ -267,8 +267,13 @@ type Consumer struct {
 	deleted  bool
 
 	// What changed since the last save (durable stores only).
-	dirty     []uint64 // seqs changed (repeats allowed)
+	dirty     []uint64 // seqs of entries new or changed (repeats allowed)
 	metaDirty bool
+	// The store keeps entries in ranges of rangeSpan seqs; ranges holds
+	// those with entries kept, dirtyRanges those whose set of removed
+	// entries changed since the last save (repeats allowed).
+	ranges      map[uint64]*seqRange
+	dirtyRanges []uint64
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -440,6 +445,7 @@ func (c *Consumer) add(e *entry) {
 	e.seq = c.next
 	c.next++
 	c.entries.put(e)
+	c.kept(e.seq)
 	if e.msg != nil {
 		c.bytes += int64(len(e.msg.Data))
 	}
@@ -471,8 +477,7 @@ func (c *Consumer) takeReady(max int, now time.Time) []Delivery {
 			if c.openGaps[e.gap.Channel] == e {
 				delete(c.openGaps, e.gap.Channel)
 			}
-			c.entries.del(seq)
-			c.mark(seq)
+			c.remove(seq)
 			out = append(out, Delivery{ID: deliveryID(seq, 1), Count: 1, Gap: e.gap, Lost: e.lost})
 			continue
 		}
@@ -662,11 +667,10 @@ func (c *Consumer) Ack(ids []string) (int, error) {
 		if e.count == 0 || e.count < a.count {
 			continue
 		}
-		c.entries.del(seq)
+		c.remove(seq)
 		delete(c.flying, seq)
 		delete(c.delayed, seq)
 		c.bytes -= int64(len(e.msg.Data))
-		c.mark(seq)
 		c.counters.Acked++
 		n++
 	}
@@ -824,9 +828,8 @@ func (c *Consumer) deadLetter(es []*entry) {
 			c.mu.Unlock()
 			continue
 		}
-		c.entries.del(e.seq)
+		c.remove(e.seq)
 		c.bytes -= int64(len(e.msg.Data))
-		c.mark(e.seq)
 		c.counters.DeadLettered++
 		c.metaDirty = true
 		c.changed()
@@ -923,6 +926,40 @@ func (c *Consumer) Wait(ctx context.Context, ok func(Info) bool) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// kept counts a new entry in its range (durable stores only).
+func (c *Consumer) kept(seq uint64) {
+	if c.m.store != nil {
+		c.rangeOf(seq).live++
+	}
+}
+
+// remove takes entry seq out for good (acknowledged, dead-lettered, a gap
+// delivered): in the store it is marked done in its range, which goes
+// once all of its entries are done.
+func (c *Consumer) remove(seq uint64) {
+	c.entries.del(seq)
+	if c.m.store == nil {
+		return
+	}
+	r := c.rangeOf(seq)
+	r.live--
+	r.done[(seq-rangeStart(seq))/8] |= 1 << ((seq - rangeStart(seq)) % 8)
+	c.dirtyRanges = append(c.dirtyRanges, rangeStart(seq))
+}
+
+func (c *Consumer) rangeOf(seq uint64) *seqRange {
+	start := rangeStart(seq)
+	r := c.ranges[start]
+	if r == nil {
+		if c.ranges == nil {
+			c.ranges = map[uint64]*seqRange{}
+		}
+		r = &seqRange{done: make([]byte, rangeSpan/8)}
+		c.ranges[start] = r
+	}
+	return r
 }
 
 // mark notes that entry seq changed since the last save (durable stores

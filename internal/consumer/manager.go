@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pushctl/pushctl/internal/broker"
@@ -29,9 +30,14 @@ type Manager struct {
 
 	saveMu  sync.Mutex // one save at a time; Delete waits for it
 	saveReq chan struct{}
-	// waiters are closed by the next save that succeeds (Synced).
+	// gen counts the changes that asked for a save; saved is the gen
+	// the last successful save read before collecting (it holds every
+	// change counted up to it). A waiter (Synced) is released once saved
+	// reaches the gen it saw.
+	gen       atomic.Uint64
+	saved     atomic.Uint64
 	waitMu    sync.Mutex
-	waiters   []chan struct{}
+	waiters   []waiter
 	saverDone chan struct{}
 }
 
@@ -62,9 +68,14 @@ func NewManager(b broker.Broker, o Options) *Manager {
 			for ch, p := range s.Meta.Cursor {
 				c.cursor[ch] = p
 			}
+			for start, bits := range s.Done {
+				c.rangeOf(start).done = bits
+				c.dirtyRanges = append(c.dirtyRanges, start) // dropped once done and closed
+			}
 			for _, se := range s.Entries {
 				e := &entry{seq: se.Seq, msg: se.Msg, gap: se.Gap, lost: se.Lost, count: se.Count}
 				c.entries.put(e)
+				c.kept(e.seq)
 				if e.msg != nil {
 					c.bytes += int64(len(e.msg.Data))
 				}
@@ -191,36 +202,62 @@ var ErrNotSaved = errors.New("consumer state not saved")
 
 // Synced waits until what changed before the call is saved (at once with
 // no store): what an acknowledgement's reply waits for, so that an
-// acknowledged message is not delivered again after a crash.
+// acknowledged message is not delivered again after a crash. A change
+// that a save in progress collected is saved by that save: the reply
+// does not wait for the next one.
 func (m *Manager) Synced(ctx context.Context) error {
 	if m.store == nil {
 		return nil
 	}
-	w := make(chan struct{})
+	target := m.gen.Load()
+	if m.saved.Load() >= target {
+		return nil
+	}
+	w := waiter{target: target, ch: make(chan struct{})}
 	m.waitMu.Lock()
 	m.waiters = append(m.waiters, w)
 	m.waitMu.Unlock()
-	m.saveSoon()
+	if hook := testHookWaiting.Load(); hook != nil {
+		(*hook)()
+	}
+	if m.saved.Load() >= target { // saved meanwhile (its round may have released the waiters before w was added)
+		return nil
+	}
+	m.kick()
 	select {
-	case <-w:
+	case <-w.ch:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %v", ErrNotSaved, ctx.Err())
 	case <-m.saverDone:
-		select {
-		case <-w:
+		if m.saved.Load() >= target {
 			return nil
-		default:
-			return fmt.Errorf("%w: the broker is shutting down", ErrNotSaved)
 		}
+		return fmt.Errorf("%w: the broker is shutting down", ErrNotSaved)
 	}
 }
 
-// saveSoon asks the saver to write what changed.
+// testHookWaiting, set by tests, is called once a Synced call waits.
+var testHookWaiting atomic.Pointer[func()]
+
+type waiter struct {
+	target uint64
+	ch     chan struct{}
+}
+
+// saveSoon asks the saver to write what changed; call it after the
+// change (under the consumer's lock), so that a save reading the new gen
+// collects the change.
 func (m *Manager) saveSoon() {
 	if m.store == nil {
 		return
 	}
+	m.gen.Add(1)
+	m.kick()
+}
+
+// kick wakes the saver.
+func (m *Manager) kick() {
 	select {
 	case m.saveReq <- struct{}{}:
 	default:
@@ -239,6 +276,11 @@ func (m *Manager) saver() {
 			m.saveRound()
 			return
 		}
+		if m.saved.Load() >= m.gen.Load() {
+			// Woken by a waiter whose change a save in progress then
+			// held: nothing asked for a save since.
+			continue
+		}
 		if err := m.saveRound(); err != nil {
 			m.log.Error("saving consumers failed; retrying", "err", err)
 			t := time.NewTimer(time.Second)
@@ -249,27 +291,33 @@ func (m *Manager) saver() {
 				m.saveRound()
 				return
 			}
-			m.saveSoon()
+			m.kick()
 		}
 	}
 }
 
-// saveRound saves what changed and releases the Synced waiters that were
-// there before it began; after a failure they wait for the next round.
+// saveRound saves what changed and releases the Synced waiters whose
+// changes it holds; after a failure they wait for the next round.
 func (m *Manager) saveRound() error {
-	m.waitMu.Lock()
-	waiters := m.waiters
-	m.waiters = nil
-	m.waitMu.Unlock()
+	g := m.gen.Load() // before collecting: every change counted so far is collected
 	if err := m.saveAll(); err != nil {
-		m.waitMu.Lock()
-		m.waiters = append(waiters, m.waiters...)
-		m.waitMu.Unlock()
 		return err
 	}
-	for _, w := range waiters {
-		close(w)
+	if g > m.saved.Load() {
+		m.saved.Store(g)
 	}
+	m.waitMu.Lock()
+	keep := m.waiters[:0]
+	for _, w := range m.waiters {
+		if w.target <= g {
+			close(w.ch)
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	clear(m.waiters[len(keep):])
+	m.waiters = keep
+	m.waitMu.Unlock()
 	return nil
 }
 
@@ -292,7 +340,8 @@ func (m *Manager) saveAll() error {
 	if len(changes) == 0 {
 		return nil
 	}
-	if err := m.store.Save(changes); err != nil {
+	err := m.store.Save(changes)
+	if err != nil {
 		for _, c := range cs {
 			c.redirty(changes)
 		}
@@ -305,21 +354,41 @@ func (m *Manager) saveAll() error {
 func (c *Consumer) collect() (Change, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.deleted || !c.metaDirty && len(c.dirty) == 0 {
+	if c.deleted || !c.metaDirty && len(c.dirty) == 0 && len(c.dirtyRanges) == 0 {
 		return Change{}, false
 	}
 	ch := Change{Name: c.name, Meta: c.metaLocked()}
 	// In seq order, each once: the store writes neighbours together.
 	slices.Sort(c.dirty)
 	for _, seq := range slices.Compact(c.dirty) {
-		e := c.entries.get(seq)
-		if e == nil {
-			ch.Dels = append(ch.Dels, seq)
-			continue
+		if e := c.entries.get(seq); e != nil {
+			ch.Puts = append(ch.Puts, SavedEntry{Seq: seq, Count: e.count, Msg: e.msg, Gap: copyGap(e.gap), Lost: e.lost})
 		}
-		ch.Puts = append(ch.Puts, SavedEntry{Seq: seq, Count: e.count, Msg: e.msg, Gap: copyGap(e.gap), Lost: e.lost})
 	}
 	c.dirty = c.dirty[:0]
+	// Ranges whose removed entries changed: their bitmap, or, once all
+	// their entries are removed and no new one can come, the range goes.
+	// An empty range still open is looked at again at each save until
+	// it closes.
+	slices.Sort(c.dirtyRanges)
+	var again []uint64
+	for _, start := range slices.Compact(c.dirtyRanges) {
+		r := c.ranges[start]
+		closed := c.next >= start+rangeSpan
+		switch {
+		case r == nil: // dropped by a save that failed
+			ch.Drop = append(ch.Drop, start)
+		case r.live == 0 && closed:
+			ch.Drop = append(ch.Drop, start)
+			delete(c.ranges, start)
+		default:
+			ch.Done = append(ch.Done, RangeDone{Start: start, Bits: slices.Clone(r.done)})
+			if r.live == 0 {
+				again = append(again, start)
+			}
+		}
+	}
+	c.dirtyRanges = append(c.dirtyRanges[:0], again...)
 	c.metaDirty = false
 	return ch, true
 }
@@ -344,9 +413,10 @@ func (c *Consumer) redirty(changes []Change) {
 		for _, p := range ch.Puts {
 			c.dirty = append(c.dirty, p.Seq)
 		}
-		for _, s := range ch.Dels {
-			c.dirty = append(c.dirty, s)
+		for _, d := range ch.Done {
+			c.dirtyRanges = append(c.dirtyRanges, d.Start)
 		}
+		c.dirtyRanges = append(c.dirtyRanges, ch.Drop...)
 	}
 }
 

@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -49,25 +50,80 @@ type Saved struct {
 	Name    string
 	Meta    Meta
 	Entries []SavedEntry
+	// Done holds, per range of entries (by its first seq), the entries
+	// removed whose records are still in the store: a bitmap of
+	// rangeSpan bits, bit i for seq start+i.
+	Done map[uint64][]byte
 }
 
 // Change is what changed of one consumer since the last save: its meta,
-// the entries to write (new, or delivered again) and those to delete
-// (acknowledged, dead-lettered or delivered gaps).
+// the entries to write (new, or delivered again), the ranges whose
+// removed entries changed (their whole bitmap) and the ranges to drop
+// (every entry of them removed, and no new one can come).
 type Change struct {
 	Name string
 	Meta Meta
 	Puts []SavedEntry
-	Dels []uint64
+	Done []RangeDone
+	Drop []uint64
+}
+
+// RangeDone is the bitmap of removed entries of the range beginning at
+// Start.
+type RangeDone struct {
+	Start uint64
+	Bits  []byte
+}
+
+// rangeSpan is how many seqs one range holds. An acknowledgement sets
+// a bit in its range's bitmap (one write per range and save, however many
+// acks) instead of deleting a record; a range whose entries are all done
+// is dropped at once. A range with an entry that stays keeps the records
+// of its others on disk (at most rangeSpan records) until it goes.
+const rangeSpan = 4096
+
+func rangeStart(seq uint64) uint64 { return seq &^ (rangeSpan - 1) }
+
+// seqRange is a range as a consumer keeps it in memory: how many of its
+// entries are kept, and the bitmap of those removed.
+type seqRange struct {
+	live int
+	done []byte
+}
+
+// doneBit reports whether bits marks seq (of the range starting at start)
+// done.
+func doneBit(bits []byte, start, seq uint64) bool {
+	i := seq - start
+	return bits[i/8]&(1<<(i%8)) != 0
 }
 
 // StoreFile is the bbolt file of consumers in a --data-dir.
 const StoreFile = "consumers.db"
 
+// Layout (format 2): consumers/<name> = Meta as JSON;
+// entries/<name>/r<start:8>/<seq:8> = an entry record, and
+// entries/<name>/r<start:8>/done = the range's bitmap of removed entries;
+// meta/format = 2. Format 1 (pushctl before ranges) kept each record
+// at entries/<name>/<seq:8> and deleted it when removed: opening such a
+// file moves its records into ranges (once, in the opening transaction).
+// A file of a newer format is refused.
 var (
 	bucketConsumers = []byte("consumers")
 	bucketEntries   = []byte("entries")
+	bucketMeta      = []byte("meta")
+	keyFormat       = []byte("format")
+	keyDone         = []byte("done")
 )
+
+const storeFormat = 2
+
+func rangeKey(start uint64) []byte {
+	var k [9]byte
+	k[0] = 'r'
+	binary.BigEndian.PutUint64(k[1:], start)
+	return k[:]
+}
 
 // boltStore keeps consumers in bbolt.
 type boltStore struct {
@@ -82,7 +138,7 @@ func OpenBolt(dir string, noSync bool) (Store, error) {
 		return nil, fmt.Errorf("data directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, StoreFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: noSync, NoFreelistSync: true})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoSync: noSync, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open consumers %s: another pushctl holds it", path)
@@ -99,6 +155,16 @@ func OpenBolt(dir string, noSync bool) (Store, error) {
 
 func (s *boltStore) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyFormat); v != nil && (len(v) != 1 || v[0] != storeFormat) {
+			return fmt.Errorf("consumers file format %v is not one this pushctl reads (a newer pushctl wrote it)", v)
+		}
+		if err := meta.Put(keyFormat, []byte{storeFormat}); err != nil {
+			return err
+		}
 		cb, err := tx.CreateBucketIfNotExists(bucketConsumers)
 		if err != nil {
 			return err
@@ -119,22 +185,90 @@ func (s *boltStore) load() error {
 				return fmt.Errorf("consumer %q: %v", k, err)
 			}
 			if b := eb.Bucket(k); b != nil {
-				err := b.ForEach(func(k, v []byte) error {
-					e, err := decodeEntry(k, v)
-					if err != nil {
-						return fmt.Errorf("consumer %q: %v", sv.Name, err)
-					}
-					sv.Entries = append(sv.Entries, e)
-					return nil
-				})
-				if err != nil {
-					return err
+				if err := loadEntries(b, &sv); err != nil {
+					return fmt.Errorf("consumer %q: %v", sv.Name, err)
 				}
 			}
 			s.loaded = append(s.loaded, sv)
 			return nil
 		})
 	})
+}
+
+// loadEntries reads a consumer's entries (b is entries/<name>), moving
+// format 1 records into their ranges.
+func loadEntries(b *bolt.Bucket, sv *Saved) error {
+	var old []SavedEntry
+	var ranges [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		switch {
+		case v != nil && len(k) == 8: // format 1
+			e, err := decodeEntry(k, v)
+			if err != nil {
+				return err
+			}
+			old = append(old, e)
+		case v == nil && len(k) == 9 && k[0] == 'r':
+			ranges = append(ranges, append([]byte(nil), k...))
+		default:
+			return errDamaged
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range ranges {
+		start := binary.BigEndian.Uint64(k[1:])
+		rb := b.Bucket(k)
+		if start != rangeStart(start) {
+			return errDamaged
+		}
+		var done []byte
+		if d := rb.Get(keyDone); d != nil {
+			if len(d) != rangeSpan/8 {
+				return errDamaged
+			}
+			done = append([]byte(nil), d...)
+			if sv.Done == nil {
+				sv.Done = map[uint64][]byte{}
+			}
+			sv.Done[start] = done
+		}
+		err := rb.ForEach(func(k, v []byte) error {
+			if bytes.Equal(k, keyDone) {
+				return nil
+			}
+			e, err := decodeEntry(k, v)
+			if err != nil {
+				return err
+			}
+			if rangeStart(e.Seq) != start {
+				return errDamaged
+			}
+			if done == nil || !doneBit(done, start, e.Seq) {
+				sv.Entries = append(sv.Entries, e)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, e := range old {
+		rb, err := b.CreateBucketIfNotExists(rangeKey(rangeStart(e.Seq)))
+		if err != nil {
+			return err
+		}
+		if err := rb.Put(seqKey(e.Seq), encodeEntry(e)); err != nil {
+			return err
+		}
+		if err := b.Delete(seqKey(e.Seq)); err != nil {
+			return err
+		}
+		sv.Entries = append(sv.Entries, e)
+	}
+	return nil
 }
 
 func (s *boltStore) Loaded() []Saved { return s.loaded }
@@ -155,13 +289,35 @@ func (s *boltStore) Save(changes []Change) error {
 			if err != nil {
 				return err
 			}
-			for _, seq := range ch.Dels {
-				if err := b.Delete(seqKey(seq)); err != nil {
+			for _, start := range ch.Drop {
+				if err := b.DeleteBucket(rangeKey(start)); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
 					return err
 				}
 			}
+			// rb is the bucket of the range beginning at rstart (1: none
+			// yet, no range begins there).
+			var rb *bolt.Bucket
+			rstart := uint64(1)
+			bucket := func(start uint64) (err error) {
+				if start != rstart {
+					rb, err = b.CreateBucketIfNotExists(rangeKey(start))
+					rstart = start
+				}
+				return err
+			}
 			for _, e := range ch.Puts {
-				if err := b.Put(seqKey(e.Seq), encodeEntry(e)); err != nil {
+				if err := bucket(rangeStart(e.Seq)); err != nil {
+					return err
+				}
+				if err := rb.Put(seqKey(e.Seq), encodeEntry(e)); err != nil {
+					return err
+				}
+			}
+			for _, d := range ch.Done {
+				if err := bucket(d.Start); err != nil {
+					return err
+				}
+				if err := rb.Put(keyDone, d.Bits); err != nil {
 					return err
 				}
 			}
