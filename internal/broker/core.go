@@ -261,6 +261,14 @@ const (
 // It gives up when done (the subscription ended) is closed.
 func (c *Core) catchUp(ch string, first Position, req ReadRequest, since time.Time, done <-chan struct{}) []Event {
 	missing := []Event{{Gap: &Gap{Channel: ch, From: req.From, To: Position{Epoch: first.Epoch, Seq: first.Seq - 1}}}}
+	// Its turn first (however long that takes, until the subscription
+	// ends), then up to catchUpTimeout for the read.
+	select {
+	case c.catchUps <- struct{}{}:
+		defer func() { <-c.catchUps }()
+	case <-done:
+		return missing
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), catchUpTimeout)
 	defer cancel()
 	go func() {
@@ -270,12 +278,6 @@ func (c *Core) catchUp(ch string, first Position, req ReadRequest, since time.Ti
 		case <-ctx.Done():
 		}
 	}()
-	select {
-	case c.catchUps <- struct{}{}:
-		defer func() { <-c.catchUps }()
-	case <-ctx.Done():
-		return missing
-	}
 	r, err := c.log.Read(ctx, ch, req)
 	if err != nil || r.Head.Epoch != first.Epoch {
 		return missing

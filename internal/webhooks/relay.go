@@ -216,11 +216,16 @@ func (r *Relay) lead() {
 				last = time.Now()
 				if time.Since(pruned) > pruneEvery {
 					// Reading the positions drops those of channels
-					// gone since: a long holder's too.
+					// gone since: a long holder's too. Beside the
+					// renewal, which must not wait for it.
 					pruned = last
-					c, cancel := context.WithTimeout(ctx, time.Minute)
-					r.cfg.Log.Positions(c, r.name, last)
-					cancel()
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c, cancel := context.WithTimeout(ctx, time.Minute)
+						r.cfg.Log.Positions(c, r.name, last)
+						cancel()
+					}()
 				}
 			case time.Since(last) > r.ttl-every:
 				lost("not renewed in time", err)

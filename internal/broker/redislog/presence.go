@@ -175,7 +175,7 @@ func (l *Log) PresenceCount(ctx context.Context, channel string) (int, error) {
 // the reap to end before it adds its members and records again (else the
 // reap would go on ending what it had just added).
 func (l *Log) reapNode(ctx context.Context, node string, cutoff int64) {
-	c := &reapClaim{l: l, node: node, token: l.node + ":" + l.newEpoch(), life: max(l.opts.NodeTimeout, 2*time.Second)}
+	c := &reapClaim{l: l, node: node, token: l.node + ":" + l.newEpoch(), life: claimLife(l.opts.NodeTimeout)}
 	c.kept = time.Now()
 	ok, err := reapClaimScript.Run(ctx, l.rdb, []string{l.key("nodes"), l.key("reaped:" + node), c.key()},
 		node, cutoff, c.token, c.life.Milliseconds()).Int()
@@ -207,6 +207,12 @@ type reapClaim struct {
 	life  time.Duration
 	kept  time.Time // when the claim was last made to live life again
 }
+
+// claimLife is how long a reap's claim lives unless kept: three times the
+// node timeout (at least 6 s). It is kept before each end, so one end
+// would have to take three quarters of that (over 20 s by default; the
+// ends' own calls give up after 10 s) for the claim to lapse under it.
+func claimLife(nodeTimeout time.Duration) time.Duration { return 3 * max(nodeTimeout, 2*time.Second) }
 
 // errClaimLost: a reap's claim expired (the reaper paused or cut off
 // from Redis for longer than its life): it stops.

@@ -105,13 +105,14 @@ type Log struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	queue   chan *op
-	pubDone chan struct{}
-	calls   atomic.Uint64 // script call ids
-	pc      patCache      // the publisher's copy of the pattern counts
-	busy    atomic.Int64  // when the pipeline in flight was sent (UnixNano; 0: none)
-	beating atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
-	reaping atomic.Bool   // a goroutine reaps dead nodes
+	queue    chan *op
+	pubDone  chan struct{}
+	calls    atomic.Uint64 // script call ids
+	pc       patCache      // the publisher's copy of the pattern counts
+	busy     atomic.Int64  // when the pipeline in flight was sent (UnixNano; 0: none)
+	beating  atomic.Int64  // when the heartbeat in flight was sent (UnixNano; 0: none)
+	reaping  atomic.Bool   // a goroutine reaps dead nodes
+	waitKick atomic.Bool   // a heartbeat is asked for while another node reaps this one
 
 	// afterCounts, set only by tests (export_test.go), is called on
 	// Redis Cluster once a batch's counts were read, before the batch

@@ -575,8 +575,13 @@ func (l *Log) sendCounts(beat bool) error {
 		l.reapWait = true
 		l.known = true
 		// Asked again soon (not only at the next heartbeat), to rejoin
-		// as soon as the reap ends.
-		time.AfterFunc(min(l.opts.Heartbeat, 250*time.Millisecond), l.kick)
+		// as soon as the reap ends: one such ask pending at a time.
+		if l.waitKick.CompareAndSwap(false, true) {
+			time.AfterFunc(min(l.opts.Heartbeat, 250*time.Millisecond), func() {
+				l.waitKick.Store(false)
+				l.kick()
+			})
+		}
 		return nil
 	}
 	l.reapWait = false
