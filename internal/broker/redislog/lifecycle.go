@@ -56,7 +56,9 @@ return reply(p, {1, r[1], r[2], r[3], r[4]})
 // call id, then publish()'s. Records (or ends) a connection or
 // subscription of node and appends its event; ending one not recorded
 // appends nothing. Returns {0} or {1, publish()'s reply…}; a call sent
-// again returns the first copy's reply.
+// again returns the first copy's reply. The hash's r counts its records
+// (member holds included, see memberScript): a hash with records is
+// kept (see luaPresence's reply).
 var recordScript = redis.NewScript(luaLib + luaPublish + luaPresence + `
 local p, node = KEYS[1], ARGV[1]
 local again = replied(p)
@@ -67,8 +69,11 @@ if ARGV[4] == '1' then
   -- records what it holds, some of which may still be there) appends
   -- nothing when it is there already.
   if redis.call('HSETNX', p, f, ARGV[3]) == 0 then return reply(p, {0}) end
+  redis.call('HINCRBY', p, 'r', 1)
 elseif redis.call('HDEL', p, f) == 0 then
   return reply(p, {0})
+elseif redis.call('HINCRBY', p, 'r', -1) <= 0 then
+  redis.call('HDEL', p, 'r')
 end
 local r = announce(p)
 return reply(p, {1, r[1], r[2], r[3], r[4]})
@@ -95,12 +100,14 @@ if ARGV[4] == '1' then
   if redis.call('HSETNX', p, f, ARGV[3]) == 0 then
     return reply(p, {0, tonumber(redis.call('HGET', p, k) or '0')})
   end
+  redis.call('HINCRBY', p, 'r', 1)
   held = redis.call('HINCRBY', p, k, 1)
   if redis.call('HINCRBY', p, c, 1) > 1 then return reply(p, {0, held}) end
 else
   if redis.call('HDEL', p, f) == 0 then
     return reply(p, {0, tonumber(redis.call('HGET', p, k) or '0')})
   end
+  if redis.call('HINCRBY', p, 'r', -1) <= 0 then redis.call('HDEL', p, 'r') end
   held = redis.call('HINCRBY', p, k, -1)
   if held <= 0 then redis.call('HDEL', p, k) end
   if redis.call('HINCRBY', p, c, -1) > 0 then return reply(p, {0, held}) end

@@ -229,3 +229,48 @@ func TestIdleHashLifeInLua(t *testing.T) {
 		t.Fatalf("idleHashLifeMs %s, want %d", idleHashLifeMs, idleHashLife.Milliseconds())
 	}
 }
+
+// TestHashWithRecordsDoesNotExpire: an event channel's hash holding a
+// member's or a subscription's record is kept while the record is
+// there, also when no node holds the channel (a WebSocket join makes a
+// presence member without a subscription): it used to expire 24 h after
+// its last change, taking the records (and so the member_removed its
+// leave, or a reaper, must tell) with it.
+func TestHashWithRecordsDoesNotExpire(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := openNode(t, ctx, Options{URL: srv.URL(), Prefix: "keep:"})
+	evRoom := broker.ReservedPrefix + "events.channel.room"
+	ev := func(name string) *broker.Message {
+		return &broker.Message{Channel: evRoom, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)}
+	}
+	ttl := func(what string) time.Duration {
+		d, err := l.rdb.PTTL(ctx, l.presenceKey(evRoom)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if _, err := l.Member(ctx, "", evRoom, "u1", "{}", true, ev("member_added")); err != nil {
+		t.Fatal(err)
+	}
+	if d := ttl("member"); d != -1 {
+		t.Fatalf("a member's record in a hash no node holds: it expires in %v", d)
+	}
+	if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "subscribed", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Member(ctx, "", evRoom, "u1", "{}", false, ev("member_removed")); err != nil {
+		t.Fatal(err)
+	}
+	if d := ttl("subscription"); d != -1 {
+		t.Fatalf("a subscription's record in a hash no node holds: it expires in %v", d)
+	}
+	if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "unsubscribed", false); err != nil {
+		t.Fatal(err)
+	}
+	if d := ttl("nothing"); d <= 0 {
+		t.Fatalf("nothing left: the hash does not expire (%v)", d)
+	}
+}

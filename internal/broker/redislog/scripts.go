@@ -438,9 +438,10 @@ end
 local function reply(p, r)
   redis.call('HSET', p, callf, ARGV[5] .. ' ' .. cjson.encode(r))
   -- Kept while anything is held there (n: the members or the holding
-  -- nodes), else left to expire; the connections' hash is kept always.
+  -- nodes; r: records of subscriptions, connections or member holds),
+  -- else left to expire; the connections' hash is kept always.
   local conns = '` + connsSuffix + `'
-  if redis.call('HEXISTS', p, 'n') == 1 or string.sub(p, -#conns) == conns then
+  if redis.call('HEXISTS', p, 'n') == 1 or redis.call('HEXISTS', p, 'r') == 1 or string.sub(p, -#conns) == conns then
     redis.call('PERSIST', p)
   else
     redis.call('PEXPIRE', p, ` + idleHashLifeMs + `)
