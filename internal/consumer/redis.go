@@ -303,15 +303,15 @@ func (e *RedisEngine) load(name string, cfg Config, create bool) (*redisConsumer
 		conf, _ := json.Marshal(cfg)
 		var id [8]byte
 		rand.Read(id[:])
+		startCh, start, err := e.startAt(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
 		// In the registry first: a consumer is never in Redis without
 		// every node knowing to feed it (a name left by a create that
 		// failed half-way is skipped).
 		if err := e.rdb.SAdd(ctx, e.registry(), name).Err(); err != nil {
 			return nil, unavailable(err)
-		}
-		startCh, start, err := e.startAt(ctx, cfg)
-		if err != nil {
-			return nil, err
 		}
 		vals, err = createScript.Run(ctx, e.rdb, keys, "", e.wakeCh, name, hex.EncodeToString(id[:]), conf, startCh, start).Slice()
 	} else {
