@@ -135,7 +135,7 @@ func TestConsumersRedisLoading(t *testing.T) {
 	if f := readFrame(t, c); f["type"] != "consuming" {
 		t.Fatalf("consume reply %v", f)
 	}
-	srv.Ballast(30000) // about 3s of loading
+	srv.Ballast(50000) // about 5s of loading
 	srv.Kill()
 	select {
 	case <-failed:
@@ -163,7 +163,7 @@ func TestConsumersRedisLoading(t *testing.T) {
 		{"/consumers/w/ack", "1.1"},
 	} {
 		resp, body := e.do("POST", req.path, strings.NewReader(req.body))
-		if resp.StatusCode != 503 || !strings.Contains(string(body), `"broker_unavailable"`) {
+		if resp.StatusCode != 503 || !strings.Contains(string(body), `"broker_unavailable"`) || !strings.Contains(string(body), "LOADING") {
 			t.Fatalf("POST %s while redis loads: %d %s", req.path, resp.StatusCode, body)
 		}
 	}
