@@ -41,10 +41,14 @@ func Transient(err error) bool {
 		return false
 	}
 	msg := r.Error()
-	code, _, _ := strings.Cut(msg, " ")
+	if strings.HasPrefix(msg, "ERR max number of clients reached") {
+		return true
+	}
+	// Some Redis-compatible servers (KVRocks) put ERR before the code.
+	code, _, _ := strings.Cut(strings.TrimPrefix(msg, "ERR "), " ")
 	switch code {
 	case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK":
 		return true
 	}
-	return strings.HasPrefix(msg, "ERR max number of clients reached")
+	return false
 }
