@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/redisreply"
 	"github.com/pushctl/pushctl/internal/wire"
 )
 
@@ -149,14 +150,21 @@ func (e *RedisEngine) keys(name string) []string {
 	return ks
 }
 
+// unavailable maps an error of Redis: broker.ErrUnavailable when Redis
+// could not be reached or refused the command for a passing reason
+// (loading its data after a restart, a script running long, failing
+// over: redisreply.Transient), so that callers try again (a WebSocket
+// consuming) or answer broker_unavailable; an error reply of another kind
+// (Redis answered: not an outage) is returned as is.
 func unavailable(err error) error {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, broker.ErrUnavailable) {
 		return err
 	}
-	var rerr redis.Error
-	if errors.As(err, &rerr) {
+	if redisreply.Is(err) && !redisreply.Transient(err) && !isReplyErr(err, "NOSCRIPT") {
 		return fmt.Errorf("redis: %v", err)
 	}
+	// A NOSCRIPT here came after runOnce loaded the scripts: Redis forgot
+	// them again (restarting, failing over).
 	return fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err)
 }
 
@@ -511,7 +519,8 @@ func (noRetry) NoRetry() bool { return true }
 // another client's delivery taken in between). A failure that may have
 // reached Redis is the caller's error. NOSCRIPT (Redis lost its script
 // cache: restarted, failed over) ran nothing: the script is loaded and
-// sent once more.
+// sent once more; a NOSCRIPT again, or one whose script could not be
+// loaded, is Redis unavailable for now (unavailable).
 func (c *redisConsumer) runOnce(ctx context.Context, s *redis.Script, args ...any) *redis.Cmd {
 	all := make([]any, 0, 3+len(c.keys)+3+len(args))
 	all = append(all, "evalsha", s.Hash(), len(c.keys))
@@ -527,6 +536,8 @@ func (c *redisConsumer) runOnce(ctx context.Context, s *redis.Script, args ...an
 			return cmd
 		}
 		if err := s.Load(ctx, c.e.rdb).Err(); err != nil {
+			// Not sent again: still a NOSCRIPT (nothing ran), with why.
+			cmd.SetErr(fmt.Errorf("%w (loading the script again: %v)", cmd.Err(), err))
 			return cmd
 		}
 	}

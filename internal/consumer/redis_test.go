@@ -932,3 +932,47 @@ func TestRedisStaleHandleGivesBack(t *testing.T) {
 		t.Fatalf("a give-back of the deleted consumer's deliveries: %+v %v; want both of the new one's still in flight", inf, err)
 	}
 }
+
+// While Redis refuses commands for a passing reason (here a script running
+// long: BUSY; LOADING after a restart and MASTERDOWN take the same path),
+// every operation on consumers fails with broker.ErrUnavailable (answered
+// 503 broker_unavailable, and tried again by a WebSocket consuming), not
+// with a plain error (500 internal_error, ending the consuming); nothing
+// is lost: once Redis answers, the message kept before is fetched once
+// (the failed fetch took nothing) and acknowledged.
+func TestRedisConsumerRefusedIsUnavailable(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	n := redisNodes(t, srv.URL(), 1)[0]
+	c := redisOpen(t, n, "w", Config{Filter: "jobs"})
+	redisPublish(t, n.b, "jobs", 1, 1)
+	waitInfo(t, c, "kept", func(inf Info) bool { return inf.Pending == 1 })
+
+	stop := srv.Busy()
+	ctx := context.Background()
+	ops := map[string]func() error{
+		"fetch": func() error { _, err := c.Fetch(ctx, 1, 0); return err },
+		"ack":   func() error { _, err := c.Ack([]string{"1.1"}); return err },
+		"nack":  func() error { _, _, err := c.Nack("1.1", 0); return err },
+		"describe": func() error {
+			_, err := c.Describe(ctx)
+			return err
+		},
+		"list":   func() error { _, err := n.e.List(ctx); return err },
+		"create": func() error { _, err := n.e.Open("other", Config{Filter: "x"}, true); return err },
+		"delete": func() error { return n.e.Delete("nosuch") },
+	}
+	for name, op := range ops {
+		if err := op(); !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "BUSY") {
+			t.Errorf("%s while redis is busy: %v, not broker.ErrUnavailable", name, err)
+		}
+	}
+	stop()
+
+	ds := fetchAll(t, c, 1, 10)
+	if ds[0].Count != 1 || string(ds[0].Msg.Data) != "1" {
+		t.Fatalf("after busy: %+v", ds[0])
+	}
+	if k, err := c.Ack([]string{ds[0].ID}); err != nil || k != 1 {
+		t.Fatalf("ack: %d %v", k, err)
+	}
+}

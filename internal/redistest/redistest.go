@@ -58,7 +58,7 @@ func launch(t testing.TB, extra func() []string) *Server {
 		s.Port = freePort(t)
 		s.args = append([]string{"--bind", "127.0.0.1", "--protected-mode", "no", "--save", "", "--dir", s.Dir,
 			"--loglevel", "notice", "--logfile", "", "--enable-debug-command", "local"}, extra()...)
-		err := s.start(bin)
+		err := s.start(bin, false)
 		if err == nil {
 			break
 		}
@@ -95,9 +95,10 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// start runs the process and waits for "Ready to accept connections".
-func (s *Server) start(bin string) error {
-	cmd := exec.Command(bin, append([]string{"--port", strconv.Itoa(s.Port)}, s.args...)...)
+// start runs the process and waits for "Ready to accept connections"
+// (its data loaded), or with loading set only until it listens.
+func (s *Server) start(bin string, loading bool, extra ...string) error {
+	cmd := exec.Command(bin, append(append([]string{"--port", strconv.Itoa(s.Port)}, s.args...), extra...)...)
 	cmd.Dir = s.Dir
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -121,7 +122,7 @@ func (s *Server) start(bin string) error {
 				s.changed = nil
 			}
 			s.mu.Unlock()
-			if !said && strings.Contains(line, "Ready to accept connections") {
+			if !said && (strings.Contains(line, "Ready to accept connections") || loading && strings.Contains(line, "Server initialized")) {
 				said = true
 				ready <- true
 			}
@@ -198,8 +199,105 @@ func (s *Server) Pid() int {
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()
-	if err := s.start(lookPath(s.t, "redis-server")); err != nil {
+	if err := s.start(lookPath(s.t, "redis-server"), false); err != nil {
 		s.t.Fatalf("restart redis-server: %v", err)
+	}
+}
+
+// Ballast keeps n more commands in the server's data (one script setting
+// keys redistest:ballast:1..n, kept in an AOF as n SETs), for
+// RestartLoading.
+func (s *Server) Ballast(n int) {
+	s.t.Helper()
+	script := "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'redistest:ballast:' .. i, 'x') end"
+	if reply, err := s.command("EVAL", script, "0", strconv.Itoa(n)); err != nil || strings.HasPrefix(reply, "-") {
+		s.t.Fatalf("redis-server ballast: %s %v", reply, err)
+	}
+}
+
+// RestartLoading kills the server (unless it is stopped already) and
+// starts it again on the same port and directory, as Restart does, but
+// sleeping a little after each command of the AOF it loads
+// (key-load-delay; the server must run with AOF). It returns once the new
+// server answers LOADING, as a Redis reloading a large dataset after a
+// crash does: it accepts connections and refuses every command with
+// "LOADING Redis is loading the dataset in memory" until it is done
+// (WaitLoaded). That lasts about Ballast/10,000 seconds or more.
+func (s *Server) RestartLoading() {
+	s.t.Helper()
+	s.Kill()
+	if err := s.start(lookPath(s.t, "redis-server"), true, "--key-load-delay", "1"); err != nil {
+		s.t.Fatalf("restart redis-server: %v", err)
+	}
+	reply, err := s.command("PING")
+	if err != nil {
+		s.t.Fatalf("redis-server restarted: %v", err)
+	}
+	if !strings.HasPrefix(reply, "-LOADING") {
+		s.t.Fatalf("redis-server restarted and answered %q, not LOADING: more Ballast is needed", reply)
+	}
+}
+
+// WaitLoaded waits until the server has loaded its data and answers
+// commands (after RestartLoading).
+func (s *Server) WaitLoaded(timeout time.Duration) error {
+	return s.WaitLog("Ready to accept connections", timeout)
+}
+
+// command sends one command and returns the first line of its reply.
+func (s *Server) command(args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", s.Addr(), 10*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	req := fmt.Sprintf("*%d\r\n", len(args))
+	for _, a := range args {
+		req += fmt.Sprintf("$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := c.Write([]byte(req)); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// Busy runs a script that does not end (a Lua loop) until stop is called
+// (SCRIPT KILL): meanwhile Redis answers every other command "BUSY Redis
+// is busy running a script", as when a script runs too long. It returns
+// once Redis answers so; busy-reply-threshold is set to 50ms.
+func (s *Server) Busy() (stop func()) {
+	s.t.Helper()
+	if reply, err := s.command("CONFIG", "SET", "busy-reply-threshold", "50"); reply != "+OK" {
+		s.t.Fatalf("redis-server busy-reply-threshold: %s %v", reply, err)
+	}
+	loop, err := net.DialTimeout("tcp", s.Addr(), 10*time.Second)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	script := "while true do end"
+	fmt.Fprintf(loop, "*3\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n$1\r\n0\r\n", len(script), script)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Each PING is answered PONG at once until the script runs,
+		// then BUSY after the threshold.
+		reply, err := s.command("PING")
+		if strings.HasPrefix(reply, "-BUSY") {
+			break
+		}
+		if err != nil || time.Now().After(deadline) {
+			loop.Close()
+			s.t.Fatalf("redis-server did not get busy: %s %v", reply, err)
+		}
+	}
+	return func() {
+		defer loop.Close()
+		if reply, err := s.command("SCRIPT", "KILL"); reply != "+OK" {
+			s.t.Errorf("SCRIPT KILL: %s %v", reply, err)
+		}
+		loop.SetDeadline(time.Now().Add(10 * time.Second))
+		bufio.NewReader(loop).ReadString('\n') // the script's end
 	}
 }
 

@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,28 +23,7 @@ import (
 // for it, created again, is accepted.
 func TestConsumersWebSocketSurvivesRedisOutage(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
-	hub := broker.NewHub()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: "wsr:", NodeTimeout: 600 * time.Millisecond,
-		Retention: broker.Retention{HistorySize: 100}}, hub)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := broker.New(hub, l, broker.CoreOptions{})
-	eng, err := consumer.NewRedis(b, consumer.RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := server.New(b, server.Options{Consumers: eng})
-	hs := httptest.NewServer(s)
-	e := &env{t: t, b: b, srv: hs, s: s}
-	t.Cleanup(func() {
-		hs.CloseClientConnections()
-		eng.Close()
-		b.Close()
-		hs.Close()
-	})
+	e, b := redisConsumersEnv(t, srv, "wsr:")
 	failed := make(chan error, 10)
 	server.OnWSFetchError(func(err error) {
 		select {
@@ -97,5 +78,110 @@ func TestConsumersWebSocketSurvivesRedisOutage(t *testing.T) {
 	send(`{"type":"consume","ref":"2","consumer":"w","channel":"jobs","max":1}`)
 	if f := readFrame(t, c); f["type"] != "consuming" {
 		t.Fatalf("consume after delete: %v", f)
+	}
+}
+
+// redisConsumersEnv is a server whose broker and consumers are on srv,
+// under prefix.
+func redisConsumersEnv(t *testing.T, srv *redistest.Server, prefix string) (*env, broker.Broker) {
+	t.Helper()
+	hub := broker.NewHub()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	l, err := redislog.Open(ctx, redislog.Options{URL: srv.URL(), Prefix: prefix, NodeTimeout: 600 * time.Millisecond,
+		Retention: broker.Retention{HistorySize: 100}}, hub)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	eng, err := consumer.NewRedis(b, consumer.RedisOptions{Client: l.Client(), Prefix: l.Prefix(), LeaseTTL: l.LeaseTTL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := server.New(b, server.Options{Consumers: eng})
+	hs := httptest.NewServer(s)
+	t.Cleanup(func() {
+		hs.CloseClientConnections()
+		eng.Close()
+		b.Close()
+		hs.Close()
+	})
+	return &env{t: t, b: b, srv: hs, s: s}, b
+}
+
+// While Redis, restarted, loads its data (and answers every command
+// LOADING, for seconds with a large dataset), consumers on it are
+// unavailable, not failing: a WebSocket connection's fetches are tried
+// again and it gets no error frame, then the message published once Redis
+// loaded is delivered to it; an HTTP fetch and an ack meanwhile are
+// answered 503 broker_unavailable (before: 500 internal_error, and the
+// WebSocket consuming ended with an internal_error frame).
+func TestConsumersRedisLoading(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	e, b := redisConsumersEnv(t, srv, "wsl:")
+	failed := make(chan error, 100)
+	server.OnWSFetchError(func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	})
+	t.Cleanup(func() { server.OnWSFetchError(nil) })
+
+	c := dialWS(t, e, "/ws")
+	if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"consume","ref":"1","consumer":"w","channel":"jobs","max":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, c); f["type"] != "consuming" {
+		t.Fatalf("consume reply %v", f)
+	}
+	srv.Ballast(50000) // about 5s of loading
+	srv.Kill()
+	select {
+	case <-failed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the fetch did not fail with Redis down")
+	}
+	srv.RestartLoading()
+	// A fetch while Redis loads: Redis is unavailable for now.
+	deadline := time.After(20 * time.Second)
+	for loading := false; !loading; {
+		select {
+		case err := <-failed:
+			if strings.Contains(err.Error(), "LOADING") {
+				loading = true
+				if !errors.Is(err, broker.ErrUnavailable) {
+					t.Fatalf("a fetch while redis loads: %v, not broker.ErrUnavailable", err)
+				}
+			}
+		case <-deadline:
+			t.Fatal("no fetch while redis loaded")
+		}
+	}
+	for _, req := range []struct{ path, body string }{
+		{"/consumers/w/fetch?max=1", ""},
+		{"/consumers/w/ack", "1.1"},
+	} {
+		resp, body := e.do("POST", req.path, strings.NewReader(req.body))
+		if resp.StatusCode != 503 || !strings.Contains(string(body), `"broker_unavailable"`) || !strings.Contains(string(body), "LOADING") {
+			t.Fatalf("POST %s while redis loads: %d %s", req.path, resp.StatusCode, body)
+		}
+	}
+	if err := srv.WaitLoaded(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pubDeadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, err := b.Publish(context.Background(), &broker.Message{Channel: "jobs", Data: []byte("a")})
+		if err == nil {
+			break
+		}
+		if time.Now().After(pubDeadline) {
+			t.Fatalf("publish after loading: %v", err)
+		}
+	}
+	f := readFrame(t, c)
+	if f["type"] != "delivery" || f["data"] != "a" {
+		t.Fatalf("after loading: %v", f)
 	}
 }

@@ -524,3 +524,51 @@ func TestScriptFlushIsNotAnOutage(t *testing.T) {
 		t.Fatalf("warnings after SCRIPT FLUSH: %q", w.msgs)
 	}
 }
+
+// Redis refusing commands for a passing reason (here a script running
+// long: BUSY; LOADING after a restart, MASTERDOWN and READONLY during a
+// failover alike) is Redis unavailable: reading or deleting a channel
+// fails with broker.ErrUnavailable (answered 503 broker_unavailable, not
+// 500 internal_error), the node reports itself degraded and a publish
+// meanwhile is refused as when Redis is unreachable (nothing stored);
+// once Redis answers again, publishing works.
+func TestRefusedByRedisIsUnavailable(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	b := open(t, srv.URL(), newPrefix(), brokertest.Options{HistorySize: 10})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, _, err := b.Publish(ctx, &broker.Message{Channel: "c", Data: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	stop := srv.Busy()
+	for what, op := range map[string]func() error{
+		"channel":  func() error { _, err := b.Channel(ctx, "c"); return err },
+		"channels": func() error { _, err := b.Channels(ctx); return err },
+		"delete":   func() error { return b.DeleteChannel(ctx, "nosuch") },
+	} {
+		if err := op(); !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "BUSY") {
+			t.Errorf("%s while redis is busy: %v, not broker.ErrUnavailable", what, err)
+		}
+	}
+	if err := b.Health(); err == nil || !strings.Contains(err.Error(), "BUSY") {
+		t.Errorf("health while redis is busy: %v", err)
+	}
+	if _, _, err := b.Publish(ctx, &broker.Message{Channel: "c", Data: []byte("x")}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("publish while redis is busy: %v, not broker.ErrUnavailable", err)
+	}
+	stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, _, err := b.Publish(ctx, &broker.Message{Channel: "c", Data: []byte("2")})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("publish after busy: %v", err)
+		}
+	}
+	inf, err := b.Channel(ctx, "c")
+	if err != nil || inf.LastSeq != 2 {
+		t.Fatalf("after busy: %+v %v", inf, err)
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/redisreply"
 )
 
 // Options configure the Redis log.
@@ -354,7 +355,9 @@ func (l *Log) channelOf(psChannel string) (string, bool) {
 }
 
 // unavailable wraps a Redis error as broker.ErrUnavailable and marks the
-// log degraded.
+// log degraded: Redis unreachable, or refusing commands for a passing
+// reason (loading after a restart, a long script, failing over:
+// redisreply.Transient). Any other error reply is not an outage.
 func (l *Log) unavailable(err error) error {
 	if err == nil {
 		return nil
@@ -362,8 +365,7 @@ func (l *Log) unavailable(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	var rerr redis.Error
-	if errors.As(err, &rerr) && !strings.HasPrefix(rerr.Error(), "LOADING") {
+	if redisreply.Is(err) && !redisreply.Transient(err) {
 		return fmt.Errorf("redis: %v", err) // Redis answered: not an outage
 	}
 	l.setHealth(sideCommands, err)
@@ -742,9 +744,9 @@ func (l *Log) runBatch(calls []*call) {
 					answered = append(answered, c)
 				case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
 					noscript = true // nothing ran
-				case notRun(cerr):
-					err = cerr
-				case isReply(cerr):
+				case redisreply.Transient(cerr):
+					err = cerr // not run: sent again
+				case redisreply.Is(cerr):
 					// Redis answered with an error: the script did not
 					// append (it checks before it writes).
 					l.fail(c, fmt.Errorf("redis: %v", cerr))
@@ -820,26 +822,6 @@ func allDone(calls []*call) bool {
 		}
 	}
 	return true
-}
-
-// isReply reports whether err is an error reply from Redis.
-func isReply(err error) bool {
-	var rerr redis.Error
-	return errors.As(err, &rerr)
-}
-
-// notRun reports whether err is a Redis reply saying the command was not
-// run and may be sent again (loading, failing over, slot moving).
-func notRun(err error) bool {
-	if !isReply(err) {
-		return false
-	}
-	for _, p := range []string{"LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "READONLY"} {
-		if redis.HasErrorPrefix(err, p) {
-			return true
-		}
-	}
-	return false
 }
 
 // neverSent reports whether err means the command never left this node:

@@ -1,0 +1,54 @@
+// Package redisreply tells Redis's error replies apart for the code that
+// keeps pushctl's state in Redis (internal/broker/redislog and
+// internal/consumer): those by which Redis refuses a command for a
+// passing reason, so that nothing ran and the same command may be sent
+// again in a moment (Transient: Redis is unavailable for now, as when it
+// is unreachable), and the others, which are not an outage (a script's
+// own error, a wrong command).
+package redisreply
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Is reports whether err is an error reply from Redis (it answered), not
+// a failure to reach it (a refused or broken connection, a timeout).
+func Is(err error) bool {
+	var r redis.Error
+	return errors.As(err, &r)
+}
+
+// Transient reports whether err is an error reply by which Redis refused
+// to run a command for a passing reason; nothing ran:
+//
+//   - LOADING: restarted, it is loading its data (seconds to minutes
+//     with a large AOF or RDB); it accepts connections meanwhile;
+//   - BUSY: a script has run longer than busy-reply-threshold;
+//   - MASTERDOWN, READONLY, NOREPLICAS: a replica that lost its master
+//     (replica-serve-stale-data no), a node just made a replica by a
+//     failover, too few replicas for min-replicas-to-write;
+//   - CLUSTERDOWN, TRYAGAIN, MOVED, ASK: a Redis Cluster failing over or
+//     moving slots (go-redis follows MOVED and ASK a few times first);
+//   - ERR max number of clients reached.
+//
+// Codes are matched whole: BUSYKEY and BUSYGROUP are not BUSY.
+func Transient(err error) bool {
+	var r redis.Error
+	if !errors.As(err, &r) {
+		return false
+	}
+	msg := r.Error()
+	if strings.HasPrefix(msg, "ERR max number of clients reached") {
+		return true
+	}
+	// Some Redis-compatible servers (KVRocks) put ERR before the code.
+	code, _, _ := strings.Cut(strings.TrimPrefix(msg, "ERR "), " ")
+	switch code {
+	case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK":
+		return true
+	}
+	return false
+}

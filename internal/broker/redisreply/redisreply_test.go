@@ -1,0 +1,83 @@
+package redisreply_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/broker/redisreply"
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+func client(t *testing.T, srv *redistest.Server) *redis.Client {
+	// Not retried by go-redis (it retries LOADING, BUSY… itself).
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func check(t *testing.T, what string, err error, transient bool) {
+	t.Helper()
+	t.Logf("%s: %v", what, err)
+	if !redisreply.Is(err) || redisreply.Transient(err) != transient {
+		t.Errorf("%s: %v: reply %v, transient %v; want a reply, transient %v", what, err,
+			redisreply.Is(err), redisreply.Transient(err), transient)
+	}
+}
+
+// The replies Redis really sends while restarting, running a long script
+// or as a replica without its master are transient; a wrong command's
+// are not, nor is a failure to reach Redis a reply.
+func TestRealReplies(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	rdb := client(t, srv)
+
+	check(t, "WRONGTYPE", func() error {
+		rdb.Set(ctx(t), "str", "x", 0)
+		return rdb.LPush(ctx(t), "str", "y").Err()
+	}(), false)
+	check(t, "unknown command", rdb.Do(ctx(t), "NOSUCHCOMMAND").Err(), false)
+	check(t, "script error", rdb.Eval(ctx(t), "return redis.error_reply('NOCONSUMER gone')", nil).Err(), false)
+	rdb.XGroupCreateMkStream(ctx(t), "stream", "g", "0")
+	check(t, "BUSYGROUP", rdb.XGroupCreateMkStream(ctx(t), "stream", "g", "0").Err(), false)
+
+	stop := srv.Busy()
+	check(t, "a command while a script runs", rdb.Get(ctx(t), "k").Err(), true)
+	stop()
+
+	srv.Ballast(30000)
+	srv.RestartLoading()
+	check(t, "a command while loading", rdb.Get(ctx(t), "k").Err(), true)
+	check(t, "a script while loading", rdb.EvalSha(ctx(t), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", nil).Err(), true)
+	if err := srv.WaitLoaded(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// A replica of a master that is gone.
+	gone := redistest.Start(t, redistest.Options{})
+	gone.Kill()
+	if err := rdb.SlaveOf(ctx(t), "127.0.0.1", strconv.Itoa(gone.Port)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "a write to a replica", rdb.Set(ctx(t), "k", "v", 0).Err(), true)
+	check(t, "a script writing on a replica", rdb.Eval(ctx(t), "return redis.call('SET', 'k', 'v')", nil).Err(), true)
+	if err := rdb.ConfigSet(ctx(t), "replica-serve-stale-data", "no").Err(); err != nil {
+		t.Fatal(err)
+	}
+	check(t, "a read from a replica without its master", rdb.Get(ctx(t), "k").Err(), true)
+
+	srv.Kill()
+	err := rdb.Get(ctx(t), "k").Err()
+	if err == nil || redisreply.Is(err) || redisreply.Transient(err) {
+		t.Errorf("redis down: %v: reply %v, transient %v", err, redisreply.Is(err), redisreply.Transient(err))
+	}
+}
