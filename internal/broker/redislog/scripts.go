@@ -115,19 +115,21 @@ local function older(a, b) return #a < #b or (#a == #b and a < b) end
 -- <count>", then for each message a line "<kind> <origin> <event length>
 -- <data length>" followed by the event and the data. The n messages are
 -- A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
--- length>". (Strings are joined with .., not string.format, which runs
--- sprintf for each %s too; a message alone is joined without a table.)
-local function encode(e, sfirst, ts, ns, A, j0, n)
-  local head = 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'
+-- length>"; the data lengths as strings, when the caller has them, are
+-- dl1 (n is 1) or dls[1..n]. (Strings are joined with .., not string.format, which runs
+-- sprintf for each %s too; a message alone is joined in one step,
+-- without a table.)
+local function encode(e, sfirst, ts, ns, A, j0, n, dl1, dls)
   if n == 1 then
     local data = A[j0 + 2]
-    return head .. A[j0 + 1] .. ' ' .. A[j0 + 3] .. ' ' .. int(#data) .. '\n' .. A[j0] .. data
+    return 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n' ..
+      A[j0 + 1] .. ' ' .. A[j0 + 3] .. ' ' .. (dl1 or int(#data)) .. '\n' .. A[j0] .. data
   end
-  local parts = {head}
+  local parts = {'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'}
   for i = 0, n - 1 do
     local j = j0 + 4*i
     local data = A[j + 2]
-    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. ' ' .. int(#data) .. '\n'
+    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. ' ' .. (dls and dls[i + 1] or int(#data)) .. '\n'
     parts[#parts+1] = A[j]
     parts[#parts+1] = data
   end
@@ -331,15 +333,17 @@ else
   o = ts
 end
 local sfirst = int(first)
-local sseq
-local sizes
-if n > 1 then sizes = {} end
+local sseq, sizes, dl, dls
+if n > 1 then sizes, dls = {}, {} end
 for i = 0, n - 1 do
   local j = 13 + 4*i
   seq = seq + 1
   if i == 0 then sseq = sfirst else sseq = int(seq) end
+  local data = A[j + 2]
+  dl = int(#data)
+  if dls then dls[i + 1] = dl end
   if size > 0 and i >= skip then
-    local ev, kind, data = A[j], A[j + 1], A[j + 2]
+    local ev, kind = A[j], A[j + 1]
     if trim then
       redis.call('XADD', K[2], 'MINID', '~', trim, sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
       trim = nil
@@ -347,14 +351,14 @@ for i = 0, n - 1 do
       redis.call('XADD', K[2], sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
     end
     if sizes then
-      sizes[#sizes+1] = ts .. ' ' .. int(#data)
+      sizes[#sizes+1] = ts .. ' ' .. dl
     else
-      redis.call('RPUSH', K[3], ts .. ' ' .. int(#data))
+      redis.call('RPUSH', K[3], ts .. ' ' .. dl)
     end
   end
 end
 if sizes and #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
-local payload = encode(e, sfirst, ts, ns, A, 13, n)
+local payload = encode(e, sfirst, ts, ns, A, 13, n, dl, dls)
 if win then
   for j = 0, n - 1 do
     local k = A[14 + 4*n + j]
