@@ -897,8 +897,10 @@ func (l *Log) finish(c *call, counts map[string]int) {
 	if c.script != publishScript {
 		o := c.ops[0]
 		r := l.presenceReply(o.m, vals)
-		if status, _ := vals[0].(int64); r.err == nil && status == 1 {
-			l.noteSOnly(c) // its event was appended, and published
+		if r.err == nil { // (then vals is not empty)
+			if status, _ := vals[0].(int64); status == 1 {
+				l.noteSOnly(c) // its event was appended, and published
+			}
 		}
 		o.res <- r
 		return
