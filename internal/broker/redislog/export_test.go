@@ -24,3 +24,8 @@ func (l *Log) SetSOnlyIdle(d time.Duration) { l.sonlyIdle.Store(int64(d)) }
 
 // SOnlyReads is how many times the idle publisher read the routes.
 func (l *Log) SOnlyReads() int64 { return l.sonlyReads.Load() }
+
+// SetSOnlyResend turns the sending again of batches sent on sharded
+// Pub/Sub only on or off (on by default), to test what receivers do
+// without it.
+func (l *Log) SetSOnlyResend(on bool) { l.sonlyOff.Store(!on) }

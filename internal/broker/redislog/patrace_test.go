@@ -177,24 +177,33 @@ func TestRedisPatternSinceMissesNoFirstMessage(t *testing.T) {
 // happen every round: node A reads that no node follows a pattern, then
 // (held there by a test hook) waits while node B subscribes to the
 // pattern with Since and replays; A then publishes message 1 on sharded
-// Pub/Sub only, and B first hears the channel at message 2. B must still
-// get message 1, before 2. The channel is new (the replay does not list
-// it), or holds a message from before Since (the replay reads it and
-// finds nothing to hand out: B must not take message 2 for the next one).
+// Pub/Sub only. B must still get message 1, before 2. The channel is new
+// (the replay does not list it), or holds a message from before Since
+// (the replay reads it and finds nothing to hand out: B must not take
+// message 2 for the next one). Node A sends message 1 again for B when
+// it reads, before message 2, that a pattern is followed now; with that
+// turned off, B first hears the channel at message 2 and catches up by
+// itself.
 func TestRedisClusterPatternSinceCatchesUp(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	p := newPrefix()
 	a, b := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
 	la := a.Log().(*redislog.Log)
 	settle := noPatternFollowed(t, c, p)
-	for _, existing := range []bool{false, true} {
+	for _, tc := range []struct{ existing, resend bool }{{false, true}, {true, true}, {false, false}, {true, false}} {
+		existing := tc.existing
 		name := map[bool]string{false: "new channel", true: "existing channel"}[existing]
+		if !tc.resend {
+			name += ", not sent again"
+		}
 		t.Run(name, func(t *testing.T) {
+			la.SetSOnlyResend(tc.resend)
+			defer la.SetSOnlyResend(true)
 			const rounds = 10
 			var bad []string
 			for n := range rounds {
 				settle()
-				r := &sinceRound{ch: fmt.Sprintf("h%v%d.x", existing, n), starts: make([]time.Time, 3)}
+				r := &sinceRound{ch: fmt.Sprintf("h%v%v%d.x", existing, tc.resend, n), starts: make([]time.Time, 3)}
 				if existing {
 					publish(t, a, r.ch, "0")
 					r.base = 1

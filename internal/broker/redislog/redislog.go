@@ -122,6 +122,7 @@ type Log struct {
 	sonlyN     atomic.Int32 // len(sonly.calls), for tests
 	sonlyReads atomic.Int64 // reads of the routes by the idle publisher, for tests
 	sonlyIdle  atomic.Int64 // set only by tests: the idle publisher's wait before it reads the routes
+	sonlyOff   atomic.Bool  // set only by tests: nothing is sent again
 
 	outcomeUnknown atomic.Uint64 // publishes failed with ErrOutcomeUnknown
 	closing        atomic.Bool   // Close began: appends are retried for 2s at most

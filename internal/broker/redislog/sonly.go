@@ -97,6 +97,10 @@ func (l *Log) queueRepublish(ctx context.Context, pipe redis.Pipeliner) []republ
 	if !l.sonly.due || len(l.sonly.calls) == 0 {
 		return nil
 	}
+	if l.sonlyOff.Load() {
+		l.dropSOnly()
+		return nil
+	}
 	if time.Since(l.sonly.since) > l.opts.PublishTimeout {
 		l.opts.Logger.Warn("redis: batches published without pattern followers could not be sent to the pattern followers that came meanwhile",
 			"calls", len(l.sonly.calls), "waited", time.Since(l.sonly.since).Round(time.Millisecond))
