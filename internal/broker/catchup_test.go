@@ -349,3 +349,36 @@ func TestPatternCatchUpOfAChannelMadeAnewMeanwhile(t *testing.T) {
 	pub(t, b, "n.x", "new4")
 	waitFor(t, s, "new4")
 }
+
+// A Late message (one a shared log hands the hub again after it was
+// stored: on Redis Cluster, a batch sent again for the pattern
+// subscriptions set up as it went out where they do not listen) reaches
+// the subscriptions that asked for history, and not those that asked for
+// none: they may have begun after it was published.
+func TestLateMessageOnlyForHistory(t *testing.T) {
+	b, _, r := newShared(t)
+	ctx := context.Background()
+	live, err := b.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{"late.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	hist, err := b.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{"late.*"}, Since: time.Now().Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	r.miss("late.x", 1)
+	m, _, err := b.Publish(ctx, &broker.Message{Channel: "late.x", Data: []byte("1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := &broker.Message{Channel: m.Channel, Epoch: m.Epoch, Seq: m.Seq, Time: m.Time, Data: m.Data, Late: true}
+	r.Hub.Deliver(again)
+	pub(t, b, "late.x", "2")
+	waitFor(t, hist, "1", "2")
+	waitFor(t, live, "2")
+	if got := drain(t, live); len(got) != 0 {
+		t.Fatalf("the subscription without history got %v more", got)
+	}
+}

@@ -62,6 +62,14 @@ type Message struct {
 	Key       string
 	Duplicate bool
 
+	// Late marks a message that a log shared by nodes hands the hub
+	// again, late (on Redis Cluster: a batch first sent where pattern
+	// followers do not listen, sent again for the pattern subscriptions
+	// set up meanwhile). Only subscriptions that asked for history take
+	// it: their replay says what they have; one that asked for none may
+	// have begun after it was published. Not stored or sent.
+	Late bool
+
 	enc [numEncodings]atomic.Pointer[[]byte]
 }
 

@@ -91,10 +91,10 @@ func (s *Subscription) Err() error {
 }
 
 // push queues a live event; it returns false if the subscription has
-// ended or just overflowed.
+// ended or just overflowed, or does not take e (a Late message).
 func (s *Subscription) push(e Event) bool {
 	s.mu.Lock()
-	if s.ended {
+	if s.ended || e.Msg != nil && e.Msg.Late && s.catchUp == nil {
 		s.mu.Unlock()
 		return false
 	}

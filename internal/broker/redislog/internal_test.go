@@ -61,7 +61,8 @@ func TestMissedMessageRefilledFromStream(t *testing.T) {
 
 // FuzzDecodeBatch: whatever arrives on a Pub/Sub channel (another
 // program may publish there) is decoded or refused, never a panic; what
-// the publish script sends decodes to what was published.
+// the publish script sends decodes to what was published; a batch sent
+// again ("R") decodes as Late messages.
 func FuzzDecodeBatch(f *testing.F) {
 	f.Add("B e1 7 1700000000000000 1\n1 - 7 5\nmessagehello")
 	f.Add("B e1 7 1700000000000000 2\n2 abcd:3:9 0 2\n{}1 - 1 1\nab")
@@ -70,6 +71,7 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add("B e1 7 17 1\n300 - 0 1\nx")
 	f.Add("B e1 0 17 1\n1 - 0 1\nx")
 	f.Add("B e1 18446744073709551615 17 2\n1 - 0 0\n1 - 0 0\n")
+	f.Add("R e1 7 1700000000000000 1\n1 - 7 5\nmessagehello")
 	f.Add("D")
 	f.Add("")
 	l := &Log{node: "abcd"}
@@ -79,7 +81,7 @@ func FuzzDecodeBatch(f *testing.F) {
 			return
 		}
 		for i, m := range msgs {
-			if m.Channel != "c" || len(m.Event)+len(m.Data) > len(p) || i > 0 && m.Seq != msgs[i-1].Seq+1 {
+			if m.Channel != "c" || len(m.Event)+len(m.Data) > len(p) || i > 0 && m.Seq != msgs[i-1].Seq+1 || m.Late != (p[0] == 'R') {
 				t.Fatalf("decoded %+v from %q", m, p)
 			}
 		}

@@ -25,6 +25,9 @@ type sinceRound struct {
 	got    []string    // the data received, in order
 	seqs   []uint64
 	gaps   []broker.Gap
+	// marker: once every message came, one more is published, which
+	// must be the next event (nothing came twice meanwhile).
+	marker bool
 }
 
 // collect reads s until the round's last message (each channel comes in
@@ -174,29 +177,38 @@ func TestRedisPatternSinceMissesNoFirstMessage(t *testing.T) {
 // happen every round: node A reads that no node follows a pattern, then
 // (held there by a test hook) waits while node B subscribes to the
 // pattern with Since and replays; A then publishes message 1 on sharded
-// Pub/Sub only, and B first hears the channel at message 2. B must still
-// get message 1, before 2. The channel is new (the replay does not list
-// it), or holds a message from before Since (the replay reads it and
-// finds nothing to hand out: B must not take message 2 for the next one).
+// Pub/Sub only. B must still get message 1, before 2. The channel is new
+// (the replay does not list it), or holds a message from before Since
+// (the replay reads it and finds nothing to hand out: B must not take
+// message 2 for the next one). Node A sends message 1 again for B when
+// it reads, before message 2, that a pattern is followed now; with that
+// turned off, B first hears the channel at message 2 and catches up by
+// itself.
 func TestRedisClusterPatternSinceCatchesUp(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	p := newPrefix()
 	a, b := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
 	la := a.Log().(*redislog.Log)
 	settle := noPatternFollowed(t, c, p)
-	for _, existing := range []bool{false, true} {
+	for _, tc := range []struct{ existing, resend bool }{{false, true}, {true, true}, {false, false}, {true, false}} {
+		existing := tc.existing
 		name := map[bool]string{false: "new channel", true: "existing channel"}[existing]
+		if !tc.resend {
+			name += ", not sent again"
+		}
 		t.Run(name, func(t *testing.T) {
+			la.SetSOnlyResend(tc.resend)
+			defer la.SetSOnlyResend(true)
 			const rounds = 10
 			var bad []string
 			for n := range rounds {
 				settle()
-				r := &sinceRound{ch: fmt.Sprintf("h%v%d.x", existing, n), starts: make([]time.Time, 3)}
+				r := &sinceRound{ch: fmt.Sprintf("h%v%v%d.x", existing, tc.resend, n), starts: make([]time.Time, 3)}
 				if existing {
 					publish(t, a, r.ch, "0")
 					r.base = 1
 				}
-				if l := heldRound(t, a, b, la, r, strings.TrimSuffix(r.ch, "x")+"*"); l != "" {
+				if l := heldRound(t, a, b, la, r, strings.TrimSuffix(r.ch, "x")+"*", 30*time.Second); l != "" {
 					bad = append(bad, fmt.Sprintf("round %d: %s", n, l))
 				}
 			}
@@ -208,10 +220,11 @@ func TestRedisClusterPatternSinceCatchesUp(t *testing.T) {
 }
 
 // heldRound is one round of TestRedisClusterPatternSinceCatchesUp; it
-// describes what went wrong ("": nothing).
-func heldRound(t *testing.T, a, b broker.Broker, la *redislog.Log, r *sinceRound, pat string) string {
+// describes what went wrong ("": nothing). Every message must have come
+// within the deadline.
+func heldRound(t *testing.T, a, b broker.Broker, la *redislog.Log, r *sinceRound, pat string, within time.Duration) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	read, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
@@ -247,5 +260,47 @@ func heldRound(t *testing.T, a, b broker.Broker, la *redislog.Log, r *sinceRound
 	if len(r.got) != len(r.starts) {
 		return fmt.Sprintf("%s: got %v, want only the messages published after Since", r.ch, r.got)
 	}
+	if r.marker {
+		m, _ := publish(t, a, r.ch, "marker")
+		evs, err := s.Next(ctx, nil)
+		if err != nil {
+			return fmt.Sprintf("%s: waiting for the marker: %v", r.ch, err)
+		}
+		if e := evs[0]; e.Msg == nil || e.Msg.Seq != m.Seq || string(e.Msg.Data) != "marker" {
+			return fmt.Sprintf("%s: after %v the next event is %+v, want the marker (seq %d)", r.ch, r.got, e, m.Seq)
+		}
+	}
 	return ""
+}
+
+// The window of TestRedisClusterPatternSinceCatchesUp for a channel that
+// then receives nothing more: node A reads that no pattern is followed,
+// node B subscribes to the pattern with Since and replays (the channel is
+// new: not listed; or it holds a message from before Since, read), then
+// A publishes one message on sharded Pub/Sub only, and nothing after it.
+// B hears no later message that would make it catch up: A must make the
+// message heard where patterns are (it reads, after the publish, that a
+// pattern is followed now). B gets it within a few seconds, once.
+func TestRedisClusterPatternSinceGetsLoneMessage(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	p := newPrefix()
+	a, b := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
+	la := a.Log().(*redislog.Log)
+	settle := noPatternFollowed(t, c, p)
+	for _, existing := range []bool{false, true} {
+		name := map[bool]string{false: "new channel", true: "existing channel"}[existing]
+		t.Run(name, func(t *testing.T) {
+			for n := range 5 {
+				settle()
+				r := &sinceRound{ch: fmt.Sprintf("l%v%d.x", existing, n), starts: make([]time.Time, 1), marker: true}
+				if existing {
+					publish(t, a, r.ch, "0")
+					r.base = 1
+				}
+				if l := heldRound(t, a, b, la, r, strings.TrimSuffix(r.ch, "x")+"*", 10*time.Second); l != "" {
+					t.Fatalf("round %d: %s", n, l)
+				}
+			}
+		})
+	}
 }

@@ -120,6 +120,12 @@ type Log struct {
 	// is sent, with how it will be published.
 	afterCounts atomic.Pointer[func(mode string, channels []string)]
 
+	sonly      sonlyState   // the publisher's batches sent on sharded Pub/Sub only (sonly.go)
+	sonlyN     atomic.Int32 // len(sonly.calls), for tests
+	sonlyReads atomic.Int64 // reads of the routes by the idle publisher, for tests
+	sonlyIdle  atomic.Int64 // set only by tests: the idle publisher's wait before it reads the routes
+	sonlyOff   atomic.Bool  // set only by tests: nothing is sent again
+
 	outcomeUnknown atomic.Uint64 // publishes failed with ErrOutcomeUnknown
 	closing        atomic.Bool   // Close began: appends are retried for 2s at most
 	qmu            sync.RWMutex  // submitters hold it shared; Close takes it
@@ -576,8 +582,15 @@ func (l *Log) publisher() {
 	left := 0              // ops of carry the last plan left for later
 	for {
 		if len(carry) == 0 {
-			first, ok := <-l.queue
+			first, ok, idle := l.next()
+			if idle {
+				l.settleSOnly()
+				continue
+			}
 			if !ok {
+				if len(l.sonly.calls) > 0 && l.Health() == nil {
+					l.settleSOnly()
+				}
 				return
 			}
 			carry = append(carry, first)
@@ -602,6 +615,24 @@ func (l *Log) publisher() {
 		clear(carry) // the ops taken are done: not kept by the spare buffer
 		carry, spare = rest, carry[:0]
 		left = len(carry)
+	}
+}
+
+// next waits for the next op queued (ok false: the queue was closed); with
+// batches sent on sharded Pub/Sub only not settled yet, it waits
+// sonlyDelay at most (idle true: nothing came).
+func (l *Log) next() (o *op, ok, idle bool) {
+	if len(l.sonly.calls) == 0 {
+		o, ok = <-l.queue
+		return o, ok, false
+	}
+	t := time.NewTimer(l.sonlyDelay())
+	defer t.Stop()
+	select {
+	case o, ok = <-l.queue:
+		return o, ok, false
+	case <-t.C:
+		return nil, true, true
 	}
 }
 
@@ -717,6 +748,10 @@ func (l *Log) runBatch(calls []*call) {
 		}
 		if err == nil {
 			pipe := l.pub.Pipeline()
+			// Batches before this one that went out on sharded Pub/Sub
+			// only, found due by this batch's read: sent again before
+			// its scripts (so receivers hear them in order).
+			reps := l.queueRepublish(l.ctx, pipe)
 			var read *countsRead
 			if l.cluster == nil {
 				// On a single Redis the counts come with the scripts, in
@@ -729,6 +764,7 @@ func (l *Log) runBatch(calls []*call) {
 				}
 			}
 			pipe.Exec(l.ctx)
+			l.republished(l.ctx, reps)
 			if read != nil {
 				counts = l.counts(read)
 			}
@@ -845,6 +881,11 @@ func (l *Log) finish(c *call, counts map[string]int) {
 	if c.script != publishScript {
 		o := c.ops[0]
 		r := l.presenceReply(o.m, vals)
+		if r.err == nil { // (then vals is not empty)
+			if status, _ := vals[0].(int64); status == 1 {
+				l.noteSOnly(c) // its event was appended, and published
+			}
+		}
 		o.res <- r
 		return
 	}
@@ -883,6 +924,7 @@ func (l *Log) finish(c *call, counts map[string]int) {
 			dups[int(i)] = m
 		}
 	}
+	l.noteSOnly(c)
 	rank := uint64(0)
 	for i, o := range c.ops {
 		if dups[i] != nil {
@@ -1016,6 +1058,9 @@ func (l *Log) clusterCounts(calls []*call) (map[string]int, error) {
 	if routes.Val() > 0 {
 		mode = "SP"
 	}
+	// The read comes after every call of the batches before this one was
+	// answered: it settles those that went out on sharded Pub/Sub only.
+	l.routesRead(routes.Val())
 	for _, c := range calls {
 		c.args[c.how] = mode
 	}

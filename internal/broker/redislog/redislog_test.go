@@ -309,13 +309,17 @@ func commandsPerPublish(t *testing.T, servers []*redis.Client, b broker.Broker, 
 }
 
 // quietNode is a node on url that sends no heartbeats during a
-// measurement.
+// measurement, and on Redis Cluster does not read the routes when its
+// publisher is idle (a read that would come after the measurement's last
+// publish, before or after the commands are counted, by chance; the next
+// publish's read serves instead: see TestClusterIdlePublisherReadsRoutes).
 func quietNode(t *testing.T, url, prefix string) *broker.Core {
 	hub := broker.NewHub()
 	l, err := redislog.Open(bg(t), redislog.Options{URL: url, Prefix: prefix, Heartbeat: time.Hour}, hub)
 	if err != nil {
 		t.Fatal(err)
 	}
+	l.SetSOnlyIdle(time.Hour)
 	b := broker.New(hub, l, broker.CoreOptions{})
 	t.Cleanup(func() { b.Close() })
 	return b
@@ -502,5 +506,87 @@ func TestHistoryAgeAfterCountTrims(t *testing.T) {
 			}
 		}
 		s.Close()
+	}
+}
+
+// commandCalls is, per command (INFO commandstats's names without
+// "cmdstat_"), how many times the servers ran it.
+func commandCalls(t *testing.T, servers []*redis.Client) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, rdb := range servers {
+		info, err := rdb.Info(bg(t), "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\n") {
+			name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+			if !ok || !strings.HasPrefix(name, "cmdstat_") {
+				continue
+			}
+			calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+			c, _ := strconv.Atoi(calls)
+			out[strings.TrimPrefix(name, "cmdstat_")] += c
+		}
+	}
+	return out
+}
+
+// On Redis Cluster with no pattern followed, a node publishing one batch
+// after another reads the routes once per batch, before it (a read that
+// also settles the batch before: nothing is sent again), never a second
+// time per batch; idle after a batch, it reads them once more, shortly
+// after. Nothing goes out on classic Pub/Sub.
+func TestClusterIdlePublisherReadsRoutes(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	var rdb []*redis.Client
+	for _, srv := range c.Servers {
+		rdb = append(rdb, redisClient(t, srv))
+	}
+	a := open(t, c.URL(), newPrefix(), brokertest.Options{})
+	la := a.Log().(*redislog.Log)
+	settled := func() {
+		eventually(t, "the last batch settled", func() error {
+			if n := la.SOnlyPending(); n != 0 {
+				return fmt.Errorf("%d calls not settled", n)
+			}
+			return nil
+		})
+	}
+	reset := func() {
+		for _, r := range rdb {
+			if err := r.ConfigResetStat(bg(t)).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish(t, a, "idle", "warm-up")
+	settled()
+
+	// Back to back (the idle read put off: a publish that came more than
+	// its wait after the one before, by chance, would be one).
+	la.SetSOnlyIdle(time.Hour)
+	reset()
+	const n = 200
+	for i := 0; i < n; i++ {
+		publish(t, a, "idle", fmt.Sprint(i))
+	}
+	calls := commandCalls(t, rdb)
+	t.Logf("%d publishes one after another: %d script calls, %d reads of the routes, %d PUBLISH", n, calls["evalsha"], calls["hlen"], calls["publish"])
+	if calls["evalsha"] != n || calls["hlen"] != n || calls["publish"] != 0 {
+		t.Fatalf("%d publishes: %d script calls, %d reads of the routes (want one per batch), %d PUBLISH (want none)",
+			n, calls["evalsha"], calls["hlen"], calls["publish"])
+	}
+
+	// Then idle: the last batch is settled by one read.
+	la.SetSOnlyIdle(0)
+	reads := la.SOnlyReads()
+	reset()
+	publish(t, a, "idle", "alone")
+	settled()
+	calls = commandCalls(t, rdb)
+	if calls["evalsha"] != 1 || calls["hlen"] != 2 || la.SOnlyReads()-reads != 1 || calls["publish"] != 0 {
+		t.Fatalf("a publish alone: %d script calls, %d reads of the routes, %d of them when idle (want 1 before it, 1 after), %d PUBLISH (want none)",
+			calls["evalsha"], calls["hlen"], la.SOnlyReads()-reads, calls["publish"])
 	}
 }

@@ -408,15 +408,17 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 }
 
 // decodeBatch parses what the publish script sends: a header line
-// "B <epoch> <first seq> <µs> <count>", then for each message a line
+// "B <epoch> <first seq> <µs> <count>" ("R …" for a batch sent again:
+// its messages are Late), then for each message a line
 // "<kind> <origin> <event length> <data length>" followed by the event
 // and the data.
 func (l *Log) decodeBatch(ch, p string) ([]*broker.Message, error) {
 	hdr, body, ok := strings.Cut(p, "\n")
 	f := strings.Fields(hdr)
-	if !ok || len(f) != 5 || f[0] != "B" {
+	if !ok || len(f) != 5 || f[0] != "B" && f[0] != "R" {
 		return nil, errors.New("bad header")
 	}
+	late := f[0] == "R" // sent again (republishScript)
 	first, err1 := strconv.ParseUint(f[2], 10, 64)
 	us, err2 := strconv.ParseInt(f[3], 10, 64)
 	n, err3 := strconv.Atoi(f[4])
@@ -439,7 +441,7 @@ func (l *Log) decodeBatch(ch, p string) ([]*broker.Message, error) {
 		}
 		m := &broker.Message{
 			Channel: ch, Epoch: f[1], Seq: first + uint64(i), Time: at, Kind: broker.Kind(kind),
-			Event: rest[:evlen], Data: []byte(rest[evlen : evlen+dlen]),
+			Event: rest[:evlen], Data: []byte(rest[evlen : evlen+dlen]), Late: late,
 		}
 		if node, o, ok := strings.Cut(g[1], ":"); ok && node == l.node {
 			conn, cseq, _ := strings.Cut(o, ":")

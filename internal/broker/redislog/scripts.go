@@ -8,7 +8,7 @@ import (
 
 // scripts are loaded when a node starts, and again when Redis forgot them.
 var scripts = []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript,
-	presenceAddScript, presenceRemoveScript}
+	presenceAddScript, presenceRemoveScript, republishScript}
 
 // Lua shared by the scripts: applying a count change to a node's hash
 // and the cluster totals.
@@ -110,6 +110,31 @@ local function int(v) return string.format('%d', v) end
 -- older reports whether time a (µs, a decimal string) is before time b,
 -- without parsing either.
 local function older(a, b) return #a < #b or (#a == #b and a < b) end
+-- encode is a batch as it goes out on Pub/Sub (the receivers'
+-- decodeBatch reads it): a header line "B <epoch> <first seq> <time>
+-- <count>", then for each message a line "<kind> <origin> <event length>
+-- <data length>" followed by the event and the data. The n messages are
+-- A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
+-- length>"; the data lengths as strings, when the caller has them, are
+-- dl1 (n is 1) or dls[1..n]. (Strings are joined with .., not string.format, which runs
+-- sprintf for each %s too; a message alone is joined in one step,
+-- without a table.)
+local function encode(e, sfirst, ts, ns, A, j0, n, dl1, dls)
+  if n == 1 then
+    local data = A[j0 + 2]
+    return 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n' ..
+      A[j0 + 1] .. ' ' .. A[j0 + 3] .. ' ' .. (dl1 or int(#data)) .. '\n' .. A[j0] .. data
+  end
+  local parts = {'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'}
+  for i = 0, n - 1 do
+    local j = j0 + 4*i
+    local data = A[j + 2]
+    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. ' ' .. (dls and dls[i + 1] or int(#data)) .. '\n'
+    parts[#parts+1] = A[j]
+    parts[#parts+1] = data
+  end
+  return table.concat(parts)
+end
 -- migrate gives a channel an older version wrote (no f, no sizes; its
 -- stream held exactly the history) its sizes list, and returns f.
 local function migrate(K, seq)
@@ -307,20 +332,18 @@ else
   f = first + n
   o = ts
 end
--- (Strings are joined with .., not string.format, which runs sprintf for
--- each %s too; a message alone is joined without a table.)
 local sfirst = int(first)
-local head = 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'
-local payload, parts, sizes
-if n > 1 then parts, sizes = {head}, {} end
-local sseq
+local sseq, sizes, dl, dls
+if n > 1 then sizes, dls = {}, {} end
 for i = 0, n - 1 do
   local j = 13 + 4*i
-  local ev, kind, data, origin = A[j], A[j + 1], A[j + 2], A[j + 3]
   seq = seq + 1
   if i == 0 then sseq = sfirst else sseq = int(seq) end
-  local dl = int(#data)
+  local data = A[j + 2]
+  dl = int(#data)
+  if dls then dls[i + 1] = dl end
   if size > 0 and i >= skip then
+    local ev, kind = A[j], A[j + 1]
     if trim then
       redis.call('XADD', K[2], 'MINID', '~', trim, sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
       trim = nil
@@ -333,16 +356,9 @@ for i = 0, n - 1 do
       redis.call('RPUSH', K[3], ts .. ' ' .. dl)
     end
   end
-  if parts then
-    parts[#parts+1] = kind .. ' ' .. origin .. ' ' .. dl .. '\n'
-    parts[#parts+1] = ev
-    parts[#parts+1] = data
-  else
-    payload = head .. kind .. ' ' .. origin .. ' ' .. dl .. '\n' .. ev .. data
-  end
 end
 if sizes and #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
-if parts then payload = table.concat(parts) end
+local payload = encode(e, sfirst, ts, ns, A, 13, n, dl, dls)
 if win then
   for j = 0, n - 1 do
     local k = A[14 + 4*n + j]
@@ -405,6 +421,20 @@ end
 
 // publish: KEYS and ARGV as K and A of publish(), all in one round trip.
 var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV)`)
+
+// republish: KEYS meta. ARGV Pub/Sub channel, epoch, first seq, time
+// (µs), count N, then N times event, kind, data, "<origin> <event
+// length>". On Redis Cluster, sends on classic Pub/Sub (where pattern
+// followers listen) a batch that went out on sharded Pub/Sub only, as
+// publish() sent it but with header "R" (its messages reach only the
+// subscriptions that asked for history); nothing when the channel has
+// another epoch now (it was deleted since). Returns 1 sent, 0 not.
+var republishScript = redis.NewScript(luaPublish + `
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[2] then return 0 end
+local b = encode(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV, 6, ARGV[5] + 0)
+redis.call('PUBLISH', ARGV[1], 'R' .. string.sub(b, 2))
+return 1
+`)
 
 // Presence lives in one hash per channel, in the channel's slot: m:<id>
 // the member's info, c:<id> how many nodes hold it, h:<node>:<id> a
