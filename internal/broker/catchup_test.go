@@ -382,3 +382,40 @@ func TestLateMessageOnlyForHistory(t *testing.T) {
 		t.Fatalf("the subscription without history got %v more", got)
 	}
 }
+
+// A message of a channel's previous epoch that comes late, after the
+// channel made anew was heard, is handed on as it comes and does not
+// make the new channel's next message look like a first one after a
+// hole (which read the new channel again from its start: its messages
+// twice, behind a gap notice).
+func TestPatternCatchUpPassesALateMessageOfTheOldChannel(t *testing.T) {
+	b, l, r := newShared(t)
+	s, err := b.Subscribe(context.Background(), broker.SubscribeOptions{Channels: []string{"n.*"}, Since: time.Now().Add(-time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r.miss("n.x", 2) // the old channel's 2, heard only late
+	pub(t, b, "n.x", "old1")
+	old2, _, err := b.Publish(context.Background(), &broker.Message{Channel: "n.x", Data: []byte("old2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, "old1")
+	if err := b.DeleteChannel(context.Background(), "n.x"); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.deaf = map[string]bool{}
+	r.mu.Unlock()
+	pub(t, b, "n.x", "new1")
+	r.Hub.Deliver(old2) // late
+	pub(t, b, "n.x", "new2")
+	waitFor(t, s, "new1", "old2", "new2")
+	if got := drain(t, s); len(got) != 0 {
+		t.Fatalf("then %v more", got)
+	}
+	if n := l.reads.Load(); n != 0 {
+		t.Fatalf("%d catch-up reads, want none", n)
+	}
+}

@@ -56,6 +56,7 @@ type Subscription struct {
 	// pending meanwhile (counted as live).
 	catchUp      func(channel string, first, after Position, replayed bool)
 	known        map[string]Position
+	left         map[string]string // a channel made anew: the epoch it left
 	pending      map[string][]Event
 	pendingLive  int
 	pendingBytes int64
@@ -160,6 +161,15 @@ func (s *Subscription) divertLocked(e Event) bool {
 	st, seen := s.known[ch]
 	if seen && st.Seq == heardSeq && st.Epoch == m.Epoch {
 		return false
+	}
+	if seen && m.Epoch == s.left[ch] {
+		return false // a late message of the channel it was before: as it comes
+	}
+	if seen && st.Epoch != m.Epoch {
+		if s.left == nil {
+			s.left = map[string]string{}
+		}
+		s.left[ch] = st.Epoch // made anew: the old one's late messages pass
 	}
 	s.known[ch] = Position{Epoch: m.Epoch, Seq: heardSeq}
 	// The first message heard of this epoch: the replay's head + 1, or
