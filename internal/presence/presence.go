@@ -252,6 +252,21 @@ func (r *Registry) add(ctx context.Context, rm *room, channel, id string, m *mem
 // retryHold records this node's hold of member id again after wait,
 // doubling up to a minute, while the member is there.
 func (r *Registry) retryHold(channel, id string, wait time.Duration) {
+	r.later(channel, wait, func(rm *room) {
+		if rm.members[id] == nil {
+			return // gone: its release has nothing to end
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if r.Hold(ctx, "", channel, id, true) != nil {
+			r.retryHold(channel, id, min(2*wait, time.Minute))
+		}
+	})
+}
+
+// later runs f with channel's room held and locked, after wait, unless
+// the registry has closed by then.
+func (r *Registry) later(channel string, wait time.Duration, f func(rm *room)) {
 	time.AfterFunc(wait, func() {
 		r.mu.Lock()
 		if r.closed {
@@ -263,14 +278,7 @@ func (r *Registry) retryHold(channel, id string, wait time.Duration) {
 		defer r.release(channel, rm)
 		rm.mu.Lock()
 		defer rm.mu.Unlock()
-		if rm.members[id] == nil {
-			return // gone: its release has nothing to end
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if r.Hold(ctx, "", channel, id, true) != nil {
-			r.retryHold(channel, id, min(2*wait, time.Minute))
-		}
+		f(rm)
 	})
 }
 
@@ -487,17 +495,7 @@ func removedEvent(channel, id string) *broker.Message {
 // when the registry closes: then the log's Close, or the other nodes once
 // this one is gone, end the hold.
 func (r *Registry) retryRemove(channel, id string, wait time.Duration) {
-	time.AfterFunc(wait, func() {
-		r.mu.Lock()
-		if r.closed {
-			r.mu.Unlock()
-			return
-		}
-		rm := r.acquireLocked(channel)
-		r.mu.Unlock()
-		defer r.release(channel, rm)
-		rm.mu.Lock()
-		defer rm.mu.Unlock()
+	r.later(channel, wait, func(rm *room) {
 		if rm.members[id] != nil {
 			return // back: the hold is right again
 		}
