@@ -176,16 +176,18 @@ local function newGap(ch, fe, fs, te, ts, lost)
 end
 for i = 7, #ARGV, 7 do
   local kind, ch, ep, sq = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
-  if kind == 'm' then
-    local cur = redis.call('HGET', KEYS[8], ch)
-    local kept = false
-    if cur then
-      local ce, cs = string.match(cur, '^(.*)-(%d+)$')
-      kept = ce == ep and tonumber(cs) >= tonumber(sq)
-    end
-    if not kept then
-      n = n + 1
-      redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
+  -- An item the cursor is at or past already (same epoch) was kept: the
+  -- same script run again (a reply go-redis did not read) keeps it once.
+  local cur = redis.call('HGET', KEYS[8], ch)
+  local kept = false
+  if cur then
+    local ce, cs = string.match(cur, '^(.*)-(%d+)$')
+    kept = ce == ep and tonumber(cs) >= tonumber(sq)
+  end
+  if not kept then
+    n = n + 1
+    redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
+    if kind == 'm' then
       local size = tonumber(ARGV[i+4])
       if pending + gapn >= maxp or bytes + size > maxb then
         -- Not kept: counted, in the channel's open gap notice when it
@@ -213,19 +215,7 @@ for i = 7, #ARGV, 7 do
         pending = pending + 1
         bytes = bytes + size
       end
-    end
-  else
-    -- A gap the cursor is at or past already (same epoch) was kept: the
-    -- same script run again (a reply go-redis did not read) keeps it once.
-    local cur = redis.call('HGET', KEYS[8], ch)
-    local kept = false
-    if cur then
-      local ce, cs = string.match(cur, '^(.*)-(%d+)$')
-      kept = ce == ep and tonumber(cs) >= tonumber(sq)
-    end
-    if not kept then
-      n = n + 1
-      redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
+    else
       local fe, fs = string.match(ARGV[i+6], '^(%S*) (%d+)$')
       local lost = ARGV[i+4]
       if tonumber(lost) > 0 then redis.call('HINCRBY', KEYS[1], 'lost', lost) else lost = '0' end
