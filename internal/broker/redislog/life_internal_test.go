@@ -187,20 +187,12 @@ func TestComingBackMidReapKeepsWhatTheNodeHolds(t *testing.T) {
 		if _, err := b.Occupy(ctx, "", evRoom, true, ev(evRoom, "channel_occupied")); err != nil {
 			return err
 		}
-		record := func(kind, key, evCh, name string) error {
-			wait, err := b.StartRecord(ctx, "", kind, key, `{}`, true, ev(evCh, name))
-			if err != nil {
-				return err
-			}
-			_, err = wait()
-			return err
-		}
 		for _, s := range subs {
-			if err := record("s", s, evRoom, "subscribed"); err != nil {
+			if err := record(ctx, b, "", "s", s, evRoom, "subscribed", true); err != nil {
 				return err
 			}
 		}
-		return record("c", "c1", connectionsEvents, "connection_opened")
+		return record(ctx, b, "", "c", "c1", connectionsEvents, "connection_opened", true)
 	}
 	if err := hold(); err != nil {
 		t.Fatal(err)
@@ -234,9 +226,9 @@ func TestComingBackMidReapKeepsWhatTheNodeHolds(t *testing.T) {
 		gate()
 		switch kind {
 		case "s":
-			return endRecord(ctx, a, node, kind, key, evRoom, "unsubscribed")
+			return record(ctx, a, node, kind, key, evRoom, "unsubscribed", false)
 		case "c":
-			return endRecord(ctx, a, node, kind, key, connectionsEvents, "connection_closed")
+			return record(ctx, a, node, kind, key, connectionsEvents, "connection_closed", false)
 		case "o":
 			_, err := a.Occupy(ctx, node, key, false, ev(key, "channel_vacated"))
 			return err
@@ -306,8 +298,10 @@ func TestComingBackMidReapKeepsWhatTheNodeHolds(t *testing.T) {
 	}
 }
 
-func endRecord(ctx context.Context, l *Log, node, kind, key, evCh, name string) error {
-	wait, err := l.StartRecord(ctx, node, kind, key, "", false,
+// record records (open) or ends a connection or subscription of node
+// ("" this one) in evCh's hash, with its event name, and waits for it.
+func record(ctx context.Context, l *Log, node, kind, key, evCh, name string, open bool) error {
+	wait, err := l.StartRecord(ctx, node, kind, key, "{}", open,
 		&broker.Message{Channel: evCh, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)})
 	if err != nil {
 		return err

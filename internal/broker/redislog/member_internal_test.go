@@ -192,11 +192,11 @@ func TestIdleHashesExpire(t *testing.T) {
 		if _, err := l.Occupy(ctx, "", evRoom, true, ev(evRoom, "channel_occupied")); err != nil {
 			t.Fatal(err)
 		}
-		if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "subscribed", true); err != nil {
+		if err := record(ctx, l, "", "s", "s1", evRoom, "subscribed", true); err != nil {
 			t.Fatal(err)
 		}
 		check("channel occupied", l.presenceKey(evRoom), false)
-		if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "unsubscribed", false); err != nil {
+		if err := record(ctx, l, "", "s", "s1", evRoom, "unsubscribed", false); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := l.Occupy(ctx, "", evRoom, false, ev(evRoom, "channel_vacated")); err != nil {
@@ -204,24 +204,14 @@ func TestIdleHashesExpire(t *testing.T) {
 		}
 		check("channel vacated", l.presenceKey(evRoom), true)
 
-		if err := endRecordOpen(ctx, l, "c", "c1", connectionsEvents, "connection_opened", true); err != nil {
+		if err := record(ctx, l, "", "c", "c1", connectionsEvents, "connection_opened", true); err != nil {
 			t.Fatal(err)
 		}
-		if err := endRecordOpen(ctx, l, "c", "c1", connectionsEvents, "connection_closed", false); err != nil {
+		if err := record(ctx, l, "", "c", "c1", connectionsEvents, "connection_closed", false); err != nil {
 			t.Fatal(err)
 		}
 		check("connection closed", l.presenceKey(connectionsEvents), false)
 	}
-}
-
-func endRecordOpen(ctx context.Context, l *Log, kind, key, evCh, name string, open bool) error {
-	wait, err := l.StartRecord(ctx, "", kind, key, "{}", open,
-		&broker.Message{Channel: evCh, Event: name, Kind: broker.KindJSON, Data: []byte(`{}`)})
-	if err != nil {
-		return err
-	}
-	_, err = wait()
-	return err
 }
 
 func TestIdleHashLifeInLua(t *testing.T) {
@@ -258,7 +248,7 @@ func TestHashWithRecordsDoesNotExpire(t *testing.T) {
 	if d := ttl("member"); d != -1 {
 		t.Fatalf("a member's record in a hash no node holds: it expires in %v", d)
 	}
-	if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "subscribed", true); err != nil {
+	if err := record(ctx, l, "", "s", "s1", evRoom, "subscribed", true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Member(ctx, "", evRoom, "u1", "{}", false, ev("member_removed")); err != nil {
@@ -267,7 +257,7 @@ func TestHashWithRecordsDoesNotExpire(t *testing.T) {
 	if d := ttl("subscription"); d != -1 {
 		t.Fatalf("a subscription's record in a hash no node holds: it expires in %v", d)
 	}
-	if err := endRecordOpen(ctx, l, "s", "s1", evRoom, "unsubscribed", false); err != nil {
+	if err := record(ctx, l, "", "s", "s1", evRoom, "unsubscribed", false); err != nil {
 		t.Fatal(err)
 	}
 	if d := ttl("nothing"); d <= 0 {
