@@ -84,12 +84,7 @@ func (r *relay) miss(ch string, seq uint64) {
 }
 
 func newShared(t *testing.T) (*broker.Core, *sharedLog, *relay) {
-	hub := broker.NewHub()
-	r := &relay{Hub: hub, deaf: map[string]bool{}}
-	l := &sharedLog{Log: broker.NewMemoryLog(broker.MemoryOptions{}, r)}
-	b := broker.New(hub, l, broker.CoreOptions{})
-	t.Cleanup(func() { b.Close() })
-	return b, l, r
+	return newSharedWith(t, broker.MemoryOptions{})
 }
 
 func pub(t *testing.T, b broker.Broker, ch, data string) {
