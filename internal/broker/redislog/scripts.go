@@ -471,7 +471,7 @@ local function reply(p, r)
   -- nodes; r: records of subscriptions, connections or member holds),
   -- else left to expire; the connections' hash is kept always.
   local conns = '` + connsSuffix + `'
-  if redis.call('HEXISTS', p, 'n') == 1 or redis.call('HEXISTS', p, 'r') == 1 or string.sub(p, -#conns) == conns then
+  if string.sub(p, -#conns) == conns or redis.call('HEXISTS', p, 'n') == 1 or redis.call('HEXISTS', p, 'r') == 1 then
     redis.call('PERSIST', p)
   else
     redis.call('PEXPIRE', p, ` + idleHashLifeMs + `)
