@@ -21,6 +21,12 @@
 # Redis address replaced; loopback only). --pushctl runs another pushctl
 # binary as the nodes (a build of an older commit, to compare); the bench
 # client is always this tree's.
+#
+# --pin (either mode) gives the bench client a CPU of its own (the last one)
+# and runs the brokers and redis-server on the others (taskset), so that
+# on a small machine the load generator, which does as much work per
+# delivery as the broker, does not take the CPU the brokers are measured
+# with. Both flavors are pinned the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test >/dev/null
@@ -29,30 +35,41 @@ ulimit -n "$(ulimit -Hn)"
 
 subs=3000; msgs=2000; paced=200
 if [[ "${1:-}" == "--quick" ]]; then subs=300; msgs=200; paced=40; fi
-mode=all; centrifugo=""; nodebin=bin/pushctl
+mode=all; centrifugo=""; nodebin=bin/pushctl; pin=false
 while [[ $# -gt 0 ]]; do
   case $1 in
     --redis) mode=redis ;;
     --centrifugo) centrifugo=$2; shift ;;
     --pushctl) nodebin=$2; shift ;;
+    --pin) pin=true ;;
     --quick) ;;
-    *) echo "usage: $0 [--quick] | --redis [--centrifugo BIN] [--pushctl BIN]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--pin] | --redis [--centrifugo BIN] [--pushctl BIN] [--pin]" >&2; exit 2 ;;
   esac
   shift
 done
+
+# srv and cli prefix the brokers' and the bench client's commands.
+srv=(); cli=()
+if $pin; then
+  ncpu=$(nproc)
+  (( ncpu >= 2 )) || { echo "--pin needs at least 2 CPUs" >&2; exit 2; }
+  command -v taskset >/dev/null || { echo "--pin needs taskset (util-linux)" >&2; exit 2; }
+  srv=(taskset -c "0-$((ncpu - 2))"); cli=(taskset -c "$((ncpu - 1))")
+  echo "== pinned: brokers and redis-server on CPUs 0-$((ncpu - 2)), the bench client on CPU $((ncpu - 1))"
+fi
 
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" > "$work/redis.log" & pids+=($!)
+${srv[@]+"${srv[@]}"} redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" > "$work/redis.log" & pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis="redis://127.0.0.1:$port/0"
 
 # node VAR ARGS...: starts a broker and sets VAR to its URL.
 node() {
   local var=$1; shift
-  "$nodebin" serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn "$@" > /dev/null 2> "$work/$var.log" & pids+=($!)
+  ${srv[@]+"${srv[@]}"} "$nodebin" serve --listen 127.0.0.1:0 --max-conns-per-ip 0 --log-level warn "$@" > /dev/null 2> "$work/$var.log" & pids+=($!)
   for _ in $(seq 100); do grep -q 'listening on' "$work/$var.log" 2>/dev/null && break; sleep 0.1; done
   printf -v "$var" '%s' "$(grep -o 'http://[0-9.:]*' "$work/$var.log" | head -1)"
 }
@@ -60,9 +77,9 @@ node() {
 run() { # LABEL PUBLISH-URL SUBSCRIBE-URLS
   local label=$1 pub=$2 to=$3
   echo "== $label: $subs WebSocket subscribers, $msgs messages flat out"
-  bin/pushctl bench -s "$pub" --subscribe-to "$to" --subscribers "$subs" --messages "$msgs" --publishers 8 --channel "flat$RANDOM"
+  ${cli[@]+"${cli[@]}"} bin/pushctl bench -s "$pub" --subscribe-to "$to" --subscribers "$subs" --messages "$msgs" --publishers 8 --channel "flat$RANDOM"
   echo "== $label: $subs WebSocket subscribers, $paced messages at 20/s"
-  bin/pushctl bench -s "$pub" --subscribe-to "$to" --subscribers "$subs" --messages "$paced" --rate 20 --channel "paced$RANDOM"
+  ${cli[@]+"${cli[@]}"} bin/pushctl bench -s "$pub" --subscribe-to "$to" --subscribers "$subs" --messages "$paced" --rate 20 --channel "paced$RANDOM"
 }
 
 if [[ $mode == redis ]]; then
@@ -72,7 +89,7 @@ if [[ $mode == redis ]]; then
   # delivering: heartbeats included, subscribing not).
   load() {
     local label=$1 flavor=$2 pub=$3 sub=$4; shift 4
-    bin/pushctl bench --flavor "$flavor" -s "$pub" --subscribe-to "$sub" --size 100 --format json \
+    ${cli[@]+"${cli[@]}"} bin/pushctl bench --flavor "$flavor" -s "$pub" --subscribe-to "$sub" --size 100 --format json \
       --cost-pid "$rpid" --redis-stats "$redis" "$@" > "$work/r.json"
     python3 - "$label" "$work/r.json" <<'PY'
 import json, sys
@@ -106,7 +123,7 @@ c.setdefault("http_server", {}).update({"address": "127.0.0.1", "port": int(sys.
 c["engine"]["redis"]["address"] = [f"redis://127.0.0.1:{sys.argv[3]}"]
 print(json.dumps(c))
 PY
-      "$centrifugo" --config "$work/$v.json" > "$work/$v.log" 2>&1 & pids+=($!)
+      ${srv[@]+"${srv[@]}"} "$centrifugo" --config "$work/$v.json" > "$work/$v.log" 2>&1 & pids+=($!)
       for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$cport/health" && break; sleep 0.1; done
       printf -v "$v" 'http://127.0.0.1:%s' "$cport"
     done
