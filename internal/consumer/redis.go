@@ -154,11 +154,17 @@ func (e *RedisEngine) keys(name string) []string {
 // could not be reached or refused the command for a passing reason
 // (loading its data after a restart, a script running long, failing
 // over: redisreply.Transient), so that callers try again (a WebSocket
-// consuming) or answer broker_unavailable; an error reply of another kind
-// (Redis answered: not an outage) is returned as is.
+// consuming) or answer broker_unavailable; Redis refusing writes for
+// want of room (over maxmemory, a failed save: redisreply.StoreRefused)
+// is broker.ErrStore (507 store_failed, as a full disk with --data-dir;
+// nothing ran); an error reply of another kind (Redis answered: not an
+// outage) is returned as is.
 func unavailable(err error) error {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, broker.ErrUnavailable) {
 		return err
+	}
+	if redisreply.StoreRefused(err) {
+		return fmt.Errorf("%w: redis: %v", broker.ErrStore, err)
 	}
 	if redisreply.Is(err) && !redisreply.Transient(err) && !isReplyErr(err, "NOSCRIPT") {
 		return fmt.Errorf("redis: %v", err)

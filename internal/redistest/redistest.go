@@ -6,7 +6,9 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -298,6 +300,37 @@ func (s *Server) Busy() (stop func()) {
 		}
 		loop.SetDeadline(time.Now().Add(10 * time.Second))
 		bufio.NewReader(loop).ReadString('\n') // the script's end
+	}
+}
+
+// FailSaves makes Redis refuse writes as after a failed save to a full or
+// failing disk (MISCONF): a directory stands where the save would go,
+// saves are turned on, and a background save fails. Reads still work.
+func (s *Server) FailSaves() {
+	s.t.Helper()
+	if err := os.MkdirAll(filepath.Join(s.Dir, "dump.rdb", "in-the-way"), 0o755); err != nil {
+		s.t.Fatal(err)
+	}
+	if reply, err := s.command("CONFIG", "SET", "save", "3600 1"); reply != "+OK" {
+		s.t.Fatalf("redis-server save: %s %v", reply, err)
+	}
+	if reply, err := s.command("BGSAVE"); !strings.HasPrefix(reply, "+") {
+		s.t.Fatalf("redis-server BGSAVE: %s %v", reply, err)
+	}
+	if err := s.WaitLog("Background saving error", 30*time.Second); err != nil {
+		s.t.Fatalf("redis-server: the save did not fail: %v", err)
+	}
+}
+
+// SavesWork undoes FailSaves: saves are off again (as the server
+// started), so Redis takes writes.
+func (s *Server) SavesWork() {
+	s.t.Helper()
+	if reply, err := s.command("CONFIG", "SET", "save", ""); reply != "+OK" {
+		s.t.Fatalf("redis-server save: %s %v", reply, err)
+	}
+	if err := os.RemoveAll(filepath.Join(s.Dir, "dump.rdb")); err != nil {
+		s.t.Fatal(err)
 	}
 }
 

@@ -185,3 +185,66 @@ func TestConsumersRedisLoading(t *testing.T) {
 		t.Fatalf("after loading: %v", f)
 	}
 }
+
+// While Redis refuses writes for want of room (here a failed save,
+// MISCONF; over maxmemory, OOM, is the same), a publish and an HTTP fetch
+// with a message to take are answered 507 store_failed naming why
+// (before: 500 internal_error), a WebSocket consume stays attached (its
+// fetches are tried again; before: an error frame ended it), and once
+// Redis takes writes the WebSocket gets the message and the channel has
+// nothing of the refused publish.
+func TestConsumersRedisStoreRefused(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	e, b := redisConsumersEnv(t, srv, "full:")
+	failed := make(chan error, 100)
+	server.OnWSFetchError(func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	})
+	t.Cleanup(func() { server.OnWSFetchError(nil) })
+
+	for _, name := range []string{"h", "w"} { // made on first use, nothing to take yet
+		if resp, body := e.do("POST", "/consumers/"+name+"/fetch?channel=jobs&max=1&wait=0", nil); resp.StatusCode != 200 {
+			t.Fatalf("fetch: %d %s", resp.StatusCode, body)
+		}
+	}
+	if resp, body := e.do("POST", "/pub/jobs", strings.NewReader("before")); resp.StatusCode != 200 {
+		t.Fatalf("publish: %d %s", resp.StatusCode, body)
+	}
+	srv.FailSaves()
+	for _, req := range []struct{ path, body string }{
+		{"/pub/jobs", "refused"},
+		{"/consumers/h/fetch?max=1&wait=0", ""},
+	} {
+		resp, body := e.do("POST", req.path, strings.NewReader(req.body))
+		if resp.StatusCode != 507 || !strings.Contains(string(body), `"store_failed"`) || !strings.Contains(string(body), "MISCONF") {
+			t.Fatalf("POST %s while redis refuses writes: %d %s", req.path, resp.StatusCode, body)
+		}
+	}
+	c := dialWS(t, e, "/ws")
+	if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"consume","ref":"1","consumer":"w","max":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if f := readFrame(t, c); f["type"] != "consuming" {
+		t.Fatalf("consume reply %v", f)
+	}
+	select {
+	case err := <-failed:
+		if !errors.Is(err, broker.ErrStore) || !strings.Contains(err.Error(), "MISCONF") {
+			t.Fatalf("a fetch while redis refuses writes: %v, not broker.ErrStore", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no fetch while redis refused writes")
+	}
+	srv.SavesWork()
+	f := readFrame(t, c)
+	if f["type"] != "delivery" || f["data"] != "before" {
+		t.Fatalf("once redis took writes again: %v", f)
+	}
+	inf, err := b.Channel(context.Background(), "jobs")
+	if err != nil || inf.LastSeq != 1 {
+		t.Fatalf("channel: %+v %v, want only the message published before", inf, err)
+	}
+}

@@ -74,7 +74,7 @@ func asError(err error) *Error {
 	case errors.Is(err, broker.ErrClosed):
 		return &Error{Status: http.StatusServiceUnavailable, Code: CodeShuttingDown, Message: "the broker is shutting down; reconnect and resume from the last id"}
 	case errors.Is(err, broker.ErrStore):
-		return &Error{Status: http.StatusInsufficientStorage, Code: CodeStoreFailed, Message: "the message could not be stored (disk full or failing); it was not published: " + err.Error()}
+		return &Error{Status: http.StatusInsufficientStorage, Code: CodeStoreFailed, Message: "the broker's store refused the write (a full or failing disk, or Redis over its maxmemory or unable to save); nothing was published or changed: " + err.Error()}
 	case errors.Is(err, broker.ErrOutcomeUnknown):
 		return &Error{Status: http.StatusServiceUnavailable, Code: wire.CodeOutcomeUnknown, Message: "the broker's storage (Redis) did not answer in time; the message may or may not have been published (never twice); check the channel's history before publishing it again: " + err.Error()}
 	case errors.Is(err, broker.ErrUnavailable):

@@ -127,7 +127,10 @@ func (rd *wsReader) push(ctx context.Context, c *wsConsume, ref string) {
 			if ctx.Err() != nil {
 				return
 			}
-			if errors.Is(err, broker.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+			// Redis or the disk unavailable, or refusing writes for want
+			// of room (broker.ErrStore): the worker stays attached and
+			// gets its messages once they are taken again.
+			if errors.Is(err, broker.ErrUnavailable) || errors.Is(err, broker.ErrStore) || errors.Is(err, context.DeadlineExceeded) {
 				t := time.NewTimer(backoff)
 				select {
 				case <-t.C:

@@ -572,3 +572,72 @@ func TestRefusedByRedisIsUnavailable(t *testing.T) {
 		t.Fatalf("after busy: %+v %v", inf, err)
 	}
 }
+
+// Redis refusing writes because it cannot keep more (over maxmemory with
+// noeviction, OOM; a failed save, MISCONF) is the store refusing, as a
+// full disk is for --data-dir: publishes and deletes fail with
+// broker.ErrStore (answered 507 store_failed, not 500 internal_error),
+// nothing is stored meanwhile, and once Redis takes writes again the
+// channel goes on from where it was. The node reports itself degraded
+// meanwhile, naming why (its heartbeat, a write too, is refused).
+func TestStoreRefusedIsStoreFailed(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redisClient(t, srv)
+	b := open(t, srv.URL(), newPrefix(), brokertest.Options{HistorySize: 10})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	seq := uint64(0)
+	publish := func() error {
+		_, _, err := b.Publish(ctx, &broker.Message{Channel: "c", Data: []byte("m")})
+		if err == nil {
+			seq++
+		}
+		return err
+	}
+	if err := publish(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		code       string
+		refuse, ok func()
+	}{
+		{"over maxmemory", "OOM",
+			func() { rdb.ConfigSet(ctx, "maxmemory", "1") },
+			func() { rdb.ConfigSet(ctx, "maxmemory", "0") }},
+		{"a failed save", "MISCONF", srv.FailSaves, srv.SavesWork},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.refuse()
+			var waits []func() (*broker.Message, int, error)
+			for i := 0; i < 5; i++ {
+				w, err := broker.StartPublish(ctx, b, &broker.Message{Channel: "c", Data: []byte("x")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				waits = append(waits, w)
+			}
+			for i, w := range waits {
+				if _, _, err := w(); !errors.Is(err, broker.ErrStore) || errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), tc.code) {
+					t.Errorf("publish %d: %v, want broker.ErrStore naming %s", i, err, tc.code)
+				}
+			}
+			if tc.code == "MISCONF" {
+				if err := b.DeleteChannel(ctx, "c"); !errors.Is(err, broker.ErrStore) {
+					t.Errorf("delete: %v, want broker.ErrStore", err)
+				}
+			}
+			if err := b.Health(); err == nil || !strings.Contains(err.Error(), "refuses writes") || !strings.Contains(err.Error(), tc.code) {
+				t.Errorf("health: %v, want degraded: refuses writes, %s", err, tc.code)
+			}
+			tc.ok()
+			if err := publish(); err != nil {
+				t.Fatalf("publish once Redis takes writes: %v", err)
+			}
+			inf, err := b.Channel(ctx, "c")
+			if err != nil || inf.LastSeq != seq || inf.Messages != int(seq) {
+				t.Fatalf("after: %+v %v, want %d messages, the last %d", inf, err, seq, seq)
+			}
+		})
+	}
+}

@@ -177,7 +177,7 @@ func (l *Log) Member(ctx context.Context, node, evChannel, id, info string, hold
 	if hold {
 		flag = 1
 	}
-	if err := l.Health(); err != nil {
+	if err := l.refusing(); err != nil {
 		return false, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
 	ev.Channel = evChannel
@@ -206,7 +206,7 @@ func (l *Log) StartRecord(ctx context.Context, node, kind, key, info string, ope
 	if node == "" {
 		node = l.node
 	}
-	if err := l.Health(); err != nil {
+	if err := l.refusing(); err != nil {
 		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
 	flag := 0

@@ -40,7 +40,7 @@ func (l *Log) heldKey(node string) string { return l.key("presence:" + node) }
 // presenceOp runs a presence script through the publisher, in line with
 // the node's appends.
 func (l *Log) presenceOp(ctx context.Context, script *redis.Script, node, channel, id string, info []byte, max int, ev *broker.Message) ([]any, error) {
-	if err := l.Health(); err != nil {
+	if err := l.refusing(); err != nil {
 		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
 	ev.Channel = channel

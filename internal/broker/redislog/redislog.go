@@ -159,6 +159,8 @@ type Log struct {
 	downMu   sync.Mutex
 	downs    map[string]string      // side ("commands", "pubsub", "shard <addr>") -> reason
 	down     atomic.Pointer[string] // nil: every side is up
+	full     map[string]bool        // sides down because Redis refuses writes (redisreply.StoreRefused)
+	onlyFull atomic.Bool            // every side down is, so writes are still sent
 	total    atomic.Int64
 	channels atomic.Int64
 	nodes    atomic.Int64
@@ -228,6 +230,7 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		cluster:  cluster,
 		shards:   map[string]*shard{},
 		downs:    map[string]string{},
+		full:     map[string]bool{},
 		sink:     sink,
 		node:     hex.EncodeToString(id[:]),
 		queue:    make(chan *op, 8192),
@@ -363,13 +366,19 @@ func (l *Log) channelOf(psChannel string) (string, bool) {
 // unavailable wraps a Redis error as broker.ErrUnavailable and marks the
 // log degraded: Redis unreachable, or refusing commands for a passing
 // reason (loading after a restart, a long script, failing over:
-// redisreply.Transient). Any other error reply is not an outage.
+// redisreply.Transient). Redis refusing writes because it cannot keep
+// more (redisreply.StoreRefused) is broker.ErrStore, degraded too. Any
+// other error reply is not an outage.
 func (l *Log) unavailable(err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
+	}
+	if redisreply.StoreRefused(err) {
+		l.setHealth(sideCommands, err)
+		return fmt.Errorf("%w: redis: %v", broker.ErrStore, err)
 	}
 	if redisreply.Is(err) && !redisreply.Transient(err) {
 		return fmt.Errorf("redis: %v", err) // Redis answered: not an outage
@@ -392,8 +401,19 @@ func (l *Log) setHealth(side string, err error) {
 	was := l.down.Load()
 	if err == nil {
 		delete(l.downs, side)
+		delete(l.full, side)
 	} else {
-		l.downs[side] = err.Error()
+		what := "redis unreachable"
+		if redisreply.StoreRefused(err) {
+			what = "redis refuses writes (over maxmemory, or a save failed)"
+			l.full[side] = true
+		} else {
+			delete(l.full, side)
+		}
+		if side != sideCommands && side != sidePubSub {
+			what += ": " + side
+		}
+		l.downs[side] = what + ": " + err.Error()
 	}
 	var now *string
 	if len(l.downs) > 0 {
@@ -402,18 +422,16 @@ func (l *Log) setHealth(side string, err error) {
 			sides = append(sides, s)
 		}
 		sort.Strings(sides)
-		msg := "redis unreachable: " + l.downs[sides[0]]
-		if sides[0] != sideCommands && sides[0] != sidePubSub {
-			msg = "redis unreachable: " + sides[0] + ": " + l.downs[sides[0]]
-		}
+		msg := l.downs[sides[0]]
 		now = &msg
 	}
+	l.onlyFull.Store(len(l.downs) > 0 && len(l.full) == len(l.downs))
 	l.down.Store(now)
 	switch {
 	case was == nil && now != nil:
-		l.opts.Logger.Warn("redis unreachable; publishes fail until it is back", "err", *now)
+		l.opts.Logger.Warn("redis degraded; publishes fail until it is back", "err", *now)
 	case was != nil && now == nil:
-		l.opts.Logger.Info("redis reachable again")
+		l.opts.Logger.Info("redis answers again")
 	}
 }
 
@@ -427,6 +445,18 @@ func (l *Log) Health() error {
 		return fmt.Errorf("redis stalled: no answer for %s", d.Round(100*time.Millisecond))
 	}
 	return nil
+}
+
+// refusing is Health's error when writes are not even sent: Redis is
+// unreachable or stalled. While it only refuses writes for want of room
+// (redisreply.StoreRefused) they are still sent, each answered by Redis
+// (broker.ErrStore) until it takes them again.
+func (l *Log) refusing() error {
+	err := l.Health()
+	if err != nil && l.onlyFull.Load() && l.stalled() == 0 {
+		return nil
+	}
+	return err
 }
 
 // stalled is how long the oldest request in flight to Redis has waited,
@@ -500,7 +530,7 @@ func (l *Log) submit(ctx context.Context, o *op) error {
 // which sends what was queued together: one script call per channel, all
 // in one pipeline, in order.
 func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error), error) {
-	if err := l.Health(); err != nil {
+	if err := l.refusing(); err != nil {
 		// Nothing was sent: known not published.
 		return nil, fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
@@ -782,6 +812,13 @@ func (l *Log) runBatch(calls []*call) {
 					noscript = true // nothing ran
 				case redisreply.Transient(cerr):
 					err = cerr // not run: sent again
+				case redisreply.StoreRefused(cerr):
+					// Redis cannot keep more (maxmemory, a failed
+					// save): the script's first write was refused, so
+					// it changed nothing. Degraded until a heartbeat
+					// (a write too) goes through.
+					l.setHealth(sideCommands, cerr)
+					l.fail(c, fmt.Errorf("%w: redis: %v", broker.ErrStore, cerr))
 				case redisreply.Is(cerr):
 					// Redis answered with an error: the script did not
 					// append (it checks before it writes).

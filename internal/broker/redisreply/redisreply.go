@@ -36,19 +36,58 @@ func Is(err error) bool {
 //
 // Codes are matched whole: BUSYKEY and BUSYGROUP are not BUSY.
 func Transient(err error) bool {
-	var r redis.Error
-	if !errors.As(err, &r) {
+	msg, ok := reply(err)
+	if !ok {
 		return false
 	}
-	msg := r.Error()
 	if strings.HasPrefix(msg, "ERR max number of clients reached") {
 		return true
 	}
-	// Some Redis-compatible servers (KVRocks) put ERR before the code.
-	code, _, _ := strings.Cut(strings.TrimPrefix(msg, "ERR "), " ")
-	switch code {
+	switch code(msg) {
 	case "LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK":
 		return true
 	}
 	return false
+}
+
+// StoreRefused reports whether err is an error reply by which Redis
+// refused a write because it cannot keep more data; nothing ran (a
+// script's first write refused ends it before it changed anything, and
+// Redis lets a script that has written go on), and nothing will until
+// an operator acts:
+//
+//   - OOM: used memory is over maxmemory and the policy is noeviction
+//     (what docs/cluster.md advises, so that history is never evicted);
+//   - MISCONF: a background save failed and stop-writes-on-bgsave-error
+//     is on (a full or failing disk).
+//
+// Callers answer it as the durable store's own full disk
+// (broker.ErrStore: 507 store_failed), not as an outage: every node
+// shares the same Redis, so another node would be refused too.
+func StoreRefused(err error) bool {
+	msg, ok := reply(err)
+	if !ok {
+		return false
+	}
+	switch code(msg) {
+	case "OOM", "MISCONF":
+		return true
+	}
+	return false
+}
+
+// reply is err's text when it is an error reply.
+func reply(err error) (string, bool) {
+	var r redis.Error
+	if !errors.As(err, &r) {
+		return "", false
+	}
+	return r.Error(), true
+}
+
+// code is an error reply's code, its first word. Some Redis-compatible
+// servers (KVRocks) put ERR before it.
+func code(msg string) string {
+	c, _, _ := strings.Cut(strings.TrimPrefix(msg, "ERR "), " ")
+	return c
 }

@@ -2,6 +2,7 @@ package redisreply_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -27,10 +28,49 @@ func ctx(t *testing.T) context.Context {
 
 func check(t *testing.T, what string, err error, transient bool) {
 	t.Helper()
+	checkReply(t, what, err, transient, false)
+}
+
+func checkReply(t *testing.T, what string, err error, transient, full bool) {
+	t.Helper()
 	t.Logf("%s: %v", what, err)
-	if !redisreply.Is(err) || redisreply.Transient(err) != transient {
-		t.Errorf("%s: %v: reply %v, transient %v; want a reply, transient %v", what, err,
-			redisreply.Is(err), redisreply.Transient(err), transient)
+	if !redisreply.Is(err) || redisreply.Transient(err) != transient || redisreply.StoreRefused(err) != full {
+		t.Errorf("%s: %v: reply %v, transient %v, store refused %v; want a reply, transient %v, store refused %v", what, err,
+			redisreply.Is(err), redisreply.Transient(err), redisreply.StoreRefused(err), transient, full)
+	}
+}
+
+// Writes Redis refuses because it cannot keep more (over maxmemory; a
+// failed save) are neither transient nor ordinary errors; reads still
+// work meanwhile, and writes again once the operator acted.
+func TestStoreRefusedReplies(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := client(t, srv)
+	const write = "return redis.call('SET', KEYS[1], ARGV[1])"
+
+	if err := rdb.ConfigSet(ctx(t), "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	checkReply(t, "a write over maxmemory", rdb.Set(ctx(t), "k", "v", 0).Err(), false, true)
+	checkReply(t, "a script writing over maxmemory", rdb.Eval(ctx(t), write, []string{"k"}, "v").Err(), false, true)
+	if err := rdb.Get(ctx(t), "k").Err(); err != redis.Nil {
+		t.Fatalf("a read over maxmemory: %v, want nil (nothing written)", err)
+	}
+	if err := rdb.ConfigSet(ctx(t), "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.FailSaves()
+	checkReply(t, "a write after a failed save", rdb.Set(ctx(t), "k", "v", 0).Err(), false, true)
+	checkReply(t, "a script writing after a failed save", rdb.Eval(ctx(t), write, []string{"k"}, "v").Err(), false, true)
+	srv.SavesWork()
+	if err := rdb.Set(ctx(t), "k", "v", 0).Err(); err != nil {
+		t.Fatalf("a write once saves are off: %v", err)
+	}
+
+	check(t, "WRONGTYPE", rdb.LPush(ctx(t), "k", "y").Err(), false)
+	if redisreply.StoreRefused(errors.New("OOM command not allowed")) {
+		t.Error("an error that is not a reply counts as store refused")
 	}
 }
 
