@@ -250,3 +250,29 @@ func lostNames(lost map[string]bool) (out []string) {
 	}
 	return out
 }
+
+// On Redis Cluster a node that follows a channel only through a pattern
+// hears of its deletion too (the notice went out on sharded Pub/Sub
+// only, which pattern followers do not read): the channel made anew
+// after it starts cleanly, without a gap notice for the old incarnation,
+// as on a single Redis and on a node following it by name.
+func TestRedisClusterPatternNodeHearsDelete(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	p := newPrefix()
+	a, b := open(t, c.URL(), p, brokertest.Options{}), open(t, c.URL(), p, brokertest.Options{})
+	s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"gone.*"}})
+	for round := 0; round < 3; round++ {
+		for _, data := range []string{"old", "new"} {
+			if _, _, err := a.Publish(bg(t), &broker.Message{Channel: "gone.x", Data: []byte(data)}); err != nil {
+				t.Fatal(err)
+			}
+			msgs, gaps := events(t, s, 1)
+			if string(msgs[0].Data) != data || msgs[0].Seq != 1 || len(gaps) != 0 {
+				t.Fatalf("round %d: %q seq %d after gaps %v; want %q seq 1 and no gap", round, msgs[0].Data, msgs[0].Seq, gaps, data)
+			}
+			if err := a.DeleteChannel(bg(t), "gone.x"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}

@@ -1329,11 +1329,15 @@ func (l *Log) channelNames(ctx context.Context) ([]string, error) {
 func (l *Log) ChannelCount() int { return int(l.channels.Load()) }
 
 // Delete implements broker.Log: every node following the channel hears of
-// it over Pub/Sub and ends the subscriptions that named it.
+// it over Pub/Sub and ends the subscriptions that named it. On Redis
+// Cluster the notice goes out on sharded Pub/Sub (nodes following it by
+// name) and on classic Pub/Sub (nodes following it only through a
+// pattern; the others drop that copy): deletes are rare, so it is not
+// worth asking whether any pattern is followed.
 func (l *Log) Delete(ctx context.Context, name string) error {
 	how := "P"
 	if l.cluster != nil {
-		how = "S"
+		how = "SP"
 	}
 	n, err := deleteScript.Run(ctx, l.rdb, l.channelKeys(name), name, l.pubsubChannel(name), how).Int()
 	if err != nil {

@@ -560,12 +560,15 @@ return {e, s, t, mode, entries}
 `)
 
 // remove: KEYS meta, stream, sizes, channels (single Redis only). ARGV
-// channel, pub/sub channel, "P" (PUBLISH) or "S" (SPUBLISH).
+// channel, pub/sub channel, "P" (PUBLISH), "S" (SPUBLISH) or "SP" (both:
+// on Redis Cluster, for the nodes following the channel by name and
+// those following it only through a pattern).
 var deleteScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 if KEYS[4] then redis.call('SREM', KEYS[4], ARGV[1]) end
-if ARGV[3] == 'S' then redis.call('SPUBLISH', ARGV[2], 'D') else redis.call('PUBLISH', ARGV[2], 'D') end
+if ARGV[3] ~= 'P' then redis.call('SPUBLISH', ARGV[2], 'D') end
+if ARGV[3] ~= 'S' then redis.call('PUBLISH', ARGV[2], 'D') end
 return 1
 `)
 
