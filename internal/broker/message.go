@@ -105,6 +105,15 @@ func (m *Message) Encoded(slot int, fn func(*Message) []byte) []byte {
 	return *m.enc[slot].Load()
 }
 
+// EncodedAlready returns the message's encoding in slot when one was
+// made (by Encoded), else nil.
+func (m *Message) EncodedAlready(slot int) []byte {
+	if p := m.enc[slot].Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // ClassifyData decides the kind of a payload from its declared content type
 // (may be empty). Declared JSON must be valid; declared text/* is text
 // (binary if it is not UTF-8). Undeclared data that is a JSON object or

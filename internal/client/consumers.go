@@ -79,6 +79,29 @@ func (c *Client) CreateConsumer(ctx context.Context, name string, o ConsumerOpti
 // Fetch takes up to max deliveries from consumer name, waiting up to wait
 // for the first; none when wait passes without any.
 func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Duration, o ConsumerOptions) ([]Delivery, error) {
+	r, err := c.FetchBegin(ctx, name, max, wait, o)
+	if err != nil {
+		return nil, err
+	}
+	return r.Read()
+}
+
+// FetchReply is a fetch whose reply has begun: the broker has taken its
+// deliveries (a fetch sent now gets later ones), and Next decodes them
+// as they arrive. Read it to the end or Close it.
+type FetchReply struct {
+	resp *http.Response
+	br   *bufio.Reader
+	f    wire.DeliveryFrame
+	long []byte // a line longer than br's buffer
+	err  error  // what ended the reply (io.EOF: its end)
+}
+
+// FetchBegin sends a fetch as Fetch does and returns once its reply
+// begins, before its deliveries are read: a client may send the next
+// fetch while it reads this one, and the deliveries of the next come
+// after these.
+func (c *Client) FetchBegin(ctx context.Context, name string, max int, wait time.Duration, o ConsumerOptions) (*FetchReply, error) {
 	q := consumerQuery(o)
 	q.Set("max", strconv.Itoa(max))
 	q.Set("wait", wait.String())
@@ -91,40 +114,82 @@ func (c *Client) Fetch(ctx context.Context, name string, max int, wait time.Dura
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(resp.Body)
-	defer func() { br.Reset(nil); readers.Put(br) }()
-	var (
-		out  []Delivery
-		f    wire.DeliveryFrame
-		long []byte // a line longer than br's buffer
-	)
+	return &FetchReply{resp: resp, br: br}, nil
+}
+
+// Close drops what was not read: those deliveries are delivered again
+// after the ack wait.
+func (r *FetchReply) Close() {
+	if r.br == nil {
+		return
+	}
+	r.resp.Body.Close()
+	r.br.Reset(nil)
+	readers.Put(r.br)
+	r.br = nil
+	if r.err == nil {
+		r.err = io.EOF
+	}
+}
+
+// Read reads and decodes the rest of the reply's deliveries, and closes
+// it. On an error it returns those read before it.
+func (r *FetchReply) Read() ([]Delivery, error) {
+	var out []Delivery
 	for {
-		line, err := br.ReadSlice('\n')
+		ds, err := r.Next(wire.MaxFetch)
+		out = append(out, ds...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+}
+
+// Next reads and decodes up to max more deliveries as they arrive. At
+// the end of the reply it returns io.EOF (with the last deliveries, or
+// none) and closes it; on another error, the deliveries read before it
+// (those not read are delivered again after the ack wait).
+func (r *FetchReply) Next(max int) ([]Delivery, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	var out []Delivery
+	for len(out) < max {
+		line, err := r.br.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
-			long = append(long[:0], line...)
+			r.long = append(r.long[:0], line...)
 			for err == bufio.ErrBufferFull {
-				line, err = br.ReadSlice('\n')
-				long = append(long, line...)
+				line, err = r.br.ReadSlice('\n')
+				r.long = append(r.long, line...)
 			}
-			line = long
+			line = r.long
 		}
 		if len(bytes.TrimSpace(line)) > 0 {
-			d, derr := decodeDelivery(&f, line)
+			d, derr := decodeDelivery(&r.f, line)
 			if derr != nil {
+				r.err = derr
+				r.Close()
 				return out, derr
 			}
 			out = append(out, d)
 		}
 		if err == io.EOF {
-			return out, nil
+			r.err = io.EOF
+			r.Close()
+			return out, io.EOF
 		}
 		if err != nil {
-			// Deliveries not read are delivered again after the ack wait.
-			return out, fmt.Errorf("reading deliveries: %w", err)
+			r.err = fmt.Errorf("reading deliveries: %w", err)
+			r.Close()
+			return out, r.err
 		}
 	}
+	return out, nil
 }
 
 // readers read fetch replies: one 64 KiB buffer per fetch was a good

@@ -40,16 +40,22 @@ type DeliveryFrame struct {
 
 // AppendDelivery appends the line of delivery id (its count-th) of m by
 // consumer: m's envelope with "type":"delivery" and the delivery fields.
+//
+// m's envelope is written straight into b unless m has it encoded already:
+// a consumer's message is rarely sent to anyone else, and keeping its
+// encoding with it until it is acknowledged was an allocation per
+// delivery and a second copy of every message held.
 func AppendDelivery(b []byte, consumer, id string, count int, m *broker.Message) []byte {
-	env := JSON(m) // {"type":"message",…}\n
 	b = append(b, `{"type":"delivery","consumer":`...)
 	b = AppendString(b, consumer)
 	b = append(b, `,"delivery":"`...)
 	b = append(b, id...)
 	b = append(b, `","deliveries":`...)
 	b = strconv.AppendInt(b, int64(count), 10)
-	b = append(b, env[len(`{"type":"message"`):]...)
-	return b
+	if env := m.EncodedAlready(broker.EncJSON); env != nil { // {"type":"message",…}\n
+		return append(b, env[len(`{"type":"message"`):]...)
+	}
+	return appendJSONFields(b, m)
 }
 
 // AppendDeliveryGap appends the line of a gap notice of consumer: lost
@@ -390,8 +396,9 @@ func DecodeDeliveryFrame(line []byte) (*DeliveryFrame, error) {
 // (a reader of many lines reuses one frame).
 func (f *DeliveryFrame) Decode(line []byte) error {
 	// The lines of one fetch name the same consumer, and often the same
-	// channel: keep the strings of the line before when they repeat.
-	consumer, channel := f.Consumer, f.Channel
+	// channel and event: keep the strings of the line before when they
+	// repeat.
+	consumer, channel, event := f.Consumer, f.Channel, f.Event
 	*f = DeliveryFrame{}
 	ok := scanObject(line, func(key, raw []byte, plain bool) bool {
 		switch string(key) {
@@ -406,6 +413,12 @@ func (f *DeliveryFrame) Decode(line []byte) error {
 				return false
 			}
 			f.Channel = again(raw[1:len(raw)-1], channel)
+			return true
+		case "event":
+			if !plain {
+				return false
+			}
+			f.Event = again(raw[1:len(raw)-1], event)
 			return true
 		case "delivery":
 			if !plain {

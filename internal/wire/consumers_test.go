@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -111,6 +112,11 @@ func FuzzAppendDelivery(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Once m's envelope is encoded (above, as for a subscriber), the line is
+		// made from that encoding, and is the same.
+		if again := AppendDelivery(nil, consumer, id, count, m); string(again) != string(line) {
+			t.Fatalf("with m's envelope encoded: %q, before %q", again, line)
+		}
 		wm, _ := want.Message()
 		if !reflect.DeepEqual(got, wm) {
 			t.Fatalf("delivery gives %+v, the message envelope %+v", got, wm)
@@ -167,4 +173,22 @@ func FuzzDecodeConsumerFrame(f *testing.F) {
 			t.Fatalf("%q: %+v", data, fr)
 		}
 	})
+}
+
+// TestDeliveryFrameDecodeReusesOnlyEqualStrings: a frame decoding line
+// after line keeps the consumer, channel and event strings of the line
+// before only when they are the same.
+func TestDeliveryFrameDecodeReusesOnlyEqualStrings(t *testing.T) {
+	var f DeliveryFrame
+	for i, c := range []struct{ consumer, channel, event string }{
+		{"w", "a", "message"}, {"w", "a", "message"}, {"w", "b", "other"}, {"v", "b", "message"},
+	} {
+		m := &broker.Message{Channel: c.channel, Epoch: "e", Seq: uint64(i + 1), Event: c.event, Data: []byte("x"), Time: time.Unix(1, 0).UTC()}
+		if err := f.Decode(AppendDelivery(nil, c.consumer, fmt.Sprint(i+1, ".1"), 1, m)); err != nil {
+			t.Fatal(err)
+		}
+		if f.Consumer != c.consumer || f.Channel != c.channel || f.Event != c.event || f.Delivery != fmt.Sprint(i+1, ".1") {
+			t.Fatalf("line %d decodes to consumer %q, channel %q, event %q, delivery %q; want %+v", i+1, f.Consumer, f.Channel, f.Event, f.Delivery, c)
+		}
+	}
 }

@@ -32,6 +32,12 @@ func encodeJSON(m *broker.Message) []byte {
 	// kept with the message for as long as the message is.
 	b := make([]byte, 0, 160+len(m.Channel)+len(m.Event)+len(m.Epoch)+len(m.Data)*4/3)
 	b = append(b, `{"type":"message"`...)
+	return appendJSONFields(b, m)
+}
+
+// appendJSONFields appends what follows `{"type":"message"` in m's JSON
+// envelope, through the closing brace and newline.
+func appendJSONFields(b []byte, m *broker.Message) []byte {
 	b = appendPosition(b, m)
 	b = append(b, `,"event":`...)
 	b = AppendString(b, m.Event)

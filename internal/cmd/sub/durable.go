@@ -1,9 +1,11 @@
 package sub
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -33,20 +35,41 @@ func retryDelay(count int) time.Duration {
 // message is acknowledged once printed, or once --exec exited 0, and
 // refused (delivered again with backoff) when --exec failed. Up to
 // --max-inflight messages are handled at once.
+//
+// Three goroutines keep the deliveries flowing: one sends fetches while
+// there is room, the next as soon as the reply of the one before began
+// (so the broker prepares it while that one is read); the handler reads
+// the replies in that order, prints, and hands the ids of what it flushed
+// to stdout to the acker, a chunk at a time; the acker sends them without
+// waiting for the answers to earlier ones (up to maxAcksInFlight requests
+// at once). A delivery holds its slot of --max-inflight from its fetch
+// until its acknowledgement was answered.
 type durable struct {
 	o  *Options
 	p  *printer
 	c  *client.Client
 	co client.ConsumerOptions
 
-	mu      sync.Mutex // the printer and the counts
-	running int        // deliveries held: fetched, their ack or nack not yet sent
+	mu      sync.Mutex // the counts (the handler alone writes to stdout)
+	running int        // deliveries held: fetched, their ack or nack not yet answered
+	asked   int        // deliveries asked for by fetches whose reply was not read yet
+	queued  int        // messages fetched and not yet handed to a handler (for --count)
 	started int        // messages handed to a handler (for --count)
 	free    chan struct{}
-	acks    chan []string // delivery ids to acknowledge, a handled batch at a time
+	acks    chan []string // delivery ids to acknowledge, a handled chunk at a time
 	failed  error
 	wg      sync.WaitGroup
 }
+
+// ackChunk is how many printed messages are flushed and acknowledged
+// together: the broker can hand out their slots again while the rest of
+// a fetch is printed.
+const ackChunk = 250
+
+// maxAcksInFlight bounds the acknowledgement requests sent and not yet
+// answered (with --data-dir each answer waits for a commit, which the
+// broker shares between the requests that came meanwhile).
+const maxAcksInFlight = 4
 
 func runDurable(ctx, sctx context.Context, o *Options, p *printer, c *client.Client) error {
 	d := &durable{o: o, p: p, c: c, free: make(chan struct{}, 1), acks: make(chan []string, 1024),
@@ -57,10 +80,30 @@ func runDurable(ctx, sctx context.Context, o *Options, p *printer, c *client.Cli
 	if o.Since == "all" {
 		d.co.Start = "all"
 	}
+	// A fetch's lines are written out a chunk at a time, flushed before
+	// their acknowledgement goes.
+	p.out = bufio.NewWriterSize(o.IO.Out, 64<<10)
 	ackDone := make(chan error, 1)
 	actx, acancel := context.WithCancel(context.Background())
 	go func() { ackDone <- d.acker(actx) }()
-	err := d.loop(sctx)
+	fctx, fcancel := context.WithCancel(sctx)
+	replies := make(chan fetching, 1)
+	fetchDone := make(chan error, 1)
+	go func() { fetchDone <- d.fetch(fctx, replies) }()
+	var err error
+	for f := range replies {
+		if err != nil {
+			f.r.Close() // not handled: delivered again after the ack wait
+			continue
+		}
+		if err = d.read(sctx, f); err != nil {
+			fcancel()
+		}
+	}
+	if ferr := <-fetchDone; err == nil {
+		err = ferr
+	}
+	fcancel()
 	d.wg.Wait()
 	close(d.acks)
 	aerr := <-ackDone
@@ -80,18 +123,32 @@ func runDurable(ctx, sctx context.Context, o *Options, p *printer, c *client.Cli
 	return p.finish(ctx, err)
 }
 
-// loop fetches while there is room, until --count messages were handled,
-// ctx ends or fetching fails for good.
-func (d *durable) loop(ctx context.Context) error {
+// fetching is a fetch whose reply began, which asked for max deliveries.
+type fetching struct {
+	r   *client.FetchReply
+	max int
+}
+
+// fetch sends fetches while there is room and passes their replies on to
+// be read, until --count messages were handled, ctx ends or fetching
+// fails for good; it closes out when it returns. The next fetch goes as
+// soon as the reply of the one before began, so the broker prepares it
+// while that one is read and printed: its deliveries come after them.
+func (d *durable) fetch(ctx context.Context, out chan<- fetching) error {
+	defer close(out)
 	backoff := 100 * time.Millisecond
 	warned := false
 	for {
 		d.mu.Lock()
-		room := max(d.o.MaxInflight-d.running, 0)
+		room := max(d.o.MaxInflight-d.running-d.asked, 0)
 		if d.o.Count > 0 {
-			room = min(room, d.o.Count-d.started)
+			room = min(room, d.o.Count-d.started-d.queued-d.asked)
 		}
 		failed, finished := d.failed, d.o.Count > 0 && d.started >= d.o.Count && d.running == 0
+		n := min(room, consumer.MaxFetch)
+		if failed == nil && !finished && n > 0 {
+			d.asked += n // until its reply is read
+		}
 		d.mu.Unlock()
 		if failed != nil {
 			return failed
@@ -99,7 +156,7 @@ func (d *durable) loop(ctx context.Context) error {
 		if finished {
 			return client.ErrStop
 		}
-		if room <= 0 {
+		if n <= 0 {
 			select {
 			case <-d.free:
 				continue
@@ -107,8 +164,11 @@ func (d *durable) loop(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
-		ds, err := d.c.Fetch(ctx, d.o.Durable, min(room, consumer.MaxFetch), durableWait, d.co)
+		r, err := d.c.FetchBegin(ctx, d.o.Durable, n, durableWait, d.co)
 		if err != nil {
+			d.mu.Lock()
+			d.asked -= n
+			d.mu.Unlock()
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -134,33 +194,60 @@ func (d *durable) loop(ctx context.Context) error {
 			fmt.Fprintf(d.o.IO.ErrOut, "pushctl: fetching from consumer %s again\n", d.o.Durable)
 		}
 		backoff, warned = 100*time.Millisecond, false
+		out <- fetching{r, n} // the reader drains out until it is closed
+	}
+}
+
+// read reads a fetch's deliveries as they arrive and handles them, a
+// chunk at a time: the first are acknowledged while the broker still
+// sends the rest.
+func (d *durable) read(ctx context.Context, f fetching) error {
+	lines := 0
+	defer func() {
+		f.r.Close()
+		d.mu.Lock()
+		d.asked -= f.max - lines
+		d.mu.Unlock()
+		d.wake() // what the fetch asked for and did not get is room again
+	}()
+	for {
+		ds, err := f.r.Next(ackChunk)
 		held := 0
 		for _, dv := range ds {
 			if dv.Gap == nil {
 				held++
 			}
 		}
+		lines += len(ds)
 		d.mu.Lock()
-		d.running += held // until their ack or nack is sent
+		d.asked -= len(ds)
+		d.running += held // until their ack or nack is answered
+		d.queued += held  // until handled
 		d.mu.Unlock()
-		if err := d.handle(ctx, ds); err != nil {
-			return err
+		if herr := d.handle(ctx, ds); herr != nil {
+			return herr
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() == nil && !d.o.Quiet {
+				// Those not read come again after the ack wait.
+				fmt.Fprintf(d.o.IO.ErrOut, "pushctl: reading a fetch from consumer %s failed (%v); going on\n", d.o.Durable, err)
+			}
+			return nil
 		}
 	}
 }
 
-// handle prints the deliveries and then acknowledges them, or starts
-// --exec for each.
+// handle prints the deliveries and acknowledges them a chunk at a time,
+// each once flushed to stdout, or starts --exec for each. Only the
+// handler writes to stdout (d.p.out), so it writes without d.mu: a
+// blocked stdout holds up neither the acknowledgement of what was
+// flushed before nor the fetcher.
 func (d *durable) handle(ctx context.Context, ds []client.Delivery) error {
 	var done []string // printed (flushed before they are acknowledged) or not kept
-	defer func() {
-		d.mu.Lock()
-		d.p.out.Flush()
-		d.mu.Unlock()
-		if len(done) > 0 {
-			d.acks <- done
-		}
-	}()
+	defer d.wake()    // --count: room for what was not kept
 	for _, dv := range ds {
 		if dv.Gap != nil {
 			g := dv.Gap
@@ -168,37 +255,58 @@ func (d *durable) handle(ctx context.Context, ds []client.Delivery) error {
 			if dv.Lost > 0 {
 				lost = fmt.Sprint(dv.Lost)
 			}
-			d.mu.Lock()
-			err := d.p.gap(g, fmt.Sprintf("consumer %s could not keep %s messages of %s after %s (max pending, or history gone); continuing after %s", d.o.Durable, lost, g.Channel, g.From, g.To))
-			d.mu.Unlock()
-			if err != nil {
+			if err := d.p.gap(g, fmt.Sprintf("consumer %s could not keep %s messages of %s after %s (max pending, or history gone); continuing after %s", d.o.Durable, lost, g.Channel, g.From, g.To)); err != nil {
 				return err
 			}
 			continue
 		}
 		keep, err := d.p.o.filter.Keep(ctx, dv.Msg.Data, dv.Msg.Kind == broker.KindJSON)
-		if err != nil || !keep {
+		keep = err == nil && keep
+		d.mu.Lock()
+		d.queued--
+		if keep {
+			d.started++
+		}
+		d.mu.Unlock()
+		if !keep {
 			done = append(done, dv.ID) // not for us: done with it
 			continue
 		}
-		d.mu.Lock()
-		d.started++
 		if d.o.Print {
 			if err := write(d.p.out, d.o, dv.Msg); err != nil {
-				d.mu.Unlock()
 				return err
 			}
 		}
 		if d.o.Exec == "" {
+			d.mu.Lock()
 			d.p.got++
 			d.mu.Unlock()
 			done = append(done, dv.ID)
+			if len(done) >= ackChunk {
+				if err := d.flushed(done); err != nil {
+					return err
+				}
+				done = nil
+			}
 			continue
 		}
-		d.p.out.Flush()
-		d.mu.Unlock()
+		if err := d.p.out.Flush(); err != nil {
+			return err
+		}
 		d.wg.Add(1)
 		go d.exec(ctx, dv)
+	}
+	return d.flushed(done)
+}
+
+// flushed flushes what was printed, then has ids acknowledged: a message
+// is acknowledged only once written to stdout.
+func (d *durable) flushed(ids []string) error {
+	if err := d.p.out.Flush(); err != nil {
+		return err // not acknowledged: delivered again after the ack wait
+	}
+	if len(ids) > 0 {
+		d.acks <- ids
 	}
 	return nil
 }
@@ -239,49 +347,74 @@ func (d *durable) exec(ctx context.Context, dv client.Delivery) {
 }
 
 // release frees n slots of --max-inflight: deliveries whose ack or nack
-// was sent (or that will come back after the ack wait).
+// was answered (or that will come back after the ack wait).
 func (d *durable) release(n int) {
 	d.mu.Lock()
 	d.running -= n
 	d.mu.Unlock()
+	d.wake()
+}
+
+// wake has the fetcher look at its room again.
+func (d *durable) wake() {
 	select {
 	case d.free <- struct{}{}:
 	default:
 	}
 }
 
-// acker sends acknowledgements in batches: whatever gathered while the
-// previous batch was sent goes in one request.
+// acker sends acknowledgements in batches, up to maxAcksInFlight requests
+// at once: whatever gathered while all were out goes in the next one. It
+// returns once every request sent was answered.
 func (d *durable) acker(ctx context.Context) error {
-	var batch []string
-	for ids := range d.acks {
-		batch = append(batch[:0], ids...)
+	slots := make(chan struct{}, maxAcksInFlight)
+	var wg sync.WaitGroup
+	for {
+		slots <- struct{}{}
+		ids, ok := <-d.acks
+		if !ok {
+			wg.Wait()
+			d.mu.Lock()
+			err := d.failed
+			d.mu.Unlock()
+			return err
+		}
+		batch := append(make([]string, 0, len(ids)), ids...)
 	drain:
 		for len(batch) < wire.MaxAckIDs-consumer.MaxFetch {
 			select {
 			case ids, ok := <-d.acks:
 				if !ok {
-					break drain
+					break drain // the next receive sees it closed
 				}
 				batch = append(batch, ids...)
 			default:
 				break drain
 			}
 		}
-		if err := d.sendAcks(ctx, batch); err != nil {
-			d.mu.Lock()
-			if d.failed == nil {
-				d.failed = err
-			}
-			d.mu.Unlock()
-			d.release(0)       // the fetch loop sees the failure
-			for range d.acks { // let handlers finish
-			}
-			return err
+		d.mu.Lock()
+		failed := d.failed != nil
+		d.mu.Unlock()
+		if failed {
+			<-slots // the handlers finish; nothing more is sent
+			continue
 		}
-		d.release(len(batch))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			if err := d.sendAcks(ctx, batch); err != nil {
+				d.mu.Lock()
+				if d.failed == nil {
+					d.failed = err
+				}
+				d.mu.Unlock()
+				d.release(0) // the fetcher sees the failure
+				return
+			}
+			d.release(len(batch))
+		}()
 	}
-	return nil
 }
 
 // sendAcks posts one batch, retrying while the broker cannot be reached
