@@ -540,9 +540,9 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 		if m.Origin != 0 {
 			origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
 		}
-		// The origin goes with the event's length: the script writes
-		// them into the Pub/Sub message as they are.
-		args = append(args, m.Event, int(m.Kind), m.Data, origin+" "+strconv.Itoa(len(m.Event)))
+		// The origin goes with the event's and the data's lengths: the
+		// script writes them into the Pub/Sub message as they are.
+		args = append(args, m.Event, int(m.Kind), m.Data, origin+" "+strconv.Itoa(len(m.Event))+" "+strconv.Itoa(len(m.Data)))
 	}
 	if slices.ContainsFunc(msgs, func(m *broker.Message) bool { return m.Key != "" }) {
 		// Keys: the window, then one Redis key name per message.
@@ -1196,31 +1196,33 @@ func replayPlan(name string, head broker.Position, msgs []*broker.Message, req b
 
 // Info implements broker.Log.
 func (l *Log) Info(ctx context.Context, name string) (broker.ChannelInfo, error) {
-	pipe := l.rdb.Pipeline()
-	meta := pipe.HGetAll(ctx, l.chanKey(name, "m"))
-	n := pipe.XLen(ctx, l.chanKey(name, "s"))
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return broker.ChannelInfo{}, l.unavailable(err)
-	}
-	return infoFrom(name, meta.Val(), n.Val())
-}
-
-func infoFrom(name string, meta map[string]string, n int64) (broker.ChannelInfo, error) {
-	if meta["e"] == "" {
+	v, err := infoScript.Run(ctx, l.rdb, l.infoKeys(name)).Slice()
+	if errors.Is(err, redis.Nil) {
 		return broker.ChannelInfo{}, broker.ErrNotFound
 	}
-	seq, _ := strconv.ParseUint(meta["s"], 10, 64)
-	us, _ := strconv.ParseInt(meta["t"], 10, 64)
-	bytes, _ := strconv.ParseInt(meta["b"], 10, 64)
-	if f, err := strconv.ParseUint(meta["f"], 10, 64); err == nil {
-		// The history is f..seq; the stream may hold a few entries
-		// before f (it is trimmed a node at a time).
-		n = 0
-		if seq+1 > f {
-			n = int64(seq + 1 - f)
-		}
+	if err != nil {
+		return broker.ChannelInfo{}, l.unavailable(err)
 	}
-	ci := broker.ChannelInfo{Name: name, Epoch: meta["e"], LastSeq: seq, Messages: int(n), Bytes: bytes, Published: seq}
+	return infoFrom(name, v)
+}
+
+// infoKeys are the info script's keys for channel ch.
+func (l *Log) infoKeys(ch string) []string {
+	return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s")}
+}
+
+// infoFrom reads the info script's reply: epoch, seq, last time (µs),
+// messages, bytes.
+func infoFrom(name string, v []any) (broker.ChannelInfo, error) {
+	if len(v) != 5 {
+		return broker.ChannelInfo{}, fmt.Errorf("redis: unexpected info reply %v", v)
+	}
+	epoch := fmt.Sprint(v[0])
+	seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+	us, _ := strconv.ParseInt(fmt.Sprint(v[2]), 10, 64)
+	n, _ := v[3].(int64)
+	bytes, _ := v[4].(int64)
+	ci := broker.ChannelInfo{Name: name, Epoch: epoch, LastSeq: seq, Messages: int(n), Bytes: bytes, Published: seq}
 	if seq > 0 {
 		ci.LastID = broker.Position{Epoch: ci.Epoch, Seq: seq}.String()
 		ci.LastPublish = time.UnixMicro(us).UTC()
@@ -1234,25 +1236,40 @@ func (l *Log) List(ctx context.Context) ([]broker.ChannelInfo, error) {
 	if err != nil {
 		return nil, l.unavailable(err)
 	}
-	pipe := l.rdb.Pipeline()
-	metas := make([]*redis.MapStringStringCmd, len(names))
-	lens := make([]*redis.IntCmd, len(names))
-	for i, name := range names {
-		metas[i] = pipe.HGetAll(ctx, l.chanKey(name, "m"))
-		lens[i] = pipe.XLen(ctx, l.chanKey(name, "s"))
-	}
-	if len(names) > 0 {
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return nil, l.unavailable(err)
+	var infos []*redis.Cmd
+	for try := 0; len(names) > 0; try++ {
+		pipe := l.rdb.Pipeline()
+		infos = make([]*redis.Cmd, len(names))
+		for i, name := range names {
+			infos[i] = infoScript.EvalSha(ctx, pipe, l.infoKeys(name))
 		}
+		_, err := pipe.Exec(ctx)
+		if err == nil || errors.Is(err, redis.Nil) {
+			break
+		}
+		if try == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Redis restarted (or SCRIPT FLUSH): load them and ask again.
+			if err := l.loadScripts(ctx); err != nil {
+				return nil, l.unavailable(err)
+			}
+			continue
+		}
+		return nil, l.unavailable(err)
 	}
 	out := make([]broker.ChannelInfo, 0, len(names))
 	var gone []any
 	for i, name := range names {
-		ci, err := infoFrom(name, metas[i].Val(), lens[i].Val())
-		if err != nil {
+		v, err := infos[i].Slice()
+		if errors.Is(err, redis.Nil) {
 			gone = append(gone, name) // expired
 			continue
+		}
+		if err != nil {
+			return nil, l.unavailable(err)
+		}
+		ci, err := infoFrom(name, v)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, ci)
 	}

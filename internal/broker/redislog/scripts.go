@@ -8,7 +8,7 @@ import (
 
 // scripts are loaded when a node starts, and again when Redis forgot them.
 var scripts = []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript,
-	presenceAddScript, presenceRemoveScript, republishScript}
+	presenceAddScript, presenceRemoveScript, republishScript, infoScript}
 
 // Lua shared by the scripts: applying a count change to a node's hash
 // and the cluster totals.
@@ -50,27 +50,41 @@ end
 // none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub
 // channel, 8 history bytes (0: no bound), 9 how to publish ("P" PUBLISH,
 // "S" SPUBLISH, "SP" both), 10 node, 11 call id ("": none), 12 count N,
-// then N times event, kind, data, "<origin> <event length>"; then, when
-// any message carries an idempotency key, the keys' window (ms) and N
-// Redis key names, one per message ("": no key). Times (µs) are decimal
-// strings without leading zeros, compared as strings.
+// then N times event, kind, data, "<origin> <event length> <data
+// length>"; then, when any message carries an idempotency key, the keys'
+// window (ms) and N Redis key names, one per message ("": no key). Times
+// (µs) are decimal strings without leading zeros, compared as strings.
 //
-// Meta fields: e epoch, s sequence, t last time, b retained bytes, f the
-// first retained sequence, o a time no retained message is older than
-// (µs; absent: not known), x when the keys' expiry was last pushed back
-// (µs), i:<node> the node's last call: "<call id> <first seq> <count>
-// <time>".
+// Meta fields: e epoch, s sequence, t last time, f the first retained
+// sequence, c the bytes of the channel's messages stored so far (of this
+// epoch, or since the channel was taken over from an earlier version), o
+// a time no retained message is older than (µs; absent: not known), x
+// when the keys' expiry was last pushed back (µs), i:<node> the node's
+// last call: "<call id> <first seq> <count> <time>"; with the sizes list
+// only: l the first sequence whose entry has its c, b retained bytes.
 //
 // The history is the stream's entries from f to s (entry ids are
-// "<seq>-1"). The sizes list holds "<time> <data length>" for each of
-// them, oldest first, so that what falls out of the history (by count,
-// age or bytes) is found without reading the stream: a publish pops the
-// sizes of what it pushes out and moves f. The stream itself is trimmed
-// a whole node at a time (MINID ~), which is cheap; the few entries
-// before f it still holds are never read. Times never go back, so o (the
-// time of the last message that left, or of the oldest one read) says
-// whether anything can be older than the age cutoff: the sizes list is
-// only read when something may be.
+// "<seq>-1", fields t time, e event, k kind, d data, c the channel's c
+// once the entry was stored; entries an earlier version stored have no
+// c). The history's length is s - f + 1, so the count bound is
+// arithmetic: a publish moves f past what it pushes out. The stream
+// itself is trimmed a whole node at a time (MINID ~), which is cheap; the
+// few entries before f it still holds are never read. Times never go
+// back, so o says whether anything can be older than the age cutoff: the
+// oldest entries are read (their t) only when something may be, and o
+// becomes the time of the first one kept. The retained bytes are c minus
+// the first retained entry's c, plus its length (the info script reads
+// it).
+//
+// The sizes list (K[3]) is kept only while the channel is published with
+// a bytes bound (history bytes > 0): "<time> <data length>" for each
+// retained message, oldest first, so that what the bound pushes out is
+// found without reading the stream (a publish pops the sizes of what
+// leaves), and b is the retained bytes. A channel without the list that
+// gets a bytes bound has it made from the stream; one with the list
+// published without a bytes bound drops it once every retained entry has
+// its c (l says from which one on: a channel an earlier version wrote,
+// all of whose entries lack c, keeps the list until they left).
 //
 // A call id makes the call idempotent: the same call sent again (a retry
 // after a connection broke or Redis stalled, whether or not the first
@@ -96,10 +110,11 @@ end
 // earlier epoch of the channel (deleted since) does not count.
 //
 // The script runs for every publish: it avoids what costs Redis most in
-// Lua, numbers turned into strings (Redis formats a number argument with
-// "%.17g", Lua a concatenated one with "%.14g": string.format's %d is
-// several times cheaper) and strings into numbers (tonumber parses twice,
-// arithmetic once).
+// Lua, redis.call (about 5,000 instructions each beyond the command's
+// own work), numbers turned into strings (Redis formats a number argument
+// with "%.17g", Lua a concatenated one with "%.14g": string.format's %d
+// is several times cheaper) and strings into numbers (tonumber parses
+// twice, arithmetic once).
 const luaPublish = `
 -- sizeOf splits a sizes entry into time (a string) and length.
 local function sizeOf(v)
@@ -115,42 +130,55 @@ local function older(a, b) return #a < #b or (#a == #b and a < b) end
 -- <count>", then for each message a line "<kind> <origin> <event length>
 -- <data length>" followed by the event and the data. The n messages are
 -- A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
--- length>"; the data lengths as strings, when the caller has them, are
--- dl1 (n is 1) or dls[1..n]. (Strings are joined with .., not string.format, which runs
--- sprintf for each %s too; a message alone is joined in one step,
--- without a table.)
-local function encode(e, sfirst, ts, ns, A, j0, n, dl1, dls)
+-- length> <data length>". (Strings are joined with .., not
+-- string.format, which runs sprintf for each %s too; a message alone is
+-- joined in one step, without a table.)
+local function encode(e, sfirst, ts, ns, A, j0, n)
   if n == 1 then
-    local data = A[j0 + 2]
     return 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n' ..
-      A[j0 + 1] .. ' ' .. A[j0 + 3] .. ' ' .. (dl1 or int(#data)) .. '\n' .. A[j0] .. data
+      A[j0 + 1] .. ' ' .. A[j0 + 3] .. '\n' .. A[j0] .. A[j0 + 2]
   end
   local parts = {'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'}
   for i = 0, n - 1 do
     local j = j0 + 4*i
-    local data = A[j + 2]
-    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. ' ' .. (dls and dls[i + 1] or int(#data)) .. '\n'
+    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. '\n'
     parts[#parts+1] = A[j]
-    parts[#parts+1] = data
+    parts[#parts+1] = A[j + 2]
   end
   return table.concat(parts)
 end
--- migrate gives a channel an older version wrote (no f, no sizes; its
--- stream held exactly the history) its sizes list, and returns f.
-local function migrate(K, seq)
+-- sizesFrom makes the sizes list of the stream's entries from seq from
+-- on, and returns their bytes.
+local function sizesFrom(K, from)
   redis.call('DEL', K[3])
-  local all = redis.call('XRANGE', K[2], '-', '+')
-  if #all == 0 then return seq + 1 end
-  local vals = {}
-  for j = 1, #all do
-    local fl = all[j][2] -- t, time, e, event, k, kind, d, data
-    vals[#vals+1] = fl[2] .. ' ' .. #fl[8]
-    if #vals == 1000 or j == #all then
-      redis.call('RPUSH', K[3], unpack(vals))
-      vals = {}
+  local b, start = 0, int(from) .. '-0'
+  while true do
+    local all = redis.call('XRANGE', K[2], start, '+', 'COUNT', '1000')
+    if #all == 0 then break end
+    local vals = {}
+    for j = 1, #all do
+      local fl = all[j][2] -- t, time, e, event, k, kind, d, data[, c, bytes]
+      local l = #fl[8]
+      b = b + l
+      vals[j] = fl[2] .. ' ' .. int(l)
     end
+    redis.call('RPUSH', K[3], unpack(vals))
+    if #all < 1000 then break end
+    start = '(' .. all[#all][1]
   end
-  return tonumber(string.match(all[1][1], '^(%d+)'))
+  return b
+end
+-- migrate gives a channel a much older version wrote (no f, no sizes;
+-- its stream held exactly the history) its sizes list, and returns f.
+local function migrate(K, seq)
+  local one = redis.call('XRANGE', K[2], '-', '+', 'COUNT', '1')
+  if #one == 0 then
+    redis.call('DEL', K[3])
+    return seq + 1
+  end
+  local f = tonumber(string.match(one[1][1], '^(%d+)'))
+  sizesFrom(K, f)
+  return f
 end
 -- keyRecord reads an idempotency key's record: epoch, seq, time.
 local function keyRecord(k)
@@ -161,11 +189,12 @@ local function keyRecord(k)
 end
 local function publish(K, A)
 local rf = 'i:' .. A[10]
-local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f', 'o')
+local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f', 'o', 'c', 'l')
 local e = meta[1]
 local id = A[11]
 local ns = A[12]
-local n = ns + 0
+local n
+if ns == '1' then n = 1 else n = ns + 0 end
 local win = A[13 + 4*n] -- set when messages of the batch carry keys
 if e and id ~= '' and meta[6] then
   local rec = meta[6]
@@ -234,14 +263,19 @@ end
 local fresh = not e
 local seq, b, x, f = 0, 0, 0, 1
 local o = meta[8] or '0'
+local c, l = meta[9], meta[10] -- l: the channel keeps the sizes list
+local setl -- l written (false: deleted, with b)
 local refresh = fresh
+local size = A[3] + 0
+local hb = 0
+if A[8] ~= '0' then hb = A[8] + 0 end
 if fresh then
-  e, o = A[1], '0'
+  e, o, c, l = A[1], '0', 0, nil
   redis.call('DEL', K[2], K[3])
   if K[4] then redis.call('SADD', K[4], A[6]) end
+  if size > 0 and hb > 0 then l, setl = '1', '1' end
 else
   seq = (meta[2] or 0) + 0
-  b = (meta[4] or 0) + 0
   x = (meta[5] or 0) + 0
   if meta[7] then
     f = meta[7] + 0
@@ -249,46 +283,59 @@ else
     f = migrate(K, seq)
     refresh = true
   end
+  if c then
+    c = c + 0
+  else
+    -- An earlier version wrote the channel: its sizes list and bytes go
+    -- on, the bytes counted from here; the list stays until its
+    -- messages (stored without c) left.
+    c = (meta[4] or 0) + 0
+    l = int(seq + 1)
+    setl = l
+  end
+  if l then
+    b = (meta[4] or 0) + 0
+  elseif size > 0 and hb > 0 then
+    -- A bytes bound on a channel kept without it: its sizes list is made.
+    b = sizesFrom(K, f)
+    l, setl, refresh = '1', '1', true
+  end
 end
 local ts = A[2] -- times never go back: a node with a clock behind keeps the last
 if meta[3] and older(ts, meta[3]) then ts = meta[3] end
 local first = seq + 1
-local size = A[3] + 0
 local count = seq - f + 1 -- the history's length before the batch
 if count < 0 then count = 0 end
-local skip, trim = 0, nil
+local skip, sf = 0, nil
 if size > 0 then
   -- Before appending, drop from the oldest end what the batch pushes
   -- out: entries over the size, older than the cutoff, or over the
   -- bytes (never the newest); messages of the batch that would go at
   -- once are not added.
-  local nb = 0
-  for i = 0, n - 1 do nb = nb + #A[15 + 4*i] end
-  b = b + nb
   local total = count + n
-  local cutoff, hb = A[4], 0 -- cutoff: a time, or '0' (none)
+  local cutoff = A[4] -- a time, or '0' (none)
   local aged = cutoff ~= '0'
-  if A[8] ~= '0' then hb = A[8] + 0 end
   local want = total - size -- at least these go, by count
   if want > count then want = count end
   local drop = 0
-  if want > 0 then
+  if l then
+    for i = 0, n - 1 do b = b + #A[15 + 4*i] end
     if want == 1 then
       local v = redis.call('LPOP', K[3])
       if v then
-        local et, l = sizeOf(v)
-        b, o = b - l, et
+        local et, sz = sizeOf(v)
+        b, o = b - sz, et
       end
-    else
+    elseif want > 1 then
       local gone = redis.call('LPOP', K[3], int(want)) or {}
       for j = 1, #gone do
-        local et, l = sizeOf(gone[j])
-        b, o = b - l, et
+        local et, sz = sizeOf(gone[j])
+        b, o = b - sz, et
       end
     end
-    drop, total = want, total - want
   end
-  if drop < count and (total > size or (aged and older(o, cutoff)) or (hb > 0 and b > hb)) then
+  if want > 0 then drop, total = want, total - want end
+  if l and drop < count and (total > size or (aged and older(o, cutoff)) or (hb > 0 and b > hb)) then
     -- More may go, by age or bytes: read the oldest sizes until one stays.
     local k, ask = 0, 1
     while drop < count do
@@ -296,12 +343,12 @@ if size > 0 then
       if #vals == 0 then break end
       local kept = false
       for j = 1, #vals do
-        local et, l = sizeOf(vals[j])
+        local et, sz = sizeOf(vals[j])
         if drop >= count or not (total > size or (aged and older(et, cutoff)) or (hb > 0 and b > hb)) then
           o, kept = et, true
           break
         end
-        b = b - l
+        b = b - sz
         total = total - 1
         drop = drop + 1
         k = k + 1
@@ -311,9 +358,31 @@ if size > 0 then
       if ask < 128 then ask = ask * 2 end
     end
     if k > 0 then redis.call('LTRIM', K[3], int(k), '-1') end
+  elseif not l and drop < count and aged and older(o, cutoff) then
+    -- Something may be older than the cutoff: read the oldest entries'
+    -- times until one stays.
+    local start, ask = int(f + drop) .. '-0', 2
+    while drop < count do
+      local es = redis.call('XRANGE', K[2], start, '+', 'COUNT', int(ask))
+      if #es == 0 then break end
+      local kept = false
+      for j = 1, #es do
+        local et = es[j][2][2]
+        o = et
+        if drop >= count or not older(et, cutoff) then
+          kept = true
+          break
+        end
+        total = total - 1
+        drop = drop + 1
+      end
+      if kept then break end
+      start = '(' .. es[#es][1]
+      if ask < 128 then ask = ask * 2 end
+    end
   end
   while skip < n - 1 and (total > size or (hb > 0 and b > hb)) do
-    b = b - #A[15 + 4*skip]
+    if l then b = b - #A[15 + 4*skip] end
     total = total - 1
     skip = skip + 1
   end
@@ -322,50 +391,66 @@ if size > 0 then
     nf = first + skip
     o = ts -- what is retained is this batch's
   end
-  if nf > f then trim = string.format('%d-0', nf) end
-  if count == 0 then refresh = true end -- the sizes list is new
+  if nf ~= f or not meta[7] then sf = int(nf) end -- (new, or taken over: f is written)
+  if count == 0 then refresh = true end -- the keys are new
   f = nf
+  if l and hb == 0 and f >= l + 0 then
+    -- No bytes bound, and every retained entry has its c: the list goes.
+    redis.call('DEL', K[3])
+    l, setl = nil, false
+  end
 else
   -- No history: what an earlier setting kept goes.
   if count > 0 then redis.call('DEL', K[2], K[3]) end
   b = 0
   f = first + n
+  sf = int(f)
   o = ts
+  if l then l, setl = nil, false end
 end
 local sfirst = int(first)
-local sseq, sizes, dl, dls
-if n > 1 then sizes, dls = {}, {} end
+local sseq, sizes, trim
+if sf and size > 0 then trim = sf .. '-0' end
+if l and n > 1 then sizes = {} end
 for i = 0, n - 1 do
   local j = 13 + 4*i
   seq = seq + 1
   if i == 0 then sseq = sfirst else sseq = int(seq) end
-  local data = A[j + 2]
-  dl = int(#data)
-  if dls then dls[i + 1] = dl end
   if size > 0 and i >= skip then
-    local ev, kind = A[j], A[j + 1]
+    local data = A[j + 2]
+    c = c + #data
+    local sc = int(c)
     if trim then
-      redis.call('XADD', K[2], 'MINID', '~', trim, sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
+      redis.call('XADD', K[2], 'MINID', '~', trim, sseq .. '-1', 't', ts, 'e', A[j], 'k', A[j + 1], 'd', data, 'c', sc)
       trim = nil
     else
-      redis.call('XADD', K[2], sseq .. '-1', 't', ts, 'e', ev, 'k', kind, 'd', data)
+      redis.call('XADD', K[2], sseq .. '-1', 't', ts, 'e', A[j], 'k', A[j + 1], 'd', data, 'c', sc)
     end
     if sizes then
-      sizes[#sizes+1] = ts .. ' ' .. dl
-    else
-      redis.call('RPUSH', K[3], ts .. ' ' .. dl)
+      sizes[#sizes+1] = ts .. ' ' .. int(#data)
+    elseif l then
+      redis.call('RPUSH', K[3], ts .. ' ' .. int(#data))
     end
   end
 end
 if sizes and #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
-local payload = encode(e, sfirst, ts, ns, A, 13, n, dl, dls)
+local payload = encode(e, sfirst, ts, ns, A, 13, n)
 if win then
   for j = 0, n - 1 do
     local k = A[14 + 4*n + j]
     if k ~= '' then redis.call('SET', k, e .. ' ' .. int(first + j) .. ' ' .. ts, 'PX', win) end
   end
 end
-local fields = {'s', sseq, 't', ts, 'b', int(b), 'f', int(f)}
+local fields = {'s', sseq, 't', ts, 'c', int(c)}
+if sf then
+  fields[#fields+1] = 'f'; fields[#fields+1] = sf
+end
+if l then
+  fields[#fields+1] = 'b'; fields[#fields+1] = int(b)
+end
+if setl then
+  fields[#fields+1] = 'l'; fields[#fields+1] = setl
+end
 if fresh then
   fields[#fields+1] = 'e'; fields[#fields+1] = e
 end
@@ -388,18 +473,19 @@ if refresh then
   fields[#fields+1] = 'x'
   if ttl > 0 then fields[#fields+1] = A[2] else fields[#fields+1] = '-1' end
 end
+if setl == false then redis.call('HDEL', K[1], 'l', 'b') end
 local added = redis.call('HSET', K[1], unpack(fields))
 if refresh then
   if ttl > 0 then
     redis.call('PEXPIRE', K[1], A[5])
     if size > 0 then
       redis.call('PEXPIRE', K[2], A[5])
-      redis.call('PEXPIRE', K[3], A[5])
+      if l then redis.call('PEXPIRE', K[3], A[5]) end
     end
   else
     redis.call('PERSIST', K[1])
     redis.call('PERSIST', K[2])
-    redis.call('PERSIST', K[3])
+    if l then redis.call('PERSIST', K[3]) end
   end
 end
 if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
@@ -424,7 +510,7 @@ var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV)`)
 
 // republish: KEYS meta. ARGV Pub/Sub channel, epoch, first seq, time
 // (µs), count N, then N times event, kind, data, "<origin> <event
-// length>". On Redis Cluster, sends on classic Pub/Sub (where pattern
+// length> <data length>". On Redis Cluster, sends on classic Pub/Sub (where pattern
 // followers listen) a batch that went out on sharded Pub/Sub only, as
 // publish() sent it but with header "R" (its messages reach only the
 // subscriptions that asked for history); nothing when the channel has
@@ -539,7 +625,7 @@ if not e then
   if ARGV[1] == '0' then return false end
   e, s, t, f = ARGV[2], '0', '0', 1
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'e', e, 's', 0, 't', 0, 'b', 0, 'f', 1)
+  redis.call('HSET', KEYS[1], 'e', e, 's', '0', 't', '0', 'f', '1', 'c', '0')
   if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
 end
@@ -557,6 +643,38 @@ elseif mode == 'all' then
   entries = redis.call('XRANGE', KEYS[2], lo, '+')
 end
 return {e, s, t, mode, entries}
+`)
+
+// info: KEYS meta, stream. Returns nil for an unknown channel, else
+// epoch, seq, last time (µs), how many messages the history holds and
+// their bytes: the hash's b while the channel keeps the sizes list (or an
+// earlier version wrote it), else c minus the first retained entry's c
+// plus its length (see publish()). A channel a much older version wrote
+// (no f) holds its history in the whole stream.
+var infoScript = redis.NewScript(`
+local m = redis.call('HMGET', KEYS[1], 'e', 's', 't', 'b', 'f', 'c', 'l')
+if not m[1] then return false end
+local s = tonumber(m[2] or '0')
+local n, b = 0, tonumber(m[4] or '0')
+if not m[5] then
+  n = redis.call('XLEN', KEYS[2])
+else
+  local f = tonumber(m[5])
+  if s + 1 > f then n = s + 1 - f end
+  if m[6] and not m[7] then
+    b = 0
+    local one = {}
+    if n > 0 then one = redis.call('XRANGE', KEYS[2], m[5] .. '-0', '+', 'COUNT', '1') end
+    if #one > 0 then
+      local fl, ec, d = one[1][2], nil, ''
+      for i = 1, #fl - 1, 2 do
+        if fl[i] == 'c' then ec = fl[i + 1] elseif fl[i] == 'd' then d = fl[i + 1] end
+      end
+      if ec then b = tonumber(m[6]) - tonumber(ec) + #d end
+    end
+  end
+end
+return {m[1], m[2] or '0', m[3] or '0', n, b}
 `)
 
 // remove: KEYS meta, stream, sizes, channels (single Redis only). ARGV
