@@ -870,10 +870,30 @@ func neverSent(err error) bool {
 	return strings.Contains(err.Error(), "connection pool timeout")
 }
 
+// callReply is a call's reply as a list: the publish script's usual
+// reply, "<epoch> <first seq> <time>", as publish()'s {epoch, first seq,
+// time, -1, 0}.
+func callReply(c *call) ([]any, error) {
+	if c.script == publishScript {
+		if s, ok := c.cmd.Val().(string); ok && c.cmd.Err() == nil {
+			f := strings.Fields(s)
+			if len(f) != 3 {
+				return nil, fmt.Errorf("unexpected publish reply %q", s)
+			}
+			first, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("unexpected publish reply %q", s)
+			}
+			return []any{f[0], first, f[2], int64(-1), int64(0)}, nil
+		}
+	}
+	return c.cmd.Slice()
+}
+
 // finish hands a call's reply to its ops.
 func (l *Log) finish(c *call, counts map[string]int) {
 	c.done = true
-	vals, err := c.cmd.Slice()
+	vals, err := callReply(c)
 	if err != nil {
 		l.fail(c, fmt.Errorf("redis: %v", err))
 		return

@@ -116,12 +116,7 @@ end
 // is several times cheaper) and strings into numbers (tonumber parses
 // twice, arithmetic once).
 const luaPublish = `
--- sizeOf splits a sizes entry into time (a string) and length.
-local function sizeOf(v)
-  local sp = string.find(v, ' ', 1, true)
-  return string.sub(v, 1, sp - 1), string.sub(v, sp + 1) + 0
-end
-local function int(v) return string.format('%d', v) end
+local fmt = string.format
 -- older reports whether time a (µs, a decimal string) is before time b,
 -- without parsing either.
 local function older(a, b) return #a < #b or (#a == #b and a < b) end
@@ -147,47 +142,60 @@ local function encode(e, sfirst, ts, ns, A, j0, n)
   end
   return table.concat(parts)
 end
--- sizesFrom makes the sizes list of the stream's entries from seq from
--- on, and returns their bytes.
-local function sizesFrom(K, from)
-  redis.call('DEL', K[3])
-  local b, start = 0, int(from) .. '-0'
-  while true do
-    local all = redis.call('XRANGE', K[2], start, '+', 'COUNT', '1000')
-    if #all == 0 then break end
-    local vals = {}
-    for j = 1, #all do
-      local fl = all[j][2] -- t, time, e, event, k, kind, d, data[, c, bytes]
-      local l = #fl[8]
-      b = b + l
-      vals[j] = fl[2] .. ' ' .. int(l)
-    end
-    redis.call('RPUSH', K[3], unpack(vals))
-    if #all < 1000 then break end
-    start = '(' .. all[#all][1]
+-- helpers are the functions of the rare paths (the sizes list, keys, a
+-- channel a much older version wrote), made only when one is taken: each
+-- function a script defines is made again at every call.
+local function helpers()
+  local H = {}
+  -- sizeOf splits a sizes entry into time (a string) and length.
+  function H.sizeOf(v)
+    local sp = string.find(v, ' ', 1, true)
+    return string.sub(v, 1, sp - 1), string.sub(v, sp + 1) + 0
   end
-  return b
-end
--- migrate gives a channel a much older version wrote (no f, no sizes;
--- its stream held exactly the history) its sizes list, and returns f.
-local function migrate(K, seq)
-  local one = redis.call('XRANGE', K[2], '-', '+', 'COUNT', '1')
-  if #one == 0 then
+  -- sizesFrom makes the sizes list of the stream's entries from seq from
+  -- on, and returns their bytes.
+  function H.sizesFrom(K, from)
     redis.call('DEL', K[3])
-    return seq + 1
+    local b, start = 0, fmt('%d', from) .. '-0'
+    while true do
+      local all = redis.call('XRANGE', K[2], start, '+', 'COUNT', '1000')
+      if #all == 0 then break end
+      local vals = {}
+      for j = 1, #all do
+        local fl = all[j][2] -- t, time, e, event, k, kind, d, data[, c, bytes]
+        local l = #fl[8]
+        b = b + l
+        vals[j] = fl[2] .. ' ' .. fmt('%d', l)
+      end
+      redis.call('RPUSH', K[3], unpack(vals))
+      if #all < 1000 then break end
+      start = '(' .. all[#all][1]
+    end
+    return b
   end
-  local f = tonumber(string.match(one[1][1], '^(%d+)'))
-  sizesFrom(K, f)
-  return f
+  -- migrate gives a channel a much older version wrote (no f, no sizes;
+  -- its stream held exactly the history) its sizes list, and returns f.
+  function H.migrate(K, seq)
+    local one = redis.call('XRANGE', K[2], '-', '+', 'COUNT', '1')
+    if #one == 0 then
+      redis.call('DEL', K[3])
+      return seq + 1
+    end
+    local f = tonumber(string.match(one[1][1], '^(%d+)'))
+    H.sizesFrom(K, f)
+    return f
+  end
+  -- keyRecord reads an idempotency key's record: epoch, seq, time.
+  function H.keyRecord(k)
+    local v = redis.call('GET', k)
+    if not v then return nil end
+    local pe, ps, pt = string.match(v, '^(%S+) (%d+) (%d+)$')
+    return pe, tonumber(ps), pt
+  end
+  return H
 end
--- keyRecord reads an idempotency key's record: epoch, seq, time.
-local function keyRecord(k)
-  local v = redis.call('GET', k)
-  if not v then return nil end
-  local pe, ps, pt = string.match(v, '^(%S+) (%d+) (%d+)$')
-  return pe, tonumber(ps), pt
-end
-local function publish(K, A)
+local function publish(K, A, flat)
+local H -- helpers(), once needed
 local rf = 'i:' .. A[10]
 local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f', 'o', 'c', 'l')
 local e = meta[1]
@@ -196,6 +204,7 @@ local ns = A[12]
 local n
 if ns == '1' then n = 1 else n = ns + 0 end
 local win = A[13 + 4*n] -- set when messages of the batch carry keys
+if win then H = helpers() end
 if e and id ~= '' and meta[6] then
   local rec = meta[6]
   local sp = string.find(rec, ' ', 1, true)
@@ -209,7 +218,7 @@ if e and id ~= '' and meta[6] then
     for i = 0, n - 1 do
       local k = A[14 + 4*n + i]
       if k ~= '' then
-        local pe, ps, pt = keyRecord(k)
+        local pe, ps, pt = H.keyRecord(k)
         if pe == e and (seen[k] or ps < lo or ps >= hi) then
           dups[#dups+1] = i; dups[#dups+1] = ps; dups[#dups+1] = pt
         end
@@ -236,7 +245,7 @@ if win then
         dups[#dups+1] = i; dups[#dups+1] = -1 - seenAt[k]; dups[#dups+1] = '0'
         dup = true
       elseif e then
-        local pe, ps, pt = keyRecord(k)
+        local pe, ps, pt = H.keyRecord(k)
         if pe == e then
           dups[#dups+1] = i; dups[#dups+1] = ps; dups[#dups+1] = pt
           dup = true
@@ -250,7 +259,7 @@ if win then
     -- The batch without its duplicates: the same arguments, fewer messages.
     local B = {}
     for j = 1, 11 do B[j] = A[j] end
-    B[12] = int(#keep)
+    B[12] = fmt('%d', #keep)
     for j = 1, #keep do
       for f = 0, 3 do B[13 + 4*(j-1) + f] = A[13 + 4*keep[j] + f] end
     end
@@ -280,7 +289,8 @@ else
   if meta[7] then
     f = meta[7] + 0
   else
-    f = migrate(K, seq)
+    H = H or helpers()
+    f = H.migrate(K, seq)
     refresh = true
   end
   if c then
@@ -290,14 +300,15 @@ else
     -- on, the bytes counted from here; the list stays until its
     -- messages (stored without c) left.
     c = (meta[4] or 0) + 0
-    l = int(seq + 1)
+    l = fmt('%d', seq + 1)
     setl = l
   end
   if l then
     b = (meta[4] or 0) + 0
   elseif size > 0 and hb > 0 then
     -- A bytes bound on a channel kept without it: its sizes list is made.
-    b = sizesFrom(K, f)
+    H = H or helpers()
+    b = H.sizesFrom(K, f)
     l, setl, refresh = '1', '1', true
   end
 end
@@ -319,17 +330,18 @@ if size > 0 then
   if want > count then want = count end
   local drop = 0
   if l then
+    H = H or helpers()
     for i = 0, n - 1 do b = b + #A[15 + 4*i] end
     if want == 1 then
       local v = redis.call('LPOP', K[3])
       if v then
-        local et, sz = sizeOf(v)
+        local et, sz = H.sizeOf(v)
         b, o = b - sz, et
       end
     elseif want > 1 then
-      local gone = redis.call('LPOP', K[3], int(want)) or {}
+      local gone = redis.call('LPOP', K[3], fmt('%d', want)) or {}
       for j = 1, #gone do
-        local et, sz = sizeOf(gone[j])
+        local et, sz = H.sizeOf(gone[j])
         b, o = b - sz, et
       end
     end
@@ -339,11 +351,11 @@ if size > 0 then
     -- More may go, by age or bytes: read the oldest sizes until one stays.
     local k, ask = 0, 1
     while drop < count do
-      local vals = redis.call('LRANGE', K[3], int(k), int(k + ask - 1))
+      local vals = redis.call('LRANGE', K[3], fmt('%d', k), fmt('%d', k + ask - 1))
       if #vals == 0 then break end
       local kept = false
       for j = 1, #vals do
-        local et, sz = sizeOf(vals[j])
+        local et, sz = H.sizeOf(vals[j])
         if drop >= count or not (total > size or (aged and older(et, cutoff)) or (hb > 0 and b > hb)) then
           o, kept = et, true
           break
@@ -357,13 +369,13 @@ if size > 0 then
       if kept then break end
       if ask < 128 then ask = ask * 2 end
     end
-    if k > 0 then redis.call('LTRIM', K[3], int(k), '-1') end
+    if k > 0 then redis.call('LTRIM', K[3], fmt('%d', k), '-1') end
   elseif not l and drop < count and aged and older(o, cutoff) then
     -- Something may be older than the cutoff: read the oldest entries'
     -- times until one stays.
-    local start, ask = int(f + drop) .. '-0', 2
+    local start, ask = fmt('%d', f + drop) .. '-0', 2
     while drop < count do
-      local es = redis.call('XRANGE', K[2], start, '+', 'COUNT', int(ask))
+      local es = redis.call('XRANGE', K[2], start, '+', 'COUNT', fmt('%d', ask))
       if #es == 0 then break end
       local kept = false
       for j = 1, #es do
@@ -391,7 +403,7 @@ if size > 0 then
     nf = first + skip
     o = ts -- what is retained is this batch's
   end
-  if nf ~= f or not meta[7] then sf = int(nf) end -- (new, or taken over: f is written)
+  if nf ~= f or not meta[7] then sf = fmt('%d', nf) end -- (new, or taken over: f is written)
   if count == 0 then refresh = true end -- the keys are new
   f = nf
   if l and hb == 0 and f >= l + 0 then
@@ -404,22 +416,22 @@ else
   if count > 0 then redis.call('DEL', K[2], K[3]) end
   b = 0
   f = first + n
-  sf = int(f)
+  sf = fmt('%d', f)
   o = ts
   if l then l, setl = nil, false end
 end
-local sfirst = int(first)
-local sseq, sizes, trim
+local sfirst = fmt('%d', first)
+local sseq, sizes, trim, sc
 if sf and size > 0 then trim = sf .. '-0' end
 if l and n > 1 then sizes = {} end
 for i = 0, n - 1 do
   local j = 13 + 4*i
   seq = seq + 1
-  if i == 0 then sseq = sfirst else sseq = int(seq) end
+  if i == 0 then sseq = sfirst else sseq = fmt('%d', seq) end
   if size > 0 and i >= skip then
     local data = A[j + 2]
     c = c + #data
-    local sc = int(c)
+    sc = fmt('%d', c)
     if trim then
       redis.call('XADD', K[2], 'MINID', '~', trim, sseq .. '-1', 't', ts, 'e', A[j], 'k', A[j + 1], 'd', data, 'c', sc)
       trim = nil
@@ -427,9 +439,9 @@ for i = 0, n - 1 do
       redis.call('XADD', K[2], sseq .. '-1', 't', ts, 'e', A[j], 'k', A[j + 1], 'd', data, 'c', sc)
     end
     if sizes then
-      sizes[#sizes+1] = ts .. ' ' .. int(#data)
+      sizes[#sizes+1] = ts .. ' ' .. fmt('%d', #data)
     elseif l then
-      redis.call('RPUSH', K[3], ts .. ' ' .. int(#data))
+      redis.call('RPUSH', K[3], ts .. ' ' .. fmt('%d', #data))
     end
   end
 end
@@ -438,15 +450,15 @@ local payload = encode(e, sfirst, ts, ns, A, 13, n)
 if win then
   for j = 0, n - 1 do
     local k = A[14 + 4*n + j]
-    if k ~= '' then redis.call('SET', k, e .. ' ' .. int(first + j) .. ' ' .. ts, 'PX', win) end
+    if k ~= '' then redis.call('SET', k, e .. ' ' .. fmt('%d', first + j) .. ' ' .. ts, 'PX', win) end
   end
 end
-local fields = {'s', sseq, 't', ts, 'c', int(c)}
+local fields = {'s', sseq, 't', ts, 'c', sc or fmt('%d', c)}
 if sf then
   fields[#fields+1] = 'f'; fields[#fields+1] = sf
 end
 if l then
-  fields[#fields+1] = 'b'; fields[#fields+1] = int(b)
+  fields[#fields+1] = 'b'; fields[#fields+1] = fmt('%d', b)
 end
 if setl then
   fields[#fields+1] = 'l'; fields[#fields+1] = setl
@@ -501,12 +513,17 @@ end
 if A[9] ~= 'P' then redis.call('SPUBLISH', A[7], payload) end
 if A[9] ~= 'S' then redis.call('PUBLISH', A[7], payload) end
 if win then return {e, first, ts, -1, 0, dups} end
+-- (A string costs Redis less to return than a table.)
+if flat then return e .. ' ' .. sfirst .. ' ' .. ts end
 return {e, first, ts, -1, 0}
 end
 `
 
 // publish: KEYS and ARGV as K and A of publish(), all in one round trip.
-var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV)`)
+//
+// The script returns publish()'s reply, but "<epoch> <first seq> <time>"
+// (a string) instead of {epoch, first seq, time, -1, 0}.
+var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV, true)`)
 
 // republish: KEYS meta. ARGV Pub/Sub channel, epoch, first seq, time
 // (µs), count N, then N times event, kind, data, "<origin> <event

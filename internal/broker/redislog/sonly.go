@@ -150,7 +150,7 @@ func (l *Log) republished(ctx context.Context, reps []republish) {
 // answered: its batch, as publish() sent it (the messages its reply says
 // were appended, positioned as it says); nil args when it sent nothing.
 func (l *Log) republishArgs(c *call) ([]string, []any) {
-	vals, err := c.cmd.Slice()
+	vals, err := callReply(c)
 	if err != nil {
 		return nil, nil
 	}
