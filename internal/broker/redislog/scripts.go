@@ -40,6 +40,33 @@ local function apply(nodekey, subs, pats, routes, f, d, nodetoo)
 end
 `
 
+// luaEncode defines encode(), which publish() and the republish script
+// use.
+const luaEncode = `
+-- encode is a batch as it goes out on Pub/Sub (the receivers'
+-- decodeBatch reads it): a header line "B <epoch> <first seq> <time>
+-- <count>", then for each message a line "<kind> <origin> <event length>
+-- <data length>" followed by the event and the data. The n messages are
+-- A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
+-- length> <data length>". (Strings are joined with .., not
+-- string.format, which runs sprintf for each %s too; a message alone is
+-- joined in one step, without a table.)
+local function encode(e, sfirst, ts, ns, A, j0, n)
+  if n == 1 then
+    return 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n' ..
+      A[j0 + 1] .. ' ' .. A[j0 + 3] .. '\n' .. A[j0] .. A[j0 + 2]
+  end
+  local parts = {'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'}
+  for i = 0, n - 1 do
+    local j = j0 + 4*i
+    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. '\n'
+    parts[#parts+1] = A[j]
+    parts[#parts+1] = A[j + 2]
+  end
+  return table.concat(parts)
+end
+`
+
 // luaPublish defines publish(K, A), the body of the publish script, which
 // the presence and lifecycle scripts run too. It appends a batch of
 // messages to one channel, as one step:
@@ -55,22 +82,30 @@ end
 // window (ms) and N Redis key names, one per message ("": no key). Times
 // (µs) are decimal strings without leading zeros, compared as strings.
 //
-// Meta fields: e epoch, s sequence, t last time, f the first retained
-// sequence, c the bytes of the channel's messages stored so far (of this
-// epoch, or since the channel was taken over from an earlier version), o
-// a time no retained message is older than (µs; absent: not known), x
-// when the keys' expiry was last pushed back (µs), i:<node> the node's
-// last call: "<call id> <first seq> <count> <time>"; with the sizes list
-// only: l the first sequence whose entry has its c, b retained bytes.
+// Meta fields: e epoch, s sequence, i:<node> the node's last call:
+// "<call id> <first seq> <count> <time>", and w, what only publish()
+// reads and writes, in one field (a hash field costs Redis about as much
+// to read or write as the Lua to split it): "<t> <f> <c> <o> <x>", and
+// "<l> <b>" after them while the channel keeps the sizes list. t is the
+// last time, f the first retained sequence, c the bytes of the channel's
+// messages stored so far (of this epoch, or since the channel was taken
+// over from the previous release), o a time no retained message is older
+// than (µs; 0: not known), x when the keys' expiry was last pushed back
+// (µs; -1: the keys do not expire), l the first sequence whose entry has
+// its c, b the retained bytes. The previous release kept t, f, b, o and x
+// in fields of their own (a channel it wrote last has no w); they are
+// left as they were.
 //
 // The history is the stream's entries from f to s (entry ids are
 // "<seq>-1", fields t time, e event, k kind, d data, c the channel's c
-// once the entry was stored; entries an earlier version stored have no
+// once the entry was stored; entries the previous release stored have no
 // c). The history's length is s - f + 1, so the count bound is
 // arithmetic: a publish moves f past what it pushes out. The stream
-// itself is trimmed a whole node at a time (MINID ~), which is cheap; the
-// few entries before f it still holds are never read. Times never go
-// back, so o says whether anything can be older than the age cutoff: the
+// itself is trimmed a whole node at a time (MINID ~), which is cheap, and
+// only when f crosses an even number (the trim costs Redis more than the
+// append; the stream holds at most one entry more for it); the few
+// entries before f it still holds are never read. Times never go back,
+// so o says whether anything can be older than the age cutoff: the
 // oldest entries are read (their t) only when something may be, and o
 // becomes the time of the first one kept. The retained bytes are c minus
 // the first retained entry's c, plus its length (the info script reads
@@ -83,8 +118,8 @@ end
 // leaves), and b is the retained bytes. A channel without the list that
 // gets a bytes bound has it made from the stream; one with the list
 // published without a bytes bound drops it once every retained entry has
-// its c (l says from which one on: a channel an earlier version wrote,
-// all of whose entries lack c, keeps the list until they left).
+// its c (l says from which one on: a channel the previous release wrote,
+// whose entries lack c, keeps the list until they left).
 //
 // A call id makes the call idempotent: the same call sent again (a retry
 // after a connection broke or Redis stalled, whether or not the first
@@ -115,33 +150,11 @@ end
 // with "%.17g", Lua a concatenated one with "%.14g": string.format's %d
 // is several times cheaper) and strings into numbers (tonumber parses
 // twice, arithmetic once).
-const luaPublish = `
+const luaPublish = luaEncode + `
 local fmt = string.format
 -- older reports whether time a (µs, a decimal string) is before time b,
 -- without parsing either.
 local function older(a, b) return #a < #b or (#a == #b and a < b) end
--- encode is a batch as it goes out on Pub/Sub (the receivers'
--- decodeBatch reads it): a header line "B <epoch> <first seq> <time>
--- <count>", then for each message a line "<kind> <origin> <event length>
--- <data length>" followed by the event and the data. The n messages are
--- A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
--- length> <data length>". (Strings are joined with .., not
--- string.format, which runs sprintf for each %s too; a message alone is
--- joined in one step, without a table.)
-local function encode(e, sfirst, ts, ns, A, j0, n)
-  if n == 1 then
-    return 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n' ..
-      A[j0 + 1] .. ' ' .. A[j0 + 3] .. '\n' .. A[j0] .. A[j0 + 2]
-  end
-  local parts = {'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n'}
-  for i = 0, n - 1 do
-    local j = j0 + 4*i
-    parts[#parts+1] = A[j + 1] .. ' ' .. A[j + 3] .. '\n'
-    parts[#parts+1] = A[j]
-    parts[#parts+1] = A[j + 2]
-  end
-  return table.concat(parts)
-end
 -- helpers are the functions of the rare paths (the sizes list, keys, a
 -- channel a much older version wrote), made only when one is taken: each
 -- function a script defines is made again at every call.
@@ -197,7 +210,7 @@ end
 local function publish(K, A, flat)
 local H -- helpers(), once needed
 local rf = 'i:' .. A[10]
-local meta = redis.call('HMGET', K[1], 'e', 's', 't', 'b', 'x', rf, 'f', 'o', 'c', 'l')
+local meta = redis.call('HMGET', K[1], 'e', 's', rf, 'w')
 local e = meta[1]
 local id = A[11]
 local ns = A[12]
@@ -205,8 +218,8 @@ local n
 if ns == '1' then n = 1 else n = ns + 0 end
 local win = A[13 + 4*n] -- set when messages of the batch carry keys
 if win then H = helpers() end
-if e and id ~= '' and meta[6] then
-  local rec = meta[6]
+if e and id ~= '' and meta[3] then
+  local rec = meta[3]
   local sp = string.find(rec, ' ', 1, true)
   local rid = sp and string.sub(rec, 1, sp - 1)
   if rid == id then
@@ -270,54 +283,54 @@ if win then
   if n == 0 then return {e, 0, '0', -1, 0, dups} end
 end
 local fresh = not e
-local seq, b, x, f = 0, 0, 0, 1
-local o = meta[8] or '0'
-local c, l = meta[9], meta[10] -- l: the channel keeps the sizes list
-local setl -- l written (false: deleted, with b)
+local seq, b, f = 0, 0, 1
+local c, o, x, l = 0, '0', '0', nil -- w's parts (l: the channel keeps the sizes list)
+local st, sfo -- w's t and f
 local refresh = fresh
 local size = A[3] + 0
 local hb = 0
 if A[8] ~= '0' then hb = A[8] + 0 end
 if fresh then
-  e, o, c, l = A[1], '0', 0, nil
+  e = A[1]
   redis.call('DEL', K[2], K[3])
   if K[4] then redis.call('SADD', K[4], A[6]) end
-  if size > 0 and hb > 0 then l, setl = '1', '1' end
+  if size > 0 and hb > 0 then l = '1' end
 else
   seq = (meta[2] or 0) + 0
-  x = (meta[5] or 0) + 0
-  if meta[7] then
-    f = meta[7] + 0
+  if meta[4] then
+    local sc, sb
+    st, sfo, sc, o, x, l, sb = string.match(meta[4], '^(%d+) (%d+) (%d+) (%d+) (%S+) ?(%d*) ?(%d*)$')
+    c = sc + 0
+    if l == '' then l = nil else b = sb + 0 end
+  else
+    -- The previous release wrote the channel (fields t, f, b, x, o; no
+    -- w): its sizes list and bytes go on, the bytes counted from here;
+    -- the list stays until its messages (stored without c) left.
+    local old = redis.call('HMGET', K[1], 't', 'f', 'b', 'x', 'o')
+    st, sfo = old[1], old[2]
+    b, x, o = (old[3] or 0) + 0, old[4] or '0', old[5] or '0'
+    c, l = b, fmt('%d', seq + 1)
+  end
+  if sfo then
+    f = sfo + 0
   else
     H = H or helpers()
     f = H.migrate(K, seq)
     refresh = true
   end
-  if c then
-    c = c + 0
-  else
-    -- An earlier version wrote the channel: its sizes list and bytes go
-    -- on, the bytes counted from here; the list stays until its
-    -- messages (stored without c) left.
-    c = (meta[4] or 0) + 0
-    l = fmt('%d', seq + 1)
-    setl = l
-  end
-  if l then
-    b = (meta[4] or 0) + 0
-  elseif size > 0 and hb > 0 then
+  if not l and size > 0 and hb > 0 then
     -- A bytes bound on a channel kept without it: its sizes list is made.
     H = H or helpers()
     b = H.sizesFrom(K, f)
-    l, setl, refresh = '1', '1', true
+    l, refresh = '1', true
   end
 end
 local ts = A[2] -- times never go back: a node with a clock behind keeps the last
-if meta[3] and older(ts, meta[3]) then ts = meta[3] end
+if st and older(ts, st) then ts = st end
 local first = seq + 1
 local count = seq - f + 1 -- the history's length before the batch
 if count < 0 then count = 0 end
-local skip, sf = 0, nil
+local skip, sf, trim = 0, nil, nil
 if size > 0 then
   -- Before appending, drop from the oldest end what the batch pushes
   -- out: entries over the size, older than the cutoff, or over the
@@ -403,13 +416,16 @@ if size > 0 then
     nf = first + skip
     o = ts -- what is retained is this batch's
   end
-  if nf ~= f or not meta[7] then sf = fmt('%d', nf) end -- (new, or taken over: f is written)
+  if nf ~= f or not sfo then sf = fmt('%d', nf) end
+  -- The stream is trimmed when f crosses an even number: every other
+  -- publish of a full history (a trim costs Redis more than the append).
+  if sf and (nf - nf % 2 > f - f % 2 or not sfo) then trim = sf .. '-0' end
   if count == 0 then refresh = true end -- the keys are new
   f = nf
   if l and hb == 0 and f >= l + 0 then
     -- No bytes bound, and every retained entry has its c: the list goes.
     redis.call('DEL', K[3])
-    l, setl = nil, false
+    l = nil
   end
 else
   -- No history: what an earlier setting kept goes.
@@ -418,11 +434,10 @@ else
   f = first + n
   sf = fmt('%d', f)
   o = ts
-  if l then l, setl = nil, false end
+  l = nil
 end
 local sfirst = fmt('%d', first)
-local sseq, sizes, trim, sc
-if sf and size > 0 then trim = sf .. '-0' end
+local sseq, sizes, sc
 if l and n > 1 then sizes = {} end
 for i = 0, n - 1 do
   local j = 13 + 4*i
@@ -453,25 +468,6 @@ if win then
     if k ~= '' then redis.call('SET', k, e .. ' ' .. fmt('%d', first + j) .. ' ' .. ts, 'PX', win) end
   end
 end
-local fields = {'s', sseq, 't', ts, 'c', sc or fmt('%d', c)}
-if sf then
-  fields[#fields+1] = 'f'; fields[#fields+1] = sf
-end
-if l then
-  fields[#fields+1] = 'b'; fields[#fields+1] = fmt('%d', b)
-end
-if setl then
-  fields[#fields+1] = 'l'; fields[#fields+1] = setl
-end
-if fresh then
-  fields[#fields+1] = 'e'; fields[#fields+1] = e
-end
-if o ~= (meta[8] or '0') then
-  fields[#fields+1] = 'o'; fields[#fields+1] = o
-end
-if id ~= '' then
-  fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. sfirst .. ' ' .. ns .. ' ' .. ts
-end
 -- The expiry is pushed back when a quarter of it has passed, not on
 -- every publish. A channel kept without an age limit (ttl -1) does not
 -- expire: its keys are made persistent once (x = -1 says they are).
@@ -479,13 +475,20 @@ local ttl, now = A[5] + 0, A[2] + 0
 if ttl > 0 then
   refresh = refresh or now - x > ttl * 250
 else
-  refresh = refresh or x >= 0
+  refresh = refresh or x ~= '-1'
 end
 if refresh then
-  fields[#fields+1] = 'x'
-  if ttl > 0 then fields[#fields+1] = A[2] else fields[#fields+1] = '-1' end
+  if ttl > 0 then x = A[2] else x = '-1' end
 end
-if setl == false then redis.call('HDEL', K[1], 'l', 'b') end
+local w = ts .. ' ' .. (sf or sfo) .. ' ' .. (sc or fmt('%d', c)) .. ' ' .. o .. ' ' .. x
+if l then w = w .. ' ' .. l .. ' ' .. fmt('%d', b) end
+local fields = {'s', sseq, 'w', w}
+if fresh then
+  fields[#fields+1] = 'e'; fields[#fields+1] = e
+end
+if id ~= '' then
+  fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. sfirst .. ' ' .. ns .. ' ' .. ts
+end
 local added = redis.call('HSET', K[1], unpack(fields))
 if refresh then
   if ttl > 0 then
@@ -532,7 +535,7 @@ var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV, tru
 // publish() sent it but with header "R" (its messages reach only the
 // subscriptions that asked for history); nothing when the channel has
 // another epoch now (it was deleted since). Returns 1 sent, 0 not.
-var republishScript = redis.NewScript(luaPublish + `
+var republishScript = redis.NewScript(luaEncode + `
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[2] then return 0 end
 local b = encode(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV, 6, ARGV[5] + 0)
 redis.call('PUBLISH', ARGV[1], 'R' .. string.sub(b, 2))
@@ -636,13 +639,15 @@ return reply(p, {1, r[1], r[2], r[3], r[4], k})
 // the mode used and the history's entries (tail: newest first), or nil
 // for an unknown channel without create.
 var readScript = redis.NewScript(`
-local meta = redis.call('HMGET', KEYS[1], 'e', 's', 't', 'f')
-local e, s, t, f = meta[1], meta[2], meta[3], tonumber(meta[4] or '1')
+local meta = redis.call('HMGET', KEYS[1], 'e', 's', 'w', 't', 'f')
+local e, s, t, f = meta[1], meta[2], meta[4], meta[5]
+if meta[3] then t, f = string.match(meta[3], '^(%d+) (%d+)') end
+f = tonumber(f or '1')
 if not e then
   if ARGV[1] == '0' then return false end
   e, s, t, f = ARGV[2], '0', '0', 1
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'e', e, 's', '0', 't', '0', 'f', '1', 'c', '0')
+  redis.call('HSET', KEYS[1], 'e', e, 's', '0', 'w', '0 1 0 0 0')
   if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
 end
@@ -664,34 +669,39 @@ return {e, s, t, mode, entries}
 
 // info: KEYS meta, stream. Returns nil for an unknown channel, else
 // epoch, seq, last time (µs), how many messages the history holds and
-// their bytes: the hash's b while the channel keeps the sizes list (or an
-// earlier version wrote it), else c minus the first retained entry's c
-// plus its length (see publish()). A channel a much older version wrote
-// (no f) holds its history in the whole stream.
+// their bytes: w's b while the channel keeps the sizes list (the hash's b
+// if the previous release wrote it last), else w's c minus the first
+// retained entry's c plus its length (see publish()). A channel a much
+// older version wrote (no f) holds its history in the whole stream.
 var infoScript = redis.NewScript(`
-local m = redis.call('HMGET', KEYS[1], 'e', 's', 't', 'b', 'f', 'c', 'l')
+local m = redis.call('HMGET', KEYS[1], 'e', 's', 'w', 't', 'f', 'b')
 if not m[1] then return false end
 local s = tonumber(m[2] or '0')
-local n, b = 0, tonumber(m[4] or '0')
-if not m[5] then
+local t, f, c, l, lb = m[4] or '0', m[5], nil, '', nil
+if m[3] then t, f, c, l, lb = string.match(m[3], '^(%d+) (%d+) (%d+) %d+ %S+ ?(%d*) ?(%d*)$') end
+local n, b = 0, tonumber(m[6] or '0')
+if not f then
   n = redis.call('XLEN', KEYS[2])
 else
-  local f = tonumber(m[5])
-  if s + 1 > f then n = s + 1 - f end
-  if m[6] and not m[7] then
+  if s + 1 > tonumber(f) then n = s + 1 - tonumber(f) end
+end
+if c then
+  if l ~= '' then
+    b = tonumber(lb)
+  else
     b = 0
     local one = {}
-    if n > 0 then one = redis.call('XRANGE', KEYS[2], m[5] .. '-0', '+', 'COUNT', '1') end
+    if n > 0 then one = redis.call('XRANGE', KEYS[2], f .. '-0', '+', 'COUNT', '1') end
     if #one > 0 then
       local fl, ec, d = one[1][2], nil, ''
       for i = 1, #fl - 1, 2 do
         if fl[i] == 'c' then ec = fl[i + 1] elseif fl[i] == 'd' then d = fl[i + 1] end
       end
-      if ec then b = tonumber(m[6]) - tonumber(ec) + #d end
+      if ec then b = tonumber(c) - tonumber(ec) + #d end
     end
   end
 end
-return {m[1], m[2] or '0', m[3] or '0', n, b}
+return {m[1], m[2] or '0', t, n, b}
 `)
 
 // remove: KEYS meta, stream, sizes, channels (single Redis only). ARGV
