@@ -71,16 +71,20 @@ end
 // the presence and lifecycle scripts run too. It appends a batch of
 // messages to one channel, as one step:
 //
-// K = meta, stream, sizes, and on a single Redis also channels.
+// K = meta, stream. (The sizes list's key is the meta key with z for m,
+// the Pub/Sub channel the meta key without ":m", and on a single Redis
+// the set of channels <prefix>{=}:channels: each argument costs Redis
+// about 1,000 instructions per call.)
 //
-// A = 1 new epoch, 2 now (µs), 3 history size, 4 age cutoff (µs, 0:
-// none), 5 ttl (ms; -1: the keys do not expire), 6 channel, 7 pub/sub
-// channel, 8 history bytes (0: no bound), 9 how to publish ("P" PUBLISH,
-// "S" SPUBLISH, "SP" both), 10 node, 11 call id ("": none), 12 count N,
-// then N times event, kind, data, "<origin> <event length> <data
-// length>"; then, when any message carries an idempotency key, the keys'
-// window (ms) and N Redis key names, one per message ("": no key). Times
-// (µs) are decimal strings without leading zeros, compared as strings.
+// A = 1 "<new epoch> <channel>" (read only for a new channel), 2 now
+// (µs), 3 history size, 4 age cutoff (µs, 0: none), 5 ttl (ms; -1: the
+// keys do not expire), 6 history bytes (0: no bound), 7 how to publish
+// ("P" PUBLISH, on a single Redis; "S" SPUBLISH, "SP" both, on Redis
+// Cluster), 8 "i:<node>", 9 call id ("": none), 10 count N, then N times event,
+// kind, data, "<origin> <event length> <data length>"; then, when any
+// message carries an idempotency key, the keys' window (ms) and N Redis
+// key names, one per message ("": no key). Times (µs) are decimal strings
+// without leading zeros, compared as strings.
 //
 // Meta fields: e epoch, s sequence, i:<node> the node's last call:
 // "<call id> <first seq> <count> <time>", and w, what only publish()
@@ -90,8 +94,10 @@ end
 // last time, f the first retained sequence, c the bytes of the channel's
 // messages stored so far (of this epoch, or since the channel was taken
 // over from the previous release), o a time no retained message is older
-// than (µs; 0: not known), x when the keys' expiry was last pushed back
-// (µs; -1: the keys do not expire), l the first sequence whose entry has
+// than (µs; 0: not known), x when the keys' expiry is to be pushed back
+// next (µs, a quarter of the ttl after it last was; -1: the keys do not
+// expire; the previous release's x, when it last was, is due at once),
+// l the first sequence whose entry has
 // its c, b the retained bytes. The previous release kept t, f, b, o and x
 // in fields of their own (a channel it wrote last has no w); they are
 // left as they were.
@@ -111,7 +117,7 @@ end
 // the first retained entry's c, plus its length (the info script reads
 // it).
 //
-// The sizes list (K[3]) is kept only while the channel is published with
+// The sizes list is kept only while the channel is published with
 // a bytes bound (history bytes > 0): "<time> <data length>" for each
 // retained message, oldest first, so that what the bound pushes out is
 // found without reading the stream (a publish pops the sizes of what
@@ -167,8 +173,8 @@ local function helpers()
   end
   -- sizesFrom makes the sizes list of the stream's entries from seq from
   -- on, and returns their bytes.
-  function H.sizesFrom(K, from)
-    redis.call('DEL', K[3])
+  function H.sizesFrom(K, Z, from)
+    redis.call('DEL', Z)
     local b, start = 0, fmt('%d', from) .. '-0'
     while true do
       local all = redis.call('XRANGE', K[2], start, '+', 'COUNT', '1000')
@@ -180,7 +186,7 @@ local function helpers()
         b = b + l
         vals[j] = fl[2] .. ' ' .. fmt('%d', l)
       end
-      redis.call('RPUSH', K[3], unpack(vals))
+      redis.call('RPUSH', Z, unpack(vals))
       if #all < 1000 then break end
       start = '(' .. all[#all][1]
     end
@@ -188,14 +194,14 @@ local function helpers()
   end
   -- migrate gives a channel a much older version wrote (no f, no sizes;
   -- its stream held exactly the history) its sizes list, and returns f.
-  function H.migrate(K, seq)
+  function H.migrate(K, Z, seq)
     local one = redis.call('XRANGE', K[2], '-', '+', 'COUNT', '1')
     if #one == 0 then
-      redis.call('DEL', K[3])
+      redis.call('DEL', Z)
       return seq + 1
     end
     local f = tonumber(string.match(one[1][1], '^(%d+)'))
-    H.sizesFrom(K, f)
+    H.sizesFrom(K, Z, f)
     return f
   end
   -- keyRecord reads an idempotency key's record: epoch, seq, time.
@@ -209,14 +215,15 @@ local function helpers()
 end
 local function publish(K, A, flat)
 local H -- helpers(), once needed
-local rf = 'i:' .. A[10]
+local Z -- the sizes list's key (the meta key, z for m), once needed
+local rf = A[8] -- i:<node>
 local meta = redis.call('HMGET', K[1], 'e', 's', rf, 'w')
 local e = meta[1]
-local id = A[11]
-local ns = A[12]
+local id = A[9]
+local ns = A[10]
 local n
 if ns == '1' then n = 1 else n = ns + 0 end
-local win = A[13 + 4*n] -- set when messages of the batch carry keys
+local win = A[11 + 4*n] -- set when messages of the batch carry keys
 if win then H = helpers() end
 if e and id ~= '' and meta[3] then
   local rec = meta[3]
@@ -229,7 +236,7 @@ if e and id ~= '' and meta[3] then
     -- record is not one of the positions this call appended.
     local lo, hi, dups, seen = tonumber(rseq), tonumber(rseq) + tonumber(rn), {}, {}
     for i = 0, n - 1 do
-      local k = A[14 + 4*n + i]
+      local k = A[12 + 4*n + i]
       if k ~= '' then
         local pe, ps, pt = H.keyRecord(k)
         if pe == e and (seen[k] or ps < lo or ps >= hi) then
@@ -251,7 +258,7 @@ if win then
   dups = {}
   local keep, seenAt = {}, {}
   for i = 0, n - 1 do
-    local k = A[14 + 4*n + i]
+    local k = A[12 + 4*n + i]
     local dup = false
     if k ~= '' then
       if seenAt[k] then
@@ -271,14 +278,14 @@ if win then
   if #keep < n then
     -- The batch without its duplicates: the same arguments, fewer messages.
     local B = {}
-    for j = 1, 11 do B[j] = A[j] end
-    B[12] = fmt('%d', #keep)
+    for j = 1, 9 do B[j] = A[j] end
+    B[10] = fmt('%d', #keep)
     for j = 1, #keep do
-      for f = 0, 3 do B[13 + 4*(j-1) + f] = A[13 + 4*keep[j] + f] end
+      for f = 0, 3 do B[11 + 4*(j-1) + f] = A[11 + 4*keep[j] + f] end
     end
-    B[13 + 4*#keep] = win
-    for j = 1, #keep do B[14 + 4*#keep + (j-1)] = A[14 + 4*n + keep[j]] end
-    A, n, ns = B, #keep, B[12]
+    B[11 + 4*#keep] = win
+    for j = 1, #keep do B[12 + 4*#keep + (j-1)] = A[12 + 4*n + keep[j]] end
+    A, n, ns = B, #keep, B[10]
   end
   if n == 0 then return {e, 0, '0', -1, 0, dups} end
 end
@@ -289,11 +296,15 @@ local st, sfo -- w's t and f
 local refresh = fresh
 local size = A[3] + 0
 local hb = 0
-if A[8] ~= '0' then hb = A[8] + 0 end
+if A[6] ~= '0' then hb = A[6] + 0 end
 if fresh then
-  e = A[1]
-  redis.call('DEL', K[2], K[3])
-  if K[4] then redis.call('SADD', K[4], A[6]) end
+  local ch
+  e, ch = string.match(A[1], '^(%S+) (.*)$')
+  Z = string.sub(K[1], 1, -2) .. 'z'
+  redis.call('DEL', K[2], Z)
+  -- On a single Redis (how "P"), the set of channels: the meta key is
+  -- <prefix>{<channel>}:m.
+  if A[7] == 'P' then redis.call('SADD', string.sub(K[1], 1, #K[1] - #ch - 4) .. '{=}:channels', ch) end
   if size > 0 and hb > 0 then l = '1' end
 else
   seq = (meta[2] or 0) + 0
@@ -311,22 +322,23 @@ else
     b, x, o = (old[3] or 0) + 0, old[4] or '0', old[5] or '0'
     c, l = b, fmt('%d', seq + 1)
   end
+  if l or not sfo or hb > 0 then Z = string.sub(K[1], 1, -2) .. 'z' end
   if sfo then
     f = sfo + 0
   else
     H = H or helpers()
-    f = H.migrate(K, seq)
+    f = H.migrate(K, Z, seq)
     refresh = true
   end
   if not l and size > 0 and hb > 0 then
     -- A bytes bound on a channel kept without it: its sizes list is made.
     H = H or helpers()
-    b = H.sizesFrom(K, f)
+    b = H.sizesFrom(K, Z, f)
     l, refresh = '1', true
   end
 end
 local ts = A[2] -- times never go back: a node with a clock behind keeps the last
-if st and older(ts, st) then ts = st end
+if st and (#ts < #st or (#ts == #st and ts < st)) then ts = st end -- (older(), inline)
 local first = seq + 1
 local count = seq - f + 1 -- the history's length before the batch
 if count < 0 then count = 0 end
@@ -344,15 +356,15 @@ if size > 0 then
   local drop = 0
   if l then
     H = H or helpers()
-    for i = 0, n - 1 do b = b + #A[15 + 4*i] end
+    for i = 0, n - 1 do b = b + #A[13 + 4*i] end
     if want == 1 then
-      local v = redis.call('LPOP', K[3])
+      local v = redis.call('LPOP', Z)
       if v then
         local et, sz = H.sizeOf(v)
         b, o = b - sz, et
       end
     elseif want > 1 then
-      local gone = redis.call('LPOP', K[3], fmt('%d', want)) or {}
+      local gone = redis.call('LPOP', Z, fmt('%d', want)) or {}
       for j = 1, #gone do
         local et, sz = H.sizeOf(gone[j])
         b, o = b - sz, et
@@ -364,7 +376,7 @@ if size > 0 then
     -- More may go, by age or bytes: read the oldest sizes until one stays.
     local k, ask = 0, 1
     while drop < count do
-      local vals = redis.call('LRANGE', K[3], fmt('%d', k), fmt('%d', k + ask - 1))
+      local vals = redis.call('LRANGE', Z, fmt('%d', k), fmt('%d', k + ask - 1))
       if #vals == 0 then break end
       local kept = false
       for j = 1, #vals do
@@ -382,8 +394,8 @@ if size > 0 then
       if kept then break end
       if ask < 128 then ask = ask * 2 end
     end
-    if k > 0 then redis.call('LTRIM', K[3], fmt('%d', k), '-1') end
-  elseif not l and drop < count and aged and older(o, cutoff) then
+    if k > 0 then redis.call('LTRIM', Z, fmt('%d', k), '-1') end
+  elseif not l and drop < count and aged and (#o < #cutoff or (#o == #cutoff and o < cutoff)) then
     -- Something may be older than the cutoff: read the oldest entries'
     -- times until one stays.
     local start, ask = fmt('%d', f + drop) .. '-0', 2
@@ -407,7 +419,7 @@ if size > 0 then
     end
   end
   while skip < n - 1 and (total > size or (hb > 0 and b > hb)) do
-    if l then b = b - #A[15 + 4*skip] end
+    if l then b = b - #A[13 + 4*skip] end
     total = total - 1
     skip = skip + 1
   end
@@ -424,12 +436,12 @@ if size > 0 then
   f = nf
   if l and hb == 0 and f >= l + 0 then
     -- No bytes bound, and every retained entry has its c: the list goes.
-    redis.call('DEL', K[3])
+    redis.call('DEL', Z)
     l = nil
   end
 else
   -- No history: what an earlier setting kept goes.
-  if count > 0 then redis.call('DEL', K[2], K[3]) end
+  if count > 0 then redis.call('DEL', K[2], Z or string.sub(K[1], 1, -2) .. 'z') end
   b = 0
   f = first + n
   sf = fmt('%d', f)
@@ -440,7 +452,7 @@ local sfirst = fmt('%d', first)
 local sseq, sizes, sc
 if l and n > 1 then sizes = {} end
 for i = 0, n - 1 do
-  local j = 13 + 4*i
+  local j = 11 + 4*i
   seq = seq + 1
   if i == 0 then sseq = sfirst else sseq = fmt('%d', seq) end
   if size > 0 and i >= skip then
@@ -456,51 +468,57 @@ for i = 0, n - 1 do
     if sizes then
       sizes[#sizes+1] = ts .. ' ' .. fmt('%d', #data)
     elseif l then
-      redis.call('RPUSH', K[3], ts .. ' ' .. fmt('%d', #data))
+      redis.call('RPUSH', Z, ts .. ' ' .. fmt('%d', #data))
     end
   end
 end
-if sizes and #sizes > 0 then redis.call('RPUSH', K[3], unpack(sizes)) end
-local payload = encode(e, sfirst, ts, ns, A, 13, n)
+if sizes and #sizes > 0 then redis.call('RPUSH', Z, unpack(sizes)) end
+local payload = encode(e, sfirst, ts, ns, A, 11, n)
 if win then
   for j = 0, n - 1 do
-    local k = A[14 + 4*n + j]
+    local k = A[12 + 4*n + j]
     if k ~= '' then redis.call('SET', k, e .. ' ' .. fmt('%d', first + j) .. ' ' .. ts, 'PX', win) end
   end
 end
--- The expiry is pushed back when a quarter of it has passed, not on
--- every publish. A channel kept without an age limit (ttl -1) does not
--- expire: its keys are made persistent once (x = -1 says they are).
-local ttl, now = A[5] + 0, A[2] + 0
-if ttl > 0 then
-  refresh = refresh or now - x > ttl * 250
+-- The expiry is pushed back when a quarter of it has passed (x says
+-- when), not on every publish. A channel kept without an age limit (ttl
+-- -1) does not expire: its keys are made persistent once (x = -1 says
+-- they are).
+local ttl = A[5]
+if ttl ~= '-1' then
+  refresh = refresh or #x < #A[2] or (#x == #A[2] and x < A[2])
 else
   refresh = refresh or x ~= '-1'
 end
 if refresh then
-  if ttl > 0 then x = A[2] else x = '-1' end
+  if ttl ~= '-1' then x = fmt('%d', A[2] + ttl * 250) else x = '-1' end
 end
 local w = ts .. ' ' .. (sf or sfo) .. ' ' .. (sc or fmt('%d', c)) .. ' ' .. o .. ' ' .. x
 if l then w = w .. ' ' .. l .. ' ' .. fmt('%d', b) end
-local fields = {'s', sseq, 'w', w}
-if fresh then
-  fields[#fields+1] = 'e'; fields[#fields+1] = e
+local added
+if fresh or id == '' then
+  local fields = {'s', sseq, 'w', w}
+  if fresh then
+    fields[#fields+1] = 'e'; fields[#fields+1] = e
+  end
+  if id ~= '' then
+    fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. sfirst .. ' ' .. ns .. ' ' .. ts
+  end
+  added = redis.call('HSET', K[1], unpack(fields))
+else
+  added = redis.call('HSET', K[1], 's', sseq, 'w', w, rf, id .. ' ' .. sfirst .. ' ' .. ns .. ' ' .. ts)
 end
-if id ~= '' then
-  fields[#fields+1] = rf; fields[#fields+1] = id .. ' ' .. sfirst .. ' ' .. ns .. ' ' .. ts
-end
-local added = redis.call('HSET', K[1], unpack(fields))
 if refresh then
-  if ttl > 0 then
+  if ttl ~= '-1' then
     redis.call('PEXPIRE', K[1], A[5])
     if size > 0 then
       redis.call('PEXPIRE', K[2], A[5])
-      if l then redis.call('PEXPIRE', K[3], A[5]) end
+      if l then redis.call('PEXPIRE', Z, A[5]) end
     end
   else
     redis.call('PERSIST', K[1])
     redis.call('PERSIST', K[2])
-    if l then redis.call('PERSIST', K[3]) end
+    if l then redis.call('PERSIST', Z) end
   end
 end
 if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
@@ -509,12 +527,13 @@ if added > 0 and not fresh and redis.call('HLEN', K[1]) > 72 then
   for i = 1, #all, 2 do
     if string.sub(all[i], 1, 2) == 'i:' then
       local rts = tonumber(string.match(all[i+1], '(%d+)$') or '0')
-      if rts < now - 600000000 then redis.call('HDEL', K[1], all[i]) end
+      if rts < A[2] - 600000000 then redis.call('HDEL', K[1], all[i]) end
     end
   end
 end
-if A[9] ~= 'P' then redis.call('SPUBLISH', A[7], payload) end
-if A[9] ~= 'S' then redis.call('PUBLISH', A[7], payload) end
+local ps = string.sub(K[1], 1, -3) -- the channel's Pub/Sub channel: its meta key without ":m"
+if A[7] ~= 'P' then redis.call('SPUBLISH', ps, payload) end
+if A[7] ~= 'S' then redis.call('PUBLISH', ps, payload) end
 if win then return {e, first, ts, -1, 0, dups} end
 -- (A string costs Redis less to return than a table.)
 if flat then return e .. ' ' .. sfirst .. ' ' .. ts end
@@ -563,7 +582,7 @@ local function announce(p)
   redis.call('HSET', p, 'l', r[1] .. ' ' .. string.format('%d', r[2]))
   return r
 end
-local callf = 'o:' .. ARGV[5 + 10]
+local callf = 'o:' .. string.sub(ARGV[5 + 8], 3) -- (publish()'s A[8] is i:<node>)
 local function replied(p)
   local rec = redis.call('HGET', p, callf)
   if not rec then return nil end
