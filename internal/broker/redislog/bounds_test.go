@@ -110,11 +110,11 @@ func hasSizes(t *testing.T, rdb *redis.Client, prefix, ch string) bool {
 // firstRetained is the channel hash's first retained sequence.
 func firstRetained(t *testing.T, rdb *redis.Client, prefix, ch string) uint64 {
 	t.Helper()
-	w, err := rdb.HGet(bg(t), prefix+"{"+ch+"}:m", "w").Result() // "<t> <f> …"
+	w, err := rdb.HGet(bg(t), prefix+"{"+ch+"}:m", "w").Result() // "<epoch> <t> <f> …"
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := strconv.ParseUint(strings.Fields(w)[1], 10, 64)
+	f, err := strconv.ParseUint(strings.Fields(w)[2], 10, 64)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,18 +40,18 @@ local function apply(nodekey, subs, pats, routes, f, d, nodetoo)
 end
 `
 
-// luaEncode defines encode(), which publish() and the republish script
-// use.
-const luaEncode = `
--- encode is a batch as it goes out on Pub/Sub (the receivers'
--- decodeBatch reads it): a header line "B <epoch> <first seq> <time>
--- <count>", then for each message a line "<kind> <origin> <event length>
--- <data length>" followed by the event and the data. The n messages are
--- A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
--- length> <data length>". (Strings are joined with .., not
--- string.format, which runs sprintf for each %s too; a message alone is
--- joined in one step, without a table.)
-local function encode(e, sfirst, ts, ns, A, j0, n)
+// encodeFunc is encode()'s parameters and body: the republish script
+// defines it as a local function, the publish script among its helpers.
+//
+// encode is a batch as it goes out on Pub/Sub (the receivers'
+// decodeBatch reads it): a header line "B <epoch> <first seq> <time>
+// <count>", then for each message a line "<kind> <origin> <event length>
+// <data length>" followed by the event and the data. The n messages are
+// A[j0 + 4*i] … A[j0 + 4*i + 3]: event, kind, data, "<origin> <event
+// length> <data length>". (Strings are joined with .., not
+// string.format, which runs sprintf for each %s too; a message alone is
+// joined in one step, without a table.)
+const encodeFunc = `(e, sfirst, ts, ns, A, j0, n)
   if n == 1 then
     return 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' ' .. ns .. '\n' ..
       A[j0 + 1] .. ' ' .. A[j0 + 3] .. '\n' .. A[j0] .. A[j0 + 2]
@@ -67,9 +67,16 @@ local function encode(e, sfirst, ts, ns, A, j0, n)
 end
 `
 
-// luaPublish defines publish(K, A), the body of the publish script, which
-// the presence and lifecycle scripts run too. It appends a batch of
-// messages to one channel, as one step:
+// luaEncode defines encode(), which the republish script uses.
+const luaEncode = `
+local function encode` + encodeFunc + `
+`
+
+// luaPublishPrelude defines what publish(K, A, flat) uses (luaPublish
+// defines publish() itself, luaPublishBody is its body), which is the
+// publish script (with flat: see publishScript), and which the presence
+// and lifecycle scripts run too. It appends a batch of messages to one
+// channel, as one step:
 //
 // K = meta, stream. (The sizes list's key is the meta key with z for m,
 // the Pub/Sub channel the meta key without ":m", and on a single Redis
@@ -89,18 +96,19 @@ end
 // Meta fields: e epoch, s sequence, i:<node> the node's last call:
 // "<call id> <first seq> <count> <time>", and w, what only publish()
 // reads and writes, in one field (a hash field costs Redis about as much
-// to read or write as the Lua to split it): "<t> <f> <c> <o> <x>", and
-// "<l> <b>" after them while the channel keeps the sizes list. t is the
-// last time, f the first retained sequence, c the bytes of the channel's
-// messages stored so far (of this epoch, or since the channel was taken
-// over from the previous release), o a time no retained message is older
-// than (µs; 0: not known), x when the keys' expiry is to be pushed back
-// next (µs, a quarter of the ttl after it last was; -1: the keys do not
-// expire; the previous release's x, when it last was, is due at once),
-// l the first sequence whose entry has
-// its c, b the retained bytes. The previous release kept t, f, b, o and x
-// in fields of their own (a channel it wrote last has no w); they are
-// left as they were.
+// to read or write as the Lua to split it): "<e> <t> <f> <c> <o> <x>",
+// and "<l> <b>" after them while the channel keeps the sizes list. e is
+// the epoch again (the field e, which other scripts read, is written
+// once, when the channel is made), t the last time, f the first retained
+// sequence, c the bytes of the channel's messages stored so far (of this
+// epoch, or since the channel was taken over from the previous release),
+// o a time no retained message is older than (µs; 0: not known), x when
+// the keys' expiry is to be pushed back next (µs, a quarter of the ttl
+// after it last was; -1: the keys do not expire; the previous release's
+// x, when it last was, is due at once), l the first sequence whose entry
+// has its c, b the retained bytes. The previous release kept t, f, b, o
+// and x in fields of their own (a channel it wrote last has no w); they
+// are left as they were.
 //
 // The history is the stream's entries from f to s (entry ids are
 // "<seq>-1", fields t time, e event, k kind, d data, c the channel's c
@@ -156,16 +164,17 @@ end
 // with "%.17g", Lua a concatenated one with "%.14g": string.format's %d
 // is several times cheaper) and strings into numbers (tonumber parses
 // twice, arithmetic once).
-const luaPublish = luaEncode + `
+const luaPublishPrelude = `
 local fmt = string.format
--- older reports whether time a (µs, a decimal string) is before time b,
--- without parsing either.
-local function older(a, b) return #a < #b or (#a == #b and a < b) end
 -- helpers are the functions of the rare paths (the sizes list, keys, a
 -- channel a much older version wrote), made only when one is taken: each
 -- function a script defines is made again at every call.
 local function helpers()
   local H = {}
+  -- older reports whether time a (µs, a decimal string) is before time b,
+  -- without parsing either.
+  function H.older(a, b) return #a < #b or (#a == #b and a < b) end
+  function H.encode` + encodeFunc + `
   -- sizeOf splits a sizes entry into time (a string) and length.
   function H.sizeOf(v)
     local sp = string.find(v, ' ', 1, true)
@@ -213,20 +222,34 @@ local function helpers()
   end
   return H
 end
-local function publish(K, A, flat)
+`
+
+// luaPublishBody is publish()'s body (see luaPublish): the presence and
+// lifecycle scripts call publish(), the publish script runs the body as
+// its own (a function costs Redis to make at every call of a script).
+const luaPublishBody = `
 local H -- helpers(), once needed
 local Z -- the sizes list's key (the meta key, z for m), once needed
 local rf = A[8] -- i:<node>
-local meta = redis.call('HMGET', K[1], 'e', 's', rf, 'w')
-local e = meta[1]
+local meta = redis.call('HMGET', K[1], 's', rf, 'w')
+local e, st, sfo, sc0, o, x, l, sb -- w's parts (l: the channel keeps the sizes list)
+local old -- the previous release's fields
+if meta[3] then
+  e, st, sfo, sc0, o, x, l, sb = string.match(meta[3], '^(%S+) (%d+) (%d+) (%d+) (%d+) (%S+) ?(%d*) ?(%d*)$')
+else
+  -- A new channel, or one the previous release wrote last (fields e, t,
+  -- f, b, x and o; no w).
+  old = redis.call('HMGET', K[1], 'e', 't', 'f', 'b', 'x', 'o')
+  e = old[1]
+end
 local id = A[9]
 local ns = A[10]
 local n
 if ns == '1' then n = 1 else n = ns + 0 end
 local win = A[11 + 4*n] -- set when messages of the batch carry keys
 if win then H = helpers() end
-if e and id ~= '' and meta[3] then
-  local rec = meta[3]
+if e and id ~= '' and meta[2] then
+  local rec = meta[2]
   local sp = string.find(rec, ' ', 1, true)
   local rid = sp and string.sub(rec, 1, sp - 1)
   if rid == id then
@@ -290,9 +313,7 @@ if win then
   if n == 0 then return {e, 0, '0', -1, 0, dups} end
 end
 local fresh = not e
-local seq, b, f = 0, 0, 1
-local c, o, x, l = 0, '0', '0', nil -- w's parts (l: the channel keeps the sizes list)
-local st, sfo -- w's t and f
+local seq, b, f, c = 0, 0, 1, 0
 local refresh = fresh
 local size = A[3] + 0
 local hb = 0
@@ -300,6 +321,7 @@ if A[6] ~= '0' then hb = A[6] + 0 end
 if fresh then
   local ch
   e, ch = string.match(A[1], '^(%S+) (.*)$')
+  o, x = '0', '0'
   Z = string.sub(K[1], 1, -2) .. 'z'
   redis.call('DEL', K[2], Z)
   -- On a single Redis (how "P"), the set of channels: the meta key is
@@ -307,19 +329,16 @@ if fresh then
   if A[7] == 'P' then redis.call('SADD', string.sub(K[1], 1, #K[1] - #ch - 4) .. '{=}:channels', ch) end
   if size > 0 and hb > 0 then l = '1' end
 else
-  seq = (meta[2] or 0) + 0
-  if meta[4] then
-    local sc, sb
-    st, sfo, sc, o, x, l, sb = string.match(meta[4], '^(%d+) (%d+) (%d+) (%d+) (%S+) ?(%d*) ?(%d*)$')
-    c = sc + 0
+  seq = (meta[1] or 0) + 0
+  if meta[3] then
+    c = sc0 + 0
     if l == '' then l = nil else b = sb + 0 end
   else
-    -- The previous release wrote the channel (fields t, f, b, x, o; no
-    -- w): its sizes list and bytes go on, the bytes counted from here;
-    -- the list stays until its messages (stored without c) left.
-    local old = redis.call('HMGET', K[1], 't', 'f', 'b', 'x', 'o')
-    st, sfo = old[1], old[2]
-    b, x, o = (old[3] or 0) + 0, old[4] or '0', old[5] or '0'
+    -- The previous release wrote the channel: its sizes list and bytes
+    -- go on, the bytes counted from here; the list stays until its
+    -- messages (stored without c) left.
+    st, sfo = old[2], old[3]
+    b, x, o = (old[4] or 0) + 0, old[5] or '0', old[6] or '0'
     c, l = b, fmt('%d', seq + 1)
   end
   if l or not sfo or hb > 0 then Z = string.sub(K[1], 1, -2) .. 'z' end
@@ -372,7 +391,7 @@ if size > 0 then
     end
   end
   if want > 0 then drop, total = want, total - want end
-  if l and drop < count and (total > size or (aged and older(o, cutoff)) or (hb > 0 and b > hb)) then
+  if l and drop < count and (total > size or (aged and H.older(o, cutoff)) or (hb > 0 and b > hb)) then
     -- More may go, by age or bytes: read the oldest sizes until one stays.
     local k, ask = 0, 1
     while drop < count do
@@ -381,7 +400,7 @@ if size > 0 then
       local kept = false
       for j = 1, #vals do
         local et, sz = H.sizeOf(vals[j])
-        if drop >= count or not (total > size or (aged and older(et, cutoff)) or (hb > 0 and b > hb)) then
+        if drop >= count or not (total > size or (aged and H.older(et, cutoff)) or (hb > 0 and b > hb)) then
           o, kept = et, true
           break
         end
@@ -398,6 +417,7 @@ if size > 0 then
   elseif not l and drop < count and aged and (#o < #cutoff or (#o == #cutoff and o < cutoff)) then
     -- Something may be older than the cutoff: read the oldest entries'
     -- times until one stays.
+    H = H or helpers()
     local start, ask = fmt('%d', f + drop) .. '-0', 2
     while drop < count do
       local es = redis.call('XRANGE', K[2], start, '+', 'COUNT', fmt('%d', ask))
@@ -406,7 +426,7 @@ if size > 0 then
       for j = 1, #es do
         local et = es[j][2][2]
         o = et
-        if drop >= count or not older(et, cutoff) then
+        if drop >= count or not H.older(et, cutoff) then
           kept = true
           break
         end
@@ -473,7 +493,13 @@ for i = 0, n - 1 do
   end
 end
 if sizes and #sizes > 0 then redis.call('RPUSH', Z, unpack(sizes)) end
-local payload = encode(e, sfirst, ts, ns, A, 11, n)
+local payload
+if n == 1 then -- (as encode() does)
+  payload = 'B ' .. e .. ' ' .. sfirst .. ' ' .. ts .. ' 1\n' .. A[12] .. ' ' .. A[14] .. '\n' .. A[11] .. A[13]
+else
+  H = H or helpers()
+  payload = H.encode(e, sfirst, ts, ns, A, 11, n)
+end
 if win then
   for j = 0, n - 1 do
     local k = A[12 + 4*n + j]
@@ -493,7 +519,7 @@ end
 if refresh then
   if ttl ~= '-1' then x = fmt('%d', A[2] + ttl * 250) else x = '-1' end
 end
-local w = ts .. ' ' .. (sf or sfo) .. ' ' .. (sc or fmt('%d', c)) .. ' ' .. o .. ' ' .. x
+local w = e .. ' ' .. ts .. ' ' .. (sf or sfo) .. ' ' .. (sc or fmt('%d', c)) .. ' ' .. o .. ' ' .. x
 if l then w = w .. ' ' .. l .. ' ' .. fmt('%d', b) end
 local added
 if fresh or id == '' then
@@ -538,14 +564,19 @@ if win then return {e, first, ts, -1, 0, dups} end
 -- (A string costs Redis less to return than a table.)
 if flat then return e .. ' ' .. sfirst .. ' ' .. ts end
 return {e, first, ts, -1, 0}
-end
+`
+
+// luaPublish defines publish(K, A, flat) (and the helpers it uses).
+const luaPublish = luaPublishPrelude + `
+local function publish(K, A, flat)` + luaPublishBody + `end
 `
 
 // publish: KEYS and ARGV as K and A of publish(), all in one round trip.
 //
 // The script returns publish()'s reply, but "<epoch> <first seq> <time>"
 // (a string) instead of {epoch, first seq, time, -1, 0}.
-var publishScript = redis.NewScript(luaPublish + `return publish(KEYS, ARGV, true)`)
+var publishScript = redis.NewScript(luaPublishPrelude + `
+local K, A, flat = KEYS, ARGV, true` + luaPublishBody)
 
 // republish: KEYS meta. ARGV Pub/Sub channel, epoch, first seq, time
 // (µs), count N, then N times event, kind, data, "<origin> <event
@@ -660,13 +691,13 @@ return reply(p, {1, r[1], r[2], r[3], r[4], k})
 var readScript = redis.NewScript(`
 local meta = redis.call('HMGET', KEYS[1], 'e', 's', 'w', 't', 'f')
 local e, s, t, f = meta[1], meta[2], meta[4], meta[5]
-if meta[3] then t, f = string.match(meta[3], '^(%d+) (%d+)') end
+if meta[3] then t, f = string.match(meta[3], '^%S+ (%d+) (%d+)') end
 f = tonumber(f or '1')
 if not e then
   if ARGV[1] == '0' then return false end
   e, s, t, f = ARGV[2], '0', '0', 1
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'e', e, 's', '0', 'w', '0 1 0 0 0')
+  redis.call('HSET', KEYS[1], 'e', e, 's', '0', 'w', e .. ' 0 1 0 0 0')
   if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
   if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
 end
@@ -697,7 +728,7 @@ local m = redis.call('HMGET', KEYS[1], 'e', 's', 'w', 't', 'f', 'b')
 if not m[1] then return false end
 local s = tonumber(m[2] or '0')
 local t, f, c, l, lb = m[4] or '0', m[5], nil, '', nil
-if m[3] then t, f, c, l, lb = string.match(m[3], '^(%d+) (%d+) (%d+) %d+ %S+ ?(%d*) ?(%d*)$') end
+if m[3] then t, f, c, l, lb = string.match(m[3], '^%S+ (%d+) (%d+) (%d+) %d+ %S+ ?(%d*) ?(%d*)$') end
 local n, b = 0, tonumber(m[6] or '0')
 if not f then
   n = redis.call('XLEN', KEYS[2])
