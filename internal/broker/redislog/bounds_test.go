@@ -98,7 +98,7 @@ func retained(t *testing.T, b broker.Broker, ch string, want []string) {
 }
 
 // hasSizes reports whether ch has a sizes list in Redis.
-func hasSizes(t *testing.T, rdb *redis.Client, prefix, ch string) bool {
+func hasSizes(t *testing.T, rdb redis.Cmdable, prefix, ch string) bool {
 	t.Helper()
 	n, err := rdb.Exists(bg(t), prefix+"{"+ch+"}:z").Result()
 	if err != nil {
@@ -167,13 +167,26 @@ func TestHistoryAgeWithoutSizesList(t *testing.T) {
 
 // A bytes bound given to a channel published without one holds at once
 // (its sizes list is made from the stream), and a channel published with
-// one and then without drops the list and keeps its byte count exact.
+// one and then without drops the list and keeps its byte count exact; on
+// one Redis and on Redis Cluster (where the script finds the list's key
+// from the channel's meta key, in the same slot).
 func TestBytesBoundTurnedOnAndOff(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	rdb := redisClient(t, srv)
+	t.Run("single", func(t *testing.T) {
+		srv := redistest.Start(t, redistest.Options{})
+		testBytesBoundTurnedOnAndOff(t, srv.URL(), redisClient(t, srv))
+	})
+	t.Run("cluster", func(t *testing.T) {
+		c := redistest.StartCluster(t, 3)
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{c.Servers[0].Addr()}})
+		t.Cleanup(func() { rdb.Close() })
+		testBytesBoundTurnedOnAndOff(t, c.URL(), rdb)
+	})
+}
+
+func testBytesBoundTurnedOnAndOff(t *testing.T, url string, rdb redis.Cmdable) {
 	p := newPrefix()
-	plain := openRetention(t, srv.URL(), p, broker.Retention{HistorySize: 100}, nil)
-	bounded := openRetention(t, srv.URL(), p, broker.Retention{HistorySize: 100, HistoryBytes: 20}, nil)
+	plain := openRetention(t, url, p, broker.Retention{HistorySize: 100}, nil)
+	bounded := openRetention(t, url, p, broker.Retention{HistorySize: 100, HistoryBytes: 20}, nil)
 	var all []string
 	for i := 1; i <= 10; i++ {
 		all = append(all, fmt.Sprintf("m%02d", i))
