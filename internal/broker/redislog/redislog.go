@@ -545,9 +545,10 @@ func (l *Log) Append(ctx context.Context, m *broker.Message) (func() (int, error
 }
 
 // publishArgs are the publish script's keys and arguments for msgs, all
-// of one channel, sent to the Pub/Sub channel ps; call is the call's id
-// (0: none, for presence events, whose scripts have their own).
-func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]string, []any) {
+// of one channel; call is the call's id (0: none, for presence events,
+// whose scripts have their own). The script sends the batch to the
+// channel's Pub/Sub channel (pubsubChannel: its meta key without ":m").
+func (l *Log) publishArgs(msgs []*broker.Message, call uint64) ([]string, []any) {
 	now := l.opts.Now()
 	r := l.retention(msgs[0].Channel)
 	cutoff := int64(0)
@@ -557,22 +558,24 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 		cutoff = max(now.Add(-r.HistoryAge).UnixMicro(), 0)
 	}
 	ch := msgs[0].Channel
-	keys := l.channelKeys(ch)
+	keys := []string{l.chanKey(ch, "m"), l.chanKey(ch, "s")}
 	id := ""
 	if call != 0 {
 		id = strconv.FormatUint(call, 10)
 	}
-	args := make([]any, 0, 12+4*len(msgs))
-	args = append(args, l.newEpoch(), now.UnixMicro(), r.HistorySize, cutoff, ttl(r), ch, ps,
-		r.HistoryBytes, "P", l.node, id, len(msgs))
+	args := make([]any, 0, 10+4*len(msgs))
+	// (Every argument costs Redis about 1,000 instructions: what the
+	// script needs only for a new channel shares one.)
+	args = append(args, l.newEpoch()+" "+ch, now.UnixMicro(), r.HistorySize, cutoff, ttl(r),
+		r.HistoryBytes, "P", "i:"+l.node, id, len(msgs))
 	for _, m := range msgs {
 		origin := "-"
 		if m.Origin != 0 {
 			origin = l.node + ":" + strconv.FormatUint(m.Origin, 10) + ":" + strconv.FormatUint(m.OriginSeq, 10)
 		}
-		// The origin goes with the event's length: the script writes
-		// them into the Pub/Sub message as they are.
-		args = append(args, m.Event, int(m.Kind), m.Data, origin+" "+strconv.Itoa(len(m.Event)))
+		// The origin goes with the event's and the data's lengths: the
+		// script writes them into the Pub/Sub message as they are.
+		args = append(args, m.Event, int(m.Kind), m.Data, origin+" "+strconv.Itoa(len(m.Event))+" "+strconv.Itoa(len(m.Data)))
 	}
 	if slices.ContainsFunc(msgs, func(m *broker.Message) bool { return m.Key != "" }) {
 		// Keys: the window, then one Redis key name per message.
@@ -589,7 +592,7 @@ func (l *Log) publishArgs(msgs []*broker.Message, ps string, call uint64) ([]str
 }
 
 // howArg is the index of the "how to publish" argument in publishArgs.
-const howArg = 8
+const howArg = 6
 
 // channelKeys are the keys the read, publish and delete scripts start
 // with: the channel's meta, stream and sizes list and, on a single Redis,
@@ -733,12 +736,12 @@ func (l *Log) plan(ops, rest []*op) ([]*call, []*op) {
 			for i, o := range c.ops {
 				msgs[i] = o.m
 			}
-			c.keys, c.args = l.publishArgs(msgs, l.pubsubChannel(c.channel), c.id)
+			c.keys, c.args = l.publishArgs(msgs, c.id)
 			c.how = howArg
 			continue
 		}
 		o := c.ops[0]
-		keys, args := l.publishArgs([]*broker.Message{o.m}, l.pubsubChannel(c.channel), 0)
+		keys, args := l.publishArgs([]*broker.Message{o.m}, 0)
 		c.keys = append([]string{l.presenceKey(c.channel)}, keys...)
 		c.args = append(append(o.args[:4:4], strconv.FormatUint(c.id, 10)), args...)
 		c.how = 5 + howArg
@@ -907,10 +910,30 @@ func neverSent(err error) bool {
 	return strings.Contains(err.Error(), "connection pool timeout")
 }
 
+// callReply is a call's reply as a list: the publish script's usual
+// reply, "<epoch> <first seq> <time>", as publish()'s {epoch, first seq,
+// time, -1, 0}.
+func callReply(c *call) ([]any, error) {
+	if c.script == publishScript {
+		if s, ok := c.cmd.Val().(string); ok && c.cmd.Err() == nil {
+			f := strings.Fields(s)
+			if len(f) != 3 {
+				return nil, fmt.Errorf("unexpected publish reply %q", s)
+			}
+			first, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("unexpected publish reply %q", s)
+			}
+			return []any{f[0], first, f[2], int64(-1), int64(0)}, nil
+		}
+	}
+	return c.cmd.Slice()
+}
+
 // finish hands a call's reply to its ops.
 func (l *Log) finish(c *call, counts map[string]int) {
 	c.done = true
-	vals, err := c.cmd.Slice()
+	vals, err := callReply(c)
 	if err != nil {
 		l.fail(c, fmt.Errorf("redis: %v", err))
 		return
@@ -1233,31 +1256,33 @@ func replayPlan(name string, head broker.Position, msgs []*broker.Message, req b
 
 // Info implements broker.Log.
 func (l *Log) Info(ctx context.Context, name string) (broker.ChannelInfo, error) {
-	pipe := l.rdb.Pipeline()
-	meta := pipe.HGetAll(ctx, l.chanKey(name, "m"))
-	n := pipe.XLen(ctx, l.chanKey(name, "s"))
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return broker.ChannelInfo{}, l.unavailable(err)
-	}
-	return infoFrom(name, meta.Val(), n.Val())
-}
-
-func infoFrom(name string, meta map[string]string, n int64) (broker.ChannelInfo, error) {
-	if meta["e"] == "" {
+	v, err := infoScript.Run(ctx, l.rdb, l.infoKeys(name)).Slice()
+	if errors.Is(err, redis.Nil) {
 		return broker.ChannelInfo{}, broker.ErrNotFound
 	}
-	seq, _ := strconv.ParseUint(meta["s"], 10, 64)
-	us, _ := strconv.ParseInt(meta["t"], 10, 64)
-	bytes, _ := strconv.ParseInt(meta["b"], 10, 64)
-	if f, err := strconv.ParseUint(meta["f"], 10, 64); err == nil {
-		// The history is f..seq; the stream may hold a few entries
-		// before f (it is trimmed a node at a time).
-		n = 0
-		if seq+1 > f {
-			n = int64(seq + 1 - f)
-		}
+	if err != nil {
+		return broker.ChannelInfo{}, l.unavailable(err)
 	}
-	ci := broker.ChannelInfo{Name: name, Epoch: meta["e"], LastSeq: seq, Messages: int(n), Bytes: bytes, Published: seq}
+	return infoFrom(name, v)
+}
+
+// infoKeys are the info script's keys for channel ch.
+func (l *Log) infoKeys(ch string) []string {
+	return []string{l.chanKey(ch, "m"), l.chanKey(ch, "s")}
+}
+
+// infoFrom reads the info script's reply: epoch, seq, last time (µs),
+// messages, bytes.
+func infoFrom(name string, v []any) (broker.ChannelInfo, error) {
+	if len(v) != 5 {
+		return broker.ChannelInfo{}, fmt.Errorf("redis: unexpected info reply %v", v)
+	}
+	epoch := fmt.Sprint(v[0])
+	seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+	us, _ := strconv.ParseInt(fmt.Sprint(v[2]), 10, 64)
+	n, _ := v[3].(int64)
+	bytes, _ := v[4].(int64)
+	ci := broker.ChannelInfo{Name: name, Epoch: epoch, LastSeq: seq, Messages: int(n), Bytes: bytes, Published: seq}
 	if seq > 0 {
 		ci.LastID = broker.Position{Epoch: ci.Epoch, Seq: seq}.String()
 		ci.LastPublish = time.UnixMicro(us).UTC()
@@ -1271,25 +1296,40 @@ func (l *Log) List(ctx context.Context) ([]broker.ChannelInfo, error) {
 	if err != nil {
 		return nil, l.unavailable(err)
 	}
-	pipe := l.rdb.Pipeline()
-	metas := make([]*redis.MapStringStringCmd, len(names))
-	lens := make([]*redis.IntCmd, len(names))
-	for i, name := range names {
-		metas[i] = pipe.HGetAll(ctx, l.chanKey(name, "m"))
-		lens[i] = pipe.XLen(ctx, l.chanKey(name, "s"))
-	}
-	if len(names) > 0 {
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return nil, l.unavailable(err)
+	var infos []*redis.Cmd
+	for try := 0; len(names) > 0; try++ {
+		pipe := l.rdb.Pipeline()
+		infos = make([]*redis.Cmd, len(names))
+		for i, name := range names {
+			infos[i] = infoScript.EvalSha(ctx, pipe, l.infoKeys(name))
 		}
+		_, err := pipe.Exec(ctx)
+		if err == nil || errors.Is(err, redis.Nil) {
+			break
+		}
+		if try == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Redis restarted (or SCRIPT FLUSH): load them and ask again.
+			if err := l.loadScripts(ctx); err != nil {
+				return nil, l.unavailable(err)
+			}
+			continue
+		}
+		return nil, l.unavailable(err)
 	}
 	out := make([]broker.ChannelInfo, 0, len(names))
 	var gone []any
 	for i, name := range names {
-		ci, err := infoFrom(name, metas[i].Val(), lens[i].Val())
-		if err != nil {
+		v, err := infos[i].Slice()
+		if errors.Is(err, redis.Nil) {
 			gone = append(gone, name) // expired
 			continue
+		}
+		if err != nil {
+			return nil, l.unavailable(err)
+		}
+		ci, err := infoFrom(name, v)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, ci)
 	}

@@ -150,7 +150,7 @@ func (l *Log) republished(ctx context.Context, reps []republish) {
 // answered: its batch, as publish() sent it (the messages its reply says
 // were appended, positioned as it says); nil args when it sent nothing.
 func (l *Log) republishArgs(c *call) ([]string, []any) {
-	vals, err := c.cmd.Slice()
+	vals, err := callReply(c)
 	if err != nil {
 		return nil, nil
 	}
@@ -188,9 +188,9 @@ func (l *Log) republishArgs(c *call) ([]string, []any) {
 		return nil, nil
 	}
 	args := make([]any, 0, 5+4*len(keep))
-	args = append(args, a[6], fmt.Sprint(epoch), fmt.Sprint(first), fmt.Sprint(ts), strconv.Itoa(len(keep)))
+	args = append(args, l.pubsubChannel(c.channel), fmt.Sprint(epoch), fmt.Sprint(first), fmt.Sprint(ts), strconv.Itoa(len(keep)))
 	for _, i := range keep {
-		j := 12 + 4*i
+		j := 10 + 4*i
 		args = append(args, a[j:j+4]...)
 	}
 	return []string{l.chanKey(c.channel, "m")}, args
