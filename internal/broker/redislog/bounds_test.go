@@ -372,3 +372,22 @@ func TestLonePublishCommands(t *testing.T) {
 		t.Fatalf("%d publishes alone ran %v, want %v", n, calls, want)
 	}
 }
+
+// A publish that replaces a channel's whole history (here a history of
+// one) empties its sizes list, which Redis then deletes; the list made
+// anew keeps an expiry like the channel's other keys, so a channel no
+// longer published leaves nothing behind.
+func TestSizesListKeepsItsExpiry(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := redisClient(t, srv)
+	p := newPrefix()
+	b := openRetention(t, srv.URL(), p, broker.Retention{HistorySize: 1, HistoryBytes: 100, HistoryAge: time.Hour}, nil)
+	for i := 1; i <= 3; i++ {
+		publish(t, b, "one", "x")
+		for _, kind := range []string{"m", "s", "z"} {
+			if d, err := rdb.PTTL(bg(t), p+"{one}:"+kind).Result(); err != nil || d <= 0 {
+				t.Fatalf("after publish %d: %s expires in %v (%v), want a time", i, kind, d, err)
+			}
+		}
+	}
+}

@@ -1,6 +1,8 @@
 package redislog_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/pushctl/pushctl/internal/broker"
 	"github.com/pushctl/pushctl/internal/broker/brokertest"
+	"github.com/pushctl/pushctl/internal/broker/redislog"
 	"github.com/pushctl/pushctl/internal/redistest"
 )
 
@@ -274,5 +277,120 @@ func TestRedisClusterPatternNodeHearsDelete(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// A channel's slot moved between shards in the middle of publishing (as
+// redis-cli --cluster reshard moves a slot's keys, in batches): a publish
+// while the channel's keys are split between the two shards is refused
+// before it writes anything, or goes through whole; once the slot has
+// moved the channel takes publishes again, every key moves without
+// clashing with one made meanwhile, and its history and byte count are
+// exact. (With the sizes list's key not among the script's keys, the
+// list moved first made the script fail after its XADD, and every later
+// publish failed on the stream's top id; the list left behind was made
+// anew on the importing shard and its move then failed with BUSYKEY.)
+func TestRedisClusterSlotMovingMidPublish(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		first, later []string // key kinds moved before and after the publish
+	}{
+		{"sizes list first", []string{"z"}, []string{"m", "s"}},
+		{"sizes list last", []string{"m", "s"}, []string{"z"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := redistest.StartCluster(t, 3)
+			ctx := bg(t)
+			p := newPrefix()
+			hub := broker.NewHub()
+			l, err := redislog.Open(ctx, redislog.Options{URL: c.URL(), Prefix: p, Retention: broker.Retention{HistorySize: 100, HistoryBytes: 1 << 20}}, hub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := broker.New(hub, l, broker.CoreOptions{})
+			t.Cleanup(func() { b.Close() })
+			publish(t, b, "mig", "one")
+			want := []string{"one"}
+			var cls []*redis.Client
+			for _, s := range c.Servers {
+				cls = append(cls, redisClient(t, s))
+			}
+			key := func(kind string) string { return p + "{mig}:" + kind }
+			slot, err := cls[0].ClusterKeySlot(ctx, key("m")).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := -1
+			for i, cl := range cls {
+				if n, err := cl.ClusterCountKeysInSlot(ctx, int(slot)).Result(); err != nil {
+					t.Fatal(err)
+				} else if n > 0 {
+					src = i
+				}
+			}
+			dst := (src + 1) % len(cls)
+			id := func(i int) string {
+				v, err := cls[i].Do(ctx, "CLUSTER", "MYID").Text()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+			must := func(cmd *redis.Cmd) {
+				t.Helper()
+				if err := cmd.Err(); err != nil {
+					t.Fatal(cmd.Args(), err)
+				}
+			}
+			move := func(kinds []string) {
+				t.Helper()
+				args := []any{"MIGRATE", "127.0.0.1", c.Servers[dst].Port, "", 0, 5000, "KEYS"}
+				for _, k := range kinds {
+					args = append(args, key(k))
+				}
+				must(cls[src].Do(ctx, args...))
+			}
+			must(cls[dst].Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", id(src)))
+			must(cls[src].Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", id(dst)))
+			move(tc.first)
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, _, err = b.Publish(pctx, &broker.Message{Channel: "mig", Data: []byte("two")})
+			cancel()
+			t.Logf("publish while the keys are split: %v", err)
+			if err == nil {
+				want = append(want, "two")
+			}
+			move(tc.later)
+			for i := range cls {
+				must(cls[i].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", id(dst)))
+			}
+			// The refused publish left the node degraded until its next
+			// heartbeat: publishes are refused (nothing sent) until then.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				_, _, err := b.Publish(ctx, &broker.Message{Channel: "mig", Data: []byte("three")})
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+					t.Fatalf("publish once the slot moved: %v", err)
+				}
+			}
+			publish(t, b, "mig", "four")
+			want = append(want, "three", "four")
+			s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"mig"}, Last: -1})
+			msgs, gaps := events(t, s, len(want))
+			bytes := 0
+			for i, m := range msgs {
+				if string(m.Data) != want[i] || m.Seq != uint64(i+1) {
+					t.Fatalf("history %d: %q seq %d, want %q seq %d (gaps %v)", i, m.Data, m.Seq, want[i], i+1, gaps)
+				}
+				bytes += len(m.Data)
+			}
+			inf, err := b.Channel(ctx, "mig")
+			if err != nil || inf.Messages != len(want) || inf.Bytes != int64(bytes) {
+				t.Fatalf("channel %+v %v, want %d messages, %d bytes", inf, err, len(want), bytes)
+			}
+		})
 	}
 }

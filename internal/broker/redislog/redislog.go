@@ -559,6 +559,9 @@ func (l *Log) publishArgs(msgs []*broker.Message, call uint64) ([]string, []any)
 	}
 	ch := msgs[0].Channel
 	keys := []string{l.chanKey(ch, "m"), l.chanKey(ch, "s")}
+	if l.cluster != nil {
+		keys = append(keys, l.chanKey(ch, "z")) // see luaPublishPrelude
+	}
 	id := ""
 	if call != 0 {
 		id = strconv.FormatUint(call, 10)

@@ -78,10 +78,14 @@ local function encode` + encodeFunc + `
 // and lifecycle scripts run too. It appends a batch of messages to one
 // channel, as one step:
 //
-// K = meta, stream. (The sizes list's key is the meta key with z for m,
-// the Pub/Sub channel the meta key without ":m", and on a single Redis
-// the set of channels <prefix>{=}:channels: each argument costs Redis
-// about 1,000 instructions per call.)
+// K = meta, stream, and on Redis Cluster the sizes list. (On a single
+// Redis the sizes list's key is the meta key with z for m; the Pub/Sub
+// channel is the meta key without ":m", and on a single Redis the set of
+// channels <prefix>{=}:channels: each argument costs Redis about 1,000
+// instructions per call. On Redis Cluster the list is declared: while
+// its slot moves between shards, a script whose keys are not all on one
+// of them is refused before it runs (TRYAGAIN), where an undeclared key
+// would fail it at that key, after its XADD.)
 //
 // A = 1 "<new epoch> <channel>" (read only for a new channel), 2 now
 // (µs), 3 history size, 4 age cutoff (µs, 0: none), 5 ttl (ms; -1: the
@@ -322,7 +326,7 @@ if fresh then
   local ch
   e, ch = string.match(A[1], '^(%S+) (.*)$')
   o, x = '0', '0'
-  Z = string.sub(K[1], 1, -2) .. 'z'
+  Z = K[3] or string.sub(K[1], 1, -2) .. 'z'
   redis.call('DEL', K[2], Z)
   -- On a single Redis (how "P"), the set of channels: the meta key is
   -- <prefix>{<channel>}:m.
@@ -341,7 +345,7 @@ else
     b, x, o = (old[4] or 0) + 0, old[5] or '0', old[6] or '0'
     c, l = b, fmt('%d', seq + 1)
   end
-  if l or not sfo or hb > 0 then Z = string.sub(K[1], 1, -2) .. 'z' end
+  if l or not sfo or hb > 0 then Z = K[3] or string.sub(K[1], 1, -2) .. 'z' end
   if sfo then
     f = sfo + 0
   else
@@ -447,6 +451,9 @@ if size > 0 then
   if drop >= count then
     nf = first + skip
     o = ts -- what is retained is this batch's
+    -- A list emptied by LPOP is gone (Redis deletes an empty list): the
+    -- RPUSH below makes it anew, without an expiry.
+    if l and count > 0 then refresh = true end
   end
   if nf ~= f or not sfo then sf = fmt('%d', nf) end
   -- The stream is trimmed when f crosses an even number: every other
@@ -461,7 +468,7 @@ if size > 0 then
   end
 else
   -- No history: what an earlier setting kept goes.
-  if count > 0 then redis.call('DEL', K[2], Z or string.sub(K[1], 1, -2) .. 'z') end
+  if count > 0 then redis.call('DEL', K[2], Z or K[3] or string.sub(K[1], 1, -2) .. 'z') end
   b = 0
   f = first + n
   sf = fmt('%d', f)
