@@ -109,6 +109,20 @@ func redisConsumersEnv(t *testing.T, srv *redistest.Server, prefix string) (*env
 	return &env{t: t, b: b, srv: hs, s: s}, b
 }
 
+// wsFetchErrors receives the errors of WebSocket consumes' fetches for
+// the rest of the test.
+func wsFetchErrors(t *testing.T) <-chan error {
+	failed := make(chan error, 100)
+	server.OnWSFetchError(func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	})
+	t.Cleanup(func() { server.OnWSFetchError(nil) })
+	return failed
+}
+
 // While Redis, restarted, loads its data (and answers every command
 // LOADING, for seconds with a large dataset), consumers on it are
 // unavailable, not failing: a WebSocket connection's fetches are tried
@@ -119,14 +133,7 @@ func redisConsumersEnv(t *testing.T, srv *redistest.Server, prefix string) (*env
 func TestConsumersRedisLoading(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{AOF: true})
 	e, b := redisConsumersEnv(t, srv, "wsl:")
-	failed := make(chan error, 100)
-	server.OnWSFetchError(func(err error) {
-		select {
-		case failed <- err:
-		default:
-		}
-	})
-	t.Cleanup(func() { server.OnWSFetchError(nil) })
+	failed := wsFetchErrors(t)
 
 	c := dialWS(t, e, "/ws")
 	if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"consume","ref":"1","consumer":"w","channel":"jobs","max":1}`)); err != nil {
@@ -196,14 +203,7 @@ func TestConsumersRedisLoading(t *testing.T) {
 func TestConsumersRedisStoreRefused(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
 	e, b := redisConsumersEnv(t, srv, "full:")
-	failed := make(chan error, 100)
-	server.OnWSFetchError(func(err error) {
-		select {
-		case failed <- err:
-		default:
-		}
-	})
-	t.Cleanup(func() { server.OnWSFetchError(nil) })
+	failed := wsFetchErrors(t)
 
 	for _, name := range []string{"h", "w"} { // made on first use, nothing to take yet
 		if resp, body := e.do("POST", "/consumers/"+name+"/fetch?channel=jobs&max=1&wait=0", nil); resp.StatusCode != 200 {
