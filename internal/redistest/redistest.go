@@ -358,11 +358,7 @@ func StartCluster(t testing.TB, shards int) *Cluster {
 	cli := lookPath(t, "redis-cli")
 	c := &Cluster{}
 	for i := 0; i < shards; i++ {
-		c.Servers = append(c.Servers, launch(t, func() []string {
-			// The cluster bus needs a port of its own, also free.
-			return []string{"--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-				"--cluster-port", strconv.Itoa(freePort(t)), "--cluster-node-timeout", "2000"}
-		}))
+		c.Servers = append(c.Servers, launchClusterNode(t))
 	}
 	args := []string{"--cluster", "create"}
 	for _, s := range c.Servers {
@@ -406,6 +402,121 @@ func (s *Server) WaitLog(text string, timeout time.Duration) error {
 			return fmt.Errorf("redis-server on port %d did not print %q in %v:\n%s", s.Port, text, timeout, s.Log())
 		}
 	}
+}
+
+// launchClusterNode starts a redis-server with cluster mode on, not yet
+// part of any cluster.
+func launchClusterNode(t testing.TB) *Server {
+	return launch(t, func() []string {
+		// The cluster bus needs a port of its own, also free.
+		return []string{"--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(freePort(t)), "--cluster-node-timeout", "2000"}
+	})
+}
+
+// cli runs redis-cli with args and returns its output, failing the test
+// on an error (redis-cli exits 0 on an error reply: one is an error too).
+func cli(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(lookPath(t, "redis-cli"), args...).CombinedOutput()
+	if err != nil || strings.HasPrefix(string(out), "ERR") || strings.HasPrefix(string(out), "(error)") {
+		t.Fatalf("redis-cli %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// ID is the server's cluster node id.
+func (s *Server) ID() string {
+	s.t.Helper()
+	return cli(s.t, "-p", strconv.Itoa(s.Port), "cluster", "myid")
+}
+
+// AddShard starts one more redis-server, joins it to the cluster as a
+// master without slots (`redis-cli --cluster add-node`) and returns it
+// once it knows the cluster.
+func (c *Cluster) AddShard(t testing.TB) *Server {
+	t.Helper()
+	s := launchClusterNode(t)
+	cli(t, "--cluster", "add-node", s.Addr(), c.Servers[0].Addr())
+	if err := s.WaitLog("Cluster state changed: ok", 30*time.Second); err != nil {
+		t.Fatalf("redis cluster: %v", err)
+	}
+	c.Servers = append(c.Servers, s)
+	return s
+}
+
+// Owner is the server that serves slot.
+func (c *Cluster) Owner(t testing.TB, slot int) *Server {
+	t.Helper()
+	for _, s := range c.Servers {
+		// CLUSTER NODES: "<id> <addr> <flags> … <slot or range>…", the
+		// asking node's line flagged myself.
+		for _, line := range strings.Split(cli(t, "-p", strconv.Itoa(s.Port), "cluster", "nodes"), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "myself") {
+				continue
+			}
+			for _, r := range f[8:] {
+				lo, hi, ok := strings.Cut(r, "-")
+				if !ok {
+					hi = lo
+				}
+				a, err1 := strconv.Atoi(lo)
+				b, err2 := strconv.Atoi(hi)
+				if err1 == nil && err2 == nil && a <= slot && slot <= b {
+					return s
+				}
+			}
+		}
+	}
+	t.Fatalf("redis cluster: no node serves slot %d", slot)
+	return nil
+}
+
+// Slot is the cluster slot of key.
+func (c *Cluster) Slot(t testing.TB, key string) int {
+	t.Helper()
+	n, err := strconv.Atoi(cli(t, "-p", strconv.Itoa(c.Servers[0].Port), "cluster", "keyslot", key))
+	if err != nil {
+		t.Fatalf("redis cluster: keyslot %q: %v", key, err)
+	}
+	return n
+}
+
+// MoveSlot moves slot and its keys to server to as `redis-cli --cluster
+// reshard` does (IMPORTING on the target, MIGRATING on the source, the
+// keys with MIGRATE, then NODE on the target, the source and the rest),
+// but one key per MIGRATE, so that a slot's keys spend as long as they
+// can split between the two. It returns the number of keys moved.
+func (c *Cluster) MoveSlot(t testing.TB, slot int, to *Server) int {
+	t.Helper()
+	from := c.Owner(t, slot)
+	if from == to {
+		return 0
+	}
+	sl := strconv.Itoa(slot)
+	port := func(s *Server) string { return strconv.Itoa(s.Port) }
+	cli(t, "-p", port(to), "cluster", "setslot", sl, "importing", from.ID())
+	cli(t, "-p", port(from), "cluster", "setslot", sl, "migrating", to.ID())
+	moved := 0
+	for {
+		keys := cli(t, "-p", port(from), "cluster", "getkeysinslot", sl, "1")
+		if keys == "" {
+			break
+		}
+		if out := cli(t, "-p", port(from), "migrate", "127.0.0.1", port(to), "", "0", "10000", "keys", keys); out != "OK" {
+			t.Fatalf("redis cluster: MIGRATE %s: %s", keys, out)
+		}
+		moved++
+	}
+	cli(t, "-p", port(to), "cluster", "setslot", sl, "node", to.ID())
+	cli(t, "-p", port(from), "cluster", "setslot", sl, "node", to.ID())
+	for _, s := range c.Servers {
+		if s != to && s != from {
+			cli(t, "-p", port(s), "cluster", "setslot", sl, "node", to.ID())
+		}
+	}
+	return moved
 }
 
 // URL is the redis:// address of the first node; pushctl finds the other

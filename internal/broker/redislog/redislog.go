@@ -394,8 +394,13 @@ const (
 	sidePubSub   = "pubsub"   // cleared once resubscribed and refilled
 )
 
-// setHealth records the state of one side.
+// setHealth records the state of one side. A slot moving between
+// shards (redisreply.Moving) is not an outage: what failed for it is
+// sent again, and the node goes on sending everything else.
 func (l *Log) setHealth(side string, err error) {
+	if err != nil && redisreply.Moving(err) {
+		return
+	}
 	l.downMu.Lock()
 	defer l.downMu.Unlock()
 	was := l.down.Load()
@@ -840,7 +845,12 @@ func (l *Log) runBatch(calls []*call) {
 				// Healthy again before anyone is told: a publisher that
 				// publishes again on its ack must not be refused.
 				l.setHealth(sideCommands, nil)
-				l.opts.Logger.Info("redis answered again; publishes that were waiting went through", "waited", time.Since(start).Round(time.Millisecond))
+				waited := time.Since(start).Round(time.Millisecond)
+				if redisreply.Moving(lastErr) {
+					l.opts.Logger.Debug("a slot moved between shards; publishes that waited for it went through", "waited", waited)
+				} else {
+					l.opts.Logger.Info("redis answered again; publishes that were waiting went through", "waited", waited)
+				}
 				lastErr = nil
 			}
 			for _, c := range answered {

@@ -50,6 +50,26 @@ func Transient(err error) bool {
 	return false
 }
 
+// Moving reports whether err is an error reply by which a Redis Cluster
+// said that the command's slot is moving between shards (resharding, or
+// adding a shard): TRYAGAIN, a command on several keys of a slot whose
+// keys are split between the two while they move; MOVED and ASK, a slot
+// served elsewhere (go-redis follows them a few times before it gives
+// up). Nothing ran. It concerns that slot's keys only: the shards answer
+// everything else, so it says nothing about Redis's health. It is
+// Transient too.
+func Moving(err error) bool {
+	msg, ok := reply(err)
+	if !ok {
+		return false
+	}
+	switch code(msg) {
+	case "TRYAGAIN", "MOVED", "ASK":
+		return true
+	}
+	return false
+}
+
 // StoreRefused reports whether err is an error reply by which Redis
 // refused a write because it cannot keep more data; nothing ran (a
 // script's first write refused ends it before it changed anything, and

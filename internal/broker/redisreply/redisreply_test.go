@@ -34,9 +34,9 @@ func check(t *testing.T, what string, err error, transient bool) {
 func checkReply(t *testing.T, what string, err error, transient, full bool) {
 	t.Helper()
 	t.Logf("%s: %v", what, err)
-	if !redisreply.Is(err) || redisreply.Transient(err) != transient || redisreply.StoreRefused(err) != full {
-		t.Errorf("%s: %v: reply %v, transient %v, store refused %v; want a reply, transient %v, store refused %v", what, err,
-			redisreply.Is(err), redisreply.Transient(err), redisreply.StoreRefused(err), transient, full)
+	if !redisreply.Is(err) || redisreply.Transient(err) != transient || redisreply.StoreRefused(err) != full || redisreply.Moving(err) {
+		t.Errorf("%s: %v: reply %v, transient %v, store refused %v, moving %v; want a reply, transient %v, store refused %v, not moving", what, err,
+			redisreply.Is(err), redisreply.Transient(err), redisreply.StoreRefused(err), redisreply.Moving(err), transient, full)
 	}
 }
 
@@ -119,5 +119,60 @@ func TestRealReplies(t *testing.T) {
 	err := rdb.Get(ctx(t), "k").Err()
 	if err == nil || redisreply.Is(err) || redisreply.Transient(err) {
 		t.Errorf("redis down: %v: reply %v, transient %v", err, redisreply.Is(err), redisreply.Transient(err))
+	}
+}
+
+// The replies by which a Redis Cluster says a slot is moving (a command
+// on keys split between two shards, a key asked of a shard that gave it
+// away or never had it) are Moving and transient; every other reply in
+// these tests is not Moving.
+func TestMovingReplies(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	const key = "{moving}:a"
+	slot := c.Slot(t, key)
+	src := c.Owner(t, slot)
+	var dst *redistest.Server
+	for _, s := range c.Servers {
+		if s != src {
+			dst = s
+			break
+		}
+	}
+	rsrc, rdst := client(t, src), client(t, dst)
+	moving := func(what string, err error) {
+		t.Helper()
+		t.Logf("%s: %v", what, err)
+		if !redisreply.Moving(err) || !redisreply.Transient(err) || redisreply.StoreRefused(err) {
+			t.Errorf("%s: %v: moving %v, transient %v, store refused %v; want moving and transient", what, err,
+				redisreply.Moving(err), redisreply.Transient(err), redisreply.StoreRefused(err))
+		}
+	}
+	moving("a key asked of a shard that does not serve it", rdst.Get(ctx(t), key).Err())
+
+	for _, k := range []string{key, "{moving}:b"} {
+		if err := rsrc.Set(ctx(t), k, "v", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(rdst.Do(ctx(t), "CLUSTER", "SETSLOT", slot, "IMPORTING", src.ID()).Err())
+	must(rsrc.Do(ctx(t), "CLUSTER", "SETSLOT", slot, "MIGRATING", dst.ID()).Err())
+	must(rsrc.Migrate(ctx(t), "127.0.0.1", strconv.Itoa(dst.Port), key, 0, 10*time.Second).Err())
+	moving("a key that moved, asked of the shard it left", rsrc.Get(ctx(t), key).Err())
+	moving("keys split between two shards", rsrc.MGet(ctx(t), key, "{moving}:b").Err())
+	moving("a script on keys split between two shards",
+		rsrc.Eval(ctx(t), "return redis.call('GET', KEYS[1])", []string{key, "{moving}:b"}).Err())
+	if err := rsrc.Get(ctx(t), "{moving}:b").Err(); err != nil {
+		t.Errorf("a key that has not moved yet: %v", err)
+	}
+	for _, err := range []error{errors.New("TRYAGAIN not a reply"), rsrc.Do(ctx(t), "NOSUCHCOMMAND").Err()} {
+		if redisreply.Moving(err) {
+			t.Errorf("%v: moving", err)
+		}
 	}
 }

@@ -1,0 +1,244 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pushctl/pushctl/internal/redistest"
+)
+
+// A Redis Cluster resharded while two nodes publish and deliver, as when
+// a site adds a shard: a fourth master joins (`redis-cli --cluster
+// add-node`), every test channel's slot and the slot of pushctl's own keys
+// move to it, then half of them move on to another shard, one key per
+// MIGRATE (so a channel's keys spend as long as they can split between
+// two shards). Publishers on node A (HTTP one by one, one channel each,
+// and NDJSON batches of 50) keep going throughout; WebSocket subscribers
+// on node B follow each channel (from its start: ?since=all). Every publish is acknowledged (a
+// reshard is not an outage), each channel's history holds every
+// acknowledged message once, at its position, in order, and each
+// subscriber on B gets every one of them in order with no gap notice.
+func TestRedisClusterReshardWhilePublishing(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{c.Servers[0].Addr()}})
+	defer rdb.Close()
+	pa, a := serve(t, "--broker", c.URL(), "--history", "1000000")
+	defer func() {
+		if t.Failed() {
+			t.Log(pa.Stderr())
+		}
+	}()
+	_, b := serve(t, "--broker", c.URL(), "--history", "1000000")
+
+	const nch = 6
+	chans := []string{"rs.batch"}
+	for i := range nch {
+		chans = append(chans, "rs."+strconv.Itoa(i))
+	}
+
+	// Subscribers on B, one WebSocket per channel: what each got, in order.
+	type got struct {
+		mu    sync.Mutex
+		data  []string
+		other []string // frames that are not messages (a gap notice)
+		more  chan struct{}
+	}
+	subs := map[string]*got{}
+	for _, ch := range chans {
+		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/"+ch+"?since=all", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		g := &got{more: make(chan struct{}, 1)}
+		subs[ch] = g
+		go func() {
+			for {
+				_, frame, err := ws.ReadMessage()
+				if err != nil {
+					return
+				}
+				var m struct{ Type, Data string }
+				json.Unmarshal(frame, &m)
+				g.mu.Lock()
+				if m.Type == "message" {
+					g.data = append(g.data, m.Data)
+				} else {
+					g.other = append(g.other, string(frame))
+				}
+				g.mu.Unlock()
+				select {
+				case g.more <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	all := map[string]*replies{}
+	var wg sync.WaitGroup
+	hc := &http.Client{Timeout: 60 * time.Second}
+	const after = 100 // acknowledged by each publisher once the slots moved
+	for _, ch := range chans {
+		r := newReplies()
+		all[ch] = r
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			base := -1
+			for i := 0; ; {
+				select {
+				case <-stop:
+					if base < 0 {
+						base = r.acked()
+					}
+					if r.acked()-base >= after {
+						return
+					}
+				default:
+				}
+				if ch != "rs.batch" {
+					d := strconv.Itoa(i)
+					i++
+					resp, err := hc.Post(a+"/pub/"+ch, "text/plain", strings.NewReader(d))
+					if err != nil {
+						r.set(d, "error "+err.Error())
+						continue
+					}
+					var body struct {
+						Seq   uint64
+						Error struct{ Code string }
+					}
+					json.NewDecoder(resp.Body).Decode(&body)
+					resp.Body.Close()
+					r.set(d, ackReply(body.Seq, body.Error.Code))
+					continue
+				}
+				var buf bytes.Buffer
+				for j := i; j < i+50; j++ {
+					fmt.Fprintf(&buf, "{\"channel\":%q,\"data\":\"%d\"}\n", ch, j)
+				}
+				resp, err := hc.Post(a+"/pub", "application/x-ndjson", &buf)
+				if err != nil {
+					for j := i; j < i+50; j++ {
+						r.set(strconv.Itoa(j), "error "+err.Error())
+					}
+					i += 50
+					continue
+				}
+				sc := bufio.NewScanner(resp.Body)
+				for sc.Scan() {
+					var ack struct {
+						Line  int
+						Seq   uint64
+						Error struct{ Code string }
+					}
+					if err := json.Unmarshal(sc.Bytes(), &ack); err != nil || ack.Line < 1 {
+						t.Errorf("batch reply line %q", sc.Text())
+						continue
+					}
+					r.set(strconv.Itoa(i+ack.Line-1), ackReply(ack.Seq, ack.Error.Code))
+				}
+				resp.Body.Close()
+				i += 50
+			}
+		}()
+	}
+	warm := time.After(60 * time.Second)
+	for ch, r := range all {
+		select {
+		case <-r.warmed:
+		case <-warm:
+			t.Fatalf("%s: publishing did not get going", ch)
+		}
+	}
+
+	// The reshard: a new shard takes the channels' slots and pushctl's
+	// own (the counts and the nodes), then half move on again.
+	added := c.AddShard(t)
+	slots := []int{c.Slot(t, "pushctl:{=}:nodes")}
+	for _, ch := range chans {
+		slots = append(slots, c.Slot(t, "pushctl:{"+ch+"}:m"))
+	}
+	keys := 0
+	for _, s := range slots {
+		keys += c.MoveSlot(t, s, added)
+	}
+	for i, s := range slots {
+		if i%2 == 0 {
+			keys += c.MoveSlot(t, s, c.Servers[i%3])
+		}
+	}
+	t.Logf("moved %d slots and %d keys, then %d slots again", len(slots), keys, (len(slots)+1)/2)
+	close(stop)
+	wg.Wait()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, ch := range chans {
+		r := all[ch]
+		checkHistory(t, ctx, rdb, ch, r)
+		var failed []string
+		var acked []int
+		for d, reply := range r.got {
+			if strings.HasPrefix(reply, "seq ") {
+				acked = append(acked, mustAtoi(d))
+			} else {
+				failed = append(failed, d+": "+reply)
+			}
+		}
+		slices.Sort(acked)
+		if len(failed) > 0 {
+			t.Errorf("%s: %d publishes not acknowledged during the reshard, e.g. %v", ch, len(failed), failed[:min(5, len(failed))])
+		}
+		// B's subscriber: every acknowledged message, in order, and no
+		// gap notice.
+		g := subs[ch]
+		deadline := time.After(30 * time.Second)
+		for {
+			g.mu.Lock()
+			n := len(g.data)
+			g.mu.Unlock()
+			if n >= len(acked) {
+				break
+			}
+			select {
+			case <-g.more:
+			case <-deadline:
+				t.Fatalf("%s: subscriber on B got %d messages of the %d acknowledged", ch, n, len(acked))
+			}
+		}
+		g.mu.Lock()
+		for i, d := range g.data {
+			if i >= len(acked) || d != strconv.Itoa(acked[i]) {
+				t.Errorf("%s: subscriber on B: message %d is %q, want %v", ch, i, d, acked[i:min(i+1, len(acked))])
+				break
+			}
+		}
+		if len(g.other) > 0 {
+			t.Errorf("%s: subscriber on B got %v", ch, g.other)
+		}
+		g.mu.Unlock()
+	}
+}
+
+func mustAtoi(s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
