@@ -22,15 +22,17 @@ import (
 
 // A Redis Cluster resharded while two nodes publish and deliver, as when
 // a site adds a shard: a fourth master joins (`redis-cli --cluster
-// add-node`), every test channel's slot and the slot of pushctl's own keys
-// move to it, then half of them move on to another shard, one key per
-// MIGRATE (so a channel's keys spend as long as they can split between
-// two shards). Publishers on node A (HTTP one by one, one channel each,
-// and NDJSON batches of 50) keep going throughout; WebSocket subscribers
-// on node B follow each channel (from its start: ?since=all). Every publish is acknowledged (a
-// reshard is not an outage), each channel's history holds every
-// acknowledged message once, at its position, in order, and each
-// subscriber on B gets every one of them in order with no gap notice.
+// add-node`); every test channel's slot, the slot of pushctl's own keys
+// and the durable consumer's move to it, then half of them move on to
+// another shard, one key per MIGRATE (so a slot's keys spend as long as
+// they can split between two shards). Publishers on node A (HTTP one by
+// one, one channel each, and NDJSON batches of 50) keep going throughout;
+// on node B, WebSocket subscribers follow each channel and the pattern
+// rs.* (from the start: ?since=all), and `pushctl sub --durable` one
+// channel. Every publish is acknowledged (a reshard is not an outage);
+// each channel's history holds every acknowledged message once, at its
+// position, in order; each subscriber on B gets every one of them in
+// order with no gap notice, and the durable consumer prints each.
 func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{c.Servers[0].Addr()}})
@@ -49,32 +51,40 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 		chans = append(chans, "rs."+strconv.Itoa(i))
 	}
 
-	// Subscribers on B, one WebSocket per channel: what each got, in order.
+	// Subscribers on B: one WebSocket per channel, and one following the
+	// pattern rs.* (classic Pub/Sub on Redis Cluster): what each got of
+	// each channel, in order.
 	type got struct {
 		mu    sync.Mutex
 		data  []string
 		other []string // frames that are not messages (a gap notice)
 		more  chan struct{}
 	}
-	subs := map[string]*got{}
+	subs, psubs := map[string]*got{}, map[string]*got{}
 	for _, ch := range chans {
-		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/"+ch+"?since=all", nil)
+		subs[ch] = &got{more: make(chan struct{}, 1)}
+		psubs[ch] = &got{more: make(chan struct{}, 1)}
+	}
+	follow := func(path string, of map[string]*got) {
+		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(b, "http")+"/sub/"+path+"?since=all", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ws.Close()
-		g := &got{more: make(chan struct{}, 1)}
-		subs[ch] = g
+		t.Cleanup(func() { ws.Close() })
 		go func() {
 			for {
 				_, frame, err := ws.ReadMessage()
 				if err != nil {
 					return
 				}
-				var m struct{ Type, Data string }
+				var m struct{ Type, Channel, Data string }
 				json.Unmarshal(frame, &m)
+				g := of[m.Channel]
+				if g == nil {
+					g = of[chans[0]] // a frame without a channel of ours
+				}
 				g.mu.Lock()
-				if m.Type == "message" {
+				if m.Type == "message" && of[m.Channel] != nil {
 					g.data = append(g.data, m.Data)
 				} else {
 					g.other = append(g.other, string(frame))
@@ -87,6 +97,12 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 			}
 		}()
 	}
+	for _, ch := range chans {
+		follow(ch, subs)
+	}
+	follow("rs.*", psubs)
+	// And a durable consumer on B, from the start of rs.2.
+	durable := start(t, nil, nil, "sub", "rs.2", "--durable", "reshard", "--since", "all", "-s", b)
 	stop := make(chan struct{})
 	all := map[string]*replies{}
 	var wg sync.WaitGroup
@@ -166,10 +182,11 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 		}
 	}
 
-	// The reshard: a new shard takes the channels' slots and pushctl's
-	// own (the counts and the nodes), then half move on again.
+	// The reshard: a new shard takes the channels' slots, pushctl's own
+	// (the counts and the nodes) and the durable consumer's, then half
+	// move on again.
 	added := c.AddShard(t)
-	slots := []int{c.Slot(t, "pushctl:{=}:nodes")}
+	slots := []int{c.Slot(t, "pushctl:{=}:nodes"), c.Slot(t, "pushctl:{c!reshard}:x")}
 	for _, ch := range chans {
 		slots = append(slots, c.Slot(t, "pushctl:{"+ch+"}:m"))
 	}
@@ -204,34 +221,55 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 		if len(failed) > 0 {
 			t.Errorf("%s: %d publishes not acknowledged during the reshard, e.g. %v", ch, len(failed), failed[:min(5, len(failed))])
 		}
-		// B's subscriber: every acknowledged message, in order, and no
+		if ch == "rs.2" {
+			// The durable consumer: every acknowledged message, first
+			// printed in order (one printed again is counted: a
+			// delivery whose acknowledgement failed is delivered again).
+			seen, again := map[string]bool{}, 0
+			for i := 0; len(seen) < len(acked); {
+				l := durable.readLine(30 * time.Second)
+				if seen[l] {
+					again++
+					continue
+				}
+				seen[l] = true
+				if l != strconv.Itoa(acked[i]) {
+					t.Errorf("%s: pushctl sub --durable on B: message %d is %q, want %d", ch, i, l, acked[i])
+					break
+				}
+				i++
+			}
+			t.Logf("%s: pushctl sub --durable printed all %d, %d of them again", ch, len(seen), again)
+		}
+		// B's subscribers: every acknowledged message, in order, and no
 		// gap notice.
-		g := subs[ch]
-		deadline := time.After(30 * time.Second)
-		for {
+		for who, g := range map[string]*got{"subscriber": subs[ch], "pattern subscriber": psubs[ch]} {
+			deadline := time.After(30 * time.Second)
+			for {
+				g.mu.Lock()
+				n := len(g.data)
+				g.mu.Unlock()
+				if n >= len(acked) {
+					break
+				}
+				select {
+				case <-g.more:
+				case <-deadline:
+					t.Fatalf("%s: %s on B got %d messages of the %d acknowledged", ch, who, n, len(acked))
+				}
+			}
 			g.mu.Lock()
-			n := len(g.data)
+			for i, d := range g.data {
+				if i >= len(acked) || d != strconv.Itoa(acked[i]) {
+					t.Errorf("%s: %s on B: message %d is %q, want %v", ch, who, i, d, acked[i:min(i+1, len(acked))])
+					break
+				}
+			}
+			if len(g.other) > 0 {
+				t.Errorf("%s: %s on B got %v", ch, who, g.other[:min(5, len(g.other))])
+			}
 			g.mu.Unlock()
-			if n >= len(acked) {
-				break
-			}
-			select {
-			case <-g.more:
-			case <-deadline:
-				t.Fatalf("%s: subscriber on B got %d messages of the %d acknowledged", ch, n, len(acked))
-			}
 		}
-		g.mu.Lock()
-		for i, d := range g.data {
-			if i >= len(acked) || d != strconv.Itoa(acked[i]) {
-				t.Errorf("%s: subscriber on B: message %d is %q, want %v", ch, i, d, acked[i:min(i+1, len(acked))])
-				break
-			}
-		}
-		if len(g.other) > 0 {
-			t.Errorf("%s: subscriber on B got %v", ch, g.other)
-		}
-		g.mu.Unlock()
 	}
 }
 
