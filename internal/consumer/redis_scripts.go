@@ -86,6 +86,15 @@ local function due(maxdel, retry)
   end
   return dead, woke
 end
+-- bulk runs cmd on key with the flat list of arguments, a few thousand
+-- at a time (unpack has a limit): one command for many entries instead
+-- of one each (a redis.call costs Redis about as much as a small
+-- command's own work). Pairs stay whole: the step is even.
+local function bulk(cmd, key, list)
+  for i = 1, #list, 4000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 3999, #list)))
+  end
+end
 -- nextAt is the earliest deadline, delay or dead-letter retry (0: none).
 local function nextAt()
   local n = 0
@@ -162,11 +171,19 @@ return 0
 var appendScript = redis.NewScript(luaHead + `
 if redis.call('GET', KEYS[10]) ~= ARGV[4] then return redis.error_reply('NOLEASE') end
 local maxp, maxb = tonumber(ARGV[5]), tonumber(ARGV[6])
-local st = redis.call('HMGET', KEYS[1], 'pending', 'gapn', 'bytes')
-local pending, gapn, bytes = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
+local st = redis.call('HMGET', KEYS[1], 'pending', 'gapn', 'bytes', 'next')
+local pending, gapn, bytes, nxt = tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4]) or 0
 local n = 0
+-- What the batch's messages write, written together at the end: their
+-- e and msg fields and their ready entries (gaps are written at once:
+-- a later lost message may join one).
+local es, ms, rs = {}, {}, {}
+-- Each channel's cursor as the batch moves it (read once, written once):
+-- epoch, seq as a number and as given.
+local ce, cs, cq, moved = {}, {}, {}, {}
 local function newGap(ch, fe, fs, te, ts, lost)
-  local s = redis.call('HINCRBY', KEYS[1], 'next', 1)
+  nxt = nxt + 1
+  local s = nxt
   redis.call('HSET', KEYS[2], s, 'g')
   redis.call('HSET', KEYS[3], s, cjson.encode({c = ch, fe = fe, fs = fs, te = te, ts = ts, l = lost}))
   redis.call('ZADD', KEYS[4], s, s)
@@ -178,15 +195,19 @@ for i = 7, #ARGV, 7 do
   local kind, ch, ep, sq = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   -- An item the cursor is at or past already (same epoch) was kept: the
   -- same script run again (a reply go-redis did not read) keeps it once.
-  local cur = redis.call('HGET', KEYS[8], ch)
-  local kept = false
-  if cur then
-    local ce, cs = string.match(cur, '^(.*)-(%d+)$')
-    kept = ce == ep and tonumber(cs) >= tonumber(sq)
+  if ce[ch] == nil then
+    local cur = redis.call('HGET', KEYS[8], ch)
+    ce[ch] = false
+    if cur then
+      local e, q = string.match(cur, '^(.*)-(%d+)$')
+      ce[ch], cs[ch] = e, tonumber(q)
+    end
   end
-  if not kept then
+  local q = tonumber(sq)
+  if not (ce[ch] == ep and cs[ch] >= q) then
     n = n + 1
-    redis.call('HSET', KEYS[8], ch, ep .. '-' .. sq)
+    if not moved[ch] then moved[#moved+1] = ch; moved[ch] = true end
+    ce[ch], cs[ch], cq[ch] = ep, q, sq
     if kind == 'm' then
       local size = tonumber(ARGV[i+4])
       if pending + gapn >= maxp or bytes + size > maxb then
@@ -197,7 +218,7 @@ for i = 7, #ARGV, 7 do
         local g = redis.call('HGET', KEYS[9], ch)
         if g and redis.call('HGET', KEYS[2], g) == 'g' then
           local j = cjson.decode(redis.call('HGET', KEYS[3], g))
-          if j.te == ep and tonumber(j.ts) + 1 == tonumber(sq) then
+          if j.te == ep and tonumber(j.ts) + 1 == q then
             j.ts = sq
             j.l = tostring(tonumber(j.l) + 1)
             redis.call('HSET', KEYS[3], g, cjson.encode(j))
@@ -205,13 +226,16 @@ for i = 7, #ARGV, 7 do
           end
         end
         if not joined then
-          redis.call('HSET', KEYS[9], ch, newGap(ch, ep, tostring(tonumber(sq) - 1), ep, sq, '1'))
+          redis.call('HSET', KEYS[9], ch, newGap(ch, ep, tostring(q - 1), ep, sq, '1'))
         end
       else
-        local s = redis.call('HINCRBY', KEYS[1], 'next', 1)
-        redis.call('HSET', KEYS[2], s, '0 ' .. size)
-        redis.call('HSET', KEYS[3], s, ARGV[i+5])
-        redis.call('ZADD', KEYS[4], s, s)
+        -- (Numbers given to redis.call are formatted with %.17g, and
+        -- joined with %.14g: a string made once with %d costs less.)
+        nxt = nxt + 1
+        local s = string.format('%d', nxt)
+        es[#es+1] = s; es[#es+1] = '0 ' .. ARGV[i+4]
+        ms[#ms+1] = s; ms[#ms+1] = ARGV[i+5]
+        rs[#rs+1] = s; rs[#rs+1] = s
         pending = pending + 1
         bytes = bytes + size
       end
@@ -223,7 +247,17 @@ for i = 7, #ARGV, 7 do
     end
   end
 end
-redis.call('HSET', KEYS[1], 'pending', pending, 'gapn', gapn, 'bytes', bytes)
+bulk('HSET', KEYS[2], es)
+bulk('HSET', KEYS[3], ms)
+bulk('ZADD', KEYS[4], rs)
+if #moved > 0 then
+  local curs = {}
+  for _, ch in ipairs(moved) do
+    curs[#curs+1] = ch; curs[#curs+1] = ce[ch] .. '-' .. cq[ch]
+  end
+  bulk('HSET', KEYS[8], curs)
+end
+redis.call('HSET', KEYS[1], 'pending', pending, 'gapn', gapn, 'bytes', bytes, 'next', nxt)
 if n > 0 then wake() end
 return n
 `)
@@ -242,43 +276,75 @@ local dead = due(maxdel, retry)
 local out, taken = {}, {}
 local fly = redis.call('ZCARD', KEYS[5])
 local delivered, redelivered = 0, 0
-while #out < max do
-  local r = redis.call('ZRANGE', KEYS[4], 0, 0)
-  if #r == 0 then break end
-  local s = r[1]
-  local e = redis.call('HGET', KEYS[2], s)
-  if not e then
-    redis.call('ZREM', KEYS[4], s)
-  elseif e == 'g' then
-    redis.call('ZREM', KEYS[4], s)
-    local rec = redis.call('HGET', KEYS[3], s)
-    redis.call('HDEL', KEYS[2], s)
-    redis.call('HDEL', KEYS[3], s)
-    redis.call('HINCRBY', KEYS[1], 'gapn', -1)
-    local ch = cjson.decode(rec).c
-    if redis.call('HGET', KEYS[9], ch) == s then redis.call('HDEL', KEYS[9], ch) end
-    table.insert(out, {s, 0, rec})
+-- Messages taken are written together at the end: out of ready, their
+-- new counts, into fly, and their records read (want: their places in
+-- out). The ready set is read a chunk at a time, in order, from after
+-- the last entry looked at.
+local unready, counts, flying, want = {}, {}, {}, {}
+local last, stop = nil, false
+local deadline = string.format('%d', now + ackwait)
+while #out < max and not stop do
+  local ask = math.min(max - #out, 1000)
+  local r
+  if last then
+    r = redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. last, '+inf', 'LIMIT', 0, ask)
   else
-    if fly >= maxfly then break end
-    if maxfly == 1 then
-      -- ordered: an earlier message waiting for its delay goes first
-      local before = false
-      for _, d in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
-        if tonumber(d) < tonumber(s) then before = true end
-      end
-      if before then break end
-    end
-    redis.call('ZREM', KEYS[4], s)
-    local c, z = count(s)
-    c = c + 1
-    redis.call('HSET', KEYS[2], s, c .. ' ' .. z)
-    redis.call('ZADD', KEYS[5], now + ackwait, s)
-    fly = fly + 1
-    delivered = delivered + 1
-    if c > 1 then redelivered = redelivered + 1 end
-    table.insert(out, {s, c, redis.call('HGET', KEYS[3], s)})
-    table.insert(taken, s .. ' ' .. c)
+    r = redis.call('ZRANGE', KEYS[4], 0, ask - 1)
   end
+  if #r == 0 then break end
+  local es = redis.call('HMGET', KEYS[2], unpack(r))
+  for j = 1, #r do
+    local s, e = r[j], es[j]
+    if not e then
+      unready[#unready+1] = s
+    elseif e == 'g' then
+      redis.call('ZREM', KEYS[4], s)
+      local rec = redis.call('HGET', KEYS[3], s)
+      redis.call('HDEL', KEYS[2], s)
+      redis.call('HDEL', KEYS[3], s)
+      redis.call('HINCRBY', KEYS[1], 'gapn', -1)
+      local ch = cjson.decode(rec).c
+      if redis.call('HGET', KEYS[9], ch) == s then redis.call('HDEL', KEYS[9], ch) end
+      out[#out+1] = {s, 0, rec}
+    else
+      if fly >= maxfly then stop = true; break end
+      if maxfly == 1 then
+        -- ordered: an earlier message waiting for its delay goes first
+        local before = false
+        for _, d in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+          if tonumber(d) < tonumber(s) then before = true end
+        end
+        if before then stop = true; break end
+      end
+      unready[#unready+1] = s
+      local cs, z = string.match(e, '^(%d+) (%d+)$')
+      local c = 1
+      if cs == '0' then
+        counts[#counts+1] = s; counts[#counts+1] = '1 ' .. z
+      else
+        c = tonumber(cs) + 1
+        counts[#counts+1] = s; counts[#counts+1] = string.format('%d', c) .. ' ' .. z
+      end
+      flying[#flying+1] = deadline; flying[#flying+1] = s
+      fly = fly + 1
+      delivered = delivered + 1
+      if c > 1 then redelivered = redelivered + 1 end
+      out[#out+1] = {s, c, false}
+      want[#want+1] = #out
+      taken[#taken+1] = s .. ' ' .. string.format('%d', c)
+    end
+    last = s
+    if #out >= max then break end
+  end
+end
+bulk('ZREM', KEYS[4], unready)
+bulk('HSET', KEYS[2], counts)
+bulk('ZADD', KEYS[5], flying)
+for i = 1, #want, 1000 do
+  local seqs = {}
+  for k = i, math.min(i + 999, #want) do seqs[#seqs+1] = out[want[k]][1] end
+  local recs = redis.call('HMGET', KEYS[3], unpack(seqs))
+  for k = 1, #seqs do out[want[i + k - 1]][3] = recs[k] end
 end
 if delivered > 0 then
   redis.call('HINCRBY', KEYS[1], 'delivered', delivered)
@@ -306,16 +372,47 @@ return {dead, nextAt(), now}
 // channel's already.
 var ackScript = redis.NewScript(luaHead + `
 local full = redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[4])
-local n = 0
+-- Each id once (the smallest count it is named with: any delivery of
+-- the message acknowledges it), then looked up a chunk at a time.
+local ids, least, at = {}, {}, {}
 for i = 5, #ARGV, 2 do
-  local s = ARGV[i]
-  local c, z = count(s)
-  if c and c > 0 and c >= tonumber(ARGV[i+1]) and not redis.call('ZSCORE', KEYS[7], s) then
-    drop(s, z)
-    n = n + 1
+  local s, c = ARGV[i], tonumber(ARGV[i+1])
+  local k = at[s]
+  if not k then
+    ids[#ids+1] = s
+    least[#ids] = c
+    at[s] = #ids
+  elseif c < least[k] then
+    least[k] = c
   end
 end
+local gone, size = {}, 0
+for i = 1, #ids, 1000 do
+  local chunk = {unpack(ids, i, math.min(i + 999, #ids))}
+  local es = redis.call('HMGET', KEYS[2], unpack(chunk))
+  local dying = redis.call('ZMSCORE', KEYS[7], unpack(chunk))
+  for k = 1, #chunk do
+    local e = es[k]
+    if e and e ~= 'g' and not dying[k] then
+      local c, z = string.match(e, '^(%d+) (%d+)$')
+      c = tonumber(c)
+      if c > 0 and c >= least[i + k - 1] then
+        gone[#gone+1] = chunk[k]
+        size = size + tonumber(z)
+      end
+    end
+  end
+end
+local n = #gone
 if n > 0 then
+  -- As drop() for each (none of them is dying).
+  bulk('HDEL', KEYS[2], gone)
+  bulk('HDEL', KEYS[3], gone)
+  bulk('ZREM', KEYS[4], gone)
+  bulk('ZREM', KEYS[5], gone)
+  bulk('ZREM', KEYS[6], gone)
+  redis.call('HINCRBY', KEYS[1], 'pending', -n)
+  redis.call('HINCRBY', KEYS[1], 'bytes', -size)
   redis.call('HINCRBY', KEYS[1], 'acked', n)
   if full then wake() end
 end
