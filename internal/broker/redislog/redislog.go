@@ -173,10 +173,14 @@ type ref struct {
 }
 
 // seen is where a channel stands on this node: the newest position handed
-// to the hub (delivered), or, before any, where a reader started (floor).
+// to the hub (delivered), or, before any, where a reader started (floor);
+// at is the time (µs) of the message at pos when known (0: not), which
+// tells whether Redis still holds that message or gave its position to
+// another (wentBack).
 type seen struct {
 	pos       broker.Position
 	delivered bool
+	at        int64
 }
 
 type op struct {
@@ -1191,7 +1195,11 @@ func (l *Log) Read(ctx context.Context, name string, req broker.ReadRequest) (br
 	// so a reconnection knows what to refill.
 	l.lastMu.Lock()
 	if _, ok := l.last[name]; !ok && l.followed(name) {
-		l.last[name] = &seen{pos: head}
+		st := &seen{pos: head}
+		if n := len(msgs); n > 0 && msgs[n-1].Seq == head.Seq {
+			st.at = msgs[n-1].Time.UnixMicro()
+		}
+		l.last[name] = st
 	}
 	l.lastMu.Unlock() // (lastMu before mu: see Unfollow)
 	return replayPlan(name, head, msgs, req)

@@ -319,7 +319,7 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 	if st == nil || !st.delivered {
 		// The first message heard: subscribers' replays (and their
 		// filters) cover what came before.
-		l.last[ch] = &seen{pos: m.Position(), delivered: true}
+		l.last[ch] = &seen{pos: m.Position(), delivered: true, at: m.Time.UnixMicro()}
 		l.sink.Deliver(m)
 		return
 	}
@@ -331,12 +331,12 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 		l.refillLocked(ch, st, m.Epoch, m.Seq-1)
 	default: // the channel lost its history, or was deleted and made anew
 		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: m.Epoch}})
-		st.pos = broker.Position{Epoch: m.Epoch}
+		st.pos, st.at = broker.Position{Epoch: m.Epoch}, 0
 		if m.Seq > 1 {
 			l.refillLocked(ch, st, m.Epoch, m.Seq-1)
 		}
 	}
-	st.pos, st.delivered = m.Position(), true
+	st.pos, st.delivered, st.at = m.Position(), true, m.Time.UnixMicro()
 	l.sink.Deliver(m)
 }
 
@@ -359,12 +359,12 @@ func (l *Log) refillLocked(ch string, st *seen, epoch string, upTo uint64) {
 		if m.Seq != st.pos.Seq+1 {
 			l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch, Seq: m.Seq - 1}})
 		}
-		st.pos, st.delivered = m.Position(), true
+		st.pos, st.delivered, st.at = m.Position(), true, m.Time.UnixMicro()
 		l.sink.Deliver(m)
 	}
 	if st.pos.Seq < upTo {
 		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch, Seq: upTo}})
-		st.pos = broker.Position{Epoch: epoch, Seq: upTo}
+		st.pos, st.at = broker.Position{Epoch: epoch, Seq: upTo}, 0
 	}
 }
 
@@ -396,15 +396,79 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 		}
 		epoch := fmt.Sprint(v[0])
 		seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+		if epoch == st.pos.Epoch && st.pos.Seq > 0 {
+			back, err := l.wentBack(ctx, ch, st, seq)
+			if err != nil {
+				return err
+			}
+			if back != nil {
+				// Positions this node handed out are given again to other
+				// messages: the channel goes on in a new epoch (so that
+				// no cursor of the old one passes over them), after a gap
+				// notice from what was delivered to the last message both
+				// have.
+				if epoch, err = l.rebase(ctx, ch, epoch); err != nil {
+					return err
+				}
+				to := broker.Position{Epoch: epoch, Seq: back.Seq}
+				l.opts.Logger.Warn("redis lost messages of a channel it had acknowledged (a restart from an older snapshot, or a failover); the channel goes on in a new epoch",
+					"channel", ch, "delivered", st.pos.String(), "kept", back.Seq)
+				l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
+				st.pos, st.at = to, back.Time.UnixMicro()
+			}
+		}
 		if epoch != st.pos.Epoch {
 			l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
-			st.pos = broker.Position{Epoch: epoch}
+			st.pos, st.at = broker.Position{Epoch: epoch}, 0
 		}
 		if seq > st.pos.Seq {
 			l.refillLocked(ch, st, epoch, seq)
 		}
 	}
 	return nil
+}
+
+// wentBack reports whether Redis no longer holds the message at st.pos
+// (same epoch): it restarted from a snapshot older than that message, or
+// a replica without it took over. Then seq, Redis's newest position, is
+// before st.pos, or the entry at st.pos is another message (a later
+// time: times never go back); entries are trimmed from the oldest end
+// only, so a missing entry with an older one kept was lost. It returns
+// the last entry both have (the newest at or before st.pos no later than
+// st.at; Seq 0 when none is known), or nil when Redis has not gone back.
+func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*broker.Message, error) {
+	entries, err := l.rdb.XRevRangeN(ctx, l.chanKey(ch, "s"), fmt.Sprintf("%d-1", st.pos.Seq), "-", 256).Result()
+	if err != nil {
+		return nil, err
+	}
+	if len(entries) == 0 {
+		if seq < st.pos.Seq {
+			return &broker.Message{}, nil
+		}
+		return nil, nil // trimmed past st.pos: a refill's gap
+	}
+	top := entryMessage(ch, st.pos.Epoch, entries[0])
+	if top == nil {
+		return nil, fmt.Errorf("redis: unreadable entry %s of %s", entries[0].ID, ch)
+	}
+	if top.Seq == st.pos.Seq && (st.at == 0 || top.Time.UnixMicro() == st.at) {
+		return nil, nil
+	}
+	if st.at == 0 {
+		return &broker.Message{}, nil // which entries are older is not known
+	}
+	for _, e := range entries {
+		if m := entryMessage(ch, st.pos.Epoch, e); m != nil && m.Time.UnixMicro() <= st.at {
+			return m, nil
+		}
+	}
+	return &broker.Message{}, nil
+}
+
+// rebase starts a new epoch for channel when its epoch is still epoch,
+// and returns the epoch it has now (another node may have started one).
+func (l *Log) rebase(ctx context.Context, ch, epoch string) (string, error) {
+	return rebaseScript.Run(ctx, l.rdb, []string{l.chanKey(ch, "m")}, epoch, l.newEpoch()).Text()
 }
 
 // decodeBatch parses what the publish script sends: a header line

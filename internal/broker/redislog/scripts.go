@@ -8,7 +8,24 @@ import (
 
 // scripts are loaded when a node starts, and again when Redis forgot them.
 var scripts = []*redis.Script{publishScript, readScript, deleteScript, countsScript, reapScript,
-	presenceAddScript, presenceRemoveScript, republishScript, infoScript}
+	presenceAddScript, presenceRemoveScript, republishScript, infoScript, rebaseScript}
+
+// rebaseScript gives a channel a new epoch (ARGV 2) when its epoch is
+// still ARGV 1, keeping its sequence and history; it returns the epoch
+// the channel has. A node runs it when Redis went back (wentBack): the
+// positions after what Redis kept are being given to other messages.
+// The epoch is in the field e and at the head of w (the publish script's
+// state); a channel without w (the previous release wrote it last) has
+// it in e only.
+var rebaseScript = redis.NewScript(`
+local v = redis.call('HMGET', KEYS[1], 'e', 'w')
+if v[1] ~= ARGV[1] then return v[1] or '' end
+redis.call('HSET', KEYS[1], 'e', ARGV[2])
+if v[2] and string.sub(v[2], 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  redis.call('HSET', KEYS[1], 'w', ARGV[2] .. string.sub(v[2], #ARGV[1] + 1))
+end
+return ARGV[2]
+`)
 
 // Lua shared by the scripts: applying a count change to a node's hash
 // and the cluster totals.
