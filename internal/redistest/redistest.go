@@ -345,9 +345,11 @@ func (s *Server) Log() string {
 }
 
 // Cluster is a Redis Cluster of redis-server processes started for a
-// test: one master per shard, no replicas, slots spread evenly.
+// test: one master per shard (StartClusterWithReplicas: each with a
+// replica), slots spread evenly.
 type Cluster struct {
-	Servers []*Server
+	Servers  []*Server
+	Replicas []*Server // StartClusterWithReplicas: Replicas[i] of Servers[i]
 }
 
 // StartCluster runs shards redis-server processes with cluster mode on,
@@ -400,6 +402,50 @@ func (s *Server) WaitLog(text string, timeout time.Duration) error {
 		case <-changed:
 		case <-deadline.C:
 			return fmt.Errorf("redis-server on port %d did not print %q in %v:\n%s", s.Port, text, timeout, s.Log())
+		}
+	}
+}
+
+// StartClusterWithReplicas is StartCluster with one replica per master:
+// Servers are the masters, Replicas[i] the replica of Servers[i], in
+// sync when it returns.
+func StartClusterWithReplicas(t testing.TB, shards int) *Cluster {
+	t.Helper()
+	c := StartCluster(t, shards)
+	for _, m := range c.Servers {
+		r := launchClusterNode(t)
+		cli(t, "--cluster", "add-node", r.Addr(), m.Addr(), "--cluster-slave", "--cluster-master-id", m.ID())
+		if err := r.WaitLog("MASTER <-> REPLICA sync: Finished", 30*time.Second); err != nil {
+			t.Fatalf("redis cluster replica: %v", err)
+		}
+		c.Replicas = append(c.Replicas, r)
+	}
+	return c
+}
+
+// Failover makes Replicas[i] the master of Servers[i]'s slots at once
+// (CLUSTER FAILOVER TAKEOVER: without asking the master or the other
+// masters, as when the master is gone), and waits until Servers[j] for
+// some other j knows it.
+func (c *Cluster) Failover(t testing.TB, i int) {
+	t.Helper()
+	r := c.Replicas[i]
+	cli(t, "-p", strconv.Itoa(r.Port), "cluster", "failover", "takeover")
+	id := r.ID()
+	other := c.Servers[(i+1)%len(c.Servers)]
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, line := range strings.Split(cli(t, "-p", strconv.Itoa(other.Port), "cluster", "nodes"), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 8 && f[0] == id && strings.Contains(f[2], "master") {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis cluster: %s does not know %s took over", other.Addr(), r.Addr())
+		}
+		select {
+		case <-time.After(20 * time.Millisecond): // gossip
 		}
 	}
 }

@@ -300,6 +300,12 @@ func openCluster(ctx context.Context, url string, ropts *redis.Options) (*redis.
 		return nil, fmt.Errorf("--broker %s: %w", redactURL(url), err)
 	}
 	copts.Protocol = 2
+	// go-redis reads the slots' masters again on a MOVED reply, and
+	// otherwise every minute by default: a master that died answers
+	// nothing, so after a failover the node would send its slots' writes
+	// to it for up to a minute. setHealth asks for a reload on every
+	// failure too; this is the slow path.
+	copts.ClusterStateReloadInterval = 5 * time.Second
 	c := redis.NewClusterClient(copts)
 	if err := c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 		return m.Ping(ctx).Err()
@@ -404,6 +410,12 @@ const (
 func (l *Log) setHealth(side string, err error) {
 	if err != nil && redisreply.Moving(err) {
 		return
+	}
+	if err != nil && l.cluster != nil && !redisreply.StoreRefused(err) {
+		// A master unreachable or the cluster down: a failover may have
+		// given its slots to a replica, which only a fresh read of the
+		// slots tells (go-redis reloads at most every 200 ms).
+		l.cluster.ReloadState(l.ctx)
 	}
 	l.downMu.Lock()
 	defer l.downMu.Unlock()

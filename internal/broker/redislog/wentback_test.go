@@ -3,6 +3,7 @@ package redislog_test
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -82,4 +83,62 @@ func TestRedisWentBack(t *testing.T) {
 	if len(gaps) == 0 || data[len(data)-1] != "new" || slices.Contains(data, "4") || slices.Contains(data, "5") {
 		t.Errorf("subscriber resuming from %s: %v after gaps %v; want \"new\" last, after a gap notice", last, data, gaps)
 	}
+}
+
+// The same on Redis Cluster through a failover that loses acknowledged
+// writes (replication is asynchronous): the replica stops receiving
+// (SIGSTOP, and the master drops its link) after message 3, the master acknowledges 4 and 5 and dies
+// (SIGKILL), and the replica takes its slots over (CLUSTER FAILOVER
+// TAKEOVER) with 1-3 only. A subscriber on another node that had 5 gets
+// a gap notice, then what is published after, in a new epoch.
+func TestRedisClusterFailoverLosesWrites(t *testing.T) {
+	c := redistest.StartClusterWithReplicas(t, 3)
+	p := newPrefix()
+	a := open(t, c.URL(), p, brokertest.Options{})
+	b := open(t, c.URL(), p, brokertest.Options{})
+	// A channel whose master is not the one the nodes were given.
+	ch, shard := "", -1
+	for i := 0; shard <= 0; i++ {
+		ch = "fo" + strconv.Itoa(i)
+		owner := c.Owner(t, c.Slot(t, p+"{"+ch+"}:m"))
+		shard = slices.Index(c.Servers, owner)
+	}
+	master, replica := c.Servers[shard], c.Replicas[shard]
+	live := subscribe(t, b, broker.SubscribeOptions{Channels: []string{ch}})
+	for _, d := range []string{"1", "2", "3"} {
+		publish(t, a, ch, d)
+	}
+	// 1-3 reached the replica: WAIT answers once it acknowledged them.
+	if n, err := redisClient(t, master).Wait(bg(t), 1, 10*time.Second).Result(); err != nil || n != 1 {
+		t.Fatalf("WAIT: %d %v", n, err)
+	}
+	// The replica stops, and so does its link: what the master takes
+	// now it cannot send (not even into the replica's socket buffer).
+	replica.Pause()
+	if err := redisClient(t, master).ClientKillByFilter(bg(t), "TYPE", "replica").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var last broker.Position
+	for _, d := range []string{"4", "5"} {
+		m, _ := publish(t, a, ch, d)
+		last = m.Position()
+	}
+	got, _ := events(t, live, 5)
+	inOrder(t, "live subscriber on B", got, 1)
+	master.Kill()
+	replica.Resume()
+	c.Failover(t, shard)
+
+	var m *broker.Message
+	eventually(t, "publish after the failover", func() error {
+		var err error
+		m, _, err = a.Publish(bg(t), &broker.Message{Channel: ch, Data: []byte("new")})
+		return err
+	})
+	t.Logf("published after the failover at %s; delivered up to %s before", m.Position(), last)
+	msgs, gaps := events(t, live, 1)
+	if string(msgs[0].Data) != "new" || len(gaps) == 0 || msgs[0].Epoch == last.Epoch {
+		t.Fatalf("live subscriber on B: %q at %s after %d gap notices; want \"new\" in a new epoch after a gap notice", msgs[0].Data, msgs[0].Position(), len(gaps))
+	}
+	t.Logf("live subscriber on B: gap %s to %s, then %q at %s", gaps[0].From, gaps[0].To, msgs[0].Data, msgs[0].Position())
 }
