@@ -430,39 +430,39 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 
 // wentBack reports whether Redis no longer holds the message at st.pos
 // (same epoch): it restarted from a snapshot older than that message, or
-// a replica without it took over. Then seq, Redis's newest position, is
-// before st.pos, or the entry at st.pos is another message (a later
-// time: times never go back); entries are trimmed from the oldest end
-// only, so a missing entry with an older one kept was lost. It returns
-// the last entry both have (the newest at or before st.pos no later than
-// st.at; Seq 0 when none is known), or nil when Redis has not gone back.
+// a replica without it took over. Then either seq, Redis's newest
+// position, is before st.pos, or the entry at st.pos is another message
+// (a later time: times never go back). (An entry missing at st.pos with
+// seq at or past it says nothing: it was trimmed, or never kept, with a
+// history of none.) It returns the last entry both have (the newest at
+// or before st.pos no later than st.at; Seq 0 when none is known), or nil
+// when Redis has not gone back.
 func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*broker.Message, error) {
 	entries, err := l.rdb.XRevRangeN(ctx, l.chanKey(ch, "s"), fmt.Sprintf("%d-1", st.pos.Seq), "-", 256).Result()
 	if err != nil {
 		return nil, err
 	}
-	if len(entries) == 0 {
-		if seq < st.pos.Seq {
-			return &broker.Message{}, nil
+	var top *broker.Message
+	if len(entries) > 0 {
+		if top = entryMessage(ch, st.pos.Epoch, entries[0]); top == nil {
+			return nil, fmt.Errorf("redis: unreadable entry %s of %s", entries[0].ID, ch)
 		}
-		return nil, nil // trimmed past st.pos: a refill's gap
 	}
-	top := entryMessage(ch, st.pos.Epoch, entries[0])
-	if top == nil {
-		return nil, fmt.Errorf("redis: unreadable entry %s of %s", entries[0].ID, ch)
-	}
-	if top.Seq == st.pos.Seq && (st.at == 0 || top.Time.UnixMicro() == st.at) {
+	if top == nil || top.Seq < st.pos.Seq {
+		if seq >= st.pos.Seq {
+			return nil, nil
+		}
+	} else if st.at == 0 || top.Time.UnixMicro() == st.at {
 		return nil, nil
 	}
-	if st.at == 0 {
-		return &broker.Message{}, nil // which entries are older is not known
-	}
-	for _, e := range entries {
-		if m := entryMessage(ch, st.pos.Epoch, e); m != nil && m.Time.UnixMicro() <= st.at {
-			return m, nil
+	if st.at != 0 {
+		for _, e := range entries {
+			if m := entryMessage(ch, st.pos.Epoch, e); m != nil && m.Time.UnixMicro() <= st.at {
+				return m, nil
+			}
 		}
 	}
-	return &broker.Message{}, nil
+	return &broker.Message{}, nil // which entries this node had is not known
 }
 
 // rebase starts a new epoch for channel when its epoch is still epoch,

@@ -142,3 +142,39 @@ func TestRedisClusterFailoverLosesWrites(t *testing.T) {
 	}
 	t.Logf("live subscriber on B: gap %s to %s, then %q at %s", gaps[0].From, gaps[0].To, msgs[0].Data, msgs[0].Position())
 }
+
+// Redis restarted with everything it acknowledged (AOF, appendfsync
+// always): no channel is taken for one that went back, including one
+// whose newest messages are not in its history (published by a node
+// that keeps none, after older ones a node with history kept): its
+// subscriber on B gets the next message with no gap notice.
+func TestRedisRestartNoFalseGap(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{AOF: true})
+	p := newPrefix()
+	keeps := open(t, srv.URL(), p, brokertest.Options{})
+	none := open(t, srv.URL(), p, brokertest.Options{HistorySize: -1})
+	b := open(t, srv.URL(), p, brokertest.Options{})
+	kept := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"kept"}})
+	unkept := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"unkept"}})
+	for _, d := range []string{"1", "2"} {
+		publish(t, keeps, "kept", d)
+		publish(t, keeps, "unkept", d)
+	}
+	publish(t, none, "unkept", "3") // not in the history
+	got, _ := events(t, kept, 2)
+	inOrder(t, "subscriber to kept", got, 1)
+	got, _ = events(t, unkept, 3)
+	inOrder(t, "subscriber to unkept", got, 1)
+
+	srv.Restart()
+	for name, s := range map[string]*broker.Subscription{"kept": kept, "unkept": unkept} {
+		eventually(t, "publish to "+name+" after the restart", func() error {
+			_, _, err := keeps.Publish(bg(t), &broker.Message{Channel: name, Data: []byte("after")})
+			return err
+		})
+		msgs, gaps := events(t, s, 1)
+		if string(msgs[0].Data) != "after" || len(gaps) > 0 {
+			t.Errorf("subscriber to %s: %q at %s after gaps %v; want \"after\", no gap", name, msgs[0].Data, msgs[0].Position(), gaps)
+		}
+	}
+}
