@@ -1,6 +1,8 @@
 package redislog_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -417,4 +419,73 @@ func TestRedisClusterSlotMovingMidPublish(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pushctl's own slot ({=}: the nodes, the counts, the pattern routes) left
+// half moved (an operator's reshard stopped between two MIGRATEs): every
+// heartbeat and pattern subscription is refused with TRYAGAIN for good.
+// That is not a slot passing between shards: /healthz must say the node
+// is degraded (1de0960 ignored TRYAGAIN altogether, and the node stayed
+// healthy while it could not heartbeat).
+func TestRedisClusterControlSlotLeftHalfMoved(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	ctx := bg(t)
+	p := newPrefix()
+	hub := broker.NewHub()
+	l, err := redislog.Open(ctx, redislog.Options{URL: c.URL(), Prefix: p, Heartbeat: 100 * time.Millisecond}, hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	t.Cleanup(func() { b.Close() })
+	publish(t, b, "x", "one")
+	var cls []*redis.Client
+	for _, s := range c.Servers {
+		cls = append(cls, redisClient(t, s))
+	}
+	slot, err := cls[0].ClusterKeySlot(ctx, p+"{=}:nodes").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := -1
+	for i, cl := range cls {
+		if n, err := cl.ClusterCountKeysInSlot(ctx, int(slot)).Result(); err != nil {
+			t.Fatal(err)
+		} else if n > 0 {
+			src = i
+		}
+	}
+	dst := (src + 1) % len(cls)
+	id := func(i int) string {
+		v, err := cls[i].Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if err := cls[dst].Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", id(src)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cls[src].Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", id(dst)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// One key moved, the others not: the slot stays like this.
+	if err := cls[src].Do(ctx, "MIGRATE", "127.0.0.1", c.Servers[dst].Port, "", 0, 5000, "KEYS", p+"{=}:nodes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Subscribing to a pattern writes the {=} keys: refused while the
+	// slot stays like this; so is every heartbeat. A passing split is
+	// not an outage, but one that lasts is: the node says so.
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := b.Subscribe(sctx, broker.SubscribeOptions{Channels: []string{"pat.*"}}); err == nil {
+		t.Fatal("pattern subscribe succeeded while pushctl's own slot is half moved")
+	}
+	eventually(t, "the node reports the slot left half moved", func() error {
+		if l.Health() == nil {
+			return errors.New("healthy")
+		}
+		return nil
+	})
+	t.Logf("health: %v", l.Health())
 }

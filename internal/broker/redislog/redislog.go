@@ -160,6 +160,7 @@ type Log struct {
 	downs    map[string]string      // side ("commands", "pubsub", "shard <addr>") -> reason
 	down     atomic.Pointer[string] // nil: every side is up
 	full     map[string]bool        // sides down because Redis refuses writes (redisreply.StoreRefused)
+	moving   map[string]time.Time   // sides failing because a slot moves (redisreply.Moving): since when
 	onlyFull atomic.Bool            // every side down is, so writes are still sent
 	total    atomic.Int64
 	channels atomic.Int64
@@ -181,6 +182,10 @@ type seen struct {
 	pos       broker.Position
 	delivered bool
 	at        int64
+	// retired is the epoch this node moved the channel from because Redis
+	// went back (its messages heard since are in the stream at their
+	// positions, read under pos.Epoch).
+	retired string
 }
 
 type op struct {
@@ -235,6 +240,7 @@ func Open(ctx context.Context, o Options, sink broker.Sink) (*Log, error) {
 		shards:   map[string]*shard{},
 		downs:    map[string]string{},
 		full:     map[string]bool{},
+		moving:   map[string]time.Time{},
 		sink:     sink,
 		node:     hex.EncodeToString(id[:]),
 		queue:    make(chan *op, 8192),
@@ -406,10 +412,24 @@ const (
 
 // setHealth records the state of one side. A slot moving between
 // shards (redisreply.Moving) is not an outage: what failed for it is
-// sent again, and the node goes on sending everything else.
+// sent again, and the node goes on sending everything else; only when a
+// side has failed so for longer than StallAfter (a slot left half moved:
+// pushctl's own {=} keys, say, failing every heartbeat) is it down.
 func (l *Log) setHealth(side string, err error) {
 	if err != nil && redisreply.Moving(err) {
-		return
+		l.downMu.Lock()
+		since, ok := l.moving[side]
+		if !ok {
+			l.moving[side] = time.Now()
+		}
+		l.downMu.Unlock()
+		if !ok || time.Since(since) <= l.opts.StallAfter {
+			return
+		}
+	} else {
+		l.downMu.Lock()
+		delete(l.moving, side)
+		l.downMu.Unlock()
 	}
 	if err != nil && l.cluster != nil && !redisreply.StoreRefused(err) {
 		// A master unreachable or the cluster down: a failover may have
@@ -425,6 +445,9 @@ func (l *Log) setHealth(side string, err error) {
 		delete(l.full, side)
 	} else {
 		what := "redis unreachable"
+		if redisreply.Moving(err) {
+			what = "a redis cluster slot stays half moved between shards"
+		}
 		if redisreply.StoreRefused(err) {
 			what = "redis refuses writes (over maxmemory, or a save failed)"
 			l.full[side] = true

@@ -324,14 +324,50 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 		return
 	}
 	switch {
+	case st.retired != "" && m.Epoch == st.retired:
+		// Published before the channel moved on (wentBack): the stream
+		// has it at its position, read under the new epoch.
+		if m.Seq > st.pos.Seq {
+			l.refillLocked(ch, st, st.pos.Epoch, m.Seq)
+		}
+		return
 	case m.Epoch == st.pos.Epoch && m.Seq <= st.pos.Seq:
-		return // already delivered (a channel and a pattern both match)
+		// Delivered already (a channel and a pattern both match; a batch
+		// sent again), unless it is a later message at a position
+		// delivered: Redis went back (a batch's messages share one time).
+		if st.at == 0 || m.Time.UnixMicro() <= st.at {
+			return
+		}
+		ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+		defer cancel()
+		back, err := l.wentBack(ctx, ch, st, 0)
+		if err == nil && back != nil {
+			err = l.moveOnLocked(ctx, ch, st, back)
+		}
+		if err != nil {
+			l.opts.Logger.Warn("redis: a channel's position was given again; cannot move it to a new epoch", "channel", ch, "err", err)
+		}
+		if st.retired == m.Epoch && m.Seq > st.pos.Seq {
+			l.refillLocked(ch, st, st.pos.Epoch, m.Seq)
+		}
+		return
 	case m.Epoch == st.pos.Epoch && m.Seq == st.pos.Seq+1:
 	case m.Epoch == st.pos.Epoch:
 		l.refillLocked(ch, st, m.Epoch, m.Seq-1)
-	default: // the channel lost its history, or was deleted and made anew
+	default: // the channel lost its history, was deleted and made anew, or moved on
+		ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+		defer cancel()
+		if l.joinLocked(ctx, ch, st, m.Epoch) {
+			if m.Seq <= st.pos.Seq {
+				return
+			}
+			if m.Seq > st.pos.Seq+1 {
+				l.refillLocked(ch, st, m.Epoch, m.Seq-1)
+			}
+			break
+		}
 		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: m.Epoch}})
-		st.pos, st.at = broker.Position{Epoch: m.Epoch}, 0
+		st.pos, st.at, st.retired = broker.Position{Epoch: m.Epoch}, 0, ""
 		if m.Seq > 1 {
 			l.refillLocked(ch, st, m.Epoch, m.Seq-1)
 		}
@@ -402,24 +438,17 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 				return err
 			}
 			if back != nil {
-				// Positions this node handed out are given again to other
-				// messages: the channel goes on in a new epoch (so that
-				// no cursor of the old one passes over them), after a gap
-				// notice from what was delivered to the last message both
-				// have.
-				if epoch, err = l.rebase(ctx, ch, epoch); err != nil {
+				if err := l.moveOnLocked(ctx, ch, st, back); err != nil {
 					return err
 				}
-				to := broker.Position{Epoch: epoch, Seq: back.Seq}
-				l.opts.Logger.Warn("redis lost messages of a channel it had acknowledged (a restart from an older snapshot, or a failover); the channel goes on in a new epoch",
-					"channel", ch, "delivered", st.pos.String(), "kept", back.Seq)
-				l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
-				st.pos, st.at = to, back.Time.UnixMicro()
+				epoch = st.pos.Epoch
 			}
+		} else if epoch != st.pos.Epoch {
+			l.joinLocked(ctx, ch, st, epoch)
 		}
 		if epoch != st.pos.Epoch {
 			l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
-			st.pos, st.at = broker.Position{Epoch: epoch}, 0
+			st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
 		}
 		if seq > st.pos.Seq {
 			l.refillLocked(ch, st, epoch, seq)
@@ -436,9 +465,11 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 // seq at or past it says nothing: it was trimmed, or never kept, with a
 // history of none.) It returns the last entry both have (the newest at
 // or before st.pos no later than st.at; Seq 0 when none is known), or nil
-// when Redis has not gone back.
+// when Redis has not gone back. It reads one entry, and more only when
+// that one differs.
 func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*broker.Message, error) {
-	entries, err := l.rdb.XRevRangeN(ctx, l.chanKey(ch, "s"), fmt.Sprintf("%d-1", st.pos.Seq), "-", 256).Result()
+	key, from := l.chanKey(ch, "s"), fmt.Sprintf("%d-1", st.pos.Seq)
+	entries, err := l.rdb.XRevRangeN(ctx, key, from, "-", 1).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -455,7 +486,10 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 	} else if st.at == 0 || top.Time.UnixMicro() == st.at {
 		return nil, nil
 	}
-	if st.at != 0 {
+	if st.at != 0 && top != nil {
+		if entries, err = l.rdb.XRevRangeN(ctx, key, from, "-", 256).Result(); err != nil {
+			return nil, err
+		}
 		for _, e := range entries {
 			if m := entryMessage(ch, st.pos.Epoch, e); m != nil && m.Time.UnixMicro() <= st.at {
 				return m, nil
@@ -465,10 +499,63 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 	return &broker.Message{}, nil // which entries this node had is not known
 }
 
-// rebase starts a new epoch for channel when its epoch is still epoch,
-// and returns the epoch it has now (another node may have started one).
-func (l *Log) rebase(ctx context.Context, ch, epoch string) (string, error) {
-	return rebaseScript.Run(ctx, l.rdb, []string{l.chanKey(ch, "m")}, epoch, l.newEpoch()).Text()
+// moveOnLocked moves channel ch, at st, to a new epoch because Redis went
+// back (wentBack; back is the last entry both have): the positions after
+// back are being given to other messages, so that no cursor of the old
+// epoch passes over them. The node's subscribers get a gap notice from
+// their position to back, in the new epoch. Another node may have moved
+// it already: its epoch is taken. Called with lastMu held.
+func (l *Log) moveOnLocked(ctx context.Context, ch string, st *seen, back *broker.Message) error {
+	epoch, err := rebaseScript.Run(ctx, l.rdb, []string{l.chanKey(ch, "m")}, st.pos.Epoch, l.newEpoch()).Text()
+	if err != nil {
+		return err
+	}
+	if epoch == "" {
+		return nil // deleted meanwhile: its delete notice follows
+	}
+	to := broker.Position{Epoch: epoch, Seq: back.Seq}
+	l.opts.Logger.Warn("redis lost messages of a channel it had acknowledged (a restart from an older snapshot, or a failover); the channel goes on in a new epoch",
+		"channel", ch, "delivered", st.pos.String(), "kept", back.Seq)
+	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
+	st.retired = st.pos.Epoch
+	st.pos, st.at = to, back.Time.UnixMicro()
+	if back.Seq == 0 {
+		st.at = 0
+	}
+	return nil
+}
+
+// joinLocked handles channel ch's epoch becoming epoch when another node
+// moved it on from st's epoch (rebaseScript noted the epoch it retired):
+// nothing of it is read again but what this node had not delivered (a
+// gap notice from st to the last entry both have, in the new epoch, when
+// Redis lost some). It reports whether it did; false: another epoch
+// change (lost history, deleted and made anew). Called with lastMu held.
+func (l *Log) joinLocked(ctx context.Context, ch string, st *seen, epoch string) bool {
+	if st.pos.Seq == 0 {
+		return false
+	}
+	v, err := l.rdb.HMGet(ctx, l.chanKey(ch, "m"), "e", "r").Result()
+	if err != nil || len(v) != 2 || v[0] != epoch || v[1] != st.pos.Epoch {
+		return false
+	}
+	back, err := l.wentBack(ctx, ch, st, 0)
+	if err != nil {
+		return false
+	}
+	to := broker.Position{Epoch: epoch, Seq: st.pos.Seq}
+	if back != nil {
+		to.Seq = back.Seq
+		if back.Seq == 0 {
+			st.at = 0
+		} else {
+			st.at = back.Time.UnixMicro()
+		}
+	}
+	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
+	st.retired = st.pos.Epoch
+	st.pos = to
+	return true
 }
 
 // decodeBatch parses what the publish script sends: a header line
