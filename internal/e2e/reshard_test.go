@@ -26,7 +26,7 @@ import (
 // and the durable consumer's move to it, then half of them move on to
 // another shard, one key per MIGRATE (so a slot's keys spend as long as
 // they can split between two shards). Publishers on node A (HTTP one by
-// one, one channel each, and NDJSON batches of 50) keep going throughout;
+// one, one channel each, and NDJSON batches of 10) keep going throughout;
 // on node B, WebSocket subscribers follow each channel and the pattern
 // rs.* (from the start: ?since=all), and `pushctl sub --durable` one
 // channel. Every publish is acknowledged (a reshard is not an outage);
@@ -45,7 +45,7 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 	}()
 	_, b := serve(t, "--broker", c.URL(), "--history", "1000000")
 
-	const nch = 6
+	const nch = 4
 	chans := []string{"rs.batch"}
 	for i := range nch {
 		chans = append(chans, "rs."+strconv.Itoa(i))
@@ -107,7 +107,7 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 	all := map[string]*replies{}
 	var wg sync.WaitGroup
 	hc := &http.Client{Timeout: 60 * time.Second}
-	const after = 100 // acknowledged by each publisher once the slots moved
+	const after = 50 // acknowledged by each publisher once the slots moved
 	for _, ch := range chans {
 		r := newReplies()
 		all[ch] = r
@@ -144,15 +144,15 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 					continue
 				}
 				var buf bytes.Buffer
-				for j := i; j < i+50; j++ {
+				for j := i; j < i+10; j++ {
 					fmt.Fprintf(&buf, "{\"channel\":%q,\"data\":\"%d\"}\n", ch, j)
 				}
 				resp, err := hc.Post(a+"/pub", "application/x-ndjson", &buf)
 				if err != nil {
-					for j := i; j < i+50; j++ {
+					for j := i; j < i+10; j++ {
 						r.set(strconv.Itoa(j), "error "+err.Error())
 					}
-					i += 50
+					i += 10
 					continue
 				}
 				sc := bufio.NewScanner(resp.Body)
@@ -169,7 +169,7 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 					r.set(strconv.Itoa(i+ack.Line-1), ackReply(ack.Seq, ack.Error.Code))
 				}
 				resp.Body.Close()
-				i += 50
+				i += 10
 			}
 		}()
 	}

@@ -25,6 +25,7 @@ type Server struct {
 	args []string
 
 	mu      sync.Mutex
+	id      string // cluster node id, once asked (ID)
 	cmd     *exec.Cmd
 	out     *strings.Builder
 	changed chan struct{} // closed and replaced when out grows
@@ -471,10 +472,19 @@ func cli(t testing.TB, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// ID is the server's cluster node id.
+// ID is the server's cluster node id (asked once).
 func (s *Server) ID() string {
 	s.t.Helper()
-	return cli(s.t, "-p", strconv.Itoa(s.Port), "cluster", "myid")
+	s.mu.Lock()
+	id := s.id
+	s.mu.Unlock()
+	if id == "" {
+		id = cli(s.t, "-p", strconv.Itoa(s.Port), "cluster", "myid")
+		s.mu.Lock()
+		s.id = id
+		s.mu.Unlock()
+	}
+	return id
 }
 
 // AddShard starts one more redis-server, joins it to the cluster as a
