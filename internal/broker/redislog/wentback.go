@@ -1,0 +1,119 @@
+package redislog
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/pushctl/pushctl/internal/broker"
+)
+
+// Redis going back: when Redis comes back with less than it acknowledged
+// (a restart from an older snapshot, an everysec AOF after a crash, a
+// failover to a replica that had not received the last writes), the
+// positions after what it kept are given again to new messages in the
+// same epoch. A node that delivered past them notices (resync, and
+// deliverLocked on hearing a later message at a delivered position) and
+// moves the channel to a new epoch, so that no cursor of the old one
+// passes over positions given twice; docs/cluster.md, "Durability with
+// Redis".
+
+// wentBack reports whether Redis no longer holds the message at st.pos
+// (same epoch): it restarted from a snapshot older than that message, or
+// a replica without it took over. Then either seq, Redis's newest
+// position, is before st.pos, or the entry at st.pos is another message
+// (a later time: times never go back). (An entry missing at st.pos with
+// seq at or past it says nothing: it was trimmed, or never kept, with a
+// history of none.) It returns the last entry both have (the newest at
+// or before st.pos no later than st.at; Seq 0 when none is known), or nil
+// when Redis has not gone back. It reads one entry, and more only when
+// that one differs.
+func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*broker.Message, error) {
+	key, from := l.chanKey(ch, "s"), fmt.Sprintf("%d-1", st.pos.Seq)
+	entries, err := l.rdb.XRevRangeN(ctx, key, from, "-", 1).Result()
+	if err != nil {
+		return nil, err
+	}
+	var top *broker.Message
+	if len(entries) > 0 {
+		if top = entryMessage(ch, st.pos.Epoch, entries[0]); top == nil {
+			return nil, fmt.Errorf("redis: unreadable entry %s of %s", entries[0].ID, ch)
+		}
+	}
+	if top == nil || top.Seq < st.pos.Seq {
+		if seq >= st.pos.Seq {
+			return nil, nil
+		}
+	} else if st.at == 0 || top.Time.UnixMicro() == st.at {
+		return nil, nil
+	}
+	if st.at != 0 && top != nil {
+		if entries, err = l.rdb.XRevRangeN(ctx, key, from, "-", 256).Result(); err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if m := entryMessage(ch, st.pos.Epoch, e); m != nil && m.Time.UnixMicro() <= st.at {
+				return m, nil
+			}
+		}
+	}
+	return &broker.Message{}, nil // which entries this node had is not known
+}
+
+// moveOnLocked moves channel ch, at st, to a new epoch because Redis went
+// back (wentBack; back is the last entry both have): the positions after
+// back are being given to other messages, so that no cursor of the old
+// epoch passes over them. The node's subscribers get a gap notice from
+// their position to back, in the new epoch. Another node may have moved
+// it already: its epoch is taken. Called with lastMu held.
+func (l *Log) moveOnLocked(ctx context.Context, ch string, st *seen, back *broker.Message) error {
+	epoch, err := rebaseScript.Run(ctx, l.rdb, []string{l.chanKey(ch, "m")}, st.pos.Epoch, l.newEpoch()).Text()
+	if err != nil {
+		return err
+	}
+	if epoch == "" {
+		return nil // deleted meanwhile: its delete notice follows
+	}
+	to := broker.Position{Epoch: epoch, Seq: back.Seq}
+	l.opts.Logger.Warn("redis lost messages of a channel it had acknowledged (a restart from an older snapshot, or a failover); the channel goes on in a new epoch",
+		"channel", ch, "delivered", st.pos.String(), "kept", back.Seq)
+	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
+	st.retired = st.pos.Epoch
+	st.pos, st.at = to, back.Time.UnixMicro()
+	if back.Seq == 0 {
+		st.at = 0
+	}
+	return nil
+}
+
+// joinLocked handles channel ch's epoch becoming epoch when another node
+// moved it on from st's epoch (rebaseScript noted the epoch it retired):
+// nothing of it is read again but what this node had not delivered (a
+// gap notice from st to the last entry both have, in the new epoch, when
+// Redis lost some). It reports whether it did; false: another epoch
+// change (lost history, deleted and made anew). Called with lastMu held.
+func (l *Log) joinLocked(ctx context.Context, ch string, st *seen, epoch string) bool {
+	if st.pos.Seq == 0 {
+		return false
+	}
+	v, err := l.rdb.HMGet(ctx, l.chanKey(ch, "m"), "e", "r").Result()
+	if err != nil || len(v) != 2 || v[0] != epoch || v[1] != st.pos.Epoch {
+		return false
+	}
+	back, err := l.wentBack(ctx, ch, st, 0)
+	if err != nil {
+		return false
+	}
+	to := broker.Position{Epoch: epoch, Seq: st.pos.Seq}
+	if back != nil {
+		to.Seq = back.Seq
+		if back.Seq == 0 {
+			st.at = 0
+		} else {
+			st.at = back.Time.UnixMicro()
+		}
+	}
+	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
+	st.retired = st.pos.Epoch
+	st.pos = to
+	return true
+}
