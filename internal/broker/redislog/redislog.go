@@ -446,7 +446,7 @@ func (l *Log) setHealth(side string, err error) {
 	} else {
 		what := "redis unreachable"
 		if redisreply.Moving(err) {
-			what = "a redis cluster slot stays half moved between shards"
+			what = "a redis cluster slot has been moving between shards for over " + l.opts.StallAfter.String()
 		}
 		if redisreply.StoreRefused(err) {
 			what = "redis refuses writes (over maxmemory, or a save failed)"

@@ -13,19 +13,21 @@ var scripts = []*redis.Script{publishScript, readScript, deleteScript, countsScr
 // rebaseScript gives a channel a new epoch (ARGV 2) when its epoch is
 // still ARGV 1, keeping its sequence and history, and notes the epoch it
 // retired in r (other nodes then know where they stand in the new one:
-// joinLocked); it returns the epoch the channel has. A node runs it when
+// joinLocked); it returns the epoch the channel has and the one it
+// retired. A node runs it when
 // Redis went back (wentBack): the positions after what Redis kept are
 // being given to other messages. The epoch is in the field e and at the
 // head of w (the publish script's state); a channel without w (the
-// previous release wrote it last) has it in e only.
+// previous release wrote it last) has it in e only. The reply is
+// "<epoch> <retired>" ("<epoch> " when there is none).
 var rebaseScript = redis.NewScript(`
-local v = redis.call('HMGET', KEYS[1], 'e', 'w')
-if v[1] ~= ARGV[1] then return v[1] or '' end
+local v = redis.call('HMGET', KEYS[1], 'e', 'w', 'r')
+if v[1] ~= ARGV[1] then return (v[1] or '') .. ' ' .. (v[3] or '') end
 redis.call('HSET', KEYS[1], 'e', ARGV[2], 'r', ARGV[1])
 if v[2] and string.sub(v[2], 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
   redis.call('HSET', KEYS[1], 'w', ARGV[2] .. string.sub(v[2], #ARGV[1] + 1))
 end
-return ARGV[2]
+return ARGV[2] .. ' ' .. ARGV[1]
 `)
 
 // Lua shared by the scripts: applying a count change to a node's hash

@@ -3,6 +3,7 @@ package redislog
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/pushctl/pushctl/internal/broker"
 )
@@ -26,7 +27,7 @@ import (
 // history of none.) It returns the last entry both have (the newest at
 // or before st.pos no later than st.at; Seq 0 when none is known), or nil
 // when Redis has not gone back. It reads one entry, and more only when
-// that one differs.
+// that one differs (lastShared).
 func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*broker.Message, error) {
 	key, from := l.chanKey(ch, "s"), fmt.Sprintf("%d-1", st.pos.Seq)
 	entries, err := l.rdb.XRevRangeN(ctx, key, from, "-", 1).Result()
@@ -46,17 +47,51 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 	} else if st.at == 0 || top.Time.UnixMicro() == st.at {
 		return nil, nil
 	}
-	if st.at != 0 && top != nil {
-		if entries, err = l.rdb.XRevRangeN(ctx, key, from, "-", 256).Result(); err != nil {
+	if st.at == 0 || top == nil {
+		return &broker.Message{}, nil // which entries this node had is not known
+	}
+	return l.lastShared(ctx, ch, st, top.Seq)
+}
+
+// lastShared is the newest entry at or before seq hi no later than st.at
+// (Seq 0: none): a binary search by position, as times never go back
+// along a channel's positions (a few round trips however many positions
+// were given again).
+func (l *Log) lastShared(ctx context.Context, ch string, st *seen, hi uint64) (*broker.Message, error) {
+	key := l.chanKey(ch, "s")
+	// atOrAfter is the first entry at or after position p, within hi.
+	atOrAfter := func(p uint64) (*broker.Message, error) {
+		es, err := l.rdb.XRangeN(ctx, key, fmt.Sprintf("%d-1", p), fmt.Sprintf("%d-1", hi), 1).Result()
+		if err != nil || len(es) == 0 {
 			return nil, err
 		}
-		for _, e := range entries {
-			if m := entryMessage(ch, st.pos.Epoch, e); m != nil && m.Time.UnixMicro() <= st.at {
-				return m, nil
-			}
+		m := entryMessage(ch, st.pos.Epoch, es[0])
+		if m == nil {
+			return nil, fmt.Errorf("redis: unreadable entry %s of %s", es[0].ID, ch)
 		}
+		return m, nil
 	}
-	return &broker.Message{}, nil // which entries this node had is not known
+	best, err := atOrAfter(1)
+	if err != nil {
+		return nil, err
+	}
+	if best == nil || best.Time.UnixMicro() > st.at {
+		return &broker.Message{}, nil
+	}
+	lo := best.Seq
+	for lo < hi {
+		mid := lo + (hi-lo+1)/2
+		m, err := atOrAfter(mid)
+		if err != nil {
+			return nil, err
+		}
+		if m == nil || m.Time.UnixMicro() > st.at {
+			hi = mid - 1
+			continue
+		}
+		best, lo = m, m.Seq
+	}
+	return best, nil
 }
 
 // moveOnLocked moves channel ch, at st, to a new epoch because Redis went
@@ -66,12 +101,15 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 // their position to back, in the new epoch. Another node may have moved
 // it already: its epoch is taken. Called with lastMu held.
 func (l *Log) moveOnLocked(ctx context.Context, ch string, st *seen, back *broker.Message) error {
-	epoch, err := rebaseScript.Run(ctx, l.rdb, []string{l.chanKey(ch, "m")}, st.pos.Epoch, l.newEpoch()).Text()
+	v, err := rebaseScript.Run(ctx, l.rdb, []string{l.chanKey(ch, "m")}, st.pos.Epoch, l.newEpoch()).Text()
 	if err != nil {
 		return err
 	}
-	if epoch == "" {
-		return nil // deleted meanwhile: its delete notice follows
+	epoch, retired, _ := strings.Cut(v, " ")
+	if epoch == "" || retired != st.pos.Epoch {
+		// Deleted meanwhile (and perhaps made anew): not a move; its
+		// delete notice and new epoch come as for any channel.
+		return nil
 	}
 	to := broker.Position{Epoch: epoch, Seq: back.Seq}
 	l.opts.Logger.Warn("redis lost messages of a channel it had acknowledged (a restart from an older snapshot, or a failover); the channel goes on in a new epoch",

@@ -476,3 +476,54 @@ func TestRedisNoNewEpochWhenTrimmed(t *testing.T) {
 		}
 	}
 }
+
+// Many positions given again before the node compares: the snapshot is
+// 300 messages behind what B delivered, and A publishes 300 new ones
+// before B gets back in (its ACL user, gone with the restart, is made
+// again only then). B's subscriber gets one gap notice to the last
+// message both have (3), then the 300 new ones in order, and not 1-3
+// again. (The last shared message was looked for among the 256 before
+// the position only: B gave 1-3 again after a gap to the new epoch's 0.)
+func TestRedisWentBackManyPositionsReused(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	p := newPrefix()
+	a := open(t, srv.URL(), p, brokertest.Options{})
+	userB := func() {
+		if err := redisClient(t, srv).Do(bg(t), "ACL", "SETUSER", "nodeb", "on", ">pw", "~*", "&*", "+@all").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	userB()
+	b := open(t, fmt.Sprintf("redis://nodeb:pw@127.0.0.1:%d/0", srv.Port), p, brokertest.Options{})
+	live := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"back"}})
+	for _, d := range []string{"1", "2", "3"} {
+		publish(t, a, "back", d)
+	}
+	if err := redisClient(t, srv).Save(bg(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var lost, again []string
+	for i := 0; i < 300; i++ {
+		lost = append(lost, fmt.Sprintf("lost%d", i))
+		again = append(again, fmt.Sprintf("new%d", i))
+	}
+	publishBatch(t, a, "back", lost)
+	got, _ := events(t, live, 303)
+	inOrder(t, "B", got[:3], 1)
+	srv.Restart()
+	eventually(t, "A healthy", a.Health)
+	publishBatch(t, a, "back", again)
+	userB()
+	var data []string
+	var gaps []*broker.Gap
+	for len(data) < len(again) {
+		msgs, g := events(t, live, 1)
+		gaps = append(gaps, g...)
+		for _, m := range msgs {
+			data = append(data, string(m.Data))
+		}
+	}
+	if len(gaps) != 1 || gaps[0].To.Seq != 3 || gaps[0].To.Epoch == got[0].Epoch || !slices.Equal(data, again) {
+		t.Fatalf("B's subscriber: %d messages, first %v, after gaps %v; want one gap to the new epoch's 3, then new0…new299", len(data), data[:min(5, len(data))], gaps)
+	}
+}
