@@ -235,13 +235,14 @@ func TestRedisWentBackUnderLoad(t *testing.T) {
 					mu.Unlock()
 				}
 				if err != nil {
-					<-time.After(time.Millisecond)
+					<-time.After(time.Millisecond) // Redis restarting: publish again
 				}
 			}
 		}()
 	}
 	srv.Restart()
 	restarted.Store(true)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
 		k := len(acked)
@@ -249,7 +250,12 @@ func TestRedisWentBackUnderLoad(t *testing.T) {
 		if k >= 3000 {
 			break
 		}
-		<-time.After(10 * time.Millisecond)
+		if time.Now().After(deadline) {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("%d publishes acknowledged in 30 s after the restart", k)
+		}
+		<-time.After(10 * time.Millisecond) // polling the count
 	}
 	close(stop)
 	wg.Wait()
