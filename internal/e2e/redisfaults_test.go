@@ -83,6 +83,53 @@ func ackReply(seq uint64, code string) string {
 	return code
 }
 
+// publishOne publishes d to ch on node with one HTTP publish and records
+// the reply.
+func (r *replies) publishOne(hc *http.Client, node, ch, d string) {
+	resp, err := hc.Post(node+"/pub/"+ch, "text/plain", strings.NewReader(d))
+	if err != nil {
+		r.set(d, "error "+err.Error())
+		return
+	}
+	var body struct {
+		Seq   uint64
+		Error struct{ Code string }
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	r.set(d, ackReply(body.Seq, body.Error.Code))
+}
+
+// publishBatch publishes from, from+1 … from+n-1 to ch on node as one
+// NDJSON batch (POST /pub) and records each line's reply.
+func (r *replies) publishBatch(t *testing.T, hc *http.Client, node, ch string, from, n int) {
+	var buf bytes.Buffer
+	for j := from; j < from+n; j++ {
+		fmt.Fprintf(&buf, "{\"channel\":%q,\"data\":\"%d\"}\n", ch, j)
+	}
+	resp, err := hc.Post(node+"/pub", "application/x-ndjson", &buf)
+	if err != nil {
+		for j := from; j < from+n; j++ {
+			r.set(strconv.Itoa(j), "error "+err.Error())
+		}
+		return
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var ack struct {
+			Line  int
+			Seq   uint64
+			Error struct{ Code string }
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ack); err != nil || ack.Line < 1 {
+			t.Errorf("batch reply line %q", sc.Text())
+			continue
+		}
+		r.set(strconv.Itoa(from+ack.Line-1), ackReply(ack.Seq, ack.Error.Code))
+	}
+}
+
 func redisFaults(t *testing.T, url string, rdb redis.UniversalClient, servers []*redistest.Server) {
 	p, a := serve(t, "--broker", url, "--history", "1000000", "--zmq-in", "tcp://127.0.0.1:*")
 	zin := ""
@@ -136,49 +183,13 @@ func redisFaults(t *testing.T, url string, rdb redis.UniversalClient, servers []
 	run("http.one", func(r *replies) {
 		base := -1
 		for i := 0; keepGoing(r, &base); i++ {
-			d := strconv.Itoa(i)
-			resp, err := hc.Post(a+"/pub/http.one", "text/plain", strings.NewReader(d))
-			if err != nil {
-				r.set(d, "error "+err.Error())
-				continue
-			}
-			var body struct {
-				Seq   uint64
-				Error struct{ Code string }
-			}
-			json.NewDecoder(resp.Body).Decode(&body)
-			resp.Body.Close()
-			r.set(d, ackReply(body.Seq, body.Error.Code))
+			r.publishOne(hc, a, "http.one", strconv.Itoa(i))
 		}
 	})
 	run("http.batch", func(r *replies) {
 		base := -1
 		for i := 0; keepGoing(r, &base); i += 100 {
-			var buf bytes.Buffer
-			for j := i; j < i+100; j++ {
-				fmt.Fprintf(&buf, "{\"channel\":\"http.batch\",\"data\":\"%d\"}\n", j)
-			}
-			resp, err := hc.Post(a+"/pub", "application/x-ndjson", &buf)
-			if err != nil {
-				for j := i; j < i+100; j++ {
-					r.set(strconv.Itoa(j), "error "+err.Error())
-				}
-				continue
-			}
-			sc := bufio.NewScanner(resp.Body)
-			for sc.Scan() {
-				var ack struct {
-					Line  int
-					Seq   uint64
-					Error struct{ Code string }
-				}
-				if err := json.Unmarshal(sc.Bytes(), &ack); err != nil || ack.Line < 1 {
-					t.Errorf("batch reply line %q", sc.Text())
-					continue
-				}
-				r.set(strconv.Itoa(i+ack.Line-1), ackReply(ack.Seq, ack.Error.Code))
-			}
-			resp.Body.Close()
+			r.publishBatch(t, hc, a, "http.batch", i, 100)
 		}
 	})
 	run("ws.frames", func(r *replies) {

@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -127,48 +124,11 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 				default:
 				}
 				if ch != "rs.batch" {
-					d := strconv.Itoa(i)
+					r.publishOne(hc, a, ch, strconv.Itoa(i))
 					i++
-					resp, err := hc.Post(a+"/pub/"+ch, "text/plain", strings.NewReader(d))
-					if err != nil {
-						r.set(d, "error "+err.Error())
-						continue
-					}
-					var body struct {
-						Seq   uint64
-						Error struct{ Code string }
-					}
-					json.NewDecoder(resp.Body).Decode(&body)
-					resp.Body.Close()
-					r.set(d, ackReply(body.Seq, body.Error.Code))
 					continue
 				}
-				var buf bytes.Buffer
-				for j := i; j < i+10; j++ {
-					fmt.Fprintf(&buf, "{\"channel\":%q,\"data\":\"%d\"}\n", ch, j)
-				}
-				resp, err := hc.Post(a+"/pub", "application/x-ndjson", &buf)
-				if err != nil {
-					for j := i; j < i+10; j++ {
-						r.set(strconv.Itoa(j), "error "+err.Error())
-					}
-					i += 10
-					continue
-				}
-				sc := bufio.NewScanner(resp.Body)
-				for sc.Scan() {
-					var ack struct {
-						Line  int
-						Seq   uint64
-						Error struct{ Code string }
-					}
-					if err := json.Unmarshal(sc.Bytes(), &ack); err != nil || ack.Line < 1 {
-						t.Errorf("batch reply line %q", sc.Text())
-						continue
-					}
-					r.set(strconv.Itoa(i+ack.Line-1), ackReply(ack.Seq, ack.Error.Code))
-				}
-				resp.Body.Close()
+				r.publishBatch(t, hc, a, ch, i, 10)
 				i += 10
 			}
 		}()

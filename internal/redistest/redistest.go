@@ -540,39 +540,65 @@ func (c *Cluster) Slot(t testing.TB, key string) int {
 }
 
 // MoveSlot moves slot and its keys to server to as `redis-cli --cluster
-// reshard` does (IMPORTING on the target, MIGRATING on the source, the
-// keys with MIGRATE, then NODE on the target, the source and the rest),
-// but one key per MIGRATE, so that a slot's keys spend as long as they
-// can split between the two. It returns the number of keys moved.
+// reshard` does (StartMove, the keys with MIGRATE, FinishMove), but one
+// key per MIGRATE, so that a slot's keys spend as long as they can split
+// between the two. It returns the number of keys moved.
 func (c *Cluster) MoveSlot(t testing.TB, slot int, to *Server) int {
 	t.Helper()
-	from := c.Owner(t, slot)
-	if from == to {
+	from := c.StartMove(t, slot, to)
+	if from == nil {
 		return 0
 	}
-	sl := strconv.Itoa(slot)
-	port := func(s *Server) string { return strconv.Itoa(s.Port) }
-	cli(t, "-p", port(to), "cluster", "setslot", sl, "importing", from.ID())
-	cli(t, "-p", port(from), "cluster", "setslot", sl, "migrating", to.ID())
 	moved := 0
 	for {
-		keys := cli(t, "-p", port(from), "cluster", "getkeysinslot", sl, "1")
+		keys := cli(t, "-p", strconv.Itoa(from.Port), "cluster", "getkeysinslot", strconv.Itoa(slot), "1")
 		if keys == "" {
 			break
 		}
-		if out := cli(t, "-p", port(from), "migrate", "127.0.0.1", port(to), "", "0", "10000", "keys", keys); out != "OK" {
-			t.Fatalf("redis cluster: MIGRATE %s: %s", keys, out)
-		}
+		c.Migrate(t, from, to, keys)
 		moved++
 	}
-	cli(t, "-p", port(to), "cluster", "setslot", sl, "node", to.ID())
-	cli(t, "-p", port(from), "cluster", "setslot", sl, "node", to.ID())
+	c.FinishMove(t, slot, from, to)
+	return moved
+}
+
+// StartMove begins moving slot to server to: IMPORTING on to, MIGRATING
+// on the slot's owner, which it returns (nil when to owns it already).
+// Meanwhile Redis refuses a command on several keys of the slot when
+// some are on each side, or some are missing (TRYAGAIN).
+func (c *Cluster) StartMove(t testing.TB, slot int, to *Server) (from *Server) {
+	t.Helper()
+	from = c.Owner(t, slot)
+	if from == to {
+		return nil
+	}
+	sl := strconv.Itoa(slot)
+	cli(t, "-p", strconv.Itoa(to.Port), "cluster", "setslot", sl, "importing", from.ID())
+	cli(t, "-p", strconv.Itoa(from.Port), "cluster", "setslot", sl, "migrating", to.ID())
+	return from
+}
+
+// Migrate moves keys (of a slot being moved from from to to) with one
+// MIGRATE.
+func (c *Cluster) Migrate(t testing.TB, from, to *Server, keys ...string) {
+	t.Helper()
+	args := append([]string{"-p", strconv.Itoa(from.Port), "migrate", "127.0.0.1", strconv.Itoa(to.Port), "", "0", "10000", "keys"}, keys...)
+	if out := cli(t, args...); out != "OK" {
+		t.Fatalf("redis cluster: MIGRATE %v: %s", keys, out)
+	}
+}
+
+// FinishMove gives slot to server to on to, on from, then on the rest.
+func (c *Cluster) FinishMove(t testing.TB, slot int, from, to *Server) {
+	t.Helper()
+	sl := strconv.Itoa(slot)
+	cli(t, "-p", strconv.Itoa(to.Port), "cluster", "setslot", sl, "node", to.ID())
+	cli(t, "-p", strconv.Itoa(from.Port), "cluster", "setslot", sl, "node", to.ID())
 	for _, s := range c.Servers {
 		if s != to && s != from {
-			cli(t, "-p", port(s), "cluster", "setslot", sl, "node", to.ID())
+			cli(t, "-p", strconv.Itoa(s.Port), "cluster", "setslot", sl, "node", to.ID())
 		}
 	}
-	return moved
 }
 
 // URL is the redis:// address of the first node; pushctl finds the other

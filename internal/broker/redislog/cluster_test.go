@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -313,54 +314,26 @@ func TestRedisClusterSlotMovingMidPublish(t *testing.T) {
 			t.Cleanup(func() { b.Close() })
 			publish(t, b, "mig", "one")
 			want := []string{"one"}
-			var cls []*redis.Client
-			for _, s := range c.Servers {
-				cls = append(cls, redisClient(t, s))
-			}
 			key := func(kind string) string { return p + "{mig}:" + kind }
-			slot, err := cls[0].ClusterKeySlot(ctx, key("m")).Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			src := -1
-			for i, cl := range cls {
-				if n, err := cl.ClusterCountKeysInSlot(ctx, int(slot)).Result(); err != nil {
-					t.Fatal(err)
-				} else if n > 0 {
-					src = i
-				}
-			}
-			dst := (src + 1) % len(cls)
-			id := func(i int) string {
-				v, err := cls[i].Do(ctx, "CLUSTER", "MYID").Text()
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-			must := func(cmd *redis.Cmd) {
-				t.Helper()
-				if err := cmd.Err(); err != nil {
-					t.Fatal(cmd.Args(), err)
-				}
-			}
+			slot := c.Slot(t, key("m"))
+			owner := c.Owner(t, slot)
+			dst := c.Servers[(slices.Index(c.Servers, owner)+1)%len(c.Servers)]
+			src := c.StartMove(t, slot, dst)
 			move := func(kinds []string) {
 				t.Helper()
-				args := []any{"MIGRATE", "127.0.0.1", c.Servers[dst].Port, "", 0, 5000, "KEYS"}
+				var keys []string
 				for _, k := range kinds {
-					args = append(args, key(k))
+					keys = append(keys, key(k))
 				}
-				must(cls[src].Do(ctx, args...))
+				c.Migrate(t, src, dst, keys...)
 			}
-			must(cls[dst].Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", id(src)))
-			must(cls[src].Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", id(dst)))
 			move(tc.first)
 			// A publish while the keys are split: Redis refuses it
 			// (TRYAGAIN) before it runs; the node sends it again until
 			// the keys are together, and meanwhile is not degraded
 			// (other channels' slots are not moving).
 			tryagain := func() int {
-				info, err := cls[src].Info(ctx, "errorstats").Result()
+				info, err := redisClient(t, src).Info(ctx, "errorstats").Result()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -394,9 +367,7 @@ func TestRedisClusterSlotMovingMidPublish(t *testing.T) {
 				}
 			}
 			move(tc.later)
-			for i := range cls {
-				must(cls[i].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", id(dst)))
-			}
+			c.FinishMove(t, slot, src, dst)
 			if err := <-done; err != nil {
 				t.Fatalf("publish sent again once the slot moved: %v", err)
 			}
@@ -439,40 +410,11 @@ func TestRedisClusterControlSlotLeftHalfMoved(t *testing.T) {
 	b := broker.New(hub, l, broker.CoreOptions{})
 	t.Cleanup(func() { b.Close() })
 	publish(t, b, "x", "one")
-	var cls []*redis.Client
-	for _, s := range c.Servers {
-		cls = append(cls, redisClient(t, s))
-	}
-	slot, err := cls[0].ClusterKeySlot(ctx, p+"{=}:nodes").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := -1
-	for i, cl := range cls {
-		if n, err := cl.ClusterCountKeysInSlot(ctx, int(slot)).Result(); err != nil {
-			t.Fatal(err)
-		} else if n > 0 {
-			src = i
-		}
-	}
-	dst := (src + 1) % len(cls)
-	id := func(i int) string {
-		v, err := cls[i].Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	if err := cls[dst].Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", id(src)).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cls[src].Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", id(dst)).Err(); err != nil {
-		t.Fatal(err)
-	}
+	slot := c.Slot(t, p+"{=}:nodes")
+	owner := c.Owner(t, slot)
+	dst := c.Servers[(slices.Index(c.Servers, owner)+1)%len(c.Servers)]
 	// One key moved, the others not: the slot stays like this.
-	if err := cls[src].Do(ctx, "MIGRATE", "127.0.0.1", c.Servers[dst].Port, "", 0, 5000, "KEYS", p+"{=}:nodes").Err(); err != nil {
-		t.Fatal(err)
-	}
+	c.Migrate(t, c.StartMove(t, slot, dst), dst, p+"{=}:nodes")
 	// Subscribing to a pattern writes the {=} keys: refused while the
 	// slot stays like this; so is every heartbeat. A passing split is
 	// not an outage, but one that lasts is: the node says so.

@@ -111,16 +111,28 @@ func (l *Log) moveOnLocked(ctx context.Context, ch string, st *seen, back *broke
 		// delete notice and new epoch come as for any channel.
 		return nil
 	}
-	to := broker.Position{Epoch: epoch, Seq: back.Seq}
 	l.opts.Logger.Warn("redis lost messages of a channel it had acknowledged (a restart from an older snapshot, or a failover); the channel goes on in a new epoch",
 		"channel", ch, "delivered", st.pos.String(), "kept", back.Seq)
+	l.movedOnLocked(ch, st, epoch, back)
+	return nil
+}
+
+// movedOnLocked gives the node's subscribers of channel ch the gap notice
+// from st to back (the last message both have; nil: nothing this node
+// delivered was lost) in epoch, and moves st there, retiring its epoch.
+// Called with lastMu held.
+func (l *Log) movedOnLocked(ch string, st *seen, epoch string, back *broker.Message) {
+	to := broker.Position{Epoch: epoch, Seq: st.pos.Seq}
+	at := st.at
+	if back != nil {
+		to.Seq, at = back.Seq, 0
+		if back.Seq != 0 {
+			at = back.Time.UnixMicro()
+		}
+	}
 	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
 	st.retired = st.pos.Epoch
-	st.pos, st.at = to, back.Time.UnixMicro()
-	if back.Seq == 0 {
-		st.at = 0
-	}
-	return nil
+	st.pos, st.at = to, at
 }
 
 // joinLocked handles channel ch's epoch becoming epoch when another node
@@ -141,17 +153,6 @@ func (l *Log) joinLocked(ctx context.Context, ch string, st *seen, epoch string)
 	if err != nil {
 		return false
 	}
-	to := broker.Position{Epoch: epoch, Seq: st.pos.Seq}
-	if back != nil {
-		to.Seq = back.Seq
-		if back.Seq == 0 {
-			st.at = 0
-		} else {
-			st.at = back.Time.UnixMicro()
-		}
-	}
-	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: to})
-	st.retired = st.pos.Epoch
-	st.pos = to
+	l.movedOnLocked(ch, st, epoch, back)
 	return true
 }

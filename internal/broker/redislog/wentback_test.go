@@ -18,6 +18,32 @@ import (
 	"github.com/pushctl/pushctl/internal/redistest"
 )
 
+// snapshotBehind is where the tests of Redis going back start: nodes A
+// and B on one Redis (each with o), a subscriber on B to "back", messages
+// 1-3 published and saved in an RDB snapshot, then 4 and 5 delivered
+// after it. It returns the position of 5 and the messages B got.
+func snapshotBehind(t *testing.T, o brokertest.Options) (srv *redistest.Server, a, b *broker.Core, live *broker.Subscription, last broker.Position, got []*broker.Message) {
+	t.Helper()
+	srv = redistest.Start(t, redistest.Options{})
+	p := newPrefix()
+	a = open(t, srv.URL(), p, o)
+	b = open(t, srv.URL(), p, o)
+	live = subscribe(t, b, broker.SubscribeOptions{Channels: []string{"back"}})
+	for _, d := range []string{"1", "2", "3"} {
+		publish(t, a, "back", d)
+	}
+	if err := redisClient(t, srv).Save(bg(t)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"4", "5"} {
+		m, _ := publish(t, a, "back", d)
+		last = m.Position()
+	}
+	got, _ = events(t, live, 5)
+	inOrder(t, "live subscriber on B", got, 1)
+	return srv, a, b, live, last, got
+}
+
 // Redis comes back older than what was acknowledged and delivered: it
 // restarts from an RDB snapshot taken before the last messages (as after
 // a crash with snapshots only, or a failover to a replica that had not
@@ -27,25 +53,7 @@ import (
 // and one resuming from its last position get the new message, after a
 // gap notice for what Redis lost.
 func TestRedisWentBack(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	p := newPrefix()
-	a := open(t, srv.URL(), p, brokertest.Options{})
-	b := open(t, srv.URL(), p, brokertest.Options{})
-	live := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"back"}})
-	for _, d := range []string{"1", "2", "3"} {
-		publish(t, a, "back", d)
-	}
-	if err := redisClient(t, srv).Save(bg(t)).Err(); err != nil {
-		t.Fatal(err)
-	}
-	var last broker.Position
-	for _, d := range []string{"4", "5"} {
-		m, _ := publish(t, a, "back", d)
-		last = m.Position()
-	}
-	got, _ := events(t, live, 5)
-	inOrder(t, "live subscriber on B", got, 1)
-
+	srv, a, b, live, last, _ := snapshotBehind(t, brokertest.Options{})
 	srv.Restart() // back from the snapshot: messages 4 and 5 are gone
 	var m *broker.Message
 	deadline := time.Now().Add(20 * time.Second)
@@ -193,22 +201,7 @@ func TestRedisRestartNoFalseGap(t *testing.T) {
 // epoch change back and forth, each time refilling the whole history:
 // up to 2,130 delivered twice.)
 func TestRedisWentBackUnderLoad(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	p := newPrefix()
-	a := open(t, srv.URL(), p, brokertest.Options{HistorySize: 1 << 20, QueueSize: 1 << 20})
-	b := open(t, srv.URL(), p, brokertest.Options{HistorySize: 1 << 20, QueueSize: 1 << 20})
-	live := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"back"}})
-	for _, d := range []string{"1", "2", "3"} {
-		publish(t, a, "back", d)
-	}
-	if err := redisClient(t, srv).Save(bg(t)).Err(); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{"4", "5"} {
-		publish(t, a, "back", d)
-	}
-	got, _ := events(t, live, 5)
-	inOrder(t, "live subscriber on B", got, 1)
+	srv, a, _, live, _, _ := snapshotBehind(t, brokertest.Options{HistorySize: 1 << 20, QueueSize: 1 << 20})
 
 	var restarted atomic.Bool
 	var mu sync.Mutex
@@ -325,23 +318,8 @@ func head(s []string) []string {
 // dropped as delivered, the rest delivered in the old epoch, and the
 // next resync found nothing wrong: n4 and n5 lost without a notice.)
 func TestRedisWentBackResyncFailed(t *testing.T) {
-	srv := redistest.Start(t, redistest.Options{})
-	p := newPrefix()
-	a := open(t, srv.URL(), p, brokertest.Options{})
-	b := open(t, srv.URL(), p, brokertest.Options{})
-	live := subscribe(t, b, broker.SubscribeOptions{Channels: []string{"back"}})
-	for _, d := range []string{"1", "2", "3"} {
-		publish(t, a, "back", d)
-	}
+	srv, a, _, live, _, _ := snapshotBehind(t, brokertest.Options{})
 	rc := redisClient(t, srv)
-	if err := rc.Save(bg(t)).Err(); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{"4", "5"} {
-		publish(t, a, "back", d)
-	}
-	got, _ := events(t, live, 5)
-	inOrder(t, "live subscriber on B", got, 1)
 
 	srv.Restart() // back from the snapshot: 4 and 5 are gone
 	if err := rc.ConfigSet(bg(t), "maxmemory", "1").Err(); err != nil {
