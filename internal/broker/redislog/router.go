@@ -254,6 +254,15 @@ func (l *Log) receive() {
 				if err := l.resync(func(string) bool { return true }); err != nil {
 					broken = true // try again after the next message
 					l.setHealth(sidePubSub, err)
+					// ... or a second from now: while this side is down
+					// publishes are refused, so no message may come (a
+					// resync that met a Redis still loading stayed
+					// failed, and every publish refused, until then).
+					time.AfterFunc(time.Second, func() {
+						if l.ctx.Err() == nil {
+							l.ps.Ping(l.ctx, "resync")
+						}
+					})
 					continue
 				}
 				l.setHealth(sidePubSub, nil)
