@@ -641,3 +641,75 @@ func TestStoreRefusedIsStoreFailed(t *testing.T) {
 		})
 	}
 }
+
+// A node's Pub/Sub connections killed again and again while it publishes
+// (CLIENT KILL TYPE pubsub every few milliseconds; Redis drops a Pub/Sub
+// client over its output buffer limit the same way). Publishes go over
+// the command connections, which nothing broke: each one is taken and
+// acknowledged, and the subscribers on the publishing node and on
+// another get every message once, in order, with no gap notice (each
+// node refills what it missed when it has resubscribed). Before, every
+// publish from the kill until the node had resubscribed was refused
+// ("broker storage unavailable: redis unreachable: EOF"), though Redis
+// was there to store it.
+func pubSubKilledWhilePublishing(t *testing.T, url string, servers ...*redistest.Server) {
+	p := newPrefix()
+	o := brokertest.Options{HistorySize: 1000}
+	a := open(t, url, p, o)
+	b := open(t, url, p, o)
+	subs := map[string]*broker.Subscription{
+		"A": subscribe(t, a, broker.SubscribeOptions{Channels: []string{"flap"}}),
+		"B": subscribe(t, b, broker.SubscribeOptions{Channels: []string{"flap"}}),
+	}
+	stop := make(chan struct{})
+	killed := make(chan int)
+	var rcs []*redis.Client
+	for _, s := range servers {
+		rcs = append(rcs, redisClient(t, s))
+	}
+	go func() {
+		n := 0
+		defer func() { killed <- n }()
+		for {
+			for _, rc := range rcs {
+				k, err := rc.ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result()
+				if err != nil {
+					t.Errorf("CLIENT KILL: %v", err)
+					return
+				}
+				n += int(k)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	const n = 300
+	for i := 1; i <= n; i++ {
+		if _, _, err := a.Publish(bg(t), &broker.Message{Channel: "flap", Data: []byte(strconv.Itoa(i))}); err != nil {
+			close(stop)
+			t.Fatalf("publish %d with the Pub/Sub connections killed (%d so far): %v", i, <-killed, err)
+		}
+	}
+	close(stop)
+	t.Logf("%d Pub/Sub connections killed", <-killed)
+	for who, s := range subs {
+		got, gaps := events(t, s, n)
+		if len(gaps) > 0 {
+			t.Errorf("%s: gap notices %v", who, gaps)
+		}
+		inOrder(t, who, got, 1)
+	}
+}
+
+func TestPubSubKilledWhilePublishing(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	pubSubKilledWhilePublishing(t, srv.URL(), srv)
+}
+
+func TestPubSubKilledWhilePublishingCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	pubSubKilledWhilePublishing(t, c.URL(), c.Servers...)
+}

@@ -161,7 +161,7 @@ type Log struct {
 	down     atomic.Pointer[string] // nil: every side is up
 	full     map[string]bool        // sides down because Redis refuses writes (redisreply.StoreRefused)
 	moving   map[string]time.Time   // sides failing because a slot moves (redisreply.Moving): since when
-	onlyFull atomic.Bool            // every side down is, so writes are still sent
+	refuse   atomic.Pointer[string] // a command side down, not for want of room: writes are not sent
 	total    atomic.Int64
 	channels atomic.Int64
 	nodes    atomic.Int64
@@ -186,6 +186,13 @@ type seen struct {
 	// went back (its messages heard since are in the stream at their
 	// positions, read under pos.Epoch).
 	retired string
+	// hold: the Pub/Sub connection carrying the channel broke and resync
+	// has not compared it with Redis since. What is heard meanwhile is
+	// not delivered (resync refills it from the stream once it has
+	// checked that Redis did not go back): delivered, a message at the
+	// position after pos would be taken for the next one even when Redis
+	// came back older and gave that position again.
+	hold bool
 }
 
 type op struct {
@@ -410,6 +417,14 @@ const (
 	sidePubSub   = "pubsub"   // cleared once resubscribed and refilled
 )
 
+// pubSubSide says side is a Pub/Sub connection: while only those are
+// down the node is degraded (its subscribers hear nothing live until it
+// has resubscribed and refilled) but still publishes, over the command
+// connections.
+func pubSubSide(side string) bool {
+	return side == sidePubSub || strings.HasPrefix(side, "shard ")
+}
+
 // setHealth records the state of one side. A slot moving between
 // shards (redisreply.Moving) is not an outage: what failed for it is
 // sent again, and the node goes on sending everything else; only when a
@@ -459,21 +474,28 @@ func (l *Log) setHealth(side string, err error) {
 		}
 		l.downs[side] = what + ": " + err.Error()
 	}
-	var now *string
-	if len(l.downs) > 0 {
-		sides := make([]string, 0, len(l.downs))
-		for s := range l.downs {
-			sides = append(sides, s)
-		}
-		sort.Strings(sides)
-		msg := l.downs[sides[0]]
-		now = &msg
+	var now, refuse *string
+	sides := make([]string, 0, len(l.downs))
+	for s := range l.downs {
+		sides = append(sides, s)
 	}
-	l.onlyFull.Store(len(l.downs) > 0 && len(l.full) == len(l.downs))
+	sort.Strings(sides)
+	for _, s := range sides {
+		msg := l.downs[s]
+		if now == nil {
+			now = &msg
+		}
+		if refuse == nil && !pubSubSide(s) && !l.full[s] {
+			refuse = &msg
+		}
+	}
 	l.down.Store(now)
+	l.refuse.Store(refuse)
 	switch {
-	case was == nil && now != nil:
+	case was == nil && now != nil && refuse != nil:
 		l.opts.Logger.Warn("redis degraded; publishes fail until it is back", "err", *now)
+	case was == nil && now != nil:
+		l.opts.Logger.Warn("redis degraded; publishes are still sent", "err", *now)
 	case was != nil && now == nil:
 		l.opts.Logger.Info("redis answers again")
 	}
@@ -485,6 +507,10 @@ func (l *Log) Health() error {
 	if p := l.down.Load(); p != nil {
 		return errors.New(*p)
 	}
+	return l.stalledErr()
+}
+
+func (l *Log) stalledErr() error {
 	if d := l.stalled(); d > 0 {
 		return fmt.Errorf("redis stalled: no answer for %s", d.Round(100*time.Millisecond))
 	}
@@ -492,15 +518,15 @@ func (l *Log) Health() error {
 }
 
 // refusing is Health's error when writes are not even sent: Redis is
-// unreachable or stalled. While it only refuses writes for want of room
-// (redisreply.StoreRefused) they are still sent, each answered by Redis
-// (broker.ErrStore) until it takes them again.
+// unreachable over the command connections, or stalled. While it only
+// refuses writes for want of room (redisreply.StoreRefused) they are
+// still sent, each answered by Redis (broker.ErrStore) until it takes
+// them again; while only a Pub/Sub connection is down they are sent too.
 func (l *Log) refusing() error {
-	err := l.Health()
-	if err != nil && l.onlyFull.Load() && l.stalled() == 0 {
-		return nil
+	if p := l.refuse.Load(); p != nil {
+		return errors.New(*p)
 	}
-	return err
+	return l.stalledErr()
 }
 
 // stalled is how long the oldest request in flight to Redis has waited,

@@ -226,6 +226,7 @@ func (l *Log) receive() {
 				return
 			}
 			broken = true
+			l.hold(l.onClassic)
 			l.setHealth(sidePubSub, err)
 			select {
 			case <-l.ctx.Done():
@@ -248,16 +249,13 @@ func (l *Log) receive() {
 			l.dispatch(m, false)
 		case *redis.Pong:
 			if m.Payload == "resync" {
-				// On Redis Cluster this connection carries only what
-				// patterns match; resyncing every followed channel is
-				// more than needed, and harmless.
-				if err := l.resync(func(string) bool { return true }); err != nil {
+				if err := l.resync(l.onClassic); err != nil {
 					broken = true // try again after the next message
 					l.setHealth(sidePubSub, err)
-					// ... or a second from now: while this side is down
-					// publishes are refused, so no message may come (a
-					// resync that met a Redis still loading stayed
-					// failed, and every publish refused, until then).
+					// ... or a second from now: no message may come (a
+					// quiet channel, or Redis still loading and every
+					// publish refused; a resync that met it stayed
+					// failed until then).
 					time.AfterFunc(time.Second, func() {
 						if l.ctx.Err() == nil {
 							l.ps.Ping(l.ctx, "resync")
@@ -315,6 +313,9 @@ func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	}
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
+	if st := l.last[ch]; st != nil && st.hold && l.retention(ch).HistorySize >= 0 {
+		return // resync refills it (a channel keeping no history cannot be compared: delivered)
+	}
 	for _, m := range msgs {
 		l.deliverLocked(ch, m)
 	}
@@ -421,6 +422,29 @@ func entryMessage(ch, epoch string, e redis.XMessage) *broker.Message {
 	return decodeEntry(ch, epoch, []any{e.ID, fields})
 }
 
+// onClassic says the classic Pub/Sub connection carries psChannel: every
+// channel on a single Redis; on Redis Cluster, where each channel has its
+// shard's connection, those followed only through a pattern.
+func (l *Log) onClassic(psChannel string) bool {
+	if l.cluster == nil {
+		return true
+	}
+	ch, ok := l.channelOf(psChannel)
+	return !ok || !l.followedExactly(ch)
+}
+
+// hold marks the followed channels whose Pub/Sub channel name which
+// accepts as waiting for resync: their connection broke (seen.hold).
+func (l *Log) hold(which func(psChannel string) bool) {
+	l.lastMu.Lock()
+	defer l.lastMu.Unlock()
+	for ch, st := range l.last {
+		if which(l.pubsubChannel(ch)) {
+			st.hold = true
+		}
+	}
+}
+
 // resync brings the followed channels whose Pub/Sub channel name which
 // accepts up to date after their connection broke: what Redis still has
 // is delivered; if Redis lost a channel (restarted without persistence)
@@ -462,6 +486,7 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 		if seq > st.pos.Seq {
 			l.refillLocked(ch, st, epoch, seq)
 		}
+		st.hold = false
 	}
 	return nil
 }

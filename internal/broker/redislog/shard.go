@@ -113,6 +113,9 @@ func (s *shard) run() {
 			if l.ctx.Err() != nil || s.closed() {
 				return
 			}
+			// Its channels wait for the resync that follows the rebuild
+			// (on this shard, or the one a channel moved to).
+			l.hold(s.has)
 			if err != errSlotMoved {
 				broken = true
 				l.setHealth(s.side(), err)
