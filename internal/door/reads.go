@@ -40,7 +40,8 @@ func (d *Door) Subscribers(ctx context.Context, ch string) (int, error) {
 }
 
 // Health is the broker's health: nil, or why it cannot take publishes
-// and new subscriptions (its shared store is unreachable).
+// and new subscriptions (its shared store is unreachable), or cannot
+// deliver live (a Redis Pub/Sub connection is down).
 func (d *Door) Health() error {
 	if h, ok := d.b.(interface{ Health() error }); ok {
 		return h.Health()

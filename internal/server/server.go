@@ -356,7 +356,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := s.door.Health(); err != nil {
 		// Local streams go on, but publishes and new subscriptions
-		// fail: a load balancer should send clients elsewhere.
+		// fail, or (only a Redis Pub/Sub connection down) this node's
+		// subscribers hear nothing live until it is back: a load
+		// balancer should send clients elsewhere.
 		return writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "degraded", "reason": err.Error()})
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

@@ -64,6 +64,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives connection state changes (default: discard).
 	Logger *slog.Logger
+
+	// beforeResync, set by tests, runs before a Pub/Sub connection that
+	// broke asks for its resync, while what it hears is dispatched.
+	beforeResync func()
 }
 
 func (o *Options) fill() {
@@ -186,13 +190,6 @@ type seen struct {
 	// went back (its messages heard since are in the stream at their
 	// positions, read under pos.Epoch).
 	retired string
-	// hold: the Pub/Sub connection carrying the channel broke and resync
-	// has not compared it with Redis since. What is heard meanwhile is
-	// not delivered (resync refills it from the stream once it has
-	// checked that Redis did not go back): delivered, a message at the
-	// position after pos would be taken for the next one even when Redis
-	// came back older and gave that position again.
-	hold bool
 }
 
 type op struct {
@@ -489,15 +486,18 @@ func (l *Log) setHealth(side string, err error) {
 			refuse = &msg
 		}
 	}
+	wasRefusing := l.refuse.Load() != nil
 	l.down.Store(now)
 	l.refuse.Store(refuse)
 	switch {
-	case was == nil && now != nil && refuse != nil:
-		l.opts.Logger.Warn("redis degraded; publishes fail until it is back", "err", *now)
+	case refuse != nil && !wasRefusing:
+		l.opts.Logger.Warn("redis degraded; publishes fail until it is back", "err", *refuse)
 	case was == nil && now != nil:
 		l.opts.Logger.Warn("redis degraded; publishes are still sent", "err", *now)
 	case was != nil && now == nil:
 		l.opts.Logger.Info("redis answers again")
+	case wasRefusing && refuse == nil:
+		l.opts.Logger.Info("redis takes publishes again; still degraded", "err", *now)
 	}
 }
 
@@ -694,7 +694,7 @@ func (l *Log) publisher() {
 				continue
 			}
 			if !ok {
-				if len(l.sonly.calls) > 0 && l.Health() == nil {
+				if len(l.sonly.calls) > 0 && l.refusing() == nil {
 					l.settleSOnly()
 				}
 				return
@@ -830,7 +830,7 @@ func (l *Log) plan(ops, rest []*op) ([]*call, []*op) {
 // fails with broker.ErrOutcomeUnknown, or broker.ErrUnavailable when it
 // is known that nothing reached Redis.
 func (l *Log) runBatch(calls []*call) {
-	if l.closing.Load() && l.down.Load() != nil {
+	if l.closing.Load() && l.refuse.Load() != nil {
 		// Closing with Redis unreachable: what was queued is not sent.
 		err := fmt.Errorf("%w: closing with redis unreachable", broker.ErrUnavailable)
 		for _, c := range calls {
@@ -1482,7 +1482,7 @@ func (l *Log) Close() error {
 	}
 	// Members still held here leave (normally the registry has left
 	// them all), while the publisher takes their events.
-	if l.Health() == nil {
+	if l.refusing() == nil {
 		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
 		l.reapPresence(pctx, l.node, nil)
 		l.reapLifecycle(pctx, l.node, nil)
@@ -1508,7 +1508,7 @@ func (l *Log) Close() error {
 	l.wg.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if l.Health() == nil {
+	if l.refusing() == nil {
 		// (Redis not answering: the others take this node out once it
 		// has been silent for NodeTimeout.)
 		reapScript.Run(ctx, l.rdb, l.countKeys(l.node), l.node, l.key("counts"), time.Now().Add(time.Hour).UnixMilli())

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pushctl/pushctl/internal/broker"
+	"github.com/pushctl/pushctl/internal/broker/redisreply"
 )
 
 // Follow implements broker.Follower: the first local subscription to a
@@ -218,6 +219,7 @@ func (l *Log) ping(ctx context.Context, ps *redis.PubSub) error {
 func (l *Log) receive() {
 	defer l.wg.Done()
 	broken := false
+	held := false // broken, and not resynchronized since (dispatch)
 	backoff := 50 * time.Millisecond
 	for {
 		msg, err := l.ps.Receive(l.ctx)
@@ -225,8 +227,7 @@ func (l *Log) receive() {
 			if l.ctx.Err() != nil {
 				return
 			}
-			broken = true
-			l.hold(l.onClassic)
+			broken, held = true, true
 			l.setHealth(sidePubSub, err)
 			select {
 			case <-l.ctx.Done():
@@ -239,14 +240,19 @@ func (l *Log) receive() {
 		backoff = 50 * time.Millisecond
 		if broken {
 			broken = false
-			if err := l.ps.Ping(l.ctx, "resync"); err != nil {
+			if f := l.opts.beforeResync; f != nil {
+				go func() {
+					f()
+					l.ps.Ping(l.ctx, "resync")
+				}()
+			} else if err := l.ps.Ping(l.ctx, "resync"); err != nil {
 				broken = true
 				continue
 			}
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			l.dispatch(m, false)
+			l.dispatch(m, false, held)
 		case *redis.Pong:
 			if m.Payload == "resync" {
 				if err := l.resync(l.onClassic); err != nil {
@@ -263,6 +269,7 @@ func (l *Log) receive() {
 					})
 					continue
 				}
+				held = false
 				l.setHealth(sidePubSub, nil)
 				l.mu.Lock()
 				l.synced = false // Redis may have lost this node's counts
@@ -286,8 +293,15 @@ func (l *Log) pong(payload string) {
 
 // dispatch hands one Pub/Sub message to the hub, in sequence order,
 // refilling from the stream what it missed. sharded says it came from a
-// shard's connection (Redis Cluster).
-func (l *Log) dispatch(pm *redis.Message, sharded bool) {
+// shard's connection (Redis Cluster). held says that connection broke and
+// has not been resynchronized since: a message for a channel this node
+// has a position in is then left for the resync, which refills it from
+// the stream once it has compared the channel with Redis. (Delivered
+// now, a message at the position after the node's would be taken for
+// the next one even when Redis came back older and gave that position
+// again.) A channel keeping no history cannot be refilled, nor
+// compared: its messages are delivered.
+func (l *Log) dispatch(pm *redis.Message, sharded, held bool) {
 	if pm.Channel == l.key("counts") {
 		l.countsChanged()
 		return
@@ -313,8 +327,8 @@ func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	}
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
-	if st := l.last[ch]; st != nil && st.hold && l.retention(ch).HistorySize >= 0 {
-		return // resync refills it (a channel keeping no history cannot be compared: delivered)
+	if held && l.last[ch] != nil && l.retention(ch).HistorySize > 0 {
+		return
 	}
 	for _, m := range msgs {
 		l.deliverLocked(ch, m)
@@ -433,18 +447,6 @@ func (l *Log) onClassic(psChannel string) bool {
 	return !ok || !l.followedExactly(ch)
 }
 
-// hold marks the followed channels whose Pub/Sub channel name which
-// accepts as waiting for resync: their connection broke (seen.hold).
-func (l *Log) hold(which func(psChannel string) bool) {
-	l.lastMu.Lock()
-	defer l.lastMu.Unlock()
-	for ch, st := range l.last {
-		if which(l.pubsubChannel(ch)) {
-			st.hold = true
-		}
-	}
-}
-
 // resync brings the followed channels whose Pub/Sub channel name which
 // accepts up to date after their connection broke: what Redis still has
 // is delivered; if Redis lost a channel (restarted without persistence)
@@ -458,37 +460,60 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 		if !which(l.pubsubChannel(ch)) {
 			continue
 		}
-		v, err := readScript.Run(ctx, l.rdb, l.channelKeys(ch),
-			"1", l.newEpoch(), ttl(l.retention(ch)), ch, "none", "", 0, 0).Slice()
+		if err := l.resyncLocked(ctx, ch, st); err != nil {
+			if !oneChannel(err) {
+				return err // tried again, every channel
+			}
+			// Only this channel cannot be read (a foreign key under
+			// the prefix, say): it is delivered as heard, not held up
+			// with the others.
+			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", ch, "err", err)
+		}
+	}
+	return nil
+}
+
+// resyncLocked brings one channel up to date (resync).
+func (l *Log) resyncLocked(ctx context.Context, ch string, st *seen) error {
+	v, err := readScript.Run(ctx, l.rdb, l.channelKeys(ch),
+		"1", l.newEpoch(), ttl(l.retention(ch)), ch, "none", "", 0, 0).Slice()
+	if err != nil {
+		return err
+	}
+	epoch := fmt.Sprint(v[0])
+	seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+	if epoch == st.pos.Epoch && st.pos.Seq > 0 {
+		back, err := l.wentBack(ctx, ch, st, seq)
 		if err != nil {
 			return err
 		}
-		epoch := fmt.Sprint(v[0])
-		seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
-		if epoch == st.pos.Epoch && st.pos.Seq > 0 {
-			back, err := l.wentBack(ctx, ch, st, seq)
-			if err != nil {
+		if back != nil {
+			if err := l.moveOnLocked(ctx, ch, st, back); err != nil {
 				return err
 			}
-			if back != nil {
-				if err := l.moveOnLocked(ctx, ch, st, back); err != nil {
-					return err
-				}
-				epoch = st.pos.Epoch
-			}
-		} else if epoch != st.pos.Epoch {
-			l.joinLocked(ctx, ch, st, epoch)
+			epoch = st.pos.Epoch
 		}
-		if epoch != st.pos.Epoch {
-			l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
-			st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
-		}
-		if seq > st.pos.Seq {
-			l.refillLocked(ch, st, epoch, seq)
-		}
-		st.hold = false
+	} else if epoch != st.pos.Epoch {
+		l.joinLocked(ctx, ch, st, epoch)
+	}
+	if epoch != st.pos.Epoch {
+		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
+		st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
+	}
+	if seq > st.pos.Seq {
+		l.refillLocked(ch, st, epoch, seq)
 	}
 	return nil
+}
+
+// errUnreadable: a stream entry pushctl did not write.
+var errUnreadable = errors.New("unreadable entry")
+
+// oneChannel says err concerns one channel's keys only: Redis refused a
+// command on them (WRONGTYPE, say), or an entry is unreadable. Anything
+// else (the connection, Redis loading) concerns every channel.
+func oneChannel(err error) bool {
+	return errors.Is(err, errUnreadable) || redisreply.Is(err) && !redisreply.Transient(err)
 }
 
 // decodeBatch parses what the publish script sends: a header line

@@ -98,6 +98,7 @@ func (s *shard) run() {
 	l := s.l
 	defer l.wg.Done()
 	broken := false
+	held := false // broken, and not resynchronized since (dispatch)
 	backoff := 50 * time.Millisecond
 	for {
 		ps := s.pubsub()
@@ -113,9 +114,7 @@ func (s *shard) run() {
 			if l.ctx.Err() != nil || s.closed() {
 				return
 			}
-			// Its channels wait for the resync that follows the rebuild
-			// (on this shard, or the one a channel moved to).
-			l.hold(s.has)
+			held = true
 			if err != errSlotMoved {
 				broken = true
 				l.setHealth(s.side(), err)
@@ -134,7 +133,7 @@ func (s *shard) run() {
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			l.dispatch(m, true)
+			l.dispatch(m, true, held)
 		case *redis.Pong:
 			if m.Payload != "resync" {
 				l.pong(m.Payload)
@@ -145,6 +144,7 @@ func (s *shard) run() {
 				s.breakConn() // try again on a new connection
 				continue
 			}
+			held = false
 			if broken {
 				broken = false
 				backoff = 50 * time.Millisecond

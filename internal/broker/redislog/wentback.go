@@ -37,7 +37,7 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 	var top *broker.Message
 	if len(entries) > 0 {
 		if top = entryMessage(ch, st.pos.Epoch, entries[0]); top == nil {
-			return nil, fmt.Errorf("redis: unreadable entry %s of %s", entries[0].ID, ch)
+			return nil, fmt.Errorf("redis: %w %s of %s", errUnreadable, entries[0].ID, ch)
 		}
 	}
 	if top == nil || top.Seq < st.pos.Seq {
@@ -67,7 +67,7 @@ func (l *Log) lastShared(ctx context.Context, ch string, st *seen, hi uint64) (*
 		}
 		m := entryMessage(ch, st.pos.Epoch, es[0])
 		if m == nil {
-			return nil, fmt.Errorf("redis: unreadable entry %s of %s", es[0].ID, ch)
+			return nil, fmt.Errorf("redis: %w %s of %s", errUnreadable, es[0].ID, ch)
 		}
 		return m, nil
 	}

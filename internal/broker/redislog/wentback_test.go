@@ -474,7 +474,7 @@ func TestRedisNoNewEpochWhenTrimmed(t *testing.T) {
 			batch = append(batch, fmt.Sprintf("r%d-%d", round, i))
 		}
 		eventually(t, "A healthy", a.Health)
-		publishRefusedAgain(t, a, "ok", batch)
+		publishBatch(t, a, "ok", batch)
 		last := batch[len(batch)-1]
 		for {
 			msgs, gaps := events(t, live, 1)
@@ -489,34 +489,6 @@ func TestRedisNoNewEpochWhenTrimmed(t *testing.T) {
 				}
 				break
 			}
-		}
-	}
-}
-
-// publishRefusedAgain is publishBatch for a node that may yet notice its
-// Pub/Sub connection was killed (A can look healthy before it has): a
-// message refused with ErrUnavailable, known not published, is offered
-// again until the node takes it; anything else fails the test.
-func publishRefusedAgain(t *testing.T, b broker.Broker, ch string, datas []string) {
-	t.Helper()
-	var waits []func() (*broker.Message, int, error)
-	deadline := time.Now().Add(30 * time.Second)
-	for _, d := range datas {
-		for {
-			w, err := broker.StartPublish(bg(t), b, &broker.Message{Channel: ch, Data: []byte(d)})
-			if err == nil {
-				waits = append(waits, w)
-				break
-			}
-			if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
-				t.Fatal(err)
-			}
-			<-time.After(20 * time.Millisecond)
-		}
-	}
-	for _, w := range waits {
-		if _, _, err := w(); err != nil {
-			t.Fatal(err)
 		}
 	}
 }
