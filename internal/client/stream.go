@@ -29,6 +29,7 @@ type Stream struct {
 	conn   *websocket.Conn
 	window chan struct{}
 	onAck  func(Ack)
+	onErr  func(line int, err *APIError)
 
 	wmu     sync.Mutex
 	idle    *sync.Cond // signalled after each write and when the writer stops
@@ -56,9 +57,16 @@ const StreamWindow = 1024
 // OpenStream dials the broker's WebSocket endpoint. onAck, if set, is
 // called for each ack in order.
 func (c *Client) OpenStream(ctx context.Context, onAck func(Ack)) (*Stream, error) {
+	return c.OpenStreamReplies(ctx, onAck, nil)
+}
+
+// OpenStreamReplies is OpenStream with onErr, if set, called for each
+// message the broker refused (its line: the message's number, from 1),
+// in order with the acks.
+func (c *Client) OpenStreamReplies(ctx context.Context, onAck func(Ack), onErr func(line int, err *APIError)) (*Stream, error) {
 	for tries := 1; ; tries++ {
 		i := c.cur.Load()
-		s, err := c.openStream(ctx, c.bases[i], onAck)
+		s, err := c.openStream(ctx, c.bases[i], onAck, onErr)
 		if err == nil || !movable(err) || tries >= len(c.bases) || ctx.Err() != nil {
 			return s, err
 		}
@@ -66,7 +74,7 @@ func (c *Client) OpenStream(ctx context.Context, onAck func(Ack)) (*Stream, erro
 	}
 }
 
-func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack)) (*Stream, error) {
+func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack), onErr func(int, *APIError)) (*Stream, error) {
 	u := *base
 	u.Path += "/ws"
 	if u.Scheme == "https" {
@@ -91,7 +99,7 @@ func (c *Client) openStream(ctx context.Context, base *url.URL, onAck func(Ack))
 	}
 	var seed [32]byte
 	crand.Read(seed[:])
-	s := &Stream{conn: conn, window: make(chan struct{}, StreamWindow), onAck: onAck, done: make(chan struct{}), masks: rand.NewChaCha8(seed)}
+	s := &Stream{conn: conn, window: make(chan struct{}, StreamWindow), onAck: onAck, onErr: onErr, done: make(chan struct{}), masks: rand.NewChaCha8(seed)}
 	s.idle = sync.NewCond(&s.wmu)
 	conn.SetPingHandler(func(data string) error {
 		s.queue(websocket.PongMessage, []byte(data))
@@ -191,13 +199,17 @@ func (s *Stream) readAcks() {
 			}
 			<-s.window
 		case wire.TypeError:
+			ae := &APIError{Status: 400, Code: f.Code, Message: f.Reason}
 			s.mu.Lock()
 			s.failed++
 			if s.firstErr == nil {
-				s.firstErr = fmt.Errorf("message %s: %w", f.Ref, &APIError{Status: 400, Code: f.Code, Message: f.Reason})
+				s.firstErr = fmt.Errorf("message %s: %w", f.Ref, ae)
 			}
 			s.mu.Unlock()
 			if f.Ref != "" {
+				if line, err := strconv.Atoi(f.Ref); err == nil && s.onErr != nil {
+					s.onErr(line, ae)
+				}
 				<-s.window
 			}
 		}

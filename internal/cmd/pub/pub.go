@@ -121,7 +121,7 @@ that does not exist is created with --content-type.`,
 	fl.StringVarP(&opts.ContentType, "content-type", "t", "", "content type of the data (application/json, application/octet-stream, text/plain)")
 	fl.IntVarP(&opts.WaitSubscribers, "wait-subscribers", "w", 0, "wait until the channel has this many subscribers before publishing")
 	fl.DurationVar(&opts.Timeout, "timeout", 30*time.Second, "give up after this long (exit 124 while waiting for subscribers)")
-	fl.BoolVar(&opts.JSON, "json", false, "print acknowledgements as JSON")
+	fl.BoolVar(&opts.JSON, "json", false, "print acknowledgements as JSON (with --lines, each refused line too)")
 	fl.StringVar(&opts.Key, "key", "", "idempotency key: the channel stores one message per key within two minutes, so a script run twice publishes once")
 	fl.StringVar(&opts.Via, "via", "http", "transport for single messages: http or ws (--lines always streams over ws)")
 	cmdutil.AddZMQClientFlags(cmd, &opts.ZMQ, "PUB")
@@ -246,6 +246,17 @@ func printAck(o *Options, a *client.Ack) error {
 	return err
 }
 
+// lineError is what --lines --json prints for a line the broker refused.
+type lineError struct {
+	Line  int           `json:"line"`
+	Error lineErrorBody `json:"error"`
+}
+
+type lineErrorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
 func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Options) error {
 	var out *bufio.Writer
 	if o.JSON {
@@ -254,13 +265,21 @@ func publishLines(ctx context.Context, c *client.Client, in io.Reader, o *Option
 	}
 	enc := json.NewEncoder(out)
 	var last client.Ack
-	s, err := c.OpenStream(ctx, func(a client.Ack) {
+	var onErr func(int, *client.APIError)
+	if out != nil {
+		// Each refused line too, as an NDJSON publish's reply says it.
+		onErr = func(line int, e *client.APIError) {
+			enc.Encode(lineError{Line: line, Error: lineErrorBody{Code: e.Code, Message: e.Message}})
+			out.Flush()
+		}
+	}
+	s, err := c.OpenStreamReplies(ctx, func(a client.Ack) {
 		last = a
 		if out != nil {
 			enc.Encode(a)
 			out.Flush() // a reader sees each ack as it comes
 		}
-	})
+	}, onErr)
 	if err != nil {
 		return fmt.Errorf("publish to %s: %w", o.Channel, err)
 	}
