@@ -89,9 +89,10 @@ func NewMemoryLog(opts MemoryOptions, sink Sink) Log {
 
 // NewMemory returns a running broker whose history lives in memory.
 func NewMemory(opts MemoryOptions) *Core {
-	opts.fill()
 	hub := NewHub()
-	return New(hub, NewMemoryLog(opts, hub), CoreOptions{QueueSize: opts.QueueSize, QueueBytes: opts.QueueBytes})
+	l := NewMemoryLog(opts, hub) // fills in its own copy's defaults: twice, "keep none" became the default
+	opts.fill()
+	return New(hub, l, CoreOptions{QueueSize: opts.QueueSize, QueueBytes: opts.QueueBytes})
 }
 
 func newMemLog(opts MemoryOptions, sink Sink) *memLog {

@@ -73,7 +73,10 @@ func (f RetentionFor) of(channel string, def Retention) Retention {
 	return r.WithDefaults()
 }
 
-// Of returns channel's retention by f, or def (defaults filled in).
+// Of returns channel's retention by f, or def: the log's own, its
+// defaults already filled in (WithDefaults), as they are in what Of
+// returns. (Filled in twice, a HistorySize of 0, "keep none", would
+// become the default.)
 func (f RetentionFor) Of(channel string, def Retention) Retention {
-	return f.of(channel, def.WithDefaults())
+	return f.of(channel, def)
 }

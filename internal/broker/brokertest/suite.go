@@ -58,6 +58,7 @@ func Run(t *testing.T, f Factory) {
 		{"InternalNotCounted", testInternal},
 		{"CountedMeansLive", testCountedMeansLive},
 		{"RetentionPerChannel", testRetentionPerChannel},
+		{"RetentionPerChannelNoneByDefault", testRetentionPerChannelNoneByDefault},
 		{"IdempotencyKeys", testIdempotencyKeys},
 		{"IdempotencyKeysPipelined", testIdempotencyKeysPipelined},
 	}
@@ -607,6 +608,37 @@ func testRetentionPerChannel(t *testing.T, f Factory) {
 		msgs, _ := collect(t, s, want)
 		if got := string(msgs[0].Data); got != fmt.Sprintf("m%03d", 5-want+1) {
 			t.Errorf("%s replays from %s, want m%03d", ch, got, 5-want+1)
+		}
+	}
+}
+
+// testRetentionPerChannelNoneByDefault: a log keeping no history, with
+// rules for some channels: the others keep none, and a rule's channels
+// without a size of their own keep none either. (On Redis they kept the
+// default 1,000: the log's retention, its defaults already filled in,
+// had them filled in again, and 0 became 1,000.)
+func testRetentionPerChannelNoneByDefault(t *testing.T, f Factory) {
+	b := f(t, Options{HistorySize: -1, RetentionFor: func(ch string) (broker.Retention, bool) {
+		switch {
+		case strings.HasPrefix(ch, "few."):
+			return broker.Retention{HistorySize: 2}, true
+		case strings.HasPrefix(ch, "aged."):
+			return broker.Retention{HistoryAge: time.Hour}, true
+		}
+		return broker.Retention{}, false
+	}})
+	for _, ch := range []string{"few.a", "aged.a", "other"} {
+		for i := 1; i <= 5; i++ {
+			pub(t, b, ch, fmt.Sprintf("m%03d", i))
+		}
+	}
+	for ch, want := range map[string]int{"few.a": 2, "aged.a": 0, "other": 0} {
+		info, err := b.Channel(ctx(t), ch)
+		if err != nil {
+			t.Fatalf("%s: %v", ch, err)
+		}
+		if info.Messages != want || info.LastSeq != 5 {
+			t.Errorf("%s retains %d messages (last seq %d), want %d of 5", ch, info.Messages, info.LastSeq, want)
 		}
 	}
 }
