@@ -42,21 +42,40 @@ func openCore(t *testing.T, ctx context.Context, o Options) (*broker.Core, *Log)
 // notice said so.)
 func TestHeardBeforeResyncNotDelivered(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
+	heardBeforeResync(t, []*redistest.Server{srv}, srv, srv.Addr())
+}
+
+// The same on Redis Cluster, where B hears the channel on its shard's
+// connection to the master that restarts.
+func TestHeardBeforeResyncNotDeliveredCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	owner := c.Owner(t, c.Slot(t, "held:{back}:m"))
+	heardBeforeResync(t, c.Servers, owner, c.Servers[0].Addr())
+}
+
+// heardBeforeResync runs the test: servers are where B's ACL user is
+// made, owner the server of the channel that restarts from its snapshot,
+// addr the one the nodes are given.
+func heardBeforeResync(t *testing.T, servers []*redistest.Server, owner *redistest.Server, addr string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rc := newRedisClient(t, srv.Addr())
-	userB := func() {
-		if err := rc.Do(ctx, "ACL", "SETUSER", "nodeb", "on", ">pw", "~*", "&*", "+@all").Err(); err != nil {
-			t.Fatal(err)
+	userB := func(servers ...*redistest.Server) {
+		for _, s := range servers {
+			if err := newRedisClient(t, s.Addr()).Do(ctx, "ACL", "SETUSER", "nodeb", "on", ">pw", "~*", "&*", "+@all").Err(); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	userB()
+	userB(servers...)
 	reconnected := make(chan struct{}, 1)
 	gate := make(chan struct{})
-	a, _ := openCore(t, ctx, Options{URL: srv.URL(), Prefix: "held:"})
-	bc, b := openCore(t, ctx, Options{URL: "redis://nodeb:pw@" + srv.Addr() + "/0", Prefix: "held:",
+	a, _ := openCore(t, ctx, Options{URL: "redis://" + addr + "/0", Prefix: "held:"})
+	bc, b := openCore(t, ctx, Options{URL: "redis://nodeb:pw@" + addr + "/0", Prefix: "held:",
 		beforeResync: func() {
-			reconnected <- struct{}{}
+			select {
+			case reconnected <- struct{}{}:
+			default:
+			}
 			<-gate
 		}})
 	live, err := bc.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{"back"}})
@@ -102,7 +121,7 @@ func TestHeardBeforeResyncNotDelivered(t *testing.T) {
 	for _, d := range []string{"1", "2", "3"} {
 		publish(d)
 	}
-	if err := rc.Save(ctx).Err(); err != nil {
+	if err := newRedisClient(t, owner.Addr()).Save(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
 	publish("4")
@@ -110,13 +129,13 @@ func TestHeardBeforeResyncNotDelivered(t *testing.T) {
 	take(5)
 	events = events[:0]
 
-	srv.Restart() // back from the snapshot, without nodeb
+	owner.Restart() // back from the snapshot, without nodeb
 	for i, d := range []string{"n1", "n2"} {
 		if m := publish(d); m.Seq != uint64(4+i) || m.Epoch != old.Epoch {
 			t.Fatalf("%s published at %s; want %s-%d (Redis went back)", d, m.Position(), old.Epoch, 4+i)
 		}
 	}
-	userB()
+	userB(owner)
 	select {
 	case <-reconnected:
 	case <-ctx.Done():
@@ -126,7 +145,13 @@ func TestHeardBeforeResyncNotDelivered(t *testing.T) {
 		t.Fatalf("n3 at %s, want 6", m.Position())
 	}
 	// B's connection has dispatched n3 once this PING's answer is back.
-	if err := b.ping(ctx, b.ps); err != nil {
+	ps := b.ps
+	if b.cluster != nil {
+		b.mu.Lock()
+		ps = b.refs["back"].shard.pubsub()
+		b.mu.Unlock()
+	}
+	if err := b.ping(ctx, ps); err != nil {
 		t.Fatal(err)
 	}
 	close(gate)

@@ -224,6 +224,14 @@ func (s *shard) rebuild() error {
 			return err
 		}
 	}
+	if f := l.opts.beforeResync; f != nil {
+		ps := s.ps
+		go func() {
+			f()
+			ps.Ping(l.ctx, "resync")
+		}()
+		return nil
+	}
 	return s.ps.Ping(ctx, "resync")
 }
 
