@@ -9,7 +9,7 @@ set -euo pipefail
 
 pkgs=(gcc libc6-dev libzmq3-dev pkg-config)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3-zmq tmux unzip chromium redis-server redis-tools)
+  pkgs+=(python3-zmq tmux unzip curl chromium redis-server redis-tools)
   # Any Node.js with npm will do; Debian's when there is none.
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     pkgs+=(nodejs npm)

@@ -49,6 +49,9 @@ type Options struct {
 	CloseGrace time.Duration
 	// MaxPoll bounds a long-poll wait (default 5m).
 	MaxPoll time.Duration
+	// StreamPollWait is how long a Durable Streams long-poll waits for
+	// data before its 204 (default 20s).
+	StreamPollWait time.Duration
 	// Logger receives operational logs (default: discard).
 	Logger *slog.Logger
 	// ExtraStats adds counters to GET /stats (ZeroMQ endpoints, …).
@@ -115,6 +118,9 @@ func (o *Options) fill() {
 	}
 	if o.PresenceGrace == 0 {
 		o.PresenceGrace = 3 * time.Second
+	}
+	if o.StreamPollWait <= 0 {
+		o.StreamPollWait = 20 * time.Second
 	}
 	if o.MaxPoll <= 0 {
 		o.MaxPoll = 5 * time.Minute

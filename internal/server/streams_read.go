@@ -25,8 +25,6 @@ import (
 const (
 	// streamChunk is about the most data one catch-up reply carries.
 	streamChunk = 4 << 20
-	// streamPollWait is how long a long-poll waits for data.
-	streamPollWait = 20 * time.Second
 	// streamSSELife is how long an SSE reply stays open (the protocol
 	// asks for about a minute, so CDNs can collapse readers).
 	streamSSELife = 60 * time.Second
@@ -318,7 +316,7 @@ func (s *Server) reload(ctx context.Context, sr streamRequest) (*streamState, br
 }
 
 // streamPoll handles live=long-poll: what follows the offset, waiting up
-// to streamPollWait for it to come.
+// to Options.StreamPollWait for it to come.
 func (s *Server) streamPoll(w http.ResponseWriter, r *http.Request, sr streamRequest, st *streamState, from broker.Position, start bool, tail broker.Position, now bool) error {
 	ctx := r.Context()
 	ck, err := s.readChunk(ctx, sr.c, sr, st, from, start, tail)
@@ -331,7 +329,7 @@ func (s *Server) streamPoll(w http.ResponseWriter, r *http.Request, sr streamReq
 			return err
 		}
 		defer wt.close()
-		timer := time.NewTimer(streamPollWait)
+		timer := time.NewTimer(s.opts.StreamPollWait)
 		defer timer.Stop()
 		for len(ck.msgs) == 0 && !ck.closed {
 			if !wt.wait(ctx, timer.C, s.stopping) {

@@ -41,6 +41,7 @@ type Options struct {
 	Keepalive      time.Duration
 	PingInterval   time.Duration
 	WriteTimeout   time.Duration
+	StreamPollWait time.Duration
 	LogLevel       string
 	LogFormat      string
 
@@ -166,6 +167,7 @@ over the file. The file is --config, else $PUSHCTL_CONFIG, else
 	fl.DurationVar(&opts.Keepalive, "keepalive", 15*time.Second, "keepalive interval of SSE and NDJSON streams")
 	fl.DurationVar(&opts.PingInterval, "ping-interval", 30*time.Second, "WebSocket ping interval; silent peers are dropped after two")
 	fl.DurationVar(&opts.WriteTimeout, "write-timeout", 10*time.Second, "a subscriber that takes no bytes for this long is disconnected as stalled")
+	fl.DurationVar(&opts.StreamPollWait, "stream-poll-wait", 20*time.Second, "how long a Durable Streams long-poll waits for data before answering 204 (keep it under your proxies' idle timeout)")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.StringVar(&opts.LogFormat, "log-format", "text", "log format: text or json")
 	fl.BoolVar(&opts.ZMQ, "zmq", false, "enable ZeroMQ on the default endpoints ("+DefaultZMQIn+" in, "+DefaultZMQOut+" out)")
@@ -263,6 +265,9 @@ func Run(ctx context.Context, o *Options) error {
 	if o.HistorySize < 0 || o.QueueSize <= 0 || o.MaxMessageSize <= 0 {
 		return cmdutil.FlagErrorf("--history must be >= 0, --queue-size and --max-message-size > 0")
 	}
+	if o.StreamPollWait < 100*time.Millisecond || o.StreamPollWait > 5*time.Minute {
+		return cmdutil.FlagErrorf("--stream-poll-wait %s: must be between 100ms and 5m", o.StreamPollWait)
+	}
 	if err := checkPprofAddr(o.Pprof); err != nil {
 		return err
 	}
@@ -328,6 +333,7 @@ func Run(ctx context.Context, o *Options) error {
 		Keepalive:      o.Keepalive,
 		PingInterval:   o.PingInterval,
 		WriteTimeout:   o.WriteTimeout,
+		StreamPollWait: o.StreamPollWait,
 		Logger:         log,
 		Presence:       presence.Limits{MaxMembers: o.PresenceMembers, MaxInfo: int(o.PresenceInfo)},
 		PresenceGrace:  o.PresenceGrace,
