@@ -313,12 +313,6 @@ func record(ctx context.Context, l *Log, node, kind, key, evCh, name string, ope
 // openNode opens a node's log with a broker core on it, closed with t.
 func openNode(t *testing.T, ctx context.Context, o Options) *Log {
 	t.Helper()
-	hub := broker.NewHub()
-	l, err := Open(ctx, o, hub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := broker.New(hub, l, broker.CoreOptions{})
-	t.Cleanup(func() { c.Close() })
+	_, l := openCore(t, ctx, o)
 	return l
 }
