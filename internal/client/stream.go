@@ -274,6 +274,7 @@ func (s *Stream) Close(ctx context.Context) (acked int, err error) {
 			i = StreamWindow
 		case <-ctx.Done():
 			s.conn.Close()
+			<-s.done // the reader has made its last callback
 			return s.ackedSoFar(), ctx.Err()
 		}
 	}

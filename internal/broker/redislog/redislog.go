@@ -166,6 +166,8 @@ type Log struct {
 	full     map[string]bool        // sides down because Redis refuses writes (redisreply.StoreRefused)
 	moving   map[string]time.Time   // sides failing because a slot moves (redisreply.Moving): since when
 	refuse   atomic.Pointer[string] // a command side down, not for want of room: writes are not sent
+	holding  atomic.Bool            // some channel is on hold (seen.hold)
+	heldAt   atomic.Int64           // when a channel was last put on hold (ns)
 	total    atomic.Int64
 	channels atomic.Int64
 	nodes    atomic.Int64
@@ -190,6 +192,10 @@ type seen struct {
 	// went back (its messages heard since are in the stream at their
 	// positions, read under pos.Epoch).
 	retired string
+	// hold: a Pub/Sub connection that carried the channel broke, and no
+	// resync has compared the channel with Redis since (dispatch leaves
+	// what is heard meanwhile to that resync, which refills it).
+	hold bool
 }
 
 type op struct {

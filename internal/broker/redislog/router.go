@@ -219,7 +219,6 @@ func (l *Log) ping(ctx context.Context, ps *redis.PubSub) error {
 func (l *Log) receive() {
 	defer l.wg.Done()
 	broken := false
-	held := false // broken, and not resynchronized since (dispatch)
 	backoff := 50 * time.Millisecond
 	for {
 		msg, err := l.ps.Receive(l.ctx)
@@ -227,7 +226,8 @@ func (l *Log) receive() {
 			if l.ctx.Err() != nil {
 				return
 			}
-			broken, held = true, true
+			broken = true
+			l.hold(l.onClassic)
 			l.setHealth(sidePubSub, err)
 			select {
 			case <-l.ctx.Done():
@@ -252,10 +252,10 @@ func (l *Log) receive() {
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			l.dispatch(m, false, held)
+			l.dispatch(m, false)
 		case *redis.Pong:
 			if m.Payload == "resync" {
-				if err := l.resync(l.onClassic); err != nil {
+				if err := l.resync(); err != nil {
 					broken = true // try again after the next message
 					l.setHealth(sidePubSub, err)
 					// ... or a second from now: no message may come (a
@@ -269,7 +269,6 @@ func (l *Log) receive() {
 					})
 					continue
 				}
-				held = false
 				l.setHealth(sidePubSub, nil)
 				l.mu.Lock()
 				l.synced = false // Redis may have lost this node's counts
@@ -293,15 +292,14 @@ func (l *Log) pong(payload string) {
 
 // dispatch hands one Pub/Sub message to the hub, in sequence order,
 // refilling from the stream what it missed. sharded says it came from a
-// shard's connection (Redis Cluster). held says that connection broke and
-// has not been resynchronized since: a message for a channel this node
-// has a position in is then left for the resync, which refills it from
-// the stream once it has compared the channel with Redis. (Delivered
-// now, a message at the position after the node's would be taken for
-// the next one even when Redis came back older and gave that position
-// again.) A channel keeping no history cannot be refilled, nor
+// shard's connection (Redis Cluster). A message for a channel on hold
+// (seen.hold: a connection that carried it broke) is left for the resync,
+// which refills it from the stream once it has compared the channel with
+// Redis. (Delivered now, a message at the position after the node's would
+// be taken for the next one even when Redis came back older and gave that
+// position again.) A channel keeping no history cannot be refilled, nor
 // compared: its messages are delivered.
-func (l *Log) dispatch(pm *redis.Message, sharded, held bool) {
+func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	if pm.Channel == l.key("counts") {
 		l.countsChanged()
 		return
@@ -327,7 +325,7 @@ func (l *Log) dispatch(pm *redis.Message, sharded, held bool) {
 	}
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
-	if held && l.last[ch] != nil && l.retention(ch).HistorySize > 0 {
+	if st := l.last[ch]; st != nil && st.hold && l.retention(ch).HistorySize > 0 {
 		return
 	}
 	for _, m := range msgs {
@@ -447,29 +445,52 @@ func (l *Log) onClassic(psChannel string) bool {
 	return !ok || !l.followedExactly(ch)
 }
 
-// resync brings the followed channels whose Pub/Sub channel name which
-// accepts up to date after their connection broke: what Redis still has
-// is delivered; if Redis lost a channel (restarted without persistence)
-// its subscribers get a gap.
-func (l *Log) resync(which func(psChannel string) bool) error {
+// hold puts on hold the channels the node has a position in whose
+// Pub/Sub channel name which accepts: their connection broke. The next
+// resync of any connection takes them in (resync), so that a channel
+// that changes connection meanwhile (a shard rebuilt after a failover
+// moves it; it is followed by name, or no longer) is not held for good.
+func (l *Log) hold(which func(psChannel string) bool) {
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
-	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
-	defer cancel()
 	for ch, st := range l.last {
-		if !which(l.pubsubChannel(ch)) {
+		if which(l.pubsubChannel(ch)) {
+			st.hold = true
+			l.heldAt.Store(time.Now().UnixNano())
+			l.holding.Store(true)
+		}
+	}
+}
+
+// resync brings the channels on hold up to date after their connection
+// broke: what Redis still has is delivered; if Redis lost a channel
+// (restarted without persistence) its subscribers get a gap; if it came
+// back older, the channel moves to a new epoch (wentBack). Any
+// connection's resync takes every channel on hold, wherever it is
+// carried now; one already brought up to date is not read again when a
+// failed resync is tried again. Each channel has 5 s.
+func (l *Log) resync() error {
+	l.lastMu.Lock()
+	defer l.lastMu.Unlock()
+	for ch, st := range l.last {
+		if !st.hold {
 			continue
 		}
-		if err := l.resyncLocked(ctx, ch, st); err != nil {
-			if !oneChannel(err) {
-				return err // tried again, every channel
-			}
+		ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+		err := l.resyncLocked(ctx, ch, st)
+		cancel()
+		if err != nil && !oneChannel(err) {
+			return err // tried again
+		}
+		if err != nil {
 			// Only this channel cannot be read (a foreign key under
 			// the prefix, say): it is delivered as heard, not held up
 			// with the others.
 			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", ch, "err", err)
 		}
+		st.hold = false
 	}
+	l.holding.Store(false) // (hold takes lastMu too)
 	return nil
 }
 
@@ -511,9 +532,21 @@ var errUnreadable = errors.New("unreadable entry")
 
 // oneChannel says err concerns one channel's keys only: Redis refused a
 // command on them (WRONGTYPE, say), or an entry is unreadable. Anything
-// else (the connection, Redis loading) concerns every channel.
+// else (the connection, Redis loading or refusing writes, this node's
+// credentials) concerns every channel.
 func oneChannel(err error) bool {
-	return errors.Is(err, errUnreadable) || redisreply.Is(err) && !redisreply.Transient(err)
+	if errors.Is(err, errUnreadable) {
+		return true
+	}
+	if !redisreply.Is(err) || redisreply.Transient(err) || redisreply.StoreRefused(err) {
+		return false
+	}
+	for _, code := range []string{"NOAUTH", "WRONGPASS", "NOPERM"} {
+		if strings.HasPrefix(err.Error(), code) {
+			return false
+		}
+	}
+	return true
 }
 
 // decodeBatch parses what the publish script sends: a header line
@@ -592,6 +625,13 @@ func (l *Log) heartbeat() {
 			n++
 		}
 		beat = false
+		if l.holding.Load() && time.Since(time.Unix(0, l.heldAt.Load())) > 3*time.Second {
+			// Channels on hold for over 3 s with no resync taking them:
+			// their connection was ended (a shard left with no
+			// channel), or they changed connection. The classic
+			// connection's resync takes every channel on hold.
+			l.ps.Ping(l.ctx, "resync")
+		}
 		select {
 		case <-l.ctx.Done():
 			return

@@ -98,7 +98,6 @@ func (s *shard) run() {
 	l := s.l
 	defer l.wg.Done()
 	broken := false
-	held := false // broken, and not resynchronized since (dispatch)
 	backoff := 50 * time.Millisecond
 	for {
 		ps := s.pubsub()
@@ -114,7 +113,9 @@ func (s *shard) run() {
 			if l.ctx.Err() != nil || s.closed() {
 				return
 			}
-			held = true
+			// Its channels wait for the resync that follows the rebuild
+			// (this shard's, or the one's a channel moved to).
+			l.hold(s.has)
 			if err != errSlotMoved {
 				broken = true
 				l.setHealth(s.side(), err)
@@ -128,23 +129,27 @@ func (s *shard) run() {
 			if err := s.rebuild(); err != nil {
 				broken = true
 				l.setHealth(s.side(), err)
+				// A connection made before the failure (go-redis would
+				// reconnect it with only some channels, and no resync
+				// asked) is closed: the next receive fails, and the
+				// rebuild is tried again after the backoff.
+				s.breakConn()
 			}
 			continue
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
-			l.dispatch(m, true, held)
+			l.dispatch(m, true)
 		case *redis.Pong:
 			if m.Payload != "resync" {
 				l.pong(m.Payload)
 				continue
 			}
-			if err := l.resync(s.has); err != nil {
+			if err := l.resync(); err != nil {
 				l.setHealth(s.side(), err)
 				s.breakConn() // try again on a new connection
 				continue
 			}
-			held = false
 			if broken {
 				broken = false
 				backoff = 50 * time.Millisecond
