@@ -71,7 +71,7 @@ func heardBeforeResync(t *testing.T, servers []*redistest.Server, owner *rediste
 	gate := make(chan struct{})
 	a, _ := openCore(t, ctx, Options{URL: "redis://" + addr + "/0", Prefix: "held:"})
 	bc, b := openCore(t, ctx, Options{URL: "redis://nodeb:pw@" + addr + "/0", Prefix: "held:",
-		beforeResync: func() {
+		beforeResync: func(string) {
 			select {
 			case reconnected <- struct{}{}:
 			default:
@@ -181,7 +181,7 @@ func TestHeardBeforeResyncNoHistoryDelivered(t *testing.T) {
 	defer close(gate)
 	o := Options{URL: srv.URL(), Prefix: "held:", Retention: broker.Retention{HistorySize: -1}}
 	a, _ := openCore(t, ctx, o)
-	o.beforeResync = func() {
+	o.beforeResync = func(string) {
 		reconnected <- struct{}{}
 		<-gate
 	}
@@ -234,7 +234,7 @@ func TestResyncOneUnreadableChannel(t *testing.T) {
 	reconnected := make(chan struct{}, 1)
 	o := Options{URL: srv.URL(), Prefix: "unread:"}
 	a, _ := openCore(t, ctx, o)
-	o.beforeResync = func() { reconnected <- struct{}{} }
+	o.beforeResync = func(string) { reconnected <- struct{}{} }
 	bc, b := openCore(t, ctx, o)
 	subs := map[string]*broker.Subscription{}
 	for _, ch := range []string{"good", "bad"} {

@@ -29,7 +29,7 @@ func TestHeldChannelChangesConnection(t *testing.T) {
 	var once atomic.Bool
 	a, _ := openCore(t, ctx, Options{URL: c.URL(), Prefix: "mv:"})
 	bc, b := openCore(t, ctx, Options{URL: c.URL(), Prefix: "mv:",
-		beforeResync: func() {
+		beforeResync: func(string) {
 			if !once.CompareAndSwap(false, true) {
 				return
 			}

@@ -66,8 +66,9 @@ type Options struct {
 	Logger *slog.Logger
 
 	// beforeResync, set by tests, runs before a Pub/Sub connection that
-	// broke asks for its resync, while what it hears is dispatched.
-	beforeResync func()
+	// broke ("classic", "shard") asks for its resync, while what it
+	// hears is dispatched.
+	beforeResync func(conn string)
 }
 
 func (o *Options) fill() {

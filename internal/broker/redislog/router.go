@@ -242,7 +242,7 @@ func (l *Log) receive() {
 			broken = false
 			if f := l.opts.beforeResync; f != nil {
 				go func() {
-					f()
+					f("classic")
 					l.ps.Ping(l.ctx, "resync")
 				}()
 			} else if err := l.ps.Ping(l.ctx, "resync"); err != nil {

@@ -209,7 +209,8 @@ func (s *shard) rebuild() error {
 		moved = append(moved, to)
 	}
 	for _, to := range moved {
-		// The channels that moved are resynchronized by their new shard.
+		// The channels that moved (on hold since this connection broke:
+		// run) are resynchronized by their new shard.
 		to.pubsub().Ping(ctx, "resync")
 	}
 	s.mu.Lock()
@@ -232,7 +233,7 @@ func (s *shard) rebuild() error {
 	if f := l.opts.beforeResync; f != nil {
 		ps := s.ps
 		go func() {
-			f()
+			f("shard")
 			ps.Ping(l.ctx, "resync")
 		}()
 		return nil
