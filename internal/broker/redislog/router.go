@@ -255,7 +255,7 @@ func (l *Log) receive() {
 			l.dispatch(m, false)
 		case *redis.Pong:
 			if m.Payload == "resync" {
-				if err := l.resync(); err != nil {
+				if err := l.resync(l.onClassic); err != nil {
 					broken = true // try again after the next message
 					l.setHealth(sidePubSub, err)
 					// ... or a second from now: no message may come (a
@@ -467,31 +467,63 @@ func (l *Log) hold(which func(psChannel string) bool) {
 // (restarted without persistence) its subscribers get a gap; if it came
 // back older, the channel moves to a new epoch (wentBack). Any
 // connection's resync takes every channel on hold, wherever it is
-// carried now; one already brought up to date is not read again when a
-// failed resync is tried again. Each channel has 5 s.
-func (l *Log) resync() error {
+// carried now, except those whose connection is down (its own resync
+// will take them); it fails only for those the connection carries
+// (which: their Pub/Sub channel names), others that cannot be read now
+// stay on hold. A channel already brought up to date is not read again
+// when a failed resync is tried again. Each channel has 5 s.
+func (l *Log) resync(which func(psChannel string) bool) error {
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
+	left := false
 	for ch, st := range l.last {
 		if !st.hold {
+			continue
+		}
+		if !which(l.pubsubChannel(ch)) && l.carrierDown(ch) {
+			left = true
 			continue
 		}
 		ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
 		err := l.resyncLocked(ctx, ch, st)
 		cancel()
-		if err != nil && !oneChannel(err) {
-			return err // tried again
-		}
-		if err != nil {
+		switch {
+		case err == nil:
+		case oneChannel(err):
 			// Only this channel cannot be read (a foreign key under
 			// the prefix, say): it is delivered as heard, not held up
 			// with the others.
 			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", ch, "err", err)
+		case which(l.pubsubChannel(ch)):
+			return err // tried again
+		default:
+			left = true
+			continue
 		}
 		st.hold = false
 	}
-	l.holding.Store(false) // (hold takes lastMu too)
+	if !left {
+		l.holding.Store(false) // (hold takes lastMu too)
+	}
 	return nil
+}
+
+// carrierDown says the Pub/Sub connection carrying ch now is down: its
+// shard's on Redis Cluster when ch is followed by name, else the classic
+// one.
+func (l *Log) carrierDown(ch string) bool {
+	side := sidePubSub
+	if l.cluster != nil {
+		l.mu.Lock()
+		if r := l.refs[ch]; r != nil && r.shard != nil {
+			side = r.shard.side()
+		}
+		l.mu.Unlock()
+	}
+	l.downMu.Lock()
+	defer l.downMu.Unlock()
+	_, down := l.downs[side]
+	return down
 }
 
 // resyncLocked brings one channel up to date (resync).

@@ -145,7 +145,7 @@ func (s *shard) run() {
 				l.pong(m.Payload)
 				continue
 			}
-			if err := l.resync(); err != nil {
+			if err := l.resync(s.has); err != nil {
 				l.setHealth(s.side(), err)
 				s.breakConn() // try again on a new connection
 				continue
