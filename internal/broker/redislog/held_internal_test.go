@@ -17,6 +17,20 @@ func newRedisClient(t *testing.T, addr string) *redis.Client {
 	return c
 }
 
+// expectNext waits up to 10 s for s's next event: the message want.
+func expectNext(t *testing.T, ctx context.Context, s *broker.Subscription, want string) {
+	t.Helper()
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	evs, err := s.Next(wait, nil)
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", want, err)
+	}
+	if e := evs[0]; e.Msg == nil || string(e.Msg.Data) != want {
+		t.Fatalf("got %+v, want message %s", e, want)
+	}
+}
+
 // openCore opens a node: its broker and its log.
 func openCore(t *testing.T, ctx context.Context, o Options) (*broker.Core, *Log) {
 	t.Helper()
@@ -191,22 +205,10 @@ func TestHeardBeforeResyncNoHistoryDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer live.Close()
-	next := func(want string) {
-		t.Helper()
-		wait, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		evs, err := live.Next(wait, nil)
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", want, err)
-		}
-		if e := evs[0]; e.Msg == nil || string(e.Msg.Data) != want {
-			t.Fatalf("got %+v, want message %s", e, want)
-		}
-	}
 	if _, _, err := a.Publish(ctx, &broker.Message{Channel: "nh", Data: []byte("1")}); err != nil {
 		t.Fatal(err)
 	}
-	next("1")
+	expectNext(t, ctx, live, "1")
 	if err := newRedisClient(t, srv.Addr()).ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +220,7 @@ func TestHeardBeforeResyncNoHistoryDelivered(t *testing.T) {
 	if _, _, err := a.Publish(ctx, &broker.Message{Channel: "nh", Data: []byte("2")}); err != nil {
 		t.Fatal(err)
 	}
-	next("2") // before the resync
+	expectNext(t, ctx, live, "2") // before the resync
 }
 
 // One channel's keys that cannot be read (a foreign key of another type
@@ -245,23 +247,11 @@ func TestResyncOneUnreadableChannel(t *testing.T) {
 		defer s.Close()
 		subs[ch] = s
 	}
-	next := func(ch, want string) {
-		t.Helper()
-		wait, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		evs, err := subs[ch].Next(wait, nil)
-		if err != nil {
-			t.Fatalf("%s: waiting for %s: %v (health: %v)", ch, want, err, b.Health())
-		}
-		if e := evs[0]; e.Msg == nil || string(e.Msg.Data) != want {
-			t.Fatalf("%s: got %+v, want message %s", ch, e, want)
-		}
-	}
 	for _, ch := range []string{"good", "bad"} {
 		if _, _, err := a.Publish(ctx, &broker.Message{Channel: ch, Data: []byte("1")}); err != nil {
 			t.Fatal(err)
 		}
-		next(ch, "1")
+		expectNext(t, ctx, subs[ch], "1")
 	}
 	rc := newRedisClient(t, srv.Addr())
 	if err := rc.Set(ctx, "unread:{bad}:s", "not a stream", 0).Err(); err != nil {
@@ -285,5 +275,5 @@ func TestResyncOneUnreadableChannel(t *testing.T) {
 	if _, _, err := a.Publish(ctx, &broker.Message{Channel: "good", Data: []byte("2")}); err != nil {
 		t.Fatal(err)
 	}
-	next("good", "2")
+	expectNext(t, ctx, subs["good"], "2")
 }

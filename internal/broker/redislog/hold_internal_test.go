@@ -45,18 +45,6 @@ func TestHeldChannelChangesConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := func(s *broker.Subscription, want string) {
-		t.Helper()
-		wait, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		evs, err := s.Next(wait, nil)
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", want, err)
-		}
-		if e := evs[0]; e.Msg == nil || string(e.Msg.Data) != want {
-			t.Fatalf("got %+v, want message %s", e, want)
-		}
-	}
 	pub := func(d string) {
 		t.Helper()
 		if _, _, err := a.Publish(ctx, &broker.Message{Channel: "c.y", Data: []byte(d)}); err != nil {
@@ -64,8 +52,8 @@ func TestHeldChannelChangesConnection(t *testing.T) {
 		}
 	}
 	pub("m1")
-	next(pat, "m1")
-	next(exact, "m1")
+	expectNext(t, ctx, pat, "m1")
+	expectNext(t, ctx, exact, "m1")
 	// Break B's sharded connection only (the one with sharded subscriptions).
 	rc := newRedisClient(t, owner.Addr())
 	list, err := rc.ClientList(ctx).Result()

@@ -308,7 +308,7 @@ func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	if !ok || broker.ValidateChannel(ch) != nil || !l.followed(ch) {
 		return // a glob matches more than the pattern
 	}
-	if l.cluster != nil && !sharded && l.followedExactly(ch) {
+	if !sharded && !l.onClassic(pm.Channel) {
 		return // its shard's connection carries it
 	}
 	if pm.Payload == "D" {
@@ -453,12 +453,15 @@ func (l *Log) onClassic(psChannel string) bool {
 func (l *Log) hold(which func(psChannel string) bool) {
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
+	held := false
 	for ch, st := range l.last {
 		if which(l.pubsubChannel(ch)) {
-			st.hold = true
-			l.heldAt.Store(time.Now().UnixNano())
-			l.holding.Store(true)
+			st.hold, held = true, true
 		}
+	}
+	if held {
+		l.heldAt.Store(time.Now().UnixNano())
+		l.holding.Store(true)
 	}
 }
 
