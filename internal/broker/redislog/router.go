@@ -483,7 +483,8 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 		if !st.hold {
 			continue
 		}
-		if !which(l.pubsubChannel(ch)) && l.carrierDown(ch) {
+		own := which(l.pubsubChannel(ch))
+		if !own && l.carrierDown(ch) {
 			left = true
 			continue
 		}
@@ -497,7 +498,7 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 			// the prefix, say): it is delivered as heard, not held up
 			// with the others.
 			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", ch, "err", err)
-		case which(l.pubsubChannel(ch)):
+		case own:
 			return err // tried again
 		default:
 			left = true
