@@ -326,6 +326,7 @@ func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
 	if st := l.last[ch]; st != nil && st.hold && l.retention(ch).HistorySize > 0 {
+		st.heard = msgs[len(msgs)-1].Position() // (see resyncMany)
 		return
 	}
 	for _, m := range msgs {
@@ -409,9 +410,16 @@ func (l *Log) refillLocked(ch string, st *seen, epoch string, upTo uint64) {
 	if err != nil {
 		l.opts.Logger.Warn("redis: cannot refill", "channel", ch, "err", err)
 	}
+	l.refillFromLocked(ch, st, epoch, upTo, entries)
+}
+
+// refillFromLocked delivers entries, channel's stream entries after st
+// (the first may be later than the next position: a gap), and makes what
+// is missing up to seq upTo a gap. Called with lastMu held.
+func (l *Log) refillFromLocked(ch string, st *seen, epoch string, upTo uint64, entries []redis.XMessage) {
 	for _, e := range entries {
 		m := entryMessage(ch, epoch, e)
-		if m == nil || m.Seq <= st.pos.Seq || m.Seq > upTo {
+		if m == nil || m.Seq <= st.pos.Seq {
 			continue
 		}
 		if m.Seq != st.pos.Seq+1 {
@@ -474,40 +482,195 @@ func (l *Log) hold(which func(psChannel string) bool) {
 // will take them); it fails only for those the connection carries
 // (which: their Pub/Sub channel names), others that cannot be read now
 // stay on hold. A channel already brought up to date is not read again
-// when a failed resync is tried again. Each channel has 5 s.
+// when a failed resync is tried again. The channels are read
+// resyncChunk at a time, each chunk in one round trip (resyncMany).
 func (l *Log) resync(which func(psChannel string) bool) error {
+	var jobs []resyncJob
 	l.lastMu.Lock()
-	defer l.lastMu.Unlock()
-	left := false
 	for ch, st := range l.last {
 		if !st.hold {
 			continue
 		}
 		own := which(l.pubsubChannel(ch))
 		if !own && l.carrierDown(ch) {
-			left = true
 			continue
 		}
-		ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
-		err := l.resyncLocked(ctx, ch, st)
-		cancel()
+		jobs = append(jobs, resyncJob{ch: ch, st: st, own: own})
+	}
+	l.lastMu.Unlock()
+	var err error
+	for len(jobs) > 0 && err == nil {
+		n := min(len(jobs), resyncChunk)
+		err = l.resyncMany(jobs[:n])
+		jobs = jobs[n:]
+	}
+	// Still holding: channels left for their own connection's resync,
+	// those that could not be read, those put on hold meanwhile.
+	l.lastMu.Lock()
+	holding := false
+	for _, st := range l.last {
+		if st.hold {
+			holding = true
+			break
+		}
+	}
+	l.holding.Store(holding)
+	l.lastMu.Unlock()
+	return err
+}
+
+// resyncChunk is how many channels on hold a resync reads in one round
+// trip: a node following thousands of channels is back in a few round
+// trips, not a few per channel (each of which held every delivery up).
+const resyncChunk = 128
+
+// resyncJob is a channel on hold a resync takes; own: its connection is
+// the one resynchronizing.
+type resyncJob struct {
+	ch  string
+	st  *seen
+	own bool
+}
+
+// resyncMany brings the channels of jobs up to date (resync). It reads,
+// in one pipeline and without lastMu (deliveries on every connection go
+// on meanwhile), each channel's newest position (the read script, which
+// makes a channel Redis lost anew), its entry at the node's position (to
+// tell whether Redis went back: wentBack) and what the stream has after
+// it. Then, with lastMu, it delivers what was read for each channel whose
+// position did not move meanwhile and whose Redis neither went back nor
+// changed epoch; the others (rare) go through resyncLocked, which reads
+// again with lastMu held. A message heard for a channel on hold after
+// the pipeline read it is in its stream (the publish script appends
+// before it publishes): dispatch notes its position (seen.heard) and it
+// is refilled from there. It returns an error (tried again) only when a
+// channel its connection carries could not be read.
+func (l *Log) resyncMany(jobs []resyncJob) error {
+	type snap struct {
+		pos   broker.Position
+		at    int64
+		read  *redis.Cmd
+		probe *redis.XMessageSliceCmd
+		after *redis.XMessageSliceCmd
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
+	defer cancel()
+	snaps := make([]snap, len(jobs))
+	l.lastMu.Lock()
+	for i, j := range jobs {
+		snaps[i].pos, snaps[i].at = j.st.pos, j.st.at
+	}
+	l.lastMu.Unlock()
+	send := func() error {
+		pipe := l.rdb.Pipeline()
+		for i, j := range jobs {
+			sn := &snaps[i]
+			key := l.chanKey(j.ch, "s")
+			sn.read = readScript.EvalSha(ctx, pipe, l.channelKeys(j.ch),
+				"1", l.newEpoch(), ttl(l.retention(j.ch)), j.ch, "none", "", 0, 0)
+			sn.probe, sn.after = nil, nil
+			if sn.pos.Seq > 0 {
+				sn.probe = pipe.XRevRangeN(ctx, key, fmt.Sprintf("%d-1", sn.pos.Seq), "-", 1)
+			}
+			sn.after = pipe.XRange(ctx, key, fmt.Sprintf("(%d-1", sn.pos.Seq), "+")
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	noscript := func() bool {
+		return slices.ContainsFunc(snaps, func(sn snap) bool { return redis.HasErrorPrefix(sn.read.Err(), "NOSCRIPT") })
+	}
+	if err := send(); err != nil && noscript() {
+		// Redis restarted and forgot the scripts (the usual reason for a
+		// resync): load them, read again.
+		if err := l.loadScripts(ctx); err == nil {
+			send()
+		}
+	}
+	if f := l.opts.afterResyncRead; f != nil {
+		f()
+	}
+	l.lastMu.Lock()
+	defer l.lastMu.Unlock()
+	var failed error
+	for i, j := range jobs {
+		sn, st := &snaps[i], j.st
+		if l.last[j.ch] != st || !st.hold {
+			continue // deleted, or another resync took it
+		}
+		err := l.resyncRead(j.ch, st, sn.pos, sn.at, sn.read, sn.probe, sn.after)
+		if errors.Is(err, errSlowPath) {
+			one, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+			err = l.resyncLocked(one, j.ch, st)
+			cancel()
+		}
 		switch {
 		case err == nil:
 		case oneChannel(err):
 			// Only this channel cannot be read (a foreign key under
 			// the prefix, say): it is delivered as heard, not held up
 			// with the others.
-			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", ch, "err", err)
-		case own:
-			return err // tried again
-		default:
-			left = true
+			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", j.ch, "err", err)
+		case j.own:
+			if failed == nil {
+				failed = err
+			}
 			continue
+		default:
+			continue // stays on hold
 		}
-		st.hold = false
+		st.hold, st.heard = false, broker.Position{}
 	}
-	if !left {
-		l.holding.Store(false) // (hold takes lastMu too)
+	return failed
+}
+
+// errSlowPath: a channel resyncRead leaves to resyncLocked.
+var errSlowPath = errors.New("read again with lastMu held")
+
+// resyncRead brings channel ch up to date from what resyncMany read
+// while st was at pos (at): read, the read script's reply; probe, the
+// entry at or before pos (nil when pos is 0); after, the entries after
+// pos. errSlowPath: the position moved meanwhile, or Redis changed the
+// channel's epoch or went back. Called with lastMu held.
+func (l *Log) resyncRead(ch string, st *seen, pos broker.Position, at int64, read *redis.Cmd, probe, after *redis.XMessageSliceCmd) error {
+	v, err := read.Slice()
+	if err != nil {
+		return err
+	}
+	if len(v) != 5 {
+		return fmt.Errorf("redis: unexpected read reply")
+	}
+	if st.pos != pos || st.at != at {
+		return errSlowPath
+	}
+	epoch := fmt.Sprint(v[0])
+	seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+	if epoch != st.pos.Epoch {
+		return errSlowPath
+	}
+	if st.pos.Seq > 0 {
+		es, err := probe.Result()
+		if err != nil {
+			return err
+		}
+		var top *broker.Message
+		if len(es) > 0 {
+			if top = entryMessage(ch, epoch, es[0]); top == nil {
+				return fmt.Errorf("redis: %w %s of %s", errUnreadable, es[0].ID, ch)
+			}
+		}
+		if !notBack(st, seq, top) {
+			return errSlowPath
+		}
+	}
+	entries, err := after.Result()
+	if err != nil {
+		return err
+	}
+	l.refillFromLocked(ch, st, epoch, seq, entries)
+	if h := st.heard; h.Epoch == epoch && h.Seq > st.pos.Seq {
+		// Heard after the pipeline read the stream: refilled from it.
+		l.refillLocked(ch, st, epoch, h.Seq)
 	}
 	return nil
 }

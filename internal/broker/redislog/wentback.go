@@ -40,17 +40,24 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 			return nil, fmt.Errorf("redis: %w %s of %s", errUnreadable, entries[0].ID, ch)
 		}
 	}
-	if top == nil || top.Seq < st.pos.Seq {
-		if seq >= st.pos.Seq {
-			return nil, nil
-		}
-	} else if st.at == 0 || top.Time.UnixMicro() == st.at {
+	if notBack(st, seq, top) {
 		return nil, nil
 	}
 	if st.at == 0 || top == nil {
 		return &broker.Message{}, nil // which entries this node had is not known
 	}
 	return l.lastShared(ctx, ch, st, top.Seq)
+}
+
+// notBack says Redis has not gone back on channel st (same epoch): seq
+// is its newest position, top the newest entry at or before st.pos (nil:
+// none). (An entry missing at st.pos with seq at or past it says nothing:
+// it was trimmed, or never kept.)
+func notBack(st *seen, seq uint64, top *broker.Message) bool {
+	if top == nil || top.Seq < st.pos.Seq {
+		return seq >= st.pos.Seq
+	}
+	return st.at == 0 || top.Time.UnixMicro() == st.at
 }
 
 // lastShared is the newest entry at or before seq hi no later than st.at
