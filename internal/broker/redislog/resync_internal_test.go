@@ -162,3 +162,80 @@ func TestHeardWhileResyncReads(t *testing.T) {
 	}
 	expectNext(t, ctx, live, "two")
 }
+
+// BenchmarkResync: one resync of channels on hold (-benchtime Nx; the
+// channels' count is resyncBenchChannels), each with a message to refill.
+// It reports the resync's wall time and round trips per op.
+func BenchmarkResync(b *testing.B) {
+	srv := redistest.Start(b, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	o := Options{URL: srv.URL(), Prefix: "rb:"}
+	open := func() (*broker.Core, *Log) {
+		hub := broker.NewHub()
+		l, err := Open(ctx, o, hub)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := broker.New(hub, l, broker.CoreOptions{})
+		b.Cleanup(func() { c.Close() })
+		return c, l
+	}
+	a, _ := open()
+	nc, node := open()
+	names := make([]string, resyncBenchChannels)
+	for i := range names {
+		names[i] = fmt.Sprintf("c%d", i)
+	}
+	live, err := nc.Subscribe(ctx, broker.SubscribeOptions{Channels: names})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer live.Close()
+	drain := func() {
+		got := 0
+		for got < len(names) {
+			evs, err := live.Next(ctx, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += len(evs)
+		}
+	}
+	publishAll := func() {
+		for _, ch := range names {
+			if _, _, err := a.Publish(ctx, &broker.Message{Channel: ch, Data: []byte("m")}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	publishAll()
+	drain()
+	rt := &roundTrips{}
+	node.rdb.AddHook(rt)
+	var took time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		node.hold(node.onClassic)
+		publishAll()
+		if err := node.ping(ctx, node.ps); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		rt.on.Store(true)
+		start := time.Now()
+		if err := node.resync(node.onClassic); err != nil {
+			b.Fatal(err)
+		}
+		took += time.Since(start)
+		rt.on.Store(false)
+		b.StopTimer()
+		drain()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "ms/resync")
+	b.ReportMetric(float64(rt.n.Load())/float64(b.N), "roundtrips/resync")
+}
+
+const resyncBenchChannels = 3000
