@@ -332,19 +332,7 @@ func TestRedisClusterSlotMovingMidPublish(t *testing.T) {
 			// (TRYAGAIN) before it runs; the node sends it again until
 			// the keys are together, and meanwhile is not degraded
 			// (other channels' slots are not moving).
-			tryagain := func() int {
-				info, err := redisClient(t, src).Info(ctx, "errorstats").Result()
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, l := range strings.Split(info, "\n") {
-					if v, ok := strings.CutPrefix(strings.TrimSpace(l), "errorstat_TRYAGAIN:count="); ok {
-						n, _ := strconv.Atoi(v)
-						return n
-					}
-				}
-				return 0
-			}
+			tryagain := func() int { return tryAgains(t, src) }
 			done := make(chan error, 1)
 			go func() {
 				_, _, err := b.Publish(ctx, &broker.Message{Channel: "mig", Data: []byte("two")})
@@ -389,6 +377,113 @@ func TestRedisClusterSlotMovingMidPublish(t *testing.T) {
 				t.Fatalf("channel %+v %v, want %d messages, %d bytes", inf, err, len(want), bytes)
 			}
 		})
+	}
+}
+
+// tryAgains is how many commands srv has refused with TRYAGAIN.
+func tryAgains(t *testing.T, srv *redistest.Server) int {
+	t.Helper()
+	info, err := redisClient(t, srv).Info(bg(t), "errorstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "errorstat_TRYAGAIN:count="); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// While one channel's slot moves between shards (its keys split: Redis
+// refuses its publishes with TRYAGAIN until they are together again; a
+// channel with a long history takes a while), the node's other channels
+// publish as usual, and the node is neither stalled nor degraded however
+// long the move takes; the waiting publish goes through once the keys
+// are together, in order, stored once. (Before, the waiting publish held
+// up every later one on the node, and after StallAfter the node refused
+// every publish: "a redis cluster slot has been moving".)
+func TestRedisClusterSlotMovingOtherChannelsGoOn(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	ctx := bg(t)
+	p := newPrefix()
+	const stallAfter = 200 * time.Millisecond
+	hub := broker.NewHub()
+	l, err := redislog.Open(ctx, redislog.Options{URL: c.URL(), Prefix: p, StallAfter: stallAfter,
+		Retention: broker.Retention{HistorySize: 100, HistoryBytes: 1 << 20}}, hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := broker.New(hub, l, broker.CoreOptions{})
+	t.Cleanup(func() { b.Close() })
+	key := func(ch, kind string) string { return p + "{" + ch + "}:" + kind }
+	slot := c.Slot(t, key("mig", "m"))
+	other := ""
+	for i := 0; other == ""; i++ {
+		if ch := fmt.Sprintf("other%d", i); c.Slot(t, key(ch, "m")) != slot {
+			other = ch
+		}
+	}
+	publish(t, b, "mig", "one")
+	publish(t, b, other, "o0")
+	owner := c.Owner(t, slot)
+	dst := c.Servers[(slices.Index(c.Servers, owner)+1)%len(c.Servers)]
+	src := c.StartMove(t, slot, dst)
+	c.Migrate(t, src, dst, key("mig", "z"))
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := b.Publish(ctx, &broker.Message{Channel: "mig", Data: []byte("two")})
+		done <- err
+	}()
+	eventually(t, "the publish to mig refused with TRYAGAIN", func() error {
+		if n := tryAgains(t, src); n < 3 {
+			return fmt.Errorf("%d TRYAGAIN", n)
+		}
+		return nil
+	})
+	// Longer than StallAfter, the other channel publishes as usual: one
+	// publish each time mig's is refused again.
+	want := []string{"o0"}
+	for start := time.Now(); time.Since(start) < 4*stallAfter; {
+		n := tryAgains(t, src)
+		eventually(t, "mig's publish sent again", func() error {
+			if tryAgains(t, src) == n {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		d := fmt.Sprintf("o%d", len(want))
+		if _, _, err := b.Publish(ctx, &broker.Message{Channel: other, Data: []byte(d)}); err != nil {
+			t.Fatalf("publish to %s while mig's slot moves: %v", other, err)
+		}
+		want = append(want, d)
+		if err := l.Health(); err != nil {
+			t.Fatalf("health while mig's slot moves: %v", err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the publish to mig returned (%v) while its keys were split", err)
+		default:
+		}
+	}
+	c.Migrate(t, src, dst, key("mig", "m"), key("mig", "s"))
+	c.FinishMove(t, slot, src, dst)
+	if err := <-done; err != nil {
+		t.Fatalf("publish to mig once its slot moved: %v", err)
+	}
+	publish(t, b, "mig", "three")
+	for ch, want := range map[string][]string{"mig": {"one", "two", "three"}, other: want} {
+		s := subscribe(t, b, broker.SubscribeOptions{Channels: []string{ch}, Last: -1})
+		msgs, gaps := events(t, s, len(want))
+		for i, m := range msgs {
+			if string(m.Data) != want[i] || m.Seq != uint64(i+1) {
+				t.Fatalf("%s's history %d: %q seq %d, want %q seq %d (gaps %v)", ch, i, m.Data, m.Seq, want[i], i+1, gaps)
+			}
+		}
+		if inf, err := b.Channel(ctx, ch); err != nil || inf.Messages != len(want) {
+			t.Fatalf("%s: %+v %v, want %d messages", ch, inf, err, len(want))
+		}
 	}
 }
 

@@ -129,6 +129,7 @@ type Log struct {
 	afterCounts atomic.Pointer[func(mode string, channels []string)]
 
 	sonly      sonlyState   // the publisher's batches sent on sharded Pub/Sub only (sonly.go)
+	parked     []*call      // the publisher's calls waiting for a slot to move (runBatch)
 	sonlyN     atomic.Int32 // len(sonly.calls), for tests
 	sonlyReads atomic.Int64 // reads of the routes by the idle publisher, for tests
 	sonlyIdle  atomic.Int64 // set only by tests: the idle publisher's wait before it reads the routes
@@ -694,25 +695,31 @@ func (l *Log) channelKeys(ch string) []string {
 // publisher sends queued appends in pipelines, in order. A pipeline has
 // at most one script call per channel (the calls' ids must grow per
 // channel, one outcome at a time), so an op that would need a second call
-// for its channel starts the next pipeline.
+// for its channel starts the next pipeline. A call refused because its
+// channel's slot is moving between Redis Cluster shards waits (parked)
+// and is sent again with a later pipeline, with its channel's later ops
+// behind it; the other channels' ops go on meanwhile (runBatch).
 func (l *Log) publisher() {
 	defer close(l.pubDone)
 	var carry, spare []*op // spare: the buffer the next plan leaves ops in
 	left := 0              // ops of carry the last plan left for later
+	wait := true           // nothing in carry can go now
 	for {
-		if len(carry) == 0 {
+		if wait {
 			first, ok, idle := l.next()
-			if idle {
-				l.settleSOnly()
-				continue
-			}
 			if !ok {
+				l.drain(carry)
 				if len(l.sonly.calls) > 0 && l.refusing() == nil {
 					l.settleSOnly()
 				}
 				return
 			}
-			carry = append(carry, first)
+			if idle && len(l.sonly.calls) > 0 {
+				l.settleSOnly()
+			}
+			if first != nil {
+				carry = append(carry, first)
+			}
 		}
 	gather:
 		// Ops left for later do not count: the queue is read on behind
@@ -730,28 +737,78 @@ func (l *Log) publisher() {
 			}
 		}
 		calls, rest := l.plan(carry, spare[:0])
-		l.runBatch(calls)
+		calls = append(l.dueParked(false), calls...)
+		if len(calls) > 0 {
+			l.runBatch(calls)
+		}
 		clear(carry) // the ops taken are done: not kept by the spare buffer
 		carry, spare = rest, carry[:0]
 		left = len(carry)
+		// Ops left only behind parked calls wait for those (or new ops).
+		wait = len(carry) == 0 || len(calls) == 0
 	}
 }
 
-// next waits for the next op queued (ok false: the queue was closed); with
-// batches sent on sharded Pub/Sub only not settled yet, it waits
-// sonlyDelay at most (idle true: nothing came).
+// drain sends, once the queue is closed, the parked calls and then the
+// ops left for later (runBatch parks nothing while closing).
+func (l *Log) drain(carry []*op) {
+	if calls := l.dueParked(true); len(calls) > 0 {
+		l.runBatch(calls)
+	}
+	for len(carry) > 0 {
+		calls, rest := l.plan(carry, nil)
+		l.runBatch(calls)
+		carry = rest
+	}
+}
+
+// dueParked takes the parked calls due to be sent again (all: every
+// one), oldest first.
+func (l *Log) dueParked(all bool) []*call {
+	if len(l.parked) == 0 {
+		return nil
+	}
+	now := time.Now()
+	var due []*call
+	kept := l.parked[:0]
+	for _, c := range l.parked {
+		if all || !now.Before(c.due) {
+			due = append(due, c)
+		} else {
+			kept = append(kept, c)
+		}
+	}
+	clear(l.parked[len(kept):])
+	l.parked = kept
+	return due
+}
+
+// next waits for the next op queued (ok false: the queue was closed);
+// with batches sent on sharded Pub/Sub only not settled yet, it waits
+// sonlyDelay at most, and with parked calls until the first is due (o
+// nil: nothing came; idle: the sharded Pub/Sub wait passed).
 func (l *Log) next() (o *op, ok, idle bool) {
-	if len(l.sonly.calls) == 0 {
+	sw := time.Duration(-1) // the sharded Pub/Sub wait
+	if len(l.sonly.calls) > 0 {
+		sw = l.sonlyDelay()
+	}
+	wait := sw
+	for _, c := range l.parked {
+		if d := max(time.Until(c.due), 0); wait < 0 || d < wait {
+			wait = d
+		}
+	}
+	if wait < 0 {
 		o, ok = <-l.queue
 		return o, ok, false
 	}
-	t := time.NewTimer(l.sonlyDelay())
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case o, ok = <-l.queue:
 		return o, ok, false
 	case <-t.C:
-		return nil, true, true
+		return nil, true, sw >= 0 && wait == sw
 	}
 }
 
@@ -775,6 +832,14 @@ type call struct {
 	how     int // index of the "how to publish" argument
 	cmd     *redis.Cmd
 	done    bool
+	// Sending: when first sent (its PublishTimeout runs from there),
+	// whether it may have run (maybeSent), why the last try failed, and,
+	// parked, when it is sent again and the wait after that.
+	start     time.Time
+	maybeSent bool
+	err       error
+	due       time.Time
+	backoff   time.Duration
 }
 
 // plan groups ops, in order, into calls: the publishes of a channel into
@@ -783,8 +848,9 @@ type call struct {
 // next pipeline, and so does every later op of that channel (each
 // channel's order is kept); other channels' ops go on, so a run of
 // script calls on one channel (a burst of connection records, say) does
-// not hold up every other channel's publishes. It returns the calls and
-// the ops left for later, in their order, appended to rest.
+// not hold up every other channel's publishes; a channel whose call is
+// parked (runBatch) has all its ops left for later. It returns the calls
+// and the ops left for later, in their order, appended to rest.
 func (l *Log) plan(ops, rest []*op) ([]*call, []*op) {
 	var (
 		calls     []*call
@@ -794,6 +860,9 @@ func (l *Log) plan(ops, rest []*op) ([]*call, []*op) {
 		used      int
 		last      string // the channel last left for later: runs of one channel are common
 	)
+	for _, c := range l.parked {
+		waiting[c.channel] = true // its ops wait behind it
+	}
 	for _, o := range ops {
 		ch := o.m.Channel
 		if used >= maxBatch || len(waiting) > 0 && (ch == last || waiting[ch]) {
@@ -855,6 +924,12 @@ func (l *Log) runBatch(calls []*call) {
 	l.busy.Store(start.UnixNano())
 	defer l.busy.Store(0)
 	deadline := start.Add(l.opts.PublishTimeout)
+	for _, c := range calls {
+		if c.start.IsZero() {
+			c.start = start
+		}
+		deadline = minTime(deadline, c.start.Add(l.opts.PublishTimeout))
+	}
 	var counts map[string]int
 	maybeSent := false
 	var lastErr error
@@ -862,6 +937,9 @@ func (l *Log) runBatch(calls []*call) {
 	backoff := 20 * time.Millisecond
 	for {
 		var err error
+		for _, c := range calls {
+			c.err = nil
+		}
 		if l.cluster != nil && counts == nil {
 			counts, err = l.clusterCounts(calls)
 		}
@@ -900,7 +978,7 @@ func (l *Log) runBatch(calls []*call) {
 				case redis.HasErrorPrefix(cerr, "NOSCRIPT"):
 					noscript = true // nothing ran
 				case redisreply.Transient(cerr):
-					err = cerr // not run: sent again
+					err, c.err = cerr, cerr // not run: sent again
 				case redisreply.StoreRefused(cerr):
 					// Redis cannot keep more (maxmemory, a failed
 					// save): the script's first write was refused, so
@@ -913,9 +991,9 @@ func (l *Log) runBatch(calls []*call) {
 					// append (it checks before it writes).
 					l.fail(c, fmt.Errorf("redis: %v", cerr))
 				default:
-					err = cerr
+					err, c.err = cerr, cerr
 					if l.cluster != nil || !neverSent(cerr) {
-						maybeSent = true
+						maybeSent, c.maybeSent = true, true
 					}
 				}
 			}
@@ -957,6 +1035,9 @@ func (l *Log) runBatch(calls []*call) {
 			}
 			return
 		}
+		if l.park(calls) {
+			return
+		}
 		lastErr = err
 		l.setHealth(sideCommands, err)
 		if time.Now().After(deadline) || l.ctx.Err() != nil || l.closing.Load() && time.Since(start) > 2*time.Second {
@@ -964,7 +1045,7 @@ func (l *Log) runBatch(calls []*call) {
 				if c.done {
 					continue
 				}
-				if maybeSent {
+				if maybeSent || c.maybeSent {
 					l.outcomeUnknown.Add(uint64(len(c.ops)))
 					l.fail(c, fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, err))
 				} else {
@@ -980,6 +1061,59 @@ func (l *Log) runBatch(calls []*call) {
 		backoff = min(2*backoff, time.Second)
 		reloaded = false
 	}
+}
+
+// park takes the calls left (not done) out of the batch when every one
+// of them was refused because its channel's slot is moving between Redis
+// Cluster shards (redisreply.Moving: nothing ran): each is sent again
+// with a later pipeline, after its own backoff (20 ms, doubling to 1 s),
+// until it goes through or its PublishTimeout passed, while the other
+// channels' publishes go on, and the node is not taken for stalled or
+// degraded. (A slot's keys move a few at a time: a channel with a long
+// history can take seconds.) Not while closing, nor for an outage.
+func (l *Log) park(calls []*call) bool {
+	if l.closing.Load() || l.ctx.Err() != nil {
+		return false
+	}
+	left := 0
+	for _, c := range calls {
+		if c.done {
+			continue
+		}
+		if c.err == nil || !redisreply.Moving(c.err) {
+			return false
+		}
+		left++
+	}
+	if left == 0 {
+		return false
+	}
+	now := time.Now()
+	for _, c := range calls {
+		if c.done {
+			continue
+		}
+		if now.After(c.start.Add(l.opts.PublishTimeout)) {
+			err := fmt.Errorf("%w: redis: the channel's slot has been moving between shards for %s: %v", broker.ErrUnavailable, l.opts.PublishTimeout, c.err)
+			if c.maybeSent {
+				l.outcomeUnknown.Add(uint64(len(c.ops)))
+				err = fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, c.err)
+			}
+			l.fail(c, err)
+			continue
+		}
+		c.backoff = min(max(2*c.backoff, 20*time.Millisecond), time.Second)
+		c.due = now.Add(c.backoff)
+		l.parked = append(l.parked, c)
+	}
+	return true
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func allDone(calls []*call) bool {
