@@ -32,7 +32,7 @@ func expectNext(t *testing.T, ctx context.Context, s *broker.Subscription, want 
 }
 
 // openCore opens a node: its broker and its log.
-func openCore(t *testing.T, ctx context.Context, o Options) (*broker.Core, *Log) {
+func openCore(t testing.TB, ctx context.Context, o Options) (*broker.Core, *Log) {
 	t.Helper()
 	hub := broker.NewHub()
 	l, err := Open(ctx, o, hub)

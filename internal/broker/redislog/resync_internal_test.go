@@ -171,18 +171,8 @@ func BenchmarkResync(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	o := Options{URL: srv.URL(), Prefix: "rb:"}
-	open := func() (*broker.Core, *Log) {
-		hub := broker.NewHub()
-		l, err := Open(ctx, o, hub)
-		if err != nil {
-			b.Fatal(err)
-		}
-		c := broker.New(hub, l, broker.CoreOptions{})
-		b.Cleanup(func() { c.Close() })
-		return c, l
-	}
-	a, _ := open()
-	nc, node := open()
+	a, _ := openCore(b, ctx, o)
+	nc, node := openCore(b, ctx, o)
 	names := make([]string, resyncBenchChannels)
 	for i := range names {
 		names[i] = fmt.Sprintf("c%d", i)
