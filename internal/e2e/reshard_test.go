@@ -40,7 +40,12 @@ func TestRedisClusterReshardWhilePublishing(t *testing.T) {
 			t.Log(pa.Stderr())
 		}
 	}()
-	_, b := serve(t, "--broker", c.URL(), "--history", "1000000")
+	pb, b := serve(t, "--broker", c.URL(), "--history", "1000000", "--log-level", "debug")
+	defer func() {
+		if t.Failed() {
+			t.Log("node B:\n" + pb.Stderr())
+		}
+	}()
 
 	const nch = 4
 	chans := []string{"rs.batch"}

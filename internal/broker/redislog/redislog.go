@@ -69,9 +69,6 @@ type Options struct {
 	// broke ("classic", "shard") asks for its resync, while what it
 	// hears is dispatched.
 	beforeResync func(conn string)
-	// afterResyncRead, set by tests, runs after a resync read a chunk of
-	// channels, before it takes lastMu to deliver what it read.
-	afterResyncRead func()
 }
 
 func (o *Options) fill() {
@@ -201,9 +198,6 @@ type seen struct {
 	// resync has compared the channel with Redis since (dispatch leaves
 	// what is heard meanwhile to that resync, which refills it).
 	hold bool
-	// heard is the position of the last message dispatch left to the
-	// resync while the channel was on hold (resyncMany).
-	heard broker.Position
 }
 
 type op struct {

@@ -326,7 +326,6 @@ func (l *Log) dispatch(pm *redis.Message, sharded bool) {
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
 	if st := l.last[ch]; st != nil && st.hold && l.retention(ch).HistorySize > 0 {
-		st.heard = msgs[len(msgs)-1].Position() // (see resyncMany)
 		return
 	}
 	for _, m := range msgs {
@@ -482,27 +481,24 @@ func (l *Log) hold(which func(psChannel string) bool) {
 // will take them); it fails only for those the connection carries
 // (which: their Pub/Sub channel names), others that cannot be read now
 // stay on hold. A channel already brought up to date is not read again
-// when a failed resync is tried again. The channels are read
-// resyncChunk at a time, each chunk in one round trip (resyncMany).
+// when a failed resync is tried again. The channels are taken
+// resyncChunk at a time (resyncMany), lastMu held for each chunk only:
+// deliveries on every connection wait for one chunk at a time, not for
+// the whole resync.
 func (l *Log) resync(which func(psChannel string) bool) error {
-	var jobs []resyncJob
 	l.lastMu.Lock()
+	names := make([]string, 0, len(l.last))
 	for ch, st := range l.last {
-		if !st.hold {
-			continue
+		if st.hold {
+			names = append(names, ch)
 		}
-		own := which(l.pubsubChannel(ch))
-		if !own && l.carrierDown(ch) {
-			continue
-		}
-		jobs = append(jobs, resyncJob{ch: ch, st: st, own: own})
 	}
 	l.lastMu.Unlock()
 	var err error
-	for len(jobs) > 0 && err == nil {
-		n := min(len(jobs), resyncChunk)
-		err = l.resyncMany(jobs[:n])
-		jobs = jobs[n:]
+	for len(names) > 0 && err == nil {
+		n := min(len(names), resyncChunk)
+		err = l.resyncMany(names[:n], which)
+		names = names[n:]
 	}
 	// Still holding: channels left for their own connection's resync,
 	// those that could not be read, those put on hold meanwhile.
@@ -521,132 +517,157 @@ func (l *Log) resync(which func(psChannel string) bool) error {
 
 // resyncChunk is how many channels on hold a resync reads in one round
 // trip: a node following thousands of channels is back in a few round
-// trips, not a few per channel (each of which held every delivery up).
+// trips, not three per channel (each of which held every delivery up).
 const resyncChunk = 128
 
-// resyncJob is a channel on hold a resync takes; own: its connection is
-// the one resynchronizing.
-type resyncJob struct {
-	ch  string
-	st  *seen
-	own bool
-}
+// refillPage is how many entries of each channel a resync reads in its
+// round trip; a channel with more to refill reads the rest alone.
+const refillPage = 256
 
-// resyncMany brings the channels of jobs up to date (resync). It reads,
-// in one pipeline and without lastMu (deliveries on every connection go
-// on meanwhile), each channel's newest position (the read script, which
-// makes a channel Redis lost anew), its entry at the node's position (to
-// tell whether Redis went back: wentBack) and what the stream has after
-// it. Then, with lastMu, it delivers what was read for each channel whose
-// position did not move meanwhile and whose Redis neither went back nor
-// changed epoch; the others (rare) go through resyncLocked, which reads
-// again with lastMu held. A message heard for a channel on hold after
-// the pipeline read it is in its stream (the publish script appends
-// before it publishes): dispatch notes its position (seen.heard) and it
-// is refilled from there. It returns an error (tried again) only when a
-// channel its connection carries could not be read.
-func (l *Log) resyncMany(jobs []resyncJob) error {
-	type snap struct {
-		pos   broker.Position
-		at    int64
+// resyncMany brings those of channels still on hold up to date (resync),
+// lastMu held. One pipeline reads, for each, its newest position (the
+// read script, which makes a channel Redis lost anew), its entry at the
+// node's position (did Redis go back? wentBack), the first refillPage
+// entries after it and the epoch it was moved on from (rebaseScript's r);
+// a second one, for the channels Redis lost (a new epoch nobody moved
+// them to), their first refillPage entries. A channel whose Redis went
+// back, that another node moved on, or whose read hit NOSCRIPT twice goes
+// through resyncLocked (reads of its own). It returns an error (tried
+// again) only when a channel its connection carries could not be read.
+func (l *Log) resyncMany(channels []string, which func(psChannel string) bool) error {
+	type read struct {
+		ch    string
+		st    *seen
+		own   bool
 		read  *redis.Cmd
 		probe *redis.XMessageSliceCmd
 		after *redis.XMessageSliceCmd
+		meta  *redis.SliceCmd
+		err   error // set: resyncLocked's, or the read's
+		slow  bool  // resyncLocked
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
-	snaps := make([]snap, len(jobs))
-	l.lastMu.Lock()
-	for i, j := range jobs {
-		snaps[i].pos, snaps[i].at = j.st.pos, j.st.at
-	}
-	l.lastMu.Unlock()
-	send := func() error {
-		pipe := l.rdb.Pipeline()
-		for i, j := range jobs {
-			sn := &snaps[i]
-			key := l.chanKey(j.ch, "s")
-			sn.read = readScript.EvalSha(ctx, pipe, l.channelKeys(j.ch),
-				"1", l.newEpoch(), ttl(l.retention(j.ch)), j.ch, "none", "", 0, 0)
-			sn.probe, sn.after = nil, nil
-			if sn.pos.Seq > 0 {
-				sn.probe = pipe.XRevRangeN(ctx, key, fmt.Sprintf("%d-1", sn.pos.Seq), "-", 1)
-			}
-			sn.after = pipe.XRange(ctx, key, fmt.Sprintf("(%d-1", sn.pos.Seq), "+")
-		}
-		_, err := pipe.Exec(ctx)
-		return err
-	}
-	noscript := func() bool {
-		return slices.ContainsFunc(snaps, func(sn snap) bool { return redis.HasErrorPrefix(sn.read.Err(), "NOSCRIPT") })
-	}
-	if err := send(); err != nil && noscript() {
-		// Redis restarted and forgot the scripts (the usual reason for a
-		// resync): load them, read again.
-		if err := l.loadScripts(ctx); err == nil {
-			send()
-		}
-	}
-	if f := l.opts.afterResyncRead; f != nil {
-		f()
-	}
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
-	var failed error
-	for i, j := range jobs {
-		sn, st := &snaps[i], j.st
-		if l.last[j.ch] != st || !st.hold {
+	var reads []*read
+	for _, ch := range channels {
+		st := l.last[ch]
+		if st == nil || !st.hold {
 			continue // deleted, or another resync took it
 		}
-		err := l.resyncRead(j.ch, st, sn.pos, sn.at, sn.read, sn.probe, sn.after)
-		if errors.Is(err, errSlowPath) {
+		own := which(l.pubsubChannel(ch))
+		if !own && l.carrierDown(ch) {
+			continue
+		}
+		reads = append(reads, &read{ch: ch, st: st, own: own})
+	}
+	if len(reads) == 0 {
+		return nil
+	}
+	send := func() {
+		pipe := l.rdb.Pipeline()
+		for _, r := range reads {
+			key, pos := l.chanKey(r.ch, "s"), r.st.pos
+			r.read = readScript.EvalSha(ctx, pipe, l.channelKeys(r.ch),
+				"1", l.newEpoch(), ttl(l.retention(r.ch)), r.ch, "none", "", 0, 0)
+			r.probe = nil
+			if pos.Seq > 0 {
+				r.probe = pipe.XRevRangeN(ctx, key, fmt.Sprintf("%d-1", pos.Seq), "-", 1)
+			}
+			r.after = pipe.XRangeN(ctx, key, fmt.Sprintf("(%d-1", pos.Seq), "+", refillPage)
+			r.meta = pipe.HMGet(ctx, l.chanKey(r.ch, "m"), "e", "r")
+		}
+		pipe.Exec(ctx)
+	}
+	send()
+	if slices.ContainsFunc(reads, func(r *read) bool { return redis.HasErrorPrefix(r.read.Err(), "NOSCRIPT") }) {
+		// Redis restarted and forgot the scripts (the usual reason for a
+		// resync): load them, read again. (A channel that still meets
+		// NOSCRIPT goes through resyncLocked, whose read falls back to
+		// sending the script itself.)
+		if err := l.loadScripts(ctx); err != nil {
+			l.opts.Logger.Warn("redis: cannot load the scripts", "err", err)
+		}
+		send()
+	}
+	var lost []*read
+	for _, r := range reads {
+		r.err = l.resyncRead(r.ch, r.st, r.read, r.probe, r.after, r.meta)
+		switch {
+		case errors.Is(r.err, errSlowPath) || redis.HasErrorPrefix(r.err, "NOSCRIPT"):
+			r.slow = true
+		case errors.Is(r.err, errLost):
+			lost = append(lost, r)
+		}
+	}
+	if len(lost) > 0 {
+		// Lost: a gap notice, then what the channel holds in its new epoch.
+		pipe := l.rdb.Pipeline()
+		for _, r := range lost {
+			r.after = pipe.XRangeN(ctx, l.chanKey(r.ch, "s"), "-", "+", refillPage)
+		}
+		pipe.Exec(ctx)
+		for _, r := range lost {
+			r.err = l.resyncLost(r.ch, r.st, r.read, r.after)
+		}
+	}
+	var failed error
+	for _, r := range reads {
+		if r.slow {
 			one, cancel := context.WithTimeout(l.ctx, 5*time.Second)
-			err = l.resyncLocked(one, j.ch, st)
+			r.err = l.resyncLocked(one, r.ch, r.st)
 			cancel()
 		}
 		switch {
-		case err == nil:
-		case oneChannel(err):
+		case r.err == nil:
+		case oneChannel(r.err):
 			// Only this channel cannot be read (a foreign key under
 			// the prefix, say): it is delivered as heard, not held up
 			// with the others.
-			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", j.ch, "err", err)
-		case j.own:
+			l.opts.Logger.Warn("redis: cannot resynchronize a channel", "channel", r.ch, "err", r.err)
+		case r.own:
 			if failed == nil {
-				failed = err
+				failed = r.err
 			}
 			continue
 		default:
 			continue // stays on hold
 		}
-		st.hold, st.heard = false, broker.Position{}
+		r.st.hold = false
 	}
 	return failed
 }
 
-// errSlowPath: a channel resyncRead leaves to resyncLocked.
-var errSlowPath = errors.New("read again with lastMu held")
+// errSlowPath: a channel resyncRead leaves to resyncLocked; errLost: one
+// Redis lost (its epoch changed, and no node moved it on), which
+// resyncLost brings up to date.
+var (
+	errSlowPath = errors.New("read again, one channel at a time")
+	errLost     = errors.New("the channel's epoch changed")
+)
 
-// resyncRead brings channel ch up to date from what resyncMany read
-// while st was at pos (at): read, the read script's reply; probe, the
-// entry at or before pos (nil when pos is 0); after, the entries after
-// pos. errSlowPath: the position moved meanwhile, or Redis changed the
-// channel's epoch or went back. Called with lastMu held.
-func (l *Log) resyncRead(ch string, st *seen, pos broker.Position, at int64, read *redis.Cmd, probe, after *redis.XMessageSliceCmd) error {
-	v, err := read.Slice()
+// resyncRead brings channel ch up to date from what resyncMany read:
+// read, the read script's reply; probe, the entry at or before st.pos
+// (nil when st.pos is 0); after, the entries after it; meta, the
+// channel's e and r. Called with lastMu held.
+func (l *Log) resyncRead(ch string, st *seen, read *redis.Cmd, probe, after *redis.XMessageSliceCmd, meta *redis.SliceCmd) error {
+	epoch, seq, err := readReply(read)
 	if err != nil {
 		return err
 	}
-	if len(v) != 5 {
-		return fmt.Errorf("redis: unexpected read reply")
-	}
-	if st.pos != pos || st.at != at {
-		return errSlowPath
-	}
-	epoch := fmt.Sprint(v[0])
-	seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
 	if epoch != st.pos.Epoch {
-		return errSlowPath
+		if st.pos.Seq == 0 {
+			return errLost
+		}
+		m, err := meta.Result()
+		if err != nil {
+			return err
+		}
+		if len(m) == 2 && m[0] == epoch && m[1] == st.pos.Epoch {
+			return errSlowPath // another node moved it on: joinLocked
+		}
+		return errLost
 	}
 	if st.pos.Seq > 0 {
 		es, err := probe.Result()
@@ -660,19 +681,59 @@ func (l *Log) resyncRead(ch string, st *seen, pos broker.Position, at int64, rea
 			}
 		}
 		if !notBack(st, seq, top) {
-			return errSlowPath
+			return errSlowPath // Redis went back: moveOnLocked
 		}
 	}
 	entries, err := after.Result()
 	if err != nil {
 		return err
 	}
-	l.refillFromLocked(ch, st, epoch, seq, entries)
-	if h := st.heard; h.Epoch == epoch && h.Seq > st.pos.Seq {
-		// Heard after the pipeline read the stream: refilled from it.
-		l.refillLocked(ch, st, epoch, h.Seq)
+	l.refillFromLocked(ch, st, epoch, min(seq, lastSeq(entries, seq)), entries)
+	if st.pos.Seq < seq {
+		l.refillLocked(ch, st, epoch, seq) // more than a page
 	}
 	return nil
+}
+
+// resyncLost brings channel ch, which Redis lost, up to date: a gap
+// notice from the node's position to the new epoch's start, then the
+// entries read (after: its first entries). Called with lastMu held.
+func (l *Log) resyncLost(ch string, st *seen, read *redis.Cmd, after *redis.XMessageSliceCmd) error {
+	epoch, seq, _ := readReply(read)
+	entries, err := after.Result()
+	if err != nil {
+		return err
+	}
+	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
+	st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
+	l.refillFromLocked(ch, st, epoch, min(seq, lastSeq(entries, seq)), entries)
+	if st.pos.Seq < seq {
+		l.refillLocked(ch, st, epoch, seq) // more than a page
+	}
+	return nil
+}
+
+// lastSeq is the position of the last of a full page of entries (what
+// is after it was not read), or seq when the page is not full.
+func lastSeq(entries []redis.XMessage, seq uint64) uint64 {
+	if len(entries) < refillPage {
+		return seq
+	}
+	n, _ := strconv.ParseUint(strings.TrimSuffix(entries[len(entries)-1].ID, "-1"), 10, 64)
+	return n
+}
+
+// readReply is the read script's epoch and newest position.
+func readReply(read *redis.Cmd) (string, uint64, error) {
+	v, err := read.Slice()
+	if err != nil {
+		return "", 0, err
+	}
+	if len(v) != 5 {
+		return "", 0, fmt.Errorf("redis: unexpected read reply")
+	}
+	seq, _ := strconv.ParseUint(fmt.Sprint(v[1]), 10, 64)
+	return fmt.Sprint(v[0]), seq, nil
 }
 
 // carrierDown says the Pub/Sub connection carrying ch now is down: its
@@ -732,7 +793,7 @@ var errUnreadable = errors.New("unreadable entry")
 // oneChannel says err concerns one channel's keys only: Redis refused a
 // command on them (WRONGTYPE, say), or an entry is unreadable. Anything
 // else (the connection, Redis loading or refusing writes, this node's
-// credentials) concerns every channel.
+// credentials, Redis without the scripts) concerns every channel.
 func oneChannel(err error) bool {
 	if errors.Is(err, errUnreadable) {
 		return true
@@ -740,7 +801,7 @@ func oneChannel(err error) bool {
 	if !redisreply.Is(err) || redisreply.Transient(err) || redisreply.StoreRefused(err) {
 		return false
 	}
-	for _, code := range []string{"NOAUTH", "WRONGPASS", "NOPERM"} {
+	for _, code := range []string{"NOAUTH", "WRONGPASS", "NOPERM", "NOSCRIPT"} {
 		if strings.HasPrefix(err.Error(), code) {
 			return false
 		}
