@@ -69,6 +69,9 @@ type Options struct {
 	// broke ("classic", "shard") asks for its resync, while what it
 	// hears is dispatched.
 	beforeResync func(conn string)
+	// beforeDial, set by tests, runs before a shard's rebuild makes a
+	// connection anew (not its first), without l.mu held.
+	beforeDial func()
 }
 
 func (o *Options) fill() {

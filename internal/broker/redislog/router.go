@@ -45,11 +45,12 @@ func (l *Log) Follow(ctx context.Context, name string) error {
 			err = l.ps.Subscribe(ctx, l.pubsubChannel(name))
 		}
 	}
-	ps := l.ps
-	if r.shard != nil {
-		ps = r.shard.pubsub()
-	}
+	ps, sh := l.ps, r.shard
 	l.mu.Unlock()
+	if err == nil && sh != nil {
+		// (After the rebuild under way, if any, subscribed it.)
+		ps, err = sh.ready(ctx)
+	}
 	if err == nil {
 		err = l.ping(ctx, ps)
 	}
