@@ -246,9 +246,12 @@ func (l *Log) receive() {
 					f("classic")
 					l.ps.Ping(l.ctx, "resync")
 				}()
-			} else if err := l.ps.Ping(l.ctx, "resync"); err != nil {
+			} else if err := l.pingResync(); err != nil {
+				// Asked again with the next message. This one is
+				// handled still: one of a channel on hold waits for
+				// the resync anyway (dispatch), and one of a channel
+				// keeping no history would be lost.
 				broken = true
-				continue
 			}
 		}
 		switch m := msg.(type) {
@@ -280,6 +283,14 @@ func (l *Log) receive() {
 			l.pong(m.Payload)
 		}
 	}
+}
+
+// pingResync asks the classic connection for its resync.
+func (l *Log) pingResync() error {
+	if f := l.opts.resyncPing; f != nil {
+		return f()
+	}
+	return l.ps.Ping(l.ctx, "resync")
 }
 
 // pong wakes the ping waiting for payload.
