@@ -72,8 +72,8 @@ type Options struct {
 	// beforeDial, set by tests, runs before a shard's rebuild makes a
 	// connection anew (not its first), without l.mu held.
 	beforeDial func()
-	// resyncPing, set by tests, sends the classic connection's PING
-	// asking for its resync after it broke (and says whether it went).
+	// resyncPing, set by tests, stands for sending the classic
+	// connection's PING that asks for its resync after it broke.
 	resyncPing func() error
 }
 

@@ -48,7 +48,8 @@ func (l *Log) Follow(ctx context.Context, name string) error {
 	ps, sh := l.ps, r.shard
 	l.mu.Unlock()
 	if err == nil && sh != nil {
-		// (After the rebuild under way, if any, subscribed it.)
+		// A shard without a connection up subscribes it when its
+		// rebuild makes the next: the PING goes after that.
 		ps, err = sh.ready(ctx)
 	}
 	if err == nil {
