@@ -2,6 +2,8 @@ package redislog
 
 import (
 	"context"
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,7 +58,7 @@ func openCore(t testing.TB, ctx context.Context, o Options) (*broker.Core, *Log)
 // notice said so.)
 func TestHeardBeforeResyncNotDelivered(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	heardBeforeResync(t, []*redistest.Server{srv}, srv, srv.Addr())
+	heardBeforeResync(t, []*redistest.Server{srv}, srv, srv.Addr(), "classic")
 }
 
 // The same on Redis Cluster, where B hears the channel on its shard's
@@ -64,13 +66,14 @@ func TestHeardBeforeResyncNotDelivered(t *testing.T) {
 func TestHeardBeforeResyncNotDeliveredCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	owner := c.Owner(t, c.Slot(t, "held:{back}:m"))
-	heardBeforeResync(t, c.Servers, owner, c.Servers[0].Addr())
+	heardBeforeResync(t, c.Servers, owner, c.Servers[0].Addr(), "shard")
 }
 
 // heardBeforeResync runs the test: servers are where B's ACL user is
 // made, owner the server of the channel that restarts from its snapshot,
-// addr the one the nodes are given.
-func heardBeforeResync(t *testing.T, servers []*redistest.Server, owner *redistest.Server, addr string) {
+// addr the one the nodes are given, conn the connection that carries
+// the channel (beforeResync's name for it).
+func heardBeforeResync(t *testing.T, servers []*redistest.Server, owner *redistest.Server, addr, conn string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	userB := func(servers ...*redistest.Server) {
@@ -85,10 +88,12 @@ func heardBeforeResync(t *testing.T, servers []*redistest.Server, owner *rediste
 	gate := make(chan struct{})
 	a, _ := openCore(t, ctx, Options{URL: "redis://" + addr + "/0", Prefix: "held:"})
 	bc, b := openCore(t, ctx, Options{URL: "redis://nodeb:pw@" + addr + "/0", Prefix: "held:",
-		beforeResync: func(string) {
-			select {
-			case reconnected <- struct{}{}:
-			default:
+		beforeResync: func(c string) {
+			if c == conn {
+				select {
+				case reconnected <- struct{}{}:
+				default:
+				}
 			}
 			<-gate
 		}})
@@ -221,6 +226,59 @@ func TestHeardBeforeResyncNoHistoryDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectNext(t, ctx, live, "2") // before the resync
+}
+
+// A message heard on the classic connection after it broke is not lost
+// when the PING asking for the resync cannot be sent: B keeps no
+// history of nh, so what it hears is delivered as heard (nothing could
+// refill it). B's connection is killed; once it is back, each resync
+// PING fails (as when the connection broke again, with messages still
+// read before it) and A publishes 2: B's subscriber must get it. (The
+// message received with the PING's failure was dropped.)
+func TestHeardWhenResyncPingFails(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	o := Options{URL: srv.URL(), Prefix: "ping:", Retention: broker.Retention{HistorySize: -1}}
+	a, _ := openCore(t, ctx, o)
+	asked := make(chan struct{}, 1)
+	var failing atomic.Bool
+	failing.Store(true)
+	var b atomic.Pointer[Log]
+	o.resyncPing = func() error {
+		if failing.Load() {
+			select {
+			case asked <- struct{}{}:
+			default:
+			}
+			return errors.New("injected: no resync PING")
+		}
+		return b.Load().ps.Ping(ctx, "resync")
+	}
+	bc, bl := openCore(t, ctx, o)
+	b.Store(bl)
+	defer failing.Store(false)
+	live, err := bc.Subscribe(ctx, broker.SubscribeOptions{Channels: []string{"nh"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if _, _, err := a.Publish(ctx, &broker.Message{Channel: "nh", Data: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	expectNext(t, ctx, live, "1")
+	if err := newRedisClient(t, srv.Addr()).ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-asked: // B's connection is back (it heard its resubscriptions)
+	case <-ctx.Done():
+		t.Fatal("B did not reconnect")
+	}
+	if _, _, err := a.Publish(ctx, &broker.Message{Channel: "nh", Data: []byte("2")}); err != nil {
+		t.Fatal(err)
+	}
+	expectNext(t, ctx, live, "2")
 }
 
 // One channel's keys that cannot be read (a foreign key of another type

@@ -69,6 +69,12 @@ type Options struct {
 	// broke ("classic", "shard") asks for its resync, while what it
 	// hears is dispatched.
 	beforeResync func(conn string)
+	// beforeDial, set by tests, runs before a shard's rebuild makes a
+	// connection anew (not its first), without l.mu held.
+	beforeDial func()
+	// resyncPing, set by tests, stands for sending the classic
+	// connection's PING that asks for its resync after it broke.
+	resyncPing func() error
 }
 
 func (o *Options) fill() {

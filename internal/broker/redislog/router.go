@@ -45,11 +45,13 @@ func (l *Log) Follow(ctx context.Context, name string) error {
 			err = l.ps.Subscribe(ctx, l.pubsubChannel(name))
 		}
 	}
-	ps := l.ps
-	if r.shard != nil {
-		ps = r.shard.pubsub()
-	}
+	ps, sh := l.ps, r.shard
 	l.mu.Unlock()
+	if err == nil && sh != nil {
+		// A shard without a connection up subscribes it when its
+		// rebuild makes the next: the PING goes after that.
+		ps, err = sh.ready(ctx)
+	}
 	if err == nil {
 		err = l.ping(ctx, ps)
 	}
@@ -245,9 +247,12 @@ func (l *Log) receive() {
 					f("classic")
 					l.ps.Ping(l.ctx, "resync")
 				}()
-			} else if err := l.ps.Ping(l.ctx, "resync"); err != nil {
+			} else if err := l.pingResync(); err != nil {
+				// Asked again with the next message. This one is
+				// handled still: one of a channel on hold waits for
+				// the resync anyway (dispatch), and one of a channel
+				// keeping no history would be lost.
 				broken = true
-				continue
 			}
 		}
 		switch m := msg.(type) {
@@ -279,6 +284,14 @@ func (l *Log) receive() {
 			l.pong(m.Payload)
 		}
 	}
+}
+
+// pingResync asks the classic connection for its resync.
+func (l *Log) pingResync() error {
+	if f := l.opts.resyncPing; f != nil {
+		return f()
+	}
+	return l.ps.Ping(l.ctx, "resync")
 }
 
 // pong wakes the ping waiting for payload.
