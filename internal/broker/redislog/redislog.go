@@ -706,7 +706,7 @@ func (l *Log) publisher() {
 	wait := true           // nothing in carry can go now
 	for {
 		if wait {
-			first, ok, idle := l.next()
+			first, ok, idle := l.next(len(carry) < maxCarry)
 			if !ok {
 				l.drain(carry)
 				if len(l.sonly.calls) > 0 && l.refusing() == nil {
@@ -723,9 +723,9 @@ func (l *Log) publisher() {
 		}
 	gather:
 		// Ops left for later do not count: the queue is read on behind
-		// them (it is bounded, so carry is too), so that the next
-		// pipeline can take other channels' ops.
-		for len(carry) < maxBatch+left {
+		// them, so that the next pipeline can take other channels' ops,
+		// up to maxCarry (ops held behind a parked call stay in carry).
+		for len(carry) < min(maxBatch+left, maxCarry) {
 			select {
 			case o, ok := <-l.queue:
 				if !ok {
@@ -737,15 +737,21 @@ func (l *Log) publisher() {
 			}
 		}
 		calls, rest := l.plan(carry, spare[:0])
-		calls = append(l.dueParked(false), calls...)
 		if len(calls) > 0 {
 			l.runBatch(calls)
+		}
+		// Parked calls due go in a pipeline of their own: go-redis
+		// tries a refused one again a few times before it answers,
+		// which the other channels' calls need not wait for.
+		due := l.dueParked(false)
+		if len(due) > 0 {
+			l.runBatch(due)
 		}
 		clear(carry) // the ops taken are done: not kept by the spare buffer
 		carry, spare = rest, carry[:0]
 		left = len(carry)
 		// Ops left only behind parked calls wait for those (or new ops).
-		wait = len(carry) == 0 || len(calls) == 0
+		wait = len(carry) == 0 || len(calls) == 0 && len(due) == 0
 	}
 }
 
@@ -773,6 +779,7 @@ func (l *Log) dueParked(all bool) []*call {
 	kept := l.parked[:0]
 	for _, c := range l.parked {
 		if all || !now.Before(c.due) {
+			c.done = false
 			due = append(due, c)
 		} else {
 			kept = append(kept, c)
@@ -783,11 +790,12 @@ func (l *Log) dueParked(all bool) []*call {
 	return due
 }
 
-// next waits for the next op queued (ok false: the queue was closed);
-// with batches sent on sharded Pub/Sub only not settled yet, it waits
-// sonlyDelay at most, and with parked calls until the first is due (o
-// nil: nothing came; idle: the sharded Pub/Sub wait passed).
-func (l *Log) next() (o *op, ok, idle bool) {
+// next waits for the next op queued (ok false: the queue was closed;
+// not taken with takeOps false); with batches sent on sharded Pub/Sub
+// only not settled yet, it waits sonlyDelay at most, and with parked
+// calls until the first is due (o nil: nothing came; idle: the sharded
+// Pub/Sub wait passed).
+func (l *Log) next(takeOps bool) (o *op, ok, idle bool) {
 	sw := time.Duration(-1) // the sharded Pub/Sub wait
 	if len(l.sonly.calls) > 0 {
 		sw = l.sonlyDelay()
@@ -798,14 +806,18 @@ func (l *Log) next() (o *op, ok, idle bool) {
 			wait = d
 		}
 	}
+	queue := l.queue
+	if !takeOps && wait >= 0 {
+		queue = nil // (maxCarry ops held are behind parked calls)
+	}
 	if wait < 0 {
-		o, ok = <-l.queue
+		o, ok = <-queue
 		return o, ok, false
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
-	case o, ok = <-l.queue:
+	case o, ok = <-queue:
 		return o, ok, false
 	case <-t.C:
 		return nil, true, sw >= 0 && wait == sw
@@ -816,6 +828,7 @@ func (l *Log) next() (o *op, ok, idle bool) {
 // data of one script call (Redis refuses a command over its
 // client-query-buffer-limit, 1 GiB by default).
 const (
+	maxCarry     = 8192 // ops the publisher holds back (behind parked calls) before it reads no more
 	maxBatch     = 1024
 	maxCallBytes = 8 << 20
 )
@@ -923,12 +936,10 @@ func (l *Log) runBatch(calls []*call) {
 	start := time.Now()
 	l.busy.Store(start.UnixNano())
 	defer l.busy.Store(0)
-	deadline := start.Add(l.opts.PublishTimeout)
 	for _, c := range calls {
 		if c.start.IsZero() {
-			c.start = start
+			c.start = start // its PublishTimeout runs from here
 		}
-		deadline = minTime(deadline, c.start.Add(l.opts.PublishTimeout))
 	}
 	var counts map[string]int
 	maybeSent := false
@@ -1012,6 +1023,16 @@ func (l *Log) runBatch(calls []*call) {
 			for _, c := range answered {
 				l.finish(c, counts)
 			}
+			if l.park(calls) {
+				// What failed for the others, if anything, decides.
+				err = nil
+				for _, c := range calls {
+					if !c.done && c.err != nil {
+						err = c.err
+						break
+					}
+				}
+			}
 			if noscript && err == nil {
 				// Redis restarted (or SCRIPT FLUSH) and forgot the
 				// scripts: not an outage; load them and send again at
@@ -1035,23 +1056,24 @@ func (l *Log) runBatch(calls []*call) {
 			}
 			return
 		}
-		if l.park(calls) {
-			return
-		}
 		lastErr = err
 		l.setHealth(sideCommands, err)
-		if time.Now().After(deadline) || l.ctx.Err() != nil || l.closing.Load() && time.Since(start) > 2*time.Second {
-			for _, c := range calls {
-				if c.done {
-					continue
-				}
-				if maybeSent || c.maybeSent {
-					l.outcomeUnknown.Add(uint64(len(c.ops)))
-					l.fail(c, fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, err))
-				} else {
-					l.fail(c, fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err))
-				}
+		// Each call has its PublishTimeout from when it was first sent
+		// (a parked one sent again may be near its end, the others not).
+		giveUp := l.ctx.Err() != nil || l.closing.Load() && time.Since(start) > 2*time.Second
+		now := time.Now()
+		for _, c := range calls {
+			if c.done || !giveUp && !now.After(c.start.Add(l.opts.PublishTimeout)) {
+				continue
 			}
+			if maybeSent || c.maybeSent {
+				l.outcomeUnknown.Add(uint64(len(c.ops)))
+				l.fail(c, fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, err))
+			} else {
+				l.fail(c, fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err))
+			}
+		}
+		if allDone(calls) {
 			return
 		}
 		select {
@@ -1063,37 +1085,27 @@ func (l *Log) runBatch(calls []*call) {
 	}
 }
 
-// park takes the calls left (not done) out of the batch when every one
-// of them was refused because its channel's slot is moving between Redis
-// Cluster shards (redisreply.Moving: nothing ran): each is sent again
-// with a later pipeline, after its own backoff (20 ms, doubling to 1 s),
-// until it goes through or its PublishTimeout passed, while the other
-// channels' publishes go on, and the node is not taken for stalled or
-// degraded. (A slot's keys move a few at a time: a channel with a long
-// history can take seconds.) Not while closing, nor for an outage.
+// park takes out of the batch each call left that was refused because
+// its channel's slot is moving between Redis Cluster shards
+// (redisreply.Moving: nothing ran), and reports whether it took any:
+// each is sent again apart, after its own backoff (20 ms, doubling to
+// 1 s), until it goes through or its PublishTimeout passed, while the
+// other channels' publishes go on, and the node is not taken for stalled
+// or degraded. (A slot's keys move a few at a time: a channel with a
+// long history can take seconds.) A parked call counts as done for this
+// batch (dueParked makes it not done again). Not while closing.
 func (l *Log) park(calls []*call) bool {
 	if l.closing.Load() || l.ctx.Err() != nil {
 		return false
 	}
-	left := 0
+	now, took := time.Now(), false
 	for _, c := range calls {
-		if c.done {
+		if c.done || c.err == nil || !redisreply.Moving(c.err) {
 			continue
 		}
-		if c.err == nil || !redisreply.Moving(c.err) {
-			return false
-		}
-		left++
-	}
-	if left == 0 {
-		return false
-	}
-	now := time.Now()
-	for _, c := range calls {
-		if c.done {
-			continue
-		}
-		if now.After(c.start.Add(l.opts.PublishTimeout)) {
+		took = true
+		end := c.start.Add(l.opts.PublishTimeout)
+		if now.After(end) {
 			err := fmt.Errorf("%w: redis: the channel's slot has been moving between shards for %s: %v", broker.ErrUnavailable, l.opts.PublishTimeout, c.err)
 			if c.maybeSent {
 				l.outcomeUnknown.Add(uint64(len(c.ops)))
@@ -1103,10 +1115,11 @@ func (l *Log) park(calls []*call) bool {
 			continue
 		}
 		c.backoff = min(max(2*c.backoff, 20*time.Millisecond), time.Second)
-		c.due = now.Add(c.backoff)
+		c.due = minTime(now.Add(c.backoff), end) // the last try at its end, not after
+		c.done = true
 		l.parked = append(l.parked, c)
 	}
-	return true
+	return took
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -559,10 +559,10 @@ func (l *Log) resyncMany(channels []string, which func(psChannel string) bool) e
 		err   error // set: resyncLocked's, or the read's
 		slow  bool  // resyncLocked
 	}
-	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
-	defer cancel()
 	l.lastMu.Lock()
 	defer l.lastMu.Unlock()
+	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second) // (from here: not the wait for lastMu)
+	defer cancel()
 	var reads []*read
 	for _, ch := range channels {
 		st := l.last[ch]
