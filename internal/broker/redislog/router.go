@@ -363,7 +363,7 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 		// Published before the channel moved on (wentBack): the stream
 		// has it at its position, read under the new epoch.
 		if m.Seq > st.pos.Seq {
-			l.refillLocked(ch, st, st.pos.Epoch, m.Seq)
+			l.refillOrHoldLocked(ch, st, st.pos.Epoch, m.Seq)
 		}
 		return
 	case m.Epoch == st.pos.Epoch && m.Seq <= st.pos.Seq:
@@ -383,12 +383,14 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 			l.opts.Logger.Warn("redis: a channel's position was given again; cannot move it to a new epoch", "channel", ch, "err", err)
 		}
 		if st.retired == m.Epoch && m.Seq > st.pos.Seq {
-			l.refillLocked(ch, st, st.pos.Epoch, m.Seq)
+			l.refillOrHoldLocked(ch, st, st.pos.Epoch, m.Seq)
 		}
 		return
 	case m.Epoch == st.pos.Epoch && m.Seq == st.pos.Seq+1:
 	case m.Epoch == st.pos.Epoch:
-		l.refillLocked(ch, st, m.Epoch, m.Seq-1)
+		if !l.refillOrHoldLocked(ch, st, m.Epoch, m.Seq-1) {
+			return
+		}
 	default: // the channel lost its history, was deleted and made anew, or moved on
 		ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 		defer cancel()
@@ -396,15 +398,15 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 			if m.Seq <= st.pos.Seq {
 				return
 			}
-			if m.Seq > st.pos.Seq+1 {
-				l.refillLocked(ch, st, m.Epoch, m.Seq-1)
+			if m.Seq > st.pos.Seq+1 && !l.refillOrHoldLocked(ch, st, m.Epoch, m.Seq-1) {
+				return
 			}
 			break
 		}
 		l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: m.Epoch}})
 		st.pos, st.at, st.retired = broker.Position{Epoch: m.Epoch}, 0, ""
-		if m.Seq > 1 {
-			l.refillLocked(ch, st, m.Epoch, m.Seq-1)
+		if m.Seq > 1 && !l.refillOrHoldLocked(ch, st, m.Epoch, m.Seq-1) {
+			return
 		}
 	}
 	st.pos, st.delivered, st.at = m.Position(), true, m.Time.UnixMicro()
@@ -412,17 +414,46 @@ func (l *Log) deliverLocked(ch string, m *broker.Message) {
 }
 
 // refillLocked delivers channel's messages after st up to seq `upTo` from
-// the stream; what the stream no longer has becomes a gap. Called with
-// lastMu held.
-func (l *Log) refillLocked(ch string, st *seen, epoch string, upTo uint64) {
+// the stream; what the stream no longer has becomes a gap. When the
+// stream cannot be read (Redis did not answer in time, a connection
+// broke) nothing is delivered and st is left as it was: it returns the
+// error. Called with lastMu held.
+func (l *Log) refillLocked(ch string, st *seen, epoch string, upTo uint64) error {
 	ctx, cancel := context.WithTimeout(l.ctx, 10*time.Second)
 	defer cancel()
 	entries, err := l.rdb.XRange(ctx, l.chanKey(ch, "s"),
 		fmt.Sprintf("(%d-1", st.pos.Seq), fmt.Sprintf("%d-1", upTo)).Result()
 	if err != nil {
-		l.opts.Logger.Warn("redis: cannot refill", "channel", ch, "err", err)
+		return err
 	}
 	l.refillFromLocked(ch, st, epoch, upTo, entries)
+	return nil
+}
+
+// refillOrHoldLocked refills channel ch as refillLocked does, for a
+// message heard after a jump, and reports whether it did. When the
+// stream cannot be read, the channel is put on hold instead: what it
+// missed, the message heard and what is heard meanwhile wait for a
+// resync (the heartbeat asks for one after 3 s) rather than being
+// skipped with a gap notice while the stream holds them. (A channel
+// keeping no history has nothing to refill: its gap is given.) Called
+// with lastMu held.
+func (l *Log) refillOrHoldLocked(ch string, st *seen, epoch string, upTo uint64) bool {
+	err := l.refillLocked(ch, st, epoch, upTo)
+	if err == nil {
+		return true
+	}
+	if l.retention(ch).HistorySize <= 0 {
+		l.refillFromLocked(ch, st, epoch, upTo, nil)
+		return true
+	}
+	l.opts.Logger.Warn("redis: cannot refill a channel; it waits for a resync", "channel", ch, "err", err)
+	if !l.holding.Load() {
+		l.heldAt.Store(time.Now().UnixNano())
+	}
+	st.hold = true
+	l.holding.Store(true)
+	return false
 }
 
 // refillFromLocked delivers entries, channel's stream entries after st
@@ -703,7 +734,7 @@ func (l *Log) resyncRead(ch string, st *seen, read *redis.Cmd, probe, after *red
 	}
 	l.refillFromLocked(ch, st, epoch, min(seq, lastSeq(entries, seq)), entries)
 	if st.pos.Seq < seq {
-		l.refillLocked(ch, st, epoch, seq) // more than a page
+		return l.refillLocked(ch, st, epoch, seq) // more than a page
 	}
 	return nil
 }
@@ -721,7 +752,7 @@ func (l *Log) resyncLost(ch string, st *seen, read *redis.Cmd, after *redis.XMes
 	st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
 	l.refillFromLocked(ch, st, epoch, min(seq, lastSeq(entries, seq)), entries)
 	if st.pos.Seq < seq {
-		l.refillLocked(ch, st, epoch, seq) // more than a page
+		return l.refillLocked(ch, st, epoch, seq) // more than a page
 	}
 	return nil
 }
@@ -795,7 +826,7 @@ func (l *Log) resyncLocked(ctx context.Context, ch string, st *seen) error {
 		st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
 	}
 	if seq > st.pos.Seq {
-		l.refillLocked(ch, st, epoch, seq)
+		return l.refillLocked(ch, st, epoch, seq)
 	}
 	return nil
 }
