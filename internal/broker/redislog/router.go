@@ -782,15 +782,26 @@ func readReply(read *redis.Cmd) (string, uint64, error) {
 
 // carrierDown says the Pub/Sub connection carrying ch now is down: its
 // shard's on Redis Cluster when ch is followed by name, else the classic
-// one.
+// one. A shard still making its connection (a new one, or one a channel
+// moved to while it rebuilds) is down: it has not subscribed ch yet, so
+// what another connection's resync read of ch would be followed by
+// messages nobody hears; its own resync, once it has subscribed, takes
+// ch.
 func (l *Log) carrierDown(ch string) bool {
 	side := sidePubSub
 	if l.cluster != nil {
 		l.mu.Lock()
+		var sh *shard
 		if r := l.refs[ch]; r != nil && r.shard != nil {
-			side = r.shard.side()
+			sh = r.shard
 		}
 		l.mu.Unlock()
+		if sh != nil {
+			if sh.making() {
+				return true
+			}
+			side = sh.side()
+		}
 	}
 	l.downMu.Lock()
 	defer l.downMu.Unlock()

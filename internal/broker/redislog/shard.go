@@ -71,6 +71,13 @@ func (l *Log) shardFor(ctx context.Context, channel string) (*shard, error) {
 
 func (s *shard) side() string { return "shard " + s.addr }
 
+// making says the shard has no connection up: it is making one.
+func (s *shard) making() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.building != nil
+}
+
 func (s *shard) pubsub() *redis.PubSub {
 	s.mu.Lock()
 	defer s.mu.Unlock()
