@@ -1066,12 +1066,7 @@ func (l *Log) runBatch(calls []*call) {
 			if c.done || !giveUp && !now.After(c.start.Add(l.opts.PublishTimeout)) {
 				continue
 			}
-			if maybeSent || c.maybeSent {
-				l.outcomeUnknown.Add(uint64(len(c.ops)))
-				l.fail(c, fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, err))
-			} else {
-				l.fail(c, fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err))
-			}
+			l.giveUp(c, maybeSent || c.maybeSent, err)
 		}
 		if allDone(calls) {
 			return
@@ -1106,12 +1101,7 @@ func (l *Log) park(calls []*call) bool {
 		took = true
 		end := c.start.Add(l.opts.PublishTimeout)
 		if now.After(end) {
-			err := fmt.Errorf("%w: redis: the channel's slot has been moving between shards for %s: %v", broker.ErrUnavailable, l.opts.PublishTimeout, c.err)
-			if c.maybeSent {
-				l.outcomeUnknown.Add(uint64(len(c.ops)))
-				err = fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, c.err)
-			}
-			l.fail(c, err)
+			l.giveUp(c, c.maybeSent, fmt.Errorf("the channel's slot has been moving between shards for %s: %v", l.opts.PublishTimeout, c.err))
 			continue
 		}
 		c.backoff = min(max(2*c.backoff, 20*time.Millisecond), time.Second)
@@ -1120,6 +1110,18 @@ func (l *Log) park(calls []*call) bool {
 		l.parked = append(l.parked, c)
 	}
 	return took
+}
+
+// giveUp fails call c, which got no answer within its PublishTimeout
+// (err: why): its outcome is unknown (counted) when it may have run, else
+// nothing was published.
+func (l *Log) giveUp(c *call, maybeSent bool, err error) {
+	if maybeSent {
+		l.outcomeUnknown.Add(uint64(len(c.ops)))
+		l.fail(c, fmt.Errorf("%w: redis did not answer within %s: %v", broker.ErrOutcomeUnknown, l.opts.PublishTimeout, err))
+		return
+	}
+	l.fail(c, fmt.Errorf("%w: redis: %v", broker.ErrUnavailable, err))
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -718,16 +718,21 @@ func (l *Log) resyncRead(ch string, st *seen, read *redis.Cmd, probe, after *red
 		if err != nil {
 			return err
 		}
-		var top *broker.Message
-		if len(es) > 0 {
-			if top = entryMessage(ch, epoch, es[0]); top == nil {
-				return fmt.Errorf("redis: %w %s of %s", errUnreadable, es[0].ID, ch)
-			}
+		top, err := firstEntry(ch, epoch, es)
+		if err != nil {
+			return err
 		}
 		if !notBack(st, seq, top) {
 			return errSlowPath // Redis went back: moveOnLocked
 		}
 	}
+	return l.refillPageLocked(ch, st, epoch, seq, after)
+}
+
+// refillPageLocked delivers channel ch's entries read in a resync's
+// pipeline (after: a page of them), and reads what is left up to seq
+// when the page was full. Called with lastMu held.
+func (l *Log) refillPageLocked(ch string, st *seen, epoch string, seq uint64, after *redis.XMessageSliceCmd) error {
 	entries, err := after.Result()
 	if err != nil {
 		return err
@@ -744,17 +749,12 @@ func (l *Log) resyncRead(ch string, st *seen, read *redis.Cmd, probe, after *red
 // entries read (after: its first entries). Called with lastMu held.
 func (l *Log) resyncLost(ch string, st *seen, read *redis.Cmd, after *redis.XMessageSliceCmd) error {
 	epoch, seq, _ := readReply(read)
-	entries, err := after.Result()
-	if err != nil {
+	if err := after.Err(); err != nil {
 		return err
 	}
 	l.sink.Gap(broker.Gap{Channel: ch, From: st.pos, To: broker.Position{Epoch: epoch}})
 	st.pos, st.at, st.retired = broker.Position{Epoch: epoch}, 0, ""
-	l.refillFromLocked(ch, st, epoch, min(seq, lastSeq(entries, seq)), entries)
-	if st.pos.Seq < seq {
-		return l.refillLocked(ch, st, epoch, seq) // more than a page
-	}
-	return nil
+	return l.refillPageLocked(ch, st, epoch, seq, after)
 }
 
 // lastSeq is the position of the last of a full page of entries (what
@@ -792,7 +792,7 @@ func (l *Log) carrierDown(ch string) bool {
 	if l.cluster != nil {
 		l.mu.Lock()
 		var sh *shard
-		if r := l.refs[ch]; r != nil && r.shard != nil {
+		if r := l.refs[ch]; r != nil {
 			sh = r.shard
 		}
 		l.mu.Unlock()

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/pushctl/pushctl/internal/broker"
 )
 
@@ -34,11 +36,9 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 	if err != nil {
 		return nil, err
 	}
-	var top *broker.Message
-	if len(entries) > 0 {
-		if top = entryMessage(ch, st.pos.Epoch, entries[0]); top == nil {
-			return nil, fmt.Errorf("redis: %w %s of %s", errUnreadable, entries[0].ID, ch)
-		}
+	top, err := firstEntry(ch, st.pos.Epoch, entries)
+	if err != nil {
+		return nil, err
 	}
 	if notBack(st, seq, top) {
 		return nil, nil
@@ -47,6 +47,19 @@ func (l *Log) wentBack(ctx context.Context, ch string, st *seen, seq uint64) (*b
 		return &broker.Message{}, nil // which entries this node had is not known
 	}
 	return l.lastShared(ctx, ch, st, top.Seq)
+}
+
+// firstEntry is the first of entries (nil when there is none) as channel
+// ch's message in epoch; errUnreadable when pushctl did not write it.
+func firstEntry(ch, epoch string, entries []redis.XMessage) (*broker.Message, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	m := entryMessage(ch, epoch, entries[0])
+	if m == nil {
+		return nil, fmt.Errorf("redis: %w %s of %s", errUnreadable, entries[0].ID, ch)
+	}
+	return m, nil
 }
 
 // notBack says Redis has not gone back on channel st (same epoch): seq
@@ -69,14 +82,10 @@ func (l *Log) lastShared(ctx context.Context, ch string, st *seen, hi uint64) (*
 	// atOrAfter is the first entry at or after position p, within hi.
 	atOrAfter := func(p uint64) (*broker.Message, error) {
 		es, err := l.rdb.XRangeN(ctx, key, fmt.Sprintf("%d-1", p), fmt.Sprintf("%d-1", hi), 1).Result()
-		if err != nil || len(es) == 0 {
+		if err != nil {
 			return nil, err
 		}
-		m := entryMessage(ch, st.pos.Epoch, es[0])
-		if m == nil {
-			return nil, fmt.Errorf("redis: %w %s of %s", errUnreadable, es[0].ID, ch)
-		}
-		return m, nil
+		return firstEntry(ch, st.pos.Epoch, es)
 	}
 	best, err := atOrAfter(1)
 	if err != nil {
